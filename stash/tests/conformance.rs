@@ -1,0 +1,277 @@
+//! Conformance on a real kube-apiserver: our generated CRDs accept every upstream Stash
+//! manifest of the kinds we implement, unchanged; broken manifests are rejected with a
+//! message naming the field; `kubectl get` by short name shows the printer columns.
+use std::{
+    collections::BTreeSet,
+    io::Write,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use kube::{
+    Api,
+    api::{DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
+    discovery,
+};
+use stash_testenv::{ControlPlane, shared};
+
+/// The kinds of the API we implement (group, kind). Snapshot is served by the aggregated
+/// API, not a CRD, and the legacy v1alpha1 Restic/Recovery kinds are out of scope.
+const IN_SCOPE: &[(&str, &str)] = &[
+    ("stash.appscode.com", "BackupConfiguration"),
+    ("stash.appscode.com", "BackupSession"),
+    ("stash.appscode.com", "RestoreSession"),
+    ("stash.appscode.com", "Function"),
+    ("stash.appscode.com", "Task"),
+    ("stash.appscode.com", "BackupConfigurationTemplate"),
+    ("stash.appscode.com", "Repository"),
+    ("appcatalog.appscode.com", "AppBinding"),
+];
+
+fn examples_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/stash-v0.8.3/examples");
+    assert!(dir.is_dir(), "conformance examples missing at {} (shared/ must sit beside the repo)", dir.display());
+    dir
+}
+
+async fn control_plane() -> &'static ControlPlane {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cp = shared().await.unwrap_or_else(|e| panic!("the control plane must start: {e}"));
+    // Installed through the CLI, exactly as a user would: `stash crds | kubectl apply --server-side -f -`.
+    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    INSTALLED
+        .get_or_init(|| async {
+            let yaml = Command::new(env!("CARGO_BIN_EXE_stash")).arg("crds").output().expect("run stash crds");
+            assert!(yaml.status.success(), "stash crds failed");
+            let mut kubectl = cp
+                .kubectl()
+                .expect("kubectl")
+                .args(["apply", "--server-side", "-f", "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn kubectl");
+            kubectl.stdin.take().expect("stdin").write_all(&yaml.stdout).expect("pipe CRDs");
+            let out = kubectl.wait_with_output().expect("kubectl apply");
+            assert!(
+                out.status.success(),
+                "stash crds | kubectl apply --server-side -f - failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            // Then wait until every CRD is Established and discoverable.
+            cp.install_crds(&stash_crds::crds()).await.expect("CRDs established");
+        })
+        .await;
+    cp
+}
+
+fn documents(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).expect("read example");
+    serde_saphyr::from_multiple::<serde_json::Value>(&text)
+        .unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()))
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+fn gvk_of(doc: &serde_json::Value) -> GroupVersionKind {
+    let api_version = doc["apiVersion"].as_str().unwrap_or_default();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    GroupVersionKind::gvk(group, version, doc["kind"].as_str().unwrap_or_default())
+}
+
+async fn apply(client: &kube::Client, doc: &serde_json::Value, ns: Option<&str>) -> Result<(), String> {
+    let gvk = gvk_of(doc);
+    let (ar, caps) = discovery::pinned_kind(client, &gvk).await.map_err(|e| format!("discovery of {gvk:?}: {e}"))?;
+    let obj: DynamicObject = serde_json::from_value(doc.clone()).map_err(|e| e.to_string())?;
+    let name = obj.metadata.name.clone().ok_or("no metadata.name")?;
+    let api: Api<DynamicObject> = match (caps.scope, ns) {
+        (discovery::Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
+        (discovery::Scope::Namespaced, None) => Api::default_namespaced_with(client.clone(), &ar),
+        (discovery::Scope::Cluster, _) => Api::all_with(client.clone(), &ar),
+    };
+    api.patch(&name, &PatchParams::apply("stash-conformance").force(), &Patch::Apply(&obj))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_upstream_manifest_of_our_kinds_is_accepted_unchanged() {
+    let cp = control_plane().await;
+    let client = cp.client();
+    let in_scope: BTreeSet<(&str, &str)> = IN_SCOPE.iter().copied().collect();
+
+    let mut files: Vec<_> = std::fs::read_dir(examples_dir())
+        .expect("list examples")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+
+    let (mut total, mut accepted, mut failures) = (0, 0, Vec::new());
+    let mut kinds_seen = BTreeSet::new();
+    for file in &files {
+        for doc in documents(file) {
+            let gvk = gvk_of(&doc);
+            if !in_scope.contains(&(gvk.group.as_str(), gvk.kind.as_str())) {
+                continue;
+            }
+            total += 1;
+            kinds_seen.insert(gvk.kind.clone());
+            let ns = doc["metadata"]["namespace"].as_str();
+            if let Some(ns) = ns {
+                cp.ensure_namespace(ns).await.expect("namespace");
+            }
+            match apply(&client, &doc, ns).await {
+                Ok(()) => accepted += 1,
+                Err(e) => failures.push(format!(
+                    "{} ({} {}): {e}",
+                    file.file_name().unwrap_or_default().to_string_lossy(),
+                    gvk.kind,
+                    doc["metadata"]["name"]
+                )),
+            }
+        }
+    }
+    println!("conformance: {accepted}/{total} manifests accepted ({} kinds: {kinds_seen:?})", kinds_seen.len());
+    assert!(total >= 80, "expected the full upstream corpus, found only {total} manifests");
+    assert_eq!(kinds_seen.len(), IN_SCOPE.len(), "every kind is exercised");
+    assert!(failures.is_empty(), "rejected upstream manifests:\n{}", failures.join("\n"));
+    assert_eq!(accepted, total);
+}
+
+/// A manifest that is wrong in one place, and the field path the API server must name.
+struct Broken {
+    what: &'static str,
+    doc: serde_json::Value,
+    field: &'static str,
+}
+
+fn broken_manifests() -> Vec<Broken> {
+    use serde_json::json;
+    let bc = |spec: serde_json::Value| {
+        json!({"apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration",
+               "metadata": {"name": "broken"}, "spec": spec})
+    };
+    vec![
+        Broken {
+            what: "an unknown driver",
+            doc: bc(json!({"driver": "Tape", "repository": {"name": "r"}, "schedule": "* * * * *"})),
+            field: "spec.driver",
+        },
+        Broken {
+            what: "paused as a string",
+            doc: bc(json!({"paused": "yes", "repository": {"name": "r"}, "schedule": "* * * * *"})),
+            field: "spec.paused",
+        },
+        Broken {
+            what: "keepLast as a string",
+            doc: bc(json!({"repository": {"name": "r"}, "schedule": "* * * * *",
+                           "retentionPolicy": {"name": "p", "keepLast": "five"}})),
+            field: "spec.retentionPolicy.keepLast",
+        },
+        Broken {
+            what: "a task param without a value",
+            doc: bc(json!({"repository": {"name": "r"}, "schedule": "* * * * *",
+                           "task": {"name": "pvc-backup", "params": [{"name": "outputDir"}]}})),
+            field: "spec.task.params[0].value",
+        },
+        Broken {
+            what: "a RestoreSession with an unknown driver",
+            doc: json!({"apiVersion": "stash.appscode.com/v1beta1", "kind": "RestoreSession",
+                        "metadata": {"name": "broken"},
+                        "spec": {"driver": "Tape", "repository": {"name": "r"}}}),
+            field: "spec.driver",
+        },
+        Broken {
+            what: "a Repository whose s3 bucket is a number",
+            doc: json!({"apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository",
+                        "metadata": {"name": "broken"},
+                        "spec": {"backend": {"storageSecretName": "s", "s3": {"endpoint": "e", "bucket": 5}}}}),
+            field: "spec.backend.s3.bucket",
+        },
+        Broken {
+            what: "a Task step without a function name",
+            doc: json!({"apiVersion": "stash.appscode.com/v1beta1", "kind": "Task",
+                        "metadata": {"name": "broken-task"},
+                        "spec": {"steps": [{"params": [{"name": "a", "value": "b"}]}]}}),
+            field: "spec.steps[0].name",
+        },
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broken_manifests_are_rejected_with_the_field_named() {
+    let cp = control_plane().await;
+    let ns = cp.namespace("broken").await.expect("namespace");
+    let client = cp.client();
+    let cases = broken_manifests();
+    let mut wrong = Vec::new();
+    for case in &cases {
+        let gvk = gvk_of(&case.doc);
+        let (ar, caps) = discovery::pinned_kind(&client, &gvk).await.expect("discovery");
+        let api: Api<DynamicObject> = match caps.scope {
+            discovery::Scope::Namespaced => Api::namespaced_with(client.clone(), &ns.name, &ar),
+            discovery::Scope::Cluster => Api::all_with(client.clone(), &ar),
+        };
+        let obj: DynamicObject = serde_json::from_value(case.doc.clone()).expect("dynamic object");
+        match api.create(&PostParams::default(), &obj).await {
+            Ok(_) => wrong.push(format!("{}: accepted", case.what)),
+            Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains(case.field) => {
+                println!("rejected {}: {}", case.what, s.message);
+            }
+            Err(e) => wrong.push(format!("{}: rejected without naming {}: {e}", case.what, case.field)),
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_get_by_short_name_shows_the_printer_columns() {
+    let cp = control_plane().await;
+    let ns = cp.namespace("columns").await.expect("namespace");
+    let client = cp.client();
+    let dir = examples_dir();
+    // One object of each namespaced kind in our namespace, plus the cluster-scoped ones.
+    for file in [
+        "workloads-deployment-backupconfiguration.yaml",
+        "instant-backup-backupsession.yaml",
+        "workloads-deployment-restoresession.yaml",
+        "backends-s3.yaml",
+        "concept-crds-appbinding.yaml",
+        "concept-crds-function.yaml",
+        "concept-crds-task.yaml",
+        "concept-crds-backupconfiguration_template.yaml",
+    ] {
+        for doc in documents(&dir.join(file)) {
+            apply(&client, &doc, Some(&ns.name)).await.unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+    }
+    let expectations: &[(&str, bool, &[&str])] = &[
+        ("bc", true, &["NAME", "TASK", "SCHEDULE", "PAUSED", "AGE"]),
+        ("bs", true, &["NAME", "BACKUPCONFIGURATION", "PHASE", "AGE"]),
+        ("restore", true, &["NAME", "REPOSITORY-NAME", "PHASE", "AGE"]),
+        ("repo", true, &["NAME", "INTEGRITY", "SIZE", "SNAPSHOT-COUNT", "LAST-SUCCESSFUL-BACKUP", "AGE"]),
+        ("appbindings", true, &["NAME", "AGE"]),
+        ("fn", false, &["NAME", "AGE"]),
+        ("task", false, &["NAME", "AGE"]),
+        ("btpl", false, &["NAME", "TASK", "SCHEDULE", "AGE"]),
+    ];
+    for (short, namespaced, columns) in expectations {
+        let mut cmd = cp.kubectl().expect("kubectl");
+        cmd.args(["get", short]);
+        if *namespaced {
+            cmd.args(["-n", &ns.name]);
+        }
+        let out = cmd.output().expect("run kubectl");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "kubectl get {short}: {}", String::from_utf8_lossy(&out.stderr));
+        let header: Vec<&str> = stdout.lines().next().unwrap_or_default().split_whitespace().collect();
+        assert_eq!(&header, columns, "kubectl get {short}:\n{stdout}");
+        assert!(stdout.lines().count() >= 2, "kubectl get {short} lists an object:\n{stdout}");
+        println!("$ kubectl get {short}\n{stdout}");
+    }
+}
