@@ -1,0 +1,21 @@
+//! The generic runtime that drives the pure lifecycle machines against Kubernetes.
+//!
+//! - [`controller`]: runs a [`controller::Reconcile`] through a kube-runtime `Controller`,
+//!   counting reconciles, failures and durations.
+//! - [`status`]: the one place status is written — no-op writes skipped, conflict-safe,
+//!   every phase change checked against the lifecycle's transition table.
+//! - [`leader`]: leader election on a `coordination.k8s.io` Lease; only the leader writes.
+//! - [`metrics`] and [`server`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`events`]: Kubernetes Events through kube's `Recorder`.
+pub mod controller;
+pub mod events;
+pub mod leader;
+pub mod metrics;
+pub mod server;
+pub mod status;
+
+pub use controller::{MetricLabel, Reconcile, drive};
+pub use kube::runtime::controller::Action;
+pub use leader::LeaderElection;
+pub use metrics::Metrics;
+pub use status::{Lifecycle, StatusError, StatusWriter};

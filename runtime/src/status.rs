@@ -1,0 +1,117 @@
+//! Writing status in one place.
+//!
+//! Every status write of the operator goes through [`StatusWriter::write`]: it skips
+//! no-op writes, carries the resourceVersion it was computed from (so a write based on a
+//! stale read fails with a conflict and the reconcile runs again on fresh data), and checks
+//! every phase change against the lifecycle's generated transition table first.
+use std::fmt::Debug;
+
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::metrics::{Metrics, TransitionLabels};
+
+/// A lifecycle whose phase changes are checked before they are written.
+pub trait Lifecycle {
+    /// The lifecycle's name, e.g. `BackupSession`.
+    const NAME: &'static str;
+    /// The phase type (the CRD's `status.phase`).
+    type Phase: Copy + Eq + Debug;
+    /// Is `from → to` an edge of the transition table? `from == None` means "no phase yet".
+    /// Staying in the same phase is always permitted.
+    fn permits(from: Option<Self::Phase>, to: Self::Phase) -> bool;
+}
+
+/// Why a status write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The phase change is not in the lifecycle's transition table: a bug in the caller.
+    #[error("illegal {lifecycle} transition {from} -> {to}")]
+    IllegalTransition {
+        /// The lifecycle.
+        lifecycle: &'static str,
+        /// The phase before.
+        from: String,
+        /// The phase asked for.
+        to: String,
+    },
+    /// The API call failed (a 409 means the object changed since it was read).
+    #[error("status write failed: {0}")]
+    Kube(#[from] kube::Error),
+    /// The status could not be serialised.
+    #[error("status serialisation: {0}")]
+    Serde(#[from] serde_json::Error),
+}
+
+/// Check `from → to` against `L`'s table, counting and logging a violation.
+pub fn check_transition<L: Lifecycle>(
+    metrics: &Metrics,
+    from: Option<L::Phase>,
+    to: L::Phase,
+) -> Result<(), StatusError> {
+    if from == Some(to) || L::permits(from, to) {
+        return Ok(());
+    }
+    let (from, to) = (from.map_or_else(|| "<none>".to_string(), |p| format!("{p:?}")), format!("{to:?}"));
+    tracing::error!(lifecycle = L::NAME, %from, %to, "BUG: phase change outside the transition table refused");
+    metrics
+        .illegal_transitions
+        .get_or_create(&TransitionLabels { lifecycle: L::NAME.into(), from: from.clone(), to: to.clone() })
+        .inc();
+    Err(StatusError::IllegalTransition { lifecycle: L::NAME, from, to })
+}
+
+/// The one place status is written.
+#[derive(Clone, Debug)]
+pub struct StatusWriter {
+    metrics: Metrics,
+    controller: &'static str,
+}
+
+impl StatusWriter {
+    /// A writer for `controller`'s objects.
+    pub fn new(metrics: Metrics, controller: &'static str) -> Self {
+        Self { metrics, controller }
+    }
+
+    /// Write `desired` as the status of `obj` unless it equals `current`. Returns whether a
+    /// write was sent. The patch carries `obj`'s resourceVersion (conflict-safe).
+    pub async fn write<K, S>(&self, api: &Api<K>, obj: &K, current: Option<&S>, desired: &S) -> Result<bool, StatusError>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug,
+        S: Serialize + PartialEq,
+    {
+        if current == Some(desired) {
+            return Ok(false);
+        }
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": obj.resource_version() },
+            "status": serde_json::to_value(desired)?,
+        });
+        api.patch_status(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        self.metrics.status_writes.get_or_create(&Metrics::controller(self.controller)).inc();
+        Ok(true)
+    }
+
+    /// Like [`StatusWriter::write`], after checking the phase change against `L`'s table.
+    pub async fn write_phase<L, K, S>(
+        &self,
+        api: &Api<K>,
+        obj: &K,
+        current: Option<&S>,
+        desired: &S,
+        from: Option<L::Phase>,
+        to: L::Phase,
+    ) -> Result<bool, StatusError>
+    where
+        L: Lifecycle,
+        K: Resource + Clone + DeserializeOwned + Debug,
+        S: Serialize + PartialEq,
+    {
+        check_transition::<L>(&self.metrics, from, to)?;
+        self.write(api, obj, current, desired).await
+    }
+}
