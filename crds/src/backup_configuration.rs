@@ -1,0 +1,69 @@
+//! BackupConfiguration (stash.appscode.com/v1beta1; stash-api.md §3.2).
+
+use crate::common::{BackupTarget, Driver, EmptyDirSettings, RetentionPolicy, TaskRef};
+use crate::runtime::RuntimeSettings;
+use k8s_openapi::api::core::v1::LocalObjectReference;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// What to back up, where to, and when. Has no status.
+// kube's `printcolumn(...)` repeats `type_ = ".."` on purpose.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "stash.appscode.com",
+    version = "v1beta1",
+    kind = "BackupConfiguration",
+    plural = "backupconfigurations",
+    singular = "backupconfiguration",
+    namespaced,
+    shortname = "bc",
+    category = "stash",
+    category = "appscode",
+    category = "backup",
+    label("app", "stash"),
+    doc = "A scheduled backup of a target into a Repository (stash.appscode.com BackupConfiguration).",
+    derive = "PartialEq",
+    printcolumn(name = "Task", type_ = "string", json_path = ".spec.task.name"),
+    printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule"),
+    printcolumn(name = "Paused", type_ = "boolean", json_path = ".spec.paused"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupConfigurationSpec {
+    /// Cron schedule, copied verbatim into the trigger CronJob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// Backup driver; absent means `Restic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<Driver>,
+    /// The Repository (same namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<LocalObjectReference>,
+    /// The Task; required for non-workload targets, ignored for workload (sidecar) targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskRef>,
+    /// The target; absent means a cluster/custom backup (host `host-0`, job model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<BackupTarget>,
+    /// Retention policy applied after each backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_policy: Option<RetentionPolicy>,
+    /// Stop creating BackupSessions.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    /// Runtime settings of the backup pod/containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_settings: Option<RuntimeSettings>,
+    /// The `tmp-dir` volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temp_dir: Option<EmptyDirSettings>,
+}
+
+impl BackupConfigurationSpec {
+    /// The driver, `Restic` when absent.
+    pub fn driver(&self) -> Driver {
+        self.driver.unwrap_or_default()
+    }
+}

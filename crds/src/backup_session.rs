@@ -1,0 +1,134 @@
+//! BackupSession (stash.appscode.com/v1beta1; stash-api.md §3.3).
+
+use crate::duration::GoDuration;
+use crate::int_hash::IntHash;
+use k8s_openapi::api::core::v1::LocalObjectReference;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+pub use stash_machines::backup_session::{HostPhase, Phase};
+
+/// One run of a BackupConfiguration.
+// kube's `printcolumn(...)` repeats `type_ = ".."` on purpose.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "stash.appscode.com",
+    version = "v1beta1",
+    kind = "BackupSession",
+    plural = "backupsessions",
+    singular = "backupsession",
+    namespaced,
+    status = "BackupSessionStatus",
+    shortname = "bs",
+    category = "stash",
+    category = "backup",
+    category = "appscode",
+    label("app", "stash"),
+    doc = "One run of a BackupConfiguration (stash.appscode.com BackupSession).",
+    derive = "PartialEq",
+    printcolumn(name = "BackupConfiguration", type_ = "string", json_path = ".spec.backupConfiguration.name"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSessionSpec {
+    /// The BackupConfiguration this session runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_configuration: Option<LocalObjectReference>,
+}
+
+/// Status of a BackupSession.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSessionStatus {
+    /// Observed generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<IntHash>,
+    /// Phase of the session; absent means not yet picked up (treated as `Pending`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Number of hosts expected to report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_hosts: Option<i32>,
+    /// Sum of host durations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_duration: Option<GoDuration>,
+    /// Why the session ended as it did, for every outcome but success (a stash-rs addition:
+    /// upstream left failed and skipped sessions without a reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// One entry per host that reported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stats: Vec<HostBackupStats>,
+}
+
+/// Backup result of one host.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostBackupStats {
+    /// Host name (`host-0`, `host-<ordinal>`, node name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Result of the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<HostPhase>,
+    /// Time the host took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<GoDuration>,
+    /// Error, if the host failed. A non-empty error means failed whatever `phase` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// One entry per backed-up directory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<SnapshotStats>,
+}
+
+impl HostBackupStats {
+    /// Whether this host failed: phase `Failed` or a non-empty error (stash-rs deviation, see README).
+    pub fn is_failed(&self) -> bool {
+        self.phase == Some(HostPhase::Failed) || self.error.as_deref().is_some_and(|e| !e.is_empty())
+    }
+}
+
+/// Statistics of one snapshot taken by a host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotStats {
+    /// restic short snapshot id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Backed-up directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<String>,
+    /// Size processed, e.g. `"30 B"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    /// Size uploaded, e.g. `"0 B"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploaded: Option<String>,
+    /// Processing time (`"m:ss"`, `"h:mm:ss"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processing_time: Option<String>,
+    /// File counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_stats: Option<FileStats>,
+}
+
+/// File counts of a snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FileStats {
+    /// Total files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_files: Option<i32>,
+    /// New files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_files: Option<i32>,
+    /// Modified files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified_files: Option<i32>,
+    /// Unmodified files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmodified_files: Option<i32>,
+}

@@ -1,0 +1,252 @@
+//! Field types shared by several kinds (stash-api.md §2.2–§2.5).
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// How a backup or restore is performed (`spec.driver`); absent means `Restic`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum Driver {
+    /// Back up files with restic (sidecar, init-container or Job).
+    #[default]
+    Restic,
+    /// Take CSI VolumeSnapshots (not supported by stash-rs; a session asking for it fails).
+    VolumeSnapshotter,
+}
+
+/// Reference to a target object (`spec.target.ref`). Matching compares all three fields exactly.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRef {
+    /// API version of the target, e.g. `apps/v1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// Kind of the target, e.g. `Deployment`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Name of the target (same namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl TargetRef {
+    /// True when no field is set.
+    pub fn is_empty(&self) -> bool {
+        self.api_version.is_none() && self.kind.is_none() && self.name.is_none()
+    }
+}
+
+/// What a BackupConfiguration backs up (`spec.target`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupTarget {
+    /// The target object.
+    #[serde(rename = "ref", default, skip_serializing_if = "TargetRef::is_empty")]
+    pub target_ref: TargetRef,
+    /// Directories to back up (renamed `paths` in v0.9.0).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub directories: Vec<String>,
+    /// Volumes of the target to mount into the backup container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<core::VolumeMount>,
+    /// Number of replicas (VolumeSnapshotter driver only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// VolumeSnapshotClass name (VolumeSnapshotter driver only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_class_name: Option<String>,
+}
+
+/// Where a RestoreSession restores to (`spec.target`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreTarget {
+    /// The target object.
+    #[serde(rename = "ref", default, skip_serializing_if = "TargetRef::is_empty")]
+    pub target_ref: TargetRef,
+    /// Volumes of the target to mount into the restore container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<core::VolumeMount>,
+    /// Number of hosts to restore (with `volumeClaimTemplates`: one Job per ordinal); default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// PVCs to create and restore into; `${POD_ORDINAL}` is substituted per ordinal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_claim_templates: Vec<core::PersistentVolumeClaim>,
+}
+
+/// A named parameter (`params[]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub struct Param {
+    /// Variable name.
+    pub name: String,
+    /// Value.
+    pub value: String,
+}
+
+/// Reference to a Task with parameters (`spec.task`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskRef {
+    /// Name of the (cluster-scoped) Task.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Parameters overriding the Task steps' params.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<Param>,
+}
+
+/// One step of a Task: a Function with parameters (`spec.steps[]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct FunctionRef {
+    /// Name of the (cluster-scoped) Function.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Step parameters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<Param>,
+}
+
+/// The `tmp-dir` emptyDir of every Stash container (`spec.tempDir`).
+///
+/// The concept docs write `size`/`disableCache`; those are not the field names and are dropped.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EmptyDirSettings {
+    /// Storage medium (`""` or `Memory`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub medium: Option<String>,
+    /// Size limit of the emptyDir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_limit: Option<Quantity>,
+    /// Disable the restic cache (`--no-cache`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disable_caching: bool,
+}
+
+impl EmptyDirSettings {
+    /// Whether the restic cache is enabled (`ENABLE_CACHE`).
+    pub fn enable_cache(&self) -> bool {
+        !self.disable_caching
+    }
+
+    /// The `tmp-dir` emptyDir volume source.
+    pub fn to_empty_dir(&self) -> core::EmptyDirVolumeSource {
+        core::EmptyDirVolumeSource { medium: self.medium.clone(), size_limit: self.size_limit.clone() }
+    }
+}
+
+/// Which snapshots restic `forget` keeps (`spec.retentionPolicy`). Counts ≤ 0 mean unset.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionPolicy {
+    /// Name of the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `--keep-last N`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<i32>,
+    /// `--keep-hourly N`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_hourly: Option<i32>,
+    /// `--keep-daily N`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_daily: Option<i32>,
+    /// `--keep-weekly N`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_weekly: Option<i32>,
+    /// `--keep-monthly N`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_monthly: Option<i32>,
+    /// `--keep-yearly N`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_yearly: Option<i32>,
+    /// `--keep-tag T` (repeated)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep_tags: Vec<String>,
+    /// `--prune`
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prune: bool,
+    /// `--dry-run`
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+impl RetentionPolicy {
+    /// The restic `forget` flags of this policy, each flag and value a separate argument:
+    /// `--keep-last/-hourly/-daily/-weekly/-monthly/-yearly N` (only when > 0), `--keep-tag T`
+    /// per tag, `--prune`, `--dry-run`.
+    pub fn forget_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        for (flag, n) in [
+            ("--keep-last", self.keep_last),
+            ("--keep-hourly", self.keep_hourly),
+            ("--keep-daily", self.keep_daily),
+            ("--keep-weekly", self.keep_weekly),
+            ("--keep-monthly", self.keep_monthly),
+            ("--keep-yearly", self.keep_yearly),
+        ] {
+            if let Some(n) = n.filter(|n| *n > 0) {
+                args.push(flag.to_owned());
+                args.push(n.to_string());
+            }
+        }
+        for tag in &self.keep_tags {
+            args.push("--keep-tag".to_owned());
+            args.push(tag.clone());
+        }
+        if self.prune {
+            args.push("--prune".to_owned());
+        }
+        if self.dry_run {
+            args.push("--dry-run".to_owned());
+        }
+        args
+    }
+
+    /// True when no keep rule is set (restic `forget` would then keep nothing).
+    pub fn keeps_nothing(&self) -> bool {
+        self.forget_args().iter().all(|a| !a.starts_with("--keep"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forget_args_map_one_to_one() {
+        let p = RetentionPolicy {
+            name: Some("keep-last-5".into()),
+            keep_last: Some(5),
+            keep_hourly: Some(0),
+            keep_daily: Some(7),
+            keep_weekly: None,
+            keep_monthly: Some(-1),
+            keep_yearly: Some(2),
+            keep_tags: vec!["a".into(), "b".into()],
+            prune: true,
+            dry_run: true,
+        };
+        assert_eq!(
+            p.forget_args(),
+            [
+                "--keep-last", "5", "--keep-daily", "7", "--keep-yearly", "2", "--keep-tag", "a", "--keep-tag",
+                "b", "--prune", "--dry-run"
+            ]
+        );
+        assert!(!p.keeps_nothing());
+        assert!(RetentionPolicy::default().forget_args().is_empty());
+        assert!(RetentionPolicy { prune: true, ..Default::default() }.keeps_nothing());
+    }
+
+    #[test]
+    fn driver_and_temp_dir_wire_forms() {
+        assert_eq!(serde_json::to_string(&Driver::VolumeSnapshotter).unwrap(), "\"VolumeSnapshotter\"");
+        let t: EmptyDirSettings =
+            serde_json::from_str(r#"{"medium":"Memory","sizeLimit":"2Gi","size":"1Gi","disableCache":true}"#).unwrap();
+        assert_eq!(t.size_limit, Some(Quantity("2Gi".into())));
+        assert!(t.enable_cache());
+        assert_eq!(t.to_empty_dir().medium.as_deref(), Some("Memory"));
+    }
+}

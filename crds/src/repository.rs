@@ -1,0 +1,111 @@
+//! Repository (stash.appscode.com/v1alpha1, also served as v1beta1; stash-api.md §3.1).
+
+use crate::backend::{Backend, BackendKind};
+use crate::int_hash::IntHash;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A restic repository in some storage backend.
+// kube's `printcolumn(...)` repeats `type_ = ".."` on purpose.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "stash.appscode.com",
+    version = "v1alpha1",
+    kind = "Repository",
+    plural = "repositories",
+    singular = "repository",
+    namespaced,
+    status = "RepositoryStatus",
+    shortname = "repo",
+    category = "storage",
+    category = "appscode",
+    category = "stash",
+    label("app", "stash"),
+    doc = "A restic repository (stash.appscode.com Repository).",
+    derive = "PartialEq",
+    printcolumn(name = "Integrity", type_ = "boolean", json_path = ".status.integrity"),
+    printcolumn(name = "Size", type_ = "string", json_path = ".status.size"),
+    printcolumn(name = "Snapshot-Count", type_ = "integer", json_path = ".status.snapshotCount"),
+    printcolumn(name = "Last-Successful-Backup", type_ = "date", format = "date-time", json_path = ".status.lastBackupTime"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositorySpec {
+    /// Where the repository lives.
+    #[serde(default, skip_serializing_if = "Backend::is_empty")]
+    pub backend: Backend,
+    /// On deletion, delete the restic data under the bucket/prefix (not for local or b2).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wipe_out: bool,
+}
+
+/// Why a Repository is rejected by the validating webhook.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RepositoryValidationError {
+    /// `wipeOut` with a local backend.
+    #[error("wipe out operation is not supported for local backend")]
+    WipeOutLocal,
+    /// `wipeOut` with a b2 backend.
+    #[error("wipe out operation is not supported for B2 backend")]
+    WipeOutB2,
+}
+
+impl RepositorySpec {
+    /// The webhook rule of stash-api.md §3.1: `wipeOut` is rejected for local and b2 backends.
+    pub fn validate(&self) -> Result<(), RepositoryValidationError> {
+        if self.wipe_out {
+            match self.backend.kind() {
+                Some(BackendKind::Local(_)) => return Err(RepositoryValidationError::WipeOutLocal),
+                Some(BackendKind::B2(_)) => return Err(RepositoryValidationError::WipeOutB2),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Status of a Repository, written after every successful backup.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryStatus {
+    /// Observed generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<IntHash>,
+    /// Time of the first successful backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_backup_time: Option<Time>,
+    /// Time of the last successful backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_time: Option<Time>,
+    /// Result of the last `restic check`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integrity: Option<bool>,
+    /// Repository size in human form (`"10.123 MiB"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    /// Number of snapshots after the last cleanup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_count: Option<i32>,
+    /// Snapshots removed by the last `forget`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots_removed_on_last_cleanup: Option<i32>,
+    /// Deprecated (v1alpha1 sidecar): time of the last successful backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_backup_time: Option<Time>,
+    /// Deprecated (v1alpha1 sidecar): duration of the last backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_duration: Option<String>,
+    /// Deprecated (v1alpha1 sidecar): number of backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_count: Option<i64>,
+}
+
+impl Repository {
+    /// True for legacy Repositories created by the v1alpha1 sidecar (label `restic`).
+    pub fn is_legacy(&self) -> bool {
+        self.metadata.labels.as_ref().is_some_and(|l| l.contains_key(crate::consts::LEGACY_RESTIC_LABEL))
+    }
+}

@@ -1,0 +1,136 @@
+//! RestoreSession (stash.appscode.com/v1beta1; stash-api.md §3.4).
+
+use crate::common::{Driver, EmptyDirSettings, RestoreTarget, TaskRef};
+use crate::duration::GoDuration;
+use crate::int_hash::IntHash;
+use crate::runtime::RuntimeSettings;
+use k8s_openapi::api::core::v1::LocalObjectReference;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+pub use stash_machines::restore_session::{HostPhase, Phase};
+
+/// A restore from a Repository into a target.
+// kube's `printcolumn(...)` repeats `type_ = ".."` on purpose.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "stash.appscode.com",
+    version = "v1beta1",
+    kind = "RestoreSession",
+    plural = "restoresessions",
+    singular = "restoresession",
+    namespaced,
+    status = "RestoreSessionStatus",
+    shortname = "restore",
+    category = "stash",
+    category = "appscode",
+    category = "restore",
+    label("app", "stash"),
+    doc = "A restore from a Repository into a target (stash.appscode.com RestoreSession).",
+    derive = "PartialEq",
+    printcolumn(name = "Repository-Name", type_ = "string", json_path = ".spec.repository.name"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreSessionSpec {
+    /// Restore driver; absent means `Restic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<Driver>,
+    /// The Repository (same namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<LocalObjectReference>,
+    /// The Task (job model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskRef>,
+    /// The target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<RestoreTarget>,
+    /// What each host restores.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
+    /// Runtime settings of the restore pod/containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_settings: Option<RuntimeSettings>,
+    /// The `tmp-dir` volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temp_dir: Option<EmptyDirSettings>,
+}
+
+impl RestoreSessionSpec {
+    /// The driver, `Restic` when absent.
+    pub fn driver(&self) -> Driver {
+        self.driver.unwrap_or_default()
+    }
+
+    /// The rule for `host` (stash-api.md §3.4): the first rule whose `targetHosts` contains it,
+    /// otherwise the rule with empty `targetHosts`, otherwise none.
+    pub fn rule_for_host(&self, host: &str) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .find(|r| r.target_hosts.iter().any(|h| h == host))
+            .or_else(|| self.rules.iter().find(|r| r.target_hosts.is_empty()))
+    }
+}
+
+/// A restore rule (`spec.rules[]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    /// Hosts this rule applies to; empty matches every host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_hosts: Vec<String>,
+    /// Host whose data is restored; empty means the restoring host itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_host: Option<String>,
+    /// Snapshots to restore (exclusive with `paths`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<String>,
+    /// Paths to restore from the latest snapshot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+}
+
+/// Status of a RestoreSession.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreSessionStatus {
+    /// Observed generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<IntHash>,
+    /// Phase of the session; absent means not yet picked up (treated as `Pending`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Number of hosts expected to report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_hosts: Option<i32>,
+    /// Sum of host durations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_duration: Option<GoDuration>,
+    /// Why the session ended as it did, for every outcome but success (a stash-rs addition:
+    /// upstream left failed and skipped sessions without a reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// One entry per host that reported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stats: Vec<HostRestoreStats>,
+}
+
+/// Restore result of one host.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostRestoreStats {
+    /// Host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Result of the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<HostPhase>,
+    /// Time the host took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<GoDuration>,
+    /// Error, if the host failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
