@@ -1,24 +1,30 @@
-//! Temporary stub: the phase types the CRDs use. Replaced by the macro-generated machines.
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+//! The BackupSession and RestoreSession lifecycles as pure state machines.
+//!
+//! Each lifecycle is declared once with `#[lifecycle]` (see [`backup_session::Phase`] and
+//! [`restore_session::Phase`]); the macro generates the phase type the CRDs use, the transition
+//! function and table, a statig machine and the diagrams (committed under `docs/lifecycles/`).
+//!
+//! The steppers [`backup_session::decide`] and [`restore_session::decide`] take what the
+//! controller observes and return a [`Decision`]: the next phase and the [`Effect`]s to perform,
+//! as values. They never do I/O: no kube, no tokio, no clock (the clock is an input).
+#![deny(missing_docs)]
 
-/// BackupSession phases.
-pub mod backup_session {
-    use super::*;
-    /// The phase of a BackupSession (`status.phase`).
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-    pub enum Phase { Pending, Running, Succeeded, Failed, Skipped, Unknown }
-    /// The phase of one host of a BackupSession (`status.stats[].phase`).
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-    pub enum HostPhase { Succeeded, Failed }
-}
-/// RestoreSession phases.
-pub mod restore_session {
-    use super::*;
-    /// The phase of a RestoreSession (`status.phase`).
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-    pub enum Phase { Pending, Running, Succeeded, Failed, Unknown }
-    /// The phase of one host of a RestoreSession (`status.stats[].phase`).
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-    pub enum HostPhase { Succeeded, Failed, Unknown }
+extern crate self as stash_machines;
+
+pub mod backup_session;
+mod common;
+pub mod lifecycle;
+pub mod reasons;
+pub mod restore_session;
+
+pub use common::{Decision, Effect, EventKind, EventRecord, JobState, Policy, StatusPatch};
+pub use lifecycle::{Lifecycle, Rejection, RejectionKind, Transition};
+
+/// What generated code reaches through `<machines>::__private`; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use schemars;
+    pub use serde;
+    pub use serde_json;
+    pub use statig;
 }

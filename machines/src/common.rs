@@ -1,0 +1,132 @@
+//! What both session machines return: the effects to perform, as values.
+
+use std::time::Duration;
+
+/// Kubernetes event type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// `Normal`.
+    Normal,
+    /// `Warning`.
+    Warning,
+}
+
+/// A Kubernetes Event to emit on the session.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EventRecord {
+    /// `Normal` or `Warning`.
+    pub kind: EventKind,
+    /// The reason (one of the constants in [`crate::reasons`]).
+    pub reason: &'static str,
+    /// Human-readable message.
+    pub message: String,
+}
+
+/// The status to write (through the status subresource), as a whole.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StatusPatch<P> {
+    /// `status.phase`.
+    pub phase: P,
+    /// `status.totalHosts` (set when the session starts running; kept afterwards).
+    pub total_hosts: Option<u32>,
+    /// `status.sessionDuration`: the sum of the host durations, set on success.
+    pub session_duration: Option<Duration>,
+    /// Why the session ended as it did, for every outcome other than success.
+    pub reason: Option<String>,
+}
+
+/// One effect for the runtime to perform, in the order given.
+///
+/// Creation effects come before the status write, so a crash between the two is repaired by the
+/// next reconcile (which decides the same again; creation must be create-if-absent).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Effect<P> {
+    /// Create the backup Job of this BackupSession (job model), if absent.
+    CreateBackupJob,
+    /// Create the restore Job of this RestoreSession (job model), if absent.
+    CreateRestoreJob,
+    /// Nudge the workload controller so it injects the restore init-container (workload target).
+    NudgeWorkload,
+    /// Write this status.
+    WriteStatus(StatusPatch<P>),
+    /// Emit this Event.
+    Emit(EventRecord),
+    /// Reconcile again after this long even if nothing changes (deadlines, waiting).
+    RequeueAfter(Duration),
+}
+
+/// The decision of one step: the phase after it and the effects to perform.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Decision<P: crate::lifecycle::Lifecycle> {
+    /// The phase after this step (the recorded one when nothing changes).
+    pub phase: P,
+    /// What to do, in order.
+    pub effects: Vec<Effect<P>>,
+    /// Set when the lifecycle refused the event the machine chose (a bug in a lifecycle spec;
+    /// never set for the shipped lifecycles, which the model tests check).
+    pub rejection: Option<crate::lifecycle::Rejection<P>>,
+}
+
+impl<P: crate::lifecycle::Lifecycle> Decision<P> {
+    /// The status write, if any.
+    pub fn status(&self) -> Option<&StatusPatch<P>> {
+        self.effects.iter().find_map(|e| match e {
+            Effect::WriteStatus(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    /// Whether the decision changes nothing in the world (a requeue at most): what a replayed
+    /// observation must yield.
+    pub fn is_quiet(&self) -> bool {
+        self.effects.iter().all(|e| matches!(e, Effect::RequeueAfter(_)))
+    }
+}
+
+/// The job of a job-model session, as observed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum JobState {
+    /// Running or waiting to run.
+    Active,
+    /// Completed successfully.
+    Succeeded,
+    /// Failed for good (backoff limit reached).
+    Failed {
+        /// The Job's failure message.
+        message: String,
+    },
+}
+
+/// Operator-level settings of the machines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Policy {
+    /// How long a session may take, from its creation, before it ends (`Failed`, or `Skipped`
+    /// if it never started).
+    pub deadline: Duration,
+    /// How often to look again while waiting.
+    pub poll: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            deadline: Duration::from_secs(6 * 3600),
+            poll: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Policy {
+    /// The requeue for a session that is still waiting: the next poll or the deadline, whichever
+    /// comes first (never zero).
+    pub(crate) fn requeue(&self, created_at: u64, now: u64) -> Duration {
+        let deadline = created_at.saturating_add(self.deadline.as_secs());
+        let left = Duration::from_secs(deadline.saturating_sub(now).max(1));
+        left.min(self.poll)
+    }
+
+    /// Whether the deadline has passed.
+    pub(crate) fn expired(&self, created_at: u64, now: u64) -> bool {
+        now >= created_at.saturating_add(self.deadline.as_secs())
+    }
+}

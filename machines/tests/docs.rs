@@ -1,0 +1,65 @@
+//! The committed diagrams under `docs/lifecycles/` are exactly what the macro generates.
+//! `STASH_BLESS=1 cargo test -p stash-machines --test docs` rewrites them.
+
+use stash_machines::{backup_session, restore_session};
+use std::path::PathBuf;
+
+fn docs() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/lifecycles")
+}
+
+fn readme() -> String {
+    format!(
+        "# Lifecycles\n\n\
+         Generated from the `#[lifecycle]` specs in `machines/src/backup_session/mod.rs` and\n\
+         `machines/src/restore_session.rs`; do not edit. `cargo test -p stash-machines --test docs`\n\
+         fails when these files are stale, and `STASH_BLESS=1` rewrites them.\n\n\
+         Every transition moves forward (the macro rejects cycles), terminal phases absorb every\n\
+         event, and a guarded transition (`Event [guard]`) fires only when its guard holds; the\n\
+         unguarded transition after it is the fallback. The model tests in `model-tests/` check the\n\
+         machines built on these lifecycles.\n\n\
+         ## BackupSession\n\n\
+         `Unknown` is part of the API but never set for backups. `Skipped` means the session never\n\
+         ran: its BackupConfiguration was paused, another session of it was running, or its deadline\n\
+         passed before it could start.\n\n\
+         ```mermaid\n{}```\n\n\
+         Graphviz: [backup-session.dot](backup-session.dot).\n\n\
+         ## RestoreSession\n\n\
+         A host that no rule matches fails the session before it starts (it is never reported as a\n\
+         success).\n\n\
+         ```mermaid\n{}```\n\n\
+         Graphviz: [restore-session.dot](restore-session.dot).\n",
+        backup_session::MERMAID,
+        restore_session::MERMAID
+    )
+}
+
+#[test]
+fn committed_lifecycle_diagrams_are_up_to_date() {
+    let files = [
+        ("backup-session.mmd", backup_session::MERMAID.to_string()),
+        ("backup-session.dot", backup_session::DOT.to_string()),
+        ("restore-session.mmd", restore_session::MERMAID.to_string()),
+        ("restore-session.dot", restore_session::DOT.to_string()),
+        ("README.md", readme()),
+    ];
+    let bless = std::env::var_os("STASH_BLESS").is_some_and(|v| v == "1");
+    let mut stale = Vec::new();
+    for (name, want) in files {
+        let path = docs().join(name);
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        if have != want {
+            if bless {
+                std::fs::create_dir_all(docs()).unwrap();
+                std::fs::write(&path, want).unwrap();
+                eprintln!("blessed {}", path.display());
+            } else {
+                stale.push(name);
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "stale: {stale:?} under docs/lifecycles/; rerun with STASH_BLESS=1 to rewrite them"
+    );
+}
