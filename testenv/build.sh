@@ -55,6 +55,18 @@ build() {
     kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
     kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
     kubectl=k8s.io/kubernetes/cmd/kubectl
+
+  # The S3 server for tests: moto (Apache-2.0), from PyPI, in its own venv.
+  MOTO_VERSION=5.2.5
+  venv=$CACHE/moto-$MOTO_VERSION/venv
+  if [[ ! -f $venv/.ok ]]; then
+    echo "testenv: installing moto $MOTO_VERSION (cache $venv)" >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet "moto[server]==$MOTO_VERSION" >&2
+    touch "$venv/.ok"
+  fi
+  ln -sf "$venv/bin/moto_server" "$CACHE/bin/moto_server"
 ) 9>"$CACHE/.lock"
 
 echo "$CACHE/bin"

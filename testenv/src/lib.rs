@@ -26,6 +26,7 @@ use kube::{
 
 pub mod bins;
 pub mod certs;
+pub mod node;
 pub mod process;
 
 use process::{Proc, free_port};
@@ -381,9 +382,31 @@ impl ControlPlane {
         }
     }
 
+    /// Hand a process (an operator, a test server) to the control plane: it is stopped by
+    /// process group at shutdown, before the servers started earlier.
+    pub fn adopt(&self, p: Proc) {
+        self.procs.lock().expect("procs").push(p);
+    }
+
+    /// Stop one adopted process early (by pid), e.g. to restart an operator. Returns whether
+    /// it was found. With `kill`, it gets SIGKILL at once instead of SIGTERM.
+    pub fn stop_adopted(&self, pid: u32, kill: bool) -> bool {
+        let mut procs = self.procs.lock().expect("procs");
+        let Some(i) = procs.iter().position(|p| p.pid() == pid) else { return false };
+        let mut p = procs.remove(i);
+        drop(procs);
+        if kill {
+            p.kill();
+        } else {
+            p.stop(Duration::from_secs(10));
+        }
+        true
+    }
+
     /// Stop every server (controller manager, API server, etcd: newest first) by process
     /// group and remove the work directory unless `TESTENV_KEEP=1`. Idempotent.
     pub fn shutdown(&self) {
+        node::stop_agent(&self.dir);
         let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(mut p) = procs.pop() {
             p.stop(Duration::from_secs(10));

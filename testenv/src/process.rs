@@ -49,11 +49,25 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
 impl Proc {
     /// Start `bin args…` with output to `<log_dir>/<name>.log`.
     pub fn spawn(name: &str, bin: &Path, args: &[String], log_dir: &Path) -> Result<Self, Error> {
+        Self::spawn_with_env(name, bin, args, &[], log_dir)
+    }
+
+    /// Like [`Proc::spawn`], with extra environment variables.
+    pub fn spawn_with_env(
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        env: &[(&str, &std::ffi::OsStr)],
+        log_dir: &Path,
+    ) -> Result<Self, Error> {
         let log = log_dir.join(format!("{name}.log"));
         let out = File::create(&log).map_err(|e| Error::Io(format!("create {}", log.display()), e))?;
         let err = out.try_clone().map_err(|e| Error::Io("dup log".into(), e))?;
         let mut cmd = Command::new(bin);
         cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -93,6 +107,16 @@ impl Proc {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// SIGKILL the process group at once (a crash, for tests) and reap it.
+    pub fn kill(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        // SAFETY: kill(2) on our own child's process group.
+        unsafe { libc::kill(-(self.pid() as libc::pid_t), libc::SIGKILL) };
+        let _ = self.child.wait();
     }
 
     /// SIGTERM the process group, wait up to `grace`, then SIGKILL it.
