@@ -7,6 +7,7 @@
 //! - [`leader`]: leader election on a `coordination.k8s.io` Lease; only the leader writes.
 //! - [`metrics`] and [`server`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`events`]: Kubernetes Events through kube's `Recorder`.
+pub mod admission;
 pub mod controller;
 pub mod events;
 pub mod leader;
@@ -18,4 +19,4 @@ pub use controller::{MetricLabel, Reconcile, drive};
 pub use kube::runtime::controller::Action;
 pub use leader::LeaderElection;
 pub use metrics::Metrics;
-pub use status::{Lifecycle, StatusError, StatusWriter};
+pub use status::{Lifecycle, StatusError, StatusWriter, check_transition, permits};

@@ -14,15 +14,13 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::metrics::{Metrics, TransitionLabels};
 
-/// A lifecycle whose phase changes are checked before they are written.
-pub trait Lifecycle {
-    /// The lifecycle's name, e.g. `BackupSession`.
-    const NAME: &'static str;
-    /// The phase type (the CRD's `status.phase`).
-    type Phase: Copy + Eq + Debug;
-    /// Is `from → to` an edge of the transition table? `from == None` means "no phase yet".
-    /// Staying in the same phase is always permitted.
-    fn permits(from: Option<Self::Phase>, to: Self::Phase) -> bool;
+pub use stash_machines::Lifecycle;
+
+/// Is `from → to` an edge of `L`'s generated transition table? `None` is the initial phase;
+/// staying in the same phase is always permitted.
+pub fn permits<L: Lifecycle>(from: Option<L>, to: L) -> bool {
+    let from = from.unwrap_or(L::INITIAL);
+    from == to || L::TRANSITIONS.iter().any(|t| t.from == from && t.to == to)
 }
 
 /// Why a status write did not happen.
@@ -49,10 +47,10 @@ pub enum StatusError {
 /// Check `from → to` against `L`'s table, counting and logging a violation.
 pub fn check_transition<L: Lifecycle>(
     metrics: &Metrics,
-    from: Option<L::Phase>,
-    to: L::Phase,
+    from: Option<L>,
+    to: L,
 ) -> Result<(), StatusError> {
-    if from == Some(to) || L::permits(from, to) {
+    if permits(from, to) {
         return Ok(());
     }
     let (from, to) = (from.map_or_else(|| "<none>".to_string(), |p| format!("{p:?}")), format!("{to:?}"));
@@ -103,8 +101,8 @@ impl StatusWriter {
         obj: &K,
         current: Option<&S>,
         desired: &S,
-        from: Option<L::Phase>,
-        to: L::Phase,
+        from: Option<L>,
+        to: L,
     ) -> Result<bool, StatusError>
     where
         L: Lifecycle,

@@ -1,5 +1,6 @@
 //! The `stash` executable: the operator and its agents.
 use clap::{Parser, Subcommand};
+use stash::{agent, operator};
 
 /// Kubernetes backup and restore with restic, speaking the Stash API.
 #[derive(Parser)]
@@ -13,11 +14,29 @@ struct Cli {
 enum Command {
     /// Print every CustomResourceDefinition as YAML (deterministic).
     Crds,
+    /// Run the operator.
+    Run(operator::Options),
+    /// Create a BackupSession for a BackupConfiguration (what the trigger CronJob runs).
+    CreateBackupsession(agent::create_backupsession::Options),
+    /// The backup sidecar.
+    RunBackup(agent::run_backup::Options),
+    /// Restore one host (the restore init-container, or a restore Job without a Task).
+    Restore(agent::restore::Options),
 }
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().command {
         Command::Crds => print!("{}", stash_crds::render_yaml()),
+        Command::Run(opts) => operator::run(opts).await?,
+        Command::CreateBackupsession(opts) => agent::create_backupsession::run(opts).await?,
+        Command::RunBackup(opts) => agent::run_backup::run(opts).await?,
+        Command::Restore(opts) => agent::restore::run(opts).await?,
     }
     Ok(())
 }

@@ -1,0 +1,65 @@
+//! `stash create-backupsession`: what the trigger CronJob runs (stash-api.md §5.2).
+use k8s_openapi::{api::core::v1::ObjectReference, apimachinery::pkg::apis::meta::v1::OwnerReference};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{ObjectMeta, PostParams},
+};
+use stash_crds::{BackupConfiguration, BackupSession, backup_session::BackupSessionSpec, consts};
+use stash_runtime::events::{Events, Severity};
+
+use crate::operator::backup_configuration::offshoot_labels;
+
+/// Flags of `create-backupsession`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Options {
+    /// The BackupConfiguration (the session is named `<name>-<unix seconds>`).
+    #[arg(long = "backupsession.name")]
+    pub name: String,
+    /// Its namespace.
+    #[arg(long = "backupsession.namespace", env = "POD_NAMESPACE")]
+    pub namespace: String,
+}
+
+/// The session to create for `bc` at `unix` seconds.
+pub fn session_for(bc: &BackupConfiguration, unix: i64) -> BackupSession {
+    let mut labels = offshoot_labels(bc, consts::COMPONENT_BACKUP);
+    labels.insert(consts::BACKUP_CONFIGURATION_LABEL.into(), bc.name_any());
+    let owner: Option<OwnerReference> = bc.controller_owner_ref(&());
+    BackupSession {
+        metadata: ObjectMeta {
+            name: Some(format!("{}-{unix}", bc.name_any())),
+            namespace: bc.namespace(),
+            labels: Some(labels),
+            owner_references: owner.map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: BackupSessionSpec {
+            backup_configuration: Some(k8s_openapi::api::core::v1::LocalObjectReference { name: bc.name_any() }),
+        },
+        status: None,
+    }
+}
+
+/// Create the BackupSession, unless the configuration is paused (an event says why).
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let events = Events::new(client.clone(), "Backup Triggering CronJob");
+    let bcs = Api::<BackupConfiguration>::namespaced(client.clone(), &opts.namespace);
+    let bc = bcs.get(&opts.name).await?;
+    let reference: ObjectReference = bc.object_ref(&());
+    if bc.spec.paused {
+        let note = format!("BackupConfiguration {} is paused: no BackupSession created", opts.name);
+        tracing::info!("{note}");
+        events.publish(&reference, Severity::Normal, "BackupSkipped", note).await;
+        return Ok(());
+    }
+    let session = session_for(&bc, jiff::Timestamp::now().as_second());
+    let api = Api::<BackupSession>::namespaced(client, &opts.namespace);
+    match api.create(&PostParams::default(), &session).await {
+        Ok(s) => tracing::info!(session = %s.name_any(), "created BackupSession"),
+        // The same second twice (a retried pod): the session exists already.
+        Err(kube::Error::Api(e)) if e.code == 409 => tracing::info!("BackupSession exists already"),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! The commands that run inside pods.
+pub mod create_backupsession;
+pub mod run_backup;
+pub mod restore;

@@ -1,0 +1,272 @@
+//! `stash run-backup`: the backup sidecar (stash-api.md §7.1).
+//!
+//! Watches the BackupSessions of its BackupConfiguration; for each one the operator has set
+//! `Running` that has no entry for this host yet, it takes the workload's backup lock (a
+//! Lease), runs the restic sequence (§7.4) and records the outcome: this host's entry in the
+//! session status, the Repository status, and events. A backup failure is recorded as a
+//! `Failed` entry with the reason; it never crashes the container.
+use std::{collections::BTreeSet, path::PathBuf, time::Duration};
+
+use futures::StreamExt;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::PostParams,
+    runtime::{WatchStreamExt, watcher},
+};
+use stash_crds::{
+    BackupConfiguration, BackupSession, Repository,
+    backup_session::{FileStats, HostBackupStats, HostPhase, Phase, SnapshotStats},
+    consts,
+    duration::GoDuration,
+};
+use stash_runtime::{
+    LeaderElection,
+    events::{Events, Severity},
+};
+
+use crate::{
+    backup::{self, BackupOutcome},
+    target::{WorkloadKind, backup_host},
+};
+
+/// Flags of `run-backup`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Options {
+    /// The BackupConfiguration this sidecar serves.
+    #[arg(long)]
+    pub backup_configuration: String,
+    /// Where the storage Secret is mounted.
+    #[arg(long, default_value = "/etc/stash/repository/secret")]
+    pub secret_dir: PathBuf,
+    /// Scratch space (restic cache and temp files).
+    #[arg(long, default_value = "/tmp")]
+    pub scratch_dir: PathBuf,
+    /// Use a restic cache under the scratch dir.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub enable_cache: bool,
+    /// Backend connections (gcs, azure, b2).
+    #[arg(long, default_value_t = 0)]
+    pub max_connections: i32,
+    /// Push metrics to the pushgateway.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub metrics_enabled: bool,
+    /// The pushgateway's URL.
+    #[arg(long, default_value = "")]
+    pub pushgateway_url: String,
+    /// This pod's namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: String,
+    /// This pod's name.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: String,
+    /// This pod's node.
+    #[arg(long, env = "NODE_NAME", default_value = "")]
+    pub node_name: String,
+}
+
+/// Run the sidecar until it is stopped.
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let ns = opts.namespace.clone();
+    let bcs = Api::<BackupConfiguration>::namespaced(client.clone(), &ns);
+    // A missing BackupConfiguration at start-up is fatal: the container restarts and retries.
+    let bc = bcs.get(&opts.backup_configuration).await?;
+    let target = bc.spec.target.clone().unwrap_or_default();
+    let kind = WorkloadKind::of(&target.target_ref);
+    let host = backup_host(kind, &opts.pod_name, &opts.node_name);
+    let workload = target.target_ref.name.clone().unwrap_or_default();
+    let lock = LeaderElection {
+        namespace: ns.clone(),
+        name: format!("lock-{}-{workload}-backup", kind.map_or("unknown", |k| k.kind()).to_lowercase()),
+        identity: opts.pod_name.clone(),
+        lease_duration: Duration::from_secs(15),
+        renew_every: Duration::from_secs(3),
+    };
+    tracing::info!(bc = %opts.backup_configuration, %host, "backup sidecar started");
+
+    let sessions = Api::<BackupSession>::namespaced(client.clone(), &ns);
+    let selector = format!("{}={}", consts::BACKUP_CONFIGURATION_LABEL, opts.backup_configuration);
+    let events = Events::new(client.clone(), &format!("stash-sidecar-{}", opts.pod_name));
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    let stream = watcher(sessions.clone(), watcher::Config::default().labels(&selector)).applied_objects();
+    futures::pin_mut!(stream);
+    while let Some(item) = stream.next().await {
+        let session = match item {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "watch error; retrying");
+                continue;
+            }
+        };
+        if done.contains(&session.name_any()) || !needs_backup(&session, &host) {
+            continue;
+        }
+        // Serialise with the other pods of the workload; re-read after locking.
+        let leadership = lock.acquire(client.clone()).await?;
+        let fresh = sessions.get(&session.name_any()).await?;
+        let paused = bcs.get(&opts.backup_configuration).await.map(|b| b.spec.paused).unwrap_or(true);
+        if !paused && needs_backup(&fresh, &host) {
+            let bc = bcs.get(&opts.backup_configuration).await?;
+            backup_one(&client, &events, &opts, &bc, &fresh, &host).await;
+        }
+        done.insert(session.name_any());
+        leadership.release().await;
+    }
+    Ok(())
+}
+
+/// The operator has started the session and this host has not reported yet.
+fn needs_backup(session: &BackupSession, host: &str) -> bool {
+    let Some(status) = &session.status else { return false };
+    status.phase == Some(Phase::Running) && !status.stats.iter().any(|s| s.hostname.as_deref() == Some(host))
+}
+
+async fn backup_one(
+    client: &Client,
+    events: &Events,
+    opts: &Options,
+    bc: &BackupConfiguration,
+    session: &BackupSession,
+    host: &str,
+) {
+    let ns = opts.namespace.clone();
+    let started = std::time::Instant::now();
+    let repo_name = bc.spec.repository.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+    let repos = Api::<Repository>::namespaced(client.clone(), &ns);
+    let outcome = match repos.get(&repo_name).await {
+        Ok(repo) => {
+            let settings = backup::Settings {
+                secret_dir: opts.secret_dir.clone(),
+                scratch_dir: opts.scratch_dir.clone(),
+                enable_cache: opts.enable_cache,
+                max_connections: opts.max_connections,
+            };
+            backup::run(&repo, bc, host, &settings).await
+        }
+        Err(e) => Err(format!("Repository {repo_name}: {e}")),
+    };
+    let duration = started.elapsed();
+    let reference = session.object_ref(&());
+    let entry = match &outcome {
+        Ok(o) => HostBackupStats {
+            hostname: Some(host.into()),
+            phase: Some(HostPhase::Succeeded),
+            duration: Some(GoDuration(duration)),
+            error: None,
+            snapshots: o.snapshots.iter().map(snapshot_stats).collect(),
+        },
+        Err(e) => HostBackupStats {
+            hostname: Some(host.into()),
+            phase: Some(HostPhase::Failed),
+            duration: Some(GoDuration(duration)),
+            error: Some(e.clone()),
+            snapshots: vec![],
+        },
+    };
+    if let Err(e) = upsert_host(client, &ns, &session.name_any(), entry).await {
+        tracing::error!(error = %e, "could not record this host's result");
+    }
+    match outcome {
+        Ok(o) => {
+            events
+                .publish(&reference, Severity::Normal, "SuccessfulHostBackup", format!("backup of host {host} succeeded"))
+                .await;
+            if let Err(e) = update_repository(&repos, &repo_name, &o).await {
+                tracing::warn!(error = %e, "could not update the Repository status");
+            }
+        }
+        Err(e) => {
+            events
+                .publish(&reference, Severity::Warning, "FailedHostBackup", format!("backup of host {host} failed: {e}"))
+                .await;
+        }
+    }
+}
+
+fn snapshot_stats(s: &backup::SnapshotResult) -> SnapshotStats {
+    let count = |n: u64| Some(i32::try_from(n).unwrap_or(i32::MAX));
+    SnapshotStats {
+        name: Some(s.short_id.clone()),
+        directory: Some(s.directory.clone()),
+        size: Some(stash_restic::format_size(s.total_bytes)),
+        uploaded: Some(stash_restic::format_size(s.data_added)),
+        processing_time: Some(stash_restic::format_processing_time(s.duration_secs)),
+        file_stats: Some(FileStats {
+            total_files: count(s.total_files),
+            new_files: count(s.files_new),
+            modified_files: count(s.files_changed),
+            unmodified_files: count(s.files_unmodified),
+        }),
+    }
+}
+
+/// Upsert this host's entry in the session status, retrying on conflicts (several hosts
+/// report into one status).
+async fn upsert_host(client: &Client, ns: &str, name: &str, entry: HostBackupStats) -> Result<(), kube::Error> {
+    let api = Api::<BackupSession>::namespaced(client.clone(), ns);
+    let mut attempt = 0;
+    loop {
+        let mut s = api.get_status(name).await?;
+        let status = s.status.get_or_insert_with(Default::default);
+        status.stats.retain(|h| h.hostname != entry.hostname);
+        status.stats.push(entry.clone());
+        match api.replace_status(name, &PostParams::default(), &s).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 20 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn update_repository(repos: &Api<Repository>, name: &str, o: &BackupOutcome) -> Result<(), kube::Error> {
+    let mut attempt = 0;
+    loop {
+        let mut repo = repos.get_status(name).await?;
+        let status = repo.status.get_or_insert_with(Default::default);
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+        status.integrity = Some(o.integrity);
+        status.size = Some(stash_restic::format_size(o.repository_size));
+        status.snapshot_count = Some(i32::try_from(o.snapshot_count).unwrap_or(i32::MAX));
+        status.snapshots_removed_on_last_cleanup = Some(i32::try_from(o.snapshots_removed).unwrap_or(i32::MAX));
+        status.last_backup_time = Some(now.clone());
+        if status.first_backup_time.is_none() {
+            status.first_backup_time = Some(now);
+        }
+        match repos.replace_status(name, &PostParams::default(), &repo).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 20 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(phase: Option<Phase>, hosts: &[&str]) -> BackupSession {
+        let mut s = BackupSession::new("s", Default::default());
+        s.status = Some(stash_crds::backup_session::BackupSessionStatus {
+            phase,
+            stats: hosts.iter().map(|h| HostBackupStats { hostname: Some(h.to_string()), ..Default::default() }).collect(),
+            ..Default::default()
+        });
+        s
+    }
+
+    #[test]
+    fn a_host_backs_up_only_running_sessions_it_has_not_reported() {
+        assert!(needs_backup(&session(Some(Phase::Running), &[]), "host-0"));
+        assert!(needs_backup(&session(Some(Phase::Running), &["host-1"]), "host-0"));
+        assert!(!needs_backup(&session(Some(Phase::Running), &["host-0"]), "host-0"));
+        assert!(!needs_backup(&session(Some(Phase::Pending), &[]), "host-0"));
+        assert!(!needs_backup(&session(None, &[]), "host-0"));
+        assert!(!needs_backup(&session(Some(Phase::Skipped), &[]), "host-0"));
+    }
+}

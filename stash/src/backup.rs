@@ -1,0 +1,154 @@
+//! One host's backup, in Stash's order (stash-api.md §7.4): ensure the repository, back up
+//! each directory with `--host`, check, forget with the retention policy, stats.
+use std::path::PathBuf;
+
+use stash_crds::{BackupConfiguration, Repository, backend::BackendKind};
+use stash_restic as restic;
+
+/// Where the agent finds its secret and scratch space.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The storage Secret, mounted as files.
+    pub secret_dir: PathBuf,
+    /// Scratch space (cache, temp).
+    pub scratch_dir: PathBuf,
+    /// Use restic's cache.
+    pub enable_cache: bool,
+    /// Backend connections (gcs, azure, b2).
+    pub max_connections: i32,
+}
+
+/// What one directory's backup produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotResult {
+    /// The directory.
+    pub directory: String,
+    /// restic's short id.
+    pub short_id: String,
+    /// Bytes processed.
+    pub total_bytes: u64,
+    /// Bytes added to the repository.
+    pub data_added: u64,
+    /// Seconds taken.
+    pub duration_secs: u64,
+    /// Files processed.
+    pub total_files: u64,
+    /// New files.
+    pub files_new: u64,
+    /// Changed files.
+    pub files_changed: u64,
+    /// Unmodified files.
+    pub files_unmodified: u64,
+}
+
+/// What a successful host backup produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupOutcome {
+    /// One per directory.
+    pub snapshots: Vec<SnapshotResult>,
+    /// `restic check` found no errors.
+    pub integrity: bool,
+    /// Snapshots in the repository after forget.
+    pub snapshot_count: u64,
+    /// Snapshots forget removed.
+    pub snapshots_removed: u64,
+    /// Repository size (restore size of all snapshots).
+    pub repository_size: u64,
+}
+
+/// The restic location of a Repository's backend.
+pub fn location(repo: &Repository) -> Result<restic::Location, String> {
+    let kind = repo.spec.backend.validate().map_err(|e| e.to_string())?;
+    let s = |o: &Option<String>| o.clone().unwrap_or_default();
+    Ok(match kind {
+        BackendKind::Local(l) => restic::Location::local(s(&l.mount_path), l.sub_path.as_deref().unwrap_or_default()),
+        BackendKind::S3(b) => restic::Location::S3 { endpoint: s(&b.endpoint), bucket: s(&b.bucket), prefix: s(&b.prefix) },
+        BackendKind::Gcs(b) => {
+            restic::Location::Gcs { bucket: s(&b.bucket), prefix: s(&b.prefix), max_connections: connections(b.max_connections) }
+        }
+        BackendKind::Azure(b) => restic::Location::Azure {
+            container: s(&b.container),
+            prefix: s(&b.prefix),
+            max_connections: connections(b.max_connections),
+        },
+        BackendKind::Swift(b) => restic::Location::Swift { container: s(&b.container), prefix: s(&b.prefix) },
+        BackendKind::B2(b) => {
+            restic::Location::B2 { bucket: s(&b.bucket), prefix: s(&b.prefix), max_connections: connections(b.max_connections) }
+        }
+        BackendKind::Rest(b) => restic::Location::Rest { url: s(&b.url) },
+    })
+}
+
+fn connections(n: Option<i32>) -> Option<u32> {
+    n.and_then(|n| u32::try_from(n).ok()).filter(|n| *n > 0)
+}
+
+/// A restic handle for `repo` with the agent's settings.
+pub fn open(repo: &Repository, settings: &Settings) -> Result<restic::Repo, String> {
+    let location = location(repo)?;
+    let credentials = restic::Credentials::from_secret_dir(&settings.secret_dir).map_err(|e| e.to_string())?;
+    restic::Repo::builder(location, credentials)
+        .scratch_dir(settings.scratch_dir.clone())
+        .cache(settings.enable_cache)
+        .niceness_from_env()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// The retention policy in the wrapper's terms.
+pub fn retention(p: &stash_crds::common::RetentionPolicy) -> restic::RetentionPolicy {
+    let n = |v: Option<i32>| i64::from(v.unwrap_or(0));
+    restic::RetentionPolicy {
+        keep_last: n(p.keep_last),
+        keep_hourly: n(p.keep_hourly),
+        keep_daily: n(p.keep_daily),
+        keep_weekly: n(p.keep_weekly),
+        keep_monthly: n(p.keep_monthly),
+        keep_yearly: n(p.keep_yearly),
+        keep_tags: p.keep_tags.clone(),
+        prune: p.prune,
+        dry_run: p.dry_run,
+    }
+}
+
+/// Run the whole sequence. Errors are user-facing text (restic's reason, secrets scrubbed).
+pub async fn run(repo: &Repository, bc: &BackupConfiguration, host: &str, settings: &Settings) -> Result<BackupOutcome, String> {
+    let r = open(repo, settings)?;
+    r.ensure_initialized().await.map_err(|e| e.to_string())?;
+    let directories = bc.spec.target.as_ref().map(|t| t.directories.clone()).unwrap_or_default();
+    if directories.is_empty() {
+        return Err("BackupConfiguration has no spec.target.directories".into());
+    }
+    let mut snapshots = Vec::new();
+    for dir in &directories {
+        let s = r.backup(std::path::Path::new(dir), host, &[]).await.map_err(|e| format!("backup of {dir}: {e}"))?;
+        snapshots.push(SnapshotResult {
+            directory: dir.clone(),
+            short_id: s.short_id().to_string(),
+            total_bytes: s.total_bytes_processed,
+            data_added: s.data_added,
+            duration_secs: s.total_duration.round() as u64,
+            total_files: s.total_files_processed,
+            files_new: s.files_new,
+            files_changed: s.files_changed,
+            files_unmodified: s.files_unmodified,
+        });
+    }
+    let integrity = r.check(false).await.map_err(|e| format!("check: {e}"))?;
+    let policy = bc.spec.retention_policy.clone().unwrap_or_default();
+    let policy = retention(&policy);
+    let removed = if policy.is_empty() {
+        0
+    } else {
+        r.forget(&policy).await.map_err(|e| format!("forget: {e}"))?.removed
+    };
+    let stats = r.stats().await.map_err(|e| format!("stats: {e}"))?;
+    let count = r.snapshots(&restic::SnapshotFilter::default()).await.map_err(|e| format!("snapshots: {e}"))?.len();
+    Ok(BackupOutcome {
+        snapshots,
+        integrity,
+        snapshot_count: count as u64,
+        snapshots_removed: removed as u64,
+        repository_size: stats.total_size,
+    })
+}

@@ -1,0 +1,161 @@
+//! BackupConfiguration controller (stash-api.md §5.1, §5.2): finalizer, the trigger CronJob,
+//! its ServiceAccount and RoleBinding. Sidecars are the workload controller's business (it
+//! watches BackupConfigurations too).
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::api::{
+    batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec},
+    core::v1::{Container, PodSpec, PodTemplateSpec, ServiceAccount},
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{ObjectMeta, Patch, PatchParams},
+    runtime::{
+        Controller,
+        finalizer::{Event as Finalizer, finalizer},
+        watcher,
+    },
+};
+use stash_crds::{BackupConfiguration, consts};
+use stash_runtime::{Action, Reconcile};
+
+use super::{Ctx, Error, rbac};
+
+const MANAGER: &str = "stash-operator";
+
+/// Labels of objects derived from a BackupConfiguration (§5.6).
+pub fn offshoot_labels(bc: &BackupConfiguration, component: &str) -> BTreeMap<String, String> {
+    let mut labels = bc.labels().clone();
+    labels.insert(consts::COMPONENT_LABEL.into(), component.into());
+    labels.insert(consts::MANAGED_BY_LABEL.into(), consts::MANAGED_BY_STASH.into());
+    labels
+}
+
+/// The trigger CronJob of `bc` (§5.2).
+pub fn cron_job(bc: &BackupConfiguration, schedule: &str, image: &str, service_account: &str) -> CronJob {
+    let labels = offshoot_labels(bc, consts::COMPONENT_BACKUP);
+    let mut job_labels = labels.clone();
+    job_labels.insert(consts::DELETE_JOB_ON_COMPLETION_LABEL.into(), "true".into());
+    let ns = bc.namespace().unwrap_or_default();
+    CronJob {
+        metadata: ObjectMeta {
+            name: Some(bc.name_any()),
+            namespace: Some(ns.clone()),
+            labels: Some(labels),
+            owner_references: bc.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: CronJobSpec {
+            schedule: schedule.into(),
+            concurrency_policy: Some("Forbid".into()),
+            successful_jobs_history_limit: Some(1),
+            failed_jobs_history_limit: Some(1),
+            job_template: JobTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(job_labels.clone()), ..Default::default() }),
+                spec: Some(JobSpec {
+                    backoff_limit: Some(2),
+                    ttl_seconds_after_finished: Some(300),
+                    template: PodTemplateSpec {
+                        metadata: Some(ObjectMeta { labels: Some(job_labels), ..Default::default() }),
+                        spec: Some(PodSpec {
+                            containers: vec![Container {
+                                name: "stash".into(),
+                                image: Some(image.into()),
+                                image_pull_policy: Some("IfNotPresent".into()),
+                                args: Some(vec![
+                                    "create-backupsession".into(),
+                                    format!("--backupsession.name={}", bc.name_any()),
+                                    format!("--backupsession.namespace={ns}"),
+                                ]),
+                                ..Default::default()
+                            }],
+                            restart_policy: Some("Never".into()),
+                            service_account_name: Some(service_account.into()),
+                            ..Default::default()
+                        }),
+                    },
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+struct BackupConfigurations(Arc<Ctx>);
+
+impl BackupConfigurations {
+    async fn apply(&self, bc: Arc<BackupConfiguration>) -> Result<Action, Error> {
+        let ctx = &self.0;
+        if bc.spec.paused {
+            // Paused: nothing is reconciled; create-backupsession refuses to create sessions.
+            return Ok(Action::requeue(Duration::from_secs(600)));
+        }
+        let ns = bc.namespace().unwrap_or_default();
+        let name = bc.name_any();
+        let owner = bc.controller_owner_ref(&());
+        let pp = PatchParams::apply(MANAGER).force();
+        let sa = match bc.spec.runtime_settings.as_ref().and_then(|r| r.pod.as_ref()).and_then(|p| p.service_account_name.clone()) {
+            Some(sa) => sa,
+            None => {
+                let sa = ServiceAccount {
+                    metadata: ObjectMeta {
+                        name: Some(name.clone()),
+                        namespace: Some(ns.clone()),
+                        owner_references: owner.clone().map(|o| vec![o]),
+                        labels: Some(offshoot_labels(&bc, consts::COMPONENT_BACKUP)),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns).patch(&name, &pp, &Patch::Apply(&sa)).await?;
+                name.clone()
+            }
+        };
+        let rb = rbac::role_binding(&name, &ns, rbac::CRON_JOB_ROLE, &sa, owner);
+        rbac::apply_role_binding(&ctx.client, &rb).await?;
+        let cronjobs = Api::<CronJob>::namespaced(ctx.client.clone(), &ns);
+        match bc.spec.schedule.as_deref().filter(|s| !s.trim().is_empty()) {
+            Some(schedule) => {
+                let cj = cron_job(&bc, schedule, &ctx.inject.image, &sa);
+                cronjobs.patch(&name, &pp, &Patch::Apply(&cj)).await?;
+            }
+            None => {
+                // No schedule: manual sessions only.
+                let _ = cronjobs.delete(&name, &Default::default()).await;
+            }
+        }
+        Ok(Action::requeue(Duration::from_secs(600)))
+    }
+}
+
+impl Reconcile<BackupConfiguration> for BackupConfigurations {
+    type Error = Error;
+    const NAME: &'static str = "backupconfiguration";
+
+    async fn reconcile(&self, bc: Arc<BackupConfiguration>) -> Result<Action, Error> {
+        let api = Api::<BackupConfiguration>::namespaced(self.0.client.clone(), &bc.namespace().unwrap_or_default());
+        finalizer(&api, consts::STASH_FINALIZER, bc, |event| async move {
+            match event {
+                Finalizer::Apply(bc) => self.apply(bc).await,
+                // Owned objects (CronJob, ServiceAccount, RoleBinding) are garbage collected;
+                // the workload controller sees the deletion and removes the sidecar.
+                Finalizer::Cleanup(_) => Ok(Action::await_change()),
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            other => Error::Finalizer(other.to_string()),
+        })
+    }
+}
+
+/// Run the BackupConfiguration controller.
+pub async fn run(ctx: Arc<Ctx>) {
+    let api = Api::<BackupConfiguration>::all(ctx.client.clone());
+    let controller = Controller::new(api, watcher::Config::default())
+        .owns(Api::<CronJob>::all(ctx.client.clone()), watcher::Config::default());
+    stash_runtime::drive(controller, BackupConfigurations(ctx.clone()), ctx.metrics.clone()).await;
+}

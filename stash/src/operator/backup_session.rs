@@ -1,0 +1,176 @@
+//! BackupSession controller: observe, let the pure machine decide, perform its effects.
+//!
+//! The machine ([`stash_machines::backup_session::decide`]) holds every rule of the lifecycle
+//! (§5.4, §7, decisions 1 and 3); this file only gathers the observation and carries out the
+//! effects. The status write goes through [`stash_runtime::StatusWriter`], which refuses any
+//! phase change outside the generated transition table.
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::ListParams,
+    runtime::{Controller, watcher},
+};
+use stash_crds::{
+    BackupConfiguration, BackupSession,
+    backup_session::{BackupSessionStatus, HostPhase},
+    common::Driver,
+    consts,
+    duration::GoDuration,
+};
+use stash_machines::{
+    Effect, EventKind,
+    backup_session::{self as machine, Config, HostReport, Observation, OtherSession, Phase, TargetModel},
+};
+use stash_runtime::{Action, Reconcile, StatusWriter, events::Severity};
+
+use super::{Ctx, Error};
+use crate::target::WorkloadKind;
+
+fn created_at<K: Resource>(obj: &K) -> u64 {
+    obj.meta().creation_timestamp.as_ref().map_or(0, |t| u64::try_from(t.0.as_second()).unwrap_or(0))
+}
+
+/// The configuration this session runs, as the machine needs it.
+async fn observe_config(ctx: &Ctx, ns: &str, bc_name: &str, overlap: machine::OverlapPolicy) -> Result<Config, Error> {
+    let Some(bc) = Api::<BackupConfiguration>::namespaced(ctx.client.clone(), ns).get_opt(bc_name).await? else {
+        return Ok(Config::Missing);
+    };
+    let target = bc.spec.target.as_ref();
+    let kind = target.and_then(|t| WorkloadKind::of(&t.target_ref));
+    let model = match (bc.spec.driver(), kind) {
+        (Driver::VolumeSnapshotter, _) => TargetModel::VolumeSnapshotter,
+        (Driver::Restic, Some(_)) => TargetModel::Sidecar,
+        (Driver::Restic, None) => TargetModel::Job,
+    };
+    let name = target.and_then(|t| t.target_ref.name.clone()).unwrap_or_default();
+    let total_hosts = match kind {
+        Some(WorkloadKind::StatefulSet) => Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
+            .get_opt(&name)
+            .await?
+            .and_then(|s| s.spec.and_then(|s| s.replicas))
+            .unwrap_or(1),
+        Some(WorkloadKind::DaemonSet) => Api::<DaemonSet>::namespaced(ctx.client.clone(), ns)
+            .get_opt(&name)
+            .await?
+            .and_then(|d| d.status)
+            .map(|s| if s.number_ready > 0 { s.number_ready } else { s.desired_number_scheduled })
+            .unwrap_or(1),
+        _ => 1,
+    };
+    Ok(Config::Found {
+        paused: bc.spec.paused,
+        model,
+        total_hosts: u32::try_from(total_hosts.max(1)).unwrap_or(1),
+        overlap,
+    })
+}
+
+fn host_reports(status: Option<&BackupSessionStatus>) -> Vec<HostReport> {
+    status
+        .map(|s| s.stats.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|h| HostReport {
+            hostname: h.hostname.clone().unwrap_or_default(),
+            phase: h.phase,
+            error: h.error.clone().filter(|e| !e.is_empty()),
+            snapshots: u32::try_from(h.snapshots.len()).unwrap_or(u32::MAX),
+            duration: h.duration.as_ref().map(GoDuration::as_std).unwrap_or_default(),
+        })
+        .collect()
+}
+
+struct BackupSessions(Arc<Ctx>);
+
+impl Reconcile<BackupSession> for BackupSessions {
+    type Error = Error;
+    const NAME: &'static str = "backupsession";
+
+    async fn reconcile(&self, bs: Arc<BackupSession>) -> Result<Action, Error> {
+        let ctx = &self.0;
+        let ns = bs.namespace().unwrap_or_default();
+        let api = Api::<BackupSession>::namespaced(ctx.client.clone(), &ns);
+        let bc_name = bs.spec.backup_configuration.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+        let status = bs.status.as_ref();
+        if status.and_then(|s| s.phase).is_some_and(|p| matches!(p, Phase::Succeeded | Phase::Failed | Phase::Skipped)) {
+            return Ok(Action::await_change());
+        }
+        let config = observe_config(ctx, &ns, &bc_name, ctx.overlap).await?;
+        let others = api
+            .list(&ListParams::default().labels(&format!("{}={bc_name}", consts::BACKUP_CONFIGURATION_LABEL)))
+            .await?
+            .into_iter()
+            .filter(|o| o.uid() != bs.uid())
+            .map(|o| OtherSession { name: o.name_any(), phase: o.status.as_ref().and_then(|s| s.phase), created_at: created_at(&o) })
+            .collect();
+        let obs = Observation {
+            name: bs.name_any(),
+            created_at: created_at(bs.as_ref()),
+            phase: status.and_then(|s| s.phase),
+            total_hosts: status.and_then(|s| s.total_hosts).and_then(|t| u32::try_from(t).ok()),
+            hosts: host_reports(status),
+            config,
+            others,
+            job: None,
+            now: u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0),
+            policy: ctx.policy,
+        };
+        let decision = machine::decide(&obs);
+        if let Some(rejection) = decision.rejection {
+            tracing::error!(session = %bs.name_any(), %rejection, "BUG: the machine's event was rejected");
+        }
+        let writer = StatusWriter::new(ctx.metrics.clone(), Self::NAME);
+        let reference = bs.object_ref(&());
+        let mut action = Action::requeue(ctx.policy.poll);
+        for effect in decision.effects {
+            match effect {
+                Effect::WriteStatus(patch) => {
+                    let mut desired = status.cloned().unwrap_or_default();
+                    desired.phase = Some(patch.phase);
+                    if let Some(t) = patch.total_hosts {
+                        desired.total_hosts = Some(i32::try_from(t).unwrap_or(i32::MAX));
+                    }
+                    if let Some(d) = patch.session_duration {
+                        desired.session_duration = Some(GoDuration(d));
+                    }
+                    if patch.reason.is_some() {
+                        desired.reason = patch.reason.clone();
+                    }
+                    writer
+                        .write_phase(&api, bs.as_ref(), status, &desired, obs.phase, patch.phase)
+                        .await?;
+                }
+                Effect::Emit(ev) => {
+                    let severity = match ev.kind {
+                        EventKind::Normal => Severity::Normal,
+                        EventKind::Warning => Severity::Warning,
+                    };
+                    ctx.events.publish(&reference, severity, ev.reason, ev.message).await;
+                }
+                Effect::RequeueAfter(d) => action = Action::requeue(d.max(Duration::from_secs(1))),
+                Effect::CreateBackupJob => {
+                    // The job model (Functions and Tasks) is built separately; until then a
+                    // job-model session is reported, not silently left Running.
+                    let msg = "backup Jobs from Functions and Tasks are not implemented yet".to_string();
+                    ctx.events.publish(&reference, Severity::Warning, "BackupJobNotSupported", msg).await;
+                }
+                Effect::CreateRestoreJob | Effect::NudgeWorkload => {}
+            }
+        }
+        Ok(action)
+    }
+}
+
+/// Whether a host entry succeeded (used by tests and the CLI).
+pub fn host_succeeded(phase: Option<HostPhase>, error: Option<&str>) -> bool {
+    phase == Some(HostPhase::Succeeded) && error.is_none_or(str::is_empty)
+}
+
+/// Run the BackupSession controller.
+pub async fn run(ctx: Arc<Ctx>) {
+    let api = Api::<BackupSession>::all(ctx.client.clone());
+    let controller = Controller::new(api, watcher::Config::default());
+    stash_runtime::drive(controller, BackupSessions(ctx.clone()), ctx.metrics.clone()).await;
+}

@@ -1,0 +1,164 @@
+//! The operator (`stash run`): leader election, then the controllers.
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use kube::Client;
+use stash_machines::{Policy, backup_session::OverlapPolicy};
+use stash_runtime::{
+    LeaderElection, Metrics,
+    events::Events,
+    server::{self, Readiness},
+};
+
+use crate::inject::InjectConfig;
+
+pub mod backup_configuration;
+pub mod backup_session;
+pub mod rbac;
+pub mod restore_session;
+pub mod workload;
+
+/// What every controller shares.
+#[derive(Clone)]
+pub struct Ctx {
+    /// The API client.
+    pub client: Client,
+    /// Settings of injected containers and created pods.
+    pub inject: InjectConfig,
+    /// The operator's metrics.
+    pub metrics: Metrics,
+    /// Event publisher.
+    pub events: Events,
+    /// Session deadlines and polling.
+    pub policy: Policy,
+    /// What to do with a session created while another of the same configuration runs.
+    pub overlap: OverlapPolicy,
+}
+
+/// Operator settings (the `stash run` flags).
+#[derive(Clone, Debug, clap::Args)]
+pub struct Options {
+    /// Image of the containers the operator injects and creates (sidecar, jobs, cron jobs).
+    #[arg(long, default_value = concat!("stash-rs/stash:", env!("CARGO_PKG_VERSION")))]
+    pub image: String,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    pub namespace: String,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Where agents push metrics (empty: off).
+    #[arg(long, default_value = "")]
+    pub pushgateway_url: String,
+    /// Lease duration of leader election.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// How long a BackupSession may take from its creation before it fails.
+    #[arg(long, default_value = "6h", value_parser = humantime::parse_duration)]
+    pub session_deadline: Duration,
+    /// How often waiting sessions are looked at again.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub poll: Duration,
+    /// A session created while another of its configuration runs: `skip` or `wait`.
+    #[arg(long, default_value = "skip", value_parser = parse_overlap)]
+    pub overlap: OverlapPolicy,
+}
+
+fn parse_overlap(s: &str) -> Result<OverlapPolicy, String> {
+    match s {
+        "skip" => Ok(OverlapPolicy::Skip),
+        "wait" => Ok(OverlapPolicy::Wait),
+        _ => Err(format!("--overlap must be skip or wait, not {s:?}")),
+    }
+}
+
+/// Run the operator until it loses leadership or is told to stop.
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let client = Client::try_default().await.context("connect to the Kubernetes API")?;
+    let metrics = Metrics::default();
+    let ready = Readiness::default();
+    let (addr, serving) = server::serve(opts.metrics_addr, metrics.clone(), ready.clone())
+        .await
+        .with_context(|| format!("bind {}", opts.metrics_addr))?;
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    tokio::spawn(serving);
+
+    let identity = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
+    let election = LeaderElection {
+        namespace: opts.namespace.clone(),
+        name: "stash-operator".into(),
+        identity,
+        lease_duration: opts.lease_duration,
+        renew_every: opts.lease_duration / 5,
+    };
+    let mut leadership = election.acquire(client.clone()).await.context("leader election")?;
+    metrics.leader.set(1);
+
+    rbac::ensure_cluster_roles(&client).await.context("ensure ClusterRoles")?;
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        inject: InjectConfig { image: opts.image.clone(), pushgateway_url: opts.pushgateway_url.clone() },
+        metrics: metrics.clone(),
+        events: Events::new(client.clone(), "stash-operator"),
+        policy: Policy { deadline: opts.session_deadline, poll: opts.poll },
+        overlap: opts.overlap,
+    });
+    ready.set(true);
+    let controllers = async {
+        tokio::join!(
+            backup_configuration::run(ctx.clone()),
+            backup_session::run(ctx.clone()),
+            restore_session::run(ctx.clone()),
+            workload::run_all(ctx.clone()),
+        )
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = controllers => tracing::warn!("controllers ended"),
+        _ = leadership.lost() => {
+            metrics.leader.set(0);
+            anyhow::bail!("lost leadership; exiting so a fresh process can compete again");
+        }
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        _ = term.recv() => tracing::info!("terminated"),
+    }
+    leadership.release().await;
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "stash".into())
+}
+
+/// Operator errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A status write failed or was refused.
+    #[error(transparent)]
+    Status(#[from] stash_runtime::StatusError),
+    /// The finalizer helper failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    /// The sidecar could not be built.
+    #[error(transparent)]
+    Inject(#[from] crate::inject::InjectError),
+    /// A user-facing configuration problem (also reported as an event).
+    #[error("{0}")]
+    Config(String),
+}
+
+impl stash_runtime::MetricLabel for Error {
+    fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Status(_) => "status",
+            Error::Finalizer(_) => "finalizer",
+            Error::Inject(_) => "inject",
+            Error::Config(_) => "config",
+        }
+    }
+}

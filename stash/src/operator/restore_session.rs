@@ -1,0 +1,152 @@
+//! RestoreSession controller: observe, let the pure machine decide, perform its effects
+//! (stash-api.md §5.8, §7.3, decision 2).
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Node};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::ListParams,
+    runtime::{
+        Controller,
+        finalizer::{Event as Finalizer, finalizer},
+        watcher,
+    },
+};
+use stash_crds::{RestoreSession, common::Driver, consts, duration::GoDuration};
+use stash_machines::{
+    Effect, EventKind,
+    restore_session::{self as machine, HostReport, Observation, TargetModel},
+};
+use stash_runtime::{Action, Reconcile, StatusWriter, events::Severity};
+
+use super::{Ctx, Error};
+use crate::target::WorkloadKind;
+
+struct RestoreSessions(Arc<Ctx>);
+
+/// The hosts that will restore (§9.3).
+async fn target_hosts(ctx: &Ctx, rs: &RestoreSession, ns: &str) -> Result<(TargetModel, Vec<String>), Error> {
+    let target = rs.spec.target.clone().unwrap_or_default();
+    let kind = WorkloadKind::of(&target.target_ref);
+    let numbered = |n: i32| (0..n.max(1)).map(|i| format!("host-{i}")).collect::<Vec<_>>();
+    Ok(match (rs.spec.driver(), kind) {
+        (Driver::VolumeSnapshotter, _) => (TargetModel::VolumeSnapshotter, vec![]),
+        (Driver::Restic, Some(WorkloadKind::StatefulSet)) => {
+            let name = target.target_ref.name.clone().unwrap_or_default();
+            let replicas = Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
+                .get_opt(&name)
+                .await?
+                .and_then(|s| s.spec.and_then(|s| s.replicas))
+                .or(target.replicas)
+                .unwrap_or(1);
+            (TargetModel::Workload, numbered(replicas))
+        }
+        (Driver::Restic, Some(WorkloadKind::DaemonSet)) => {
+            let nodes = Api::<Node>::all(ctx.client.clone()).list(&ListParams::default()).await?;
+            (TargetModel::Workload, nodes.into_iter().map(|n| n.name_any()).collect())
+        }
+        (Driver::Restic, Some(_)) => (TargetModel::Workload, vec!["host-0".into()]),
+        (Driver::Restic, None) => (TargetModel::Job, numbered(target.replicas.unwrap_or(1))),
+    })
+}
+
+impl RestoreSessions {
+    async fn apply(&self, rs: Arc<RestoreSession>) -> Result<Action, Error> {
+        let ctx = &self.0;
+        let ns = rs.namespace().unwrap_or_default();
+        let api = Api::<RestoreSession>::namespaced(ctx.client.clone(), &ns);
+        let status = rs.status.as_ref();
+        let (model, hosts) = target_hosts(ctx, &rs, &ns).await?;
+        let obs = Observation {
+            name: rs.name_any(),
+            created_at: rs.meta().creation_timestamp.as_ref().map_or(0, |t| u64::try_from(t.0.as_second()).unwrap_or(0)),
+            phase: status.and_then(|s| s.phase),
+            total_hosts: status.and_then(|s| s.total_hosts).and_then(|t| u32::try_from(t).ok()),
+            hosts: status
+                .map(|s| s.stats.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .map(|h| HostReport {
+                    hostname: h.hostname.clone().unwrap_or_default(),
+                    phase: h.phase,
+                    error: h.error.clone().filter(|e| !e.is_empty()),
+                    duration: h.duration.as_ref().map(GoDuration::as_std).unwrap_or_default(),
+                })
+                .collect(),
+            model,
+            target_hosts: hosts,
+            rules: rs.spec.rules.iter().map(|r| machine::Rule { target_hosts: r.target_hosts.clone() }).collect(),
+            job: None,
+            now: u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0),
+            policy: ctx.policy,
+        };
+        let decision = machine::decide(&obs);
+        if let Some(rejection) = decision.rejection {
+            tracing::error!(session = %rs.name_any(), %rejection, "BUG: the machine's event was rejected");
+        }
+        let writer = StatusWriter::new(ctx.metrics.clone(), "restoresession");
+        let reference = rs.object_ref(&());
+        let mut action = Action::requeue(ctx.policy.poll);
+        for effect in decision.effects {
+            match effect {
+                Effect::WriteStatus(patch) => {
+                    let mut desired = status.cloned().unwrap_or_default();
+                    desired.phase = Some(patch.phase);
+                    if let Some(t) = patch.total_hosts {
+                        desired.total_hosts = Some(i32::try_from(t).unwrap_or(i32::MAX));
+                    }
+                    if let Some(d) = patch.session_duration {
+                        desired.session_duration = Some(GoDuration(d));
+                    }
+                    if patch.reason.is_some() {
+                        desired.reason = patch.reason.clone();
+                    }
+                    writer.write_phase(&api, rs.as_ref(), status, &desired, obs.phase, patch.phase).await?;
+                }
+                Effect::Emit(ev) => {
+                    let severity = match ev.kind {
+                        EventKind::Normal => Severity::Normal,
+                        EventKind::Warning => Severity::Warning,
+                    };
+                    ctx.events.publish(&reference, severity, ev.reason, ev.message).await;
+                }
+                Effect::RequeueAfter(d) => action = Action::requeue(d.max(Duration::from_secs(1))),
+                // The workload controller watches RestoreSessions: it injects `stash-init`.
+                Effect::NudgeWorkload => {}
+                Effect::CreateRestoreJob => {
+                    let msg = "restore Jobs are not implemented yet".to_string();
+                    ctx.events.publish(&reference, Severity::Warning, "RestoreJobNotSupported", msg).await;
+                }
+                Effect::CreateBackupJob => {}
+            }
+        }
+        Ok(action)
+    }
+}
+
+impl Reconcile<RestoreSession> for RestoreSessions {
+    type Error = Error;
+    const NAME: &'static str = "restoresession";
+
+    async fn reconcile(&self, rs: Arc<RestoreSession>) -> Result<Action, Error> {
+        let api = Api::<RestoreSession>::namespaced(self.0.client.clone(), &rs.namespace().unwrap_or_default());
+        finalizer(&api, consts::STASH_FINALIZER, rs, |event| async move {
+            match event {
+                Finalizer::Apply(rs) => self.apply(rs).await,
+                // The workload controller sees the deletion and removes `stash-init`.
+                Finalizer::Cleanup(_) => Ok(Action::await_change()),
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            other => Error::Finalizer(other.to_string()),
+        })
+    }
+}
+
+/// Run the RestoreSession controller.
+pub async fn run(ctx: Arc<Ctx>) {
+    let controller = Controller::new(Api::<RestoreSession>::all(ctx.client.clone()), watcher::Config::default());
+    stash_runtime::drive(controller, RestoreSessions(ctx.clone()), ctx.metrics.clone()).await;
+}

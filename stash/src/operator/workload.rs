@@ -1,0 +1,361 @@
+//! Workload controllers (stash-api.md §5.3, controller path): keep each workload's pod
+//! template in line with the BackupConfiguration that targets it — sidecar in, updated, or
+//! out — using the same pure decision as the mutating webhook ([`crate::inject`]).
+use std::{fmt::Debug, sync::Arc, time::Duration};
+
+use k8s_openapi::api::{
+    apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet},
+    core::v1::{Pod, PodTemplateSpec, ReplicationController},
+    rbac::v1::RoleBinding,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{ListParams, PostParams},
+    runtime::{Controller, reflector::ObjectRef, watcher},
+};
+use serde::{Serialize, de::DeserializeOwned};
+use stash_crds::{BackupConfiguration, Repository, RestoreSession, common::Driver, consts, restore_session::Phase as RestorePhase};
+use stash_runtime::{Action, Reconcile, events::Severity};
+
+use super::{Ctx, Error, rbac};
+use crate::{inject, target::WorkloadKind};
+
+/// A workload kind the sidecar can be injected into.
+pub trait Workload:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// Which kind.
+    const KIND: WorkloadKind;
+    /// The pod template.
+    fn template(&self) -> Option<&PodTemplateSpec>;
+    /// Replace the pod template.
+    fn set_template(&mut self, template: PodTemplateSpec);
+    /// Make template changes roll out (DaemonSet/StatefulSet: RollingUpdate).
+    fn force_rolling_update(&mut self) {}
+    /// Pods it owns are replaced by its controller on template change (false: we delete them).
+    fn rolls_out_itself() -> bool {
+        true
+    }
+}
+
+impl Workload for Deployment {
+    const KIND: WorkloadKind = WorkloadKind::Deployment;
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+    fn set_template(&mut self, template: PodTemplateSpec) {
+        self.spec.get_or_insert_with(Default::default).template = template;
+    }
+}
+
+impl Workload for StatefulSet {
+    const KIND: WorkloadKind = WorkloadKind::StatefulSet;
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+    fn set_template(&mut self, template: PodTemplateSpec) {
+        self.spec.get_or_insert_with(Default::default).template = template;
+    }
+    fn force_rolling_update(&mut self) {
+        let spec = self.spec.get_or_insert_with(Default::default);
+        spec.update_strategy = Some(k8s_openapi::api::apps::v1::StatefulSetUpdateStrategy {
+            type_: Some("RollingUpdate".into()),
+            rolling_update: None,
+        });
+    }
+}
+
+impl Workload for DaemonSet {
+    const KIND: WorkloadKind = WorkloadKind::DaemonSet;
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+    fn set_template(&mut self, template: PodTemplateSpec) {
+        self.spec.get_or_insert_with(Default::default).template = template;
+    }
+    fn force_rolling_update(&mut self) {
+        let spec = self.spec.get_or_insert_with(Default::default);
+        let strategy = spec.update_strategy.get_or_insert_with(Default::default);
+        strategy.type_ = Some("RollingUpdate".into());
+    }
+}
+
+impl Workload for ReplicaSet {
+    const KIND: WorkloadKind = WorkloadKind::ReplicaSet;
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().and_then(|s| s.template.as_ref())
+    }
+    fn set_template(&mut self, template: PodTemplateSpec) {
+        self.spec.get_or_insert_with(Default::default).template = Some(template);
+    }
+    fn rolls_out_itself() -> bool {
+        false
+    }
+}
+
+impl Workload for ReplicationController {
+    const KIND: WorkloadKind = WorkloadKind::ReplicationController;
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().and_then(|s| s.template.as_ref())
+    }
+    fn set_template(&mut self, template: PodTemplateSpec) {
+        self.spec.get_or_insert_with(Default::default).template = Some(template);
+    }
+    fn rolls_out_itself() -> bool {
+        false
+    }
+}
+
+fn hash_of(t: Option<&PodTemplateSpec>) -> Option<String> {
+    t.and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(consts::LAST_APPLIED_BACKUP_CONFIGURATION_HASH_ANNOTATION).cloned())
+}
+
+/// The BackupConfiguration JSON recorded on the workload (`last-applied-backupconfiguration`).
+fn last_applied(bc: &BackupConfiguration) -> String {
+    serde_json::json!({
+        "apiVersion": "stash.appscode.com/v1beta1",
+        "kind": "BackupConfiguration",
+        "metadata": {"name": bc.name_any(), "namespace": bc.namespace()},
+        "spec": bc.spec,
+    })
+    .to_string()
+}
+
+/// The RestoreSession JSON recorded on the workload (`last-applied-restoresession`).
+fn last_applied_restore(rs: &RestoreSession) -> String {
+    serde_json::json!({
+        "apiVersion": "stash.appscode.com/v1beta1",
+        "kind": "RestoreSession",
+        "metadata": {"name": rs.name_any(), "namespace": rs.namespace()},
+        "spec": rs.spec,
+    })
+    .to_string()
+}
+
+struct Workloads<W>(Arc<Ctx>, std::marker::PhantomData<W>);
+
+impl<W: Workload> Reconcile<W> for Workloads<W> {
+    type Error = Error;
+    const NAME: &'static str = "workload";
+
+    async fn reconcile(&self, w: Arc<W>) -> Result<Action, Error> {
+        let ctx = &self.0;
+        if w.meta().deletion_timestamp.is_some() {
+            return Ok(Action::await_change());
+        }
+        // A ReplicaSet owned by a Deployment follows its Deployment.
+        if W::KIND == WorkloadKind::ReplicaSet
+            && w.owner_references().iter().any(|o| o.kind == "Deployment" && o.controller == Some(true))
+        {
+            return Ok(Action::await_change());
+        }
+        let ns = w.namespace().unwrap_or_default();
+        let name = w.name_any();
+        let reference = w.object_ref(&());
+        let bcs = Api::<BackupConfiguration>::namespaced(ctx.client.clone(), &ns).list(&ListParams::default()).await?;
+        let matching: Vec<BackupConfiguration> = bcs
+            .into_iter()
+            .filter(|bc| bc.meta().deletion_timestamp.is_none() && bc.spec.driver() == Driver::Restic)
+            .filter(|bc| bc.spec.target.as_ref().is_some_and(|t| W::KIND.matches(&t.target_ref, &name)))
+            .collect();
+        if matching.len() > 1 {
+            let names: Vec<_> = matching.iter().map(|b| b.name_any()).collect();
+            let msg = format!("more than one BackupConfiguration targets {} {name}: {names:?}", W::KIND.kind());
+            ctx.events.publish(&reference, Severity::Warning, "MultipleBackupConfigurations", msg.clone()).await;
+            return Err(Error::Config(msg));
+        }
+        let target = match matching.into_iter().next() {
+            None => None,
+            Some(bc) => {
+                let repo_name = bc.spec.repository.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+                match Api::<Repository>::namespaced(ctx.client.clone(), &ns).get_opt(&repo_name).await? {
+                    Some(repo) => Some((bc, repo)),
+                    None => {
+                        let msg = format!("Repository {repo_name:?} of BackupConfiguration {} not found", bc.name_any());
+                        ctx.events.publish(&reference, Severity::Warning, "RepositoryNotFound", msg).await;
+                        return Ok(Action::requeue(Duration::from_secs(15)));
+                    }
+                }
+            }
+        };
+        let restore = self.applicable_restore(&ns, &name).await?;
+        let current = w.template().cloned().unwrap_or_default();
+        let desired = inject::apply_backup(&current, target.as_ref().map(|(b, r)| (b, r)), &ctx.inject)
+            .and_then(|t| inject::apply_restore(&t, restore.as_ref().map(|(rs, r)| (rs, r)), &ctx.inject));
+        let desired = match desired {
+            Ok(d) => d,
+            Err(e) => {
+                ctx.events.publish(&reference, Severity::Warning, "InjectionFailed", e.to_string()).await;
+                return Err(e.into());
+            }
+        };
+        let restore_annotation = restore.as_ref().map(|(rs, _)| last_applied_restore(rs));
+        let current_restore_annotation = w.annotations().get(consts::LAST_APPLIED_RESTORE_SESSION_ANNOTATION).cloned();
+        let desired_annotation = target.as_ref().map(|(bc, _)| last_applied(bc));
+        let current_annotation = w.annotations().get(consts::LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION).cloned();
+        let api = Api::<W>::namespaced(ctx.client.clone(), &ns);
+        if desired != current || desired_annotation != current_annotation || restore_annotation != current_restore_annotation {
+            let mut updated = (*w).clone();
+            updated.set_template(desired.clone());
+            match &desired_annotation {
+                Some(a) => {
+                    updated.annotations_mut().insert(consts::LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION.into(), a.clone());
+                }
+                None => {
+                    updated.annotations_mut().remove(consts::LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION);
+                }
+            }
+            match &restore_annotation {
+                Some(a) => {
+                    updated.annotations_mut().insert(consts::LAST_APPLIED_RESTORE_SESSION_ANNOTATION.into(), a.clone());
+                }
+                None => {
+                    updated.annotations_mut().remove(consts::LAST_APPLIED_RESTORE_SESSION_ANNOTATION);
+                }
+            }
+            if desired != current {
+                updated.force_rolling_update();
+            }
+            // `replace` carries the resourceVersion we read: a concurrent change is a 409 and
+            // the next reconcile starts from fresh data.
+            api.replace(&name, &PostParams::default(), &updated).await?;
+            if desired_annotation != current_annotation {
+                let (reason, note) = match &target {
+                    Some((bc, _)) => ("SidecarInjected", format!("backup sidecar for BackupConfiguration {}", bc.name_any())),
+                    None => ("SidecarRemoved", "no BackupConfiguration targets this workload any more".to_string()),
+                };
+                ctx.events.publish(&reference, Severity::Normal, reason, note).await;
+            }
+            if restore_annotation != current_restore_annotation {
+                let (reason, note) = match &restore {
+                    Some((rs, _)) => ("InitContainerInjected", format!("restore init-container for RestoreSession {}", rs.name_any())),
+                    None => ("InitContainerRemoved", "no RestoreSession targets this workload any more".to_string()),
+                };
+                ctx.events.publish(&reference, Severity::Normal, reason, note).await;
+            }
+        }
+
+        // RBAC for the sidecar: the pod's ServiceAccount may use the stash-sidecar role.
+        let rb_name = format!("{}-{name}-stash-sidecar", W::KIND.kind().to_lowercase());
+        let rbs = Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns);
+        if target.is_some() {
+            let sa = desired
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_else(|| "default".into());
+            let rb = rbac::role_binding(&rb_name, &ns, rbac::SIDECAR_ROLE, &sa, w.controller_owner_ref(&()));
+            rbac::apply_role_binding(&ctx.client, &rb).await?;
+        } else if rbs.get_opt(&rb_name).await?.is_some() {
+            rbs.delete(&rb_name, &Default::default()).await?;
+        }
+
+        let rb_name = format!("{}-{name}-stash-restore-init-container", W::KIND.kind().to_lowercase());
+        if restore.is_some() {
+            let sa = desired
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_else(|| "default".into());
+            let rb = rbac::role_binding(&rb_name, &ns, rbac::RESTORE_INIT_ROLE, &sa, w.controller_owner_ref(&()));
+            rbac::apply_role_binding(&ctx.client, &rb).await?;
+        } else if rbs.get_opt(&rb_name).await?.is_some() {
+            rbs.delete(&rb_name, &Default::default()).await?;
+        }
+
+        // ReplicaSets and ReplicationControllers do not replace pods on template change.
+        if !W::rolls_out_itself() {
+            self.replace_stale_pods(&w, &desired).await?;
+        }
+        Ok(Action::requeue(Duration::from_secs(600)))
+    }
+}
+
+impl<W: Workload> Workloads<W> {
+    /// The RestoreSession for this workload (§5.3): non-deleted sessions whose target
+    /// matches; Running first, then Pending, then Failed, else the newest.
+    async fn applicable_restore(&self, ns: &str, name: &str) -> Result<Option<(RestoreSession, Repository)>, Error> {
+        let ctx = &self.0;
+        let mut sessions: Vec<RestoreSession> = Api::<RestoreSession>::namespaced(ctx.client.clone(), ns)
+            .list(&ListParams::default())
+            .await?
+            .into_iter()
+            .filter(|rs| rs.meta().deletion_timestamp.is_none() && rs.spec.driver() == Driver::Restic)
+            .filter(|rs| rs.spec.target.as_ref().is_some_and(|t| W::KIND.matches(&t.target_ref, name)))
+            .collect();
+        let rank = |rs: &RestoreSession| match rs.status.as_ref().and_then(|s| s.phase) {
+            Some(RestorePhase::Running) => 0,
+            None | Some(RestorePhase::Pending) => 1,
+            Some(RestorePhase::Failed) => 2,
+            _ => 3,
+        };
+        sessions.sort_by(|a, b| {
+            rank(a).cmp(&rank(b)).then_with(|| b.meta().creation_timestamp.cmp(&a.meta().creation_timestamp))
+        });
+        let Some(rs) = sessions.into_iter().next() else { return Ok(None) };
+        let repo_name = rs.spec.repository.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+        Ok(Api::<Repository>::namespaced(ctx.client.clone(), ns).get_opt(&repo_name).await?.map(|repo| (rs, repo)))
+    }
+
+    async fn replace_stale_pods(&self, w: &W, desired: &PodTemplateSpec) -> Result<(), Error> {
+        let ns = w.namespace().unwrap_or_default();
+        let pods = Api::<Pod>::namespaced(self.0.client.clone(), &ns);
+        let want = hash_of(Some(desired));
+        let uid = w.uid();
+        for pod in pods.list(&ListParams::default()).await? {
+            let owned = pod.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref());
+            let has = pod
+                .annotations()
+                .get(consts::LAST_APPLIED_BACKUP_CONFIGURATION_HASH_ANNOTATION)
+                .cloned();
+            if owned && pod.meta().deletion_timestamp.is_none() && has != want {
+                pods.delete(&pod.name_any(), &Default::default()).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn run<W: Workload>(ctx: Arc<Ctx>) {
+    let client = ctx.client.clone();
+    let controller = Controller::new(Api::<W>::all(client.clone()), watcher::Config::default()).watches(
+        Api::<BackupConfiguration>::all(client),
+        watcher::Config::default(),
+        |bc| {
+            let t = bc.spec.target.as_ref()?;
+            if WorkloadKind::of(&t.target_ref) != Some(W::KIND) {
+                return None;
+            }
+            Some(ObjectRef::<W>::new(t.target_ref.name.as_deref()?).within(&bc.namespace()?))
+        },
+    )
+    .watches(Api::<RestoreSession>::all(ctx.client.clone()), watcher::Config::default(), |rs| {
+        let t = rs.spec.target.as_ref()?;
+        if WorkloadKind::of(&t.target_ref) != Some(W::KIND) {
+            return None;
+        }
+        Some(ObjectRef::<W>::new(t.target_ref.name.as_deref()?).within(&rs.namespace()?))
+    });
+    stash_runtime::drive(controller, Workloads::<W>(ctx.clone(), std::marker::PhantomData), ctx.metrics.clone()).await;
+}
+
+/// Run the controllers of every workload kind (DeploymentConfig only exists on OpenShift and
+/// is not watched here).
+pub async fn run_all(ctx: Arc<Ctx>) {
+    tokio::join!(
+        run::<Deployment>(ctx.clone()),
+        run::<StatefulSet>(ctx.clone()),
+        run::<DaemonSet>(ctx.clone()),
+        run::<ReplicaSet>(ctx.clone()),
+        run::<ReplicationController>(ctx.clone()),
+    );
+}
