@@ -1,0 +1,852 @@
+//! A restic repository and the operations Stash runs on it.
+use std::{
+    ffi::{OsStr, OsString},
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::{
+    BackupSummary, CheckReport, Credentials, Error, ForgetOutcome, Location, LockInfo,
+    RestoreSummary, Result, RetentionPolicy, Snapshot, Stats, StatsMode,
+    error::scrub,
+    run::{Finished, Invocation, run},
+};
+
+/// `ionice -c <class> [-n <class_data>]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoNice {
+    /// 1 realtime, 2 best-effort, 3 idle.
+    pub class: u8,
+    /// Priority within the class (0–7).
+    pub class_data: Option<u8>,
+}
+
+/// Default for [`RepoBuilder::backend_retry_budget`].
+pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(120);
+
+/// A restic repository: where it is, how to open it, and how to run restic on it.
+#[derive(Clone)]
+pub struct Repo {
+    location: Location,
+    credentials: Credentials,
+    binary: PathBuf,
+    cache_dir: Option<PathBuf>,
+    scratch_dir: PathBuf,
+    nice: Option<i32>,
+    ionice: Option<IoNice>,
+    timeout: Option<Duration>,
+    retry_budget: Option<Duration>,
+    secrets: Vec<String>,
+}
+
+impl fmt::Debug for Repo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Repo")
+            .field(
+                "location",
+                &scrub(&format!("{:?}", self.location), &self.secrets),
+            )
+            .field("credentials", &self.credentials)
+            .field("binary", &self.binary)
+            .field("cache_dir", &self.cache_dir)
+            .field("scratch_dir", &self.scratch_dir)
+            .field("nice", &self.nice)
+            .field("ionice", &self.ionice)
+            .field("timeout", &self.timeout)
+            .field("retry_budget", &self.retry_budget)
+            .finish()
+    }
+}
+
+/// Builds a [`Repo`].
+#[derive(Debug)]
+pub struct RepoBuilder {
+    location: Location,
+    credentials: Credentials,
+    binary: PathBuf,
+    cache: CacheChoice,
+    scratch_dir: Option<PathBuf>,
+    nice: Option<i32>,
+    ionice: Option<IoNice>,
+    timeout: Option<Duration>,
+    retry_budget: Option<Duration>,
+}
+
+#[derive(Debug)]
+enum CacheChoice {
+    Off,
+    InScratch,
+    Dir(PathBuf),
+}
+
+impl RepoBuilder {
+    /// The restic binary (default `restic`, looked up in `PATH`).
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.binary = path.into();
+        self
+    }
+
+    /// Working directory of restic; `TMPDIR` is `<scratch>/restic-tmp` (default: the
+    /// system temp dir).
+    pub fn scratch_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.scratch_dir = Some(dir.into());
+        self
+    }
+
+    /// Enable the cache at `<scratch>/restic-cache` (`true`) or run with `--no-cache`
+    /// (`false`, the default).
+    pub fn cache(mut self, enabled: bool) -> Self {
+        self.cache = if enabled {
+            CacheChoice::InScratch
+        } else {
+            CacheChoice::Off
+        };
+        self
+    }
+
+    /// Enable the cache in `dir` (`None`: `--no-cache`).
+    pub fn cache_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.cache = dir.map_or(CacheChoice::Off, CacheChoice::Dir);
+        self
+    }
+
+    /// Run restic under `nice -n <adjustment>`.
+    pub fn nice(mut self, adjustment: Option<i32>) -> Self {
+        self.nice = adjustment;
+        self
+    }
+
+    /// Run restic under `ionice -c <class> [-n <data>]`.
+    pub fn ionice(mut self, ionice: Option<IoNice>) -> Self {
+        self.ionice = ionice;
+        self
+    }
+
+    /// Read `NICE_ADJUSTMENT`, `IONICE_CLASS` and `IONICE_CLASS_DATA` (the variables Stash
+    /// sets from `runtimeSettings`) from the environment.
+    pub fn niceness_from_env(mut self) -> Self {
+        let num = |k: &str| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+        };
+        if let Some(n) = num("NICE_ADJUSTMENT") {
+            self.nice = Some(n as i32);
+        }
+        if let Some(c) = num("IONICE_CLASS") {
+            self.ionice = Some(IoNice {
+                class: c as u8,
+                class_data: num("IONICE_CLASS_DATA").map(|d| d as u8),
+            });
+        }
+        self
+    }
+
+    /// Kill restic (process group; SIGTERM, then SIGKILL after 5 s) when one command runs
+    /// longer than this. Default: no limit.
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// restic retries failing backend requests for up to 15 minutes and has no switch to
+    /// shorten that. When restic has been retrying without a success for longer than this
+    /// budget, the wrapper stops it and returns [`Error::Unreachable`]. `None` leaves restic
+    /// alone. Default [`DEFAULT_RETRY_BUDGET`].
+    pub fn backend_retry_budget(mut self, budget: Option<Duration>) -> Self {
+        self.retry_budget = budget;
+        self
+    }
+
+    /// Create the scratch directories and build the [`Repo`].
+    pub fn build(self) -> Result<Repo> {
+        if let Some(ioc) = self.ionice
+            && !(1..=3).contains(&ioc.class)
+        {
+            return Err(Error::Config(format!(
+                "ionice class must be 1, 2 or 3, not {}",
+                ioc.class
+            )));
+        }
+        let scratch_dir = self.scratch_dir.unwrap_or_else(std::env::temp_dir);
+        let tmp = scratch_dir.join("restic-tmp");
+        std::fs::create_dir_all(&tmp)
+            .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
+        let cache_dir = match self.cache {
+            CacheChoice::Off => None,
+            CacheChoice::InScratch => Some(scratch_dir.join("restic-cache")),
+            CacheChoice::Dir(d) => Some(d),
+        };
+        let secrets = self.credentials.secrets();
+        Ok(Repo {
+            location: self.location,
+            credentials: self.credentials,
+            binary: self.binary,
+            cache_dir,
+            scratch_dir,
+            nice: self.nice,
+            ionice: self.ionice,
+            timeout: self.timeout,
+            retry_budget: self.retry_budget,
+            secrets,
+        })
+    }
+}
+
+/// Which snapshots to list.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotFilter {
+    /// `--host`, repeated.
+    pub hosts: Vec<String>,
+    /// `--path`, repeated (a snapshot must include all of them).
+    pub paths: Vec<String>,
+    /// `--tag`, repeated.
+    pub tags: Vec<String>,
+    /// Snapshot ids or prefixes (none: all).
+    pub ids: Vec<String>,
+    /// `--no-lock` (read-only access, e.g. from the operator).
+    pub no_lock: bool,
+}
+
+/// What to restore and where.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// A snapshot id or `latest`.
+    pub snapshot: String,
+    /// `--host` (with `latest`: the newest snapshot of this host).
+    pub host: Option<String>,
+    /// `--path`, repeated (with `latest`: the newest snapshot of these paths).
+    pub paths: Vec<String>,
+    /// `--include`, repeated (restore only these paths of the snapshot).
+    pub includes: Vec<String>,
+    /// `--target` (Stash restores to `/`).
+    pub target: PathBuf,
+}
+
+impl RestoreOptions {
+    /// Restore all of `snapshot` into `target`.
+    pub fn new(snapshot: impl Into<String>, target: impl Into<PathBuf>) -> Self {
+        Self {
+            snapshot: snapshot.into(),
+            host: None,
+            paths: Vec::new(),
+            includes: Vec::new(),
+            target: target.into(),
+        }
+    }
+}
+
+/// What [`Repo::dump`] prints.
+#[derive(Debug, Clone)]
+pub struct DumpOptions {
+    /// A snapshot id or `latest`.
+    pub snapshot: String,
+    /// The file inside the snapshot (`/stdin` or the `--stdin-filename` of a stdin backup).
+    pub file: String,
+    /// `--host`.
+    pub host: Option<String>,
+    /// `--path`, repeated.
+    pub paths: Vec<String>,
+}
+
+impl Repo {
+    /// Start building a repository handle.
+    pub fn builder(location: Location, credentials: Credentials) -> RepoBuilder {
+        RepoBuilder {
+            location,
+            credentials,
+            binary: PathBuf::from("restic"),
+            cache: CacheChoice::Off,
+            scratch_dir: None,
+            nice: None,
+            ionice: None,
+            timeout: None,
+            retry_budget: Some(DEFAULT_RETRY_BUDGET),
+        }
+    }
+
+    /// Where the repository is.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The credentials.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// The cache directory, when the cache is on.
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache_dir.as_deref()
+    }
+
+    /// Remove every secret of this repository from `text`.
+    pub fn scrub(&self, text: &str) -> String {
+        scrub(text, &self.secrets)
+    }
+
+    /// The environment of every restic child (the whole of it: the parent's environment is
+    /// not inherited). Contains secrets.
+    pub fn env(&self) -> Vec<(OsString, OsString)> {
+        let mut env: Vec<(OsString, OsString)> = Vec::new();
+        let path =
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        env.push(("PATH".into(), path));
+        let home =
+            std::env::var_os("HOME").unwrap_or_else(|| self.scratch_dir.clone().into_os_string());
+        env.push(("HOME".into(), home));
+        env.push((
+            "TMPDIR".into(),
+            self.scratch_dir.join("restic-tmp").into_os_string(),
+        ));
+        let (user, pass) = self.credentials.rest_userinfo();
+        env.push((
+            "RESTIC_REPOSITORY".into(),
+            self.location
+                .repository_url_with_userinfo(user, pass)
+                .into(),
+        ));
+        for (k, v) in self.credentials.env_for(&self.location) {
+            env.push((k.into(), v));
+        }
+        env
+    }
+
+    /// The global flags: cache, CA bundle, extended options.
+    fn global_args(&self, cleanup_cache: bool) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        match &self.cache_dir {
+            Some(d) => {
+                a.push("--cache-dir".into());
+                a.push(d.clone().into_os_string());
+                if cleanup_cache {
+                    a.push("--cleanup-cache".into());
+                }
+            }
+            None => a.push("--no-cache".into()),
+        }
+        if let Some(ca) = self.credentials.ca_cert_file() {
+            a.push("--cacert".into());
+            a.push(ca.as_os_str().to_owned());
+        }
+        for o in self.location.extended_options() {
+            a.push("--option".into());
+            a.push(o.into());
+        }
+        a
+    }
+
+    /// The program and its arguments for `restic <sub> <global flags> <args>`, wrapped in
+    /// `ionice`/`nice` when configured.
+    pub fn command_line(
+        &self,
+        sub: &str,
+        args: &[OsString],
+        cleanup_cache: bool,
+    ) -> (OsString, Vec<OsString>) {
+        let mut argv: Vec<OsString> = Vec::new();
+        if let Some(io) = self.ionice {
+            argv.push("ionice".into());
+            argv.push("-c".into());
+            argv.push(io.class.to_string().into());
+            if let Some(d) = io.class_data {
+                argv.push("-n".into());
+                argv.push(d.to_string().into());
+            }
+        }
+        if let Some(n) = self.nice {
+            argv.push("nice".into());
+            argv.push("-n".into());
+            argv.push(n.to_string().into());
+        }
+        argv.push(self.binary.clone().into_os_string());
+        argv.push(sub.into());
+        argv.extend(self.global_args(cleanup_cache));
+        argv.extend(args.iter().cloned());
+        let program = argv.remove(0);
+        (program, argv)
+    }
+
+    async fn exec<'a>(
+        &'a self,
+        sub: &'static str,
+        args: Vec<OsString>,
+        stdin: Option<crate::run::DynRead<'a>>,
+        stdout: Option<crate::run::DynWrite<'a>>,
+        cleanup_cache: bool,
+    ) -> Result<Finished> {
+        let (program, argv) = self.command_line(sub, &args, cleanup_cache);
+        let env = self.env();
+        run(Invocation {
+            sub,
+            program,
+            argv,
+            env,
+            cwd: &self.scratch_dir,
+            stdin,
+            stdout,
+            timeout: self.timeout,
+            retry_budget: self.retry_budget,
+            secrets: &self.secrets,
+        })
+        .await
+    }
+
+    /// Run and require exit status 0.
+    async fn exec_ok(&self, sub: &'static str, args: Vec<OsString>) -> Result<Finished> {
+        let f = self.exec(sub, args, None, None, false).await?;
+        if f.status.success() {
+            Ok(f)
+        } else {
+            Err(f.error())
+        }
+    }
+
+    /// `init`: create the repository.
+    pub async fn init(&self) -> Result<()> {
+        self.exec_ok("init", args(["--json"])).await.map(|_| ())
+    }
+
+    /// Open the repository (`cat config`); create it when there is none. A wrong password
+    /// or an unreachable backend is an error and never leads to `init`. Returns `true` when
+    /// the repository was created.
+    pub async fn ensure_initialized(&self) -> Result<bool> {
+        match self
+            .exec_ok("cat", args(["config", "--json", "--no-lock"]))
+            .await
+        {
+            Ok(_) => Ok(false),
+            Err(Error::RepositoryNotFound { .. }) => match self.init().await {
+                Ok(()) => Ok(true),
+                // Someone else initialised it in the meantime: fine if it now opens.
+                Err(e) => match self
+                    .exec_ok("cat", args(["config", "--json", "--no-lock"]))
+                    .await
+                {
+                    Ok(_) => Ok(false),
+                    Err(_) => Err(e),
+                },
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    fn backup_args(host: &str, tags: &[String]) -> Vec<OsString> {
+        let mut a = args(["--quiet", "--json", "--host", host]);
+        for t in tags {
+            a.push("--tag".into());
+            a.push(t.into());
+        }
+        a
+    }
+
+    async fn finish_backup(f: Finished) -> Result<BackupSummary> {
+        if !f.status.success() {
+            return Err(f.error());
+        }
+        BackupSummary::from_output(&f.stdout)
+    }
+
+    /// `backup <path> --host <host> [--tag t]…`: one snapshot of `path`.
+    pub async fn backup(&self, path: &Path, host: &str, tags: &[String]) -> Result<BackupSummary> {
+        let mut a = Self::backup_args(host, tags);
+        a.push("--".into());
+        a.push(path.as_os_str().to_owned());
+        let f = self.exec("backup", a, None, None, true).await?;
+        Self::finish_backup(f).await
+    }
+
+    /// `backup --stdin --stdin-filename <filename>`: a snapshot of one file, read from `data`.
+    pub async fn backup_stdin(
+        &self,
+        data: &mut (dyn AsyncRead + Unpin + Send),
+        filename: &str,
+        host: &str,
+        tags: &[String],
+    ) -> Result<BackupSummary> {
+        let mut a = Self::backup_args(host, tags);
+        a.extend(args(["--stdin", "--stdin-filename", filename]));
+        let f = self.exec("backup", a, Some(data), None, true).await?;
+        Self::finish_backup(f).await
+    }
+
+    /// `backup --stdin-from-command --stdin-filename <filename> -- <command…>`: restic runs
+    /// `command` and stores its stdout; a non-zero exit of `command` fails the backup (no
+    /// snapshot).
+    pub async fn backup_command<S: AsRef<OsStr>>(
+        &self,
+        command: &[S],
+        filename: &str,
+        host: &str,
+        tags: &[String],
+    ) -> Result<BackupSummary> {
+        if command.is_empty() {
+            return Err(Error::Config("backup_command needs a command".into()));
+        }
+        let mut a = Self::backup_args(host, tags);
+        a.extend(args([
+            "--stdin-filename",
+            filename,
+            "--stdin-from-command",
+            "--",
+        ]));
+        a.extend(command.iter().map(|c| c.as_ref().to_owned()));
+        let f = self.exec("backup", a, None, None, true).await?;
+        Self::finish_backup(f).await
+    }
+
+    /// `check [--read-data]`: `true` when no errors were found.
+    pub async fn check(&self, read_data: bool) -> Result<bool> {
+        self.check_report(read_data).await.map(|r| r.is_ok())
+    }
+
+    /// `check --json [--read-data]` with restic's summary. Errors found in the repository
+    /// are a report with `num_errors > 0`, not an `Err`.
+    pub async fn check_report(&self, read_data: bool) -> Result<CheckReport> {
+        let mut a = args(["--json"]);
+        if read_data {
+            a.push("--read-data".into());
+        }
+        let f = self.exec("check", a, None, None, false).await?;
+        let report = CheckReport::from_output(&f.stdout).map(|r| CheckReport {
+            errors: f.tail.clone(),
+            ..r
+        });
+        match (f.status.success(), report) {
+            (true, Some(r)) => Ok(r),
+            (true, None) => Ok(CheckReport::default()),
+            (false, Some(r)) if r.num_errors > 0 || !r.is_ok() => Ok(r),
+            (false, Some(r)) if f.status.code() == Some(1) && f.exit_error.is_none() => {
+                Ok(CheckReport {
+                    num_errors: r.num_errors.max(1),
+                    ..r
+                })
+            }
+            (false, _) => Err(f.error()),
+        }
+    }
+
+    /// `forget --json` with the retention policy, across every (host, paths) group (no host
+    /// filter). An empty policy keeps everything (see [`RetentionPolicy::is_empty`]).
+    pub async fn forget(&self, policy: &RetentionPolicy) -> Result<ForgetOutcome> {
+        let mut a = args(["--quiet", "--json"]);
+        a.extend(policy.args());
+        let f = self.exec_ok("forget", a).await?;
+        ForgetOutcome::from_output(&f.stdout)
+    }
+
+    /// Forget the given snapshots (ids or unique prefixes), with `--prune` if asked. restic
+    /// silently ignores ids that match nothing; here that is [`Error::SnapshotNotFound`]
+    /// and nothing is removed.
+    pub async fn forget_ids(&self, ids: &[String], prune: bool) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let found = self
+            .snapshots(&SnapshotFilter {
+                ids: ids.to_vec(),
+                no_lock: true,
+                ..Default::default()
+            })
+            .await?;
+        if let Some(missing) = ids
+            .iter()
+            .find(|id| !found.iter().any(|s| s.id.starts_with(id.as_str())))
+        {
+            return Err(Error::SnapshotNotFound {
+                id: missing.clone(),
+            });
+        }
+        let mut a = args(["--quiet", "--json"]);
+        if prune {
+            a.push("--prune".into());
+        }
+        a.push("--".into());
+        a.extend(ids.iter().map(OsString::from));
+        self.exec_ok("forget", a).await.map(|_| ())
+    }
+
+    /// `stats --json` in restore-size mode (what Stash reports as the repository size).
+    pub async fn stats(&self) -> Result<Stats> {
+        self.stats_mode(StatsMode::RestoreSize).await
+    }
+
+    /// `stats --json --mode <mode>`.
+    pub async fn stats_mode(&self, mode: StatsMode) -> Result<Stats> {
+        let f = self
+            .exec_ok("stats", args(["--quiet", "--json", "--mode", mode.flag()]))
+            .await?;
+        Stats::from_output(&f.stdout)
+    }
+
+    /// `snapshots --json` with filters. Ids that match nothing are left out (restic prints
+    /// "Ignoring …" on stderr and succeeds).
+    pub async fn snapshots(&self, filter: &SnapshotFilter) -> Result<Vec<Snapshot>> {
+        let mut a = args(["--json"]);
+        if filter.no_lock {
+            a.push("--no-lock".into());
+        }
+        for (flag, values) in [
+            ("--host", &filter.hosts),
+            ("--path", &filter.paths),
+            ("--tag", &filter.tags),
+        ] {
+            for v in values {
+                a.push(flag.into());
+                a.push(v.into());
+            }
+        }
+        if !filter.ids.is_empty() {
+            a.push("--".into());
+            a.extend(filter.ids.iter().map(OsString::from));
+        }
+        let f = self.exec_ok("snapshots", a).await?;
+        Snapshot::list_from_output("snapshots", &f.stdout)
+    }
+
+    /// `restore --json <snapshot> --target <dir> [--host] [--path]… [--include]…`.
+    pub async fn restore(&self, opts: &RestoreOptions) -> Result<RestoreSummary> {
+        let mut a = args(["--json", "--target"]);
+        a.push(opts.target.clone().into_os_string());
+        if let Some(h) = &opts.host {
+            a.push("--host".into());
+            a.push(h.into());
+        }
+        for p in &opts.paths {
+            a.push("--path".into());
+            a.push(p.into());
+        }
+        for i in &opts.includes {
+            a.push("--include".into());
+            a.push(i.into());
+        }
+        a.push("--".into());
+        a.push((&opts.snapshot).into());
+        let f = self.exec_ok("restore", a).await?;
+        RestoreSummary::from_output(&f.stdout)
+    }
+
+    /// `dump --quiet <snapshot> <file> [--host] [--path]…`, written to `out`.
+    pub async fn dump(
+        &self,
+        opts: &DumpOptions,
+        out: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<()> {
+        let mut a = args(["--quiet"]);
+        if let Some(h) = &opts.host {
+            a.push("--host".into());
+            a.push(h.into());
+        }
+        for p in &opts.paths {
+            a.push("--path".into());
+            a.push(p.into());
+        }
+        a.push("--".into());
+        a.push((&opts.snapshot).into());
+        a.push((&opts.file).into());
+        let f = self.exec("dump", a, None, Some(out), false).await?;
+        if f.status.success() {
+            Ok(())
+        } else {
+            Err(f.error())
+        }
+    }
+
+    /// `unlock [--remove-all]`: remove stale locks (all locks with `remove_all`).
+    pub async fn unlock(&self, remove_all: bool) -> Result<()> {
+        let a = if remove_all {
+            args(["--remove-all"])
+        } else {
+            Vec::new()
+        };
+        self.exec_ok("unlock", a).await.map(|_| ())
+    }
+
+    /// The repository's locks (`list locks`, then `cat lock <id>` each; locks that vanish
+    /// in between are skipped).
+    pub async fn locks(&self) -> Result<Vec<LockInfo>> {
+        let f = self.exec_ok("list", args(["locks", "--no-lock"])).await?;
+        let mut out = Vec::new();
+        for id in f.stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let Ok(c) = self
+                .exec_ok("cat", args(["lock", id, "--json", "--no-lock"]))
+                .await
+            else {
+                continue;
+            };
+            let mut lock: LockInfo = serde_json::from_str(c.stdout.trim())
+                .map_err(|e| Error::parse("cat lock", e.to_string()))?;
+            lock.id = id.to_string();
+            out.push(lock);
+        }
+        Ok(out)
+    }
+
+    /// Locks that are stale now (see [`LockInfo::is_stale`]; `this_host` enables the
+    /// dead-pid check for locks of this host).
+    pub async fn stale_locks(&self, this_host: Option<&str>) -> Result<Vec<LockInfo>> {
+        let now = jiff::Timestamp::now();
+        Ok(self
+            .locks()
+            .await?
+            .into_iter()
+            .filter(|l| l.is_stale(now, this_host))
+            .collect())
+    }
+}
+
+fn args<const N: usize>(a: [&str; N]) -> Vec<OsString> {
+    a.iter().map(OsString::from).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn creds(pairs: &[(&str, &str)]) -> Credentials {
+        Credentials::from_map(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect::<BTreeMap<_, _>>(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn command_line_with_nice_ionice_cache_cacert_options() {
+        let scratch = tempfile::tempdir().unwrap();
+        let c = creds(&[("RESTIC_PASSWORD", "pw"), ("CA_CERT_DATA", "pem")]);
+        let ca = c.ca_cert_file().unwrap().to_path_buf();
+        let repo = Repo::builder(
+            Location::Gcs {
+                bucket: "b".into(),
+                prefix: "p".into(),
+                max_connections: Some(4),
+            },
+            c,
+        )
+        .binary("/bin/restic")
+        .scratch_dir(scratch.path())
+        .cache(true)
+        .nice(Some(5))
+        .ionice(Some(IoNice {
+            class: 2,
+            class_data: Some(7),
+        }))
+        .build()
+        .unwrap();
+        let (prog, argv) = repo.command_line("backup", &args(["--json", "/data"]), true);
+        let argv: Vec<String> = argv.into_iter().map(|a| a.into_string().unwrap()).collect();
+        assert_eq!(prog, "ionice");
+        let cache = scratch.path().join("restic-cache").display().to_string();
+        let ca = ca.display().to_string();
+        assert_eq!(
+            argv,
+            [
+                "-c",
+                "2",
+                "-n",
+                "7",
+                "nice",
+                "-n",
+                "5",
+                "/bin/restic",
+                "backup",
+                "--cache-dir",
+                &cache,
+                "--cleanup-cache",
+                "--cacert",
+                &ca,
+                "--option",
+                "gs.connections=4",
+                "--json",
+                "/data"
+            ]
+        );
+        assert!(scratch.path().join("restic-tmp").is_dir());
+
+        let plain = Repo::builder(
+            Location::local("/r", ""),
+            creds(&[("RESTIC_PASSWORD", "pw")]),
+        )
+        .scratch_dir(scratch.path())
+        .build()
+        .unwrap();
+        let (prog, argv) = plain.command_line("snapshots", &args(["--json"]), false);
+        assert_eq!(prog, "restic");
+        assert_eq!(argv, ["snapshots", "--no-cache", "--json"]);
+    }
+
+    #[test]
+    fn env_is_minimal_and_debug_redacted() {
+        let scratch = tempfile::tempdir().unwrap();
+        let repo = Repo::builder(
+            Location::Rest {
+                url: "http://127.0.0.1:8000/repo".into(),
+            },
+            creds(&[
+                ("RESTIC_PASSWORD", "pw-secret"),
+                ("REST_SERVER_USERNAME", "alice"),
+                ("REST_SERVER_PASSWORD", "rest-pw"),
+                ("AWS_SECRET_ACCESS_KEY", "aws-not-for-rest"),
+            ]),
+        )
+        .scratch_dir(scratch.path())
+        .build()
+        .unwrap();
+        let env: BTreeMap<String, String> = repo
+            .env()
+            .into_iter()
+            .map(|(k, v)| (k.into_string().unwrap(), v.into_string().unwrap()))
+            .collect();
+        assert_eq!(
+            env.keys().map(String::as_str).collect::<Vec<_>>(),
+            [
+                "HOME",
+                "PATH",
+                "RESTIC_PASSWORD_FILE",
+                "RESTIC_REPOSITORY",
+                "TMPDIR"
+            ]
+        );
+        assert_eq!(
+            env["RESTIC_REPOSITORY"],
+            "rest:http://alice:rest-pw@127.0.0.1:8000/repo"
+        );
+        assert_eq!(
+            env["TMPDIR"],
+            scratch.path().join("restic-tmp").display().to_string()
+        );
+        let dbg = format!("{repo:?}");
+        for secret in ["pw-secret", "rest-pw", "aws-not-for-rest"] {
+            assert!(!dbg.contains(secret), "{dbg}");
+        }
+        assert_eq!(
+            repo.scrub("Fatal: rest:http://alice:rest-pw@127.0.0.1:8000/repo: pw-secret"),
+            "Fatal: rest:http://***@127.0.0.1:8000/repo: ***"
+        );
+    }
+
+    #[test]
+    fn ionice_class_is_validated() {
+        let scratch = tempfile::tempdir().unwrap();
+        let e = Repo::builder(
+            Location::local("/r", ""),
+            creds(&[("RESTIC_PASSWORD", "pw")]),
+        )
+        .scratch_dir(scratch.path())
+        .ionice(Some(IoNice {
+            class: 9,
+            class_data: None,
+        }))
+        .build()
+        .unwrap_err();
+        assert!(matches!(e, Error::Config(_)));
+    }
+}

@@ -1,0 +1,338 @@
+//! Running one restic process: clean environment, own process group, stdin/stdout plumbing,
+//! stderr watching (backend retries, exit_error messages) and time limits.
+#![allow(unsafe_code)] // kill(2) on our own child's process group.
+
+use std::{
+    collections::VecDeque,
+    ffi::OsString,
+    path::Path,
+    process::{ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+use crate::{Error, Result, error::scrub};
+
+/// How long restic gets to clean up (remove its lock) after SIGTERM before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(5);
+const TAIL_LINES: usize = 20;
+
+pub(crate) type DynRead<'a> = &'a mut (dyn AsyncRead + Unpin + Send);
+pub(crate) type DynWrite<'a> = &'a mut (dyn AsyncWrite + Unpin + Send);
+
+/// One invocation.
+pub(crate) struct Invocation<'a> {
+    pub sub: &'static str,
+    pub program: OsString,
+    pub argv: Vec<OsString>,
+    pub env: Vec<(OsString, OsString)>,
+    pub cwd: &'a Path,
+    pub stdin: Option<DynRead<'a>>,
+    /// `None`: capture stdout into [`Finished::stdout`].
+    pub stdout: Option<DynWrite<'a>>,
+    pub timeout: Option<Duration>,
+    pub retry_budget: Option<Duration>,
+    pub secrets: &'a [String],
+}
+
+/// A restic process that ran to its end.
+#[derive(Debug)]
+pub(crate) struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    /// The `exit_error` message restic printed with `--json` (code, message).
+    pub exit_error: Option<(i32, String)>,
+    /// The last stderr lines (JSON `error` messages reduced to their text), scrubbed.
+    pub tail: Vec<String>,
+}
+
+impl Finished {
+    /// The line that explains a failure: the first line of the `exit_error` message, else
+    /// the last non-empty stderr line (already scrubbed).
+    pub fn reason(&self) -> String {
+        if let Some((_, m)) = &self.exit_error
+            && let Some(first) = m.lines().find(|l| !l.trim().is_empty())
+        {
+            return first.trim().to_string();
+        }
+        self.tail
+            .last()
+            .cloned()
+            .unwrap_or_else(|| "no output on stderr".into())
+    }
+
+    /// Turn a non-zero exit into the matching [`Error`].
+    pub fn error(&self) -> Error {
+        let reason = self.reason();
+        let code = self.status.code();
+        match code {
+            Some(10) => Error::RepositoryNotFound { reason },
+            Some(11) => Error::Locked { reason },
+            Some(12) => Error::WrongPassword { reason },
+            _ if looks_unreachable(&reason) || self.tail.iter().any(|l| looks_unreachable(l)) => {
+                Error::Unreachable { reason }
+            }
+            _ => Error::Failed {
+                status: go_status(&self.status),
+                code,
+                reason,
+            },
+        }
+    }
+}
+
+/// Like Go's `(*exec.ExitError).Error()`.
+fn go_status(status: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(s)) => format!("signal: {s}"),
+        _ => status.to_string(),
+    }
+}
+
+pub(crate) fn looks_unreachable(line: &str) -> bool {
+    const PATTERNS: &[&str] = &[
+        "connection refused",
+        "no such host",
+        "i/o timeout",
+        "network is unreachable",
+        "no route to host",
+        "connection reset by peer",
+        "context deadline exceeded",
+        "Client.Timeout exceeded",
+        "server misbehaving",
+    ];
+    PATTERNS.iter().any(|p| line.contains(p))
+}
+
+#[derive(Default)]
+struct StderrState {
+    tail: VecDeque<String>,
+    exit_error: Option<(i32, String)>,
+    retrying_since: Option<Instant>,
+    last_retry: Option<String>,
+}
+
+impl StderrState {
+    fn push(&mut self, raw: &str, secrets: &[String]) {
+        let line = raw.trim();
+        if line.is_empty() {
+            return;
+        }
+        let text = if line.starts_with('{') {
+            match serde_json::from_str::<serde_json::Value>(line) {
+                Ok(v) if v["message_type"] == "exit_error" => {
+                    let code = v["code"].as_i64().unwrap_or(1) as i32;
+                    let msg = scrub(v["message"].as_str().unwrap_or_default(), secrets);
+                    self.exit_error = Some((code, msg.clone()));
+                    msg.lines().next().unwrap_or_default().to_string()
+                }
+                Ok(v) if v["message_type"] == "error" => {
+                    // backup/restore: {"error":{"message":…},"item":…}; check: {"message":…}.
+                    let msg = v["error"]["message"]
+                        .as_str()
+                        .or(v["message"].as_str())
+                        .unwrap_or_default();
+                    let msg = msg.trim();
+                    let item = v["item"].as_str().unwrap_or_default();
+                    scrub(
+                        &if item.is_empty() {
+                            msg.to_string()
+                        } else {
+                            format!("{item}: {msg}")
+                        },
+                        secrets,
+                    )
+                }
+                _ => scrub(line, secrets),
+            }
+        } else {
+            scrub(line, secrets)
+        };
+        if text.contains("returned error, retrying after") {
+            self.retrying_since.get_or_insert_with(Instant::now);
+            self.last_retry = Some(text.clone());
+        } else if text.contains("operation successful after") {
+            self.retrying_since = None;
+        }
+        tracing::debug!(target: "stash_restic::stderr", "{text}");
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(text);
+    }
+}
+
+/// Kills the process group when dropped while armed (a cancelled future must not leave
+/// restic running).
+struct GroupGuard {
+    pgid: i32,
+    armed: bool,
+}
+
+impl GroupGuard {
+    fn signal(&self, sig: libc::c_int) {
+        if self.armed && self.pgid > 0 {
+            // SAFETY: kill(2) on the process group of a child we spawned and have not reaped.
+            unsafe {
+                libc::kill(-self.pgid, sig);
+            }
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.signal(libc::SIGKILL);
+    }
+}
+
+enum Stop {
+    Timeout(Duration),
+    Retrying(String),
+}
+
+pub(crate) async fn run(inv: Invocation<'_>) -> Result<Finished> {
+    let Invocation {
+        sub,
+        program,
+        argv,
+        env,
+        cwd,
+        stdin,
+        stdout,
+        timeout,
+        retry_budget,
+        secrets,
+    } = inv;
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&argv)
+        .env_clear()
+        .envs(env)
+        .current_dir(cwd)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    tracing::debug!(command = sub, ?argv, "running restic");
+    let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+        program: program.to_string_lossy().into_owned(),
+        source,
+    })?;
+    let mut guard = GroupGuard {
+        pgid: child.id().map_or(0, |p| p as i32),
+        armed: true,
+    };
+
+    let child_stdin = child.stdin.take();
+    let child_stdout = child.stdout.take().expect("stdout is piped");
+    let child_stderr = child.stderr.take().expect("stderr is piped");
+    let state = Arc::new(Mutex::new(StderrState::default()));
+
+    let stdin_fut = async move {
+        if let (Some(r), Some(mut w)) = (stdin, child_stdin) {
+            // restic may exit before reading everything (errors); a broken pipe is not ours
+            // to report, its exit status is.
+            let _ = tokio::io::copy(r, &mut w).await;
+            let _ = w.shutdown().await;
+        }
+    };
+    let stdout_fut = async move {
+        let mut out = child_stdout;
+        match stdout {
+            Some(w) => {
+                let r = tokio::io::copy(&mut out, w).await;
+                let flushed = w.flush().await;
+                r.and(flushed).map(|_| Vec::new())
+            }
+            None => {
+                let mut buf = Vec::new();
+                out.read_to_end(&mut buf).await.map(|_| buf)
+            }
+        }
+    };
+    let stderr_state = state.clone();
+    let stderr_fut = async move {
+        let mut lines = BufReader::new(child_stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            stderr_state
+                .lock()
+                .expect("stderr state")
+                .push(&line, secrets);
+        }
+    };
+    let work = async {
+        let ((), out, ()) = tokio::join!(stdin_fut, stdout_fut, stderr_fut);
+        (out, child.wait().await)
+    };
+    tokio::pin!(work);
+
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let stop = loop {
+        tokio::select! {
+            done = &mut work => {
+                let (out, status) = done;
+                guard.armed = false;
+                let status = status.map_err(|e| Error::io(format!("wait for restic {sub}"), e))?;
+                let out = out.map_err(|e| Error::io(format!("restic {sub} output"), e))?;
+                let st = std::mem::take(&mut *state.lock().expect("stderr state"));
+                return Ok(Finished {
+                    status,
+                    stdout: String::from_utf8_lossy(&out).into_owned(),
+                    exit_error: st.exit_error,
+                    tail: st.tail.into(),
+                });
+            }
+            _ = tick.tick() => {
+                if let Some(t) = timeout && started.elapsed() > t {
+                    break Stop::Timeout(t);
+                }
+                let st = state.lock().expect("stderr state");
+                if let (Some(budget), Some(since)) = (retry_budget, st.retrying_since)
+                    && since.elapsed() > budget
+                {
+                    break Stop::Retrying(st.last_retry.clone().unwrap_or_default());
+                }
+            }
+        }
+    };
+
+    // Ask restic to stop (it removes its lock on SIGTERM), then make sure.
+    guard.signal(libc::SIGTERM);
+    if tokio::time::timeout(TERM_GRACE, &mut work).await.is_err() {
+        guard.signal(libc::SIGKILL);
+        let _ = work.await;
+    }
+    guard.armed = false;
+    let last = state
+        .lock()
+        .expect("stderr state")
+        .tail
+        .back()
+        .cloned()
+        .unwrap_or_default();
+    Err(match stop {
+        Stop::Timeout(after) => Error::Timeout {
+            command: sub.into(),
+            after,
+            reason: last,
+        },
+        Stop::Retrying(line) => {
+            let reason = format!("restic kept retrying for longer than the retry budget: {line}");
+            if looks_unreachable(&line) {
+                Error::Unreachable { reason }
+            } else {
+                Error::Backend { reason }
+            }
+        }
+    })
+}
