@@ -110,7 +110,7 @@ fn assert_restores_identically(repo: &str, host: &str, source: &std::path::Path)
 async fn repository_agrees_with_restic(ns: &str, repo: &str) {
     let r = Api::<Repository>::namespaced(env().await.cp.client(), ns).get("repo").await.expect("repo");
     let status = r.status.expect("repository status");
-    let count = restic_snapshots(repo, PASSWORD).len() as i64;
+    let count = restic_snapshots(repo, PASSWORD).len() as i32;
     assert_eq!(status.snapshot_count, Some(count), "Repository status agrees with restic");
     assert_eq!(status.integrity, Some(true));
     assert!(status.last_backup_time.is_some() && status.first_backup_time.is_some());

@@ -100,14 +100,38 @@ fn locked_flags(path: &Path) -> libc::c_ulong {
 pub(crate) fn spawn(l: &Launch, live: &Live, on_exit: impl FnOnce(i32, i32) + Send + 'static) -> io::Result<i32> {
     struct M {
         src: CString,
+        staged: CString,
+        staged_is_file: bool,
         dst: CString,
         ro_flags: Option<libc::c_ulong>,
     }
+    // Two phases inside the new namespace: first every source is bound into a private
+    // staging tmpfs, then each staged copy is bound at its mount path. A mount over, say,
+    // `/tmp` (an emptyDir) then cannot hide the sources of the mounts that follow it.
+    let stage = ["/mnt", "/media", "/srv", "/opt"]
+        .into_iter()
+        .map(Path::new)
+        .find(|st| {
+            st.is_dir()
+                && l.mounts.iter().all(|m| !m.dst.starts_with(st) && !st.starts_with(&m.dst) && !m.src.starts_with(st))
+        })
+        .ok_or_else(|| io::Error::other("no staging directory for the container's mounts"))?;
     let mounts = l
         .mounts
         .iter()
-        .map(|m| Ok(M { src: cstr(&m.src)?, dst: cstr(&m.dst)?, ro_flags: m.read_only.then(|| locked_flags(&m.src)) }))
+        .enumerate()
+        .map(|(i, m)| {
+            Ok(M {
+                src: cstr(&m.src)?,
+                staged: cstr(&stage.join(i.to_string()))?,
+                staged_is_file: m.src.is_file(),
+                dst: cstr(&m.dst)?,
+                ro_flags: m.read_only.then(|| locked_flags(&m.src)),
+            })
+        })
         .collect::<io::Result<Vec<_>>>()?;
+    let stage = cstr(stage)?;
+    let tmpfs = CString::new("tmpfs").expect("static");
     let cwd = cstr(&l.cwd)?;
     let root = CString::new("/").expect("static");
 
@@ -132,9 +156,28 @@ pub(crate) fn spawn(l: &Launch, live: &Live, on_exit: impl FnOnce(i32, i32) + Se
                 libc::MS_REC | libc::MS_PRIVATE,
                 std::ptr::null(),
             ))?;
+            check(libc::mount(tmpfs.as_ptr(), stage.as_ptr(), tmpfs.as_ptr(), 0, std::ptr::null()))?;
             for m in &mounts {
+                if m.staged_is_file {
+                    let fd = libc::open(m.staged.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o600);
+                    if fd < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    libc::close(fd);
+                } else {
+                    check(libc::mkdir(m.staged.as_ptr(), 0o700))?;
+                }
                 check(libc::mount(
                     m.src.as_ptr(),
+                    m.staged.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ))?;
+            }
+            for m in &mounts {
+                check(libc::mount(
+                    m.staged.as_ptr(),
                     m.dst.as_ptr(),
                     std::ptr::null(),
                     libc::MS_BIND | libc::MS_REC,
