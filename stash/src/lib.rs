@@ -4,6 +4,7 @@
 //! - [`agent`]: what runs in pods — `create-backupsession` (CronJob), `run-backup` (sidecar).
 //! - [`inject`]: the pure sidecar decision, shared by the controller path and the webhook.
 //! - [`backup`]: the restic sequence of one host's backup (§7.4).
+pub mod admission;
 pub mod agent;
 pub mod backup;
 pub mod inject;

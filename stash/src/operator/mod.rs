@@ -62,6 +62,9 @@ pub struct Options {
     /// A session created while another of its configuration runs: `skip` or `wait`.
     #[arg(long, default_value = "skip", value_parser = parse_overlap)]
     pub overlap: OverlapPolicy,
+    /// Admission webhooks (off unless `--webhook-addr` is given).
+    #[command(flatten)]
+    pub webhook: crate::admission::Args,
 }
 
 fn parse_overlap(s: &str) -> Result<OverlapPolicy, String> {
@@ -104,6 +107,18 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         policy: Policy { deadline: opts.session_deadline, poll: opts.poll },
         overlap: opts.overlap,
     });
+    // Webhooks are read-only: every replica serves them, not only the leader.
+    let _webhook = match opts.webhook.options(&opts.namespace)? {
+        Some(w) => {
+            let server =
+                crate::admission::start(client.clone(), w, ctx.inject.clone()).await.context("admission webhooks")?;
+            if opts.webhook.enable_validating_webhook && !opts.webhook.bypass_validating_webhook_xray {
+                crate::admission::xray(&client, Duration::from_secs(30)).await?;
+            }
+            Some(server)
+        }
+        None => None,
+    };
     ready.set(true);
     let controllers = async {
         tokio::join!(
