@@ -1,0 +1,251 @@
+//! Restores end to end on the real control plane: workloads get the `stash-init`
+//! init-container, their pods restart and restore before the application starts, and the
+//! restored bytes equal the backed-up bytes.
+mod support;
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use kube::{Api, api::DeleteParams};
+use serde_json::json;
+use stash_crds::{BackupSession, RestoreSession, backup_session::Phase, restore_session::Phase as RestorePhase};
+use support::*;
+
+const PASSWORD: &str = "restore-test-password";
+
+struct Fixture {
+    ns: stash_testenv::TestNamespace,
+}
+
+async fn fixture(prefix: &str) -> Fixture {
+    let env = env().await;
+    let ns = env.cp.namespace(prefix).await.expect("namespace");
+    let repo_dir = env.cp.dir().join("repos").join(&ns.name);
+    std::fs::create_dir_all(&repo_dir).expect("repo dir");
+    let client = env.cp.client();
+    apply(&client, &ns.name, json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "local-secret"},
+        "stringData": {"RESTIC_PASSWORD": PASSWORD}
+    }))
+    .await;
+    apply(&client, &ns.name, json!({
+        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
+        "spec": {"backend": {"storageSecretName": "local-secret",
+                             "local": {"mountPath": "/safe/data", "hostPath": {"path": repo_dir.to_string_lossy()}}}}
+    }))
+    .await;
+    Fixture { ns }
+}
+
+fn backup_configuration(kind: &str, name: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration",
+        "metadata": {"name": format!("{name}-backup")},
+        "spec": {
+            "repository": {"name": "repo"},
+            "schedule": "0 0 1 1 *",
+            "target": {"ref": {"apiVersion": "apps/v1", "kind": kind, "name": name},
+                       "directories": ["/source/data"],
+                       "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}
+        }
+    })
+}
+
+/// Run a manual backup session to success; return the short snapshot id per host.
+async fn backup(ns: &str, bc: &str, name: &str) -> BTreeMap<String, String> {
+    let env = env().await;
+    let client = env.cp.client();
+    apply(&client, ns, json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": name, "labels": {"stash.appscode.com/backup-configuration": bc}},
+        "spec": {"backupConfiguration": {"name": bc}}
+    }))
+    .await;
+    let api = Api::<BackupSession>::namespaced(client, ns);
+    let s = eventually(&format!("BackupSession {name} to finish"), Duration::from_secs(150), || {
+        let api = api.clone();
+        async move {
+            let s = api.get(name).await.ok()?;
+            let p = s.status.as_ref()?.phase?;
+            matches!(p, Phase::Succeeded | Phase::Failed | Phase::Skipped).then_some(s)
+        }
+    })
+    .await;
+    let status = s.status.expect("status");
+    if status.phase != Some(Phase::Succeeded) {
+        dump_logs(env.cp);
+    }
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
+    status
+        .stats
+        .into_iter()
+        .map(|h| (h.hostname.unwrap_or_default(), h.snapshots[0].name.clone().unwrap_or_default()))
+        .collect()
+}
+
+async fn restore_session(ns: &str, name: &str, kind: &str, target: &str, rules: serde_json::Value) -> RestoreSession {
+    let env = env().await;
+    let client = env.cp.client();
+    apply(&client, ns, json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "RestoreSession",
+        "metadata": {"name": name},
+        "spec": {"repository": {"name": "repo"},
+                 "target": {"ref": {"apiVersion": "apps/v1", "kind": kind, "name": target},
+                            "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]},
+                 "rules": rules}
+    }))
+    .await;
+    let api = Api::<RestoreSession>::namespaced(client, ns);
+    let rs = eventually(&format!("RestoreSession {name} to finish"), Duration::from_secs(150), || {
+        let api = api.clone();
+        async move {
+            let s = api.get(name).await.ok()?;
+            let p = s.status.as_ref()?.phase?;
+            matches!(p, RestorePhase::Succeeded | RestorePhase::Failed | RestorePhase::Unknown).then_some(s)
+        }
+    })
+    .await;
+    if rs.status.as_ref().and_then(|s| s.phase) != Some(RestorePhase::Succeeded) {
+        dump_logs(env.cp);
+    }
+    rs
+}
+
+fn wipe(dir: &Path) {
+    std::fs::remove_dir_all(dir).expect("wipe");
+    std::fs::create_dir_all(dir).expect("recreate");
+    assert!(checksums(dir).is_empty());
+}
+
+async fn wait_deployment_ready(ns: &str, name: &str, with_init: bool) {
+    let api = Api::<Deployment>::namespaced(env().await.cp.client(), ns);
+    eventually(&format!("Deployment {name} rolled out"), Duration::from_secs(120), || {
+        let api = api.clone();
+        async move {
+            let d = api.get(name).await.ok()?;
+            let spec = d.spec.as_ref()?.template.spec.as_ref()?;
+            let sidecar = spec.containers.iter().any(|c| c.name == "stash");
+            let init = spec.init_containers.iter().flatten().any(|c| c.name == "stash-init");
+            let st = d.status?;
+            let rolled = st.updated_replicas == Some(1) && st.ready_replicas == Some(1) && st.replicas == Some(1);
+            (sidecar && init == with_init && rolled && d.metadata.generation == st.observed_generation).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deployment_restores_the_latest_and_a_chosen_older_snapshot() {
+    let env = env().await;
+    let f = fixture("restore-deploy").await;
+    let ns = f.ns.name.clone();
+    let client = env.cp.client();
+    let data = env.cp.node_root().join("pvc").join(&ns).join("source-data");
+    generate_files(&data, 7, 16, 3000);
+    let v1 = checksums(&data);
+    apply(&client, &ns, json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "source-data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .await;
+    apply(&client, &ns, json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "app"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "app"}},
+                 "template": {"metadata": {"labels": {"app": "app"}},
+                              "spec": {"containers": [{"name": "app", "image": "busybox",
+                                                       "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}],
+                                       "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "source-data"}}]}}}
+    }))
+    .await;
+    apply(&client, &ns, backup_configuration("Deployment", "app")).await;
+    wait_deployment_ready(&ns, "app", false).await;
+    let first = backup(&ns, "app-backup", "backup-1").await;
+    // A second version of the data, backed up too.
+    generate_files(&data, 8, 20, 2000);
+    let v2 = checksums(&data);
+    assert_ne!(v1, v2);
+    backup(&ns, "app-backup", "backup-2").await;
+
+    // Destroy the data; restore the latest snapshot through the init-container.
+    wipe(&data);
+    let rs = restore_session(&ns, "restore-latest", "Deployment", "app", json!([{"paths": ["/source/data"]}])).await;
+    let status = rs.status.expect("status");
+    assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
+    assert_eq!(status.stats.len(), 1);
+    assert_eq!(checksums(&data), v2, "restored bytes equal the latest backup");
+    let d = Api::<Deployment>::namespaced(client.clone(), &ns).get("app").await.expect("deployment");
+    let inits: Vec<_> = d.spec.and_then(|s| s.template.spec).and_then(|s| s.init_containers).unwrap_or_default();
+    assert_eq!(inits.first().map(|c| c.name.as_str()), Some("stash-init"));
+
+    // Deleting the RestoreSession removes the init-container.
+    Api::<RestoreSession>::namespaced(client.clone(), &ns)
+        .delete("restore-latest", &DeleteParams::default())
+        .await
+        .expect("delete restore session");
+    wait_deployment_ready(&ns, "app", false).await;
+
+    // Restore a chosen older snapshot by its Snapshot API name.
+    wipe(&data);
+    let older = format!("repo-{}", first["host-0"]);
+    let rs = restore_session(&ns, "restore-older", "Deployment", "app", json!([{"snapshots": [older]}])).await;
+    assert_eq!(rs.status.as_ref().and_then(|s| s.phase), Some(RestorePhase::Succeeded), "{:?}", rs.status);
+    assert_eq!(checksums(&data), v1, "restored bytes equal the older backup");
+    assert_no_illegal_transitions(env.metrics_port).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statefulset_host_restores_another_hosts_data_via_source_host() {
+    let env = env().await;
+    let f = fixture("restore-sts").await;
+    let ns = f.ns.name.clone();
+    let client = env.cp.client();
+    let pvc = |i: usize| env.cp.node_root().join("pvc").join(&ns).join(format!("data-db-{i}"));
+    for i in 0..2 {
+        generate_files(&pvc(i), 100 + i as u64, 10, 2500);
+    }
+    let originals: Vec<_> = (0..2).map(|i| checksums(&pvc(i))).collect();
+    assert_ne!(originals[0], originals[1]);
+    apply(&client, &ns, json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+        "spec": {"replicas": 2, "serviceName": "db", "podManagementPolicy": "Parallel",
+                 "selector": {"matchLabels": {"app": "db"}},
+                 "template": {"metadata": {"labels": {"app": "db"}},
+                              "spec": {"containers": [{"name": "db", "image": "busybox",
+                                                       "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}]}},
+                 "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                                           "spec": {"accessModes": ["ReadWriteOnce"],
+                                                    "resources": {"requests": {"storage": "1Gi"}}}}]}
+    }))
+    .await;
+    apply(&client, &ns, backup_configuration("StatefulSet", "db")).await;
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns);
+    let rolled = || {
+        let sts = sts.clone();
+        async move {
+            let s = sts.get("db").await.ok()?;
+            let injected = s.spec.as_ref()?.template.spec.as_ref()?.containers.iter().any(|c| c.name == "stash");
+            let st = s.status?;
+            let done = st.update_revision.is_some() && st.update_revision == st.current_revision;
+            (injected && done && st.ready_replicas == Some(2) && st.updated_replicas == Some(2)).then_some(())
+        }
+    };
+    eventually("the sidecar in every StatefulSet pod", Duration::from_secs(150), rolled).await;
+    let snaps = backup(&ns, "db-backup", "backup-1").await;
+    assert_eq!(snaps.len(), 2);
+
+    // host-0 loses its data and is given host-1's; host-1 restores its own.
+    wipe(&pvc(0));
+    let rules = json!([
+        {"targetHosts": ["host-0"], "sourceHost": "host-1", "paths": ["/source/data"]},
+        {"targetHosts": ["host-1"], "paths": ["/source/data"]}
+    ]);
+    let rs = restore_session(&ns, "swap", "StatefulSet", "db", rules).await;
+    let status = rs.status.expect("status");
+    assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
+    let mut hosts: Vec<_> = status.stats.iter().filter_map(|h| h.hostname.clone()).collect();
+    hosts.sort();
+    assert_eq!(hosts, ["host-0", "host-1"]);
+    assert_eq!(checksums(&pvc(0)), originals[1], "host-0 now holds host-1's data");
+    assert_eq!(checksums(&pvc(1)), originals[1]);
+    assert_no_illegal_transitions(env.metrics_port).await;
+}
