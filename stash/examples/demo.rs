@@ -1,0 +1,151 @@
+//! The main job, for a person: a real local control plane, the operator, a workload backed
+//! up by its sidecar, the data destroyed and restored, all shown with the real kubectl and
+//! restic. Run it with `scripts/demo.sh`.
+//!
+//! Everything it starts listens on loopback and is stopped (by process group) when it exits;
+//! `--keep` leaves the control plane running until Ctrl-C so you can look around.
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::{process::Command, time::Duration};
+
+use kube::Api;
+use serde_json::json;
+use stash_crds::{BackupSession, RestoreSession, backup_session::Phase, restore_session::Phase as RestorePhase};
+use support::*;
+
+const PASSWORD: &str = "demo-password";
+
+fn show(title: &str, cmd: &mut Command) {
+    println!("\n$ {title}");
+    match cmd.output() {
+        Ok(out) => {
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            if !out.status.success() {
+                print!("{}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        Err(e) => println!("(could not run: {e})"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let keep = std::env::args().any(|a| a == "--keep");
+    println!("== starting etcd, kube-apiserver, kube-controller-manager, the node agent and the operator");
+    let env = env().await;
+    let cp = env.cp;
+    println!("control plane up in {:.1}s at {}", cp.started_in.as_secs_f64(), cp.server);
+    println!("export KUBECONFIG={}", cp.kubeconfig.display());
+    let kubectl = |args: &[&str]| {
+        let mut c = cp.kubectl().expect("kubectl");
+        c.args(args);
+        c
+    };
+    let client = cp.client();
+    cp.ensure_namespace("demo").await?;
+    let ns = "demo";
+    let repo_dir = cp.dir().join("demo-repository");
+    std::fs::create_dir_all(&repo_dir)?;
+    let data = cp.node_root().join("pvc").join(ns).join("source-data");
+    generate_files(&data, 2026, 32, 8192);
+    let original = checksums(&data);
+    println!("\n== the workload's data: {} files in the PVC source-data ({})", original.len(), data.display());
+
+    for doc in [
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "local-secret"},
+               "stringData": {"RESTIC_PASSWORD": PASSWORD}}),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "source-data"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "stash-demo"},
+               "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "stash-demo"}},
+                        "template": {"metadata": {"labels": {"app": "stash-demo"}},
+                                     "spec": {"containers": [{"name": "busybox", "image": "busybox",
+                                                              "volumeMounts": [{"name": "source-data", "mountPath": "/source/data"}]}],
+                                              "volumes": [{"name": "source-data", "persistentVolumeClaim": {"claimName": "source-data"}}]}}}}),
+        json!({"apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "local-repo"},
+               "spec": {"backend": {"storageSecretName": "local-secret",
+                                    "local": {"mountPath": "/safe/data", "hostPath": {"path": repo_dir.to_string_lossy()}}}}}),
+        json!({"apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration", "metadata": {"name": "deployment-backup"},
+               "spec": {"repository": {"name": "local-repo"}, "schedule": "*/1 * * * *",
+                        "target": {"ref": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "stash-demo"},
+                                   "directories": ["/source/data"],
+                                   "volumeMounts": [{"name": "source-data", "mountPath": "/source/data"}]},
+                        "retentionPolicy": {"name": "keep-last-5", "keepLast": 5, "prune": true}}}),
+    ] {
+        apply(&client, ns, doc).await;
+    }
+    println!("\n== applied a Secret, a PVC, a Deployment, a Repository and a BackupConfiguration (every minute)");
+    let deployments = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns);
+    eventually("the sidecar", Duration::from_secs(120), || {
+        let d = deployments.clone();
+        async move {
+            let d = d.get("stash-demo").await.ok()?;
+            let injected = d.spec.as_ref()?.template.spec.as_ref()?.containers.iter().any(|c| c.name == "stash");
+            let st = d.status?;
+            (injected && st.updated_replicas == Some(1) && st.ready_replicas == Some(1) && st.replicas == Some(1)).then_some(())
+        }
+    })
+    .await;
+    show(
+        "kubectl get deploy stash-demo -o jsonpath='{.spec.template.spec.containers[*].name}'",
+        &mut kubectl(&["get", "deploy", "stash-demo", "-n", ns, "-o", "jsonpath={.spec.template.spec.containers[*].name}"]),
+    );
+    println!();
+    show("kubectl get bc,cronjob -n demo", &mut kubectl(&["get", "bc,cronjob", "-n", ns]));
+
+    println!("\n== waiting for the schedule to create a BackupSession (at most a minute)");
+    let sessions = Api::<BackupSession>::namespaced(client.clone(), ns);
+    eventually("a scheduled BackupSession to succeed", Duration::from_secs(150), || {
+        let api = sessions.clone();
+        async move {
+            let list = api.list(&Default::default()).await.ok()?;
+            list.items.into_iter().find(|s| s.status.as_ref().and_then(|s| s.phase) == Some(Phase::Succeeded))
+        }
+    })
+    .await;
+    show("kubectl get backupsessions -n demo", &mut kubectl(&["get", "bs", "-n", ns]));
+    show("kubectl get repository -n demo", &mut kubectl(&["get", "repo", "-n", ns]));
+    show(
+        "restic snapshots (restic's own view of the repository)",
+        restic(&repo_dir.to_string_lossy(), PASSWORD).args(["snapshots"]),
+    );
+
+    println!("\n== destroying the data, then restoring it with a RestoreSession");
+    std::fs::remove_dir_all(&data)?;
+    std::fs::create_dir_all(&data)?;
+    println!("files left in the PVC: {}", checksums(&data).len());
+    apply(&client, ns, json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "RestoreSession", "metadata": {"name": "deployment-restore"},
+        "spec": {"repository": {"name": "local-repo"},
+                 "target": {"ref": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "stash-demo"},
+                            "volumeMounts": [{"name": "source-data", "mountPath": "/source/data"}]},
+                 "rules": [{"paths": ["/source/data"]}]}
+    }))
+    .await;
+    let restores = Api::<RestoreSession>::namespaced(client.clone(), ns);
+    eventually("the restore to succeed", Duration::from_secs(150), || {
+        let api = restores.clone();
+        async move {
+            let r = api.get("deployment-restore").await.ok()?;
+            (r.status.as_ref()?.phase? == RestorePhase::Succeeded).then_some(())
+        }
+    })
+    .await;
+    show("kubectl get restoresession -n demo", &mut kubectl(&["get", "restore", "-n", ns]));
+    let restored = checksums(&data);
+    println!(
+        "\nrestored {} files; sha256 of every file equals the original: {}",
+        restored.len(),
+        if restored == original { "yes" } else { "NO" }
+    );
+    anyhow::ensure!(restored == original, "the restored data differs from the original");
+
+    if keep {
+        println!("\n== still running; KUBECONFIG={} — press Ctrl-C to stop", cp.kubeconfig.display());
+        tokio::signal::ctrl_c().await?;
+    }
+    println!("\n== stopping everything");
+    cp.shutdown();
+    Ok(())
+}
