@@ -8,6 +8,7 @@ pub mod admission;
 pub mod agent;
 pub mod backup;
 pub mod inject;
+pub mod metrics;
 pub mod operator;
 pub mod restore;
 pub mod runtime_settings;

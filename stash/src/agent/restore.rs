@@ -128,6 +128,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         restore::run(&repo, &plan, &settings, &opts.target_dir).await
     }
     .await;
+    if opts.metrics_enabled {
+        let group = crate::metrics::restore_group(&opts.restore_session, &host, started.elapsed(), result.is_ok());
+        crate::metrics::push_logged(&opts.pushgateway_url, &group).await;
+    }
     let entry = HostRestoreStats {
         hostname: Some(host.clone()),
         phase: Some(if result.is_ok() { HostPhase::Succeeded } else { HostPhase::Failed }),

@@ -147,6 +147,18 @@ async fn backup_one(
     };
     let duration = started.elapsed();
     let reference = session.object_ref(&());
+    if opts.metrics_enabled {
+        let target = bc.spec.target.clone().unwrap_or_default().target_ref;
+        let group = crate::metrics::backup_group(
+            &bc.name_any(),
+            target.kind.as_deref().unwrap_or_default(),
+            target.name.as_deref().unwrap_or_default(),
+            host,
+            duration,
+            outcome.as_ref().ok(),
+        );
+        crate::metrics::push_logged(&opts.pushgateway_url, &group).await;
+    }
     let entry = match &outcome {
         Ok(o) => HostBackupStats {
             hostname: Some(host.into()),

@@ -61,8 +61,11 @@ pub async fn env() -> &'static Env {
 
 /// Start an operator process, adopted by the control plane. Returns its pid.
 pub fn start_operator(cp: &ControlPlane, metrics_port: u16) -> u32 {
+    let pushgateway = format!("http://127.0.0.1:{}", pushgateway_port(cp));
     let args: Vec<String> = [
         "run",
+        "--pushgateway-url",
+        pushgateway.as_str(),
         "--image",
         IMAGE,
         "--namespace",
@@ -90,6 +93,39 @@ pub fn start_operator(cp: &ControlPlane, metrics_port: u16) -> u32 {
     let pid = p.pid();
     cp.adopt(p);
     pid
+}
+
+/// The real Prometheus pushgateway of this test binary (started on first use, on loopback,
+/// adopted by the control plane so it is stopped by process group at exit).
+pub fn pushgateway_port(cp: &ControlPlane) -> u16 {
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *PORT.get_or_init(|| {
+        let port = stash_testenv::process::free_port().expect("port");
+        let p = Proc::spawn(
+            "pushgateway",
+            &bins::bin("pushgateway").expect("pushgateway"),
+            &[format!("--web.listen-address=127.0.0.1:{port}")],
+            cp.dir(),
+        )
+        .expect("start the pushgateway");
+        cp.adopt(p);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the pushgateway did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        port
+    })
+}
+
+/// The pushgateway's `/metrics` text.
+pub async fn pushgateway_metrics(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect pushgateway");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.expect("write");
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.expect("read");
+    buf
 }
 
 fn rand_suffix() -> u32 {
@@ -229,4 +265,170 @@ pub fn dump_logs(cp: &ControlPlane) {
             cp.kubeconfig.display()
         ))
         .status();
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers for the backup end-to-end tests (sessions, workloads, events, test servers).
+// ---------------------------------------------------------------------------------------
+
+/// One Event as the tests look at it (from events.k8s.io/v1 or core v1).
+#[derive(Clone, Debug)]
+pub struct EventView {
+    /// The object the event is about (`regarding` / `involvedObject`): kind.
+    pub kind: String,
+    /// … and name.
+    pub name: String,
+    /// `Normal` or `Warning`.
+    pub type_: String,
+    /// The reason.
+    pub reason: String,
+    /// `note` (events.k8s.io) or `message` (core).
+    pub note: String,
+}
+
+/// Every Event in `ns`, from both the events.k8s.io/v1 and the core v1 API.
+pub async fn events_in(client: &Client, ns: &str) -> Vec<EventView> {
+    use k8s_openapi::api::{core::v1::Event as CoreEvent, events::v1::Event};
+    let mut out = Vec::new();
+    let lp = kube::api::ListParams::default();
+    if let Ok(list) = Api::<Event>::namespaced(client.clone(), ns).list(&lp).await {
+        for e in list {
+            let r = e.regarding.unwrap_or_default();
+            out.push(EventView {
+                kind: r.kind.unwrap_or_default(),
+                name: r.name.unwrap_or_default(),
+                type_: e.type_.unwrap_or_default(),
+                reason: e.reason.unwrap_or_default(),
+                note: e.note.unwrap_or_default(),
+            });
+        }
+    }
+    if let Ok(list) = Api::<CoreEvent>::namespaced(client.clone(), ns).list(&lp).await {
+        for e in list {
+            let r = e.involved_object;
+            let view = EventView {
+                kind: r.kind.unwrap_or_default(),
+                name: r.name.unwrap_or_default(),
+                type_: e.type_.unwrap_or_default(),
+                reason: e.reason.unwrap_or_default(),
+                note: e.message.unwrap_or_default(),
+            };
+            // The same event is served by both APIs; keep one copy.
+            if !out.iter().any(|o| o.name == view.name && o.reason == view.reason && o.note == view.note) {
+                out.push(view);
+            }
+        }
+    }
+    out
+}
+
+/// Wait (≤ `timeout`) for an event with `reason` about object `name` in `ns`.
+pub async fn wait_event(client: &Client, ns: &str, name: &str, reason: &str, timeout: Duration) -> EventView {
+    eventually(&format!("event {reason} about {name}"), timeout, || async move {
+        events_in(client, ns).await.into_iter().find(|e| e.name == name && e.reason == reason)
+    })
+    .await
+}
+
+/// Create a manual BackupSession `name` of BackupConfiguration `bc` (with the label sidecars
+/// select on).
+pub async fn create_backup_session(client: &Client, ns: &str, bc: &str, name: &str) {
+    apply(client, ns, serde_json::json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": name, "labels": {"stash.appscode.com/backup-configuration": bc}},
+        "spec": {"backupConfiguration": {"name": bc}}
+    }))
+    .await;
+}
+
+/// Wait until BackupSession `name` is terminal (`Succeeded`, `Failed`, `Skipped`); return it.
+pub async fn wait_session_terminal(client: &Client, ns: &str, name: &str, timeout: Duration) -> stash_crds::BackupSession {
+    use stash_crds::backup_session::Phase;
+    let api = Api::<stash_crds::BackupSession>::namespaced(client.clone(), ns);
+    eventually(&format!("BackupSession {name} to finish"), timeout, || {
+        let api = api.clone();
+        async move {
+            let s = api.get(name).await.ok()?;
+            let phase = s.status.as_ref()?.phase?;
+            matches!(phase, Phase::Succeeded | Phase::Failed | Phase::Skipped).then_some(s)
+        }
+    })
+    .await
+}
+
+/// A PVC `claim` and a one-replica Deployment `name` mounting it at `/source/data`.
+pub async fn deployment_with_pvc(client: &Client, ns: &str, name: &str, claim: &str) {
+    apply(client, ns, serde_json::json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .await;
+    apply(client, ns, serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"containers": [{"name": "app", "image": "busybox",
+                                                       "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}],
+                                       "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}}}
+    }))
+    .await;
+}
+
+/// A BackupConfiguration `<workload>-backup` of Deployment `workload` (`/source/data`) into
+/// Repository `repo`; `extra` is merged into `spec` (e.g. a retention policy or runtimeSettings).
+pub fn deployment_backup_configuration(workload: &str, repo: &str, schedule: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut spec = serde_json::json!({
+        "repository": {"name": repo},
+        "schedule": schedule,
+        "target": {"ref": {"apiVersion": "apps/v1", "kind": "Deployment", "name": workload},
+                   "directories": ["/source/data"],
+                   "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}
+    });
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration",
+        "metadata": {"name": format!("{workload}-backup")},
+        "spec": spec
+    })
+}
+
+/// Wait (≤ `timeout`) until Deployment `name` has the `stash` sidecar and its one pod is
+/// updated and ready.
+pub async fn wait_sidecar_ready(client: &Client, ns: &str, name: &str, timeout: Duration) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
+    eventually(&format!("the sidecar in a ready Deployment {name}"), timeout, || {
+        let d = deployments.clone();
+        async move {
+            let d = d.get(name).await.ok()?;
+            let injected = d.spec.as_ref()?.template.spec.as_ref()?.containers.iter().any(|c| c.name == "stash");
+            let st = d.status?;
+            let settled = st.updated_replicas == Some(1) && st.ready_replicas == Some(1) && st.replicas == Some(1);
+            (injected && settled && st.observed_generation == d.metadata.generation).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Wait (≤ `timeout`) until something accepts TCP connections on `127.0.0.1:port`.
+pub async fn wait_port(port: u16, timeout: Duration) {
+    eventually(&format!("a server on 127.0.0.1:{port}"), timeout, || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+    })
+    .await;
+}
+
+/// A loopback port nothing listens on (reserved, then released; nobody binds it again in
+/// this process).
+pub fn closed_port() -> u16 {
+    stash_testenv::process::free_port().expect("port")
+}
+
+/// Every file under `dir` with its bytes' sha256 (to prove a repository was not touched).
+pub fn tree_digest(dir: &Path) -> BTreeMap<String, String> {
+    checksums(dir)
 }

@@ -1,0 +1,116 @@
+//! Metrics end to end: the sidecar pushes the §10 metrics to a real Prometheus pushgateway,
+//! grouped by job and host, with the values restic reported; the operator serves its own.
+mod support;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kube::Api;
+use serde_json::json;
+use stash_crds::{BackupSession, backup_session::Phase};
+use support::*;
+
+/// `name{labels} value` lines of `text` whose labels include every pair in `want`.
+fn samples(text: &str, name: &str, want: &[(&str, &str)]) -> Vec<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| want.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hosts_push_their_backup_metrics_grouped_by_job_and_host() {
+    let env = env().await;
+    let cp = env.cp;
+    let ns = cp.namespace("metrics").await.expect("namespace");
+    let client = cp.client();
+    let repo_dir = cp.dir().join("repos").join(&ns.name);
+    std::fs::create_dir_all(&repo_dir).expect("repo dir");
+    for i in 0..2 {
+        generate_files(&cp.node_root().join("pvc").join(&ns.name).join(format!("data-web-{i}")), 300 + i, 6 + 3 * i as usize, 1000);
+    }
+    for doc in [
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"RESTIC_PASSWORD": "pw"}}),
+        json!({"apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
+               "spec": {"backend": {"storageSecretName": "s",
+                                    "local": {"mountPath": "/safe/data", "hostPath": {"path": repo_dir.to_string_lossy()}}}}}),
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "web"},
+               "spec": {"replicas": 2, "serviceName": "web", "podManagementPolicy": "Parallel",
+                        "selector": {"matchLabels": {"app": "web"}},
+                        "template": {"metadata": {"labels": {"app": "web"}},
+                                     "spec": {"containers": [{"name": "web", "image": "nginx",
+                                                              "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}]}},
+                        "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                                                  "spec": {"accessModes": ["ReadWriteOnce"],
+                                                           "resources": {"requests": {"storage": "1Gi"}}}}]}}),
+        json!({"apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration", "metadata": {"name": "web-backup"},
+               "spec": {"repository": {"name": "repo"}, "schedule": "0 0 1 1 *",
+                        "target": {"ref": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web"},
+                                   "directories": ["/source/data"],
+                                   "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}}}),
+    ] {
+        apply(&client, &ns.name, doc).await;
+    }
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns.name);
+    eventually("the sidecars", Duration::from_secs(150), || {
+        let sts = sts.clone();
+        async move {
+            let s = sts.get("web").await.ok()?;
+            let injected = s.spec.as_ref()?.template.spec.as_ref()?.containers.iter().any(|c| c.name == "stash");
+            let st = s.status?;
+            let done = st.update_revision.is_some() && st.update_revision == st.current_revision;
+            (injected && done && st.ready_replicas == Some(2) && st.updated_replicas == Some(2)).then_some(())
+        }
+    })
+    .await;
+    apply(&client, &ns.name, json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": "m1", "labels": {"stash.appscode.com/backup-configuration": "web-backup"}},
+        "spec": {"backupConfiguration": {"name": "web-backup"}}
+    }))
+    .await;
+    let api = Api::<BackupSession>::namespaced(client.clone(), &ns.name);
+    let s = eventually("the session", Duration::from_secs(150), || {
+        let api = api.clone();
+        async move {
+            let s = api.get("m1").await.ok()?;
+            matches!(s.status.as_ref()?.phase?, Phase::Succeeded | Phase::Failed | Phase::Skipped).then_some(s)
+        }
+    })
+    .await;
+    let status = s.status.expect("status");
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
+
+    // The pushgateway holds one group per host, with the numbers restic reported.
+    let port = pushgateway_port(cp);
+    let text = pushgateway_metrics(port).await;
+    let files: BTreeMap<String, i32> = status
+        .stats
+        .iter()
+        .map(|h| (h.hostname.clone().unwrap_or_default(), h.snapshots[0].file_stats.as_ref().and_then(|f| f.total_files).unwrap_or(-1)))
+        .collect();
+    assert_eq!(files.len(), 2);
+    for (host, total) in &files {
+        let labels = [("job", "web-backup"), ("Host", host.as_str()), ("kind", "StatefulSet"), ("name", "web")];
+        assert_eq!(samples(&text, "stash_backup_session_success", &labels), [1.0], "{host}:\n{text}");
+        assert_eq!(samples(&text, "stash_backup_files_total", &labels), [f64::from(*total)], "{host}");
+        assert_eq!(samples(&text, "stash_repository_integrity", &labels), [1.0]);
+        let size = samples(&text, "stash_backup_data_size_bytes", &labels);
+        assert_eq!(size.len(), 1);
+        assert!(size[0] > 0.0);
+    }
+    // Files differ per host (6 and 9 files), so neither host overwrote the other's group.
+    assert_eq!(files["host-0"], 6);
+    assert_eq!(files["host-1"], 9);
+    // restic agrees on the repository's snapshot count.
+    let count = restic_snapshots(&repo_dir.to_string_lossy(), "pw").len() as f64;
+    let counts = samples(&text, "stash_repository_snapshot_count", &[("job", "web-backup")]);
+    assert!(counts.iter().any(|c| *c == count), "{counts:?} vs restic {count}");
+
+    // The operator serves its own metrics.
+    let own = operator_metrics(env.metrics_port).await;
+    assert!(own.contains("stash_operator_reconciles_total{controller=\"backupsession\"}"), "{own}");
+    assert!(own.contains("stash_operator_leader 1"));
+    assert_no_illegal_transitions(env.metrics_port).await;
+}
