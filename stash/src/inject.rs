@@ -171,11 +171,12 @@ fn stash_mounts(repo: &Repository, target_mounts: &[VolumeMount]) -> Vec<VolumeM
         VolumeMount { name: TMP_VOLUME.into(), mount_path: "/tmp".into(), ..Default::default() },
     ];
     mounts.extend(target_mounts.iter().cloned());
+    // The whole volume is mounted at `mountPath`; restic's repository is `mountPath/subPath`
+    // (§9.1), so `subPath` is applied once, by the repository path, not by the mount too.
     if let Some(local) = &repo.spec.backend.local {
         mounts.push(VolumeMount {
             name: LOCAL_VOLUME.into(),
             mount_path: local.mount_path.clone().unwrap_or_default(),
-            sub_path: local.sub_path.clone(),
             ..Default::default()
         });
     }

@@ -14,6 +14,7 @@ use crate::inject::InjectConfig;
 
 pub mod backup_configuration;
 pub mod backup_session;
+pub mod default_backup;
 pub mod rbac;
 pub mod restore_session;
 pub mod workload;
@@ -126,6 +127,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             backup_session::run(ctx.clone()),
             restore_session::run(ctx.clone()),
             workload::run_all(ctx.clone()),
+            default_backup::run_pvcs(ctx.clone()),
+            default_backup::run_app_bindings(ctx.clone()),
         )
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -17,7 +17,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use stash_crds::{BackupConfiguration, Repository, RestoreSession, common::Driver, consts, restore_session::Phase as RestorePhase};
 use stash_runtime::{Action, Reconcile, events::Severity};
 
-use super::{Ctx, Error, rbac};
+use super::{Ctx, Error, default_backup, rbac};
 use crate::{inject, target::WorkloadKind};
 
 /// A workload kind the sidecar can be injected into.
@@ -161,6 +161,22 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
         let ns = w.namespace().unwrap_or_default();
         let name = w.name_any();
         let reference = w.object_ref(&());
+        // Default backups first (§5.3 step 2): the annotations may create the configuration.
+        if let Some(owner) = w.controller_owner_ref(&()) {
+            let target = default_backup::Target {
+                api_version: W::KIND.api_version().into(),
+                kind: W::KIND.kind().into(),
+                resource: Some(format!("{}s", W::KIND.kind().to_lowercase())),
+                name: name.clone(),
+                namespace: ns.clone(),
+                app_version: None,
+                annotations: w.annotations().clone(),
+                owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference { controller: None, block_owner_deletion: None, ..owner },
+            };
+            if let Err(e) = default_backup::reconcile(ctx, &target).await {
+                ctx.events.publish(&reference, Severity::Warning, "DefaultBackupFailed", e.to_string()).await;
+            }
+        }
         let bcs = Api::<BackupConfiguration>::namespaced(ctx.client.clone(), &ns).list(&ListParams::default()).await?;
         let matching: Vec<BackupConfiguration> = bcs
             .into_iter()
