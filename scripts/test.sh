@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
 
-# Debian packages the tests use (PostgreSQL for the database backups).
-if ! command -v unshare >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq util-linux >/dev/null
+# Debian packages the tests use: a real PostgreSQL server for the database backups.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "installing PostgreSQL from Debian"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 fi
 
 # Go-built binaries (cached outside the repo, built once per machine) and the S3 server.
