@@ -1,0 +1,44 @@
+# syntax=docker/dockerfile:1
+# The stash-rs image: the `stash` binary (operator and every agent subcommand) plus a pinned
+# restic. Build from the repository root:
+#
+#   docker build -t stash-rs/stash:0.1.0 .
+#
+# The versions below are checked against the repository's own pins by
+# install/tests/generated.rs (restic: testenv/go/restic/go.mod; Rust: Cargo.toml rust-version).
+ARG RUST_VERSION=1.95
+ARG GO_VERSION=1.26
+ARG RESTIC_VERSION=0.19.1
+
+FROM rust:${RUST_VERSION}-bookworm AS stash
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p stash && cp target/release/stash /stash
+
+# restic from the same wrapper module the tests use: its go.sum pins every dependency.
+FROM golang:${GO_VERSION}-bookworm AS restic
+ARG RESTIC_VERSION
+ENV CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-mod=mod -trimpath"
+WORKDIR /restic
+COPY testenv/go/restic/go.mod testenv/go/restic/go.sum ./
+RUN grep -q "github.com/restic/restic v${RESTIC_VERSION} " go.mod \
+ && go build -ldflags "-s -w" -o /restic-bin github.com/restic/restic/cmd/restic \
+ && /restic-bin version | grep -q "restic ${RESTIC_VERSION}"
+
+FROM debian:bookworm-slim
+ARG RESTIC_VERSION
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates tzdata \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=stash /stash /usr/local/bin/stash
+COPY --from=restic /restic-bin /usr/local/bin/restic
+LABEL org.opencontainers.image.title="stash-rs" \
+      org.opencontainers.image.description="Kubernetes backup operator speaking the Stash API" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      io.stash-rs.restic.version="${RESTIC_VERSION}"
+# nobody; the operator Deployment also sets runAsNonRoot. Restore containers the operator
+# creates ask for root themselves (stash-api.md §6.2, §6.4).
+USER 65534:65534
+ENTRYPOINT ["/usr/local/bin/stash"]

@@ -1,0 +1,504 @@
+//! Everything a cluster needs to run stash-rs, rendered as plain manifests.
+//!
+//! [`render`] returns one deterministic multi-document YAML stream (keys sorted, objects in a
+//! fixed order): the Namespace, the CRDs, the operator's ServiceAccount and least-privilege
+//! RBAC, the Service, the Deployment (operator + pushgateway sidecar), the
+//! PodDisruptionBudget, both webhook configurations and the Snapshot API's APIService.
+//! `deploy/install/stash-rs.yaml` is [`render`] with the default [`InstallOptions`]; the Helm
+//! chart `deploy/helm/stash-rs` renders the same objects (both are checked by this crate's
+//! tests).
+//!
+//! What is taken from the operator itself rather than restated: the webhook configurations
+//! ([`stash::admission::register`]), the names of the ClusterRoles the operator maintains
+//! ([`stash::operator::rbac`], [`stash::jobs::rbac`]) and the certificate Secret names, so the
+//! manifests cannot drift from what the operator does at run time.
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use serde_json::{Value, json};
+use stash::admission::register::{self, Endpoint};
+
+/// Name of the ServiceAccount, ClusterRole, Role, Service, Deployment and PDB.
+pub const NAME: &str = "stash-operator";
+/// Port of the admission webhooks (Service port 443).
+pub const WEBHOOK_PORT: u16 = 8443;
+/// Port of the Snapshot API (Service port of the same number).
+pub const SNAPSHOT_API_PORT: u16 = 8444;
+/// Port of `/metrics`, `/healthz`, `/readyz`.
+pub const METRICS_PORT: u16 = 8080;
+/// Port of the pushgateway sidecar.
+pub const PUSHGATEWAY_PORT: u16 = 56789;
+/// The APIService of the Snapshot API.
+pub const SNAPSHOT_APISERVICE: &str = "v1alpha1.repositories.stash.appscode.com";
+
+/// What can be chosen at install time.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct InstallOptions {
+    /// Namespace of the operator.
+    #[arg(long, default_value = "stash-system")]
+    pub namespace: String,
+    /// The operator image (also the image of every container the operator injects or creates).
+    #[arg(long, default_value = concat!("stash-rs/stash:", env!("CARGO_PKG_VERSION")))]
+    pub image: String,
+    /// Pull policy of the operator image.
+    #[arg(long, default_value = "IfNotPresent")]
+    pub image_pull_policy: String,
+    /// The pushgateway sidecar's image.
+    #[arg(long, default_value = "prom/pushgateway:v1.11.3")]
+    pub pushgateway_image: String,
+    /// Operator replicas (one leads; the others wait for the Lease).
+    #[arg(long, default_value_t = 2)]
+    pub replicas: i32,
+    /// `minAvailable` of the PodDisruptionBudget.
+    #[arg(long, default_value_t = 1)]
+    pub pdb_min_available: i32,
+    /// Serve and register the admission webhooks.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub webhook: bool,
+    /// Serve and register the Snapshot API (repositories.stash.appscode.com). Off by default
+    /// until `stash run` takes `--snapshot-api-addr` (install/tests/generated.rs checks that
+    /// the operator accepts every argument the Deployment gives it).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub snapshot_api: bool,
+}
+
+impl Default for InstallOptions {
+    fn default() -> Self {
+        Self {
+            namespace: "stash-system".into(),
+            image: concat!("stash-rs/stash:", env!("CARGO_PKG_VERSION")).into(),
+            image_pull_policy: "IfNotPresent".into(),
+            pushgateway_image: "prom/pushgateway:v1.11.3".into(),
+            replicas: 2,
+            pdb_min_available: 1,
+            webhook: true,
+            snapshot_api: false,
+        }
+    }
+}
+
+/// The labels every rendered object carries (the Helm chart adds `helm.sh/chart` and
+/// `app.kubernetes.io/managed-by: Helm`).
+pub fn labels() -> Value {
+    json!({"app.kubernetes.io/name": "stash", "app.kubernetes.io/part-of": "stash-rs"})
+}
+
+fn labels_with(component: &str) -> Value {
+    let mut l = labels();
+    l["app.kubernetes.io/component"] = json!(component);
+    l
+}
+
+fn selector() -> Value {
+    json!({"app.kubernetes.io/name": "stash", "app.kubernetes.io/component": "operator"})
+}
+
+fn meta(name: &str, namespace: Option<&str>) -> Value {
+    let mut m = json!({"name": name, "labels": labels()});
+    if let Some(ns) = namespace {
+        m["namespace"] = json!(ns);
+    }
+    m
+}
+
+fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {
+    json!({"apiGroups": groups, "resources": resources, "verbs": verbs})
+}
+
+fn named_rule(groups: &[&str], resources: &[&str], names: &[String], verbs: &[&str]) -> Value {
+    json!({"apiGroups": groups, "resources": resources, "resourceNames": names, "verbs": verbs})
+}
+
+const READ: &[&str] = &["get", "list", "watch"];
+const WRITE_WORKLOAD: &[&str] = &["get", "list", "watch", "update", "patch"];
+const ALL_OWN: &[&str] = &["get", "list", "watch", "create", "update", "patch", "delete"];
+const STATUS: &[&str] = &["get", "update", "patch"];
+const EVENTS: &[&str] = &["create", "update", "patch"];
+
+/// The ClusterRoles the operator creates and grants to the pods it runs (`stash-cron-job`,
+/// `stash-sidecar`, `stash-restore-init-container`, `stash-backup-job`,
+/// `stash-restore-job`): it may `escalate` and `bind` exactly these, nothing else.
+pub fn managed_cluster_roles() -> Vec<ClusterRole> {
+    let mut v = stash::operator::rbac::cluster_roles();
+    v.extend(stash::jobs::rbac::cluster_roles());
+    v
+}
+
+fn managed_cluster_role_names() -> Vec<String> {
+    managed_cluster_roles().into_iter().filter_map(|r| r.metadata.name).collect()
+}
+
+/// The operator's cluster-wide permissions: explicit verbs on explicit resources, no
+/// wildcards; the webhook configurations, the APIService and the managed ClusterRoles by name.
+pub fn cluster_role() -> Value {
+    let stash_kinds = [
+        "backupconfigurations",
+        "backupsessions",
+        "restoresessions",
+        "repositories",
+        "functions",
+        "tasks",
+        "backupconfigurationtemplates",
+    ];
+    let rules = vec![
+        rule(&["stash.appscode.com"], &stash_kinds, ALL_OWN),
+        rule(
+            &["stash.appscode.com"],
+            &["backupconfigurations/status", "backupsessions/status", "restoresessions/status", "repositories/status"],
+            STATUS,
+        ),
+        // blockOwnerDeletion on objects owned by these (OwnerReferencesPermissionEnforcement).
+        rule(
+            &["stash.appscode.com"],
+            &["backupconfigurations/finalizers", "backupsessions/finalizers", "restoresessions/finalizers"],
+            &["update"],
+        ),
+        rule(&["appcatalog.appscode.com"], &["appbindings"], READ),
+        rule(&["apps"], &["deployments", "statefulsets", "daemonsets", "replicasets"], WRITE_WORKLOAD),
+        rule(&[""], &["replicationcontrollers"], WRITE_WORKLOAD),
+        rule(&["apps.openshift.io"], &["deploymentconfigs"], WRITE_WORKLOAD),
+        rule(&[""], &["pods"], &["get", "list", "watch", "delete"]),
+        rule(&[""], &["persistentvolumeclaims"], &["get", "list", "watch", "create"]),
+        rule(&[""], &["nodes", "namespaces"], READ),
+        // Storage Secrets of Repositories (Snapshot API) and of AppBindings: read only.
+        rule(&[""], &["secrets"], &["get"]),
+        rule(&[""], &["serviceaccounts"], &["get", "create", "patch"]),
+        rule(&["", "events.k8s.io"], &["events"], EVENTS),
+        rule(&["batch"], &["jobs"], &["get", "list", "watch", "create", "patch", "delete"]),
+        rule(&["batch"], &["cronjobs"], ALL_OWN),
+        rule(&["rbac.authorization.k8s.io"], &["rolebindings"], &["get", "list", "watch", "create", "update", "patch", "delete"]),
+        // Server-side apply creates by name, so `create` can be limited to the names too.
+        named_rule(
+            &["rbac.authorization.k8s.io"],
+            &["clusterroles"],
+            &managed_cluster_role_names(),
+            &["get", "create", "update", "patch", "bind", "escalate"],
+        ),
+        named_rule(
+            &["admissionregistration.k8s.io"],
+            &["mutatingwebhookconfigurations", "validatingwebhookconfigurations"],
+            &[register::CONFIGURATION_NAME.to_string()],
+            &["get", "create", "update", "patch", "delete"],
+        ),
+        named_rule(
+            &["apiregistration.k8s.io"],
+            &["apiservices"],
+            &[SNAPSHOT_APISERVICE.to_string()],
+            &["get", "create", "update", "patch", "delete"],
+        ),
+    ];
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": meta(NAME, None),
+        "rules": rules,
+    })
+}
+
+/// The operator's permissions in its own namespace: the leader-election Lease, its
+/// certificate Secrets and Services.
+pub fn role(ns: &str) -> Value {
+    let secrets = [stash::admission::CERT_SECRET.to_string(), stash::snapshots::CERT_SECRET.to_string()];
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": meta(NAME, Some(ns)),
+        "rules": [
+            rule(&["coordination.k8s.io"], &["leases"], &["get", "list", "watch", "create", "update", "patch"]),
+            // A POST cannot be limited by name: create is namespace-wide, the rest by name.
+            rule(&[""], &["secrets"], &["create"]),
+            named_rule(&[""], &["secrets"], &secrets, &["get", "update", "patch"]),
+            rule(&[""], &["services"], &["get", "create", "update", "patch"]),
+        ],
+    })
+}
+
+fn sa_subject(ns: &str) -> Value {
+    json!([{"kind": "ServiceAccount", "name": NAME, "namespace": ns}])
+}
+
+fn binding(kind: &str, name: &str, ns: Option<&str>, role_kind: &str, role: &str, sa_ns: &str) -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+        "metadata": meta(name, ns),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
+        "subjects": sa_subject(sa_ns),
+    })
+}
+
+/// The operator container's arguments.
+pub fn operator_args(o: &InstallOptions) -> Vec<String> {
+    let ns = &o.namespace;
+    let mut a = vec![
+        "run".to_string(),
+        "--namespace=$(POD_NAMESPACE)".into(),
+        format!("--image={}", o.image),
+        format!("--metrics-addr=0.0.0.0:{METRICS_PORT}"),
+        format!("--pushgateway-url=http://{NAME}.{ns}.svc:{PUSHGATEWAY_PORT}"),
+    ];
+    if o.webhook {
+        a.push(format!("--webhook-addr=0.0.0.0:{WEBHOOK_PORT}"));
+        a.push(format!("--webhook-service={ns}/{NAME}:443"));
+        a.push("--enable-validating-webhook=true".into());
+        a.push("--enable-mutating-webhook=true".into());
+    }
+    if o.snapshot_api {
+        a.push(format!("--snapshot-api-addr=0.0.0.0:{SNAPSHOT_API_PORT}"));
+        a.push(format!("--snapshot-api-service={NAME}"));
+    }
+    a
+}
+
+fn deployment(o: &InstallOptions) -> Value {
+    let ns = &o.namespace;
+    let mut ports = vec![json!({"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"})];
+    if o.webhook {
+        ports.push(json!({"name": "webhook", "containerPort": WEBHOOK_PORT, "protocol": "TCP"}));
+    }
+    if o.snapshot_api {
+        ports.push(json!({"name": "snapshot-api", "containerPort": SNAPSHOT_API_PORT, "protocol": "TCP"}));
+    }
+    let field_env = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}});
+    let restricted = json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "runAsNonRoot": true,
+        "capabilities": {"drop": ["ALL"]},
+    });
+    let probe = |path: &str, initial: u32| {
+        json!({"httpGet": {"path": path, "port": "metrics", "scheme": "HTTP"},
+               "initialDelaySeconds": initial, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3})
+    };
+    let operator = json!({
+        "name": "operator",
+        "image": o.image,
+        "imagePullPolicy": o.image_pull_policy,
+        "args": operator_args(o),
+        "env": [field_env("POD_NAME", "metadata.name"), field_env("POD_NAMESPACE", "metadata.namespace"),
+                {"name": "RUST_LOG", "value": "info"}],
+        "ports": ports,
+        "readinessProbe": probe("/readyz", 5),
+        "livenessProbe": probe("/healthz", 15),
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "securityContext": restricted,
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    });
+    let pushgateway = json!({
+        "name": "pushgateway",
+        "image": o.pushgateway_image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": [format!("--web.listen-address=:{PUSHGATEWAY_PORT}"),
+                 "--persistence.file=/var/pushgateway/metrics", "--persistence.interval=1m"],
+        "ports": [{"name": "pushgateway", "containerPort": PUSHGATEWAY_PORT, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/-/ready", "port": "pushgateway", "scheme": "HTTP"},
+                           "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+        "securityContext": restricted,
+        "volumeMounts": [{"name": "pushgateway-data", "mountPath": "/var/pushgateway"}],
+    });
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": NAME, "namespace": ns, "labels": labels_with("operator")},
+        "spec": {
+            "replicas": o.replicas,
+            "selector": {"matchLabels": selector()},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": labels_with("operator")},
+                "spec": {
+                    "serviceAccountName": NAME,
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65534, "runAsGroup": 65534, "fsGroup": 65534,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [operator, pushgateway],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "pushgateway-data", "emptyDir": {}}],
+                    "terminationGracePeriodSeconds": 30,
+                    "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+                        "weight": 100,
+                        "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": selector()}},
+                    }]}},
+                },
+            },
+        },
+    })
+}
+
+fn service(o: &InstallOptions) -> Value {
+    let mut ports = vec![
+        json!({"name": "pushgateway", "port": PUSHGATEWAY_PORT, "targetPort": "pushgateway", "protocol": "TCP"}),
+        json!({"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}),
+    ];
+    if o.webhook {
+        ports.insert(0, json!({"name": "webhook", "port": 443, "targetPort": "webhook", "protocol": "TCP"}));
+    }
+    if o.snapshot_api {
+        ports.push(json!({"name": "snapshot-api", "port": SNAPSHOT_API_PORT, "targetPort": "snapshot-api", "protocol": "TCP"}));
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": NAME, "namespace": o.namespace, "labels": labels_with("operator")},
+        "spec": {"type": "ClusterIP", "selector": selector(), "ports": ports},
+    })
+}
+
+fn pdb(o: &InstallOptions) -> Value {
+    json!({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": NAME, "namespace": o.namespace, "labels": labels_with("operator")},
+        "spec": {"minAvailable": o.pdb_min_available, "selector": {"matchLabels": selector()},
+                 "unhealthyPodEvictionPolicy": "AlwaysAllow"},
+    })
+}
+
+/// The webhook configurations as the operator applies them, without a `caBundle` (the
+/// operator writes it when its certificate is issued).
+fn webhook_configurations(o: &InstallOptions) -> Vec<Value> {
+    let endpoint = Endpoint::Service { namespace: o.namespace.clone(), name: NAME.into(), port: 443 };
+    let name = register::CONFIGURATION_NAME;
+    let strip = |mut v: Value, kind: &str, api: &str| {
+        v["apiVersion"] = json!(api);
+        v["kind"] = json!(kind);
+        v["metadata"]["labels"] = labels();
+        for h in v["webhooks"].as_array_mut().into_iter().flatten() {
+            if let Some(cc) = h["clientConfig"].as_object_mut() {
+                cc.remove("caBundle");
+            }
+        }
+        v
+    };
+    let api = "admissionregistration.k8s.io/v1";
+    vec![
+        strip(
+            serde_json::to_value(register::mutating_configuration(name, &endpoint, "")).expect("serializes"),
+            "MutatingWebhookConfiguration",
+            api,
+        ),
+        strip(
+            serde_json::to_value(register::validating_configuration(name, &endpoint, "")).expect("serializes"),
+            "ValidatingWebhookConfiguration",
+            api,
+        ),
+    ]
+}
+
+fn apiservice(o: &InstallOptions) -> Value {
+    json!({
+        "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+        "metadata": {"name": SNAPSHOT_APISERVICE, "labels": labels_with("snapshot-api")},
+        "spec": {
+            "group": stash_crds::consts::SNAPSHOT_GROUP, "version": "v1alpha1",
+            "groupPriorityMinimum": 1000, "versionPriority": 15,
+            "service": {"namespace": o.namespace, "name": NAME, "port": SNAPSHOT_API_PORT},
+        },
+    })
+}
+
+/// Every object, in apply order (CRDs after the Namespace, webhooks and APIService last).
+pub fn objects(o: &InstallOptions) -> Vec<Value> {
+    let ns = o.namespace.as_str();
+    let mut v = vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta(ns, None)})];
+    v.extend(stash_crds::crds().into_iter().map(|c| serde_json::to_value(c).expect("CRD serializes")));
+    v.push(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(NAME, Some(ns))}));
+    v.push(cluster_role());
+    v.push(binding("ClusterRoleBinding", NAME, None, "ClusterRole", NAME, ns));
+    // SubjectAccessReviews and TokenReviews for the aggregated API (a built-in, minimal role).
+    v.push(binding("ClusterRoleBinding", &format!("{NAME}:auth-delegator"), None, "ClusterRole", "system:auth-delegator", ns));
+    v.push(role(ns));
+    v.push(binding("RoleBinding", NAME, Some(ns), "Role", NAME, ns));
+    // The request-header CA of the front proxy (kube-system/extension-apiserver-authentication).
+    v.push(binding(
+        "RoleBinding",
+        &format!("{NAME}:extension-apiserver-authentication-reader"),
+        Some("kube-system"),
+        "Role",
+        "extension-apiserver-authentication-reader",
+        ns,
+    ));
+    v.push(service(o));
+    v.push(deployment(o));
+    v.push(pdb(o));
+    if o.webhook {
+        v.extend(webhook_configurations(o));
+    }
+    if o.snapshot_api {
+        v.push(apiservice(o));
+    }
+    v.into_iter().map(sorted).collect()
+}
+
+fn sorted(v: Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut entries: Vec<(String, Value)> = m.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(sorted).collect()),
+        other => other,
+    }
+}
+
+/// [`objects`] as one multi-document YAML stream, deterministic.
+pub fn render(o: &InstallOptions) -> String {
+    let mut out = String::from("# stash-rs: everything a cluster needs. Generated by `cargo run -p stash-install`; do not edit.\n");
+    for obj in objects(o) {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(&obj).expect("renders as YAML"));
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `kind/namespace/name` of an object (for messages and comparisons).
+pub fn key(obj: &Value) -> String {
+    format!(
+        "{}/{}/{}",
+        obj["kind"].as_str().unwrap_or("?"),
+        obj["metadata"]["namespace"].as_str().unwrap_or(""),
+        obj["metadata"]["name"].as_str().unwrap_or("?")
+    )
+}
+
+/// Every ClusterRole/Role: no `*` verb, resource or group; nothing bound to cluster-admin
+/// (or any other role but our own and the two built-in minimal ones).
+pub fn rbac_problems(objs: &[Value]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for o in objs {
+        let k = key(o);
+        match o["kind"].as_str() {
+            Some("ClusterRole" | "Role") => {
+                for r in o["rules"].as_array().into_iter().flatten() {
+                    let strs = |f: &str| -> Vec<String> {
+                        r[f].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect()
+                    };
+                    let (groups, resources, verbs) = (strs("apiGroups"), strs("resources"), strs("verbs"));
+                    if verbs.iter().any(|v| v == "*") {
+                        problems.push(format!("{k}: wildcard verb on {groups:?} {resources:?}"));
+                    }
+                    if resources.iter().any(|x| x.contains('*')) || groups.iter().any(|g| g == "*") {
+                        problems.push(format!("{k}: wildcard resource or group {groups:?} {resources:?}"));
+                    }
+                    if r.get("nonResourceURLs").is_some() {
+                        problems.push(format!("{k}: nonResourceURLs"));
+                    }
+                    for (group, res) in [("", "secrets")] {
+                        if groups.iter().any(|g| g == group)
+                            && resources.iter().any(|x| x == res)
+                            && verbs.iter().any(|v| v == "list" || v == "watch")
+                            && o["kind"] == "ClusterRole"
+                        {
+                            problems.push(format!("{k}: lists {res} cluster-wide"));
+                        }
+                    }
+                }
+            }
+            Some("ClusterRoleBinding" | "RoleBinding") => {
+                let role = o["roleRef"]["name"].as_str().unwrap_or("");
+                let allowed = ["stash-operator", "system:auth-delegator", "extension-apiserver-authentication-reader"];
+                if !allowed.contains(&role) {
+                    problems.push(format!("{k}: binds {role}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    problems
+}
+
