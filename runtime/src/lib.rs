@@ -8,6 +8,7 @@
 //! - [`metrics`] and [`server`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`events`]: Kubernetes Events through kube's `Recorder`.
 pub mod admission;
+pub mod aggregated;
 pub mod controller;
 pub mod events;
 pub mod leader;

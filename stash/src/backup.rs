@@ -91,8 +91,37 @@ pub fn open(repo: &Repository, settings: &Settings) -> Result<restic::Repo, Stri
         .scratch_dir(settings.scratch_dir.clone())
         .cache(settings.enable_cache)
         .niceness_from_env()
+        .backend_retry_budget(Some(retry_budget_from_env()))
         .build()
         .map_err(|e| e.to_string())
+}
+
+/// The environment variable that bounds how long restic may keep retrying an unreachable or
+/// failing backend before the agent gives up (humantime, e.g. `30s`, `2m`). Set it through
+/// `runtimeSettings.container.env` of the BackupConfiguration / RestoreSession.
+pub const RETRY_BUDGET_ENV: &str = "STASH_BACKEND_RETRY_BUDGET";
+
+/// Default backend retry budget of the agents: long enough for a flaky backend to recover,
+/// short enough that a session fails well within the operator's session deadline.
+pub const DEFAULT_RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The backend retry budget from [`RETRY_BUDGET_ENV`], else [`DEFAULT_RETRY_BUDGET`] (an
+/// unparsable value is logged and ignored).
+pub fn retry_budget_from_env() -> std::time::Duration {
+    parse_retry_budget(std::env::var(RETRY_BUDGET_ENV).ok().as_deref())
+}
+
+fn parse_retry_budget(v: Option<&str>) -> std::time::Duration {
+    match v.map(str::trim).filter(|v| !v.is_empty()) {
+        None => DEFAULT_RETRY_BUDGET,
+        Some(v) => match humantime::parse_duration(v) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                tracing::warn!(value = v, "{RETRY_BUDGET_ENV} is not a positive duration; using the default");
+                DEFAULT_RETRY_BUDGET
+            }
+        },
+    }
 }
 
 /// The retention policy in the wrapper's terms.
@@ -151,4 +180,20 @@ pub async fn run(repo: &Repository, bc: &BackupConfiguration, host: &str, settin
         snapshots_removed: removed as u64,
         repository_size: stats.total_size,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_retry_budget_defaults_and_parses() {
+        assert_eq!(parse_retry_budget(None), DEFAULT_RETRY_BUDGET);
+        assert_eq!(parse_retry_budget(Some("")), DEFAULT_RETRY_BUDGET);
+        assert_eq!(parse_retry_budget(Some("5s")), Duration::from_secs(5));
+        assert_eq!(parse_retry_budget(Some("2m")), Duration::from_secs(120));
+        assert_eq!(parse_retry_budget(Some("0s")), DEFAULT_RETRY_BUDGET);
+        assert_eq!(parse_retry_budget(Some("soon")), DEFAULT_RETRY_BUDGET);
+    }
 }

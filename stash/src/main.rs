@@ -22,6 +22,16 @@ enum Command {
     RunBackup(agent::run_backup::Options),
     /// Restore one host (the restore init-container, or a restore Job without a Task).
     Restore(agent::restore::Options),
+    /// Back up directories of a PVC (first step of the `pvc-backup` Task).
+    BackupPvc(agent::pvc::BackupOptions),
+    /// Restore directories into a PVC (first step of the `pvc-restore` Task).
+    RestorePvc(agent::pvc::RestoreOptions),
+    /// Record a job-model step's output.json in the session status (last step of every Task).
+    UpdateStatus(agent::update_status::Options),
+    /// Back up a PostgreSQL database: pg_dump streamed into restic.
+    BackupPg(agent::postgres::BackupOptions),
+    /// Restore a PostgreSQL database: restic dump streamed into psql.
+    RestorePg(agent::postgres::RestoreOptions),
 }
 
 #[tokio::main]
@@ -37,6 +47,11 @@ async fn main() -> anyhow::Result<()> {
         Command::CreateBackupsession(opts) => agent::create_backupsession::run(opts).await?,
         Command::RunBackup(opts) => agent::run_backup::run(opts).await?,
         Command::Restore(opts) => agent::restore::run(opts).await?,
+        Command::BackupPvc(opts) => agent::pvc::backup(opts).await?,
+        Command::RestorePvc(opts) => agent::pvc::restore(opts).await?,
+        Command::UpdateStatus(opts) => agent::update_status::run(opts).await?,
+        Command::BackupPg(opts) => agent::postgres::backup(opts).await?,
+        Command::RestorePg(opts) => agent::postgres::restore(opts).await?,
     }
     Ok(())
 }

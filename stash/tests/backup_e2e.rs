@@ -271,3 +271,168 @@ async fn a_daemonset_is_backed_up_under_its_node_name() {
     assert_restores_identically(&repo, "testenv-node", &source);
     assert_no_illegal_transitions(env.metrics_port).await;
 }
+
+/// Issue 4: `retentionPolicy {keepLast: 2, prune: true}` over four sessions leaves exactly the
+/// two newest snapshots, and the Repository status says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_keeps_the_two_newest_snapshots() {
+    let env = env().await;
+    let f = fixture("retain").await;
+    let ns = f.ns.name.clone();
+    let client = env.cp.client();
+    let source = env.cp.node_root().join("pvc").join(&ns).join("source-data");
+    generate_files(&source, 7, 12, 2048);
+    deployment_with_pvc(&client, &ns, "app", "source-data").await;
+    apply(&client, &ns, deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({
+        "retentionPolicy": {"name": "keep-last-2", "keepLast": 2, "prune": true}
+    })))
+    .await;
+    wait_sidecar_ready(&client, &ns, "app", Duration::from_secs(90)).await;
+
+    let started = std::time::Instant::now();
+    let mut ids = Vec::new();
+    for i in 1..=4 {
+        let name = format!("keep-{i}");
+        create_backup_session(&client, &ns, "app-backup", &name).await;
+        let s = wait_session_terminal(&client, &ns, &name, Duration::from_secs(120)).await;
+        if s.status.as_ref().and_then(|s| s.phase) != Some(Phase::Succeeded) {
+            dump_logs(env.cp);
+        }
+        assert_succeeded(&s, 1);
+        let short = s.status.as_ref().and_then(|st| st.stats[0].snapshots[0].name.clone()).expect("snapshot name");
+        ids.push(short);
+    }
+    eprintln!("4 sessions in {:.1}s: {ids:?}", started.elapsed().as_secs_f64());
+    let repo = f.repo_dir.to_string_lossy().to_string();
+    let snaps = restic_snapshots(&repo, PASSWORD);
+    let mut kept: Vec<String> = snaps.iter().map(|s| s["short_id"].as_str().expect("short_id").to_string()).collect();
+    kept.sort();
+    let mut newest: Vec<String> = ids[2..].to_vec();
+    newest.sort();
+    assert_eq!(kept, newest, "restic keeps exactly the snapshots of the last two sessions (all: {ids:?})");
+    let r = Api::<Repository>::namespaced(client.clone(), &ns).get("repo").await.expect("repo");
+    let status = r.status.expect("repository status");
+    assert_eq!(status.snapshot_count, Some(2), "{status:?}");
+    assert_eq!(status.snapshots_removed_on_last_cleanup, Some(1), "the fourth backup removed the second: {status:?}");
+    assert_eq!(status.integrity, Some(true));
+    assert_no_illegal_transitions(env.metrics_port).await;
+}
+
+/// Issue 4: a paused configuration's CronJob creates no session (an event says so), and a
+/// manual session is `Skipped` with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_configuration_creates_and_runs_no_session() {
+    let env = env().await;
+    let f = fixture("paused").await;
+    let ns = f.ns.name.clone();
+    let client = env.cp.client();
+    // A schedule that does not fire during the test: the Job is created from the CronJob by hand.
+    apply(&client, &ns, deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({}))).await;
+    let cronjobs = Api::<k8s_openapi::api::batch::v1::CronJob>::namespaced(client.clone(), &ns);
+    eventually("the trigger CronJob", Duration::from_secs(60), || {
+        let c = cronjobs.clone();
+        async move { c.get_opt("app-backup").await.ok().flatten() }
+    })
+    .await;
+    let mut bc = deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({}));
+    bc["spec"]["paused"] = json!(true);
+    apply(&client, &ns, bc).await;
+
+    let out = env
+        .cp
+        .kubectl()
+        .expect("kubectl")
+        .args(["create", "job", "--from=cronjob/app-backup", "trigger-now", "-n", &ns])
+        .output()
+        .expect("run kubectl");
+    assert!(out.status.success(), "kubectl create job: {}", String::from_utf8_lossy(&out.stderr));
+    let jobs = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), &ns);
+    eventually("the trigger Job to succeed", Duration::from_secs(90), || {
+        let j = jobs.clone();
+        async move {
+            let j = j.get("trigger-now").await.ok()?;
+            let st = j.status?;
+            assert!(st.failed.unwrap_or(0) == 0, "the trigger Job failed: {st:?}");
+            (st.succeeded == Some(1)).then_some(())
+        }
+    })
+    .await;
+    let skipped = wait_event(&client, &ns, "app-backup", "BackupSkipped", Duration::from_secs(30)).await;
+    assert!(skipped.note.contains("paused"), "{skipped:?}");
+    let sessions = Api::<BackupSession>::namespaced(client.clone(), &ns);
+    assert!(sessions.list(&ListParams::default()).await.expect("list").items.is_empty(), "no BackupSession while paused");
+
+    create_backup_session(&client, &ns, "app-backup", "while-paused").await;
+    let s = wait_session_terminal(&client, &ns, "while-paused", Duration::from_secs(60)).await;
+    let status = s.status.clone().expect("status");
+    assert_eq!(status.phase, Some(Phase::Skipped), "{status:?}");
+    assert!(status.reason.as_deref().is_some_and(|r| r.contains("paused")), "{status:?}");
+    assert!(status.stats.is_empty(), "no host backed up: {status:?}");
+    let ev = wait_event(&client, &ns, "while-paused", "BackupSessionSkipped", Duration::from_secs(30)).await;
+    assert_eq!(ev.type_, "Warning");
+    assert!(ev.note.contains("paused"), "{ev:?}");
+    assert!(!f.repo_dir.join("config").exists(), "nothing was written to the repository");
+    assert_no_illegal_transitions(env.metrics_port).await;
+}
+
+/// Issue 4 / decision 3: two sessions of one configuration created back to back never run at
+/// once; the second is `Skipped` naming the first, and restic has exactly one new snapshot.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_sessions_of_one_configuration_never_run_at_once() {
+    let env = env().await;
+    let f = fixture("overlap").await;
+    let ns = f.ns.name.clone();
+    let client = env.cp.client();
+    let source = env.cp.node_root().join("pvc").join(&ns).join("source-data");
+    // ~80 MB of incompressible data: a backup takes a few seconds.
+    generate_files(&source, 99, 20, 4 << 20);
+    deployment_with_pvc(&client, &ns, "app", "source-data").await;
+    apply(&client, &ns, deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({}))).await;
+    wait_sidecar_ready(&client, &ns, "app", Duration::from_secs(90)).await;
+    let repo = f.repo_dir.to_string_lossy().to_string();
+    let before = if f.repo_dir.join("config").exists() { restic_snapshots(&repo, PASSWORD).len() } else { 0 };
+
+    create_backup_session(&client, &ns, "app-backup", "first").await;
+    create_backup_session(&client, &ns, "app-backup", "second").await;
+    let api = Api::<BackupSession>::namespaced(client.clone(), &ns);
+    let deadline = std::time::Instant::now() + Duration::from_secs(150);
+    let (mut polls, mut ran) = (0u32, std::collections::BTreeSet::new());
+    let (a, b) = loop {
+        let a = api.get("first").await.expect("first");
+        let b = api.get("second").await.expect("second");
+        let phase = |s: &BackupSession| s.status.as_ref().and_then(|s| s.phase);
+        let (pa, pb) = (phase(&a), phase(&b));
+        polls += 1;
+        assert!(
+            !(pa == Some(Phase::Running) && pb == Some(Phase::Running)),
+            "both sessions Running at once (poll {polls})"
+        );
+        for (n, p) in [("first", pa), ("second", pb)] {
+            if p == Some(Phase::Running) {
+                ran.insert(n);
+            }
+        }
+        let terminal = |p: Option<Phase>| matches!(p, Some(Phase::Succeeded | Phase::Failed | Phase::Skipped));
+        if terminal(pa) && terminal(pb) {
+            break (a, b);
+        }
+        assert!(std::time::Instant::now() < deadline, "sessions did not finish: {pa:?} {pb:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("{polls} polls; seen Running: {ran:?}");
+    let phase = |s: &BackupSession| s.status.as_ref().and_then(|s| s.phase);
+    let (winner, loser) = if phase(&a) == Some(Phase::Succeeded) { (&a, &b) } else { (&b, &a) };
+    if phase(winner) != Some(Phase::Succeeded) {
+        dump_logs(env.cp);
+    }
+    assert_succeeded(winner, 1);
+    let ls = loser.status.clone().expect("status");
+    assert_eq!(ls.phase, Some(Phase::Skipped), "{ls:?}");
+    let reason = ls.reason.clone().unwrap_or_default();
+    assert!(reason.contains(&winner.name_any()) && reason.contains("running"), "the reason names the running session: {reason}");
+    assert!(ls.stats.is_empty(), "the skipped session never backed up: {ls:?}");
+    let ev = wait_event(&client, &ns, &loser.name_any(), "BackupSessionSkipped", Duration::from_secs(30)).await;
+    assert!(ev.note.contains(&winner.name_any()), "{ev:?}");
+    assert_eq!(restic_snapshots(&repo, PASSWORD).len(), before + 1, "exactly one new snapshot");
+    assert_no_illegal_transitions(env.metrics_port).await;
+}

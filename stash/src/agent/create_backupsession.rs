@@ -9,6 +9,9 @@ use stash_runtime::events::{Events, Severity};
 
 use crate::operator::backup_configuration::offshoot_labels;
 
+/// The reporting controller of the trigger's events (a valid qualified name).
+pub const REPORTING_CONTROLLER: &str = "stash-backup-trigger-cronjob";
+
 /// Flags of `create-backupsession`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Options {
@@ -43,7 +46,10 @@ pub fn session_for(bc: &BackupConfiguration, unix: i64) -> BackupSession {
 /// Create the BackupSession, unless the configuration is paused (an event says why).
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
-    let events = Events::new(client.clone(), "Backup Triggering CronJob");
+    // Upstream's event source was "Backup Triggering CronJob"; events.k8s.io/v1 requires the
+    // reporting controller to be a qualified name, so the API server refused every event
+    // written under that name.
+    let events = Events::new(client.clone(), REPORTING_CONTROLLER);
     let bcs = Api::<BackupConfiguration>::namespaced(client.clone(), &opts.namespace);
     let bc = bcs.get(&opts.name).await?;
     let reference: ObjectReference = bc.object_ref(&());

@@ -2,3 +2,6 @@
 pub mod create_backupsession;
 pub mod run_backup;
 pub mod restore;
+pub mod postgres;
+pub mod pvc;
+pub mod update_status;

@@ -105,6 +105,10 @@ impl Reconcile<BackupSession> for BackupSessions {
             .filter(|o| o.uid() != bs.uid())
             .map(|o| OtherSession { name: o.name_any(), phase: o.status.as_ref().and_then(|s| s.phase), created_at: created_at(&o) })
             .collect();
+        let job = match &config {
+            Config::Found { model: TargetModel::Job, .. } => crate::jobs::backup::observe(&ctx.client, &bs).await?,
+            _ => None,
+        };
         let obs = Observation {
             name: bs.name_any(),
             created_at: created_at(bs.as_ref()),
@@ -113,7 +117,7 @@ impl Reconcile<BackupSession> for BackupSessions {
             hosts: host_reports(status),
             config,
             others,
-            job: None,
+            job,
             now: u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0),
             policy: ctx.policy,
         };
@@ -151,10 +155,23 @@ impl Reconcile<BackupSession> for BackupSessions {
                 }
                 Effect::RequeueAfter(d) => action = Action::requeue(d.max(Duration::from_secs(1))),
                 Effect::CreateBackupJob => {
-                    // The job model (Functions and Tasks) is built separately; until then a
-                    // job-model session is reported, not silently left Running.
-                    let msg = "backup Jobs from Functions and Tasks are not implemented yet".to_string();
-                    ctx.events.publish(&reference, Severity::Warning, "BackupJobNotSupported", msg).await;
+                    let op = crate::jobs::inputs::OperatorInputs { pushgateway_url: ctx.inject.pushgateway_url.clone() };
+                    match crate::jobs::backup::ensure_job(&ctx.client, &op, &bs).await {
+                        Ok(()) => {}
+                        Err(crate::jobs::JobError::Kube(e)) => return Err(e.into()),
+                        Err(e) => {
+                            // Unresolved variable, missing Task/Function/Repository: the session
+                            // fails with the reason; nothing was created, nothing is retried.
+                            let reason = format!("could not create the backup Job: {e}");
+                            let mut desired = status.cloned().unwrap_or_default();
+                            desired.phase = Some(Phase::Failed);
+                            desired.reason = Some(reason.clone());
+                            writer.write_phase(&api, bs.as_ref(), status, &desired, obs.phase, Phase::Failed).await?;
+                            let failed = stash_machines::reasons::BACKUP_SESSION_FAILED;
+                            ctx.events.publish(&reference, Severity::Warning, failed, reason).await;
+                            return Ok(Action::await_change());
+                        }
+                    }
                 }
                 Effect::CreateRestoreJob | Effect::NudgeWorkload => {}
             }

@@ -16,6 +16,7 @@ pub mod backup_configuration;
 pub mod backup_session;
 pub mod default_backup;
 pub mod rbac;
+pub mod repository;
 pub mod restore_session;
 pub mod workload;
 
@@ -100,6 +101,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     metrics.leader.set(1);
 
     rbac::ensure_cluster_roles(&client).await.context("ensure ClusterRoles")?;
+    crate::jobs::builtin::ensure(&client, &opts.image).await.context("built-in Functions, Tasks and job ClusterRoles")?;
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         inject: InjectConfig { image: opts.image.clone(), pushgateway_url: opts.pushgateway_url.clone() },
@@ -126,6 +128,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             backup_configuration::run(ctx.clone()),
             backup_session::run(ctx.clone()),
             restore_session::run(ctx.clone()),
+            repository::run(ctx.clone()),
             workload::run_all(ctx.clone()),
             default_backup::run_pvcs(ctx.clone()),
             default_backup::run_app_bindings(ctx.clone()),

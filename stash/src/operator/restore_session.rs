@@ -57,6 +57,10 @@ impl RestoreSessions {
         let api = Api::<RestoreSession>::namespaced(ctx.client.clone(), &ns);
         let status = rs.status.as_ref();
         let (model, hosts) = target_hosts(ctx, &rs, &ns).await?;
+        let job = match model {
+            TargetModel::Job => crate::jobs::restore::observe(&ctx.client, &rs).await?,
+            _ => None,
+        };
         let obs = Observation {
             name: rs.name_any(),
             created_at: rs.meta().creation_timestamp.as_ref().map_or(0, |t| u64::try_from(t.0.as_second()).unwrap_or(0)),
@@ -76,7 +80,7 @@ impl RestoreSessions {
             model,
             target_hosts: hosts,
             rules: rs.spec.rules.iter().map(|r| machine::Rule { target_hosts: r.target_hosts.clone() }).collect(),
-            job: None,
+            job,
             now: u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0),
             policy: ctx.policy,
         };
@@ -114,8 +118,23 @@ impl RestoreSessions {
                 // The workload controller watches RestoreSessions: it injects `stash-init`.
                 Effect::NudgeWorkload => {}
                 Effect::CreateRestoreJob => {
-                    let msg = "restore Jobs are not implemented yet".to_string();
-                    ctx.events.publish(&reference, Severity::Warning, "RestoreJobNotSupported", msg).await;
+                    let op = crate::jobs::inputs::OperatorInputs { pushgateway_url: ctx.inject.pushgateway_url.clone() };
+                    match crate::jobs::restore::ensure_jobs(&ctx.client, &ctx.inject.image, &op, &rs).await {
+                        Ok(()) => {}
+                        Err(crate::jobs::JobError::Kube(e)) => return Err(e.into()),
+                        Err(e) => {
+                            let reason = format!("could not create the restore Job: {e}");
+                            let mut desired = status.cloned().unwrap_or_default();
+                            desired.phase = Some(machine::Phase::Failed);
+                            desired.reason = Some(reason.clone());
+                            writer
+                                .write_phase(&api, rs.as_ref(), status, &desired, obs.phase, machine::Phase::Failed)
+                                .await?;
+                            let failed = stash_machines::reasons::RESTORE_SESSION_FAILED;
+                            ctx.events.publish(&reference, Severity::Warning, failed, reason).await;
+                            return Ok(Action::await_change());
+                        }
+                    }
                 }
                 Effect::CreateBackupJob => {}
             }

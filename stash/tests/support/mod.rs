@@ -47,14 +47,24 @@ static ENV: tokio::sync::OnceCell<Env> = tokio::sync::OnceCell::const_new();
 pub async fn env() -> &'static Env {
     ENV.get_or_init(|| async {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let cp = stash_testenv::shared().await.unwrap_or_else(|e| panic!("the control plane must start: {e}"));
-        cp.install_crds(&stash_crds::crds()).await.expect("CRDs installed");
+        let cp = stash_testenv::shared()
+            .await
+            .unwrap_or_else(|e| panic!("the control plane must start: {e}"));
+        cp.install_crds(&stash_crds::crds())
+            .await
+            .expect("CRDs installed");
         let stash = stash_bin();
         let bin_dir = bins::bin_dir().expect("testenv binaries");
-        cp.start_node_agent(&[(IMAGE, stash.as_path())], &[bin_dir]).await.expect("node agent");
+        cp.start_node_agent(&[(IMAGE, stash.as_path())], &[bin_dir])
+            .await
+            .expect("node agent");
         let metrics_port = stash_testenv::process::free_port().expect("port");
         let pid = start_operator(cp, metrics_port);
-        Env { cp, operator_pid: std::sync::Mutex::new(pid), metrics_port }
+        Env {
+            cp,
+            operator_pid: std::sync::Mutex::new(pid),
+            metrics_port,
+        }
     })
     .await
 }
@@ -86,7 +96,10 @@ pub fn start_operator(cp: &ControlPlane, metrics_port: u16) -> u32 {
         &format!("stash-operator-{metrics_port}-{}", rand_suffix()),
         &stash_bin(),
         &args,
-        &[("KUBECONFIG", cp.kubeconfig.as_os_str()), ("RUST_LOG", std::ffi::OsStr::new("info,kube=warn"))],
+        &[
+            ("KUBECONFIG", cp.kubeconfig.as_os_str()),
+            ("RUST_LOG", std::ffi::OsStr::new("info,kube=warn")),
+        ],
         cp.dir(),
     )
     .expect("start the operator");
@@ -121,32 +134,46 @@ pub fn pushgateway_port(cp: &ControlPlane) -> u16 {
 /// The pushgateway's `/metrics` text.
 pub async fn pushgateway_metrics(port: u16) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect pushgateway");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.expect("write");
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect pushgateway");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.expect("read");
     buf
 }
 
 fn rand_suffix() -> u32 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
 }
 
 /// Server-side apply a manifest (any kind), in `ns` when namespaced.
 pub async fn apply(client: &Client, ns: &str, doc: serde_json::Value) -> DynamicObject {
     let api_version = doc["apiVersion"].as_str().unwrap_or_default().to_string();
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version.as_str()));
+    let (group, version) = api_version
+        .rsplit_once('/')
+        .unwrap_or(("", api_version.as_str()));
     let gvk = GroupVersionKind::gvk(group, version, doc["kind"].as_str().unwrap_or_default());
-    let (ar, caps) = discovery::pinned_kind(client, &gvk).await.expect("discovery");
+    let (ar, caps) = discovery::pinned_kind(client, &gvk)
+        .await
+        .expect("discovery");
     let api: Api<DynamicObject> = match caps.scope {
         discovery::Scope::Namespaced => Api::namespaced_with(client.clone(), ns, &ar),
         discovery::Scope::Cluster => Api::all_with(client.clone(), &ar),
     };
     let obj: DynamicObject = serde_json::from_value(doc).expect("object");
     let name = obj.metadata.name.clone().expect("name");
-    api.patch(&name, &PatchParams::apply("stash-e2e").force(), &Patch::Apply(&obj))
-        .await
-        .unwrap_or_else(|e| panic!("apply {gvk:?} {name}: {e}"))
+    api.patch(
+        &name,
+        &PatchParams::apply("stash-e2e").force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("apply {gvk:?} {name}: {e}"))
 }
 
 /// Poll `probe` every 250 ms until it returns `Some`, or panic after `timeout` with `what`.
@@ -188,14 +215,20 @@ pub fn generate_files(dir: &Path, seed: u64, count: usize, size: usize) {
 /// sha256 of every regular file under `dir`, keyed by relative path.
 pub fn checksums(dir: &Path) -> BTreeMap<String, String> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
                 walk(root, &p, out);
             } else if p.is_file() {
                 let data = std::fs::read(&p).expect("read");
-                let rel = p.strip_prefix(root).expect("prefix").to_string_lossy().to_string();
+                let rel = p
+                    .strip_prefix(root)
+                    .expect("prefix")
+                    .to_string_lossy()
+                    .to_string();
                 out.insert(rel, format!("{:x}", Sha256::digest(&data)));
             }
         }
@@ -219,8 +252,15 @@ pub fn restic(repo: &str, password: &str) -> Command {
 
 /// `restic snapshots --json`, parsed.
 pub fn restic_snapshots(repo: &str, password: &str) -> Vec<serde_json::Value> {
-    let out = restic(repo, password).args(["snapshots", "--json"]).output().expect("restic snapshots");
-    assert!(out.status.success(), "restic snapshots: {}", String::from_utf8_lossy(&out.stderr));
+    let out = restic(repo, password)
+        .args(["snapshots", "--json"])
+        .output()
+        .expect("restic snapshots");
+    assert!(
+        out.status.success(),
+        "restic snapshots: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("snapshots json")
 }
 
@@ -232,14 +272,22 @@ pub fn restic_restore(repo: &str, password: &str, id: &str, target: &Path) {
         .arg(target)
         .output()
         .expect("restic restore");
-    assert!(out.status.success(), "restic restore: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "restic restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The operator's /metrics text.
 pub async fn operator_metrics(port: u16) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect /metrics");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.expect("write");
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect /metrics");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.expect("read");
     buf
@@ -250,9 +298,14 @@ pub async fn assert_no_illegal_transitions(port: u16) {
     let text = operator_metrics(port).await;
     let bad: Vec<&str> = text
         .lines()
-        .filter(|l| l.starts_with("stash_operator_illegal_transitions_total{") && !l.ends_with(" 0"))
+        .filter(|l| {
+            l.starts_with("stash_operator_illegal_transitions_total{") && !l.ends_with(" 0")
+        })
         .collect();
-    assert!(bad.is_empty(), "illegal transitions were attempted: {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "illegal transitions were attempted: {bad:?}"
+    );
 }
 
 /// Print the logs of every pod process and the operator (for failures).
@@ -303,7 +356,10 @@ pub async fn events_in(client: &Client, ns: &str) -> Vec<EventView> {
             });
         }
     }
-    if let Ok(list) = Api::<CoreEvent>::namespaced(client.clone(), ns).list(&lp).await {
+    if let Ok(list) = Api::<CoreEvent>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+    {
         for e in list {
             let r = e.involved_object;
             let view = EventView {
@@ -314,7 +370,10 @@ pub async fn events_in(client: &Client, ns: &str) -> Vec<EventView> {
                 note: e.message.unwrap_or_default(),
             };
             // The same event is served by both APIs; keep one copy.
-            if !out.iter().any(|o| o.name == view.name && o.reason == view.reason && o.note == view.note) {
+            if !out
+                .iter()
+                .any(|o| o.name == view.name && o.reason == view.reason && o.note == view.note)
+            {
                 out.push(view);
             }
         }
@@ -323,26 +382,48 @@ pub async fn events_in(client: &Client, ns: &str) -> Vec<EventView> {
 }
 
 /// Wait (≤ `timeout`) for an event with `reason` about object `name` in `ns`.
-pub async fn wait_event(client: &Client, ns: &str, name: &str, reason: &str, timeout: Duration) -> EventView {
-    eventually(&format!("event {reason} about {name}"), timeout, || async move {
-        events_in(client, ns).await.into_iter().find(|e| e.name == name && e.reason == reason)
-    })
+pub async fn wait_event(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    reason: &str,
+    timeout: Duration,
+) -> EventView {
+    eventually(
+        &format!("event {reason} about {name}"),
+        timeout,
+        || async move {
+            events_in(client, ns)
+                .await
+                .into_iter()
+                .find(|e| e.name == name && e.reason == reason)
+        },
+    )
     .await
 }
 
 /// Create a manual BackupSession `name` of BackupConfiguration `bc` (with the label sidecars
 /// select on).
 pub async fn create_backup_session(client: &Client, ns: &str, bc: &str, name: &str) {
-    apply(client, ns, serde_json::json!({
-        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
-        "metadata": {"name": name, "labels": {"stash.appscode.com/backup-configuration": bc}},
-        "spec": {"backupConfiguration": {"name": bc}}
-    }))
+    apply(
+        client,
+        ns,
+        serde_json::json!({
+            "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
+            "metadata": {"name": name, "labels": {"stash.appscode.com/backup-configuration": bc}},
+            "spec": {"backupConfiguration": {"name": bc}}
+        }),
+    )
     .await;
 }
 
 /// Wait until BackupSession `name` is terminal (`Succeeded`, `Failed`, `Skipped`); return it.
-pub async fn wait_session_terminal(client: &Client, ns: &str, name: &str, timeout: Duration) -> stash_crds::BackupSession {
+pub async fn wait_session_terminal(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> stash_crds::BackupSession {
     use stash_crds::backup_session::Phase;
     let api = Api::<stash_crds::BackupSession>::namespaced(client.clone(), ns);
     eventually(&format!("BackupSession {name} to finish"), timeout, || {
@@ -376,7 +457,12 @@ pub async fn deployment_with_pvc(client: &Client, ns: &str, name: &str, claim: &
 
 /// A BackupConfiguration `<workload>-backup` of Deployment `workload` (`/source/data`) into
 /// Repository `repo`; `extra` is merged into `spec` (e.g. a retention policy or runtimeSettings).
-pub fn deployment_backup_configuration(workload: &str, repo: &str, schedule: &str, extra: serde_json::Value) -> serde_json::Value {
+pub fn deployment_backup_configuration(
+    workload: &str,
+    repo: &str,
+    schedule: &str,
+    extra: serde_json::Value,
+) -> serde_json::Value {
     let mut spec = serde_json::json!({
         "repository": {"name": repo},
         "schedule": schedule,
@@ -401,24 +487,46 @@ pub fn deployment_backup_configuration(workload: &str, repo: &str, schedule: &st
 pub async fn wait_sidecar_ready(client: &Client, ns: &str, name: &str, timeout: Duration) {
     use k8s_openapi::api::apps::v1::Deployment;
     let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
-    eventually(&format!("the sidecar in a ready Deployment {name}"), timeout, || {
-        let d = deployments.clone();
-        async move {
-            let d = d.get(name).await.ok()?;
-            let injected = d.spec.as_ref()?.template.spec.as_ref()?.containers.iter().any(|c| c.name == "stash");
-            let st = d.status?;
-            let settled = st.updated_replicas == Some(1) && st.ready_replicas == Some(1) && st.replicas == Some(1);
-            (injected && settled && st.observed_generation == d.metadata.generation).then_some(())
-        }
-    })
+    eventually(
+        &format!("the sidecar in a ready Deployment {name}"),
+        timeout,
+        || {
+            let d = deployments.clone();
+            async move {
+                let d = d.get(name).await.ok()?;
+                let injected = d
+                    .spec
+                    .as_ref()?
+                    .template
+                    .spec
+                    .as_ref()?
+                    .containers
+                    .iter()
+                    .any(|c| c.name == "stash");
+                let st = d.status?;
+                let settled = st.updated_replicas == Some(1)
+                    && st.ready_replicas == Some(1)
+                    && st.replicas == Some(1);
+                (injected && settled && st.observed_generation == d.metadata.generation)
+                    .then_some(())
+            }
+        },
+    )
     .await;
 }
 
 /// Wait (≤ `timeout`) until something accepts TCP connections on `127.0.0.1:port`.
 pub async fn wait_port(port: u16, timeout: Duration) {
-    eventually(&format!("a server on 127.0.0.1:{port}"), timeout, || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
-    })
+    eventually(
+        &format!("a server on 127.0.0.1:{port}"),
+        timeout,
+        || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
     .await;
 }
 

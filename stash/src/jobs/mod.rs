@@ -1,0 +1,199 @@
+//! The job model (stash-api.md §6.3, §6.4, §7.2): backups and restores of targets that are not
+//! workloads (PVCs, AppBindings, no target) run as Jobs built from Functions and Tasks.
+//!
+//! * [`envsubst`]: variable substitution (§4);
+//! * [`resolve`]: Task + Functions + inputs → init-containers, container and volumes (pure);
+//! * [`inputs`]: the implicit inputs of a backup or restore Job (pure);
+//! * [`backup`] / [`restore`]: build and create the Jobs (with ServiceAccount and
+//!   RoleBinding), and observe them as the session machines need ([`JobState`]);
+//! * [`builtin`]: the Functions and Tasks the operator creates at start-up (§11.2);
+//! * [`rbac`]: the ClusterRoles of job pods;
+//! * [`output`]: `output.json`, written by a backup/restore step and read by `update-status`.
+//!
+//! Deliberate differences from upstream (documented for the project docs):
+//! * a Job gets `backoffLimit: 0`: a failed pod is not retried (a retry would repeat the whole
+//!   dump); the next scheduled session is the retry. The session fails with the failing
+//!   container's exit and message in its reason;
+//! * the local backend volume is mounted at `mountPath` without `subPath`, and the repository is
+//!   at `mountPath/subPath` (`REPOSITORY_PREFIX`), so the two are not applied twice;
+//! * `TARGET_APP_REPLICAS` is the number (decision 4); B2 has bucket/prefix (decision 4);
+//! * the restoring host's entry is named after the restoring host (`host-<ordinal>`), not the
+//!   source host, so `totalHosts` entries can all report;
+//! * PodSecurityPolicies no longer exist in Kubernetes; `podSecurityPolicyName` is accepted and
+//!   ignored.
+pub mod backup;
+pub mod builtin;
+pub mod envsubst;
+pub mod inputs;
+pub mod output;
+pub mod rbac;
+pub mod resolve;
+pub mod restore;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{Pod, ServiceAccount},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, ObjectMeta, PostParams},
+};
+pub use stash_machines::JobState;
+
+/// Field manager of everything this module writes.
+pub const MANAGER: &str = "stash-operator";
+/// Pod volume of `/tmp` (the `tempDir` settings).
+pub const TMP_VOLUME: &str = "tmp-dir";
+/// Pod volume of the local backend.
+pub const LOCAL_VOLUME: &str = "stash-local";
+/// `backoffLimit` of every backup/restore Job (see the module docs).
+pub const BACKOFF_LIMIT: i32 = 0;
+
+/// Why a Job could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// A problem of the user's objects (unresolved variable, missing Function/Task/Repository,
+    /// …): the session fails with this reason. Not retried.
+    #[error("{0}")]
+    Config(String),
+    /// The API failed; retry.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl JobError {
+    /// Whether the session should fail (rather than the reconcile be retried).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, JobError::Config(_))
+    }
+}
+
+pub(crate) fn config(msg: impl Into<String>) -> JobError {
+    JobError::Config(msg.into())
+}
+
+/// Create `obj` unless it exists (creation effects must be create-if-absent).
+pub(crate) async fn create_if_absent<K>(api: &Api<K>, obj: &K) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Create ServiceAccount `name` (owned by `owner`) unless it exists.
+pub(crate) async fn ensure_service_account(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+) -> Result<(), kube::Error> {
+    let sa = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            labels: Some(labels.clone()),
+            owner_references: owner.map(|o| vec![o]),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    create_if_absent(&Api::<ServiceAccount>::namespaced(client.clone(), ns), &sa).await
+}
+
+/// The state of one Job, as the machines take it.
+pub fn job_state(job: &Job) -> JobState {
+    let conds = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let is = |t: &str| conds.iter().find(|c| c.type_ == t && c.status == "True");
+    if let Some(c) = is("Failed") {
+        let msg = [c.reason.clone(), c.message.clone()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(": ");
+        return JobState::Failed {
+            message: if msg.is_empty() {
+                "the Job failed".into()
+            } else {
+                msg
+            },
+        };
+    }
+    if is("Complete").is_some() || is("SuccessCriteriaMet").is_some() {
+        return JobState::Succeeded;
+    }
+    JobState::Active
+}
+
+/// What the failed containers of a Job's pods said (exit code and message), for the reason.
+pub(crate) async fn failure_detail(client: &Client, ns: &str, job: &str) -> Option<String> {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("job-name={job}")))
+        .await
+        .ok()?;
+    let mut out = Vec::new();
+    for p in pods {
+        let st = p.status.unwrap_or_default();
+        for c in st
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(st.container_statuses.iter().flatten())
+        {
+            if let Some(t) = c.state.as_ref().and_then(|s| s.terminated.as_ref())
+                && t.exit_code != 0
+            {
+                let msg = t.message.clone().or(t.reason.clone()).unwrap_or_default();
+                out.push(
+                    format!(
+                        "pod {} container {} exited with code {} {msg}",
+                        p.metadata.name.clone().unwrap_or_default(),
+                        c.name,
+                        t.exit_code
+                    )
+                    .trim()
+                    .to_string(),
+                );
+            }
+        }
+    }
+    (!out.is_empty()).then(|| out.join("; "))
+}
+
+/// The combined state of several Jobs: any failed → failed; all succeeded → succeeded.
+pub(crate) async fn combined_state(client: &Client, ns: &str, jobs: &[Job]) -> Option<JobState> {
+    if jobs.is_empty() {
+        return None;
+    }
+    let mut all_done = true;
+    for j in jobs {
+        match job_state(j) {
+            JobState::Failed { message } => {
+                let name = j.name_any();
+                let detail = failure_detail(client, ns, &name).await;
+                let message = match detail {
+                    Some(d) => format!("Job {name}: {message} ({d})"),
+                    None => format!("Job {name}: {message}"),
+                };
+                return Some(JobState::Failed { message });
+            }
+            JobState::Active => all_done = false,
+            JobState::Succeeded => {}
+        }
+    }
+    Some(if all_done {
+        JobState::Succeeded
+    } else {
+        JobState::Active
+    })
+}

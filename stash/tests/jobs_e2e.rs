@@ -1,0 +1,515 @@
+//! The job model end to end on the real control plane (issue 6, and the restore Jobs of issue
+//! 5): a PVC backed up by a Job built from the built-in `pvc-backup` Task, restored by a
+//! `pvc-restore` Job into a new PVC, and by restore Jobs creating new PVCs from
+//! `volumeClaimTemplates`; checksums identical. Failures (a failing step, an unresolved
+//! variable, a missing Task or Function) end the session `Failed` with the reason in status and
+//! an event, and never retry.
+mod support;
+
+use std::{path::PathBuf, time::Duration};
+
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{Event, Pod},
+};
+use kube::{Api, ResourceExt, api::ListParams};
+use serde_json::json;
+use stash_crds::{
+    BackupSession, Repository, RestoreSession, backup_session::Phase,
+    restore_session::Phase as RestorePhase,
+};
+use support::*;
+
+const PASSWORD: &str = "not-so-secret-password";
+
+struct Fixture {
+    ns: stash_testenv::TestNamespace,
+    repo_dir: PathBuf,
+}
+
+async fn fixture(prefix: &str) -> Fixture {
+    let env = env().await;
+    let ns = env.cp.namespace(prefix).await.expect("namespace");
+    let repo_dir = env.cp.dir().join("repos").join(&ns.name);
+    std::fs::create_dir_all(&repo_dir).expect("repo dir");
+    let client = env.cp.client();
+    apply(
+        &client,
+        &ns.name,
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "local-secret"},
+            "stringData": {"RESTIC_PASSWORD": PASSWORD}
+        }),
+    )
+    .await;
+    apply(&client, &ns.name, json!({
+        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
+        "spec": {"backend": {"storageSecretName": "local-secret",
+                             "local": {"mountPath": "/safe/data", "hostPath": {"path": repo_dir.to_string_lossy()}}}}
+    }))
+    .await;
+    Fixture { ns, repo_dir }
+}
+
+async fn pvc(ns: &str, name: &str) {
+    apply(&env().await.cp.client(), ns, json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .await;
+}
+
+fn pvc_backup_configuration(
+    name: &str,
+    claim: &str,
+    task: &str,
+    directories: serde_json::Value,
+) -> serde_json::Value {
+    json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration",
+        "metadata": {"name": name},
+        "spec": {
+            "repository": {"name": "repo"},
+            "schedule": "0 0 1 1 *",
+            "task": {"name": task},
+            "target": {"ref": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": claim},
+                       "directories": directories,
+                       "volumeMounts": [{"name": "target-volume", "mountPath": "/source/data"}]},
+            "retentionPolicy": {"name": "keep-last-5", "keepLast": 5, "prune": true}
+        }
+    })
+}
+
+async fn session(ns: &str, bc: &str, name: &str) {
+    apply(
+        &env().await.cp.client(),
+        ns,
+        json!({
+            "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
+            "metadata": {"name": name, "labels": {"stash.appscode.com/backup-configuration": bc}},
+            "spec": {"backupConfiguration": {"name": bc}}
+        }),
+    )
+    .await;
+}
+
+async fn backup_finished(ns: &str, name: &str) -> BackupSession {
+    let api = Api::<BackupSession>::namespaced(env().await.cp.client(), ns);
+    eventually(
+        &format!("BackupSession {name} to finish"),
+        Duration::from_secs(150),
+        || {
+            let api = api.clone();
+            async move {
+                let s = api.get(name).await.ok()?;
+                let phase = s.status.as_ref()?.phase?;
+                matches!(phase, Phase::Succeeded | Phase::Failed | Phase::Skipped).then_some(s)
+            }
+        },
+    )
+    .await
+}
+
+async fn restore_finished(ns: &str, name: &str) -> RestoreSession {
+    let api = Api::<RestoreSession>::namespaced(env().await.cp.client(), ns);
+    eventually(
+        &format!("RestoreSession {name} to finish"),
+        Duration::from_secs(150),
+        || {
+            let api = api.clone();
+            async move {
+                let s = api.get(name).await.ok()?;
+                let phase = s.status.as_ref()?.phase?;
+                matches!(
+                    phase,
+                    RestorePhase::Succeeded | RestorePhase::Failed | RestorePhase::Unknown
+                )
+                .then_some(s)
+            }
+        },
+    )
+    .await
+}
+
+/// Back up PVC `source-data` (generated files) through the `pvc-backup` Task; return its dir.
+async fn backed_up_pvc(f: &Fixture) -> PathBuf {
+    let env = env().await;
+    let ns = f.ns.name.clone();
+    let source = env.cp.pvc_dir(&ns, "source-data");
+    generate_files(&source, 7, 30, 5000);
+    pvc(&ns, "source-data").await;
+    apply(
+        &env.cp.client(),
+        &ns,
+        pvc_backup_configuration(
+            "pvc-backup",
+            "source-data",
+            "pvc-backup",
+            json!(["/source/data"]),
+        ),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    session(&ns, "pvc-backup", "pvc-backup-1").await;
+    let s = backup_finished(&ns, "pvc-backup-1").await;
+    let status = s.status.clone().expect("status");
+    if status.phase != Some(Phase::Succeeded) {
+        eprintln!("{}", env.cp.pod_logs(&ns, ""));
+        dump_logs(env.cp);
+    }
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
+    println!("PVC backup through the job model: {:?}", started.elapsed());
+    assert_eq!(status.total_hosts, Some(1));
+    assert_eq!(status.stats.len(), 1);
+    assert_eq!(status.stats[0].hostname.as_deref(), Some("host-0"));
+    assert_eq!(status.stats[0].snapshots.len(), 1);
+    // restic's own view: one snapshot of /source/data by host-0, byte-identical.
+    let repo = f.repo_dir.to_string_lossy().to_string();
+    let snaps = restic_snapshots(&repo, PASSWORD);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(snaps[0]["hostname"], "host-0");
+    assert_eq!(snaps[0]["paths"], json!(["/source/data"]));
+    let scratch = tempfile::tempdir().expect("scratch");
+    restic_restore(
+        &repo,
+        PASSWORD,
+        snaps[0]["id"].as_str().expect("id"),
+        scratch.path(),
+    );
+    assert_eq!(
+        checksums(&scratch.path().join("source/data")),
+        checksums(&source)
+    );
+    // The Repository status comes from update-status.
+    let r = Api::<Repository>::namespaced(env.cp.client(), &ns)
+        .get("repo")
+        .await
+        .expect("repo");
+    let rs = r.status.expect("repository status");
+    assert_eq!(rs.snapshot_count, Some(1));
+    assert_eq!(rs.integrity, Some(true));
+    // The Job: two steps, init-container then container, no retry budget.
+    let job = Api::<Job>::namespaced(env.cp.client(), &ns)
+        .get("stash-backup-pvc-backup-1")
+        .await
+        .expect("job");
+    let spec = job.spec.expect("job spec");
+    assert_eq!(spec.backoff_limit, Some(0));
+    let pod = spec.template.spec.expect("pod spec");
+    assert_eq!(
+        pod.init_containers
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.name.clone())
+            .collect::<Vec<_>>(),
+        ["pvc-backup-0"]
+    );
+    assert_eq!(pod.containers[0].name, "update-status-1");
+    assert_eq!(pod.service_account_name.as_deref(), Some("pvc-backup"));
+    source
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pvc_is_backed_up_and_restored_into_a_new_pvc_through_jobs() {
+    let env = env().await;
+    let f = fixture("jobs-pvc").await;
+    let ns = f.ns.name.clone();
+    let source = backed_up_pvc(&f).await;
+
+    pvc(&ns, "restored-data").await;
+    apply(&env.cp.client(), &ns, json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "RestoreSession", "metadata": {"name": "restore-pvc"},
+        "spec": {"repository": {"name": "repo"}, "task": {"name": "pvc-restore"},
+                 "target": {"ref": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": "restored-data"},
+                            "volumeMounts": [{"name": "target-volume", "mountPath": "/source/data"}]},
+                 "rules": [{"paths": ["/source/data"]}]}
+    }))
+    .await;
+    let started = std::time::Instant::now();
+    let rs = restore_finished(&ns, "restore-pvc").await;
+    let status = rs.status.clone().expect("status");
+    if status.phase != Some(RestorePhase::Succeeded) {
+        dump_logs(env.cp);
+    }
+    assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
+    println!("PVC restore through the job model: {:?}", started.elapsed());
+    assert_eq!(status.stats.len(), 1);
+    assert_eq!(status.stats[0].hostname.as_deref(), Some("host-0"));
+    let restored = checksums(&env.cp.pvc_dir(&ns, "restored-data"));
+    assert!(!restored.is_empty());
+    assert_eq!(restored, checksums(&source), "restored bytes differ");
+    assert_no_illegal_transitions(env.metrics_port).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_jobs_create_new_pvcs_from_volume_claim_templates() {
+    let env = env().await;
+    let f = fixture("jobs-vct").await;
+    let ns = f.ns.name.clone();
+    let source = backed_up_pvc(&f).await;
+    apply(&env.cp.client(), &ns, json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "RestoreSession", "metadata": {"name": "restore-vct"},
+        "spec": {"repository": {"name": "repo"},
+                 "target": {"replicas": 2,
+                            "volumeMounts": [{"name": "restored", "mountPath": "/source/data"}],
+                            "volumeClaimTemplates": [{"metadata": {"name": "restored-${POD_ORDINAL}"},
+                                                      "spec": {"accessModes": ["ReadWriteOnce"],
+                                                               "resources": {"requests": {"storage": "1Gi"}}}}]},
+                 "rules": [{"sourceHost": "host-0", "paths": ["/source/data"]}]}
+    }))
+    .await;
+    let rs = restore_finished(&ns, "restore-vct").await;
+    let status = rs.status.clone().expect("status");
+    if status.phase != Some(RestorePhase::Succeeded) {
+        dump_logs(env.cp);
+    }
+    assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
+    assert_eq!(status.total_hosts, Some(2));
+    let mut hosts: Vec<_> = status
+        .stats
+        .iter()
+        .filter_map(|h| h.hostname.clone())
+        .collect();
+    hosts.sort();
+    assert_eq!(hosts, ["host-0", "host-1"]);
+    let jobs = Api::<Job>::namespaced(env.cp.client(), &ns);
+    for n in 0..2 {
+        jobs.get(&format!("stash-restore-restore-vct-{n}"))
+            .await
+            .expect("a Job per ordinal");
+        let claims = Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(
+            env.cp.client(),
+            &ns,
+        );
+        claims
+            .get(&format!("restored-{n}"))
+            .await
+            .expect("PVC created from the template");
+        let restored = checksums(&env.cp.pvc_dir(&ns, &format!("restored-{n}")));
+        assert_eq!(
+            restored,
+            checksums(&source),
+            "ordinal {n}: restored bytes differ"
+        );
+    }
+    assert_no_illegal_transitions(env.metrics_port).await;
+}
+
+async fn events_of(ns: &str, name: &str) -> Vec<Event> {
+    let api = Api::<Event>::namespaced(env().await.cp.client(), ns);
+    api.list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
+/// Session `name` fails with a reason containing `want`, and a Warning event says so.
+async fn fails_with(ns: &str, name: &str, want: &str) -> BackupSession {
+    let s = backup_finished(ns, name).await;
+    let status = s.status.clone().expect("status");
+    assert_eq!(status.phase, Some(Phase::Failed), "{name}: {status:?}");
+    let reason = status.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains(want),
+        "{name}: reason {reason:?} should contain {want:?}"
+    );
+    let ev = eventually(
+        &format!("a failure event on {name}"),
+        Duration::from_secs(30),
+        || async {
+            events_of(ns, name).await.into_iter().find(|e| {
+                e.reason.as_deref() == Some("BackupSessionFailedToExecute")
+                    && e.message.as_deref().unwrap_or("").contains(want)
+            })
+        },
+    )
+    .await;
+    assert_eq!(ev.type_.as_deref(), Some("Warning"));
+    s
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_end_the_session_with_the_reason_and_never_retry() {
+    let env = env().await;
+    let f = fixture("jobs-fail").await;
+    let ns = f.ns.name.clone();
+    let client = env.cp.client();
+    pvc(&ns, "data").await;
+    generate_files(&env.cp.pvc_dir(&ns, "data"), 3, 4, 100);
+
+    // 1. A failing step: the directory does not exist. backup-pvc records the error,
+    //    update-status fails the pod; one pod, no retry, the reason in status.
+    apply(
+        &client,
+        &ns,
+        pvc_backup_configuration(
+            "missing-dir",
+            "data",
+            "pvc-backup",
+            json!(["/source/data/nope"]),
+        ),
+    )
+    .await;
+    session(&ns, "missing-dir", "missing-dir-1").await;
+    // 2. An unresolved variable: no directories → ${TARGET_DIRECTORIES} has no value.
+    apply(
+        &client,
+        &ns,
+        pvc_backup_configuration("no-dirs", "data", "pvc-backup", json!([])),
+    )
+    .await;
+    session(&ns, "no-dirs", "no-dirs-1").await;
+    // 3. A missing Task.
+    apply(
+        &client,
+        &ns,
+        pvc_backup_configuration("no-task", "data", "no-such-task", json!(["/source/data"])),
+    )
+    .await;
+    session(&ns, "no-task", "no-task-1").await;
+    // 4. A Task naming a missing Function.
+    apply(&client, "", json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "Task", "metadata": {"name": format!("ghost-{ns}")},
+        "spec": {"steps": [{"name": "ghost-function"}, {"name": "update-status", "params": [{"name": "outputDir", "value": "/tmp/output"}]}]}
+    }))
+    .await;
+    apply(
+        &client,
+        &ns,
+        pvc_backup_configuration(
+            "ghost",
+            "data",
+            &format!("ghost-{ns}"),
+            json!(["/source/data"]),
+        ),
+    )
+    .await;
+    session(&ns, "ghost", "ghost-1").await;
+
+    let s = fails_with(&ns, "missing-dir-1", "no such directory").await;
+    let host = &s.status.as_ref().expect("status").stats[0];
+    assert_eq!(host.hostname.as_deref(), Some("host-0"));
+    assert!(
+        host.error
+            .as_deref()
+            .is_some_and(|e| e.contains("/source/data/nope")),
+        "{host:?}"
+    );
+    let per_host = events_of(&ns, "missing-dir-1").await;
+    assert!(
+        per_host
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("FailedHostBackup")),
+        "update-status emits the host event"
+    );
+
+    fails_with(
+        &ns,
+        "no-dirs-1",
+        "input/default value not found for key TARGET_DIRECTORIES",
+    )
+    .await;
+    fails_with(&ns, "no-task-1", "Task no-such-task not found").await;
+    fails_with(&ns, "ghost-1", "Function ghost-function not found").await;
+
+    // Nothing was created for the configuration errors; the failing step ran exactly once.
+    let jobs = Api::<Job>::namespaced(client.clone(), &ns);
+    for name in ["no-dirs-1", "no-task-1", "ghost-1"] {
+        assert!(
+            jobs.get_opt(&format!("stash-backup-{name}"))
+                .await
+                .expect("get")
+                .is_none(),
+            "{name}: no Job"
+        );
+    }
+    let job = jobs.get("stash-backup-missing-dir-1").await.expect("job");
+    let failed = eventually(
+        "the Job to be marked failed",
+        Duration::from_secs(60),
+        || {
+            let jobs = jobs.clone();
+            async move {
+                let j = jobs.get("stash-backup-missing-dir-1").await.ok()?;
+                (j.status.as_ref()?.failed.unwrap_or(0) >= 1).then_some(j)
+            }
+        },
+    )
+    .await;
+    let _ = job;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default().labels("job-name=stash-backup-missing-dir-1"))
+        .await
+        .expect("pods");
+    assert_eq!(
+        pods.items.len(),
+        1,
+        "no retry: {:?}",
+        pods.items.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+    );
+    assert_eq!(failed.status.and_then(|s| s.failed), Some(1));
+    let snaps = restic_snapshots(&f.repo_dir.to_string_lossy(), PASSWORD);
+    assert!(
+        snaps.is_empty(),
+        "a failed backup leaves no snapshot: {snaps:?}"
+    );
+
+    // A restore naming a missing Task fails the same way.
+    apply(&client, &ns, json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "RestoreSession", "metadata": {"name": "restore-no-task"},
+        "spec": {"repository": {"name": "repo"}, "task": {"name": "no-such-task"},
+                 "target": {"ref": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": "data"}},
+                 "rules": [{"paths": ["/source/data"]}]}
+    }))
+    .await;
+    let rs = restore_finished(&ns, "restore-no-task").await;
+    let status = rs.status.expect("status");
+    assert_eq!(status.phase, Some(RestorePhase::Failed));
+    assert!(
+        status
+            .reason
+            .unwrap_or_default()
+            .contains("Task no-such-task not found")
+    );
+    assert_no_illegal_transitions(env.metrics_port).await;
+    let _ = Api::<stash_crds::Task>::all(client.clone())
+        .delete(&format!("ghost-{ns}"), &Default::default())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_keeps_the_built_in_functions_and_tasks() {
+    let env = env().await;
+    let client = env.cp.client();
+    let fns = Api::<stash_crds::Function>::all(client.clone());
+    let f = eventually("the built-in Functions", Duration::from_secs(60), || {
+        let fns = fns.clone();
+        async move { fns.get_opt("pvc-backup").await.ok().flatten() }
+    })
+    .await;
+    assert_eq!(f.spec.image.as_deref(), Some(IMAGE));
+    for name in ["update-status", "pvc-restore"] {
+        fns.get(name)
+            .await
+            .unwrap_or_else(|e| panic!("Function {name}: {e}"));
+    }
+    let tasks = Api::<stash_crds::Task>::all(client.clone());
+    for name in ["pvc-backup", "pvc-restore"] {
+        let t = tasks
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("Task {name}: {e}"));
+        assert_eq!(
+            t.spec.steps.last().map(|s| s.name.as_str()),
+            Some("update-status")
+        );
+    }
+    let roles = Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(client.clone());
+    for name in ["stash-backup-job", "stash-restore-job"] {
+        roles
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("ClusterRole {name}: {e}"));
+    }
+}

@@ -1,0 +1,84 @@
+//! The operator killed (SIGKILL) in the middle of a backup and started again: the session
+//! still ends `Succeeded`, with exactly one snapshot, and the new operator never attempted an
+//! illegal phase change. A test binary of its own, since it kills the shared operator.
+mod support;
+
+use std::time::{Duration, Instant};
+
+use kube::Api;
+use serde_json::json;
+use stash_crds::{BackupSession, backup_session::Phase};
+use support::*;
+
+const PASSWORD: &str = "crash-test-password";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_survives_the_operator_being_killed_and_restarted() {
+    let env = env().await;
+    let client = env.cp.client();
+    let ns_guard = env.cp.namespace("crash").await.expect("namespace");
+    let ns = ns_guard.name.clone();
+    let repo_dir = env.cp.dir().join("repos").join(&ns);
+    std::fs::create_dir_all(&repo_dir).expect("repo dir");
+    let source = env.cp.node_root().join("pvc").join(&ns).join("source-data");
+    // ~150 MB of incompressible data: the backup takes several seconds.
+    generate_files(&source, 2024, 36, 4 << 20);
+    apply(&client, &ns, json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "local-secret"},
+        "stringData": {"RESTIC_PASSWORD": PASSWORD}
+    }))
+    .await;
+    apply(&client, &ns, json!({
+        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
+        "spec": {"backend": {"storageSecretName": "local-secret",
+                             "local": {"mountPath": "/safe/data", "hostPath": {"path": repo_dir.to_string_lossy()}}}}
+    }))
+    .await;
+    deployment_with_pvc(&client, &ns, "app", "source-data").await;
+    apply(&client, &ns, deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({}))).await;
+    wait_sidecar_ready(&client, &ns, "app", Duration::from_secs(90)).await;
+
+    create_backup_session(&client, &ns, "app-backup", "survivor").await;
+    let api = Api::<BackupSession>::namespaced(client.clone(), &ns);
+    eventually("the session to be Running", Duration::from_secs(60), || {
+        let api = api.clone();
+        async move {
+            let s = api.get("survivor").await.ok()?;
+            let st = s.status?;
+            assert!(!matches!(st.phase, Some(Phase::Succeeded | Phase::Failed | Phase::Skipped)), "finished before the crash: {st:?}");
+            (st.phase == Some(Phase::Running)).then_some(())
+        }
+    })
+    .await;
+    // restic is still busy: no host has reported.
+    let s = api.get("survivor").await.expect("session");
+    assert!(s.status.as_ref().is_some_and(|st| st.stats.is_empty()), "the backup is still running when the operator dies");
+
+    let old_pid = *env.operator_pid.lock().expect("pid");
+    assert!(env.cp.stop_adopted(old_pid, true), "the operator was adopted");
+    let killed_at = Instant::now();
+    let metrics_port = stash_testenv::process::free_port().expect("port");
+    let new_pid = start_operator(env.cp, metrics_port);
+    *env.operator_pid.lock().expect("pid") = new_pid;
+    eprintln!("operator {old_pid} killed; {new_pid} started (metrics :{metrics_port})");
+
+    let s = wait_session_terminal(&client, &ns, "survivor", Duration::from_secs(150)).await;
+    eprintln!("session terminal {:.1}s after the kill", killed_at.elapsed().as_secs_f64());
+    let status = s.status.clone().expect("status");
+    if status.phase != Some(Phase::Succeeded) {
+        dump_logs(env.cp);
+    }
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
+    assert_eq!(status.total_hosts, Some(1));
+    assert_eq!(status.stats.len(), 1, "{status:?}");
+    assert_eq!(status.stats[0].snapshots.len(), 1);
+    let repo = repo_dir.to_string_lossy().to_string();
+    let snaps = restic_snapshots(&repo, PASSWORD);
+    assert_eq!(snaps.len(), 1, "exactly one snapshot: {snaps:?}");
+    assert_eq!(snaps[0]["hostname"], "host-0");
+    assert_eq!(snaps[0]["short_id"].as_str(), status.stats[0].snapshots[0].name.as_deref());
+    // The new operator is the one that completed the session, legally.
+    let text = operator_metrics(metrics_port).await;
+    assert!(text.contains("stash_operator"), "the new operator serves metrics");
+    assert_no_illegal_transitions(metrics_port).await;
+}

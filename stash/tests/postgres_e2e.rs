@@ -1,0 +1,304 @@
+//! PostgreSQL through the job model (issue 6 part 3, stash-api.md §3.8, §11.3), against a real
+//! PostgreSQL server started here: tables and rows are created, backed up by the
+//! `pg-backup-15` Task (pg_dump streamed into restic), the database is dropped, restored by
+//! `pg-restore-15` (restic dump streamed into psql), and row counts and a checksum of the data
+//! compared. The connection comes from an AppBinding (`clientConfig.url`) and its Secret.
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use kube::Api;
+use serde_json::json;
+use stash_crds::{
+    BackupSession, RestoreSession, backup_session::Phase, restore_session::Phase as RestorePhase,
+};
+use stash_testenv::process::Proc;
+use support::*;
+
+const PASSWORD: &str = "restic-password";
+const PG_PASSWORD: &str = "pg:sec'ret\\pw";
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+struct Postgres {
+    _proc: Proc,
+    port: u16,
+    _dir: PathBuf,
+}
+
+fn pg_bin(name: &str) -> PathBuf {
+    Path::new(PG_BIN).join(name)
+}
+
+/// initdb (as `postgres`: initdb refuses root) and start a server on 127.0.0.1:<port> with
+/// password authentication over TCP.
+fn start_postgres(root: &Path) -> Postgres {
+    let dir = root.join(format!("pg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("pg dir");
+    let pwfile = dir.join("pwfile");
+    std::fs::write(&pwfile, format!("{PG_PASSWORD}\n")).expect("pwfile");
+    let data = dir.join("data");
+    let chown = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(&dir)
+        .status()
+        .expect("chown");
+    assert!(chown.success());
+    // Every ancestor must be traversable by `postgres`.
+    let mut p = dir.parent();
+    while let Some(d) = p {
+        let _ = Command::new("chmod").arg("o+x").arg(d).status();
+        p = d.parent();
+    }
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(pg_bin("initdb"))
+        .arg("-D")
+        .arg(&data)
+        .args([
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--pwfile",
+        ])
+        .arg(&pwfile)
+        .output()
+        .expect("initdb");
+    assert!(
+        out.status.success(),
+        "initdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = stash_testenv::process::free_port().expect("port");
+    let args: Vec<String> = [
+        "-u",
+        "postgres",
+        "--",
+        &pg_bin("postgres").to_string_lossy(),
+        "-D",
+        &data.to_string_lossy(),
+        "-p",
+        &port.to_string(),
+        "-k",
+        &dir.to_string_lossy(),
+        "-c",
+        "listen_addresses=127.0.0.1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let proc = Proc::spawn(
+        &format!("postgres-{port}"),
+        Path::new("/usr/sbin/runuser"),
+        &args,
+        &dir,
+    )
+    .expect("postgres");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = Command::new(pg_bin("pg_isready"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .output();
+        if ok.is_ok_and(|o| o.status.success()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "postgres did not start: {}",
+            proc.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Postgres {
+        _proc: proc,
+        port,
+        _dir: dir,
+    }
+}
+
+fn psql(port: u16, db: &str, sql: &str) -> String {
+    let out = Command::new(pg_bin("psql"))
+        .env("PGPASSWORD", PG_PASSWORD)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-At",
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Row counts and an md5 over every row of both tables, in a fixed order.
+fn fingerprint(port: u16) -> (String, String, String) {
+    let customers = psql(port, "shop", "SELECT count(*) FROM customers");
+    let orders = psql(port, "shop", "SELECT count(*) FROM orders");
+    let sum = psql(
+        port,
+        "shop",
+        "SELECT md5(string_agg(t, '|' ORDER BY t)) FROM (
+           SELECT format('c:%s:%s:%s', id, name, email) AS t FROM customers
+           UNION ALL SELECT format('o:%s:%s:%s:%s', id, customer_id, amount, note) FROM orders) x",
+    );
+    (customers, orders, sum)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_database_is_backed_up_dropped_and_restored() {
+    let env = env().await;
+    // pg_dump and psql for the job pods.
+    env.cp
+        .start_node_agent(&[(IMAGE, stash_bin().as_path())], &[PathBuf::from(PG_BIN)])
+        .await
+        .expect("node agent PATH");
+    let pg = start_postgres(env.cp.dir());
+    psql(pg.port, "postgres", "CREATE DATABASE shop");
+    psql(
+        pg.port,
+        "shop",
+        "CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, email text UNIQUE);
+         CREATE TABLE orders (id serial PRIMARY KEY, customer_id int REFERENCES customers(id), amount numeric(10,2), note text);
+         INSERT INTO customers (name, email) SELECT 'customer ' || g, 'c' || g || '@example.com' FROM generate_series(1, 2000) g;
+         INSERT INTO orders (customer_id, amount, note)
+           SELECT 1 + (g % 2000), (g * 7 % 10000) / 100.0, repeat(md5(g::text), 3) || E'\\n''quoted''' FROM generate_series(1, 50000) g;",
+    );
+    let before = fingerprint(pg.port);
+    assert_eq!((before.0.as_str(), before.1.as_str()), ("2000", "50000"));
+
+    let ns = env.cp.namespace("pg").await.expect("namespace");
+    let ns = ns; // dropped (deleted) at the end of the test
+    let n = ns.name.clone();
+    let client = env.cp.client();
+    let repo_dir = env.cp.dir().join("repos").join(&n);
+    std::fs::create_dir_all(&repo_dir).expect("repo dir");
+    let (functions, tasks) = stash::jobs::builtin::postgres(IMAGE, "15");
+    stash::jobs::builtin::apply(&client, &functions, &tasks)
+        .await
+        .expect("pg Functions and Tasks");
+    for doc in [
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "repo-secret"}, "stringData": {"RESTIC_PASSWORD": PASSWORD}}),
+        json!({"apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
+               "spec": {"backend": {"storageSecretName": "repo-secret",
+                                    "local": {"mountPath": "/safe/data", "hostPath": {"path": repo_dir.to_string_lossy()}}}}}),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "shop-auth"},
+               "stringData": {"POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": PG_PASSWORD}}),
+        json!({"apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding", "metadata": {"name": "shop"},
+               "spec": {"type": "kubedb.com/postgres", "version": "15",
+                        "clientConfig": {"url": format!("postgresql://127.0.0.1:{}/shop?sslmode=disable", pg.port)},
+                        "secret": {"name": "shop-auth"}}}),
+        json!({"apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration", "metadata": {"name": "shop-backup"},
+               "spec": {"schedule": "0 0 1 1 *", "task": {"name": "pg-backup-15"}, "repository": {"name": "repo"},
+                        "target": {"ref": {"apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding", "name": "shop"}},
+                        "retentionPolicy": {"name": "keep-last-5", "keepLast": 5, "prune": true}}}),
+        json!({"apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
+               "metadata": {"name": "shop-backup-1", "labels": {"stash.appscode.com/backup-configuration": "shop-backup"}},
+               "spec": {"backupConfiguration": {"name": "shop-backup"}}}),
+    ] {
+        apply(&client, &n, doc).await;
+    }
+    let started = Instant::now();
+    let sessions = Api::<BackupSession>::namespaced(client.clone(), &n);
+    let bs = eventually(
+        "the PostgreSQL backup to finish",
+        Duration::from_secs(180),
+        || {
+            let sessions = sessions.clone();
+            async move {
+                let s = sessions.get("shop-backup-1").await.ok()?;
+                matches!(s.status.as_ref()?.phase?, Phase::Succeeded | Phase::Failed).then_some(s)
+            }
+        },
+    )
+    .await;
+    let backup_took = started.elapsed();
+    let status = bs.status.clone().expect("status");
+    if status.phase != Some(Phase::Succeeded) {
+        eprintln!("{}", env.cp.pod_logs(&n, "stash-backup-shop-backup-1"));
+        dump_logs(env.cp);
+    }
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
+    let snaps = restic_snapshots(&repo_dir.to_string_lossy(), PASSWORD);
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(snaps[0]["paths"], json!(["/dumpfile.sql"]));
+    assert_eq!(snaps[0]["hostname"], "host-0");
+
+    // Lose the database.
+    psql(pg.port, "postgres", "DROP DATABASE shop");
+    let gone = psql(
+        pg.port,
+        "postgres",
+        "SELECT count(*) FROM pg_database WHERE datname = 'shop'",
+    );
+    assert_eq!(gone, "0");
+
+    apply(&client, &n, json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "RestoreSession", "metadata": {"name": "shop-restore"},
+        "spec": {"task": {"name": "pg-restore-15"}, "repository": {"name": "repo"},
+                 "target": {"ref": {"apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding", "name": "shop"}},
+                 "rules": [{"snapshots": ["latest"]}]}
+    }))
+    .await;
+    let started = Instant::now();
+    let restores = Api::<RestoreSession>::namespaced(client.clone(), &n);
+    let rs = eventually(
+        "the PostgreSQL restore to finish",
+        Duration::from_secs(180),
+        || {
+            let restores = restores.clone();
+            async move {
+                let s = restores.get("shop-restore").await.ok()?;
+                matches!(
+                    s.status.as_ref()?.phase?,
+                    RestorePhase::Succeeded | RestorePhase::Failed | RestorePhase::Unknown
+                )
+                .then_some(s)
+            }
+        },
+    )
+    .await;
+    let restore_took = started.elapsed();
+    let status = rs.status.clone().expect("status");
+    if status.phase != Some(RestorePhase::Succeeded) {
+        eprintln!("{}", env.cp.pod_logs(&n, "stash-restore-shop-restore"));
+        dump_logs(env.cp);
+    }
+    assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
+    let after = fingerprint(pg.port);
+    assert_eq!(after, before, "row counts and data checksum after restore");
+    println!(
+        "PostgreSQL (2000 + 50000 rows): backup session {:.1}s, restore session {:.1}s (session durations: backup {:?}, restore {:?})",
+        backup_took.as_secs_f64(),
+        restore_took.as_secs_f64(),
+        bs.status
+            .as_ref()
+            .and_then(|s| s.stats.first())
+            .and_then(|h| h.duration)
+            .map(|d| d.as_std()),
+        status
+            .stats
+            .first()
+            .and_then(|h| h.duration)
+            .map(|d| d.as_std()),
+    );
+    assert_no_illegal_transitions(env.metrics_port).await;
+}
