@@ -97,11 +97,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         lease_duration: opts.lease_duration,
         renew_every: opts.lease_duration / 5,
     };
-    let mut leadership = election.acquire(client.clone()).await.context("leader election")?;
-    metrics.leader.set(1);
-
-    rbac::ensure_cluster_roles(&client).await.context("ensure ClusterRoles")?;
-    crate::jobs::builtin::ensure(&client, &opts.image).await.context("built-in Functions, Tasks and job ClusterRoles")?;
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         inject: InjectConfig { image: opts.image.clone(), pushgateway_url: opts.pushgateway_url.clone() },
@@ -122,7 +117,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Ready as a standby too: probes, metrics and webhooks are served by every replica.
     ready.set(true);
+    let mut leadership = election.acquire(client.clone()).await.context("leader election")?;
+    metrics.leader.set(1);
+
+    rbac::ensure_cluster_roles(&client).await.context("ensure ClusterRoles")?;
+    crate::jobs::builtin::ensure(&client, &opts.image).await.context("built-in Functions, Tasks and job ClusterRoles")?;
     let controllers = async {
         tokio::join!(
             backup_configuration::run(ctx.clone()),
