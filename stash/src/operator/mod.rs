@@ -67,6 +67,9 @@ pub struct Options {
     /// Admission webhooks (off unless `--webhook-addr` is given).
     #[command(flatten)]
     pub webhook: crate::admission::Args,
+    /// Snapshot API (off unless `--snapshot-api-addr` is given).
+    #[command(flatten)]
+    pub snapshots: crate::snapshots::Args,
 }
 
 fn parse_overlap(s: &str) -> Result<OverlapPolicy, String> {
@@ -117,6 +120,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // The aggregated Snapshot API, like the webhooks, is served by every replica.
+    let snapshots = match opts.snapshots.options(&opts.namespace) {
+        Some(o) => Some(crate::snapshots::start(client.clone(), o).await.context("snapshot API")?),
+        None => None,
+    };
     // Ready as a standby too: probes, metrics and webhooks are served by every replica.
     ready.set(true);
     let mut leadership = election.acquire(client.clone()).await.context("leader election")?;
@@ -146,6 +154,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         _ = term.recv() => tracing::info!("terminated"),
     }
     leadership.release().await;
+    if let Some(s) = snapshots {
+        s.stop();
+    }
     Ok(())
 }
 

@@ -102,10 +102,11 @@ impl RequestHeaderConfig {
         for (h, v) in headers {
             let h = h.as_str();
             for prefix in &self.extra_prefixes {
-                if h.len() > prefix.len() && h[..prefix.len()].eq_ignore_ascii_case(prefix) {
-                    if let Ok(v) = v.to_str() {
-                        extra.entry(percent_decode(&h[prefix.len()..]).to_lowercase()).or_default().push(v.to_owned());
-                    }
+                if h.len() > prefix.len()
+                    && h[..prefix.len()].eq_ignore_ascii_case(prefix)
+                    && let Ok(v) = v.to_str()
+                {
+                    extra.entry(percent_decode(&h[prefix.len()..]).to_lowercase()).or_default().push(v.to_owned());
                 }
             }
         }

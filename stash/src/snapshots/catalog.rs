@@ -186,7 +186,7 @@ impl Catalog {
             .into_iter()
             .filter(|r| namespace.is_none_or(|ns| r.namespace().as_deref() == Some(ns)))
             .collect();
-        out.sort_by(|a, b| (a.namespace(), a.name_any()).cmp(&(b.namespace(), b.name_any())));
+        out.sort_by_key(|a| (a.namespace(), a.name_any()));
         out
     }
 
@@ -358,7 +358,7 @@ impl Catalog {
                         continue;
                     }
                     let ns = bs.namespace().unwrap_or_default();
-                    let Some(bc) = bs.spec.backup_configuration.as_ref().and_then(|r| Some(r.name.clone())) else { continue };
+                    let Some(bc) = bs.spec.backup_configuration.as_ref().map(|r| r.name.clone()) else { continue };
                     let repo = Api::<BackupConfiguration>::namespaced(self.inner.client.clone(), &ns)
                         .get_opt(&bc)
                         .await
