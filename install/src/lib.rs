@@ -53,10 +53,8 @@ pub struct InstallOptions {
     /// Serve and register the admission webhooks.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub webhook: bool,
-    /// Serve and register the Snapshot API (repositories.stash.appscode.com). Off by default
-    /// until `stash run` takes `--snapshot-api-addr` (install/tests/generated.rs checks that
-    /// the operator accepts every argument the Deployment gives it).
-    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    /// Serve and register the Snapshot API (repositories.stash.appscode.com).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub snapshot_api: bool,
 }
 
@@ -70,7 +68,7 @@ impl Default for InstallOptions {
             replicas: 2,
             pdb_min_available: 1,
             webhook: true,
-            snapshot_api: false,
+            snapshot_api: true,
         }
     }
 }

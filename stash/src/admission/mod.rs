@@ -100,6 +100,7 @@ impl WebhookOptions {
 
 /// The `stash run` flags of the webhooks (to be flattened into the operator's options).
 #[derive(Clone, Debug, clap::Args)]
+#[group(id = "webhook-args")]
 pub struct Args {
     /// Serve the admission webhooks over TLS on this address (unset: no webhooks).
     #[arg(long)]

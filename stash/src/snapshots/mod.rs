@@ -46,6 +46,7 @@ pub const CERT_SECRET: &str = "stash-snapshot-api-cert";
 
 /// Command-line flags of the Snapshot API (flattened into the operator's options).
 #[derive(Clone, Debug, clap::Args)]
+#[group(id = "snapshot-api-args")]
 pub struct Args {
     /// Serve the Snapshot API (repositories.stash.appscode.com) over TLS on this address
     /// (unset: not served, no APIService).
