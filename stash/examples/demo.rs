@@ -106,10 +106,26 @@ async fn main() -> anyhow::Result<()> {
     .await;
     show("kubectl get backupsessions -n demo", &mut kubectl(&["get", "bs", "-n", ns]));
     show("kubectl get repository -n demo", &mut kubectl(&["get", "repo", "-n", ns]));
+
+    // The Snapshot API: an aggregated API server registered with the real kube-apiserver.
+    let port = stash_testenv::process::free_port()?;
+    let mut opts = stash::snapshots::SnapshotApiOptions::new(([127, 0, 0, 1], port).into(), "kube-system");
+    opts.external_name = Some("localhost".into());
+    opts.catalog.restic = stash_testenv::bins::bin("restic")?;
+    let snapshot_api = stash::snapshots::start(client.clone(), opts).await?;
+    show(
+        "kubectl get snapshots -n demo -l repository=local-repo",
+        &mut kubectl(&["get", "snapshots", "-n", ns, "-l", "repository=local-repo"]),
+    );
     show(
         "restic snapshots (restic's own view of the repository)",
         restic(&repo_dir.to_string_lossy(), PASSWORD).args(["snapshots"]),
     );
+    let pushed = pushgateway_metrics(pushgateway_port(cp)).await;
+    println!("\n$ curl pushgateway/metrics | grep stash_backup   (what the sidecar pushed)");
+    for line in pushed.lines().filter(|l| l.starts_with("stash_backup_") || l.starts_with("stash_repository_")) {
+        println!("{line}");
+    }
 
     println!("\n== destroying the data, then restoring it with a RestoreSession");
     std::fs::remove_dir_all(&data)?;
@@ -146,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::signal::ctrl_c().await?;
     }
     println!("\n== stopping everything");
+    snapshot_api.shutdown().await?;
     cp.shutdown();
     Ok(())
 }
