@@ -30,7 +30,7 @@ fn main() {
 }
 
 fn human(bytes: u64) -> String {
-    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
+    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
         format!("{} GiB", bytes >> 30)
     } else {
         format!("{} MiB", bytes >> 20)
@@ -102,6 +102,10 @@ async fn run(files: usize) -> i32 {
         return 1;
     }
 
+    eprintln!("operator path: {:.1} s (session created → Succeeded read back)", operator.as_secs_f64());
+    // Disk space is shared: drop the operator's repository before writing the second one.
+    let _ = std::fs::remove_dir_all(&repo_dir);
+
     // (b) Raw restic, same binary, same data, a fresh repository (init + backup).
     let raw_dir = env.cp.dir().join("repos").join(&ns).join("raw");
     let raw_repo = raw_dir.to_string_lossy().to_string();
@@ -115,7 +119,12 @@ async fn run(files: usize) -> i32 {
         .args(["--host", "host-0", "--json", "--quiet"])
         .output()
         .expect("restic backup");
-    assert!(out.status.success(), "restic backup: {}", String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        eprintln!("restic backup: {}", String::from_utf8_lossy(&out.stderr));
+        let _ = std::fs::remove_dir_all(&source);
+        let _ = std::fs::remove_dir_all(&raw_dir);
+        return 1;
+    }
     let raw = started.elapsed();
 
     let ratio = operator.as_secs_f64() / raw.as_secs_f64();
@@ -133,5 +142,6 @@ async fn run(files: usize) -> i32 {
         status.stats.first().and_then(|h| h.duration.as_ref()).map(|d| format!("{:.1} s", d.as_std().as_secs_f64())).unwrap_or_default()
     );
     let _ = std::fs::remove_dir_all(&source);
+    let _ = std::fs::remove_dir_all(&raw_dir);
     0
 }

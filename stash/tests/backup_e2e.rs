@@ -95,8 +95,7 @@ fn assert_restores_identically(repo: &str, host: &str, source: &std::path::Path)
     let snaps = restic_snapshots(repo, PASSWORD);
     let snap = snaps
         .iter()
-        .filter(|s| s["hostname"] == host)
-        .last()
+        .rfind(|s| s["hostname"] == host)
         .unwrap_or_else(|| panic!("no snapshot of {host} in {snaps:?}"));
     assert_eq!(snap["paths"], json!(["/source/data"]));
     let scratch = tempfile::tempdir().expect("scratch");
