@@ -47,7 +47,7 @@ async fn install_manifest_is_accepted_by_the_api_server() -> anyhow::Result<()> 
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "kubectl apply --dry-run=server failed:\n{stdout}\n{stderr}");
     let accepted: Vec<&str> = stdout.lines().filter(|l| l.contains("serverside-applied (server dry run)")).collect();
-    println!("install: {}/{} objects accepted", accepted.len(), docs.len());
+    stash_testenv::report(&format!("install: {}/{} objects accepted", accepted.len(), docs.len()));
     for d in &docs {
         let kind = d["kind"].as_str().unwrap_or("").to_lowercase();
         let name = d["metadata"]["name"].as_str().unwrap_or("");

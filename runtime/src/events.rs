@@ -26,7 +26,21 @@ pub enum Severity {
     Warning,
 }
 
+impl From<stash_machines::EventKind> for Severity {
+    fn from(kind: stash_machines::EventKind) -> Self {
+        match kind {
+            stash_machines::EventKind::Normal => Severity::Normal,
+            stash_machines::EventKind::Warning => Severity::Warning,
+        }
+    }
+}
+
 impl Events {
+    /// Publish an event a machine decided on.
+    pub async fn publish_record(&self, object: &ObjectReference, ev: stash_machines::EventRecord) {
+        self.publish(object, ev.kind.into(), ev.reason, ev.message).await;
+    }
+
     /// A publisher reporting as `controller` (e.g. `stash-operator`).
     pub fn new(client: Client, controller: &str) -> Self {
         let reporter = Reporter { controller: controller.into(), instance: std::env::var("POD_NAME").ok() };

@@ -167,7 +167,7 @@ async fn corpus_is_rejected(cp: &ControlPlane) {
         }
     }
     let total = files.len();
-    println!("admission: {}/{total} invalid manifests rejected ({kinds:?})", total - failures.len());
+    stash_testenv::report(&format!("admission: {}/{total} invalid manifests rejected ({kinds:?})", total - failures.len()));
     assert!(total >= 40, "the corpus has only {total} manifests");
     assert!(failures.is_empty(), "{} of {total} corpus manifests wrong:\n{}", failures.len(), failures.join("\n"));
 }
@@ -252,7 +252,7 @@ async fn upstream_examples_are_admitted(cp: &ControlPlane) {
             Err(e) => failures.push(format!("{file} ({} {name}): {e}", gvk.kind)),
         }
     }
-    println!("admission: {admitted}/{} upstream examples of our kinds admitted", docs.len());
+    stash_testenv::report(&format!("admission: {admitted}/{} upstream examples of our kinds admitted", docs.len()));
     assert!(docs.len() >= 80, "expected the full upstream corpus, found {}", docs.len());
     assert!(failures.is_empty(), "rejected upstream examples:\n{}", failures.join("\n"));
     // The defaulting webhook labelled the manual BackupSessions.

@@ -161,7 +161,10 @@ async fn every_upstream_manifest_of_our_kinds_is_accepted_unchanged() {
             }
         }
     }
-    println!("conformance: {accepted}/{total} manifests accepted ({} kinds: {kinds_seen:?})", kinds_seen.len());
+    stash_testenv::report(&format!(
+        "conformance: {accepted}/{total} manifests accepted ({} kinds: {kinds_seen:?})",
+        kinds_seen.len()
+    ));
     assert!(total >= 80, "expected the full upstream corpus, found only {total} manifests");
     assert_eq!(kinds_seen.len(), IN_SCOPE.len(), "every kind is exercised");
     assert!(failures.is_empty(), "rejected upstream manifests:\n{}", failures.join("\n"));

@@ -544,3 +544,10 @@ async fn http_get_ok(host: &str, port: u16, path: &str) -> std::result::Result<(
         Err(text.lines().next().unwrap_or("no answer").to_string())
     }
 }
+
+/// Print a result line that shows in the test command's output even when the test passes
+/// (libtest captures `println!`; this writes to the process's stderr directly).
+pub fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}

@@ -1,6 +1,7 @@
 //! The commands that run inside pods.
 pub mod create_backupsession;
 pub mod run_backup;
+pub mod report;
 pub mod restore;
 pub mod postgres;
 pub mod pvc;

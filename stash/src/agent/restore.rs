@@ -7,7 +7,7 @@
 //! missing data.
 use std::{path::PathBuf, time::Duration};
 
-use kube::{Api, Client, Resource, ResourceExt, api::PostParams};
+use kube::{Api, Client, Resource};
 use stash_crds::{
     Repository, RestoreSession,
     duration::GoDuration,
@@ -138,7 +138,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         duration: Some(GoDuration(started.elapsed())),
         error: result.as_ref().err().cloned(),
     };
-    upsert_host(&sessions, &opts.restore_session, entry).await?;
+    super::report::upsert_restore_hosts(&sessions, &opts.restore_session, &[entry]).await?;
     let events = Events::new(client.clone(), &format!("stash-restore-{}", opts.pod_name));
     let reference = rs.object_ref(&());
     if let Some(l) = leadership {
@@ -152,24 +152,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         Err(e) => {
             events.publish(&reference, Severity::Warning, "FailedHostRestore", format!("host {host}: {e}")).await;
             anyhow::bail!("restore of host {host} failed: {e}")
-        }
-    }
-}
-
-async fn upsert_host(api: &Api<RestoreSession>, name: &str, entry: HostRestoreStats) -> Result<(), kube::Error> {
-    let mut attempt = 0;
-    loop {
-        let mut s = api.get_status(name).await?;
-        let status = s.status.get_or_insert_with(Default::default);
-        status.stats.retain(|h| h.hostname != entry.hostname);
-        status.stats.push(entry.clone());
-        match api.replace_status(&s.name_any(), &PostParams::default(), &s).await {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 20 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-            }
-            Err(e) => return Err(e),
         }
     }
 }

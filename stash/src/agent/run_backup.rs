@@ -10,7 +10,6 @@ use std::{collections::BTreeSet, path::PathBuf, time::Duration};
 use futures::StreamExt;
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::PostParams,
     runtime::{WatchStreamExt, watcher},
 };
 use stash_crds::{
@@ -25,7 +24,7 @@ use stash_runtime::{
 };
 
 use crate::{
-    backup::{self, BackupOutcome},
+    backup,
     target::{WorkloadKind, backup_host},
 };
 
@@ -175,7 +174,8 @@ async fn backup_one(
             snapshots: vec![],
         },
     };
-    if let Err(e) = upsert_host(client, &ns, &session.name_any(), entry).await {
+    let sessions = Api::<BackupSession>::namespaced(client.clone(), &ns);
+    if let Err(e) = super::report::upsert_backup_hosts(&sessions, &session.name_any(), &[entry]).await {
         tracing::error!(error = %e, "could not record this host's result");
     }
     match outcome {
@@ -183,7 +183,13 @@ async fn backup_one(
             events
                 .publish(&reference, Severity::Normal, "SuccessfulHostBackup", format!("backup of host {host} succeeded"))
                 .await;
-            if let Err(e) = update_repository(&repos, &repo_name, &o).await {
+            let report = super::report::RepositoryReport {
+                integrity: Some(o.integrity),
+                size: Some(stash_restic::format_size(o.repository_size)),
+                snapshot_count: Some(i32::try_from(o.snapshot_count).unwrap_or(i32::MAX)),
+                snapshots_removed: Some(i32::try_from(o.snapshots_removed).unwrap_or(i32::MAX)),
+            };
+            if let Err(e) = super::report::record_backup(&repos, &repo_name, &report).await {
                 tracing::warn!(error = %e, "could not update the Repository status");
             }
         }
@@ -209,52 +215,6 @@ fn snapshot_stats(s: &backup::SnapshotResult) -> SnapshotStats {
             modified_files: count(s.files_changed),
             unmodified_files: count(s.files_unmodified),
         }),
-    }
-}
-
-/// Upsert this host's entry in the session status, retrying on conflicts (several hosts
-/// report into one status).
-async fn upsert_host(client: &Client, ns: &str, name: &str, entry: HostBackupStats) -> Result<(), kube::Error> {
-    let api = Api::<BackupSession>::namespaced(client.clone(), ns);
-    let mut attempt = 0;
-    loop {
-        let mut s = api.get_status(name).await?;
-        let status = s.status.get_or_insert_with(Default::default);
-        status.stats.retain(|h| h.hostname != entry.hostname);
-        status.stats.push(entry.clone());
-        match api.replace_status(name, &PostParams::default(), &s).await {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 20 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-async fn update_repository(repos: &Api<Repository>, name: &str, o: &BackupOutcome) -> Result<(), kube::Error> {
-    let mut attempt = 0;
-    loop {
-        let mut repo = repos.get_status(name).await?;
-        let status = repo.status.get_or_insert_with(Default::default);
-        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
-        status.integrity = Some(o.integrity);
-        status.size = Some(stash_restic::format_size(o.repository_size));
-        status.snapshot_count = Some(i32::try_from(o.snapshot_count).unwrap_or(i32::MAX));
-        status.snapshots_removed_on_last_cleanup = Some(i32::try_from(o.snapshots_removed).unwrap_or(i32::MAX));
-        status.last_backup_time = Some(now.clone());
-        if status.first_backup_time.is_none() {
-            status.first_backup_time = Some(now);
-        }
-        match repos.replace_status(name, &PostParams::default(), &repo).await {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 20 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-            }
-            Err(e) => return Err(e),
-        }
     }
 }
 

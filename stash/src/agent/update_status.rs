@@ -3,16 +3,17 @@
 //! RestoreSession status, emits one event per host, updates the Repository status when every
 //! host of a backup succeeded, and exits non-zero when any entry carries an error (decision 1:
 //! such an entry is `Failed`).
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
-use kube::{Api, Client, Resource, api::PostParams};
+use kube::{Api, Client, Resource};
 use stash_crds::{
     BackupSession, Repository, RestoreSession, backup_session::HostBackupStats,
     restore_session::HostRestoreStats,
 };
 use stash_runtime::events::{Events, Severity};
 
-use crate::jobs::output::{Output, RepositoryStats};
+use super::report;
+use crate::jobs::output::Output;
 
 /// Flags of `update-status`.
 #[derive(Clone, Debug, clap::Args)]
@@ -35,85 +36,6 @@ pub struct Options {
     /// Accepted for compatibility: status is always written through the status subresource.
     #[arg(long, default_value = "true")]
     pub enable_status_subresource: String,
-}
-
-async fn retry_conflicts<F, Fut>(mut f: F) -> Result<(), kube::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), kube::Error>>,
-{
-    let mut attempt = 0;
-    loop {
-        match f().await {
-            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 20 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-            }
-            other => return other,
-        }
-    }
-}
-
-async fn upsert_backup(
-    api: &Api<BackupSession>,
-    name: &str,
-    entries: &[HostBackupStats],
-) -> Result<(), kube::Error> {
-    retry_conflicts(|| async {
-        let mut s = api.get_status(name).await?;
-        let status = s.status.get_or_insert_with(Default::default);
-        for e in entries {
-            status.stats.retain(|h| h.hostname != e.hostname);
-            status.stats.push(e.clone());
-        }
-        api.replace_status(name, &PostParams::default(), &s)
-            .await
-            .map(|_| ())
-    })
-    .await
-}
-
-async fn upsert_restore(
-    api: &Api<RestoreSession>,
-    name: &str,
-    entries: &[HostRestoreStats],
-) -> Result<(), kube::Error> {
-    retry_conflicts(|| async {
-        let mut s = api.get_status(name).await?;
-        let status = s.status.get_or_insert_with(Default::default);
-        for e in entries {
-            status.stats.retain(|h| h.hostname != e.hostname);
-            status.stats.push(e.clone());
-        }
-        api.replace_status(name, &PostParams::default(), &s)
-            .await
-            .map(|_| ())
-    })
-    .await
-}
-
-async fn update_repository(
-    api: &Api<Repository>,
-    name: &str,
-    r: &RepositoryStats,
-) -> Result<(), kube::Error> {
-    retry_conflicts(|| async {
-        let mut repo = api.get_status(name).await?;
-        let status = repo.status.get_or_insert_with(Default::default);
-        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
-        status.integrity = r.integrity;
-        status.size = r.size.clone();
-        status.snapshot_count = r.snapshot_count;
-        status.snapshots_removed_on_last_cleanup = r.snapshots_removed_on_last_cleanup;
-        status.last_backup_time = Some(now.clone());
-        if status.first_backup_time.is_none() {
-            status.first_backup_time = Some(now);
-        }
-        api.replace_status(name, &PostParams::default(), &repo)
-            .await
-            .map(|_| ())
-    })
-    .await
 }
 
 /// Run `update-status`.
@@ -142,7 +64,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 h
             })
             .collect();
-        upsert_backup(&api, &opts.backup_session, &entries).await?;
+        report::upsert_backup_hosts(&api, &opts.backup_session, &entries).await?;
         let session = api.get(&opts.backup_session).await?;
         let reference = session.object_ref(&());
         for h in &entries {
@@ -178,12 +100,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             && !opts.repository.is_empty()
             && let Some(r) = &output.repository
         {
-            update_repository(
-                &Api::<Repository>::namespaced(client.clone(), &ns),
-                &opts.repository,
-                r,
-            )
-            .await?;
+            let report = report::RepositoryReport {
+                integrity: r.integrity,
+                size: r.size.clone(),
+                snapshot_count: r.snapshot_count,
+                snapshots_removed: r.snapshots_removed_on_last_cleanup,
+            };
+            report::record_backup(&Api::<Repository>::namespaced(client.clone(), &ns), &opts.repository, &report).await?;
         }
     } else if !opts.restore_session.is_empty() {
         let api = Api::<RestoreSession>::namespaced(client.clone(), &ns);
@@ -201,7 +124,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 h
             })
             .collect();
-        upsert_restore(&api, &opts.restore_session, &entries).await?;
+        report::upsert_restore_hosts(&api, &opts.restore_session, &entries).await?;
         let session = api.get(&opts.restore_session).await?;
         let reference = session.object_ref(&());
         for h in &entries {

@@ -20,7 +20,7 @@ use stash_crds::{
     duration::GoDuration,
 };
 use stash_machines::{
-    Effect, EventKind,
+    Effect,
     backup_session::{self as machine, Config, HostReport, Observation, OtherSession, Phase, TargetModel},
 };
 use stash_runtime::{Action, Reconcile, StatusWriter, events::Severity};
@@ -146,13 +146,7 @@ impl Reconcile<BackupSession> for BackupSessions {
                         .write_phase(&api, bs.as_ref(), status, &desired, obs.phase, patch.phase)
                         .await?;
                 }
-                Effect::Emit(ev) => {
-                    let severity = match ev.kind {
-                        EventKind::Normal => Severity::Normal,
-                        EventKind::Warning => Severity::Warning,
-                    };
-                    ctx.events.publish(&reference, severity, ev.reason, ev.message).await;
-                }
+                Effect::Emit(ev) => ctx.events.publish_record(&reference, ev).await,
                 Effect::RequeueAfter(d) => action = Action::requeue(d.max(Duration::from_secs(1))),
                 Effect::CreateBackupJob => {
                     let op = crate::jobs::inputs::OperatorInputs { pushgateway_url: ctx.inject.pushgateway_url.clone() };

@@ -14,7 +14,7 @@ use kube::{
 };
 use stash_crds::{RestoreSession, common::Driver, consts, duration::GoDuration};
 use stash_machines::{
-    Effect, EventKind,
+    Effect,
     restore_session::{self as machine, HostReport, Observation, TargetModel},
 };
 use stash_runtime::{Action, Reconcile, StatusWriter, events::Severity};
@@ -107,13 +107,7 @@ impl RestoreSessions {
                     }
                     writer.write_phase(&api, rs.as_ref(), status, &desired, obs.phase, patch.phase).await?;
                 }
-                Effect::Emit(ev) => {
-                    let severity = match ev.kind {
-                        EventKind::Normal => Severity::Normal,
-                        EventKind::Warning => Severity::Warning,
-                    };
-                    ctx.events.publish(&reference, severity, ev.reason, ev.message).await;
-                }
+                Effect::Emit(ev) => ctx.events.publish_record(&reference, ev).await,
                 Effect::RequeueAfter(d) => action = Action::requeue(d.max(Duration::from_secs(1))),
                 // The workload controller watches RestoreSessions: it injects `stash-init`.
                 Effect::NudgeWorkload => {}

@@ -1,0 +1,86 @@
+//! How agents report: the host entries of a session and the Repository status, written
+//! through the status subresource with read-modify-write retried on conflicts (several hosts
+//! report into one status at once).
+use std::{fmt::Debug, time::Duration};
+
+use kube::{Api, Resource, api::PostParams};
+use serde::{Serialize, de::DeserializeOwned};
+use stash_crds::{
+    BackupSession, Repository, RestoreSession, backup_session::HostBackupStats, restore_session::HostRestoreStats,
+};
+
+/// Apply `change` to the freshly read object and write its status; on a conflict, read
+/// again and retry (bounded).
+pub async fn update_status<K>(api: &Api<K>, name: &str, change: impl Fn(&mut K)) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let mut attempt = 0;
+    loop {
+        let mut obj = api.get_status(name).await?;
+        change(&mut obj);
+        match api.replace_status(name, &PostParams::default(), &obj).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 20 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Upsert these hosts' entries (by hostname) in a BackupSession's status.
+pub async fn upsert_backup_hosts(api: &Api<BackupSession>, name: &str, entries: &[HostBackupStats]) -> Result<(), kube::Error> {
+    update_status(api, name, |s| {
+        let status = s.status.get_or_insert_with(Default::default);
+        for e in entries {
+            status.stats.retain(|h| h.hostname != e.hostname);
+            status.stats.push(e.clone());
+        }
+    })
+    .await
+}
+
+/// Upsert these hosts' entries (by hostname) in a RestoreSession's status.
+pub async fn upsert_restore_hosts(api: &Api<RestoreSession>, name: &str, entries: &[HostRestoreStats]) -> Result<(), kube::Error> {
+    update_status(api, name, |s| {
+        let status = s.status.get_or_insert_with(Default::default);
+        for e in entries {
+            status.stats.retain(|h| h.hostname != e.hostname);
+            status.stats.push(e.clone());
+        }
+    })
+    .await
+}
+
+/// What a successful backup tells the Repository (§7.4).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RepositoryReport {
+    /// `restic check` found no errors.
+    pub integrity: Option<bool>,
+    /// Human size, e.g. `10.123 MiB`.
+    pub size: Option<String>,
+    /// Snapshots in the repository.
+    pub snapshot_count: Option<i32>,
+    /// Snapshots the retention policy removed.
+    pub snapshots_removed: Option<i32>,
+}
+
+/// Record a successful backup in the Repository status (`lastBackupTime` now,
+/// `firstBackupTime` once).
+pub async fn record_backup(api: &Api<Repository>, name: &str, r: &RepositoryReport) -> Result<(), kube::Error> {
+    update_status(api, name, |repo| {
+        let status = repo.status.get_or_insert_with(Default::default);
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+        status.integrity = r.integrity;
+        status.size = r.size.clone();
+        status.snapshot_count = r.snapshot_count;
+        status.snapshots_removed_on_last_cleanup = r.snapshots_removed;
+        status.last_backup_time = Some(now.clone());
+        if status.first_backup_time.is_none() {
+            status.first_backup_time = Some(now);
+        }
+    })
+    .await
+}
