@@ -114,20 +114,27 @@ async fn a_deployment_is_backed_up_to_s3() {
     let url = format!("s3:{endpoint}/{bucket}/demo/app");
     backup_and_verify(&client, &ns, &source, &url, &[("AWS_ACCESS_KEY_ID", key_id), ("AWS_SECRET_ACCESS_KEY", key)]).await;
 
-    // The Repository controller's finalizer: deleting with wipeOut is reported (not supported
-    // yet) and never blocks the deletion.
+    // The Repository controller's finalizer: deleting with wipeOut deletes the restic data
+    // under the bucket/prefix (signed S3 requests), then lets the Repository go.
     let repos = kube::Api::<stash_crds::Repository>::namespaced(client.clone(), &ns);
     let r = repos.get("repo").await.expect("repo");
     assert!(r.metadata.finalizers.unwrap_or_default().contains(&"stash".to_string()), "finalizer `stash` on a live Repository");
+    let has_repo = || {
+        let mut cmd = restic(&url, PASSWORD);
+        cmd.env("AWS_ACCESS_KEY_ID", key_id).env("AWS_SECRET_ACCESS_KEY", key).args(["cat", "config"]);
+        cmd.output().expect("restic cat config").status.success()
+    };
+    assert!(has_repo(), "the repository exists before the deletion");
     repos.delete("repo", &Default::default()).await.expect("delete repo");
-    eventually("the Repository to be gone", Duration::from_secs(30), || {
+    eventually("the Repository to be gone", Duration::from_secs(60), || {
         let repos = repos.clone();
         async move { matches!(repos.get_opt("repo").await, Ok(None)).then_some(()) }
     })
     .await;
-    let ev = wait_event(&client, &ns, "repo", "WipeOutNotSupported", Duration::from_secs(30)).await;
-    assert_eq!(ev.type_, "Warning");
-    assert!(ev.note.contains("s3"), "{ev:?}");
+    let ev = wait_event(&client, &ns, "repo", "WipedOut", Duration::from_secs(30)).await;
+    assert_eq!(ev.type_, "Normal");
+    assert!(ev.note.contains("deleted"), "{ev:?}");
+    assert!(!has_repo(), "restic finds no repository after the wipe-out");
 }
 
 #[tokio::test(flavor = "multi_thread")]

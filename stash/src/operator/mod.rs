@@ -18,6 +18,7 @@ pub mod default_backup;
 pub mod rbac;
 pub mod repository;
 pub mod restore_session;
+pub mod wipe;
 pub mod workload;
 
 /// What every controller shares.

@@ -1,11 +1,12 @@
 //! Repository controller (stash-api.md §3.1): finalizer `stash` on every live Repository; on
-//! deletion with `wipeOut: true` the restic data under the bucket/prefix should be deleted.
+//! deletion with `wipeOut: true` the restic data under the bucket/prefix is deleted.
 //!
-//! Wiping is not implemented yet for any provider: deleting objects needs a client of each
-//! object store (upstream used the stow library), and restic has no command that deletes a
-//! repository. Until it is, a Repository deleted with `wipeOut: true` gets a Warning event
+//! S3 (and S3-compatible servers) are wiped with signed object-store requests
+//! ([`super::wipe`]): the finalizer stays until the wipe succeeds (a failure is an event and a
+//! retry). The other object stores are not wiped yet: the Repository gets a Warning event
 //! `WipeOutNotSupported` naming the provider, its data is left in place, and the finalizer is
-//! removed so the deletion is never blocked.
+//! removed so the deletion is never blocked. (Local backends cannot ask for `wipeOut`: the
+//! admission webhook rejects it, like upstream.)
 use std::{sync::Arc, time::Duration};
 
 use kube::{
@@ -16,6 +17,7 @@ use kube::{
         watcher,
     },
 };
+use k8s_openapi::api::core::v1::Secret;
 use stash_crds::{Repository, consts};
 use stash_runtime::{Action, Reconcile, events::Severity};
 
@@ -24,10 +26,10 @@ use super::{Ctx, Error};
 /// Event reason when a wipe-out was asked for but cannot be done.
 pub const WIPE_OUT_NOT_SUPPORTED: &str = "WipeOutNotSupported";
 
-/// What deleting `repo` means for its data: `None` when nothing is to be wiped, else the
-/// message of the Warning event (wipe-out is not supported for the provider yet).
+/// What deleting `repo` means for its data: `None` when nothing is to be wiped or the provider
+/// is wiped for real (S3), else the message of the Warning event (not supported yet).
 pub fn wipe_out_note(repo: &Repository) -> Option<String> {
-    if !repo.spec.wipe_out {
+    if !repo.spec.wipe_out || repo.spec.backend.s3.is_some() {
         return None;
     }
     let provider = repo.spec.backend.provider().map_or("unknown", |p| p.as_str());
@@ -50,6 +52,20 @@ impl Reconcile<Repository> for Repositories {
             match event {
                 Finalizer::Apply(_) => Ok(Action::requeue(Duration::from_secs(600))),
                 Finalizer::Cleanup(repo) => {
+                    if repo.spec.wipe_out && repo.spec.backend.s3.is_some() {
+                        let reference = repo.object_ref(&());
+                        return match wipe_s3(&ctx, &repo).await {
+                            Ok(n) => {
+                                let note = format!("deleted {n} objects of Repository {}", repo.name_any());
+                                ctx.events.publish(&reference, Severity::Normal, "WipedOut", note).await;
+                                Ok(Action::await_change())
+                            }
+                            Err(e) => {
+                                ctx.events.publish(&reference, Severity::Warning, "WipeOutFailed", e.clone()).await;
+                                Err(Error::Config(e))
+                            }
+                        };
+                    }
                     if let Some(note) = wipe_out_note(&repo) {
                         tracing::warn!(repository = %repo.name_any(), "{note}");
                         ctx.events.publish(&repo.object_ref(&()), Severity::Warning, WIPE_OUT_NOT_SUPPORTED, note).await;
@@ -64,6 +80,34 @@ impl Reconcile<Repository> for Repositories {
             other => Error::Finalizer(other.to_string()),
         })
     }
+}
+
+/// Delete the restic data of an S3 Repository.
+async fn wipe_s3(ctx: &Ctx, repo: &Repository) -> Result<usize, String> {
+    let s3 = repo.spec.backend.s3.clone().unwrap_or_default();
+    let ns = repo.namespace().unwrap_or_default();
+    let secret_name = repo.spec.backend.storage_secret_name.clone().unwrap_or_default();
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .get(&secret_name)
+        .await
+        .map_err(|e| format!("storage Secret {secret_name}: {e}"))?;
+    let data = secret.data.unwrap_or_default();
+    let key = |k: &str| data.get(k).map(|v| String::from_utf8_lossy(&v.0).trim().to_string());
+    let endpoint = s3.endpoint.clone().filter(|e| !e.is_empty()).unwrap_or_else(|| "s3.amazonaws.com".into());
+    let (scheme, authority) = match endpoint.split_once("://") {
+        Some((scheme, rest)) => (scheme.to_string(), rest.trim_end_matches('/').to_string()),
+        None => ("https".to_string(), endpoint.trim_end_matches('/').to_string()),
+    };
+    let target = super::wipe::S3 {
+        scheme,
+        authority,
+        bucket: s3.bucket.clone().unwrap_or_default(),
+        prefix: s3.prefix.clone().unwrap_or_default().trim_matches('/').to_string(),
+        access_key: key("AWS_ACCESS_KEY_ID").unwrap_or_default(),
+        secret_key: key("AWS_SECRET_ACCESS_KEY").unwrap_or_default(),
+        region: key("AWS_REGION").unwrap_or_else(|| "us-east-1".into()),
+    };
+    target.wipe().await
 }
 
 /// Run the Repository controller.
@@ -89,8 +133,7 @@ mod tests {
     fn only_a_wipe_out_is_reported_and_names_the_provider() {
         let s3 = serde_json::json!({"s3": {"endpoint": "http://127.0.0.1:9000", "bucket": "b", "prefix": "p"}});
         assert_eq!(wipe_out_note(&repo(serde_json::json!({"backend": s3.clone()}))), None);
-        let note = wipe_out_note(&repo(serde_json::json!({"backend": s3, "wipeOut": true}))).expect("note");
-        assert!(note.contains("wipeOut is not supported for s3 yet"), "{note}");
+        assert_eq!(wipe_out_note(&repo(serde_json::json!({"backend": s3, "wipeOut": true}))), None, "S3 is wiped for real");
         let rest = serde_json::json!({"backend": {"rest": {"url": "http://x/"}}, "wipeOut": true});
         assert!(wipe_out_note(&repo(rest)).expect("note").contains("for rest"));
     }
