@@ -255,6 +255,41 @@ fn set_annotation(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::Obj
     }
 }
 
+/// The RestoreSession that applies to workload `kind`/`name` (§5.3): of the non-deleted
+/// Restic sessions whose target matches, Running first, then Pending, then Failed, else the
+/// newest. The controller path and the webhook both use it.
+pub fn applicable_restore<'a>(
+    kind: crate::target::WorkloadKind,
+    name: &str,
+    sessions: &'a [RestoreSession],
+) -> Option<&'a RestoreSession> {
+    use stash_crds::restore_session::Phase;
+    let rank = |rs: &RestoreSession| match rs.status.as_ref().and_then(|s| s.phase) {
+        Some(Phase::Running) => 0,
+        None | Some(Phase::Pending) => 1,
+        Some(Phase::Failed) => 2,
+        _ => 3,
+    };
+    let mut matching: Vec<&RestoreSession> = sessions
+        .iter()
+        .filter(|rs| rs.metadata.deletion_timestamp.is_none() && rs.spec.driver() == stash_crds::common::Driver::Restic)
+        .filter(|rs| rs.spec.target.as_ref().is_some_and(|t| kind.matches(&t.target_ref, name)))
+        .collect();
+    matching.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| b.metadata.creation_timestamp.cmp(&a.metadata.creation_timestamp)));
+    matching.into_iter().next()
+}
+
+/// The RestoreSession JSON recorded on the workload (`last-applied-restoresession`).
+pub fn last_applied_restore(rs: &RestoreSession) -> String {
+    serde_json::json!({
+        "apiVersion": "stash.appscode.com/v1beta1",
+        "kind": "RestoreSession",
+        "metadata": {"name": rs.name_any(), "namespace": rs.metadata.namespace},
+        "spec": rs.spec,
+    })
+    .to_string()
+}
+
 /// FNV-64a of the RestoreSession spec's JSON, in decimal.
 pub fn restore_hash(rs: &RestoreSession) -> String {
     let json = serde_json::to_vec(&rs.spec).unwrap_or_default();

@@ -366,6 +366,27 @@ async fn sidecar_is_injected_at_creation(cp: &ControlPlane) {
         "the pod template did not change, so no rollout"
     );
     println!("admission: Deployment replaced without the sidecar keeps {:?}", containers(&updated));
+
+    // A RestoreSession targeting the Deployment: an UPDATE gets the `stash-init`
+    // init-container from the webhook (the same decision as the controller path).
+    let rs = "apiVersion: stash.appscode.com/v1beta1\nkind: RestoreSession\nmetadata:\n  name: deployment-restore\nspec:\n  repository:\n    name: s3-repo\n  target:\n    ref:\n      apiVersion: apps/v1\n      kind: Deployment\n      name: stash-demo\n    volumeMounts:\n    - name: source-data\n      mountPath: /source/data\n  rules:\n  - paths:\n    - /source/data\n";
+    let (ok, _, err) = kubectl(cp, &["create", "-n", &ns.name, "-f", "-"], Some(rs));
+    assert!(ok, "create RestoreSession: {err}");
+    let (ok, _, err) = kubectl(cp, &["replace", "-n", &ns.name, "-f", "-"], Some(&deployment("3")));
+    assert!(ok, "replace Deployment: {err}");
+    let restored = api.get("stash-demo").await.expect("deployment");
+    let inits: Vec<String> = restored
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.init_containers.as_ref())
+        .map(|c| c.iter().map(|c| c.name.clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(inits, ["stash-init"], "init-container injected by the webhook");
+    assert!(containers(&restored).contains(&"stash".to_string()), "and the sidecar kept");
+    let annotations = restored.metadata.annotations.clone().unwrap_or_default();
+    assert!(annotations.contains_key(stash_crds::consts::LAST_APPLIED_RESTORE_SESSION_ANNOTATION), "{annotations:?}");
+    println!("admission: Deployment updated with init-containers {inits:?}");
 }
 
 async fn sessions_are_immutable(cp: &ControlPlane) {

@@ -258,7 +258,26 @@ async fn mutate_workload(ctx: Ctx, kind: WorkloadKind, req: AdmissionRequest<Dyn
             }
         }
     }
-    let m = mutate::mutate_workload(kind, &original, &bcs, |n| repo.clone().filter(|r| r.name_any() == n), &ctx.inject);
+    // The restore init-container, chosen exactly as the workload controller chooses it.
+    let sessions = Api::<RestoreSession>::namespaced(ctx.client.clone(), &ns).list(&ListParams::default()).await;
+    let restore = match sessions.as_ref().map(|l| crate::inject::applicable_restore(kind, &name, &l.items)) {
+        Ok(Some(rs)) => {
+            let repo_name = rs.spec.repository.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+            match Api::<Repository>::namespaced(ctx.client.clone(), &ns).get_opt(&repo_name).await {
+                Ok(Some(r)) => Some((rs.clone(), r)),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let m = mutate::mutate_workload(
+        kind,
+        &original,
+        &bcs,
+        |n| repo.clone().filter(|r| r.name_any() == n),
+        restore.as_ref().map(|(rs, r)| (rs, r)),
+        &ctx.inject,
+    );
     if m.object.is_some() {
         tracing::info!(kind = kind.kind(), namespace = %ns, %name, operation = ?req.operation, "admission: workload mutated");
     }

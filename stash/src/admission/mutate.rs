@@ -126,6 +126,7 @@ pub fn mutate_workload(
     obj: &Value,
     bcs: &[BackupConfiguration],
     repository: impl Fn(&str) -> Option<Repository>,
+    restore: Option<(&stash_crds::RestoreSession, &Repository)>,
     cfg: &inject::InjectConfig,
 ) -> Mutation {
     if kind == WorkloadKind::ReplicaSet && owned_by_deployment(obj) {
@@ -144,6 +145,11 @@ pub fn mutate_workload(
         .and_then(|a| serde_json::from_value(a.clone()).ok())
         .unwrap_or_default();
     let current_annotation = annotations.get(consts::LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION).cloned();
+    let current_restore_annotation = annotations.get(consts::LAST_APPLIED_RESTORE_SESSION_ANNOTATION).cloned();
+    let has_init = current
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.init_containers.iter().flatten().any(|c| c.name == inject::INIT_CONTAINER));
 
     let matching = targeting(kind, name, bcs);
     if matching.len() > 1 {
@@ -170,15 +176,19 @@ pub fn mutate_workload(
         }
     };
     // Nothing of ours on the object and nothing to add: leave it alone entirely.
-    if target.is_none() && current_annotation.is_none() && !has_sidecar(&current) {
+    let restore_untouched = restore.is_none() && current_restore_annotation.is_none() && !has_init;
+    if target.is_none() && current_annotation.is_none() && !has_sidecar(&current) && restore_untouched {
         return Mutation::default();
     }
-    let desired = match inject::apply_backup(&current, target.as_ref().map(|(b, r)| (b, r)), cfg) {
+    let desired = match inject::apply_backup(&current, target.as_ref().map(|(b, r)| (b, r)), cfg)
+        .and_then(|t| inject::apply_restore(&t, restore, cfg))
+    {
         Ok(d) => d,
-        Err(e) => return warn(format!("stash: {e}; no sidecar injected")),
+        Err(e) => return warn(format!("stash: {e}; nothing injected")),
     };
     let desired_annotation = target.as_ref().map(|(bc, _)| last_applied(bc));
-    if desired == current && desired_annotation == current_annotation {
+    let desired_restore_annotation = restore.map(|(rs, _)| inject::last_applied_restore(rs));
+    if desired == current && desired_annotation == current_annotation && desired_restore_annotation == current_restore_annotation {
         return Mutation::default();
     }
     let mut out = obj.clone();
@@ -205,12 +215,17 @@ pub fn mutate_workload(
     }
     let meta = root.entry("metadata").or_insert_with(|| json!({}));
     let mut new_annotations = annotations;
-    match desired_annotation {
-        Some(a) => {
-            new_annotations.insert(consts::LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION.into(), a);
-        }
-        None => {
-            new_annotations.remove(consts::LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION);
+    for (key, value) in [
+        (consts::LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION, desired_annotation),
+        (consts::LAST_APPLIED_RESTORE_SESSION_ANNOTATION, desired_restore_annotation),
+    ] {
+        match value {
+            Some(a) => {
+                new_annotations.insert(key.into(), a);
+            }
+            None => {
+                new_annotations.remove(key);
+            }
         }
     }
     if let Some(m) = meta.as_object_mut() {
@@ -277,7 +292,7 @@ mod tests {
     fn a_targeted_deployment_gets_the_sidecar_and_the_annotation() {
         let d = deployment("app");
         let bcs = [bc("bc", "app")];
-        let m = mutate_workload(WorkloadKind::Deployment, &d, &bcs, |n| (n == "repo").then(repo), &cfg());
+        let m = mutate_workload(WorkloadKind::Deployment, &d, &bcs, |n| (n == "repo").then(repo), None, &cfg());
         let patch = m.patch(&d).expect("a patch");
         let out = apply(&patch, &d);
         let containers = out.pointer("/spec/template/spec/containers").and_then(Value::as_array).expect("containers");
@@ -287,7 +302,7 @@ mod tests {
             Some(&json!(last_applied(&bcs[0])))
         );
         // Idempotent: the mutated object needs nothing more.
-        let again = mutate_workload(WorkloadKind::Deployment, &out, &bcs, |n| (n == "repo").then(repo), &cfg());
+        let again = mutate_workload(WorkloadKind::Deployment, &out, &bcs, |n| (n == "repo").then(repo), None, &cfg());
         assert_eq!(again, Mutation::default());
         // Same template as the controller path computes.
         let template: PodTemplateSpec = serde_json::from_value(d["spec"]["template"].clone()).expect("template");
@@ -298,7 +313,7 @@ mod tests {
     #[test]
     fn untargeted_workloads_are_left_alone() {
         let d = deployment("other");
-        let m = mutate_workload(WorkloadKind::Deployment, &d, &[bc("bc", "app")], |_| Some(repo()), &cfg());
+        let m = mutate_workload(WorkloadKind::Deployment, &d, &[bc("bc", "app")], |_| Some(repo()), None, &cfg());
         assert_eq!(m, Mutation::default());
     }
 
@@ -307,10 +322,10 @@ mod tests {
         let d = deployment("app");
         let bcs = [bc("bc", "app")];
         let injected = apply(
-            &mutate_workload(WorkloadKind::Deployment, &d, &bcs, |_| Some(repo()), &cfg()).patch(&d).expect("patch"),
+            &mutate_workload(WorkloadKind::Deployment, &d, &bcs, |_| Some(repo()), None, &cfg()).patch(&d).expect("patch"),
             &d,
         );
-        let m = mutate_workload(WorkloadKind::Deployment, &injected, &[], |_| Some(repo()), &cfg());
+        let m = mutate_workload(WorkloadKind::Deployment, &injected, &[], |_| Some(repo()), None, &cfg());
         let out = apply(&m.patch(&injected).expect("removal patch"), &injected);
         let containers = out.pointer("/spec/template/spec/containers").and_then(Value::as_array).expect("containers");
         assert!(!containers.iter().any(|c| c["name"] == "stash"));
@@ -321,13 +336,13 @@ mod tests {
     fn problems_admit_unchanged_with_a_warning() {
         let d = deployment("app");
         let two = [bc("a", "app"), bc("b", "app")];
-        let m = mutate_workload(WorkloadKind::Deployment, &d, &two, |_| Some(repo()), &cfg());
+        let m = mutate_workload(WorkloadKind::Deployment, &d, &two, |_| Some(repo()), None, &cfg());
         assert!(m.object.is_none() && m.warnings[0].contains("more than one BackupConfiguration"), "{m:?}");
-        let m = mutate_workload(WorkloadKind::Deployment, &d, &[bc("a", "app")], |_| None, &cfg());
+        let m = mutate_workload(WorkloadKind::Deployment, &d, &[bc("a", "app")], |_| None, None, &cfg());
         assert!(m.object.is_none() && m.warnings[0].contains("Repository \"repo\""), "{m:?}");
         let mut r = repo();
         r.spec.backend.storage_secret_name = None;
-        let m = mutate_workload(WorkloadKind::Deployment, &d, &[bc("a", "app")], |_| Some(r.clone()), &cfg());
+        let m = mutate_workload(WorkloadKind::Deployment, &d, &[bc("a", "app")], |_| Some(r.clone()), None, &cfg());
         assert!(m.object.is_none() && m.warnings[0].contains("storageSecretName"), "{m:?}");
     }
 
@@ -338,13 +353,13 @@ mod tests {
         rs["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": "app", "uid": "u", "controller": true}]);
         let mut bcs = vec![bc("bc", "app")];
         bcs[0].spec.target.as_mut().expect("target").target_ref.kind = Some("ReplicaSet".into());
-        assert_eq!(mutate_workload(WorkloadKind::ReplicaSet, &rs, &bcs, |_| Some(repo()), &cfg()), Mutation::default());
+        assert_eq!(mutate_workload(WorkloadKind::ReplicaSet, &rs, &bcs, |_| Some(repo()), None, &cfg()), Mutation::default());
 
         let mut ds = deployment("app");
         ds["kind"] = json!("DaemonSet");
         ds["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
         bcs[0].spec.target.as_mut().expect("target").target_ref.kind = Some("DaemonSet".into());
-        let m = mutate_workload(WorkloadKind::DaemonSet, &ds, &bcs, |_| Some(repo()), &cfg());
+        let m = mutate_workload(WorkloadKind::DaemonSet, &ds, &bcs, |_| Some(repo()), None, &cfg());
         let out = apply(&m.patch(&ds).expect("patch"), &ds);
         assert_eq!(out["spec"]["updateStrategy"]["type"], "RollingUpdate");
     }

@@ -14,7 +14,7 @@ use kube::{
     runtime::{Controller, reflector::ObjectRef, watcher},
 };
 use serde::{Serialize, de::DeserializeOwned};
-use stash_crds::{BackupConfiguration, Repository, RestoreSession, common::Driver, consts, restore_session::Phase as RestorePhase};
+use stash_crds::{BackupConfiguration, Repository, RestoreSession, common::Driver, consts};
 use stash_runtime::{Action, Reconcile, events::Severity};
 
 use super::{Ctx, Error, default_backup, rbac};
@@ -130,17 +130,6 @@ fn last_applied(bc: &BackupConfiguration) -> String {
     .to_string()
 }
 
-/// The RestoreSession JSON recorded on the workload (`last-applied-restoresession`).
-fn last_applied_restore(rs: &RestoreSession) -> String {
-    serde_json::json!({
-        "apiVersion": "stash.appscode.com/v1beta1",
-        "kind": "RestoreSession",
-        "metadata": {"name": rs.name_any(), "namespace": rs.namespace()},
-        "spec": rs.spec,
-    })
-    .to_string()
-}
-
 struct Workloads<W>(Arc<Ctx>, std::marker::PhantomData<W>);
 
 impl<W: Workload> Reconcile<W> for Workloads<W> {
@@ -214,7 +203,7 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
                 return Err(e.into());
             }
         };
-        let restore_annotation = restore.as_ref().map(|(rs, _)| last_applied_restore(rs));
+        let restore_annotation = restore.as_ref().map(|(rs, _)| inject::last_applied_restore(rs));
         let current_restore_annotation = w.annotations().get(consts::LAST_APPLIED_RESTORE_SESSION_ANNOTATION).cloned();
         let desired_annotation = target.as_ref().map(|(bc, _)| last_applied(bc));
         let current_annotation = w.annotations().get(consts::LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION).cloned();
@@ -297,27 +286,11 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
 }
 
 impl<W: Workload> Workloads<W> {
-    /// The RestoreSession for this workload (§5.3): non-deleted sessions whose target
-    /// matches; Running first, then Pending, then Failed, else the newest.
+    /// The RestoreSession for this workload and its Repository ([`inject::applicable_restore`]).
     async fn applicable_restore(&self, ns: &str, name: &str) -> Result<Option<(RestoreSession, Repository)>, Error> {
         let ctx = &self.0;
-        let mut sessions: Vec<RestoreSession> = Api::<RestoreSession>::namespaced(ctx.client.clone(), ns)
-            .list(&ListParams::default())
-            .await?
-            .into_iter()
-            .filter(|rs| rs.meta().deletion_timestamp.is_none() && rs.spec.driver() == Driver::Restic)
-            .filter(|rs| rs.spec.target.as_ref().is_some_and(|t| W::KIND.matches(&t.target_ref, name)))
-            .collect();
-        let rank = |rs: &RestoreSession| match rs.status.as_ref().and_then(|s| s.phase) {
-            Some(RestorePhase::Running) => 0,
-            None | Some(RestorePhase::Pending) => 1,
-            Some(RestorePhase::Failed) => 2,
-            _ => 3,
-        };
-        sessions.sort_by(|a, b| {
-            rank(a).cmp(&rank(b)).then_with(|| b.meta().creation_timestamp.cmp(&a.meta().creation_timestamp))
-        });
-        let Some(rs) = sessions.into_iter().next() else { return Ok(None) };
+        let sessions = Api::<RestoreSession>::namespaced(ctx.client.clone(), ns).list(&ListParams::default()).await?.items;
+        let Some(rs) = inject::applicable_restore(W::KIND, name, &sessions).cloned() else { return Ok(None) };
         let repo_name = rs.spec.repository.as_ref().map(|r| r.name.clone()).unwrap_or_default();
         Ok(Api::<Repository>::namespaced(ctx.client.clone(), ns).get_opt(&repo_name).await?.map(|repo| (rs, repo)))
     }
