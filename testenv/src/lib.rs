@@ -432,6 +432,7 @@ pub const KCM_CONTROLLERS: &[&str] = &[
     "job-controller",
     "deployment-controller",
     "replicaset-controller",
+    "replicationcontroller-controller",
     "statefulset-controller",
     "daemonset-controller",
     "garbage-collector-controller",

@@ -1,0 +1,95 @@
+//! ReplicaSets and ReplicationControllers get the sidecar too (their pods are replaced by the
+//! operator, they do not roll out by themselves), here into a local backend on a PVC.
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, api::ListParams};
+use serde_json::json;
+use stash_crds::{BackupSession, backup_session::Phase};
+use support::*;
+
+async fn backs_up(kind: &str, api_version: &str, prefix: &str) {
+    let env = env().await;
+    let ns = env.cp.namespace(prefix).await.expect("namespace");
+    let client = env.cp.client();
+    let data = env.cp.node_root().join("pvc").join(&ns.name).join("data");
+    generate_files(&data, 9, 12, 1500);
+    let repo = env.cp.node_root().join("pvc").join(&ns.name).join("repo-pvc");
+    let template = json!({"metadata": {"labels": {"app": "w"}},
+                          "spec": {"containers": [{"name": "w", "image": "busybox",
+                                                   "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}],
+                                   "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]}});
+    let selector = if kind == "ReplicationController" { json!({"app": "w"}) } else { json!({"matchLabels": {"app": "w"}}) };
+    for doc in [
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"RESTIC_PASSWORD": "pw"}}),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "repo-pvc"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+        json!({"apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
+               "spec": {"backend": {"storageSecretName": "s",
+                                    "local": {"mountPath": "/safe/data", "persistentVolumeClaim": {"claimName": "repo-pvc"}}}}}),
+        json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": "w"},
+               "spec": {"replicas": 1, "selector": selector, "template": template}}),
+        json!({"apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration", "metadata": {"name": "w-backup"},
+               "spec": {"repository": {"name": "repo"}, "schedule": "0 0 1 1 *",
+                        "target": {"ref": {"apiVersion": api_version, "kind": kind, "name": "w"},
+                                   "directories": ["/source/data"],
+                                   "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}}}),
+    ] {
+        apply(&client, &ns.name, doc).await;
+    }
+    // The operator replaces the pods: a running pod with the sidecar appears.
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns.name);
+    eventually("a running pod with the sidecar", Duration::from_secs(120), || {
+        let pods = pods.clone();
+        async move {
+            let list = pods.list(&ListParams::default().labels("app=w")).await.ok()?;
+            list.items
+                .iter()
+                .find(|p| {
+                    p.metadata.deletion_timestamp.is_none()
+                        && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                        && p.spec.as_ref().is_some_and(|s| s.containers.iter().any(|c| c.name == "stash"))
+                })
+                .map(|_| ())
+        }
+    })
+    .await;
+    apply(&client, &ns.name, json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": "now", "labels": {"stash.appscode.com/backup-configuration": "w-backup"}},
+        "spec": {"backupConfiguration": {"name": "w-backup"}}
+    }))
+    .await;
+    let api = Api::<BackupSession>::namespaced(client.clone(), &ns.name);
+    let s = eventually("the session", Duration::from_secs(150), || {
+        let api = api.clone();
+        async move {
+            let s = api.get("now").await.ok()?;
+            matches!(s.status.as_ref()?.phase?, Phase::Succeeded | Phase::Failed | Phase::Skipped).then_some(s)
+        }
+    })
+    .await;
+    if s.status.as_ref().and_then(|s| s.phase) != Some(Phase::Succeeded) {
+        dump_logs(env.cp);
+    }
+    assert_eq!(s.status.as_ref().and_then(|s| s.phase), Some(Phase::Succeeded), "{:?}", s.status);
+    let snaps = restic_snapshots(&repo.to_string_lossy(), "pw");
+    assert_eq!(snaps.len(), 1, "one snapshot in the PVC-backed repository");
+    assert_eq!(snaps[0]["hostname"], "host-0");
+    let scratch = tempfile::tempdir().expect("scratch");
+    restic_restore(&repo.to_string_lossy(), "pw", snaps[0]["id"].as_str().expect("id"), scratch.path());
+    assert_eq!(checksums(&scratch.path().join("source/data")), checksums(&data));
+    assert_no_illegal_transitions(env.metrics_port).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replicaset_is_backed_up_into_a_pvc_backed_repository() {
+    backs_up("ReplicaSet", "apps/v1", "rs").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replication_controller_is_backed_up_into_a_pvc_backed_repository() {
+    backs_up("ReplicationController", "v1", "rc").await;
+}
