@@ -190,6 +190,9 @@ impl Handle {
         self.ctx.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
         self.ctx.stop.notify_one();
         sys::kill_all(&self.ctx.live, Duration::from_secs(2));
+        // With every pod process gone, no mount point on the host is in use: remove the ones
+        // this agent created, so nothing is left behind on the host.
+        volumes::remove_created_mount_points();
     }
 
     /// Add image mappings and PATH entries for pods started from now on.

@@ -399,6 +399,17 @@ impl MountPoints {
     }
 }
 
+/// Remove every mount point this process created on the host, deepest first (at shutdown,
+/// once no pod process is left).
+pub(crate) fn remove_created_mount_points() {
+    let mut created = CREATED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut paths: Vec<(PathBuf, bool)> = std::mem::take(&mut *created).into_iter().map(|(p, (_, is_file))| (p, is_file)).collect();
+    paths.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+    for (p, is_file) in paths {
+        let _ = if is_file { std::fs::remove_file(&p) } else { std::fs::remove_dir(&p) };
+    }
+}
+
 impl Drop for MountPoints {
     fn drop(&mut self) {
         self.release();
