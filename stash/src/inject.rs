@@ -108,38 +108,11 @@ pub fn apply_backup(
         return Ok(out);
     };
 
-    let backend = &repo.spec.backend;
-    let secret = backend
-        .storage_secret_name
-        .clone()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| InjectError::NoStorageSecret(repo.name_any()))?;
+    let secret = storage_secret(repo)?;
     let temp_dir = bc.spec.temp_dir.clone().unwrap_or_default();
-    let mounts = stash_mounts(repo, bc.spec.target.as_ref().map(|t| t.volume_mounts.as_slice()).unwrap_or_default());
-    let mut args = vec![
-        "run-backup".to_string(),
-        format!("--backup-configuration={}", bc.name_any()),
-        format!("--secret-dir={SECRET_DIR}"),
-        format!("--enable-cache={}", temp_dir.enable_cache()),
-        format!("--max-connections={}", backend.max_connections()),
-        format!("--metrics-enabled={}", !cfg.pushgateway_url.is_empty()),
-    ];
-    if !cfg.pushgateway_url.is_empty() {
-        args.push(format!("--pushgateway-url={}", cfg.pushgateway_url));
-    }
-    let mut sidecar = Container {
-        name: SIDECAR.into(),
-        image: Some(cfg.image.clone()),
-        image_pull_policy: Some("IfNotPresent".into()),
-        args: Some(args),
-        env: Some(vec![
-            env_field("NODE_NAME", "spec.nodeName"),
-            env_field("POD_NAME", "metadata.name"),
-            env_field("POD_NAMESPACE", "metadata.namespace"),
-        ]),
-        volume_mounts: Some(mounts),
-        ..Default::default()
-    };
+    let target_mounts = bc.spec.target.as_ref().map(|t| t.volume_mounts.as_slice()).unwrap_or_default();
+    let run = ["run-backup".to_string(), format!("--backup-configuration={}", bc.name_any())];
+    let mut sidecar = agent_container(SIDECAR, run, repo, &temp_dir, target_mounts, cfg);
     if let Some(c) = bc.spec.runtime_settings.as_ref().and_then(|r| r.container.as_ref()) {
         crate::runtime_settings::apply_container(&mut sidecar, c);
     }
@@ -160,6 +133,51 @@ pub fn apply_backup(
         .get_or_insert_with(BTreeMap::new)
         .insert(consts::LAST_APPLIED_BACKUP_CONFIGURATION_HASH_ANNOTATION.into(), spec_hash(bc));
     Ok(out)
+}
+
+/// The Repository's storage Secret, which every injected container mounts.
+fn storage_secret(repo: &Repository) -> Result<String, InjectError> {
+    repo.spec
+        .backend
+        .storage_secret_name
+        .clone()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| InjectError::NoStorageSecret(repo.name_any()))
+}
+
+/// A `stash` container running `run` (the subcommand and its object) with the flags, env and
+/// mounts the sidecar and the restore init-container share (§6.1, §6.2).
+fn agent_container(
+    name: &str,
+    run: [String; 2],
+    repo: &Repository,
+    temp_dir: &stash_crds::common::EmptyDirSettings,
+    target_mounts: &[VolumeMount],
+    cfg: &InjectConfig,
+) -> Container {
+    let mut args = run.to_vec();
+    args.extend([
+        format!("--secret-dir={SECRET_DIR}"),
+        format!("--enable-cache={}", temp_dir.enable_cache()),
+        format!("--max-connections={}", repo.spec.backend.max_connections()),
+        format!("--metrics-enabled={}", !cfg.pushgateway_url.is_empty()),
+    ]);
+    if !cfg.pushgateway_url.is_empty() {
+        args.push(format!("--pushgateway-url={}", cfg.pushgateway_url));
+    }
+    Container {
+        name: name.into(),
+        image: Some(cfg.image.clone()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(args),
+        env: Some(vec![
+            env_field("NODE_NAME", "spec.nodeName"),
+            env_field("POD_NAME", "metadata.name"),
+            env_field("POD_NAMESPACE", "metadata.namespace"),
+        ]),
+        volume_mounts: Some(stash_mounts(repo, target_mounts)),
+        ..Default::default()
+    }
 }
 
 /// The mounts every Stash container gets: pod info, the storage Secret, `/tmp`, the
@@ -319,44 +337,18 @@ pub fn apply_restore(
         remove_stash_volumes_if_unused(spec);
         return Ok(out);
     };
-    let secret = repo
-        .spec
-        .backend
-        .storage_secret_name
-        .clone()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| InjectError::NoStorageSecret(repo.name_any()))?;
+    let secret = storage_secret(repo)?;
     let temp_dir = rs.spec.temp_dir.clone().unwrap_or_default();
-    let mounts = stash_mounts(repo, rs.spec.target.as_ref().map(|t| t.volume_mounts.as_slice()).unwrap_or_default());
-    let mut args = vec![
-        "restore".to_string(),
-        format!("--restore-session={}", rs.name_any()),
-        format!("--secret-dir={SECRET_DIR}"),
-        format!("--enable-cache={}", temp_dir.enable_cache()),
-        format!("--max-connections={}", repo.spec.backend.max_connections()),
-        format!("--metrics-enabled={}", !cfg.pushgateway_url.is_empty()),
-    ];
-    if !cfg.pushgateway_url.is_empty() {
-        args.push(format!("--pushgateway-url={}", cfg.pushgateway_url));
-    }
+    let target_mounts = rs.spec.target.as_ref().map(|t| t.volume_mounts.as_slice()).unwrap_or_default();
+    let run = ["restore".to_string(), format!("--restore-session={}", rs.name_any())];
     let mut init = Container {
-        name: INIT_CONTAINER.into(),
-        image: Some(cfg.image.clone()),
-        image_pull_policy: Some("IfNotPresent".into()),
-        args: Some(args),
-        env: Some(vec![
-            env_field("NODE_NAME", "spec.nodeName"),
-            env_field("POD_NAME", "metadata.name"),
-            env_field("POD_NAMESPACE", "metadata.namespace"),
-        ]),
-        volume_mounts: Some(mounts),
         // Restores write files of any owner: root by default, merged with the user's settings.
         security_context: Some(k8s_openapi::api::core::v1::SecurityContext {
             run_as_user: Some(0),
             run_as_group: Some(0),
             ..Default::default()
         }),
-        ..Default::default()
+        ..agent_container(INIT_CONTAINER, run, repo, &temp_dir, target_mounts, cfg)
     };
     if let Some(c) = rs.spec.runtime_settings.as_ref().and_then(|r| r.container.as_ref()) {
         let defaults = init.security_context.clone().unwrap_or_default();

@@ -22,33 +22,9 @@ use support::*;
 
 const PASSWORD: &str = "not-so-secret-password";
 
-struct Fixture {
-    ns: stash_testenv::TestNamespace,
-    repo_dir: PathBuf,
-}
-
+/// Namespace, storage Secret, a hostPath Repository `repo`.
 async fn fixture(prefix: &str) -> Fixture {
-    let env = env().await;
-    let ns = env.cp.namespace(prefix).await.expect("namespace");
-    let repo_dir = env.cp.dir().join("repos").join(&ns.name);
-    std::fs::create_dir_all(&repo_dir).expect("repo dir");
-    let client = env.cp.client();
-    apply(
-        &client,
-        &ns.name,
-        json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "local-secret"},
-            "stringData": {"RESTIC_PASSWORD": PASSWORD}
-        }),
-    )
-    .await;
-    apply(&client, &ns.name, json!({
-        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
-        "spec": {"backend": {"storageSecretName": "local-secret",
-                             "local": {"mountPath": "/safe/data", "hostPath": {"path": repo_dir.to_string_lossy()}}}}
-    }))
-    .await;
-    Fixture { ns, repo_dir }
+    fixture_with_password(prefix, PASSWORD).await
 }
 
 async fn pvc(ns: &str, name: &str) {

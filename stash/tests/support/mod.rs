@@ -151,6 +151,36 @@ fn rand_suffix() -> u32 {
         .map_or(0, |d| d.subsec_nanos())
 }
 
+/// A test namespace with a storage Secret `local-secret` (RESTIC_PASSWORD = `password`) and a
+/// Repository `repo` on a hostPath local backend.
+pub struct Fixture {
+    /// The namespace (deleted when dropped).
+    pub ns: stash_testenv::TestNamespace,
+    /// The local backend's directory on the host: the restic repository.
+    pub repo_dir: PathBuf,
+}
+
+/// Create a [`Fixture`] in a new namespace `<prefix>-<random>`.
+pub async fn fixture_with_password(prefix: &str, password: &str) -> Fixture {
+    let env = env().await;
+    let ns = env.cp.namespace(prefix).await.expect("namespace");
+    let repo_dir = env.cp.dir().join("repos").join(&ns.name);
+    std::fs::create_dir_all(&repo_dir).expect("repo dir");
+    let client = env.cp.client();
+    apply(&client, &ns.name, serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "local-secret"},
+        "stringData": {"RESTIC_PASSWORD": password}
+    }))
+    .await;
+    apply(&client, &ns.name, serde_json::json!({
+        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
+        "spec": {"backend": {"storageSecretName": "local-secret",
+                             "local": {"mountPath": "/safe/data", "hostPath": {"path": repo_dir.to_string_lossy()}}}}
+    }))
+    .await;
+    Fixture { ns, repo_dir }
+}
+
 /// Server-side apply a manifest (any kind), in `ns` when namespaced.
 pub async fn apply(client: &Client, ns: &str, doc: serde_json::Value) -> DynamicObject {
     let api_version = doc["apiVersion"].as_str().unwrap_or_default().to_string();
