@@ -27,10 +27,13 @@ RUN grep -q "github.com/restic/restic v${RESTIC_VERSION} " go.mod \
  && go build -ldflags "-s -w" -o /restic-bin github.com/restic/restic/cmd/restic \
  && /restic-bin version | grep -q "restic ${RESTIC_VERSION}"
 
+# The final stage. testenv/images.sh builds the same image without Docker for the test cluster
+# (debootstrap + these packages); install/tests/image_recipe.rs fails when the two disagree.
+# postgresql-client: pg_dump/psql for the PostgreSQL Functions (deploy/functions/postgres.yaml).
 FROM debian:bookworm-slim
 ARG RESTIC_VERSION
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates tzdata \
+ && apt-get install -y --no-install-recommends ca-certificates tzdata postgresql-client \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=stash /stash /usr/local/bin/stash
 COPY --from=restic /restic-bin /usr/local/bin/restic

@@ -1,26 +1,38 @@
 #!/usr/bin/env bash
-# Runs every test: unit, model, trybuild, and the end-to-end tests against a real local
-# control plane (etcd, kube-apiserver, kube-controller-manager built from Go modules).
-# Needs the Rust and Go toolchains; installs everything else it needs itself.
+# Runs every test: unit, model, trybuild, and the end-to-end tests on a real single-node
+# cluster (scripts/cluster.sh: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+# containerd + runc, CNI, CoreDNS, kubelet, kube-proxy, built from Go modules) with stash-rs
+# installed from deploy/install/stash-rs.yaml. Needs root, Linux, the Rust and Go toolchains;
+# installs everything else it needs itself, and leaves the host as it found it (checked).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
 
-# Debian packages the tests use: a real PostgreSQL server for the database backups.
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-  echo "installing PostgreSQL from Debian"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+# Debian packages: the node's runc and netfilter tools, the image builder's debootstrap and
+# busybox, a real PostgreSQL server for the database backups.
+need=()
+for p in runc iptables nftables conntrack debootstrap busybox-static postgresql curl binutils; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if ((${#need[@]})); then
+  echo "installing from Debian: ${need[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-# Go-built binaries (cached outside the repo, built once per machine) and the S3 server.
+# Go-built binaries (cached outside the repo, built once per machine).
 bin=$(bash testenv/build.sh)
 echo "testenv binaries: $bin (build/cache check took $((SECONDS - start)) s)"
 
 export CARGO_TERM_COLOR=never RUST_BACKTRACE=1
 cargo build --workspace --all-targets --locked -j "$(nproc)"
 echo "build done at $((SECONDS - start)) s"
-cargo test --workspace --locked -j "$(nproc)" -- --test-threads=4 2>&1 | tee /tmp/stash-test-output.$$
-summary=$(grep -E '^test result:' /tmp/stash-test-output.$$ | awk '{p+=$4; f+=$6} END {print p" passed, "f" failed"}')
-rm -f /tmp/stash-test-output.$$
+
+out=$(mktemp /tmp/stash-test-output.XXXXXX)
+trap 'bash scripts/cluster.sh down; rm -f "$out"' EXIT
+bash scripts/cluster.sh up
+echo "cluster and operator up at $((SECONDS - start)) s"
+
+cargo test --workspace --locked -j "$(nproc)" -- --test-threads=4 2>&1 | tee "$out"
+summary=$(grep -E '^test result:' "$out" | awk '{p+=$4; f+=$6} END {print p" passed, "f" failed"}')
 echo "whole suite took $((SECONDS - start)) s"
 echo "tests: $summary"

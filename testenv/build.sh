@@ -30,14 +30,14 @@ build() {
   local name=$1 ld=$2; shift 2
   local mod=$HERE/go/$name
   local key
-  key=$( (cat "$mod/go.mod" "$mod/go.sum"; go version; echo "$ld") | sha256sum | cut -c1-16)
+  key=$( (cat "$mod/go.mod" "$mod/go.sum"; go version; echo "$ld ${TAGS:-}") | sha256sum | cut -c1-16)
   local dir=$CACHE/$name-$key
   if [[ ! -f $dir/.ok ]]; then
     echo "testenv: building $name (cache $dir)" >&2
     local start=$SECONDS
     rm -rf "$dir"; mkdir -p "$dir/bin"
     (cd "$mod" && for spec in "$@"; do
-      go build -p 2 -ldflags "$ld" -o "$dir/bin/${spec%%=*}" "${spec#*=}"
+      go build -p 2 -tags "${TAGS:-}" -ldflags "$ld" -o "$dir/bin/${spec%%=*}" "${spec#*=}"
     done)
     echo "$((SECONDS - start))" > "$dir/.ok"
     echo "testenv: built $name in $((SECONDS - start)) s" >&2
@@ -54,7 +54,23 @@ build() {
   build k8s "$K8S_LD" \
     kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
     kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
-    kubectl=k8s.io/kubernetes/cmd/kubectl
+    kubectl=k8s.io/kubernetes/cmd/kubectl \
+    kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
+    kubelet=k8s.io/kubernetes/cmd/kubelet \
+    kube-proxy=k8s.io/kubernetes/cmd/kube-proxy
+  # The node: containerd v2 (runc itself comes from Debian), the CNI plugins, CoreDNS.
+  TAGS="no_btrfs no_devmapper no_zfs" build containerd "-s -w" \
+    containerd=github.com/containerd/containerd/v2/cmd/containerd \
+    containerd-shim-runc-v2=github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
+    ctr=github.com/containerd/containerd/v2/cmd/ctr
+  build cni "-s -w" \
+    bridge=github.com/containernetworking/plugins/plugins/main/bridge \
+    host-local=github.com/containernetworking/plugins/plugins/ipam/host-local \
+    loopback=github.com/containernetworking/plugins/plugins/main/loopback \
+    portmap=github.com/containernetworking/plugins/plugins/meta/portmap
+  build coredns "-s -w" coredns=github.com/coredns/coredns
+  # The cluster's own image registry (docker.io is mapped to it: `image: busybox` pulls).
+  build registry "-s -w" registry=github.com/distribution/distribution/v3/cmd/registry
 
   # The S3 server for tests: moto (Apache-2.0), from PyPI, in its own venv.
   MOTO_VERSION=5.2.5

@@ -43,7 +43,7 @@ async fn run(files: usize) -> i32 {
     let client = env.cp.client();
     let ns_guard = env.cp.namespace("bench").await.expect("namespace");
     let ns = ns_guard.name.clone();
-    let source = env.cp.node_root().join("pvc").join(&ns).join("source-data");
+    let source = pv_dir(&ns, "source-data").await;
     let t = Instant::now();
     generate_files(&source, 0xbe9c, files, FILE_SIZE);
     eprintln!("generated {} in {} files in {:.1}s", human(total), files, t.elapsed().as_secs_f64());

@@ -3,7 +3,8 @@
 //! restic. Run it with `scripts/demo.sh`.
 //!
 //! Everything it starts listens on loopback and is stopped (by process group) when it exits;
-//! `--keep` leaves the control plane running until Ctrl-C so you can look around.
+//! With `--keep` (scripts/demo.sh sets `TESTENV_KEEP=1`) the repository directory stays and the
+//! cluster keeps running until Ctrl-C so you can look around.
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -32,11 +33,10 @@ fn show(title: &str, cmd: &mut Command) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let keep = std::env::args().any(|a| a == "--keep");
-    println!("== starting etcd, kube-apiserver, kube-controller-manager, the node agent and the operator");
+    println!("== the local cluster (scripts/cluster.sh up) with stash-rs installed from deploy/install/stash-rs.yaml");
     let env = env().await;
     let cp = env.cp;
-    println!("control plane up in {:.1}s at {}", cp.started_in.as_secs_f64(), cp.server);
-    println!("export KUBECONFIG={}", cp.kubeconfig.display());
+    println!("API server {}; export KUBECONFIG={}", cp.server, cp.kubeconfig.display());
     let kubectl = |args: &[&str]| {
         let mut c = cp.kubectl().expect("kubectl");
         c.args(args);
@@ -47,7 +47,8 @@ async fn main() -> anyhow::Result<()> {
     let ns = "demo";
     let repo_dir = cp.dir().join("demo-repository");
     std::fs::create_dir_all(&repo_dir)?;
-    let data = cp.node_root().join("pvc").join(ns).join("source-data");
+    set_mode(&repo_dir, 0o777);
+    let data = pv_dir(&ns, "source-data").await;
     generate_files(&data, 2026, 32, 8192);
     let original = checksums(&data);
     println!("\n== the workload's data: {} files in the PVC source-data ({})", original.len(), data.display());
@@ -60,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "stash-demo"},
                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "stash-demo"}},
                         "template": {"metadata": {"labels": {"app": "stash-demo"}},
-                                     "spec": {"containers": [{"name": "busybox", "image": "busybox",
+                                     "spec": {"containers": [{"name": "busybox", "image": "busybox", "command": ["sleep", "3600"],
                                                               "volumeMounts": [{"name": "source-data", "mountPath": "/source/data"}]}],
                                               "volumes": [{"name": "source-data", "persistentVolumeClaim": {"claimName": "source-data"}}]}}}}),
         json!({"apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "local-repo"},
@@ -107,12 +108,7 @@ async fn main() -> anyhow::Result<()> {
     show("kubectl get backupsessions -n demo", &mut kubectl(&["get", "bs", "-n", ns]));
     show("kubectl get repository -n demo", &mut kubectl(&["get", "repo", "-n", ns]));
 
-    // The Snapshot API: an aggregated API server registered with the real kube-apiserver.
-    let port = stash_testenv::process::free_port()?;
-    let mut opts = stash::snapshots::SnapshotApiOptions::new(([127, 0, 0, 1], port).into(), "kube-system");
-    opts.external_name = Some("localhost".into());
-    opts.catalog.restic = stash_testenv::bins::bin("restic")?;
-    let snapshot_api = stash::snapshots::start(client.clone(), opts).await?;
+    // The Snapshot API: the operator's aggregated API server, registered with kube-apiserver.
     show(
         "kubectl get snapshots -n demo -l repository=local-repo",
         &mut kubectl(&["get", "snapshots", "-n", ns, "-l", "repository=local-repo"]),
@@ -121,15 +117,18 @@ async fn main() -> anyhow::Result<()> {
         "restic snapshots (restic's own view of the repository)",
         restic(&repo_dir.to_string_lossy(), PASSWORD).args(["snapshots"]),
     );
-    let pushed = pushgateway_metrics(pushgateway_port(cp)).await;
-    println!("\n$ curl pushgateway/metrics | grep stash_backup   (what the sidecar pushed)");
+    let pushed = pushgateway_metrics().await;
+    println!("\n$ kubectl get --raw /api/v1/namespaces/stash-system/services/stash-operator:pushgateway/proxy/metrics | grep stash_backup");
     for line in pushed.lines().filter(|l| l.starts_with("stash_backup_") || l.starts_with("stash_repository_")) {
         println!("{line}");
     }
 
     println!("\n== destroying the data, then restoring it with a RestoreSession");
-    std::fs::remove_dir_all(&data)?;
-    std::fs::create_dir_all(&data)?;
+    // Remove what is inside (the PV's directory itself is what the pod has mounted).
+    for e in std::fs::read_dir(&data)? {
+        let p = e?.path();
+        if p.is_dir() { std::fs::remove_dir_all(&p)? } else { std::fs::remove_file(&p)? }
+    }
     println!("files left in the PVC: {}", checksums(&data).len());
     apply(&client, ns, json!({
         "apiVersion": "stash.appscode.com/v1beta1", "kind": "RestoreSession", "metadata": {"name": "deployment-restore"},
@@ -158,11 +157,8 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(restored == original, "the restored data differs from the original");
 
     if keep {
-        println!("\n== still running; KUBECONFIG={} — press Ctrl-C to stop", cp.kubeconfig.display());
-        tokio::signal::ctrl_c().await?;
+        println!("\n== namespace demo and {} are kept; KUBECONFIG={}", cp.dir().display(), cp.kubeconfig.display());
     }
-    println!("\n== stopping everything");
-    snapshot_api.shutdown().await?;
     cp.shutdown();
     Ok(())
 }

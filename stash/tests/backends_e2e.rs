@@ -1,4 +1,5 @@
-//! Remote backends for real: S3 (moto) and the restic REST server, both on loopback. A
+//! Remote backends for real: S3 (moto) and the restic REST server, both on the node address
+//! inside the cluster's network namespace. A
 //! Deployment is backed up through the sidecar, restic lists the snapshot of `host-0` at the
 //! same URL, and the restored bytes are identical to the originals.
 mod support;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use kube::Client;
 use serde_json::json;
 use stash_crds::backup_session::Phase;
-use stash_testenv::{bins, process::Proc};
+use stash_testenv::bins;
 use support::*;
 
 const PASSWORD: &str = "backend-test-password";
@@ -18,7 +19,7 @@ const PASSWORD: &str = "backend-test-password";
 async fn workload(prefix: &str) -> (stash_testenv::TestNamespace, std::path::PathBuf) {
     let env = env().await;
     let ns = env.cp.namespace(prefix).await.expect("namespace");
-    let source = env.cp.node_root().join("pvc").join(&ns.name).join("source-data");
+    let source = pv_dir(&ns.name, "source-data").await;
     generate_files(&source, 77, 16, 8192);
     deployment_with_pvc(&env.cp.client(), &ns.name, "app", "source-data").await;
     (ns, source)
@@ -70,7 +71,7 @@ async fn backup_and_verify(client: &Client, ns: &str, source: &std::path::Path, 
     let rs = r.status.expect("repository status");
     assert_eq!(rs.snapshot_count, Some(1), "{rs:?}");
     assert_eq!(rs.integrity, Some(true));
-    assert_no_illegal_transitions(env.metrics_port).await;
+    assert_no_illegal_transitions().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -79,19 +80,12 @@ async fn a_deployment_is_backed_up_to_s3() {
     let client = env.cp.client();
     let (guard, source) = workload("s3").await;
     let ns = guard.name.clone();
-    let port = stash_testenv::process::free_port().expect("port");
-    let moto = Proc::spawn(
-        &format!("moto-{port}"),
-        &bins::bin("moto_server").expect("moto_server"),
-        &["-H".into(), "127.0.0.1".into(), "-p".into(), port.to_string()],
-        env.cp.dir(),
-    )
-    .expect("start moto");
-    // Dropped (stopped by process group) when the test ends, also on panic.
-    let _moto = moto;
-    wait_port(port, Duration::from_secs(60)).await;
+    // moto listens on the node address, inside the cluster's network namespace: the sidecar
+    // (a pod) and the operator (wipeOut) reach it there, and so does restic on the host.
+    let moto = bins::bin("moto_server").expect("moto_server");
+    let port = cluster_server("moto", &moto, |ip, port| vec!["-H".into(), ip.into(), "-p".into(), port.to_string()], &[]).await;
     let bucket = "stash-e2e";
-    let endpoint = format!("http://127.0.0.1:{port}");
+    let endpoint = format!("http://{}:{port}", stash_testenv::NODE_IP);
     // Create the bucket (an anonymous PUT is accepted by moto).
     eventually("the bucket to be created", Duration::from_secs(30), || {
         let endpoint = endpoint.clone();
@@ -143,29 +137,19 @@ async fn a_deployment_is_backed_up_to_a_rest_server() {
     let client = env.cp.client();
     let (guard, source) = workload("rest").await;
     let ns = guard.name.clone();
-    let port = stash_testenv::process::free_port().expect("port");
     let data = tempfile::tempdir().expect("rest-server data");
-    let server = Proc::spawn(
-        &format!("rest-server-{port}"),
-        &bins::bin("rest-server").expect("rest-server"),
-        &[
-            "--path".into(),
-            data.path().to_string_lossy().to_string(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--no-auth".into(),
-        ],
-        env.cp.dir(),
-    )
-    .expect("start rest-server");
-    let _server = server;
-    wait_port(port, Duration::from_secs(30)).await;
+    let path = data.path().to_string_lossy().to_string();
+    let rest = bins::bin("rest-server").expect("rest-server");
+    let port = cluster_server("rest-server", &rest, |ip, port| {
+        vec!["--path".into(), path.clone(), "--listen".into(), format!("{ip}:{port}"), "--no-auth".into()]
+    }, &[])
+    .await;
     apply(&client, &ns, json!({
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rest-secret"},
         "stringData": {"RESTIC_PASSWORD": PASSWORD}
     }))
     .await;
-    let url = format!("http://127.0.0.1:{port}/app");
+    let url = format!("http://{}:{port}/app", stash_testenv::NODE_IP);
     apply(&client, &ns, json!({
         "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
         "spec": {"backend": {"storageSecretName": "rest-secret", "rest": {"url": url}}}

@@ -100,7 +100,7 @@ async fn a_deployment_is_backed_up_on_schedule_and_on_demand() {
     let f = fixture("deploy").await;
     let ns = f.ns.name.clone();
     let client = env.cp.client();
-    let source = env.cp.node_root().join("pvc").join(&ns).join("source-data");
+    let source = pv_dir(&ns, "source-data").await;
     generate_files(&source, 1, 24, 4096);
     apply(&client, &ns, json!({
         "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "source-data"},
@@ -111,7 +111,7 @@ async fn a_deployment_is_backed_up_on_schedule_and_on_demand() {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "app", "labels": {"app": "app"}},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "app"}},
                  "template": {"metadata": {"labels": {"app": "app"}},
-                              "spec": {"containers": [{"name": "busybox", "image": "busybox",
+                              "spec": {"containers": [{"name": "busybox", "image": "busybox", "command": ["sleep", "3600"],
                                                        "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}],
                                        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "source-data"}}]}}}
     }))
@@ -156,7 +156,7 @@ async fn a_deployment_is_backed_up_on_schedule_and_on_demand() {
     assert_succeeded(&scheduled, 1);
     let hosts: Vec<_> = restic_snapshots(&repo, PASSWORD).iter().map(|s| s["hostname"].clone()).collect();
     assert!(hosts.len() >= 2 && hosts.iter().all(|h| h == "host-0"), "{hosts:?}");
-    assert_no_illegal_transitions(env.metrics_port).await;
+    assert_no_illegal_transitions().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -165,16 +165,18 @@ async fn every_replica_of_a_statefulset_is_backed_up_as_its_own_host() {
     let f = fixture("sts").await;
     let ns = f.ns.name.clone();
     let client = env.cp.client();
-    let pvc_root = env.cp.node_root().join("pvc").join(&ns);
+    let mut pvs = Vec::new();
     for i in 0..3 {
-        generate_files(&pvc_root.join(format!("data-db-{i}")), 10 + i, 8, 2048);
+        let dir = pv_dir(&ns, &format!("data-db-{i}")).await;
+        generate_files(&dir, 10 + i, 8, 2048);
+        pvs.push(dir);
     }
     apply(&client, &ns, json!({
         "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
         "spec": {"replicas": 3, "serviceName": "db", "podManagementPolicy": "Parallel",
                  "selector": {"matchLabels": {"app": "db"}},
                  "template": {"metadata": {"labels": {"app": "db"}},
-                              "spec": {"containers": [{"name": "db", "image": "busybox",
+                              "spec": {"containers": [{"name": "db", "image": "busybox", "command": ["sleep", "3600"],
                                                        "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}]}},
                  "volumeClaimTemplates": [{"metadata": {"name": "data"},
                                            "spec": {"accessModes": ["ReadWriteOnce"],
@@ -202,10 +204,10 @@ async fn every_replica_of_a_statefulset_is_backed_up_as_its_own_host() {
     assert_succeeded(&s, 3);
     let repo = f.repo_dir.to_string_lossy().to_string();
     for i in 0..3 {
-        assert_restores_identically(&repo, &format!("host-{i}"), &pvc_root.join(format!("data-db-{i}")));
+        assert_restores_identically(&repo, &format!("host-{i}"), &pvs[i]);
     }
     repository_agrees_with_restic(&ns, &repo).await;
-    assert_no_illegal_transitions(env.metrics_port).await;
+    assert_no_illegal_transitions().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -220,7 +222,7 @@ async fn a_daemonset_is_backed_up_under_its_node_name() {
         "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
         "spec": {"selector": {"matchLabels": {"app": "agent"}},
                  "template": {"metadata": {"labels": {"app": "agent"}},
-                              "spec": {"containers": [{"name": "agent", "image": "busybox",
+                              "spec": {"containers": [{"name": "agent", "image": "busybox", "command": ["sleep", "3600"],
                                                        "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}],
                                        "volumes": [{"name": "data", "hostPath": {"path": source.to_string_lossy()}}]}}}
     }))
@@ -245,8 +247,8 @@ async fn a_daemonset_is_backed_up_under_its_node_name() {
     }
     assert_succeeded(&s, 1);
     let repo = f.repo_dir.to_string_lossy().to_string();
-    assert_restores_identically(&repo, "testenv-node", &source);
-    assert_no_illegal_transitions(env.metrics_port).await;
+    assert_restores_identically(&repo, stash_testenv::NODE_NAME, &source);
+    assert_no_illegal_transitions().await;
 }
 
 /// Issue 4: `retentionPolicy {keepLast: 2, prune: true}` over four sessions leaves exactly the
@@ -257,7 +259,7 @@ async fn retention_keeps_the_two_newest_snapshots() {
     let f = fixture("retain").await;
     let ns = f.ns.name.clone();
     let client = env.cp.client();
-    let source = env.cp.node_root().join("pvc").join(&ns).join("source-data");
+    let source = pv_dir(&ns, "source-data").await;
     generate_files(&source, 7, 12, 2048);
     deployment_with_pvc(&client, &ns, "app", "source-data").await;
     apply(&client, &ns, deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({
@@ -292,7 +294,7 @@ async fn retention_keeps_the_two_newest_snapshots() {
     assert_eq!(status.snapshot_count, Some(2), "{status:?}");
     assert_eq!(status.snapshots_removed_on_last_cleanup, Some(1), "the fourth backup removed the second: {status:?}");
     assert_eq!(status.integrity, Some(true));
-    assert_no_illegal_transitions(env.metrics_port).await;
+    assert_no_illegal_transitions().await;
 }
 
 /// Issue 4: a paused configuration's CronJob creates no session (an event says so), and a
@@ -349,7 +351,7 @@ async fn a_paused_configuration_creates_and_runs_no_session() {
     assert_eq!(ev.type_, "Warning");
     assert!(ev.note.contains("paused"), "{ev:?}");
     assert!(!f.repo_dir.join("config").exists(), "nothing was written to the repository");
-    assert_no_illegal_transitions(env.metrics_port).await;
+    assert_no_illegal_transitions().await;
 }
 
 /// Issue 4 / decision 3: two sessions of one configuration created back to back never run at
@@ -360,7 +362,7 @@ async fn two_sessions_of_one_configuration_never_run_at_once() {
     let f = fixture("overlap").await;
     let ns = f.ns.name.clone();
     let client = env.cp.client();
-    let source = env.cp.node_root().join("pvc").join(&ns).join("source-data");
+    let source = pv_dir(&ns, "source-data").await;
     // ~80 MB of incompressible data: a backup takes a few seconds.
     generate_files(&source, 99, 20, 4 << 20);
     deployment_with_pvc(&client, &ns, "app", "source-data").await;
@@ -411,5 +413,5 @@ async fn two_sessions_of_one_configuration_never_run_at_once() {
     let ev = wait_event(&client, &ns, &loser.name_any(), "BackupSessionSkipped", Duration::from_secs(30)).await;
     assert!(ev.note.contains(&winner.name_any()), "{ev:?}");
     assert_eq!(restic_snapshots(&repo, PASSWORD).len(), before + 1, "exactly one new snapshot");
-    assert_no_illegal_transitions(env.metrics_port).await;
+    assert_no_illegal_transitions().await;
 }

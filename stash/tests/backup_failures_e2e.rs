@@ -23,7 +23,8 @@ async fn workload(prefix: &str) -> (stash_testenv::TestNamespace, PathBuf) {
     let ns = env.cp.namespace(prefix).await.expect("namespace");
     let repo_dir = env.cp.dir().join("repos").join(&ns.name);
     std::fs::create_dir_all(&repo_dir).expect("repo dir");
-    let source = env.cp.node_root().join("pvc").join(&ns.name).join("source-data");
+    set_mode(&repo_dir, 0o777);
+    let source = pv_dir(&ns.name, "source-data").await;
     generate_files(&source, 5, 6, 2048);
     deployment_with_pvc(&env.cp.client(), &ns.name, "app", "source-data").await;
     (ns, repo_dir)
@@ -101,7 +102,7 @@ async fn a_wrong_password_fails_the_session_and_leaves_the_repository_alone() {
     assert_eq!(restic_snapshots(&repo, PASSWORD).len(), snapshots_before);
     assert_eq!(std::fs::read(repo_dir.join("config")).expect("config"), config_before);
     assert_eq!(tree_digest(&repo_dir), tree_before, "no file of the repository changed");
-    assert_no_illegal_transitions(env.metrics_port).await;
+    assert_no_illegal_transitions().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -110,11 +111,11 @@ async fn an_unreachable_backend_fails_the_session_promptly() {
     let client = env.cp.client();
     let (guard, _repo_dir) = workload("unreach").await;
     let ns = guard.name.clone();
-    let port = closed_port();
+    let port = closed_port().await;
     secret(&client, &ns, "rest-secret", json!({"RESTIC_PASSWORD": PASSWORD})).await;
     apply(&client, &ns, json!({
         "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
-        "spec": {"backend": {"storageSecretName": "rest-secret", "rest": {"url": format!("http://127.0.0.1:{port}/")}}}
+        "spec": {"backend": {"storageSecretName": "rest-secret", "rest": {"url": format!("http://{}:{port}/", stash_testenv::NODE_IP)}}}
     }))
     .await;
     // The sidecar gives up on a backend after 5 s of retries (default 60 s).
@@ -153,5 +154,5 @@ async fn an_unreachable_backend_fails_the_session_promptly() {
     wait_event(&client, &ns, "unreachable", "BackupSessionFailedToExecute", Duration::from_secs(30)).await;
     let visible = visible_text(&client, &ns, &s).await;
     assert!(!visible.contains(PASSWORD), "the password leaked:\n{visible}");
-    assert_no_illegal_transitions(env.metrics_port).await;
+    assert_no_illegal_transitions().await;
 }

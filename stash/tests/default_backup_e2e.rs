@@ -125,7 +125,8 @@ async fn a_default_backup_with_a_local_template_really_backs_up() {
     let client = env.cp.client();
     let repo_root = env.cp.dir().join("repos").join(&ns.name);
     std::fs::create_dir_all(&repo_root).expect("repo dir");
-    let data = env.cp.node_root().join("pvc").join(&ns.name).join("data");
+    set_mode(&repo_root, 0o777);
+    let data = pv_dir(&ns.name, "data").await;
     generate_files(&data, 77, 10, 2048);
     let template = format!("local-{}", ns.name);
     for doc in [
@@ -142,7 +143,7 @@ async fn a_default_backup_with_a_local_template_really_backs_up() {
                    "stash.appscode.com/volume-mounts": "data:/source/data"}},
                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "app"}},
                         "template": {"metadata": {"labels": {"app": "app"}},
-                                     "spec": {"containers": [{"name": "app", "image": "busybox",
+                                     "spec": {"containers": [{"name": "app", "image": "busybox", "command": ["sleep", "3600"],
                                                               "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}],
                                               "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]}}}}),
     ] {
@@ -181,5 +182,5 @@ async fn a_default_backup_with_a_local_template_really_backs_up() {
     let scratch = tempfile::tempdir().expect("scratch");
     restic_restore(&repo.to_string_lossy(), "pw", snaps[0]["id"].as_str().expect("id"), scratch.path());
     assert_eq!(checksums(&scratch.path().join("source/data")), checksums(&data));
-    assert_no_illegal_transitions(env.metrics_port).await;
+    assert_no_illegal_transitions().await;
 }

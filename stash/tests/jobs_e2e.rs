@@ -111,7 +111,7 @@ async fn restore_finished(ns: &str, name: &str) -> RestoreSession {
 async fn backed_up_pvc(f: &Fixture) -> PathBuf {
     let env = env().await;
     let ns = f.ns.name.clone();
-    let source = env.cp.pvc_dir(&ns, "source-data");
+    let source = pv_dir(&ns, "source-data").await;
     generate_files(&source, 7, 30, 5000);
     pvc(&ns, "source-data").await;
     apply(
@@ -130,7 +130,7 @@ async fn backed_up_pvc(f: &Fixture) -> PathBuf {
     let s = backup_finished(&ns, "pvc-backup-1").await;
     let status = s.status.clone().expect("status");
     if status.phase != Some(Phase::Succeeded) {
-        eprintln!("{}", env.cp.pod_logs(&ns, ""));
+        eprintln!("{}", pod_logs(&ns, ""));
         dump_logs(env.cp);
     }
     assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
@@ -192,7 +192,10 @@ async fn a_pvc_is_backed_up_and_restored_into_a_new_pvc_through_jobs() {
     let ns = f.ns.name.clone();
     let source = backed_up_pvc(&f).await;
 
+    // The second PVC is bound to a hostPath PersistentVolume of its own.
+    let restored_dir = pv_dir(&ns, "restored-data").await;
     pvc(&ns, "restored-data").await;
+    assert_eq!(bound_pv_dir(&ns, "restored-data").await, restored_dir, "bound to the PV made for it");
     apply(&env.cp.client(), &ns, json!({
         "apiVersion": "stash.appscode.com/v1beta1", "kind": "RestoreSession", "metadata": {"name": "restore-pvc"},
         "spec": {"repository": {"name": "repo"}, "task": {"name": "pvc-restore"},
@@ -211,10 +214,10 @@ async fn a_pvc_is_backed_up_and_restored_into_a_new_pvc_through_jobs() {
     println!("PVC restore through the job model: {:?}", started.elapsed());
     assert_eq!(status.stats.len(), 1);
     assert_eq!(status.stats[0].hostname.as_deref(), Some("host-0"));
-    let restored = checksums(&env.cp.pvc_dir(&ns, "restored-data"));
+    let restored = checksums(&restored_dir);
     assert!(!restored.is_empty());
     assert_eq!(restored, checksums(&source), "restored bytes differ");
-    assert_no_illegal_transitions(env.metrics_port).await;
+    assert_no_illegal_transitions().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -261,14 +264,15 @@ async fn restore_jobs_create_new_pvcs_from_volume_claim_templates() {
             .get(&format!("restored-{n}"))
             .await
             .expect("PVC created from the template");
-        let restored = checksums(&env.cp.pvc_dir(&ns, &format!("restored-{n}")));
+        // Provisioned by kube-controller-manager's hostPath provisioner.
+        let restored = checksums(&bound_pv_dir(&ns, &format!("restored-{n}")).await);
         assert_eq!(
             restored,
             checksums(&source),
             "ordinal {n}: restored bytes differ"
         );
     }
-    assert_no_illegal_transitions(env.metrics_port).await;
+    assert_no_illegal_transitions().await;
 }
 
 async fn events_of(ns: &str, name: &str) -> Vec<Event> {
@@ -311,7 +315,7 @@ async fn failures_end_the_session_with_the_reason_and_never_retry() {
     let ns = f.ns.name.clone();
     let client = env.cp.client();
     pvc(&ns, "data").await;
-    generate_files(&env.cp.pvc_dir(&ns, "data"), 3, 4, 100);
+    generate_files(&pv_dir(&ns, "data").await, 3, 4, 100);
 
     // 1. A failing step: the directory does not exist. backup-pvc records the error,
     //    update-status fails the pod; one pod, no retry, the reason in status.
@@ -448,7 +452,7 @@ async fn failures_end_the_session_with_the_reason_and_never_retry() {
             .unwrap_or_default()
             .contains("Task no-such-task not found")
     );
-    assert_no_illegal_transitions(env.metrics_port).await;
+    assert_no_illegal_transitions().await;
     let _ = Api::<stash_crds::Task>::all(client.clone())
         .delete(&format!("ghost-{ns}"), &Default::default())
         .await;

@@ -27,8 +27,9 @@ async fn hosts_push_their_backup_metrics_grouped_by_job_and_host() {
     let client = cp.client();
     let repo_dir = cp.dir().join("repos").join(&ns.name);
     std::fs::create_dir_all(&repo_dir).expect("repo dir");
+    set_mode(&repo_dir, 0o777);
     for i in 0..2 {
-        generate_files(&cp.node_root().join("pvc").join(&ns.name).join(format!("data-web-{i}")), 300 + i, 6 + 3 * i as usize, 1000);
+        generate_files(&pv_dir(&ns.name, &format!("data-web-{i}")).await, 300 + i, 6 + 3 * i as usize, 1000);
     }
     for doc in [
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"RESTIC_PASSWORD": "pw"}}),
@@ -39,7 +40,7 @@ async fn hosts_push_their_backup_metrics_grouped_by_job_and_host() {
                "spec": {"replicas": 2, "serviceName": "web", "podManagementPolicy": "Parallel",
                         "selector": {"matchLabels": {"app": "web"}},
                         "template": {"metadata": {"labels": {"app": "web"}},
-                                     "spec": {"containers": [{"name": "web", "image": "nginx",
+                                     "spec": {"containers": [{"name": "web", "image": "busybox", "command": ["sleep", "3600"],
                                                               "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}]}},
                         "volumeClaimTemplates": [{"metadata": {"name": "data"},
                                                   "spec": {"accessModes": ["ReadWriteOnce"],
@@ -83,8 +84,7 @@ async fn hosts_push_their_backup_metrics_grouped_by_job_and_host() {
     assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
 
     // The pushgateway holds one group per host, with the numbers restic reported.
-    let port = pushgateway_port(cp);
-    let text = pushgateway_metrics(port).await;
+    let text = pushgateway_metrics().await;
     let files: BTreeMap<String, i32> = status
         .stats
         .iter()
@@ -109,8 +109,8 @@ async fn hosts_push_their_backup_metrics_grouped_by_job_and_host() {
     assert!(counts.iter().any(|c| *c == count), "{counts:?} vs restic {count}");
 
     // The operator serves its own metrics.
-    let own = operator_metrics(env.metrics_port).await;
+    let own = operator_metrics().await;
     assert!(own.contains("stash_operator_reconciles_total{controller=\"backupsession\"}"), "{own}");
     assert!(own.contains("stash_operator_leader 1"));
-    assert_no_illegal_transitions(env.metrics_port).await;
+    assert_no_illegal_transitions().await;
 }

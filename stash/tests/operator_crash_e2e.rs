@@ -20,7 +20,8 @@ async fn a_backup_survives_the_operator_being_killed_and_restarted() {
     let ns = ns_guard.name.clone();
     let repo_dir = env.cp.dir().join("repos").join(&ns);
     std::fs::create_dir_all(&repo_dir).expect("repo dir");
-    let source = env.cp.node_root().join("pvc").join(&ns).join("source-data");
+    set_mode(&repo_dir, 0o777);
+    let source = pv_dir(&ns, "source-data").await;
     // ~150 MB of incompressible data: the backup takes several seconds.
     generate_files(&source, 2024, 36, 4 << 20);
     apply(&client, &ns, json!({
@@ -54,13 +55,14 @@ async fn a_backup_survives_the_operator_being_killed_and_restarted() {
     let s = api.get("survivor").await.expect("session");
     assert!(s.status.as_ref().is_some_and(|st| st.stats.is_empty()), "the backup is still running when the operator dies");
 
-    let old_pid = *env.operator_pid.lock().expect("pid");
-    assert!(env.cp.stop_adopted(old_pid, true), "the operator was adopted");
+    // Kill the leader's pod at once (no grace period); the Deployment replaces it and the
+    // standby replica takes the Lease over.
+    let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), OPERATOR_NS);
+    let leader = leases.get("stash-operator").await.expect("the operator's Lease").spec.and_then(|s| s.holder_identity).expect("a leader");
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), OPERATOR_NS);
+    pods.delete(&leader, &kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.expect("delete the leader pod");
     let killed_at = Instant::now();
-    let metrics_port = stash_testenv::process::free_port().expect("port");
-    let new_pid = start_operator(env.cp, metrics_port);
-    *env.operator_pid.lock().expect("pid") = new_pid;
-    eprintln!("operator {old_pid} killed; {new_pid} started (metrics :{metrics_port})");
+    eprintln!("operator pod {leader} killed");
 
     let s = wait_session_terminal(&client, &ns, "survivor", Duration::from_secs(150)).await;
     eprintln!("session terminal {:.1}s after the kill", killed_at.elapsed().as_secs_f64());
@@ -78,7 +80,8 @@ async fn a_backup_survives_the_operator_being_killed_and_restarted() {
     assert_eq!(snaps[0]["hostname"], "host-0");
     assert_eq!(snaps[0]["short_id"].as_str(), status.stats[0].snapshots[0].name.as_deref());
     // The new operator is the one that completed the session, legally.
-    let text = operator_metrics(metrics_port).await;
-    assert!(text.contains("stash_operator"), "the new operator serves metrics");
-    assert_no_illegal_transitions(metrics_port).await;
+    let now = leases.get("stash-operator").await.expect("Lease").spec.and_then(|s| s.holder_identity).expect("a leader");
+    assert_ne!(now, leader, "another replica leads after the kill");
+    wait_operator_available(env.cp).await;
+    assert_no_illegal_transitions().await;
 }

@@ -16,7 +16,7 @@ use serde_json::json;
 use stash_crds::{
     BackupSession, RestoreSession, backup_session::Phase, restore_session::Phase as RestorePhase,
 };
-use stash_testenv::process::Proc;
+use stash_testenv::{ControlPlane, NODE_IP};
 use support::*;
 
 const PASSWORD: &str = "restic-password";
@@ -24,7 +24,6 @@ const PG_PASSWORD: &str = "pg:sec'ret\\pw";
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 struct Postgres {
-    _proc: Proc,
     port: u16,
     _dir: PathBuf,
 }
@@ -33,10 +32,11 @@ fn pg_bin(name: &str) -> PathBuf {
     Path::new(PG_BIN).join(name)
 }
 
-/// initdb (as `postgres`: initdb refuses root) and start a server on 127.0.0.1:<port> with
-/// password authentication over TCP.
-fn start_postgres(root: &Path) -> Postgres {
-    let dir = root.join(format!("pg-{}", std::process::id()));
+/// initdb (as `postgres`: initdb refuses root) and start a server on the node address, inside
+/// the cluster's network namespace (the job pods connect to it there), with password
+/// authentication over TCP. Stopped by process group when the test binary exits.
+fn start_postgres(cp: &ControlPlane) -> Postgres {
+    let dir = cp.dir().join(format!("pg-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("pg dir");
     let pwfile = dir.join("pwfile");
@@ -74,7 +74,7 @@ fn start_postgres(root: &Path) -> Postgres {
         "initdb: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let port = stash_testenv::process::free_port().expect("port");
+    let port = cp.cluster_port();
     let args: Vec<String> = [
         "-u",
         "postgres",
@@ -87,22 +87,17 @@ fn start_postgres(root: &Path) -> Postgres {
         "-k",
         &dir.to_string_lossy(),
         "-c",
-        "listen_addresses=127.0.0.1",
+        &format!("listen_addresses={NODE_IP}"),
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let proc = Proc::spawn(
-        &format!("postgres-{port}"),
-        Path::new("/usr/sbin/runuser"),
-        &args,
-        &dir,
-    )
-    .expect("postgres");
+    cp.spawn_in_cluster(&format!("postgres-{port}"), Path::new("/usr/sbin/runuser"), &args, &[]).expect("postgres");
+    let log = cp.dir().join(format!("postgres-{port}.log"));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ok = Command::new(pg_bin("pg_isready"))
-            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-h", NODE_IP, "-p", &port.to_string()])
             .output();
         if ok.is_ok_and(|o| o.status.success()) {
             break;
@@ -110,12 +105,11 @@ fn start_postgres(root: &Path) -> Postgres {
         assert!(
             Instant::now() < deadline,
             "postgres did not start: {}",
-            proc.log_tail(30)
+            std::fs::read_to_string(&log).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
     Postgres {
-        _proc: proc,
         port,
         _dir: dir,
     }
@@ -126,7 +120,7 @@ fn psql(port: u16, db: &str, sql: &str) -> String {
         .env("PGPASSWORD", PG_PASSWORD)
         .args([
             "-h",
-            "127.0.0.1",
+            NODE_IP,
             "-p",
             &port.to_string(),
             "-U",
@@ -166,12 +160,7 @@ fn fingerprint(port: u16) -> (String, String, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_postgres_database_is_backed_up_dropped_and_restored() {
     let env = env().await;
-    // pg_dump and psql for the job pods.
-    env.cp
-        .start_node_agent(&[(IMAGE, stash_bin().as_path())], &[PathBuf::from(PG_BIN)])
-        .await
-        .expect("node agent PATH");
-    let pg = start_postgres(env.cp.dir());
+    let pg = start_postgres(env.cp);
     psql(pg.port, "postgres", "CREATE DATABASE shop");
     psql(
         pg.port,
@@ -191,6 +180,7 @@ async fn a_postgres_database_is_backed_up_dropped_and_restored() {
     let client = env.cp.client();
     let repo_dir = env.cp.dir().join("repos").join(&n);
     std::fs::create_dir_all(&repo_dir).expect("repo dir");
+    set_mode(&repo_dir, 0o777);
     let (functions, tasks) = stash::jobs::builtin::postgres(IMAGE, "15");
     stash::jobs::builtin::apply(&client, &functions, &tasks)
         .await
@@ -204,7 +194,7 @@ async fn a_postgres_database_is_backed_up_dropped_and_restored() {
                "stringData": {"POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": PG_PASSWORD}}),
         json!({"apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding", "metadata": {"name": "shop"},
                "spec": {"type": "kubedb.com/postgres", "version": "15",
-                        "clientConfig": {"url": format!("postgresql://127.0.0.1:{}/shop?sslmode=disable", pg.port)},
+                        "clientConfig": {"url": format!("postgresql://{NODE_IP}:{}/shop?sslmode=disable", pg.port)},
                         "secret": {"name": "shop-auth"}}}),
         json!({"apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration", "metadata": {"name": "shop-backup"},
                "spec": {"schedule": "0 0 1 1 *", "task": {"name": "pg-backup-15"}, "repository": {"name": "repo"},
@@ -233,7 +223,7 @@ async fn a_postgres_database_is_backed_up_dropped_and_restored() {
     let backup_took = started.elapsed();
     let status = bs.status.clone().expect("status");
     if status.phase != Some(Phase::Succeeded) {
-        eprintln!("{}", env.cp.pod_logs(&n, "stash-backup-shop-backup-1"));
+        eprintln!("{}", pod_logs(&n, "stash-backup-shop-backup-1"));
         dump_logs(env.cp);
     }
     assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
@@ -279,7 +269,7 @@ async fn a_postgres_database_is_backed_up_dropped_and_restored() {
     let restore_took = started.elapsed();
     let status = rs.status.clone().expect("status");
     if status.phase != Some(RestorePhase::Succeeded) {
-        eprintln!("{}", env.cp.pod_logs(&n, "stash-restore-shop-restore"));
+        eprintln!("{}", pod_logs(&n, "stash-restore-shop-restore"));
         dump_logs(env.cp);
     }
     assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
@@ -300,5 +290,5 @@ async fn a_postgres_database_is_backed_up_dropped_and_restored() {
             .and_then(|h| h.duration)
             .map(|d| d.as_std()),
     );
-    assert_no_illegal_transitions(env.metrics_port).await;
+    assert_no_illegal_transitions().await;
 }

@@ -14,11 +14,11 @@ async fn backs_up(kind: &str, api_version: &str, prefix: &str) {
     let env = env().await;
     let ns = env.cp.namespace(prefix).await.expect("namespace");
     let client = env.cp.client();
-    let data = env.cp.node_root().join("pvc").join(&ns.name).join("data");
+    let data = pv_dir(&ns.name, "data").await;
     generate_files(&data, 9, 12, 1500);
-    let repo = env.cp.node_root().join("pvc").join(&ns.name).join("repo-pvc");
+    let repo = pv_dir(&ns.name, "repo-pvc").await;
     let template = json!({"metadata": {"labels": {"app": "w"}},
-                          "spec": {"containers": [{"name": "w", "image": "busybox",
+                          "spec": {"containers": [{"name": "w", "image": "busybox", "command": ["sleep", "3600"],
                                                    "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}],
                                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]}});
     let selector = if kind == "ReplicationController" { json!({"app": "w"}) } else { json!({"matchLabels": {"app": "w"}}) };
@@ -81,7 +81,7 @@ async fn backs_up(kind: &str, api_version: &str, prefix: &str) {
     let scratch = tempfile::tempdir().expect("scratch");
     restic_restore(&repo.to_string_lossy(), "pw", snaps[0]["id"].as_str().expect("id"), scratch.path());
     assert_eq!(checksums(&scratch.path().join("source/data")), checksums(&data));
-    assert_no_illegal_transitions(env.metrics_port).await;
+    assert_no_illegal_transitions().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

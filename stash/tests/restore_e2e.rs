@@ -92,9 +92,12 @@ async fn restore_session(ns: &str, name: &str, kind: &str, target: &str, rules: 
     rs
 }
 
+/// Remove everything inside `dir` (the directory itself is a PV that pods have mounted).
 fn wipe(dir: &Path) {
-    std::fs::remove_dir_all(dir).expect("wipe");
-    std::fs::create_dir_all(dir).expect("recreate");
+    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let p = e.path();
+        if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) }.expect("wipe");
+    }
     assert!(checksums(dir).is_empty());
 }
 
@@ -121,7 +124,7 @@ async fn a_deployment_restores_the_latest_and_a_chosen_older_snapshot() {
     let f = fixture("restore-deploy").await;
     let ns = f.ns.name.clone();
     let client = env.cp.client();
-    let data = env.cp.node_root().join("pvc").join(&ns).join("source-data");
+    let data = pv_dir(&ns, "source-data").await;
     generate_files(&data, 7, 16, 3000);
     let v1 = checksums(&data);
     apply(&client, &ns, json!({
@@ -133,7 +136,7 @@ async fn a_deployment_restores_the_latest_and_a_chosen_older_snapshot() {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "app"},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "app"}},
                  "template": {"metadata": {"labels": {"app": "app"}},
-                              "spec": {"containers": [{"name": "app", "image": "busybox",
+                              "spec": {"containers": [{"name": "app", "image": "busybox", "command": ["sleep", "3600"],
                                                        "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}],
                                        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "source-data"}}]}}}
     }))
@@ -171,7 +174,7 @@ async fn a_deployment_restores_the_latest_and_a_chosen_older_snapshot() {
     let rs = restore_session(&ns, "restore-older", "Deployment", "app", json!([{"snapshots": [older]}])).await;
     assert_eq!(rs.status.as_ref().and_then(|s| s.phase), Some(RestorePhase::Succeeded), "{:?}", rs.status);
     assert_eq!(checksums(&data), v1, "restored bytes equal the older backup");
-    assert_no_illegal_transitions(env.metrics_port).await;
+    assert_no_illegal_transitions().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -180,7 +183,11 @@ async fn a_statefulset_host_restores_another_hosts_data_via_source_host() {
     let f = fixture("restore-sts").await;
     let ns = f.ns.name.clone();
     let client = env.cp.client();
-    let pvc = |i: usize| env.cp.node_root().join("pvc").join(&ns).join(format!("data-db-{i}"));
+    let mut dirs = Vec::new();
+    for i in 0..2 {
+        dirs.push(pv_dir(&ns, &format!("data-db-{i}")).await);
+    }
+    let pvc = |i: usize| dirs[i].clone();
     for i in 0..2 {
         generate_files(&pvc(i), 100 + i as u64, 10, 2500);
     }
@@ -191,7 +198,7 @@ async fn a_statefulset_host_restores_another_hosts_data_via_source_host() {
         "spec": {"replicas": 2, "serviceName": "db", "podManagementPolicy": "Parallel",
                  "selector": {"matchLabels": {"app": "db"}},
                  "template": {"metadata": {"labels": {"app": "db"}},
-                              "spec": {"containers": [{"name": "db", "image": "busybox",
+                              "spec": {"containers": [{"name": "db", "image": "busybox", "command": ["sleep", "3600"],
                                                        "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}]}},
                  "volumeClaimTemplates": [{"metadata": {"name": "data"},
                                            "spec": {"accessModes": ["ReadWriteOnce"],
@@ -228,5 +235,5 @@ async fn a_statefulset_host_restores_another_hosts_data_via_source_host() {
     assert_eq!(hosts, ["host-0", "host-1"]);
     assert_eq!(checksums(&pvc(0)), originals[1], "host-0 now holds host-1's data");
     assert_eq!(checksums(&pvc(1)), originals[1]);
-    assert_no_illegal_transitions(env.metrics_port).await;
+    assert_no_illegal_transitions().await;
 }

@@ -1,13 +1,16 @@
-//! A real, hermetic Kubernetes control plane for tests and demos.
+//! A real single-node Kubernetes cluster for tests and demos.
 //!
-//! [`ControlPlane::start`] runs etcd, kube-apiserver and kube-controller-manager, built from
-//! Go modules at pinned versions by `testenv/build.sh`, on random loopback ports with a freshly
-//! generated PKI, and waits until they are ready. [`shared`] gives every test in one test
-//! binary the same control plane and stops it (by process group) when the binary exits;
-//! [`ControlPlane::namespace`] gives each test its own namespace.
+//! [`cluster`] brings the node up (`testenv start`/`up`, once per machine, under a lock):
+//! etcd, kube-apiserver, kube-controller-manager, kube-scheduler, containerd with runc and
+//! the CNI bridge plugins, CoreDNS, the kubelet and kube-proxy, built from Go modules at
+//! pinned versions by `testenv/build.sh`, confined to a network namespace of their own.
+//! Test processes attach to it with [`shared`]: a [`ControlPlane`] handle with an admin
+//! client, `kubectl`, namespaces per test ([`ControlPlane::namespace`]) and test servers run
+//! inside the cluster's network namespace ([`ControlPlane::spawn_in_cluster`]), stopped by
+//! the process that started them.
 //!
-//! Nothing here skips: a missing binary or a failed start is an [`Error`] with the reason
-//! and the tail of the failing server's log.
+//! Nothing here skips: a missing binary or no running cluster is an [`Error`] with the
+//! reason.
 use std::{
     path::{Path, PathBuf},
     sync::Mutex,
@@ -15,7 +18,7 @@ use std::{
 };
 
 use k8s_openapi::{
-    api::core::v1::{Namespace, ServiceAccount},
+    api::core::v1::Namespace,
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
@@ -26,10 +29,11 @@ use kube::{
 
 pub mod bins;
 pub mod certs;
-pub mod node;
+pub mod cluster;
 pub mod process;
 
-use process::{Proc, free_port};
+pub use cluster::{NODE_IP, NODE_NAME};
+use process::Proc;
 
 /// What can go wrong starting or using the control plane.
 #[derive(Debug, thiserror::Error)]
@@ -72,199 +76,56 @@ pub enum Error {
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-const START_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// A running control plane. Dropping it (or [`ControlPlane::shutdown`]) stops every server
-/// by its process group, controller manager first, and removes its directory unless
-/// `TESTENV_KEEP=1`.
+/// The running cluster, as a test process sees it: the admin identity, the PKI to issue
+/// more users, a scratch directory of its own, and the processes it started (stopped by
+/// process group at [`ControlPlane::shutdown`]).
 #[derive(Debug)]
 pub struct ControlPlane {
     dir: PathBuf,
-    keep: bool,
     procs: Mutex<Vec<Proc>>,
-    /// The API server's URL, `https://127.0.0.1:<port>`.
+    /// The API server's URL, `https://198.18.0.2:6443`.
     pub server: String,
     /// The admin kubeconfig (user `admin`, group `system:masters`).
     pub kubeconfig: PathBuf,
     config: Config,
-    /// The generated PKI (its CAs can issue more users, e.g. a non-admin for RBAC tests).
+    /// The cluster's PKI (its CAs can issue more users, e.g. a non-admin for RBAC tests).
     pub pki: certs::Pki,
-    /// How long the start took.
-    pub started_in: Duration,
+    /// The cluster's layout (state directory, binaries).
+    pub layout: cluster::Layout,
 }
 
 impl ControlPlane {
-    /// Start etcd, kube-apiserver and kube-controller-manager and wait until they serve.
-    pub async fn start() -> Result<Self> {
-        let begun = Instant::now();
-        let etcd_bin = bins::bin("etcd")?;
-        let apiserver_bin = bins::bin("kube-apiserver")?;
-        let kcm_bin = bins::bin("kube-controller-manager")?;
-
-        let dir = tempfile::Builder::new()
-            .prefix("stash-testenv-")
-            .tempdir_in("/tmp")
-            .map_err(|e| Error::Io("create work dir".into(), e))?
-            .keep();
-        let keep = std::env::var("TESTENV_KEEP").is_ok_and(|v| v == "1");
-        let pki = certs::Pki::generate(&dir)?;
-        let mut cp = Self {
-            dir: dir.clone(),
-            keep,
-            procs: Mutex::new(Vec::new()),
-            server: String::new(),
-            kubeconfig: dir.join("admin.kubeconfig"),
-            config: Config::new("https://127.0.0.1:1".parse().expect("static uri")),
-            pki,
-            started_in: Duration::ZERO,
-        };
-
-        // etcd
-        let (etcd_client, etcd_peer) = (free_port()?, free_port()?);
-        let etcd_url = format!("http://127.0.0.1:{etcd_client}");
-        let etcd = Proc::spawn(
-            "etcd",
-            &etcd_bin,
-            &[
-                format!("--data-dir={}", dir.join("etcd").display()),
-                format!("--listen-client-urls={etcd_url}"),
-                format!("--advertise-client-urls={etcd_url}"),
-                format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"),
-                format!("--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"),
-                format!("--initial-cluster=default=http://127.0.0.1:{etcd_peer}"),
-                "--unsafe-no-fsync=true".into(),
-                "--log-level=warn".into(),
-            ],
-            &dir,
-        )?;
-        cp.procs.lock().expect("procs").push(etcd);
-        cp.wait("etcd", || async { http_get_ok("127.0.0.1", etcd_client, "/health").await }).await?;
-
-        // kube-apiserver
-        let api_port = free_port()?;
-        cp.server = format!("https://127.0.0.1:{api_port}");
-        let d = |f: &str| dir.join(f).display().to_string();
-        let apiserver = Proc::spawn(
-            "kube-apiserver",
-            &apiserver_bin,
-            &[
-                format!("--etcd-servers={etcd_url}"),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={api_port}"),
-                "--advertise-address=127.0.0.1".into(),
-                "--endpoint-reconciler-type=none".into(),
-                format!("--tls-cert-file={}", d("apiserver.crt")),
-                format!("--tls-private-key-file={}", d("apiserver.key")),
-                format!("--client-ca-file={}", d("client-ca.crt")),
-                "--authorization-mode=RBAC".into(),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
-                "--allow-privileged=true".into(),
-                format!("--service-account-issuer=https://127.0.0.1:{api_port}/"),
-                format!("--service-account-key-file={}", d("sa.pub")),
-                format!("--service-account-signing-key-file={}", d("sa.key")),
-                format!("--requestheader-client-ca-file={}", d("front-proxy-ca.crt")),
-                "--requestheader-allowed-names=front-proxy-client".into(),
-                "--requestheader-username-headers=X-Remote-User".into(),
-                "--requestheader-group-headers=X-Remote-Group".into(),
-                "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
-                format!("--proxy-client-cert-file={}", d("front-proxy-client.crt")),
-                format!("--proxy-client-key-file={}", d("front-proxy-client.key")),
-                format!("--cert-dir={}", d("apiserver-certs")),
-            ],
-            &dir,
-        )?;
-        cp.procs.lock().expect("procs").push(apiserver);
-
-        write_kubeconfig(&cp.kubeconfig, &cp.server, &cp.pki.serving_ca.cert, &cp.pki.admin)?;
-        let kcm_kubeconfig = dir.join("kcm.kubeconfig");
-        write_kubeconfig(&kcm_kubeconfig, &cp.server, &cp.pki.serving_ca.cert, &cp.pki.controller_manager)?;
-        cp.config = load_config(&cp.kubeconfig).await?;
-
-        let config = cp.config.clone();
-        cp.wait("kube-apiserver", move || {
-            let config = config.clone();
-            async move {
-                let client = Client::try_from(config).map_err(|e| e.to_string())?;
-                let req = http::Request::get("/readyz").body(Vec::new()).map_err(|e| e.to_string())?;
-                client.request_text(req).await.map(|_| ()).map_err(|e| e.to_string())
+    /// Attach to the cluster running on this machine.
+    pub async fn attach() -> Result<Self> {
+        let layout = cluster::Layout::new()?;
+        let ready = std::fs::read_to_string(layout.ready_file()).map_err(|_| {
+            Error::NotReady {
+                name: "the cluster".into(),
+                reason: format!(
+                    "none is running (no {}): start one with `cargo run -p stash-testenv --bin testenv -- start` \
+                     (scripts/test.sh and scripts/demo.sh do)",
+                    layout.ready_file().display()
+                ),
+                log: String::new(),
             }
-        })
-        .await?;
-
-        // kube-controller-manager
-        let kcm_port = free_port()?;
-        let kcm = Proc::spawn(
-            "kube-controller-manager",
-            &kcm_bin,
-            &[
-                format!("--kubeconfig={}", kcm_kubeconfig.display()),
-                format!("--authentication-kubeconfig={}", kcm_kubeconfig.display()),
-                format!("--authorization-kubeconfig={}", kcm_kubeconfig.display()),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={kcm_port}"),
-                "--leader-elect=false".into(),
-                format!("--controllers={}", KCM_CONTROLLERS.join(",")),
-                format!("--service-account-private-key-file={}", d("sa.key")),
-                format!("--root-ca-file={}", d("serving-ca.crt")),
-                "--use-service-account-credentials=false".into(),
-                "--kube-api-qps=1000".into(),
-                "--kube-api-burst=2000".into(),
-                format!("--cert-dir={}", d("kcm-certs")),
-            ],
-            &dir,
-        )?;
-        cp.procs.lock().expect("procs").push(kcm);
-        let config = cp.config.clone();
-        cp.wait("kube-controller-manager", move || {
-            let config = config.clone();
-            async move {
-                let client = Client::try_from(config).map_err(|e| e.to_string())?;
-                Api::<ServiceAccount>::namespaced(client, "default")
-                    .get("default")
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("ServiceAccount default/default: {e}"))
-            }
-        })
-        .await?;
-        cp.started_in = begun.elapsed();
-        Ok(cp)
-    }
-
-    /// Poll `probe` until it succeeds; fail with the log tail of the newest process if it
-    /// exits or the time runs out.
-    async fn wait<F, Fut>(&self, name: &str, probe: F) -> Result<()>
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = std::result::Result<(), String>>,
-    {
-        let deadline = Instant::now() + START_TIMEOUT;
-        let mut last = String::from("not probed yet");
-        loop {
-            {
-                let mut procs = self.procs.lock().expect("procs");
-                let p = procs.last_mut().expect("a process was started");
-                if let Some(status) = p.exited() {
-                    return Err(Error::NotReady {
-                        name: name.into(),
-                        reason: format!("exited with {status}"),
-                        log: p.log_tail(40),
-                    });
-                }
-                if Instant::now() > deadline {
-                    return Err(Error::NotReady {
-                        name: name.into(),
-                        reason: format!("timed out after {START_TIMEOUT:?}; last probe: {last}"),
-                        log: p.log_tail(40),
-                    });
-                }
-            }
-            match probe().await {
-                Ok(()) => return Ok(()),
-                Err(e) => last = e,
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        })?;
+        let pid: u32 = ready.trim().parse().unwrap_or(0);
+        if cluster::host::gone(pid) {
+            return Err(Error::NotReady {
+                name: "the cluster".into(),
+                reason: format!("its `testenv up` process {pid} is gone; run `testenv down`, then start it again"),
+                log: String::new(),
+            });
         }
+        let kubeconfig = layout.kubeconfig("admin");
+        let config = load_config(&kubeconfig).await?;
+        let pki = certs::Pki::load(&layout.pki_dir())?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{}-", std::process::id()))
+            .tempdir_in(layout.state.join("scratch"))
+            .map_err(|e| Error::Io("create scratch dir".into(), e))?
+            .keep();
+        Ok(Self { dir, procs: Mutex::new(Vec::new()), server: cluster::api_server_url(), kubeconfig, config, pki, layout })
     }
 
     /// A new admin client, bound to the calling tokio runtime.
@@ -277,12 +138,13 @@ impl ControlPlane {
         &self.config
     }
 
-    /// The work directory (logs, certificates, kubeconfigs).
+    /// This process's scratch directory on the host (removed at exit). Pods see it through
+    /// `hostPath` volumes.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// A `kubectl` command (the one built with the control plane) using the admin kubeconfig.
+    /// A `kubectl` command (the one built with the cluster) using the admin kubeconfig.
     pub fn kubectl(&self) -> Result<std::process::Command> {
         let mut cmd = std::process::Command::new(bins::bin("kubectl")?);
         cmd.env("KUBECONFIG", &self.kubeconfig).env_remove("KUBERNETES_SERVICE_HOST");
@@ -295,6 +157,31 @@ impl ControlPlane {
         let path = self.dir.join(format!("{user}.kubeconfig"));
         write_kubeconfig(&path, &self.server, &self.pki.serving_ca.cert, &pair)?;
         Ok(path)
+    }
+
+    /// Start a server inside the cluster's network namespace (where pods can reach it on
+    /// [`NODE_IP`]), stopped by process group at shutdown.
+    pub fn spawn_in_cluster(&self, name: &str, bin: &Path, args: &[String], env: &[(&str, &std::ffi::OsStr)]) -> Result<u32> {
+        let mut all = vec![format!("--net=/run/netns/{}", cluster::NETNS), "--".into(), bin.display().to_string()];
+        all.extend_from_slice(args);
+        let p = Proc::spawn_with_env(name, Path::new("/usr/bin/nsenter"), &all, env, &self.dir)?;
+        let pid = p.pid();
+        self.adopt(p);
+        Ok(pid)
+    }
+
+    /// A port on [`NODE_IP`] that nothing listens on now (for a server started with
+    /// [`ControlPlane::spawn_in_cluster`]).
+    pub fn cluster_port(&self) -> u16 {
+        static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        loop {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let port = 20_000 + ((std::process::id() as u16).wrapping_mul(37).wrapping_add(n * 7) % 30_000);
+            let addr = std::net::SocketAddr::from((NODE_IP.parse::<std::net::Ipv4Addr>().expect("ip"), port));
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+                return port;
+            }
+        }
     }
 
     /// Create a namespace `<prefix>-<random>` that is deleted when the guard drops.
@@ -403,46 +290,20 @@ impl ControlPlane {
         true
     }
 
-    /// Stop every server (controller manager, API server, etcd: newest first) by process
-    /// group and remove the work directory unless `TESTENV_KEEP=1`. Idempotent.
+    /// Stop every process this handle started (newest first) and remove the scratch
+    /// directory unless `TESTENV_KEEP=1`. Idempotent.
     pub fn shutdown(&self) {
-        node::stop_agent(&self.dir);
         let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(mut p) = procs.pop() {
             p.stop(Duration::from_secs(10));
         }
-        if self.keep {
+        if std::env::var("TESTENV_KEEP").is_ok_and(|v| v == "1") {
             eprintln!("testenv: kept {}", self.dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-/// The controllers the tests need. Deliberately without the node lifecycle and pod GC
-/// controllers: the node agent is the only "kubelet" and sends no lease heartbeats.
-pub const KCM_CONTROLLERS: &[&str] = &[
-    "cronjob-controller",
-    "job-controller",
-    "deployment-controller",
-    "replicaset-controller",
-    "replicationcontroller-controller",
-    "statefulset-controller",
-    "daemonset-controller",
-    "garbage-collector-controller",
-    "namespace-controller",
-    "serviceaccount-controller",
-    "serviceaccount-token-controller",
-    "root-ca-certificate-publisher-controller",
-    "ttl-after-finished-controller",
-    "persistentvolume-binder-controller",
-];
 
 /// A namespace owned by one test; deleted when dropped (also when the test panics).
 #[derive(Debug)]
@@ -463,6 +324,10 @@ impl Drop for TestNamespace {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
             rt.block_on(async move {
                 let client = Client::try_from(config).ok()?;
+                // PersistentVolumes the test made for its claims (labelled with the namespace).
+                let pvs = Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(client.clone());
+                let lp = kube::api::ListParams::default().labels(&format!("stash-testenv/namespace={name}"));
+                let _ = pvs.delete_collection(&DeleteParams::background(), &lp).await;
                 Api::<Namespace>::all(client).delete(&name, &DeleteParams::background()).await.ok()
             })
         })
@@ -478,22 +343,12 @@ extern "C" fn shutdown_shared() {
     }
 }
 
-/// The control plane shared by every test of this test binary: started by the first
-/// caller, stopped by process group when the binary exits (an `atexit` hook; if the
-/// binary is killed, `PR_SET_PDEATHSIG` takes the servers down with it).
-///
-/// There is deliberately no "attach to an existing cluster" mode: every test run proves
-/// itself against a control plane it started.
+/// The cluster, attached once per test binary; what this process started in it is stopped
+/// when the binary exits (an `atexit` hook; if the binary is killed, `PR_SET_PDEATHSIG`).
 pub async fn shared() -> Result<&'static ControlPlane> {
     SHARED
         .get_or_try_init(|| async {
-            let cp = ControlPlane::start().await?;
-            eprintln!(
-                "testenv: control plane up in {:.1}s at {} (dir {})",
-                cp.started_in.as_secs_f64(),
-                cp.server,
-                cp.dir.display()
-            );
+            let cp = ControlPlane::attach().await?;
             // SAFETY: registers a plain extern "C" fn that only touches a 'static.
             #[allow(unsafe_code)]
             unsafe {
@@ -502,6 +357,11 @@ pub async fn shared() -> Result<&'static ControlPlane> {
             Ok(cp)
         })
         .await
+}
+
+/// The cluster handle of this process, if [`shared`] has attached already.
+pub fn shared_now() -> Option<&'static ControlPlane> {
+    SHARED.get()
 }
 
 /// Load a kube `Config` from a kubeconfig file.
@@ -527,23 +387,6 @@ fn write_kubeconfig(path: &Path, server: &str, ca: &str, user: &certs::Pair) -> 
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| Error::Io(format!("chmod {}", path.display()), e))
-}
-
-/// A plain HTTP/1.0 GET on loopback; Ok when the status is 200.
-async fn http_get_ok(host: &str, port: u16, path: &str) -> std::result::Result<(), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect((host, port)).await.map_err(|e| e.to_string())?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&buf);
-    if text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200") {
-        Ok(())
-    } else {
-        Err(text.lines().next().unwrap_or("no answer").to_string())
-    }
 }
 
 /// Print a result line that shows in the test command's output even when the test passes

@@ -277,7 +277,7 @@ mod tests {
             "metadata": {"name": name, "namespace": "demo"},
             "spec": {"selector": {"matchLabels": {"app": name}},
                      "template": {"metadata": {"labels": {"app": name}},
-                                  "spec": {"containers": [{"name": "app", "image": "busybox"}],
+                                  "spec": {"containers": [{"name": "app", "image": "busybox", "command": ["sleep", "3600"]}],
                                            "volumes": [{"name": "data", "emptyDir": {}}]}}}
         })
     }

@@ -115,7 +115,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             let server =
                 crate::admission::start(client.clone(), w, ctx.inject.clone()).await.context("admission webhooks")?;
             if opts.webhook.enable_validating_webhook && !opts.webhook.bypass_validating_webhook_xray {
-                crate::admission::xray(&client, Duration::from_secs(30)).await?;
+                // The check goes through the API server and the webhook Service, which routes
+                // only to Ready pods: readiness must not wait for it (that deadlocks a fresh
+                // install). It runs beside the controllers and reports until it passes.
+                tokio::spawn(xray_until_active(client.clone()));
             }
             Some(server)
         }
@@ -159,6 +162,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         s.stop();
     }
     Ok(())
+}
+
+/// Check, through the API server, that the validating webhook is active; log an error every
+/// 30 s while it is not (a webhook that is not called admits invalid objects).
+async fn xray_until_active(client: Client) {
+    loop {
+        match crate::admission::xray(&client, Duration::from_secs(30)).await {
+            Ok(()) => {
+                tracing::info!("validating webhook active: an invalid Repository was refused through the API server");
+                return;
+            }
+            Err(e) => tracing::error!(error = %e, "the validating webhook is not active yet"),
+        }
+    }
 }
 
 fn hostname() -> String {

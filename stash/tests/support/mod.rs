@@ -1,5 +1,7 @@
-//! Shared end-to-end support: the real control plane with our CRDs, the node agent running
-//! our binary for pods of the test image, and the operator as a real process.
+//! Shared end-to-end support: the real single-node cluster (`testenv start`) with stash-rs
+//! installed from the committed manifest (`scripts/test.sh` does both), pods from the real
+//! image, hostPath PersistentVolumes the tests can look into, and test servers inside the
+//! cluster's network namespace.
 #![allow(dead_code)]
 
 use std::{
@@ -10,19 +12,23 @@ use std::{
     time::{Duration, Instant},
 };
 
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client,
-    api::{DynamicObject, GroupVersionKind, Patch, PatchParams},
+    api::{DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams},
     discovery,
 };
 use sha2::{Digest, Sha256};
-use stash_testenv::{ControlPlane, bins, process::Proc};
+use stash_testenv::{ControlPlane, NODE_IP, bins};
 
-/// The image the node agent maps to our `stash` binary.
-pub const IMAGE: &str = "stash-rs/stash:test";
+/// The image of the installed operator (and of every agent it creates).
+pub const IMAGE: &str = "stash-rs/stash:0.1.0";
+/// Where the install manifest puts the operator.
+pub const OPERATOR_NS: &str = "stash-system";
+/// The operator pods' label selector.
+pub const OPERATOR_SELECTOR: &str = "app.kubernetes.io/name=stash,app.kubernetes.io/component=operator";
 
-/// The `stash` binary under test (tests and benches get it from cargo; the demo example finds
-/// it next to itself in the target directory).
+/// The `stash` binary under test, for what runs on the host (the plugin, admission units).
 pub fn stash_bin() -> PathBuf {
     if let Some(p) = option_env!("CARGO_BIN_EXE_stash") {
         return PathBuf::from(p);
@@ -32,123 +38,148 @@ pub fn stash_bin() -> PathBuf {
     dir.join("stash")
 }
 
-/// The control plane with CRDs, node agent and one operator process.
+/// The cluster with the operator installed.
 pub struct Env {
     pub cp: &'static ControlPlane,
-    /// The operator's pid (it is adopted by the control plane and stopped at exit).
-    pub operator_pid: std::sync::Mutex<u32>,
-    /// The operator's /metrics port.
-    pub metrics_port: u16,
 }
 
 static ENV: tokio::sync::OnceCell<Env> = tokio::sync::OnceCell::const_new();
 
-/// Start (once per test binary) everything an end-to-end test needs.
+/// Attach (once per test binary) to the cluster and check the installed operator is there:
+/// its Deployment Available and its CRDs served.
 pub async fn env() -> &'static Env {
     ENV.get_or_init(|| async {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let cp = stash_testenv::shared()
-            .await
-            .unwrap_or_else(|e| panic!("the control plane must start: {e}"));
-        cp.install_crds(&stash_crds::crds())
-            .await
-            .expect("CRDs installed");
-        let stash = stash_bin();
-        let bin_dir = bins::bin_dir().expect("testenv binaries");
-        cp.start_node_agent(&[(IMAGE, stash.as_path())], &[bin_dir])
-            .await
-            .expect("node agent");
-        let metrics_port = stash_testenv::process::free_port().expect("port");
-        let pid = start_operator(cp, metrics_port);
-        Env {
-            cp,
-            operator_pid: std::sync::Mutex::new(pid),
-            metrics_port,
+        let cp = stash_testenv::shared().await.unwrap_or_else(|e| panic!("the cluster must be running: {e}"));
+        wait_operator_available(cp).await;
+        Env { cp }
+    })
+    .await
+}
+
+/// Wait until Deployment `stash-system/stash-operator` is Available with every replica ready.
+pub async fn wait_operator_available(cp: &ControlPlane) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let api = Api::<Deployment>::namespaced(cp.client(), OPERATOR_NS);
+    eventually("the installed operator to be Available (scripts/test.sh installs it)", Duration::from_secs(180), || {
+        let api = api.clone();
+        async move {
+            let d = api.get("stash-operator").await.ok()?;
+            let want = d.spec.as_ref()?.replicas.unwrap_or(1);
+            let st = d.status?;
+            (st.ready_replicas == Some(want) && st.updated_replicas == Some(want) && st.replicas == Some(want)).then_some(())
+        }
+    })
+    .await;
+}
+
+/// The operator pods (running ones).
+pub async fn operator_pods(client: &Client) -> Vec<Pod> {
+    Api::<Pod>::namespaced(client.clone(), OPERATOR_NS)
+        .list(&ListParams::default().labels(OPERATOR_SELECTOR))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+/// GET `path` through the API server (e.g. a pod or Service proxy); the body as text.
+pub async fn api_get(client: &Client, path: &str) -> Result<String, kube::Error> {
+    let req = http::Request::get(path).body(Vec::new()).expect("request");
+    client.request_text(req).await
+}
+
+/// The text of every operator pod's `/metrics`, through the API server's pod proxy.
+pub async fn operator_metrics() -> String {
+    let client = env().await.cp.client();
+    let mut out = String::new();
+    for p in operator_pods(&client).await {
+        let name = p.metadata.name.unwrap_or_default();
+        if let Ok(text) = api_get(&client, &format!("/api/v1/namespaces/{OPERATOR_NS}/pods/{name}:8080/proxy/metrics")).await {
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+/// The in-pod pushgateway's `/metrics`, through the API server's Service proxy.
+pub async fn pushgateway_metrics() -> String {
+    let client = env().await.cp.client();
+    api_get(&client, &format!("/api/v1/namespaces/{OPERATOR_NS}/services/stash-operator:pushgateway/proxy/metrics"))
+        .await
+        .unwrap_or_else(|e| panic!("the pushgateway's /metrics through the API server: {e}"))
+}
+
+/// Directory of a hostPath PersistentVolume pre-bound to PVC `ns/claim` (created here if it
+/// does not exist; the PVC itself is the test's). Files written here are what pods see.
+pub async fn pv_dir(ns: &str, claim: &str) -> PathBuf {
+    let env = env().await;
+    let dir = env.cp.dir().join("pv").join(ns).join(claim);
+    std::fs::create_dir_all(&dir).expect("pv dir");
+    set_mode(&dir, 0o777);
+    let name = format!("pv-{}", &format!("{:x}", Sha256::digest(format!("{ns}/{claim}")))[..16]);
+    apply(&env.cp.client(), ns, serde_json::json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": name, "labels": {"stash-testenv/namespace": ns}},
+        "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany"],
+                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "standard",
+                 "claimRef": {"namespace": ns, "name": claim},
+                 "hostPath": {"path": dir.to_string_lossy(), "type": "Directory"}}
+    }))
+    .await;
+    dir
+}
+
+/// The host directory of the hostPath PersistentVolume that PVC `ns/claim` is bound to (waits
+/// up to 60 s for the binding).
+pub async fn bound_pv_dir(ns: &str, claim: &str) -> PathBuf {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let client = env().await.cp.client();
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns);
+    let pvs = Api::<PersistentVolume>::all(client);
+    eventually(&format!("PVC {ns}/{claim} bound to a hostPath PV"), Duration::from_secs(60), || {
+        let (claims, pvs) = (claims.clone(), pvs.clone());
+        async move {
+            let c = claims.get(claim).await.ok()?;
+            let volume = c.spec?.volume_name?;
+            let pv = pvs.get(&volume).await.ok()?;
+            pv.spec?.host_path.map(|h| PathBuf::from(h.path))
         }
     })
     .await
 }
 
-/// Start an operator process, adopted by the control plane. Returns its pid.
-pub fn start_operator(cp: &ControlPlane, metrics_port: u16) -> u32 {
-    let pushgateway = format!("http://127.0.0.1:{}", pushgateway_port(cp));
-    let args: Vec<String> = [
-        "run",
-        "--pushgateway-url",
-        pushgateway.as_str(),
-        "--image",
-        IMAGE,
-        "--namespace",
-        "kube-system",
-        "--metrics-addr",
-        &format!("127.0.0.1:{metrics_port}"),
-        "--lease-duration",
-        "4s",
-        "--session-deadline",
-        "180s",
-        "--poll",
-        "2s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let p = Proc::spawn_with_env(
-        &format!("stash-operator-{metrics_port}-{}", rand_suffix()),
-        &stash_bin(),
-        &args,
-        &[
-            ("KUBECONFIG", cp.kubeconfig.as_os_str()),
-            ("RUST_LOG", std::ffi::OsStr::new("info,kube=warn")),
-        ],
-        cp.dir(),
-    )
-    .expect("start the operator");
-    let pid = p.pid();
-    cp.adopt(p);
-    pid
+/// chmod a path (tests make directories that non-root containers write into).
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
-/// The real Prometheus pushgateway of this test binary (started on first use, on loopback,
-/// adopted by the control plane so it is stopped by process group at exit).
-pub fn pushgateway_port(cp: &ControlPlane) -> u16 {
-    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
-    *PORT.get_or_init(|| {
-        let port = stash_testenv::process::free_port().expect("port");
-        let p = Proc::spawn(
-            "pushgateway",
-            &bins::bin("pushgateway").expect("pushgateway"),
-            &[format!("--web.listen-address=127.0.0.1:{port}")],
-            cp.dir(),
-        )
-        .expect("start the pushgateway");
-        cp.adopt(p);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the pushgateway did not start");
-            std::thread::sleep(Duration::from_millis(100));
+/// Start a test server inside the cluster's network namespace, listening on [`NODE_IP`]
+/// (pods reach it there; so does this process). Returns its port.
+pub async fn cluster_server(name: &str, bin: &Path, args: impl Fn(&str, u16) -> Vec<String>, env_vars: &[(&str, &std::ffi::OsStr)]) -> u16 {
+    let cp = env().await.cp;
+    let port = cp.cluster_port();
+    cp.spawn_in_cluster(name, bin, &args(NODE_IP, port), env_vars).unwrap_or_else(|e| panic!("start {name}: {e}"));
+    wait_port(port, Duration::from_secs(60)).await;
+    port
+}
+
+/// Logs of every container of the pods in `ns` whose name starts with `prefix`.
+pub fn pod_logs(ns: &str, prefix: &str) -> String {
+    let cp = stash_testenv::shared_now().expect("attached");
+    let names = cp.kubectl().expect("kubectl").args(["get", "pods", "-n", ns, "-o", "name"]).output().expect("kubectl");
+    let mut out = String::new();
+    for pod in String::from_utf8_lossy(&names.stdout).lines() {
+        if pod.trim_start_matches("pod/").starts_with(prefix) {
+            let logs = cp.kubectl().expect("kubectl").args(["logs", "-n", ns, pod, "--all-containers", "--prefix", "--tail=60"]).output().expect("kubectl");
+            out.push_str(&String::from_utf8_lossy(&logs.stdout));
+            out.push_str(&String::from_utf8_lossy(&logs.stderr));
         }
-        port
-    })
-}
-
-/// The pushgateway's `/metrics` text.
-pub async fn pushgateway_metrics(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect pushgateway");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await
-        .expect("write");
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.expect("read");
-    buf
-}
-
-fn rand_suffix() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos())
+    }
+    out
 }
 
 /// A test namespace with a storage Secret `local-secret` (RESTIC_PASSWORD = `password`) and a
@@ -166,6 +197,7 @@ pub async fn fixture_with_password(prefix: &str, password: &str) -> Fixture {
     let ns = env.cp.namespace(prefix).await.expect("namespace");
     let repo_dir = env.cp.dir().join("repos").join(&ns.name);
     std::fs::create_dir_all(&repo_dir).expect("repo dir");
+    set_mode(&repo_dir, 0o777);
     let client = env.cp.client();
     apply(&client, &ns.name, serde_json::json!({
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "local-secret"},
@@ -309,44 +341,23 @@ pub fn restic_restore(repo: &str, password: &str, id: &str, target: &Path) {
     );
 }
 
-/// The operator's /metrics text.
-pub async fn operator_metrics(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect /metrics");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await
-        .expect("write");
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.expect("read");
-    buf
-}
-
-/// Assert the operator never refused an illegal phase change.
-pub async fn assert_no_illegal_transitions(port: u16) {
-    let text = operator_metrics(port).await;
+/// Assert no operator replica ever refused an illegal phase change.
+pub async fn assert_no_illegal_transitions() {
+    let text = operator_metrics().await;
+    assert!(text.contains("stash_operator_"), "the operators' /metrics: {text}");
     let bad: Vec<&str> = text
         .lines()
-        .filter(|l| {
-            l.starts_with("stash_operator_illegal_transitions_total{") && !l.ends_with(" 0")
-        })
+        .filter(|l| l.starts_with("stash_operator_illegal_transitions_total{") && !l.ends_with(" 0"))
         .collect();
-    assert!(
-        bad.is_empty(),
-        "illegal transitions were attempted: {bad:?}"
-    );
+    assert!(bad.is_empty(), "illegal transitions were attempted: {bad:?}");
 }
 
-/// Print the logs of every pod process and the operator (for failures).
+/// Print the operator's logs and the kubelet's (for failures).
 pub fn dump_logs(cp: &ControlPlane) {
-    let _ = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "for f in $(find {} -name '*.log' -newer {} | sort); do echo \"=== $f\"; tail -n 40 $f; done",
-            cp.dir().display(),
-            cp.kubeconfig.display()
-        ))
+    let _ = cp
+        .kubectl()
+        .expect("kubectl")
+        .args(["logs", "-n", OPERATOR_NS, "-l", OPERATOR_SELECTOR, "--all-containers", "--prefix", "--tail=60"])
         .status();
 }
 
@@ -478,7 +489,7 @@ pub async fn deployment_with_pvc(client: &Client, ns: &str, name: &str, claim: &
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": {"app": name}},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
                  "template": {"metadata": {"labels": {"app": name}},
-                              "spec": {"containers": [{"name": "app", "image": "busybox",
+                              "spec": {"containers": [{"name": "app", "image": "busybox", "command": ["sleep", "3600"],
                                                        "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}],
                                        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}}}
     }))
@@ -545,13 +556,13 @@ pub async fn wait_sidecar_ready(client: &Client, ns: &str, name: &str, timeout: 
     .await;
 }
 
-/// Wait (≤ `timeout`) until something accepts TCP connections on `127.0.0.1:port`.
+/// Wait (≤ `timeout`) until something accepts TCP connections on `NODE_IP:port`.
 pub async fn wait_port(port: u16, timeout: Duration) {
     eventually(
-        &format!("a server on 127.0.0.1:{port}"),
+        &format!("a server on {NODE_IP}:{port}"),
         timeout,
         || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
+            tokio::net::TcpStream::connect((NODE_IP, port))
                 .await
                 .ok()
                 .map(|_| ())
@@ -560,10 +571,9 @@ pub async fn wait_port(port: u16, timeout: Duration) {
     .await;
 }
 
-/// A loopback port nothing listens on (reserved, then released; nobody binds it again in
-/// this process).
-pub fn closed_port() -> u16 {
-    stash_testenv::process::free_port().expect("port")
+/// A port on the node address nothing listens on.
+pub async fn closed_port() -> u16 {
+    env().await.cp.cluster_port()
 }
 
 /// Every file under `dir` with its bytes' sha256 (to prove a repository was not touched).

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The local single-node cluster with stash-rs installed, as a user installs it.
+#
+#   scripts/cluster.sh up     build the images (testenv/images.sh), record the host, start the
+#                             cluster (testenv start), apply deploy/install/stash-rs.yaml and
+#                             wait until the operator is Ready and its APIService Available
+#   scripts/cluster.sh down   stop the cluster and check the host is as it was before `up`
+#
+# Needs root, Linux, the Rust and Go toolchains and the Debian packages scripts/test.sh installs.
+# Everything the cluster runs lives in network namespace stash-rs-testenv (198.18.0.0/15) and
+# under /var/lib/stash-rs-testenv; `down` removes it all (see README "What the cluster changes").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE=${STASH_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stash-rs-testenv}
+TARGET=${CARGO_TARGET_DIR:-target}
+TESTENV=$TARGET/debug/testenv
+BEFORE=$CACHE/host-before.json
+
+case ${1:-} in
+up)
+  t0=$SECONDS
+  [[ -x $TESTENV && -x $TARGET/debug/stash ]] || cargo build --quiet -p stash-testenv -p stash --bins
+  bin=$(bash testenv/build.sh)
+  # The image gets a copy of the stash binary without debug sections.
+  mkdir -p "$CACHE/images"
+  objcopy --strip-debug "$TARGET/debug/stash" "$CACHE/images/stash.bin.tmp"
+  if ! cmp -s "$CACHE/images/stash.bin.tmp" "$CACHE/images/stash.bin" 2>/dev/null; then
+    mv "$CACHE/images/stash.bin.tmp" "$CACHE/images/stash.bin"
+  else
+    rm "$CACHE/images/stash.bin.tmp"
+  fi
+  bash testenv/images.sh "$CACHE/images" "$CACHE/images/stash.bin"
+  echo "cluster: images ready at $((SECONDS - t0)) s"
+  # A run that was killed is cleaned up by `testenv start` itself; record the host only when
+  # nothing of ours is left on it.
+  "$TESTENV" down >/dev/null
+  "$TESTENV" snapshot "$BEFORE"
+  "$TESTENV" start --images "$CACHE/images"
+  export KUBECONFIG=/var/lib/stash-rs-testenv/kubeconfigs/admin.kubeconfig
+  kubectl=$bin/kubectl
+  t1=$SECONDS
+  "$kubectl" apply --server-side -f deploy/install/stash-rs.yaml >/dev/null
+  "$kubectl" -n stash-system rollout status deployment/stash-operator --timeout=300s
+  "$kubectl" wait --for=condition=Available --timeout=120s apiservice/v1alpha1.repositories.stash.appscode.com
+  echo "cluster: operator installed from deploy/install/stash-rs.yaml, Ready $((SECONDS - t1)) s after kubectl apply"
+  echo "cluster: up at $((SECONDS - t0)) s; export KUBECONFIG=$KUBECONFIG; kubectl: $kubectl"
+  ;;
+down)
+  "$TESTENV" down
+  if [[ -f $BEFORE ]]; then
+    "$TESTENV" verify "$BEFORE"
+    rm -f "$BEFORE"
+  fi
+  ;;
+*)
+  echo "usage: scripts/cluster.sh up|down" >&2
+  exit 2
+  ;;
+esac
