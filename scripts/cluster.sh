@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The local single-node cluster with stash-rs installed, as a user installs it.
 #
-#   scripts/cluster.sh up     build the images (testenv/images.sh), record the host, start the
-#                             cluster (testenv start), apply deploy/install/stash-rs.yaml and
-#                             wait until the operator is Ready and its APIService Available
+#   scripts/cluster.sh up     start, then install
+#   scripts/cluster.sh start  build the images (testenv/images.sh), record the host, start the
+#                             cluster (testenv start)
+#   scripts/cluster.sh install  apply deploy/install/stash-rs.yaml (as committed) and wait until
+#                             the operator is Ready and its APIService Available
 #   scripts/cluster.sh down   stop the cluster and check the host is as it was before `up`
+#   scripts/cluster.sh reload rebuild the stash image from target/debug/stash, import it into the
+#                             running cluster and restart the operator (for development)
 #
 # Needs root, Linux, the Rust and Go toolchains and the Debian packages scripts/test.sh installs.
 # Everything the cluster runs lives in network namespace stash-rs-testenv (198.18.0.0/15) and
@@ -16,11 +20,7 @@ TARGET=${CARGO_TARGET_DIR:-target}
 TESTENV=$TARGET/debug/testenv
 BEFORE=$CACHE/host-before.json
 
-case ${1:-} in
-up)
-  t0=$SECONDS
-  [[ -x $TESTENV && -x $TARGET/debug/stash ]] || cargo build --quiet -p stash-testenv -p stash --bins
-  bin=$(bash testenv/build.sh)
+images() {
   # The image gets a copy of the stash binary without debug sections.
   mkdir -p "$CACHE/images"
   objcopy --strip-debug "$TARGET/debug/stash" "$CACHE/images/stash.bin.tmp"
@@ -30,12 +30,34 @@ up)
     rm "$CACHE/images/stash.bin.tmp"
   fi
   bash testenv/images.sh "$CACHE/images" "$CACHE/images/stash.bin"
+}
+
+case ${1:-} in
+reload)
+  bin=$(bash testenv/build.sh)
+  images
+  ctr=(nsenter --net=/run/netns/stash-rs-testenv -- "$bin/ctr" --address /var/lib/stash-rs-testenv/containerd/containerd.sock -n k8s.io)
+  "${ctr[@]}" images import "$CACHE/images/stash.tar" >/dev/null
+  "${ctr[@]}" images push --plain-http 198.18.0.2:5000/stash-rs/stash:0.1.0 docker.io/stash-rs/stash:0.1.0 >/dev/null
+  KUBECONFIG=/var/lib/stash-rs-testenv/kubeconfigs/admin.kubeconfig "$bin/kubectl" -n stash-system rollout restart deployment/stash-operator
+  KUBECONFIG=/var/lib/stash-rs-testenv/kubeconfigs/admin.kubeconfig "$bin/kubectl" -n stash-system rollout status deployment/stash-operator --timeout=300s
+  ;;
+start | up)
+  t0=$SECONDS
+  [[ -x $TESTENV && -x $TARGET/debug/stash ]] || cargo build --quiet -p stash-testenv -p stash --bins
+  bin=$(bash testenv/build.sh)
+  images
   echo "cluster: images ready at $((SECONDS - t0)) s"
-  # A run that was killed is cleaned up by `testenv start` itself; record the host only when
-  # nothing of ours is left on it.
+  # A run that was killed is cleaned up first; the host is recorded only when nothing of ours
+  # is left on it.
   "$TESTENV" down >/dev/null
   "$TESTENV" snapshot "$BEFORE"
   "$TESTENV" start --images "$CACHE/images"
+  echo "cluster: started at $((SECONDS - t0)) s"
+  [[ $1 == up ]] && exec bash "$0" install
+  ;;
+install)
+  bin=$(bash testenv/build.sh)
   export KUBECONFIG=/var/lib/stash-rs-testenv/kubeconfigs/admin.kubeconfig
   kubectl=$bin/kubectl
   t1=$SECONDS
@@ -43,7 +65,7 @@ up)
   "$kubectl" -n stash-system rollout status deployment/stash-operator --timeout=300s
   "$kubectl" wait --for=condition=Available --timeout=120s apiservice/v1alpha1.repositories.stash.appscode.com
   echo "cluster: operator installed from deploy/install/stash-rs.yaml, Ready $((SECONDS - t1)) s after kubectl apply"
-  echo "cluster: up at $((SECONDS - t0)) s; export KUBECONFIG=$KUBECONFIG; kubectl: $kubectl"
+  echo "cluster: export KUBECONFIG=$KUBECONFIG; kubectl: $kubectl"
   ;;
 down)
   "$TESTENV" down
@@ -53,7 +75,7 @@ down)
   fi
   ;;
 *)
-  echo "usage: scripts/cluster.sh up|down" >&2
+  echo "usage: scripts/cluster.sh up|start|install|down|reload" >&2
   exit 2
   ;;
 esac

@@ -29,10 +29,16 @@ echo "build done at $((SECONDS - start)) s"
 
 out=$(mktemp /tmp/stash-test-output.XXXXXX)
 trap 'bash scripts/cluster.sh down; rm -f "$out"' EXIT
-bash scripts/cluster.sh up
-echo "cluster and operator up at $((SECONDS - start)) s"
-
-cargo test --workspace --locked -j "$(nproc)" -- --test-threads=4 2>&1 | tee "$out"
+bash scripts/cluster.sh start
+echo "cluster up at $((SECONDS - start)) s"
+# The chart first (it needs a cluster without stash-rs): install, upgrade, uninstall.
+status=0
+cargo test -p stash-install --locked --test helm_install 2>&1 | tee "$out" || status=1
+# Then stash-rs as users install it, from the committed manifest, and every other test.
+bash scripts/cluster.sh install
+echo "operator installed at $((SECONDS - start)) s"
+cargo test --workspace --locked --no-fail-fast -j "$(nproc)" -- --test-threads=4 2>&1 | tee -a "$out" || status=1
 summary=$(grep -E '^test result:' "$out" | awk '{p+=$4; f+=$6} END {print p" passed, "f" failed"}')
 echo "whole suite took $((SECONDS - start)) s"
 echo "tests: $summary"
+exit $status

@@ -153,7 +153,10 @@ pub fn cluster_role() -> Value {
         rule(&["apps"], &["deployments", "statefulsets", "daemonsets", "replicasets"], WRITE_WORKLOAD),
         rule(&[""], &["replicationcontrollers"], WRITE_WORKLOAD),
         rule(&["apps.openshift.io"], &["deploymentconfigs"], WRITE_WORKLOAD),
-        rule(&[""], &["pods"], &["get", "list", "watch", "delete"]),
+        // Pods: replaced for ReplicaSets/ReplicationControllers; the Snapshot API's reader Pods
+        // for local backends (created, read through their log, deleted).
+        rule(&[""], &["pods"], &["get", "list", "watch", "create", "delete"]),
+        rule(&[""], &["pods/log"], &["get"]),
         rule(&[""], &["persistentvolumeclaims"], &["get", "list", "watch", "create"]),
         rule(&[""], &["nodes", "namespaces"], READ),
         // Storage Secrets of Repositories (Snapshot API) and of AppBindings: read only.

@@ -180,6 +180,72 @@ fn errors(out: &mut String, hosts: impl Iterator<Item = (String, Option<String>)
 mod tests {
     use super::*;
 
+    fn session(status: serde_json::Value) -> BackupSession {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
+            "metadata": {"name": "nightly-1", "namespace": "ns"},
+            "spec": {"backupConfiguration": {"name": "nightly"}},
+            "status": status,
+        }))
+        .expect("session")
+    }
+
+    #[test]
+    fn describe_a_session_without_status() {
+        let mut bs = session(serde_json::json!({}));
+        bs.status = None;
+        let out = backup_session(&bs);
+        assert!(out.contains("Phase:               Pending (no status yet)"), "{out}");
+        assert!(out.contains("▶ Pending (initial)   ◀ current"), "{out}");
+        assert!(out.contains("(none reported yet)"), "{out}");
+    }
+
+    #[test]
+    fn describe_a_running_session_with_hosts_and_errors() {
+        let out = backup_session(&session(serde_json::json!({
+            "phase": "Running", "totalHosts": 3,
+            "stats": [
+                {"hostname": "host-0", "phase": "Succeeded", "duration": "4.2s",
+                 "snapshots": [{"name": "repo-1a2b3c4d", "directory": "/data", "size": "1.5 MiB"}]},
+                {"hostname": "host-1", "phase": "Failed", "duration": "1s",
+                 "error": "restic backup: exit status 1, reason: Fatal: unable to open config file"},
+            ],
+        })));
+        assert!(out.starts_with("BackupSession:       ns/nightly-1\nBackupConfiguration: nightly\n"), "{out}");
+        assert!(out.contains("Phase:               Running\n"), "{out}");
+        assert!(out.contains("Hosts:               2/3 reported\n"), "{out}");
+        assert_eq!(out.matches('▶').count(), 1, "exactly one phase is marked:\n{out}");
+        assert!(out.contains("  ▶ Running   ◀ current\n"), "{out}");
+        assert!(out.contains("    Pending (initial)\n        Start → Running\n"), "{out}");
+        assert!(out.contains("        Complete [all_hosts_succeeded] → Succeeded\n"), "{out}");
+        assert!(out.contains("    Succeeded (terminal)\n"), "{out}");
+        assert!(out.contains("  HOST    PHASE      DURATION  SNAPSHOTS  SIZE\n"), "{out}");
+        assert!(out.contains("  host-0  Succeeded  4.2s      1          1.5 MiB\n"), "{out}");
+        assert!(out.contains("  host-1  Failed     1s        0\n"), "{out}");
+        assert!(out.contains("Errors:\n  host-1: restic backup: exit status 1, reason: Fatal: unable to open config file\n"), "{out}");
+    }
+
+    #[test]
+    fn describe_a_failed_restore() {
+        let rs: RestoreSession = serde_json::from_value(serde_json::json!({
+            "apiVersion": "stash.appscode.com/v1beta1", "kind": "RestoreSession",
+            "metadata": {"name": "restore-1", "namespace": "ns"},
+            "spec": {"repository": {"name": "local-repo"},
+                     "target": {"ref": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db"}},
+                     "rules": [{"paths": ["/data"]}]},
+            "status": {"phase": "Failed", "totalHosts": 2, "reason": "no rule matches host host-1",
+                       "stats": [{"hostname": "host-0", "phase": "Succeeded", "duration": "2s"}]},
+        }))
+        .expect("restore");
+        let out = restore_session(&rs);
+        assert!(out.starts_with("RestoreSession:      ns/restore-1\nRepository:          local-repo\n"), "{out}");
+        assert!(out.contains("Reason:              no rule matches host host-1\n"), "{out}");
+        assert!(out.contains("Lifecycle (RestoreSession):\n"), "{out}");
+        assert!(out.contains("  ▶ Failed (terminal)   ◀ current\n"), "{out}");
+        assert!(out.contains("        Complete [any_host_failed] → Failed\n"), "{out}");
+        assert!(out.contains("  host-0  Succeeded  2s\n"), "{out}");
+    }
+
     #[test]
     fn lifecycle_marks_exactly_the_current_phase() {
         use stash_crds::backup_session::Phase;

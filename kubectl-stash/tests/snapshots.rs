@@ -1,7 +1,6 @@
-//! `kubectl stash snapshots` through the real Snapshot API: the operator's aggregated API server
-//! (stash::snapshots) registered with the real kube-apiserver, a local restic repository with
-//! two snapshots, listed by the plugin run through kubectl. Its own test binary, so its own
-//! control plane: the APIService does not touch the other plugin tests.
+//! `kubectl stash snapshots` through the real Snapshot API: the installed operator's aggregated
+//! API server behind the real kube-apiserver, a local (hostPath) restic repository with two
+//! snapshots, listed by the plugin.
 use std::{
     path::PathBuf,
     process::Command,
@@ -11,7 +10,6 @@ use std::{
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, api::PostParams};
 use serde_json::json;
-use stash::snapshots::{self, SnapshotApiOptions};
 use stash_crds::Repository;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kubectl-stash");
@@ -24,15 +22,7 @@ fn restic() -> PathBuf {
 async fn snapshots_lists_through_the_snapshot_api() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cp = stash_testenv::shared().await?;
-    cp.install_crds(&stash_crds::crds()).await?;
-    let mut opts = SnapshotApiOptions::new("127.0.0.1:0".parse()?, "kube-system");
-    opts.service_name = "stash-snapshots-plugin".into();
-    opts.external_name = Some("localhost".into());
-    opts.catalog.restic = restic();
-    let server = snapshots::start(cp.client(), opts).await?;
-    let result = scenario(cp).await;
-    server.shutdown().await?;
-    result
+    scenario(cp).await
 }
 
 async fn scenario(cp: &'static stash_testenv::ControlPlane) -> anyhow::Result<()> {

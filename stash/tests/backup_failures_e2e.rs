@@ -57,6 +57,9 @@ async fn a_wrong_password_fails_the_session_and_leaves_the_repository_alone() {
     assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
     let out = restic(&repo, PASSWORD).arg("backup").arg(seed.path()).args(["--host", "seed", "--json", "--quiet"]).output().expect("backup");
     assert!(out.status.success(), "backup: {}", String::from_utf8_lossy(&out.stderr));
+    // As if the sidecar (the image's user, 65534) had made it: restic's files are private.
+    let chown = std::process::Command::new("chown").args(["-R", "65534:65534"]).arg(&repo_dir).status().expect("chown");
+    assert!(chown.success());
     let snapshots_before = restic_snapshots(&repo, PASSWORD).len();
     let config_before = std::fs::read(repo_dir.join("config")).expect("config");
     let tree_before = tree_digest(&repo_dir);

@@ -125,7 +125,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         None => None,
     };
     // The aggregated Snapshot API, like the webhooks, is served by every replica.
-    let snapshots = match opts.snapshots.options(&opts.namespace) {
+    let snapshots = match opts.snapshots.options(&opts.namespace).map(|mut o| {
+        o.catalog.reader_image = Some(opts.image.clone());
+        o.available_timeout = Duration::ZERO;
+        o
+    }) {
         Some(o) => Some(crate::snapshots::start(client.clone(), o).await.context("snapshot API")?),
         None => None,
     };

@@ -611,7 +611,17 @@ async fn route(
                 .filter(|r| selector.pinned("repository").is_none_or(|p| p == r.name_any()))
                 .filter(|r| selector.matches(&repo_labels(r)))
                 .collect();
-            let lists = futures::future::join_all(repos.iter().map(|r| catalog.snapshots(r))).await;
+            // A list across every namespace answers from the cache for repositories read on
+            // demand (a Pod each): only a namespaced request starts their readers.
+            let lists: Vec<_> = if ns.is_none() {
+                repos.iter().map(|r| catalog.cached(r)).collect()
+            } else {
+                let mut out = Vec::with_capacity(repos.len());
+                for chunk in repos.chunks(4) {
+                    out.extend(futures::future::join_all(chunk.iter().map(|r| catalog.snapshots(r))).await);
+                }
+                out
+            };
             let mut items = Vec::new();
             for (repo, snaps) in repos.iter().zip(lists) {
                 for s in snaps.iter() {

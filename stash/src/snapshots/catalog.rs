@@ -10,11 +10,11 @@
 //! * A request that finds a repository never fetched refreshes it first (refreshes of one
 //!   repository are serialised, and a refresh that finished after the request began is reused).
 //!
-//! Backends: everything restic reaches over the network, plus `local` backends whose volume is
-//! a `hostPath` — the operator reads the host path (+ `subPath`) directly, which is right when
-//! the operator runs on the node holding it (single-node clusters, tests). Other local volumes
-//! (PVC, NFS, …) cannot be read by the operator: such repositories list no snapshots (and one
-//! log line says why). A backend without a restic repository lists no snapshots; a repository
+//! Backends: everything restic reaches over the network, plus `local` backends: with
+//! [`CatalogOptions::reader_image`] (the operator) through a short-lived Pod that mounts the
+//! backend's volume ([`super::reader`]); without it, a `hostPath` volume is read on the host
+//! the catalog runs on (tests, benchmarks) and other local volumes list no snapshots (one log
+//! line says why). A backend without a restic repository lists no snapshots; a repository
 //! that fails to open (wrong password, unreachable) keeps its last good list and records the
 //! error. Credentials come from the storage Secret, are written to a private temp dir only for
 //! the duration of one restic run and never appear in logs.
@@ -62,11 +62,14 @@ pub struct CatalogOptions {
     pub scratch_dir: Option<PathBuf>,
     /// Give up a restic run after this long.
     pub timeout: Duration,
+    /// Read `local` backends through a short-lived Pod of this image ([`super::reader`])
+    /// instead of the operator's own filesystem (the operator sets its `--image`).
+    pub reader_image: Option<String>,
 }
 
 impl Default for CatalogOptions {
     fn default() -> Self {
-        Self { refresh: Duration::from_secs(30), restic: PathBuf::from("restic"), scratch_dir: None, timeout: Duration::from_secs(120) }
+        Self { refresh: Duration::from_secs(30), restic: PathBuf::from("restic"), scratch_dir: None, timeout: Duration::from_secs(120), reader_image: None }
     }
 }
 
@@ -217,10 +220,27 @@ impl Catalog {
     /// The snapshots of `repo`, reading them first if the catalog never has.
     pub async fn snapshots(&self, repo: &Repository) -> Arc<Vec<restic::Snapshot>> {
         let key = key_of(repo);
-        if let Some(e) = self.entry(&key.0, &key.1).filter(|e| e.generation == repo.metadata.generation) {
+        let stale = |e: &Entry| {
+            self.on_demand(repo)
+                && (self.inner.dirty.lock().unwrap_or_else(|e| e.into_inner()).contains(&key)
+                    || e.fetched_at.elapsed() >= self.inner.opts.refresh)
+        };
+        if let Some(e) = self.entry(&key.0, &key.1).filter(|e| e.generation == repo.metadata.generation && !stale(e)) {
             return e.snapshots;
         }
         let _ = self.refresh(repo, Instant::now()).await;
+        self.entry(&key.0, &key.1).map(|e| e.snapshots).unwrap_or_default()
+    }
+
+    /// What the catalog holds for `repo`, without reading it (empty when never read).
+    pub fn cached(&self, repo: &Repository) -> Arc<Vec<restic::Snapshot>> {
+        let key = key_of(repo);
+        if !self.on_demand(repo) {
+            // Remote backends are kept fresh in the background; never read is read now.
+            if let Some(e) = self.entry(&key.0, &key.1) {
+                return e.snapshots;
+            }
+        }
         self.entry(&key.0, &key.1).map(|e| e.snapshots).unwrap_or_default()
     }
 
@@ -256,6 +276,14 @@ impl Catalog {
 
     /// `restic forget --prune <id>` on `repo`, then read it again.
     pub async fn forget(&self, repo: &Repository, id: &str) -> Result<(), FetchError> {
+        if let Some(image) = &self.inner.opts.reader_image
+            && let Some(()) = super::reader::forget(&self.inner.client, repo, image, id, self.inner.opts.timeout)
+                .await
+                .map_err(FetchError::Failed)?
+        {
+            let _ = self.refresh(repo, Instant::now()).await;
+            return Ok(());
+        }
         let r = self.open(repo).await?.ok_or_else(|| FetchError::Failed("this backend is not supported by the Snapshot API".into()))?;
         let result = r.forget_ids(&[id.to_owned()], true).await.map_err(|e| FetchError::Failed(e.to_string()));
         let _ = self.refresh(repo, Instant::now()).await;
@@ -303,6 +331,13 @@ impl Catalog {
     }
 
     async fn fetch(&self, repo: &Repository) -> Result<Vec<restic::Snapshot>, FetchError> {
+        if let Some(image) = &self.inner.opts.reader_image
+            && let Some(list) = super::reader::snapshots(&self.inner.client, repo, image, self.inner.opts.timeout)
+                .await
+                .map_err(FetchError::Failed)?
+        {
+            return Ok(list);
+        }
         let Some(r) = self.open(repo).await? else { return Ok(Vec::new()) };
         match r.snapshots(&restic::SnapshotFilter { no_lock: true, ..Default::default() }).await {
             Ok(s) => Ok(s),
@@ -310,6 +345,12 @@ impl Catalog {
             Err(restic::Error::RepositoryNotFound { .. }) => Ok(Vec::new()),
             Err(e) => Err(FetchError::Failed(e.to_string())),
         }
+    }
+
+    /// Whether `repo` is read only when asked (a `local` backend read through a Pod: a Pod per
+    /// repository per refresh interval would be a load of its own), not in the background.
+    fn on_demand(&self, repo: &Repository) -> bool {
+        self.inner.opts.reader_image.is_some() && matches!(repo.spec.backend.validate(), Ok(BackendKind::Local(_)))
     }
 
     /// The background loop: every second (or when woken) refresh what is due.
@@ -326,6 +367,7 @@ impl Catalog {
             let dirty = self.inner.dirty.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let due: Vec<Arc<Repository>> = repos
                 .into_iter()
+                .filter(|r| !self.on_demand(r))
                 .filter(|r| {
                     let key = key_of(r);
                     dirty.contains(&key)

@@ -36,6 +36,7 @@ use stash_runtime::{
 use tokio::task::JoinHandle;
 
 pub use catalog::{Catalog, CatalogOptions};
+pub mod reader;
 
 use crate::admission::certs;
 
@@ -108,7 +109,9 @@ pub struct SnapshotApiOptions {
     pub authz_cache_ttl: Duration,
     /// Register the APIService (and wait until it is Available).
     pub register: bool,
-    /// How long to wait for `Available`.
+    /// How long to wait for `Available` before `start` returns; zero: do not wait (the
+    /// operator: the APIService reaches it through a Service that routes only to Ready pods,
+    /// so waiting before readiness would deadlock), and log when it becomes Available.
     pub available_timeout: Duration,
 }
 
@@ -244,11 +247,23 @@ pub async fn start(client: Client, opts: SnapshotApiOptions) -> anyhow::Result<S
         }
         register::apply_apiservice(&client, ns, svc, port, &server.ca_bundle).await?;
         server.registered = true;
-        if let Err(e) = register::wait_available(&client, opts.available_timeout).await {
-            let _ = server.shutdown().await;
-            return Err(e);
+        if opts.available_timeout.is_zero() {
+            let client = client.clone();
+            tokio::spawn(async move {
+                loop {
+                    match register::wait_available(&client, Duration::from_secs(60)).await {
+                        Ok(()) => break tracing::info!(apiservice = %register::apiservice_name(), "snapshots: APIService available"),
+                        Err(e) => tracing::warn!(error = %e, "snapshots: the APIService is not Available yet"),
+                    }
+                }
+            });
+        } else {
+            if let Err(e) = register::wait_available(&client, opts.available_timeout).await {
+                let _ = server.shutdown().await;
+                return Err(e);
+            }
+            tracing::info!(apiservice = %register::apiservice_name(), "snapshots: APIService available");
         }
-        tracing::info!(apiservice = %register::apiservice_name(), "snapshots: APIService available");
     }
     Ok(server)
 }

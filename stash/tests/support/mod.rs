@@ -112,8 +112,8 @@ pub async fn pushgateway_metrics() -> String {
         .unwrap_or_else(|e| panic!("the pushgateway's /metrics through the API server: {e}"))
 }
 
-/// Directory of a hostPath PersistentVolume pre-bound to PVC `ns/claim` (created here if it
-/// does not exist; the PVC itself is the test's). Files written here are what pods see.
+/// Directory of a hostPath PersistentVolume bound to PVC `ns/claim` (both created here if they
+/// do not exist). Files written here are what pods see.
 pub async fn pv_dir(ns: &str, claim: &str) -> PathBuf {
     let env = env().await;
     let dir = env.cp.dir().join("pv").join(ns).join(claim);
@@ -129,6 +129,17 @@ pub async fn pv_dir(ns: &str, claim: &str) -> PathBuf {
                  "hostPath": {"path": dir.to_string_lossy(), "type": "Directory"}}
     }))
     .await;
+    // The claim too (its own field manager: a test may apply the same PVC with fewer fields).
+    let claim_doc: k8s_openapi::api::core::v1::PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": ns},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                 "storageClassName": "standard", "volumeName": name}
+    }))
+    .expect("pvc");
+    Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(env.cp.client(), ns)
+        .patch(claim, &PatchParams::apply("stash-e2e-pv").force(), &Patch::Apply(&claim_doc))
+        .await
+        .unwrap_or_else(|e| panic!("PVC {ns}/{claim}: {e}"));
     dir
 }
 

@@ -210,7 +210,7 @@ impl Cluster {
         // Pods never reach the root namespace: reject whatever leaves through the veth
         // (before any iptables chain of kube-proxy or the kubelet sees it).
         let nft = format!(
-            "table inet stash_confine {{ chain forward {{ type filter hook forward priority -10; oifname \"{VETH_NODE}\" reject; }} }}"
+            "table inet stash_confine {{\n chain forward {{\n  type filter hook forward priority -10; policy accept;\n  oifname \"{VETH_NODE}\" reject\n }}\n}}\n"
         );
         sh("nft (confinement)", in_netns(Path::new("nft")).arg(&nft))?;
         // Service traffic between pods on the bridge must pass iptables (per-namespace).
@@ -364,6 +364,16 @@ impl Cluster {
         write(l.state.join("Corefile"), config::corefile(&l))?;
         write(l.state.join("resolv.conf"), format!("nameserver {NODE_IP}\n"))?;
         self.spawn("coredns", &[format!("-conf={}", l.state.join("Corefile").display())])?;
+        // The kubelet's cgroup root must exist in every hierarchy (removed at teardown).
+        for h in host::cgroup_hierarchies() {
+            let dir = h.join(CGROUP_ROOT);
+            fs::create_dir_all(&dir).map_err(|e| Error::Io(format!("create {}", dir.display()), e))?;
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                if let Ok(v) = fs::read_to_string(h.join(f)) {
+                    let _ = fs::write(dir.join(f), v.trim());
+                }
+            }
+        }
         write(l.state.join("kubelet.yaml"), config::kubelet(&l))?;
         self.spawn("kubelet", &[
             format!("--config={}", l.state.join("kubelet.yaml").display()),
