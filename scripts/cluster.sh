@@ -7,6 +7,8 @@
 #   scripts/cluster.sh install  apply deploy/install/stash-rs.yaml (as committed) and wait until
 #                             the operator is Ready and its APIService Available
 #   scripts/cluster.sh down   stop the cluster and check the host is as it was before `up`
+#   scripts/cluster.sh recovery  start the node, SIGKILL `testenv up` (a hard stop), check that
+#                             `testenv down` removes what it left and the host is as before
 #   scripts/cluster.sh reload rebuild the stash image from target/debug/stash, import it into the
 #                             running cluster and restart the operator (for development)
 #
@@ -33,6 +35,21 @@ images() {
 }
 
 case ${1:-} in
+recovery)
+  [[ -x $TESTENV ]] || cargo build --quiet -p stash-testenv --bins
+  "$TESTENV" down >/dev/null
+  "$TESTENV" snapshot "$BEFORE.recovery"
+  "$TESTENV" start >/dev/null
+  pid=$(cut -d' ' -f1 /var/lib/stash-rs-testenv/ready)
+  kill -KILL "$pid"
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  left=$(ip netns list | grep -c stash-rs-testenv || true)
+  echo "cluster: testenv up (pid $pid) killed with SIGKILL; network namespaces left behind: $left"
+  [[ $left -ge 1 ]] || { echo "cluster: expected the killed run to leave its network namespace" >&2; exit 1; }
+  "$TESTENV" down
+  "$TESTENV" verify "$BEFORE.recovery"
+  rm -f "$BEFORE.recovery"
+  ;;
 reload)
   bin=$(bash testenv/build.sh)
   images

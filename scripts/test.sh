@@ -29,6 +29,8 @@ echo "build done at $((SECONDS - start)) s"
 
 out=$(mktemp /tmp/stash-test-output.XXXXXX)
 trap 'bash scripts/cluster.sh down; rm -f "$out"' EXIT
+# A hard stop leaves things behind; the next start (here: `testenv down`) removes them.
+bash scripts/cluster.sh recovery
 bash scripts/cluster.sh start
 echo "cluster up at $((SECONDS - start)) s"
 # The chart first (it needs a cluster without stash-rs): install, upgrade, uninstall.

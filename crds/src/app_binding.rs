@@ -26,7 +26,11 @@ pub const APP_TYPE_OPAQUE: &str = "Opaque";
     label("app", "catalog"),
     doc = "Connection information of an application (appcatalog.appscode.com AppBinding).",
     derive = "PartialEq",
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AppBindingSpec {
@@ -61,7 +65,11 @@ pub struct ClientConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceReference>,
     /// Skip TLS verification.
-    #[serde(rename = "insecureSkipTLSVerify", default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(
+        rename = "insecureSkipTLSVerify",
+        default,
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub insecure_skip_tls_verify: bool,
     /// PEM CA bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -188,8 +196,14 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(c.connection_url("demo").unwrap(), "postgresql://quick-postgres.demo.svc:5432/?sslmode=disable");
-        let u = ClientConfig { url: Some("http://x".into()), ..c };
+        assert_eq!(
+            c.connection_url("demo").unwrap(),
+            "postgresql://quick-postgres.demo.svc:5432/?sslmode=disable"
+        );
+        let u = ClientConfig {
+            url: Some("http://x".into()),
+            ..c
+        };
         assert_eq!(u.connection_url("demo").unwrap(), "http://x");
         assert_eq!(ClientConfig::default().connection_url("demo"), None);
     }

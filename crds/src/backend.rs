@@ -135,7 +135,9 @@ pub struct RestServerSpec {
 
 /// Which storage provider a [`Backend`] uses. The identifiers (`local`, `s3`, ...) are the ones
 /// passed to Functions as `REPOSITORY_PROVIDER`. Declaration order is the precedence order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     /// `local`
@@ -156,8 +158,15 @@ pub enum Provider {
 
 impl Provider {
     /// Every provider, in precedence order.
-    pub const ALL: [Provider; 7] =
-        [Provider::Local, Provider::S3, Provider::Gcs, Provider::Azure, Provider::Swift, Provider::B2, Provider::Rest];
+    pub const ALL: [Provider; 7] = [
+        Provider::Local,
+        Provider::S3,
+        Provider::Gcs,
+        Provider::Azure,
+        Provider::Swift,
+        Provider::B2,
+        Provider::Rest,
+    ];
 
     /// The identifier (`local`, `s3`, `gcs`, `azure`, `swift`, `b2`, `rest`).
     pub fn as_str(self) -> &'static str {
@@ -217,7 +226,9 @@ impl BackendKind<'_> {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BackendError {
     /// No provider section is set.
-    #[error("backend has no provider set (expected exactly one of local, s3, gcs, azure, swift, b2, rest)")]
+    #[error(
+        "backend has no provider set (expected exactly one of local, s3, gcs, azure, swift, b2, rest)"
+    )]
     NoProvider,
     /// More than one provider section is set.
     #[error("backend has several providers set: {}", .0.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", "))]
@@ -231,10 +242,21 @@ fn opt(s: &Option<String>) -> &str {
 /// `filepath.Join`-like join of non-empty segments (duplicate and trailing slashes removed,
 /// a leading slash of the first segment kept).
 pub(crate) fn join_path(parts: &[&str]) -> String {
-    let absolute = parts.iter().find(|p| !p.is_empty()).is_some_and(|p| p.starts_with('/'));
-    let segs: Vec<&str> = parts.iter().flat_map(|p| p.split('/')).filter(|s| !s.is_empty() && *s != ".").collect();
+    let absolute = parts
+        .iter()
+        .find(|p| !p.is_empty())
+        .is_some_and(|p| p.starts_with('/'));
+    let segs: Vec<&str> = parts
+        .iter()
+        .flat_map(|p| p.split('/'))
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
     let joined = segs.join("/");
-    if absolute { format!("/{joined}") } else { joined }
+    if absolute {
+        format!("/{joined}")
+    } else {
+        joined
+    }
 }
 
 impl Backend {
@@ -245,7 +267,10 @@ impl Backend {
 
     /// Every provider whose section is set, in precedence order.
     pub fn providers(&self) -> Vec<Provider> {
-        Provider::ALL.into_iter().filter(|p| self.section(*p).is_some()).collect()
+        Provider::ALL
+            .into_iter()
+            .filter(|p| self.section(*p).is_some())
+            .collect()
     }
 
     /// The section of `provider`, if set.
@@ -298,7 +323,10 @@ impl Backend {
                     "" => "s3.amazonaws.com",
                     e => e,
                 };
-                format!("s3:{endpoint}/{}", join_path(&[opt(&s.bucket), opt(&s.prefix)]))
+                format!(
+                    "s3:{endpoint}/{}",
+                    join_path(&[opt(&s.bucket), opt(&s.prefix)])
+                )
             }
             BackendKind::Gcs(g) => format!("gs:{}:/{}", opt(&g.bucket), pre(&g.prefix)),
             BackendKind::Azure(a) => format!("azure:{}:/{}", opt(&a.container), pre(&a.prefix)),
@@ -315,7 +343,10 @@ impl Backend {
         let kind = self.kind().ok_or(BackendError::NoProvider)?;
         let s = |o: &Option<String>| opt(o).to_owned();
         Ok(match kind {
-            BackendKind::Local(l) => (String::new(), join_path(&[opt(&l.mount_path), opt(&l.sub_path)])),
+            BackendKind::Local(l) => (
+                String::new(),
+                join_path(&[opt(&l.mount_path), opt(&l.sub_path)]),
+            ),
             BackendKind::S3(x) => (s(&x.bucket), s(&x.prefix)),
             BackendKind::Gcs(x) => (s(&x.bucket), s(&x.prefix)),
             BackendKind::Azure(x) => (s(&x.container), s(&x.prefix)),
@@ -361,7 +392,11 @@ impl RestServerSpec {
         let userinfo = if password.is_empty() {
             encode_userinfo(username)
         } else {
-            format!("{}:{}", encode_userinfo(username), encode_userinfo(password))
+            format!(
+                "{}:{}",
+                encode_userinfo(username),
+                encode_userinfo(password)
+            )
         };
         if scheme.is_empty() {
             format!("rest:{userinfo}@{rest}")
@@ -384,12 +419,24 @@ mod tests {
         let mut b = Backend::default();
         assert_eq!(b.provider(), None);
         assert_eq!(b.validate(), Err(BackendError::NoProvider));
-        b.rest = Some(RestServerSpec { url: s("http://r:8000") });
+        b.rest = Some(RestServerSpec {
+            url: s("http://r:8000"),
+        });
         assert_eq!(b.provider(), Some(Provider::Rest));
         assert!(b.validate().is_ok());
-        b.gcs = Some(GcsSpec { bucket: s("bk"), prefix: s("p"), max_connections: Some(3) });
+        b.gcs = Some(GcsSpec {
+            bucket: s("bk"),
+            prefix: s("p"),
+            max_connections: Some(3),
+        });
         assert_eq!(b.provider(), Some(Provider::Gcs));
-        assert_eq!(b.validate(), Err(BackendError::MultipleProviders(vec![Provider::Gcs, Provider::Rest])));
+        assert_eq!(
+            b.validate(),
+            Err(BackendError::MultipleProviders(vec![
+                Provider::Gcs,
+                Provider::Rest
+            ]))
+        );
         assert_eq!(b.max_connections(), 3);
         b.local = Some(LocalSpec::default());
         assert_eq!(b.provider(), Some(Provider::Local));
@@ -399,36 +446,104 @@ mod tests {
     #[test]
     fn restic_repository_urls() {
         let local = Backend {
-            local: Some(LocalSpec { mount_path: s("/safe/data"), sub_path: s("deployment/demo"), ..Default::default() }),
+            local: Some(LocalSpec {
+                mount_path: s("/safe/data"),
+                sub_path: s("deployment/demo"),
+                ..Default::default()
+            }),
             ..Default::default()
         };
-        assert_eq!(local.restic_repository().unwrap(), "/safe/data/deployment/demo");
-        assert_eq!(local.bucket_and_prefix().unwrap(), (String::new(), "/safe/data/deployment/demo".into()));
+        assert_eq!(
+            local.restic_repository().unwrap(),
+            "/safe/data/deployment/demo"
+        );
+        assert_eq!(
+            local.bucket_and_prefix().unwrap(),
+            (String::new(), "/safe/data/deployment/demo".into())
+        );
         let s3 = Backend {
-            s3: Some(S3Spec { endpoint: s("s3.amazonaws.com"), bucket: s("stash-demo"), prefix: s("/demo/dep") }),
+            s3: Some(S3Spec {
+                endpoint: s("s3.amazonaws.com"),
+                bucket: s("stash-demo"),
+                prefix: s("/demo/dep"),
+            }),
             ..Default::default()
         };
-        assert_eq!(s3.restic_repository().unwrap(), "s3:s3.amazonaws.com/stash-demo/demo/dep");
+        assert_eq!(
+            s3.restic_repository().unwrap(),
+            "s3:s3.amazonaws.com/stash-demo/demo/dep"
+        );
         let minio = Backend {
-            s3: Some(S3Spec { endpoint: s("https://minio.demo:9000"), bucket: s("b"), prefix: None }),
+            s3: Some(S3Spec {
+                endpoint: s("https://minio.demo:9000"),
+                bucket: s("b"),
+                prefix: None,
+            }),
             ..Default::default()
         };
-        assert_eq!(minio.restic_repository().unwrap(), "s3:https://minio.demo:9000/b");
-        let gcs = Backend { gcs: Some(GcsSpec { bucket: s("b"), prefix: s("p/q"), max_connections: None }), ..Default::default() };
+        assert_eq!(
+            minio.restic_repository().unwrap(),
+            "s3:https://minio.demo:9000/b"
+        );
+        let gcs = Backend {
+            gcs: Some(GcsSpec {
+                bucket: s("b"),
+                prefix: s("p/q"),
+                max_connections: None,
+            }),
+            ..Default::default()
+        };
         assert_eq!(gcs.restic_repository().unwrap(), "gs:b:/p/q");
-        let az = Backend { azure: Some(AzureSpec { container: s("c"), prefix: s("p"), max_connections: None }), ..Default::default() };
+        let az = Backend {
+            azure: Some(AzureSpec {
+                container: s("c"),
+                prefix: s("p"),
+                max_connections: None,
+            }),
+            ..Default::default()
+        };
         assert_eq!(az.restic_repository().unwrap(), "azure:c:/p");
-        let sw = Backend { swift: Some(SwiftSpec { container: s("c"), prefix: s("p") }), ..Default::default() };
+        let sw = Backend {
+            swift: Some(SwiftSpec {
+                container: s("c"),
+                prefix: s("p"),
+            }),
+            ..Default::default()
+        };
         assert_eq!(sw.restic_repository().unwrap(), "swift:c:/p");
-        let b2 = Backend { b2: Some(B2Spec { bucket: s("b"), prefix: s("p"), max_connections: Some(2) }), ..Default::default() };
+        let b2 = Backend {
+            b2: Some(B2Spec {
+                bucket: s("b"),
+                prefix: s("p"),
+                max_connections: Some(2),
+            }),
+            ..Default::default()
+        };
         assert_eq!(b2.restic_repository().unwrap(), "b2:b:/p");
         assert_eq!(b2.bucket_and_prefix().unwrap(), ("b".into(), "p".into()));
         assert_eq!(b2.max_connections(), 2);
-        let rest = RestServerSpec { url: s("http://rest.demo.svc:8000/stash") };
-        let rb = Backend { rest: Some(rest.clone()), ..Default::default() };
-        assert_eq!(rb.restic_repository().unwrap(), "rest:http://rest.demo.svc:8000/stash");
-        assert_eq!(rest.url_with_credentials("u", "p@ss"), "rest:http://u:p%40ss@rest.demo.svc:8000/stash");
-        assert_eq!(rest.url_with_credentials("", ""), "rest:http://rest.demo.svc:8000/stash");
-        assert_eq!(Backend::default().restic_repository(), Err(BackendError::NoProvider));
+        let rest = RestServerSpec {
+            url: s("http://rest.demo.svc:8000/stash"),
+        };
+        let rb = Backend {
+            rest: Some(rest.clone()),
+            ..Default::default()
+        };
+        assert_eq!(
+            rb.restic_repository().unwrap(),
+            "rest:http://rest.demo.svc:8000/stash"
+        );
+        assert_eq!(
+            rest.url_with_credentials("u", "p@ss"),
+            "rest:http://u:p%40ss@rest.demo.svc:8000/stash"
+        );
+        assert_eq!(
+            rest.url_with_credentials("", ""),
+            "rest:http://rest.demo.svc:8000/stash"
+        );
+        assert_eq!(
+            Backend::default().restic_repository(),
+            Err(BackendError::NoProvider)
+        );
     }
 }

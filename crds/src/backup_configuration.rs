@@ -28,7 +28,11 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Task", type_ = "string", json_path = ".spec.task.name"),
     printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule"),
     printcolumn(name = "Paused", type_ = "boolean", json_path = ".spec.paused"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BackupConfigurationSpec {

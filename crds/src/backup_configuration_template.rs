@@ -26,7 +26,11 @@ use serde::{Deserialize, Serialize};
     derive = "PartialEq",
     printcolumn(name = "Task", type_ = "string", json_path = ".spec.task.name"),
     printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BackupConfigurationTemplateSpec {

@@ -27,9 +27,17 @@ pub use stash_machines::backup_session::{HostPhase, Phase};
     label("app", "stash"),
     doc = "One run of a BackupConfiguration (stash.appscode.com BackupSession).",
     derive = "PartialEq",
-    printcolumn(name = "BackupConfiguration", type_ = "string", json_path = ".spec.backupConfiguration.name"),
+    printcolumn(
+        name = "BackupConfiguration",
+        type_ = "string",
+        json_path = ".spec.backupConfiguration.name"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BackupSessionSpec {
@@ -87,7 +95,8 @@ pub struct HostBackupStats {
 impl HostBackupStats {
     /// Whether this host failed: phase `Failed` or a non-empty error (stash-rs deviation, see README).
     pub fn is_failed(&self) -> bool {
-        self.phase == Some(HostPhase::Failed) || self.error.as_deref().is_some_and(|e| !e.is_empty())
+        self.phase == Some(HostPhase::Failed)
+            || self.error.as_deref().is_some_and(|e| !e.is_empty())
     }
 }
 

@@ -132,7 +132,10 @@ impl EmptyDirSettings {
 
     /// The `tmp-dir` emptyDir volume source.
     pub fn to_empty_dir(&self) -> core::EmptyDirVolumeSource {
-        core::EmptyDirVolumeSource { medium: self.medium.clone(), size_limit: self.size_limit.clone() }
+        core::EmptyDirVolumeSource {
+            medium: self.medium.clone(),
+            size_limit: self.size_limit.clone(),
+        }
     }
 }
 
@@ -231,20 +234,41 @@ mod tests {
         assert_eq!(
             p.forget_args(),
             [
-                "--keep-last", "5", "--keep-daily", "7", "--keep-yearly", "2", "--keep-tag", "a", "--keep-tag",
-                "b", "--prune", "--dry-run"
+                "--keep-last",
+                "5",
+                "--keep-daily",
+                "7",
+                "--keep-yearly",
+                "2",
+                "--keep-tag",
+                "a",
+                "--keep-tag",
+                "b",
+                "--prune",
+                "--dry-run"
             ]
         );
         assert!(!p.keeps_nothing());
         assert!(RetentionPolicy::default().forget_args().is_empty());
-        assert!(RetentionPolicy { prune: true, ..Default::default() }.keeps_nothing());
+        assert!(
+            RetentionPolicy {
+                prune: true,
+                ..Default::default()
+            }
+            .keeps_nothing()
+        );
     }
 
     #[test]
     fn driver_and_temp_dir_wire_forms() {
-        assert_eq!(serde_json::to_string(&Driver::VolumeSnapshotter).unwrap(), "\"VolumeSnapshotter\"");
-        let t: EmptyDirSettings =
-            serde_json::from_str(r#"{"medium":"Memory","sizeLimit":"2Gi","size":"1Gi","disableCache":true}"#).unwrap();
+        assert_eq!(
+            serde_json::to_string(&Driver::VolumeSnapshotter).unwrap(),
+            "\"VolumeSnapshotter\""
+        );
+        let t: EmptyDirSettings = serde_json::from_str(
+            r#"{"medium":"Memory","sizeLimit":"2Gi","size":"1Gi","disableCache":true}"#,
+        )
+        .unwrap();
         assert_eq!(t.size_limit, Some(Quantity("2Gi".into())));
         assert!(t.enable_cache());
         assert_eq!(t.to_empty_dir().medium.as_deref(), Some("Memory"));

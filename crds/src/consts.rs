@@ -47,7 +47,8 @@ pub const LEGACY_NODE_NAME_LABEL: &str = "node-name";
 pub const LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION: &str =
     "stash.appscode.com/last-applied-backupconfiguration";
 /// Workload annotation: JSON of the last applied RestoreSession.
-pub const LAST_APPLIED_RESTORE_SESSION_ANNOTATION: &str = "stash.appscode.com/last-applied-restoresession";
+pub const LAST_APPLIED_RESTORE_SESSION_ANNOTATION: &str =
+    "stash.appscode.com/last-applied-restoresession";
 /// Pod-template annotation: FNV-64a hash (decimal) of the applied BackupConfiguration spec.
 pub const LAST_APPLIED_BACKUP_CONFIGURATION_HASH_ANNOTATION: &str =
     "stash.appscode.com/last-applied-backupconfiguration-hash";
@@ -55,7 +56,8 @@ pub const LAST_APPLIED_BACKUP_CONFIGURATION_HASH_ANNOTATION: &str =
 pub const LAST_APPLIED_RESTORE_SESSION_HASH_ANNOTATION: &str =
     "stash.appscode.com/last-applied-restoresession-hash";
 /// Legacy workload annotation: JSON of the last applied Restic.
-pub const LEGACY_LAST_APPLIED_CONFIGURATION_ANNOTATION: &str = "restic.appscode.com/last-applied-configuration";
+pub const LEGACY_LAST_APPLIED_CONFIGURATION_ANNOTATION: &str =
+    "restic.appscode.com/last-applied-configuration";
 /// Legacy pod-template annotation: hash of the applied Restic.
 pub const LEGACY_RESOURCE_HASH_ANNOTATION: &str = "restic.appscode.com/resource-hash";
 /// Legacy workload annotation: operator image tag.

@@ -42,11 +42,17 @@ impl FromStr for GoDuration {
     type Err = ParseDurationError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let d: kube::core::Duration = s.parse().map_err(|e: kube::core::duration::ParseError| {
-            ParseDurationError { input: s.to_owned(), reason: e.to_string() }
-        })?;
+        let d: kube::core::Duration =
+            s.parse()
+                .map_err(|e: kube::core::duration::ParseError| ParseDurationError {
+                    input: s.to_owned(),
+                    reason: e.to_string(),
+                })?;
         if d.is_negative() {
-            return Err(ParseDurationError { input: s.to_owned(), reason: "negative duration".into() });
+            return Err(ParseDurationError {
+                input: s.to_owned(),
+                reason: "negative duration".into(),
+            });
         }
         Ok(Self(d.into()))
     }
@@ -132,7 +138,17 @@ mod tests {
 
     #[test]
     fn go_format_round_trips() {
-        for s in ["0s", "3.861369766s", "884.431745ms", "1.5µs", "12ns", "1m30s", "2m0s", "1h0m0s", "1h2m3.5s"] {
+        for s in [
+            "0s",
+            "3.861369766s",
+            "884.431745ms",
+            "1.5µs",
+            "12ns",
+            "1m30s",
+            "2m0s",
+            "1h0m0s",
+            "1h2m3.5s",
+        ] {
             assert_eq!(d(s).to_string(), s, "{s}");
         }
         assert_eq!(d("90s").to_string(), "1m30s");

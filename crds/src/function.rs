@@ -23,7 +23,11 @@ use serde::{Deserialize, Serialize};
     label("app", "stash"),
     doc = "A container template used as a Task step (stash.appscode.com Function).",
     derive = "PartialEq",
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct FunctionSpec {

@@ -24,7 +24,10 @@ pub struct ParseIntHashError(pub String);
 impl IntHash {
     /// An IntHash with only a generation.
     pub fn new(generation: i64) -> Self {
-        Self { generation, hash: String::new() }
+        Self {
+            generation,
+            hash: String::new(),
+        }
     }
 }
 
@@ -33,8 +36,14 @@ impl FromStr for IntHash {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (g, h) = s.split_once('$').unwrap_or((s, ""));
-        let generation = g.trim().parse().map_err(|_| ParseIntHashError(s.to_owned()))?;
-        Ok(Self { generation, hash: h.to_owned() })
+        let generation = g
+            .trim()
+            .parse()
+            .map_err(|_| ParseIntHashError(s.to_owned()))?;
+        Ok(Self {
+            generation,
+            hash: h.to_owned(),
+        })
     }
 }
 
@@ -104,7 +113,13 @@ mod tests {
         assert_eq!(a, IntHash::new(3));
         assert_eq!(serde_json::to_string(&a).unwrap(), "3");
         let b: IntHash = serde_json::from_str("\"4$abc\"").unwrap();
-        assert_eq!(b, IntHash { generation: 4, hash: "abc".into() });
+        assert_eq!(
+            b,
+            IntHash {
+                generation: 4,
+                hash: "abc".into()
+            }
+        );
         assert_eq!(serde_json::to_string(&b).unwrap(), "\"4$abc\"");
         assert!(serde_json::from_str::<IntHash>("\"x$y\"").is_err());
     }

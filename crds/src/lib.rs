@@ -44,10 +44,13 @@ pub mod volume;
 pub use app_binding::{AppBinding, AppBindingSpec};
 pub use backend::{Backend, BackendError, BackendKind, LocalSpec, Provider};
 pub use backup_configuration::{BackupConfiguration, BackupConfigurationSpec};
-pub use backup_configuration_template::{BackupConfigurationTemplate, BackupConfigurationTemplateSpec};
+pub use backup_configuration_template::{
+    BackupConfigurationTemplate, BackupConfigurationTemplateSpec,
+};
 pub use backup_session::{BackupSession, BackupSessionSpec, BackupSessionStatus};
 pub use common::{
-    BackupTarget, Driver, EmptyDirSettings, FunctionRef, Param, RestoreTarget, RetentionPolicy, TargetRef, TaskRef,
+    BackupTarget, Driver, EmptyDirSettings, FunctionRef, Param, RestoreTarget, RetentionPolicy,
+    TargetRef, TaskRef,
 };
 pub use duration::GoDuration;
 pub use function::{Function, FunctionSpec};
@@ -69,13 +72,18 @@ fn repository_crd() -> CustomResourceDefinition {
     let mut v1beta1 = v1alpha1.clone();
     v1beta1.spec.versions[0].name = "v1beta1".to_owned();
     v1beta1.spec.versions[0].storage = false;
-    kube::core::crd::merge_crds(vec![v1alpha1, v1beta1], "v1alpha1").expect("Repository versions merge")
+    kube::core::crd::merge_crds(vec![v1alpha1, v1beta1], "v1alpha1")
+        .expect("Repository versions merge")
 }
 
 /// Applies [`schema::normalize`] to every version's schema.
 fn normalized(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
     for v in &mut crd.spec.versions {
-        if let Some(s) = v.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+        if let Some(s) = v
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
             let mut value = serde_json::to_value(&*s).expect("schema serializes");
             schema::normalize(&mut value);
             *s = serde_json::from_value(value).expect("normalized schema deserializes");

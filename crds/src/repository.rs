@@ -28,9 +28,22 @@ use serde::{Deserialize, Serialize};
     derive = "PartialEq",
     printcolumn(name = "Integrity", type_ = "boolean", json_path = ".status.integrity"),
     printcolumn(name = "Size", type_ = "string", json_path = ".status.size"),
-    printcolumn(name = "Snapshot-Count", type_ = "integer", json_path = ".status.snapshotCount"),
-    printcolumn(name = "Last-Successful-Backup", type_ = "date", format = "date-time", json_path = ".status.lastBackupTime"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Snapshot-Count",
+        type_ = "integer",
+        json_path = ".status.snapshotCount"
+    ),
+    printcolumn(
+        name = "Last-Successful-Backup",
+        type_ = "date",
+        format = "date-time",
+        json_path = ".status.lastBackupTime"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RepositorySpec {
@@ -106,6 +119,9 @@ pub struct RepositoryStatus {
 impl Repository {
     /// True for legacy Repositories created by the v1alpha1 sidecar (label `restic`).
     pub fn is_legacy(&self) -> bool {
-        self.metadata.labels.as_ref().is_some_and(|l| l.contains_key(crate::consts::LEGACY_RESTIC_LABEL))
+        self.metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(crate::consts::LEGACY_RESTIC_LABEL))
     }
 }

@@ -29,9 +29,17 @@ pub use stash_machines::restore_session::{HostPhase, Phase};
     label("app", "stash"),
     doc = "A restore from a Repository into a target (stash.appscode.com RestoreSession).",
     derive = "PartialEq",
-    printcolumn(name = "Repository-Name", type_ = "string", json_path = ".spec.repository.name"),
+    printcolumn(
+        name = "Repository-Name",
+        type_ = "string",
+        json_path = ".spec.repository.name"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreSessionSpec {

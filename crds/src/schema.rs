@@ -41,7 +41,16 @@ pub fn normalize(node: &mut Value) {
     }
 }
 
-const FORBIDDEN: &[&str] = &["$ref", "$schema", "$defs", "definitions", "oneOf", "anyOf", "allOf", "not"];
+const FORBIDDEN: &[&str] = &[
+    "$ref",
+    "$schema",
+    "$defs",
+    "definitions",
+    "oneOf",
+    "anyOf",
+    "allOf",
+    "not",
+];
 
 /// Checks an `openAPIV3Schema` (as JSON) against the structural-schema rules the API server
 /// enforces for apiextensions.k8s.io/v1 CRDs, and returns every violation as `path: problem`
@@ -82,7 +91,9 @@ fn check(node: &Value, path: &str, out: &mut Vec<String>) {
         out.push(format!("{path}: `default: null`"));
     }
     if obj.contains_key("properties") && obj.contains_key("additionalProperties") {
-        out.push(format!("{path}: both `properties` and `additionalProperties`"));
+        out.push(format!(
+            "{path}: both `properties` and `additionalProperties`"
+        ));
     }
     if let Some(values) = obj.get("enum").and_then(Value::as_array) {
         for v in values {
@@ -120,11 +131,20 @@ fn check(node: &Value, path: &str, out: &mut Vec<String>) {
                         .and_then(Value::as_array)
                         .map(|r| r.iter().filter_map(Value::as_str).collect())
                         .unwrap_or_default();
-                    for key in obj.get("x-kubernetes-list-map-keys").and_then(Value::as_array).into_iter().flatten() {
+                    for key in obj
+                        .get("x-kubernetes-list-map-keys")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
                         let key = key.as_str().unwrap_or_default();
-                        let defaulted = items.pointer(&format!("/properties/{key}/default")).is_some();
+                        let defaulted = items
+                            .pointer(&format!("/properties/{key}/default"))
+                            .is_some();
                         if !required.contains(&key) && !defaulted {
-                            out.push(format!("{path}: list-map key `{key}` neither required nor defaulted"));
+                            out.push(format!(
+                                "{path}: list-map key `{key}` neither required nor defaulted"
+                            ));
                         }
                     }
                 }

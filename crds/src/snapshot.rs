@@ -59,7 +59,12 @@ pub struct SnapshotStatus {
 impl Snapshot {
     /// A Snapshot with `apiVersion`/`kind` set.
     pub fn new(metadata: ObjectMeta, status: SnapshotStatus) -> Self {
-        Self { api_version: SNAPSHOT_API_VERSION.to_owned(), kind: SNAPSHOT_KIND.to_owned(), metadata, status }
+        Self {
+            api_version: SNAPSHOT_API_VERSION.to_owned(),
+            kind: SNAPSHOT_KIND.to_owned(),
+            metadata,
+            status,
+        }
     }
 
     /// The Snapshot name of restic snapshot `id` in `repository`: `<repository>-<id[..8]>`.
@@ -126,19 +131,28 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(parse_snapshot_name("local-repo-d421fe22").unwrap(), ("local-repo", "d421fe22"));
+        assert_eq!(
+            parse_snapshot_name("local-repo-d421fe22").unwrap(),
+            ("local-repo", "d421fe22")
+        );
         assert!(parse_snapshot_name("d421fe22").is_err());
         assert!(parse_snapshot_name("-d421fe22").is_err());
         assert!(parse_snapshot_name("repo-d421fe2").is_err());
         assert!(parse_snapshot_name("repod421fe22x").is_err());
-        assert_eq!(Snapshot::name_for("local-repo", "d421fe22de0905"), "local-repo-d421fe22");
+        assert_eq!(
+            Snapshot::name_for("local-repo", "d421fe22de0905"),
+            "local-repo-d421fe22"
+        );
     }
 
     #[test]
     fn tags_key_is_capitalised() {
         let s = Snapshot::new(
             ObjectMeta::default(),
-            SnapshotStatus { tags: vec!["t".into()], ..Default::default() },
+            SnapshotStatus {
+                tags: vec!["t".into()],
+                ..Default::default()
+            },
         );
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["status"]["Tags"][0], "t");

@@ -22,7 +22,11 @@ use serde::{Deserialize, Serialize};
     label("app", "stash"),
     doc = "An ordered list of Functions run as one pod (stash.appscode.com Task).",
     derive = "PartialEq",
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TaskSpec {

@@ -9,7 +9,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct VolumeSource {
     /// Core `awsElasticBlockStore` volume source.
-    #[serde(rename = "awsElasticBlockStore", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "awsElasticBlockStore",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub aws_elastic_block_store: Option<core::AWSElasticBlockStoreVolumeSource>,
     /// Core `azureDisk` volume source.
     #[serde(rename = "azureDisk", default, skip_serializing_if = "Option::is_none")]
@@ -30,7 +34,11 @@ pub struct VolumeSource {
     #[serde(rename = "csi", default, skip_serializing_if = "Option::is_none")]
     pub csi: Option<core::CSIVolumeSource>,
     /// Core `downwardAPI` volume source.
-    #[serde(rename = "downwardAPI", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "downwardAPI",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub downward_api: Option<core::DownwardAPIVolumeSource>,
     /// Core `emptyDir` volume source.
     #[serde(rename = "emptyDir", default, skip_serializing_if = "Option::is_none")]
@@ -42,13 +50,21 @@ pub struct VolumeSource {
     #[serde(rename = "fc", default, skip_serializing_if = "Option::is_none")]
     pub fc: Option<core::FCVolumeSource>,
     /// Core `flexVolume` volume source.
-    #[serde(rename = "flexVolume", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "flexVolume",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub flex_volume: Option<core::FlexVolumeSource>,
     /// Core `flocker` volume source.
     #[serde(rename = "flocker", default, skip_serializing_if = "Option::is_none")]
     pub flocker: Option<core::FlockerVolumeSource>,
     /// Core `gcePersistentDisk` volume source.
-    #[serde(rename = "gcePersistentDisk", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "gcePersistentDisk",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub gce_persistent_disk: Option<core::GCEPersistentDiskVolumeSource>,
     /// Core `gitRepo` volume source.
     #[serde(rename = "gitRepo", default, skip_serializing_if = "Option::is_none")]
@@ -69,13 +85,25 @@ pub struct VolumeSource {
     #[serde(rename = "nfs", default, skip_serializing_if = "Option::is_none")]
     pub nfs: Option<core::NFSVolumeSource>,
     /// Core `persistentVolumeClaim` volume source.
-    #[serde(rename = "persistentVolumeClaim", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "persistentVolumeClaim",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub persistent_volume_claim: Option<core::PersistentVolumeClaimVolumeSource>,
     /// Core `photonPersistentDisk` volume source.
-    #[serde(rename = "photonPersistentDisk", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "photonPersistentDisk",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub photon_persistent_disk: Option<core::PhotonPersistentDiskVolumeSource>,
     /// Core `portworxVolume` volume source.
-    #[serde(rename = "portworxVolume", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "portworxVolume",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub portworx_volume: Option<core::PortworxVolumeSource>,
     /// Core `projected` volume source.
     #[serde(rename = "projected", default, skip_serializing_if = "Option::is_none")]
@@ -96,7 +124,11 @@ pub struct VolumeSource {
     #[serde(rename = "storageos", default, skip_serializing_if = "Option::is_none")]
     pub storageos: Option<core::StorageOSVolumeSource>,
     /// Core `vsphereVolume` volume source.
-    #[serde(rename = "vsphereVolume", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "vsphereVolume",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub vsphere_volume: Option<core::VsphereVirtualDiskVolumeSource>,
 }
 

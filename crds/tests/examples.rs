@@ -9,8 +9,13 @@ use stash_crds::*;
 use std::path::PathBuf;
 
 fn examples_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/stash-v0.8.3/examples");
-    assert!(dir.is_dir(), "examples directory {} is missing (shared/ must sit beside the repository)", dir.display());
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/conformance/stash-v0.8.3/examples");
+    assert!(
+        dir.is_dir(),
+        "examples directory {} is missing (shared/ must sit beside the repository)",
+        dir.display()
+    );
     dir
 }
 
@@ -19,8 +24,11 @@ fn examples_dir() -> PathBuf {
 /// README (real names `sizeLimit`/`disableCaching`); `concept-crds-function.yaml` also nests the
 /// Function's `runtimeSettings` under `container`, but a Function's `runtimeSettings` *is* the
 /// container settings (upstream `*ContainerRuntimeSettings`), so `container` is unknown there.
-const KNOWN_UNKNOWN: &[&str] =
-    &[".spec.tempDir.disableCache", ".spec.tempDir.size", ".spec.runtimeSettings.container"];
+const KNOWN_UNKNOWN: &[&str] = &[
+    ".spec.tempDir.disableCache",
+    ".spec.tempDir.size",
+    ".spec.runtimeSettings.container",
+];
 
 struct Doc {
     file: String,
@@ -43,13 +51,24 @@ fn documents() -> Vec<Doc> {
         let text = std::fs::read_to_string(&f).unwrap();
         let text: String = if text.lines().any(|l| l.trim_end() == "...") {
             eprintln!("{name}: dropping `...` ellipsis lines");
-            text.lines().filter(|l| l.trim_end() != "...").map(|l| format!("{l}\n")).collect()
+            text.lines()
+                .filter(|l| l.trim_end() != "...")
+                .map(|l| format!("{l}\n"))
+                .collect()
         } else {
             text
         };
-        let values: Vec<Value> =
-            serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{name}: YAML does not parse: {e}"));
-        docs.extend(values.into_iter().filter(|v| !v.is_null()).map(|value| Doc { file: name.clone(), value }));
+        let values: Vec<Value> = serde_saphyr::from_multiple(&text)
+            .unwrap_or_else(|e| panic!("{name}: YAML does not parse: {e}"));
+        docs.extend(
+            values
+                .into_iter()
+                .filter(|v| !v.is_null())
+                .map(|value| Doc {
+                    file: name.clone(),
+                    value,
+                }),
+        );
     }
     docs
 }
@@ -82,7 +101,10 @@ fn our_kind(v: &Value) -> Option<Kind> {
         ("appcatalog.appscode.com", "AppBinding") => Kind::AppBinding,
         ("repositories.stash.appscode.com", "Snapshot") => Kind::Snapshot,
         ("stash.appscode.com", "Restic" | "Recovery") => return None, // legacy, out of scope
-        ("stash.appscode.com" | "appcatalog.appscode.com" | "repositories.stash.appscode.com", other) => {
+        (
+            "stash.appscode.com" | "appcatalog.appscode.com" | "repositories.stash.appscode.com",
+            other,
+        ) => {
             panic!("unexpected kind {other} in {api}")
         }
         _ => return None,
@@ -90,7 +112,9 @@ fn our_kind(v: &Value) -> Option<Kind> {
 }
 
 /// Deserializes (from JSON and directly from YAML) and re-serializes.
-fn typed<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(v: &Value) -> Result<Value, String> {
+fn typed<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(
+    v: &Value,
+) -> Result<Value, String> {
     let t: T = serde_json::from_value(v.clone()).map_err(|e| format!("from JSON: {e}"))?;
     let yaml = serde_saphyr::to_string(v).map_err(|e| e.to_string())?;
     let t2: T = serde_saphyr::from_str(&yaml).map_err(|e| format!("from YAML: {e}"))?;
@@ -220,13 +244,27 @@ fn validate(v: &Value, s: &Value, path: &str, errors: &mut Vec<String>, pruned: 
 
 /// `(group, kind, version) -> openAPIV3Schema` of every generated CRD version, computed once.
 fn schemas() -> &'static Vec<(String, String, String, Value)> {
-    static SCHEMAS: std::sync::OnceLock<Vec<(String, String, String, Value)>> = std::sync::OnceLock::new();
+    static SCHEMAS: std::sync::OnceLock<Vec<(String, String, String, Value)>> =
+        std::sync::OnceLock::new();
     SCHEMAS.get_or_init(|| {
         let mut out = Vec::new();
         for c in crds() {
             for v in &c.spec.versions {
-                let s = serde_json::to_value(v.schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap()).unwrap();
-                out.push((c.spec.group.clone(), c.spec.names.kind.clone(), v.name.clone(), s));
+                let s = serde_json::to_value(
+                    v.schema
+                        .as_ref()
+                        .unwrap()
+                        .open_api_v3_schema
+                        .as_ref()
+                        .unwrap(),
+                )
+                .unwrap();
+                out.push((
+                    c.spec.group.clone(),
+                    c.spec.names.kind.clone(),
+                    v.name.clone(),
+                    s,
+                ));
             }
         }
         out
@@ -236,7 +274,10 @@ fn schemas() -> &'static Vec<(String, String, String, Value)> {
 fn crd_schema(v: &Value) -> Option<Value> {
     let (group, version) = v["apiVersion"].as_str()?.split_once('/')?;
     let kind = v["kind"].as_str()?;
-    schemas().iter().find(|(g, k, ver, _)| g == group && k == kind && ver == version).map(|(.., s)| s.clone())
+    schemas()
+        .iter()
+        .find(|(g, k, ver, _)| g == group && k == kind && ver == version)
+        .map(|(.., s)| s.clone())
 }
 
 #[test]
@@ -247,7 +288,9 @@ fn upstream_examples_deserialize_and_are_accepted() {
     let mut failures = Vec::new();
     let mut per_kind = std::collections::BTreeMap::<String, usize>::new();
     for Doc { file, value } in &docs {
-        let Some(kind) = our_kind(value) else { continue };
+        let Some(kind) = our_kind(value) else {
+            continue;
+        };
         ours += 1;
         *per_kind.entry(format!("{kind:?}")).or_default() += 1;
         let back = match to_typed(kind, value) {
@@ -269,22 +312,43 @@ fn upstream_examples_deserialize_and_are_accepted() {
         if kind == Kind::Snapshot {
             continue; // aggregated API, no CRD
         }
-        let schema = crd_schema(value).unwrap_or_else(|| panic!("{file}: no CRD serves {}", value["apiVersion"]));
+        let schema = crd_schema(value)
+            .unwrap_or_else(|| panic!("{file}: no CRD serves {}", value["apiVersion"]));
         let (mut errors, mut pruned) = (Vec::new(), Vec::new());
         validate(value, &schema, "", &mut errors, &mut pruned);
         pruned.retain(|p| !KNOWN_UNKNOWN.contains(&p.as_str()));
         if !errors.is_empty() {
-            failures.push(format!("{file} {kind:?}: rejected by the CRD schema: {errors:?}"));
+            failures.push(format!(
+                "{file} {kind:?}: rejected by the CRD schema: {errors:?}"
+            ));
         }
         if !pruned.is_empty() {
-            failures.push(format!("{file} {kind:?}: fields pruned by the CRD schema: {pruned:?}"));
+            failures.push(format!(
+                "{file} {kind:?}: fields pruned by the CRD schema: {pruned:?}"
+            ));
         }
     }
-    println!("typed: {typed_ok}/{ours} documents ({} documents in all files); per kind: {per_kind:?}", docs.len());
+    println!(
+        "typed: {typed_ok}/{ours} documents ({} documents in all files); per kind: {per_kind:?}",
+        docs.len()
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(typed_ok, ours);
-    assert!(ours >= 90, "expected the full example set, found {ours} documents of our kinds");
-    for k in ["BackupConfiguration", "BackupSession", "RestoreSession", "Function", "Task", "BackupConfigurationTemplate", "Repository", "AppBinding", "Snapshot"] {
+    assert!(
+        ours >= 90,
+        "expected the full example set, found {ours} documents of our kinds"
+    );
+    for k in [
+        "BackupConfiguration",
+        "BackupSession",
+        "RestoreSession",
+        "Function",
+        "Task",
+        "BackupConfigurationTemplate",
+        "Repository",
+        "AppBinding",
+        "Snapshot",
+    ] {
         assert!(per_kind.contains_key(k), "no example of {k}");
     }
 }
@@ -302,11 +366,20 @@ fn known_upstream_mistakes_are_pruned_not_rejected() {
     assert_eq!(temp.size_limit, None, "`size` is not `sizeLimit`");
     assert!(temp.enable_cache());
     let (mut errors, mut pruned) = (Vec::new(), Vec::new());
-    validate(&bc.value, &crd_schema(&bc.value).unwrap(), "", &mut errors, &mut pruned);
+    validate(
+        &bc.value,
+        &crd_schema(&bc.value).unwrap(),
+        "",
+        &mut errors,
+        &mut pruned,
+    );
     assert!(errors.is_empty(), "{errors:?}");
     pruned.sort();
     assert_eq!(pruned, [".spec.tempDir.disableCache", ".spec.tempDir.size"]);
-    let bs = docs.iter().find(|d| d.file == "concept-crds-backupsession.yaml").unwrap();
+    let bs = docs
+        .iter()
+        .find(|d| d.file == "concept-crds-backupsession.yaml")
+        .unwrap();
     let typed: BackupSession = serde_json::from_value(bs.value.clone()).unwrap();
     let labels = typed.metadata.labels.unwrap();
     assert!(labels.contains_key(consts::LEGACY_BACKUP_CONFIGURATION_LABEL));
@@ -314,5 +387,12 @@ fn known_upstream_mistakes_are_pruned_not_rejected() {
     let status = typed.status.unwrap();
     assert_eq!(status.phase, Some(backup_session::Phase::Succeeded));
     assert_eq!(status.session_duration.unwrap().to_string(), "3.861369766s");
-    assert_eq!(status.stats[0].snapshots[0].file_stats.as_ref().unwrap().total_files, Some(2));
+    assert_eq!(
+        status.stats[0].snapshots[0]
+            .file_stats
+            .as_ref()
+            .unwrap()
+            .total_files,
+        Some(2)
+    );
 }

@@ -17,8 +17,12 @@ fn committed_crd_yaml_is_fresh() {
         eprintln!("wrote {}", path.display());
         return;
     }
-    let committed = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}; run STASH_BLESS=1 cargo test -p stash-crds", path.display()));
+    let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {}: {e}; run STASH_BLESS=1 cargo test -p stash-crds",
+            path.display()
+        )
+    });
     assert!(
         committed == rendered,
         "{} is stale; regenerate with STASH_BLESS=1 cargo test -p stash-crds",
@@ -30,11 +34,18 @@ fn committed_crd_yaml_is_fresh() {
 fn render_yaml_is_deterministic_and_round_trips() {
     let a = stash_crds::render_yaml();
     assert_eq!(a, stash_crds::render_yaml());
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&a).expect("rendered YAML parses");
-    let crds: Vec<serde_json::Value> =
-        stash_crds::crds().iter().map(|c| serde_json::to_value(c).unwrap()).collect();
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&a).expect("rendered YAML parses");
+    let crds: Vec<serde_json::Value> = stash_crds::crds()
+        .iter()
+        .map(|c| serde_json::to_value(c).unwrap())
+        .collect();
     assert_eq!(docs.len(), crds.len());
     for (d, c) in docs.iter().zip(&crds) {
-        assert_eq!(d, c, "YAML document of {} differs from crds()", c["metadata"]["name"]);
+        assert_eq!(
+            d, c,
+            "YAML document of {} differs from crds()",
+            c["metadata"]["name"]
+        );
     }
 }

@@ -107,7 +107,9 @@ fn named_rule(groups: &[&str], resources: &[&str], names: &[String], verbs: &[&s
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE_WORKLOAD: &[&str] = &["get", "list", "watch", "update", "patch"];
-const ALL_OWN: &[&str] = &["get", "list", "watch", "create", "update", "patch", "delete"];
+const ALL_OWN: &[&str] = &[
+    "get", "list", "watch", "create", "update", "patch", "delete",
+];
 const STATUS: &[&str] = &["get", "update", "patch"];
 const EVENTS: &[&str] = &["create", "update", "patch"];
 
@@ -121,7 +123,10 @@ pub fn managed_cluster_roles() -> Vec<ClusterRole> {
 }
 
 fn managed_cluster_role_names() -> Vec<String> {
-    managed_cluster_roles().into_iter().filter_map(|r| r.metadata.name).collect()
+    managed_cluster_roles()
+        .into_iter()
+        .filter_map(|r| r.metadata.name)
+        .collect()
 }
 
 /// The operator's cluster-wide permissions: explicit verbs on explicit resources, no
@@ -140,32 +145,67 @@ pub fn cluster_role() -> Value {
         rule(&["stash.appscode.com"], &stash_kinds, ALL_OWN),
         rule(
             &["stash.appscode.com"],
-            &["backupconfigurations/status", "backupsessions/status", "restoresessions/status", "repositories/status"],
+            &[
+                "backupconfigurations/status",
+                "backupsessions/status",
+                "restoresessions/status",
+                "repositories/status",
+            ],
             STATUS,
         ),
         // blockOwnerDeletion on objects owned by these (OwnerReferencesPermissionEnforcement).
         rule(
             &["stash.appscode.com"],
-            &["backupconfigurations/finalizers", "backupsessions/finalizers", "restoresessions/finalizers"],
+            &[
+                "backupconfigurations/finalizers",
+                "backupsessions/finalizers",
+                "restoresessions/finalizers",
+            ],
             &["update"],
         ),
         rule(&["appcatalog.appscode.com"], &["appbindings"], READ),
-        rule(&["apps"], &["deployments", "statefulsets", "daemonsets", "replicasets"], WRITE_WORKLOAD),
+        rule(
+            &["apps"],
+            &["deployments", "statefulsets", "daemonsets", "replicasets"],
+            WRITE_WORKLOAD,
+        ),
         rule(&[""], &["replicationcontrollers"], WRITE_WORKLOAD),
-        rule(&["apps.openshift.io"], &["deploymentconfigs"], WRITE_WORKLOAD),
+        rule(
+            &["apps.openshift.io"],
+            &["deploymentconfigs"],
+            WRITE_WORKLOAD,
+        ),
         // Pods: replaced for ReplicaSets/ReplicationControllers; the Snapshot API's reader Pods
         // for local backends (created, read through their log, deleted).
-        rule(&[""], &["pods"], &["get", "list", "watch", "create", "delete"]),
+        rule(
+            &[""],
+            &["pods"],
+            &["get", "list", "watch", "create", "delete"],
+        ),
         rule(&[""], &["pods/log"], &["get"]),
-        rule(&[""], &["persistentvolumeclaims"], &["get", "list", "watch", "create"]),
+        rule(
+            &[""],
+            &["persistentvolumeclaims"],
+            &["get", "list", "watch", "create"],
+        ),
         rule(&[""], &["nodes", "namespaces"], READ),
         // Storage Secrets of Repositories (Snapshot API) and of AppBindings: read only.
         rule(&[""], &["secrets"], &["get"]),
         rule(&[""], &["serviceaccounts"], &["get", "create", "patch"]),
         rule(&["", "events.k8s.io"], &["events"], EVENTS),
-        rule(&["batch"], &["jobs"], &["get", "list", "watch", "create", "patch", "delete"]),
+        rule(
+            &["batch"],
+            &["jobs"],
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
         rule(&["batch"], &["cronjobs"], ALL_OWN),
-        rule(&["rbac.authorization.k8s.io"], &["rolebindings"], &["get", "list", "watch", "create", "update", "patch", "delete"]),
+        rule(
+            &["rbac.authorization.k8s.io"],
+            &["rolebindings"],
+            &[
+                "get", "list", "watch", "create", "update", "patch", "delete",
+            ],
+        ),
         // Server-side apply creates by name, so `create` can be limited to the names too.
         named_rule(
             &["rbac.authorization.k8s.io"],
@@ -175,7 +215,10 @@ pub fn cluster_role() -> Value {
         ),
         named_rule(
             &["admissionregistration.k8s.io"],
-            &["mutatingwebhookconfigurations", "validatingwebhookconfigurations"],
+            &[
+                "mutatingwebhookconfigurations",
+                "validatingwebhookconfigurations",
+            ],
             &[register::CONFIGURATION_NAME.to_string()],
             &["get", "create", "update", "patch", "delete"],
         ),
@@ -196,7 +239,10 @@ pub fn cluster_role() -> Value {
 /// The operator's permissions in its own namespace: the leader-election Lease, its
 /// certificate Secrets and Services.
 pub fn role(ns: &str) -> Value {
-    let secrets = [stash::admission::CERT_SECRET.to_string(), stash::snapshots::CERT_SECRET.to_string()];
+    let secrets = [
+        stash::admission::CERT_SECRET.to_string(),
+        stash::snapshots::CERT_SECRET.to_string(),
+    ];
     json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
         "metadata": meta(NAME, Some(ns)),
@@ -214,7 +260,14 @@ fn sa_subject(ns: &str) -> Value {
     json!([{"kind": "ServiceAccount", "name": NAME, "namespace": ns}])
 }
 
-fn binding(kind: &str, name: &str, ns: Option<&str>, role_kind: &str, role: &str, sa_ns: &str) -> Value {
+fn binding(
+    kind: &str,
+    name: &str,
+    ns: Option<&str>,
+    role_kind: &str,
+    role: &str,
+    sa_ns: &str,
+) -> Value {
     json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
         "metadata": meta(name, ns),
@@ -248,12 +301,15 @@ pub fn operator_args(o: &InstallOptions) -> Vec<String> {
 
 fn deployment(o: &InstallOptions) -> Value {
     let ns = &o.namespace;
-    let mut ports = vec![json!({"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"})];
+    let mut ports =
+        vec![json!({"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"})];
     if o.webhook {
         ports.push(json!({"name": "webhook", "containerPort": WEBHOOK_PORT, "protocol": "TCP"}));
     }
     if o.snapshot_api {
-        ports.push(json!({"name": "snapshot-api", "containerPort": SNAPSHOT_API_PORT, "protocol": "TCP"}));
+        ports.push(
+            json!({"name": "snapshot-api", "containerPort": SNAPSHOT_API_PORT, "protocol": "TCP"}),
+        );
     }
     let field_env = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}});
     let restricted = json!({
@@ -325,7 +381,10 @@ fn service(o: &InstallOptions) -> Value {
         json!({"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}),
     ];
     if o.webhook {
-        ports.insert(0, json!({"name": "webhook", "port": 443, "targetPort": "webhook", "protocol": "TCP"}));
+        ports.insert(
+            0,
+            json!({"name": "webhook", "port": 443, "targetPort": "webhook", "protocol": "TCP"}),
+        );
     }
     if o.snapshot_api {
         ports.push(json!({"name": "snapshot-api", "port": SNAPSHOT_API_PORT, "targetPort": "snapshot-api", "protocol": "TCP"}));
@@ -349,7 +408,11 @@ fn pdb(o: &InstallOptions) -> Value {
 /// The webhook configurations as the operator applies them, without a `caBundle` (the
 /// operator writes it when its certificate is issued).
 fn webhook_configurations(o: &InstallOptions) -> Vec<Value> {
-    let endpoint = Endpoint::Service { namespace: o.namespace.clone(), name: NAME.into(), port: 443 };
+    let endpoint = Endpoint::Service {
+        namespace: o.namespace.clone(),
+        name: NAME.into(),
+        port: 443,
+    };
     let name = register::CONFIGURATION_NAME;
     let strip = |mut v: Value, kind: &str, api: &str| {
         v["apiVersion"] = json!(api);
@@ -365,12 +428,14 @@ fn webhook_configurations(o: &InstallOptions) -> Vec<Value> {
     let api = "admissionregistration.k8s.io/v1";
     vec![
         strip(
-            serde_json::to_value(register::mutating_configuration(name, &endpoint, "")).expect("serializes"),
+            serde_json::to_value(register::mutating_configuration(name, &endpoint, ""))
+                .expect("serializes"),
             "MutatingWebhookConfiguration",
             api,
         ),
         strip(
-            serde_json::to_value(register::validating_configuration(name, &endpoint, "")).expect("serializes"),
+            serde_json::to_value(register::validating_configuration(name, &endpoint, ""))
+                .expect("serializes"),
             "ValidatingWebhookConfiguration",
             api,
         ),
@@ -393,12 +458,30 @@ fn apiservice(o: &InstallOptions) -> Value {
 pub fn objects(o: &InstallOptions) -> Vec<Value> {
     let ns = o.namespace.as_str();
     let mut v = vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta(ns, None)})];
-    v.extend(stash_crds::crds().into_iter().map(|c| serde_json::to_value(c).expect("CRD serializes")));
+    v.extend(
+        stash_crds::crds()
+            .into_iter()
+            .map(|c| serde_json::to_value(c).expect("CRD serializes")),
+    );
     v.push(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(NAME, Some(ns))}));
     v.push(cluster_role());
-    v.push(binding("ClusterRoleBinding", NAME, None, "ClusterRole", NAME, ns));
+    v.push(binding(
+        "ClusterRoleBinding",
+        NAME,
+        None,
+        "ClusterRole",
+        NAME,
+        ns,
+    ));
     // SubjectAccessReviews and TokenReviews for the aggregated API (a built-in, minimal role).
-    v.push(binding("ClusterRoleBinding", &format!("{NAME}:auth-delegator"), None, "ClusterRole", "system:auth-delegator", ns));
+    v.push(binding(
+        "ClusterRoleBinding",
+        &format!("{NAME}:auth-delegator"),
+        None,
+        "ClusterRole",
+        "system:auth-delegator",
+        ns,
+    ));
     v.push(role(ns));
     v.push(binding("RoleBinding", NAME, Some(ns), "Role", NAME, ns));
     // The request-header CA of the front proxy (kube-system/extension-apiserver-authentication).
@@ -436,7 +519,9 @@ fn sorted(v: Value) -> Value {
 
 /// [`objects`] as one multi-document YAML stream, deterministic.
 pub fn render(o: &InstallOptions) -> String {
-    let mut out = String::from("# stash-rs: everything a cluster needs. Generated by `cargo run -p stash-install`; do not edit.\n");
+    let mut out = String::from(
+        "# stash-rs: everything a cluster needs. Generated by `cargo run -p stash-install`; do not edit.\n",
+    );
     for obj in objects(o) {
         out.push_str("---\n");
         out.push_str(&serde_saphyr::to_string(&obj).expect("renders as YAML"));
@@ -467,14 +552,22 @@ pub fn rbac_problems(objs: &[Value]) -> Vec<String> {
             Some("ClusterRole" | "Role") => {
                 for r in o["rules"].as_array().into_iter().flatten() {
                     let strs = |f: &str| -> Vec<String> {
-                        r[f].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect()
+                        r[f].as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|v| v.as_str().map(String::from))
+                            .collect()
                     };
-                    let (groups, resources, verbs) = (strs("apiGroups"), strs("resources"), strs("verbs"));
+                    let (groups, resources, verbs) =
+                        (strs("apiGroups"), strs("resources"), strs("verbs"));
                     if verbs.iter().any(|v| v == "*") {
                         problems.push(format!("{k}: wildcard verb on {groups:?} {resources:?}"));
                     }
-                    if resources.iter().any(|x| x.contains('*')) || groups.iter().any(|g| g == "*") {
-                        problems.push(format!("{k}: wildcard resource or group {groups:?} {resources:?}"));
+                    if resources.iter().any(|x| x.contains('*')) || groups.iter().any(|g| g == "*")
+                    {
+                        problems.push(format!(
+                            "{k}: wildcard resource or group {groups:?} {resources:?}"
+                        ));
                     }
                     if r.get("nonResourceURLs").is_some() {
                         problems.push(format!("{k}: nonResourceURLs"));
@@ -492,7 +585,11 @@ pub fn rbac_problems(objs: &[Value]) -> Vec<String> {
             }
             Some("ClusterRoleBinding" | "RoleBinding") => {
                 let role = o["roleRef"]["name"].as_str().unwrap_or("");
-                let allowed = ["stash-operator", "system:auth-delegator", "extension-apiserver-authentication-reader"];
+                let allowed = [
+                    "stash-operator",
+                    "system:auth-delegator",
+                    "extension-apiserver-authentication-reader",
+                ];
                 if !allowed.contains(&role) {
                     problems.push(format!("{k}: binds {role}"));
                 }
@@ -502,4 +599,3 @@ pub fn rbac_problems(objs: &[Value]) -> Vec<String> {
     }
     problems
 }
-

@@ -10,7 +10,10 @@ use serde_json::Value;
 use stash_install::{InstallOptions, key, objects, operator_args, rbac_problems, render};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 fn check_file(rel: &str, want: &str) {
@@ -20,25 +23,55 @@ fn check_file(rel: &str, want: &str) {
         std::fs::write(&path, want).expect("write");
         return;
     }
-    let have = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}; run STASH_BLESS=1 cargo test -p stash-install --test generated", path.display()));
+    let have = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {}: {e}; run STASH_BLESS=1 cargo test -p stash-install --test generated",
+            path.display()
+        )
+    });
     if have != want {
-        let line = have.lines().zip(want.lines()).position(|(a, b)| a != b).map_or_else(
-            || format!("lengths differ ({} vs {} lines)", have.lines().count(), want.lines().count()),
-            |i| format!("first difference at line {}:\n  committed: {}\n  rendered:  {}", i + 1, have.lines().nth(i).unwrap_or(""), want.lines().nth(i).unwrap_or("")),
+        let line = have
+            .lines()
+            .zip(want.lines())
+            .position(|(a, b)| a != b)
+            .map_or_else(
+                || {
+                    format!(
+                        "lengths differ ({} vs {} lines)",
+                        have.lines().count(),
+                        want.lines().count()
+                    )
+                },
+                |i| {
+                    format!(
+                        "first difference at line {}:\n  committed: {}\n  rendered:  {}",
+                        i + 1,
+                        have.lines().nth(i).unwrap_or(""),
+                        want.lines().nth(i).unwrap_or("")
+                    )
+                },
+            );
+        panic!(
+            "{} is stale ({line}); run STASH_BLESS=1 cargo test -p stash-install --test generated",
+            path.display()
         );
-        panic!("{} is stale ({line}); run STASH_BLESS=1 cargo test -p stash-install --test generated", path.display());
     }
 }
 
 #[test]
 fn committed_install_manifest_is_current() {
-    check_file("deploy/install/stash-rs.yaml", &render(&InstallOptions::default()));
+    check_file(
+        "deploy/install/stash-rs.yaml",
+        &render(&InstallOptions::default()),
+    );
 }
 
 #[test]
 fn chart_crds_are_current() {
-    check_file("deploy/helm/stash-rs/crds/stash-crds.yaml", &stash_crds::render_yaml());
+    check_file(
+        "deploy/helm/stash-rs/crds/stash-crds.yaml",
+        &stash_crds::render_yaml(),
+    );
 }
 
 #[test]
@@ -52,7 +85,10 @@ fn render_is_deterministic_and_parses_back() {
     for (d, w) in docs.iter().zip(&want) {
         assert_eq!(d, w, "{}", key(w));
     }
-    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap_or("")).collect();
+    let kinds: Vec<&str> = docs
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap_or(""))
+        .collect();
     for k in [
         "Namespace",
         "CustomResourceDefinition",
@@ -73,17 +109,45 @@ fn render_is_deterministic_and_parses_back() {
 
 #[test]
 fn options_drop_what_is_disabled() {
-    let o = InstallOptions { webhook: false, snapshot_api: false, ..Default::default() };
-    let with_api = objects(&InstallOptions { snapshot_api: true, ..Default::default() });
-    let api = with_api.iter().find(|d| d["kind"] == "APIService").expect("APIService when enabled");
-    assert_eq!(api["metadata"]["name"], "v1alpha1.repositories.stash.appscode.com");
+    let o = InstallOptions {
+        webhook: false,
+        snapshot_api: false,
+        ..Default::default()
+    };
+    let with_api = objects(&InstallOptions {
+        snapshot_api: true,
+        ..Default::default()
+    });
+    let api = with_api
+        .iter()
+        .find(|d| d["kind"] == "APIService")
+        .expect("APIService when enabled");
+    assert_eq!(
+        api["metadata"]["name"],
+        "v1alpha1.repositories.stash.appscode.com"
+    );
     assert_eq!(api["spec"]["service"]["name"], "stash-operator");
     let objs = objects(&o);
-    let kinds: Vec<&str> = objs.iter().map(|d| d["kind"].as_str().unwrap_or("")).collect();
-    assert!(!kinds.iter().any(|k| k.ends_with("WebhookConfiguration") || *k == "APIService"), "{kinds:?}");
+    let kinds: Vec<&str> = objs
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        !kinds
+            .iter()
+            .any(|k| k.ends_with("WebhookConfiguration") || *k == "APIService"),
+        "{kinds:?}"
+    );
     let args = operator_args(&o).join(" ");
-    assert!(!args.contains("--webhook") && !args.contains("--snapshot-api"), "{args}");
-    let o = InstallOptions { namespace: "backup".into(), replicas: 3, ..Default::default() };
+    assert!(
+        !args.contains("--webhook") && !args.contains("--snapshot-api"),
+        "{args}"
+    );
+    let o = InstallOptions {
+        namespace: "backup".into(),
+        replicas: 3,
+        ..Default::default()
+    };
     let y = render(&o);
     assert!(y.contains("--webhook-service=backup/stash-operator:443"));
     assert!(y.contains("--pushgateway-url=http://stash-operator.backup.svc:56789"));
@@ -103,11 +167,30 @@ fn rbac_is_least_privilege() {
     .expect("json");
     assert_eq!(rbac_problems(&bad).len(), 2);
     // Writes to RBAC objects and the webhook/APIService registrations are limited by name.
-    let cr = objs.iter().find(|o| o["kind"] == "ClusterRole").expect("ClusterRole");
+    let cr = objs
+        .iter()
+        .find(|o| o["kind"] == "ClusterRole")
+        .expect("ClusterRole");
     for r in cr["rules"].as_array().expect("rules") {
-        let res: Vec<&str> = r["resources"].as_array().expect("res").iter().filter_map(Value::as_str).collect();
-        if res.iter().any(|x| ["clusterroles", "mutatingwebhookconfigurations", "validatingwebhookconfigurations", "apiservices"].contains(x)) {
-            assert!(r["resourceNames"].as_array().is_some_and(|n| !n.is_empty()), "{r}");
+        let res: Vec<&str> = r["resources"]
+            .as_array()
+            .expect("res")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        if res.iter().any(|x| {
+            [
+                "clusterroles",
+                "mutatingwebhookconfigurations",
+                "validatingwebhookconfigurations",
+                "apiservices",
+            ]
+            .contains(x)
+        }) {
+            assert!(
+                r["resourceNames"].as_array().is_some_and(|n| !n.is_empty()),
+                "{r}"
+            );
         }
     }
 }
@@ -121,34 +204,67 @@ struct Run {
 
 #[test]
 fn operator_accepts_the_deployment_arguments() {
-    for o in [InstallOptions::default(), InstallOptions { webhook: false, ..Default::default() }] {
+    for o in [
+        InstallOptions::default(),
+        InstallOptions {
+            webhook: false,
+            ..Default::default()
+        },
+    ] {
         let args = operator_args(&o);
         assert_eq!(args[0], "run");
         let argv = std::iter::once("stash".to_string()).chain(args[1..].iter().cloned());
         if let Err(e) = Run::try_parse_from(argv) {
-            panic!("`stash {}` is rejected by the operator:\n{e}", args.join(" "));
+            panic!(
+                "`stash {}` is rejected by the operator:\n{e}",
+                args.join(" ")
+            );
         }
     }
 }
 
 fn field<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
-    text.lines().find_map(|l| l.trim().strip_prefix(prefix)).map(str::trim)
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(prefix))
+        .map(str::trim)
 }
 
 #[test]
 fn dockerfile_pins_match_the_repository() {
     let docker = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
-    let restic_mod = std::fs::read_to_string(root().join("testenv/go/restic/go.mod")).expect("restic go.mod");
-    let pinned = field(&restic_mod, "github.com/restic/restic v").expect("restic pin").split_whitespace().next().expect("v");
-    assert_eq!(field(&docker, "ARG RESTIC_VERSION="), Some(pinned), "Dockerfile restic version vs testenv/go/restic/go.mod");
+    let restic_mod =
+        std::fs::read_to_string(root().join("testenv/go/restic/go.mod")).expect("restic go.mod");
+    let pinned = field(&restic_mod, "github.com/restic/restic v")
+        .expect("restic pin")
+        .split_whitespace()
+        .next()
+        .expect("v");
+    assert_eq!(
+        field(&docker, "ARG RESTIC_VERSION="),
+        Some(pinned),
+        "Dockerfile restic version vs testenv/go/restic/go.mod"
+    );
     let go = field(&restic_mod, "go ").expect("go directive");
     let go_minor: String = go.split('.').take(2).collect::<Vec<_>>().join(".");
-    assert_eq!(field(&docker, "ARG GO_VERSION="), Some(go_minor.as_str()), "Go version vs the module's go directive");
+    assert_eq!(
+        field(&docker, "ARG GO_VERSION="),
+        Some(go_minor.as_str()),
+        "Go version vs the module's go directive"
+    );
     let cargo = std::fs::read_to_string(root().join("Cargo.toml")).expect("Cargo.toml");
-    let msrv = field(&cargo, "rust-version = ").expect("rust-version").trim_matches('"');
+    let msrv = field(&cargo, "rust-version = ")
+        .expect("rust-version")
+        .trim_matches('"');
     let rust = field(&docker, "ARG RUST_VERSION=").expect("RUST_VERSION");
-    let v = |s: &str| s.split('.').map(|p| p.parse::<u32>().expect("number")).collect::<Vec<_>>();
-    assert!(v(rust) >= v(msrv), "Dockerfile Rust {rust} is older than rust-version {msrv}");
+    let v = |s: &str| {
+        s.split('.')
+            .map(|p| p.parse::<u32>().expect("number"))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        v(rust) >= v(msrv),
+        "Dockerfile Rust {rust} is older than rust-version {msrv}"
+    );
     for needle in [
         "FROM rust:${RUST_VERSION}-bookworm",
         "FROM golang:${GO_VERSION}-bookworm",
@@ -162,7 +278,13 @@ fn dockerfile_pins_match_the_repository() {
         assert!(docker.contains(needle), "Dockerfile lacks {needle:?}");
     }
     // The default image of the manifests is this crate's version, as the operator's own default.
-    assert_eq!(InstallOptions::default().image, format!("stash-rs/stash:{}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        InstallOptions::default().image,
+        format!("stash-rs/stash:{}", env!("CARGO_PKG_VERSION"))
+    );
     let ignore = std::fs::read_to_string(root().join(".dockerignore")).expect(".dockerignore");
-    assert!(ignore.lines().any(|l| l.trim() == "target"), ".dockerignore keeps target/ out of the context");
+    assert!(
+        ignore.lines().any(|l| l.trim() == "target"),
+        ".dockerignore keeps target/ out of the context"
+    );
 }

@@ -18,12 +18,22 @@ use serde_json::Value;
 use stash_install::{InstallOptions, key, objects};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 fn helm() -> PathBuf {
-    let out = Command::new("bash").arg(root().join("deploy/helm/build-helm.sh")).output().expect("run build-helm.sh");
-    assert!(out.status.success(), "building helm failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("bash")
+        .arg(root().join("deploy/helm/build-helm.sh"))
+        .output()
+        .expect("run build-helm.sh");
+    assert!(
+        out.status.success(),
+        "building helm failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     PathBuf::from(String::from_utf8(out.stdout).expect("utf8").trim())
 }
 
@@ -32,23 +42,42 @@ fn template(helm: &Path, namespace: &str, set: &[&str]) -> Vec<Value> {
     cmd.args(["template", "stash-rs"])
         .arg(root().join("deploy/helm/stash-rs"))
         .args(["--namespace", namespace, "--include-crds"])
-        .env("HELM_CACHE_HOME", std::env::temp_dir().join("stash-helm-cache"))
-        .env("HELM_CONFIG_HOME", std::env::temp_dir().join("stash-helm-config"))
-        .env("HELM_DATA_HOME", std::env::temp_dir().join("stash-helm-data"));
+        .env(
+            "HELM_CACHE_HOME",
+            std::env::temp_dir().join("stash-helm-cache"),
+        )
+        .env(
+            "HELM_CONFIG_HOME",
+            std::env::temp_dir().join("stash-helm-config"),
+        )
+        .env(
+            "HELM_DATA_HOME",
+            std::env::temp_dir().join("stash-helm-data"),
+        );
     for s in set {
         cmd.args(["--set", s]);
     }
     let out = cmd.output().expect("run helm template");
-    assert!(out.status.success(), "helm template failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "helm template failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).expect("utf8");
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text).expect("helm output parses");
-    docs.into_iter().filter(|d| !d.is_null()).map(normalize).collect()
+    docs.into_iter()
+        .filter(|d| !d.is_null())
+        .map(normalize)
+        .collect()
 }
 
 fn normalize(mut v: Value) -> Value {
     if let Some(l) = v["metadata"]["labels"].as_object_mut() {
         l.remove("helm.sh/chart");
-        if l.get("app.kubernetes.io/managed-by").and_then(Value::as_str) == Some("Helm") {
+        if l.get("app.kubernetes.io/managed-by")
+            .and_then(Value::as_str)
+            == Some("Helm")
+        {
             l.remove("app.kubernetes.io/managed-by");
         }
     }
@@ -67,7 +96,12 @@ fn diff(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             for k in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
-                diff(x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), &format!("{path}.{k}"), out);
+                diff(
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                    &format!("{path}.{k}"),
+                    out,
+                );
             }
         }
         (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
@@ -84,15 +118,25 @@ fn compare(plain: Vec<Value>, helm: Vec<Value>, what: &str) {
     let (plain, helm) = (by_key(plain), by_key(helm));
     let only_plain: Vec<&String> = plain.keys().filter(|k| !helm.contains_key(*k)).collect();
     let only_helm: Vec<&String> = helm.keys().filter(|k| !plain.contains_key(*k)).collect();
-    assert!(only_plain.is_empty() && only_helm.is_empty(), "{what}: only plain {only_plain:?}, only helm {only_helm:?}");
+    assert!(
+        only_plain.is_empty() && only_helm.is_empty(),
+        "{what}: only plain {only_plain:?}, only helm {only_helm:?}"
+    );
     let mut problems = Vec::new();
     for (k, p) in &plain {
         let mut d = Vec::new();
         diff(p, &helm[k], "", &mut d);
         problems.extend(d.into_iter().map(|d| format!("{k} {d}")));
     }
-    assert!(problems.is_empty(), "{what}: the chart differs from the plain manifests:\n{}", problems.join("\n"));
-    println!("helm ({what}): {} objects identical to the plain manifests", plain.len());
+    assert!(
+        problems.is_empty(),
+        "{what}: the chart differs from the plain manifests:\n{}",
+        problems.join("\n")
+    );
+    println!(
+        "helm ({what}): {} objects identical to the plain manifests",
+        plain.len()
+    );
 }
 
 #[test]
@@ -101,13 +145,21 @@ fn chart_renders_the_same_objects() {
     let o = InstallOptions::default();
 
     // Default values: everything but the Namespace.
-    let plain: Vec<Value> = objects(&o).into_iter().filter(|v| v["kind"] != "Namespace").collect();
+    let plain: Vec<Value> = objects(&o)
+        .into_iter()
+        .filter(|v| v["kind"] != "Namespace")
+        .collect();
     compare(plain, template(&helm, &o.namespace, &[]), "default values");
 
     // With the Namespace, exactly the committed install manifest.
-    let committed = std::fs::read_to_string(root().join("deploy/install/stash-rs.yaml")).expect("committed manifest");
+    let committed = std::fs::read_to_string(root().join("deploy/install/stash-rs.yaml"))
+        .expect("committed manifest");
     let committed: Vec<Value> = serde_saphyr::from_multiple(&committed).expect("parses");
-    compare(committed, template(&helm, &o.namespace, &["createNamespace=true"]), "createNamespace=true");
+    compare(
+        committed,
+        template(&helm, &o.namespace, &["createNamespace=true"]),
+        "createNamespace=true",
+    );
 
     // Options map onto values.
     let o2 = InstallOptions {
@@ -128,11 +180,25 @@ fn chart_renders_the_same_objects() {
         "webhook.enabled=false",
         "snapshotApi.enabled=true",
     ];
-    compare(objects(&o2), template(&helm, &o2.namespace, &set), "non-default values");
+    compare(
+        objects(&o2),
+        template(&helm, &o2.namespace, &set),
+        "non-default values",
+    );
 }
 
 #[test]
 fn chart_lints() {
-    let out = Command::new(helm()).arg("lint").arg(root().join("deploy/helm/stash-rs")).arg("--strict").output().expect("helm lint");
-    assert!(out.status.success(), "helm lint:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(helm())
+        .arg("lint")
+        .arg(root().join("deploy/helm/stash-rs"))
+        .arg("--strict")
+        .output()
+        .expect("helm lint");
+    assert!(
+        out.status.success(),
+        "helm lint:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -16,18 +16,33 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 fn helm_bin() -> PathBuf {
-    let out = Command::new("bash").arg(root().join("deploy/helm/build-helm.sh")).output().expect("run build-helm.sh");
-    assert!(out.status.success(), "building helm failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("bash")
+        .arg(root().join("deploy/helm/build-helm.sh"))
+        .output()
+        .expect("run build-helm.sh");
+    assert!(
+        out.status.success(),
+        "building helm failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 fn run(mut cmd: Command, what: &str) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(out.status.success(), "{what} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -45,7 +60,10 @@ async fn wait_ready(client: &kube::Client, replicas: i32, timeout: Duration) -> 
         {
             return begun.elapsed();
         }
-        assert!(begun.elapsed() < timeout, "the operator is not Ready with {replicas} replicas after {timeout:?}");
+        assert!(
+            begun.elapsed() < timeout,
+            "the operator is not Ready with {replicas} replicas after {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -53,10 +71,16 @@ async fn wait_ready(client: &kube::Client, replicas: i32, timeout: Duration) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_upgrade_and_uninstall() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cp = stash_testenv::shared().await.expect("the cluster (scripts/test.sh starts it)");
+    let cp = stash_testenv::shared()
+        .await
+        .expect("the cluster (scripts/test.sh starts it)");
     let client = cp.client();
     assert!(
-        Api::<Deployment>::namespaced(client.clone(), "stash-system").get_opt("stash-operator").await.expect("get").is_none(),
+        Api::<Deployment>::namespaced(client.clone(), "stash-system")
+            .get_opt("stash-operator")
+            .await
+            .expect("get")
+            .is_none(),
         "this test needs a cluster without stash-rs (scripts/test.sh runs it before installing the manifest)"
     );
     let helm = helm_bin();
@@ -74,11 +98,28 @@ async fn helm_install_upgrade_and_uninstall() {
     let chart = chart.to_string_lossy();
 
     let begun = Instant::now();
-    run(helm_cmd(&["install", "stash-rs", &chart, "--namespace", "stash-system", "--create-namespace"]), "helm install");
+    run(
+        helm_cmd(&[
+            "install",
+            "stash-rs",
+            &chart,
+            "--namespace",
+            "stash-system",
+            "--create-namespace",
+        ]),
+        "helm install",
+    );
     let took = wait_ready(&client, 2, Duration::from_secs(240)).await;
-    stash::admission::xray(&client, Duration::from_secs(60)).await.expect("the chart's validating webhook refuses an invalid Repository");
+    stash::admission::xray(&client, Duration::from_secs(60))
+        .await
+        .expect("the chart's validating webhook refuses an invalid Repository");
     let available = run(
-        cp.kubectl().expect("kubectl").args(["wait", "--for=condition=Available", "--timeout=120s", "apiservice/v1alpha1.repositories.stash.appscode.com"]),
+        cp.kubectl().expect("kubectl").args([
+            "wait",
+            "--for=condition=Available",
+            "--timeout=120s",
+            "apiservice/v1alpha1.repositories.stash.appscode.com",
+        ]),
         "APIService Available",
     );
     assert!(available.contains("condition met"), "{available}");
@@ -89,25 +130,78 @@ async fn helm_install_upgrade_and_uninstall() {
     ));
 
     run(
-        helm_cmd(&["upgrade", "stash-rs", &chart, "--namespace", "stash-system", "--set", "replicas=1", "--set", "operator.logLevel=debug"]),
+        helm_cmd(&[
+            "upgrade",
+            "stash-rs",
+            &chart,
+            "--namespace",
+            "stash-system",
+            "--set",
+            "replicas=1",
+            "--set",
+            "operator.logLevel=debug",
+        ]),
         "helm upgrade",
     );
     let took = wait_ready(&client, 1, Duration::from_secs(240)).await;
-    let d = Api::<Deployment>::namespaced(client.clone(), "stash-system").get("stash-operator").await.expect("deployment");
-    let env = d.spec.and_then(|s| s.template.spec).map(|s| s.containers[0].env.clone().unwrap_or_default()).unwrap_or_default();
-    assert!(env.iter().any(|e| e.name == "RUST_LOG" && e.value.as_deref() == Some("debug")), "the upgrade's values are rolled out: {env:?}");
-    let history = run(helm_cmd(&["history", "stash-rs", "--namespace", "stash-system"]), "helm history");
-    assert!(history.contains("deployed") && history.lines().count() == 3, "two revisions:\n{history}");
-    stash_testenv::report(&format!("helm: upgraded to 1 replica at log level debug, Ready {:.1}s after `helm upgrade`", took.as_secs_f64()));
-
-    run(helm_cmd(&["uninstall", "stash-rs", "--namespace", "stash-system", "--wait", "--timeout", "180s"]), "helm uninstall");
+    let d = Api::<Deployment>::namespaced(client.clone(), "stash-system")
+        .get("stash-operator")
+        .await
+        .expect("deployment");
+    let env = d
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|s| s.containers[0].env.clone().unwrap_or_default())
+        .unwrap_or_default();
     assert!(
-        Api::<Deployment>::namespaced(client.clone(), "stash-system").get_opt("stash-operator").await.expect("get").is_none(),
+        env.iter()
+            .any(|e| e.name == "RUST_LOG" && e.value.as_deref() == Some("debug")),
+        "the upgrade's values are rolled out: {env:?}"
+    );
+    let history = run(
+        helm_cmd(&["history", "stash-rs", "--namespace", "stash-system"]),
+        "helm history",
+    );
+    assert!(
+        history.contains("deployed") && history.lines().count() == 3,
+        "two revisions:\n{history}"
+    );
+    stash_testenv::report(&format!(
+        "helm: upgraded to 1 replica at log level debug, Ready {:.1}s after `helm upgrade`",
+        took.as_secs_f64()
+    ));
+
+    run(
+        helm_cmd(&[
+            "uninstall",
+            "stash-rs",
+            "--namespace",
+            "stash-system",
+            "--wait",
+            "--timeout",
+            "180s",
+        ]),
+        "helm uninstall",
+    );
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), "stash-system")
+            .get_opt("stash-operator")
+            .await
+            .expect("get")
+            .is_none(),
         "uninstalled"
     );
     let leftover = run(
-        cp.kubectl().expect("kubectl").args(["get", "validatingwebhookconfigurations,mutatingwebhookconfigurations,apiservices", "-o", "name"]),
+        cp.kubectl().expect("kubectl").args([
+            "get",
+            "validatingwebhookconfigurations,mutatingwebhookconfigurations,apiservices",
+            "-o",
+            "name",
+        ]),
         "list registrations",
     );
-    assert!(!leftover.contains("stash"), "the chart's registrations are gone: {leftover}");
+    assert!(
+        !leftover.contains("stash"),
+        "the chart's registrations are gone: {leftover}"
+    );
 }

@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use stash_install::InstallOptions;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 fn read(rel: &str) -> String {
@@ -97,14 +100,20 @@ fn braced(value: &str) -> String {
             out.push('$');
             continue;
         }
-        let n = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+        let n = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
         out.push_str(&format!("${{{}}}", &rest[..n]));
         rest = &rest[n..];
     }
     out + rest
 }
 
-fn label_pairs(ws: &[String], problems: &mut Vec<String>, whence: &str) -> BTreeMap<String, String> {
+fn label_pairs(
+    ws: &[String],
+    problems: &mut Vec<String>,
+    whence: &str,
+) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::new();
     for w in ws {
         match w.split_once('=') {
@@ -135,12 +144,18 @@ fn final_stage(dockerfile: &str) -> Vec<(String, String)> {
             None => {
                 pending.push_str(t);
                 let full = std::mem::take(&mut pending);
-                let (ins, args) = full.trim().split_once(char::is_whitespace).unwrap_or((full.trim(), ""));
+                let (ins, args) = full
+                    .trim()
+                    .split_once(char::is_whitespace)
+                    .unwrap_or((full.trim(), ""));
                 instructions.push((ins.to_ascii_uppercase(), args.trim().to_string()));
             }
         }
     }
-    let last_from = instructions.iter().rposition(|(i, _)| i == "FROM").unwrap_or(0);
+    let last_from = instructions
+        .iter()
+        .rposition(|(i, _)| i == "FROM")
+        .unwrap_or(0);
     instructions.split_off(last_from)
 }
 
@@ -150,17 +165,26 @@ fn from_dockerfile(dockerfile: &str, problems: &mut Vec<String>) -> Recipe {
         match ins.as_str() {
             "FROM" => {
                 let image = args.split_whitespace().next().unwrap_or("");
-                match image.strip_prefix("debian:").and_then(|t| t.strip_suffix("-slim")) {
+                match image
+                    .strip_prefix("debian:")
+                    .and_then(|t| t.strip_suffix("-slim"))
+                {
                     Some(suite) => r.suite = suite.to_string(),
-                    None => problems.push(format!("Dockerfile: final stage is FROM {image}, not debian:<suite>-slim")),
+                    None => problems.push(format!(
+                        "Dockerfile: final stage is FROM {image}, not debian:<suite>-slim"
+                    )),
                 }
             }
             "ARG" => {}
             "RUN" => {
                 for command in args.replace("&&", ";").replace('|', ";").split(';') {
                     let ws = words(command);
-                    if let Some(i) = ws.windows(2).position(|w| w[0] == "apt-get" && w[1] == "install") {
-                        r.packages.extend(ws[i + 2..].iter().filter(|w| !w.starts_with('-')).cloned());
+                    if let Some(i) = ws
+                        .windows(2)
+                        .position(|w| w[0] == "apt-get" && w[1] == "install")
+                    {
+                        r.packages
+                            .extend(ws[i + 2..].iter().filter(|w| !w.starts_with('-')).cloned());
                     }
                 }
             }
@@ -176,13 +200,17 @@ fn from_dockerfile(dockerfile: &str, problems: &mut Vec<String>) -> Recipe {
             "USER" => r.user = args,
             "ENTRYPOINT" => match serde_json::from_str::<Vec<String>>(&args) {
                 Ok(v) => r.entrypoint = v,
-                Err(e) => problems.push(format!("Dockerfile: ENTRYPOINT {args} is not the exec (JSON) form: {e}")),
+                Err(e) => problems.push(format!(
+                    "Dockerfile: ENTRYPOINT {args} is not the exec (JSON) form: {e}"
+                )),
             },
             "LABEL" => {
                 let labels = label_pairs(&words(&args), problems, "Dockerfile");
                 r.labels.extend(labels);
             }
-            other => problems.push(format!("Dockerfile: the final stage's {other} has no counterpart in testenv/images.sh")),
+            other => problems.push(format!(
+                "Dockerfile: the final stage's {other} has no counterpart in testenv/images.sh"
+            )),
         }
     }
     // The same package twice would be a no-op for apt; compare sets.
@@ -195,7 +223,11 @@ fn from_dockerfile(dockerfile: &str, problems: &mut Vec<String>) -> Recipe {
 /// The words of `NAME=value` or `NAME=(…)` (possibly spanning lines) at the start of a line.
 fn assignment(script: &str, name: &str) -> Option<Vec<String>> {
     let prefix = format!("{name}=");
-    let at = if script.starts_with(&prefix) { 0 } else { script.find(&format!("\n{prefix}"))? + 1 };
+    let at = if script.starts_with(&prefix) {
+        0
+    } else {
+        script.find(&format!("\n{prefix}"))? + 1
+    };
     let value = &script[at + prefix.len()..];
     if let Some(array) = value.strip_prefix('(') {
         // The array ends at the first `)` outside quotes and comments.
@@ -213,14 +245,21 @@ fn assignment(script: &str, name: &str) -> Option<Vec<String>> {
         })?;
         Some(words(&array[..end]))
     } else {
-        Some(words(value.lines().next().unwrap_or("")).into_iter().take(1).collect())
+        Some(
+            words(value.lines().next().unwrap_or(""))
+                .into_iter()
+                .take(1)
+                .collect(),
+        )
     }
 }
 
 fn from_script(script: &str, problems: &mut Vec<String>) -> Recipe {
     let mut get = |name: &str| {
         assignment(script, name).unwrap_or_else(|| {
-            problems.push(format!("testenv/images.sh: no `{name}=` assignment at the start of a line"));
+            problems.push(format!(
+                "testenv/images.sh: no `{name}=` assignment at the start of a line"
+            ));
             Vec::new()
         })
     };
@@ -231,14 +270,22 @@ fn from_script(script: &str, problems: &mut Vec<String>) -> Recipe {
     let user = scalar(get("STASH_USER"));
     let entrypoint = get("STASH_ENTRYPOINT");
     let labels = get("STASH_LABELS");
-    let mut r = Recipe { suite, user, entrypoint, labels: label_pairs(&labels, problems, "testenv/images.sh"), ..Recipe::default() };
+    let mut r = Recipe {
+        suite,
+        user,
+        entrypoint,
+        labels: label_pairs(&labels, problems, "testenv/images.sh"),
+        ..Recipe::default()
+    };
     packages.sort();
     packages.dedup();
     r.packages = packages;
     for b in binaries {
         match b.split_once(':') {
             Some((stage, dest)) => r.binaries.push((stage.to_string(), dest.to_string())),
-            None => problems.push(format!("testenv/images.sh: STASH_BINARIES entry {b:?} is not STAGE:DEST")),
+            None => problems.push(format!(
+                "testenv/images.sh: STASH_BINARIES entry {b:?} is not STAGE:DEST"
+            )),
         }
     }
     r.binaries.sort();
@@ -252,22 +299,44 @@ fn problems(dockerfile: &str, script: &str) -> Vec<String> {
     let s = from_script(script, &mut problems);
     let mut differ = |what: &str, d: String, s: String| {
         if d != s {
-            problems.push(format!("{what} disagree:\n  Dockerfile:        {d}\n  testenv/images.sh: {s}"));
+            problems.push(format!(
+                "{what} disagree:\n  Dockerfile:        {d}\n  testenv/images.sh: {s}"
+            ));
         }
     };
     differ("the base suites", d.suite, s.suite);
-    differ("the apt packages", d.packages.join(" "), s.packages.join(" "));
-    differ("the binaries (stage, destination)", format!("{:?}", d.binaries), format!("{:?}", s.binaries));
+    differ(
+        "the apt packages",
+        d.packages.join(" "),
+        s.packages.join(" "),
+    );
+    differ(
+        "the binaries (stage, destination)",
+        format!("{:?}", d.binaries),
+        format!("{:?}", s.binaries),
+    );
     differ("the USERs", d.user, s.user);
-    differ("the ENTRYPOINTs", format!("{:?}", d.entrypoint), format!("{:?}", s.entrypoint));
-    differ("the labels", format!("{:?}", d.labels), format!("{:?}", s.labels));
+    differ(
+        "the ENTRYPOINTs",
+        format!("{:?}", d.entrypoint),
+        format!("{:?}", s.entrypoint),
+    );
+    differ(
+        "the labels",
+        format!("{:?}", d.labels),
+        format!("{:?}", s.labels),
+    );
     problems
 }
 
 #[test]
 fn images_sh_builds_what_the_dockerfile_describes() {
     let found = problems(&read("Dockerfile"), &read("testenv/images.sh"));
-    assert!(found.is_empty(), "the Dockerfile's final stage and testenv/images.sh disagree:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "the Dockerfile's final stage and testenv/images.sh disagree:\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]
@@ -279,13 +348,37 @@ fn both_sides_are_actually_parsed() {
     for r in [&d, &s] {
         assert_eq!(r.suite, "bookworm");
         for pkg in ["ca-certificates", "tzdata", "postgresql-client"] {
-            assert!(r.packages.iter().any(|p| p == pkg), "{pkg} missing in {r:?}");
+            assert!(
+                r.packages.iter().any(|p| p == pkg),
+                "{pkg} missing in {r:?}"
+            );
         }
-        assert!(r.binaries.contains(&("restic".into(), "/usr/local/bin/restic".into())), "{r:?}");
-        assert!(r.binaries.contains(&("stash".into(), "/usr/local/bin/stash".into())), "{r:?}");
-        assert_eq!(r.entrypoint.first().map(String::as_str), Some("/usr/local/bin/stash"));
-        assert_eq!(r.labels.get("io.stash-rs.restic.version").map(String::as_str), Some("${RESTIC_VERSION}"));
-        assert_eq!(r.labels.get("org.opencontainers.image.description").map(String::as_str), Some("Kubernetes backup operator speaking the Stash API"));
+        assert!(
+            r.binaries
+                .contains(&("restic".into(), "/usr/local/bin/restic".into())),
+            "{r:?}"
+        );
+        assert!(
+            r.binaries
+                .contains(&("stash".into(), "/usr/local/bin/stash".into())),
+            "{r:?}"
+        );
+        assert_eq!(
+            r.entrypoint.first().map(String::as_str),
+            Some("/usr/local/bin/stash")
+        );
+        assert_eq!(
+            r.labels
+                .get("io.stash-rs.restic.version")
+                .map(String::as_str),
+            Some("${RESTIC_VERSION}")
+        );
+        assert_eq!(
+            r.labels
+                .get("org.opencontainers.image.description")
+                .map(String::as_str),
+            Some("Kubernetes backup operator speaking the Stash API")
+        );
     }
 }
 
@@ -294,37 +387,109 @@ fn every_kind_of_difference_is_caught() {
     let docker = read("Dockerfile");
     let script = read("testenv/images.sh");
     let mutations: &[(&str, &str, &str, &str)] = &[
-        ("Dockerfile", "tzdata postgresql-client", "tzdata postgresql-client curl", "apt packages"),
-        ("Dockerfile", "ca-certificates tzdata postgresql-client", "ca-certificates postgresql-client", "apt packages"),
-        ("images.sh", "STASH_PACKAGES=(ca-certificates tzdata postgresql-client)", "STASH_PACKAGES=(ca-certificates tzdata)", "apt packages"),
-        ("Dockerfile", "/restic-bin /usr/local/bin/restic", "/restic-bin /usr/bin/restic", "binaries"),
-        ("images.sh", "restic:/usr/local/bin/restic", "restic:/usr/local/bin/restic2", "binaries"),
+        (
+            "Dockerfile",
+            "tzdata postgresql-client",
+            "tzdata postgresql-client curl",
+            "apt packages",
+        ),
+        (
+            "Dockerfile",
+            "ca-certificates tzdata postgresql-client",
+            "ca-certificates postgresql-client",
+            "apt packages",
+        ),
+        (
+            "images.sh",
+            "STASH_PACKAGES=(ca-certificates tzdata postgresql-client)",
+            "STASH_PACKAGES=(ca-certificates tzdata)",
+            "apt packages",
+        ),
+        (
+            "Dockerfile",
+            "/restic-bin /usr/local/bin/restic",
+            "/restic-bin /usr/bin/restic",
+            "binaries",
+        ),
+        (
+            "images.sh",
+            "restic:/usr/local/bin/restic",
+            "restic:/usr/local/bin/restic2",
+            "binaries",
+        ),
         ("Dockerfile", "USER 65534:65534", "USER 0:0", "USER"),
-        ("images.sh", "STASH_USER=65534:65534", "STASH_USER=65534", "USER"),
-        ("Dockerfile", "ENTRYPOINT [\"/usr/local/bin/stash\"]", "ENTRYPOINT [\"/usr/local/bin/stash\", \"run\"]", "ENTRYPOINT"),
-        ("Dockerfile", "ENTRYPOINT [\"/usr/local/bin/stash\"]", "ENTRYPOINT /usr/local/bin/stash", "ENTRYPOINT"),
-        ("Dockerfile", "org.opencontainers.image.licenses=\"Apache-2.0\"", "org.opencontainers.image.licenses=\"MIT\"", "labels"),
-        ("Dockerfile", "FROM debian:bookworm-slim", "FROM debian:trixie-slim", "suites"),
-        ("Dockerfile", "USER 65534:65534", "ENV TZ=UTC\nUSER 65534:65534", "ENV"),
-        ("Dockerfile", "USER 65534:65534", "COPY deploy /deploy\nUSER 65534:65534", "COPY"),
+        (
+            "images.sh",
+            "STASH_USER=65534:65534",
+            "STASH_USER=65534",
+            "USER",
+        ),
+        (
+            "Dockerfile",
+            "ENTRYPOINT [\"/usr/local/bin/stash\"]",
+            "ENTRYPOINT [\"/usr/local/bin/stash\", \"run\"]",
+            "ENTRYPOINT",
+        ),
+        (
+            "Dockerfile",
+            "ENTRYPOINT [\"/usr/local/bin/stash\"]",
+            "ENTRYPOINT /usr/local/bin/stash",
+            "ENTRYPOINT",
+        ),
+        (
+            "Dockerfile",
+            "org.opencontainers.image.licenses=\"Apache-2.0\"",
+            "org.opencontainers.image.licenses=\"MIT\"",
+            "labels",
+        ),
+        (
+            "Dockerfile",
+            "FROM debian:bookworm-slim",
+            "FROM debian:trixie-slim",
+            "suites",
+        ),
+        (
+            "Dockerfile",
+            "USER 65534:65534",
+            "ENV TZ=UTC\nUSER 65534:65534",
+            "ENV",
+        ),
+        (
+            "Dockerfile",
+            "USER 65534:65534",
+            "COPY deploy /deploy\nUSER 65534:65534",
+            "COPY",
+        ),
     ];
     for (file, from, to, what) in mutations {
         let (d, s) = match *file {
             "Dockerfile" => (docker.replacen(from, to, 1), script.clone()),
             _ => (docker.clone(), script.replacen(from, to, 1)),
         };
-        assert!(d != docker || s != script, "mutation {from:?} does not apply to {file}");
+        assert!(
+            d != docker || s != script,
+            "mutation {from:?} does not apply to {file}"
+        );
         let found = problems(&d, &s);
-        assert!(found.iter().any(|p| p.contains(what)), "changing {from:?} to {to:?} in {file} went unnoticed: {found:?}");
+        assert!(
+            found.iter().any(|p| p.contains(what)),
+            "changing {from:?} to {to:?} in {file} went unnoticed: {found:?}"
+        );
     }
 }
 
 #[test]
 fn words_and_assignments_parse_like_the_shell() {
-    assert_eq!(words(r#"a "b c" 'd e' f\ g # h i"#), ["a", "b c", "d e", "f g"]);
+    assert_eq!(
+        words(r#"a "b c" 'd e' f\ g # h i"#),
+        ["a", "b c", "d e", "f g"]
+    );
     assert_eq!(words("x=\"y z\"w"), ["x=y zw"]);
     let script = "FOO=(a b # c)\n  \"d e\" # )\n)\nBAR=baz # qux\n";
-    assert_eq!(assignment(script, "FOO"), Some(vec!["a".into(), "b".into(), "d e".into()]));
+    assert_eq!(
+        assignment(script, "FOO"),
+        Some(vec!["a".into(), "b".into(), "d e".into()])
+    );
     assert_eq!(assignment(script, "BAR"), Some(vec!["baz".into()]));
     assert_eq!(assignment(script, "BAZ"), None);
     assert_eq!(braced("v=$A-${B}/$C_1"), "v=${A}-${B}/${C_1}");
@@ -333,15 +498,35 @@ fn words_and_assignments_parse_like_the_shell() {
 #[test]
 fn images_sh_tags_are_the_manifests_images() {
     let script = read("testenv/images.sh");
-    let tag = |name: &str| assignment(&script, name).and_then(|v| v.into_iter().next()).unwrap_or_else(|| panic!("no {name} in testenv/images.sh"));
+    let tag = |name: &str| {
+        assignment(&script, name)
+            .and_then(|v| v.into_iter().next())
+            .unwrap_or_else(|| panic!("no {name} in testenv/images.sh"))
+    };
     let o = InstallOptions::default();
-    assert_eq!(tag("STASH_TAG"), o.image, "testenv/images.sh builds another stash tag than the manifests run");
-    assert_eq!(tag("PUSHGATEWAY_TAG"), o.pushgateway_image, "testenv/images.sh builds another pushgateway tag than the manifests run");
+    assert_eq!(
+        tag("STASH_TAG"),
+        o.image,
+        "testenv/images.sh builds another stash tag than the manifests run"
+    );
+    assert_eq!(
+        tag("PUSHGATEWAY_TAG"),
+        o.pushgateway_image,
+        "testenv/images.sh builds another pushgateway tag than the manifests run"
+    );
     // The pushgateway binary in that image is testenv/build.sh's, from testenv/go/pushgateway.
-    let version = o.pushgateway_image.rsplit_once(':').expect("tag").1.to_string();
+    let version = o
+        .pushgateway_image
+        .rsplit_once(':')
+        .expect("tag")
+        .1
+        .to_string();
     let go_mod = read("testenv/go/pushgateway/go.mod");
     assert!(
-        go_mod.lines().any(|l| l.split_whitespace().take(2).eq(["github.com/prometheus/pushgateway", version.as_str()])),
+        go_mod.lines().any(|l| l
+            .split_whitespace()
+            .take(2)
+            .eq(["github.com/prometheus/pushgateway", version.as_str()])),
         "testenv/go/pushgateway/go.mod does not pin github.com/prometheus/pushgateway {version}"
     );
 }

@@ -123,10 +123,17 @@ async fn main() -> ExitCode {
 }
 
 async fn client(context: Option<String>) -> anyhow::Result<(Client, String)> {
-    let opts = KubeConfigOptions { context, ..Default::default() };
+    let opts = KubeConfigOptions {
+        context,
+        ..Default::default()
+    };
     let config = match Kubeconfig::read() {
-        Ok(kc) => Config::from_custom_kubeconfig(kc, &opts).await.context("kubeconfig")?,
-        Err(_) => Config::infer().await.context("no kubeconfig and not in a cluster")?,
+        Ok(kc) => Config::from_custom_kubeconfig(kc, &opts)
+            .await
+            .context("kubeconfig")?,
+        Err(_) => Config::infer()
+            .await
+            .context("no kubeconfig and not in a cluster")?,
     };
     let ns = config.default_namespace.clone();
     Ok((Client::try_from(config)?, ns))
@@ -136,12 +143,23 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
     let (client, default_ns) = client(cli.context).await?;
     let ns = cli.namespace.unwrap_or(default_ns);
     match cli.command {
-        Command::Backup { backup_configuration, timeout, no_follow } => backup(&client, &ns, &backup_configuration, timeout, no_follow).await,
-        Command::Snapshots { selector, all_namespaces } => snapshots(&client, &ns, selector, all_namespaces).await,
+        Command::Backup {
+            backup_configuration,
+            timeout,
+            no_follow,
+        } => backup(&client, &ns, &backup_configuration, timeout, no_follow).await,
+        Command::Snapshots {
+            selector,
+            all_namespaces,
+        } => snapshots(&client, &ns, selector, all_namespaces).await,
         Command::Unlock { repository, restic } => unlock(&client, &ns, &repository, restic).await,
         Command::Describe { session } => describe(&client, &ns, &session).await,
-        Command::Pause { backup_configuration } => set_paused(&client, &ns, &backup_configuration, true).await,
-        Command::Resume { backup_configuration } => set_paused(&client, &ns, &backup_configuration, false).await,
+        Command::Pause {
+            backup_configuration,
+        } => set_paused(&client, &ns, &backup_configuration, true).await,
+        Command::Resume {
+            backup_configuration,
+        } => set_paused(&client, &ns, &backup_configuration, false).await,
     }
 }
 
@@ -151,22 +169,48 @@ fn not_found(e: &kube::Error) -> bool {
 
 async fn set_paused(client: &Client, ns: &str, name: &str, paused: bool) -> anyhow::Result<Exit> {
     let api = Api::<BackupConfiguration>::namespaced(client.clone(), ns);
-    let bc = api.get_opt(name).await?.ok_or_else(|| anyhow!("BackupConfiguration {ns}/{name} not found"))?;
+    let bc = api
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| anyhow!("BackupConfiguration {ns}/{name} not found"))?;
     let verb = if paused { "paused" } else { "resumed" };
     if bc.spec.paused == paused {
-        println!("BackupConfiguration {ns}/{name} is already {}", if paused { "paused" } else { "running (not paused)" });
+        println!(
+            "BackupConfiguration {ns}/{name} is already {}",
+            if paused {
+                "paused"
+            } else {
+                "running (not paused)"
+            }
+        );
         return Ok(Exit(0));
     }
-    api.patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"paused": paused}}))).await?;
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"paused": paused}})),
+    )
+    .await?;
     println!("BackupConfiguration {ns}/{name} {verb}");
     Ok(Exit(0))
 }
 
-async fn backup(client: &Client, ns: &str, bc_name: &str, timeout: Duration, no_follow: bool) -> anyhow::Result<Exit> {
+async fn backup(
+    client: &Client,
+    ns: &str,
+    bc_name: &str,
+    timeout: Duration,
+    no_follow: bool,
+) -> anyhow::Result<Exit> {
     let bcs = Api::<BackupConfiguration>::namespaced(client.clone(), ns);
-    let bc = bcs.get_opt(bc_name).await?.ok_or_else(|| anyhow!("BackupConfiguration {ns}/{bc_name} not found"))?;
+    let bc = bcs
+        .get_opt(bc_name)
+        .await?
+        .ok_or_else(|| anyhow!("BackupConfiguration {ns}/{bc_name} not found"))?;
     if bc.spec.paused {
-        bail!("BackupConfiguration {ns}/{bc_name} is paused; `kubectl stash resume {bc_name}` first");
+        bail!(
+            "BackupConfiguration {ns}/{bc_name} is paused; `kubectl stash resume {bc_name}` first"
+        );
     }
     let unix = jiff::Timestamp::now().as_second();
     let name = format!("{bc_name}-{unix}");
@@ -179,7 +223,9 @@ async fn backup(client: &Client, ns: &str, bc_name: &str, timeout: Duration, no_
         "spec": {"backupConfiguration": {"name": bc_name}},
     }))?;
     let api = Api::<BackupSession>::namespaced(client.clone(), ns);
-    api.create(&PostParams::default(), &session).await.with_context(|| format!("create BackupSession {ns}/{name}"))?;
+    api.create(&PostParams::default(), &session)
+        .await
+        .with_context(|| format!("create BackupSession {ns}/{name}"))?;
     println!("BackupSession {ns}/{name} created for BackupConfiguration {bc_name}");
     if no_follow {
         return Ok(Exit(0));
@@ -189,7 +235,12 @@ async fn backup(client: &Client, ns: &str, bc_name: &str, timeout: Duration, no_
 
 /// Follow a session until its phase is terminal. On a terminal, one line is redrawn in place;
 /// otherwise a line is printed whenever what it shows changes.
-async fn follow(api: &Api<BackupSession>, ns: &str, name: &str, timeout: Duration) -> anyhow::Result<Exit> {
+async fn follow(
+    api: &Api<BackupSession>,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<Exit> {
     let tty = std::io::stdout().is_terminal();
     let start = Instant::now();
     let mut last_line = String::new();
@@ -199,9 +250,13 @@ async fn follow(api: &Api<BackupSession>, ns: &str, name: &str, timeout: Duratio
     loop {
         let s = api.get(name).await?;
         let status = s.status.clone().unwrap_or_default();
-        let phase = status.phase.unwrap_or(<stash_crds::backup_session::Phase as Lifecycle>::INITIAL);
+        let phase = status
+            .phase
+            .unwrap_or(<stash_crds::backup_session::Phase as Lifecycle>::INITIAL);
         let reported = status.stats.len();
-        let total = status.total_hosts.map_or("?".to_string(), |t| t.to_string());
+        let total = status
+            .total_hosts
+            .map_or("?".to_string(), |t| t.to_string());
         let elapsed = start.elapsed().as_secs();
         let mut out = std::io::stdout().lock();
         // Host entries as they arrive, each once.
@@ -209,12 +264,25 @@ async fn follow(api: &Api<BackupSession>, ns: &str, name: &str, timeout: Duratio
             let host = h.hostname.clone().unwrap_or_else(|| "?".into());
             let hp = h.phase.map_or("?".into(), |p| format!("{p:?}"));
             if seen_hosts.get(&host) != Some(&hp) {
-                let err = h.error.as_deref().filter(|e| !e.is_empty()).map(|e| format!(" — {e}")).unwrap_or_default();
-                let dur = h.duration.as_ref().map(|d| format!(" in {d}")).unwrap_or_default();
+                let err = h
+                    .error
+                    .as_deref()
+                    .filter(|e| !e.is_empty())
+                    .map(|e| format!(" — {e}"))
+                    .unwrap_or_default();
+                let dur = h
+                    .duration
+                    .as_ref()
+                    .map(|d| format!(" in {d}"))
+                    .unwrap_or_default();
                 if tty {
                     write!(out, "\r\x1b[K")?;
                 }
-                writeln!(out, "  host {host}: {hp}{dur}, {} snapshot(s){err}", h.snapshots.len())?;
+                writeln!(
+                    out,
+                    "  host {host}: {hp}{dur}, {} snapshot(s){err}",
+                    h.snapshots.len()
+                )?;
                 seen_hosts.insert(host, hp);
                 last_line.clear();
             }
@@ -222,7 +290,12 @@ async fn follow(api: &Api<BackupSession>, ns: &str, name: &str, timeout: Duratio
         let line = format!("{:<9} hosts {reported}/{total}", phase.name());
         if tty {
             tick += 1;
-            write!(out, "\r\x1b[K{} {line}  {}", spinner[tick % spinner.len()], render::secs(elapsed))?;
+            write!(
+                out,
+                "\r\x1b[K{} {line}  {}",
+                spinner[tick % spinner.len()],
+                render::secs(elapsed)
+            )?;
             out.flush()?;
         } else if line != last_line {
             writeln!(out, "{line}  {}", render::secs(elapsed))?;
@@ -232,10 +305,16 @@ async fn follow(api: &Api<BackupSession>, ns: &str, name: &str, timeout: Duratio
             if tty {
                 writeln!(out)?;
             }
-            let took = status.session_duration.map(|d| d.to_string()).unwrap_or_else(|| render::secs(elapsed));
+            let took = status
+                .session_duration
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| render::secs(elapsed));
             return Ok(match phase {
                 stash_crds::backup_session::Phase::Succeeded => {
-                    writeln!(out, "BackupSession {ns}/{name} Succeeded ({reported}/{total} hosts, {took})")?;
+                    writeln!(
+                        out,
+                        "BackupSession {ns}/{name} Succeeded ({reported}/{total} hosts, {took})"
+                    )?;
                     Exit(0)
                 }
                 p => {
@@ -250,15 +329,28 @@ async fn follow(api: &Api<BackupSession>, ns: &str, name: &str, timeout: Duratio
             if tty {
                 println!();
             }
-            eprintln!("timed out after {} following BackupSession {ns}/{name} (still {}); it goes on", render::secs(elapsed), phase.name());
+            eprintln!(
+                "timed out after {} following BackupSession {ns}/{name} (still {}); it goes on",
+                render::secs(elapsed),
+                phase.name()
+            );
             return Ok(Exit(2));
         }
         tokio::time::sleep(Duration::from_millis(if tty { 200 } else { 500 })).await;
     }
 }
 
-async fn snapshots(client: &Client, ns: &str, selector: Option<String>, all: bool) -> anyhow::Result<Exit> {
-    let api: Api<Snapshot> = if all { Api::all(client.clone()) } else { Api::namespaced(client.clone(), ns) };
+async fn snapshots(
+    client: &Client,
+    ns: &str,
+    selector: Option<String>,
+    all: bool,
+) -> anyhow::Result<Exit> {
+    let api: Api<Snapshot> = if all {
+        Api::all(client.clone())
+    } else {
+        Api::namespaced(client.clone(), ns)
+    };
     let mut lp = ListParams::default();
     if let Some(s) = &selector {
         lp = lp.labels(s);
@@ -277,11 +369,26 @@ async fn snapshots(client: &Client, ns: &str, selector: Option<String>, all: boo
     };
     let mut items = list.items;
     items.sort_by(|a, b| {
-        (a.namespace(), a.labels().get("repository").cloned(), a.metadata.creation_timestamp.as_ref().map(|t| t.0))
-            .cmp(&(b.namespace(), b.labels().get("repository").cloned(), b.metadata.creation_timestamp.as_ref().map(|t| t.0)))
+        (
+            a.namespace(),
+            a.labels().get("repository").cloned(),
+            a.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        )
+            .cmp(&(
+                b.namespace(),
+                b.labels().get("repository").cloned(),
+                b.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            ))
     });
     if items.is_empty() {
-        println!("No snapshots found{}.", if all { String::new() } else { format!(" in namespace {ns}") });
+        println!(
+            "No snapshots found{}.",
+            if all {
+                String::new()
+            } else {
+                format!(" in namespace {ns}")
+            }
+        );
         return Ok(Exit(0));
     }
     let mut rows = Vec::new();
@@ -294,8 +401,18 @@ async fn snapshots(client: &Client, ns: &str, selector: Option<String>, all: boo
             s.name_any(),
             s.labels().get("repository").cloned().unwrap_or_default(),
             s.status.hostname.clone(),
-            s.metadata.uid.clone().unwrap_or_default().chars().take(8).collect(),
-            s.metadata.creation_timestamp.as_ref().map(|t| t.0.strftime("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default(),
+            s.metadata
+                .uid
+                .clone()
+                .unwrap_or_default()
+                .chars()
+                .take(8)
+                .collect(),
+            s.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.strftime("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_default(),
             s.status.paths.join(","),
         ];
         if all {
@@ -307,7 +424,12 @@ async fn snapshots(client: &Client, ns: &str, selector: Option<String>, all: boo
     Ok(Exit(0))
 }
 
-async fn unlock(client: &Client, ns: &str, name: &str, restic_bin: PathBuf) -> anyhow::Result<Exit> {
+async fn unlock(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    restic_bin: PathBuf,
+) -> anyhow::Result<Exit> {
     let repo = Api::<Repository>::namespaced(client.clone(), ns)
         .get_opt(name)
         .await?
@@ -326,16 +448,28 @@ async fn unlock(client: &Client, ns: &str, name: &str, restic_bin: PathBuf) -> a
     let secret = Api::<Secret>::namespaced(client.clone(), ns)
         .get_opt(&secret_name)
         .await?
-        .ok_or_else(|| anyhow!("Secret {ns}/{secret_name} (storage of Repository {name}) not found"))?;
-    let data: BTreeMap<String, Vec<u8>> = secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
-    let creds = stash_restic::Credentials::from_map(data).map_err(|e| anyhow!("storage Secret {ns}/{secret_name}: {e}"))?;
+        .ok_or_else(|| {
+            anyhow!("Secret {ns}/{secret_name} (storage of Repository {name}) not found")
+        })?;
+    let data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    let creds = stash_restic::Credentials::from_map(data)
+        .map_err(|e| anyhow!("storage Secret {ns}/{secret_name}: {e}"))?;
     let scratch = tempfile::tempdir()?;
     let r = stash_restic::Repo::builder(location.clone(), creds)
         .binary(&restic_bin)
         .scratch_dir(scratch.path())
         .build()
         .map_err(|e| anyhow!("{e}"))?;
-    println!("Repository {ns}/{name} ({}: {})", location.provider(), location.repository_url());
+    println!(
+        "Repository {ns}/{name} ({}: {})",
+        location.provider(),
+        location.repository_url()
+    );
     let before = r.locks().await.map_err(|e| anyhow!("list locks: {e}"))?;
     if before.is_empty() {
         println!("No locks.");
@@ -343,7 +477,9 @@ async fn unlock(client: &Client, ns: &str, name: &str, restic_bin: PathBuf) -> a
     }
     let now = jiff::Timestamp::now();
     // As restic judges: a lock of this machine whose process is gone is stale at once.
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).ok();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok();
     let host = host.as_deref();
     let stale: Vec<_> = before.iter().filter(|l| l.is_stale(now, host)).collect();
     let after = if stale.is_empty() {
@@ -351,7 +487,9 @@ async fn unlock(client: &Client, ns: &str, name: &str, restic_bin: PathBuf) -> a
     } else {
         // restic removes exactly the locks it considers stale (not refreshed for 30 minutes, or
         // of this host with a dead pid); what it removed is read back, not assumed.
-        r.unlock(false).await.map_err(|e| anyhow!("restic unlock: {e}"))?;
+        r.unlock(false)
+            .await
+            .map_err(|e| anyhow!("restic unlock: {e}"))?;
         r.locks().await.map_err(|e| anyhow!("list locks: {e}"))?
     };
     let describe = |l: &stash_restic::LockInfo| {
@@ -359,7 +497,11 @@ async fn unlock(client: &Client, ns: &str, name: &str, restic_bin: PathBuf) -> a
         format!(
             "{}  {} host={} pid={} user={} age={}",
             l.id.chars().take(8).collect::<String>(),
-            if l.exclusive { "exclusive" } else { "shared   " },
+            if l.exclusive {
+                "exclusive"
+            } else {
+                "shared   "
+            },
             l.hostname,
             l.pid,
             l.username,
@@ -374,7 +516,11 @@ async fn unlock(client: &Client, ns: &str, name: &str, restic_bin: PathBuf) -> a
         }
     }
     for l in &after {
-        let why = if l.is_stale(now, host) { "stale, but restic kept it" } else { "live: refreshed within 30m" };
+        let why = if l.is_stale(now, host) {
+            "stale, but restic kept it"
+        } else {
+            "live: refreshed within 30m"
+        };
         println!("kept lock          {} ({why})", describe(l));
     }
     println!("{removed} stale lock(s) removed, {} kept", after.len());
@@ -382,11 +528,17 @@ async fn unlock(client: &Client, ns: &str, name: &str, restic_bin: PathBuf) -> a
 }
 
 async fn describe(client: &Client, ns: &str, name: &str) -> anyhow::Result<Exit> {
-    if let Some(bs) = Api::<BackupSession>::namespaced(client.clone(), ns).get_opt(name).await? {
+    if let Some(bs) = Api::<BackupSession>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await?
+    {
         print!("{}", render::backup_session(&bs));
         return Ok(Exit(0));
     }
-    if let Some(rs) = Api::<RestoreSession>::namespaced(client.clone(), ns).get_opt(name).await? {
+    if let Some(rs) = Api::<RestoreSession>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await?
+    {
         print!("{}", render::restore_session(&rs));
         return Ok(Exit(0));
     }

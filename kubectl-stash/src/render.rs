@@ -55,11 +55,29 @@ pub fn lifecycle<L: Lifecycle>(current: L) -> String {
         } else if p.is_terminal() {
             note.push("terminal");
         }
-        let note = if note.is_empty() { String::new() } else { format!(" ({})", note.join(", ")) };
-        let _ = writeln!(out, "  {} {}{note}{}", if here { "▶" } else { " " }, p.name(), if here { "   ◀ current" } else { "" });
+        let note = if note.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", note.join(", "))
+        };
+        let _ = writeln!(
+            out,
+            "  {} {}{note}{}",
+            if here { "▶" } else { " " },
+            p.name(),
+            if here { "   ◀ current" } else { "" }
+        );
         for t in L::TRANSITIONS.iter().filter(|t| t.from == p) {
-            let guard = t.guard.map(|g| format!(" [{}]", L::guard_name(g))).unwrap_or_default();
-            let _ = writeln!(out, "        {}{guard} → {}", L::event_name(t.event), t.to.name());
+            let guard = t
+                .guard
+                .map(|g| format!(" [{}]", L::guard_name(g)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "        {}{guard} → {}",
+                L::event_name(t.event),
+                t.to.name()
+            );
         }
     }
     out
@@ -70,7 +88,10 @@ fn field(out: &mut String, k: &str, v: impl std::fmt::Display) {
 }
 
 fn created(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
-    meta.creation_timestamp.as_ref().map(|t| t.0.strftime("%Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_default()
+    meta.creation_timestamp
+        .as_ref()
+        .map(|t| t.0.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default()
 }
 
 /// `kubectl stash describe` of a BackupSession.
@@ -79,13 +100,36 @@ pub fn backup_session(bs: &BackupSession) -> String {
     let status = bs.status.clone().unwrap_or_default();
     let phase = status.phase.unwrap_or(Phase::INITIAL);
     let mut out = String::new();
-    field(&mut out, "BackupSession", format!("{}/{}", bs.namespace().unwrap_or_default(), bs.name_any()));
-    let bc = bs.spec.backup_configuration.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+    field(
+        &mut out,
+        "BackupSession",
+        format!("{}/{}", bs.namespace().unwrap_or_default(), bs.name_any()),
+    );
+    let bc = bs
+        .spec
+        .backup_configuration
+        .as_ref()
+        .map(|r| r.name.clone())
+        .unwrap_or_default();
     field(&mut out, "BackupConfiguration", bc);
     field(&mut out, "Created", created(&bs.metadata));
-    field(&mut out, "Phase", if status.phase.is_some() { phase.name().to_string() } else { format!("{} (no status yet)", phase.name()) });
-    let total = status.total_hosts.map_or("?".to_string(), |t| t.to_string());
-    field(&mut out, "Hosts", format!("{}/{total} reported", status.stats.len()));
+    field(
+        &mut out,
+        "Phase",
+        if status.phase.is_some() {
+            phase.name().to_string()
+        } else {
+            format!("{} (no status yet)", phase.name())
+        },
+    );
+    let total = status
+        .total_hosts
+        .map_or("?".to_string(), |t| t.to_string());
+    field(
+        &mut out,
+        "Hosts",
+        format!("{}/{total} reported", status.stats.len()),
+    );
     if let Some(d) = &status.session_duration {
         field(&mut out, "Duration", d);
     }
@@ -103,11 +147,19 @@ pub fn backup_session(bs: &BackupSession) -> String {
             .stats
             .iter()
             .map(|h| {
-                let size = h.snapshots.iter().filter_map(|s| s.size.clone()).collect::<Vec<_>>().join(",");
+                let size = h
+                    .snapshots
+                    .iter()
+                    .filter_map(|s| s.size.clone())
+                    .collect::<Vec<_>>()
+                    .join(",");
                 vec![
                     h.hostname.clone().unwrap_or_default(),
                     h.phase.map(|p| format!("{p:?}")).unwrap_or_default(),
-                    h.duration.as_ref().map(|d| d.to_string()).unwrap_or_default(),
+                    h.duration
+                        .as_ref()
+                        .map(|d| d.to_string())
+                        .unwrap_or_default(),
                     h.snapshots.len().to_string(),
                     size,
                 ]
@@ -117,7 +169,13 @@ pub fn backup_session(bs: &BackupSession) -> String {
             let _ = writeln!(out, "  {l}");
         }
     }
-    errors(&mut out, status.stats.iter().map(|h| (h.hostname.clone().unwrap_or_default(), h.error.clone())));
+    errors(
+        &mut out,
+        status
+            .stats
+            .iter()
+            .map(|h| (h.hostname.clone().unwrap_or_default(), h.error.clone())),
+    );
     out
 }
 
@@ -127,13 +185,36 @@ pub fn restore_session(rs: &RestoreSession) -> String {
     let status = rs.status.clone().unwrap_or_default();
     let phase = status.phase.unwrap_or(Phase::INITIAL);
     let mut out = String::new();
-    field(&mut out, "RestoreSession", format!("{}/{}", rs.namespace().unwrap_or_default(), rs.name_any()));
-    let repo = rs.spec.repository.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+    field(
+        &mut out,
+        "RestoreSession",
+        format!("{}/{}", rs.namespace().unwrap_or_default(), rs.name_any()),
+    );
+    let repo = rs
+        .spec
+        .repository
+        .as_ref()
+        .map(|r| r.name.clone())
+        .unwrap_or_default();
     field(&mut out, "Repository", repo);
     field(&mut out, "Created", created(&rs.metadata));
-    field(&mut out, "Phase", if status.phase.is_some() { phase.name().to_string() } else { format!("{} (no status yet)", phase.name()) });
-    let total = status.total_hosts.map_or("?".to_string(), |t| t.to_string());
-    field(&mut out, "Hosts", format!("{}/{total} reported", status.stats.len()));
+    field(
+        &mut out,
+        "Phase",
+        if status.phase.is_some() {
+            phase.name().to_string()
+        } else {
+            format!("{} (no status yet)", phase.name())
+        },
+    );
+    let total = status
+        .total_hosts
+        .map_or("?".to_string(), |t| t.to_string());
+    field(
+        &mut out,
+        "Hosts",
+        format!("{}/{total} reported", status.stats.len()),
+    );
     if let Some(d) = &status.session_duration {
         field(&mut out, "Duration", d);
     }
@@ -154,7 +235,10 @@ pub fn restore_session(rs: &RestoreSession) -> String {
                 vec![
                     h.hostname.clone().unwrap_or_default(),
                     h.phase.map(|p| format!("{p:?}")).unwrap_or_default(),
-                    h.duration.as_ref().map(|d| d.to_string()).unwrap_or_default(),
+                    h.duration
+                        .as_ref()
+                        .map(|d| d.to_string())
+                        .unwrap_or_default(),
                 ]
             })
             .collect();
@@ -162,12 +246,20 @@ pub fn restore_session(rs: &RestoreSession) -> String {
             let _ = writeln!(out, "  {l}");
         }
     }
-    errors(&mut out, status.stats.iter().map(|h| (h.hostname.clone().unwrap_or_default(), h.error.clone())));
+    errors(
+        &mut out,
+        status
+            .stats
+            .iter()
+            .map(|h| (h.hostname.clone().unwrap_or_default(), h.error.clone())),
+    );
     out
 }
 
 fn errors(out: &mut String, hosts: impl Iterator<Item = (String, Option<String>)>) {
-    let errs: Vec<(String, String)> = hosts.filter_map(|(h, e)| e.filter(|e| !e.is_empty()).map(|e| (h, e))).collect();
+    let errs: Vec<(String, String)> = hosts
+        .filter_map(|(h, e)| e.filter(|e| !e.is_empty()).map(|e| (h, e)))
+        .collect();
     if !errs.is_empty() {
         out.push_str("\nErrors:\n");
         for (h, e) in errs {
@@ -195,7 +287,10 @@ mod tests {
         let mut bs = session(serde_json::json!({}));
         bs.status = None;
         let out = backup_session(&bs);
-        assert!(out.contains("Phase:               Pending (no status yet)"), "{out}");
+        assert!(
+            out.contains("Phase:               Pending (no status yet)"),
+            "{out}"
+        );
         assert!(out.contains("▶ Pending (initial)   ◀ current"), "{out}");
         assert!(out.contains("(none reported yet)"), "{out}");
     }
@@ -211,16 +306,35 @@ mod tests {
                  "error": "restic backup: exit status 1, reason: Fatal: unable to open config file"},
             ],
         })));
-        assert!(out.starts_with("BackupSession:       ns/nightly-1\nBackupConfiguration: nightly\n"), "{out}");
+        assert!(
+            out.starts_with("BackupSession:       ns/nightly-1\nBackupConfiguration: nightly\n"),
+            "{out}"
+        );
         assert!(out.contains("Phase:               Running\n"), "{out}");
         assert!(out.contains("Hosts:               2/3 reported\n"), "{out}");
-        assert_eq!(out.matches('▶').count(), 1, "exactly one phase is marked:\n{out}");
+        assert_eq!(
+            out.matches('▶').count(),
+            1,
+            "exactly one phase is marked:\n{out}"
+        );
         assert!(out.contains("  ▶ Running   ◀ current\n"), "{out}");
-        assert!(out.contains("    Pending (initial)\n        Start → Running\n"), "{out}");
-        assert!(out.contains("        Complete [all_hosts_succeeded] → Succeeded\n"), "{out}");
+        assert!(
+            out.contains("    Pending (initial)\n        Start → Running\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("        Complete [all_hosts_succeeded] → Succeeded\n"),
+            "{out}"
+        );
         assert!(out.contains("    Succeeded (terminal)\n"), "{out}");
-        assert!(out.contains("  HOST    PHASE      DURATION  SNAPSHOTS  SIZE\n"), "{out}");
-        assert!(out.contains("  host-0  Succeeded  4.2s      1          1.5 MiB\n"), "{out}");
+        assert!(
+            out.contains("  HOST    PHASE      DURATION  SNAPSHOTS  SIZE\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("  host-0  Succeeded  4.2s      1          1.5 MiB\n"),
+            "{out}"
+        );
         assert!(out.contains("  host-1  Failed     1s        0\n"), "{out}");
         assert!(out.contains("Errors:\n  host-1: restic backup: exit status 1, reason: Fatal: unable to open config file\n"), "{out}");
     }
@@ -238,11 +352,20 @@ mod tests {
         }))
         .expect("restore");
         let out = restore_session(&rs);
-        assert!(out.starts_with("RestoreSession:      ns/restore-1\nRepository:          local-repo\n"), "{out}");
-        assert!(out.contains("Reason:              no rule matches host host-1\n"), "{out}");
+        assert!(
+            out.starts_with("RestoreSession:      ns/restore-1\nRepository:          local-repo\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("Reason:              no rule matches host host-1\n"),
+            "{out}"
+        );
         assert!(out.contains("Lifecycle (RestoreSession):\n"), "{out}");
         assert!(out.contains("  ▶ Failed (terminal)   ◀ current\n"), "{out}");
-        assert!(out.contains("        Complete [any_host_failed] → Failed\n"), "{out}");
+        assert!(
+            out.contains("        Complete [any_host_failed] → Failed\n"),
+            "{out}"
+        );
         assert!(out.contains("  host-0  Succeeded  2s\n"), "{out}");
     }
 
@@ -252,7 +375,10 @@ mod tests {
         let s = lifecycle(Phase::Running);
         assert_eq!(s.matches('▶').count(), 1, "{s}");
         assert!(s.contains("▶ Running   ◀ current"), "{s}");
-        assert!(s.contains("Complete [all_hosts_succeeded] → Succeeded"), "{s}");
+        assert!(
+            s.contains("Complete [all_hosts_succeeded] → Succeeded"),
+            "{s}"
+        );
         assert!(s.contains("Unknown (declared, never set)"), "{s}");
         for t in <Phase as Lifecycle>::TRANSITIONS {
             assert!(s.contains(&format!("→ {}", t.to.name())));

@@ -21,7 +21,9 @@ use stash_testenv::ControlPlane;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kubectl-stash");
 
-async fn setup(prefix: &str) -> anyhow::Result<(&'static ControlPlane, stash_testenv::TestNamespace)> {
+async fn setup(
+    prefix: &str,
+) -> anyhow::Result<(&'static ControlPlane, stash_testenv::TestNamespace)> {
     let cp = stash_testenv::shared().await?;
     cp.install_crds(&stash_crds::crds()).await?;
     let ns = cp.namespace(prefix).await?;
@@ -42,18 +44,28 @@ fn plugin_path() -> PathBuf {
 
 /// `kubectl stash <args>` through the real kubectl.
 fn kubectl_stash(cp: &ControlPlane, args: &[&str]) -> Output {
-    cp.kubectl().expect("kubectl").env("PATH", plugin_path()).arg("stash").args(args).output().expect("run kubectl stash")
+    cp.kubectl()
+        .expect("kubectl")
+        .env("PATH", plugin_path())
+        .arg("stash")
+        .args(args)
+        .output()
+        .expect("run kubectl stash")
 }
 
 /// `kubectl-stash <args>` directly.
 fn plugin(cp: &ControlPlane) -> Command {
     let mut c = Command::new(BIN);
-    c.env("KUBECONFIG", &cp.kubeconfig).env_remove("KUBERNETES_SERVICE_HOST");
+    c.env("KUBECONFIG", &cp.kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST");
     c
 }
 
 fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 async fn backup_configuration(client: &Client, ns: &str, name: &str) -> anyhow::Result<()> {
@@ -68,7 +80,9 @@ async fn backup_configuration(client: &Client, ns: &str, name: &str) -> anyhow::
             "retentionPolicy": {"name": "keep-last-5", "keepLast": 5, "prune": true},
         },
     }))?;
-    Api::<BackupConfiguration>::namespaced(client.clone(), ns).create(&PostParams::default(), &bc).await?;
+    Api::<BackupConfiguration>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &bc)
+        .await?;
     Ok(())
 }
 
@@ -82,27 +96,52 @@ async fn pause_and_resume_round_trip() -> anyhow::Result<()> {
     let o = kubectl_stash(cp, &["pause", "nightly", "-n", &ns.name]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}{err}");
-    assert_eq!(out, format!("BackupConfiguration {}/nightly paused\n", ns.name));
-    assert!(api.get("nightly").await?.spec.paused, "paused is read back from the API");
+    assert_eq!(
+        out,
+        format!("BackupConfiguration {}/nightly paused\n", ns.name)
+    );
+    assert!(
+        api.get("nightly").await?.spec.paused,
+        "paused is read back from the API"
+    );
 
     let o = kubectl_stash(cp, &["pause", "nightly", "-n", &ns.name]);
-    assert_eq!(text(&o).0, format!("BackupConfiguration {}/nightly is already paused\n", ns.name));
+    assert_eq!(
+        text(&o).0,
+        format!(
+            "BackupConfiguration {}/nightly is already paused\n",
+            ns.name
+        )
+    );
 
     // A paused configuration refuses `backup`.
-    let o = plugin(cp).args(["backup", "nightly", "-n", &ns.name]).output()?;
+    let o = plugin(cp)
+        .args(["backup", "nightly", "-n", &ns.name])
+        .output()?;
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}{err}");
-    assert!(err.contains("is paused; `kubectl stash resume nightly` first"), "{err}");
+    assert!(
+        err.contains("is paused; `kubectl stash resume nightly` first"),
+        "{err}"
+    );
 
     let o = kubectl_stash(cp, &["resume", "nightly", "-n", &ns.name]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}{err}");
-    assert_eq!(out, format!("BackupConfiguration {}/nightly resumed\n", ns.name));
+    assert_eq!(
+        out,
+        format!("BackupConfiguration {}/nightly resumed\n", ns.name)
+    );
     assert!(!api.get("nightly").await?.spec.paused);
 
-    let o = plugin(cp).args(["pause", "missing", "-n", &ns.name]).output()?;
+    let o = plugin(cp)
+        .args(["pause", "missing", "-n", &ns.name])
+        .output()?;
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).1.contains(&format!("BackupConfiguration {}/missing not found", ns.name)));
+    assert!(text(&o).1.contains(&format!(
+        "BackupConfiguration {}/missing not found",
+        ns.name
+    )));
     println!("pause/resume: ok");
     Ok(())
 }
@@ -110,7 +149,13 @@ async fn pause_and_resume_round_trip() -> anyhow::Result<()> {
 /// Deployment `app` over a hostPath data directory, Repository `repo` (a local hostPath
 /// backend, or `rest_url`), BackupConfiguration `bc` of it; waits until the `stash` sidecar
 /// runs. The real operator does the rest.
-async fn workload(cp: &ControlPlane, ns: &str, bc: &str, rest_url: Option<&str>, image: &str) -> anyhow::Result<()> {
+async fn workload(
+    cp: &ControlPlane,
+    ns: &str,
+    bc: &str,
+    rest_url: Option<&str>,
+    image: &str,
+) -> anyhow::Result<()> {
     let client = cp.client();
     let data = cp.dir().join(ns).join("data");
     let repo = cp.dir().join(ns).join("repo");
@@ -121,7 +166,9 @@ async fn workload(cp: &ControlPlane, ns: &str, bc: &str, rest_url: Option<&str>,
     std::fs::write(data.join("hello.txt"), "hello from the plugin test\n")?;
     let backend = match rest_url {
         Some(url) => json!({"storageSecretName": "repo-secret", "rest": {"url": url}}),
-        None => json!({"storageSecretName": "repo-secret", "local": {"mountPath": "/safe/data", "hostPath": {"path": repo.to_string_lossy()}}}),
+        None => {
+            json!({"storageSecretName": "repo-secret", "local": {"mountPath": "/safe/data", "hostPath": {"path": repo.to_string_lossy()}}})
+        }
     };
     let docs = [
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "repo-secret"}, "stringData": {"RESTIC_PASSWORD": "pw"}}),
@@ -141,11 +188,21 @@ async fn workload(cp: &ControlPlane, ns: &str, bc: &str, rest_url: Option<&str>,
     ];
     for doc in docs {
         let mut c = cp.kubectl()?;
-        c.args(["apply", "--server-side", "-n", ns, "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.args(["apply", "--server-side", "-n", ns, "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = c.spawn()?;
-        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), doc.to_string().as_bytes())?;
+        std::io::Write::write_all(
+            &mut child.stdin.take().expect("stdin"),
+            doc.to_string().as_bytes(),
+        )?;
         let o = child.wait_with_output()?;
-        anyhow::ensure!(o.status.success(), "kubectl apply: {}", String::from_utf8_lossy(&o.stderr));
+        anyhow::ensure!(
+            o.status.success(),
+            "kubectl apply: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     if image != "busybox" {
         return Ok(());
@@ -153,9 +210,17 @@ async fn workload(cp: &ControlPlane, ns: &str, bc: &str, rest_url: Option<&str>,
     let deployments = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client, ns);
     for _ in 0..240 {
         if let Ok(d) = deployments.get("app").await {
-            let injected = d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).is_some_and(|s| s.containers.iter().any(|c| c.name == "stash"));
+            let injected = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .is_some_and(|s| s.containers.iter().any(|c| c.name == "stash"));
             let st = d.status.unwrap_or_default();
-            if injected && st.updated_replicas == Some(1) && st.ready_replicas == Some(1) && st.replicas == Some(1) {
+            if injected
+                && st.updated_replicas == Some(1)
+                && st.ready_replicas == Some(1)
+                && st.replicas == Some(1)
+            {
                 return Ok(());
             }
         }
@@ -167,7 +232,12 @@ async fn workload(cp: &ControlPlane, ns: &str, bc: &str, rest_url: Option<&str>,
 /// Wait for the session `kubectl stash backup` created.
 async fn created_session(api: &Api<BackupSession>, bc: &str) -> anyhow::Result<String> {
     for _ in 0..200 {
-        let l = api.list(&ListParams::default().labels(&format!("{}={bc}", stash_crds::consts::BACKUP_CONFIGURATION_LABEL))).await?;
+        let l = api
+            .list(&ListParams::default().labels(&format!(
+                "{}={bc}",
+                stash_crds::consts::BACKUP_CONFIGURATION_LABEL
+            )))
+            .await?;
         if let Some(s) = l.items.first() {
             return Ok(s.metadata.name.clone().expect("name"));
         }
@@ -192,24 +262,69 @@ async fn backup_now_follows_the_session_to_its_end() -> anyhow::Result<()> {
     assert_eq!(o.status.code(), Some(0), "{out}{err}");
     let name = created_session(&api, "app").await?;
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0], format!("BackupSession {}/{name} created for BackupConfiguration app", ns.name));
-    assert!(lines.iter().any(|l| l.starts_with("  host host-0: Succeeded in ") && l.ends_with(", 1 snapshot(s)")), "{out}");
+    assert_eq!(
+        lines[0],
+        format!(
+            "BackupSession {}/{name} created for BackupConfiguration app",
+            ns.name
+        )
+    );
+    assert!(
+        lines.iter().any(
+            |l| l.starts_with("  host host-0: Succeeded in ") && l.ends_with(", 1 snapshot(s)")
+        ),
+        "{out}"
+    );
     let last = lines.last().copied().unwrap_or_default();
-    assert!(last.starts_with(&format!("BackupSession {}/{name} Succeeded (1/1 hosts, ", ns.name)), "{out}");
+    assert!(
+        last.starts_with(&format!(
+            "BackupSession {}/{name} Succeeded (1/1 hosts, ",
+            ns.name
+        )),
+        "{out}"
+    );
     let phase = api.get(&name).await?.status.and_then(|s| s.phase);
-    assert_eq!(phase, Some(stash_crds::backup_session::Phase::Succeeded), "the API server agrees");
+    assert_eq!(
+        phase,
+        Some(stash_crds::backup_session::Phase::Succeeded),
+        "the API server agrees"
+    );
 
     let o = kubectl_stash(cp, &["describe", &name, "-n", &ns.name]);
     let (out, err) = text(&o);
     println!("--- kubectl stash describe {name} ---\n{out}");
     assert!(o.status.success(), "{out}{err}");
-    assert!(out.starts_with(&format!("BackupSession:       {}/{name}\nBackupConfiguration: app\n", ns.name)), "{out}");
-    assert!(out.contains("Phase:               Succeeded\n") && out.contains("Hosts:               1/1 reported\n"), "{out}");
-    assert!(out.contains("  ▶ Succeeded (terminal)   ◀ current\n"), "{out}");
-    assert!(out.lines().any(|l| l.starts_with("  host-0  Succeeded ")), "{out}");
-    let o = plugin(cp).args(["describe", "nope", "-n", &ns.name]).output()?;
+    assert!(
+        out.starts_with(&format!(
+            "BackupSession:       {}/{name}\nBackupConfiguration: app\n",
+            ns.name
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("Phase:               Succeeded\n")
+            && out.contains("Hosts:               1/1 reported\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  ▶ Succeeded (terminal)   ◀ current\n"),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("  host-0  Succeeded ")),
+        "{out}"
+    );
+    let o = plugin(cp)
+        .args(["describe", "nope", "-n", &ns.name])
+        .output()?;
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(text(&o).1, format!("error: no BackupSession or RestoreSession {}/nope\n", ns.name));
+    assert_eq!(
+        text(&o).1,
+        format!(
+            "error: no BackupSession or RestoreSession {}/nope\n",
+            ns.name
+        )
+    );
     Ok(())
 }
 
@@ -226,11 +341,23 @@ async fn backup_now_reports_a_failed_session() -> anyhow::Result<()> {
     println!("--- kubectl stash backup db ---\n{out}{err}");
     assert_eq!(o.status.code(), Some(1), "{out}{err}");
     let name = created_session(&api, "db").await?;
-    assert!(out.lines().any(|l| l.starts_with("  host host-0: Failed") && l.contains("unreachable")), "{out}");
-    assert!(out.lines().last().is_some_and(|l| l.starts_with(&format!("BackupSession {}/{name} Failed: ", ns.name))), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("  host host-0: Failed") && l.contains("unreachable")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .last()
+            .is_some_and(|l| l.starts_with(&format!("BackupSession {}/{name} Failed: ", ns.name))),
+        "{out}"
+    );
     let o = kubectl_stash(cp, &["describe", &name, "-n", &ns.name]);
     let (out, _) = text(&o);
-    assert!(out.contains("  ▶ Failed (terminal)   ◀ current\n") && out.contains("Errors:\n  host-0: "), "{out}");
+    assert!(
+        out.contains("  ▶ Failed (terminal)   ◀ current\n") && out.contains("Errors:\n  host-0: "),
+        "{out}"
+    );
     Ok(())
 }
 
@@ -240,10 +367,15 @@ async fn backup_now_reports_a_failed_session() -> anyhow::Result<()> {
 async fn backup_now_times_out_and_the_session_goes_on() -> anyhow::Result<()> {
     let (cp, ns) = setup("plugin-slow").await?;
     workload(cp, &ns.name, "slow", None, "stash-rs.local/no-such-image:1").await?;
-    let o = plugin(cp).args(["backup", "slow", "-n", &ns.name, "--timeout", "2s"]).output()?;
+    let o = plugin(cp)
+        .args(["backup", "slow", "-n", &ns.name, "--timeout", "2s"])
+        .output()?;
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(2), "{out}{err}");
-    assert!(err.contains("timed out after 2s following BackupSession") && err.contains("); it goes on"), "{err}");
+    assert!(
+        err.contains("timed out after 2s following BackupSession") && err.contains("); it goes on"),
+        "{err}"
+    );
     Ok(())
 }
 
@@ -264,7 +396,12 @@ async fn backup_progress_on_a_terminal() -> anyhow::Result<()> {
     let name = created_session(&api, "app").await?;
     // The status line is redrawn in place (carriage return + erase line) with a spinner.
     assert!(out.contains("\r\x1b[K"), "{out:?}");
-    assert!(['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'].iter().any(|c| out.contains(&format!("{c} "))), "{out:?}");
+    assert!(
+        ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏']
+            .iter()
+            .any(|c| out.contains(&format!("{c} "))),
+        "{out:?}"
+    );
     // What the screen shows at the end: each `\r\x1b[K` erases the line drawn before it.
     let screen: Vec<String> = out
         .replace("\r\n", "\n")
@@ -272,11 +409,34 @@ async fn backup_progress_on_a_terminal() -> anyhow::Result<()> {
         .map(|l| l.rsplit("\r\x1b[K").next().unwrap_or("").to_string())
         .filter(|l| !l.is_empty())
         .collect();
-    println!("--- the terminal after kubectl stash backup ---\n{}", screen.join("\n"));
-    assert_eq!(screen[0], format!("BackupSession {}/{name} created for BackupConfiguration app", ns.name));
-    assert!(screen.iter().any(|l| l.starts_with("  host host-0: Succeeded in ")), "{screen:?}");
-    assert!(screen.iter().any(|l| l.contains(" Succeeded hosts 1/1")), "{screen:?}");
-    assert!(screen.last().is_some_and(|l| l.starts_with(&format!("BackupSession {}/{name} Succeeded (1/1 hosts, ", ns.name))), "{screen:?}");
+    println!(
+        "--- the terminal after kubectl stash backup ---\n{}",
+        screen.join("\n")
+    );
+    assert_eq!(
+        screen[0],
+        format!(
+            "BackupSession {}/{name} created for BackupConfiguration app",
+            ns.name
+        )
+    );
+    assert!(
+        screen
+            .iter()
+            .any(|l| l.starts_with("  host host-0: Succeeded in ")),
+        "{screen:?}"
+    );
+    assert!(
+        screen.iter().any(|l| l.contains(" Succeeded hosts 1/1")),
+        "{screen:?}"
+    );
+    assert!(
+        screen.last().is_some_and(|l| l.starts_with(&format!(
+            "BackupSession {}/{name} Succeeded (1/1 hosts, ",
+            ns.name
+        ))),
+        "{screen:?}"
+    );
     Ok(())
 }
 
@@ -296,15 +456,24 @@ impl Drop for Reaped {
 
 /// A `restic backup --stdin` that holds its lock until stdin closes.
 fn lock_holder(repo: &Path, password_file: &Path) -> Reaped {
-    Reaped(Command::new(restic())
-        .args(["backup", "--stdin", "--stdin-filename", "x", "--no-cache", "-r"])
-        .arg(repo)
-        .env("RESTIC_PASSWORD_FILE", password_file)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("restic backup"))
+    Reaped(
+        Command::new(restic())
+            .args([
+                "backup",
+                "--stdin",
+                "--stdin-filename",
+                "x",
+                "--no-cache",
+                "-r",
+            ])
+            .arg(repo)
+            .env("RESTIC_PASSWORD_FILE", password_file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("restic backup"),
+    )
 }
 
 fn lock_count(repo: &Path, password_file: &Path) -> usize {
@@ -314,7 +483,10 @@ fn lock_count(repo: &Path, password_file: &Path) -> usize {
         .env("RESTIC_PASSWORD_FILE", password_file)
         .output()
         .expect("restic list locks");
-    String::from_utf8_lossy(&o.stdout).lines().filter(|l| !l.trim().is_empty()).count()
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,7 +497,11 @@ async fn unlock_removes_only_stale_locks() -> anyhow::Result<()> {
     let repo_dir = dir.path().join("repo");
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "s3cret")?;
-    let o = Command::new(restic()).args(["init", "-r"]).arg(&repo_dir).env("RESTIC_PASSWORD_FILE", &pw).output()?;
+    let o = Command::new(restic())
+        .args(["init", "-r"])
+        .arg(&repo_dir)
+        .env("RESTIC_PASSWORD_FILE", &pw)
+        .output()?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     // A stale lock: a backup killed with SIGKILL (reaped, so its pid is gone), and a live one.
@@ -337,7 +513,11 @@ async fn unlock_removes_only_stale_locks() -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(lock_count(&repo_dir, &pw), 2, "two restic backups hold a lock each");
+    assert_eq!(
+        lock_count(&repo_dir, &pw),
+        2,
+        "two restic backups hold a lock each"
+    );
     let (dead_pid, live_pid) = (dead.0.id(), live.0.id());
     drop(dead);
 
@@ -345,28 +525,65 @@ async fn unlock_removes_only_stale_locks() -> anyhow::Result<()> {
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "repo-secret", "namespace": ns.name},
         "stringData": {"RESTIC_PASSWORD": "s3cret"},
     }))?;
-    Api::<Secret>::namespaced(client.clone(), &ns.name).create(&PostParams::default(), &secret).await?;
+    Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &secret)
+        .await?;
     let repo: Repository = serde_json::from_value(json!({
         "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository",
         "metadata": {"name": "local-repo", "namespace": ns.name},
         "spec": {"backend": {"storageSecretName": "repo-secret",
                              "local": {"mountPath": "/safe/data", "hostPath": {"path": repo_dir.display().to_string()}}}},
     }))?;
-    Api::<Repository>::namespaced(client.clone(), &ns.name).create(&PostParams::default(), &repo).await?;
+    Api::<Repository>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &repo)
+        .await?;
 
-    let o = kubectl_stash(cp, &["unlock", "local-repo", "-n", &ns.name, "--restic", &restic().display().to_string()]);
+    let o = kubectl_stash(
+        cp,
+        &[
+            "unlock",
+            "local-repo",
+            "-n",
+            &ns.name,
+            "--restic",
+            &restic().display().to_string(),
+        ],
+    );
     let (out, err) = text(&o);
     println!("--- kubectl stash unlock local-repo ---\n{out}{err}");
     drop(live);
     assert!(o.status.success(), "{out}{err}");
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0], format!("Repository {}/local-repo (local: {})", ns.name, repo_dir.display()));
-    let removed: Vec<&&str> = lines.iter().filter(|l| l.starts_with("removed stale lock ")).collect();
-    let kept: Vec<&&str> = lines.iter().filter(|l| l.starts_with("kept lock ")).collect();
+    assert_eq!(
+        lines[0],
+        format!(
+            "Repository {}/local-repo (local: {})",
+            ns.name,
+            repo_dir.display()
+        )
+    );
+    let removed: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("removed stale lock "))
+        .collect();
+    let kept: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("kept lock "))
+        .collect();
     assert_eq!(removed.len(), 1, "{out}");
-    assert!(removed[0].contains(&format!(" pid={dead_pid} ")), "the killed backup's lock was removed:\n{out}");
+    assert!(
+        removed[0].contains(&format!(" pid={dead_pid} ")),
+        "the killed backup's lock was removed:\n{out}"
+    );
     assert_eq!(kept.len(), 1, "{out}");
-    assert!(kept[0].contains(&format!(" pid={live_pid} ")) && kept[0].ends_with("(live: refreshed within 30m)"), "{out}");
-    assert_eq!(lines.last().copied(), Some("1 stale lock(s) removed, 1 kept"));
+    assert!(
+        kept[0].contains(&format!(" pid={live_pid} "))
+            && kept[0].ends_with("(live: refreshed within 30m)"),
+        "{out}"
+    );
+    assert_eq!(
+        lines.last().copied(),
+        Some("1 stale lock(s) removed, 1 kept")
+    );
     Ok(())
 }

@@ -34,8 +34,18 @@ async fn scenario(cp: &'static stash_testenv::ControlPlane) -> anyhow::Result<()
     std::fs::create_dir_all(&data)?;
     std::fs::write(data.join("f"), "hello")?;
     let restic_cmd = |args: &[&str]| {
-        let o = Command::new(restic()).args(args).arg("-r").arg(&repo_dir).env("RESTIC_PASSWORD", "pw").output().expect("restic");
-        assert!(o.status.success(), "restic {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        let o = Command::new(restic())
+            .args(args)
+            .arg("-r")
+            .arg(&repo_dir)
+            .env("RESTIC_PASSWORD", "pw")
+            .output()
+            .expect("restic");
+        assert!(
+            o.status.success(),
+            "restic {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     };
     restic_cmd(&["init"]);
     let d = data.display().to_string();
@@ -46,18 +56,30 @@ async fn scenario(cp: &'static stash_testenv::ControlPlane) -> anyhow::Result<()
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "repo-secret", "namespace": ns.name},
         "stringData": {"RESTIC_PASSWORD": "pw"},
     }))?;
-    Api::<Secret>::namespaced(client.clone(), &ns.name).create(&PostParams::default(), &secret).await?;
+    Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &secret)
+        .await?;
     let repo: Repository = serde_json::from_value(json!({
         "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository",
         "metadata": {"name": "local-repo", "namespace": ns.name, "labels": {"team": "a"}},
         "spec": {"backend": {"storageSecretName": "repo-secret",
                              "local": {"mountPath": "/safe/data", "hostPath": {"path": repo_dir.display().to_string()}}}},
     }))?;
-    Api::<Repository>::namespaced(client.clone(), &ns.name).create(&PostParams::default(), &repo).await?;
+    Api::<Repository>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &repo)
+        .await?;
 
     let run = |args: &[&str]| {
-        let o = Command::new(BIN).env("KUBECONFIG", &cp.kubeconfig).args(args).output().expect("kubectl-stash");
-        (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+        let o = Command::new(BIN)
+            .env("KUBECONFIG", &cp.kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl-stash");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     let (code, out, err) = loop {
@@ -70,22 +92,44 @@ async fn scenario(cp: &'static stash_testenv::ControlPlane) -> anyhow::Result<()
     println!("--- kubectl stash snapshots -l repository=local-repo ---\n{out}{err}");
     assert_eq!(code, Some(0), "{out}{err}");
     let lines: Vec<&str> = out.lines().collect();
-    assert!(lines[0].starts_with("NAME") && lines[0].contains("REPOSITORY") && lines[0].ends_with("PATHS"), "{out}");
+    assert!(
+        lines[0].starts_with("NAME")
+            && lines[0].contains("REPOSITORY")
+            && lines[0].ends_with("PATHS"),
+        "{out}"
+    );
     assert_eq!(lines.len(), 3, "{out}");
     for (l, host) in lines[1..].iter().zip(["host-0", "host-1"]) {
         let cells: Vec<&str> = l.split_whitespace().collect();
-        assert!(cells[0].starts_with("local-repo-") && cells[0].len() == "local-repo-".len() + 8, "{l}");
+        assert!(
+            cells[0].starts_with("local-repo-") && cells[0].len() == "local-repo-".len() + 8,
+            "{l}"
+        );
         assert_eq!(cells[1], "local-repo");
         assert_eq!(cells[2], host);
-        assert_eq!(cells[0].rsplit('-').next(), Some(cells[3]), "name ends with the short id: {l}");
+        assert_eq!(
+            cells[0].rsplit('-').next(),
+            Some(cells[3]),
+            "name ends with the short id: {l}"
+        );
         assert_eq!(cells.last().copied(), Some(d.as_str()));
     }
 
     // A selector that matches nothing, and every namespace.
     let (code, out, _) = run(&["snapshots", "-n", &ns.name, "-l", "team=b"]);
-    assert_eq!((code, out.as_str()), (Some(0), format!("No snapshots found in namespace {}.\n", ns.name).as_str()));
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            Some(0),
+            format!("No snapshots found in namespace {}.\n", ns.name).as_str()
+        )
+    );
     let (code, out, err) = run(&["snapshots", "-A", "-l", "team=a"]);
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.starts_with("NAMESPACE") && out.lines().filter(|l| l.starts_with(&ns.name)).count() == 2, "{out}");
+    assert!(
+        out.starts_with("NAMESPACE")
+            && out.lines().filter(|l| l.starts_with(&ns.name)).count() == 2,
+        "{out}"
+    );
     Ok(())
 }

@@ -79,7 +79,9 @@ impl<P: crate::lifecycle::Lifecycle> Decision<P> {
     /// Whether the decision changes nothing in the world (a requeue at most): what a replayed
     /// observation must yield.
     pub fn is_quiet(&self) -> bool {
-        self.effects.iter().all(|e| matches!(e, Effect::RequeueAfter(_)))
+        self.effects
+            .iter()
+            .all(|e| matches!(e, Effect::RequeueAfter(_)))
     }
 }
 

@@ -41,7 +41,11 @@ pub trait Lifecycle: Copy + Eq + Hash + Debug + Send + Sync + 'static {
     /// Longest path from the initial phase; every transition strictly increases it.
     fn rank(self) -> u8;
     /// The transition function.
-    fn transition(self, event: Self::Event, guard: &dyn Fn(Self::Guard) -> bool) -> Result<Self, Rejection<Self>>;
+    fn transition(
+        self,
+        event: Self::Event,
+        guard: &dyn Fn(Self::Guard) -> bool,
+    ) -> Result<Self, Rejection<Self>>;
 }
 
 /// One row of a transition table.

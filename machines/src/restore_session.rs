@@ -92,7 +92,10 @@ pub fn resolve_rule(host: &str, rules: &[Rule]) -> RuleMatch {
 
 /// Rule resolution for every host, in order.
 pub fn resolve_rules<'h>(hosts: &'h [String], rules: &[Rule]) -> Vec<(&'h str, RuleMatch)> {
-    hosts.iter().map(|h| (h.as_str(), resolve_rule(h, rules))).collect()
+    hosts
+        .iter()
+        .map(|h| (h.as_str(), resolve_rule(h, rules)))
+        .collect()
 }
 
 /// One `status.stats[]` entry.
@@ -233,7 +236,9 @@ fn fire(
         message,
     }));
     if !next.is_terminal() {
-        effects.push(Effect::RequeueAfter(obs.policy.requeue(obs.created_at, obs.now)));
+        effects.push(Effect::RequeueAfter(
+            obs.policy.requeue(obs.created_at, obs.now),
+        ));
     }
     Decision {
         phase: next,
@@ -243,7 +248,17 @@ fn fire(
 }
 
 fn pending(obs: &Observation) -> Decision<Phase> {
-    let fail = |reason: String| fire(obs, Phase::Pending, Event::Fail, (false, true), vec![], None, reason);
+    let fail = |reason: String| {
+        fire(
+            obs,
+            Phase::Pending,
+            Event::Fail,
+            (false, true),
+            vec![],
+            None,
+            reason,
+        )
+    };
     if obs.policy.expired(obs.created_at, obs.now) {
         return fail(format!(
             "deadline of {}s passed before the restore could start",
@@ -266,7 +281,10 @@ fn pending(obs: &Observation) -> Decision<Phase> {
         .map(|(h, _)| h)
         .collect();
     if !unmatched.is_empty() {
-        return fail(format!("no restore rule matches host(s): {}", unmatched.join(", ")));
+        return fail(format!(
+            "no restore rule matches host(s): {}",
+            unmatched.join(", ")
+        ));
     }
     let total = obs.target_hosts.len() as u32;
     let before = match obs.model {
@@ -287,7 +305,17 @@ fn pending(obs: &Observation) -> Decision<Phase> {
 fn running(obs: &Observation) -> Decision<Phase> {
     let total = obs.total_hosts.unwrap_or(obs.target_hosts.len() as u32);
     let outcomes = host_outcomes(&obs.hosts);
-    let fire = |event, guards, reason| fire(obs, Phase::Running, event, guards, vec![], obs.total_hosts, reason);
+    let fire = |event, guards, reason| {
+        fire(
+            obs,
+            Phase::Running,
+            event,
+            guards,
+            vec![],
+            obs.total_hosts,
+            reason,
+        )
+    };
     if total > 0 && outcomes.len() >= total as usize {
         let all_ok = outcomes.values().all(|p| *p == HostPhase::Succeeded);
         let bad: Vec<String> = outcomes
@@ -337,12 +365,17 @@ fn running(obs: &Observation) -> Decision<Phase> {
         return fire(
             Event::Timeout,
             (false, true),
-            format!("deadline of {}s exceeded: {missing}", obs.policy.deadline.as_secs()),
+            format!(
+                "deadline of {}s exceeded: {missing}",
+                obs.policy.deadline.as_secs()
+            ),
         );
     }
     Decision {
         phase: Phase::Running,
-        effects: vec![Effect::RequeueAfter(obs.policy.requeue(obs.created_at, obs.now))],
+        effects: vec![Effect::RequeueAfter(
+            obs.policy.requeue(obs.created_at, obs.now),
+        )],
         rejection: None,
     }
 }

@@ -9,7 +9,12 @@ use statig::blocking::IntoStateMachineExt as _;
 fn valuations<L: Lifecycle>() -> Vec<Vec<L::Guard>> {
     let n = L::GUARDS.len();
     (0..1u32 << n)
-        .map(|mask| (0..n).filter(|i| mask & (1 << i) != 0).map(|i| L::GUARDS[i]).collect())
+        .map(|mask| {
+            (0..n)
+                .filter(|i| mask & (1 << i) != 0)
+                .map(|i| L::GUARDS[i])
+                .collect()
+        })
         .collect()
 }
 
@@ -62,7 +67,13 @@ fn generated_restore_lifecycle_match_agrees_with_its_table() {
 }
 
 /// A lifecycle described by names only, to compare two lifecycles of different types.
-type Described = (Vec<String>, Vec<String>, Vec<(u8, bool, bool)>, String, String);
+type Described = (
+    Vec<String>,
+    Vec<String>,
+    Vec<(u8, bool, bool)>,
+    String,
+    String,
+);
 
 fn by_name<L: Lifecycle>() -> Described {
     let phases = L::PHASES.iter().map(|p| p.name().to_string()).collect();
@@ -82,7 +93,13 @@ fn by_name<L: Lifecycle>() -> Described {
         .iter()
         .map(|p| (p.rank(), p.is_terminal(), p.is_declared_only()))
         .collect();
-    (phases, rows, flags, L::MERMAID.to_string(), L::DOT.to_string())
+    (
+        phases,
+        rows,
+        flags,
+        L::MERMAID.to_string(),
+        L::DOT.to_string(),
+    )
 }
 
 #[test]
@@ -97,8 +114,14 @@ fn the_twin_is_the_generated_lifecycle_written_by_hand() {
         for (j, &e) in backup_session::Event::ALL.iter().enumerate() {
             let f = <backup_session::twin::Phase as Lifecycle>::EVENTS[j];
             for ok in [false, true] {
-                let a = p.transition(e, |_| ok).map(|x| x.as_str()).map_err(|r| r.kind);
-                let b = q.transition(f, |_| ok).map(|x| x.as_str()).map_err(|r| r.kind);
+                let a = p
+                    .transition(e, |_| ok)
+                    .map(|x| x.as_str())
+                    .map_err(|r| r.kind);
+                let b = q
+                    .transition(f, |_| ok)
+                    .map(|x| x.as_str())
+                    .map_err(|r| r.kind);
                 assert_eq!(a, b, "{p} {e}");
             }
         }
@@ -131,7 +154,11 @@ macro_rules! statig_run {
                 let ok = *ok;
                 sm.handle_with_context(&e, &mut m::GuardContext(&|_| ok));
             }
-            let trace = sm.trace.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+            let trace = sm
+                .trace
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
             (trace, sm.rejected.len(), sm.state().to_string())
         }
     }};
@@ -177,7 +204,13 @@ fn phase_types_serialize_and_describe_themselves_as_stash_strings() {
     fn check<T: serde::Serialize + schemars::JsonSchema>(values: &[T], names: &[&str]) {
         let json: Vec<String> = values
             .iter()
-            .map(|v| serde_json::to_value(v).unwrap().as_str().unwrap().to_string())
+            .map(|v| {
+                serde_json::to_value(v)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
             .collect();
         assert_eq!(json, names);
         let schema = serde_json::to_value(schemars::schema_for!(T)).unwrap();
@@ -188,11 +221,25 @@ fn phase_types_serialize_and_describe_themselves_as_stash_strings() {
     use restore_session as r;
     check(
         &b::Phase::ALL,
-        &["Pending", "Running", "Succeeded", "Failed", "Skipped", "Unknown"],
+        &[
+            "Pending",
+            "Running",
+            "Succeeded",
+            "Failed",
+            "Skipped",
+            "Unknown",
+        ],
     );
     check(
         &b::twin::Phase::ALL,
-        &["Pending", "Running", "Succeeded", "Failed", "Skipped", "Unknown"],
+        &[
+            "Pending",
+            "Running",
+            "Succeeded",
+            "Failed",
+            "Skipped",
+            "Unknown",
+        ],
     );
     check(&b::HostPhase::ALL, &["Succeeded", "Failed"]);
     check(

@@ -2,7 +2,8 @@
 //! and the hand-written twin.
 
 use stash_machines::backup_session::{
-    self as bs, BackupLifecycle, Config, HostPhase, HostReport, Observation, OtherSession, OverlapPolicy, TargetModel,
+    self as bs, BackupLifecycle, Config, HostPhase, HostReport, Observation, OtherSession,
+    OverlapPolicy, TargetModel,
 };
 use stash_machines::restore_session as rs;
 use stash_machines::{Effect, EventKind, JobState, Lifecycle, Policy};
@@ -71,7 +72,10 @@ fn scenarios<L: BackupLifecycle>() {
     o.hosts = vec![host(Some(HostPhase::Succeeded), None, 2)];
     let d = bs::decide_with(&o);
     assert_eq!(d.phase, L::SUCCEEDED);
-    assert_eq!(d.status().unwrap().session_duration, Some(Duration::from_secs(4)));
+    assert_eq!(
+        d.status().unwrap().session_duration,
+        Some(Duration::from_secs(4))
+    );
 
     // Decision 3: a running session of the same configuration skips this one, with a reason.
     let mut o = obs::<L>(None, config(TargetModel::Sidecar, 1));

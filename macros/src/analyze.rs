@@ -74,7 +74,11 @@ pub fn analyze(spec: Spec) -> syn::Result<Model> {
     if spec.phases.is_empty() {
         errors.push(spec.ident.span(), "a lifecycle needs at least one phase");
     }
-    let initials: Vec<_> = spec.phases.iter().filter_map(|p| p.initial.as_ref()).collect();
+    let initials: Vec<_> = spec
+        .phases
+        .iter()
+        .filter_map(|p| p.initial.as_ref())
+        .collect();
     match initials.as_slice() {
         [] => errors.push(spec.ident.span(), "no phase is marked #[initial]"),
         [_] => {}
@@ -102,7 +106,10 @@ pub fn analyze(spec: Spec) -> syn::Result<Model> {
                 );
             }
             if let Some(i) = &phase.initial {
-                errors.push(i.span(), format!("the initial phase `{p}` cannot be #[{t}]"));
+                errors.push(
+                    i.span(),
+                    format!("the initial phase `{p}` cannot be #[{t}]"),
+                );
             }
         } else if phase.edges.is_empty() && phase.declared_only.is_none() {
             errors.push(
@@ -118,7 +125,10 @@ pub fn analyze(spec: Spec) -> syn::Result<Model> {
                 );
             }
             if phase.initial.is_some() {
-                errors.push(d.span(), format!("the initial phase `{p}` cannot be #[declared_only]"));
+                errors.push(
+                    d.span(),
+                    format!("the initial phase `{p}` cannot be #[declared_only]"),
+                );
             }
         }
         for (k, edge) in phase.edges.iter().enumerate() {
@@ -131,14 +141,16 @@ pub fn analyze(spec: Spec) -> syn::Result<Model> {
                 );
             }
             if to.is_none() {
-                errors.push(edge.target.span(), format!("unknown phase `{}`", edge.target));
+                errors.push(
+                    edge.target.span(),
+                    format!("unknown phase `{}`", edge.target),
+                );
             }
             // Duplicate or shadowed: an earlier edge of this phase on the same event that
             // either has the same guard or no guard at all.
-            if let Some(prev) = phase.edges[..k]
-                .iter()
-                .find(|prev| prev.event == edge.event && (prev.guard.is_none() || prev.guard == edge.guard))
-            {
+            if let Some(prev) = phase.edges[..k].iter().find(|prev| {
+                prev.event == edge.event && (prev.guard.is_none() || prev.guard == edge.guard)
+            }) {
                 let what = match &prev.guard {
                     None => "an unguarded".to_string(),
                     Some(g) => format!("an `if {g}`"),
@@ -151,24 +163,35 @@ pub fn analyze(spec: Spec) -> syn::Result<Model> {
                     ),
                 );
             }
-            let guard = edge.guard.as_ref().map(|g| match guards.iter().position(|x| x == g) {
-                Some(i) => i,
-                None => {
-                    guards.push(g.clone());
-                    guards.len() - 1
-                }
-            });
+            let guard = edge
+                .guard
+                .as_ref()
+                .map(|g| match guards.iter().position(|x| x == g) {
+                    Some(i) => i,
+                    None => {
+                        guards.push(g.clone());
+                        guards.len() - 1
+                    }
+                });
             if let Some(event) = event {
                 used_events[event] = true;
             }
             if let (Some(event), Some(to)) = (event, to) {
-                edges.push(Edge { from, event, guard, to });
+                edges.push(Edge {
+                    from,
+                    event,
+                    guard,
+                    to,
+                });
             }
         }
     }
     for (e, used) in spec.events.iter().zip(&used_events) {
         if !used && spec.events.iter().filter(|x| *x == e).count() == 1 {
-            errors.push(e.span(), format!("event `{e}` is declared but no transition uses it"));
+            errors.push(
+                e.span(),
+                format!("event `{e}` is declared but no transition uses it"),
+            );
         }
     }
     errors.finish()?;
@@ -186,7 +209,11 @@ pub fn analyze(spec: Spec) -> syn::Result<Model> {
         color[start] = 1;
         while let Some((node, pos)) = stack.last_mut() {
             let node = *node;
-            let out: Vec<_> = edges.iter().enumerate().filter(|(_, e)| e.from == node).collect();
+            let out: Vec<_> = edges
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.from == node)
+                .collect();
             if *pos < out.len() {
                 let (edge_pos, e) = out[*pos];
                 *pos += 1;
@@ -259,7 +286,9 @@ pub fn analyze(spec: Spec) -> syn::Result<Model> {
     }
     errors.finish()?;
 
-    let krate = spec.krate.unwrap_or_else(|| syn::parse_quote!(::stash_machines));
+    let krate = spec
+        .krate
+        .unwrap_or_else(|| syn::parse_quote!(::stash_machines));
     let phases = spec
         .phases
         .into_iter()
@@ -308,7 +337,9 @@ mod tests {
 
     fn error(item: TokenStream) -> String {
         let events = quote!(name = "T", events(Go, Stop));
-        run(events, item).expect_err("should be rejected").to_string()
+        run(events, item)
+            .expect_err("should be rejected")
+            .to_string()
     }
 
     #[test]
@@ -451,7 +482,10 @@ mod tests {
                 End,
             }
         ));
-        assert_eq!(e, "terminal phase `End` cannot have an outgoing transition (`Stop`)");
+        assert_eq!(
+            e,
+            "terminal phase `End` cannot have an outgoing transition (`Stop`)"
+        );
         let e = error(quote!(
             enum P {
                 #[initial]
@@ -495,7 +529,10 @@ mod tests {
                 End,
             }
         ));
-        assert_eq!(e, "phase `End` is #[declared_only] but `A --Go-->` reaches it");
+        assert_eq!(
+            e,
+            "phase `End` is #[declared_only] but `A --Go-->` reaches it"
+        );
     }
 
     #[test]

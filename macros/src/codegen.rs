@@ -24,15 +24,22 @@ fn derives(krate: &Path) -> TokenStream {
 /// A hand-rolled `JsonSchema`: exactly `{"type": "string", "enum": [names..]}` (plus the enum's
 /// docs as description), inlined. The derive would turn documented variants into a `oneOf` of
 /// `const`s, which is not what a CRD status enum should look like.
-fn json_schema(krate: &Path, ident: &syn::Ident, attrs: &[syn::Attribute], variants: &[&syn::Ident]) -> TokenStream {
+fn json_schema(
+    krate: &Path,
+    ident: &syn::Ident,
+    attrs: &[syn::Attribute],
+    variants: &[&syn::Ident],
+) -> TokenStream {
     let docs: Vec<String> = attrs
         .iter()
         .filter(|a| a.path().is_ident("doc"))
         .filter_map(|a| match &a.meta {
             syn::Meta::NameValue(syn::MetaNameValue {
-                value: syn::Expr::Lit(syn::ExprLit {
-                    lit: syn::Lit::Str(s), ..
-                }),
+                value:
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(s),
+                        ..
+                    }),
                 ..
             }) => Some(s.value().trim().to_string()),
             _ => None,
@@ -90,7 +97,9 @@ fn names(ident: &syn::Ident, variants: &[&syn::Ident]) -> TokenStream {
 
 /// `#[phase_enum]`.
 pub fn phase_enum(e: PlainEnum) -> TokenStream {
-    let krate = e.krate.unwrap_or_else(|| syn::parse_quote!(::stash_machines));
+    let krate = e
+        .krate
+        .unwrap_or_else(|| syn::parse_quote!(::stash_machines));
     let derives = derives(&krate);
     let PlainEnum {
         vis,
@@ -156,7 +165,9 @@ pub fn lifecycle(ir: Ir) -> TokenStream {
     let gidents: Vec<_> = guards.iter().map(|g| &g.variant).collect();
     let gstrs: Vec<_> = guards.iter().map(|g| &g.name).collect();
     let ng = gidents.len();
-    let guard_docs = gstrs.iter().map(|g| format!("The guard `{g}` as written in the spec."));
+    let guard_docs = gstrs
+        .iter()
+        .map(|g| format!("The guard `{g}` as written in the spec."));
 
     let table = rows.iter().map(|r| {
         let (from, event, to) = (&r.from, &r.event, &r.to);
@@ -186,9 +197,12 @@ pub fn lifecycle(ir: Ir) -> TokenStream {
         quote!((Self::#from, Event::#event) => #body)
     });
 
-    let doc_transition =
-        format!("The {name} transition function: the next phase, or a rejection naming the phase and the event.");
-    let doc_table = format!("The {name} transition table, in declaration order (guarded rows are tried in order).");
+    let doc_transition = format!(
+        "The {name} transition function: the next phase, or a rejection naming the phase and the event."
+    );
+    let doc_table = format!(
+        "The {name} transition table, in declaration order (guarded rows are tried in order)."
+    );
     let doc_mermaid = format!("The {name} lifecycle as a Mermaid state diagram.");
     let doc_dot = format!("The {name} lifecycle as a Graphviz DOT graph.");
     let doc_statig = format!(
@@ -355,7 +369,8 @@ mod tests {
             ),
         )
         .unwrap();
-        let out = lifecycle(crate::lower::lower(crate::analyze::analyze(spec).unwrap())).to_string();
+        let out =
+            lifecycle(crate::lower::lower(crate::analyze::analyze(spec).unwrap())).to_string();
         let arm = "(Self :: Start , Event :: Go) => if guard (Guard :: Ok) { :: core :: result :: Result :: Ok (Self :: Done) } else { :: core :: result :: Result :: Ok (Self :: Bad) }";
         assert!(out.contains(arm), "{out}");
         assert!(out.contains("impl :: stash_machines :: lifecycle :: Lifecycle for P"));
@@ -379,7 +394,8 @@ mod tests {
             ),
         )
         .unwrap();
-        let out = lifecycle(crate::lower::lower(crate::analyze::analyze(spec).unwrap())).to_string();
+        let out =
+            lifecycle(crate::lower::lower(crate::analyze::analyze(spec).unwrap())).to_string();
         assert!(
             out.contains("kind : crate :: lifecycle :: RejectionKind :: GuardsFailed"),
             "{out}"

@@ -60,7 +60,11 @@ impl Parse for EdgeSpec {
         } else {
             None
         };
-        Ok(EdgeSpec { event, target, guard })
+        Ok(EdgeSpec {
+            event,
+            target,
+            guard,
+        })
     }
 }
 
@@ -93,7 +97,8 @@ fn parse_args(args: TokenStream, allow_lifecycle: bool) -> syn::Result<Args> {
                 }
             })
         } else if allow_lifecycle {
-            Err(meta.error("unknown argument; expected `name = \"..\"`, `events(..)` or `crates(..)`"))
+            Err(meta
+                .error("unknown argument; expected `name = \"..\"`, `events(..)` or `crates(..)`"))
         } else {
             Err(meta.error("unknown argument; expected `crates(machines = path)`"))
         }
@@ -105,14 +110,23 @@ fn parse_args(args: TokenStream, allow_lifecycle: bool) -> syn::Result<Args> {
 fn parse_enum(item: TokenStream) -> syn::Result<ItemEnum> {
     let item: ItemEnum = syn::parse2(item)?;
     if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
-        return Err(syn::Error::new(item.generics.span(), "a phase enum cannot be generic"));
+        return Err(syn::Error::new(
+            item.generics.span(),
+            "a phase enum cannot be generic",
+        ));
     }
     for v in &item.variants {
         if !matches!(v.fields, syn::Fields::Unit) {
-            return Err(syn::Error::new(v.fields.span(), "phases are unit variants (no fields)"));
+            return Err(syn::Error::new(
+                v.fields.span(),
+                "phases are unit variants (no fields)",
+            ));
         }
         if let Some((_, d)) = &v.discriminant {
-            return Err(syn::Error::new(d.span(), "phases cannot have explicit discriminants"));
+            return Err(syn::Error::new(
+                d.span(),
+                "phases cannot have explicit discriminants",
+            ));
         }
     }
     Ok(item)
@@ -143,7 +157,10 @@ pub fn lifecycle(args: TokenStream, item: TokenStream) -> syn::Result<Spec> {
                 attr.meta.require_path_only()?;
                 let ident = attr.path().get_ident().cloned().expect("checked by caller");
                 if slot.is_some() {
-                    return Err(syn::Error::new(ident.span(), format!("duplicate #[{ident}]")));
+                    return Err(syn::Error::new(
+                        ident.span(),
+                        format!("duplicate #[{ident}]"),
+                    ));
                 }
                 *slot = Some(ident);
                 Ok(())
@@ -155,7 +172,8 @@ pub fn lifecycle(args: TokenStream, item: TokenStream) -> syn::Result<Spec> {
             } else if attr.path().is_ident("declared_only") {
                 marker(&mut phase.declared_only, &attr)?;
             } else if attr.path().is_ident("on") {
-                let edges = attr.parse_args_with(Punctuated::<EdgeSpec, Token![,]>::parse_terminated)?;
+                let edges =
+                    attr.parse_args_with(Punctuated::<EdgeSpec, Token![,]>::parse_terminated)?;
                 phase.edges.extend(edges);
             } else {
                 phase.attrs.push(attr);
@@ -183,7 +201,11 @@ pub fn phase_enum(args: TokenStream, item: TokenStream) -> syn::Result<PlainEnum
         ident: item.ident,
         attrs: item.attrs,
         krate: args.krate,
-        variants: item.variants.into_iter().map(|v| (v.ident, v.attrs)).collect(),
+        variants: item
+            .variants
+            .into_iter()
+            .map(|v| (v.ident, v.attrs))
+            .collect(),
     })
 }
 
@@ -252,7 +274,8 @@ mod tests {
 
     #[test]
     fn rejects_fields_generics_unknown_args_and_missing_name() {
-        let err = |args: TokenStream, item: TokenStream| lifecycle(args, item).err().unwrap().to_string();
+        let err =
+            |args: TokenStream, item: TokenStream| lifecycle(args, item).err().unwrap().to_string();
         assert_eq!(
             err(
                 quote!(name = "X", events(A)),

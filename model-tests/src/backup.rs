@@ -4,7 +4,8 @@ use proptest::prelude::*;
 use proptest::strategy::BoxedStrategy;
 use proptest_state_machine::ReferenceStateMachine;
 use stash_machines::backup_session::{
-    BackupLifecycle, Config, HostPhase, HostReport, Observation, OtherSession, OverlapPolicy, TargetModel, decide_with,
+    BackupLifecycle, Config, HostPhase, HostReport, Observation, OtherSession, OverlapPolicy,
+    TargetModel, decide_with,
 };
 use stash_machines::{Effect, JobState, Lifecycle, Policy};
 use std::collections::BTreeSet;
@@ -214,19 +215,33 @@ impl<P: Named> World<P> {
                     });
                 }
             }
-            Action::Report { session, host, report } => {
+            Action::Report {
+                session,
+                host,
+                report,
+            } => {
                 if session < self.sessions.len() && self.phase_name(session) == "Running" {
                     let s = &mut self.sessions[session];
                     let hostname = format!("host-{host}");
-                    if u32::from(host) < s.total_hosts.unwrap_or(0) && !s.hosts.iter().any(|h| h.hostname == hostname) {
+                    if u32::from(host) < s.total_hosts.unwrap_or(0)
+                        && !s.hosts.iter().any(|h| h.hostname == hostname)
+                    {
                         let (phase, error, snapshots) = match report {
                             Report::Good => (Some(HostPhase::Succeeded), None, 1),
                             Report::NoSnapshot => (Some(HostPhase::Succeeded), None, 0),
-                            Report::ErrorNoPhase => (None, Some("restic: repository locked".to_string()), 0),
-                            Report::Failed => (Some(HostPhase::Failed), Some("restic: exit 1".to_string()), 0),
-                            Report::SucceededWithError => {
-                                (Some(HostPhase::Succeeded), Some("check failed".to_string()), 1)
+                            Report::ErrorNoPhase => {
+                                (None, Some("restic: repository locked".to_string()), 0)
                             }
+                            Report::Failed => (
+                                Some(HostPhase::Failed),
+                                Some("restic: exit 1".to_string()),
+                                0,
+                            ),
+                            Report::SucceededWithError => (
+                                Some(HostPhase::Succeeded),
+                                Some("check failed".to_string()),
+                                1,
+                            ),
                         };
                         s.hosts.push(HostReport {
                             hostname,
@@ -288,16 +303,23 @@ pub fn reference(w: &World<RefPhase>, i: usize) -> RefPhase {
             } => Failed,
             Config::Found { total_hosts: 0, .. } => Failed,
             Config::Found { overlap, .. } => {
-                let others = || w.sessions.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, o)| o);
+                let others = || {
+                    w.sessions
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != i)
+                        .map(|(_, o)| o)
+                };
                 if others().any(|o| o.phase == Some(Running)) {
                     if *overlap == OverlapPolicy::Skip {
                         Skipped
                     } else {
                         Pending
                     }
-                } else if others()
-                    .any(|o| o.phase.unwrap_or(Pending) == Pending && (o.created_at, &o.name) < (s.created_at, &s.name))
-                {
+                } else if others().any(|o| {
+                    o.phase.unwrap_or(Pending) == Pending
+                        && (o.created_at, &o.name) < (s.created_at, &s.name)
+                }) {
                     Pending
                 } else {
                     Running
@@ -308,10 +330,17 @@ pub fn reference(w: &World<RefPhase>, i: usize) -> RefPhase {
             let total = s.total_hosts.unwrap_or(0) as usize;
             let reported: BTreeSet<&str> = s.hosts.iter().map(|h| h.hostname.as_str()).collect();
             if total > 0 && reported.len() >= total {
-                let good =
-                    |h: &HostReport| h.phase == Some(HostPhase::Succeeded) && h.error.is_none() && h.snapshots > 0;
-                if s.hosts.iter().all(good) { Succeeded } else { Failed }
-            } else if matches!(s.job, Some(JobState::Failed { .. } | JobState::Succeeded)) || w.expired(i) {
+                let good = |h: &HostReport| {
+                    h.phase == Some(HostPhase::Succeeded) && h.error.is_none() && h.snapshots > 0
+                };
+                if s.hosts.iter().all(good) {
+                    Succeeded
+                } else {
+                    Failed
+                }
+            } else if matches!(s.job, Some(JobState::Failed { .. } | JobState::Succeeded))
+                || w.expired(i)
+            {
                 Failed
             } else {
                 Running
@@ -325,7 +354,8 @@ pub fn reference(w: &World<RefPhase>, i: usize) -> RefPhase {
 fn reference_reconcile(w: &mut World<RefPhase>, i: usize, crash: bool) {
     let next = reference(w, i);
     let s = &w.sessions[i];
-    let starting = s.phase.unwrap_or(RefPhase::Pending) == RefPhase::Pending && next == RefPhase::Running;
+    let starting =
+        s.phase.unwrap_or(RefPhase::Pending) == RefPhase::Pending && next == RefPhase::Running;
     if starting
         && let Config::Found {
             model: TargetModel::Job,
@@ -348,8 +378,12 @@ impl World<RefPhase> {
     pub fn apply_reference(&mut self, action: &Action) {
         if !self.apply_env(action) {
             match *action {
-                Action::Reconcile(i) if i < self.sessions.len() => reference_reconcile(self, i, false),
-                Action::CrashAfterCreate(i) if i < self.sessions.len() => reference_reconcile(self, i, true),
+                Action::Reconcile(i) if i < self.sessions.len() => {
+                    reference_reconcile(self, i, false)
+                }
+                Action::CrashAfterCreate(i) if i < self.sessions.len() => {
+                    reference_reconcile(self, i, true)
+                }
                 _ => {}
             }
         }
@@ -419,7 +453,11 @@ pub fn step<L: BackupLifecycle>(w: &World<L>, action: &Action) -> Result<World<L
 /// The invariants between two consecutive worlds.
 pub fn invariants<L: BackupLifecycle>(before: &World<L>, after: &World<L>) -> Result<(), String> {
     for (i, s) in after.sessions.iter().enumerate() {
-        let was = before.sessions.get(i).and_then(|b| b.phase).unwrap_or(L::INITIAL);
+        let was = before
+            .sessions
+            .get(i)
+            .and_then(|b| b.phase)
+            .unwrap_or(L::INITIAL);
         let now = s.phase.unwrap_or(L::INITIAL);
         if was.is_terminal() && was != now {
             return Err(format!(
@@ -429,18 +467,24 @@ pub fn invariants<L: BackupLifecycle>(before: &World<L>, after: &World<L>) -> Re
             ));
         }
         if now.rank() < was.rank() {
-            return Err(format!("session {i} went back from {} to {}", was.name(), now.name()));
+            return Err(format!(
+                "session {i} went back from {} to {}",
+                was.name(),
+                now.name()
+            ));
         }
         if now.is_declared_only() {
-            return Err(format!("session {i} reached the declared-only phase {}", now.name()));
+            return Err(format!(
+                "session {i} reached the declared-only phase {}",
+                now.name()
+            ));
         }
         if now == L::SUCCEEDED {
             let total = s.total_hosts.unwrap_or(0) as usize;
             let reported: BTreeSet<&str> = s.hosts.iter().map(|h| h.hostname.as_str()).collect();
-            let bad = s
-                .hosts
-                .iter()
-                .find(|h| h.phase != Some(HostPhase::Succeeded) || h.error.is_some() || h.snapshots == 0);
+            let bad = s.hosts.iter().find(|h| {
+                h.phase != Some(HostPhase::Succeeded) || h.error.is_some() || h.snapshots == 0
+            });
             if total == 0 || reported.len() < total || bad.is_some() {
                 return Err(format!(
                     "session {i} is Succeeded but not every host succeeded with a snapshot: total {total}, hosts {:?}",
@@ -449,9 +493,15 @@ pub fn invariants<L: BackupLifecycle>(before: &World<L>, after: &World<L>) -> Re
             }
         }
     }
-    let running = after.sessions.iter().filter(|s| s.phase == Some(L::RUNNING)).count();
+    let running = after
+        .sessions
+        .iter()
+        .filter(|s| s.phase == Some(L::RUNNING))
+        .count();
     if running > 1 {
-        return Err(format!("{running} sessions of one BackupConfiguration are Running"));
+        return Err(format!(
+            "{running} sessions of one BackupConfiguration are Running"
+        ));
     }
     Ok(())
 }
@@ -469,7 +519,10 @@ pub fn drain<L: BackupLifecycle>(w: &World<L>) -> Result<(), String> {
         .iter()
         .position(|s| !s.phase.is_some_and(|p| p.is_terminal()))
     {
-        Some(i) => Err(format!("session {i} is still {} after its deadline", w.phase_name(i))),
+        Some(i) => Err(format!(
+            "session {i} is still {} after its deadline",
+            w.phase_name(i)
+        )),
         None => Ok(()),
     }
 }
@@ -522,7 +575,9 @@ impl ReferenceStateMachine for BackupModel {
     type Transition = Action;
 
     fn init_state() -> BoxedStrategy<Self::State> {
-        (config(), 100..1000u64).prop_map(|(c, d)| World::new(c, d)).boxed()
+        (config(), 100..1000u64)
+            .prop_map(|(c, d)| World::new(c, d))
+            .boxed()
     }
 
     fn transitions(state: &Self::State) -> BoxedStrategy<Action> {
@@ -564,7 +619,11 @@ pub mod bounded {
     pub fn inits<L: BackupLifecycle>() -> Vec<World<L>> {
         let mut out = vec![World::new(Config::Missing, DEADLINE)];
         for paused in [false, true] {
-            for model in [TargetModel::Sidecar, TargetModel::Job, TargetModel::VolumeSnapshotter] {
+            for model in [
+                TargetModel::Sidecar,
+                TargetModel::Job,
+                TargetModel::VolumeSnapshotter,
+            ] {
                 for total_hosts in 0..=2 {
                     for overlap in [OverlapPolicy::Skip, OverlapPolicy::Wait] {
                         out.push(World::new(
@@ -599,12 +658,22 @@ pub mod bounded {
             out.push(Action::Reconcile(i));
             out.push(Action::CrashAfterCreate(i));
             if w.sessions[i].job == Some(JobState::Active) {
-                out.push(Action::JobEnds { session: i, ok: true });
-                out.push(Action::JobEnds { session: i, ok: false });
+                out.push(Action::JobEnds {
+                    session: i,
+                    ok: true,
+                });
+                out.push(Action::JobEnds {
+                    session: i,
+                    ok: false,
+                });
             }
             if w.phase_name(i) == "Running" {
                 for host in 0..w.sessions[i].total_hosts.unwrap_or(0).min(2) as u8 {
-                    if !w.sessions[i].hosts.iter().any(|h| h.hostname == format!("host-{host}")) {
+                    if !w.sessions[i]
+                        .hosts
+                        .iter()
+                        .any(|h| h.hostname == format!("host-{host}"))
+                    {
                         for report in [Report::Good, Report::NoSnapshot, Report::ErrorNoPhase] {
                             out.push(Action::Report {
                                 session: i,

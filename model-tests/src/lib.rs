@@ -55,7 +55,13 @@ pub fn check_sequences<S, T, St>(
 where
     S: Clone + Debug,
     T: Clone + Debug,
-    St: Strategy<Value = (S, Vec<T>, Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>)>,
+    St: Strategy<
+        Value = (
+            S,
+            Vec<T>,
+            Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+        ),
+    >,
 {
     let config = Config {
         cases,
@@ -72,7 +78,8 @@ where
     };
     let steps = std::cell::Cell::new(0usize);
     let result = runner.run(&strategy, |(init, actions, seen)| {
-        let n = check(&init, &actions, seen.as_deref()).map_err(proptest::test_runner::TestCaseError::fail)?;
+        let n = check(&init, &actions, seen.as_deref())
+            .map_err(proptest::test_runner::TestCaseError::fail)?;
         steps.set(steps.get() + n);
         Ok(())
     });
@@ -96,7 +103,11 @@ where
                     Ok(_) => k += 1,
                 }
             }
-            Err(Box::new(Counterexample { init, actions, reason }))
+            Err(Box::new(Counterexample {
+                init,
+                actions,
+                reason,
+            }))
         }
         Err(TestError::Abort(reason)) => panic!("proptest aborted: {reason}"),
     }

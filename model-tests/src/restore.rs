@@ -3,7 +3,9 @@
 use proptest::prelude::*;
 use proptest::strategy::BoxedStrategy;
 use proptest_state_machine::ReferenceStateMachine;
-use stash_machines::restore_session::{HostPhase, HostReport, Observation, Phase, Rule, TargetModel, decide};
+use stash_machines::restore_session::{
+    HostPhase, HostReport, Observation, Phase, Rule, TargetModel, decide,
+};
 use stash_machines::{Effect, JobState, Policy};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -111,9 +113,13 @@ impl World {
                 {
                     let (phase, error) = match report {
                         Report::Good => (Some(HostPhase::Succeeded), None),
-                        Report::Failed => (Some(HostPhase::Failed), Some("restic: exit 1".to_string())),
+                        Report::Failed => {
+                            (Some(HostPhase::Failed), Some("restic: exit 1".to_string()))
+                        }
                         Report::Unknown => (Some(HostPhase::Unknown), None),
-                        Report::SucceededWithError => (Some(HostPhase::Succeeded), Some("partial".to_string())),
+                        Report::SucceededWithError => {
+                            (Some(HostPhase::Succeeded), Some("partial".to_string()))
+                        }
                         Report::Empty => (None, None),
                     };
                     self.hosts.push(HostReport {
@@ -151,7 +157,8 @@ impl World {
 /// §3.4, §5.8, §7.3, decision 2).
 pub fn reference(w: &World) -> Phase {
     let matched = |host: &String| {
-        w.rules.iter().any(|r| r.target_hosts.contains(host)) || w.rules.iter().any(|r| r.target_hosts.is_empty())
+        w.rules.iter().any(|r| r.target_hosts.contains(host))
+            || w.rules.iter().any(|r| r.target_hosts.is_empty())
     };
     match w.current() {
         Phase::Pending => {
@@ -170,15 +177,22 @@ pub fn reference(w: &World) -> Phase {
             let total = w.total_hosts.unwrap_or(0) as usize;
             let reported: BTreeSet<&str> = w.hosts.iter().map(|h| h.hostname.as_str()).collect();
             if total > 0 && reported.len() >= total {
-                let failed = |h: &HostReport| h.error.is_some() || h.phase == Some(HostPhase::Failed);
+                let failed =
+                    |h: &HostReport| h.error.is_some() || h.phase == Some(HostPhase::Failed);
                 if w.hosts.iter().any(failed) {
                     Phase::Failed
-                } else if w.hosts.iter().all(|h| h.phase == Some(HostPhase::Succeeded)) {
+                } else if w
+                    .hosts
+                    .iter()
+                    .all(|h| h.phase == Some(HostPhase::Succeeded))
+                {
                     Phase::Succeeded
                 } else {
                     Phase::Unknown
                 }
-            } else if matches!(w.job, Some(JobState::Failed { .. } | JobState::Succeeded)) || w.expired() {
+            } else if matches!(w.job, Some(JobState::Failed { .. } | JobState::Succeeded))
+                || w.expired()
+            {
                 Phase::Failed
             } else {
                 Phase::Running
@@ -241,7 +255,10 @@ pub fn step(w: &World, action: &Action) -> Result<World, String> {
                 ));
             }
             if next.expired() && !next.current().is_terminal() {
-                return Err(format!("{} past the deadline after a reconcile", next.current()));
+                return Err(format!(
+                    "{} past the deadline after a reconcile",
+                    next.current()
+                ));
             }
         }
     }
@@ -337,7 +354,12 @@ impl ReferenceStateMachine for RestoreModel {
     fn init_state() -> BoxedStrategy<World> {
         let model = prop_oneof![5 => Just(TargetModel::Workload), 5 => Just(TargetModel::Job), 1 => Just(TargetModel::VolumeSnapshotter)];
         let hosts = prop_oneof![1 => Just(0u8), 8 => 1..=3u8];
-        (model, hosts, prop::sample::select(rule_sets()), 100..1000u64)
+        (
+            model,
+            hosts,
+            prop::sample::select(rule_sets()),
+            100..1000u64,
+        )
             .prop_map(|(m, h, r, d)| World::new(m, h, r, d))
             .boxed()
     }
@@ -377,7 +399,11 @@ pub mod bounded {
     /// Every initial world.
     pub fn inits() -> Vec<World> {
         let mut out = vec![];
-        for model in [TargetModel::Workload, TargetModel::Job, TargetModel::VolumeSnapshotter] {
+        for model in [
+            TargetModel::Workload,
+            TargetModel::Job,
+            TargetModel::VolumeSnapshotter,
+        ] {
             for hosts in 0..=2 {
                 for rules in rule_sets() {
                     out.push(World::new(model, hosts, rules, DEADLINE));

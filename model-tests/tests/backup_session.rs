@@ -28,7 +28,13 @@ fn random_sequences<L: BackupLifecycle>(label: &str) {
 
 fn exhaustive<L: BackupLifecycle>(label: &str) {
     let start = Instant::now();
-    let coverage = explore(bounded::inits::<L>(), bounded::actions, bounded::step, backup::drain).unwrap();
+    let coverage = explore(
+        bounded::inits::<L>(),
+        bounded::actions,
+        bounded::step,
+        backup::drain,
+    )
+    .unwrap();
     stash_model_tests::report(&format!(
         "[model] BackupSession ({label}) exhaustive (<=2 sessions, <=2 hosts, 37 configurations, clock 0|deadline): \
          {} states, {} transitions, depth {}, in {:.2?}",
@@ -37,7 +43,10 @@ fn exhaustive<L: BackupLifecycle>(label: &str) {
         coverage.depth,
         start.elapsed()
     ));
-    assert!(coverage.states > 1000, "the bound explores a real state space");
+    assert!(
+        coverage.states > 1000,
+        "the bound explores a real state space"
+    );
 }
 
 #[test]

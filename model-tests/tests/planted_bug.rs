@@ -13,7 +13,10 @@ mod broken {
     use super::*;
 
     /// BackupSession with the `Complete` outcomes swapped.
-    #[lifecycle(name = "BrokenBackupSession", events(Start, Skip, Fail, Timeout, Complete))]
+    #[lifecycle(
+        name = "BrokenBackupSession",
+        events(Start, Skip, Fail, Timeout, Complete)
+    )]
     pub enum Phase {
         #[initial]
         #[on(Start => Running, Skip => Skipped, Fail => Failed)]
@@ -51,7 +54,7 @@ fn the_checker_catches_a_planted_bug_and_shrinks_it_to_a_minimal_counterexample(
     let result = check_sequences(
         BackupModel::sequential_strategy(1..40),
         10_000,
-        |init, actions, seen| backup::run::<broken::Phase>(init, actions, seen),
+        backup::run::<broken::Phase>,
     );
     let c = result.expect_err("the planted bug must be caught");
     stash_model_tests::report(&format!(

@@ -9,7 +9,11 @@ use std::time::Instant;
 #[test]
 fn generated_restore_machine_agrees_with_the_reference_on_random_sequences() {
     let start = Instant::now();
-    match check_sequences(RestoreModel::sequential_strategy(1..30), cases(), restore::run) {
+    match check_sequences(
+        RestoreModel::sequential_strategy(1..30),
+        cases(),
+        restore::run,
+    ) {
         Ok((cases, steps)) => stash_model_tests::report(&format!(
             "[model] RestoreSession (generated): {cases} random cases, {steps} steps checked against the reference in {:.2?}",
             start.elapsed()
@@ -24,7 +28,13 @@ fn generated_restore_machine_agrees_with_the_reference_on_random_sequences() {
 #[test]
 fn generated_restore_machine_keeps_every_invariant_in_the_bounded_state_space() {
     let start = Instant::now();
-    let coverage = explore(bounded::inits(), bounded::actions, bounded::step, restore::drain).unwrap();
+    let coverage = explore(
+        bounded::inits(),
+        bounded::actions,
+        bounded::step,
+        restore::drain,
+    )
+    .unwrap();
     stash_model_tests::report(&format!(
         "[model] RestoreSession (generated) exhaustive (<=2 hosts, 5 rule sets, 3 models, clock 0|deadline): \
          {} states, {} transitions, depth {}, in {:.2?}",

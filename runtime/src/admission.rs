@@ -58,15 +58,19 @@ fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, Cer
     if chain.is_empty() {
         return Err(CertError::Pem("no certificate found".into()));
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| CertError::Key(e.to_string()))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| CertError::Key(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| CertError::Key(e.to_string()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| CertError::Key(e.to_string()))?;
     Ok(Arc::new(CertifiedKey::new(chain, signing)))
 }
 
 impl CertStore {
     /// A store serving the PEM certificate chain `cert_pem` with the PKCS#8/PKCS#1/SEC1 PEM key.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Arc<Self>, CertError> {
-        Ok(Arc::new(Self { current: RwLock::new(certified_key(cert_pem, key_pem)?) }))
+        Ok(Arc::new(Self {
+            current: RwLock::new(certified_key(cert_pem, key_pem)?),
+        }))
     }
 
     /// Replace the certificate; connections accepted from now on use it.
@@ -79,13 +83,22 @@ impl CertStore {
     /// The DER of the leaf certificate currently served.
     pub fn leaf_der(&self) -> Vec<u8> {
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());
-        current.cert.first().map(|c| c.as_ref().to_vec()).unwrap_or_default()
+        current
+            .cert
+            .first()
+            .map(|c| c.as_ref().to_vec())
+            .unwrap_or_default()
     }
 }
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
     }
 }
 
@@ -104,7 +117,11 @@ pub fn tls_config(store: Arc<CertStore>) -> Arc<ServerConfig> {
 
 /// Serve `app` over TLS on `listener` until the returned future is dropped. Each connection is
 /// served on its own task; a connection whose handshake takes longer than 10 s is dropped.
-pub fn serve_tls(listener: TcpListener, store: Arc<CertStore>, app: Router) -> impl Future<Output = ()> + Send {
+pub fn serve_tls(
+    listener: TcpListener,
+    store: Arc<CertStore>,
+    app: Router,
+) -> impl Future<Output = ()> + Send {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config(store));
     async move {
         loop {
@@ -118,7 +135,9 @@ pub fn serve_tls(listener: TcpListener, store: Arc<CertStore>, app: Router) -> i
             };
             let (acceptor, app) = (acceptor.clone(), app.clone());
             tokio::spawn(async move {
-                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+                {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "admission: TLS handshake failed");
@@ -155,7 +174,12 @@ pub async fn bind_tls(
 
 fn json(status: StatusCode, review: &AdmissionReview<DynamicObject>) -> axum::response::Response {
     match serde_json::to_vec(review) {
-        Ok(body) => (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Ok(body) => (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
@@ -171,13 +195,21 @@ where
     axum::routing::post(move |body: Bytes| {
         let decide = decide.clone();
         async move {
-            let req: AdmissionRequest<DynamicObject> = match serde_json::from_slice::<AdmissionReview<DynamicObject>>(&body)
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.try_into().map_err(|e: kube::core::admission::ConvertAdmissionReviewError| e.to_string()))
-            {
+            let req: AdmissionRequest<DynamicObject> = match serde_json::from_slice::<
+                AdmissionReview<DynamicObject>,
+            >(&body)
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                r.try_into()
+                    .map_err(|e: kube::core::admission::ConvertAdmissionReviewError| e.to_string())
+            }) {
                 Ok(req) => req,
                 Err(e) => {
-                    return json(StatusCode::BAD_REQUEST, &AdmissionResponse::invalid(format!("not an AdmissionReview: {e}")).into_review());
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        &AdmissionResponse::invalid(format!("not an AdmissionReview: {e}"))
+                            .into_review(),
+                    );
                 }
             };
             json(StatusCode::OK, &decide(req).await.into_review())
@@ -192,7 +224,13 @@ mod tests {
     // The round trip with real certificates (rcgen) is tested by the stash admission module.
     #[test]
     fn garbage_is_refused() {
-        assert!(CertStore::from_pem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "").is_err());
+        assert!(
+            CertStore::from_pem(
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                ""
+            )
+            .is_err()
+        );
         assert!(CertStore::from_pem("", "").is_err());
     }
 }

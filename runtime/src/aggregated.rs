@@ -39,7 +39,10 @@ impl PeerCertificates {
 /// certificate of `store` and verifying client certificates against the CAs in
 /// `client_ca_pem`. Clients without a certificate are let through the handshake (the
 /// application decides, e.g. health probes); a certificate that does not verify fails it.
-pub fn mtls_config(store: Arc<CertStore>, client_ca_pem: &str) -> Result<Arc<ServerConfig>, CertError> {
+pub fn mtls_config(
+    store: Arc<CertStore>,
+    client_ca_pem: &str,
+) -> Result<Arc<ServerConfig>, CertError> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
         let cert = cert.map_err(|e| CertError::Pem(e.to_string()))?;
@@ -64,7 +67,11 @@ pub fn mtls_config(store: Arc<CertStore>, client_ca_pem: &str) -> Result<Arc<Ser
 
 /// Serve `app` over TLS with `config` on `listener` until the returned future is dropped. Each
 /// request carries the connection's verified client chain as [`PeerCertificates`].
-pub fn serve_mtls(listener: TcpListener, config: Arc<ServerConfig>, app: Router) -> impl Future<Output = ()> + Send {
+pub fn serve_mtls(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    app: Router,
+) -> impl Future<Output = ()> + Send {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     async move {
         loop {
@@ -78,7 +85,9 @@ pub fn serve_mtls(listener: TcpListener, config: Arc<ServerConfig>, app: Router)
             };
             let (acceptor, app) = (acceptor.clone(), app.clone());
             tokio::spawn(async move {
-                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+                {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "aggregated: TLS handshake failed");
@@ -89,8 +98,12 @@ pub fn serve_mtls(listener: TcpListener, config: Arc<ServerConfig>, app: Router)
                         return;
                     }
                 };
-                let chain: Vec<CertificateDer<'static>> =
-                    tls.get_ref().1.peer_certificates().map(|c| c.iter().map(|c| c.clone().into_owned()).collect()).unwrap_or_default();
+                let chain: Vec<CertificateDer<'static>> = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                    .unwrap_or_default();
                 let app = app.layer(Extension(PeerCertificates(Arc::new(chain))));
                 let service = TowerToHyperService::new(app);
                 if let Err(e) = hyper::server::conn::http1::Builder::new()

@@ -45,7 +45,10 @@ where
     K::DynamicType: Eq + Hash + Clone + Debug + Unpin,
     R: Reconcile<K>,
 {
-    let ctx = Arc::new(Ctx { reconciler, metrics });
+    let ctx = Arc::new(Ctx {
+        reconciler,
+        metrics,
+    });
     controller
         .run(
             |obj: Arc<K>, ctx: Arc<Ctx<R>>| async move {
@@ -53,13 +56,19 @@ where
                 ctx.metrics.reconciles.get_or_create(&labels).inc();
                 let start = std::time::Instant::now();
                 let result = ctx.reconciler.reconcile(obj).await;
-                ctx.metrics.durations.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
+                ctx.metrics
+                    .durations
+                    .get_or_create(&labels)
+                    .observe(start.elapsed().as_secs_f64());
                 result
             },
             |obj: Arc<K>, error: &R::Error, ctx: Arc<Ctx<R>>| {
                 ctx.metrics
                     .failures
-                    .get_or_create(&ErrorLabels { controller: R::NAME.into(), error: error.metric_label().into() })
+                    .get_or_create(&ErrorLabels {
+                        controller: R::NAME.into(),
+                        error: error.metric_label().into(),
+                    })
                     .inc();
                 tracing::warn!(controller = R::NAME, error = %error, "reconcile failed");
                 ctx.reconciler.error_policy(obj, error)

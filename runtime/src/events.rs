@@ -38,18 +38,30 @@ impl From<stash_machines::EventKind> for Severity {
 impl Events {
     /// Publish an event a machine decided on.
     pub async fn publish_record(&self, object: &ObjectReference, ev: stash_machines::EventRecord) {
-        self.publish(object, ev.kind.into(), ev.reason, ev.message).await;
+        self.publish(object, ev.kind.into(), ev.reason, ev.message)
+            .await;
     }
 
     /// A publisher reporting as `controller` (e.g. `stash-operator`).
     pub fn new(client: Client, controller: &str) -> Self {
-        let reporter = Reporter { controller: controller.into(), instance: std::env::var("POD_NAME").ok() };
-        Self { recorder: Recorder::new(client, reporter) }
+        let reporter = Reporter {
+            controller: controller.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client, reporter),
+        }
     }
 
     /// Publish an event about `object`. Failures are logged, never fatal: an event is
     /// information, not state.
-    pub async fn publish(&self, object: &ObjectReference, severity: Severity, reason: &str, note: String) {
+    pub async fn publish(
+        &self,
+        object: &ObjectReference,
+        severity: Severity,
+        reason: &str,
+        note: String,
+    ) {
         let ev = Event {
             type_: match severity {
                 Severity::Normal => EventType::Normal,

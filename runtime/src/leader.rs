@@ -60,7 +60,10 @@ impl Leadership {
             if spec.holder_identity.as_deref() == Some(&self.identity) {
                 spec.holder_identity = None;
                 spec.renew_time = None;
-                let _ = self.api.replace(&self.name, &PostParams::default(), &lease).await;
+                let _ = self
+                    .api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await;
             }
         }
     }
@@ -78,7 +81,9 @@ impl LeaderElection {
             match self.try_acquire(&api).await {
                 Ok(true) => break,
                 Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "leader election: cannot read or write the lease"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "leader election: cannot read or write the lease")
+                }
             }
             tokio::time::sleep(self.renew_every).await;
         }
@@ -102,11 +107,19 @@ impl LeaderElection {
                         let _ = tx.send(false);
                         return;
                     }
-                    Err(e) => tracing::warn!(error = %e, "leader election: renewal failed, retrying"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "leader election: renewal failed, retrying")
+                    }
                 }
             }
         });
-        Ok(Leadership { rx, task, api, name: self.name.clone(), identity: self.identity.clone() })
+        Ok(Leadership {
+            rx,
+            task,
+            api,
+            name: self.name.clone(),
+            identity: self.identity.clone(),
+        })
     }
 
     /// One attempt: true when we hold the lease afterwards.
@@ -114,7 +127,10 @@ impl LeaderElection {
         let secs = i32::try_from(self.lease_duration.as_secs()).unwrap_or(i32::MAX);
         let Some(mut lease) = api.get_opt(&self.name).await? else {
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..Default::default()
+                },
                 spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
                     holder_identity: Some(self.identity.clone()),
                     lease_duration_seconds: Some(secs),
@@ -148,7 +164,10 @@ impl LeaderElection {
         spec.renew_time = Some(now());
         spec.lease_duration_seconds = Some(secs);
         // `replace` carries the resourceVersion we read: a concurrent writer makes this 409.
-        match api.replace(&self.name, &PostParams::default(), &lease).await {
+        match api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(e),

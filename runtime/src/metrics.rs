@@ -70,15 +70,27 @@ impl Default for Metrics {
         let illegal_transitions = Family::<TransitionLabels, Counter>::default();
         let leader = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
-        registry.register("reconcile_failures", "Reconciles that failed", failures.clone());
-        registry.register("reconcile_duration_seconds", "Reconcile duration", durations.clone());
+        registry.register(
+            "reconcile_failures",
+            "Reconciles that failed",
+            failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration",
+            durations.clone(),
+        );
         registry.register("status_writes", "Status writes sent", status_writes.clone());
         registry.register(
             "illegal_transitions",
             "Phase changes outside the lifecycle's transition table (a bug)",
             illegal_transitions.clone(),
         );
-        registry.register("leader", "1 while this replica is the leader", leader.clone());
+        registry.register(
+            "leader",
+            "1 while this replica is the leader",
+            leader.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             reconciles,
@@ -103,6 +115,8 @@ impl Metrics {
 
     /// Labels for `controller`.
     pub fn controller(controller: &str) -> ControllerLabels {
-        ControllerLabels { controller: controller.to_string() }
+        ControllerLabels {
+            controller: controller.to_string(),
+        }
     }
 }

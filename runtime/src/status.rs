@@ -53,13 +53,24 @@ pub fn check_transition<L: Lifecycle>(
     if permits(from, to) {
         return Ok(());
     }
-    let (from, to) = (from.map_or_else(|| "<none>".to_string(), |p| format!("{p:?}")), format!("{to:?}"));
+    let (from, to) = (
+        from.map_or_else(|| "<none>".to_string(), |p| format!("{p:?}")),
+        format!("{to:?}"),
+    );
     tracing::error!(lifecycle = L::NAME, %from, %to, "BUG: phase change outside the transition table refused");
     metrics
         .illegal_transitions
-        .get_or_create(&TransitionLabels { lifecycle: L::NAME.into(), from: from.clone(), to: to.clone() })
+        .get_or_create(&TransitionLabels {
+            lifecycle: L::NAME.into(),
+            from: from.clone(),
+            to: to.clone(),
+        })
         .inc();
-    Err(StatusError::IllegalTransition { lifecycle: L::NAME, from, to })
+    Err(StatusError::IllegalTransition {
+        lifecycle: L::NAME,
+        from,
+        to,
+    })
 }
 
 /// The one place status is written.
@@ -72,12 +83,21 @@ pub struct StatusWriter {
 impl StatusWriter {
     /// A writer for `controller`'s objects.
     pub fn new(metrics: Metrics, controller: &'static str) -> Self {
-        Self { metrics, controller }
+        Self {
+            metrics,
+            controller,
+        }
     }
 
     /// Write `desired` as the status of `obj` unless it equals `current`. Returns whether a
     /// write was sent. The patch carries `obj`'s resourceVersion (conflict-safe).
-    pub async fn write<K, S>(&self, api: &Api<K>, obj: &K, current: Option<&S>, desired: &S) -> Result<bool, StatusError>
+    pub async fn write<K, S>(
+        &self,
+        api: &Api<K>,
+        obj: &K,
+        current: Option<&S>,
+        desired: &S,
+    ) -> Result<bool, StatusError>
     where
         K: Resource + Clone + DeserializeOwned + Debug,
         S: Serialize + PartialEq,
@@ -89,8 +109,16 @@ impl StatusWriter {
             "metadata": { "resourceVersion": obj.resource_version() },
             "status": serde_json::to_value(desired)?,
         });
-        api.patch_status(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-        self.metrics.status_writes.get_or_create(&Metrics::controller(self.controller)).inc();
+        api.patch_status(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+        self.metrics
+            .status_writes
+            .get_or_create(&Metrics::controller(self.controller))
+            .inc();
         Ok(true)
     }
 

@@ -23,8 +23,13 @@ fn main() {
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(1 << 30);
-    let files = usize::try_from(bytes.div_ceil(FILE_SIZE as u64)).unwrap_or(1).max(1);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let files = usize::try_from(bytes.div_ceil(FILE_SIZE as u64))
+        .unwrap_or(1)
+        .max(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let code = rt.block_on(run(files));
     std::process::exit(code);
 }
@@ -46,15 +51,24 @@ async fn run(files: usize) -> i32 {
     let source = pv_dir(&ns, "source-data").await;
     let t = Instant::now();
     generate_files(&source, 0xbe9c, files, FILE_SIZE);
-    eprintln!("generated {} in {} files in {:.1}s", human(total), files, t.elapsed().as_secs_f64());
+    eprintln!(
+        "generated {} in {} files in {:.1}s",
+        human(total),
+        files,
+        t.elapsed().as_secs_f64()
+    );
 
     // (a) The operator path.
     let repo_dir = env.cp.dir().join("repos").join(&ns).join("operator");
     std::fs::create_dir_all(&repo_dir).expect("repo dir");
-    apply(&client, &ns, json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "local-secret"},
-        "stringData": {"RESTIC_PASSWORD": PASSWORD}
-    }))
+    apply(
+        &client,
+        &ns,
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "local-secret"},
+            "stringData": {"RESTIC_PASSWORD": PASSWORD}
+        }),
+    )
     .await;
     apply(&client, &ns, json!({
         "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
@@ -63,9 +77,18 @@ async fn run(files: usize) -> i32 {
     }))
     .await;
     deployment_with_pvc(&client, &ns, "app", "source-data").await;
-    apply(&client, &ns, deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({
-        "retentionPolicy": {"name": "keep-last-5", "keepLast": 5, "prune": true}
-    })))
+    apply(
+        &client,
+        &ns,
+        deployment_backup_configuration(
+            "app",
+            "repo",
+            "0 0 1 1 *",
+            json!({
+                "retentionPolicy": {"name": "keep-last-5", "keepLast": 5, "prune": true}
+            }),
+        ),
+    )
     .await;
     wait_sidecar_ready(&client, &ns, "app", Duration::from_secs(150)).await;
     let api = Api::<BackupSession>::namespaced(client.clone(), &ns);
@@ -96,13 +119,22 @@ async fn run(files: usize) -> i32 {
 
     // The snapshot is where it should be and holds all the data (not, say, an empty mount).
     let snaps = restic_snapshots(&repo_dir.to_string_lossy(), PASSWORD);
-    let processed = snaps.first().and_then(|s| s["summary"]["total_bytes_processed"].as_u64()).unwrap_or(0);
+    let processed = snaps
+        .first()
+        .and_then(|s| s["summary"]["total_bytes_processed"].as_u64())
+        .unwrap_or(0);
     if snaps.len() != 1 || processed != total {
-        eprintln!("the operator's repository does not hold one snapshot of {total} bytes: {processed} bytes in {} snapshots", snaps.len());
+        eprintln!(
+            "the operator's repository does not hold one snapshot of {total} bytes: {processed} bytes in {} snapshots",
+            snaps.len()
+        );
         return 1;
     }
 
-    eprintln!("operator path: {:.1} s (session created → Succeeded read back)", operator.as_secs_f64());
+    eprintln!(
+        "operator path: {:.1} s (session created → Succeeded read back)",
+        operator.as_secs_f64()
+    );
     // Disk space is shared: drop the operator's repository before writing the second one.
     let _ = std::fs::remove_dir_all(&repo_dir);
 
@@ -110,8 +142,15 @@ async fn run(files: usize) -> i32 {
     let raw_dir = env.cp.dir().join("repos").join(&ns).join("raw");
     let raw_repo = raw_dir.to_string_lossy().to_string();
     let started = Instant::now();
-    let out = restic(&raw_repo, PASSWORD).args(["init", "--json"]).output().expect("restic init");
-    assert!(out.status.success(), "restic init: {}", String::from_utf8_lossy(&out.stderr));
+    let out = restic(&raw_repo, PASSWORD)
+        .args(["init", "--json"])
+        .output()
+        .expect("restic init");
+    assert!(
+        out.status.success(),
+        "restic init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let init = started.elapsed();
     let out = restic(&raw_repo, PASSWORD)
         .arg("backup")
@@ -139,7 +178,12 @@ async fn run(files: usize) -> i32 {
     );
     println!(
         "  operator host duration (sidecar's own restic sequence: init, backup, check, forget, stats): {}",
-        status.stats.first().and_then(|h| h.duration.as_ref()).map(|d| format!("{:.1} s", d.as_std().as_secs_f64())).unwrap_or_default()
+        status
+            .stats
+            .first()
+            .and_then(|h| h.duration.as_ref())
+            .map(|d| format!("{:.1} s", d.as_std().as_secs_f64()))
+            .unwrap_or_default()
     );
     let _ = std::fs::remove_dir_all(&source);
     let _ = std::fs::remove_dir_all(&raw_dir);

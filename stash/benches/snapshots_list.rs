@@ -40,15 +40,26 @@ fn restic(repo: &Path) -> Command {
 }
 
 fn ok(out: Output, what: &str) -> String {
-    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn snapshot_ids(repo: &Path) -> Vec<String> {
-    let v: Vec<Value> =
-        serde_json::from_str(&ok(restic(repo).args(["snapshots", "--json", "--no-lock"]).output().expect("restic"), "restic snapshots"))
-            .expect("json");
-    v.iter().map(|s| s["id"].as_str().expect("id").to_owned()).collect()
+    let v: Vec<Value> = serde_json::from_str(&ok(
+        restic(repo)
+            .args(["snapshots", "--json", "--no-lock"])
+            .output()
+            .expect("restic"),
+        "restic snapshots",
+    ))
+    .expect("json");
+    v.iter()
+        .map(|s| s["id"].as_str().expect("id").to_owned())
+        .collect()
 }
 
 fn target_dir() -> PathBuf {
@@ -57,7 +68,10 @@ fn target_dir() -> PathBuf {
     }
     // target/<profile>/deps/<bench>
     let exe = std::env::current_exe().expect("current exe");
-    exe.ancestors().nth(3).map(Path::to_path_buf).expect("target dir")
+    exe.ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .expect("target dir")
 }
 
 /// A restic repository with exactly `n` snapshots (cached across runs).
@@ -76,8 +90,21 @@ fn repository_with(n: usize) -> PathBuf {
     let src = cache.join(format!("restic-{n}.src"));
     std::fs::create_dir_all(&src).expect("src");
     std::fs::write(src.join("data.txt"), "a small file\n").expect("write");
-    ok(restic(&building).args(["init", "--quiet"]).output().expect("init"), "restic init");
-    ok(restic(&building).args(["backup", "--quiet", "--host", "host-0"]).arg(&src).output().expect("backup"), "restic backup");
+    ok(
+        restic(&building)
+            .args(["init", "--quiet"])
+            .output()
+            .expect("init"),
+        "restic init",
+    );
+    ok(
+        restic(&building)
+            .args(["backup", "--quiet", "--host", "host-0"])
+            .arg(&src)
+            .output()
+            .expect("backup"),
+        "restic backup",
+    );
     let mut round = 0;
     loop {
         let ids = snapshot_ids(&building);
@@ -94,7 +121,11 @@ fn repository_with(n: usize) -> PathBuf {
     std::fs::write(building.join(".complete"), n.to_string()).expect("marker");
     std::fs::rename(&building, &dir).expect("rename");
     let _ = std::fs::remove_dir_all(&src);
-    eprintln!("bench: generated {n} snapshots in {:.1}s ({round} rewrite rounds) at {}", t.elapsed().as_secs_f64(), dir.display());
+    eprintln!(
+        "bench: generated {n} snapshots in {:.1}s ({round} rewrite rounds) at {}",
+        t.elapsed().as_secs_f64(),
+        dir.display()
+    );
     dir
 }
 
@@ -102,12 +133,26 @@ async fn apply(client: &Client, ns: &str, obj: Value) {
     let api_version = obj["apiVersion"].as_str().expect("apiVersion").to_owned();
     let kind = obj["kind"].as_str().expect("kind").to_owned();
     let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
-    let plural = if kind == "Repository" { "repositories".to_owned() } else { format!("{}s", kind.to_lowercase()) };
-    let ar = ApiResource { group: group.into(), version: version.into(), api_version: api_version.clone(), kind, plural };
+    let plural = if kind == "Repository" {
+        "repositories".to_owned()
+    } else {
+        format!("{}s", kind.to_lowercase())
+    };
+    let ar = ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: api_version.clone(),
+        kind,
+        plural,
+    };
     let name = obj["metadata"]["name"].as_str().expect("name").to_owned();
     let o: DynamicObject = serde_json::from_value(obj).expect("object");
     Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar)
-        .patch(&name, &PatchParams::apply("snapshot-bench").force(), &Patch::Apply(&o))
+        .patch(
+            &name,
+            &PatchParams::apply("snapshot-bench").force(),
+            &Patch::Apply(&o),
+        )
         .await
         .expect("apply");
 }
@@ -119,11 +164,22 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn main() {
     // `cargo bench` passes `--bench`; there is nothing to filter.
-    let n: usize = std::env::var("STASH_BENCH_SNAPSHOTS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let runs: usize = std::env::var("STASH_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(5).max(1);
+    let n: usize = std::env::var("STASH_BENCH_SNAPSHOTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let runs: usize = std::env::var("STASH_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5)
+        .max(1);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let repo_dir = repository_with(n);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async move {
         let cp = stash_testenv::shared().await.expect("control plane");
         cp.install_crds(&stash_crds::crds()).await.expect("CRDs");

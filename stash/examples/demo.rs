@@ -12,7 +12,9 @@ use std::{process::Command, time::Duration};
 
 use kube::Api;
 use serde_json::json;
-use stash_crds::{BackupSession, RestoreSession, backup_session::Phase, restore_session::Phase as RestorePhase};
+use stash_crds::{
+    BackupSession, RestoreSession, backup_session::Phase, restore_session::Phase as RestorePhase,
+};
 use support::*;
 
 const PASSWORD: &str = "demo-password";
@@ -33,10 +35,16 @@ fn show(title: &str, cmd: &mut Command) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let keep = std::env::args().any(|a| a == "--keep");
-    println!("== the local cluster (scripts/cluster.sh up) with stash-rs installed from deploy/install/stash-rs.yaml");
+    println!(
+        "== the local cluster (scripts/cluster.sh up) with stash-rs installed from deploy/install/stash-rs.yaml"
+    );
     let env = env().await;
     let cp = env.cp;
-    println!("API server {}; export KUBECONFIG={}", cp.server, cp.kubeconfig.display());
+    println!(
+        "API server {}; export KUBECONFIG={}",
+        cp.server,
+        cp.kubeconfig.display()
+    );
     let kubectl = |args: &[&str]| {
         let mut c = cp.kubectl().expect("kubectl");
         c.args(args);
@@ -48,10 +56,14 @@ async fn main() -> anyhow::Result<()> {
     let repo_dir = cp.dir().join("demo-repository");
     std::fs::create_dir_all(&repo_dir)?;
     set_mode(&repo_dir, 0o777);
-    let data = pv_dir(&ns, "source-data").await;
+    let data = pv_dir(ns, "source-data").await;
     generate_files(&data, 2026, 32, 8192);
     let original = checksums(&data);
-    println!("\n== the workload's data: {} files in the PVC source-data ({})", original.len(), data.display());
+    println!(
+        "\n== the workload's data: {} files in the PVC source-data ({})",
+        original.len(),
+        data.display()
+    );
 
     for doc in [
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "local-secret"},
@@ -76,37 +88,74 @@ async fn main() -> anyhow::Result<()> {
     ] {
         apply(&client, ns, doc).await;
     }
-    println!("\n== applied a Secret, a PVC, a Deployment, a Repository and a BackupConfiguration (every minute)");
+    println!(
+        "\n== applied a Secret, a PVC, a Deployment, a Repository and a BackupConfiguration (every minute)"
+    );
     let deployments = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns);
     eventually("the sidecar", Duration::from_secs(120), || {
         let d = deployments.clone();
         async move {
             let d = d.get("stash-demo").await.ok()?;
-            let injected = d.spec.as_ref()?.template.spec.as_ref()?.containers.iter().any(|c| c.name == "stash");
+            let injected = d
+                .spec
+                .as_ref()?
+                .template
+                .spec
+                .as_ref()?
+                .containers
+                .iter()
+                .any(|c| c.name == "stash");
             let st = d.status?;
-            (injected && st.updated_replicas == Some(1) && st.ready_replicas == Some(1) && st.replicas == Some(1)).then_some(())
+            (injected
+                && st.updated_replicas == Some(1)
+                && st.ready_replicas == Some(1)
+                && st.replicas == Some(1))
+            .then_some(())
         }
     })
     .await;
     show(
         "kubectl get deploy stash-demo -o jsonpath='{.spec.template.spec.containers[*].name}'",
-        &mut kubectl(&["get", "deploy", "stash-demo", "-n", ns, "-o", "jsonpath={.spec.template.spec.containers[*].name}"]),
+        &mut kubectl(&[
+            "get",
+            "deploy",
+            "stash-demo",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.spec.template.spec.containers[*].name}",
+        ]),
     );
     println!();
-    show("kubectl get bc,cronjob -n demo", &mut kubectl(&["get", "bc,cronjob", "-n", ns]));
+    show(
+        "kubectl get bc,cronjob -n demo",
+        &mut kubectl(&["get", "bc,cronjob", "-n", ns]),
+    );
 
     println!("\n== waiting for the schedule to create a BackupSession (at most a minute)");
     let sessions = Api::<BackupSession>::namespaced(client.clone(), ns);
-    eventually("a scheduled BackupSession to succeed", Duration::from_secs(150), || {
-        let api = sessions.clone();
-        async move {
-            let list = api.list(&Default::default()).await.ok()?;
-            list.items.into_iter().find(|s| s.status.as_ref().and_then(|s| s.phase) == Some(Phase::Succeeded))
-        }
-    })
+    eventually(
+        "a scheduled BackupSession to succeed",
+        Duration::from_secs(150),
+        || {
+            let api = sessions.clone();
+            async move {
+                let list = api.list(&Default::default()).await.ok()?;
+                list.items
+                    .into_iter()
+                    .find(|s| s.status.as_ref().and_then(|s| s.phase) == Some(Phase::Succeeded))
+            }
+        },
+    )
     .await;
-    show("kubectl get backupsessions -n demo", &mut kubectl(&["get", "bs", "-n", ns]));
-    show("kubectl get repository -n demo", &mut kubectl(&["get", "repo", "-n", ns]));
+    show(
+        "kubectl get backupsessions -n demo",
+        &mut kubectl(&["get", "bs", "-n", ns]),
+    );
+    show(
+        "kubectl get repository -n demo",
+        &mut kubectl(&["get", "repo", "-n", ns]),
+    );
 
     // The Snapshot API: the operator's aggregated API server, registered with kube-apiserver.
     show(
@@ -118,8 +167,13 @@ async fn main() -> anyhow::Result<()> {
         restic(&repo_dir.to_string_lossy(), PASSWORD).args(["snapshots"]),
     );
     let pushed = pushgateway_metrics().await;
-    println!("\n$ kubectl get --raw /api/v1/namespaces/stash-system/services/stash-operator:pushgateway/proxy/metrics | grep stash_backup");
-    for line in pushed.lines().filter(|l| l.starts_with("stash_backup_") || l.starts_with("stash_repository_")) {
+    println!(
+        "\n$ kubectl get --raw /api/v1/namespaces/stash-system/services/stash-operator:pushgateway/proxy/metrics | grep stash_backup"
+    );
+    for line in pushed
+        .lines()
+        .filter(|l| l.starts_with("stash_backup_") || l.starts_with("stash_repository_"))
+    {
         println!("{line}");
     }
 
@@ -127,7 +181,11 @@ async fn main() -> anyhow::Result<()> {
     // Remove what is inside (the PV's directory itself is what the pod has mounted).
     for e in std::fs::read_dir(&data)? {
         let p = e?.path();
-        if p.is_dir() { std::fs::remove_dir_all(&p)? } else { std::fs::remove_file(&p)? }
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p)?
+        } else {
+            std::fs::remove_file(&p)?
+        }
     }
     println!("files left in the PVC: {}", checksums(&data).len());
     apply(&client, ns, json!({
@@ -147,17 +205,27 @@ async fn main() -> anyhow::Result<()> {
         }
     })
     .await;
-    show("kubectl get restoresession -n demo", &mut kubectl(&["get", "restore", "-n", ns]));
+    show(
+        "kubectl get restoresession -n demo",
+        &mut kubectl(&["get", "restore", "-n", ns]),
+    );
     let restored = checksums(&data);
     println!(
         "\nrestored {} files; sha256 of every file equals the original: {}",
         restored.len(),
         if restored == original { "yes" } else { "NO" }
     );
-    anyhow::ensure!(restored == original, "the restored data differs from the original");
+    anyhow::ensure!(
+        restored == original,
+        "the restored data differs from the original"
+    );
 
     if keep {
-        println!("\n== namespace demo and {} are kept; KUBECONFIG={}", cp.dir().display(), cp.kubeconfig.display());
+        println!(
+            "\n== namespace demo and {} are kept; KUBECONFIG={}",
+            cp.dir().display(),
+            cp.kubeconfig.display()
+        );
     }
     cp.shutdown();
     Ok(())

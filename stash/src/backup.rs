@@ -61,20 +61,33 @@ pub fn location(repo: &Repository) -> Result<restic::Location, String> {
     let kind = repo.spec.backend.validate().map_err(|e| e.to_string())?;
     let s = |o: &Option<String>| o.clone().unwrap_or_default();
     Ok(match kind {
-        BackendKind::Local(l) => restic::Location::local(s(&l.mount_path), l.sub_path.as_deref().unwrap_or_default()),
-        BackendKind::S3(b) => restic::Location::S3 { endpoint: s(&b.endpoint), bucket: s(&b.bucket), prefix: s(&b.prefix) },
-        BackendKind::Gcs(b) => {
-            restic::Location::Gcs { bucket: s(&b.bucket), prefix: s(&b.prefix), max_connections: connections(b.max_connections) }
+        BackendKind::Local(l) => {
+            restic::Location::local(s(&l.mount_path), l.sub_path.as_deref().unwrap_or_default())
         }
+        BackendKind::S3(b) => restic::Location::S3 {
+            endpoint: s(&b.endpoint),
+            bucket: s(&b.bucket),
+            prefix: s(&b.prefix),
+        },
+        BackendKind::Gcs(b) => restic::Location::Gcs {
+            bucket: s(&b.bucket),
+            prefix: s(&b.prefix),
+            max_connections: connections(b.max_connections),
+        },
         BackendKind::Azure(b) => restic::Location::Azure {
             container: s(&b.container),
             prefix: s(&b.prefix),
             max_connections: connections(b.max_connections),
         },
-        BackendKind::Swift(b) => restic::Location::Swift { container: s(&b.container), prefix: s(&b.prefix) },
-        BackendKind::B2(b) => {
-            restic::Location::B2 { bucket: s(&b.bucket), prefix: s(&b.prefix), max_connections: connections(b.max_connections) }
-        }
+        BackendKind::Swift(b) => restic::Location::Swift {
+            container: s(&b.container),
+            prefix: s(&b.prefix),
+        },
+        BackendKind::B2(b) => restic::Location::B2 {
+            bucket: s(&b.bucket),
+            prefix: s(&b.prefix),
+            max_connections: connections(b.max_connections),
+        },
         BackendKind::Rest(b) => restic::Location::Rest { url: s(&b.url) },
     })
 }
@@ -86,7 +99,8 @@ fn connections(n: Option<i32>) -> Option<u32> {
 /// A restic handle for `repo` with the agent's settings.
 pub fn open(repo: &Repository, settings: &Settings) -> Result<restic::Repo, String> {
     let location = location(repo)?;
-    let credentials = restic::Credentials::from_secret_dir(&settings.secret_dir).map_err(|e| e.to_string())?;
+    let credentials =
+        restic::Credentials::from_secret_dir(&settings.secret_dir).map_err(|e| e.to_string())?;
     restic::Repo::builder(location, credentials)
         .scratch_dir(settings.scratch_dir.clone())
         .cache(settings.enable_cache)
@@ -117,7 +131,10 @@ fn parse_retry_budget(v: Option<&str>) -> std::time::Duration {
         Some(v) => match humantime::parse_duration(v) {
             Ok(d) if !d.is_zero() => d,
             _ => {
-                tracing::warn!(value = v, "{RETRY_BUDGET_ENV} is not a positive duration; using the default");
+                tracing::warn!(
+                    value = v,
+                    "{RETRY_BUDGET_ENV} is not a positive duration; using the default"
+                );
                 DEFAULT_RETRY_BUDGET
             }
         },
@@ -141,16 +158,29 @@ pub fn retention(p: &stash_crds::common::RetentionPolicy) -> restic::RetentionPo
 }
 
 /// Run the whole sequence. Errors are user-facing text (restic's reason, secrets scrubbed).
-pub async fn run(repo: &Repository, bc: &BackupConfiguration, host: &str, settings: &Settings) -> Result<BackupOutcome, String> {
+pub async fn run(
+    repo: &Repository,
+    bc: &BackupConfiguration,
+    host: &str,
+    settings: &Settings,
+) -> Result<BackupOutcome, String> {
     let r = open(repo, settings)?;
     r.ensure_initialized().await.map_err(|e| e.to_string())?;
-    let directories = bc.spec.target.as_ref().map(|t| t.directories.clone()).unwrap_or_default();
+    let directories = bc
+        .spec
+        .target
+        .as_ref()
+        .map(|t| t.directories.clone())
+        .unwrap_or_default();
     if directories.is_empty() {
         return Err("BackupConfiguration has no spec.target.directories".into());
     }
     let mut snapshots = Vec::new();
     for dir in &directories {
-        let s = r.backup(std::path::Path::new(dir), host, &[]).await.map_err(|e| format!("backup of {dir}: {e}"))?;
+        let s = r
+            .backup(std::path::Path::new(dir), host, &[])
+            .await
+            .map_err(|e| format!("backup of {dir}: {e}"))?;
         snapshots.push(SnapshotResult {
             directory: dir.clone(),
             short_id: s.short_id().to_string(),
@@ -169,10 +199,17 @@ pub async fn run(repo: &Repository, bc: &BackupConfiguration, host: &str, settin
     let removed = if policy.is_empty() {
         0
     } else {
-        r.forget(&policy).await.map_err(|e| format!("forget: {e}"))?.removed
+        r.forget(&policy)
+            .await
+            .map_err(|e| format!("forget: {e}"))?
+            .removed
     };
     let stats = r.stats().await.map_err(|e| format!("stats: {e}"))?;
-    let count = r.snapshots(&restic::SnapshotFilter::default()).await.map_err(|e| format!("snapshots: {e}"))?.len();
+    let count = r
+        .snapshots(&restic::SnapshotFilter::default())
+        .await
+        .map_err(|e| format!("snapshots: {e}"))?
+        .len();
     Ok(BackupOutcome {
         snapshots,
         integrity,

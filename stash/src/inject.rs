@@ -6,8 +6,8 @@
 use std::{collections::BTreeMap, hash::Hasher};
 
 use k8s_openapi::api::core::v1::{
-    Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    ObjectFieldSelector, PodTemplateSpec, SecretVolumeSource, Volume, VolumeMount,
+    Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, ObjectFieldSelector, PodTemplateSpec, SecretVolumeSource, Volume, VolumeMount,
 };
 use kube::ResourceExt;
 use stash_crds::{BackupConfiguration, Repository, RestoreSession, consts};
@@ -72,7 +72,10 @@ fn env_field(name: &str, path: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector { field_path: path.into(), ..Default::default() }),
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -110,28 +113,46 @@ pub fn apply_backup(
 
     let secret = storage_secret(repo)?;
     let temp_dir = bc.spec.temp_dir.clone().unwrap_or_default();
-    let target_mounts = bc.spec.target.as_ref().map(|t| t.volume_mounts.as_slice()).unwrap_or_default();
-    let run = ["run-backup".to_string(), format!("--backup-configuration={}", bc.name_any())];
+    let target_mounts = bc
+        .spec
+        .target
+        .as_ref()
+        .map(|t| t.volume_mounts.as_slice())
+        .unwrap_or_default();
+    let run = [
+        "run-backup".to_string(),
+        format!("--backup-configuration={}", bc.name_any()),
+    ];
     let mut sidecar = agent_container(SIDECAR, run, repo, &temp_dir, target_mounts, cfg);
-    if let Some(c) = bc.spec.runtime_settings.as_ref().and_then(|r| r.container.as_ref()) {
+    if let Some(c) = bc
+        .spec
+        .runtime_settings
+        .as_ref()
+        .and_then(|r| r.container.as_ref())
+    {
         crate::runtime_settings::apply_container(&mut sidecar, c);
     }
     upsert(&mut spec.containers, sidecar, |c| c.name == SIDECAR);
 
     upsert_stash_volumes(spec, repo, &secret, &temp_dir);
-    if let Some(pod) = bc.spec.runtime_settings.as_ref().and_then(|r| r.pod.as_ref()) {
-        if !pod.image_pull_secrets.is_empty() {
-            let secrets = spec.image_pull_secrets.get_or_insert_with(Vec::new);
-            for s in &pod.image_pull_secrets {
-                if !secrets.contains(s) {
-                    secrets.push(s.clone());
-                }
+    if let Some(pod) = bc
+        .spec
+        .runtime_settings
+        .as_ref()
+        .and_then(|r| r.pod.as_ref())
+        && !pod.image_pull_secrets.is_empty()
+    {
+        let secrets = spec.image_pull_secrets.get_or_insert_with(Vec::new);
+        for s in &pod.image_pull_secrets {
+            if !secrets.contains(s) {
+                secrets.push(s.clone());
             }
         }
     }
-    meta.annotations
-        .get_or_insert_with(BTreeMap::new)
-        .insert(consts::LAST_APPLIED_BACKUP_CONFIGURATION_HASH_ANNOTATION.into(), spec_hash(bc));
+    meta.annotations.get_or_insert_with(BTreeMap::new).insert(
+        consts::LAST_APPLIED_BACKUP_CONFIGURATION_HASH_ANNOTATION.into(),
+        spec_hash(bc),
+    );
     Ok(out)
 }
 
@@ -184,9 +205,21 @@ fn agent_container(
 /// target's volumes, and the local backend.
 fn stash_mounts(repo: &Repository, target_mounts: &[VolumeMount]) -> Vec<VolumeMount> {
     let mut mounts = vec![
-        VolumeMount { name: PODINFO_VOLUME.into(), mount_path: "/etc/stash".into(), ..Default::default() },
-        VolumeMount { name: SECRET_VOLUME.into(), mount_path: SECRET_DIR.into(), ..Default::default() },
-        VolumeMount { name: TMP_VOLUME.into(), mount_path: "/tmp".into(), ..Default::default() },
+        VolumeMount {
+            name: PODINFO_VOLUME.into(),
+            mount_path: "/etc/stash".into(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: SECRET_VOLUME.into(),
+            mount_path: SECRET_DIR.into(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: TMP_VOLUME.into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
     ];
     mounts.extend(target_mounts.iter().cloned());
     // The whole volume is mounted at `mountPath`; restic's repository is `mountPath/subPath`
@@ -212,7 +245,10 @@ fn upsert_stash_volumes(
     let mut ours = vec![
         Volume {
             name: TMP_VOLUME.into(),
-            empty_dir: Some(EmptyDirVolumeSource { medium: temp_dir.medium.clone(), size_limit: temp_dir.size_limit.clone() }),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: temp_dir.medium.clone(),
+                size_limit: temp_dir.size_limit.clone(),
+            }),
             ..Default::default()
         },
         Volume {
@@ -220,7 +256,10 @@ fn upsert_stash_volumes(
             downward_api: Some(DownwardAPIVolumeSource {
                 items: Some(vec![DownwardAPIVolumeFile {
                     path: "labels".into(),
-                    field_ref: Some(ObjectFieldSelector { field_path: "metadata.labels".into(), ..Default::default() }),
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.labels".into(),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }]),
                 ..Default::default()
@@ -229,7 +268,10 @@ fn upsert_stash_volumes(
         },
         Volume {
             name: SECRET_VOLUME.into(),
-            secret: Some(SecretVolumeSource { secret_name: Some(secret.into()), ..Default::default() }),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.into()),
+                ..Default::default()
+            }),
             ..Default::default()
         },
     ];
@@ -245,22 +287,41 @@ fn upsert_stash_volumes(
 
 fn remove_stash_volumes_if_unused(spec: &mut k8s_openapi::api::core::v1::PodSpec) {
     let sidecar = spec.containers.iter().any(|c| c.name == SIDECAR);
-    let init = spec.init_containers.iter().flatten().any(|c| c.name == INIT_CONTAINER);
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .any(|c| c.name == INIT_CONTAINER);
     if sidecar || init {
         return;
     }
     if let Some(vols) = spec.volumes.as_mut() {
-        vols.retain(|v| ![SCRATCH_VOLUME, PODINFO_VOLUME, SECRET_VOLUME, LOCAL_VOLUME, TMP_VOLUME].contains(&v.name.as_str()));
+        vols.retain(|v| {
+            ![
+                SCRATCH_VOLUME,
+                PODINFO_VOLUME,
+                SECRET_VOLUME,
+                LOCAL_VOLUME,
+                TMP_VOLUME,
+            ]
+            .contains(&v.name.as_str())
+        });
         if vols.is_empty() {
             spec.volumes = None;
         }
     }
 }
 
-fn set_annotation(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, key: &str, value: Option<String>) {
+fn set_annotation(
+    meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    key: &str,
+    value: Option<String>,
+) {
     match value {
         Some(v) => {
-            meta.annotations.get_or_insert_with(BTreeMap::new).insert(key.into(), v);
+            meta.annotations
+                .get_or_insert_with(BTreeMap::new)
+                .insert(key.into(), v);
         }
         None => {
             if let Some(a) = meta.annotations.as_mut() {
@@ -290,10 +351,24 @@ pub fn applicable_restore<'a>(
     };
     let mut matching: Vec<&RestoreSession> = sessions
         .iter()
-        .filter(|rs| rs.metadata.deletion_timestamp.is_none() && rs.spec.driver() == stash_crds::common::Driver::Restic)
-        .filter(|rs| rs.spec.target.as_ref().is_some_and(|t| kind.matches(&t.target_ref, name)))
+        .filter(|rs| {
+            rs.metadata.deletion_timestamp.is_none()
+                && rs.spec.driver() == stash_crds::common::Driver::Restic
+        })
+        .filter(|rs| {
+            rs.spec
+                .target
+                .as_ref()
+                .is_some_and(|t| kind.matches(&t.target_ref, name))
+        })
         .collect();
-    matching.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| b.metadata.creation_timestamp.cmp(&a.metadata.creation_timestamp)));
+    matching.sort_by(|a, b| {
+        rank(a).cmp(&rank(b)).then_with(|| {
+            b.metadata
+                .creation_timestamp
+                .cmp(&a.metadata.creation_timestamp)
+        })
+    });
     matching.into_iter().next()
 }
 
@@ -333,14 +408,26 @@ pub fn apply_restore(
                 spec.init_containers = None;
             }
         }
-        set_annotation(meta, consts::LAST_APPLIED_RESTORE_SESSION_HASH_ANNOTATION, None);
+        set_annotation(
+            meta,
+            consts::LAST_APPLIED_RESTORE_SESSION_HASH_ANNOTATION,
+            None,
+        );
         remove_stash_volumes_if_unused(spec);
         return Ok(out);
     };
     let secret = storage_secret(repo)?;
     let temp_dir = rs.spec.temp_dir.clone().unwrap_or_default();
-    let target_mounts = rs.spec.target.as_ref().map(|t| t.volume_mounts.as_slice()).unwrap_or_default();
-    let run = ["restore".to_string(), format!("--restore-session={}", rs.name_any())];
+    let target_mounts = rs
+        .spec
+        .target
+        .as_ref()
+        .map(|t| t.volume_mounts.as_slice())
+        .unwrap_or_default();
+    let run = [
+        "restore".to_string(),
+        format!("--restore-session={}", rs.name_any()),
+    ];
     let mut init = Container {
         // Restores write files of any owner: root by default, merged with the user's settings.
         security_context: Some(k8s_openapi::api::core::v1::SecurityContext {
@@ -350,7 +437,12 @@ pub fn apply_restore(
         }),
         ..agent_container(INIT_CONTAINER, run, repo, &temp_dir, target_mounts, cfg)
     };
-    if let Some(c) = rs.spec.runtime_settings.as_ref().and_then(|r| r.container.as_ref()) {
+    if let Some(c) = rs
+        .spec
+        .runtime_settings
+        .as_ref()
+        .and_then(|r| r.container.as_ref())
+    {
         let defaults = init.security_context.clone().unwrap_or_default();
         crate::runtime_settings::apply_container(&mut init, c);
         if let Some(user) = c.security_context.as_ref() {
@@ -361,7 +453,11 @@ pub fn apply_restore(
             if user.run_as_group.is_some() {
                 merged.run_as_group = user.run_as_group;
             }
-            let rest = k8s_openapi::api::core::v1::SecurityContext { run_as_user: merged.run_as_user, run_as_group: merged.run_as_group, ..user.clone() };
+            let rest = k8s_openapi::api::core::v1::SecurityContext {
+                run_as_user: merged.run_as_user,
+                run_as_group: merged.run_as_group,
+                ..user.clone()
+            };
             init.security_context = Some(rest);
         }
     }
@@ -370,7 +466,11 @@ pub fn apply_restore(
     inits.retain(|c| c.name != INIT_CONTAINER);
     inits.insert(0, init);
     upsert_stash_volumes(spec, repo, &secret, &temp_dir);
-    set_annotation(meta, consts::LAST_APPLIED_RESTORE_SESSION_HASH_ANNOTATION, Some(restore_hash(rs)));
+    set_annotation(
+        meta,
+        consts::LAST_APPLIED_RESTORE_SESSION_HASH_ANNOTATION,
+        Some(restore_hash(rs)),
+    );
     Ok(out)
 }
 
@@ -383,8 +483,15 @@ mod tests {
         let template = PodTemplateSpec {
             metadata: None,
             spec: Some(PodSpec {
-                containers: vec![Container { name: "app".into(), image: Some("busybox".into()), ..Default::default() }],
-                volumes: Some(vec![Volume { name: "data".into(), ..Default::default() }]),
+                containers: vec![Container {
+                    name: "app".into(),
+                    image: Some("busybox".into()),
+                    ..Default::default()
+                }],
+                volumes: Some(vec![Volume {
+                    name: "data".into(),
+                    ..Default::default()
+                }]),
                 ..Default::default()
             }),
         };
@@ -408,7 +515,10 @@ mod tests {
     }
 
     fn cfg() -> InjectConfig {
-        InjectConfig { image: "stash-rs/stash:test".into(), pushgateway_url: String::new() }
+        InjectConfig {
+            image: "stash-rs/stash:test".into(),
+            pushgateway_url: String::new(),
+        }
     }
 
     #[test]
@@ -416,19 +526,46 @@ mod tests {
         let (t, bc, repo) = fixtures();
         let out = apply_backup(&t, Some((&bc, &repo)), &cfg()).expect("inject");
         let spec = out.spec.as_ref().expect("spec");
-        let sidecar = spec.containers.iter().find(|c| c.name == SIDECAR).expect("sidecar");
+        let sidecar = spec
+            .containers
+            .iter()
+            .find(|c| c.name == SIDECAR)
+            .expect("sidecar");
         let args = sidecar.args.clone().unwrap_or_default();
         assert_eq!(args[0], "run-backup");
         assert!(args.contains(&"--backup-configuration=bc".to_string()));
-        let mounts: Vec<_> = sidecar.volume_mounts.iter().flatten().map(|m| (m.name.as_str(), m.mount_path.as_str())).collect();
+        let mounts: Vec<_> = sidecar
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.name.as_str(), m.mount_path.as_str()))
+            .collect();
         assert!(mounts.contains(&("data", "/source/data")));
         assert!(mounts.contains(&(LOCAL_VOLUME, "/safe/data")));
-        let vols: Vec<_> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
-        for v in ["data", TMP_VOLUME, PODINFO_VOLUME, SECRET_VOLUME, LOCAL_VOLUME] {
+        let vols: Vec<_> = spec
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.as_str())
+            .collect();
+        for v in [
+            "data",
+            TMP_VOLUME,
+            PODINFO_VOLUME,
+            SECRET_VOLUME,
+            LOCAL_VOLUME,
+        ] {
             assert!(vols.contains(&v), "{v} in {vols:?}");
         }
-        let ann = out.metadata.as_ref().and_then(|m| m.annotations.as_ref()).expect("annotations");
-        assert_eq!(ann[consts::LAST_APPLIED_BACKUP_CONFIGURATION_HASH_ANNOTATION], spec_hash(&bc));
+        let ann = out
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .expect("annotations");
+        assert_eq!(
+            ann[consts::LAST_APPLIED_BACKUP_CONFIGURATION_HASH_ANNOTATION],
+            spec_hash(&bc)
+        );
     }
 
     #[test]
@@ -438,14 +575,20 @@ mod tests {
         let twice = apply_backup(&once, Some((&bc, &repo)), &cfg()).expect("inject again");
         assert_eq!(once, twice);
         let removed = apply_backup(&twice, None, &cfg()).expect("remove");
-        assert_eq!(removed.spec, t.spec, "tmp-dir and every other Stash volume are removed");
+        assert_eq!(
+            removed.spec, t.spec,
+            "tmp-dir and every other Stash volume are removed"
+        );
     }
 
     #[test]
     fn a_repository_without_a_secret_is_refused() {
         let (t, bc, mut repo) = fixtures();
         repo.spec.backend.storage_secret_name = None;
-        assert_eq!(apply_backup(&t, Some((&bc, &repo)), &cfg()), Err(InjectError::NoStorageSecret("repo".into())));
+        assert_eq!(
+            apply_backup(&t, Some((&bc, &repo)), &cfg()),
+            Err(InjectError::NoStorageSecret("repo".into()))
+        );
     }
 
     #[test]

@@ -37,13 +37,20 @@ pub struct Group {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl Group {
     /// The text exposition format of the group.
     pub fn render(&self) -> String {
-        let labels = self.labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect::<Vec<_>>().join(",");
+        let labels = self
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut out = String::new();
         for s in &self.samples {
             let _ = writeln!(out, "# HELP {} {}", s.name, s.help);
@@ -59,7 +66,11 @@ impl Group {
 
     /// The pushgateway path of the group.
     pub fn path(&self) -> String {
-        format!("/metrics/job/{}/Host/{}", encode(&self.job), encode(&self.host))
+        format!(
+            "/metrics/job/{}/Host/{}",
+            encode(&self.job),
+            encode(&self.host)
+        )
     }
 }
 
@@ -74,7 +85,14 @@ fn encode(s: &str) -> String {
 }
 
 /// The metrics of one host's backup (success or failure).
-pub fn backup_group(bc: &str, kind: &str, name: &str, host: &str, duration: Duration, outcome: Option<&BackupOutcome>) -> Group {
+pub fn backup_group(
+    bc: &str,
+    kind: &str,
+    name: &str,
+    host: &str,
+    duration: Duration,
+    outcome: Option<&BackupOutcome>,
+) -> Group {
     let mut samples = vec![
         Sample {
             name: "stash_backup_session_success",
@@ -88,26 +106,60 @@ pub fn backup_group(bc: &str, kind: &str, name: &str, host: &str, duration: Dura
         },
     ];
     if let Some(o) = outcome {
-        let sum = |f: fn(&crate::backup::SnapshotResult) -> u64| o.snapshots.iter().map(f).sum::<u64>() as f64;
+        let sum = |f: fn(&crate::backup::SnapshotResult) -> u64| {
+            o.snapshots.iter().map(f).sum::<u64>() as f64
+        };
         samples.extend([
-            Sample { name: "stash_backup_data_size_bytes", help: "Bytes backed up", value: sum(|s| s.total_bytes) },
-            Sample { name: "stash_backup_data_uploaded_bytes", help: "Bytes added to the repository", value: sum(|s| s.data_added) },
+            Sample {
+                name: "stash_backup_data_size_bytes",
+                help: "Bytes backed up",
+                value: sum(|s| s.total_bytes),
+            },
+            Sample {
+                name: "stash_backup_data_uploaded_bytes",
+                help: "Bytes added to the repository",
+                value: sum(|s| s.data_added),
+            },
             Sample {
                 name: "stash_backup_data_processing_time_seconds",
                 help: "Time restic spent processing",
                 value: sum(|s| s.duration_secs),
             },
-            Sample { name: "stash_backup_files_total", help: "Files backed up", value: sum(|s| s.total_files) },
-            Sample { name: "stash_backup_files_new", help: "New files", value: sum(|s| s.files_new) },
-            Sample { name: "stash_backup_files_modified", help: "Modified files", value: sum(|s| s.files_changed) },
-            Sample { name: "stash_backup_files_unmodified", help: "Unmodified files", value: sum(|s| s.files_unmodified) },
+            Sample {
+                name: "stash_backup_files_total",
+                help: "Files backed up",
+                value: sum(|s| s.total_files),
+            },
+            Sample {
+                name: "stash_backup_files_new",
+                help: "New files",
+                value: sum(|s| s.files_new),
+            },
+            Sample {
+                name: "stash_backup_files_modified",
+                help: "Modified files",
+                value: sum(|s| s.files_changed),
+            },
+            Sample {
+                name: "stash_backup_files_unmodified",
+                help: "Unmodified files",
+                value: sum(|s| s.files_unmodified),
+            },
             Sample {
                 name: "stash_repository_integrity",
                 help: "1 if restic check found no errors",
                 value: if o.integrity { 1.0 } else { 0.0 },
             },
-            Sample { name: "stash_repository_size_bytes", help: "Repository size", value: o.repository_size as f64 },
-            Sample { name: "stash_repository_snapshot_count", help: "Snapshots in the repository", value: o.snapshot_count as f64 },
+            Sample {
+                name: "stash_repository_size_bytes",
+                help: "Repository size",
+                value: o.repository_size as f64,
+            },
+            Sample {
+                name: "stash_repository_snapshot_count",
+                help: "Snapshots in the repository",
+                value: o.snapshot_count as f64,
+            },
             Sample {
                 name: "stash_repository_snapshot_cleaned",
                 help: "Snapshots removed by the retention policy",
@@ -167,7 +219,9 @@ pub enum PushError {
 
 /// PUT `group` to the pushgateway at `url` (`http://host:port`), replacing the group.
 pub async fn push(url: &str, group: &Group) -> Result<(), PushError> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| PushError::Url(url.into()))?;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| PushError::Url(url.into()))?;
     let authority = rest.split('/').next().unwrap_or_default();
     if authority.is_empty() {
         return Err(PushError::Url(url.into()));
@@ -185,7 +239,9 @@ pub async fn push(url: &str, group: &Group) -> Result<(), PushError> {
         s.read_to_end(&mut answer).await?;
         Ok::<_, std::io::Error>(answer)
     };
-    let answer = tokio::time::timeout(Duration::from_secs(10), exchange).await.map_err(|_| PushError::Timeout)??;
+    let answer = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| PushError::Timeout)??;
     let text = String::from_utf8_lossy(&answer);
     let status = text.lines().next().unwrap_or_default().to_string();
     if status.starts_with("HTTP/1.1 2") || status.starts_with("HTTP/1.0 2") {
@@ -215,14 +271,24 @@ mod tests {
         let g = restore_group("rs", "host-1", Duration::from_secs(2), true);
         assert_eq!(g.path(), "/metrics/job/rs/Host/host-1");
         let text = g.render();
-        assert!(text.contains("stash_restore_session_success{RestoreSession=\"rs\"} 1\n"), "{text}");
+        assert!(
+            text.contains("stash_restore_session_success{RestoreSession=\"rs\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE stash_restore_session_duration_total_seconds gauge"));
         assert_eq!(encode("a b/c"), "a%20b%2Fc");
     }
 
     #[test]
     fn a_failed_backup_pushes_only_success_and_duration() {
-        let g = backup_group("bc", "Deployment", "app", "host-0", Duration::from_secs(1), None);
+        let g = backup_group(
+            "bc",
+            "Deployment",
+            "app",
+            "host-0",
+            Duration::from_secs(1),
+            None,
+        );
         assert_eq!(g.samples.len(), 2);
         assert_eq!(g.samples[0].value, 0.0);
     }

@@ -24,22 +24,41 @@ pub enum Plan {
 
 /// The plan for `host`, or why there is none (decision 2: a host no rule matches is an error).
 pub fn plan(rs: &RestoreSession, host: &str, default_paths: &[String]) -> Result<Plan, String> {
-    let rules: Vec<machine::Rule> =
-        rs.spec.rules.iter().map(|r| machine::Rule { target_hosts: r.target_hosts.clone() }).collect();
+    let rules: Vec<machine::Rule> = rs
+        .spec
+        .rules
+        .iter()
+        .map(|r| machine::Rule {
+            target_hosts: r.target_hosts.clone(),
+        })
+        .collect();
     let rule: &Rule = match machine::resolve_rule(host, &rules) {
         RuleMatch::Rule(i) => &rs.spec.rules[i],
         RuleMatch::NoRuleMatched if rs.spec.rules.is_empty() && !default_paths.is_empty() => {
-            return Ok(Plan::Paths { source_host: host.into(), paths: default_paths.to_vec() });
+            return Ok(Plan::Paths {
+                source_host: host.into(),
+                paths: default_paths.to_vec(),
+            });
         }
         RuleMatch::NoRuleMatched => return Err(format!("no restore rule matches host {host}")),
     };
     if !rule.snapshots.is_empty() {
         return Ok(Plan::Snapshots(rule.snapshots.clone()));
     }
-    let source_host = rule.source_host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| host.into());
-    let paths = if rule.paths.is_empty() { default_paths.to_vec() } else { rule.paths.clone() };
+    let source_host = rule
+        .source_host
+        .clone()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| host.into());
+    let paths = if rule.paths.is_empty() {
+        default_paths.to_vec()
+    } else {
+        rule.paths.clone()
+    };
     if paths.is_empty() {
-        return Err(format!("the rule for host {host} names neither snapshots nor paths"));
+        return Err(format!(
+            "the rule for host {host} names neither snapshots nor paths"
+        ));
     }
     Ok(Plan::Paths { source_host, paths })
 }
@@ -53,13 +72,20 @@ fn snapshot_id(name: &str) -> &str {
 }
 
 /// Carry out `plan` into `target` (`/` inside the pod's mount namespace).
-pub async fn run(repo: &Repository, plan: &Plan, settings: &Settings, target: &Path) -> Result<(), String> {
+pub async fn run(
+    repo: &Repository,
+    plan: &Plan,
+    settings: &Settings,
+    target: &Path,
+) -> Result<(), String> {
     let r = crate::backup::open(repo, settings)?;
     match plan {
         Plan::Snapshots(ids) => {
             for id in ids {
                 let opts = restic::RestoreOptions::new(snapshot_id(id), target);
-                r.restore(&opts).await.map_err(|e| format!("restore of snapshot {id}: {e}"))?;
+                r.restore(&opts)
+                    .await
+                    .map_err(|e| format!("restore of snapshot {id}: {e}"))?;
             }
         }
         Plan::Paths { source_host, paths } => {
@@ -67,7 +93,9 @@ pub async fn run(repo: &Repository, plan: &Plan, settings: &Settings, target: &P
                 let mut opts = restic::RestoreOptions::new("latest", target);
                 opts.host = Some(source_host.clone());
                 opts.paths = vec![p.clone()];
-                r.restore(&opts).await.map_err(|e| format!("restore of {p} from host {source_host}: {e}"))?;
+                r.restore(&opts)
+                    .await
+                    .map_err(|e| format!("restore of {p} from host {source_host}: {e}"))?;
             }
         }
     }
@@ -95,12 +123,21 @@ mod tests {
         ]));
         assert_eq!(
             plan(&r, "host-0", &[]),
-            Ok(Plan::Paths { source_host: "host-1".into(), paths: vec!["/source/data".into()] })
+            Ok(Plan::Paths {
+                source_host: "host-1".into(),
+                paths: vec!["/source/data".into()]
+            })
         );
-        assert_eq!(plan(&r, "host-2", &[]), Ok(Plan::Snapshots(vec!["repo-0123abcd".into()])));
+        assert_eq!(
+            plan(&r, "host-2", &[]),
+            Ok(Plan::Snapshots(vec!["repo-0123abcd".into()]))
+        );
         assert_eq!(
             plan(&r, "host-5", &[]),
-            Ok(Plan::Paths { source_host: "host-5".into(), paths: vec!["/source/data".into()] })
+            Ok(Plan::Paths {
+                source_host: "host-5".into(),
+                paths: vec!["/source/data".into()]
+            })
         );
         assert_eq!(snapshot_id("repo-0123abcd"), "0123abcd");
         assert_eq!(snapshot_id("0123abcd"), "0123abcd");
@@ -109,6 +146,9 @@ mod tests {
     #[test]
     fn a_host_no_rule_matches_is_an_error() {
         let r = rs(serde_json::json!([{"targetHosts": ["host-0"], "paths": ["/a"]}]));
-        assert_eq!(plan(&r, "host-1", &[]), Err("no restore rule matches host host-1".into()));
+        assert_eq!(
+            plan(&r, "host-1", &[]),
+            Err("no restore rule matches host host-1".into())
+        );
     }
 }

@@ -15,7 +15,9 @@ fn upsert_env(env: &mut Vec<EnvVar>, var: EnvVar) {
 /// Apply container-level settings to `c`.
 pub fn apply_container(c: &mut Container, s: &ContainerRuntimeSettings) {
     if let Some(r) = &s.resources {
-        let res = c.resources.get_or_insert_with(ResourceRequirements::default);
+        let res = c
+            .resources
+            .get_or_insert_with(ResourceRequirements::default);
         if r.limits.as_ref().is_some_and(|l| !l.is_empty()) {
             res.limits = r.limits.clone();
         }
@@ -36,13 +38,19 @@ pub fn apply_container(c: &mut Container, s: &ContainerRuntimeSettings) {
         c.security_context = s.security_context.clone();
     }
     if !s.env_from.is_empty() {
-        c.env_from.get_or_insert_with(Vec::new).extend(s.env_from.iter().cloned());
+        c.env_from
+            .get_or_insert_with(Vec::new)
+            .extend(s.env_from.iter().cloned());
     }
     let env = c.env.get_or_insert_with(Vec::new);
     for v in &s.env {
         upsert_env(env, v.clone());
     }
-    let plain = |name: &str, v: i32| EnvVar { name: name.into(), value: Some(v.to_string()), ..Default::default() };
+    let plain = |name: &str, v: i32| EnvVar {
+        name: name.into(),
+        value: Some(v.to_string()),
+        ..Default::default()
+    };
     if let Some(adj) = s.nice.as_ref().and_then(|n| n.adjustment) {
         upsert_env(env, plain("NICE_ADJUSTMENT", adj));
     }
@@ -74,17 +82,34 @@ mod tests {
         }))
         .expect("settings");
         let mut c = Container {
-            env: Some(vec![EnvVar { name: "A".into(), value: Some("1".into()), ..Default::default() }]),
+            env: Some(vec![EnvVar {
+                name: "A".into(),
+                value: Some("1".into()),
+                ..Default::default()
+            }]),
             ..Default::default()
         };
         apply_container(&mut c, &s);
-        let req = c.resources.and_then(|r| r.requests).expect("requests applied");
+        let req = c
+            .resources
+            .and_then(|r| r.requests)
+            .expect("requests applied");
         assert_eq!(req["cpu"], Quantity("100m".into()));
-        let env: Vec<_> = c.env.unwrap_or_default().into_iter().map(|e| (e.name, e.value.unwrap_or_default())).collect();
+        let env: Vec<_> = c
+            .env
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.name, e.value.unwrap_or_default()))
+            .collect();
         assert_eq!(
             env,
-            [("A", "2"), ("NICE_ADJUSTMENT", "5"), ("IONICE_CLASS", "2"), ("IONICE_CLASS_DATA", "4")]
-                .map(|(a, b)| (a.to_string(), b.to_string()))
+            [
+                ("A", "2"),
+                ("NICE_ADJUSTMENT", "5"),
+                ("IONICE_CLASS", "2"),
+                ("IONICE_CLASS_DATA", "4")
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
         );
     }
 }

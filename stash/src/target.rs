@@ -82,23 +82,44 @@ mod tests {
     use super::*;
 
     fn r(api: &str, kind: &str, name: &str) -> TargetRef {
-        TargetRef { api_version: Some(api.into()), kind: Some(kind.into()), name: Some(name.into()) }
+        TargetRef {
+            api_version: Some(api.into()),
+            kind: Some(kind.into()),
+            name: Some(name.into()),
+        }
     }
 
     #[test]
     fn matching_compares_api_version_kind_and_name_exactly() {
         assert!(WorkloadKind::Deployment.matches(&r("apps/v1", "Deployment", "app"), "app"));
-        assert!(!WorkloadKind::Deployment.matches(&r("extensions/v1beta1", "Deployment", "app"), "app"));
+        assert!(
+            !WorkloadKind::Deployment.matches(&r("extensions/v1beta1", "Deployment", "app"), "app")
+        );
         assert!(!WorkloadKind::Deployment.matches(&r("apps/v1", "Deployment", "other"), "app"));
-        assert!(WorkloadKind::ReplicationController.matches(&r("v1", "ReplicationController", "rc"), "rc"));
-        assert_eq!(WorkloadKind::of(&r("v1", "PersistentVolumeClaim", "pvc")), None);
+        assert!(
+            WorkloadKind::ReplicationController
+                .matches(&r("v1", "ReplicationController", "rc"), "rc")
+        );
+        assert_eq!(
+            WorkloadKind::of(&r("v1", "PersistentVolumeClaim", "pvc")),
+            None
+        );
     }
 
     #[test]
     fn hosts_follow_the_workload_kind() {
-        assert_eq!(backup_host(Some(WorkloadKind::StatefulSet), "db-2", "node"), "host-2");
-        assert_eq!(backup_host(Some(WorkloadKind::DaemonSet), "ds-xyz", "node-a"), "node-a");
-        assert_eq!(backup_host(Some(WorkloadKind::Deployment), "app-5f7-abc", "node"), "host-0");
+        assert_eq!(
+            backup_host(Some(WorkloadKind::StatefulSet), "db-2", "node"),
+            "host-2"
+        );
+        assert_eq!(
+            backup_host(Some(WorkloadKind::DaemonSet), "ds-xyz", "node-a"),
+            "node-a"
+        );
+        assert_eq!(
+            backup_host(Some(WorkloadKind::Deployment), "app-5f7-abc", "node"),
+            "host-0"
+        );
         assert_eq!(backup_host(None, "x", "node"), "host-0");
     }
 }

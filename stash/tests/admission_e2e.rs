@@ -35,16 +35,27 @@ fn examples_dir() -> PathBuf {
 /// `kubectl <args>` with `stdin`; (success, stdout, stderr).
 fn kubectl(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     let mut cmd = cp.kubectl().expect("kubectl");
-    cmd.args(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd.args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     if stdin.is_some() {
         cmd.stdin(std::process::Stdio::piped());
     }
     let mut child = cmd.spawn().expect("spawn kubectl");
     if let Some(input) = stdin {
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
     }
     let out = child.wait_with_output().expect("kubectl");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 fn yaml_docs(path: &Path) -> Vec<serde_json::Value> {
@@ -59,8 +70,12 @@ fn yaml_docs(path: &Path) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread")]
 async fn admission_webhooks_of_the_installed_operator() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cp = stash_testenv::shared().await.unwrap_or_else(|e| panic!("the cluster must be running: {e}"));
-    admission::xray(&cp.client(), Duration::from_secs(60)).await.expect("the installed validating webhook is active");
+    let cp = stash_testenv::shared()
+        .await
+        .unwrap_or_else(|e| panic!("the cluster must be running: {e}"));
+    admission::xray(&cp.client(), Duration::from_secs(60))
+        .await
+        .expect("the installed validating webhook is active");
     corpus_is_rejected(cp).await;
     upstream_examples_are_admitted(cp).await;
     sidecar_is_injected_at_creation(cp).await;
@@ -72,20 +87,63 @@ async fn admission_webhooks_of_the_installed_operator() {
 /// the Secret is reused, and requests are decided by the new pods.
 async fn a_restart_reuses_the_stored_certificate(cp: &ControlPlane) {
     let secrets = Api::<Secret>::namespaced(cp.client(), "stash-system");
-    let before = secrets.get(admission::CERT_SECRET).await.expect("the webhook certificate Secret");
-    let (ok, _, err) = kubectl(cp, &["rollout", "restart", "deployment/stash-operator", "-n", "stash-system"], None);
+    let before = secrets
+        .get(admission::CERT_SECRET)
+        .await
+        .expect("the webhook certificate Secret");
+    let (ok, _, err) = kubectl(
+        cp,
+        &[
+            "rollout",
+            "restart",
+            "deployment/stash-operator",
+            "-n",
+            "stash-system",
+        ],
+        None,
+    );
     assert!(ok, "rollout restart: {err}");
-    let (ok, _, err) = kubectl(cp, &["rollout", "status", "deployment/stash-operator", "-n", "stash-system", "--timeout=180s"], None);
+    let (ok, _, err) = kubectl(
+        cp,
+        &[
+            "rollout",
+            "status",
+            "deployment/stash-operator",
+            "-n",
+            "stash-system",
+            "--timeout=180s",
+        ],
+        None,
+    );
     assert!(ok, "rollout status: {err}");
     let after = secrets.get(admission::CERT_SECRET).await.expect("secret");
-    assert_eq!(before.data, after.data, "a restart reuses the stored certificate");
-    let ns = cp.namespace("admission-restarted").await.expect("namespace");
+    assert_eq!(
+        before.data, after.data,
+        "a restart reuses the stored certificate"
+    );
+    let ns = cp
+        .namespace("admission-restarted")
+        .await
+        .expect("namespace");
     let file = corpus_dir().join("repository-wipeout-local.yaml");
     let mut last = String::new();
     for _ in 0..60 {
-        let (ok, _, err) = kubectl(cp, &["apply", "--server-side", "-f", &file.to_string_lossy(), "-n", &ns.name], None);
+        let (ok, _, err) = kubectl(
+            cp,
+            &[
+                "apply",
+                "--server-side",
+                "-f",
+                &file.to_string_lossy(),
+                "-n",
+                &ns.name,
+            ],
+            None,
+        );
         if !ok && err.contains("wipe out operation is not supported for local backend") {
-            println!("admission: a restart reused the stored certificate; the new pods decide requests");
+            println!(
+                "admission: a restart reused the stored certificate; the new pods decide requests"
+            );
             return;
         }
         last = err;
@@ -100,7 +158,9 @@ async fn corpus_is_rejected(cp: &ControlPlane) {
     let (ok, _, err) = kubectl(
         cp,
         &["apply", "--server-side", "-f", "-"],
-        Some("apiVersion: stash.appscode.com/v1beta1\nkind: Function\nmetadata:\n  name: admission-corpus-fn\nspec:\n  image: stash-rs/stash:test\n"),
+        Some(
+            "apiVersion: stash.appscode.com/v1beta1\nkind: Function\nmetadata:\n  name: admission-corpus-fn\nspec:\n  image: stash-rs/stash:test\n",
+        ),
     );
     assert!(ok, "create Function admission-corpus-fn: {err}");
 
@@ -121,25 +181,46 @@ async fn corpus_is_rejected(cp: &ControlPlane) {
             .unwrap_or_else(|| panic!("{} must start with `# expect: <message>`", file.display()))
             .trim()
             .to_string();
-        let kind = yaml_docs(file)[0]["kind"].as_str().unwrap_or_default().to_string();
+        let kind = yaml_docs(file)[0]["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         *kinds.entry(kind).or_default() += 1;
         let path = file.to_string_lossy();
-        let (ok, stdout, stderr) = kubectl(cp, &["apply", "--server-side", "-f", &path, "-n", &ns.name], None);
+        let (ok, stdout, stderr) = kubectl(
+            cp,
+            &["apply", "--server-side", "-f", &path, "-n", &ns.name],
+            None,
+        );
         let name = file.file_name().unwrap_or_default().to_string_lossy();
         if ok {
             failures.push(format!("{name}: admitted ({})", stdout.trim()));
         } else if !stderr.contains(&expect) {
-            failures.push(format!("{name}: rejected, but without {expect:?}:\n{}", stderr.trim()));
+            failures.push(format!(
+                "{name}: rejected, but without {expect:?}:\n{}",
+                stderr.trim()
+            ));
         } else if !stderr.contains("admission webhook") {
-            failures.push(format!("{name}: rejected, but not by a webhook:\n{}", stderr.trim()));
+            failures.push(format!(
+                "{name}: rejected, but not by a webhook:\n{}",
+                stderr.trim()
+            ));
         } else {
             println!("rejected {name}: {}", stderr.trim());
         }
     }
     let total = files.len();
-    stash_testenv::report(&format!("admission: {}/{total} invalid manifests rejected ({kinds:?})", total - failures.len()));
+    stash_testenv::report(&format!(
+        "admission: {}/{total} invalid manifests rejected ({kinds:?})",
+        total - failures.len()
+    ));
     assert!(total >= 40, "the corpus has only {total} manifests");
-    assert!(failures.is_empty(), "{} of {total} corpus manifests wrong:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {total} corpus manifests wrong:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Same scope as tests/conformance.rs.
@@ -176,11 +257,20 @@ async fn upstream_examples_are_admitted(cp: &ControlPlane) {
             // postgres-backup-appbinding.yaml has a stray `...` (end of document) inside its
             // metadata, which leaves the AppBinding without metadata: not a manifest.
             if d["metadata"].is_null() {
-                println!("admission: skipping a document of {} without metadata", f.display());
+                println!(
+                    "admission: skipping a document of {} without metadata",
+                    f.display()
+                );
                 continue;
             }
             if IN_SCOPE.contains(&(gvk.group.as_str(), gvk.kind.as_str())) {
-                docs.push((f.file_name().unwrap_or_default().to_string_lossy().to_string(), d));
+                docs.push((
+                    f.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .to_string(),
+                    d,
+                ));
             }
         }
     }
@@ -194,7 +284,9 @@ async fn upstream_examples_are_admitted(cp: &ControlPlane) {
     let (mut admitted, mut failures) = (0, Vec::new());
     for (file, doc) in &docs {
         let gvk = gvk_of(doc);
-        let (ar, caps) = discovery::pinned_kind(&client, &gvk).await.expect("discovery");
+        let (ar, caps) = discovery::pinned_kind(&client, &gvk)
+            .await
+            .expect("discovery");
         let mut obj: DynamicObject = serde_json::from_value(doc.clone()).expect("object");
         let api: Api<DynamicObject> = match caps.scope {
             discovery::Scope::Namespaced => {
@@ -207,7 +299,16 @@ async fn upstream_examples_are_admitted(cp: &ControlPlane) {
                 let name = obj.metadata.name.clone().expect("name");
                 obj.metadata.name = Some(format!("{name}-admission"));
                 let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
-                match api.create(&PostParams { dry_run: true, ..Default::default() }, &obj).await {
+                match api
+                    .create(
+                        &PostParams {
+                            dry_run: true,
+                            ..Default::default()
+                        },
+                        &obj,
+                    )
+                    .await
+                {
                     Ok(_) => admitted += 1,
                     Err(e) => failures.push(format!("{file} ({} {name}): {e}", gvk.kind)),
                 }
@@ -219,7 +320,9 @@ async fn upstream_examples_are_admitted(cp: &ControlPlane) {
         // session specs are immutable), so an earlier namesake is deleted first.
         let mut result = api.create(&PostParams::default(), &obj).await;
         if matches!(&result, Err(kube::Error::Api(s)) if s.code == 409) {
-            api.delete(&name, &Default::default()).await.expect("delete namesake");
+            api.delete(&name, &Default::default())
+                .await
+                .expect("delete namesake");
             for _ in 0..100 {
                 if api.get_opt(&name).await.expect("get").is_none() {
                     break;
@@ -233,11 +336,33 @@ async fn upstream_examples_are_admitted(cp: &ControlPlane) {
             Err(e) => failures.push(format!("{file} ({} {name}): {e}", gvk.kind)),
         }
     }
-    stash_testenv::report(&format!("admission: {admitted}/{} upstream examples of our kinds admitted", docs.len()));
-    assert!(docs.len() >= 80, "expected the full upstream corpus, found {}", docs.len());
-    assert!(failures.is_empty(), "rejected upstream examples:\n{}", failures.join("\n"));
+    stash_testenv::report(&format!(
+        "admission: {admitted}/{} upstream examples of our kinds admitted",
+        docs.len()
+    ));
+    assert!(
+        docs.len() >= 80,
+        "expected the full upstream corpus, found {}",
+        docs.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "rejected upstream examples:\n{}",
+        failures.join("\n")
+    );
     // The defaulting webhook labelled the manual BackupSessions.
-    let sessions = kubectl(cp, &["get", "backupsessions", "-n", &ns.name, "-o", "jsonpath={range .items[*]}{.metadata.labels.stash\\.appscode\\.com/backup-configuration}={.spec.backupConfiguration.name} {end}"], None);
+    let sessions = kubectl(
+        cp,
+        &[
+            "get",
+            "backupsessions",
+            "-n",
+            &ns.name,
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.labels.stash\\.appscode\\.com/backup-configuration}={.spec.backupConfiguration.name} {end}",
+        ],
+        None,
+    );
     assert!(sessions.0, "{}", sessions.2);
     for pair in sessions.1.split_whitespace() {
         let (label, spec) = pair.split_once('=').expect("pair");
@@ -316,44 +441,104 @@ spec:
 }
 
 fn containers(d: &Deployment) -> Vec<String> {
-    d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).map(|s| s.containers.iter().map(|c| c.name.clone()).collect()).unwrap_or_default()
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
+        .unwrap_or_default()
 }
 
 async fn sidecar_is_injected_at_creation(cp: &ControlPlane) {
     let ns = cp.namespace("admission-inject").await.expect("namespace");
-    let (ok, _, err) = kubectl(cp, &["create", "-n", &ns.name, "-f", "-"], Some(REPO_AND_BC));
+    let (ok, _, err) = kubectl(
+        cp,
+        &["create", "-n", &ns.name, "-f", "-"],
+        Some(REPO_AND_BC),
+    );
     assert!(ok, "create Repository and BackupConfiguration: {err}");
-    let (ok, _, err) = kubectl(cp, &["create", "-n", &ns.name, "-f", "-"], Some(&deployment("1")));
+    let (ok, _, err) = kubectl(
+        cp,
+        &["create", "-n", &ns.name, "-f", "-"],
+        Some(&deployment("1")),
+    );
     assert!(ok, "create Deployment: {err}");
     let api = Api::<Deployment>::namespaced(cp.client(), &ns.name);
     let created = api.get("stash-demo").await.expect("deployment");
-    assert!(containers(&created).contains(&"stash".to_string()), "sidecar at creation: {:?}", containers(&created));
-    assert_eq!(created.metadata.generation, Some(1), "injected by the webhook, not by a later update");
+    assert!(
+        containers(&created).contains(&"stash".to_string()),
+        "sidecar at creation: {:?}",
+        containers(&created)
+    );
+    assert_eq!(
+        created.metadata.generation,
+        Some(1),
+        "injected by the webhook, not by a later update"
+    );
     let annotations = created.metadata.annotations.clone().unwrap_or_default();
-    assert!(annotations.contains_key(stash_crds::consts::LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION), "{annotations:?}");
-    let sidecar = created.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|s| s.containers.iter().find(|c| c.name == "stash")).cloned().expect("sidecar");
-    assert!(sidecar.args.unwrap_or_default().contains(&"--backup-configuration=deployment-backup".to_string()));
-    println!("admission: Deployment created with containers {:?}", containers(&created));
+    assert!(
+        annotations.contains_key(stash_crds::consts::LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION),
+        "{annotations:?}"
+    );
+    let sidecar = created
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.containers.iter().find(|c| c.name == "stash"))
+        .cloned()
+        .expect("sidecar");
+    assert!(
+        sidecar
+            .args
+            .unwrap_or_default()
+            .contains(&"--backup-configuration=deployment-backup".to_string())
+    );
+    println!(
+        "admission: Deployment created with containers {:?}",
+        containers(&created)
+    );
 
     // An UPDATE that leaves the sidecar out keeps it.
-    let (ok, _, err) = kubectl(cp, &["replace", "-n", &ns.name, "-f", "-"], Some(&deployment("2")));
+    let (ok, _, err) = kubectl(
+        cp,
+        &["replace", "-n", &ns.name, "-f", "-"],
+        Some(&deployment("2")),
+    );
     assert!(ok, "replace Deployment: {err}");
     let updated = api.get("stash-demo").await.expect("deployment");
-    assert_eq!(updated.metadata.labels.as_ref().and_then(|l| l.get("revision")).map(String::as_str), Some("2"));
-    assert!(containers(&updated).contains(&"stash".to_string()), "sidecar kept on update: {:?}", containers(&updated));
+    assert_eq!(
+        updated
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("revision"))
+            .map(String::as_str),
+        Some("2")
+    );
+    assert!(
+        containers(&updated).contains(&"stash".to_string()),
+        "sidecar kept on update: {:?}",
+        containers(&updated)
+    );
     assert_eq!(
         updated.spec.as_ref().map(|s| &s.template),
         created.spec.as_ref().map(|s| &s.template),
         "the pod template did not change, so no rollout"
     );
-    println!("admission: Deployment replaced without the sidecar keeps {:?}", containers(&updated));
+    println!(
+        "admission: Deployment replaced without the sidecar keeps {:?}",
+        containers(&updated)
+    );
 
     // A RestoreSession targeting the Deployment: an UPDATE gets the `stash-init`
     // init-container from the webhook (the same decision as the controller path).
     let rs = "apiVersion: stash.appscode.com/v1beta1\nkind: RestoreSession\nmetadata:\n  name: deployment-restore\nspec:\n  repository:\n    name: s3-repo\n  target:\n    ref:\n      apiVersion: apps/v1\n      kind: Deployment\n      name: stash-demo\n    volumeMounts:\n    - name: source-data\n      mountPath: /source/data\n  rules:\n  - paths:\n    - /source/data\n";
     let (ok, _, err) = kubectl(cp, &["create", "-n", &ns.name, "-f", "-"], Some(rs));
     assert!(ok, "create RestoreSession: {err}");
-    let (ok, _, err) = kubectl(cp, &["replace", "-n", &ns.name, "-f", "-"], Some(&deployment("3")));
+    let (ok, _, err) = kubectl(
+        cp,
+        &["replace", "-n", &ns.name, "-f", "-"],
+        Some(&deployment("3")),
+    );
     assert!(ok, "replace Deployment: {err}");
     let restored = api.get("stash-demo").await.expect("deployment");
     let inits: Vec<String> = restored
@@ -363,35 +548,131 @@ async fn sidecar_is_injected_at_creation(cp: &ControlPlane) {
         .and_then(|s| s.init_containers.as_ref())
         .map(|c| c.iter().map(|c| c.name.clone()).collect())
         .unwrap_or_default();
-    assert_eq!(inits, ["stash-init"], "init-container injected by the webhook");
-    assert!(containers(&restored).contains(&"stash".to_string()), "and the sidecar kept");
+    assert_eq!(
+        inits,
+        ["stash-init"],
+        "init-container injected by the webhook"
+    );
+    assert!(
+        containers(&restored).contains(&"stash".to_string()),
+        "and the sidecar kept"
+    );
     let annotations = restored.metadata.annotations.clone().unwrap_or_default();
-    assert!(annotations.contains_key(stash_crds::consts::LAST_APPLIED_RESTORE_SESSION_ANNOTATION), "{annotations:?}");
+    assert!(
+        annotations.contains_key(stash_crds::consts::LAST_APPLIED_RESTORE_SESSION_ANNOTATION),
+        "{annotations:?}"
+    );
     println!("admission: Deployment updated with init-containers {inits:?}");
 }
 
 async fn sessions_are_immutable(cp: &ControlPlane) {
-    let ns = cp.namespace("admission-immutable").await.expect("namespace");
+    let ns = cp
+        .namespace("admission-immutable")
+        .await
+        .expect("namespace");
     let bs = |name: &str| {
-        format!("apiVersion: stash.appscode.com/v1beta1\nkind: BackupSession\nmetadata:\n  name: manual\nspec:\n  backupConfiguration:\n    name: {name}\n")
+        format!(
+            "apiVersion: stash.appscode.com/v1beta1\nkind: BackupSession\nmetadata:\n  name: manual\nspec:\n  backupConfiguration:\n    name: {name}\n"
+        )
     };
-    let (ok, _, err) = kubectl(cp, &["create", "-n", &ns.name, "-f", "-"], Some(&bs("deployment-backup")));
-    assert!(ok, "a manual BackupSession without the label is admitted (defaulted): {err}");
-    let (ok, out, _) = kubectl(cp, &["get", "backupsession", "manual", "-n", &ns.name, "-o", "jsonpath={.metadata.labels}"], None);
-    assert!(ok && out.contains("deployment-backup"), "label defaulted: {out}");
-    let (ok, _, err) = kubectl(cp, &["apply", "--server-side", "--force-conflicts", "-n", &ns.name, "-f", "-"], Some(&bs("other")));
-    assert!(!ok && err.contains("spec: BackupSession spec is immutable"), "{err}");
-    let (ok, _, err) = kubectl(cp, &["label", "backupsession", "manual", "-n", &ns.name, "note=metadata-is-fine"], None);
+    let (ok, _, err) = kubectl(
+        cp,
+        &["create", "-n", &ns.name, "-f", "-"],
+        Some(&bs("deployment-backup")),
+    );
+    assert!(
+        ok,
+        "a manual BackupSession without the label is admitted (defaulted): {err}"
+    );
+    let (ok, out, _) = kubectl(
+        cp,
+        &[
+            "get",
+            "backupsession",
+            "manual",
+            "-n",
+            &ns.name,
+            "-o",
+            "jsonpath={.metadata.labels}",
+        ],
+        None,
+    );
+    assert!(
+        ok && out.contains("deployment-backup"),
+        "label defaulted: {out}"
+    );
+    let (ok, _, err) = kubectl(
+        cp,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-n",
+            &ns.name,
+            "-f",
+            "-",
+        ],
+        Some(&bs("other")),
+    );
+    assert!(
+        !ok && err.contains("spec: BackupSession spec is immutable"),
+        "{err}"
+    );
+    let (ok, _, err) = kubectl(
+        cp,
+        &[
+            "label",
+            "backupsession",
+            "manual",
+            "-n",
+            &ns.name,
+            "note=metadata-is-fine",
+        ],
+        None,
+    );
     assert!(ok, "metadata updates pass: {err}");
 
     let rs = |path: &str| {
-        format!("apiVersion: stash.appscode.com/v1beta1\nkind: RestoreSession\nmetadata:\n  name: restore\nspec:\n  repository:\n    name: s3-repo\n  rules:\n  - paths: [\"{path}\"]\n")
+        format!(
+            "apiVersion: stash.appscode.com/v1beta1\nkind: RestoreSession\nmetadata:\n  name: restore\nspec:\n  repository:\n    name: s3-repo\n  rules:\n  - paths: [\"{path}\"]\n"
+        )
     };
-    let (ok, _, err) = kubectl(cp, &["create", "-n", &ns.name, "-f", "-"], Some(&rs("/source/data")));
+    let (ok, _, err) = kubectl(
+        cp,
+        &["create", "-n", &ns.name, "-f", "-"],
+        Some(&rs("/source/data")),
+    );
     assert!(ok, "create RestoreSession: {err}");
-    let (ok, out, _) = kubectl(cp, &["get", "restoresession", "restore", "-n", &ns.name, "-o", "jsonpath={.spec.driver}"], None);
+    let (ok, out, _) = kubectl(
+        cp,
+        &[
+            "get",
+            "restoresession",
+            "restore",
+            "-n",
+            &ns.name,
+            "-o",
+            "jsonpath={.spec.driver}",
+        ],
+        None,
+    );
     assert!(ok && out == "Restic", "driver defaulted to Restic: {out:?}");
-    let (ok, _, err) = kubectl(cp, &["apply", "--server-side", "--force-conflicts", "-n", &ns.name, "-f", "-"], Some(&rs("/other")));
-    assert!(!ok && err.contains("spec: RestoreSession spec is immutable"), "{err}");
+    let (ok, _, err) = kubectl(
+        cp,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-n",
+            &ns.name,
+            "-f",
+            "-",
+        ],
+        Some(&rs("/other")),
+    );
+    assert!(
+        !ok && err.contains("spec: RestoreSession spec is immutable"),
+        "{err}"
+    );
     println!("admission: BackupSession and RestoreSession specs are immutable");
 }

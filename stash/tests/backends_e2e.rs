@@ -27,11 +27,26 @@ async fn workload(prefix: &str) -> (stash_testenv::TestNamespace, std::path::Pat
 
 /// Back up `app` into Repository `repo` (already applied) and check restic's view at
 /// `restic_url` with the environment `restic_env`.
-async fn backup_and_verify(client: &Client, ns: &str, source: &std::path::Path, restic_url: &str, restic_env: &[(&str, &str)]) {
+async fn backup_and_verify(
+    client: &Client,
+    ns: &str,
+    source: &std::path::Path,
+    restic_url: &str,
+    restic_env: &[(&str, &str)],
+) {
     let env = env().await;
-    apply(client, ns, deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({
-        "retentionPolicy": {"name": "keep-last-5", "keepLast": 5, "prune": true}
-    })))
+    apply(
+        client,
+        ns,
+        deployment_backup_configuration(
+            "app",
+            "repo",
+            "0 0 1 1 *",
+            json!({
+                "retentionPolicy": {"name": "keep-last-5", "keepLast": 5, "prune": true}
+            }),
+        ),
+    )
     .await;
     wait_sidecar_ready(client, ns, "app", Duration::from_secs(90)).await;
     create_backup_session(client, ns, "app-backup", "remote").await;
@@ -41,7 +56,10 @@ async fn backup_and_verify(client: &Client, ns: &str, source: &std::path::Path, 
         dump_logs(env.cp);
     }
     assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
-    let short = status.stats[0].snapshots[0].name.clone().expect("snapshot name");
+    let short = status.stats[0].snapshots[0]
+        .name
+        .clone()
+        .expect("snapshot name");
 
     let with_env = |mut c: std::process::Command| {
         for (k, v) in restic_env {
@@ -49,8 +67,15 @@ async fn backup_and_verify(client: &Client, ns: &str, source: &std::path::Path, 
         }
         c
     };
-    let out = with_env(restic(restic_url, PASSWORD)).args(["snapshots", "--json"]).output().expect("restic snapshots");
-    assert!(out.status.success(), "restic snapshots: {}", String::from_utf8_lossy(&out.stderr));
+    let out = with_env(restic(restic_url, PASSWORD))
+        .args(["snapshots", "--json"])
+        .output()
+        .expect("restic snapshots");
+    assert!(
+        out.status.success(),
+        "restic snapshots: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let snaps: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(snaps.len(), 1, "{snaps:?}");
     assert_eq!(snaps[0]["hostname"], "host-0");
@@ -62,12 +87,22 @@ async fn backup_and_verify(client: &Client, ns: &str, source: &std::path::Path, 
         .arg(scratch.path())
         .output()
         .expect("restic restore");
-    assert!(out.status.success(), "restic restore: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "restic restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let restored = checksums(&scratch.path().join("source/data"));
     let original = checksums(source);
     assert!(!original.is_empty());
-    assert_eq!(restored, original, "restored bytes differ from the originals");
-    let r = kube::Api::<stash_crds::Repository>::namespaced(client.clone(), ns).get("repo").await.expect("repo");
+    assert_eq!(
+        restored, original,
+        "restored bytes differ from the originals"
+    );
+    let r = kube::Api::<stash_crds::Repository>::namespaced(client.clone(), ns)
+        .get("repo")
+        .await
+        .expect("repo");
     let rs = r.status.expect("repository status");
     assert_eq!(rs.snapshot_count, Some(1), "{rs:?}");
     assert_eq!(rs.integrity, Some(true));
@@ -83,13 +118,23 @@ async fn a_deployment_is_backed_up_to_s3() {
     // moto listens on the node address, inside the cluster's network namespace: the sidecar
     // (a pod) and the operator (wipeOut) reach it there, and so does restic on the host.
     let moto = bins::bin("moto_server").expect("moto_server");
-    let port = cluster_server("moto", &moto, |ip, port| vec!["-H".into(), ip.into(), "-p".into(), port.to_string()], &[]).await;
+    let port = cluster_server(
+        "moto",
+        &moto,
+        |ip, port| vec!["-H".into(), ip.into(), "-p".into(), port.to_string()],
+        &[],
+    )
+    .await;
     let bucket = "stash-e2e";
     let endpoint = format!("http://{}:{port}", stash_testenv::NODE_IP);
     // Create the bucket (an anonymous PUT is accepted by moto).
     eventually("the bucket to be created", Duration::from_secs(30), || {
         let endpoint = endpoint.clone();
-        async move { http_put(&endpoint, &format!("/{bucket}")).await.filter(|c| *c == 200) }
+        async move {
+            http_put(&endpoint, &format!("/{bucket}"))
+                .await
+                .filter(|c| *c == 200)
+        }
     })
     .await;
     let (key_id, key) = ("AKIASTASHE2E", "s3-secret-key-for-the-test");
@@ -106,20 +151,41 @@ async fn a_deployment_is_backed_up_to_s3() {
     }))
     .await;
     let url = format!("s3:{endpoint}/{bucket}/demo/app");
-    backup_and_verify(&client, &ns, &source, &url, &[("AWS_ACCESS_KEY_ID", key_id), ("AWS_SECRET_ACCESS_KEY", key)]).await;
+    backup_and_verify(
+        &client,
+        &ns,
+        &source,
+        &url,
+        &[
+            ("AWS_ACCESS_KEY_ID", key_id),
+            ("AWS_SECRET_ACCESS_KEY", key),
+        ],
+    )
+    .await;
 
     // The Repository controller's finalizer: deleting with wipeOut deletes the restic data
     // under the bucket/prefix (signed S3 requests), then lets the Repository go.
     let repos = kube::Api::<stash_crds::Repository>::namespaced(client.clone(), &ns);
     let r = repos.get("repo").await.expect("repo");
-    assert!(r.metadata.finalizers.unwrap_or_default().contains(&"stash".to_string()), "finalizer `stash` on a live Repository");
+    assert!(
+        r.metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&"stash".to_string()),
+        "finalizer `stash` on a live Repository"
+    );
     let has_repo = || {
         let mut cmd = restic(&url, PASSWORD);
-        cmd.env("AWS_ACCESS_KEY_ID", key_id).env("AWS_SECRET_ACCESS_KEY", key).args(["cat", "config"]);
+        cmd.env("AWS_ACCESS_KEY_ID", key_id)
+            .env("AWS_SECRET_ACCESS_KEY", key)
+            .args(["cat", "config"]);
         cmd.output().expect("restic cat config").status.success()
     };
     assert!(has_repo(), "the repository exists before the deletion");
-    repos.delete("repo", &Default::default()).await.expect("delete repo");
+    repos
+        .delete("repo", &Default::default())
+        .await
+        .expect("delete repo");
     eventually("the Repository to be gone", Duration::from_secs(60), || {
         let repos = repos.clone();
         async move { matches!(repos.get_opt("repo").await, Ok(None)).then_some(()) }
@@ -140,14 +206,29 @@ async fn a_deployment_is_backed_up_to_a_rest_server() {
     let data = tempfile::tempdir().expect("rest-server data");
     let path = data.path().to_string_lossy().to_string();
     let rest = bins::bin("rest-server").expect("rest-server");
-    let port = cluster_server("rest-server", &rest, |ip, port| {
-        vec!["--path".into(), path.clone(), "--listen".into(), format!("{ip}:{port}"), "--no-auth".into()]
-    }, &[])
+    let port = cluster_server(
+        "rest-server",
+        &rest,
+        |ip, port| {
+            vec![
+                "--path".into(),
+                path.clone(),
+                "--listen".into(),
+                format!("{ip}:{port}"),
+                "--no-auth".into(),
+            ]
+        },
+        &[],
+    )
     .await;
-    apply(&client, &ns, json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rest-secret"},
-        "stringData": {"RESTIC_PASSWORD": PASSWORD}
-    }))
+    apply(
+        &client,
+        &ns,
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rest-secret"},
+            "stringData": {"RESTIC_PASSWORD": PASSWORD}
+        }),
+    )
     .await;
     let url = format!("http://{}:{port}/app", stash_testenv::NODE_IP);
     apply(&client, &ns, json!({
@@ -156,7 +237,10 @@ async fn a_deployment_is_backed_up_to_a_rest_server() {
     }))
     .await;
     backup_and_verify(&client, &ns, &source, &format!("rest:{url}"), &[]).await;
-    assert!(data.path().join("app").join("config").exists(), "the repository lives in the REST server's directory");
+    assert!(
+        data.path().join("app").join("config").exists(),
+        "the repository lives in the REST server's directory"
+    );
 }
 
 /// `PUT path` over plain HTTP/1.0; the status code.

@@ -35,11 +35,15 @@ fn backup_configuration(kind: &str, name: &str, schedule: &str) -> serde_json::V
 
 async fn manual_session(ns: &str, bc: &str, name: &str) {
     let client = env().await.cp.client();
-    apply(&client, ns, json!({
-        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
-        "metadata": {"name": name, "labels": {"stash.appscode.com/backup-configuration": bc}},
-        "spec": {"backupConfiguration": {"name": bc}}
-    }))
+    apply(
+        &client,
+        ns,
+        json!({
+            "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
+            "metadata": {"name": name, "labels": {"stash.appscode.com/backup-configuration": bc}},
+            "spec": {"backupConfiguration": {"name": bc}}
+        }),
+    )
     .await;
 }
 
@@ -59,7 +63,12 @@ async fn finished(ns: &str, name: &str, timeout: Duration) -> BackupSession {
 
 fn assert_succeeded(s: &BackupSession, hosts: usize) {
     let status = s.status.as_ref().expect("status");
-    assert_eq!(status.phase, Some(Phase::Succeeded), "session {}: {status:?}", s.name_any());
+    assert_eq!(
+        status.phase,
+        Some(Phase::Succeeded),
+        "session {}: {status:?}",
+        s.name_any()
+    );
     assert_eq!(status.stats.len(), hosts, "{status:?}");
     assert_eq!(status.total_hosts, Some(hosts as i32));
     for h in &status.stats {
@@ -77,18 +86,33 @@ fn assert_restores_identically(repo: &str, host: &str, source: &std::path::Path)
         .unwrap_or_else(|| panic!("no snapshot of {host} in {snaps:?}"));
     assert_eq!(snap["paths"], json!(["/source/data"]));
     let scratch = tempfile::tempdir().expect("scratch");
-    restic_restore(repo, PASSWORD, snap["id"].as_str().expect("id"), scratch.path());
+    restic_restore(
+        repo,
+        PASSWORD,
+        snap["id"].as_str().expect("id"),
+        scratch.path(),
+    );
     let restored = checksums(&scratch.path().join("source/data"));
     let original = checksums(source);
     assert!(!original.is_empty());
-    assert_eq!(restored, original, "restored bytes of {host} differ from the originals");
+    assert_eq!(
+        restored, original,
+        "restored bytes of {host} differ from the originals"
+    );
 }
 
 async fn repository_agrees_with_restic(ns: &str, repo: &str) {
-    let r = Api::<Repository>::namespaced(env().await.cp.client(), ns).get("repo").await.expect("repo");
+    let r = Api::<Repository>::namespaced(env().await.cp.client(), ns)
+        .get("repo")
+        .await
+        .expect("repo");
     let status = r.status.expect("repository status");
     let count = restic_snapshots(repo, PASSWORD).len() as i32;
-    assert_eq!(status.snapshot_count, Some(count), "Repository status agrees with restic");
+    assert_eq!(
+        status.snapshot_count,
+        Some(count),
+        "Repository status agrees with restic"
+    );
     assert_eq!(status.integrity, Some(true));
     assert!(status.last_backup_time.is_some() && status.first_backup_time.is_some());
     assert!(status.size.as_deref().is_some_and(|s| !s.is_empty()));
@@ -116,19 +140,40 @@ async fn a_deployment_is_backed_up_on_schedule_and_on_demand() {
                                        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "source-data"}}]}}}
     }))
     .await;
-    apply(&client, &ns, backup_configuration("Deployment", "app", "*/1 * * * *")).await;
+    apply(
+        &client,
+        &ns,
+        backup_configuration("Deployment", "app", "*/1 * * * *"),
+    )
+    .await;
 
     // The sidecar is injected and its pod runs.
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
-    eventually("the sidecar in a ready Deployment", Duration::from_secs(90), || {
-        let d = deployments.clone();
-        async move {
-            let d = d.get("app").await.ok()?;
-            let injected = d.spec.as_ref()?.template.spec.as_ref()?.containers.iter().any(|c| c.name == "stash");
-            let st = d.status?;
-            (injected && st.updated_replicas == Some(1) && st.ready_replicas == Some(1) && st.replicas == Some(1)).then_some(())
-        }
-    })
+    eventually(
+        "the sidecar in a ready Deployment",
+        Duration::from_secs(90),
+        || {
+            let d = deployments.clone();
+            async move {
+                let d = d.get("app").await.ok()?;
+                let injected = d
+                    .spec
+                    .as_ref()?
+                    .template
+                    .spec
+                    .as_ref()?
+                    .containers
+                    .iter()
+                    .any(|c| c.name == "stash");
+                let st = d.status?;
+                (injected
+                    && st.updated_replicas == Some(1)
+                    && st.ready_replicas == Some(1)
+                    && st.replicas == Some(1))
+                .then_some(())
+            }
+        },
+    )
     .await;
 
     manual_session(&ns, "app-backup", "manual-1").await;
@@ -143,19 +188,30 @@ async fn a_deployment_is_backed_up_on_schedule_and_on_demand() {
 
     // The schedule creates sessions too (named <bc>-<unix seconds>).
     let api = Api::<BackupSession>::namespaced(client.clone(), &ns);
-    let scheduled = eventually("a scheduled BackupSession to succeed", Duration::from_secs(150), || {
-        let api = api.clone();
-        async move {
-            let list = api.list(&ListParams::default()).await.ok()?;
-            list.into_iter().find(|s| {
-                s.name_any().starts_with("app-backup-") && s.status.as_ref().and_then(|s| s.phase) == Some(Phase::Succeeded)
-            })
-        }
-    })
+    let scheduled = eventually(
+        "a scheduled BackupSession to succeed",
+        Duration::from_secs(150),
+        || {
+            let api = api.clone();
+            async move {
+                let list = api.list(&ListParams::default()).await.ok()?;
+                list.into_iter().find(|s| {
+                    s.name_any().starts_with("app-backup-")
+                        && s.status.as_ref().and_then(|s| s.phase) == Some(Phase::Succeeded)
+                })
+            }
+        },
+    )
     .await;
     assert_succeeded(&scheduled, 1);
-    let hosts: Vec<_> = restic_snapshots(&repo, PASSWORD).iter().map(|s| s["hostname"].clone()).collect();
-    assert!(hosts.len() >= 2 && hosts.iter().all(|h| h == "host-0"), "{hosts:?}");
+    let hosts: Vec<_> = restic_snapshots(&repo, PASSWORD)
+        .iter()
+        .map(|s| s["hostname"].clone())
+        .collect();
+    assert!(
+        hosts.len() >= 2 && hosts.iter().all(|h| h == "host-0"),
+        "{hosts:?}"
+    );
     assert_no_illegal_transitions().await;
 }
 
@@ -183,18 +239,40 @@ async fn every_replica_of_a_statefulset_is_backed_up_as_its_own_host() {
                                                     "resources": {"requests": {"storage": "1Gi"}}}}]}
     }))
     .await;
-    apply(&client, &ns, backup_configuration("StatefulSet", "db", "0 0 1 1 *")).await;
+    apply(
+        &client,
+        &ns,
+        backup_configuration("StatefulSet", "db", "0 0 1 1 *"),
+    )
+    .await;
     let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns);
-    eventually("the sidecar in every StatefulSet pod", Duration::from_secs(150), || {
-        let sts = sts.clone();
-        async move {
-            let s = sts.get("db").await.ok()?;
-            let injected = s.spec.as_ref()?.template.spec.as_ref()?.containers.iter().any(|c| c.name == "stash");
-            let st = s.status?;
-            let rolled = st.update_revision.is_some() && st.update_revision == st.current_revision;
-            (injected && rolled && st.ready_replicas == Some(3) && st.updated_replicas == Some(3)).then_some(())
-        }
-    })
+    eventually(
+        "the sidecar in every StatefulSet pod",
+        Duration::from_secs(150),
+        || {
+            let sts = sts.clone();
+            async move {
+                let s = sts.get("db").await.ok()?;
+                let injected = s
+                    .spec
+                    .as_ref()?
+                    .template
+                    .spec
+                    .as_ref()?
+                    .containers
+                    .iter()
+                    .any(|c| c.name == "stash");
+                let st = s.status?;
+                let rolled =
+                    st.update_revision.is_some() && st.update_revision == st.current_revision;
+                (injected
+                    && rolled
+                    && st.ready_replicas == Some(3)
+                    && st.updated_replicas == Some(3))
+                .then_some(())
+            }
+        },
+    )
     .await;
     manual_session(&ns, "db-backup", "manual-1").await;
     let s = finished(&ns, "manual-1", Duration::from_secs(150)).await;
@@ -203,8 +281,8 @@ async fn every_replica_of_a_statefulset_is_backed_up_as_its_own_host() {
     }
     assert_succeeded(&s, 3);
     let repo = f.repo_dir.to_string_lossy().to_string();
-    for i in 0..3 {
-        assert_restores_identically(&repo, &format!("host-{i}"), &pvs[i]);
+    for (i, pv) in pvs.iter().enumerate() {
+        assert_restores_identically(&repo, &format!("host-{i}"), pv);
     }
     repository_agrees_with_restic(&ns, &repo).await;
     assert_no_illegal_transitions().await;
@@ -227,18 +305,38 @@ async fn a_daemonset_is_backed_up_under_its_node_name() {
                                        "volumes": [{"name": "data", "hostPath": {"path": source.to_string_lossy()}}]}}}
     }))
     .await;
-    apply(&client, &ns, backup_configuration("DaemonSet", "agent", "0 0 1 1 *")).await;
+    apply(
+        &client,
+        &ns,
+        backup_configuration("DaemonSet", "agent", "0 0 1 1 *"),
+    )
+    .await;
     let ds = Api::<DaemonSet>::namespaced(client.clone(), &ns);
-    eventually("the sidecar in the DaemonSet pod", Duration::from_secs(120), || {
-        let ds = ds.clone();
-        async move {
-            let d = ds.get("agent").await.ok()?;
-            let injected = d.spec.as_ref()?.template.spec.as_ref()?.containers.iter().any(|c| c.name == "stash");
-            let st = d.status?;
-            (injected && st.updated_number_scheduled == Some(1) && st.number_ready == 1 && st.number_available == Some(1))
+    eventually(
+        "the sidecar in the DaemonSet pod",
+        Duration::from_secs(120),
+        || {
+            let ds = ds.clone();
+            async move {
+                let d = ds.get("agent").await.ok()?;
+                let injected = d
+                    .spec
+                    .as_ref()?
+                    .template
+                    .spec
+                    .as_ref()?
+                    .containers
+                    .iter()
+                    .any(|c| c.name == "stash");
+                let st = d.status?;
+                (injected
+                    && st.updated_number_scheduled == Some(1)
+                    && st.number_ready == 1
+                    && st.number_available == Some(1))
                 .then_some(())
-        }
-    })
+            }
+        },
+    )
     .await;
     manual_session(&ns, "agent-backup", "manual-1").await;
     let s = finished(&ns, "manual-1", Duration::from_secs(120)).await;
@@ -262,9 +360,18 @@ async fn retention_keeps_the_two_newest_snapshots() {
     let source = pv_dir(&ns, "source-data").await;
     generate_files(&source, 7, 12, 2048);
     deployment_with_pvc(&client, &ns, "app", "source-data").await;
-    apply(&client, &ns, deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({
-        "retentionPolicy": {"name": "keep-last-2", "keepLast": 2, "prune": true}
-    })))
+    apply(
+        &client,
+        &ns,
+        deployment_backup_configuration(
+            "app",
+            "repo",
+            "0 0 1 1 *",
+            json!({
+                "retentionPolicy": {"name": "keep-last-2", "keepLast": 2, "prune": true}
+            }),
+        ),
+    )
     .await;
     wait_sidecar_ready(&client, &ns, "app", Duration::from_secs(90)).await;
 
@@ -278,21 +385,41 @@ async fn retention_keeps_the_two_newest_snapshots() {
             dump_logs(env.cp);
         }
         assert_succeeded(&s, 1);
-        let short = s.status.as_ref().and_then(|st| st.stats[0].snapshots[0].name.clone()).expect("snapshot name");
+        let short = s
+            .status
+            .as_ref()
+            .and_then(|st| st.stats[0].snapshots[0].name.clone())
+            .expect("snapshot name");
         ids.push(short);
     }
-    eprintln!("4 sessions in {:.1}s: {ids:?}", started.elapsed().as_secs_f64());
+    eprintln!(
+        "4 sessions in {:.1}s: {ids:?}",
+        started.elapsed().as_secs_f64()
+    );
     let repo = f.repo_dir.to_string_lossy().to_string();
     let snaps = restic_snapshots(&repo, PASSWORD);
-    let mut kept: Vec<String> = snaps.iter().map(|s| s["short_id"].as_str().expect("short_id").to_string()).collect();
+    let mut kept: Vec<String> = snaps
+        .iter()
+        .map(|s| s["short_id"].as_str().expect("short_id").to_string())
+        .collect();
     kept.sort();
     let mut newest: Vec<String> = ids[2..].to_vec();
     newest.sort();
-    assert_eq!(kept, newest, "restic keeps exactly the snapshots of the last two sessions (all: {ids:?})");
-    let r = Api::<Repository>::namespaced(client.clone(), &ns).get("repo").await.expect("repo");
+    assert_eq!(
+        kept, newest,
+        "restic keeps exactly the snapshots of the last two sessions (all: {ids:?})"
+    );
+    let r = Api::<Repository>::namespaced(client.clone(), &ns)
+        .get("repo")
+        .await
+        .expect("repo");
     let status = r.status.expect("repository status");
     assert_eq!(status.snapshot_count, Some(2), "{status:?}");
-    assert_eq!(status.snapshots_removed_on_last_cleanup, Some(1), "the fourth backup removed the second: {status:?}");
+    assert_eq!(
+        status.snapshots_removed_on_last_cleanup,
+        Some(1),
+        "the fourth backup removed the second: {status:?}"
+    );
     assert_eq!(status.integrity, Some(true));
     assert_no_illegal_transitions().await;
 }
@@ -306,7 +433,12 @@ async fn a_paused_configuration_creates_and_runs_no_session() {
     let ns = f.ns.name.clone();
     let client = env.cp.client();
     // A schedule that does not fire during the test: the Job is created from the CronJob by hand.
-    apply(&client, &ns, deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({}))).await;
+    apply(
+        &client,
+        &ns,
+        deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({})),
+    )
+    .await;
     let cronjobs = Api::<k8s_openapi::api::batch::v1::CronJob>::namespaced(client.clone(), &ns);
     eventually("the trigger CronJob", Duration::from_secs(60), || {
         let c = cronjobs.clone();
@@ -321,36 +453,85 @@ async fn a_paused_configuration_creates_and_runs_no_session() {
         .cp
         .kubectl()
         .expect("kubectl")
-        .args(["create", "job", "--from=cronjob/app-backup", "trigger-now", "-n", &ns])
+        .args([
+            "create",
+            "job",
+            "--from=cronjob/app-backup",
+            "trigger-now",
+            "-n",
+            &ns,
+        ])
         .output()
         .expect("run kubectl");
-    assert!(out.status.success(), "kubectl create job: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kubectl create job: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let jobs = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), &ns);
-    eventually("the trigger Job to succeed", Duration::from_secs(90), || {
-        let j = jobs.clone();
-        async move {
-            let j = j.get("trigger-now").await.ok()?;
-            let st = j.status?;
-            assert!(st.failed.unwrap_or(0) == 0, "the trigger Job failed: {st:?}");
-            (st.succeeded == Some(1)).then_some(())
-        }
-    })
+    eventually(
+        "the trigger Job to succeed",
+        Duration::from_secs(90),
+        || {
+            let j = jobs.clone();
+            async move {
+                let j = j.get("trigger-now").await.ok()?;
+                let st = j.status?;
+                assert!(
+                    st.failed.unwrap_or(0) == 0,
+                    "the trigger Job failed: {st:?}"
+                );
+                (st.succeeded == Some(1)).then_some(())
+            }
+        },
+    )
     .await;
-    let skipped = wait_event(&client, &ns, "app-backup", "BackupSkipped", Duration::from_secs(30)).await;
+    let skipped = wait_event(
+        &client,
+        &ns,
+        "app-backup",
+        "BackupSkipped",
+        Duration::from_secs(30),
+    )
+    .await;
     assert!(skipped.note.contains("paused"), "{skipped:?}");
     let sessions = Api::<BackupSession>::namespaced(client.clone(), &ns);
-    assert!(sessions.list(&ListParams::default()).await.expect("list").items.is_empty(), "no BackupSession while paused");
+    assert!(
+        sessions
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty(),
+        "no BackupSession while paused"
+    );
 
     create_backup_session(&client, &ns, "app-backup", "while-paused").await;
     let s = wait_session_terminal(&client, &ns, "while-paused", Duration::from_secs(60)).await;
     let status = s.status.clone().expect("status");
     assert_eq!(status.phase, Some(Phase::Skipped), "{status:?}");
-    assert!(status.reason.as_deref().is_some_and(|r| r.contains("paused")), "{status:?}");
+    assert!(
+        status
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("paused")),
+        "{status:?}"
+    );
     assert!(status.stats.is_empty(), "no host backed up: {status:?}");
-    let ev = wait_event(&client, &ns, "while-paused", "BackupSessionSkipped", Duration::from_secs(30)).await;
+    let ev = wait_event(
+        &client,
+        &ns,
+        "while-paused",
+        "BackupSessionSkipped",
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(ev.type_, "Warning");
     assert!(ev.note.contains("paused"), "{ev:?}");
-    assert!(!f.repo_dir.join("config").exists(), "nothing was written to the repository");
+    assert!(
+        !f.repo_dir.join("config").exists(),
+        "nothing was written to the repository"
+    );
     assert_no_illegal_transitions().await;
 }
 
@@ -366,10 +547,19 @@ async fn two_sessions_of_one_configuration_never_run_at_once() {
     // ~80 MB of incompressible data: a backup takes a few seconds.
     generate_files(&source, 99, 20, 4 << 20);
     deployment_with_pvc(&client, &ns, "app", "source-data").await;
-    apply(&client, &ns, deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({}))).await;
+    apply(
+        &client,
+        &ns,
+        deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({})),
+    )
+    .await;
     wait_sidecar_ready(&client, &ns, "app", Duration::from_secs(90)).await;
     let repo = f.repo_dir.to_string_lossy().to_string();
-    let before = if f.repo_dir.join("config").exists() { restic_snapshots(&repo, PASSWORD).len() } else { 0 };
+    let before = if f.repo_dir.join("config").exists() {
+        restic_snapshots(&repo, PASSWORD).len()
+    } else {
+        0
+    };
 
     create_backup_session(&client, &ns, "app-backup", "first").await;
     create_backup_session(&client, &ns, "app-backup", "second").await;
@@ -391,16 +581,24 @@ async fn two_sessions_of_one_configuration_never_run_at_once() {
                 ran.insert(n);
             }
         }
-        let terminal = |p: Option<Phase>| matches!(p, Some(Phase::Succeeded | Phase::Failed | Phase::Skipped));
+        let terminal =
+            |p: Option<Phase>| matches!(p, Some(Phase::Succeeded | Phase::Failed | Phase::Skipped));
         if terminal(pa) && terminal(pb) {
             break (a, b);
         }
-        assert!(std::time::Instant::now() < deadline, "sessions did not finish: {pa:?} {pb:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sessions did not finish: {pa:?} {pb:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     eprintln!("{polls} polls; seen Running: {ran:?}");
     let phase = |s: &BackupSession| s.status.as_ref().and_then(|s| s.phase);
-    let (winner, loser) = if phase(&a) == Some(Phase::Succeeded) { (&a, &b) } else { (&b, &a) };
+    let (winner, loser) = if phase(&a) == Some(Phase::Succeeded) {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
     if phase(winner) != Some(Phase::Succeeded) {
         dump_logs(env.cp);
     }
@@ -408,10 +606,27 @@ async fn two_sessions_of_one_configuration_never_run_at_once() {
     let ls = loser.status.clone().expect("status");
     assert_eq!(ls.phase, Some(Phase::Skipped), "{ls:?}");
     let reason = ls.reason.clone().unwrap_or_default();
-    assert!(reason.contains(&winner.name_any()) && reason.contains("running"), "the reason names the running session: {reason}");
-    assert!(ls.stats.is_empty(), "the skipped session never backed up: {ls:?}");
-    let ev = wait_event(&client, &ns, &loser.name_any(), "BackupSessionSkipped", Duration::from_secs(30)).await;
+    assert!(
+        reason.contains(&winner.name_any()) && reason.contains("running"),
+        "the reason names the running session: {reason}"
+    );
+    assert!(
+        ls.stats.is_empty(),
+        "the skipped session never backed up: {ls:?}"
+    );
+    let ev = wait_event(
+        &client,
+        &ns,
+        &loser.name_any(),
+        "BackupSessionSkipped",
+        Duration::from_secs(30),
+    )
+    .await;
     assert!(ev.note.contains(&winner.name_any()), "{ev:?}");
-    assert_eq!(restic_snapshots(&repo, PASSWORD).len(), before + 1, "exactly one new snapshot");
+    assert_eq!(
+        restic_snapshots(&repo, PASSWORD).len(),
+        before + 1,
+        "exactly one new snapshot"
+    );
     assert_no_illegal_transitions().await;
 }

@@ -53,33 +53,71 @@ async fn a_wrong_password_fails_the_session_and_leaves_the_repository_alone() {
     let repo = repo_dir.to_string_lossy().to_string();
     let seed = tempfile::tempdir().expect("seed");
     generate_files(seed.path(), 3, 4, 1024);
-    let out = restic(&repo, PASSWORD).args(["init"]).output().expect("restic init");
-    assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
-    let out = restic(&repo, PASSWORD).arg("backup").arg(seed.path()).args(["--host", "seed", "--json", "--quiet"]).output().expect("backup");
-    assert!(out.status.success(), "backup: {}", String::from_utf8_lossy(&out.stderr));
+    let out = restic(&repo, PASSWORD)
+        .args(["init"])
+        .output()
+        .expect("restic init");
+    assert!(
+        out.status.success(),
+        "init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = restic(&repo, PASSWORD)
+        .arg("backup")
+        .arg(seed.path())
+        .args(["--host", "seed", "--json", "--quiet"])
+        .output()
+        .expect("backup");
+    assert!(
+        out.status.success(),
+        "backup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // As if the sidecar (the image's user, 65534) had made it: restic's files are private.
-    let chown = std::process::Command::new("chown").args(["-R", "65534:65534"]).arg(&repo_dir).status().expect("chown");
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&repo_dir)
+        .status()
+        .expect("chown");
     assert!(chown.success());
     let snapshots_before = restic_snapshots(&repo, PASSWORD).len();
     let config_before = std::fs::read(repo_dir.join("config")).expect("config");
     let tree_before = tree_digest(&repo_dir);
 
-    secret(&client, &ns, "wrong-secret", json!({"RESTIC_PASSWORD": WRONG_PASSWORD})).await;
+    secret(
+        &client,
+        &ns,
+        "wrong-secret",
+        json!({"RESTIC_PASSWORD": WRONG_PASSWORD}),
+    )
+    .await;
     apply(&client, &ns, json!({
         "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
         "spec": {"backend": {"storageSecretName": "wrong-secret",
                              "local": {"mountPath": "/safe/data", "hostPath": {"path": repo}}}}
     }))
     .await;
-    apply(&client, &ns, deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({
-        "retentionPolicy": {"name": "keep-last-5", "keepLast": 5, "prune": true}
-    })))
+    apply(
+        &client,
+        &ns,
+        deployment_backup_configuration(
+            "app",
+            "repo",
+            "0 0 1 1 *",
+            json!({
+                "retentionPolicy": {"name": "keep-last-5", "keepLast": 5, "prune": true}
+            }),
+        ),
+    )
     .await;
     wait_sidecar_ready(&client, &ns, "app", Duration::from_secs(90)).await;
     create_backup_session(&client, &ns, "app-backup", "wrong-password").await;
     let started = Instant::now();
     let s = wait_session_terminal(&client, &ns, "wrong-password", Duration::from_secs(120)).await;
-    eprintln!("wrong password: terminal after {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "wrong password: terminal after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     let status = s.status.clone().expect("status");
     if status.phase != Some(Phase::Failed) {
         dump_logs(env.cp);
@@ -87,24 +125,54 @@ async fn a_wrong_password_fails_the_session_and_leaves_the_repository_alone() {
     assert_eq!(status.phase, Some(Phase::Failed), "{status:?}");
     assert_eq!(status.stats.len(), 1, "{status:?}");
     let error = status.stats[0].error.clone().unwrap_or_default();
-    assert!(error.contains("wrong password"), "the host entry says why: {error}");
+    assert!(
+        error.contains("wrong password"),
+        "the host entry says why: {error}"
+    );
     assert!(status.stats[0].snapshots.is_empty());
     let reason = status.reason.clone().unwrap_or_default();
-    assert!(reason.contains("host-0") && reason.contains("wrong password"), "status.reason: {reason}");
+    assert!(
+        reason.contains("host-0") && reason.contains("wrong password"),
+        "status.reason: {reason}"
+    );
 
-    let host_ev = wait_event(&client, &ns, "wrong-password", "FailedHostBackup", Duration::from_secs(30)).await;
+    let host_ev = wait_event(
+        &client,
+        &ns,
+        "wrong-password",
+        "FailedHostBackup",
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(host_ev.type_, "Warning");
     assert!(host_ev.note.contains("wrong password"), "{host_ev:?}");
-    let session_ev = wait_event(&client, &ns, "wrong-password", "BackupSessionFailedToExecute", Duration::from_secs(30)).await;
+    let session_ev = wait_event(
+        &client,
+        &ns,
+        "wrong-password",
+        "BackupSessionFailedToExecute",
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(session_ev.type_, "Warning");
 
     let visible = visible_text(&client, &ns, &s).await;
-    assert!(!visible.contains(WRONG_PASSWORD) && !visible.contains(PASSWORD), "a password leaked:\n{visible}");
+    assert!(
+        !visible.contains(WRONG_PASSWORD) && !visible.contains(PASSWORD),
+        "a password leaked:\n{visible}"
+    );
 
     // The repository is untouched: same snapshots, same config, not a byte changed.
     assert_eq!(restic_snapshots(&repo, PASSWORD).len(), snapshots_before);
-    assert_eq!(std::fs::read(repo_dir.join("config")).expect("config"), config_before);
-    assert_eq!(tree_digest(&repo_dir), tree_before, "no file of the repository changed");
+    assert_eq!(
+        std::fs::read(repo_dir.join("config")).expect("config"),
+        config_before
+    );
+    assert_eq!(
+        tree_digest(&repo_dir),
+        tree_before,
+        "no file of the repository changed"
+    );
     assert_no_illegal_transitions().await;
 }
 
@@ -115,7 +183,13 @@ async fn an_unreachable_backend_fails_the_session_promptly() {
     let (guard, _repo_dir) = workload("unreach").await;
     let ns = guard.name.clone();
     let port = closed_port().await;
-    secret(&client, &ns, "rest-secret", json!({"RESTIC_PASSWORD": PASSWORD})).await;
+    secret(
+        &client,
+        &ns,
+        "rest-secret",
+        json!({"RESTIC_PASSWORD": PASSWORD}),
+    )
+    .await;
     apply(&client, &ns, json!({
         "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
         "spec": {"backend": {"storageSecretName": "rest-secret", "rest": {"url": format!("http://{}:{port}/", stash_testenv::NODE_IP)}}}
@@ -140,22 +214,55 @@ async fn an_unreachable_backend_fails_the_session_promptly() {
     let running_at = Instant::now();
     let s = wait_session_terminal(&client, &ns, "unreachable", Duration::from_secs(90)).await;
     let took = running_at.elapsed();
-    eprintln!("unreachable backend: Failed {:.1}s after Running", took.as_secs_f64());
+    eprintln!(
+        "unreachable backend: Failed {:.1}s after Running",
+        took.as_secs_f64()
+    );
     let status = s.status.clone().expect("status");
     if status.phase != Some(Phase::Failed) {
         dump_logs(env.cp);
     }
     assert_eq!(status.phase, Some(Phase::Failed), "{status:?}");
-    assert!(took < Duration::from_secs(45), "bounded by the retry budget, not restic's 15 minutes: {took:?}");
-    let error = status.stats.first().and_then(|h| h.error.clone()).unwrap_or_default();
-    assert!(error.contains("unreachable") && error.contains(&port.to_string()), "the host entry says why: {error}");
+    assert!(
+        took < Duration::from_secs(45),
+        "bounded by the retry budget, not restic's 15 minutes: {took:?}"
+    );
+    let error = status
+        .stats
+        .first()
+        .and_then(|h| h.error.clone())
+        .unwrap_or_default();
+    assert!(
+        error.contains("unreachable") && error.contains(&port.to_string()),
+        "the host entry says why: {error}"
+    );
     let reason = status.reason.clone().unwrap_or_default();
-    assert!(reason.contains("host-0") && reason.contains("unreachable"), "status.reason: {reason}");
-    let ev = wait_event(&client, &ns, "unreachable", "FailedHostBackup", Duration::from_secs(30)).await;
+    assert!(
+        reason.contains("host-0") && reason.contains("unreachable"),
+        "status.reason: {reason}"
+    );
+    let ev = wait_event(
+        &client,
+        &ns,
+        "unreachable",
+        "FailedHostBackup",
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(ev.type_, "Warning");
     assert!(ev.note.contains("unreachable"), "{ev:?}");
-    wait_event(&client, &ns, "unreachable", "BackupSessionFailedToExecute", Duration::from_secs(30)).await;
+    wait_event(
+        &client,
+        &ns,
+        "unreachable",
+        "BackupSessionFailedToExecute",
+        Duration::from_secs(30),
+    )
+    .await;
     let visible = visible_text(&client, &ns, &s).await;
-    assert!(!visible.contains(PASSWORD), "the password leaked:\n{visible}");
+    assert!(
+        !visible.contains(PASSWORD),
+        "the password leaked:\n{visible}"
+    );
     assert_no_illegal_transitions().await;
 }

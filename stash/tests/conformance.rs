@@ -29,19 +29,29 @@ const IN_SCOPE: &[(&str, &str)] = &[
 ];
 
 fn examples_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/stash-v0.8.3/examples");
-    assert!(dir.is_dir(), "conformance examples missing at {} (shared/ must sit beside the repo)", dir.display());
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/conformance/stash-v0.8.3/examples");
+    assert!(
+        dir.is_dir(),
+        "conformance examples missing at {} (shared/ must sit beside the repo)",
+        dir.display()
+    );
     dir
 }
 
 async fn control_plane() -> &'static ControlPlane {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cp = shared().await.unwrap_or_else(|e| panic!("the control plane must start: {e}"));
+    let cp = shared()
+        .await
+        .unwrap_or_else(|e| panic!("the control plane must start: {e}"));
     // Installed through the CLI, exactly as a user would: `stash crds | kubectl apply --server-side -f -`.
     static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     INSTALLED
         .get_or_init(|| async {
-            let yaml = Command::new(env!("CARGO_BIN_EXE_stash")).arg("crds").output().expect("run stash crds");
+            let yaml = Command::new(env!("CARGO_BIN_EXE_stash"))
+                .arg("crds")
+                .output()
+                .expect("run stash crds");
             assert!(yaml.status.success(), "stash crds failed");
             let mut kubectl = cp
                 .kubectl()
@@ -52,7 +62,12 @@ async fn control_plane() -> &'static ControlPlane {
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("spawn kubectl");
-            kubectl.stdin.take().expect("stdin").write_all(&yaml.stdout).expect("pipe CRDs");
+            kubectl
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(&yaml.stdout)
+                .expect("pipe CRDs");
             let out = kubectl.wait_with_output().expect("kubectl apply");
             assert!(
                 out.status.success(),
@@ -61,7 +76,9 @@ async fn control_plane() -> &'static ControlPlane {
             );
             print!("{}", String::from_utf8_lossy(&out.stdout));
             // Then wait until every CRD is Established and discoverable.
-            cp.install_crds(&stash_crds::crds()).await.expect("CRDs established");
+            cp.install_crds(&stash_crds::crds())
+                .await
+                .expect("CRDs established");
         })
         .await;
     cp
@@ -73,8 +90,15 @@ fn documents(path: &std::path::Path) -> Vec<serde_json::Value> {
     // `...` lines, which YAML reads as "end of document": no client can send that file as
     // it is. Those marker lines, and nothing else, are dropped.
     if text.lines().any(|l| l.trim_end() == "...") {
-        println!("note: {} uses `...` elision markers; they are dropped", path.display());
-        text = text.lines().filter(|l| l.trim_end() != "...").collect::<Vec<_>>().join("\n");
+        println!(
+            "note: {} uses `...` elision markers; they are dropped",
+            path.display()
+        );
+        text = text
+            .lines()
+            .filter(|l| l.trim_end() != "...")
+            .collect::<Vec<_>>()
+            .join("\n");
     }
     serde_saphyr::from_multiple::<serde_json::Value>(&text)
         .unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()))
@@ -96,9 +120,15 @@ fn gvk_of(doc: &serde_json::Value) -> GroupVersionKind {
 /// Server-side *apply* is not used here: the API server answers SSA of a manifest carrying
 /// fields outside the schema (upstream's `tempDir.disableCache` typo) with a 500 instead of
 /// pruning them; `stash crds | kubectl apply --server-side` is exercised for the CRDs.
-async fn apply(client: &kube::Client, doc: &serde_json::Value, ns: Option<&str>) -> Result<(), String> {
+async fn apply(
+    client: &kube::Client,
+    doc: &serde_json::Value,
+    ns: Option<&str>,
+) -> Result<(), String> {
     let gvk = gvk_of(doc);
-    let (ar, caps) = discovery::pinned_kind(client, &gvk).await.map_err(|e| format!("discovery of {gvk:?}: {e}"))?;
+    let (ar, caps) = discovery::pinned_kind(client, &gvk)
+        .await
+        .map_err(|e| format!("discovery of {gvk:?}: {e}"))?;
     let mut obj: DynamicObject = serde_json::from_value(doc.clone()).map_err(|e| e.to_string())?;
     let name = obj.metadata.name.clone().ok_or("no metadata.name")?;
     let api: Api<DynamicObject> = match (caps.scope, ns) {
@@ -113,8 +143,15 @@ async fn apply(client: &kube::Client, doc: &serde_json::Value, ns: Option<&str>)
             // they go through the same admission as a dry run, under a name of their own.
             obj.metadata.name = Some(format!("{name}-conformance"));
             let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
-            let pp = PostParams { dry_run: true, ..Default::default() };
-            return api.create(&pp, &obj).await.map(|_| ()).map_err(|e| e.to_string());
+            let pp = PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            return api
+                .create(&pp, &obj)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
         }
     };
     for _ in 0..50 {
@@ -157,7 +194,9 @@ async fn every_upstream_manifest_of_our_kinds_is_accepted_unchanged() {
             }
             total += 1;
             kinds_seen.insert(gvk.kind.clone());
-            let ns = doc["metadata"]["namespace"].as_str().map(|_| own.name.as_str());
+            let ns = doc["metadata"]["namespace"]
+                .as_str()
+                .map(|_| own.name.as_str());
             match apply(&client, &doc, ns).await {
                 Ok(()) => accepted += 1,
                 Err(e) => failures.push(format!(
@@ -173,9 +212,16 @@ async fn every_upstream_manifest_of_our_kinds_is_accepted_unchanged() {
         "conformance: {accepted}/{total} manifests accepted ({} kinds: {kinds_seen:?})",
         kinds_seen.len()
     ));
-    assert!(total >= 80, "expected the full upstream corpus, found only {total} manifests");
+    assert!(
+        total >= 80,
+        "expected the full upstream corpus, found only {total} manifests"
+    );
     assert_eq!(kinds_seen.len(), IN_SCOPE.len(), "every kind is exercised");
-    assert!(failures.is_empty(), "rejected upstream manifests:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "rejected upstream manifests:\n{}",
+        failures.join("\n")
+    );
     assert_eq!(accepted, total);
 }
 
@@ -195,7 +241,9 @@ fn broken_manifests() -> Vec<Broken> {
     vec![
         Broken {
             what: "an unknown driver",
-            doc: bc(json!({"driver": "Tape", "repository": {"name": "r"}, "schedule": "* * * * *"})),
+            doc: bc(
+                json!({"driver": "Tape", "repository": {"name": "r"}, "schedule": "* * * * *"}),
+            ),
             field: "spec.driver",
         },
         Broken {
@@ -248,7 +296,9 @@ async fn broken_manifests_are_rejected_with_the_field_named() {
     let mut wrong = Vec::new();
     for case in &cases {
         let gvk = gvk_of(&case.doc);
-        let (ar, caps) = discovery::pinned_kind(&client, &gvk).await.expect("discovery");
+        let (ar, caps) = discovery::pinned_kind(&client, &gvk)
+            .await
+            .expect("discovery");
         let api: Api<DynamicObject> = match caps.scope {
             discovery::Scope::Namespaced => Api::namespaced_with(client.clone(), &ns.name, &ar),
             discovery::Scope::Cluster => Api::all_with(client.clone(), &ar),
@@ -259,7 +309,10 @@ async fn broken_manifests_are_rejected_with_the_field_named() {
             Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains(case.field) => {
                 println!("rejected {}: {}", case.what, s.message);
             }
-            Err(e) => wrong.push(format!("{}: rejected without naming {}: {e}", case.what, case.field)),
+            Err(e) => wrong.push(format!(
+                "{}: rejected without naming {}: {e}",
+                case.what, case.field
+            )),
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
@@ -283,14 +336,31 @@ async fn kubectl_get_by_short_name_shows_the_printer_columns() {
         "concept-crds-backupconfiguration_template.yaml",
     ] {
         for doc in documents(&dir.join(file)) {
-            apply(&client, &doc, Some(&ns.name)).await.unwrap_or_else(|e| panic!("{file}: {e}"));
+            apply(&client, &doc, Some(&ns.name))
+                .await
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
         }
     }
     let expectations: &[(&str, bool, &[&str])] = &[
         ("bc", true, &["NAME", "TASK", "SCHEDULE", "PAUSED", "AGE"]),
         ("bs", true, &["NAME", "BACKUPCONFIGURATION", "PHASE", "AGE"]),
-        ("restore", true, &["NAME", "REPOSITORY-NAME", "PHASE", "AGE"]),
-        ("repo", true, &["NAME", "INTEGRITY", "SIZE", "SNAPSHOT-COUNT", "LAST-SUCCESSFUL-BACKUP", "AGE"]),
+        (
+            "restore",
+            true,
+            &["NAME", "REPOSITORY-NAME", "PHASE", "AGE"],
+        ),
+        (
+            "repo",
+            true,
+            &[
+                "NAME",
+                "INTEGRITY",
+                "SIZE",
+                "SNAPSHOT-COUNT",
+                "LAST-SUCCESSFUL-BACKUP",
+                "AGE",
+            ],
+        ),
         ("appbindings", true, &["NAME", "AGE"]),
         ("fn", false, &["NAME", "AGE"]),
         ("task", false, &["NAME", "AGE"]),
@@ -304,10 +374,22 @@ async fn kubectl_get_by_short_name_shows_the_printer_columns() {
         }
         let out = cmd.output().expect("run kubectl");
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "kubectl get {short}: {}", String::from_utf8_lossy(&out.stderr));
-        let header: Vec<&str> = stdout.lines().next().unwrap_or_default().split_whitespace().collect();
+        assert!(
+            out.status.success(),
+            "kubectl get {short}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let header: Vec<&str> = stdout
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
         assert_eq!(&header, columns, "kubectl get {short}:\n{stdout}");
-        assert!(stdout.lines().count() >= 2, "kubectl get {short} lists an object:\n{stdout}");
+        assert!(
+            stdout.lines().count() >= 2,
+            "kubectl get {short} lists an object:\n{stdout}"
+        );
         println!("$ kubectl get {short}\n{stdout}");
     }
 }

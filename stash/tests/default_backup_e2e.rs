@@ -7,13 +7,18 @@ mod support;
 use std::{path::Path, time::Duration};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::{Api, ResourceExt, api::{Patch, PatchParams}};
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+};
 use serde_json::json;
 use stash_crds::{BackupConfiguration, BackupSession, Repository, backup_session::Phase};
 use support::*;
 
 fn upstream(file: &str, ns: &str) -> Vec<serde_json::Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/stash-v0.8.3/examples").join(file);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/conformance/stash-v0.8.3/examples")
+        .join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_saphyr::from_multiple::<serde_json::Value>(&text)
         .expect("yaml")
@@ -34,30 +39,59 @@ async fn the_upstream_auto_backup_examples_create_and_remove_the_configuration()
     let env = env().await;
     let ns = env.cp.namespace("auto").await.expect("namespace");
     let client = env.cp.client();
-    for doc in upstream("auto-backup-workload-backupconfiguration_template.yaml", &ns.name)
-        .into_iter()
-        .chain(upstream("auto-backup-workload-deployment.yaml", &ns.name))
+    for doc in upstream(
+        "auto-backup-workload-backupconfiguration_template.yaml",
+        &ns.name,
+    )
+    .into_iter()
+    .chain(upstream("auto-backup-workload-deployment.yaml", &ns.name))
     {
         apply(&client, &ns.name, doc).await;
     }
     let bcs = Api::<BackupConfiguration>::namespaced(client.clone(), &ns.name);
     let repos = Api::<Repository>::namespaced(client.clone(), &ns.name);
-    let bc = eventually("the default BackupConfiguration", Duration::from_secs(60), || {
-        let bcs = bcs.clone();
-        async move { bcs.get("deployment-stash-demo").await.ok() }
-    })
+    let bc = eventually(
+        "the default BackupConfiguration",
+        Duration::from_secs(60),
+        || {
+            let bcs = bcs.clone();
+            async move { bcs.get("deployment-stash-demo").await.ok() }
+        },
+    )
     .await;
     let target = bc.spec.target.clone().expect("target");
     assert_eq!(target.target_ref.kind.as_deref(), Some("Deployment"));
     assert_eq!(target.target_ref.name.as_deref(), Some("stash-demo"));
     assert_eq!(target.directories, ["/source/data-1", "/source/data-2"]);
-    assert_eq!(target.volume_mounts.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["source-data-1", "source-data-2"]);
+    assert_eq!(
+        target
+            .volume_mounts
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>(),
+        ["source-data-1", "source-data-2"]
+    );
     assert_eq!(bc.spec.schedule.as_deref(), Some("*/5 * * * *"));
-    assert_eq!(bc.spec.retention_policy.as_ref().and_then(|r| r.keep_last), Some(5));
+    assert_eq!(
+        bc.spec.retention_policy.as_ref().and_then(|r| r.keep_last),
+        Some(5)
+    );
     assert_eq!(bc.owner_references()[0].kind, "Deployment");
-    let repo = repos.get("deployment-stash-demo").await.expect("the default Repository");
-    let prefix = repo.spec.backend.gcs.as_ref().and_then(|g| g.prefix.clone());
-    assert_eq!(prefix, Some(format!("stash-backup/{}/deployment/stash-demo", ns.name)), "template inputs substituted");
+    let repo = repos
+        .get("deployment-stash-demo")
+        .await
+        .expect("the default Repository");
+    let prefix = repo
+        .spec
+        .backend
+        .gcs
+        .as_ref()
+        .and_then(|g| g.prefix.clone());
+    assert_eq!(
+        prefix,
+        Some(format!("stash-backup/{}/deployment/stash-demo", ns.name)),
+        "template inputs substituted"
+    );
 
     // The configuration targets the Deployment, so the sidecar is injected.
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns.name);
@@ -65,7 +99,13 @@ async fn the_upstream_auto_backup_examples_create_and_remove_the_configuration()
         let d = deployments.clone();
         async move {
             let d = d.get("stash-demo").await.ok()?;
-            d.spec?.template.spec?.containers.iter().any(|c| c.name == "stash").then_some(())
+            d.spec?
+                .template
+                .spec?
+                .containers
+                .iter()
+                .any(|c| c.name == "stash")
+                .then_some(())
         }
     })
     .await;
@@ -82,23 +122,49 @@ async fn the_upstream_auto_backup_examples_create_and_remove_the_configuration()
         )
         .await
         .expect("remove annotations");
-    eventually("the BackupConfiguration to be deleted", Duration::from_secs(60), || {
-        let bcs = bcs.clone();
-        async move { bcs.get_opt("deployment-stash-demo").await.ok()?.is_none().then_some(()) }
-    })
+    eventually(
+        "the BackupConfiguration to be deleted",
+        Duration::from_secs(60),
+        || {
+            let bcs = bcs.clone();
+            async move {
+                bcs.get_opt("deployment-stash-demo")
+                    .await
+                    .ok()?
+                    .is_none()
+                    .then_some(())
+            }
+        },
+    )
     .await;
-    assert!(repos.get_opt("deployment-stash-demo").await.expect("get").is_some(), "the Repository is kept");
+    assert!(
+        repos
+            .get_opt("deployment-stash-demo")
+            .await
+            .expect("get")
+            .is_some(),
+        "the Repository is kept"
+    );
     eventually("the sidecar to go", Duration::from_secs(60), || {
         let d = deployments.clone();
         async move {
             let d = d.get("stash-demo").await.ok()?;
-            (!d.spec?.template.spec?.containers.iter().any(|c| c.name == "stash")).then_some(())
+            (!d.spec?
+                .template
+                .spec?
+                .containers
+                .iter()
+                .any(|c| c.name == "stash"))
+            .then_some(())
         }
     })
     .await;
 
     // The PVC example: the template's task is carried into the configuration.
-    for doc in upstream("auto-backup-pvc-backupconfiguration_template.yaml", &ns.name) {
+    for doc in upstream(
+        "auto-backup-pvc-backupconfiguration_template.yaml",
+        &ns.name,
+    ) {
         apply(&client, &ns.name, doc).await;
     }
     let mut pvc = upstream("auto-backup-pvc-nfs_pvc.yaml", &ns.name).remove(0);
@@ -108,14 +174,33 @@ async fn the_upstream_auto_backup_examples_create_and_remove_the_configuration()
         "stash.appscode.com/target-directories": "/source/data"
     });
     apply(&client, &ns.name, pvc).await;
-    let bc = eventually("the PVC's default BackupConfiguration", Duration::from_secs(60), || {
-        let bcs = bcs.clone();
-        async move { bcs.get("persistentvolumeclaim-nfs-pvc").await.ok() }
-    })
+    let bc = eventually(
+        "the PVC's default BackupConfiguration",
+        Duration::from_secs(60),
+        || {
+            let bcs = bcs.clone();
+            async move { bcs.get("persistentvolumeclaim-nfs-pvc").await.ok() }
+        },
+    )
     .await;
-    assert_eq!(bc.spec.task.as_ref().map(|t| t.name.as_str()), Some("pvc-backup"));
-    assert_eq!(bc.spec.target.as_ref().and_then(|t| t.target_ref.kind.as_deref()), Some("PersistentVolumeClaim"));
-    assert_eq!(bc.spec.target.as_ref().map(|t| t.volume_mounts[0].name.as_str()), Some("stash-volume"));
+    assert_eq!(
+        bc.spec.task.as_ref().map(|t| t.name.as_str()),
+        Some("pvc-backup")
+    );
+    assert_eq!(
+        bc.spec
+            .target
+            .as_ref()
+            .and_then(|t| t.target_ref.kind.as_deref()),
+        Some("PersistentVolumeClaim")
+    );
+    assert_eq!(
+        bc.spec
+            .target
+            .as_ref()
+            .map(|t| t.volume_mounts[0].name.as_str()),
+        Some("stash-volume")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -150,15 +235,31 @@ async fn a_default_backup_with_a_local_template_really_backs_up() {
         apply(&client, &ns.name, doc).await;
     }
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns.name);
-    eventually("the sidecar in a ready Deployment", Duration::from_secs(120), || {
-        let d = deployments.clone();
-        async move {
-            let d = d.get("app").await.ok()?;
-            let injected = d.spec.as_ref()?.template.spec.as_ref()?.containers.iter().any(|c| c.name == "stash");
-            let st = d.status?;
-            (injected && st.updated_replicas == Some(1) && st.ready_replicas == Some(1) && st.replicas == Some(1)).then_some(())
-        }
-    })
+    eventually(
+        "the sidecar in a ready Deployment",
+        Duration::from_secs(120),
+        || {
+            let d = deployments.clone();
+            async move {
+                let d = d.get("app").await.ok()?;
+                let injected = d
+                    .spec
+                    .as_ref()?
+                    .template
+                    .spec
+                    .as_ref()?
+                    .containers
+                    .iter()
+                    .any(|c| c.name == "stash");
+                let st = d.status?;
+                (injected
+                    && st.updated_replicas == Some(1)
+                    && st.ready_replicas == Some(1)
+                    && st.replicas == Some(1))
+                .then_some(())
+            }
+        },
+    )
     .await;
     apply(&client, &ns.name, json!({
         "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
@@ -171,16 +272,37 @@ async fn a_default_backup_with_a_local_template_really_backs_up() {
         let api = api.clone();
         async move {
             let s = api.get("now").await.ok()?;
-            matches!(s.status.as_ref()?.phase?, Phase::Succeeded | Phase::Failed | Phase::Skipped).then_some(s)
+            matches!(
+                s.status.as_ref()?.phase?,
+                Phase::Succeeded | Phase::Failed | Phase::Skipped
+            )
+            .then_some(s)
         }
     })
     .await;
-    assert_eq!(s.status.as_ref().and_then(|s| s.phase), Some(Phase::Succeeded), "{:?}", s.status);
+    assert_eq!(
+        s.status.as_ref().and_then(|s| s.phase),
+        Some(Phase::Succeeded),
+        "{:?}",
+        s.status
+    );
     let repo = repo_root.join(&ns.name).join("deployment").join("app");
     let snaps = restic_snapshots(&repo.to_string_lossy(), "pw");
-    assert_eq!(snaps.len(), 1, "one snapshot in the templated repository path");
+    assert_eq!(
+        snaps.len(),
+        1,
+        "one snapshot in the templated repository path"
+    );
     let scratch = tempfile::tempdir().expect("scratch");
-    restic_restore(&repo.to_string_lossy(), "pw", snaps[0]["id"].as_str().expect("id"), scratch.path());
-    assert_eq!(checksums(&scratch.path().join("source/data")), checksums(&data));
+    restic_restore(
+        &repo.to_string_lossy(),
+        "pw",
+        snaps[0]["id"].as_str().expect("id"),
+        scratch.path(),
+    );
+    assert_eq!(
+        checksums(&scratch.path().join("source/data")),
+        checksums(&data)
+    );
     assert_no_illegal_transitions().await;
 }

@@ -195,7 +195,11 @@ async fn a_pvc_is_backed_up_and_restored_into_a_new_pvc_through_jobs() {
     // The second PVC is bound to a hostPath PersistentVolume of its own.
     let restored_dir = pv_dir(&ns, "restored-data").await;
     pvc(&ns, "restored-data").await;
-    assert_eq!(bound_pv_dir(&ns, "restored-data").await, restored_dir, "bound to the PV made for it");
+    assert_eq!(
+        bound_pv_dir(&ns, "restored-data").await,
+        restored_dir,
+        "bound to the PV made for it"
+    );
     apply(&env.cp.client(), &ns, json!({
         "apiVersion": "stash.appscode.com/v1beta1", "kind": "RestoreSession", "metadata": {"name": "restore-pvc"},
         "spec": {"repository": {"name": "repo"}, "task": {"name": "pvc-restore"},
@@ -347,12 +351,23 @@ async fn failures_end_the_session_with_the_reason_and_never_retry() {
     )
     .await;
     session(&ns, "no-task", "no-task-1").await;
-    // 4. A Task naming a missing Function.
+    // 4. A Task naming a Function that is gone by the time the session runs (admission
+    //    refuses a Task whose Function does not exist at all).
+    let ghost_fn = format!("ghost-fn-{ns}");
     apply(&client, "", json!({
-        "apiVersion": "stash.appscode.com/v1beta1", "kind": "Task", "metadata": {"name": format!("ghost-{ns}")},
-        "spec": {"steps": [{"name": "ghost-function"}, {"name": "update-status", "params": [{"name": "outputDir", "value": "/tmp/output"}]}]}
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "Function", "metadata": {"name": ghost_fn},
+        "spec": {"image": IMAGE, "args": ["--help"]}
     }))
     .await;
+    apply(&client, "", json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "Task", "metadata": {"name": format!("ghost-{ns}")},
+        "spec": {"steps": [{"name": ghost_fn}, {"name": "update-status", "params": [{"name": "outputDir", "value": "/tmp/output"}]}]}
+    }))
+    .await;
+    Api::<stash_crds::Function>::all(client.clone())
+        .delete(&ghost_fn, &Default::default())
+        .await
+        .expect("delete the Function");
     apply(
         &client,
         &ns,
@@ -390,7 +405,7 @@ async fn failures_end_the_session_with_the_reason_and_never_retry() {
     )
     .await;
     fails_with(&ns, "no-task-1", "Task no-such-task not found").await;
-    fails_with(&ns, "ghost-1", "Function ghost-function not found").await;
+    fails_with(&ns, "ghost-1", &format!("Function {ghost_fn} not found")).await;
 
     // Nothing was created for the configuration errors; the failing step ran exactly once.
     let jobs = Api::<Job>::namespaced(client.clone(), &ns);

@@ -14,7 +14,10 @@ use support::*;
 fn samples(text: &str, name: &str, want: &[(&str, &str)]) -> Vec<f64> {
     text.lines()
         .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| want.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter(|l| {
+            want.iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
         .collect()
 }
@@ -29,7 +32,12 @@ async fn hosts_push_their_backup_metrics_grouped_by_job_and_host() {
     std::fs::create_dir_all(&repo_dir).expect("repo dir");
     set_mode(&repo_dir, 0o777);
     for i in 0..2 {
-        generate_files(&pv_dir(&ns.name, &format!("data-web-{i}")).await, 300 + i, 6 + 3 * i as usize, 1000);
+        generate_files(
+            &pv_dir(&ns.name, &format!("data-web-{i}")).await,
+            300 + i,
+            6 + 3 * i as usize,
+            1000,
+        );
     }
     for doc in [
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"RESTIC_PASSWORD": "pw"}}),
@@ -58,10 +66,19 @@ async fn hosts_push_their_backup_metrics_grouped_by_job_and_host() {
         let sts = sts.clone();
         async move {
             let s = sts.get("web").await.ok()?;
-            let injected = s.spec.as_ref()?.template.spec.as_ref()?.containers.iter().any(|c| c.name == "stash");
+            let injected = s
+                .spec
+                .as_ref()?
+                .template
+                .spec
+                .as_ref()?
+                .containers
+                .iter()
+                .any(|c| c.name == "stash");
             let st = s.status?;
             let done = st.update_revision.is_some() && st.update_revision == st.current_revision;
-            (injected && done && st.ready_replicas == Some(2) && st.updated_replicas == Some(2)).then_some(())
+            (injected && done && st.ready_replicas == Some(2) && st.updated_replicas == Some(2))
+                .then_some(())
         }
     })
     .await;
@@ -76,7 +93,11 @@ async fn hosts_push_their_backup_metrics_grouped_by_job_and_host() {
         let api = api.clone();
         async move {
             let s = api.get("m1").await.ok()?;
-            matches!(s.status.as_ref()?.phase?, Phase::Succeeded | Phase::Failed | Phase::Skipped).then_some(s)
+            matches!(
+                s.status.as_ref()?.phase?,
+                Phase::Succeeded | Phase::Failed | Phase::Skipped
+            )
+            .then_some(s)
         }
     })
     .await;
@@ -88,13 +109,35 @@ async fn hosts_push_their_backup_metrics_grouped_by_job_and_host() {
     let files: BTreeMap<String, i32> = status
         .stats
         .iter()
-        .map(|h| (h.hostname.clone().unwrap_or_default(), h.snapshots[0].file_stats.as_ref().and_then(|f| f.total_files).unwrap_or(-1)))
+        .map(|h| {
+            (
+                h.hostname.clone().unwrap_or_default(),
+                h.snapshots[0]
+                    .file_stats
+                    .as_ref()
+                    .and_then(|f| f.total_files)
+                    .unwrap_or(-1),
+            )
+        })
         .collect();
     assert_eq!(files.len(), 2);
     for (host, total) in &files {
-        let labels = [("job", "web-backup"), ("Host", host.as_str()), ("kind", "StatefulSet"), ("name", "web")];
-        assert_eq!(samples(&text, "stash_backup_session_success", &labels), [1.0], "{host}:\n{text}");
-        assert_eq!(samples(&text, "stash_backup_files_total", &labels), [f64::from(*total)], "{host}");
+        let labels = [
+            ("job", "web-backup"),
+            ("Host", host.as_str()),
+            ("kind", "StatefulSet"),
+            ("name", "web"),
+        ];
+        assert_eq!(
+            samples(&text, "stash_backup_session_success", &labels),
+            [1.0],
+            "{host}:\n{text}"
+        );
+        assert_eq!(
+            samples(&text, "stash_backup_files_total", &labels),
+            [f64::from(*total)],
+            "{host}"
+        );
         assert_eq!(samples(&text, "stash_repository_integrity", &labels), [1.0]);
         let size = samples(&text, "stash_backup_data_size_bytes", &labels);
         assert_eq!(size.len(), 1);
@@ -105,12 +148,19 @@ async fn hosts_push_their_backup_metrics_grouped_by_job_and_host() {
     assert_eq!(files["host-1"], 9);
     // restic agrees on the repository's snapshot count.
     let count = restic_snapshots(&repo_dir.to_string_lossy(), "pw").len() as f64;
-    let counts = samples(&text, "stash_repository_snapshot_count", &[("job", "web-backup")]);
-    assert!(counts.iter().any(|c| *c == count), "{counts:?} vs restic {count}");
+    let counts = samples(
+        &text,
+        "stash_repository_snapshot_count",
+        &[("job", "web-backup")],
+    );
+    assert!(counts.contains(&count), "{counts:?} vs restic {count}");
 
     // The operator serves its own metrics.
     let own = operator_metrics().await;
-    assert!(own.contains("stash_operator_reconciles_total{controller=\"backupsession\"}"), "{own}");
+    assert!(
+        own.contains("stash_operator_reconciles_total{controller=\"backupsession\"}"),
+        "{own}"
+    );
     assert!(own.contains("stash_operator_leader 1"));
     assert_no_illegal_transitions().await;
 }

@@ -24,10 +24,14 @@ async fn a_backup_survives_the_operator_being_killed_and_restarted() {
     let source = pv_dir(&ns, "source-data").await;
     // ~150 MB of incompressible data: the backup takes several seconds.
     generate_files(&source, 2024, 36, 4 << 20);
-    apply(&client, &ns, json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "local-secret"},
-        "stringData": {"RESTIC_PASSWORD": PASSWORD}
-    }))
+    apply(
+        &client,
+        &ns,
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "local-secret"},
+            "stringData": {"RESTIC_PASSWORD": PASSWORD}
+        }),
+    )
     .await;
     apply(&client, &ns, json!({
         "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
@@ -36,7 +40,12 @@ async fn a_backup_survives_the_operator_being_killed_and_restarted() {
     }))
     .await;
     deployment_with_pvc(&client, &ns, "app", "source-data").await;
-    apply(&client, &ns, deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({}))).await;
+    apply(
+        &client,
+        &ns,
+        deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({})),
+    )
+    .await;
     wait_sidecar_ready(&client, &ns, "app", Duration::from_secs(90)).await;
 
     create_backup_session(&client, &ns, "app-backup", "survivor").await;
@@ -46,26 +55,53 @@ async fn a_backup_survives_the_operator_being_killed_and_restarted() {
         async move {
             let s = api.get("survivor").await.ok()?;
             let st = s.status?;
-            assert!(!matches!(st.phase, Some(Phase::Succeeded | Phase::Failed | Phase::Skipped)), "finished before the crash: {st:?}");
+            assert!(
+                !matches!(
+                    st.phase,
+                    Some(Phase::Succeeded | Phase::Failed | Phase::Skipped)
+                ),
+                "finished before the crash: {st:?}"
+            );
             (st.phase == Some(Phase::Running)).then_some(())
         }
     })
     .await;
     // restic is still busy: no host has reported.
     let s = api.get("survivor").await.expect("session");
-    assert!(s.status.as_ref().is_some_and(|st| st.stats.is_empty()), "the backup is still running when the operator dies");
+    assert!(
+        s.status.as_ref().is_some_and(|st| st.stats.is_empty()),
+        "the backup is still running when the operator dies"
+    );
 
     // Kill the leader's pod at once (no grace period); the Deployment replaces it and the
     // standby replica takes the Lease over.
-    let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), OPERATOR_NS);
-    let leader = leases.get("stash-operator").await.expect("the operator's Lease").spec.and_then(|s| s.holder_identity).expect("a leader");
+    let leases =
+        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), OPERATOR_NS);
+    let leader = leases
+        .get("stash-operator")
+        .await
+        .expect("the operator's Lease")
+        .spec
+        .and_then(|s| s.holder_identity)
+        .expect("a leader");
     let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), OPERATOR_NS);
-    pods.delete(&leader, &kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.expect("delete the leader pod");
+    pods.delete(
+        &leader,
+        &kube::api::DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("delete the leader pod");
     let killed_at = Instant::now();
     eprintln!("operator pod {leader} killed");
 
     let s = wait_session_terminal(&client, &ns, "survivor", Duration::from_secs(150)).await;
-    eprintln!("session terminal {:.1}s after the kill", killed_at.elapsed().as_secs_f64());
+    eprintln!(
+        "session terminal {:.1}s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    );
     let status = s.status.clone().expect("status");
     if status.phase != Some(Phase::Succeeded) {
         dump_logs(env.cp);
@@ -78,9 +114,18 @@ async fn a_backup_survives_the_operator_being_killed_and_restarted() {
     let snaps = restic_snapshots(&repo, PASSWORD);
     assert_eq!(snaps.len(), 1, "exactly one snapshot: {snaps:?}");
     assert_eq!(snaps[0]["hostname"], "host-0");
-    assert_eq!(snaps[0]["short_id"].as_str(), status.stats[0].snapshots[0].name.as_deref());
+    assert_eq!(
+        snaps[0]["short_id"].as_str(),
+        status.stats[0].snapshots[0].name.as_deref()
+    );
     // The new operator is the one that completed the session, legally.
-    let now = leases.get("stash-operator").await.expect("Lease").spec.and_then(|s| s.holder_identity).expect("a leader");
+    let now = leases
+        .get("stash-operator")
+        .await
+        .expect("Lease")
+        .spec
+        .and_then(|s| s.holder_identity)
+        .expect("a leader");
     assert_ne!(now, leader, "another replica leads after the kill");
     wait_operator_available(env.cp).await;
     assert_no_illegal_transitions().await;

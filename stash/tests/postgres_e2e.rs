@@ -74,6 +74,12 @@ fn start_postgres(cp: &ControlPlane) -> Postgres {
         "initdb: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Clients come from the cluster's addresses: the job pods (198.19.0.0/24) and this
+    // process through the veth (198.18.0.1).
+    let hba = data.join("pg_hba.conf");
+    let mut conf = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+    conf.push_str("host all all 198.18.0.0/15 scram-sha-256\n");
+    std::fs::write(&hba, conf).expect("write pg_hba.conf");
     let port = cp.cluster_port();
     let args: Vec<String> = [
         "-u",
@@ -92,7 +98,13 @@ fn start_postgres(cp: &ControlPlane) -> Postgres {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    cp.spawn_in_cluster(&format!("postgres-{port}"), Path::new("/usr/sbin/runuser"), &args, &[]).expect("postgres");
+    cp.spawn_in_cluster(
+        &format!("postgres-{port}"),
+        Path::new("/usr/sbin/runuser"),
+        &args,
+        &[],
+    )
+    .expect("postgres");
     let log = cp.dir().join(format!("postgres-{port}.log"));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -109,10 +121,7 @@ fn start_postgres(cp: &ControlPlane) -> Postgres {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    Postgres {
-        port,
-        _dir: dir,
-    }
+    Postgres { port, _dir: dir }
 }
 
 fn psql(port: u16, db: &str, sql: &str) -> String {

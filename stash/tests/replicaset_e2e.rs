@@ -21,7 +21,11 @@ async fn backs_up(kind: &str, api_version: &str, prefix: &str) {
                           "spec": {"containers": [{"name": "w", "image": "busybox", "command": ["sleep", "3600"],
                                                    "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}],
                                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]}});
-    let selector = if kind == "ReplicationController" { json!({"app": "w"}) } else { json!({"matchLabels": {"app": "w"}}) };
+    let selector = if kind == "ReplicationController" {
+        json!({"app": "w"})
+    } else {
+        json!({"matchLabels": {"app": "w"}})
+    };
     for doc in [
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"RESTIC_PASSWORD": "pw"}}),
         json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "repo-pvc"},
@@ -41,20 +45,29 @@ async fn backs_up(kind: &str, api_version: &str, prefix: &str) {
     }
     // The operator replaces the pods: a running pod with the sidecar appears.
     let pods = Api::<Pod>::namespaced(client.clone(), &ns.name);
-    eventually("a running pod with the sidecar", Duration::from_secs(120), || {
-        let pods = pods.clone();
-        async move {
-            let list = pods.list(&ListParams::default().labels("app=w")).await.ok()?;
-            list.items
-                .iter()
-                .find(|p| {
-                    p.metadata.deletion_timestamp.is_none()
-                        && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                        && p.spec.as_ref().is_some_and(|s| s.containers.iter().any(|c| c.name == "stash"))
-                })
-                .map(|_| ())
-        }
-    })
+    eventually(
+        "a running pod with the sidecar",
+        Duration::from_secs(120),
+        || {
+            let pods = pods.clone();
+            async move {
+                let list = pods
+                    .list(&ListParams::default().labels("app=w"))
+                    .await
+                    .ok()?;
+                list.items
+                    .iter()
+                    .find(|p| {
+                        p.metadata.deletion_timestamp.is_none()
+                            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                            && p.spec
+                                .as_ref()
+                                .is_some_and(|s| s.containers.iter().any(|c| c.name == "stash"))
+                    })
+                    .map(|_| ())
+            }
+        },
+    )
     .await;
     apply(&client, &ns.name, json!({
         "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
@@ -67,20 +80,37 @@ async fn backs_up(kind: &str, api_version: &str, prefix: &str) {
         let api = api.clone();
         async move {
             let s = api.get("now").await.ok()?;
-            matches!(s.status.as_ref()?.phase?, Phase::Succeeded | Phase::Failed | Phase::Skipped).then_some(s)
+            matches!(
+                s.status.as_ref()?.phase?,
+                Phase::Succeeded | Phase::Failed | Phase::Skipped
+            )
+            .then_some(s)
         }
     })
     .await;
     if s.status.as_ref().and_then(|s| s.phase) != Some(Phase::Succeeded) {
         dump_logs(env.cp);
     }
-    assert_eq!(s.status.as_ref().and_then(|s| s.phase), Some(Phase::Succeeded), "{:?}", s.status);
+    assert_eq!(
+        s.status.as_ref().and_then(|s| s.phase),
+        Some(Phase::Succeeded),
+        "{:?}",
+        s.status
+    );
     let snaps = restic_snapshots(&repo.to_string_lossy(), "pw");
     assert_eq!(snaps.len(), 1, "one snapshot in the PVC-backed repository");
     assert_eq!(snaps[0]["hostname"], "host-0");
     let scratch = tempfile::tempdir().expect("scratch");
-    restic_restore(&repo.to_string_lossy(), "pw", snaps[0]["id"].as_str().expect("id"), scratch.path());
-    assert_eq!(checksums(&scratch.path().join("source/data")), checksums(&data));
+    restic_restore(
+        &repo.to_string_lossy(),
+        "pw",
+        snaps[0]["id"].as_str().expect("id"),
+        scratch.path(),
+    );
+    assert_eq!(
+        checksums(&scratch.path().join("source/data")),
+        checksums(&data)
+    );
     assert_no_illegal_transitions().await;
 }
 

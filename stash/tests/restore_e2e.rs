@@ -8,7 +8,9 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kube::{Api, api::DeleteParams};
 use serde_json::json;
-use stash_crds::{BackupSession, RestoreSession, backup_session::Phase, restore_session::Phase as RestorePhase};
+use stash_crds::{
+    BackupSession, RestoreSession, backup_session::Phase, restore_session::Phase as RestorePhase,
+};
 use support::*;
 
 const PASSWORD: &str = "restore-test-password";
@@ -36,21 +38,29 @@ fn backup_configuration(kind: &str, name: &str) -> serde_json::Value {
 async fn backup(ns: &str, bc: &str, name: &str) -> BTreeMap<String, String> {
     let env = env().await;
     let client = env.cp.client();
-    apply(&client, ns, json!({
-        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
-        "metadata": {"name": name, "labels": {"stash.appscode.com/backup-configuration": bc}},
-        "spec": {"backupConfiguration": {"name": bc}}
-    }))
+    apply(
+        &client,
+        ns,
+        json!({
+            "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
+            "metadata": {"name": name, "labels": {"stash.appscode.com/backup-configuration": bc}},
+            "spec": {"backupConfiguration": {"name": bc}}
+        }),
+    )
     .await;
     let api = Api::<BackupSession>::namespaced(client, ns);
-    let s = eventually(&format!("BackupSession {name} to finish"), Duration::from_secs(150), || {
-        let api = api.clone();
-        async move {
-            let s = api.get(name).await.ok()?;
-            let p = s.status.as_ref()?.phase?;
-            matches!(p, Phase::Succeeded | Phase::Failed | Phase::Skipped).then_some(s)
-        }
-    })
+    let s = eventually(
+        &format!("BackupSession {name} to finish"),
+        Duration::from_secs(150),
+        || {
+            let api = api.clone();
+            async move {
+                let s = api.get(name).await.ok()?;
+                let p = s.status.as_ref()?.phase?;
+                matches!(p, Phase::Succeeded | Phase::Failed | Phase::Skipped).then_some(s)
+            }
+        },
+    )
     .await;
     let status = s.status.expect("status");
     if status.phase != Some(Phase::Succeeded) {
@@ -60,31 +70,54 @@ async fn backup(ns: &str, bc: &str, name: &str) -> BTreeMap<String, String> {
     status
         .stats
         .into_iter()
-        .map(|h| (h.hostname.unwrap_or_default(), h.snapshots[0].name.clone().unwrap_or_default()))
+        .map(|h| {
+            (
+                h.hostname.unwrap_or_default(),
+                h.snapshots[0].name.clone().unwrap_or_default(),
+            )
+        })
         .collect()
 }
 
-async fn restore_session(ns: &str, name: &str, kind: &str, target: &str, rules: serde_json::Value) -> RestoreSession {
+async fn restore_session(
+    ns: &str,
+    name: &str,
+    kind: &str,
+    target: &str,
+    rules: serde_json::Value,
+) -> RestoreSession {
     let env = env().await;
     let client = env.cp.client();
-    apply(&client, ns, json!({
-        "apiVersion": "stash.appscode.com/v1beta1", "kind": "RestoreSession",
-        "metadata": {"name": name},
-        "spec": {"repository": {"name": "repo"},
-                 "target": {"ref": {"apiVersion": "apps/v1", "kind": kind, "name": target},
-                            "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]},
-                 "rules": rules}
-    }))
+    apply(
+        &client,
+        ns,
+        json!({
+            "apiVersion": "stash.appscode.com/v1beta1", "kind": "RestoreSession",
+            "metadata": {"name": name},
+            "spec": {"repository": {"name": "repo"},
+                     "target": {"ref": {"apiVersion": "apps/v1", "kind": kind, "name": target},
+                                "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]},
+                     "rules": rules}
+        }),
+    )
     .await;
     let api = Api::<RestoreSession>::namespaced(client, ns);
-    let rs = eventually(&format!("RestoreSession {name} to finish"), Duration::from_secs(150), || {
-        let api = api.clone();
-        async move {
-            let s = api.get(name).await.ok()?;
-            let p = s.status.as_ref()?.phase?;
-            matches!(p, RestorePhase::Succeeded | RestorePhase::Failed | RestorePhase::Unknown).then_some(s)
-        }
-    })
+    let rs = eventually(
+        &format!("RestoreSession {name} to finish"),
+        Duration::from_secs(150),
+        || {
+            let api = api.clone();
+            async move {
+                let s = api.get(name).await.ok()?;
+                let p = s.status.as_ref()?.phase?;
+                matches!(
+                    p,
+                    RestorePhase::Succeeded | RestorePhase::Failed | RestorePhase::Unknown
+                )
+                .then_some(s)
+            }
+        },
+    )
     .await;
     if rs.status.as_ref().and_then(|s| s.phase) != Some(RestorePhase::Succeeded) {
         dump_logs(env.cp);
@@ -96,25 +129,44 @@ async fn restore_session(ns: &str, name: &str, kind: &str, target: &str, rules: 
 fn wipe(dir: &Path) {
     for e in std::fs::read_dir(dir).expect("read dir").flatten() {
         let p = e.path();
-        if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) }.expect("wipe");
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        }
+        .expect("wipe");
     }
     assert!(checksums(dir).is_empty());
 }
 
 async fn wait_deployment_ready(ns: &str, name: &str, with_init: bool) {
     let api = Api::<Deployment>::namespaced(env().await.cp.client(), ns);
-    eventually(&format!("Deployment {name} rolled out"), Duration::from_secs(120), || {
-        let api = api.clone();
-        async move {
-            let d = api.get(name).await.ok()?;
-            let spec = d.spec.as_ref()?.template.spec.as_ref()?;
-            let sidecar = spec.containers.iter().any(|c| c.name == "stash");
-            let init = spec.init_containers.iter().flatten().any(|c| c.name == "stash-init");
-            let st = d.status?;
-            let rolled = st.updated_replicas == Some(1) && st.ready_replicas == Some(1) && st.replicas == Some(1);
-            (sidecar && init == with_init && rolled && d.metadata.generation == st.observed_generation).then_some(())
-        }
-    })
+    eventually(
+        &format!("Deployment {name} rolled out"),
+        Duration::from_secs(120),
+        || {
+            let api = api.clone();
+            async move {
+                let d = api.get(name).await.ok()?;
+                let spec = d.spec.as_ref()?.template.spec.as_ref()?;
+                let sidecar = spec.containers.iter().any(|c| c.name == "stash");
+                let init = spec
+                    .init_containers
+                    .iter()
+                    .flatten()
+                    .any(|c| c.name == "stash-init");
+                let st = d.status?;
+                let rolled = st.updated_replicas == Some(1)
+                    && st.ready_replicas == Some(1)
+                    && st.replicas == Some(1);
+                (sidecar
+                    && init == with_init
+                    && rolled
+                    && d.metadata.generation == st.observed_generation)
+                    .then_some(())
+            }
+        },
+    )
     .await;
 }
 
@@ -152,13 +204,31 @@ async fn a_deployment_restores_the_latest_and_a_chosen_older_snapshot() {
 
     // Destroy the data; restore the latest snapshot through the init-container.
     wipe(&data);
-    let rs = restore_session(&ns, "restore-latest", "Deployment", "app", json!([{"paths": ["/source/data"]}])).await;
+    let rs = restore_session(
+        &ns,
+        "restore-latest",
+        "Deployment",
+        "app",
+        json!([{"paths": ["/source/data"]}]),
+    )
+    .await;
     let status = rs.status.expect("status");
     assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
     assert_eq!(status.stats.len(), 1);
-    assert_eq!(checksums(&data), v2, "restored bytes equal the latest backup");
-    let d = Api::<Deployment>::namespaced(client.clone(), &ns).get("app").await.expect("deployment");
-    let inits: Vec<_> = d.spec.and_then(|s| s.template.spec).and_then(|s| s.init_containers).unwrap_or_default();
+    assert_eq!(
+        checksums(&data),
+        v2,
+        "restored bytes equal the latest backup"
+    );
+    let d = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .get("app")
+        .await
+        .expect("deployment");
+    let inits: Vec<_> = d
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.init_containers)
+        .unwrap_or_default();
     assert_eq!(inits.first().map(|c| c.name.as_str()), Some("stash-init"));
 
     // Deleting the RestoreSession removes the init-container.
@@ -171,9 +241,25 @@ async fn a_deployment_restores_the_latest_and_a_chosen_older_snapshot() {
     // Restore a chosen older snapshot by its Snapshot API name.
     wipe(&data);
     let older = format!("repo-{}", first["host-0"]);
-    let rs = restore_session(&ns, "restore-older", "Deployment", "app", json!([{"snapshots": [older]}])).await;
-    assert_eq!(rs.status.as_ref().and_then(|s| s.phase), Some(RestorePhase::Succeeded), "{:?}", rs.status);
-    assert_eq!(checksums(&data), v1, "restored bytes equal the older backup");
+    let rs = restore_session(
+        &ns,
+        "restore-older",
+        "Deployment",
+        "app",
+        json!([{"snapshots": [older]}]),
+    )
+    .await;
+    assert_eq!(
+        rs.status.as_ref().and_then(|s| s.phase),
+        Some(RestorePhase::Succeeded),
+        "{:?}",
+        rs.status
+    );
+    assert_eq!(
+        checksums(&data),
+        v1,
+        "restored bytes equal the older backup"
+    );
     assert_no_illegal_transitions().await;
 }
 
@@ -211,13 +297,27 @@ async fn a_statefulset_host_restores_another_hosts_data_via_source_host() {
         let sts = sts.clone();
         async move {
             let s = sts.get("db").await.ok()?;
-            let injected = s.spec.as_ref()?.template.spec.as_ref()?.containers.iter().any(|c| c.name == "stash");
+            let injected = s
+                .spec
+                .as_ref()?
+                .template
+                .spec
+                .as_ref()?
+                .containers
+                .iter()
+                .any(|c| c.name == "stash");
             let st = s.status?;
             let done = st.update_revision.is_some() && st.update_revision == st.current_revision;
-            (injected && done && st.ready_replicas == Some(2) && st.updated_replicas == Some(2)).then_some(())
+            (injected && done && st.ready_replicas == Some(2) && st.updated_replicas == Some(2))
+                .then_some(())
         }
     };
-    eventually("the sidecar in every StatefulSet pod", Duration::from_secs(150), rolled).await;
+    eventually(
+        "the sidecar in every StatefulSet pod",
+        Duration::from_secs(150),
+        rolled,
+    )
+    .await;
     let snaps = backup(&ns, "db-backup", "backup-1").await;
     assert_eq!(snaps.len(), 2);
 
@@ -230,10 +330,18 @@ async fn a_statefulset_host_restores_another_hosts_data_via_source_host() {
     let rs = restore_session(&ns, "swap", "StatefulSet", "db", rules).await;
     let status = rs.status.expect("status");
     assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
-    let mut hosts: Vec<_> = status.stats.iter().filter_map(|h| h.hostname.clone()).collect();
+    let mut hosts: Vec<_> = status
+        .stats
+        .iter()
+        .filter_map(|h| h.hostname.clone())
+        .collect();
     hosts.sort();
     assert_eq!(hosts, ["host-0", "host-1"]);
-    assert_eq!(checksums(&pvc(0)), originals[1], "host-0 now holds host-1's data");
+    assert_eq!(
+        checksums(&pvc(0)),
+        originals[1],
+        "host-0 now holds host-1's data"
+    );
     assert_eq!(checksums(&pvc(1)), originals[1]);
     assert_no_illegal_transitions().await;
 }

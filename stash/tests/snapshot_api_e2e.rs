@@ -38,27 +38,55 @@ fn restic(repo: &Path) -> Command {
 }
 
 fn ok(out: Output, what: &str) -> String {
-    assert!(out.status.success(), "{what}: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A restic repository at `dir` with `n` snapshots of a small directory, host `host`.
 fn make_repo(dir: &Path, n: usize, host: &str) {
-    ok(restic(dir).args(["init", "--quiet"]).output().expect("restic init"), "restic init");
+    ok(
+        restic(dir)
+            .args(["init", "--quiet"])
+            .output()
+            .expect("restic init"),
+        "restic init",
+    );
     let src = dir.with_extension("src");
     std::fs::create_dir_all(&src).expect("source dir");
     for i in 0..n {
         std::fs::write(src.join("file.txt"), format!("content {i}\n")).expect("write");
         ok(
-            restic(dir).args(["backup", "--quiet", "--host", host, "--tag", &format!("n{i}")]).arg(&src).output().expect("restic backup"),
+            restic(dir)
+                .args([
+                    "backup",
+                    "--quiet",
+                    "--host",
+                    host,
+                    "--tag",
+                    &format!("n{i}"),
+                ])
+                .arg(&src)
+                .output()
+                .expect("restic backup"),
             "restic backup",
         );
     }
 }
 
 fn restic_snapshots(dir: &Path) -> Vec<Value> {
-    serde_json::from_str(&ok(restic(dir).args(["snapshots", "--json", "--no-lock"]).output().expect("restic"), "restic snapshots"))
-        .expect("json")
+    serde_json::from_str(&ok(
+        restic(dir)
+            .args(["snapshots", "--json", "--no-lock"])
+            .output()
+            .expect("restic"),
+        "restic snapshots",
+    ))
+    .expect("json")
 }
 
 async fn apply(client: &Client, ns: &str, obj: Value) {
@@ -69,17 +97,33 @@ async fn apply(client: &Client, ns: &str, obj: Value) {
         "Repository" => "repositories".to_owned(),
         k => format!("{}s", k.to_lowercase()),
     };
-    let ar = ApiResource { group: group.into(), version: version.into(), api_version: api_version.clone(), kind, plural };
+    let ar = ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: api_version.clone(),
+        kind,
+        plural,
+    };
     let name = obj["metadata"]["name"].as_str().expect("name").to_owned();
     let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar);
     let o: DynamicObject = serde_json::from_value(obj).expect("object");
-    api.patch(&name, &PatchParams::apply("snapshot-e2e").force(), &Patch::Apply(&o)).await.expect("apply");
+    api.patch(
+        &name,
+        &PatchParams::apply("snapshot-e2e").force(),
+        &Patch::Apply(&o),
+    )
+    .await
+    .expect("apply");
 }
 
 /// Namespace `ns` gets Secret `storage` and Repository `name` on the hostPath `dir`.
 async fn repository(client: &Client, ns: &str, name: &str, dir: &Path, labels: Value) {
-    apply(client, ns, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "storage"},
-                              "stringData": {"RESTIC_PASSWORD": PASSWORD}}))
+    apply(
+        client,
+        ns,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "storage"},
+                              "stringData": {"RESTIC_PASSWORD": PASSWORD}}),
+    )
     .await;
     apply(client, ns, json!({
         "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository",
@@ -98,7 +142,8 @@ struct Kubectl {
 impl Kubectl {
     fn run(&self, kubeconfig: Option<&Path>, args: &[&str]) -> Output {
         let mut c = self.cp.kubectl().expect("kubectl");
-        c.env("KUBECACHEDIR", self.cache.path()).env("HOME", self.cache.path());
+        c.env("KUBECACHEDIR", self.cache.path())
+            .env("HOME", self.cache.path());
         if let Some(k) = kubeconfig {
             c.env("KUBECONFIG", k);
         }
@@ -106,12 +151,25 @@ impl Kubectl {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        ok(self.run(None, args), &format!("kubectl {} (KUBECONFIG {} exists: {})", args.join(" "), self.cp.kubeconfig.display(), self.cp.kubeconfig.exists()))
+        ok(
+            self.run(None, args),
+            &format!(
+                "kubectl {} (KUBECONFIG {} exists: {})",
+                args.join(" "),
+                self.cp.kubeconfig.display(),
+                self.cp.kubeconfig.exists()
+            ),
+        )
     }
 
     fn err(&self, kubeconfig: Option<&Path>, args: &[&str]) -> String {
         let out = self.run(kubeconfig, args);
-        assert!(!out.status.success(), "kubectl {} should fail: {}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "kubectl {} should fail: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 }
@@ -119,10 +177,30 @@ impl Kubectl {
 /// curl straight to an operator pod's Snapshot API server (not through the API server), from
 /// inside the cluster's network namespace, optionally with a front-proxy client certificate;
 /// returns (HTTP code, body).
-fn curl(pod_ip: &str, path: &str, cert: Option<(&Path, &Path)>, headers: &[&str], ca: &Path) -> (u16, String) {
+fn curl(
+    pod_ip: &str,
+    path: &str,
+    cert: Option<(&Path, &Path)>,
+    headers: &[&str],
+    ca: &Path,
+) -> (u16, String) {
     let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/run/netns/{NETNS}")).args(["--", "curl", "-sS", "-o", "-", "-w", "\n%{http_code}", "--cacert"]).arg(ca);
-    c.args(["--resolve", &format!("{SERVICE}.stash-system.svc:8444:{pod_ip}")]);
+    c.arg(format!("--net=/run/netns/{NETNS}"))
+        .args([
+            "--",
+            "curl",
+            "-sS",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+        ])
+        .arg(ca);
+    c.args([
+        "--resolve",
+        &format!("{SERVICE}.stash-system.svc:8444:{pod_ip}"),
+    ]);
     if let Some((crt, key)) = cert {
         c.arg("--cert").arg(crt).arg("--key").arg(key);
     }
@@ -136,20 +214,37 @@ fn curl(pod_ip: &str, path: &str, cert: Option<(&Path, &Path)>, headers: &[&str]
 }
 
 fn short_ids(snaps: &[Value]) -> BTreeSet<String> {
-    snaps.iter().map(|s| s["short_id"].as_str().expect("short_id").to_owned()).collect()
+    snaps
+        .iter()
+        .map(|s| s["short_id"].as_str().expect("short_id").to_owned())
+        .collect()
 }
 
 fn names(out: &str) -> BTreeSet<String> {
-    out.lines().filter(|l| !l.is_empty()).map(|l| l.rsplit('/').next().unwrap_or(l).to_owned()).collect()
+    out.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.rsplit('/').next().unwrap_or(l).to_owned())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn snapshot_api_of_the_installed_operator() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cp = stash_testenv::shared().await.expect("the cluster");
-    let api = Api::<APIService>::all(cp.client()).get("v1alpha1.repositories.stash.appscode.com").await.expect("the APIService");
-    let available = api.status.and_then(|s| s.conditions).unwrap_or_default().iter().any(|c| c.type_ == "Available" && c.status == "True");
-    assert!(available, "the installed operator's APIService is Available");
+    let api = Api::<APIService>::all(cp.client())
+        .get("v1alpha1.repositories.stash.appscode.com")
+        .await
+        .expect("the APIService");
+    let available = api
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Available" && c.status == "True");
+    assert!(
+        available,
+        "the installed operator's APIService is Available"
+    );
     scenario(cp).await;
 }
 
@@ -171,35 +266,87 @@ async fn scenario(cp: &'static ControlPlane) {
     repository(&client, a, "repo", &dir_a, json!({"app": "web"})).await;
     repository(&client, b, "other", &dir_b, json!({})).await;
     // A repository whose backend has no restic repository yet lists nothing.
-    repository(&client, a, "empty", &work.path().join("nothing-here"), json!({})).await;
-    let kubectl = Kubectl { cp, cache: tempfile::tempdir().expect("cache") };
+    repository(
+        &client,
+        a,
+        "empty",
+        &work.path().join("nothing-here"),
+        json!({}),
+    )
+    .await;
+    let kubectl = Kubectl {
+        cp,
+        cache: tempfile::tempdir().expect("cache"),
+    };
 
     // Discovery.
-    let out = kubectl.ok(&["api-resources", "--api-group=repositories.stash.appscode.com"]);
-    assert!(out.contains("snapshots") && out.contains("Snapshot"), "{out}");
+    let out = kubectl.ok(&[
+        "api-resources",
+        "--api-group=repositories.stash.appscode.com",
+    ]);
+    assert!(
+        out.contains("snapshots") && out.contains("Snapshot"),
+        "{out}"
+    );
 
     // OpenAPI: the API server aggregates ours (kubectl explain reads it through OpenAPI v3).
     let mut explained = String::new();
     for _ in 0..40 {
         let out = kubectl.run(None, &["explain", "snapshots.status"]);
-        explained = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        explained = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         if out.status.success() && explained.contains("hostname") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(explained.contains("hostname") && explained.contains("Tags"), "{explained}");
+    assert!(
+        explained.contains("hostname") && explained.contains("Tags"),
+        "{explained}"
+    );
 
     // list in one namespace, by label: exactly restic's snapshots.
     let restic_a = restic_snapshots(&dir_a);
-    let want: BTreeSet<String> = short_ids(&restic_a).iter().map(|id| format!("repo-{id}")).collect();
+    let want: BTreeSet<String> = short_ids(&restic_a)
+        .iter()
+        .map(|id| format!("repo-{id}"))
+        .collect();
     assert_eq!(want.len(), 3);
-    let out = kubectl.ok(&["get", "snapshots", "-n", a, "-l", "repository=repo", "-o", "name"]);
+    let out = kubectl.ok(&[
+        "get",
+        "snapshots",
+        "-n",
+        a,
+        "-l",
+        "repository=repo",
+        "-o",
+        "name",
+    ]);
     assert_eq!(names(&out), want, "{out}");
-    assert!(out.lines().all(|l| l.starts_with("snapshot.repositories.stash.appscode.com/")), "{out}");
+    assert!(
+        out.lines()
+            .all(|l| l.starts_with("snapshot.repositories.stash.appscode.com/")),
+        "{out}"
+    );
     let out = kubectl.ok(&["get", "snapshots", "-n", a, "-l", "app=web", "-o", "name"]);
-    assert_eq!(names(&out), want, "a Repository's labels select its snapshots: {out}");
-    let out = kubectl.ok(&["get", "snapshots", "-n", a, "-l", "repository=nope", "-o", "name"]);
+    assert_eq!(
+        names(&out),
+        want,
+        "a Repository's labels select its snapshots: {out}"
+    );
+    let out = kubectl.ok(&[
+        "get",
+        "snapshots",
+        "-n",
+        a,
+        "-l",
+        "repository=nope",
+        "-o",
+        "name",
+    ]);
     assert!(out.trim().is_empty(), "{out}");
 
     // Tables: default and wide columns.
@@ -211,42 +358,87 @@ async fn scenario(cp: &'static ControlPlane) {
     }
     assert!(!header.contains("TAGS"), "{header}");
     assert_eq!(out.lines().count(), 4, "{out}");
-    assert!(out.contains("host-0") && out.contains(&restic_a[0]["short_id"].as_str().unwrap().to_string()), "{out}");
-    let out = kubectl.ok(&["get", "snapshots", "-n", a, "-l", "repository=repo", "-o", "wide"]);
+    assert!(
+        out.contains("host-0")
+            && out.contains(&restic_a[0]["short_id"].as_str().unwrap().to_string()),
+        "{out}"
+    );
+    let out = kubectl.ok(&[
+        "get",
+        "snapshots",
+        "-n",
+        a,
+        "-l",
+        "repository=repo",
+        "-o",
+        "wide",
+    ]);
     println!("kubectl get snapshots -o wide\n{out}");
     let header = out.lines().next().expect("header");
     for col in ["NAME", "HOSTNAME", "TIME", "TAGS", "USERNAME", "TREE"] {
         assert!(header.contains(col), "{header}");
     }
-    assert!(out.contains("n0") && out.contains("n2"), "tags shown: {out}");
+    assert!(
+        out.contains("n0") && out.contains("n2"),
+        "tags shown: {out}"
+    );
 
     // -o yaml: kind, status, uid = full id.
-    let out = kubectl.ok(&["get", "snapshots", "-n", a, "-l", "repository=repo", "-o", "yaml"]);
+    let out = kubectl.ok(&[
+        "get",
+        "snapshots",
+        "-n",
+        a,
+        "-l",
+        "repository=repo",
+        "-o",
+        "yaml",
+    ]);
     let list: Value = serde_saphyr::from_str(&out).expect("yaml");
     let items = list["items"].as_array().expect("items");
     assert_eq!(items.len(), 3);
     for item in items {
         assert_eq!(item["kind"], "Snapshot");
-        assert_eq!(item["apiVersion"], "repositories.stash.appscode.com/v1alpha1");
+        assert_eq!(
+            item["apiVersion"],
+            "repositories.stash.appscode.com/v1alpha1"
+        );
         assert_eq!(item["status"]["hostname"], "host-0");
         let uid = item["metadata"]["uid"].as_str().expect("uid");
-        let r = restic_a.iter().find(|s| s["id"] == uid).unwrap_or_else(|| panic!("uid {uid} is a full restic id"));
+        let r = restic_a
+            .iter()
+            .find(|s| s["id"] == uid)
+            .unwrap_or_else(|| panic!("uid {uid} is a full restic id"));
         assert_eq!(item["status"]["paths"], r["paths"]);
         assert_eq!(item["status"]["tree"], r["tree"]);
         assert_eq!(item["metadata"]["labels"]["repository"], "repo");
         assert_eq!(item["metadata"]["labels"]["app"], "web");
-        assert!(item["status"]["Tags"].is_array(), "Tags key capitalised: {item:?}");
+        assert!(
+            item["status"]["Tags"].is_array(),
+            "Tags key capitalised: {item:?}"
+        );
     }
 
-    // All namespaces.
+    // All namespaces (B's local repository is read for the first time).
     let out = kubectl.ok(&["get", "snapshots", "-A"]);
     println!("kubectl get snapshots -A\n{out}");
-    assert!(out.lines().next().unwrap_or_default().contains("NAMESPACE"), "{out}");
-    assert!(out.contains(a) && out.contains(b) && out.contains("other-"), "{out}");
+    assert!(
+        out.lines().next().unwrap_or_default().contains("NAMESPACE"),
+        "{out}"
+    );
+    assert!(
+        out.contains(a) && out.contains(b) && out.contains("other-"),
+        "{out}"
+    );
 
     // get one; a bad name; a missing one.
-    let first = format!("repo-{}", restic_a[0]["short_id"].as_str().expect("short id"));
-    let one: Value = serde_json::from_str(&kubectl.ok(&["get", "snapshot", &first, "-n", a, "-o", "json"])).expect("json");
+    let first = format!(
+        "repo-{}",
+        restic_a[0]["short_id"].as_str().expect("short id")
+    );
+    let one: Value =
+        serde_json::from_str(&kubectl.ok(&["get", "snapshot", &first, "-n", a, "-o", "json"]))
+            .expect("json");
     assert_eq!(one["metadata"]["name"], first.as_str());
     assert_eq!(one["metadata"]["uid"], restic_a[0]["id"]);
     let out = kubectl.ok(&["get", "snapshot", &first, "-n", a]);
@@ -254,22 +446,48 @@ async fn scenario(cp: &'static ControlPlane) {
     let err = kubectl.err(None, &["get", "snapshot", "bad", "-n", a]);
     assert!(err.contains("invalid snapshot name"), "{err}");
     let err = kubectl.err(None, &["get", "snapshot", "repo-00000000", "-n", a]);
-    assert!(err.contains("NotFound") && err.contains("not found"), "{err}");
+    assert!(
+        err.contains("NotFound") && err.contains("not found"),
+        "{err}"
+    );
     let err = kubectl.err(None, &["get", "snapshot", "norepo-00000000", "-n", a]);
     assert!(err.contains("NotFound") && err.contains("norepo"), "{err}");
-    let err = kubectl.err(None, &["get", "snapshots", "-n", a, "--watch", "--request-timeout=5s"]);
-    assert!(err.contains("not supported") || err.contains("MethodNotAllowed") || err.contains("405"), "{err}");
+    let err = kubectl.err(
+        None,
+        &[
+            "get",
+            "snapshots",
+            "-n",
+            a,
+            "--watch",
+            "--request-timeout=5s",
+        ],
+    );
+    assert!(
+        err.contains("not supported") || err.contains("MethodNotAllowed") || err.contains("405"),
+        "{err}"
+    );
 
     // A snapshot taken after the last refresh is found by `get` (refresh on a miss).
     let (d, t) = (dir_a.clone(), work.path().join("late"));
     tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&t).expect("dir");
         std::fs::write(t.join("f"), "late").expect("write");
-        ok(restic(&d).args(["backup", "--quiet", "--host", "host-9"]).arg(&t).output().expect("backup"), "backup");
+        ok(
+            restic(&d)
+                .args(["backup", "--quiet", "--host", "host-9"])
+                .arg(&t)
+                .output()
+                .expect("backup"),
+            "backup",
+        );
     })
     .await
     .expect("late backup");
-    let late = restic_snapshots(&dir_a).into_iter().find(|s| s["hostname"] == "host-9").expect("late snapshot");
+    let late = restic_snapshots(&dir_a)
+        .into_iter()
+        .find(|s| s["hostname"] == "host-9")
+        .expect("late snapshot");
     let late_name = format!("repo-{}", late["short_id"].as_str().expect("id"));
     let out = kubectl.ok(&["get", "snapshot", &late_name, "-n", a, "-o", "name"]);
     assert!(out.contains(&late_name), "{out}");
@@ -278,7 +496,10 @@ async fn scenario(cp: &'static ControlPlane) {
     let out = kubectl.ok(&["delete", "snapshot", &late_name, "-n", a]);
     assert!(out.contains("deleted"), "{out}");
     let after = restic_snapshots(&dir_a);
-    assert!(!after.iter().any(|s| s["id"] == late["id"]), "restic no longer lists the deleted snapshot");
+    assert!(
+        !after.iter().any(|s| s["id"] == late["id"]),
+        "restic no longer lists the deleted snapshot"
+    );
     assert_eq!(short_ids(&after), short_ids(&restic_a));
     let err = kubectl.err(None, &["get", "snapshot", &late_name, "-n", a]);
     assert!(err.contains("NotFound"), "{err}");
@@ -304,18 +525,37 @@ async fn scenario(cp: &'static ControlPlane) {
     }
     assert_eq!(names(&allowed), want, "alice lists in {a}");
     let err = kubectl.err(Some(&alice), &["get", "snapshots", "-n", b]);
-    assert!(err.contains("Forbidden") || err.contains("forbidden"), "{err}");
+    assert!(
+        err.contains("Forbidden") || err.contains("forbidden"),
+        "{err}"
+    );
     let err = kubectl.err(Some(&alice), &["delete", "snapshot", &first, "-n", a]);
     assert!(err.contains("forbidden"), "{err}");
     let err = kubectl.err(Some(&bob), &["get", "snapshots", "-n", a]);
-    assert!(err.contains("Forbidden") || err.contains("forbidden"), "{err}");
+    assert!(
+        err.contains("Forbidden") || err.contains("forbidden"),
+        "{err}"
+    );
 
     // Our own server authenticates and authorizes too (not only the API server in front):
     // without the front-proxy certificate → 401; with it, bob → 403, admin → 200.
-    let apiservice = Api::<APIService>::all(client.clone()).get("v1alpha1.repositories.stash.appscode.com").await.expect("APIService");
-    let ca_bundle = String::from_utf8(apiservice.spec.and_then(|s| s.ca_bundle).expect("caBundle").0).expect("pem");
+    let apiservice = Api::<APIService>::all(client.clone())
+        .get("v1alpha1.repositories.stash.appscode.com")
+        .await
+        .expect("APIService");
+    let ca_bundle = String::from_utf8(
+        apiservice
+            .spec
+            .and_then(|s| s.ca_bundle)
+            .expect("caBundle")
+            .0,
+    )
+    .expect("pem");
     let operator = Api::<Pod>::namespaced(client.clone(), "stash-system")
-        .list(&ListParams::default().labels("app.kubernetes.io/name=stash,app.kubernetes.io/component=operator"))
+        .list(
+            &ListParams::default()
+                .labels("app.kubernetes.io/name=stash,app.kubernetes.io/component=operator"),
+        )
         .await
         .expect("operator pods")
         .items
@@ -325,8 +565,16 @@ async fn scenario(cp: &'static ControlPlane) {
     let pod_ip = operator.as_str();
     let pki = work.path().join("pki");
     std::fs::create_dir_all(&pki).expect("pki dir");
-    let proxy = cp.pki.front_proxy_ca.client("front-proxy-client", &[]).expect("proxy cert");
-    let other = cp.pki.front_proxy_ca.client("not-allowed", &[]).expect("cert");
+    let proxy = cp
+        .pki
+        .front_proxy_ca
+        .client("front-proxy-client", &[])
+        .expect("proxy cert");
+    let other = cp
+        .pki
+        .front_proxy_ca
+        .client("not-allowed", &[])
+        .expect("cert");
     let w = |name: &str, body: &str| {
         let p = pki.join(name);
         std::fs::write(&p, body).expect("write");
@@ -340,22 +588,61 @@ async fn scenario(cp: &'static ControlPlane) {
         w("ca.crt", &ca_bundle),
     );
     let path = format!("/apis/repositories.stash.appscode.com/v1alpha1/namespaces/{a}/snapshots");
-    let (code, body) = curl(pod_ip, &path, None, &["X-Remote-User: admin", "X-Remote-Group: system:masters"], &ca);
+    let (code, body) = curl(
+        pod_ip,
+        &path,
+        None,
+        &["X-Remote-User: admin", "X-Remote-Group: system:masters"],
+        &ca,
+    );
     assert_eq!(code, 401, "{body}");
-    let (code, body) = curl(pod_ip, &path, Some((&oc, &ok_)), &["X-Remote-User: admin", "X-Remote-Group: system:masters"], &ca);
-    assert_eq!(code, 401, "a CN outside requestheader-allowed-names: {body}");
-    let (code, body) = curl(pod_ip, &path, Some((&pc, &pk)), &["X-Remote-User: bob", "X-Remote-Group: system:authenticated"], &ca);
+    let (code, body) = curl(
+        pod_ip,
+        &path,
+        Some((&oc, &ok_)),
+        &["X-Remote-User: admin", "X-Remote-Group: system:masters"],
+        &ca,
+    );
+    assert_eq!(
+        code, 401,
+        "a CN outside requestheader-allowed-names: {body}"
+    );
+    let (code, body) = curl(
+        pod_ip,
+        &path,
+        Some((&pc, &pk)),
+        &["X-Remote-User: bob", "X-Remote-Group: system:authenticated"],
+        &ca,
+    );
     assert_eq!(code, 403, "{body}");
     let status: Value = serde_json::from_str(&body).expect("Status");
     assert_eq!(status["kind"], "Status");
     assert_eq!(status["reason"], "Forbidden");
-    let (code, body) = curl(pod_ip, &path, Some((&pc, &pk)), &["X-Remote-User: admin", "X-Remote-Group: system:masters"], &ca);
+    let (code, body) = curl(
+        pod_ip,
+        &path,
+        Some((&pc, &pk)),
+        &["X-Remote-User: admin", "X-Remote-Group: system:masters"],
+        &ca,
+    );
     assert_eq!(code, 200, "{body}");
     let (code, _) = curl(pod_ip, "/healthz", None, &[], &ca);
     assert_eq!(code, 200);
-    let (code, body) = curl(pod_ip, "/openapi/v3", Some((&pc, &pk)), &["X-Remote-User: admin"], &ca);
+    let (code, body) = curl(
+        pod_ip,
+        "/openapi/v3",
+        Some((&pc, &pk)),
+        &["X-Remote-User: admin"],
+        &ca,
+    );
     assert_eq!(code, 200, "{body}");
-    let (code, body) = curl(pod_ip, "/openapi/v2", Some((&pc, &pk)), &["X-Remote-User: admin"], &ca);
+    let (code, body) = curl(
+        pod_ip,
+        "/openapi/v2",
+        Some((&pc, &pk)),
+        &["X-Remote-User: admin"],
+        &ca,
+    );
     assert_eq!(code, 200, "{body}");
 
     // The catalog answers lists in milliseconds: 50 lists through the API server vs one restic run.
@@ -382,7 +669,10 @@ async fn scenario(cp: &'static ControlPlane) {
         api_avg.as_secs_f64() * 1e3,
         restic_time.as_secs_f64() * 1e3
     );
-    assert!(api_avg * 2 < restic_time, "catalog lists ({api_avg:?}) are well under a restic run ({restic_time:?})");
+    assert!(
+        api_avg * 2 < restic_time,
+        "catalog lists ({api_avg:?}) are well under a restic run ({restic_time:?})"
+    );
 
     // Deleting a namespace finishes (the API stays discoverable) and forgets nothing: the
     // namespace controller sees no snapshots in a terminating namespace.
@@ -390,9 +680,21 @@ async fn scenario(cp: &'static ControlPlane) {
     drop(ns_b);
     let namespaces = Api::<Namespace>::all(client.clone());
     let deadline = Instant::now() + Duration::from_secs(90);
-    while namespaces.get_opt(&b).await.expect("get namespace").is_some() {
-        assert!(Instant::now() < deadline, "namespace {b} is deleted while the Snapshot API is registered");
+    while namespaces
+        .get_opt(&b)
+        .await
+        .expect("get namespace")
+        .is_some()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "namespace {b} is deleted while the Snapshot API is registered"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert_eq!(restic_snapshots(&dir_b).len(), 1, "deleting the namespace forgot no snapshot");
+    assert_eq!(
+        restic_snapshots(&dir_b).len(),
+        1,
+        "deleting the namespace forgot no snapshot"
+    );
 }

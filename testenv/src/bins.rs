@@ -30,7 +30,12 @@ pub fn bin_dir() -> Result<PathBuf, Error> {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        let dir = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string();
+        let dir = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         Ok(PathBuf::from(dir))
     })
     .clone()

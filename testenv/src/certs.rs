@@ -59,7 +59,9 @@ impl Ca {
     pub fn new(cn: &str) -> Result<Self, Error> {
         let key = KeyPair::generate().map_err(rc)?;
         let key_pem = key.serialize_pem();
-        let cert = CertifiedIssuer::self_signed(Self::params(cn)?, key).map_err(rc)?.pem();
+        let cert = CertifiedIssuer::self_signed(Self::params(cn)?, key)
+            .map_err(rc)?
+            .pem();
         Self::load(cn, &cert, &key_pem)
     }
 
@@ -67,7 +69,11 @@ impl Ca {
     /// cluster's files.
     pub fn load(cn: &str, cert: &str, key: &str) -> Result<Self, Error> {
         let issuer = Issuer::new(Self::params(cn)?, KeyPair::from_pem(key).map_err(rc)?);
-        Ok(Self { issuer, cert: cert.to_string(), key: key.to_string() })
+        Ok(Self {
+            issuer,
+            cert: cert.to_string(),
+            key: key.to_string(),
+        })
     }
 
     /// A client certificate for user `cn` in groups `orgs`.
@@ -80,24 +86,34 @@ impl Ca {
         }
         params.distinguished_name = name;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         self.sign(params)
     }
 
     /// A serving certificate for the given DNS names and IP addresses.
     pub fn server(&self, cn: &str, sans: &[&str]) -> Result<Pair, Error> {
         let mut params =
-            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).map_err(rc)?;
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .map_err(rc)?;
         params.distinguished_name = dn(cn, None);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         self.sign(params)
     }
 
     fn sign(&self, params: CertificateParams) -> Result<Pair, Error> {
         let key = KeyPair::generate().map_err(rc)?;
         let cert = params.signed_by(&key, &self.issuer).map_err(rc)?;
-        Ok(Pair { cert: cert.pem(), key: key.serialize_pem() })
+        Ok(Pair {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
     }
 }
 
@@ -132,7 +148,11 @@ pub const COMPONENTS: &[(&str, &str, &[&str])] = &[
     ("kube-proxy", "system:kube-proxy", &[]),
     ("kubelet", "system:node:stash-node", &["system:nodes"]),
     ("coredns", "stash-testenv:coredns", &["system:masters"]),
-    ("apiserver-kubelet-client", "kube-apiserver-kubelet-client", &["system:masters"]),
+    (
+        "apiserver-kubelet-client",
+        "kube-apiserver-kubelet-client",
+        &["system:masters"],
+    ),
 ];
 
 impl Pki {
@@ -185,7 +205,12 @@ impl Pki {
         }
         w("sa.pub", &sa.public_key_pem())?;
         w("sa.key", &sa.serialize_pem())?;
-        Ok(Self { client_ca, serving_ca, front_proxy_ca, admin })
+        Ok(Self {
+            client_ca,
+            serving_ca,
+            front_proxy_ca,
+            admin,
+        })
     }
 
     /// Read back the PKI a running cluster wrote with [`Pki::generate`].
@@ -195,10 +220,25 @@ impl Pki {
             fs::read_to_string(&path).map_err(|e| Error::Io(format!("read {}", path.display()), e))
         };
         Ok(Self {
-            client_ca: Ca::load("stash-testenv-client-ca", &r("client-ca.crt")?, &r("client-ca.key")?)?,
-            serving_ca: Ca::load("stash-testenv-serving-ca", &r("serving-ca.crt")?, &r("serving-ca.key")?)?,
-            front_proxy_ca: Ca::load("stash-testenv-front-proxy-ca", &r("front-proxy-ca.crt")?, &r("front-proxy-ca.key")?)?,
-            admin: Pair { cert: r("admin.crt")?, key: r("admin.key")? },
+            client_ca: Ca::load(
+                "stash-testenv-client-ca",
+                &r("client-ca.crt")?,
+                &r("client-ca.key")?,
+            )?,
+            serving_ca: Ca::load(
+                "stash-testenv-serving-ca",
+                &r("serving-ca.crt")?,
+                &r("serving-ca.key")?,
+            )?,
+            front_proxy_ca: Ca::load(
+                "stash-testenv-front-proxy-ca",
+                &r("front-proxy-ca.crt")?,
+                &r("front-proxy-ca.key")?,
+            )?,
+            admin: Pair {
+                cert: r("admin.crt")?,
+                key: r("admin.key")?,
+            },
         })
     }
 
@@ -208,6 +248,9 @@ impl Pki {
             let path = dir.join(&name);
             fs::read_to_string(&path).map_err(|e| Error::Io(format!("read {}", path.display()), e))
         };
-        Ok(Pair { cert: r(format!("{stem}.crt"))?, key: r(format!("{stem}.key"))? })
+        Ok(Pair {
+            cert: r(format!("{stem}.crt"))?,
+            key: r(format!("{stem}.key"))?,
+        })
     }
 }

@@ -109,11 +109,13 @@ impl ControlPlane {
                 log: String::new(),
             }
         })?;
-        let pid: u32 = ready.trim().parse().unwrap_or(0);
-        if cluster::host::gone(pid) {
+        if cluster::up_process(&layout).is_none() {
             return Err(Error::NotReady {
                 name: "the cluster".into(),
-                reason: format!("its `testenv up` process {pid} is gone; run `testenv down`, then start it again"),
+                reason: format!(
+                    "its `testenv up` process ({}) is gone; run `testenv down`, then start it again",
+                    ready.trim()
+                ),
                 log: String::new(),
             });
         }
@@ -125,7 +127,15 @@ impl ControlPlane {
             .tempdir_in(layout.state.join("scratch"))
             .map_err(|e| Error::Io("create scratch dir".into(), e))?
             .keep();
-        Ok(Self { dir, procs: Mutex::new(Vec::new()), server: cluster::api_server_url(), kubeconfig, config, pki, layout })
+        Ok(Self {
+            dir,
+            procs: Mutex::new(Vec::new()),
+            server: cluster::api_server_url(),
+            kubeconfig,
+            config,
+            pki,
+            layout,
+        })
     }
 
     /// A new admin client, bound to the calling tokio runtime.
@@ -147,7 +157,8 @@ impl ControlPlane {
     /// A `kubectl` command (the one built with the cluster) using the admin kubeconfig.
     pub fn kubectl(&self) -> Result<std::process::Command> {
         let mut cmd = std::process::Command::new(bins::bin("kubectl")?);
-        cmd.env("KUBECONFIG", &self.kubeconfig).env_remove("KUBERNETES_SERVICE_HOST");
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST");
         Ok(cmd)
     }
 
@@ -161,8 +172,18 @@ impl ControlPlane {
 
     /// Start a server inside the cluster's network namespace (where pods can reach it on
     /// [`NODE_IP`]), stopped by process group at shutdown.
-    pub fn spawn_in_cluster(&self, name: &str, bin: &Path, args: &[String], env: &[(&str, &std::ffi::OsStr)]) -> Result<u32> {
-        let mut all = vec![format!("--net=/run/netns/{}", cluster::NETNS), "--".into(), bin.display().to_string()];
+    pub fn spawn_in_cluster(
+        &self,
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<u32> {
+        let mut all = vec![
+            format!("--net=/run/netns/{}", cluster::NETNS),
+            "--".into(),
+            bin.display().to_string(),
+        ];
         all.extend_from_slice(args);
         let p = Proc::spawn_with_env(name, Path::new("/usr/bin/nsenter"), &all, env, &self.dir)?;
         let pid = p.pid();
@@ -176,8 +197,15 @@ impl ControlPlane {
         static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
         loop {
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let port = 20_000 + ((std::process::id() as u16).wrapping_mul(37).wrapping_add(n * 7) % 30_000);
-            let addr = std::net::SocketAddr::from((NODE_IP.parse::<std::net::Ipv4Addr>().expect("ip"), port));
+            let port = 20_000
+                + ((std::process::id() as u16)
+                    .wrapping_mul(37)
+                    .wrapping_add(n * 7)
+                    % 30_000);
+            let addr = std::net::SocketAddr::from((
+                NODE_IP.parse::<std::net::Ipv4Addr>().expect("ip"),
+                port,
+            ));
             if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
                 return port;
             }
@@ -188,7 +216,10 @@ impl ControlPlane {
     pub async fn namespace(&self, prefix: &str) -> Result<TestNamespace> {
         let name = format!("{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff);
         self.ensure_namespace(&name).await?;
-        Ok(TestNamespace { name, config: self.config.clone() })
+        Ok(TestNamespace {
+            name,
+            config: self.config.clone(),
+        })
     }
 
     /// Create namespace `name` if it does not exist.
@@ -197,7 +228,10 @@ impl ControlPlane {
             "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
         }))
         .expect("static namespace");
-        match Api::<Namespace>::all(self.client()).create(&PostParams::default(), &ns).await {
+        match Api::<Namespace>::all(self.client())
+            .create(&PostParams::default(), &ns)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
             Err(e) => Err(e.into()),
@@ -224,7 +258,11 @@ impl ControlPlane {
                         .unwrap_or_default()
                         .iter()
                         .any(|c| c.type_ == "Established" && c.status == "True");
-                    if established { Ok(()) } else { Err("not yet Established".into()) }
+                    if established {
+                        Ok(())
+                    } else {
+                        Err("not yet Established".into())
+                    }
                 }
             })
             .await?;
@@ -240,9 +278,15 @@ impl ControlPlane {
                 self.wait_for(&format!("discovery of {plural} in {gv}"), || {
                     let (client, gv, plural) = (client.clone(), gv.clone(), plural.clone());
                     async move {
-                        let req = http::Request::get(&gv).body(Vec::new()).map_err(|e| e.to_string())?;
+                        let req = http::Request::get(&gv)
+                            .body(Vec::new())
+                            .map_err(|e| e.to_string())?;
                         let text = client.request_text(req).await.map_err(|e| e.to_string())?;
-                        if text.contains(&format!("\"name\":\"{plural}\"")) { Ok(()) } else { Err("not listed".into()) }
+                        if text.contains(&format!("\"name\":\"{plural}\"")) {
+                            Ok(())
+                        } else {
+                            Err("not listed".into())
+                        }
                     }
                 })
                 .await?;
@@ -262,7 +306,11 @@ impl ControlPlane {
             match probe().await {
                 Ok(()) => return Ok(()),
                 Err(e) if Instant::now() > deadline => {
-                    return Err(Error::NotReady { name: what.into(), reason: e, log: String::new() });
+                    return Err(Error::NotReady {
+                        name: what.into(),
+                        reason: e,
+                        log: String::new(),
+                    });
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
@@ -279,7 +327,9 @@ impl ControlPlane {
     /// it was found. With `kill`, it gets SIGKILL at once instead of SIGTERM.
     pub fn stop_adopted(&self, pid: u32, kill: bool) -> bool {
         let mut procs = self.procs.lock().expect("procs");
-        let Some(i) = procs.iter().position(|p| p.pid() == pid) else { return false };
+        let Some(i) = procs.iter().position(|p| p.pid() == pid) else {
+            return false;
+        };
         let mut p = procs.remove(i);
         drop(procs);
         if kill {
@@ -321,14 +371,23 @@ impl Drop for TestNamespace {
         let (name, config) = (self.name.clone(), self.config.clone());
         // Drop cannot await; delete from a short-lived thread with its own runtime.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             rt.block_on(async move {
                 let client = Client::try_from(config).ok()?;
                 // PersistentVolumes the test made for its claims (labelled with the namespace).
                 let pvs = Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(client.clone());
-                let lp = kube::api::ListParams::default().labels(&format!("stash-testenv/namespace={name}"));
-                let _ = pvs.delete_collection(&DeleteParams::background(), &lp).await;
-                Api::<Namespace>::all(client).delete(&name, &DeleteParams::background()).await.ok()
+                let lp = kube::api::ListParams::default()
+                    .labels(&format!("stash-testenv/namespace={name}"));
+                let _ = pvs
+                    .delete_collection(&DeleteParams::background(), &lp)
+                    .await;
+                Api::<Namespace>::all(client)
+                    .delete(&name, &DeleteParams::background())
+                    .await
+                    .ok()
             })
         })
         .join();

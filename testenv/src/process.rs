@@ -61,8 +61,11 @@ impl Proc {
         log_dir: &Path,
     ) -> Result<Self, Error> {
         let log = log_dir.join(format!("{name}.log"));
-        let out = File::create(&log).map_err(|e| Error::Io(format!("create {}", log.display()), e))?;
-        let err = out.try_clone().map_err(|e| Error::Io("dup log".into(), e))?;
+        let out =
+            File::create(&log).map_err(|e| Error::Io(format!("create {}", log.display()), e))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| Error::Io("dup log".into(), e))?;
         let mut cmd = Command::new(bin);
         cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
         for (k, v) in env {
@@ -81,15 +84,29 @@ impl Proc {
             });
         }
         let (tx, rx) = mpsc::channel();
-        spawner().lock().expect("spawner lock").send((cmd, tx)).map_err(|_| Error::Spawn {
-            name: name.into(),
-            reason: "spawner thread is gone".into(),
-        })?;
+        spawner()
+            .lock()
+            .expect("spawner lock")
+            .send((cmd, tx))
+            .map_err(|_| Error::Spawn {
+                name: name.into(),
+                reason: "spawner thread is gone".into(),
+            })?;
         let child = rx
             .recv()
-            .map_err(|_| Error::Spawn { name: name.into(), reason: "spawner thread is gone".into() })?
-            .map_err(|e| Error::Spawn { name: name.into(), reason: format!("{}: {e}", bin.display()) })?;
-        Ok(Self { name: name.into(), child, log })
+            .map_err(|_| Error::Spawn {
+                name: name.into(),
+                reason: "spawner thread is gone".into(),
+            })?
+            .map_err(|e| Error::Spawn {
+                name: name.into(),
+                reason: format!("{}: {e}", bin.display()),
+            })?;
+        Ok(Self {
+            name: name.into(),
+            child,
+            log,
+        })
     }
 
     /// The process (and process group) id.
@@ -151,13 +168,20 @@ impl Drop for Proc {
 pub fn free_port() -> Result<u16, Error> {
     static USED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     for _ in 0..100 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::Io("bind 127.0.0.1:0".into(), e))?;
-        let port = l.local_addr().map_err(|e| Error::Io("local_addr".into(), e))?.port();
+        let l = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| Error::Io("bind 127.0.0.1:0".into(), e))?;
+        let port = l
+            .local_addr()
+            .map_err(|e| Error::Io("local_addr".into(), e))?
+            .port();
         let mut used = USED.lock().expect("port lock");
         if !used.contains(&port) {
             used.push(port);
             return Ok(port);
         }
     }
-    Err(Error::Spawn { name: "ports".into(), reason: "no free loopback port".into() })
+    Err(Error::Spawn {
+        name: "ports".into(),
+        reason: "no free loopback port".into(),
+    })
 }

@@ -207,7 +207,9 @@ pub fn host_outcome(report: &HostReport) -> HostOutcome {
         (Some(e), _) if !e.is_empty() => HostOutcome::Failed(e.clone()),
         (_, Some(HostPhase::Failed)) => HostOutcome::Failed("host reported Failed".into()),
         (_, None) => HostOutcome::Failed("host entry has no phase".into()),
-        (_, Some(HostPhase::Succeeded)) if report.snapshots == 0 => HostOutcome::Failed("no snapshot was taken".into()),
+        (_, Some(HostPhase::Succeeded)) if report.snapshots == 0 => {
+            HostOutcome::Failed("no snapshot was taken".into())
+        }
         (_, Some(HostPhase::Succeeded)) => HostOutcome::Succeeded,
     }
 }
@@ -308,7 +310,9 @@ fn fire<L: BackupLifecycle>(
         message,
     }));
     if !next.is_terminal() {
-        effects.push(Effect::RequeueAfter(obs.policy.requeue(obs.created_at, obs.now)));
+        effects.push(Effect::RequeueAfter(
+            obs.policy.requeue(obs.created_at, obs.now),
+        ));
     }
     Decision {
         phase: next,
@@ -349,7 +353,10 @@ fn pending<L: BackupLifecycle>(obs: &Observation<L>, current: L) -> Decision<L> 
         );
     }
     if model == TargetModel::VolumeSnapshotter {
-        return fail(L::FAIL, "the VolumeSnapshotter driver is not supported".into());
+        return fail(
+            L::FAIL,
+            "the VolumeSnapshotter driver is not supported".into(),
+        );
     }
     if total == 0 {
         return fail(L::FAIL, "no hosts to back up (totalHosts is 0)".into());
@@ -416,7 +423,8 @@ fn running<L: BackupLifecycle>(obs: &Observation<L>, current: L) -> Decision<L> 
             HostOutcome::Succeeded => None,
         })
         .collect();
-    let fire = |event, all_ok, reason| fire(obs, current, event, all_ok, vec![], obs.total_hosts, reason);
+    let fire =
+        |event, all_ok, reason| fire(obs, current, event, all_ok, vec![], obs.total_hosts, reason);
     if total > 0 && outcomes.len() >= total as usize {
         let all_ok = failed.is_empty();
         let reason = format!("backup failed for host(s): {}", failed.join(", "));
@@ -425,11 +433,18 @@ fn running<L: BackupLifecycle>(obs: &Observation<L>, current: L) -> Decision<L> 
     let missing = if total == 0 {
         "totalHosts is unknown".to_string()
     } else {
-        format!("{} of {total} host(s) never reported", total as usize - outcomes.len())
+        format!(
+            "{} of {total} host(s) never reported",
+            total as usize - outcomes.len()
+        )
     };
     match &obs.job {
         Some(JobState::Failed { message }) => {
-            return fire(L::FAIL, false, format!("backup Job failed: {message}; {missing}"));
+            return fire(
+                L::FAIL,
+                false,
+                format!("backup Job failed: {message}; {missing}"),
+            );
         }
         Some(JobState::Succeeded) => {
             return fire(L::FAIL, false, format!("backup Job finished but {missing}"));
@@ -440,7 +455,10 @@ fn running<L: BackupLifecycle>(obs: &Observation<L>, current: L) -> Decision<L> 
         return fire(
             L::TIMEOUT,
             false,
-            format!("deadline of {}s exceeded: {missing}", obs.policy.deadline.as_secs()),
+            format!(
+                "deadline of {}s exceeded: {missing}",
+                obs.policy.deadline.as_secs()
+            ),
         );
     }
     quiet(current, obs.policy.requeue(obs.created_at, obs.now))

@@ -71,7 +71,10 @@ impl Phase {
 
     /// Whether the phase absorbs every event.
     pub const fn is_terminal(self) -> bool {
-        matches!(self, Phase::Succeeded | Phase::Failed | Phase::Skipped | Phase::Unknown)
+        matches!(
+            self,
+            Phase::Succeeded | Phase::Failed | Phase::Skipped | Phase::Unknown
+        )
     }
 
     /// Longest path from `Pending`.
@@ -85,7 +88,11 @@ impl Phase {
     }
 
     /// The transition function.
-    pub fn transition(self, event: Event, guard: impl Fn(Guard) -> bool) -> Result<Phase, Rejection<Phase>> {
+    pub fn transition(
+        self,
+        event: Event,
+        guard: impl Fn(Guard) -> bool,
+    ) -> Result<Phase, Rejection<Phase>> {
         use Event::*;
         use Phase::*;
         match (self, event) {
@@ -134,7 +141,12 @@ impl fmt::Display for Phase {
 /// The transition table.
 pub const TRANSITIONS: &[Transition<Phase>] = {
     const fn t(from: Phase, event: Event, guard: Option<Guard>, to: Phase) -> Transition<Phase> {
-        Transition { from, event, guard, to }
+        Transition {
+            from,
+            event,
+            guard,
+            to,
+        }
     }
     use Event::*;
     use Phase::*;
@@ -194,7 +206,13 @@ impl Lifecycle for Phase {
     const NAME: &'static str = "BackupSession";
     const INITIAL: Self = Phase::Pending;
     const PHASES: &'static [Self] = &Phase::ALL;
-    const EVENTS: &'static [Event] = &[Event::Start, Event::Skip, Event::Fail, Event::Timeout, Event::Complete];
+    const EVENTS: &'static [Event] = &[
+        Event::Start,
+        Event::Skip,
+        Event::Fail,
+        Event::Timeout,
+        Event::Complete,
+    ];
     const GUARDS: &'static [Guard] = &[Guard::AllHostsSucceeded];
     const TRANSITIONS: &'static [Transition<Self>] = TRANSITIONS;
     const MERMAID: &'static str = MERMAID;
@@ -225,7 +243,11 @@ impl Lifecycle for Phase {
     fn rank(self) -> u8 {
         Phase::rank(self)
     }
-    fn transition(self, event: Event, guard: &dyn Fn(Guard) -> bool) -> Result<Self, Rejection<Self>> {
+    fn transition(
+        self,
+        event: Event,
+        guard: &dyn Fn(Guard) -> bool,
+    ) -> Result<Self, Rejection<Self>> {
         Phase::transition(self, event, guard)
     }
 }

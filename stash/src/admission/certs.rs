@@ -13,8 +13,8 @@ use kube::{
     api::{ObjectMeta, PostParams},
 };
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
 };
 
 /// Secret keys.
@@ -41,7 +41,9 @@ pub struct Bundle {
 
 impl std::fmt::Debug for Bundle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bundle").field("cert_pem", &self.cert_pem).finish_non_exhaustive()
+        f.debug_struct("Bundle")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
     }
 }
 
@@ -88,24 +90,34 @@ impl Bundle {
 
     /// The serving certificate's validity window.
     pub fn validity(&self) -> Result<Validity, CertError> {
-        let (_, pem) = x509_parser::pem::parse_x509_pem(self.cert_pem.as_bytes()).map_err(|e| CertError::Parse(e.to_string()))?;
-        let cert = pem.parse_x509().map_err(|e| CertError::Parse(e.to_string()))?;
+        let (_, pem) = x509_parser::pem::parse_x509_pem(self.cert_pem.as_bytes())
+            .map_err(|e| CertError::Parse(e.to_string()))?;
+        let cert = pem
+            .parse_x509()
+            .map_err(|e| CertError::Parse(e.to_string()))?;
         let v = cert.validity();
-        Ok(Validity { not_before: v.not_before.timestamp(), not_after: v.not_after.timestamp() })
+        Ok(Validity {
+            not_before: v.not_before.timestamp(),
+            not_after: v.not_after.timestamp(),
+        })
     }
 
     /// The DNS names and IP addresses the serving certificate is valid for.
     pub fn sans(&self) -> Result<Vec<String>, CertError> {
         use x509_parser::extensions::GeneralName;
-        let (_, pem) = x509_parser::pem::parse_x509_pem(self.cert_pem.as_bytes()).map_err(|e| CertError::Parse(e.to_string()))?;
-        let cert = pem.parse_x509().map_err(|e| CertError::Parse(e.to_string()))?;
+        let (_, pem) = x509_parser::pem::parse_x509_pem(self.cert_pem.as_bytes())
+            .map_err(|e| CertError::Parse(e.to_string()))?;
+        let cert = pem
+            .parse_x509()
+            .map_err(|e| CertError::Parse(e.to_string()))?;
         let mut out = Vec::new();
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for name in &san.value.general_names {
                 match name {
                     GeneralName::DNSName(d) => out.push((*d).to_string()),
                     GeneralName::IPAddress(ip) => match ip.len() {
-                        4 => out.push(std::net::Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]).to_string()),
+                        4 => out
+                            .push(std::net::Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]).to_string()),
                         16 => {
                             let b: [u8; 16] = (*ip).try_into().unwrap_or([0; 16]);
                             out.push(std::net::Ipv6Addr::from(b).to_string());
@@ -121,21 +133,37 @@ impl Bundle {
 
     /// Does the serving certificate cover every name in `sans`?
     pub fn covers(&self, sans: &[String]) -> bool {
-        self.sans().is_ok_and(|have| sans.iter().all(|s| have.contains(s)))
+        self.sans()
+            .is_ok_and(|have| sans.iter().all(|s| have.contains(s)))
     }
 
     /// Read a bundle from the Secret's data (`None` when keys are missing or not UTF-8).
     pub fn from_secret(secret: &Secret) -> Option<Self> {
         let data = secret.data.as_ref()?;
-        let get = |k: &str| data.get(k).and_then(|b| String::from_utf8(b.0.clone()).ok()).filter(|s| !s.is_empty());
-        Some(Self { cert_pem: get(TLS_CRT)?, key_pem: get(TLS_KEY)?, ca_pem: get(CA_CRT)?, previous_ca_pem: get(PREVIOUS_CA_CRT) })
+        let get = |k: &str| {
+            data.get(k)
+                .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                .filter(|s| !s.is_empty())
+        };
+        Some(Self {
+            cert_pem: get(TLS_CRT)?,
+            key_pem: get(TLS_KEY)?,
+            ca_pem: get(CA_CRT)?,
+            previous_ca_pem: get(PREVIOUS_CA_CRT),
+        })
     }
 
     /// The Secret data holding this bundle.
     pub fn to_data(&self) -> BTreeMap<String, ByteString> {
         let mut data = BTreeMap::new();
-        data.insert(TLS_CRT.into(), ByteString(self.cert_pem.clone().into_bytes()));
-        data.insert(TLS_KEY.into(), ByteString(self.key_pem.clone().into_bytes()));
+        data.insert(
+            TLS_CRT.into(),
+            ByteString(self.cert_pem.clone().into_bytes()),
+        );
+        data.insert(
+            TLS_KEY.into(),
+            ByteString(self.key_pem.clone().into_bytes()),
+        );
         data.insert(CA_CRT.into(), ByteString(self.ca_pem.clone().into_bytes()));
         if let Some(p) = &self.previous_ca_pem {
             data.insert(PREVIOUS_CA_CRT.into(), ByteString(p.clone().into_bytes()));
@@ -146,7 +174,11 @@ impl Bundle {
 
 /// A new CA and a serving certificate for `sans` (DNS names or IP addresses), both valid for
 /// `validity` from one minute ago; `previous_ca_pem` is carried into the bundle.
-pub fn generate(sans: &[String], validity: Duration, previous_ca_pem: Option<String>) -> Result<Bundle, CertError> {
+pub fn generate(
+    sans: &[String],
+    validity: Duration,
+    previous_ca_pem: Option<String>,
+) -> Result<Bundle, CertError> {
     let now = time::OffsetDateTime::now_utc();
     let not_before = now - time::Duration::minutes(1);
     let not_after = now + time::Duration::try_from(validity).unwrap_or(time::Duration::days(365));
@@ -154,11 +186,18 @@ pub fn generate(sans: &[String], validity: Duration, previous_ca_pem: Option<Str
 
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("stash-webhook-ca@{}", now.unix_timestamp()));
+    dn.push(
+        DnType::CommonName,
+        format!("stash-webhook-ca@{}", now.unix_timestamp()),
+    );
     dn.push(DnType::OrganizationName, "stash-rs");
     ca.distinguished_name = dn;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     ca.not_before = not_before;
     ca.not_after = not_after;
     ca.serial_number = Some(rcgen::SerialNumber::from_slice(&serial.to_be_bytes()));
@@ -167,16 +206,29 @@ pub fn generate(sans: &[String], validity: Duration, previous_ca_pem: Option<Str
 
     let mut leaf = CertificateParams::new(sans.to_vec())?;
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, sans.first().cloned().unwrap_or_else(|| "stash-webhook".into()));
+    dn.push(
+        DnType::CommonName,
+        sans.first()
+            .cloned()
+            .unwrap_or_else(|| "stash-webhook".into()),
+    );
     leaf.distinguished_name = dn;
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    leaf.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     leaf.not_before = not_before;
     leaf.not_after = not_after;
     leaf.serial_number = Some(rcgen::SerialNumber::from_slice(&(serial + 1).to_be_bytes()));
     let key = KeyPair::generate()?;
     let cert = leaf.signed_by(&key, &issuer)?;
-    Ok(Bundle { cert_pem: cert.pem(), key_pem: key.serialize_pem(), ca_pem: issuer.pem(), previous_ca_pem })
+    Ok(Bundle {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        ca_pem: issuer.pem(),
+        previous_ca_pem,
+    })
 }
 
 /// Where the bundle is kept.
@@ -196,7 +248,10 @@ fn secret(r: &SecretRef, bundle: &Bundle, resource_version: Option<String>) -> S
             resource_version,
             labels: Some(BTreeMap::from([
                 ("app.kubernetes.io/name".to_string(), "stash".to_string()),
-                ("app.kubernetes.io/component".to_string(), "webhook-cert".to_string()),
+                (
+                    "app.kubernetes.io/component".to_string(),
+                    "webhook-cert".to_string(),
+                ),
             ])),
             ..Default::default()
         },
@@ -222,17 +277,27 @@ pub async fn ensure(
         let existing = api.get_opt(&r.name).await?;
         let stored = existing.as_ref().and_then(Bundle::from_secret);
         let now = jiff::Timestamp::now().as_second();
-        let usable = stored.as_ref().filter(|b| {
-            b.covers(sans) && b.validity().is_ok_and(|v| !v.needs_rotation(now))
-        });
+        let usable = stored
+            .as_ref()
+            .filter(|b| b.covers(sans) && b.validity().is_ok_and(|v| !v.needs_rotation(now)));
         if let (Some(b), false) = (usable, force) {
             return Ok(b.clone());
         }
         let previous = stored.map(|b| b.ca_pem);
         let fresh = generate(sans, validity, previous)?;
         let result = match &existing {
-            None => api.create(&PostParams::default(), &secret(r, &fresh, None)).await,
-            Some(s) => api.replace(&r.name, &PostParams::default(), &secret(r, &fresh, s.metadata.resource_version.clone())).await,
+            None => {
+                api.create(&PostParams::default(), &secret(r, &fresh, None))
+                    .await
+            }
+            Some(s) => {
+                api.replace(
+                    &r.name,
+                    &PostParams::default(),
+                    &secret(r, &fresh, s.metadata.resource_version.clone()),
+                )
+                .await
+            }
         };
         match result {
             Ok(_) => {
@@ -249,12 +314,17 @@ pub async fn ensure(
             Err(e) => return Err(e.into()),
         }
     }
-    anyhow::bail!("could not store the webhook certificate in Secret {}/{} (conflicts)", r.namespace, r.name)
+    anyhow::bail!(
+        "could not store the webhook certificate in Secret {}/{} (conflicts)",
+        r.namespace,
+        r.name
+    )
 }
 
 async fn ensure_inner_adopt(api: &Api<Secret>, r: &SecretRef) -> anyhow::Result<Bundle> {
     let s = api.get(&r.name).await?;
-    Bundle::from_secret(&s).ok_or_else(|| anyhow::anyhow!("Secret {}/{} holds no certificate", r.namespace, r.name))
+    Bundle::from_secret(&s)
+        .ok_or_else(|| anyhow::anyhow!("Secret {}/{} holds no certificate", r.namespace, r.name))
 }
 
 #[cfg(test)]
@@ -263,7 +333,11 @@ mod tests {
 
     #[test]
     fn generated_bundles_cover_their_names_and_load() {
-        let sans = vec!["127.0.0.1".to_string(), "localhost".to_string(), "stash.kube-system.svc".to_string()];
+        let sans = vec![
+            "127.0.0.1".to_string(),
+            "localhost".to_string(),
+            "stash.kube-system.svc".to_string(),
+        ];
         let b = generate(&sans, Duration::from_secs(3600), None).expect("generate");
         assert!(b.covers(&sans), "{:?}", b.sans());
         assert!(!b.covers(&["other.svc".to_string()]));
@@ -273,14 +347,22 @@ mod tests {
         assert!(!v.needs_rotation(now));
         assert!(v.needs_rotation(v.not_after - (v.not_after - v.not_before) / 3 + 1));
         assert!(v.needs_rotation(v.not_after + 1));
-        stash_runtime::admission::CertStore::from_pem(&b.cert_pem, &b.key_pem).expect("rustls loads it");
-        let next = generate(&sans, Duration::from_secs(3600), Some(b.ca_pem.clone())).expect("rotate");
+        stash_runtime::admission::CertStore::from_pem(&b.cert_pem, &b.key_pem)
+            .expect("rustls loads it");
+        let next =
+            generate(&sans, Duration::from_secs(3600), Some(b.ca_pem.clone())).expect("rotate");
         assert_ne!(next.ca_pem, b.ca_pem);
         assert!(next.ca_bundle().contains(&b.ca_pem) && next.ca_bundle().starts_with(&next.ca_pem));
-        let mut s = Secret { data: Some(next.to_data()), ..Default::default() };
+        let mut s = Secret {
+            data: Some(next.to_data()),
+            ..Default::default()
+        };
         assert_eq!(Bundle::from_secret(&s), Some(next.clone()));
         s.data.as_mut().expect("data").remove(TLS_KEY);
         assert_eq!(Bundle::from_secret(&s), None);
-        assert!(!format!("{next:?}").contains("PRIVATE KEY"), "the key never appears in Debug output");
+        assert!(
+            !format!("{next:?}").contains("PRIVATE KEY"),
+            "the key never appears in Debug output"
+        );
     }
 }

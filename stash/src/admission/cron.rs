@@ -6,7 +6,9 @@
 //! the descriptors `@yearly`, `@annually`, `@monthly`, `@weekly`, `@daily`, `@midnight`,
 //! `@hourly` and `@every <Go duration>`; an optional leading `TZ=<zone>` / `CRON_TZ=<zone>`.
 
-const MONTHS: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+const MONTHS: [&str; 12] = [
+    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+];
 const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
 
 struct Field {
@@ -19,18 +21,49 @@ struct Field {
 }
 
 const FIELDS: [Field; 5] = [
-    Field { name: "minute", min: 0, max: 59, names: &[], names_base: 0 },
-    Field { name: "hour", min: 0, max: 23, names: &[], names_base: 0 },
-    Field { name: "day of month", min: 1, max: 31, names: &[], names_base: 0 },
-    Field { name: "month", min: 1, max: 12, names: &MONTHS, names_base: 1 },
-    Field { name: "day of week", min: 0, max: 6, names: &DAYS, names_base: 0 },
+    Field {
+        name: "minute",
+        min: 0,
+        max: 59,
+        names: &[],
+        names_base: 0,
+    },
+    Field {
+        name: "hour",
+        min: 0,
+        max: 23,
+        names: &[],
+        names_base: 0,
+    },
+    Field {
+        name: "day of month",
+        min: 1,
+        max: 31,
+        names: &[],
+        names_base: 0,
+    },
+    Field {
+        name: "month",
+        min: 1,
+        max: 12,
+        names: &MONTHS,
+        names_base: 1,
+    },
+    Field {
+        name: "day of week",
+        min: 0,
+        max: 6,
+        names: &DAYS,
+        names_base: 0,
+    },
 ];
 
 fn value(f: &Field, s: &str) -> Result<u32, String> {
     if let Some(i) = f.names.iter().position(|n| n.eq_ignore_ascii_case(s)) {
         return Ok(f.names_base + i as u32);
     }
-    s.parse::<u32>().map_err(|_| format!("{} {s:?} is not a number", f.name))
+    s.parse::<u32>()
+        .map_err(|_| format!("{} {s:?} is not a number", f.name))
 }
 
 fn range(f: &Field, expr: &str) -> Result<(), String> {
@@ -48,13 +81,18 @@ fn range(f: &Field, expr: &str) -> Result<(), String> {
         (v, if step.is_some() { f.max } else { v })
     };
     if let Some(step) = step {
-        let n: u32 = step.parse().map_err(|_| format!("{} step {step:?} is not a number", f.name))?;
+        let n: u32 = step
+            .parse()
+            .map_err(|_| format!("{} step {step:?} is not a number", f.name))?;
         if n == 0 {
             return Err(format!("{} step must be positive", f.name));
         }
     }
     if lo < f.min || hi > f.max {
-        return Err(format!("{} {span:?} is out of range {}-{}", f.name, f.min, f.max));
+        return Err(format!(
+            "{} {span:?} is out of range {}-{}",
+            f.name, f.min, f.max
+        ));
     }
     if lo > hi {
         return Err(format!("{} range {span:?} runs backwards", f.name));
@@ -69,7 +107,9 @@ pub fn parse(schedule: &str) -> Result<(), String> {
         return Err("empty schedule".into());
     }
     if let Some(rest) = s.strip_prefix("TZ=").or_else(|| s.strip_prefix("CRON_TZ=")) {
-        let (zone, rest) = rest.split_once(char::is_whitespace).ok_or("a time zone must be followed by a schedule")?;
+        let (zone, rest) = rest
+            .split_once(char::is_whitespace)
+            .ok_or("a time zone must be followed by a schedule")?;
         if zone.is_empty() {
             return Err("empty time zone".into());
         }
@@ -77,21 +117,28 @@ pub fn parse(schedule: &str) -> Result<(), String> {
     }
     if let Some(d) = s.strip_prefix('@') {
         if let Some(every) = d.strip_prefix("every ") {
-            let dur: stash_crds::GoDuration =
-                every.trim().parse().map_err(|e| format!("@every: invalid duration {:?}: {e}", every.trim()))?;
+            let dur: stash_crds::GoDuration = every
+                .trim()
+                .parse()
+                .map_err(|e| format!("@every: invalid duration {:?}: {e}", every.trim()))?;
             if dur.as_std().is_zero() {
                 return Err("@every: the duration must be positive".into());
             }
             return Ok(());
         }
         return match d {
-            "yearly" | "annually" | "monthly" | "weekly" | "daily" | "midnight" | "hourly" => Ok(()),
+            "yearly" | "annually" | "monthly" | "weekly" | "daily" | "midnight" | "hourly" => {
+                Ok(())
+            }
             _ => Err(format!("unrecognized descriptor @{d}")),
         };
     }
     let fields: Vec<&str> = s.split_whitespace().collect();
     if fields.len() != 5 {
-        return Err(format!("expected exactly 5 fields (minute hour day-of-month month day-of-week), found {}", fields.len()));
+        return Err(format!(
+            "expected exactly 5 fields (minute hour day-of-month month day-of-week), found {}",
+            fields.len()
+        ));
     }
     for (f, text) in FIELDS.iter().zip(&fields) {
         for expr in text.split(',') {

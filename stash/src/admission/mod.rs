@@ -31,7 +31,8 @@ use kube::{
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use stash_crds::{
-    BackupConfiguration, BackupConfigurationTemplate, BackupSession, Function, Repository, RestoreSession, Task,
+    BackupConfiguration, BackupConfigurationTemplate, BackupSession, Function, Repository,
+    RestoreSession, Task,
 };
 use stash_runtime::admission::{CertStore, review, serve_tls};
 use tokio::task::JoinHandle;
@@ -128,7 +129,9 @@ pub struct Args {
 impl Args {
     /// The options these flags ask for (`None` without `--webhook-addr`).
     pub fn options(&self, namespace: &str) -> anyhow::Result<Option<WebhookOptions>> {
-        let Some(bind) = self.webhook_addr else { return Ok(None) };
+        let Some(bind) = self.webhook_addr else {
+            return Ok(None);
+        };
         let endpoint = match (&self.webhook_url, &self.webhook_service) {
             (Some(url), _) => Some(Endpoint::Url(url.clone())),
             (None, Some(svc)) => Some(parse_service(svc)?),
@@ -143,23 +146,38 @@ impl Args {
 }
 
 fn parse_service(s: &str) -> anyhow::Result<Endpoint> {
-    let (ns, rest) = s.split_once('/').context("--webhook-service must be namespace/name:port")?;
-    let (name, port) = rest.split_once(':').context("--webhook-service must be namespace/name:port")?;
+    let (ns, rest) = s
+        .split_once('/')
+        .context("--webhook-service must be namespace/name:port")?;
+    let (name, port) = rest
+        .split_once(':')
+        .context("--webhook-service must be namespace/name:port")?;
     let port = port.parse().context("--webhook-service port")?;
-    Ok(Endpoint::Service { namespace: ns.into(), name: name.into(), port })
+    Ok(Endpoint::Service {
+        namespace: ns.into(),
+        name: name.into(),
+        port,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
 // The pure decision wrapper
 
 fn typed<K: DeserializeOwned>(obj: &DynamicObject) -> Result<K, String> {
-    serde_json::to_value(obj).and_then(serde_json::from_value).map_err(|e| e.to_string())
+    serde_json::to_value(obj)
+        .and_then(serde_json::from_value)
+        .map_err(|e| e.to_string())
 }
 
 /// Validate the request's object as `K` and answer (allowed, or denied with every field error).
-pub fn decide<K: Validate + DeserializeOwned>(req: &AdmissionRequest<DynamicObject>, ctx: &K::Context) -> AdmissionResponse {
+pub fn decide<K: Validate + DeserializeOwned>(
+    req: &AdmissionRequest<DynamicObject>,
+    ctx: &K::Context,
+) -> AdmissionResponse {
     let resp = AdmissionResponse::from(req);
-    let Some(obj) = req.object.as_ref() else { return resp };
+    let Some(obj) = req.object.as_ref() else {
+        return resp;
+    };
     let new: K = match typed(obj) {
         Ok(k) => k,
         Err(e) => return resp.deny(format!("cannot read the {}: {e}", req.kind.kind)),
@@ -191,7 +209,11 @@ pub fn decide<K: Validate + DeserializeOwned>(req: &AdmissionRequest<DynamicObje
     }
 }
 
-fn respond(req: &AdmissionRequest<DynamicObject>, original: &Value, m: mutate::Mutation) -> AdmissionResponse {
+fn respond(
+    req: &AdmissionRequest<DynamicObject>,
+    original: &Value,
+    m: mutate::Mutation,
+) -> AdmissionResponse {
     let mut resp = AdmissionResponse::from(req);
     if !m.warnings.is_empty() {
         tracing::info!(kind = %req.kind.kind, namespace = req.namespace.as_deref().unwrap_or(""), name = %req.name, warnings = ?m.warnings, "admission: not mutated");
@@ -219,51 +241,99 @@ struct Ctx {
 }
 
 async fn validate_task(ctx: Ctx, req: AdmissionRequest<DynamicObject>) -> AdmissionResponse {
-    let functions: BTreeSet<String> = match Api::<Function>::all(ctx.client.clone()).list_metadata(&ListParams::default()).await {
+    let functions: BTreeSet<String> = match Api::<Function>::all(ctx.client.clone())
+        .list_metadata(&ListParams::default())
+        .await
+    {
         Ok(list) => list.items.iter().map(|f| f.name_any()).collect(),
-        Err(e) => return AdmissionResponse::from(&req).deny(format!("spec.steps: cannot look up Functions: {e}")),
+        Err(e) => {
+            return AdmissionResponse::from(&req)
+                .deny(format!("spec.steps: cannot look up Functions: {e}"));
+        }
     };
     decide::<Task>(&req, &functions)
 }
 
-async fn mutate_workload(ctx: Ctx, kind: WorkloadKind, req: AdmissionRequest<DynamicObject>) -> AdmissionResponse {
-    let Some(obj) = req.object.as_ref() else { return AdmissionResponse::from(&req) };
+async fn mutate_workload(
+    ctx: Ctx,
+    kind: WorkloadKind,
+    req: AdmissionRequest<DynamicObject>,
+) -> AdmissionResponse {
+    let Some(obj) = req.object.as_ref() else {
+        return AdmissionResponse::from(&req);
+    };
     let original = match serde_json::to_value(obj) {
         Ok(v) => v,
         Err(_) => return AdmissionResponse::from(&req),
     };
     let ns = req.namespace.clone().unwrap_or_default();
-    let name = original.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
-    if name.is_empty() || (kind == WorkloadKind::ReplicaSet && mutate::owned_by_deployment(&original)) {
+    let name = original
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    if name.is_empty()
+        || (kind == WorkloadKind::ReplicaSet && mutate::owned_by_deployment(&original))
+    {
         return AdmissionResponse::from(&req);
     }
-    let bcs = match Api::<BackupConfiguration>::namespaced(ctx.client.clone(), &ns).list(&ListParams::default()).await {
+    let bcs = match Api::<BackupConfiguration>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+    {
         Ok(l) => l.items,
         Err(e) => {
-            let m = mutate::Mutation { object: None, warnings: vec![format!("stash: cannot list BackupConfigurations: {e}")] };
+            let m = mutate::Mutation {
+                object: None,
+                warnings: vec![format!("stash: cannot list BackupConfigurations: {e}")],
+            };
             return respond(&req, &original, m);
         }
     };
     let matching = mutate::targeting(kind, &name, &bcs);
     let mut repo = None;
     if let [bc] = matching.as_slice() {
-        let repo_name = bc.spec.repository.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+        let repo_name = bc
+            .spec
+            .repository
+            .as_ref()
+            .map(|r| r.name.clone())
+            .unwrap_or_default();
         if !repo_name.is_empty() {
-            match Api::<Repository>::namespaced(ctx.client.clone(), &ns).get_opt(&repo_name).await {
+            match Api::<Repository>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(&repo_name)
+                .await
+            {
                 Ok(r) => repo = r,
                 Err(e) => {
-                    let m = mutate::Mutation { object: None, warnings: vec![format!("stash: cannot read Repository {repo_name:?}: {e}")] };
+                    let m = mutate::Mutation {
+                        object: None,
+                        warnings: vec![format!("stash: cannot read Repository {repo_name:?}: {e}")],
+                    };
                     return respond(&req, &original, m);
                 }
             }
         }
     }
     // The restore init-container, chosen exactly as the workload controller chooses it.
-    let sessions = Api::<RestoreSession>::namespaced(ctx.client.clone(), &ns).list(&ListParams::default()).await;
-    let restore = match sessions.as_ref().map(|l| crate::inject::applicable_restore(kind, &name, &l.items)) {
+    let sessions = Api::<RestoreSession>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await;
+    let restore = match sessions
+        .as_ref()
+        .map(|l| crate::inject::applicable_restore(kind, &name, &l.items))
+    {
         Ok(Some(rs)) => {
-            let repo_name = rs.spec.repository.as_ref().map(|r| r.name.clone()).unwrap_or_default();
-            match Api::<Repository>::namespaced(ctx.client.clone(), &ns).get_opt(&repo_name).await {
+            let repo_name = rs
+                .spec
+                .repository
+                .as_ref()
+                .map(|r| r.name.clone())
+                .unwrap_or_default();
+            match Api::<Repository>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(&repo_name)
+                .await
+            {
                 Ok(Some(r)) => Some((rs.clone(), r)),
                 _ => None,
             }
@@ -285,10 +355,16 @@ async fn mutate_workload(ctx: Ctx, kind: WorkloadKind, req: AdmissionRequest<Dyn
 }
 
 fn default_kind(short: &str, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
-    let Some(obj) = req.object.as_ref().filter(|_| req.operation == Operation::Create) else {
+    let Some(obj) = req
+        .object
+        .as_ref()
+        .filter(|_| req.operation == Operation::Create)
+    else {
         return AdmissionResponse::from(req);
     };
-    let Ok(original) = serde_json::to_value(obj) else { return AdmissionResponse::from(req) };
+    let Ok(original) = serde_json::to_value(obj) else {
+        return AdmissionResponse::from(req);
+    };
     let m = match short {
         "backupsession" => mutate::default_backup_session(&original),
         _ => mutate::default_driver(&original),
@@ -298,21 +374,34 @@ fn default_kind(short: &str, req: &AdmissionRequest<DynamicObject>) -> Admission
 
 fn router(ctx: Ctx) -> Router {
     let mut app = Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
-    for h in register::validating_hooks().into_iter().chain(register::mutating_hooks()) {
+    for h in register::validating_hooks()
+        .into_iter()
+        .chain(register::mutating_hooks())
+    {
         let ctx = ctx.clone();
         let route = match h.decision {
             register::Decision::Validate(kind) => match kind {
                 "repository" => review(|req| async move { decide::<Repository>(&req, &()) }),
-                "backupconfiguration" => review(|req| async move { decide::<BackupConfiguration>(&req, &()) }),
+                "backupconfiguration" => {
+                    review(|req| async move { decide::<BackupConfiguration>(&req, &()) })
+                }
                 "backupsession" => review(|req| async move { decide::<BackupSession>(&req, &()) }),
-                "restoresession" => review(|req| async move { decide::<RestoreSession>(&req, &()) }),
+                "restoresession" => {
+                    review(|req| async move { decide::<RestoreSession>(&req, &()) })
+                }
                 "function" => review(|req| async move { decide::<Function>(&req, &()) }),
-                "backupconfigurationtemplate" => review(|req| async move { decide::<BackupConfigurationTemplate>(&req, &()) }),
+                "backupconfigurationtemplate" => {
+                    review(|req| async move { decide::<BackupConfigurationTemplate>(&req, &()) })
+                }
                 "task" => review(move |req| validate_task(ctx.clone(), req)),
                 other => unreachable!("no validator for {other}"),
             },
-            register::Decision::Workload(kind) => review(move |req| mutate_workload(ctx.clone(), kind, req)),
-            register::Decision::Default(short) => review(move |req| async move { default_kind(short, &req) }),
+            register::Decision::Workload(kind) => {
+                review(move |req| mutate_workload(ctx.clone(), kind, req))
+            }
+            register::Decision::Default(short) => {
+                review(move |req| async move { default_kind(short, &req) })
+            }
         };
         app = app.route(&h.path, route);
     }
@@ -334,14 +423,24 @@ struct Inner {
 
 impl Inner {
     fn secret(&self) -> certs::SecretRef {
-        certs::SecretRef { namespace: self.opts.cert_secret_namespace.clone(), name: self.opts.cert_secret_name.clone() }
+        certs::SecretRef {
+            namespace: self.opts.cert_secret_namespace.clone(),
+            name: self.opts.cert_secret_name.clone(),
+        }
     }
 
     /// Make sure the stored certificate is current (rotating when due or `force`d), the
     /// configurations carry its CA bundle, and it is the one served.
     async fn reconcile(&self, force: bool) -> anyhow::Result<()> {
         let mut state = self.state.lock().await;
-        let bundle = certs::ensure(&self.client, &self.secret(), &self.sans, self.opts.cert_validity, force).await?;
+        let bundle = certs::ensure(
+            &self.client,
+            &self.secret(),
+            &self.sans,
+            self.opts.cert_validity,
+            force,
+        )
+        .await?;
         let ca_bundle = bundle.ca_bundle();
         let bundle_changed = state.1 != ca_bundle;
         register::apply(
@@ -378,7 +477,10 @@ pub struct AdmissionServer {
 
 impl std::fmt::Debug for AdmissionServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdmissionServer").field("addr", &self.addr).field("endpoint", &self.inner.endpoint).finish()
+        f.debug_struct("AdmissionServer")
+            .field("addr", &self.addr)
+            .field("endpoint", &self.inner.endpoint)
+            .finish()
     }
 }
 
@@ -412,7 +514,12 @@ impl AdmissionServer {
     }
 
     fn stop(&self) {
-        for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
     }
@@ -428,14 +535,21 @@ fn sans(endpoint: &Endpoint, extra: &[String]) -> Vec<String> {
     let mut out = vec!["127.0.0.1".to_string(), "localhost".to_string()];
     match endpoint {
         Endpoint::Url(url) => {
-            let host = url.split_once("://").map_or(url.as_str(), |(_, r)| r).split(['/', '?']).next().unwrap_or_default();
+            let host = url
+                .split_once("://")
+                .map_or(url.as_str(), |(_, r)| r)
+                .split(['/', '?'])
+                .next()
+                .unwrap_or_default();
             let host = match host.strip_prefix('[') {
                 Some(v6) => v6.split(']').next().unwrap_or_default(),
                 None => host.split(':').next().unwrap_or_default(),
             };
             out.push(host.to_string());
         }
-        Endpoint::Service { namespace, name, .. } => {
+        Endpoint::Service {
+            namespace, name, ..
+        } => {
             out.push(format!("{name}.{namespace}.svc"));
             out.push(format!("{name}.{namespace}.svc.cluster.local"));
         }
@@ -449,17 +563,37 @@ fn sans(endpoint: &Endpoint, extra: &[String]) -> Vec<String> {
 /// Start the webhooks: load or create the serving certificate (Secret
 /// `opts.cert_secret_name`), serve over TLS on `opts.bind`, register both webhook
 /// configurations with the CA bundle, and keep the certificate rotated.
-pub async fn start(client: Client, opts: WebhookOptions, inject: InjectConfig) -> anyhow::Result<AdmissionServer> {
-    let listener = tokio::net::TcpListener::bind(opts.bind).await.with_context(|| format!("bind {}", opts.bind))?;
+pub async fn start(
+    client: Client,
+    opts: WebhookOptions,
+    inject: InjectConfig,
+) -> anyhow::Result<AdmissionServer> {
+    let listener = tokio::net::TcpListener::bind(opts.bind)
+        .await
+        .with_context(|| format!("bind {}", opts.bind))?;
     let addr = listener.local_addr()?;
-    let endpoint = opts.endpoint.clone().unwrap_or_else(|| Endpoint::Url(format!("https://{addr}")));
+    let endpoint = opts
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| Endpoint::Url(format!("https://{addr}")));
     let sans = sans(&endpoint, &opts.extra_sans);
-    let secret = certs::SecretRef { namespace: opts.cert_secret_namespace.clone(), name: opts.cert_secret_name.clone() };
+    let secret = certs::SecretRef {
+        namespace: opts.cert_secret_namespace.clone(),
+        name: opts.cert_secret_name.clone(),
+    };
     let bundle = certs::ensure(&client, &secret, &sans, opts.cert_validity, false)
         .await
-        .with_context(|| format!("webhook certificate in Secret {}/{}", secret.namespace, secret.name))?;
+        .with_context(|| {
+            format!(
+                "webhook certificate in Secret {}/{}",
+                secret.namespace, secret.name
+            )
+        })?;
     let store = CertStore::from_pem(&bundle.cert_pem, &bundle.key_pem)?;
-    let app = router(Ctx { client: client.clone(), inject });
+    let app = router(Ctx {
+        client: client.clone(),
+        inject,
+    });
     let serving = serve_tls(listener, store.clone(), app);
     tracing::info!(%addr, ?endpoint, "admission: serving webhooks over TLS");
     let server = tokio::spawn(serving);
@@ -485,7 +619,11 @@ pub async fn start(client: Client, opts: WebhookOptions, inject: InjectConfig) -
             }
         }
     });
-    Ok(AdmissionServer { addr, inner, tasks: Mutex::new(vec![server, checker]) })
+    Ok(AdmissionServer {
+        addr,
+        inner,
+        tasks: Mutex::new(vec![server, checker]),
+    })
 }
 
 /// The name of the xray Repository (upstream's).
@@ -503,11 +641,17 @@ pub async fn xray(client: &Client, timeout: Duration) -> anyhow::Result<()> {
                  "local": {"mountPath": "/safe/data", "hostPath": {"path": "/tmp/stash-xray"}}}}
     }))?;
     let api = Api::<Repository>::namespaced(client.clone(), "default");
-    let pp = PostParams { dry_run: true, ..Default::default() };
+    let pp = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let last = match api.create(&pp, &repo).await {
-            Err(kube::Error::Api(s)) if s.message.contains("wipe out operation is not supported for local backend") => {
+            Err(kube::Error::Api(s))
+                if s.message
+                    .contains("wipe out operation is not supported for local backend") =>
+            {
                 return Ok(());
             }
             Err(e) => format!("unexpected answer: {e}"),
@@ -528,12 +672,23 @@ mod tests {
     fn certificate_names() {
         let s = sans(&Endpoint::Url("https://127.0.0.1:8443".into()), &[]);
         assert_eq!(s, vec!["127.0.0.1", "localhost"]);
-        let s = sans(&Endpoint::Service { namespace: "kube-system".into(), name: "stash-operator".into(), port: 443 }, &[]);
+        let s = sans(
+            &Endpoint::Service {
+                namespace: "kube-system".into(),
+                name: "stash-operator".into(),
+                port: 443,
+            },
+            &[],
+        );
         assert!(s.contains(&"stash-operator.kube-system.svc".to_string()));
         assert!(s.contains(&"stash-operator.kube-system.svc.cluster.local".to_string()));
         assert_eq!(
             parse_service("kube-system/stash-operator:443").expect("parse"),
-            Endpoint::Service { namespace: "kube-system".into(), name: "stash-operator".into(), port: 443 }
+            Endpoint::Service {
+                namespace: "kube-system".into(),
+                name: "stash-operator".into(),
+                port: 443
+            }
         );
         assert!(parse_service("stash-operator:443").is_err());
     }

@@ -26,7 +26,11 @@ impl Mutation {
     pub fn patch(&self, original: &Value) -> Option<json_patch::Patch> {
         let new = self.object.as_ref()?;
         let patch = json_patch::diff(original, new);
-        if patch.0.is_empty() { None } else { Some(patch) }
+        if patch.0.is_empty() {
+            None
+        } else {
+            Some(patch)
+        }
     }
 }
 
@@ -47,21 +51,33 @@ pub fn default_driver(obj: &Value) -> Mutation {
             out["spec"] = json!({"driver": "Restic"});
         }
     }
-    Mutation { object: Some(out), warnings: vec![] }
+    Mutation {
+        object: Some(out),
+        warnings: vec![],
+    }
 }
 
 /// BackupSession: label `stash.appscode.com/backup-configuration` from
 /// `spec.backupConfiguration.name` when it is missing (manual sessions need it, §3.3).
 pub fn default_backup_session(obj: &Value) -> Mutation {
-    let Some(name) = obj.pointer("/spec/backupConfiguration/name").and_then(Value::as_str).filter(|n| !n.is_empty())
+    let Some(name) = obj
+        .pointer("/spec/backupConfiguration/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
     else {
         return Mutation::default();
     };
-    if obj.pointer("/metadata/labels").and_then(|l| l.get(consts::BACKUP_CONFIGURATION_LABEL)).is_some() {
+    if obj
+        .pointer("/metadata/labels")
+        .and_then(|l| l.get(consts::BACKUP_CONFIGURATION_LABEL))
+        .is_some()
+    {
         return Mutation::default();
     }
     let mut out = obj.clone();
-    let meta = out.as_object_mut().map(|o| o.entry("metadata").or_insert_with(|| json!({})));
+    let meta = out
+        .as_object_mut()
+        .map(|o| o.entry("metadata").or_insert_with(|| json!({})));
     if let Some(meta) = meta.and_then(Value::as_object_mut) {
         let labels = meta.entry("labels").or_insert_with(|| json!({}));
         if labels.is_null() {
@@ -71,7 +87,10 @@ pub fn default_backup_session(obj: &Value) -> Mutation {
             labels.insert(consts::BACKUP_CONFIGURATION_LABEL.into(), json!(name));
         }
     }
-    Mutation { object: Some(out), warnings: vec![] }
+    Mutation {
+        object: Some(out),
+        warnings: vec![],
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -92,10 +111,19 @@ pub fn last_applied(bc: &BackupConfiguration) -> String {
 
 /// The BackupConfigurations (of the workload's namespace) that target workload `kind`/`name`,
 /// as the controller selects them: not being deleted, driver Restic, exact target match.
-pub fn targeting<'a>(kind: WorkloadKind, name: &str, bcs: &'a [BackupConfiguration]) -> Vec<&'a BackupConfiguration> {
+pub fn targeting<'a>(
+    kind: WorkloadKind,
+    name: &str,
+    bcs: &'a [BackupConfiguration],
+) -> Vec<&'a BackupConfiguration> {
     bcs.iter()
         .filter(|bc| bc.metadata.deletion_timestamp.is_none() && bc.spec.driver() == Driver::Restic)
-        .filter(|bc| bc.spec.target.as_ref().is_some_and(|t| kind.matches(&t.target_ref, name)))
+        .filter(|bc| {
+            bc.spec
+                .target
+                .as_ref()
+                .is_some_and(|t| kind.matches(&t.target_ref, name))
+        })
         .collect()
 }
 
@@ -104,12 +132,16 @@ pub fn owned_by_deployment(obj: &Value) -> bool {
     obj.pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)
         .is_some_and(|refs| {
-            refs.iter().any(|r| r["kind"] == "Deployment" && r["controller"].as_bool() == Some(true))
+            refs.iter()
+                .any(|r| r["kind"] == "Deployment" && r["controller"].as_bool() == Some(true))
         })
 }
 
 fn has_sidecar(template: &PodTemplateSpec) -> bool {
-    template.spec.as_ref().is_some_and(|s| s.containers.iter().any(|c| c.name == inject::SIDECAR))
+    template
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.containers.iter().any(|c| c.name == inject::SIDECAR))
 }
 
 /// The sidecar decision for one workload object (`obj`, its JSON as admitted). `bcs` are the
@@ -132,7 +164,10 @@ pub fn mutate_workload(
     if kind == WorkloadKind::ReplicaSet && owned_by_deployment(obj) {
         return Mutation::default();
     }
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let current: PodTemplateSpec = match obj.pointer("/spec/template") {
         Some(t) => match serde_json::from_value(t.clone()) {
             Ok(t) => t,
@@ -144,12 +179,18 @@ pub fn mutate_workload(
         .pointer("/metadata/annotations")
         .and_then(|a| serde_json::from_value(a.clone()).ok())
         .unwrap_or_default();
-    let current_annotation = annotations.get(consts::LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION).cloned();
-    let current_restore_annotation = annotations.get(consts::LAST_APPLIED_RESTORE_SESSION_ANNOTATION).cloned();
-    let has_init = current
-        .spec
-        .as_ref()
-        .is_some_and(|s| s.init_containers.iter().flatten().any(|c| c.name == inject::INIT_CONTAINER));
+    let current_annotation = annotations
+        .get(consts::LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION)
+        .cloned();
+    let current_restore_annotation = annotations
+        .get(consts::LAST_APPLIED_RESTORE_SESSION_ANNOTATION)
+        .cloned();
+    let has_init = current.spec.as_ref().is_some_and(|s| {
+        s.init_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == inject::INIT_CONTAINER)
+    });
 
     let matching = targeting(kind, name, bcs);
     if matching.len() > 1 {
@@ -163,7 +204,12 @@ pub fn mutate_workload(
     let target = match matching.first() {
         None => None,
         Some(bc) => {
-            let repo_name = bc.spec.repository.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+            let repo_name = bc
+                .spec
+                .repository
+                .as_ref()
+                .map(|r| r.name.clone())
+                .unwrap_or_default();
             match repository(&repo_name) {
                 Some(repo) => Some(((*bc).clone(), repo)),
                 None => {
@@ -177,7 +223,11 @@ pub fn mutate_workload(
     };
     // Nothing of ours on the object and nothing to add: leave it alone entirely.
     let restore_untouched = restore.is_none() && current_restore_annotation.is_none() && !has_init;
-    if target.is_none() && current_annotation.is_none() && !has_sidecar(&current) && restore_untouched {
+    if target.is_none()
+        && current_annotation.is_none()
+        && !has_sidecar(&current)
+        && restore_untouched
+    {
         return Mutation::default();
     }
     let desired = match inject::apply_backup(&current, target.as_ref().map(|(b, r)| (b, r)), cfg)
@@ -188,7 +238,10 @@ pub fn mutate_workload(
     };
     let desired_annotation = target.as_ref().map(|(bc, _)| last_applied(bc));
     let desired_restore_annotation = restore.map(|(rs, _)| inject::last_applied_restore(rs));
-    if desired == current && desired_annotation == current_annotation && desired_restore_annotation == current_restore_annotation {
+    if desired == current
+        && desired_annotation == current_annotation
+        && desired_restore_annotation == current_restore_annotation
+    {
         return Mutation::default();
     }
     let mut out = obj.clone();
@@ -196,13 +249,17 @@ pub fn mutate_workload(
         Ok(t) => t,
         Err(e) => return warn(format!("stash: cannot write spec.template: {e}")),
     };
-    let Some(root) = out.as_object_mut() else { return Mutation::default() };
+    let Some(root) = out.as_object_mut() else {
+        return Mutation::default();
+    };
     let spec = root.entry("spec").or_insert_with(|| json!({}));
     if desired != current {
         spec["template"] = template;
         match kind {
             WorkloadKind::DaemonSet | WorkloadKind::StatefulSet => {
-                let strategy = spec.as_object_mut().map(|s| s.entry("updateStrategy").or_insert_with(|| json!({})));
+                let strategy = spec
+                    .as_object_mut()
+                    .map(|s| s.entry("updateStrategy").or_insert_with(|| json!({})));
                 if let Some(strategy) = strategy {
                     if !strategy.is_object() {
                         *strategy = json!({});
@@ -216,8 +273,14 @@ pub fn mutate_workload(
     let meta = root.entry("metadata").or_insert_with(|| json!({}));
     let mut new_annotations = annotations;
     for (key, value) in [
-        (consts::LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION, desired_annotation),
-        (consts::LAST_APPLIED_RESTORE_SESSION_ANNOTATION, desired_restore_annotation),
+        (
+            consts::LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION,
+            desired_annotation,
+        ),
+        (
+            consts::LAST_APPLIED_RESTORE_SESSION_ANNOTATION,
+            desired_restore_annotation,
+        ),
     ] {
         match value {
             Some(a) => {
@@ -235,11 +298,17 @@ pub fn mutate_workload(
             m.insert("annotations".into(), json!(new_annotations));
         }
     }
-    Mutation { object: Some(out), warnings: vec![] }
+    Mutation {
+        object: Some(out),
+        warnings: vec![],
+    }
 }
 
 fn warn(w: String) -> Mutation {
-    Mutation { object: None, warnings: vec![w] }
+    Mutation {
+        object: None,
+        warnings: vec![w],
+    }
 }
 
 #[cfg(test)]
@@ -247,7 +316,10 @@ mod tests {
     use super::*;
 
     fn cfg() -> inject::InjectConfig {
-        inject::InjectConfig { image: "stash-rs/stash:test".into(), pushgateway_url: String::new() }
+        inject::InjectConfig {
+            image: "stash-rs/stash:test".into(),
+            pushgateway_url: String::new(),
+        }
     }
 
     fn bc(name: &str, target: &str) -> BackupConfiguration {
@@ -292,28 +364,58 @@ mod tests {
     fn a_targeted_deployment_gets_the_sidecar_and_the_annotation() {
         let d = deployment("app");
         let bcs = [bc("bc", "app")];
-        let m = mutate_workload(WorkloadKind::Deployment, &d, &bcs, |n| (n == "repo").then(repo), None, &cfg());
+        let m = mutate_workload(
+            WorkloadKind::Deployment,
+            &d,
+            &bcs,
+            |n| (n == "repo").then(repo),
+            None,
+            &cfg(),
+        );
         let patch = m.patch(&d).expect("a patch");
         let out = apply(&patch, &d);
-        let containers = out.pointer("/spec/template/spec/containers").and_then(Value::as_array).expect("containers");
+        let containers = out
+            .pointer("/spec/template/spec/containers")
+            .and_then(Value::as_array)
+            .expect("containers");
         assert!(containers.iter().any(|c| c["name"] == "stash"), "{out:#}");
         assert_eq!(
-            out.pointer("/metadata/annotations").and_then(|a| a.get(consts::LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION)),
+            out.pointer("/metadata/annotations")
+                .and_then(|a| a.get(consts::LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION)),
             Some(&json!(last_applied(&bcs[0])))
         );
         // Idempotent: the mutated object needs nothing more.
-        let again = mutate_workload(WorkloadKind::Deployment, &out, &bcs, |n| (n == "repo").then(repo), None, &cfg());
+        let again = mutate_workload(
+            WorkloadKind::Deployment,
+            &out,
+            &bcs,
+            |n| (n == "repo").then(repo),
+            None,
+            &cfg(),
+        );
         assert_eq!(again, Mutation::default());
         // Same template as the controller path computes.
-        let template: PodTemplateSpec = serde_json::from_value(d["spec"]["template"].clone()).expect("template");
-        let controller = inject::apply_backup(&template, Some((&bcs[0], &repo())), &cfg()).expect("inject");
-        assert_eq!(serde_json::from_value::<PodTemplateSpec>(out["spec"]["template"].clone()).expect("t"), controller);
+        let template: PodTemplateSpec =
+            serde_json::from_value(d["spec"]["template"].clone()).expect("template");
+        let controller =
+            inject::apply_backup(&template, Some((&bcs[0], &repo())), &cfg()).expect("inject");
+        assert_eq!(
+            serde_json::from_value::<PodTemplateSpec>(out["spec"]["template"].clone()).expect("t"),
+            controller
+        );
     }
 
     #[test]
     fn untargeted_workloads_are_left_alone() {
         let d = deployment("other");
-        let m = mutate_workload(WorkloadKind::Deployment, &d, &[bc("bc", "app")], |_| Some(repo()), None, &cfg());
+        let m = mutate_workload(
+            WorkloadKind::Deployment,
+            &d,
+            &[bc("bc", "app")],
+            |_| Some(repo()),
+            None,
+            &cfg(),
+        );
         assert_eq!(m, Mutation::default());
     }
 
@@ -322,12 +424,31 @@ mod tests {
         let d = deployment("app");
         let bcs = [bc("bc", "app")];
         let injected = apply(
-            &mutate_workload(WorkloadKind::Deployment, &d, &bcs, |_| Some(repo()), None, &cfg()).patch(&d).expect("patch"),
+            &mutate_workload(
+                WorkloadKind::Deployment,
+                &d,
+                &bcs,
+                |_| Some(repo()),
+                None,
+                &cfg(),
+            )
+            .patch(&d)
+            .expect("patch"),
             &d,
         );
-        let m = mutate_workload(WorkloadKind::Deployment, &injected, &[], |_| Some(repo()), None, &cfg());
+        let m = mutate_workload(
+            WorkloadKind::Deployment,
+            &injected,
+            &[],
+            |_| Some(repo()),
+            None,
+            &cfg(),
+        );
         let out = apply(&m.patch(&injected).expect("removal patch"), &injected);
-        let containers = out.pointer("/spec/template/spec/containers").and_then(Value::as_array).expect("containers");
+        let containers = out
+            .pointer("/spec/template/spec/containers")
+            .and_then(Value::as_array)
+            .expect("containers");
         assert!(!containers.iter().any(|c| c["name"] == "stash"));
         assert!(out.pointer("/metadata/annotations").is_none());
     }
@@ -336,14 +457,44 @@ mod tests {
     fn problems_admit_unchanged_with_a_warning() {
         let d = deployment("app");
         let two = [bc("a", "app"), bc("b", "app")];
-        let m = mutate_workload(WorkloadKind::Deployment, &d, &two, |_| Some(repo()), None, &cfg());
-        assert!(m.object.is_none() && m.warnings[0].contains("more than one BackupConfiguration"), "{m:?}");
-        let m = mutate_workload(WorkloadKind::Deployment, &d, &[bc("a", "app")], |_| None, None, &cfg());
-        assert!(m.object.is_none() && m.warnings[0].contains("Repository \"repo\""), "{m:?}");
+        let m = mutate_workload(
+            WorkloadKind::Deployment,
+            &d,
+            &two,
+            |_| Some(repo()),
+            None,
+            &cfg(),
+        );
+        assert!(
+            m.object.is_none() && m.warnings[0].contains("more than one BackupConfiguration"),
+            "{m:?}"
+        );
+        let m = mutate_workload(
+            WorkloadKind::Deployment,
+            &d,
+            &[bc("a", "app")],
+            |_| None,
+            None,
+            &cfg(),
+        );
+        assert!(
+            m.object.is_none() && m.warnings[0].contains("Repository \"repo\""),
+            "{m:?}"
+        );
         let mut r = repo();
         r.spec.backend.storage_secret_name = None;
-        let m = mutate_workload(WorkloadKind::Deployment, &d, &[bc("a", "app")], |_| Some(r.clone()), None, &cfg());
-        assert!(m.object.is_none() && m.warnings[0].contains("storageSecretName"), "{m:?}");
+        let m = mutate_workload(
+            WorkloadKind::Deployment,
+            &d,
+            &[bc("a", "app")],
+            |_| Some(r.clone()),
+            None,
+            &cfg(),
+        );
+        assert!(
+            m.object.is_none() && m.warnings[0].contains("storageSecretName"),
+            "{m:?}"
+        );
     }
 
     #[test]
@@ -353,13 +504,30 @@ mod tests {
         rs["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": "app", "uid": "u", "controller": true}]);
         let mut bcs = vec![bc("bc", "app")];
         bcs[0].spec.target.as_mut().expect("target").target_ref.kind = Some("ReplicaSet".into());
-        assert_eq!(mutate_workload(WorkloadKind::ReplicaSet, &rs, &bcs, |_| Some(repo()), None, &cfg()), Mutation::default());
+        assert_eq!(
+            mutate_workload(
+                WorkloadKind::ReplicaSet,
+                &rs,
+                &bcs,
+                |_| Some(repo()),
+                None,
+                &cfg()
+            ),
+            Mutation::default()
+        );
 
         let mut ds = deployment("app");
         ds["kind"] = json!("DaemonSet");
         ds["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
         bcs[0].spec.target.as_mut().expect("target").target_ref.kind = Some("DaemonSet".into());
-        let m = mutate_workload(WorkloadKind::DaemonSet, &ds, &bcs, |_| Some(repo()), None, &cfg());
+        let m = mutate_workload(
+            WorkloadKind::DaemonSet,
+            &ds,
+            &bcs,
+            |_| Some(repo()),
+            None,
+            &cfg(),
+        );
         let out = apply(&m.patch(&ds).expect("patch"), &ds);
         assert_eq!(out["spec"]["updateStrategy"]["type"], "RollingUpdate");
     }
@@ -372,13 +540,26 @@ mod tests {
         let explicit = json!({"spec": {"driver": "VolumeSnapshotter"}});
         assert_eq!(default_driver(&explicit), Mutation::default());
 
-        let bs = json!({"metadata": {"name": "s"}, "spec": {"backupConfiguration": {"name": "bc"}}});
+        let bs =
+            json!({"metadata": {"name": "s"}, "spec": {"backupConfiguration": {"name": "bc"}}});
         let out = default_backup_session(&bs).object.expect("labelled");
-        assert_eq!(out["metadata"]["labels"][consts::BACKUP_CONFIGURATION_LABEL], "bc");
+        assert_eq!(
+            out["metadata"]["labels"][consts::BACKUP_CONFIGURATION_LABEL],
+            "bc"
+        );
         let labelled = json!({"metadata": {"name": "s", "labels": {consts::BACKUP_CONFIGURATION_LABEL: "other"}},
                               "spec": {"backupConfiguration": {"name": "bc"}}});
-        assert_eq!(default_backup_session(&labelled), Mutation::default(), "an explicit label is kept (and validated)");
-        let p = Mutation { object: Some(out.clone()), warnings: vec![] }.patch(&bs).expect("patch");
+        assert_eq!(
+            default_backup_session(&labelled),
+            Mutation::default(),
+            "an explicit label is kept (and validated)"
+        );
+        let p = Mutation {
+            object: Some(out.clone()),
+            warnings: vec![],
+        }
+        .patch(&bs)
+        .expect("patch");
         assert_eq!(apply(&p, &bs), out);
     }
 }

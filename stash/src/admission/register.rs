@@ -8,8 +8,8 @@
 use k8s_openapi::{
     ByteString,
     api::admissionregistration::v1::{
-        MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference, ValidatingWebhook,
-        ValidatingWebhookConfiguration, WebhookClientConfig,
+        MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
+        ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
     },
     apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta},
 };
@@ -55,14 +55,35 @@ const CU: &[&str] = &["CREATE", "UPDATE"];
 const C: &[&str] = &["CREATE"];
 const STASH: &str = "stash.appscode.com";
 
-fn hook(short: &str, group: &'static str, resource: &'static str, operations: &'static [&'static str], path: String, decision: Decision) -> Hook {
-    Hook { name: format!("{short}.{CONFIGURATION_NAME}"), group, resource, operations, path, decision }
+fn hook(
+    short: &str,
+    group: &'static str,
+    resource: &'static str,
+    operations: &'static [&'static str],
+    path: String,
+    decision: Decision,
+) -> Hook {
+    Hook {
+        name: format!("{short}.{CONFIGURATION_NAME}"),
+        group,
+        resource,
+        operations,
+        path,
+        decision,
+    }
 }
 
 /// The validating webhooks: every kind we own, CREATE and UPDATE.
 pub fn validating_hooks() -> Vec<Hook> {
     let v = |short: &'static str, resource: &'static str, version: &str| {
-        hook(short, STASH, resource, CU, format!("{PREFIX}/{version}/{short}validators"), Decision::Validate(short))
+        hook(
+            short,
+            STASH,
+            resource,
+            CU,
+            format!("{PREFIX}/{version}/{short}validators"),
+            Decision::Validate(short),
+        )
     };
     vec![
         v("repository", "repositories", "v1alpha1"),
@@ -71,7 +92,11 @@ pub fn validating_hooks() -> Vec<Hook> {
         v("restoresession", "restoresessions", "v1beta1"),
         v("function", "functions", "v1beta1"),
         v("task", "tasks", "v1beta1"),
-        v("backupconfigurationtemplate", "backupconfigurationtemplates", "v1beta1"),
+        v(
+            "backupconfigurationtemplate",
+            "backupconfigurationtemplates",
+            "v1beta1",
+        ),
     ]
 }
 
@@ -85,7 +110,14 @@ pub fn mutating_hooks() -> Vec<Hook> {
         hook(&short, group, resource, ops, path, Decision::Workload(kind))
     };
     let d = |short: &'static str, resource: &'static str| {
-        hook(short, STASH, resource, C, format!("{PREFIX}/v1beta1/{short}mutators"), Decision::Default(short))
+        hook(
+            short,
+            STASH,
+            resource,
+            C,
+            format!("{PREFIX}/v1beta1/{short}mutators"),
+            Decision::Default(short),
+        )
     };
     vec![
         w(W::Deployment, "apps", "deployments", CU),
@@ -93,7 +125,12 @@ pub fn mutating_hooks() -> Vec<Hook> {
         w(W::StatefulSet, "apps", "statefulsets", C),
         w(W::ReplicaSet, "apps", "replicasets", CU),
         w(W::ReplicationController, "", "replicationcontrollers", CU),
-        w(W::DeploymentConfig, "apps.openshift.io", "deploymentconfigs", CU),
+        w(
+            W::DeploymentConfig,
+            "apps.openshift.io",
+            "deploymentconfigs",
+            CU,
+        ),
         d("backupconfiguration", "backupconfigurations"),
         d("backupsession", "backupsessions"),
         d("restoresession", "restoresessions"),
@@ -125,7 +162,11 @@ fn client_config(endpoint: &Endpoint, path: &str, ca_bundle: &str) -> WebhookCli
             ca_bundle: ca,
             service: None,
         },
-        Endpoint::Service { namespace, name, port } => WebhookClientConfig {
+        Endpoint::Service {
+            namespace,
+            name,
+            port,
+        } => WebhookClientConfig {
             url: None,
             ca_bundle: ca,
             service: Some(ServiceReference {
@@ -170,7 +211,11 @@ fn meta(name: &str) -> ObjectMeta {
 }
 
 /// The ValidatingWebhookConfiguration: failurePolicy `Fail` (upstream).
-pub fn validating_configuration(name: &str, endpoint: &Endpoint, ca_bundle: &str) -> ValidatingWebhookConfiguration {
+pub fn validating_configuration(
+    name: &str,
+    endpoint: &Endpoint,
+    ca_bundle: &str,
+) -> ValidatingWebhookConfiguration {
     ValidatingWebhookConfiguration {
         metadata: meta(name),
         webhooks: Some(
@@ -193,7 +238,11 @@ pub fn validating_configuration(name: &str, endpoint: &Endpoint, ca_bundle: &str
 }
 
 /// The MutatingWebhookConfiguration: failurePolicy `Ignore` (upstream).
-pub fn mutating_configuration(name: &str, endpoint: &Endpoint, ca_bundle: &str) -> MutatingWebhookConfiguration {
+pub fn mutating_configuration(
+    name: &str,
+    endpoint: &Endpoint,
+    ca_bundle: &str,
+) -> MutatingWebhookConfiguration {
     MutatingWebhookConfiguration {
         metadata: meta(name),
         webhooks: Some(
@@ -209,7 +258,9 @@ pub fn mutating_configuration(name: &str, endpoint: &Endpoint, ca_bundle: &str) 
                     match_policy: Some("Equivalent".into()),
                     timeout_seconds: Some(5),
                     reinvocation_policy: Some("Never".into()),
-                    namespace_selector: matches!(h.decision, Decision::Workload(_)).then(not_kube_system).flatten(),
+                    namespace_selector: matches!(h.decision, Decision::Workload(_))
+                        .then(not_kube_system)
+                        .flatten(),
                     ..Default::default()
                 })
                 .collect(),
@@ -229,11 +280,15 @@ pub async fn apply(
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     if validating {
         let c = validating_configuration(name, endpoint, ca_bundle);
-        Api::<ValidatingWebhookConfiguration>::all(client.clone()).patch(name, &pp, &Patch::Apply(&c)).await?;
+        Api::<ValidatingWebhookConfiguration>::all(client.clone())
+            .patch(name, &pp, &Patch::Apply(&c))
+            .await?;
     }
     if mutating {
         let c = mutating_configuration(name, endpoint, ca_bundle);
-        Api::<MutatingWebhookConfiguration>::all(client.clone()).patch(name, &pp, &Patch::Apply(&c)).await?;
+        Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .patch(name, &pp, &Patch::Apply(&c))
+            .await?;
     }
     Ok(())
 }
@@ -245,8 +300,18 @@ pub async fn delete(client: &Client, name: &str) -> kube::Result<()> {
         Err(e) => Err(e),
         Ok(_) => Ok(()),
     };
-    ignore_missing(Api::<ValidatingWebhookConfiguration>::all(client.clone()).delete(name, &DeleteParams::default()).await.map(|_| ()))?;
-    ignore_missing(Api::<MutatingWebhookConfiguration>::all(client.clone()).delete(name, &DeleteParams::default()).await.map(|_| ()))
+    ignore_missing(
+        Api::<ValidatingWebhookConfiguration>::all(client.clone())
+            .delete(name, &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    )?;
+    ignore_missing(
+        Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .delete(name, &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    )
 }
 
 #[cfg(test)]
@@ -259,21 +324,53 @@ mod tests {
         let v = validating_configuration(CONFIGURATION_NAME, &ep, "CA");
         let hooks = v.webhooks.expect("webhooks");
         assert_eq!(hooks.len(), 7);
-        assert!(hooks.iter().all(|h| h.failure_policy.as_deref() == Some("Fail") && h.side_effects == "None"));
-        let repo = hooks.iter().find(|h| h.name == "repository.admission.stash.appscode.com").expect("repository hook");
+        assert!(
+            hooks
+                .iter()
+                .all(|h| h.failure_policy.as_deref() == Some("Fail") && h.side_effects == "None")
+        );
+        let repo = hooks
+            .iter()
+            .find(|h| h.name == "repository.admission.stash.appscode.com")
+            .expect("repository hook");
         assert_eq!(
             repo.client_config.url.as_deref(),
-            Some("https://127.0.0.1:8443/apis/admission.stash.appscode.com/v1alpha1/repositoryvalidators")
+            Some(
+                "https://127.0.0.1:8443/apis/admission.stash.appscode.com/v1alpha1/repositoryvalidators"
+            )
         );
-        let m = mutating_configuration(CONFIGURATION_NAME, &ep, "CA").webhooks.expect("webhooks");
-        assert!(m.iter().all(|h| h.failure_policy.as_deref() == Some("Ignore")));
-        let sts = m.iter().find(|h| h.name == "statefulset.admission.stash.appscode.com").expect("sts");
-        assert_eq!(sts.rules.as_ref().expect("rules")[0].operations, Some(vec!["CREATE".to_string()]));
+        let m = mutating_configuration(CONFIGURATION_NAME, &ep, "CA")
+            .webhooks
+            .expect("webhooks");
+        assert!(
+            m.iter()
+                .all(|h| h.failure_policy.as_deref() == Some("Ignore"))
+        );
+        let sts = m
+            .iter()
+            .find(|h| h.name == "statefulset.admission.stash.appscode.com")
+            .expect("sts");
+        assert_eq!(
+            sts.rules.as_ref().expect("rules")[0].operations,
+            Some(vec!["CREATE".to_string()])
+        );
         assert!(sts.namespace_selector.is_some());
-        let svc = Endpoint::Service { namespace: "kube-system".into(), name: "stash-operator".into(), port: 443 };
-        let m = mutating_configuration(CONFIGURATION_NAME, &svc, "CA").webhooks.expect("webhooks");
+        let svc = Endpoint::Service {
+            namespace: "kube-system".into(),
+            name: "stash-operator".into(),
+            port: 443,
+        };
+        let m = mutating_configuration(CONFIGURATION_NAME, &svc, "CA")
+            .webhooks
+            .expect("webhooks");
         let s = m[0].client_config.service.as_ref().expect("service");
-        assert_eq!(s.path.as_deref(), Some("/apis/admission.stash.appscode.com/v1alpha1/deploymentmutators"));
-        assert_eq!(m[0].client_config.ca_bundle, Some(ByteString(b"CA".to_vec())));
+        assert_eq!(
+            s.path.as_deref(),
+            Some("/apis/admission.stash.appscode.com/v1alpha1/deploymentmutators")
+        );
+        assert_eq!(
+            m[0].client_config.ca_bundle,
+            Some(ByteString(b"CA".to_vec()))
+        );
     }
 }

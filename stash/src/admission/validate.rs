@@ -8,8 +8,9 @@ use std::{
 
 use kube::ResourceExt;
 use stash_crds::{
-    Backend, BackendError, BackendKind, BackupConfiguration, BackupConfigurationTemplate, BackupSession, Driver,
-    Function, Repository, RestoreSession, RetentionPolicy, Task, TargetRef, consts, repository::RepositoryValidationError,
+    Backend, BackendError, BackendKind, BackupConfiguration, BackupConfigurationTemplate,
+    BackupSession, Driver, Function, Repository, RestoreSession, RetentionPolicy, TargetRef, Task,
+    consts, repository::RepositoryValidationError,
 };
 
 use super::cron;
@@ -27,7 +28,10 @@ pub struct FieldError {
 impl FieldError {
     /// An error about `field`.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -126,7 +130,9 @@ fn check_url(url: &str) -> Result<(), String> {
     if url.chars().any(char::is_whitespace) {
         return Err("contains whitespace".into());
     }
-    let (scheme, rest) = url.split_once("://").ok_or("must be an absolute URL like http://host:8000/path")?;
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or("must be an absolute URL like http://host:8000/path")?;
     if !matches!(scheme, "http" | "https") {
         return Err(format!("scheme {scheme:?} is not http or https"));
     }
@@ -146,25 +152,36 @@ fn check_url(url: &str) -> Result<(), String> {
         return Err("has no host".into());
     }
     if let Some(p) = port {
-        p.parse::<u16>().map_err(|_| format!("port {p:?} is not a number"))?;
+        p.parse::<u16>()
+            .map_err(|_| format!("port {p:?} is not a number"))?;
     }
     Ok(())
 }
 
 /// The backend rules: exactly one provider, the storage Secret, and what each provider needs.
 fn check_backend(errs: &mut FieldErrors, path: &str, backend: &Backend) {
-    required(errs, &format!("{path}.storageSecretName"), &backend.storage_secret_name);
+    required(
+        errs,
+        &format!("{path}.storageSecretName"),
+        &backend.storage_secret_name,
+    );
     let kind = match backend.validate() {
         Ok(kind) => kind,
         Err(BackendError::NoProvider) => {
-            errs.push(path, "exactly one of local, s3, gcs, azure, swift, b2, rest must be set, found none");
+            errs.push(
+                path,
+                "exactly one of local, s3, gcs, azure, swift, b2, rest must be set, found none",
+            );
             return;
         }
         Err(BackendError::MultipleProviders(set)) => {
             let names: Vec<&str> = set.iter().map(|p| p.as_str()).collect();
             errs.push(
                 path,
-                format!("exactly one of local, s3, gcs, azure, swift, b2, rest must be set, found {}", names.join(", ")),
+                format!(
+                    "exactly one of local, s3, gcs, azure, swift, b2, rest must be set, found {}",
+                    names.join(", ")
+                ),
             );
             return;
         }
@@ -174,7 +191,10 @@ fn check_backend(errs: &mut FieldErrors, path: &str, backend: &Backend) {
             let p = format!("{path}.local");
             match l.mount_path.as_deref().map(str::trim) {
                 None | Some("") => errs.push(format!("{p}.mountPath"), "required"),
-                Some(m) if !m.starts_with('/') => errs.push(format!("{p}.mountPath"), format!("must be an absolute path, got {m:?}")),
+                Some(m) if !m.starts_with('/') => errs.push(
+                    format!("{p}.mountPath"),
+                    format!("must be an absolute path, got {m:?}"),
+                ),
                 Some(_) => {}
             }
             if l.volume_source == stash_crds::VolumeSource::default() {
@@ -184,22 +204,37 @@ fn check_backend(errs: &mut FieldErrors, path: &str, backend: &Backend) {
         BackendKind::S3(s) => required(errs, &format!("{path}.s3.bucket"), &s.bucket),
         BackendKind::Gcs(g) => {
             required(errs, &format!("{path}.gcs.bucket"), &g.bucket);
-            non_negative(errs, &format!("{path}.gcs.maxConnections"), g.max_connections);
+            non_negative(
+                errs,
+                &format!("{path}.gcs.maxConnections"),
+                g.max_connections,
+            );
         }
         BackendKind::Azure(a) => {
             required(errs, &format!("{path}.azure.container"), &a.container);
-            non_negative(errs, &format!("{path}.azure.maxConnections"), a.max_connections);
+            non_negative(
+                errs,
+                &format!("{path}.azure.maxConnections"),
+                a.max_connections,
+            );
         }
         BackendKind::Swift(s) => required(errs, &format!("{path}.swift.container"), &s.container),
         BackendKind::B2(b) => {
             required(errs, &format!("{path}.b2.bucket"), &b.bucket);
-            non_negative(errs, &format!("{path}.b2.maxConnections"), b.max_connections);
+            non_negative(
+                errs,
+                &format!("{path}.b2.maxConnections"),
+                b.max_connections,
+            );
         }
         BackendKind::Rest(r) => match r.url.as_deref().map(str::trim) {
             None | Some("") => errs.push(format!("{path}.rest.url"), "required"),
             Some(u) => {
                 if let Err(why) = check_url(u) {
-                    errs.push(format!("{path}.rest.url"), format!("invalid URL {u:?}: {why}"));
+                    errs.push(
+                        format!("{path}.rest.url"),
+                        format!("invalid URL {u:?}: {why}"),
+                    );
                 }
             }
         },
@@ -209,7 +244,9 @@ fn check_backend(errs: &mut FieldErrors, path: &str, backend: &Backend) {
 fn check_wipe_out(errs: &mut FieldErrors, spec: &stash_crds::RepositorySpec) {
     if let Err(e) = spec.validate() {
         let msg = match e {
-            RepositoryValidationError::WipeOutLocal | RepositoryValidationError::WipeOutB2 => e.to_string(),
+            RepositoryValidationError::WipeOutLocal | RepositoryValidationError::WipeOutB2 => {
+                e.to_string()
+            }
         };
         errs.push("spec.wipeOut", msg);
     }
@@ -220,7 +257,10 @@ fn check_schedule(errs: &mut FieldErrors, schedule: &Option<String>) {
         None => errs.push("spec.schedule", "required"),
         Some(s) => {
             if let Err(why) = cron::parse(s) {
-                errs.push("spec.schedule", format!("invalid cron expression {s:?}: {why}"));
+                errs.push(
+                    "spec.schedule",
+                    format!("invalid cron expression {s:?}: {why}"),
+                );
             }
         }
     }
@@ -241,10 +281,14 @@ fn check_retention(errs: &mut FieldErrors, policy: &Option<RetentionPolicy>) {
     }
     for (i, t) in p.keep_tags.iter().enumerate() {
         if t.trim().is_empty() {
-            errs.push(format!("spec.retentionPolicy.keepTags[{i}]"), "must not be empty");
+            errs.push(
+                format!("spec.retentionPolicy.keepTags[{i}]"),
+                "must not be empty",
+            );
         }
     }
-    let keeps_something = counts.iter().any(|(_, v)| v.is_some_and(|v| v > 0)) || !p.keep_tags.is_empty();
+    let keeps_something =
+        counts.iter().any(|(_, v)| v.is_some_and(|v| v > 0)) || !p.keep_tags.is_empty();
     if p.prune && !keeps_something {
         errs.push(
             "spec.retentionPolicy",
@@ -261,15 +305,17 @@ enum TargetClass {
     AppBinding,
 }
 
-const SUPPORTED_KINDS: &str =
-    "Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, DeploymentConfig, PersistentVolumeClaim, AppBinding";
+const SUPPORTED_KINDS: &str = "Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, DeploymentConfig, PersistentVolumeClaim, AppBinding";
 
 /// Checks kind, apiVersion and name of `spec.target.ref`; the class when they are usable.
 fn check_target_ref(errs: &mut FieldErrors, r: &TargetRef) -> Option<TargetClass> {
     let path = "spec.target.ref";
     required(errs, &format!("{path}.name"), &r.name);
     let Some(kind) = r.kind.as_deref().filter(|k| !k.is_empty()) else {
-        errs.push(format!("{path}.kind"), format!("required (one of {SUPPORTED_KINDS})"));
+        errs.push(
+            format!("{path}.kind"),
+            format!("required (one of {SUPPORTED_KINDS})"),
+        );
         return None;
     };
     let (class, want) = match WorkloadKind::of(r) {
@@ -278,7 +324,10 @@ fn check_target_ref(errs: &mut FieldErrors, r: &TargetRef) -> Option<TargetClass
             "PersistentVolumeClaim" => (TargetClass::Pvc, "v1"),
             "AppBinding" => (TargetClass::AppBinding, "appcatalog.appscode.com/v1alpha1"),
             other => {
-                errs.push(format!("{path}.kind"), format!("unsupported target kind {other:?} (supported: {SUPPORTED_KINDS})"));
+                errs.push(
+                    format!("{path}.kind"),
+                    format!("unsupported target kind {other:?} (supported: {SUPPORTED_KINDS})"),
+                );
                 return None;
             }
         },
@@ -293,18 +342,23 @@ fn check_target_ref(errs: &mut FieldErrors, r: &TargetRef) -> Option<TargetClass
             None
         }
         None => {
-            errs.push(format!("{path}.apiVersion"), format!("required ({want} for {kind})"));
+            errs.push(
+                format!("{path}.apiVersion"),
+                format!("required ({want} for {kind})"),
+            );
             None
         }
     }
 }
 
 fn spec_immutable(kind: &str) -> FieldErrors {
-    FieldErrors(vec![FieldError::new("spec", format!("{kind} spec is immutable"))])
+    FieldErrors(vec![FieldError::new(
+        "spec",
+        format!("{kind} spec is immutable"),
+    )])
 }
 
-const VOLUME_SNAPSHOTTER_WARNING: &str =
-    "spec.driver: VolumeSnapshotter is not supported by stash-rs; sessions using it fail with a reason";
+const VOLUME_SNAPSHOTTER_WARNING: &str = "spec.driver: VolumeSnapshotter is not supported by stash-rs; sessions using it fail with a reason";
 
 // ---------------------------------------------------------------------------------------------
 // Repository
@@ -320,7 +374,11 @@ impl Validate for Repository {
     }
 
     fn validate_update(&self, old: &Self, ctx: &()) -> Result<(), FieldErrors> {
-        if self.spec == old.spec { Ok(()) } else { self.validate_create(ctx) }
+        if self.spec == old.spec {
+            Ok(())
+        } else {
+            self.validate_create(ctx)
+        }
     }
 }
 
@@ -345,7 +403,10 @@ impl Validate for BackupConfiguration {
         match &spec.target {
             None => {
                 if restic && task_missing {
-                    errs.push("spec.task.name", "required when spec.target is not set (cluster or custom backup)");
+                    errs.push(
+                        "spec.task.name",
+                        "required when spec.target is not set (cluster or custom backup)",
+                    );
                 }
             }
             Some(target) => match check_target_ref(&mut errs, &target.target_ref) {
@@ -353,12 +414,18 @@ impl Validate for BackupConfiguration {
                     if target.directories.is_empty() {
                         errs.push(
                             "spec.target.directories",
-                            format!("at least one directory is required to back up a {}", kind.kind()),
+                            format!(
+                                "at least one directory is required to back up a {}",
+                                kind.kind()
+                            ),
                         );
                     }
                     for (i, d) in target.directories.iter().enumerate() {
                         if !d.starts_with('/') {
-                            errs.push(format!("spec.target.directories[{i}]"), format!("must be an absolute path, got {d:?}"));
+                            errs.push(
+                                format!("spec.target.directories[{i}]"),
+                                format!("must be an absolute path, got {d:?}"),
+                            );
                         }
                     }
                     if target.volume_mounts.is_empty() {
@@ -368,8 +435,14 @@ impl Validate for BackupConfiguration {
                         );
                     }
                 }
-                Some(class @ (TargetClass::Pvc | TargetClass::AppBinding)) if restic && task_missing => {
-                    let kind = if class == TargetClass::Pvc { "PersistentVolumeClaim" } else { "AppBinding" };
+                Some(class @ (TargetClass::Pvc | TargetClass::AppBinding))
+                    if restic && task_missing =>
+                {
+                    let kind = if class == TargetClass::Pvc {
+                        "PersistentVolumeClaim"
+                    } else {
+                        "AppBinding"
+                    };
                     errs.push("spec.task.name", format!("required for a {kind} target"));
                 }
                 _ => {}
@@ -380,11 +453,19 @@ impl Validate for BackupConfiguration {
     }
 
     fn validate_update(&self, old: &Self, ctx: &()) -> Result<(), FieldErrors> {
-        if self.spec == old.spec { Ok(()) } else { self.validate_create(ctx) }
+        if self.spec == old.spec {
+            Ok(())
+        } else {
+            self.validate_create(ctx)
+        }
     }
 
     fn warnings(&self) -> Vec<String> {
-        if self.spec.driver() == Driver::VolumeSnapshotter { vec![VOLUME_SNAPSHOTTER_WARNING.into()] } else { vec![] }
+        if self.spec.driver() == Driver::VolumeSnapshotter {
+            vec![VOLUME_SNAPSHOTTER_WARNING.into()]
+        } else {
+            vec![]
+        }
     }
 }
 
@@ -396,16 +477,27 @@ impl Validate for BackupSession {
 
     fn validate_create(&self, _: &()) -> Result<(), FieldErrors> {
         let mut errs = FieldErrors::default();
-        let name = self.spec.backup_configuration.as_ref().map(|r| r.name.trim()).filter(|n| !n.is_empty());
+        let name = self
+            .spec
+            .backup_configuration
+            .as_ref()
+            .map(|r| r.name.trim())
+            .filter(|n| !n.is_empty());
         let Some(name) = name else {
             errs.push("spec.backupConfiguration.name", "required");
             return errs.into_result();
         };
         let field = format!("metadata.labels[{}]", consts::BACKUP_CONFIGURATION_LABEL);
         match self.labels().get(consts::BACKUP_CONFIGURATION_LABEL) {
-            None => errs.push(field, format!("required, must be {name:?} (spec.backupConfiguration.name)")),
+            None => errs.push(
+                field,
+                format!("required, must be {name:?} (spec.backupConfiguration.name)"),
+            ),
             Some(v) if v != name => {
-                errs.push(field, format!("must equal spec.backupConfiguration.name {name:?}, got {v:?}"));
+                errs.push(
+                    field,
+                    format!("must equal spec.backupConfiguration.name {name:?}, got {v:?}"),
+                );
             }
             Some(_) => {}
         }
@@ -413,7 +505,11 @@ impl Validate for BackupSession {
     }
 
     fn validate_update(&self, old: &Self, _: &()) -> Result<(), FieldErrors> {
-        if self.spec == old.spec { Ok(()) } else { Err(spec_immutable("BackupSession")) }
+        if self.spec == old.spec {
+            Ok(())
+        } else {
+            Err(spec_immutable("BackupSession"))
+        }
     }
 }
 
@@ -436,7 +532,10 @@ impl Validate for RestoreSession {
                 check_target_ref(&mut errs, &t.target_ref);
             }
             if let Some(r) = t.replicas.filter(|r| *r < 0) {
-                errs.push("spec.target.replicas", format!("must be non-negative, got {r}"));
+                errs.push(
+                    "spec.target.replicas",
+                    format!("must be non-negative, got {r}"),
+                );
             }
         }
         let mut catch_all: Option<usize> = None;
@@ -458,7 +557,10 @@ impl Validate for RestoreSession {
                         format!("{path}.targetHosts"),
                         format!("host {host:?} is already targeted by spec.rules[{first}]"),
                     ),
-                    Some(_) => errs.push(format!("{path}.targetHosts"), format!("host {host:?} is listed twice")),
+                    Some(_) => errs.push(
+                        format!("{path}.targetHosts"),
+                        format!("host {host:?} is listed twice"),
+                    ),
                     None => {
                         hosts.insert(host, i);
                     }
@@ -472,11 +574,19 @@ impl Validate for RestoreSession {
     }
 
     fn validate_update(&self, old: &Self, _: &()) -> Result<(), FieldErrors> {
-        if self.spec == old.spec { Ok(()) } else { Err(spec_immutable("RestoreSession")) }
+        if self.spec == old.spec {
+            Ok(())
+        } else {
+            Err(spec_immutable("RestoreSession"))
+        }
     }
 
     fn warnings(&self) -> Vec<String> {
-        if self.spec.driver() == Driver::VolumeSnapshotter { vec![VOLUME_SNAPSHOTTER_WARNING.into()] } else { vec![] }
+        if self.spec.driver() == Driver::VolumeSnapshotter {
+            vec![VOLUME_SNAPSHOTTER_WARNING.into()]
+        } else {
+            vec![]
+        }
     }
 }
 
@@ -493,7 +603,11 @@ impl Validate for Function {
     }
 
     fn validate_update(&self, old: &Self, ctx: &()) -> Result<(), FieldErrors> {
-        if self.spec == old.spec { Ok(()) } else { self.validate_create(ctx) }
+        if self.spec == old.spec {
+            Ok(())
+        } else {
+            self.validate_create(ctx)
+        }
     }
 }
 
@@ -509,20 +623,33 @@ impl Validate for Task {
             if step.name.trim().is_empty() {
                 errs.push(format!("spec.steps[{i}].name"), "required");
             } else if !functions.exists(&step.name) {
-                errs.push(format!("spec.steps[{i}].name"), format!("Function {:?} not found", step.name));
+                errs.push(
+                    format!("spec.steps[{i}].name"),
+                    format!("Function {:?} not found", step.name),
+                );
             }
         }
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, v) in self.spec.volumes.iter().enumerate() {
             if let Some(first) = seen.insert(v.name.as_str(), i) {
-                errs.push(format!("spec.volumes[{i}].name"), format!("duplicate volume name {:?} (also spec.volumes[{first}])", v.name));
+                errs.push(
+                    format!("spec.volumes[{i}].name"),
+                    format!(
+                        "duplicate volume name {:?} (also spec.volumes[{first}])",
+                        v.name
+                    ),
+                );
             }
         }
         errs.into_result()
     }
 
     fn validate_update(&self, old: &Self, functions: &Self::Context) -> Result<(), FieldErrors> {
-        if self.spec == old.spec { Ok(()) } else { self.validate_create(functions) }
+        if self.spec == old.spec {
+            Ok(())
+        } else {
+            self.validate_create(functions)
+        }
     }
 }
 
@@ -543,7 +670,11 @@ impl Validate for BackupConfigurationTemplate {
     }
 
     fn validate_update(&self, old: &Self, ctx: &()) -> Result<(), FieldErrors> {
-        if self.spec == old.spec { Ok(()) } else { self.validate_create(ctx) }
+        if self.spec == old.spec {
+            Ok(())
+        } else {
+            self.validate_create(ctx)
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! `stash create-backupsession`: what the trigger CronJob runs (stash-api.md §5.2).
-use k8s_openapi::{api::core::v1::ObjectReference, apimachinery::pkg::apis::meta::v1::OwnerReference};
+use k8s_openapi::{
+    api::core::v1::ObjectReference, apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{ObjectMeta, PostParams},
@@ -37,7 +39,9 @@ pub fn session_for(bc: &BackupConfiguration, unix: i64) -> BackupSession {
             ..Default::default()
         },
         spec: BackupSessionSpec {
-            backup_configuration: Some(k8s_openapi::api::core::v1::LocalObjectReference { name: bc.name_any() }),
+            backup_configuration: Some(k8s_openapi::api::core::v1::LocalObjectReference {
+                name: bc.name_any(),
+            }),
         },
         status: None,
     }
@@ -54,9 +58,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let bc = bcs.get(&opts.name).await?;
     let reference: ObjectReference = bc.object_ref(&());
     if bc.spec.paused {
-        let note = format!("BackupConfiguration {} is paused: no BackupSession created", opts.name);
+        let note = format!(
+            "BackupConfiguration {} is paused: no BackupSession created",
+            opts.name
+        );
         tracing::info!("{note}");
-        events.publish(&reference, Severity::Normal, "BackupSkipped", note).await;
+        events
+            .publish(&reference, Severity::Normal, "BackupSkipped", note)
+            .await;
         return Ok(());
     }
     let session = session_for(&bc, jiff::Timestamp::now().as_second());

@@ -6,12 +6,17 @@ use std::{fmt::Debug, time::Duration};
 use kube::{Api, Resource, api::PostParams};
 use serde::{Serialize, de::DeserializeOwned};
 use stash_crds::{
-    BackupSession, Repository, RestoreSession, backup_session::HostBackupStats, restore_session::HostRestoreStats,
+    BackupSession, Repository, RestoreSession, backup_session::HostBackupStats,
+    restore_session::HostRestoreStats,
 };
 
 /// Apply `change` to the freshly read object and write its status; on a conflict, read
 /// again and retry (bounded).
-pub async fn update_status<K>(api: &Api<K>, name: &str, change: impl Fn(&mut K)) -> Result<(), kube::Error>
+pub async fn update_status<K>(
+    api: &Api<K>,
+    name: &str,
+    change: impl Fn(&mut K),
+) -> Result<(), kube::Error>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + Debug,
 {
@@ -31,7 +36,11 @@ where
 }
 
 /// Upsert these hosts' entries (by hostname) in a BackupSession's status.
-pub async fn upsert_backup_hosts(api: &Api<BackupSession>, name: &str, entries: &[HostBackupStats]) -> Result<(), kube::Error> {
+pub async fn upsert_backup_hosts(
+    api: &Api<BackupSession>,
+    name: &str,
+    entries: &[HostBackupStats],
+) -> Result<(), kube::Error> {
     update_status(api, name, |s| {
         let status = s.status.get_or_insert_with(Default::default);
         for e in entries {
@@ -43,7 +52,11 @@ pub async fn upsert_backup_hosts(api: &Api<BackupSession>, name: &str, entries: 
 }
 
 /// Upsert these hosts' entries (by hostname) in a RestoreSession's status.
-pub async fn upsert_restore_hosts(api: &Api<RestoreSession>, name: &str, entries: &[HostRestoreStats]) -> Result<(), kube::Error> {
+pub async fn upsert_restore_hosts(
+    api: &Api<RestoreSession>,
+    name: &str,
+    entries: &[HostRestoreStats],
+) -> Result<(), kube::Error> {
     update_status(api, name, |s| {
         let status = s.status.get_or_insert_with(Default::default);
         for e in entries {
@@ -69,7 +82,11 @@ pub struct RepositoryReport {
 
 /// Record a successful backup in the Repository status (`lastBackupTime` now,
 /// `firstBackupTime` once).
-pub async fn record_backup(api: &Api<Repository>, name: &str, r: &RepositoryReport) -> Result<(), kube::Error> {
+pub async fn record_backup(
+    api: &Api<Repository>,
+    name: &str,
+    r: &RepositoryReport,
+) -> Result<(), kube::Error> {
     update_status(api, name, |repo| {
         let status = repo.status.get_or_insert_with(Default::default);
         let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());

@@ -87,7 +87,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let rs = loop {
         let rs = sessions.get(&opts.restore_session).await?;
         let status = rs.status.clone().unwrap_or_default();
-        if status.stats.iter().any(|s| s.hostname.as_deref() == Some(host.as_str())) {
+        if status
+            .stats
+            .iter()
+            .any(|s| s.hostname.as_deref() == Some(host.as_str()))
+        {
             tracing::info!(%host, "this host already restored; nothing to do");
             return Ok(());
         }
@@ -102,7 +106,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     };
     let lock = (opts.restore_model != "job").then(|| LeaderElection {
         namespace: ns.clone(),
-        name: format!("lock-{}-{workload}-restore", kind.map_or("unknown", |k| k.kind()).to_lowercase()),
+        name: format!(
+            "lock-{}-{workload}-restore",
+            kind.map_or("unknown", |k| k.kind()).to_lowercase()
+        ),
         identity: opts.pod_name.clone(),
         lease_duration: Duration::from_secs(15),
         renew_every: Duration::from_secs(3),
@@ -114,7 +121,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let result = async {
         let plan = restore::plan(&rs, &host, &[])?;
-        let repo_name = rs.spec.repository.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+        let repo_name = rs
+            .spec
+            .repository
+            .as_ref()
+            .map(|r| r.name.clone())
+            .unwrap_or_default();
         let repo = Api::<Repository>::namespaced(client.clone(), &ns)
             .get(&repo_name)
             .await
@@ -129,12 +141,21 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     .await;
     if opts.metrics_enabled {
-        let group = crate::metrics::restore_group(&opts.restore_session, &host, started.elapsed(), result.is_ok());
+        let group = crate::metrics::restore_group(
+            &opts.restore_session,
+            &host,
+            started.elapsed(),
+            result.is_ok(),
+        );
         crate::metrics::push_logged(&opts.pushgateway_url, &group).await;
     }
     let entry = HostRestoreStats {
         hostname: Some(host.clone()),
-        phase: Some(if result.is_ok() { HostPhase::Succeeded } else { HostPhase::Failed }),
+        phase: Some(if result.is_ok() {
+            HostPhase::Succeeded
+        } else {
+            HostPhase::Failed
+        }),
         duration: Some(GoDuration(started.elapsed())),
         error: result.as_ref().err().cloned(),
     };
@@ -146,11 +167,25 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     match result {
         Ok(()) => {
-            events.publish(&reference, Severity::Normal, "SuccessfulHostRestore", format!("host {host} restored")).await;
+            events
+                .publish(
+                    &reference,
+                    Severity::Normal,
+                    "SuccessfulHostRestore",
+                    format!("host {host} restored"),
+                )
+                .await;
             Ok(())
         }
         Err(e) => {
-            events.publish(&reference, Severity::Warning, "FailedHostRestore", format!("host {host}: {e}")).await;
+            events
+                .publish(
+                    &reference,
+                    Severity::Warning,
+                    "FailedHostRestore",
+                    format!("host {host}: {e}"),
+                )
+                .await;
             anyhow::bail!("restore of host {host} failed: {e}")
         }
     }

@@ -76,7 +76,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let workload = target.target_ref.name.clone().unwrap_or_default();
     let lock = LeaderElection {
         namespace: ns.clone(),
-        name: format!("lock-{}-{workload}-backup", kind.map_or("unknown", |k| k.kind()).to_lowercase()),
+        name: format!(
+            "lock-{}-{workload}-backup",
+            kind.map_or("unknown", |k| k.kind()).to_lowercase()
+        ),
         identity: opts.pod_name.clone(),
         lease_duration: Duration::from_secs(15),
         renew_every: Duration::from_secs(3),
@@ -84,10 +87,18 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     tracing::info!(bc = %opts.backup_configuration, %host, "backup sidecar started");
 
     let sessions = Api::<BackupSession>::namespaced(client.clone(), &ns);
-    let selector = format!("{}={}", consts::BACKUP_CONFIGURATION_LABEL, opts.backup_configuration);
+    let selector = format!(
+        "{}={}",
+        consts::BACKUP_CONFIGURATION_LABEL,
+        opts.backup_configuration
+    );
     let events = Events::new(client.clone(), &format!("stash-sidecar-{}", opts.pod_name));
     let mut done: BTreeSet<String> = BTreeSet::new();
-    let stream = watcher(sessions.clone(), watcher::Config::default().labels(&selector)).applied_objects();
+    let stream = watcher(
+        sessions.clone(),
+        watcher::Config::default().labels(&selector),
+    )
+    .applied_objects();
     futures::pin_mut!(stream);
     while let Some(item) = stream.next().await {
         let session = match item {
@@ -103,7 +114,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         // Serialise with the other pods of the workload; re-read after locking.
         let leadership = lock.acquire(client.clone()).await?;
         let fresh = sessions.get(&session.name_any()).await?;
-        let paused = bcs.get(&opts.backup_configuration).await.map(|b| b.spec.paused).unwrap_or(true);
+        let paused = bcs
+            .get(&opts.backup_configuration)
+            .await
+            .map(|b| b.spec.paused)
+            .unwrap_or(true);
         if !paused && needs_backup(&fresh, &host) {
             let bc = bcs.get(&opts.backup_configuration).await?;
             backup_one(&client, &events, &opts, &bc, &fresh, &host).await;
@@ -116,8 +131,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
 /// The operator has started the session and this host has not reported yet.
 fn needs_backup(session: &BackupSession, host: &str) -> bool {
-    let Some(status) = &session.status else { return false };
-    status.phase == Some(Phase::Running) && !status.stats.iter().any(|s| s.hostname.as_deref() == Some(host))
+    let Some(status) = &session.status else {
+        return false;
+    };
+    status.phase == Some(Phase::Running)
+        && !status
+            .stats
+            .iter()
+            .any(|s| s.hostname.as_deref() == Some(host))
 }
 
 async fn backup_one(
@@ -130,7 +151,12 @@ async fn backup_one(
 ) {
     let ns = opts.namespace.clone();
     let started = std::time::Instant::now();
-    let repo_name = bc.spec.repository.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+    let repo_name = bc
+        .spec
+        .repository
+        .as_ref()
+        .map(|r| r.name.clone())
+        .unwrap_or_default();
     let repos = Api::<Repository>::namespaced(client.clone(), &ns);
     let outcome = match repos.get(&repo_name).await {
         Ok(repo) => {
@@ -175,13 +201,20 @@ async fn backup_one(
         },
     };
     let sessions = Api::<BackupSession>::namespaced(client.clone(), &ns);
-    if let Err(e) = super::report::upsert_backup_hosts(&sessions, &session.name_any(), &[entry]).await {
+    if let Err(e) =
+        super::report::upsert_backup_hosts(&sessions, &session.name_any(), &[entry]).await
+    {
         tracing::error!(error = %e, "could not record this host's result");
     }
     match outcome {
         Ok(o) => {
             events
-                .publish(&reference, Severity::Normal, "SuccessfulHostBackup", format!("backup of host {host} succeeded"))
+                .publish(
+                    &reference,
+                    Severity::Normal,
+                    "SuccessfulHostBackup",
+                    format!("backup of host {host} succeeded"),
+                )
                 .await;
             let report = super::report::RepositoryReport {
                 integrity: Some(o.integrity),
@@ -195,7 +228,12 @@ async fn backup_one(
         }
         Err(e) => {
             events
-                .publish(&reference, Severity::Warning, "FailedHostBackup", format!("backup of host {host} failed: {e}"))
+                .publish(
+                    &reference,
+                    Severity::Warning,
+                    "FailedHostBackup",
+                    format!("backup of host {host} failed: {e}"),
+                )
                 .await;
         }
     }
@@ -226,7 +264,13 @@ mod tests {
         let mut s = BackupSession::new("s", Default::default());
         s.status = Some(stash_crds::backup_session::BackupSessionStatus {
             phase,
-            stats: hosts.iter().map(|h| HostBackupStats { hostname: Some(h.to_string()), ..Default::default() }).collect(),
+            stats: hosts
+                .iter()
+                .map(|h| HostBackupStats {
+                    hostname: Some(h.to_string()),
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         });
         s
@@ -235,8 +279,14 @@ mod tests {
     #[test]
     fn a_host_backs_up_only_running_sessions_it_has_not_reported() {
         assert!(needs_backup(&session(Some(Phase::Running), &[]), "host-0"));
-        assert!(needs_backup(&session(Some(Phase::Running), &["host-1"]), "host-0"));
-        assert!(!needs_backup(&session(Some(Phase::Running), &["host-0"]), "host-0"));
+        assert!(needs_backup(
+            &session(Some(Phase::Running), &["host-1"]),
+            "host-0"
+        ));
+        assert!(!needs_backup(
+            &session(Some(Phase::Running), &["host-0"]),
+            "host-0"
+        ));
         assert!(!needs_backup(&session(Some(Phase::Pending), &[]), "host-0"));
         assert!(!needs_backup(&session(None, &[]), "host-0"));
         assert!(!needs_backup(&session(Some(Phase::Skipped), &[]), "host-0"));

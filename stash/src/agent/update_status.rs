@@ -106,7 +106,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 snapshot_count: r.snapshot_count,
                 snapshots_removed: r.snapshots_removed_on_last_cleanup,
             };
-            report::record_backup(&Api::<Repository>::namespaced(client.clone(), &ns), &opts.repository, &report).await?;
+            report::record_backup(
+                &Api::<Repository>::namespaced(client.clone(), &ns),
+                &opts.repository,
+                &report,
+            )
+            .await?;
         }
     } else if !opts.restore_session.is_empty() {
         let api = Api::<RestoreSession>::namespaced(client.clone(), &ns);

@@ -27,12 +27,20 @@ const MANAGER: &str = "stash-operator";
 pub fn offshoot_labels(bc: &BackupConfiguration, component: &str) -> BTreeMap<String, String> {
     let mut labels = bc.labels().clone();
     labels.insert(consts::COMPONENT_LABEL.into(), component.into());
-    labels.insert(consts::MANAGED_BY_LABEL.into(), consts::MANAGED_BY_STASH.into());
+    labels.insert(
+        consts::MANAGED_BY_LABEL.into(),
+        consts::MANAGED_BY_STASH.into(),
+    );
     labels
 }
 
 /// The trigger CronJob of `bc` (§5.2).
-pub fn cron_job(bc: &BackupConfiguration, schedule: &str, image: &str, service_account: &str) -> CronJob {
+pub fn cron_job(
+    bc: &BackupConfiguration,
+    schedule: &str,
+    image: &str,
+    service_account: &str,
+) -> CronJob {
     let labels = offshoot_labels(bc, consts::COMPONENT_BACKUP);
     let mut job_labels = labels.clone();
     job_labels.insert(consts::DELETE_JOB_ON_COMPLETION_LABEL.into(), "true".into());
@@ -51,12 +59,18 @@ pub fn cron_job(bc: &BackupConfiguration, schedule: &str, image: &str, service_a
             successful_jobs_history_limit: Some(1),
             failed_jobs_history_limit: Some(1),
             job_template: JobTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(job_labels.clone()), ..Default::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(job_labels.clone()),
+                    ..Default::default()
+                }),
                 spec: Some(JobSpec {
                     backoff_limit: Some(2),
                     ttl_seconds_after_finished: Some(300),
                     template: PodTemplateSpec {
-                        metadata: Some(ObjectMeta { labels: Some(job_labels), ..Default::default() }),
+                        metadata: Some(ObjectMeta {
+                            labels: Some(job_labels),
+                            ..Default::default()
+                        }),
                         spec: Some(PodSpec {
                             containers: vec![Container {
                                 name: "stash".into(),
@@ -96,7 +110,13 @@ impl BackupConfigurations {
         let name = bc.name_any();
         let owner = bc.controller_owner_ref(&());
         let pp = PatchParams::apply(MANAGER).force();
-        let sa = match bc.spec.runtime_settings.as_ref().and_then(|r| r.pod.as_ref()).and_then(|p| p.service_account_name.clone()) {
+        let sa = match bc
+            .spec
+            .runtime_settings
+            .as_ref()
+            .and_then(|r| r.pod.as_ref())
+            .and_then(|p| p.service_account_name.clone())
+        {
             Some(sa) => sa,
             None => {
                 let sa = ServiceAccount {
@@ -109,7 +129,9 @@ impl BackupConfigurations {
                     },
                     ..Default::default()
                 };
-                Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns).patch(&name, &pp, &Patch::Apply(&sa)).await?;
+                Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns)
+                    .patch(&name, &pp, &Patch::Apply(&sa))
+                    .await?;
                 name.clone()
             }
         };
@@ -135,7 +157,10 @@ impl Reconcile<BackupConfiguration> for BackupConfigurations {
     const NAME: &'static str = "backupconfiguration";
 
     async fn reconcile(&self, bc: Arc<BackupConfiguration>) -> Result<Action, Error> {
-        let api = Api::<BackupConfiguration>::namespaced(self.0.client.clone(), &bc.namespace().unwrap_or_default());
+        let api = Api::<BackupConfiguration>::namespaced(
+            self.0.client.clone(),
+            &bc.namespace().unwrap_or_default(),
+        );
         finalizer(&api, consts::STASH_FINALIZER, bc, |event| async move {
             match event {
                 Finalizer::Apply(bc) => self.apply(bc).await,
@@ -146,7 +171,8 @@ impl Reconcile<BackupConfiguration> for BackupConfigurations {
         })
         .await
         .map_err(|e| match e {
-            kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            kube::runtime::finalizer::Error::ApplyFailed(e)
+            | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
             other => Error::Finalizer(other.to_string()),
         })
     }
@@ -155,7 +181,14 @@ impl Reconcile<BackupConfiguration> for BackupConfigurations {
 /// Run the BackupConfiguration controller.
 pub async fn run(ctx: Arc<Ctx>) {
     let api = Api::<BackupConfiguration>::all(ctx.client.clone());
-    let controller = Controller::new(api, watcher::Config::default())
-        .owns(Api::<CronJob>::all(ctx.client.clone()), watcher::Config::default());
-    stash_runtime::drive(controller, BackupConfigurations(ctx.clone()), ctx.metrics.clone()).await;
+    let controller = Controller::new(api, watcher::Config::default()).owns(
+        Api::<CronJob>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    );
+    stash_runtime::drive(
+        controller,
+        BackupConfigurations(ctx.clone()),
+        ctx.metrics.clone(),
+    )
+    .await;
 }

@@ -21,7 +21,9 @@ use stash_crds::{
 };
 use stash_machines::{
     Effect,
-    backup_session::{self as machine, Config, HostReport, Observation, OtherSession, Phase, TargetModel},
+    backup_session::{
+        self as machine, Config, HostReport, Observation, OtherSession, Phase, TargetModel,
+    },
 };
 use stash_runtime::{Action, Reconcile, StatusWriter, events::Severity};
 
@@ -29,12 +31,23 @@ use super::{Ctx, Error};
 use crate::target::WorkloadKind;
 
 fn created_at<K: Resource>(obj: &K) -> u64 {
-    obj.meta().creation_timestamp.as_ref().map_or(0, |t| u64::try_from(t.0.as_second()).unwrap_or(0))
+    obj.meta()
+        .creation_timestamp
+        .as_ref()
+        .map_or(0, |t| u64::try_from(t.0.as_second()).unwrap_or(0))
 }
 
 /// The configuration this session runs, as the machine needs it.
-async fn observe_config(ctx: &Ctx, ns: &str, bc_name: &str, overlap: machine::OverlapPolicy) -> Result<Config, Error> {
-    let Some(bc) = Api::<BackupConfiguration>::namespaced(ctx.client.clone(), ns).get_opt(bc_name).await? else {
+async fn observe_config(
+    ctx: &Ctx,
+    ns: &str,
+    bc_name: &str,
+    overlap: machine::OverlapPolicy,
+) -> Result<Config, Error> {
+    let Some(bc) = Api::<BackupConfiguration>::namespaced(ctx.client.clone(), ns)
+        .get_opt(bc_name)
+        .await?
+    else {
         return Ok(Config::Missing);
     };
     let target = bc.spec.target.as_ref();
@@ -44,7 +57,9 @@ async fn observe_config(ctx: &Ctx, ns: &str, bc_name: &str, overlap: machine::Ov
         (Driver::Restic, Some(_)) => TargetModel::Sidecar,
         (Driver::Restic, None) => TargetModel::Job,
     };
-    let name = target.and_then(|t| t.target_ref.name.clone()).unwrap_or_default();
+    let name = target
+        .and_then(|t| t.target_ref.name.clone())
+        .unwrap_or_default();
     let total_hosts = match kind {
         Some(WorkloadKind::StatefulSet) => Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
             .get_opt(&name)
@@ -55,7 +70,13 @@ async fn observe_config(ctx: &Ctx, ns: &str, bc_name: &str, overlap: machine::Ov
             .get_opt(&name)
             .await?
             .and_then(|d| d.status)
-            .map(|s| if s.number_ready > 0 { s.number_ready } else { s.desired_number_scheduled })
+            .map(|s| {
+                if s.number_ready > 0 {
+                    s.number_ready
+                } else {
+                    s.desired_number_scheduled
+                }
+            })
             .unwrap_or(1),
         _ => 1,
     };
@@ -77,7 +98,11 @@ fn host_reports(status: Option<&BackupSessionStatus>) -> Vec<HostReport> {
             phase: h.phase,
             error: h.error.clone().filter(|e| !e.is_empty()),
             snapshots: u32::try_from(h.snapshots.len()).unwrap_or(u32::MAX),
-            duration: h.duration.as_ref().map(GoDuration::as_std).unwrap_or_default(),
+            duration: h
+                .duration
+                .as_ref()
+                .map(GoDuration::as_std)
+                .unwrap_or_default(),
         })
         .collect()
 }
@@ -92,28 +117,48 @@ impl Reconcile<BackupSession> for BackupSessions {
         let ctx = &self.0;
         let ns = bs.namespace().unwrap_or_default();
         let api = Api::<BackupSession>::namespaced(ctx.client.clone(), &ns);
-        let bc_name = bs.spec.backup_configuration.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+        let bc_name = bs
+            .spec
+            .backup_configuration
+            .as_ref()
+            .map(|r| r.name.clone())
+            .unwrap_or_default();
         let status = bs.status.as_ref();
-        if status.and_then(|s| s.phase).is_some_and(|p| matches!(p, Phase::Succeeded | Phase::Failed | Phase::Skipped)) {
+        if status
+            .and_then(|s| s.phase)
+            .is_some_and(|p| matches!(p, Phase::Succeeded | Phase::Failed | Phase::Skipped))
+        {
             return Ok(Action::await_change());
         }
         let config = observe_config(ctx, &ns, &bc_name, ctx.overlap).await?;
         let others = api
-            .list(&ListParams::default().labels(&format!("{}={bc_name}", consts::BACKUP_CONFIGURATION_LABEL)))
+            .list(
+                &ListParams::default()
+                    .labels(&format!("{}={bc_name}", consts::BACKUP_CONFIGURATION_LABEL)),
+            )
             .await?
             .into_iter()
             .filter(|o| o.uid() != bs.uid())
-            .map(|o| OtherSession { name: o.name_any(), phase: o.status.as_ref().and_then(|s| s.phase), created_at: created_at(&o) })
+            .map(|o| OtherSession {
+                name: o.name_any(),
+                phase: o.status.as_ref().and_then(|s| s.phase),
+                created_at: created_at(&o),
+            })
             .collect();
         let job = match &config {
-            Config::Found { model: TargetModel::Job, .. } => crate::jobs::backup::observe(&ctx.client, &bs).await?,
+            Config::Found {
+                model: TargetModel::Job,
+                ..
+            } => crate::jobs::backup::observe(&ctx.client, &bs).await?,
             _ => None,
         };
         let obs = Observation {
             name: bs.name_any(),
             created_at: created_at(bs.as_ref()),
             phase: status.and_then(|s| s.phase),
-            total_hosts: status.and_then(|s| s.total_hosts).and_then(|t| u32::try_from(t).ok()),
+            total_hosts: status
+                .and_then(|s| s.total_hosts)
+                .and_then(|t| u32::try_from(t).ok()),
             hosts: host_reports(status),
             config,
             others,
@@ -149,7 +194,9 @@ impl Reconcile<BackupSession> for BackupSessions {
                 Effect::Emit(ev) => ctx.events.publish_record(&reference, ev).await,
                 Effect::RequeueAfter(d) => action = Action::requeue(d.max(Duration::from_secs(1))),
                 Effect::CreateBackupJob => {
-                    let op = crate::jobs::inputs::OperatorInputs { pushgateway_url: ctx.inject.pushgateway_url.clone() };
+                    let op = crate::jobs::inputs::OperatorInputs {
+                        pushgateway_url: ctx.inject.pushgateway_url.clone(),
+                    };
                     match crate::jobs::backup::ensure_job(&ctx.client, &op, &bs).await {
                         Ok(()) => {}
                         Err(crate::jobs::JobError::Kube(e)) => return Err(e.into()),
@@ -160,9 +207,20 @@ impl Reconcile<BackupSession> for BackupSessions {
                             let mut desired = status.cloned().unwrap_or_default();
                             desired.phase = Some(Phase::Failed);
                             desired.reason = Some(reason.clone());
-                            writer.write_phase(&api, bs.as_ref(), status, &desired, obs.phase, Phase::Failed).await?;
+                            writer
+                                .write_phase(
+                                    &api,
+                                    bs.as_ref(),
+                                    status,
+                                    &desired,
+                                    obs.phase,
+                                    Phase::Failed,
+                                )
+                                .await?;
                             let failed = stash_machines::reasons::BACKUP_SESSION_FAILED;
-                            ctx.events.publish(&reference, Severity::Warning, failed, reason).await;
+                            ctx.events
+                                .publish(&reference, Severity::Warning, failed, reason)
+                                .await;
                             return Ok(Action::await_change());
                         }
                     }

@@ -69,11 +69,22 @@ pub fn object_name(target: &Target) -> String {
 /// are malformed or incomplete.
 pub fn request(target: &Target) -> Result<Option<Request>, String> {
     let a = &target.annotations;
-    let Some(template) = a.get(consts::BACKUP_TEMPLATE_ANNOTATION).filter(|t| !t.is_empty()) else {
+    let Some(template) = a
+        .get(consts::BACKUP_TEMPLATE_ANNOTATION)
+        .filter(|t| !t.is_empty())
+    else {
         return Ok(None);
     };
     let list = |k: &str| -> Vec<String> {
-        a.get(k).map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()).unwrap_or_default()
+        a.get(k)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
     };
     let directories = list(consts::TARGET_DIRECTORIES_ANNOTATION);
     let volume_mounts = match target.kind.as_str() {
@@ -82,23 +93,44 @@ pub fn request(target: &Target) -> Result<Option<Request>, String> {
             let path = a
                 .get(consts::MOUNT_PATH_ANNOTATION)
                 .filter(|p| !p.is_empty())
-                .ok_or_else(|| format!("annotation {} is required for a PVC", consts::MOUNT_PATH_ANNOTATION))?;
-            vec![VolumeMount { name: "stash-volume".into(), mount_path: path.clone(), ..Default::default() }]
+                .ok_or_else(|| {
+                    format!(
+                        "annotation {} is required for a PVC",
+                        consts::MOUNT_PATH_ANNOTATION
+                    )
+                })?;
+            vec![VolumeMount {
+                name: "stash-volume".into(),
+                mount_path: path.clone(),
+                ..Default::default()
+            }]
         }
         _ => list(consts::VOLUME_MOUNTS_ANNOTATION)
             .iter()
             .map(|m| match m.split_once(':') {
-                Some((name, path)) if !name.is_empty() && !path.is_empty() => {
-                    Ok(VolumeMount { name: name.into(), mount_path: path.into(), ..Default::default() })
-                }
-                _ => Err(format!("annotation {}: {m:?} is not name:mountPath", consts::VOLUME_MOUNTS_ANNOTATION)),
+                Some((name, path)) if !name.is_empty() && !path.is_empty() => Ok(VolumeMount {
+                    name: name.into(),
+                    mount_path: path.into(),
+                    ..Default::default()
+                }),
+                _ => Err(format!(
+                    "annotation {}: {m:?} is not name:mountPath",
+                    consts::VOLUME_MOUNTS_ANNOTATION
+                )),
             })
             .collect::<Result<_, _>>()?,
     };
     if target.kind != "AppBinding" && directories.is_empty() {
-        return Err(format!("annotation {} is required", consts::TARGET_DIRECTORIES_ANNOTATION));
+        return Err(format!(
+            "annotation {} is required",
+            consts::TARGET_DIRECTORIES_ANNOTATION
+        ));
     }
-    Ok(Some(Request { template: template.clone(), directories, volume_mounts }))
+    Ok(Some(Request {
+        template: template.clone(),
+        directories,
+        volume_mounts,
+    }))
 }
 
 /// The Repository and BackupConfiguration the template gives `target`. Pure.
@@ -118,12 +150,20 @@ pub fn desired(
     if let Some(v) = &target.app_version {
         inputs.insert("TARGET_APP_VERSION".into(), v.clone());
     }
-    let spec = subst_object(&template.spec, &inputs).map_err(|e| format!("BackupConfigurationTemplate {}: {e}", template.name_any()))?;
+    let spec = subst_object(&template.spec, &inputs)
+        .map_err(|e| format!("BackupConfigurationTemplate {}: {e}", template.name_any()))?;
     let name = object_name(target);
     let repository = Repository {
-        metadata: ObjectMeta { name: Some(name.clone()), namespace: Some(target.namespace.clone()), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(target.namespace.clone()),
+            ..Default::default()
+        },
         // `wipeOut` is not copied (upstream): a default backup never deletes data.
-        spec: RepositorySpec { backend: spec.repository.backend.clone(), wipe_out: false },
+        spec: RepositorySpec {
+            backend: spec.repository.backend.clone(),
+            wipe_out: false,
+        },
         status: None,
     };
     let bc = BackupConfiguration {
@@ -163,25 +203,43 @@ pub async fn reconcile(ctx: &Arc<Ctx>, target: &Target) -> Result<(), Error> {
     let req = request(target).map_err(Error::Config)?;
     let Some(req) = req else {
         // No (more) annotations: delete the BackupConfiguration we made for it, keep the Repository.
-        if let Some(bc) = bcs.get_opt(&name).await? {
-            if bc.owner_references().iter().any(|o| o.uid == target.owner.uid) {
-                bcs.delete(&name, &DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() })
-                    .await?;
-            }
+        if let Some(bc) = bcs.get_opt(&name).await?
+            && bc
+                .owner_references()
+                .iter()
+                .any(|o| o.uid == target.owner.uid)
+        {
+            bcs.delete(
+                &name,
+                &DeleteParams {
+                    propagation_policy: Some(PropagationPolicy::Background),
+                    ..Default::default()
+                },
+            )
+            .await?;
         }
         return Ok(());
     };
     let template = Api::<BackupConfigurationTemplate>::all(ctx.client.clone())
         .get_opt(&req.template)
         .await?
-        .ok_or_else(|| Error::Config(format!("BackupConfigurationTemplate {:?} not found", req.template)))?;
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "BackupConfigurationTemplate {:?} not found",
+                req.template
+            ))
+        })?;
     let (repo, bc) = desired(&template, target, &req).map_err(Error::Config)?;
     let pp = PatchParams::apply(MANAGER).force();
     Api::<Repository>::namespaced(ctx.client.clone(), &target.namespace)
-        .patch(&name, &pp, &Patch::Apply(serde_json::json!({
-            "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository",
-            "metadata": {"name": name}, "spec": repo.spec,
-        })))
+        .patch(
+            &name,
+            &pp,
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository",
+                "metadata": {"name": name}, "spec": repo.spec,
+            })),
+        )
         .await?;
     bcs.patch(&name, &pp, &Patch::Apply(serde_json::json!({
         "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration",
@@ -194,7 +252,8 @@ pub async fn reconcile(ctx: &Arc<Ctx>, target: &Target) -> Result<(), Error> {
 struct Carriers<K>(Arc<Ctx>, std::marker::PhantomData<K>);
 
 /// How a carrier kind is described to the template.
-trait Carrier: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+trait Carrier:
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
     + Clone
     + std::fmt::Debug
     + serde::de::DeserializeOwned
@@ -231,7 +290,9 @@ impl<K: Carrier> stash_runtime::Reconcile<K> for Carriers<K> {
         if obj.meta().deletion_timestamp.is_some() {
             return Ok(stash_runtime::Action::await_change());
         }
-        let Some(uid) = obj.uid() else { return Ok(stash_runtime::Action::await_change()) };
+        let Some(uid) = obj.uid() else {
+            return Ok(stash_runtime::Action::await_change());
+        };
         let target = Target {
             api_version: K::API_VERSION.into(),
             kind: K::KIND.into(),
@@ -250,16 +311,34 @@ impl<K: Carrier> stash_runtime::Reconcile<K> for Carriers<K> {
         };
         if let Err(e) = reconcile(&self.0, &target).await {
             let reference = obj.object_ref(&());
-            self.0.events.publish(&reference, stash_runtime::events::Severity::Warning, "DefaultBackupFailed", e.to_string()).await;
+            self.0
+                .events
+                .publish(
+                    &reference,
+                    stash_runtime::events::Severity::Warning,
+                    "DefaultBackupFailed",
+                    e.to_string(),
+                )
+                .await;
             return Err(e);
         }
-        Ok(stash_runtime::Action::requeue(std::time::Duration::from_secs(600)))
+        Ok(stash_runtime::Action::requeue(
+            std::time::Duration::from_secs(600),
+        ))
     }
 }
 
 async fn run<K: Carrier>(ctx: Arc<Ctx>) {
-    let controller = kube::runtime::Controller::new(Api::<K>::all(ctx.client.clone()), kube::runtime::watcher::Config::default());
-    stash_runtime::drive(controller, Carriers::<K>(ctx.clone(), std::marker::PhantomData), ctx.metrics.clone()).await;
+    let controller = kube::runtime::Controller::new(
+        Api::<K>::all(ctx.client.clone()),
+        kube::runtime::watcher::Config::default(),
+    );
+    stash_runtime::drive(
+        controller,
+        Carriers::<K>(ctx.clone(), std::marker::PhantomData),
+        ctx.metrics.clone(),
+    )
+    .await;
 }
 
 /// Default backups of annotated PVCs.
@@ -284,8 +363,17 @@ mod tests {
             name: "stash-demo".into(),
             namespace: "demo".into(),
             app_version: None,
-            annotations: annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            owner: OwnerReference { api_version: "apps/v1".into(), kind: "Deployment".into(), name: "stash-demo".into(), uid: "u".into(), ..Default::default() },
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            owner: OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "Deployment".into(),
+                name: "stash-demo".into(),
+                uid: "u".into(),
+                ..Default::default()
+            },
         }
     }
 
@@ -301,27 +389,48 @@ mod tests {
         }))
         .expect("template");
         let t = target(&[
-            (consts::BACKUP_TEMPLATE_ANNOTATION, "workload-backup-template"),
-            (consts::TARGET_DIRECTORIES_ANNOTATION, "/source/data-1,/source/data-2"),
-            (consts::VOLUME_MOUNTS_ANNOTATION, "source-data-1:/source/data-1,source-data-2:/source/data-2"),
+            (
+                consts::BACKUP_TEMPLATE_ANNOTATION,
+                "workload-backup-template",
+            ),
+            (
+                consts::TARGET_DIRECTORIES_ANNOTATION,
+                "/source/data-1,/source/data-2",
+            ),
+            (
+                consts::VOLUME_MOUNTS_ANNOTATION,
+                "source-data-1:/source/data-1,source-data-2:/source/data-2",
+            ),
         ]);
         let req = request(&t).expect("valid").expect("asked for");
         let (repo, bc) = desired(&template, &t, &req).expect("desired");
         assert_eq!(repo.name_any(), "deployment-stash-demo");
         assert_eq!(
-            repo.spec.backend.gcs.as_ref().and_then(|g| g.prefix.clone()).as_deref(),
+            repo.spec
+                .backend
+                .gcs
+                .as_ref()
+                .and_then(|g| g.prefix.clone())
+                .as_deref(),
             Some("stash-backup/demo/deployment/stash-demo")
         );
         let target = bc.spec.target.expect("target");
         assert_eq!(target.directories, ["/source/data-1", "/source/data-2"]);
         assert_eq!(target.volume_mounts.len(), 2);
         assert_eq!(bc.spec.schedule.as_deref(), Some("*/5 * * * *"));
-        assert_eq!(bc.metadata.owner_references.expect("owner")[0].kind, "Deployment");
+        assert_eq!(
+            bc.metadata.owner_references.expect("owner")[0].kind,
+            "Deployment"
+        );
     }
 
     #[test]
     fn malformed_annotations_are_errors() {
-        let t = target(&[(consts::BACKUP_TEMPLATE_ANNOTATION, "x"), (consts::TARGET_DIRECTORIES_ANNOTATION, "/a"), (consts::VOLUME_MOUNTS_ANNOTATION, "novolume")]);
+        let t = target(&[
+            (consts::BACKUP_TEMPLATE_ANNOTATION, "x"),
+            (consts::TARGET_DIRECTORIES_ANNOTATION, "/a"),
+            (consts::VOLUME_MOUNTS_ANNOTATION, "novolume"),
+        ]);
         assert!(request(&t).unwrap_err().contains("not name:mountPath"));
         let t = target(&[(consts::BACKUP_TEMPLATE_ANNOTATION, "x")]);
         assert!(request(&t).unwrap_err().contains("target-directories"));

@@ -83,7 +83,9 @@ fn parse_overlap(s: &str) -> Result<OverlapPolicy, String> {
 
 /// Run the operator until it loses leadership or is told to stop.
 pub async fn run(opts: Options) -> anyhow::Result<()> {
-    let client = Client::try_default().await.context("connect to the Kubernetes API")?;
+    let client = Client::try_default()
+        .await
+        .context("connect to the Kubernetes API")?;
     let metrics = Metrics::default();
     let ready = Readiness::default();
     let (addr, serving) = server::serve(opts.metrics_addr, metrics.clone(), ready.clone())
@@ -103,18 +105,27 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     };
     let ctx = Arc::new(Ctx {
         client: client.clone(),
-        inject: InjectConfig { image: opts.image.clone(), pushgateway_url: opts.pushgateway_url.clone() },
+        inject: InjectConfig {
+            image: opts.image.clone(),
+            pushgateway_url: opts.pushgateway_url.clone(),
+        },
         metrics: metrics.clone(),
         events: Events::new(client.clone(), "stash-operator"),
-        policy: Policy { deadline: opts.session_deadline, poll: opts.poll },
+        policy: Policy {
+            deadline: opts.session_deadline,
+            poll: opts.poll,
+        },
         overlap: opts.overlap,
     });
     // Webhooks are read-only: every replica serves them, not only the leader.
     let _webhook = match opts.webhook.options(&opts.namespace)? {
         Some(w) => {
-            let server =
-                crate::admission::start(client.clone(), w, ctx.inject.clone()).await.context("admission webhooks")?;
-            if opts.webhook.enable_validating_webhook && !opts.webhook.bypass_validating_webhook_xray {
+            let server = crate::admission::start(client.clone(), w, ctx.inject.clone())
+                .await
+                .context("admission webhooks")?;
+            if opts.webhook.enable_validating_webhook
+                && !opts.webhook.bypass_validating_webhook_xray
+            {
                 // The check goes through the API server and the webhook Service, which routes
                 // only to Ready pods: readiness must not wait for it (that deadlocks a fresh
                 // install). It runs beside the controllers and reports until it passes.
@@ -130,16 +141,27 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         o.available_timeout = Duration::ZERO;
         o
     }) {
-        Some(o) => Some(crate::snapshots::start(client.clone(), o).await.context("snapshot API")?),
+        Some(o) => Some(
+            crate::snapshots::start(client.clone(), o)
+                .await
+                .context("snapshot API")?,
+        ),
         None => None,
     };
     // Ready as a standby too: probes, metrics and webhooks are served by every replica.
     ready.set(true);
-    let mut leadership = election.acquire(client.clone()).await.context("leader election")?;
+    let mut leadership = election
+        .acquire(client.clone())
+        .await
+        .context("leader election")?;
     metrics.leader.set(1);
 
-    rbac::ensure_cluster_roles(&client).await.context("ensure ClusterRoles")?;
-    crate::jobs::builtin::ensure(&client, &opts.image).await.context("built-in Functions, Tasks and job ClusterRoles")?;
+    rbac::ensure_cluster_roles(&client)
+        .await
+        .context("ensure ClusterRoles")?;
+    crate::jobs::builtin::ensure(&client, &opts.image)
+        .await
+        .context("built-in Functions, Tasks and job ClusterRoles")?;
     let controllers = async {
         tokio::join!(
             backup_configuration::run(ctx.clone()),
@@ -174,7 +196,9 @@ async fn xray_until_active(client: Client) {
     loop {
         match crate::admission::xray(&client, Duration::from_secs(30)).await {
             Ok(()) => {
-                tracing::info!("validating webhook active: an invalid Repository was refused through the API server");
+                tracing::info!(
+                    "validating webhook active: an invalid Repository was refused through the API server"
+                );
                 return;
             }
             Err(e) => tracing::error!(error = %e, "the validating webhook is not active yet"),
@@ -183,7 +207,9 @@ async fn xray_until_active(client: Client) {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "stash".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "stash".into())
 }
 
 /// Operator errors.

@@ -43,20 +43,44 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
             CRON_JOB_ROLE,
             vec![
                 rule(&["stash.appscode.com"], &["backupconfigurations"], READ),
-                rule(&["stash.appscode.com"], &["backupsessions"], &["get", "list", "create"]),
+                rule(
+                    &["stash.appscode.com"],
+                    &["backupsessions"],
+                    &["get", "list", "create"],
+                ),
                 rule(&["", "events.k8s.io"], &["events"], EVENTS),
-                rule(&["apps"], &["deployments", "statefulsets", "daemonsets", "replicasets"], &["get"]),
-                rule(&[""], &["replicationcontrollers", "persistentvolumeclaims"], &["get"]),
+                rule(
+                    &["apps"],
+                    &["deployments", "statefulsets", "daemonsets", "replicasets"],
+                    &["get"],
+                ),
+                rule(
+                    &[""],
+                    &["replicationcontrollers", "persistentvolumeclaims"],
+                    &["get"],
+                ),
                 rule(&["appcatalog.appscode.com"], &["appbindings"], &["get"]),
             ],
         ),
         role(
             SIDECAR_ROLE,
             vec![
-                rule(&["stash.appscode.com"], &["backupconfigurations", "repositories", "backupsessions"], READ),
-                rule(&["stash.appscode.com"], &["backupsessions/status", "repositories/status"], &["get", "patch", "update"]),
+                rule(
+                    &["stash.appscode.com"],
+                    &["backupconfigurations", "repositories", "backupsessions"],
+                    READ,
+                ),
+                rule(
+                    &["stash.appscode.com"],
+                    &["backupsessions/status", "repositories/status"],
+                    &["get", "patch", "update"],
+                ),
                 rule(&["", "events.k8s.io"], &["events"], EVENTS),
-                rule(&["coordination.k8s.io"], &["leases"], &["get", "create", "update"]),
+                rule(
+                    &["coordination.k8s.io"],
+                    &["leases"],
+                    &["get", "create", "update"],
+                ),
                 rule(
                     &["apps"],
                     &["deployments", "statefulsets", "daemonsets", "replicasets"],
@@ -68,11 +92,27 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
         role(
             RESTORE_INIT_ROLE,
             vec![
-                rule(&["stash.appscode.com"], &["restoresessions", "repositories"], READ),
-                rule(&["stash.appscode.com"], &["restoresessions/status"], &["get", "patch", "update"]),
+                rule(
+                    &["stash.appscode.com"],
+                    &["restoresessions", "repositories"],
+                    READ,
+                ),
+                rule(
+                    &["stash.appscode.com"],
+                    &["restoresessions/status"],
+                    &["get", "patch", "update"],
+                ),
                 rule(&["", "events.k8s.io"], &["events"], EVENTS),
-                rule(&["coordination.k8s.io"], &["leases"], &["get", "create", "update"]),
-                rule(&["apps"], &["deployments", "statefulsets", "daemonsets", "replicasets"], &["get"]),
+                rule(
+                    &["coordination.k8s.io"],
+                    &["leases"],
+                    &["get", "create", "update"],
+                ),
+                rule(
+                    &["apps"],
+                    &["deployments", "statefulsets", "daemonsets", "replicasets"],
+                    &["get"],
+                ),
                 rule(&[""], &["replicationcontrollers"], &["get"]),
             ],
         ),
@@ -84,7 +124,12 @@ pub async fn ensure_cluster_roles(client: &Client) -> Result<(), kube::Error> {
     let api: Api<ClusterRole> = Api::all(client.clone());
     for role in cluster_roles() {
         let name = role.metadata.name.clone().unwrap_or_default();
-        api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&role)).await?;
+        api.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&role),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -102,7 +147,13 @@ pub fn role_binding(
             name: Some(name.into()),
             namespace: Some(namespace.into()),
             owner_references: owner.map(|o| vec![o]),
-            labels: Some([("app.kubernetes.io/managed-by".to_string(), "stash.appscode.com".to_string())].into()),
+            labels: Some(
+                [(
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "stash.appscode.com".to_string(),
+                )]
+                .into(),
+            ),
             ..Default::default()
         },
         role_ref: RoleRef {
@@ -124,7 +175,11 @@ pub async fn apply_role_binding(client: &Client, rb: &RoleBinding) -> Result<(),
     let ns = rb.metadata.namespace.clone().unwrap_or_default();
     let name = rb.metadata.name.clone().unwrap_or_default();
     Api::<RoleBinding>::namespaced(client.clone(), &ns)
-        .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(rb))
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(rb),
+        )
         .await
         .map(|_| ())
 }
@@ -137,7 +192,11 @@ mod tests {
     fn no_role_has_wildcards() {
         for role in cluster_roles() {
             for r in role.rules.unwrap_or_default() {
-                assert!(!r.verbs.iter().any(|v| v == "*"), "{:?}", role.metadata.name);
+                assert!(
+                    !r.verbs.iter().any(|v| v == "*"),
+                    "{:?}",
+                    role.metadata.name
+                );
                 assert!(!r.resources.unwrap_or_default().iter().any(|v| v == "*"));
             }
         }

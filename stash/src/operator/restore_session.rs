@@ -25,10 +25,18 @@ use crate::target::WorkloadKind;
 struct RestoreSessions(Arc<Ctx>);
 
 /// The hosts that will restore (§9.3).
-async fn target_hosts(ctx: &Ctx, rs: &RestoreSession, ns: &str) -> Result<(TargetModel, Vec<String>), Error> {
+async fn target_hosts(
+    ctx: &Ctx,
+    rs: &RestoreSession,
+    ns: &str,
+) -> Result<(TargetModel, Vec<String>), Error> {
     let target = rs.spec.target.clone().unwrap_or_default();
     let kind = WorkloadKind::of(&target.target_ref);
-    let numbered = |n: i32| (0..n.max(1)).map(|i| format!("host-{i}")).collect::<Vec<_>>();
+    let numbered = |n: i32| {
+        (0..n.max(1))
+            .map(|i| format!("host-{i}"))
+            .collect::<Vec<_>>()
+    };
     Ok(match (rs.spec.driver(), kind) {
         (Driver::VolumeSnapshotter, _) => (TargetModel::VolumeSnapshotter, vec![]),
         (Driver::Restic, Some(WorkloadKind::StatefulSet)) => {
@@ -42,8 +50,13 @@ async fn target_hosts(ctx: &Ctx, rs: &RestoreSession, ns: &str) -> Result<(Targe
             (TargetModel::Workload, numbered(replicas))
         }
         (Driver::Restic, Some(WorkloadKind::DaemonSet)) => {
-            let nodes = Api::<Node>::all(ctx.client.clone()).list(&ListParams::default()).await?;
-            (TargetModel::Workload, nodes.into_iter().map(|n| n.name_any()).collect())
+            let nodes = Api::<Node>::all(ctx.client.clone())
+                .list(&ListParams::default())
+                .await?;
+            (
+                TargetModel::Workload,
+                nodes.into_iter().map(|n| n.name_any()).collect(),
+            )
         }
         (Driver::Restic, Some(_)) => (TargetModel::Workload, vec!["host-0".into()]),
         (Driver::Restic, None) => (TargetModel::Job, numbered(target.replicas.unwrap_or(1))),
@@ -63,9 +76,15 @@ impl RestoreSessions {
         };
         let obs = Observation {
             name: rs.name_any(),
-            created_at: rs.meta().creation_timestamp.as_ref().map_or(0, |t| u64::try_from(t.0.as_second()).unwrap_or(0)),
+            created_at: rs
+                .meta()
+                .creation_timestamp
+                .as_ref()
+                .map_or(0, |t| u64::try_from(t.0.as_second()).unwrap_or(0)),
             phase: status.and_then(|s| s.phase),
-            total_hosts: status.and_then(|s| s.total_hosts).and_then(|t| u32::try_from(t).ok()),
+            total_hosts: status
+                .and_then(|s| s.total_hosts)
+                .and_then(|t| u32::try_from(t).ok()),
             hosts: status
                 .map(|s| s.stats.as_slice())
                 .unwrap_or_default()
@@ -74,12 +93,23 @@ impl RestoreSessions {
                     hostname: h.hostname.clone().unwrap_or_default(),
                     phase: h.phase,
                     error: h.error.clone().filter(|e| !e.is_empty()),
-                    duration: h.duration.as_ref().map(GoDuration::as_std).unwrap_or_default(),
+                    duration: h
+                        .duration
+                        .as_ref()
+                        .map(GoDuration::as_std)
+                        .unwrap_or_default(),
                 })
                 .collect(),
             model,
             target_hosts: hosts,
-            rules: rs.spec.rules.iter().map(|r| machine::Rule { target_hosts: r.target_hosts.clone() }).collect(),
+            rules: rs
+                .spec
+                .rules
+                .iter()
+                .map(|r| machine::Rule {
+                    target_hosts: r.target_hosts.clone(),
+                })
+                .collect(),
             job,
             now: u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0),
             policy: ctx.policy,
@@ -105,15 +135,26 @@ impl RestoreSessions {
                     if patch.reason.is_some() {
                         desired.reason = patch.reason.clone();
                     }
-                    writer.write_phase(&api, rs.as_ref(), status, &desired, obs.phase, patch.phase).await?;
+                    writer
+                        .write_phase(&api, rs.as_ref(), status, &desired, obs.phase, patch.phase)
+                        .await?;
                 }
                 Effect::Emit(ev) => ctx.events.publish_record(&reference, ev).await,
                 Effect::RequeueAfter(d) => action = Action::requeue(d.max(Duration::from_secs(1))),
                 // The workload controller watches RestoreSessions: it injects `stash-init`.
                 Effect::NudgeWorkload => {}
                 Effect::CreateRestoreJob => {
-                    let op = crate::jobs::inputs::OperatorInputs { pushgateway_url: ctx.inject.pushgateway_url.clone() };
-                    match crate::jobs::restore::ensure_jobs(&ctx.client, &ctx.inject.image, &op, &rs).await {
+                    let op = crate::jobs::inputs::OperatorInputs {
+                        pushgateway_url: ctx.inject.pushgateway_url.clone(),
+                    };
+                    match crate::jobs::restore::ensure_jobs(
+                        &ctx.client,
+                        &ctx.inject.image,
+                        &op,
+                        &rs,
+                    )
+                    .await
+                    {
                         Ok(()) => {}
                         Err(crate::jobs::JobError::Kube(e)) => return Err(e.into()),
                         Err(e) => {
@@ -122,10 +163,19 @@ impl RestoreSessions {
                             desired.phase = Some(machine::Phase::Failed);
                             desired.reason = Some(reason.clone());
                             writer
-                                .write_phase(&api, rs.as_ref(), status, &desired, obs.phase, machine::Phase::Failed)
+                                .write_phase(
+                                    &api,
+                                    rs.as_ref(),
+                                    status,
+                                    &desired,
+                                    obs.phase,
+                                    machine::Phase::Failed,
+                                )
                                 .await?;
                             let failed = stash_machines::reasons::RESTORE_SESSION_FAILED;
-                            ctx.events.publish(&reference, Severity::Warning, failed, reason).await;
+                            ctx.events
+                                .publish(&reference, Severity::Warning, failed, reason)
+                                .await;
                             return Ok(Action::await_change());
                         }
                     }
@@ -142,7 +192,10 @@ impl Reconcile<RestoreSession> for RestoreSessions {
     const NAME: &'static str = "restoresession";
 
     async fn reconcile(&self, rs: Arc<RestoreSession>) -> Result<Action, Error> {
-        let api = Api::<RestoreSession>::namespaced(self.0.client.clone(), &rs.namespace().unwrap_or_default());
+        let api = Api::<RestoreSession>::namespaced(
+            self.0.client.clone(),
+            &rs.namespace().unwrap_or_default(),
+        );
         finalizer(&api, consts::STASH_FINALIZER, rs, |event| async move {
             match event {
                 Finalizer::Apply(rs) => self.apply(rs).await,
@@ -152,7 +205,8 @@ impl Reconcile<RestoreSession> for RestoreSessions {
         })
         .await
         .map_err(|e| match e {
-            kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            kube::runtime::finalizer::Error::ApplyFailed(e)
+            | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
             other => Error::Finalizer(other.to_string()),
         })
     }
@@ -160,6 +214,14 @@ impl Reconcile<RestoreSession> for RestoreSessions {
 
 /// Run the RestoreSession controller.
 pub async fn run(ctx: Arc<Ctx>) {
-    let controller = Controller::new(Api::<RestoreSession>::all(ctx.client.clone()), watcher::Config::default());
-    stash_runtime::drive(controller, RestoreSessions(ctx.clone()), ctx.metrics.clone()).await;
+    let controller = Controller::new(
+        Api::<RestoreSession>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    );
+    stash_runtime::drive(
+        controller,
+        RestoreSessions(ctx.clone()),
+        ctx.metrics.clone(),
+    )
+    .await;
 }

@@ -116,7 +116,10 @@ impl Workload for ReplicationController {
 fn hash_of(t: Option<&PodTemplateSpec>) -> Option<String> {
     t.and_then(|t| t.metadata.as_ref())
         .and_then(|m| m.annotations.as_ref())
-        .and_then(|a| a.get(consts::LAST_APPLIED_BACKUP_CONFIGURATION_HASH_ANNOTATION).cloned())
+        .and_then(|a| {
+            a.get(consts::LAST_APPLIED_BACKUP_CONFIGURATION_HASH_ANNOTATION)
+                .cloned()
+        })
 }
 
 /// The BackupConfiguration JSON recorded on the workload (`last-applied-backupconfiguration`).
@@ -143,7 +146,9 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
         }
         // A ReplicaSet owned by a Deployment follows its Deployment.
         if W::KIND == WorkloadKind::ReplicaSet
-            && w.owner_references().iter().any(|o| o.kind == "Deployment" && o.controller == Some(true))
+            && w.owner_references()
+                .iter()
+                .any(|o| o.kind == "Deployment" && o.controller == Some(true))
         {
             return Ok(Action::await_change());
         }
@@ -160,33 +165,76 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
                 namespace: ns.clone(),
                 app_version: None,
                 annotations: w.annotations().clone(),
-                owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference { controller: None, block_owner_deletion: None, ..owner },
+                owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    controller: None,
+                    block_owner_deletion: None,
+                    ..owner
+                },
             };
             if let Err(e) = default_backup::reconcile(ctx, &target).await {
-                ctx.events.publish(&reference, Severity::Warning, "DefaultBackupFailed", e.to_string()).await;
+                ctx.events
+                    .publish(
+                        &reference,
+                        Severity::Warning,
+                        "DefaultBackupFailed",
+                        e.to_string(),
+                    )
+                    .await;
             }
         }
-        let bcs = Api::<BackupConfiguration>::namespaced(ctx.client.clone(), &ns).list(&ListParams::default()).await?;
+        let bcs = Api::<BackupConfiguration>::namespaced(ctx.client.clone(), &ns)
+            .list(&ListParams::default())
+            .await?;
         let matching: Vec<BackupConfiguration> = bcs
             .into_iter()
-            .filter(|bc| bc.meta().deletion_timestamp.is_none() && bc.spec.driver() == Driver::Restic)
-            .filter(|bc| bc.spec.target.as_ref().is_some_and(|t| W::KIND.matches(&t.target_ref, &name)))
+            .filter(|bc| {
+                bc.meta().deletion_timestamp.is_none() && bc.spec.driver() == Driver::Restic
+            })
+            .filter(|bc| {
+                bc.spec
+                    .target
+                    .as_ref()
+                    .is_some_and(|t| W::KIND.matches(&t.target_ref, &name))
+            })
             .collect();
         if matching.len() > 1 {
             let names: Vec<_> = matching.iter().map(|b| b.name_any()).collect();
-            let msg = format!("more than one BackupConfiguration targets {} {name}: {names:?}", W::KIND.kind());
-            ctx.events.publish(&reference, Severity::Warning, "MultipleBackupConfigurations", msg.clone()).await;
+            let msg = format!(
+                "more than one BackupConfiguration targets {} {name}: {names:?}",
+                W::KIND.kind()
+            );
+            ctx.events
+                .publish(
+                    &reference,
+                    Severity::Warning,
+                    "MultipleBackupConfigurations",
+                    msg.clone(),
+                )
+                .await;
             return Err(Error::Config(msg));
         }
         let target = match matching.into_iter().next() {
             None => None,
             Some(bc) => {
-                let repo_name = bc.spec.repository.as_ref().map(|r| r.name.clone()).unwrap_or_default();
-                match Api::<Repository>::namespaced(ctx.client.clone(), &ns).get_opt(&repo_name).await? {
+                let repo_name = bc
+                    .spec
+                    .repository
+                    .as_ref()
+                    .map(|r| r.name.clone())
+                    .unwrap_or_default();
+                match Api::<Repository>::namespaced(ctx.client.clone(), &ns)
+                    .get_opt(&repo_name)
+                    .await?
+                {
                     Some(repo) => Some((bc, repo)),
                     None => {
-                        let msg = format!("Repository {repo_name:?} of BackupConfiguration {} not found", bc.name_any());
-                        ctx.events.publish(&reference, Severity::Warning, "RepositoryNotFound", msg).await;
+                        let msg = format!(
+                            "Repository {repo_name:?} of BackupConfiguration {} not found",
+                            bc.name_any()
+                        );
+                        ctx.events
+                            .publish(&reference, Severity::Warning, "RepositoryNotFound", msg)
+                            .await;
                         return Ok(Action::requeue(Duration::from_secs(15)));
                     }
                 }
@@ -194,37 +242,68 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
         };
         let restore = self.applicable_restore(&ns, &name).await?;
         let current = w.template().cloned().unwrap_or_default();
-        let desired = inject::apply_backup(&current, target.as_ref().map(|(b, r)| (b, r)), &ctx.inject)
-            .and_then(|t| inject::apply_restore(&t, restore.as_ref().map(|(rs, r)| (rs, r)), &ctx.inject));
+        let desired =
+            inject::apply_backup(&current, target.as_ref().map(|(b, r)| (b, r)), &ctx.inject)
+                .and_then(|t| {
+                    inject::apply_restore(&t, restore.as_ref().map(|(rs, r)| (rs, r)), &ctx.inject)
+                });
         let desired = match desired {
             Ok(d) => d,
             Err(e) => {
-                ctx.events.publish(&reference, Severity::Warning, "InjectionFailed", e.to_string()).await;
+                ctx.events
+                    .publish(
+                        &reference,
+                        Severity::Warning,
+                        "InjectionFailed",
+                        e.to_string(),
+                    )
+                    .await;
                 return Err(e.into());
             }
         };
-        let restore_annotation = restore.as_ref().map(|(rs, _)| inject::last_applied_restore(rs));
-        let current_restore_annotation = w.annotations().get(consts::LAST_APPLIED_RESTORE_SESSION_ANNOTATION).cloned();
+        let restore_annotation = restore
+            .as_ref()
+            .map(|(rs, _)| inject::last_applied_restore(rs));
+        let current_restore_annotation = w
+            .annotations()
+            .get(consts::LAST_APPLIED_RESTORE_SESSION_ANNOTATION)
+            .cloned();
         let desired_annotation = target.as_ref().map(|(bc, _)| last_applied(bc));
-        let current_annotation = w.annotations().get(consts::LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION).cloned();
+        let current_annotation = w
+            .annotations()
+            .get(consts::LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION)
+            .cloned();
         let api = Api::<W>::namespaced(ctx.client.clone(), &ns);
-        if desired != current || desired_annotation != current_annotation || restore_annotation != current_restore_annotation {
+        if desired != current
+            || desired_annotation != current_annotation
+            || restore_annotation != current_restore_annotation
+        {
             let mut updated = (*w).clone();
             updated.set_template(desired.clone());
             match &desired_annotation {
                 Some(a) => {
-                    updated.annotations_mut().insert(consts::LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION.into(), a.clone());
+                    updated.annotations_mut().insert(
+                        consts::LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION.into(),
+                        a.clone(),
+                    );
                 }
                 None => {
-                    updated.annotations_mut().remove(consts::LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION);
+                    updated
+                        .annotations_mut()
+                        .remove(consts::LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION);
                 }
             }
             match &restore_annotation {
                 Some(a) => {
-                    updated.annotations_mut().insert(consts::LAST_APPLIED_RESTORE_SESSION_ANNOTATION.into(), a.clone());
+                    updated.annotations_mut().insert(
+                        consts::LAST_APPLIED_RESTORE_SESSION_ANNOTATION.into(),
+                        a.clone(),
+                    );
                 }
                 None => {
-                    updated.annotations_mut().remove(consts::LAST_APPLIED_RESTORE_SESSION_ANNOTATION);
+                    updated
+                        .annotations_mut()
+                        .remove(consts::LAST_APPLIED_RESTORE_SESSION_ANNOTATION);
                 }
             }
             if desired != current {
@@ -235,17 +314,36 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
             api.replace(&name, &PostParams::default(), &updated).await?;
             if desired_annotation != current_annotation {
                 let (reason, note) = match &target {
-                    Some((bc, _)) => ("SidecarInjected", format!("backup sidecar for BackupConfiguration {}", bc.name_any())),
-                    None => ("SidecarRemoved", "no BackupConfiguration targets this workload any more".to_string()),
+                    Some((bc, _)) => (
+                        "SidecarInjected",
+                        format!("backup sidecar for BackupConfiguration {}", bc.name_any()),
+                    ),
+                    None => (
+                        "SidecarRemoved",
+                        "no BackupConfiguration targets this workload any more".to_string(),
+                    ),
                 };
-                ctx.events.publish(&reference, Severity::Normal, reason, note).await;
+                ctx.events
+                    .publish(&reference, Severity::Normal, reason, note)
+                    .await;
             }
             if restore_annotation != current_restore_annotation {
                 let (reason, note) = match &restore {
-                    Some((rs, _)) => ("InitContainerInjected", format!("restore init-container for RestoreSession {}", rs.name_any())),
-                    None => ("InitContainerRemoved", "no RestoreSession targets this workload any more".to_string()),
+                    Some((rs, _)) => (
+                        "InitContainerInjected",
+                        format!(
+                            "restore init-container for RestoreSession {}",
+                            rs.name_any()
+                        ),
+                    ),
+                    None => (
+                        "InitContainerRemoved",
+                        "no RestoreSession targets this workload any more".to_string(),
+                    ),
                 };
-                ctx.events.publish(&reference, Severity::Normal, reason, note).await;
+                ctx.events
+                    .publish(&reference, Severity::Normal, reason, note)
+                    .await;
             }
         }
 
@@ -258,20 +356,35 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
                 .as_ref()
                 .and_then(|s| s.service_account_name.clone())
                 .unwrap_or_else(|| "default".into());
-            let rb = rbac::role_binding(&rb_name, &ns, rbac::SIDECAR_ROLE, &sa, w.controller_owner_ref(&()));
+            let rb = rbac::role_binding(
+                &rb_name,
+                &ns,
+                rbac::SIDECAR_ROLE,
+                &sa,
+                w.controller_owner_ref(&()),
+            );
             rbac::apply_role_binding(&ctx.client, &rb).await?;
         } else if rbs.get_opt(&rb_name).await?.is_some() {
             rbs.delete(&rb_name, &Default::default()).await?;
         }
 
-        let rb_name = format!("{}-{name}-stash-restore-init-container", W::KIND.kind().to_lowercase());
+        let rb_name = format!(
+            "{}-{name}-stash-restore-init-container",
+            W::KIND.kind().to_lowercase()
+        );
         if restore.is_some() {
             let sa = desired
                 .spec
                 .as_ref()
                 .and_then(|s| s.service_account_name.clone())
                 .unwrap_or_else(|| "default".into());
-            let rb = rbac::role_binding(&rb_name, &ns, rbac::RESTORE_INIT_ROLE, &sa, w.controller_owner_ref(&()));
+            let rb = rbac::role_binding(
+                &rb_name,
+                &ns,
+                rbac::RESTORE_INIT_ROLE,
+                &sa,
+                w.controller_owner_ref(&()),
+            );
             rbac::apply_role_binding(&ctx.client, &rb).await?;
         } else if rbs.get_opt(&rb_name).await?.is_some() {
             rbs.delete(&rb_name, &Default::default()).await?;
@@ -287,12 +400,29 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
 
 impl<W: Workload> Workloads<W> {
     /// The RestoreSession for this workload and its Repository ([`inject::applicable_restore`]).
-    async fn applicable_restore(&self, ns: &str, name: &str) -> Result<Option<(RestoreSession, Repository)>, Error> {
+    async fn applicable_restore(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<(RestoreSession, Repository)>, Error> {
         let ctx = &self.0;
-        let sessions = Api::<RestoreSession>::namespaced(ctx.client.clone(), ns).list(&ListParams::default()).await?.items;
-        let Some(rs) = inject::applicable_restore(W::KIND, name, &sessions).cloned() else { return Ok(None) };
-        let repo_name = rs.spec.repository.as_ref().map(|r| r.name.clone()).unwrap_or_default();
-        Ok(Api::<Repository>::namespaced(ctx.client.clone(), ns).get_opt(&repo_name).await?.map(|repo| (rs, repo)))
+        let sessions = Api::<RestoreSession>::namespaced(ctx.client.clone(), ns)
+            .list(&ListParams::default())
+            .await?
+            .items;
+        let Some(rs) = inject::applicable_restore(W::KIND, name, &sessions).cloned() else {
+            return Ok(None);
+        };
+        let repo_name = rs
+            .spec
+            .repository
+            .as_ref()
+            .map(|r| r.name.clone())
+            .unwrap_or_default();
+        Ok(Api::<Repository>::namespaced(ctx.client.clone(), ns)
+            .get_opt(&repo_name)
+            .await?
+            .map(|repo| (rs, repo)))
     }
 
     async fn replace_stale_pods(&self, w: &W, desired: &PodTemplateSpec) -> Result<(), Error> {
@@ -301,7 +431,10 @@ impl<W: Workload> Workloads<W> {
         let want = hash_of(Some(desired));
         let uid = w.uid();
         for pod in pods.list(&ListParams::default()).await? {
-            let owned = pod.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref());
+            let owned = pod
+                .owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == uid.as_ref());
             let has = pod
                 .annotations()
                 .get(consts::LAST_APPLIED_BACKUP_CONFIGURATION_HASH_ANNOTATION)
@@ -316,25 +449,35 @@ impl<W: Workload> Workloads<W> {
 
 async fn run<W: Workload>(ctx: Arc<Ctx>) {
     let client = ctx.client.clone();
-    let controller = Controller::new(Api::<W>::all(client.clone()), watcher::Config::default()).watches(
-        Api::<BackupConfiguration>::all(client),
-        watcher::Config::default(),
-        |bc| {
-            let t = bc.spec.target.as_ref()?;
-            if WorkloadKind::of(&t.target_ref) != Some(W::KIND) {
-                return None;
-            }
-            Some(ObjectRef::<W>::new(t.target_ref.name.as_deref()?).within(&bc.namespace()?))
-        },
+    let controller = Controller::new(Api::<W>::all(client.clone()), watcher::Config::default())
+        .watches(
+            Api::<BackupConfiguration>::all(client),
+            watcher::Config::default(),
+            |bc| {
+                let t = bc.spec.target.as_ref()?;
+                if WorkloadKind::of(&t.target_ref) != Some(W::KIND) {
+                    return None;
+                }
+                Some(ObjectRef::<W>::new(t.target_ref.name.as_deref()?).within(&bc.namespace()?))
+            },
+        )
+        .watches(
+            Api::<RestoreSession>::all(ctx.client.clone()),
+            watcher::Config::default(),
+            |rs| {
+                let t = rs.spec.target.as_ref()?;
+                if WorkloadKind::of(&t.target_ref) != Some(W::KIND) {
+                    return None;
+                }
+                Some(ObjectRef::<W>::new(t.target_ref.name.as_deref()?).within(&rs.namespace()?))
+            },
+        );
+    stash_runtime::drive(
+        controller,
+        Workloads::<W>(ctx.clone(), std::marker::PhantomData),
+        ctx.metrics.clone(),
     )
-    .watches(Api::<RestoreSession>::all(ctx.client.clone()), watcher::Config::default(), |rs| {
-        let t = rs.spec.target.as_ref()?;
-        if WorkloadKind::of(&t.target_ref) != Some(W::KIND) {
-            return None;
-        }
-        Some(ObjectRef::<W>::new(t.target_ref.name.as_deref()?).within(&rs.namespace()?))
-    });
-    stash_runtime::drive(controller, Workloads::<W>(ctx.clone(), std::marker::PhantomData), ctx.metrics.clone()).await;
+    .await;
 }
 
 /// Run the controllers of every workload kind (DeploymentConfig only exists on OpenShift and

@@ -74,7 +74,12 @@ pub struct Failure {
 
 impl Failure {
     fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { code, reason, message: message.into(), details: None }
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
     }
 
     fn details(mut self, name: &str, group: &str, kind: &str) -> Self {
@@ -83,17 +88,29 @@ impl Failure {
     }
 
     fn not_found_snapshot(name: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "NotFound", format!("{SNAPSHOT_PLURAL}.{SNAPSHOT_GROUP} \"{name}\" not found"))
-            .details(name, SNAPSHOT_GROUP, SNAPSHOT_PLURAL)
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{SNAPSHOT_PLURAL}.{SNAPSHOT_GROUP} \"{name}\" not found"),
+        )
+        .details(name, SNAPSHOT_GROUP, SNAPSHOT_PLURAL)
     }
 
     fn not_found_repository(name: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "NotFound", format!("repositories.stash.appscode.com \"{name}\" not found"))
-            .details(name, "stash.appscode.com", "repositories")
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("repositories.stash.appscode.com \"{name}\" not found"),
+        )
+        .details(name, "stash.appscode.com", "repositories")
     }
 
     fn method_not_allowed(what: &str) -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", format!("{what} is not supported on {SNAPSHOT_PLURAL}.{SNAPSHOT_GROUP}"))
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{what} is not supported on {SNAPSHOT_PLURAL}.{SNAPSHOT_GROUP}"),
+        )
     }
 
     fn internal(message: impl Into<String>) -> Self {
@@ -165,44 +182,82 @@ pub fn human_duration(d: jiff::SignedDuration) -> String {
     }
     if m < 10 {
         let s = secs % 60;
-        return if s == 0 { format!("{m}m") } else { format!("{m}m{s}s") };
+        return if s == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{s}s")
+        };
     }
     if m < 60 * 3 {
         return format!("{m}m");
     }
     if h < 8 {
         let mm = m % 60;
-        return if mm == 0 { format!("{h}h") } else { format!("{h}h{mm}m") };
+        return if mm == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{mm}m")
+        };
     }
     if h < 48 {
         return format!("{h}h");
     }
     if h < 24 * 8 {
         let hh = h % 24;
-        return if hh == 0 { format!("{}d", h / 24) } else { format!("{}d{hh}h", h / 24) };
+        return if hh == 0 {
+            format!("{}d", h / 24)
+        } else {
+            format!("{}d{hh}h", h / 24)
+        };
     }
     if h < 24 * 365 * 2 {
         return format!("{}d", h / 24);
     }
     if h < 24 * 365 * 8 {
         let dy = (h / 24) % 365;
-        return if dy == 0 { format!("{}y", h / 24 / 365) } else { format!("{}y{dy}d", h / 24 / 365) };
+        return if dy == 0 {
+            format!("{}y", h / 24 / 365)
+        } else {
+            format!("{}y{dy}d", h / 24 / 365)
+        };
     }
     format!("{}y", h / 24 / 365)
 }
 
 fn columns() -> Value {
-    let col = |name: &str, ty: &str, format: &str, priority: i32, description: &str| {
-        json!({"name": name, "type": ty, "format": format, "priority": priority, "description": description})
-    };
+    let col = |name: &str, ty: &str, format: &str, priority: i32, description: &str| json!({"name": name, "type": ty, "format": format, "priority": priority, "description": description});
     json!([
-        col("Name", "string", "name", 0, "Name is <repository>-<first 8 hex of the restic snapshot id>."),
-        col("Repository", "string", "", 0, "The Repository the snapshot belongs to."),
-        col("Hostname", "string", "", 0, "The restic host of the backup."),
+        col(
+            "Name",
+            "string",
+            "name",
+            0,
+            "Name is <repository>-<first 8 hex of the restic snapshot id>."
+        ),
+        col(
+            "Repository",
+            "string",
+            "",
+            0,
+            "The Repository the snapshot belongs to."
+        ),
+        col(
+            "Hostname",
+            "string",
+            "",
+            0,
+            "The restic host of the backup."
+        ),
         col("Paths", "string", "", 0, "The backed-up paths."),
         col("ID", "string", "", 0, "The short restic snapshot id."),
         col("Age", "string", "", 0, "Time since the snapshot was taken."),
-        col("Time", "string", "date-time", 1, "When the snapshot was taken."),
+        col(
+            "Time",
+            "string",
+            "date-time",
+            1,
+            "When the snapshot was taken."
+        ),
         col("Tags", "string", "", 1, "restic tags."),
         col("Username", "string", "", 1, "The user that ran the backup."),
         col("Tree", "string", "", 1, "The short id of the root tree."),
@@ -214,12 +269,21 @@ fn row(s: &Snapshot, now: jiff::Timestamp, include: Include) -> Value {
     let short = |v: &str| v.get(..8).unwrap_or(v).to_owned();
     let cells = json!([
         s.metadata.name.clone().unwrap_or_default(),
-        s.metadata.labels.as_ref().and_then(|l| l.get("repository")).cloned().unwrap_or_default(),
+        s.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("repository"))
+            .cloned()
+            .unwrap_or_default(),
         s.status.hostname,
         s.status.paths.join(","),
         short(s.metadata.uid.as_deref().unwrap_or_default()),
-        created.map(|c| human_duration(now.duration_since(c))).unwrap_or_else(|| "<unknown>".into()),
-        created.map(|c| c.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default(),
+        created
+            .map(|c| human_duration(now.duration_since(c)))
+            .unwrap_or_else(|| "<unknown>".into()),
+        created
+            .map(|c| c.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_default(),
         s.status.tags.join(","),
         s.status.username,
         short(&s.status.tree),
@@ -265,7 +329,9 @@ pub fn representation(accept: &str) -> Representation {
         return match params.get("as").copied() {
             None => Representation::Plain,
             Some("Table") if group_ok => Representation::Table(version),
-            Some("PartialObjectMetadata" | "PartialObjectMetadataList") if group_ok => Representation::Metadata(version),
+            Some("PartialObjectMetadata" | "PartialObjectMetadataList") if group_ok => {
+                Representation::Metadata(version)
+            }
             Some(_) => continue,
         };
     }
@@ -298,7 +364,12 @@ fn render_one(s: &Snapshot, rep: Representation, include: Include) -> Value {
     }
 }
 
-fn render_list(items: &[Snapshot], rep: Representation, include: Include, resource_version: &str) -> Value {
+fn render_list(
+    items: &[Snapshot],
+    rep: Representation,
+    include: Include,
+    resource_version: &str,
+) -> Value {
     match rep {
         Representation::Plain => json!({
             "apiVersion": GROUP_VERSION, "kind": "SnapshotList",
@@ -392,7 +463,11 @@ fn schemas(prefix: &str) -> Value {
 }
 
 fn operations(v3: bool) -> Value {
-    let prefix = if v3 { "#/components/schemas/" } else { "#/definitions/" };
+    let prefix = if v3 {
+        "#/components/schemas/"
+    } else {
+        "#/definitions/"
+    };
     let ok = |schema: &str| {
         if v3 {
             json!({"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("{prefix}{schema}")}}}}})
@@ -469,7 +544,9 @@ fn query_decode(s: &str) -> String {
     while i < b.len() {
         if b[i] == b'%'
             && i + 2 < b.len()
-            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             out.push(v);
             i += 3;
@@ -495,10 +572,20 @@ fn query(uri: &axum::http::Uri) -> BTreeMap<String, String> {
 
 const HEALTH: [&str; 3] = ["/healthz", "/readyz", "/livez"];
 
-async fn handle(State(st): State<Arc<ApiState>>, peer: Option<Extension<PeerCertificates>>, req: Request<Body>) -> Response {
+async fn handle(
+    State(st): State<Arc<ApiState>>,
+    peer: Option<Extension<PeerCertificates>>,
+    req: Request<Body>,
+) -> Response {
     let started = Instant::now();
-    let (method, path) = (req.method().clone(), req.uri().path().trim_end_matches('/').to_owned());
-    if HEALTH.iter().any(|h| path == *h || path.starts_with(&format!("{h}/"))) {
+    let (method, path) = (
+        req.method().clone(),
+        req.uri().path().trim_end_matches('/').to_owned(),
+    );
+    if HEALTH
+        .iter()
+        .any(|h| path == *h || path.starts_with(&format!("{h}/")))
+    {
         return (StatusCode::OK, "ok").into_response();
     }
     let peer = peer.map(|Extension(p)| p).unwrap_or_default();
@@ -506,7 +593,8 @@ async fn handle(State(st): State<Arc<ApiState>>, peer: Option<Extension<PeerCert
         Ok(u) => u,
         Err(why) => {
             tracing::debug!(%path, reason = %why, "snapshots: unauthenticated request");
-            return Failure::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized").into_response();
+            return Failure::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
+                .into_response();
         }
     };
     let q = query(req.uri());
@@ -546,30 +634,55 @@ async fn route(
             body["apiVersion"] = json!("v1");
             return get_only(body);
         }
-        ["apis", g, v] if *g == SNAPSHOT_GROUP && *v == VERSION => return get_only(api_resource_list()),
+        ["apis", g, v] if *g == SNAPSHOT_GROUP && *v == VERSION => {
+            return get_only(api_resource_list());
+        }
         ["openapi", "v2"] => return get_only(OPENAPI_V2.clone()),
         ["openapi", "v3"] => {
             return get_only(json!({"paths": {
                 format!("apis/{GROUP_VERSION}"): {"serverRelativeURL": format!("/openapi/v3/apis/{GROUP_VERSION}?hash={}", openapi_v3_hash())}
             }}));
         }
-        ["openapi", "v3", "apis", g, v] if *g == SNAPSHOT_GROUP && *v == VERSION => return get_only(OPENAPI_V3.clone()),
+        ["openapi", "v3", "apis", g, v] if *g == SNAPSHOT_GROUP && *v == VERSION => {
+            return get_only(OPENAPI_V3.clone());
+        }
         _ => {}
     }
     if q.get("watch").is_some_and(|w| w == "true" || w == "1") || segs.get(3) == Some(&"watch") {
         return Err(Failure::method_not_allowed("watch"));
     }
-    let rep = representation(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json"));
+    let rep = representation(
+        headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json"),
+    );
     let include = match q.get("includeObject").map(String::as_str) {
         Some("None") => Include::None,
         Some("Object") => Include::Object,
         _ => Include::Metadata,
     };
     let (namespace, name) = match segs.as_slice() {
-        ["apis", g, v, r] if *g == SNAPSHOT_GROUP && *v == VERSION && *r == SNAPSHOT_PLURAL => (None, None),
-        ["apis", g, v, "namespaces", ns, r] if *g == SNAPSHOT_GROUP && *v == VERSION && *r == SNAPSHOT_PLURAL => (Some(*ns), None),
-        ["apis", g, v, "namespaces", ns, r, n] if *g == SNAPSHOT_GROUP && *v == VERSION && *r == SNAPSHOT_PLURAL => (Some(*ns), Some(*n)),
-        _ => return Err(Failure::new(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource")),
+        ["apis", g, v, r] if *g == SNAPSHOT_GROUP && *v == VERSION && *r == SNAPSHOT_PLURAL => {
+            (None, None)
+        }
+        ["apis", g, v, "namespaces", ns, r]
+            if *g == SNAPSHOT_GROUP && *v == VERSION && *r == SNAPSHOT_PLURAL =>
+        {
+            (Some(*ns), None)
+        }
+        ["apis", g, v, "namespaces", ns, r, n]
+            if *g == SNAPSHOT_GROUP && *v == VERSION && *r == SNAPSHOT_PLURAL =>
+        {
+            (Some(*ns), Some(*n))
+        }
+        _ => {
+            return Err(Failure::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            ));
+        }
     };
     let verb = match (method.clone(), name) {
         (Method::GET | Method::HEAD, None) => "list",
@@ -578,11 +691,17 @@ async fn route(
         (Method::DELETE, None) => return Err(Failure::method_not_allowed("deletecollection")),
         (m, _) => return Err(Failure::method_not_allowed(m.as_str())),
     };
-    let attrs = Attributes { verb, namespace: namespace.unwrap_or_default().to_owned(), name: name.unwrap_or_default().to_owned() };
+    let attrs = Attributes {
+        verb,
+        namespace: namespace.unwrap_or_default().to_owned(),
+        name: name.unwrap_or_default().to_owned(),
+    };
     match st.authz.authorize(user, &attrs).await {
         Ok(Decision::Allow) => {}
         Ok(Decision::Deny(reason)) => {
-            let scope = namespace.map(|ns| format!("in the namespace \"{ns}\"")).unwrap_or_else(|| "at the cluster scope".into());
+            let scope = namespace
+                .map(|ns| format!("in the namespace \"{ns}\""))
+                .unwrap_or_else(|| "at the cluster scope".into());
             let mut msg = format!("{SNAPSHOT_PLURAL}.{SNAPSHOT_GROUP}");
             if let Some(n) = name {
                 msg = format!("{msg} \"{n}\"");
@@ -590,8 +709,15 @@ async fn route(
             let mut f = Failure::new(
                 StatusCode::FORBIDDEN,
                 "Forbidden",
-                format!("{msg} is forbidden: User \"{}\" cannot {verb} resource \"{SNAPSHOT_PLURAL}\" in API group \"{SNAPSHOT_GROUP}\" {scope}{}", user.name,
-                    if reason.is_empty() { String::new() } else { format!(": {reason}") }),
+                format!(
+                    "{msg} is forbidden: User \"{}\" cannot {verb} resource \"{SNAPSHOT_PLURAL}\" in API group \"{SNAPSHOT_GROUP}\" {scope}{}",
+                    user.name,
+                    if reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {reason}")
+                    }
+                ),
             );
             f = f.details(name.unwrap_or_default(), SNAPSHOT_GROUP, SNAPSHOT_PLURAL);
             return Err(f);
@@ -601,48 +727,80 @@ async fn route(
     let catalog = &st.catalog;
     match (verb, namespace, name) {
         ("list", ns, None) => {
-            let selector = Selector::parse(q.get("labelSelector").map(String::as_str).unwrap_or_default())
-                .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()))?;
-            let fields = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or_default());
+            let selector = Selector::parse(
+                q.get("labelSelector")
+                    .map(String::as_str)
+                    .unwrap_or_default(),
+            )
+            .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()))?;
+            let fields = FieldSelector::parse(
+                q.get("fieldSelector")
+                    .map(String::as_str)
+                    .unwrap_or_default(),
+            );
             let repos: Vec<_> = catalog
                 .repositories(ns)
                 .into_iter()
                 .filter(|r| !catalog.terminating(&r.namespace().unwrap_or_default()))
-                .filter(|r| selector.pinned("repository").is_none_or(|p| p == r.name_any()))
+                .filter(|r| {
+                    selector
+                        .pinned("repository")
+                        .is_none_or(|p| p == r.name_any())
+                })
                 .filter(|r| selector.matches(&repo_labels(r)))
                 .collect();
-            // A list across every namespace answers from the cache for repositories read on
-            // demand (a Pod each): only a namespaced request starts their readers.
-            let lists: Vec<_> = if ns.is_none() {
-                repos.iter().map(|r| catalog.cached(r)).collect()
-            } else {
-                let mut out = Vec::with_capacity(repos.len());
-                for chunk in repos.chunks(4) {
-                    out.extend(futures::future::join_all(chunk.iter().map(|r| catalog.snapshots(r))).await);
-                }
-                out
-            };
+            // A list across every namespace answers from what was last read for repositories
+            // read on demand (a Pod each) and reads only those this replica never read; a
+            // namespaced list reads what is stale. At most four reads at a time.
+            let mut lists = Vec::with_capacity(repos.len());
+            for chunk in repos.chunks(4) {
+                lists.extend(
+                    futures::future::join_all(chunk.iter().map(|r| async move {
+                        match ns {
+                            None => match catalog.cached(r) {
+                                Some(list) => list,
+                                None => catalog.snapshots(r).await,
+                            },
+                            Some(_) => catalog.snapshots(r).await,
+                        }
+                    }))
+                    .await,
+                );
+            }
             let mut items = Vec::new();
             for (repo, snaps) in repos.iter().zip(lists) {
                 for s in snaps.iter() {
                     let obj = snapshot_object(repo, s);
-                    if fields.matches(obj.metadata.name.as_deref().unwrap_or_default(), obj.metadata.namespace.as_deref().unwrap_or_default()) {
+                    if fields.matches(
+                        obj.metadata.name.as_deref().unwrap_or_default(),
+                        obj.metadata.namespace.as_deref().unwrap_or_default(),
+                    ) {
                         items.push(obj);
                     }
                 }
             }
             let rv = catalog.refreshes().to_string();
-            Ok(json_response(StatusCode::OK, &render_list(&items, rep, include, &rv)))
+            Ok(json_response(
+                StatusCode::OK,
+                &render_list(&items, rep, include, &rv),
+            ))
         }
         (verb, Some(ns), Some(name)) => {
-            let (repo_name, short) = parse_snapshot_name(name)
-                .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()).details(name, SNAPSHOT_GROUP, SNAPSHOT_PLURAL))?;
+            let (repo_name, short) = parse_snapshot_name(name).map_err(|e| {
+                Failure::new(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()).details(
+                    name,
+                    SNAPSHOT_GROUP,
+                    SNAPSHOT_PLURAL,
+                )
+            })?;
             let repo = catalog
                 .repository(ns, repo_name)
                 .await
                 .map_err(|e| Failure::internal(format!("reading Repository {repo_name}: {e}")))?
                 .ok_or_else(|| Failure::not_found_repository(repo_name))?;
-            let find = |snaps: &[restic::Snapshot]| snaps.iter().find(|s| s.id.get(..8) == Some(short)).cloned();
+            let find = |snaps: &[restic::Snapshot]| {
+                snaps.iter().find(|s| s.id.get(..8) == Some(short)).cloned()
+            };
             let mut found = find(&catalog.snapshots(&repo).await);
             if found.is_none() {
                 // A miss may be a snapshot taken since the last refresh: read once more.
@@ -664,12 +822,16 @@ async fn route(
                     return Err(Failure::new(
                         StatusCode::CONFLICT,
                         "Conflict",
-                        format!("namespace {ns} is being deleted: snapshot {name} is kept in the backend"),
+                        format!(
+                            "namespace {ns} is being deleted: snapshot {name} is kept in the backend"
+                        ),
                     ));
                 }
                 if !dry_run {
                     catalog.forget(&repo, &snap.id).await.map_err(|e| match e {
-                        super::catalog::FetchError::Failed(m) if m.contains("no matching ID") || m.contains("not found") => {
+                        super::catalog::FetchError::Failed(m)
+                            if m.contains("no matching ID") || m.contains("not found") =>
+                        {
                             Failure::not_found_snapshot(name)
                         }
                         e => Failure::internal(format!("restic forget: {e}")),
@@ -677,7 +839,10 @@ async fn route(
                     tracing::info!(namespace = %ns, repository = %repo_name, snapshot = %name, user = %user.name, "snapshots: forgot snapshot (restic forget --prune)");
                 }
             }
-            Ok(json_response(StatusCode::OK, &render_one(&obj, rep, include)))
+            Ok(json_response(
+                StatusCode::OK,
+                &render_one(&obj, rep, include),
+            ))
         }
         _ => Err(Failure::method_not_allowed(method.as_str())),
     }
@@ -690,15 +855,22 @@ mod tests {
     #[test]
     fn accept_negotiation() {
         assert_eq!(
-            representation("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"),
+            representation(
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+            ),
             Representation::Table("v1")
         );
         assert_eq!(
-            representation("application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"),
+            representation(
+                "application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+            ),
             Representation::Metadata("v1")
         );
         assert_eq!(representation("application/json"), Representation::Plain);
-        assert_eq!(representation("application/json;as=Foo;g=x;v=v1,application/json"), Representation::Plain);
+        assert_eq!(
+            representation("application/json;as=Foo;g=x;v=v1,application/json"),
+            Representation::Plain
+        );
         assert_eq!(representation("*/*"), Representation::Plain);
     }
 
@@ -736,15 +908,29 @@ mod tests {
         assert_eq!(obj["metadata"]["namespace"], "demo");
         assert_eq!(obj["metadata"]["uid"], snap.id.as_str());
         assert_eq!(obj["metadata"]["creationTimestamp"], "2019-07-01T10:00:00Z");
-        assert_eq!(obj["metadata"]["labels"], json!({"app": "web", "repository": "repo"}));
-        assert_eq!(obj["status"], json!({"tree": "abcdef0123456789", "paths": ["/source/data"], "hostname": "host-0",
-                                         "username": "root", "uid": 0, "gid": 0, "Tags": ["t1"]}));
+        assert_eq!(
+            obj["metadata"]["labels"],
+            json!({"app": "web", "repository": "repo"})
+        );
+        assert_eq!(
+            obj["status"],
+            json!({"tree": "abcdef0123456789", "paths": ["/source/data"], "hostname": "host-0",
+                                         "username": "root", "uid": 0, "gid": 0, "Tags": ["t1"]})
+        );
         let s = snapshot_object(&repo, &snap);
-        let table = render_list(std::slice::from_ref(&s), Representation::Table("v1"), Include::Metadata, "1");
+        let table = render_list(
+            std::slice::from_ref(&s),
+            Representation::Table("v1"),
+            Include::Metadata,
+            "1",
+        );
         assert_eq!(table["rows"][0]["cells"][0], "repo-d421fe22");
         assert_eq!(table["rows"][0]["cells"][4], "d421fe22");
         assert_eq!(table["rows"][0]["object"]["metadata"]["namespace"], "demo");
-        assert_eq!(table["columnDefinitions"].as_array().unwrap().len(), table["rows"][0]["cells"].as_array().unwrap().len());
+        assert_eq!(
+            table["columnDefinitions"].as_array().unwrap().len(),
+            table["rows"][0]["cells"].as_array().unwrap().len()
+        );
     }
 
     #[test]

@@ -54,7 +54,9 @@ impl RequestHeaderConfig {
         let cm = Api::<ConfigMap>::namespaced(client.clone(), AUTH_CONFIGMAP_NAMESPACE)
             .get(AUTH_CONFIGMAP_NAME)
             .await
-            .map_err(|e| anyhow::anyhow!("ConfigMap {AUTH_CONFIGMAP_NAMESPACE}/{AUTH_CONFIGMAP_NAME}: {e}"))?;
+            .map_err(|e| {
+                anyhow::anyhow!("ConfigMap {AUTH_CONFIGMAP_NAMESPACE}/{AUTH_CONFIGMAP_NAME}: {e}")
+            })?;
         Self::from_data(&cm.data.unwrap_or_default())
     }
 
@@ -73,21 +75,36 @@ impl RequestHeaderConfig {
                 .unwrap_or_default(),
             username_headers: json_list(data, "requestheader-username-headers", &["X-Remote-User"]),
             group_headers: json_list(data, "requestheader-group-headers", &["X-Remote-Group"]),
-            extra_prefixes: json_list(data, "requestheader-extra-headers-prefix", &["X-Remote-Extra-"]),
+            extra_prefixes: json_list(
+                data,
+                "requestheader-extra-headers-prefix",
+                &["X-Remote-Extra-"],
+            ),
         })
     }
 
     /// The user a request asserts, if it came over a verified front-proxy connection.
-    pub fn authenticate(&self, peer: &PeerCertificates, headers: &HeaderMap) -> Result<UserInfo, String> {
+    pub fn authenticate(
+        &self,
+        peer: &PeerCertificates,
+        headers: &HeaderMap,
+    ) -> Result<UserInfo, String> {
         let leaf = peer.leaf().ok_or("no client certificate")?;
         let cn = common_name(leaf).ok_or("client certificate without a common name")?;
         if !self.allowed_names.is_empty() && !self.allowed_names.contains(&cn) {
-            return Err(format!("client certificate CN {cn:?} is not an allowed request-header name"));
+            return Err(format!(
+                "client certificate CN {cn:?} is not an allowed request-header name"
+            ));
         }
         let name = self
             .username_headers
             .iter()
-            .find_map(|h| headers.get(h.as_str()).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()))
+            .find_map(|h| {
+                headers
+                    .get(h.as_str())
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|v| !v.is_empty())
+            })
             .ok_or("no user in the request headers")?
             .to_owned();
         let groups = self
@@ -106,18 +123,29 @@ impl RequestHeaderConfig {
                     && h[..prefix.len()].eq_ignore_ascii_case(prefix)
                     && let Ok(v) = v.to_str()
                 {
-                    extra.entry(percent_decode(&h[prefix.len()..]).to_lowercase()).or_default().push(v.to_owned());
+                    extra
+                        .entry(percent_decode(&h[prefix.len()..]).to_lowercase())
+                        .or_default()
+                        .push(v.to_owned());
                 }
             }
         }
-        Ok(UserInfo { name, groups, extra })
+        Ok(UserInfo {
+            name,
+            groups,
+            extra,
+        })
     }
 }
 
 /// The CN of a DER certificate.
 fn common_name(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned)
+    cert.subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned)
 }
 
 fn percent_decode(s: &str) -> String {
@@ -170,7 +198,9 @@ pub struct Authorizer {
 
 impl std::fmt::Debug for Authorizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authorizer").field("ttl", &self.ttl).finish_non_exhaustive()
+        f.debug_struct("Authorizer")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
     }
 }
 
@@ -186,11 +216,19 @@ pub enum Decision {
 impl Authorizer {
     /// An authorizer that caches allowed answers for `ttl`.
     pub fn new(client: Client, ttl: Duration) -> Self {
-        Self { client, ttl, cache: Mutex::default() }
+        Self {
+            client,
+            ttl,
+            cache: Mutex::default(),
+        }
     }
 
     /// May `user` do `attrs` on snapshots?
-    pub async fn authorize(&self, user: &UserInfo, attrs: &Attributes) -> Result<Decision, kube::Error> {
+    pub async fn authorize(
+        &self,
+        user: &UserInfo,
+        attrs: &Attributes,
+    ) -> Result<Decision, kube::Error> {
         let key = (user.clone(), attrs.clone());
         {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -220,10 +258,15 @@ impl Authorizer {
             },
             ..Default::default()
         };
-        let answer = Api::<SubjectAccessReview>::all(self.client.clone()).create(&PostParams::default(), &sar).await?;
+        let answer = Api::<SubjectAccessReview>::all(self.client.clone())
+            .create(&PostParams::default(), &sar)
+            .await?;
         let status = answer.status.unwrap_or_default();
         if status.allowed && status.denied != Some(true) {
-            self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Instant::now() + self.ttl);
+            self.cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, Instant::now() + self.ttl);
             Ok(Decision::Allow)
         } else {
             Ok(Decision::Deny(status.reason.unwrap_or_default()))
@@ -239,11 +282,17 @@ mod tests {
     #[test]
     fn config_from_the_configmap() {
         let data: BTreeMap<String, String> = [
-            ("requestheader-client-ca-file", "-----BEGIN CERTIFICATE-----\n"),
+            (
+                "requestheader-client-ca-file",
+                "-----BEGIN CERTIFICATE-----\n",
+            ),
             ("requestheader-allowed-names", "[\"front-proxy-client\"]"),
             ("requestheader-username-headers", "[\"X-Remote-User\"]"),
             ("requestheader-group-headers", "[\"X-Remote-Group\"]"),
-            ("requestheader-extra-headers-prefix", "[\"X-Remote-Extra-\"]"),
+            (
+                "requestheader-extra-headers-prefix",
+                "[\"X-Remote-Extra-\"]",
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -261,7 +310,9 @@ mod tests {
         let bad = ca.client("mallory", &[]).unwrap();
         let der = |pem: &str| {
             use rustls::pki_types::{CertificateDer, pem::PemObject};
-            CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().into_owned()
+            CertificateDer::from_pem_slice(pem.as_bytes())
+                .unwrap()
+                .into_owned()
         };
         let config = RequestHeaderConfig {
             client_ca_pem: ca.cert.clone(),
@@ -273,14 +324,28 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-remote-user", HeaderValue::from_static("alice"));
         h.append("x-remote-group", HeaderValue::from_static("dev"));
-        h.append("x-remote-group", HeaderValue::from_static("system:authenticated"));
+        h.append(
+            "x-remote-group",
+            HeaderValue::from_static("system:authenticated"),
+        );
         h.insert("x-remote-extra-scopes%2Fa", HeaderValue::from_static("v"));
         let peer = PeerCertificates(std::sync::Arc::new(vec![der(&good.cert)]));
         let u = config.authenticate(&peer, &h).unwrap();
         assert_eq!(u.name, "alice");
         assert_eq!(u.groups, vec!["dev", "system:authenticated"]);
         assert_eq!(u.extra.get("scopes/a"), Some(&vec!["v".to_owned()]));
-        assert!(config.authenticate(&PeerCertificates(std::sync::Arc::new(vec![der(&bad.cert)])), &h).is_err());
-        assert!(config.authenticate(&PeerCertificates::default(), &h).is_err());
+        assert!(
+            config
+                .authenticate(
+                    &PeerCertificates(std::sync::Arc::new(vec![der(&bad.cert)])),
+                    &h
+                )
+                .is_err()
+        );
+        assert!(
+            config
+                .authenticate(&PeerCertificates::default(), &h)
+                .is_err()
+        );
     }
 }

@@ -147,7 +147,9 @@ pub struct SnapshotApiServer {
 
 impl std::fmt::Debug for SnapshotApiServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SnapshotApiServer").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("SnapshotApiServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -170,7 +172,12 @@ impl SnapshotApiServer {
     /// Stop serving and refreshing, leaving the registration in place (another replica, or
     /// this one restarted, keeps serving it).
     pub fn stop(&self) {
-        for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
     }
@@ -180,11 +187,22 @@ impl SnapshotApiServer {
     /// breaks discovery and namespace deletion.
     pub async fn shutdown(&self) -> anyhow::Result<()> {
         let result = if self.registered {
-            register::unregister(&self.client, self.service.as_ref().map(|(ns, n)| (ns.as_str(), n.as_str()))).await
+            register::unregister(
+                &self.client,
+                self.service
+                    .as_ref()
+                    .map(|(ns, n)| (ns.as_str(), n.as_str())),
+            )
+            .await
         } else {
             Ok(())
         };
-        for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
         result
@@ -193,7 +211,12 @@ impl SnapshotApiServer {
 
 impl Drop for SnapshotApiServer {
     fn drop(&mut self) {
-        for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
     }
@@ -203,8 +226,12 @@ impl Drop for SnapshotApiServer {
 /// the serving certificate (Secret `opts.cert_secret_name`, SANs `<svc>.<ns>.svc`, …), serve
 /// over TLS on `opts.bind`, and register the Service/APIService, waiting until it is Available.
 pub async fn start(client: Client, opts: SnapshotApiOptions) -> anyhow::Result<SnapshotApiServer> {
-    let authn = auth::RequestHeaderConfig::load(&client).await.context("front-proxy authentication settings")?;
-    let listener = tokio::net::TcpListener::bind(opts.bind).await.with_context(|| format!("bind {}", opts.bind))?;
+    let authn = auth::RequestHeaderConfig::load(&client)
+        .await
+        .context("front-proxy authentication settings")?;
+    let listener = tokio::net::TcpListener::bind(opts.bind)
+        .await
+        .with_context(|| format!("bind {}", opts.bind))?;
     let addr = listener.local_addr()?;
     let (svc, ns) = (&opts.service_name, &opts.namespace);
     let sans: Vec<String> = vec![
@@ -214,10 +241,18 @@ pub async fn start(client: Client, opts: SnapshotApiOptions) -> anyhow::Result<S
         "localhost".into(),
         "127.0.0.1".into(),
     ];
-    let secret = certs::SecretRef { namespace: ns.clone(), name: opts.cert_secret_name.clone() };
+    let secret = certs::SecretRef {
+        namespace: ns.clone(),
+        name: opts.cert_secret_name.clone(),
+    };
     let bundle = certs::ensure(&client, &secret, &sans, opts.cert_validity, false)
         .await
-        .with_context(|| format!("Snapshot API certificate in Secret {ns}/{}", opts.cert_secret_name))?;
+        .with_context(|| {
+            format!(
+                "Snapshot API certificate in Secret {ns}/{}",
+                opts.cert_secret_name
+            )
+        })?;
     let store = CertStore::from_pem(&bundle.cert_pem, &bundle.key_pem)?;
     let tls = mtls_config(store, &authn.client_ca_pem).context("request-header client CA")?;
 
@@ -252,8 +287,12 @@ pub async fn start(client: Client, opts: SnapshotApiOptions) -> anyhow::Result<S
             tokio::spawn(async move {
                 loop {
                     match register::wait_available(&client, Duration::from_secs(60)).await {
-                        Ok(()) => break tracing::info!(apiservice = %register::apiservice_name(), "snapshots: APIService available"),
-                        Err(e) => tracing::warn!(error = %e, "snapshots: the APIService is not Available yet"),
+                        Ok(()) => {
+                            break tracing::info!(apiservice = %register::apiservice_name(), "snapshots: APIService available");
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "snapshots: the APIService is not Available yet")
+                        }
                     }
                 }
             });

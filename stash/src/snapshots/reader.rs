@@ -25,15 +25,40 @@ pub const LIST: &[&str] = &["snapshots", "--json", "--no-lock", "--no-cache", "-
 
 /// The reader Pod for `repo` running `restic <args>` (the volume read-only unless `write`), or
 /// `None` when its backend is not `local`.
-pub fn pod(repo: &Repository, image: &str, name: &str, args: &[&str], write: bool) -> Result<Option<Pod>, String> {
-    let BackendKind::Local(local) = repo.spec.backend.validate().map_err(|e| e.to_string())? else { return Ok(None) };
-    let secret = repo.spec.backend.storage_secret_name.clone().unwrap_or_default();
+pub fn pod(
+    repo: &Repository,
+    image: &str,
+    name: &str,
+    args: &[&str],
+    write: bool,
+) -> Result<Option<Pod>, String> {
+    let BackendKind::Local(local) = repo.spec.backend.validate().map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let secret = repo
+        .spec
+        .backend
+        .storage_secret_name
+        .clone()
+        .unwrap_or_default();
     if secret.is_empty() {
         return Err("spec.backend.storageSecretName is not set".into());
     }
-    let mount = local.mount_path.clone().filter(|m| !m.is_empty()).ok_or("spec.backend.local.mountPath is not set")?;
+    let mount = local
+        .mount_path
+        .clone()
+        .filter(|m| !m.is_empty())
+        .ok_or("spec.backend.local.mountPath is not set")?;
     let sub = local.sub_path.clone().unwrap_or_default();
-    let repository = if sub.is_empty() { mount.clone() } else { format!("{}/{}", mount.trim_end_matches('/'), sub.trim_start_matches('/')) };
+    let repository = if sub.is_empty() {
+        mount.clone()
+    } else {
+        format!(
+            "{}/{}",
+            mount.trim_end_matches('/'),
+            sub.trim_start_matches('/')
+        )
+    };
     let mut volume = serde_json::to_value(&local.volume_source).map_err(|e| e.to_string())?;
     volume["name"] = "repository".into();
     let pod = serde_json::json!({
@@ -63,50 +88,104 @@ pub fn pod(repo: &Repository, image: &str, name: &str, args: &[&str], write: boo
             "volumes": [volume]
         }
     });
-    serde_json::from_value(pod).map(Some).map_err(|e| e.to_string())
+    serde_json::from_value(pod)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// Run the reader Pod for `repo` and return the snapshots it listed (`Ok(None)`: not a
 /// `local` backend). An empty backend (no restic repository yet) lists nothing.
-pub async fn snapshots(client: &Client, repo: &Repository, image: &str, timeout: Duration) -> Result<Option<Vec<restic::Snapshot>>, String> {
-    let Some((phase, log)) = run(client, repo, image, LIST, false, timeout).await? else { return Ok(None) };
+pub async fn snapshots(
+    client: &Client,
+    repo: &Repository,
+    image: &str,
+    timeout: Duration,
+) -> Result<Option<Vec<restic::Snapshot>>, String> {
+    let Some((phase, log)) = run(client, repo, image, LIST, false, timeout).await? else {
+        return Ok(None);
+    };
     parse(&phase, &log).map(Some)
 }
 
 /// `restic forget --prune <id>` in a Pod that mounts `repo`'s volume read-write (`Ok(None)`:
 /// not a `local` backend).
-pub async fn forget(client: &Client, repo: &Repository, image: &str, id: &str, timeout: Duration) -> Result<Option<()>, String> {
+pub async fn forget(
+    client: &Client,
+    repo: &Repository,
+    image: &str,
+    id: &str,
+    timeout: Duration,
+) -> Result<Option<()>, String> {
     let args = ["forget", "--prune", "--no-cache", "--quiet", id];
-    let Some((phase, log)) = run(client, repo, image, &args, true, timeout).await? else { return Ok(None) };
+    let Some((phase, log)) = run(client, repo, image, &args, true, timeout).await? else {
+        return Ok(None);
+    };
     if phase == "Succeeded" {
         return Ok(Some(()));
     }
-    let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no output");
     Err(format!("restic forget failed in the reader Pod: {last}"))
 }
 
 /// Create the Pod, wait for it to end, read its log, delete it: `(phase, log)`.
-async fn run(client: &Client, repo: &Repository, image: &str, args: &[&str], write: bool, timeout: Duration) -> Result<Option<(String, String)>, String> {
+async fn run(
+    client: &Client,
+    repo: &Repository,
+    image: &str,
+    args: &[&str],
+    write: bool,
+    timeout: Duration,
+) -> Result<Option<(String, String)>, String> {
     let ns = repo.namespace().unwrap_or_default();
     let name = format!(
         "stash-snapshots-{}-{:05x}",
         truncate(&repo.name_any(), 30),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()) & 0xfffff
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            & 0xfffff
     );
-    let Some(pod) = pod(repo, image, &name, args, write)? else { return Ok(None) };
+    let Some(pod) = pod(repo, image, &name, args, write)? else {
+        return Ok(None);
+    };
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    pods.create(&PostParams::default(), &pod).await.map_err(|e| format!("creating the reader Pod {name}: {e}"))?;
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .map_err(|e| format!("creating the reader Pod {name}: {e}"))?;
     let result = wait_and_read(&pods, &name, timeout).await;
-    let _ = pods.delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
+    let _ = pods
+        .delete(
+            &name,
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await;
     result.map(Some)
 }
 
-async fn wait_and_read(pods: &Api<Pod>, name: &str, timeout: Duration) -> Result<(String, String), String> {
+async fn wait_and_read(
+    pods: &Api<Pod>,
+    name: &str,
+    timeout: Duration,
+) -> Result<(String, String), String> {
     let deadline = Instant::now() + timeout;
     let mut delay = Duration::from_millis(100);
     let phase = loop {
-        let p = pods.get(name).await.map_err(|e| format!("reading the reader Pod {name}: {e}"))?;
-        let phase = p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+        let p = pods
+            .get(name)
+            .await
+            .map_err(|e| format!("reading the reader Pod {name}: {e}"))?;
+        let phase = p
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
         if phase == "Succeeded" || phase == "Failed" {
             break phase;
         }
@@ -118,7 +197,17 @@ async fn wait_and_read(pods: &Api<Pod>, name: &str, timeout: Duration) -> Result
             .and_then(|c| c.first())
             .and_then(|c| c.state.as_ref())
             .and_then(|s| s.waiting.as_ref())
-            .filter(|w| matches!(w.reason.as_deref(), Some("CreateContainerConfigError" | "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName")))
+            .filter(|w| {
+                matches!(
+                    w.reason.as_deref(),
+                    Some(
+                        "CreateContainerConfigError"
+                            | "ErrImagePull"
+                            | "ImagePullBackOff"
+                            | "InvalidImageName"
+                    )
+                )
+            })
         {
             return Err(format!(
                 "the reader Pod {name} cannot start: {}: {}",
@@ -133,15 +222,29 @@ async fn wait_and_read(pods: &Api<Pod>, name: &str, timeout: Duration) -> Result
                 .and_then(|c| c.into_iter().next())
                 .and_then(|c| c.state)
                 .and_then(|s| s.waiting)
-                .map(|w| format!("{}: {}", w.reason.unwrap_or_default(), w.message.unwrap_or_default()))
+                .map(|w| {
+                    format!(
+                        "{}: {}",
+                        w.reason.unwrap_or_default(),
+                        w.message.unwrap_or_default()
+                    )
+                })
                 .unwrap_or_else(|| format!("phase {phase:?}"));
-            return Err(format!("the reader Pod {name} did not finish in {timeout:?} ({waiting})"));
+            return Err(format!(
+                "the reader Pod {name} did not finish in {timeout:?} ({waiting})"
+            ));
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(1));
     };
     let log = pods
-        .logs(name, &LogParams { container: Some("restic".into()), ..Default::default() })
+        .logs(
+            name,
+            &LogParams {
+                container: Some("restic".into()),
+                ..Default::default()
+            },
+        )
         .await
         .map_err(|e| format!("reading the reader Pod's log: {e}"))?;
     Ok((phase, log))
@@ -150,14 +253,23 @@ async fn wait_and_read(pods: &Api<Pod>, name: &str, timeout: Duration) -> Result
 /// The reader's verdict from its phase and log.
 pub fn parse(phase: &str, log: &str) -> Result<Vec<restic::Snapshot>, String> {
     if phase == "Succeeded" {
-        let json = log.lines().find(|l| l.trim_start().starts_with('[')).unwrap_or("[]");
+        let json = log
+            .lines()
+            .find(|l| l.trim_start().starts_with('['))
+            .unwrap_or("[]");
         return serde_json::from_str(json).map_err(|e| format!("restic's snapshot list: {e}"));
     }
     // No restic repository on the volume yet: nothing to list (as for remote backends).
-    if log.contains("repository does not exist") || log.contains("Is there a repository at the following location?") {
+    if log.contains("repository does not exist")
+        || log.contains("Is there a repository at the following location?")
+    {
         return Ok(Vec::new());
     }
-    let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no output");
     Err(format!("restic snapshots failed in the reader Pod: {last}"))
 }
 
@@ -182,24 +294,48 @@ mod tests {
     fn the_pod_mounts_the_backend_volume_and_takes_the_password_from_the_secret() {
         let r = repo(serde_json::json!({"storageSecretName": "s",
             "local": {"mountPath": "/safe/data", "subPath": "a", "persistentVolumeClaim": {"claimName": "c"}}}));
-        let p = pod(&r, "img:1", "reader", LIST, false).expect("valid").expect("local");
+        let p = pod(&r, "img:1", "reader", LIST, false)
+            .expect("valid")
+            .expect("local");
         let spec = p.spec.expect("spec");
         let c = &spec.containers[0];
         assert_eq!(c.image.as_deref(), Some("img:1"));
         let env = c.env.clone().unwrap_or_default();
         assert_eq!(env[0].value.as_deref(), Some("/safe/data/a"));
-        let from = env[1].value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).expect("secretKeyRef");
-        assert_eq!((from.name.as_str(), from.key.as_str()), ("s", "RESTIC_PASSWORD"));
-        assert!(!c.args.clone().unwrap_or_default().iter().any(|a| a.contains("password")));
+        let from = env[1]
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .expect("secretKeyRef");
+        assert_eq!(
+            (from.name.as_str(), from.key.as_str()),
+            ("s", "RESTIC_PASSWORD")
+        );
+        assert!(
+            !c.args
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .any(|a| a.contains("password"))
+        );
         let v = &spec.volumes.expect("volumes")[0];
-        assert_eq!(v.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()), Some("c"));
-        assert_eq!(c.volume_mounts.as_ref().expect("mounts")[0].read_only, Some(true));
+        assert_eq!(
+            v.persistent_volume_claim
+                .as_ref()
+                .map(|c| c.claim_name.as_str()),
+            Some("c")
+        );
+        assert_eq!(
+            c.volume_mounts.as_ref().expect("mounts")[0].read_only,
+            Some(true)
+        );
         assert_eq!(spec.automount_service_account_token, Some(false));
     }
 
     #[test]
     fn remote_backends_need_no_pod() {
-        let r = repo(serde_json::json!({"storageSecretName": "s", "rest": {"url": "http://h:8000/"}}));
+        let r =
+            repo(serde_json::json!({"storageSecretName": "s", "rest": {"url": "http://h:8000/"}}));
         assert!(pod(&r, "img", "x", LIST, false).expect("valid").is_none());
     }
 
@@ -208,7 +344,14 @@ mod tests {
         assert_eq!(parse("Succeeded", "[]\n").expect("empty").len(), 0);
         let one = r#"[{"time":"2026-01-01T00:00:00Z","tree":"t","paths":["/a"],"hostname":"h","id":"0123456789abcdef","short_id":"01234567"}]"#;
         assert_eq!(parse("Succeeded", one).expect("one").len(), 1);
-        assert!(parse("Failed", "Fatal: repository does not exist: unable to open config file").expect("empty").is_empty());
+        assert!(
+            parse(
+                "Failed",
+                "Fatal: repository does not exist: unable to open config file"
+            )
+            .expect("empty")
+            .is_empty()
+        );
         let e = parse("Failed", "Fatal: wrong password or no key found\n").expect_err("error");
         assert!(e.contains("wrong password"), "{e}");
     }

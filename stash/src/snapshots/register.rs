@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::{
-    ByteString,
-    api::core::v1::Service,
-    kube_aggregator::pkg::apis::apiregistration::v1::APIService,
+    ByteString, api::core::v1::Service, kube_aggregator::pkg::apis::apiregistration::v1::APIService,
 };
 use kube::{
     Api, Client,
@@ -25,7 +23,13 @@ pub fn apiservice_name() -> String {
 const MANAGER: &str = "stash-snapshot-api";
 
 /// Create or update the ExternalName Service `namespace/name` pointing at `external_name:port`.
-pub async fn apply_external_service(client: &Client, namespace: &str, name: &str, external_name: &str, port: u16) -> anyhow::Result<()> {
+pub async fn apply_external_service(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    external_name: &str,
+    port: u16,
+) -> anyhow::Result<()> {
     let svc: Service = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": name, "namespace": namespace,
@@ -34,7 +38,11 @@ pub async fn apply_external_service(client: &Client, namespace: &str, name: &str
                  "ports": [{"name": "https", "port": port, "protocol": "TCP", "targetPort": port}]}
     }))?;
     Api::<Service>::namespaced(client.clone(), namespace)
-        .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&svc))
+        .patch(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&svc),
+        )
         .await
         .with_context(|| format!("apply Service {namespace}/{name}"))?;
     Ok(())
@@ -42,7 +50,13 @@ pub async fn apply_external_service(client: &Client, namespace: &str, name: &str
 
 /// Create or update the APIService pointing at Service `namespace/name:port`, trusting
 /// `ca_bundle_pem` for the serving certificate.
-pub async fn apply_apiservice(client: &Client, namespace: &str, name: &str, port: u16, ca_bundle_pem: &str) -> anyhow::Result<()> {
+pub async fn apply_apiservice(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    port: u16,
+    ca_bundle_pem: &str,
+) -> anyhow::Result<()> {
     let mut apis: APIService = serde_json::from_value(json!({
         "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
         "metadata": {"name": apiservice_name(),
@@ -54,7 +68,11 @@ pub async fn apply_apiservice(client: &Client, namespace: &str, name: &str, port
         spec.ca_bundle = Some(ByteString(ca_bundle_pem.as_bytes().to_vec()));
     }
     Api::<APIService>::all(client.clone())
-        .patch(&apiservice_name(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&apis))
+        .patch(
+            &apiservice_name(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&apis),
+        )
         .await
         .with_context(|| format!("apply APIService {}", apiservice_name()))?;
     Ok(())
@@ -67,16 +85,28 @@ pub async fn wait_available(client: &Client, timeout: Duration) -> anyhow::Resul
     let mut last = String::from("no status yet");
     loop {
         if let Some(a) = api.get_opt(&apiservice_name()).await? {
-            let cond = a.status.and_then(|s| s.conditions).unwrap_or_default().into_iter().find(|c| c.type_ == "Available");
+            let cond = a
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| c.type_ == "Available");
             if let Some(c) = cond {
                 if c.status == "True" {
                     return Ok(());
                 }
-                last = format!("{}: {}", c.reason.unwrap_or_default(), c.message.unwrap_or_default());
+                last = format!(
+                    "{}: {}",
+                    c.reason.unwrap_or_default(),
+                    c.message.unwrap_or_default()
+                );
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!("APIService {} is not Available after {timeout:?}: {last}", apiservice_name());
+            anyhow::bail!(
+                "APIService {} is not Available after {timeout:?}: {last}",
+                apiservice_name()
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -84,13 +114,19 @@ pub async fn wait_available(client: &Client, timeout: Duration) -> anyhow::Resul
 
 /// Delete the APIService (ignoring NotFound) and, if given, the Service.
 pub async fn unregister(client: &Client, service: Option<(&str, &str)>) -> anyhow::Result<()> {
-    match Api::<APIService>::all(client.clone()).delete(&apiservice_name(), &DeleteParams::default()).await {
+    match Api::<APIService>::all(client.clone())
+        .delete(&apiservice_name(), &DeleteParams::default())
+        .await
+    {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 404 => {}
         Err(e) => return Err(e).context("delete APIService"),
     }
     if let Some((ns, name)) = service {
-        match Api::<Service>::namespaced(client.clone(), ns).delete(name, &DeleteParams::default()).await {
+        match Api::<Service>::namespaced(client.clone(), ns)
+            .delete(name, &DeleteParams::default())
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(e).context("delete Service"),

@@ -40,11 +40,14 @@ fn split_top(s: &str) -> Vec<&str> {
 }
 
 fn valid_key(k: &str) -> bool {
-    !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+    !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
 }
 
 fn valid_value(v: &str) -> bool {
-    v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    v.chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn set_values(rest: &str, whole: &str) -> Result<Vec<String>, SelectorError> {
@@ -83,19 +86,29 @@ impl Selector {
             }
             let req = if let Some(k) = p.strip_prefix('!') {
                 let k = k.trim();
-                valid_key(k).then(|| Req::NotExists(k.to_owned())).ok_or_else(err)?
+                valid_key(k)
+                    .then(|| Req::NotExists(k.to_owned()))
+                    .ok_or_else(err)?
             } else if let Some((k, v)) = p.split_once("!=") {
                 let (k, v) = (k.trim(), v.trim());
-                (valid_key(k) && valid_value(v)).then(|| Req::NotIn(k.to_owned(), vec![v.to_owned()])).ok_or_else(err)?
+                (valid_key(k) && valid_value(v))
+                    .then(|| Req::NotIn(k.to_owned(), vec![v.to_owned()]))
+                    .ok_or_else(err)?
             } else if let Some((k, v)) = p.split_once("==").or_else(|| p.split_once('=')) {
                 let (k, v) = (k.trim(), v.trim());
-                (valid_key(k) && valid_value(v)).then(|| Req::In(k.to_owned(), vec![v.to_owned()])).ok_or_else(err)?
+                (valid_key(k) && valid_value(v))
+                    .then(|| Req::In(k.to_owned(), vec![v.to_owned()]))
+                    .ok_or_else(err)?
             } else if let Some((k, op, rest)) = set_op(p) {
                 if !valid_key(k) {
                     return Err(err());
                 }
                 let values = set_values(rest, p)?;
-                if op == "in" { Req::In(k.to_owned(), values) } else { Req::NotIn(k.to_owned(), values) }
+                if op == "in" {
+                    Req::In(k.to_owned(), values)
+                } else {
+                    Req::NotIn(k.to_owned(), values)
+                }
             } else if valid_key(p) {
                 Req::Exists(p.to_owned())
             } else {
@@ -164,7 +177,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -188,7 +204,12 @@ mod tests {
         ] {
             assert_eq!(Selector::parse(sel).unwrap().matches(&l), want, "{sel}");
         }
-        assert_eq!(Selector::parse("repository=repo-a,app=web").unwrap().pinned("repository"), Some("repo-a"));
+        assert_eq!(
+            Selector::parse("repository=repo-a,app=web")
+                .unwrap()
+                .pinned("repository"),
+            Some("repo-a")
+        );
         assert!(Selector::parse("a=b=c").is_err());
         assert!(Selector::parse("a in x").is_err());
         assert!(Selector::parse(",").is_err());

@@ -26,7 +26,8 @@ pub const IMAGE: &str = "stash-rs/stash:0.1.0";
 /// Where the install manifest puts the operator.
 pub const OPERATOR_NS: &str = "stash-system";
 /// The operator pods' label selector.
-pub const OPERATOR_SELECTOR: &str = "app.kubernetes.io/name=stash,app.kubernetes.io/component=operator";
+pub const OPERATOR_SELECTOR: &str =
+    "app.kubernetes.io/name=stash,app.kubernetes.io/component=operator";
 
 /// The `stash` binary under test, for what runs on the host (the plugin, admission units).
 pub fn stash_bin() -> PathBuf {
@@ -50,7 +51,9 @@ static ENV: tokio::sync::OnceCell<Env> = tokio::sync::OnceCell::const_new();
 pub async fn env() -> &'static Env {
     ENV.get_or_init(|| async {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let cp = stash_testenv::shared().await.unwrap_or_else(|e| panic!("the cluster must be running: {e}"));
+        let cp = stash_testenv::shared()
+            .await
+            .unwrap_or_else(|e| panic!("the cluster must be running: {e}"));
         wait_operator_available(cp).await;
         Env { cp }
     })
@@ -61,15 +64,22 @@ pub async fn env() -> &'static Env {
 pub async fn wait_operator_available(cp: &ControlPlane) {
     use k8s_openapi::api::apps::v1::Deployment;
     let api = Api::<Deployment>::namespaced(cp.client(), OPERATOR_NS);
-    eventually("the installed operator to be Available (scripts/test.sh installs it)", Duration::from_secs(180), || {
-        let api = api.clone();
-        async move {
-            let d = api.get("stash-operator").await.ok()?;
-            let want = d.spec.as_ref()?.replicas.unwrap_or(1);
-            let st = d.status?;
-            (st.ready_replicas == Some(want) && st.updated_replicas == Some(want) && st.replicas == Some(want)).then_some(())
-        }
-    })
+    eventually(
+        "the installed operator to be Available (scripts/test.sh installs it)",
+        Duration::from_secs(180),
+        || {
+            let api = api.clone();
+            async move {
+                let d = api.get("stash-operator").await.ok()?;
+                let want = d.spec.as_ref()?.replicas.unwrap_or(1);
+                let st = d.status?;
+                (st.ready_replicas == Some(want)
+                    && st.updated_replicas == Some(want)
+                    && st.replicas == Some(want))
+                .then_some(())
+            }
+        },
+    )
     .await;
 }
 
@@ -97,7 +107,12 @@ pub async fn operator_metrics() -> String {
     let mut out = String::new();
     for p in operator_pods(&client).await {
         let name = p.metadata.name.unwrap_or_default();
-        if let Ok(text) = api_get(&client, &format!("/api/v1/namespaces/{OPERATOR_NS}/pods/{name}:8080/proxy/metrics")).await {
+        if let Ok(text) = api_get(
+            &client,
+            &format!("/api/v1/namespaces/{OPERATOR_NS}/pods/{name}:8080/proxy/metrics"),
+        )
+        .await
+        {
             out.push_str(&text);
         }
     }
@@ -107,19 +122,33 @@ pub async fn operator_metrics() -> String {
 /// The in-pod pushgateway's `/metrics`, through the API server's Service proxy.
 pub async fn pushgateway_metrics() -> String {
     let client = env().await.cp.client();
-    api_get(&client, &format!("/api/v1/namespaces/{OPERATOR_NS}/services/stash-operator:pushgateway/proxy/metrics"))
-        .await
-        .unwrap_or_else(|e| panic!("the pushgateway's /metrics through the API server: {e}"))
+    api_get(
+        &client,
+        &format!(
+            "/api/v1/namespaces/{OPERATOR_NS}/services/stash-operator:pushgateway/proxy/metrics"
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the pushgateway's /metrics through the API server: {e}"))
 }
 
 /// Directory of a hostPath PersistentVolume bound to PVC `ns/claim` (both created here if they
 /// do not exist). Files written here are what pods see.
 pub async fn pv_dir(ns: &str, claim: &str) -> PathBuf {
     let env = env().await;
+    // A claim that exists already keeps its volume: its directory is the answer.
+    let claims =
+        Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(env.cp.client(), ns);
+    if claims.get_opt(claim).await.ok().flatten().is_some() {
+        return bound_pv_dir(ns, claim).await;
+    }
     let dir = env.cp.dir().join("pv").join(ns).join(claim);
     std::fs::create_dir_all(&dir).expect("pv dir");
     set_mode(&dir, 0o777);
-    let name = format!("pv-{}", &format!("{:x}", Sha256::digest(format!("{ns}/{claim}")))[..16]);
+    let name = format!(
+        "pv-{}",
+        &format!("{:x}", Sha256::digest(format!("{ns}/{claim}")))[..16]
+    );
     apply(&env.cp.client(), ns, serde_json::json!({
         "apiVersion": "v1", "kind": "PersistentVolume",
         "metadata": {"name": name, "labels": {"stash-testenv/namespace": ns}},
@@ -137,7 +166,11 @@ pub async fn pv_dir(ns: &str, claim: &str) -> PathBuf {
     }))
     .expect("pvc");
     Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(env.cp.client(), ns)
-        .patch(claim, &PatchParams::apply("stash-e2e-pv").force(), &Patch::Apply(&claim_doc))
+        .patch(
+            claim,
+            &PatchParams::apply("stash-e2e-pv").force(),
+            &Patch::Apply(&claim_doc),
+        )
         .await
         .unwrap_or_else(|e| panic!("PVC {ns}/{claim}: {e}"));
     dir
@@ -150,15 +183,19 @@ pub async fn bound_pv_dir(ns: &str, claim: &str) -> PathBuf {
     let client = env().await.cp.client();
     let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns);
     let pvs = Api::<PersistentVolume>::all(client);
-    eventually(&format!("PVC {ns}/{claim} bound to a hostPath PV"), Duration::from_secs(60), || {
-        let (claims, pvs) = (claims.clone(), pvs.clone());
-        async move {
-            let c = claims.get(claim).await.ok()?;
-            let volume = c.spec?.volume_name?;
-            let pv = pvs.get(&volume).await.ok()?;
-            pv.spec?.host_path.map(|h| PathBuf::from(h.path))
-        }
-    })
+    eventually(
+        &format!("PVC {ns}/{claim} bound to a hostPath PV"),
+        Duration::from_secs(60),
+        || {
+            let (claims, pvs) = (claims.clone(), pvs.clone());
+            async move {
+                let c = claims.get(claim).await.ok()?;
+                let volume = c.spec?.volume_name?;
+                let pv = pvs.get(&volume).await.ok()?;
+                pv.spec?.host_path.map(|h| PathBuf::from(h.path))
+            }
+        },
+    )
     .await
 }
 
@@ -170,10 +207,16 @@ pub fn set_mode(path: &Path, mode: u32) {
 
 /// Start a test server inside the cluster's network namespace, listening on [`NODE_IP`]
 /// (pods reach it there; so does this process). Returns its port.
-pub async fn cluster_server(name: &str, bin: &Path, args: impl Fn(&str, u16) -> Vec<String>, env_vars: &[(&str, &std::ffi::OsStr)]) -> u16 {
+pub async fn cluster_server(
+    name: &str,
+    bin: &Path,
+    args: impl Fn(&str, u16) -> Vec<String>,
+    env_vars: &[(&str, &std::ffi::OsStr)],
+) -> u16 {
     let cp = env().await.cp;
     let port = cp.cluster_port();
-    cp.spawn_in_cluster(name, bin, &args(NODE_IP, port), env_vars).unwrap_or_else(|e| panic!("start {name}: {e}"));
+    cp.spawn_in_cluster(name, bin, &args(NODE_IP, port), env_vars)
+        .unwrap_or_else(|e| panic!("start {name}: {e}"));
     wait_port(port, Duration::from_secs(60)).await;
     port
 }
@@ -181,11 +224,29 @@ pub async fn cluster_server(name: &str, bin: &Path, args: impl Fn(&str, u16) -> 
 /// Logs of every container of the pods in `ns` whose name starts with `prefix`.
 pub fn pod_logs(ns: &str, prefix: &str) -> String {
     let cp = stash_testenv::shared_now().expect("attached");
-    let names = cp.kubectl().expect("kubectl").args(["get", "pods", "-n", ns, "-o", "name"]).output().expect("kubectl");
+    let names = cp
+        .kubectl()
+        .expect("kubectl")
+        .args(["get", "pods", "-n", ns, "-o", "name"])
+        .output()
+        .expect("kubectl");
     let mut out = String::new();
     for pod in String::from_utf8_lossy(&names.stdout).lines() {
         if pod.trim_start_matches("pod/").starts_with(prefix) {
-            let logs = cp.kubectl().expect("kubectl").args(["logs", "-n", ns, pod, "--all-containers", "--prefix", "--tail=60"]).output().expect("kubectl");
+            let logs = cp
+                .kubectl()
+                .expect("kubectl")
+                .args([
+                    "logs",
+                    "-n",
+                    ns,
+                    pod,
+                    "--all-containers",
+                    "--prefix",
+                    "--tail=60",
+                ])
+                .output()
+                .expect("kubectl");
             out.push_str(&String::from_utf8_lossy(&logs.stdout));
             out.push_str(&String::from_utf8_lossy(&logs.stderr));
         }
@@ -210,10 +271,14 @@ pub async fn fixture_with_password(prefix: &str, password: &str) -> Fixture {
     std::fs::create_dir_all(&repo_dir).expect("repo dir");
     set_mode(&repo_dir, 0o777);
     let client = env.cp.client();
-    apply(&client, &ns.name, serde_json::json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "local-secret"},
-        "stringData": {"RESTIC_PASSWORD": password}
-    }))
+    apply(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "local-secret"},
+            "stringData": {"RESTIC_PASSWORD": password}
+        }),
+    )
     .await;
     apply(&client, &ns.name, serde_json::json!({
         "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
@@ -355,12 +420,20 @@ pub fn restic_restore(repo: &str, password: &str, id: &str, target: &Path) {
 /// Assert no operator replica ever refused an illegal phase change.
 pub async fn assert_no_illegal_transitions() {
     let text = operator_metrics().await;
-    assert!(text.contains("stash_operator_"), "the operators' /metrics: {text}");
+    assert!(
+        text.contains("stash_operator_"),
+        "the operators' /metrics: {text}"
+    );
     let bad: Vec<&str> = text
         .lines()
-        .filter(|l| l.starts_with("stash_operator_illegal_transitions_total{") && !l.ends_with(" 0"))
+        .filter(|l| {
+            l.starts_with("stash_operator_illegal_transitions_total{") && !l.ends_with(" 0")
+        })
         .collect();
-    assert!(bad.is_empty(), "illegal transitions were attempted: {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "illegal transitions were attempted: {bad:?}"
+    );
 }
 
 /// Print the operator's logs and the kubelet's (for failures).
@@ -368,7 +441,16 @@ pub fn dump_logs(cp: &ControlPlane) {
     let _ = cp
         .kubectl()
         .expect("kubectl")
-        .args(["logs", "-n", OPERATOR_NS, "-l", OPERATOR_SELECTOR, "--all-containers", "--prefix", "--tail=60"])
+        .args([
+            "logs",
+            "-n",
+            OPERATOR_NS,
+            "-l",
+            OPERATOR_SELECTOR,
+            "--all-containers",
+            "--prefix",
+            "--tail=60",
+        ])
         .status();
 }
 

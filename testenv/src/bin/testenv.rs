@@ -50,13 +50,24 @@ enum Cmd {
 
 fn lock(state: &std::path::Path) -> anyhow::Result<File> {
     std::fs::create_dir_all(state)?;
-    let f = File::options().create(true).truncate(false).write(true).open(state.join("lock"))?;
-    f.try_lock().map_err(|_| anyhow::anyhow!("a cluster is already running on this machine (lock {} is held)", state.join("lock").display()))?;
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(state.join("lock"))?;
+    f.try_lock().map_err(|_| {
+        anyhow::anyhow!(
+            "a cluster is already running on this machine (lock {} is held)",
+            state.join("lock").display()
+        )
+    })?;
     Ok(f)
 }
 
 fn tars(dir: Option<PathBuf>) -> anyhow::Result<Vec<PathBuf>> {
-    let Some(dir) = dir else { return Ok(Vec::new()) };
+    let Some(dir) = dir else {
+        return Ok(Vec::new());
+    };
     let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)?
         .flatten()
         .map(|e| e.path())
@@ -64,7 +75,7 @@ fn tars(dir: Option<PathBuf>) -> anyhow::Result<Vec<PathBuf>> {
         .collect();
     out.sort();
     // The sandbox image first: every pod needs it.
-    out.sort_by_key(|p| !p.file_name().is_some_and(|n| n == "pause.tar"));
+    out.sort_by_key(|p| p.file_name().is_none_or(|n| n != "pause.tar"));
     Ok(out)
 }
 
@@ -77,7 +88,8 @@ async fn main() -> anyhow::Result<()> {
             let _lock = lock(&state)?;
             let stop = Arc::new(AtomicBool::new(false));
             let flag = stop.clone();
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::spawn(async move {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
@@ -93,7 +105,10 @@ async fn main() -> anyhow::Result<()> {
             let log = state.join("up.log");
             let out = File::create(&log)?;
             let mut cmd = Command::new(std::env::current_exe()?);
-            cmd.arg("up").stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+            cmd.arg("up")
+                .stdin(Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(out);
             if let Some(dir) = images {
                 cmd.arg("--images").arg(dir);
             }
@@ -109,24 +124,47 @@ async fn main() -> anyhow::Result<()> {
                     let text = std::fs::read_to_string(&log).unwrap_or_default();
                     anyhow::bail!("testenv up exited with {status}:\n{text}");
                 }
-                anyhow::ensure!(begun.elapsed() < Duration::from_secs(300), "the cluster did not come up in 300 s; see {}", log.display());
+                anyhow::ensure!(
+                    begun.elapsed() < Duration::from_secs(300),
+                    "the cluster did not come up in 300 s; see {}",
+                    log.display()
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
-            println!("cluster up in {:.1}s (pid {}, log {})", begun.elapsed().as_secs_f64(), child.id(), log.display());
-            println!("export KUBECONFIG={}", cluster::Layout::new()?.kubeconfig("admin").display());
+            println!(
+                "cluster up in {:.1}s (pid {}, log {})",
+                begun.elapsed().as_secs_f64(),
+                child.id(),
+                log.display()
+            );
+            println!(
+                "export KUBECONFIG={}",
+                cluster::Layout::new()?.kubeconfig("admin").display()
+            );
         }
         Cmd::Down => {
             let begun = Instant::now();
             let layout = cluster::Layout::new()?;
-            let pid = std::fs::read_to_string(layout.ready_file()).ok().and_then(|s| s.trim().parse::<u32>().ok());
-            if let Some(pid) = pid {
+            if let Some(pid) = cluster::up_process(&layout) {
                 cluster::host::signal(pid, libc::SIGTERM);
                 let deadline = Instant::now() + Duration::from_secs(60);
                 while !cluster::host::gone(pid) && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
-            // Whatever is left (a killed or stuck `up`): by the record.
+            // Whatever is left (a killed, stuck or still starting `up`): by the record.
+            if lock(&state).is_err()
+                && let Some(rec) = cluster::host::Record::load(&state)
+                && let Some((pid, _, _)) = rec.procs.iter().find(|(pid, start, name)| {
+                    name == "testenv up" && cluster::host::start_time(*pid) == Some(*start)
+                })
+            {
+                cluster::host::signal(*pid, libc::SIGTERM);
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !cluster::host::gone(*pid) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
             let _lock = lock(&state)?;
             cluster::cleanup_leftovers(&state);
             println!("cluster down in {:.1}s", begun.elapsed().as_secs_f64());
@@ -137,9 +175,16 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Verify { file } => {
             let before: HostSnapshot = serde_json::from_slice(&std::fs::read(&file)?)?;
             let diff = HostSnapshot::diff(&before, &HostSnapshot::take());
-            let checks = before.sysctls.len() + before.links.len() + before.routes.len() + before.netns.len() + before.cgroups.len() + before.iptables.len();
+            let checks = before.sysctls.len()
+                + before.links.len()
+                + before.routes.len()
+                + before.netns.len()
+                + before.cgroups.len()
+                + before.iptables.len();
             if diff.is_empty() {
-                println!("host restored: sysctls, links, routes, network namespaces, fixed paths, cgroups and iptables as before ({checks} items compared)");
+                println!(
+                    "host restored: sysctls, links, routes, network namespaces, fixed paths, cgroups and iptables as before ({checks} items compared)"
+                );
             } else {
                 for d in &diff {
                     eprintln!("host not restored: {d}");

@@ -69,8 +69,11 @@ impl Record {
     pub fn save(&self, state: &Path) -> Result<()> {
         let path = Self::path(state);
         let tmp = path.with_extension("tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(self).expect("record serialises"))
-            .map_err(|e| Error::Io(format!("write {}", tmp.display()), e))?;
+        fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(self).expect("record serialises"),
+        )
+        .map_err(|e| Error::Io(format!("write {}", tmp.display()), e))?;
         fs::rename(&tmp, &path).map_err(|e| Error::Io(format!("rename {}", path.display()), e))
     }
 
@@ -100,13 +103,16 @@ impl Record {
 
     /// Remember a started process.
     pub fn add_proc(&mut self, pid: u32, name: &str) {
-        self.procs.push((pid, start_time(pid).unwrap_or(0), name.to_string()));
+        self.procs
+            .push((pid, start_time(pid).unwrap_or(0), name.to_string()));
     }
 }
 
 /// Every mounted cgroup v1 hierarchy (and the v2 one) under `/sys/fs/cgroup`.
 pub fn cgroup_hierarchies() -> Vec<PathBuf> {
-    let Ok(mounts) = fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    let Ok(mounts) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
     let mut out: Vec<PathBuf> = mounts
         .lines()
         .filter_map(|l| {
@@ -134,7 +140,10 @@ pub fn start_time(pid: u32) -> Option<u64> {
 pub fn gone(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(s) => s.rfind(')').and_then(|i| s.get(i + 2..i + 3)).is_none_or(|st| st == "Z"),
+        Ok(s) => s
+            .rfind(')')
+            .and_then(|i| s.get(i + 2..i + 3))
+            .is_none_or(|st| st == "Z"),
     }
 }
 
@@ -168,7 +177,11 @@ pub fn cgroup_procs(dir: &Path) -> Vec<u32> {
             out.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
         }
         if let Ok(rd) = fs::read_dir(&d) {
-            stack.extend(rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+            stack.extend(
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
         }
     }
     out.sort_unstable();
@@ -200,7 +213,9 @@ pub fn remove_cgroup_tree(dir: &Path) {
 
 /// Every mount point at or under `root`, deepest first.
 pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
-    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
     let mut out: Vec<PathBuf> = text
         .lines()
         .filter_map(|l| l.split_whitespace().nth(4))
@@ -221,7 +236,10 @@ pub fn unmount_under(root: &Path) {
             return;
         }
         for m in mounts {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&m).status();
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&m)
+                .status();
         }
     }
     let left = mounts_under(root);
@@ -234,7 +252,9 @@ pub fn unmount_under(root: &Path) {
 pub fn restore_sysctls(rec: &Record) {
     for (k, v) in &rec.sysctls {
         let path = Path::new("/proc/sys").join(k);
-        if fs::read_to_string(&path).map(|cur| cur.trim() != v).unwrap_or(false)
+        if fs::read_to_string(&path)
+            .map(|cur| cur.trim() != v)
+            .unwrap_or(false)
             && let Err(e) = fs::write(&path, v)
         {
             eprintln!("testenv: cannot restore {k}={v}: {e}");
@@ -243,7 +263,10 @@ pub fn restore_sysctls(rec: &Record) {
 }
 
 fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// A snapshot of what the environment may change on the host, compared before and after.
@@ -272,7 +295,12 @@ impl HostSnapshot {
             std::process::Command::new(cmd[0])
                 .args(&cmd[1..])
                 .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect())
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .map(str::to_string)
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let mut sysctls = BTreeMap::new();
@@ -288,7 +316,10 @@ impl HostSnapshot {
         let mut cgroups = Vec::new();
         for h in cgroup_hierarchies() {
             if let Ok(rd) = fs::read_dir(&h) {
-                for e in rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+                for e in rd
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                {
                     cgroups.push(e.path().display().to_string());
                 }
             }
@@ -302,9 +333,16 @@ impl HostSnapshot {
                 .filter(|r| !r.contains(" cache"))
                 .collect(),
             netns: run(&["ip", "netns", "list"]),
-            fixed_paths: FIXED_PATHS.iter().filter(|p| Path::new(p).exists()).map(|p| p.to_string()).collect(),
+            fixed_paths: FIXED_PATHS
+                .iter()
+                .filter(|p| Path::new(p).exists())
+                .map(|p| p.to_string())
+                .collect(),
             cgroups,
-            iptables: run(&["iptables-save"]).into_iter().filter(|l| !l.starts_with('#') && !l.starts_with(':')).collect(),
+            iptables: run(&["iptables-save"])
+                .into_iter()
+                .filter(|l| !l.starts_with('#') && !l.starts_with(':'))
+                .collect(),
         }
     }
 

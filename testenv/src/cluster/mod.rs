@@ -80,7 +80,11 @@ impl Layout {
             .map(PathBuf::from)
             .find(|p| p.exists())
             .ok_or_else(|| Error::Binaries("runc is missing: apt-get install runc".into()))?;
-        Ok(Self { state: state_dir(), bin_dir: bins::bin_dir()?, runc })
+        Ok(Self {
+            state: state_dir(),
+            bin_dir: bins::bin_dir()?,
+            runc,
+        })
     }
     /// PKI files.
     pub fn pki_dir(&self) -> PathBuf {
@@ -104,17 +108,29 @@ impl Layout {
     }
     /// The kubeconfig of a component or of `admin`.
     pub fn kubeconfig(&self, who: &str) -> PathBuf {
-        self.state.join("kubeconfigs").join(format!("{who}.kubeconfig"))
+        self.state
+            .join("kubeconfigs")
+            .join(format!("{who}.kubeconfig"))
     }
-    /// Written when the cluster is ready; holds the `up` process's pid.
+    /// Written when the cluster is ready: the `up` process's pid and start time.
     pub fn ready_file(&self) -> PathBuf {
         self.state.join("ready")
     }
 }
 
+/// The `up` process of a ready cluster, if it is still that process (pid and start time).
+pub fn up_process(layout: &Layout) -> Option<u32> {
+    let text = fs::read_to_string(layout.ready_file()).ok()?;
+    let mut it = text.split_whitespace();
+    let pid: u32 = it.next()?.parse().ok()?;
+    let start: u64 = it.next()?.parse().ok()?;
+    (host::start_time(pid) == Some(start)).then_some(pid)
+}
+
 /// The state directory of this machine's environment.
 pub fn state_dir() -> PathBuf {
-    std::env::var_os("STASH_TESTENV_STATE").map_or_else(|| PathBuf::from("/var/lib/stash-rs-testenv"), PathBuf::from)
+    std::env::var_os("STASH_TESTENV_STATE")
+        .map_or_else(|| PathBuf::from("/var/lib/stash-rs-testenv"), PathBuf::from)
 }
 
 /// The API server's URL as seen from the root namespace (and from inside).
@@ -126,24 +142,35 @@ pub fn api_server_url() -> String {
 /// and so `/sys/fs/cgroup` and the kubelet's mounts, stay the host's).
 pub fn in_netns(bin: &Path) -> Command {
     let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/run/netns/{NETNS}")).arg("--").arg(bin);
+    c.arg(format!("--net=/run/netns/{NETNS}"))
+        .arg("--")
+        .arg(bin);
     c
 }
 
 fn sh(what: &str, cmd: &mut Command) -> Result<()> {
-    let out = cmd.output().map_err(|e| Error::Io(format!("run {what}"), e))?;
+    let out = cmd
+        .output()
+        .map_err(|e| Error::Io(format!("run {what}"), e))?;
     if out.status.success() {
         Ok(())
     } else {
         Err(Error::Spawn {
             name: what.into(),
-            reason: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+            reason: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         })
     }
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    sh(&format!("ip {}", args.join(" ")), Command::new("ip").args(args))
+    sh(
+        &format!("ip {}", args.join(" ")),
+        Command::new("ip").args(args),
+    )
 }
 
 /// The running cluster, owned by the `testenv up` process.
@@ -163,19 +190,47 @@ impl Cluster {
         let begun = Instant::now();
         let layout = Layout::new()?;
         let l = &layout;
-        for b in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "containerd", "containerd-shim-runc-v2", "ctr", "coredns", "registry", "bridge", "host-local", "loopback", "portmap"] {
+        for b in [
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kubelet",
+            "kube-proxy",
+            "containerd",
+            "containerd-shim-runc-v2",
+            "ctr",
+            "coredns",
+            "registry",
+            "bridge",
+            "host-local",
+            "loopback",
+            "portmap",
+        ] {
             bins::bin(b)?;
         }
         cleanup_leftovers(&l.state);
-        fs::create_dir_all(&l.state).map_err(|e| Error::Io(format!("create {}", l.state.display()), e))?;
-        let record = host::Record::before_start();
+        fs::create_dir_all(&l.state)
+            .map_err(|e| Error::Io(format!("create {}", l.state.display()), e))?;
+        let mut record = host::Record::before_start();
+        // `up` itself first: a `down` that finds no ready file still finds it here.
+        record.add_proc(std::process::id(), "testenv up");
         record.save(&l.state)?;
-        let mut c = Self { layout: layout.clone(), procs: Vec::new(), record, started_in: Duration::ZERO };
+        let mut c = Self {
+            layout: layout.clone(),
+            procs: Vec::new(),
+            record,
+            started_in: Duration::ZERO,
+        };
         match c.start(images).await {
             Ok(()) => {
                 c.started_in = begun.elapsed();
-                fs::write(l.ready_file(), std::process::id().to_string())
-                    .map_err(|e| Error::Io("write ready".into(), e))?;
+                let me = std::process::id();
+                fs::write(
+                    l.ready_file(),
+                    format!("{me} {}", host::start_time(me).unwrap_or(0)),
+                )
+                .map_err(|e| Error::Io("write ready".into(), e))?;
                 Ok(c)
             }
             Err(e) => {
@@ -187,7 +242,15 @@ impl Cluster {
 
     async fn start(&mut self, images: &[PathBuf]) -> Result<()> {
         let l = self.layout.clone();
-        for d in [l.log_dir(), l.containerd_dir(), l.cni_conf_dir(), l.state.join("kubeconfigs"), l.state.join("kubelet"), l.state.join("kubelet-plugins"), l.state.join("scratch")] {
+        for d in [
+            l.log_dir(),
+            l.containerd_dir(),
+            l.cni_conf_dir(),
+            l.state.join("kubeconfigs"),
+            l.state.join("kubelet"),
+            l.state.join("kubelet-plugins"),
+            l.state.join("scratch"),
+        ] {
             fs::create_dir_all(&d).map_err(|e| Error::Io(format!("create {}", d.display()), e))?;
         }
 
@@ -198,10 +261,20 @@ impl Cluster {
             self.record.save(&l.state)?;
         }
         ip(&["netns", "add", NETNS])?;
-        ip(&["link", "add", VETH_HOST, "type", "veth", "peer", "name", VETH_NODE, "netns", NETNS])?;
+        ip(&[
+            "link", "add", VETH_HOST, "type", "veth", "peer", "name", VETH_NODE, "netns", NETNS,
+        ])?;
         ip(&["addr", "add", &format!("{HOST_IP}/30"), "dev", VETH_HOST])?;
         ip(&["link", "set", VETH_HOST, "up"])?;
-        ip(&["-n", NETNS, "addr", "add", &format!("{NODE_IP}/30"), "dev", VETH_NODE])?;
+        ip(&[
+            "-n",
+            NETNS,
+            "addr",
+            "add",
+            &format!("{NODE_IP}/30"),
+            "dev",
+            VETH_NODE,
+        ])?;
         ip(&["-n", NETNS, "link", "set", VETH_NODE, "up"])?;
         ip(&["-n", NETNS, "link", "set", "lo", "up"])?;
         // ClusterIPs need a route for kube-proxy's DNAT to apply to locally started
@@ -216,7 +289,10 @@ impl Cluster {
         // Service traffic between pods on the bridge must pass iptables (per-namespace).
         let _ = sh(
             "br_netfilter",
-            in_netns(Path::new("sh")).args(["-c", "echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables"]),
+            in_netns(Path::new("sh")).args([
+                "-c",
+                "echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables",
+            ]),
         );
 
         // PKI and kubeconfigs.
@@ -226,103 +302,153 @@ impl Cluster {
         let write = |path: PathBuf, body: String| -> Result<()> {
             fs::write(&path, body).map_err(|e| Error::Io(format!("write {}", path.display()), e))
         };
-        write(l.kubeconfig("admin"), config::kubeconfig(&server, &pki.serving_ca.cert, &pki.admin.cert, &pki.admin.key))?;
+        write(
+            l.kubeconfig("admin"),
+            config::kubeconfig(
+                &server,
+                &pki.serving_ca.cert,
+                &pki.admin.cert,
+                &pki.admin.key,
+            ),
+        )?;
         for (stem, _, _) in certs::COMPONENTS {
             let p = certs::Pki::component(&pki_dir, stem)?;
-            write(l.kubeconfig(stem), config::kubeconfig(&server, &pki.serving_ca.cert, &p.cert, &p.key))?;
+            write(
+                l.kubeconfig(stem),
+                config::kubeconfig(&server, &pki.serving_ca.cert, &p.cert, &p.key),
+            )?;
         }
         let d = |f: &str| pki_dir.join(f).display().to_string();
 
         // etcd, on the namespace's loopback.
-        self.spawn("etcd", &[
-            format!("--data-dir={}", l.state.join("etcd").display()),
-            "--listen-client-urls=http://127.0.0.1:2379".into(),
-            "--advertise-client-urls=http://127.0.0.1:2379".into(),
-            "--listen-peer-urls=http://127.0.0.1:2380".into(),
-            "--initial-advertise-peer-urls=http://127.0.0.1:2380".into(),
-            "--initial-cluster=default=http://127.0.0.1:2380".into(),
-            "--listen-metrics-urls=http://127.0.0.1:2381".into(),
-            "--unsafe-no-fsync=true".into(),
-            "--log-level=warn".into(),
-        ])?;
+        self.spawn(
+            "etcd",
+            &[
+                format!("--data-dir={}", l.state.join("etcd").display()),
+                "--listen-client-urls=http://127.0.0.1:2379".into(),
+                "--advertise-client-urls=http://127.0.0.1:2379".into(),
+                "--listen-peer-urls=http://127.0.0.1:2380".into(),
+                "--initial-advertise-peer-urls=http://127.0.0.1:2380".into(),
+                "--initial-cluster=default=http://127.0.0.1:2380".into(),
+                "--listen-metrics-urls=http://127.0.0.1:2381".into(),
+                "--unsafe-no-fsync=true".into(),
+                "--log-level=warn".into(),
+            ],
+        )?;
 
-        self.spawn("kube-apiserver", &[
-            "--etcd-servers=http://127.0.0.1:2379".into(),
-            format!("--bind-address={NODE_IP}"),
-            format!("--advertise-address={NODE_IP}"),
-            format!("--secure-port={API_PORT}"),
-            format!("--tls-cert-file={}", d("apiserver.crt")),
-            format!("--tls-private-key-file={}", d("apiserver.key")),
-            format!("--client-ca-file={}", d("client-ca.crt")),
-            "--authorization-mode=Node,RBAC".into(),
-            "--enable-admission-plugins=NodeRestriction".into(),
-            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
-            "--allow-privileged=true".into(),
-            format!("--service-account-issuer={server}"),
-            format!("--service-account-key-file={}", d("sa.pub")),
-            format!("--service-account-signing-key-file={}", d("sa.key")),
-            format!("--kubelet-client-certificate={}", d("apiserver-kubelet-client.crt")),
-            format!("--kubelet-client-key={}", d("apiserver-kubelet-client.key")),
-            format!("--kubelet-certificate-authority={}", d("serving-ca.crt")),
-            "--kubelet-preferred-address-types=InternalIP".into(),
-            format!("--requestheader-client-ca-file={}", d("front-proxy-ca.crt")),
-            "--requestheader-allowed-names=front-proxy-client".into(),
-            "--requestheader-username-headers=X-Remote-User".into(),
-            "--requestheader-group-headers=X-Remote-Group".into(),
-            "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
-            format!("--proxy-client-cert-file={}", d("front-proxy-client.crt")),
-            format!("--proxy-client-key-file={}", d("front-proxy-client.key")),
-            "--enable-aggregator-routing=true".into(),
-            format!("--cert-dir={}", l.state.join("apiserver-certs").display()),
-        ])?;
+        self.spawn(
+            "kube-apiserver",
+            &[
+                "--etcd-servers=http://127.0.0.1:2379".into(),
+                format!("--bind-address={NODE_IP}"),
+                format!("--advertise-address={NODE_IP}"),
+                format!("--secure-port={API_PORT}"),
+                format!("--tls-cert-file={}", d("apiserver.crt")),
+                format!("--tls-private-key-file={}", d("apiserver.key")),
+                format!("--client-ca-file={}", d("client-ca.crt")),
+                "--authorization-mode=Node,RBAC".into(),
+                "--enable-admission-plugins=NodeRestriction".into(),
+                format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+                "--allow-privileged=true".into(),
+                format!("--service-account-issuer={server}"),
+                format!("--service-account-key-file={}", d("sa.pub")),
+                format!("--service-account-signing-key-file={}", d("sa.key")),
+                format!(
+                    "--kubelet-client-certificate={}",
+                    d("apiserver-kubelet-client.crt")
+                ),
+                format!("--kubelet-client-key={}", d("apiserver-kubelet-client.key")),
+                format!("--kubelet-certificate-authority={}", d("serving-ca.crt")),
+                "--kubelet-preferred-address-types=InternalIP".into(),
+                format!("--requestheader-client-ca-file={}", d("front-proxy-ca.crt")),
+                "--requestheader-allowed-names=front-proxy-client".into(),
+                "--requestheader-username-headers=X-Remote-User".into(),
+                "--requestheader-group-headers=X-Remote-Group".into(),
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+                format!("--proxy-client-cert-file={}", d("front-proxy-client.crt")),
+                format!("--proxy-client-key-file={}", d("front-proxy-client.key")),
+                "--enable-aggregator-routing=true".into(),
+                format!("--cert-dir={}", l.state.join("apiserver-certs").display()),
+            ],
+        )?;
         let admin = crate::load_config(&l.kubeconfig("admin")).await?;
         self.wait("kube-apiserver", || {
             let admin = admin.clone();
             async move {
                 let client = kube::Client::try_from(admin).map_err(|e| e.to_string())?;
-                let req = http::Request::get("/readyz").body(Vec::new()).map_err(|e| e.to_string())?;
-                client.request_text(req).await.map(|_| ()).map_err(|e| e.to_string())
+                let req = http::Request::get("/readyz")
+                    .body(Vec::new())
+                    .map_err(|e| e.to_string())?;
+                client
+                    .request_text(req)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             }
         })
         .await?;
 
         let kcm = l.kubeconfig("kcm").display().to_string();
-        self.spawn("kube-controller-manager", &[
-            format!("--kubeconfig={kcm}"),
-            format!("--authentication-kubeconfig={kcm}"),
-            format!("--authorization-kubeconfig={kcm}"),
-            "--bind-address=127.0.0.1".into(),
-            "--leader-elect=false".into(),
-            "--controllers=*".into(),
-            "--use-service-account-credentials=true".into(),
-            format!("--service-account-private-key-file={}", d("sa.key")),
-            format!("--root-ca-file={}", d("serving-ca.crt")),
-            format!("--cluster-signing-cert-file={}", d("client-ca.crt")),
-            format!("--cluster-signing-key-file={}", d("client-ca.key")),
-            "--kube-api-qps=200".into(),
-            "--kube-api-burst=400".into(),
-            "--node-monitor-grace-period=60s".into(),
-            // PVCs of the default StorageClass get hostPath PVs under /tmp/hostpath_pv.
-            "--enable-hostpath-provisioner=true".into(),
-            format!("--cert-dir={}", l.state.join("kcm-certs").display()),
-        ])?;
+        self.spawn(
+            "kube-controller-manager",
+            &[
+                format!("--kubeconfig={kcm}"),
+                format!("--authentication-kubeconfig={kcm}"),
+                format!("--authorization-kubeconfig={kcm}"),
+                "--bind-address=127.0.0.1".into(),
+                "--leader-elect=false".into(),
+                "--controllers=*".into(),
+                "--use-service-account-credentials=true".into(),
+                format!("--service-account-private-key-file={}", d("sa.key")),
+                format!("--root-ca-file={}", d("serving-ca.crt")),
+                format!("--cluster-signing-cert-file={}", d("client-ca.crt")),
+                format!("--cluster-signing-key-file={}", d("client-ca.key")),
+                "--kube-api-qps=200".into(),
+                "--kube-api-burst=400".into(),
+                "--node-monitor-grace-period=60s".into(),
+                // PVCs of the default StorageClass get hostPath PVs under /tmp/hostpath_pv.
+                "--enable-hostpath-provisioner=true".into(),
+                format!("--cert-dir={}", l.state.join("kcm-certs").display()),
+            ],
+        )?;
         let sched = l.kubeconfig("scheduler").display().to_string();
-        self.spawn("kube-scheduler", &[
-            format!("--kubeconfig={sched}"),
-            format!("--authentication-kubeconfig={sched}"),
-            format!("--authorization-kubeconfig={sched}"),
-            "--bind-address=127.0.0.1".into(),
-            "--leader-elect=false".into(),
-        ])?;
+        self.spawn(
+            "kube-scheduler",
+            &[
+                format!("--kubeconfig={sched}"),
+                format!("--authentication-kubeconfig={sched}"),
+                format!("--authorization-kubeconfig={sched}"),
+                "--bind-address=127.0.0.1".into(),
+                "--leader-elect=false".into(),
+            ],
+        )?;
 
         // containerd, then the images.
-        write(l.containerd_dir().join("config.toml"), config::containerd(&l))?;
-        write(l.cni_conf_dir().join("10-stash-testenv.conflist"), config::cni(&l))?;
-        self.spawn("containerd", &[format!("--config={}", l.containerd_dir().join("config.toml").display())])?;
+        write(
+            l.containerd_dir().join("config.toml"),
+            config::containerd(&l),
+        )?;
+        write(
+            l.cni_conf_dir().join("10-stash-testenv.conflist"),
+            config::cni(&l),
+        )?;
+        self.spawn(
+            "containerd",
+            &[format!(
+                "--config={}",
+                l.containerd_dir().join("config.toml").display()
+            )],
+        )?;
         let sock = l.containerd_sock();
         self.wait("containerd", || {
             let sock = sock.clone();
-            async move { if sock.exists() { Ok(()) } else { Err("no socket yet".into()) } }
+            async move {
+                if sock.exists() {
+                    Ok(())
+                } else {
+                    Err("no socket yet".into())
+                }
+            }
         })
         .await?;
         // The registry, and every imported image of docker.io pushed into it.
@@ -330,44 +456,79 @@ impl Cluster {
         fs::create_dir_all(&docker_io).map_err(|e| Error::Io("create certs.d".into(), e))?;
         write(docker_io.join("hosts.toml"), config::docker_io_hosts())?;
         write(l.state.join("registry.yaml"), config::registry(&l))?;
-        self.spawn("registry", &["serve".into(), l.state.join("registry.yaml").display().to_string()])?;
+        self.spawn(
+            "registry",
+            &[
+                "serve".into(),
+                l.state.join("registry.yaml").display().to_string(),
+            ],
+        )?;
         let ctr = |args: &[&str]| {
             let mut c = in_netns(&l.bin_dir.join("ctr"));
-            c.arg("--address").arg(&sock).args(["-n", "k8s.io"]).args(args);
+            c.arg("--address")
+                .arg(&sock)
+                .args(["-n", "k8s.io"])
+                .args(args);
             c
         };
         for tar in images {
             let begun = Instant::now();
             let tar = tar.display().to_string();
-            sh(&format!("ctr images import {tar}"), &mut ctr(&["images", "import", &tar]))?;
-            eprintln!("testenv: imported {tar} in {:.1}s", begun.elapsed().as_secs_f64());
+            sh(
+                &format!("ctr images import {tar}"),
+                &mut ctr(&["images", "import", &tar]),
+            )?;
+            eprintln!(
+                "testenv: imported {tar} in {:.1}s",
+                begun.elapsed().as_secs_f64()
+            );
         }
-        let listed = ctr(&["images", "ls", "-q"]).output().map_err(|e| Error::Io("ctr images ls".into(), e))?;
-        for name in String::from_utf8_lossy(&listed.stdout).lines().filter_map(|n| n.strip_prefix("docker.io/")) {
+        let listed = ctr(&["images", "ls", "-q"])
+            .output()
+            .map_err(|e| Error::Io("ctr images ls".into(), e))?;
+        for name in String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .filter_map(|n| n.strip_prefix("docker.io/"))
+        {
             let remote = format!("{NODE_IP}:{REGISTRY_PORT}/{name}");
             let local = format!("docker.io/{name}");
             let mut last = String::new();
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                match sh(&format!("ctr images push {remote}"), &mut ctr(&["images", "push", "--plain-http", &remote, &local])) {
+                match sh(
+                    &format!("ctr images push {remote}"),
+                    &mut ctr(&["images", "push", "--plain-http", &remote, &local]),
+                ) {
                     Ok(()) => break,
                     Err(e) if Instant::now() < deadline => {
                         last = e.to_string();
                         tokio::time::sleep(Duration::from_millis(300)).await;
                     }
-                    Err(e) => return Err(Error::Spawn { name: "registry push".into(), reason: format!("{e} ({last})") }),
+                    Err(e) => {
+                        return Err(Error::Spawn {
+                            name: "registry push".into(),
+                            reason: format!("{e} ({last})"),
+                        });
+                    }
                 }
             }
         }
 
         // CoreDNS, the kubelet, kube-proxy.
         write(l.state.join("Corefile"), config::corefile(&l))?;
-        write(l.state.join("resolv.conf"), format!("nameserver {NODE_IP}\n"))?;
-        self.spawn("coredns", &[format!("-conf={}", l.state.join("Corefile").display())])?;
+        write(
+            l.state.join("resolv.conf"),
+            format!("nameserver {NODE_IP}\n"),
+        )?;
+        self.spawn(
+            "coredns",
+            &[format!("-conf={}", l.state.join("Corefile").display())],
+        )?;
         // The kubelet's cgroup root must exist in every hierarchy (removed at teardown).
         for h in host::cgroup_hierarchies() {
             let dir = h.join(CGROUP_ROOT);
-            fs::create_dir_all(&dir).map_err(|e| Error::Io(format!("create {}", dir.display()), e))?;
+            fs::create_dir_all(&dir)
+                .map_err(|e| Error::Io(format!("create {}", dir.display()), e))?;
             for f in ["cpuset.cpus", "cpuset.mems"] {
                 if let Ok(v) = fs::read_to_string(h.join(f)) {
                     let _ = fs::write(dir.join(f), v.trim());
@@ -375,41 +536,56 @@ impl Cluster {
             }
         }
         write(l.state.join("kubelet.yaml"), config::kubelet(&l))?;
-        self.spawn("kubelet", &[
-            format!("--config={}", l.state.join("kubelet.yaml").display()),
-            format!("--kubeconfig={}", l.kubeconfig("kubelet").display()),
-            format!("--root-dir={}", l.state.join("kubelet").display()),
-            format!("--cert-dir={}", l.state.join("kubelet-certs").display()),
-            format!("--node-ip={NODE_IP}"),
-            format!("--hostname-override={NODE_NAME}"),
-            "--v=1".into(),
-        ])?;
+        self.spawn(
+            "kubelet",
+            &[
+                format!("--config={}", l.state.join("kubelet.yaml").display()),
+                format!("--kubeconfig={}", l.kubeconfig("kubelet").display()),
+                format!("--root-dir={}", l.state.join("kubelet").display()),
+                format!("--cert-dir={}", l.state.join("kubelet-certs").display()),
+                format!("--node-ip={NODE_IP}"),
+                format!("--hostname-override={NODE_NAME}"),
+                "--v=1".into(),
+            ],
+        )?;
         write(l.state.join("kube-proxy.yaml"), config::kube_proxy(&l))?;
-        self.spawn("kube-proxy", &[format!("--config={}", l.state.join("kube-proxy.yaml").display())])?;
+        self.spawn(
+            "kube-proxy",
+            &[format!(
+                "--config={}",
+                l.state.join("kube-proxy.yaml").display()
+            )],
+        )?;
 
         let admin = crate::load_config(&l.kubeconfig("admin")).await?;
-        self.wait("the Node to be Ready and ServiceAccount default/default", || {
-            let admin = admin.clone();
-            async move {
-                use k8s_openapi::api::core::v1::{Node, ServiceAccount};
-                let client = kube::Client::try_from(admin).map_err(|e| e.to_string())?;
-                let node = kube::Api::<Node>::all(client.clone()).get(NODE_NAME).await.map_err(|e| e.to_string())?;
-                let ready = node
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
-                if !ready {
-                    return Err("Node not Ready".into());
+        self.wait(
+            "the Node to be Ready and ServiceAccount default/default",
+            || {
+                let admin = admin.clone();
+                async move {
+                    use k8s_openapi::api::core::v1::{Node, ServiceAccount};
+                    let client = kube::Client::try_from(admin).map_err(|e| e.to_string())?;
+                    let node = kube::Api::<Node>::all(client.clone())
+                        .get(NODE_NAME)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let ready = node
+                        .status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True");
+                    if !ready {
+                        return Err("Node not Ready".into());
+                    }
+                    kube::Api::<ServiceAccount>::namespaced(client, "default")
+                        .get("default")
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| format!("ServiceAccount default/default: {e}"))
                 }
-                kube::Api::<ServiceAccount>::namespaced(client, "default")
-                    .get("default")
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("ServiceAccount default/default: {e}"))
-            }
-        })
+            },
+        )
         .await?;
 
         // The default StorageClass: hostPath volumes provisioned by kube-controller-manager.
@@ -421,7 +597,11 @@ impl Cluster {
         .expect("static StorageClass");
         let client = kube::Client::try_from(admin.clone()).map_err(Error::Kube)?;
         kube::Api::<k8s_openapi::api::storage::v1::StorageClass>::all(client)
-            .patch("standard", &kube::api::PatchParams::apply("stash-testenv").force(), &kube::api::Patch::Apply(&sc))
+            .patch(
+                "standard",
+                &kube::api::PatchParams::apply("stash-testenv").force(),
+                &kube::api::Patch::Apply(&sc),
+            )
             .await?;
         Ok(())
     }
@@ -429,10 +609,23 @@ impl Cluster {
     fn spawn(&mut self, name: &str, args: &[String]) -> Result<()> {
         let l = &self.layout;
         let bin = bins::bin(name)?;
-        let mut all = vec![format!("--net=/run/netns/{NETNS}"), "--".into(), bin.display().to_string()];
+        let mut all = vec![
+            format!("--net=/run/netns/{NETNS}"),
+            "--".into(),
+            bin.display().to_string(),
+        ];
         all.extend_from_slice(args);
-        let path = format!("{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", l.bin_dir.display());
-        let p = Proc::spawn_with_env(name, Path::new("/usr/bin/nsenter"), &all, &[("PATH", path.as_ref())], &l.log_dir())?;
+        let path = format!(
+            "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            l.bin_dir.display()
+        );
+        let p = Proc::spawn_with_env(
+            name,
+            Path::new("/usr/bin/nsenter"),
+            &all,
+            &[("PATH", path.as_ref())],
+            &l.log_dir(),
+        )?;
         self.record.add_proc(p.pid(), name);
         self.record.save(&l.state)?;
         self.procs.push(p);
@@ -457,8 +650,16 @@ impl Cluster {
                 }
             }
             if Instant::now() > deadline {
-                let log = self.procs.last().map(|p| p.log_tail(40)).unwrap_or_default();
-                return Err(Error::NotReady { name: name.into(), reason: format!("timed out; last probe: {last}"), log });
+                let log = self
+                    .procs
+                    .last()
+                    .map(|p| p.log_tail(40))
+                    .unwrap_or_default();
+                return Err(Error::NotReady {
+                    name: name.into(),
+                    reason: format!("timed out; last probe: {last}"),
+                    log,
+                });
             }
             match probe().await {
                 Ok(()) => return Ok(()),
@@ -517,10 +718,16 @@ fn kill_pods(state: &Path) {
         let Ok(rd) = fs::read_dir(&d) else { continue };
         for e in rd.flatten() {
             let p = e.path();
-            if e.file_type().is_ok_and(|t| t.is_dir()) && !e.file_type().is_ok_and(|t| t.is_symlink()) {
+            if e.file_type().is_ok_and(|t| t.is_dir())
+                && !e.file_type().is_ok_and(|t| t.is_symlink())
+            {
                 stack.push(p);
-            } else if matches!(p.file_name().and_then(|n| n.to_str()), Some("shim.pid" | "init.pid"))
-                && let Some(pid) = fs::read_to_string(&p).ok().and_then(|s| s.trim().parse::<u32>().ok())
+            } else if matches!(
+                p.file_name().and_then(|n| n.to_str()),
+                Some("shim.pid" | "init.pid")
+            ) && let Some(pid) = fs::read_to_string(&p)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
             {
                 pids.push(pid);
             }
@@ -549,7 +756,10 @@ fn teardown(state: &Path, rec: &host::Record) {
         let _ = ip(&["netns", "del", NETNS]);
     }
     // The veth pair goes with the namespace; a half-made one may be left in the root one.
-    let _ = Command::new("ip").args(["link", "del", VETH_HOST]).stderr(std::process::Stdio::null()).status();
+    let _ = Command::new("ip")
+        .args(["link", "del", VETH_HOST])
+        .stderr(std::process::Stdio::null())
+        .status();
     if rec.added_route {
         let _ = ip(&["route", "del", "unreachable", TEST_RANGE]);
     }
@@ -565,7 +775,11 @@ fn teardown(state: &Path, rec: &host::Record) {
                 continue;
             }
             let p = e.path();
-            let _ = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+            let _ = if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
         }
     }
     let _ = fs::remove_file(state.join("record.json"));
@@ -574,12 +788,19 @@ fn teardown(state: &Path, rec: &host::Record) {
 /// If a run was killed, stop what it left running (recorded pids whose start time still
 /// matches, pods, shims) and undo its changes.
 pub fn cleanup_leftovers(state: &Path) {
-    let Some(rec) = host::Record::load(state) else { return };
-    eprintln!("testenv: cleaning up after a run that did not stop ({} processes recorded)", rec.procs.len());
+    let Some(rec) = host::Record::load(state) else {
+        return;
+    };
+    eprintln!(
+        "testenv: cleaning up after a run that did not stop ({} processes recorded)",
+        rec.procs.len()
+    );
     let alive: Vec<u32> = rec
         .procs
         .iter()
-        .filter(|(pid, start, _)| host::start_time(*pid) == Some(*start) && *pid != std::process::id())
+        .filter(|(pid, start, _)| {
+            host::start_time(*pid) == Some(*start) && *pid != std::process::id()
+        })
         .map(|(pid, _, _)| *pid)
         .collect();
     host::kill_all(&alive);
@@ -591,13 +812,25 @@ pub fn cleanup_leftovers(state: &Path) {
 /// exits, then tear down.
 pub async fn run(images: &[PathBuf], stop: Arc<AtomicBool>) -> Result<()> {
     let mut c = Cluster::up(images).await?;
-    eprintln!("testenv: cluster up in {:.1}s; KUBECONFIG={}", c.started_in.as_secs_f64(), c.layout.kubeconfig("admin").display());
+    eprintln!(
+        "testenv: cluster up in {:.1}s; KUBECONFIG={}",
+        c.started_in.as_secs_f64(),
+        c.layout.kubeconfig("admin").display()
+    );
     let result = loop {
         if stop.load(Ordering::SeqCst) {
             break Ok(());
         }
-        if let Some(p) = c.procs.iter_mut().find_map(|p| p.exited().map(|s| (p.name.clone(), s, p.log_tail(30)))) {
-            break Err(Error::NotReady { name: p.0, reason: format!("exited with {}", p.1), log: p.2 });
+        if let Some(p) = c
+            .procs
+            .iter_mut()
+            .find_map(|p| p.exited().map(|s| (p.name.clone(), s, p.log_tail(30))))
+        {
+            break Err(Error::NotReady {
+                name: p.0,
+                reason: format!("exited with {}", p.1),
+                log: p.2,
+            });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };

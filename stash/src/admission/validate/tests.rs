@@ -25,14 +25,21 @@ fn rs(spec: Value) -> RestoreSession {
     obj("stash.appscode.com/v1beta1", "RestoreSession", spec)
 }
 fn tpl(spec: Value) -> BackupConfigurationTemplate {
-    obj("stash.appscode.com/v1beta1", "BackupConfigurationTemplate", spec)
+    obj(
+        "stash.appscode.com/v1beta1",
+        "BackupConfigurationTemplate",
+        spec,
+    )
 }
 
 /// The error text of a failed validation, which must contain `want`.
 fn rejected(r: Result<(), FieldErrors>, want: &str) {
     match r {
         Ok(()) => panic!("accepted, expected {want:?}"),
-        Err(e) => assert!(e.to_string().contains(want), "{e} does not contain {want:?}"),
+        Err(e) => assert!(
+            e.to_string().contains(want),
+            "{e} does not contain {want:?}"
+        ),
     }
 }
 
@@ -43,32 +50,61 @@ fn s3() -> Value {
 #[test]
 fn repository_rules() {
     assert_eq!(repo(json!({"backend": s3()})).validate_create(&()), Ok(()));
-    rejected(repo(json!({"backend": {"storageSecretName": "s"}})).validate_create(&()), "spec.backend: exactly one of local, s3");
+    rejected(
+        repo(json!({"backend": {"storageSecretName": "s"}})).validate_create(&()),
+        "spec.backend: exactly one of local, s3",
+    );
     rejected(
         repo(json!({"backend": {"storageSecretName": "s", "s3": {"bucket": "b"}, "gcs": {"bucket": "b"}}})).validate_create(&()),
         "spec.backend: exactly one of local, s3, gcs, azure, swift, b2, rest must be set, found s3, gcs",
     );
-    rejected(repo(json!({"backend": {"s3": {"bucket": "b"}}})).validate_create(&()), "spec.backend.storageSecretName: required");
-    rejected(repo(json!({"backend": {"storageSecretName": "s", "s3": {"endpoint": "e"}}})).validate_create(&()), "spec.backend.s3.bucket: required");
-    rejected(repo(json!({"backend": {"storageSecretName": "s", "gcs": {"prefix": "p"}}})).validate_create(&()), "spec.backend.gcs.bucket: required");
+    rejected(
+        repo(json!({"backend": {"s3": {"bucket": "b"}}})).validate_create(&()),
+        "spec.backend.storageSecretName: required",
+    );
+    rejected(
+        repo(json!({"backend": {"storageSecretName": "s", "s3": {"endpoint": "e"}}}))
+            .validate_create(&()),
+        "spec.backend.s3.bucket: required",
+    );
+    rejected(
+        repo(json!({"backend": {"storageSecretName": "s", "gcs": {"prefix": "p"}}}))
+            .validate_create(&()),
+        "spec.backend.gcs.bucket: required",
+    );
     rejected(
         repo(json!({"backend": {"storageSecretName": "s", "gcs": {"bucket": "b", "maxConnections": -1}}})).validate_create(&()),
         "spec.backend.gcs.maxConnections: must be non-negative",
     );
-    rejected(repo(json!({"backend": {"storageSecretName": "s", "azure": {}}})).validate_create(&()), "spec.backend.azure.container: required");
-    rejected(repo(json!({"backend": {"storageSecretName": "s", "swift": {}}})).validate_create(&()), "spec.backend.swift.container: required");
-    rejected(repo(json!({"backend": {"storageSecretName": "s", "b2": {}}})).validate_create(&()), "spec.backend.b2.bucket: required");
-    rejected(repo(json!({"backend": {"storageSecretName": "s", "rest": {}}})).validate_create(&()), "spec.backend.rest.url: required");
     rejected(
-        repo(json!({"backend": {"storageSecretName": "s", "rest": {"url": "rest-server:8000"}}})).validate_create(&()),
+        repo(json!({"backend": {"storageSecretName": "s", "azure": {}}})).validate_create(&()),
+        "spec.backend.azure.container: required",
+    );
+    rejected(
+        repo(json!({"backend": {"storageSecretName": "s", "swift": {}}})).validate_create(&()),
+        "spec.backend.swift.container: required",
+    );
+    rejected(
+        repo(json!({"backend": {"storageSecretName": "s", "b2": {}}})).validate_create(&()),
+        "spec.backend.b2.bucket: required",
+    );
+    rejected(
+        repo(json!({"backend": {"storageSecretName": "s", "rest": {}}})).validate_create(&()),
+        "spec.backend.rest.url: required",
+    );
+    rejected(
+        repo(json!({"backend": {"storageSecretName": "s", "rest": {"url": "rest-server:8000"}}}))
+            .validate_create(&()),
         "spec.backend.rest.url: invalid URL \"rest-server:8000\"",
     );
     rejected(
-        repo(json!({"backend": {"storageSecretName": "s", "rest": {"url": "ftp://r/x"}}})).validate_create(&()),
+        repo(json!({"backend": {"storageSecretName": "s", "rest": {"url": "ftp://r/x"}}}))
+            .validate_create(&()),
         "scheme \"ftp\" is not http or https",
     );
     rejected(
-        repo(json!({"backend": {"storageSecretName": "s", "rest": {"url": "http://r:port/x"}}})).validate_create(&()),
+        repo(json!({"backend": {"storageSecretName": "s", "rest": {"url": "http://r:port/x"}}}))
+            .validate_create(&()),
         "port \"port\" is not a number",
     );
     assert_eq!(
@@ -76,7 +112,8 @@ fn repository_rules() {
         Ok(())
     );
     rejected(
-        repo(json!({"backend": {"storageSecretName": "s", "local": {"hostPath": {"path": "/d"}}}})).validate_create(&()),
+        repo(json!({"backend": {"storageSecretName": "s", "local": {"hostPath": {"path": "/d"}}}}))
+            .validate_create(&()),
         "spec.backend.local.mountPath: required",
     );
     rejected(
@@ -84,7 +121,8 @@ fn repository_rules() {
         "spec.backend.local.mountPath: must be an absolute path",
     );
     rejected(
-        repo(json!({"backend": {"storageSecretName": "s", "local": {"mountPath": "/safe"}}})).validate_create(&()),
+        repo(json!({"backend": {"storageSecretName": "s", "local": {"mountPath": "/safe"}}}))
+            .validate_create(&()),
         "spec.backend.local: a volume source",
     );
     let local = json!({"storageSecretName": "s", "local": {"mountPath": "/safe", "hostPath": {"path": "/d"}}});
@@ -94,18 +132,30 @@ fn repository_rules() {
         "spec.wipeOut: wipe out operation is not supported for local backend",
     );
     rejected(
-        repo(json!({"backend": {"storageSecretName": "s", "b2": {"bucket": "b"}}, "wipeOut": true})).validate_create(&()),
+        repo(
+            json!({"backend": {"storageSecretName": "s", "b2": {"bucket": "b"}}, "wipeOut": true}),
+        )
+        .validate_create(&()),
         "spec.wipeOut: wipe out operation is not supported for B2 backend",
     );
-    assert_eq!(repo(json!({"backend": s3(), "wipeOut": true})).validate_create(&()), Ok(()));
+    assert_eq!(
+        repo(json!({"backend": s3(), "wipeOut": true})).validate_create(&()),
+        Ok(())
+    );
 }
 
 #[test]
 fn repository_updates_are_checked_only_when_the_spec_changes() {
-    let broken = repo(json!({"backend": {"storageSecretName": "s", "local": {"mountPath": "/safe", "hostPath": {"path": "/d"}}}, "wipeOut": true}));
+    let broken = repo(
+        json!({"backend": {"storageSecretName": "s", "local": {"mountPath": "/safe", "hostPath": {"path": "/d"}}}, "wipeOut": true}),
+    );
     let mut finalized = broken.clone();
     finalized.metadata.finalizers = Some(vec![]);
-    assert_eq!(finalized.validate_update(&broken, &()), Ok(()), "metadata-only updates of old objects pass");
+    assert_eq!(
+        finalized.validate_update(&broken, &()),
+        Ok(()),
+        "metadata-only updates of old objects pass"
+    );
     let good = repo(json!({"backend": s3()}));
     rejected(broken.validate_update(&good, &()), "spec.wipeOut");
 }
@@ -120,7 +170,9 @@ fn workload_bc() -> Value {
 
 fn with(mut base: Value, pointer: &str, v: Value) -> Value {
     let (parent, key) = pointer.rsplit_once('/').expect("pointer");
-    let target = base.pointer_mut(parent).unwrap_or_else(|| panic!("{parent}"));
+    let target = base
+        .pointer_mut(parent)
+        .unwrap_or_else(|| panic!("{parent}"));
     match v {
         Value::Null => {
             target.as_object_mut().expect("object").remove(key);
@@ -133,37 +185,98 @@ fn with(mut base: Value, pointer: &str, v: Value) -> Value {
 #[test]
 fn backup_configuration_schedule() {
     assert_eq!(bc(workload_bc()).validate_create(&()), Ok(()));
-    assert_eq!(bc(with(workload_bc(), "/schedule", json!("@every 1m"))).validate_create(&()), Ok(()));
-    rejected(bc(with(workload_bc(), "/schedule", json!("every minute"))).validate_create(&()), "spec.schedule: invalid cron expression \"every minute\"");
-    rejected(bc(with(workload_bc(), "/schedule", json!("61 * * * *"))).validate_create(&()), "minute \"61\" is out of range");
-    rejected(bc(with(workload_bc(), "/schedule", Value::Null)).validate_create(&()), "spec.schedule: required");
-    rejected(bc(with(workload_bc(), "/repository", Value::Null)).validate_create(&()), "spec.repository.name: required");
+    assert_eq!(
+        bc(with(workload_bc(), "/schedule", json!("@every 1m"))).validate_create(&()),
+        Ok(())
+    );
+    rejected(
+        bc(with(workload_bc(), "/schedule", json!("every minute"))).validate_create(&()),
+        "spec.schedule: invalid cron expression \"every minute\"",
+    );
+    rejected(
+        bc(with(workload_bc(), "/schedule", json!("61 * * * *"))).validate_create(&()),
+        "minute \"61\" is out of range",
+    );
+    rejected(
+        bc(with(workload_bc(), "/schedule", Value::Null)).validate_create(&()),
+        "spec.schedule: required",
+    );
+    rejected(
+        bc(with(workload_bc(), "/repository", Value::Null)).validate_create(&()),
+        "spec.repository.name: required",
+    );
 }
 
 #[test]
 fn backup_configuration_targets() {
     let t = |p: &str, v: Value| bc(with(workload_bc(), p, v)).validate_create(&());
-    rejected(t("/target/ref/kind", json!("Pod")), "spec.target.ref.kind: unsupported target kind \"Pod\"");
-    rejected(t("/target/ref/kind", Value::Null), "spec.target.ref.kind: required");
-    rejected(t("/target/ref/name", Value::Null), "spec.target.ref.name: required");
-    rejected(t("/target/ref/apiVersion", json!("extensions/v1beta1")), "spec.target.ref.apiVersion: a Deployment target must use apiVersion apps/v1");
-    rejected(t("/target/ref/apiVersion", Value::Null), "spec.target.ref.apiVersion: required");
-    rejected(t("/target/directories", Value::Null), "spec.target.directories: at least one directory");
-    rejected(t("/target/directories", json!(["data"])), "spec.target.directories[0]: must be an absolute path");
-    rejected(t("/target/volumeMounts", Value::Null), "spec.target.volumeMounts: at least one volume");
-    let rc = with(with(workload_bc(), "/target/ref/kind", json!("ReplicationController")), "/target/ref/apiVersion", json!("v1"));
+    rejected(
+        t("/target/ref/kind", json!("Pod")),
+        "spec.target.ref.kind: unsupported target kind \"Pod\"",
+    );
+    rejected(
+        t("/target/ref/kind", Value::Null),
+        "spec.target.ref.kind: required",
+    );
+    rejected(
+        t("/target/ref/name", Value::Null),
+        "spec.target.ref.name: required",
+    );
+    rejected(
+        t("/target/ref/apiVersion", json!("extensions/v1beta1")),
+        "spec.target.ref.apiVersion: a Deployment target must use apiVersion apps/v1",
+    );
+    rejected(
+        t("/target/ref/apiVersion", Value::Null),
+        "spec.target.ref.apiVersion: required",
+    );
+    rejected(
+        t("/target/directories", Value::Null),
+        "spec.target.directories: at least one directory",
+    );
+    rejected(
+        t("/target/directories", json!(["data"])),
+        "spec.target.directories[0]: must be an absolute path",
+    );
+    rejected(
+        t("/target/volumeMounts", Value::Null),
+        "spec.target.volumeMounts: at least one volume",
+    );
+    let rc = with(
+        with(
+            workload_bc(),
+            "/target/ref/kind",
+            json!("ReplicationController"),
+        ),
+        "/target/ref/apiVersion",
+        json!("v1"),
+    );
     assert_eq!(bc(rc).validate_create(&()), Ok(()));
     let pvc = json!({"repository": {"name": "r"}, "schedule": "@daily",
                      "target": {"ref": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": "p"}}});
-    rejected(bc(pvc.clone()).validate_create(&()), "spec.task.name: required for a PersistentVolumeClaim target");
-    assert_eq!(bc(with(pvc, "/task", json!({"name": "pvc-backup"}))).validate_create(&()), Ok(()));
+    rejected(
+        bc(pvc.clone()).validate_create(&()),
+        "spec.task.name: required for a PersistentVolumeClaim target",
+    );
+    assert_eq!(
+        bc(with(pvc, "/task", json!({"name": "pvc-backup"}))).validate_create(&()),
+        Ok(())
+    );
     let app = json!({"repository": {"name": "r"}, "schedule": "@daily",
                      "target": {"ref": {"apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding", "name": "db"}}});
-    rejected(bc(app).validate_create(&()), "spec.task.name: required for a AppBinding target");
-    rejected(bc(json!({"repository": {"name": "r"}, "schedule": "@daily"})).validate_create(&()), "spec.task.name: required when spec.target is not set");
+    rejected(
+        bc(app).validate_create(&()),
+        "spec.task.name: required for a AppBinding target",
+    );
+    rejected(
+        bc(json!({"repository": {"name": "r"}, "schedule": "@daily"})).validate_create(&()),
+        "spec.task.name: required when spec.target is not set",
+    );
     // VolumeSnapshotter: accepted with a warning (out of scope, fails at run time with a reason).
-    let vs = bc(json!({"driver": "VolumeSnapshotter", "repository": {"name": "r"}, "schedule": "@daily",
-                       "target": {"ref": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "d"}}}));
+    let vs = bc(
+        json!({"driver": "VolumeSnapshotter", "repository": {"name": "r"}, "schedule": "@daily",
+                       "target": {"ref": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "d"}}}),
+    );
     assert_eq!(vs.validate_create(&()), Ok(()));
     assert!(vs.warnings()[0].contains("VolumeSnapshotter is not supported"));
 }
@@ -171,13 +284,37 @@ fn backup_configuration_targets() {
 #[test]
 fn backup_configuration_retention() {
     let t = |p: &str, v: Value| bc(with(workload_bc(), p, v)).validate_create(&());
-    rejected(t("/retentionPolicy/keepLast", json!(-1)), "spec.retentionPolicy.keepLast: must be non-negative, got -1");
-    rejected(t("/retentionPolicy/keepDaily", json!(-3)), "spec.retentionPolicy.keepDaily: must be non-negative");
-    rejected(t("/retentionPolicy/keepLast", Value::Null), "spec.retentionPolicy: prune without any keep rule");
-    rejected(t("/retentionPolicy/keepLast", json!(0)), "would delete every snapshot");
-    assert_eq!(t("/retentionPolicy", json!({"keepTags": ["keep"], "prune": true, "dryRun": true})), Ok(()));
-    assert_eq!(t("/retentionPolicy", json!({"keepLast": 1, "dryRun": true})), Ok(()));
-    rejected(t("/retentionPolicy", json!({"keepTags": [""], "keepLast": 1})), "spec.retentionPolicy.keepTags[0]: must not be empty");
+    rejected(
+        t("/retentionPolicy/keepLast", json!(-1)),
+        "spec.retentionPolicy.keepLast: must be non-negative, got -1",
+    );
+    rejected(
+        t("/retentionPolicy/keepDaily", json!(-3)),
+        "spec.retentionPolicy.keepDaily: must be non-negative",
+    );
+    rejected(
+        t("/retentionPolicy/keepLast", Value::Null),
+        "spec.retentionPolicy: prune without any keep rule",
+    );
+    rejected(
+        t("/retentionPolicy/keepLast", json!(0)),
+        "would delete every snapshot",
+    );
+    assert_eq!(
+        t(
+            "/retentionPolicy",
+            json!({"keepTags": ["keep"], "prune": true, "dryRun": true})
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        t("/retentionPolicy", json!({"keepLast": 1, "dryRun": true})),
+        Ok(())
+    );
+    rejected(
+        t("/retentionPolicy", json!({"keepTags": [""], "keepLast": 1})),
+        "spec.retentionPolicy.keepTags[0]: must not be empty",
+    );
 }
 
 #[test]
@@ -186,7 +323,10 @@ fn backup_configuration_update_checks_a_changed_spec() {
     let mut same = old.clone();
     same.metadata.labels = Some([("a".to_string(), "b".to_string())].into());
     assert_eq!(same.validate_update(&old, &()), Ok(()));
-    rejected(bc(with(workload_bc(), "/schedule", json!("bad"))).validate_update(&old, &()), "spec.schedule");
+    rejected(
+        bc(with(workload_bc(), "/schedule", json!("bad"))).validate_update(&old, &()),
+        "spec.schedule",
+    );
 }
 
 #[test]
@@ -199,19 +339,35 @@ fn backup_session_label_and_immutability() {
         }))
         .expect("bs")
     };
-    let good = bs(json!({"stash.appscode.com/backup-configuration": "bc"}), json!("bc"));
+    let good = bs(
+        json!({"stash.appscode.com/backup-configuration": "bc"}),
+        json!("bc"),
+    );
     assert_eq!(good.validate_create(&()), Ok(()));
     rejected(
         bs(json!({}), json!("bc")).validate_create(&()),
         "metadata.labels[stash.appscode.com/backup-configuration]: required, must be \"bc\"",
     );
     rejected(
-        bs(json!({"stash.appscode.com/backup-configuration": "other"}), json!("bc")).validate_create(&()),
+        bs(
+            json!({"stash.appscode.com/backup-configuration": "other"}),
+            json!("bc"),
+        )
+        .validate_create(&()),
         "metadata.labels[stash.appscode.com/backup-configuration]: must equal spec.backupConfiguration.name \"bc\", got \"other\"",
     );
-    rejected(bs(json!({}), json!("")).validate_create(&()), "spec.backupConfiguration.name: required");
-    let changed = bs(json!({"stash.appscode.com/backup-configuration": "bc"}), json!("bc2"));
-    rejected(changed.validate_update(&good, &()), "spec: BackupSession spec is immutable");
+    rejected(
+        bs(json!({}), json!("")).validate_create(&()),
+        "spec.backupConfiguration.name: required",
+    );
+    let changed = bs(
+        json!({"stash.appscode.com/backup-configuration": "bc"}),
+        json!("bc2"),
+    );
+    rejected(
+        changed.validate_update(&good, &()),
+        "spec: BackupSession spec is immutable",
+    );
     let mut relabelled = good.clone();
     relabelled.metadata.labels = None;
     assert_eq!(relabelled.validate_update(&good, &()), Ok(()));
@@ -224,26 +380,45 @@ fn restore_session_rules() {
     let with_rules = |rules: Value| rs(with(base.clone(), "/rules", rules));
     assert_eq!(with_rules(json!([{"targetHosts": ["host-3"], "sourceHost": "host-1", "paths": ["/d"]}, {"paths": ["/d"]}])).validate_create(&()), Ok(()));
     rejected(
-        with_rules(json!([{"paths": ["/a"]}, {"targetHosts": [], "paths": ["/b"]}])).validate_create(&()),
+        with_rules(json!([{"paths": ["/a"]}, {"targetHosts": [], "paths": ["/b"]}]))
+            .validate_create(&()),
         "spec.rules[1].targetHosts: at most one rule may leave targetHosts empty, spec.rules[0] already does",
     );
     rejected(
-        with_rules(json!([{"targetHosts": ["host-0", "host-1"]}, {"targetHosts": ["host-1"]}])).validate_create(&()),
+        with_rules(json!([{"targetHosts": ["host-0", "host-1"]}, {"targetHosts": ["host-1"]}]))
+            .validate_create(&()),
         "spec.rules[1].targetHosts: host \"host-1\" is already targeted by spec.rules[0]",
     );
-    rejected(with_rules(json!([{"targetHosts": ["h", "h"]}])).validate_create(&()), "host \"h\" is listed twice");
+    rejected(
+        with_rules(json!([{"targetHosts": ["h", "h"]}])).validate_create(&()),
+        "host \"h\" is listed twice",
+    );
     rejected(
         with_rules(json!([{"snapshots": ["latest"], "paths": ["/d"]}])).validate_create(&()),
         "spec.rules[0]: snapshots and paths are mutually exclusive",
     );
-    rejected(rs(json!({"rules": []})).validate_create(&()), "spec.repository.name: required");
     rejected(
-        rs(with(base.clone(), "/target/ref/apiVersion", json!("apps/v1beta1"))).validate_create(&()),
+        rs(json!({"rules": []})).validate_create(&()),
+        "spec.repository.name: required",
+    );
+    rejected(
+        rs(with(
+            base.clone(),
+            "/target/ref/apiVersion",
+            json!("apps/v1beta1"),
+        ))
+        .validate_create(&()),
         "spec.target.ref.apiVersion: a StatefulSet target must use apiVersion apps/v1",
     );
-    rejected(rs(with(base.clone(), "/target/replicas", json!(-1))).validate_create(&()), "spec.target.replicas: must be non-negative");
+    rejected(
+        rs(with(base.clone(), "/target/replicas", json!(-1))).validate_create(&()),
+        "spec.target.replicas: must be non-negative",
+    );
     let old = with_rules(json!([{"paths": ["/d"]}]));
-    rejected(with_rules(json!([{"paths": ["/e"]}])).validate_update(&old, &()), "spec: RestoreSession spec is immutable");
+    rejected(
+        with_rules(json!([{"paths": ["/e"]}])).validate_update(&old, &()),
+        "spec: RestoreSession spec is immutable",
+    );
     let mut status_only = old.clone();
     status_only.metadata.finalizers = Some(vec!["x".into()]);
     assert_eq!(status_only.validate_update(&old, &()), Ok(()));
@@ -254,26 +429,51 @@ fn restore_session_rules() {
 
 #[test]
 fn function_and_task() {
-    let f: Function = obj("stash.appscode.com/v1beta1", "Function", json!({"args": ["x"]}));
+    let f: Function = obj(
+        "stash.appscode.com/v1beta1",
+        "Function",
+        json!({"args": ["x"]}),
+    );
     rejected(f.validate_create(&()), "spec.image: required");
-    let f: Function = obj("stash.appscode.com/v1beta1", "Function", json!({"image": "stash:1"}));
+    let f: Function = obj(
+        "stash.appscode.com/v1beta1",
+        "Function",
+        json!({"image": "stash:1"}),
+    );
     assert_eq!(f.validate_create(&()), Ok(()));
 
-    let functions: BTreeSet<String> = ["pvc-backup".to_string(), "update-status".to_string()].into();
+    let functions: BTreeSet<String> =
+        ["pvc-backup".to_string(), "update-status".to_string()].into();
     let task = |spec: Value| -> Task { obj("stash.appscode.com/v1beta1", "Task", spec) };
-    let good = task(json!({"steps": [{"name": "pvc-backup"}, {"name": "update-status"}],
-                           "volumes": [{"name": "a", "emptyDir": {}}, {"name": "b", "emptyDir": {}}]}));
+    let good = task(
+        json!({"steps": [{"name": "pvc-backup"}, {"name": "update-status"}],
+                           "volumes": [{"name": "a", "emptyDir": {}}, {"name": "b", "emptyDir": {}}]}),
+    );
     assert_eq!(good.validate_create(&functions), Ok(()));
-    rejected(task(json!({"steps": [{"name": "pvc-backup"}, {"name": "nope"}]})).validate_create(&functions), "spec.steps[1].name: Function \"nope\" not found");
-    rejected(task(json!({"steps": []})).validate_create(&functions), "spec.steps: at least one step is required");
+    rejected(
+        task(json!({"steps": [{"name": "pvc-backup"}, {"name": "nope"}]}))
+            .validate_create(&functions),
+        "spec.steps[1].name: Function \"nope\" not found",
+    );
+    rejected(
+        task(json!({"steps": []})).validate_create(&functions),
+        "spec.steps: at least one step is required",
+    );
     rejected(
         task(json!({"steps": [{"name": "pvc-backup"}], "volumes": [{"name": "a", "emptyDir": {}}, {"name": "a", "emptyDir": {}}]}))
             .validate_create(&functions),
         "spec.volumes[1].name: duplicate volume name \"a\" (also spec.volumes[0])",
     );
     let none = |_: &str| false;
-    rejected(good.validate_create(&none), "spec.steps[0].name: Function \"pvc-backup\" not found");
-    assert_eq!(good.validate_update(&good, &none), Ok(()), "an unchanged Task passes even if a Function is gone");
+    rejected(
+        good.validate_create(&none),
+        "spec.steps[0].name: Function \"pvc-backup\" not found",
+    );
+    assert_eq!(
+        good.validate_update(&good, &none),
+        Ok(()),
+        "an unchanged Task passes even if a Function is gone"
+    );
 }
 
 #[test]
@@ -281,8 +481,19 @@ fn backup_configuration_template() {
     let base = json!({"backend": s3(), "schedule": "@every 1h", "task": {"name": "pvc-backup"},
                       "retentionPolicy": {"keepLast": 5, "prune": true}});
     assert_eq!(tpl(base.clone()).validate_create(&()), Ok(()));
-    rejected(tpl(with(base.clone(), "/schedule", json!("* *"))).validate_create(&()), "spec.schedule: invalid cron expression \"* *\"");
-    rejected(tpl(with(base.clone(), "/backend", json!({"storageSecretName": "s"}))).validate_create(&()), "spec.backend: exactly one");
+    rejected(
+        tpl(with(base.clone(), "/schedule", json!("* *"))).validate_create(&()),
+        "spec.schedule: invalid cron expression \"* *\"",
+    );
+    rejected(
+        tpl(with(
+            base.clone(),
+            "/backend",
+            json!({"storageSecretName": "s"}),
+        ))
+        .validate_create(&()),
+        "spec.backend: exactly one",
+    );
     rejected(
         tpl(with(base.clone(), "/backend", json!({"storageSecretName": "s", "local": {"mountPath": "/m", "hostPath": {"path": "/d"}}})).as_object().cloned().map(|mut m| {
             m.insert("wipeOut".into(), json!(true));
@@ -290,16 +501,29 @@ fn backup_configuration_template() {
         }).expect("object")).validate_create(&()),
         "spec.wipeOut: wipe out operation is not supported for local backend",
     );
-    rejected(tpl(with(base, "/retentionPolicy/keepLast", Value::Null)).validate_create(&()), "would delete every snapshot");
+    rejected(
+        tpl(with(base, "/retentionPolicy/keepLast", Value::Null)).validate_create(&()),
+        "would delete every snapshot",
+    );
 }
 
 #[test]
 fn errors_list_every_field() {
-    let errs = bc(json!({"target": {"ref": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "d"}}}))
-        .validate_create(&())
-        .expect_err("broken");
+    let errs = bc(
+        json!({"target": {"ref": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "d"}}}),
+    )
+    .validate_create(&())
+    .expect_err("broken");
     let fields: Vec<&str> = errs.0.iter().map(|e| e.field.as_str()).collect();
-    assert_eq!(fields, ["spec.schedule", "spec.repository.name", "spec.target.directories", "spec.target.volumeMounts"]);
+    assert_eq!(
+        fields,
+        [
+            "spec.schedule",
+            "spec.repository.name",
+            "spec.target.directories",
+            "spec.target.volumeMounts"
+        ]
+    );
     assert_eq!(errs.to_string().matches("; ").count(), 3);
 }
 
@@ -307,7 +531,8 @@ fn errors_list_every_field() {
 /// the examples define).
 #[test]
 fn every_upstream_example_is_valid() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/stash-v0.8.3/examples");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/conformance/stash-v0.8.3/examples");
     let mut docs = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.expect("entry").path();
@@ -315,9 +540,17 @@ fn every_upstream_example_is_valid() {
             continue;
         }
         let text = std::fs::read_to_string(&path).expect("read");
-        for doc in serde_saphyr::from_multiple::<Value>(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display())) {
+        for doc in serde_saphyr::from_multiple::<Value>(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        {
             if !doc.is_null() {
-                docs.push((path.file_name().expect("name").to_string_lossy().to_string(), doc));
+                docs.push((
+                    path.file_name()
+                        .expect("name")
+                        .to_string_lossy()
+                        .to_string(),
+                    doc,
+                ));
             }
         }
     }
@@ -328,16 +561,24 @@ fn every_upstream_example_is_valid() {
         .collect();
     let (mut checked, mut failures) = (0, Vec::new());
     for (file, doc) in &docs {
-        if !doc["apiVersion"].as_str().is_some_and(|v| v.starts_with("stash.appscode.com/")) {
+        if !doc["apiVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("stash.appscode.com/"))
+        {
             continue;
         }
         // BackupSessions get their label from the defaulting webhook first.
         let doc = if doc["kind"] == "BackupSession" {
-            super::super::mutate::default_backup_session(doc).object.unwrap_or_else(|| doc.clone())
+            super::super::mutate::default_backup_session(doc)
+                .object
+                .unwrap_or_else(|| doc.clone())
         } else {
             doc.clone()
         };
-        fn check<K: Validate + DeserializeOwned>(doc: &Value, ctx: &K::Context) -> Result<(), String> {
+        fn check<K: Validate + DeserializeOwned>(
+            doc: &Value,
+            ctx: &K::Context,
+        ) -> Result<(), String> {
             let k: K = serde_json::from_value(doc.clone()).map_err(|e| e.to_string())?;
             k.validate_create(ctx).map_err(|e| e.to_string())
         }
@@ -353,9 +594,17 @@ fn every_upstream_example_is_valid() {
         };
         checked += 1;
         if let Err(e) = r {
-            failures.push(format!("{file} {} {}: {e}", doc["kind"], doc["metadata"]["name"]));
+            failures.push(format!(
+                "{file} {} {}: {e}",
+                doc["kind"], doc["metadata"]["name"]
+            ));
         }
     }
     assert!(checked >= 80, "only {checked} examples");
-    assert!(failures.is_empty(), "{} of {checked} rejected:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} rejected:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
