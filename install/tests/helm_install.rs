@@ -35,7 +35,7 @@ fn helm_bin() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
-fn run(mut cmd: Command, what: &str) -> String {
+fn run(cmd: &mut Command, what: &str) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         out.status.success(),
@@ -99,7 +99,7 @@ async fn helm_install_upgrade_and_uninstall() {
 
     let begun = Instant::now();
     run(
-        helm_cmd(&[
+        &mut helm_cmd(&[
             "install",
             "stash-rs",
             &chart,
@@ -130,7 +130,7 @@ async fn helm_install_upgrade_and_uninstall() {
     ));
 
     run(
-        helm_cmd(&[
+        &mut helm_cmd(&[
             "upgrade",
             "stash-rs",
             &chart,
@@ -159,7 +159,7 @@ async fn helm_install_upgrade_and_uninstall() {
         "the upgrade's values are rolled out: {env:?}"
     );
     let history = run(
-        helm_cmd(&["history", "stash-rs", "--namespace", "stash-system"]),
+        &mut helm_cmd(&["history", "stash-rs", "--namespace", "stash-system"]),
         "helm history",
     );
     assert!(
@@ -172,7 +172,7 @@ async fn helm_install_upgrade_and_uninstall() {
     ));
 
     run(
-        helm_cmd(&[
+        &mut helm_cmd(&[
             "uninstall",
             "stash-rs",
             "--namespace",
@@ -201,7 +201,8 @@ async fn helm_install_upgrade_and_uninstall() {
         "list registrations",
     );
     assert!(
-        !leftover.contains("stash"),
+        !leftover.contains("admission.stash.appscode.com")
+            && !leftover.contains("v1alpha1.repositories.stash.appscode.com"),
         "the chart's registrations are gone: {leftover}"
     );
 }
