@@ -177,6 +177,54 @@ async fn main() -> anyhow::Result<()> {
         println!("{line}");
     }
 
+    // The admission webhooks are active here: every manifest of the admission test's corpus
+    // of invalid ones is refused with the message it expects.
+    let corpus =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/admission-corpus/invalid");
+    let mut files: Vec<_> = std::fs::read_dir(&corpus)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    cp.ensure_namespace("demo-invalid").await?;
+    // The Function the corpus' Tasks name (so that what is wrong is what each file says).
+    apply(&client, "", json!({"apiVersion": "stash.appscode.com/v1beta1", "kind": "Function",
+                              "metadata": {"name": "admission-corpus-fn"}, "spec": {"image": IMAGE}}))
+    .await;
+    let mut refused = 0;
+    for f in &files {
+        let text = std::fs::read_to_string(f)?;
+        let expect = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_default()
+            .trim();
+        let out = kubectl(&[
+            "apply",
+            "--server-side",
+            "-n",
+            "demo-invalid",
+            "-f",
+            &f.to_string_lossy(),
+        ])
+        .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && err.contains(expect) && err.contains("admission webhook") {
+            refused += 1;
+        } else {
+            println!("NOT refused as expected: {} ({})", f.display(), err.trim());
+        }
+    }
+    println!(
+        "\n== the admission webhooks refused {refused}/{} invalid manifests of stash/tests/admission-corpus, each with its message",
+        files.len()
+    );
+    anyhow::ensure!(
+        refused == files.len(),
+        "some invalid manifests were admitted"
+    );
+
     println!("\n== destroying the data, then restoring it with a RestoreSession");
     // Remove what is inside (the PV's directory itself is what the pod has mounted).
     for e in std::fs::read_dir(&data)? {
