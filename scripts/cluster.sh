@@ -71,7 +71,9 @@ start | up)
   "$TESTENV" snapshot "$BEFORE"
   "$TESTENV" start --images "$CACHE/images"
   echo "cluster: started at $((SECONDS - t0)) s"
-  [[ $1 == up ]] && exec bash "$0" install
+  if [[ $1 == up ]]; then
+    exec bash "$0" install
+  fi
   ;;
 install)
   bin=$(bash testenv/build.sh)
