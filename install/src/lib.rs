@@ -2,7 +2,7 @@
 //!
 //! [`render`] returns one deterministic multi-document YAML stream (keys sorted, objects in a
 //! fixed order): the Namespace, the CRDs, the operator's ServiceAccount and least-privilege
-//! RBAC, the Service, the Deployment (operator + pushgateway sidecar), the
+//! RBAC, the Services, the Deployments (the operator; one pushgateway), the
 //! PodDisruptionBudget, both webhook configurations and the Snapshot API's APIService.
 //! `deploy/install/stash-rs.yaml` is [`render`] with the default [`InstallOptions`]; the Helm
 //! chart `deploy/helm/stash-rs` renders the same objects (both are checked by this crate's
@@ -24,7 +24,10 @@ pub const WEBHOOK_PORT: u16 = 8443;
 pub const SNAPSHOT_API_PORT: u16 = 8444;
 /// Port of `/metrics`, `/healthz`, `/readyz`.
 pub const METRICS_PORT: u16 = 8080;
-/// Port of the pushgateway sidecar.
+/// Name of the pushgateway's Deployment and Service (one replica: every agent pushes to, and
+/// Prometheus scrapes, the same instance).
+pub const PUSHGATEWAY_NAME: &str = "stash-pushgateway";
+/// Port of the pushgateway.
 pub const PUSHGATEWAY_PORT: u16 = 56789;
 /// The APIService of the Snapshot API.
 pub const SNAPSHOT_APISERVICE: &str = "v1alpha1.repositories.stash.appscode.com";
@@ -284,7 +287,7 @@ pub fn operator_args(o: &InstallOptions) -> Vec<String> {
         "--namespace=$(POD_NAMESPACE)".into(),
         format!("--image={}", o.image),
         format!("--metrics-addr=0.0.0.0:{METRICS_PORT}"),
-        format!("--pushgateway-url=http://{NAME}.{ns}.svc:{PUSHGATEWAY_PORT}"),
+        format!("--pushgateway-url=http://{PUSHGATEWAY_NAME}.{ns}.svc:{PUSHGATEWAY_PORT}"),
     ];
     if o.webhook {
         a.push(format!("--webhook-addr=0.0.0.0:{WEBHOOK_PORT}"));
@@ -336,6 +339,45 @@ fn deployment(o: &InstallOptions) -> Value {
         "securityContext": restricted,
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     });
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": NAME, "namespace": ns, "labels": labels_with("operator")},
+        "spec": {
+            "replicas": o.replicas,
+            "selector": {"matchLabels": selector()},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": labels_with("operator")},
+                "spec": {
+                    "serviceAccountName": NAME,
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65534, "runAsGroup": 65534, "fsGroup": 65534,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [operator],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}],
+                    "terminationGracePeriodSeconds": 30,
+                    "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+                        "weight": 100,
+                        "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": selector()}},
+                    }]}},
+                },
+            },
+        },
+    })
+}
+
+fn pushgateway_selector() -> Value {
+    json!({"app.kubernetes.io/name": "stash", "app.kubernetes.io/component": "pushgateway"})
+}
+
+/// The Prometheus pushgateway the agents push to: one replica (a Service over several would
+/// spread one session's hosts over instances), its metrics persisted in an emptyDir.
+fn pushgateway_deployment(o: &InstallOptions) -> Value {
+    let restricted = json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "runAsNonRoot": true,
+        "capabilities": {"drop": ["ALL"]},
+    });
     let pushgateway = json!({
         "name": "pushgateway",
         "image": o.pushgateway_image,
@@ -351,33 +393,36 @@ fn deployment(o: &InstallOptions) -> Value {
     });
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": NAME, "namespace": ns, "labels": labels_with("operator")},
+        "metadata": {"name": PUSHGATEWAY_NAME, "namespace": o.namespace, "labels": labels_with("pushgateway")},
         "spec": {
-            "replicas": o.replicas,
-            "selector": {"matchLabels": selector()},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 1}},
+            "replicas": 1,
+            "selector": {"matchLabels": pushgateway_selector()},
+            "strategy": {"type": "Recreate"},
             "template": {
-                "metadata": {"labels": labels_with("operator")},
+                "metadata": {"labels": labels_with("pushgateway")},
                 "spec": {
-                    "serviceAccountName": NAME,
+                    "automountServiceAccountToken": false,
                     "securityContext": {"runAsNonRoot": true, "runAsUser": 65534, "runAsGroup": 65534, "fsGroup": 65534,
                                         "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [operator, pushgateway],
-                    "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "pushgateway-data", "emptyDir": {}}],
-                    "terminationGracePeriodSeconds": 30,
-                    "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
-                        "weight": 100,
-                        "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": selector()}},
-                    }]}},
+                    "containers": [pushgateway],
+                    "volumes": [{"name": "pushgateway-data", "emptyDir": {}}],
                 },
             },
         },
     })
 }
 
+fn pushgateway_service(o: &InstallOptions) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": PUSHGATEWAY_NAME, "namespace": o.namespace, "labels": labels_with("pushgateway")},
+        "spec": {"type": "ClusterIP", "selector": pushgateway_selector(),
+                 "ports": [{"name": "pushgateway", "port": PUSHGATEWAY_PORT, "targetPort": "pushgateway", "protocol": "TCP"}]},
+    })
+}
+
 fn service(o: &InstallOptions) -> Value {
     let mut ports = vec![
-        json!({"name": "pushgateway", "port": PUSHGATEWAY_PORT, "targetPort": "pushgateway", "protocol": "TCP"}),
         json!({"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}),
     ];
     if o.webhook {
@@ -495,6 +540,8 @@ pub fn objects(o: &InstallOptions) -> Vec<Value> {
     ));
     v.push(service(o));
     v.push(deployment(o));
+    v.push(pushgateway_service(o));
+    v.push(pushgateway_deployment(o));
     v.push(pdb(o));
     if o.webhook {
         v.extend(webhook_configurations(o));

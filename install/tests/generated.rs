@@ -150,7 +150,7 @@ fn options_drop_what_is_disabled() {
     };
     let y = render(&o);
     assert!(y.contains("--webhook-service=backup/stash-operator:443"));
-    assert!(y.contains("--pushgateway-url=http://stash-operator.backup.svc:56789"));
+    assert!(y.contains("--pushgateway-url=http://stash-pushgateway.backup.svc:56789"));
     assert!(!y.contains("stash-system"));
 }
 

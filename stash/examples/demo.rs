@@ -168,7 +168,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let pushed = pushgateway_metrics().await;
     println!(
-        "\n$ kubectl get --raw /api/v1/namespaces/stash-system/services/stash-operator:pushgateway/proxy/metrics | grep stash_backup"
+        "\n$ kubectl get --raw /api/v1/namespaces/stash-system/services/stash-pushgateway:pushgateway/proxy/metrics | grep stash_backup"
     );
     for line in pushed
         .lines()

@@ -138,20 +138,28 @@ async fn apply(
         }
         (discovery::Scope::Namespaced, None) => Api::default_namespaced_with(client.clone(), &ar),
         (discovery::Scope::Cluster, _) => {
-            // Cluster-scoped examples (Functions, Tasks, templates) would replace what the
-            // installed operator and other tests rely on (upstream's `pvc-backup` Function, …):
-            // they go through the same admission as a dry run, under a name of their own.
-            obj.metadata.name = Some(format!("{name}-conformance"));
+            // Cluster-scoped examples (Functions, Tasks, templates) are created where nothing
+            // of that name exists; one that would replace an existing object (the installed
+            // operator's built-in `pvc-backup` Function, …) goes through the same admission as
+            // a dry run under a name of its own. A 409 comes after admission: accepted.
             let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
+            let exists = api
+                .get_opt(&name)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some();
+            if exists {
+                obj.metadata.name = Some(format!("{name}-conformance"));
+            }
             let pp = PostParams {
-                dry_run: true,
+                dry_run: exists,
                 ..Default::default()
             };
-            return api
-                .create(&pp, &obj)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string());
+            return match api.create(&pp, &obj).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+                Err(e) => Err(e.to_string()),
+            };
         }
     };
     for _ in 0..50 {

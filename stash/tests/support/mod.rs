@@ -125,7 +125,7 @@ pub async fn pushgateway_metrics() -> String {
     api_get(
         &client,
         &format!(
-            "/api/v1/namespaces/{OPERATOR_NS}/services/stash-operator:pushgateway/proxy/metrics"
+            "/api/v1/namespaces/{OPERATOR_NS}/services/stash-pushgateway:pushgateway/proxy/metrics"
         ),
     )
     .await
