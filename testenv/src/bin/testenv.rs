@@ -165,8 +165,13 @@ async fn main() -> anyhow::Result<()> {
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
-            let _lock = lock(&state)?;
+            let lock_file = lock(&state)?;
             cluster::cleanup_leftovers(&state);
+            // Nothing of the environment stays on the host: the lock and the state directory
+            // go too (removed while held; `start` makes them anew).
+            let _ = std::fs::remove_file(state.join("lock"));
+            let _ = std::fs::remove_dir(&state);
+            drop(lock_file);
             println!("cluster down in {:.1}s", begun.elapsed().as_secs_f64());
         }
         Cmd::Snapshot { file } => {
