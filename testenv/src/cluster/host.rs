@@ -168,6 +168,35 @@ pub fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
+/// Every process running one of the binaries in `dir` (the environment's binary directory,
+/// whose entries link into the cache): containerd's shims outlive their task directories,
+/// so this is how a `down` finds them. A binary replaced while it ran reads as
+/// `<path> (deleted)`.
+pub fn procs_running_from(dir: &Path) -> Vec<u32> {
+    let bins: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| fs::canonicalize(e.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let me = std::process::id();
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me && !gone(pid))
+        .filter(|pid| {
+            fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| {
+                let exe = exe.to_string_lossy();
+                let exe = Path::new(exe.trim_end_matches(" (deleted)"));
+                bins.iter().any(|b| b == exe)
+            })
+        })
+        .collect()
+}
+
 /// Every process in the cgroup subtree `dir` (any hierarchy).
 pub fn cgroup_procs(dir: &Path) -> Vec<u32> {
     let mut out = Vec::new();
@@ -286,6 +315,9 @@ pub struct HostSnapshot {
     pub cgroups: Vec<String>,
     /// The root namespace's iptables (nft backend) chains and rules.
     pub iptables: Vec<String>,
+    /// Processes running one of the environment's own binaries (`name pid`).
+    #[serde(default)]
+    pub procs: Vec<String>,
 }
 
 impl HostSnapshot {
@@ -343,6 +375,17 @@ impl HostSnapshot {
                 .into_iter()
                 .filter(|l| !l.starts_with('#') && !l.starts_with(':'))
                 .collect(),
+            procs: crate::bins::bin_dir()
+                .map(|d| {
+                    procs_running_from(&d)
+                        .into_iter()
+                        .map(|pid| {
+                            let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+                            format!("{} {pid}", exe.display())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -355,13 +398,14 @@ impl HostSnapshot {
                 a => out.push(format!("sysctl {k}: {v} before, {a:?} after")),
             }
         }
-        let lists: [(&str, &Vec<String>, &Vec<String>); 6] = [
+        let lists: [(&str, &Vec<String>, &Vec<String>); 7] = [
             ("link", &before.links, &after.links),
             ("route", &before.routes, &after.routes),
             ("netns", &before.netns, &after.netns),
             ("path", &before.fixed_paths, &after.fixed_paths),
             ("cgroup", &before.cgroups, &after.cgroups),
             ("iptables", &before.iptables, &after.iptables),
+            ("process", &before.procs, &after.procs),
         ];
         for (what, b, a) in lists {
             for x in b.iter().filter(|x| !a.contains(x)) {
@@ -388,7 +432,46 @@ mod tests {
             fixed_paths: vec![],
             cgroups: vec!["/sys/fs/cgroup/cpu/user".into()],
             iptables: vec![],
+            procs: vec![],
         }
+    }
+
+    #[test]
+    fn a_process_running_a_binary_of_the_directory_is_found_even_once_deleted() {
+        let tmp = std::env::temp_dir().join(format!("testenv-procs-{}", std::process::id()));
+        let real = tmp.join("real");
+        let links = tmp.join("bin");
+        fs::create_dir_all(&real).unwrap();
+        fs::create_dir_all(&links).unwrap();
+        fs::copy("/bin/sleep", real.join("napper")).unwrap();
+        std::os::unix::fs::symlink(real.join("napper"), links.join("napper")).unwrap();
+        let mut child = std::process::Command::new(links.join("napper"))
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let other = std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let found = procs_running_from(&links);
+        assert_eq!(
+            found,
+            vec![pid],
+            "only the process of the directory's binary"
+        );
+        // A rebuilt binary: the running process's exe reads `... (deleted)`.
+        fs::remove_file(real.join("napper")).unwrap();
+        fs::copy("/bin/sleep", real.join("napper")).unwrap();
+        assert_eq!(procs_running_from(&links), vec![pid]);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let mut other = other;
+        other.kill().unwrap();
+        other.wait().unwrap();
+        assert!(procs_running_from(&links).is_empty());
+        fs::remove_dir_all(&tmp).unwrap();
     }
 
     #[test]
@@ -406,9 +489,12 @@ mod tests {
         after.netns.push("stash-rs-testenv".into());
         after.fixed_paths.push("/var/lib/cni".into());
         after.cgroups.push("/sys/fs/cgroup/cpu/kubepods".into());
+        after
+            .procs
+            .push("/cache/containerd-shim-runc-v2 4242".into());
         after.iptables.push("-A KUBE-FIREWALL -j DROP".into());
         let d = HostSnapshot::diff(&before, &after);
-        assert_eq!(d.len(), 7, "{d:#?}");
+        assert_eq!(d.len(), 8, "{d:#?}");
         assert!(d[0].contains("kernel/panic: 0 before"), "{d:#?}");
     }
 

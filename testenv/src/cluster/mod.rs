@@ -686,6 +686,7 @@ impl Cluster {
         while let Some(mut p) = self.procs.pop() {
             p.stop(Duration::from_secs(5));
         }
+        kill_strays();
         teardown(&self.layout.state, &self.record);
         eprintln!("testenv: down in {:.1}s", begun.elapsed().as_secs_f64());
     }
@@ -739,6 +740,14 @@ fn kill_pods(state: &Path) {
     host::kill_all(&pids);
 }
 
+/// Once the servers are stopped: whatever still runs one of the environment's own binaries
+/// (only this environment starts them), such as a shim whose task directory is already gone.
+fn kill_strays() {
+    if let Ok(dir) = bins::bin_dir() {
+        host::kill_all(&host::procs_running_from(&dir));
+    }
+}
+
 /// Undo a run: everything the record lists, everything mounted under the state directory,
 /// the network namespace. Leaves an empty state directory.
 fn teardown(state: &Path, rec: &host::Record) {
@@ -787,8 +796,11 @@ fn teardown(state: &Path, rec: &host::Record) {
 
 /// If a run was killed, stop what it left running (recorded pids whose start time still
 /// matches, pods, shims) and undo its changes.
+/// Called with the lock held, so no cluster of ours runs: a process still running one of
+/// the environment's binaries is a stray even when the record is gone.
 pub fn cleanup_leftovers(state: &Path) {
     let Some(rec) = host::Record::load(state) else {
+        kill_strays();
         return;
     };
     eprintln!(
@@ -805,6 +817,7 @@ pub fn cleanup_leftovers(state: &Path) {
         .collect();
     host::kill_all(&alive);
     kill_pods(state);
+    kill_strays();
     teardown(state, &rec);
 }
 
