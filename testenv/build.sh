@@ -72,6 +72,11 @@ build() {
   # The cluster's own image registry (docker.io is mapped to it: `image: busybox` pulls).
   build registry "-s -w" registry=github.com/distribution/distribution/v3/cmd/registry
 
+  # Object-store servers for the backend tests: MinIO (S3 over TLS with a private CA) and
+  # fake-gcs-server (Google Cloud Storage), pinned in their wrapper modules.
+  build minio "-s -w" minio=github.com/minio/minio
+  build fake-gcs-server "-s -w" fake-gcs-server=github.com/fsouza/fake-gcs-server
+
   # The S3 server for tests: moto (Apache-2.0), from PyPI, in its own venv.
   MOTO_VERSION=5.2.5
   venv=$CACHE/moto-$MOTO_VERSION/venv
@@ -83,6 +88,18 @@ build() {
     touch "$venv/.ok"
   fi
   ln -sf "$venv/bin/moto_server" "$CACHE/bin/moto_server"
+
+  # Azure Blob Storage for tests: Azurite (MIT), from the npm registry, with the machine's Node.
+  AZURITE_VERSION=3.37.0
+  az=$CACHE/azurite-$AZURITE_VERSION
+  if [[ ! -f $az/.ok ]]; then
+    command -v npm >/dev/null || { echo "testenv/build.sh: npm (Node >= 20) is required for Azurite" >&2; exit 1; }
+    echo "testenv: installing azurite $AZURITE_VERSION (cache $az)" >&2
+    rm -rf "$az"; mkdir -p "$az"
+    (cd "$az" && npm install --no-audit --no-fund --silent "azurite@$AZURITE_VERSION" >&2)
+    touch "$az/.ok"
+  fi
+  ln -sf "$az/node_modules/.bin/azurite-blob" "$CACHE/bin/azurite-blob"
 ) 9>"$CACHE/.lock"
 
 echo "$CACHE/bin"

@@ -25,8 +25,21 @@ pub const REST_SERVER_USERNAME: &str = "REST_SERVER_USERNAME";
 pub const REST_SERVER_PASSWORD: &str = "REST_SERVER_PASSWORD";
 
 const S3_KEYS: &[&str] = &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"];
-const GCS_KEYS: &[&str] = &["GOOGLE_PROJECT_ID"];
-const AZURE_KEYS: &[&str] = &["AZURE_ACCOUNT_NAME", "AZURE_ACCOUNT_KEY"];
+/// `GOOGLE_ACCESS_TOKEN` (a bearer token instead of a service account) and
+/// `STORAGE_EMULATOR_HOST` (a GCS-compatible endpoint) are read by restic and Google's client.
+const GCS_KEYS: &[&str] = &[
+    "GOOGLE_PROJECT_ID",
+    "GOOGLE_ACCESS_TOKEN",
+    "STORAGE_EMULATOR_HOST",
+];
+/// `AZURE_ENDPOINT_SUFFIX`: restic reaches `https://<account>.blob.<suffix>` (default
+/// `core.windows.net`; sovereign clouds and emulators set it, a port may follow).
+const AZURE_KEYS: &[&str] = &[
+    "AZURE_ACCOUNT_NAME",
+    "AZURE_ACCOUNT_KEY",
+    "AZURE_ACCOUNT_SAS",
+    "AZURE_ENDPOINT_SUFFIX",
+];
 const B2_KEYS: &[&str] = &["B2_ACCOUNT_ID", "B2_ACCOUNT_KEY"];
 const SWIFT_KEYS: &[&str] = &[
     // v1
@@ -63,6 +76,8 @@ const SECRET_KEYS: &[&str] = &[
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AZURE_ACCOUNT_KEY",
+    "AZURE_ACCOUNT_SAS",
+    "GOOGLE_ACCESS_TOKEN",
     "B2_ACCOUNT_ID",
     "B2_ACCOUNT_KEY",
     "ST_KEY",
@@ -346,7 +361,10 @@ mod tests {
                 "GOOGLE_SERVICE_ACCOUNT_JSON_KEY",
                 "{\"type\":\"service_account\"}",
             ),
+            ("GOOGLE_ACCESS_TOKEN", "gcs-token-value"),
+            ("STORAGE_EMULATOR_HOST", "https://198.18.0.2:4443"),
             ("AZURE_ACCOUNT_NAME", "azname"),
+            ("AZURE_ENDPOINT_SUFFIX", "ns.svc.cluster.local:10000"),
             ("AZURE_ACCOUNT_KEY", "azure-key-value"),
             ("B2_ACCOUNT_ID", "b2id"),
             ("B2_ACCOUNT_KEY", "b2-key-value"),
@@ -398,7 +416,9 @@ mod tests {
             std::fs::read_to_string(keyfile).unwrap(),
             "{\"type\":\"service_account\"}"
         );
-        assert_eq!(gcs.len(), 3);
+        assert_eq!(gcs["GOOGLE_ACCESS_TOKEN"], "gcs-token-value");
+        assert_eq!(gcs["STORAGE_EMULATOR_HOST"], "https://198.18.0.2:4443");
+        assert_eq!(gcs.len(), 5);
 
         let az = env_map(
             &c,
@@ -415,7 +435,8 @@ mod tests {
             ),
             ("azname", "azure-key-value")
         );
-        assert_eq!(az.len(), 3);
+        assert_eq!(az["AZURE_ENDPOINT_SUFFIX"], "ns.svc.cluster.local:10000");
+        assert_eq!(az.len(), 4);
 
         let b2 = env_map(
             &c,

@@ -1,12 +1,15 @@
 //! Repository controller (stash-api.md §3.1): finalizer `stash` on every live Repository; on
 //! deletion with `wipeOut: true` the restic data under the bucket/prefix is deleted.
 //!
-//! S3 (and S3-compatible servers) are wiped with signed object-store requests
-//! ([`super::wipe`]): the finalizer stays until the wipe succeeds (a failure is an event and a
-//! retry). The other object stores are not wiped yet: the Repository gets a Warning event
-//! `WipeOutNotSupported` naming the provider, its data is left in place, and the finalizer is
-//! removed so the deletion is never blocked. (Local backends cannot ask for `wipeOut`: the
-//! admission webhook rejects it, like upstream.)
+//! S3 (and S3-compatible servers), GCS and Azure are wiped through their object stores
+//! ([`super::wipe`]): only restic's own objects, after the prefix is verified to hold a restic
+//! repository. The finalizer stays until the wipe succeeds; a failure is a Warning event
+//! `WipeOutFailed` and a retry with back-off. Annotating the Repository with
+//! [`ABANDON_WIPE_OUT_ANNOTATION`]` = "true"` lets the deletion finish without wiping (the data
+//! stays; event `WipeOutAbandoned`). Swift, B2 and REST servers are not wiped: the Repository
+//! gets a Warning event `WipeOutNotSupported` naming the provider, its data is left in place,
+//! and the finalizer is removed so the deletion is never blocked. (Local backends cannot ask for
+//! `wipeOut`: the admission webhook rejects it, like upstream.)
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -25,11 +28,19 @@ use super::{Ctx, Error};
 
 /// Event reason when a wipe-out was asked for but cannot be done.
 pub const WIPE_OUT_NOT_SUPPORTED: &str = "WipeOutNotSupported";
+/// Annotation that lets a Repository whose wipe-out keeps failing be deleted without it.
+pub const ABANDON_WIPE_OUT_ANNOTATION: &str = "stash.appscode.com/abandon-wipe-out";
+
+/// Is the Repository's provider wiped through its object store?
+fn wiped_for_real(repo: &Repository) -> bool {
+    let b = &repo.spec.backend;
+    b.s3.is_some() || b.gcs.is_some() || b.azure.is_some()
+}
 
 /// What deleting `repo` means for its data: `None` when nothing is to be wiped or the provider
-/// is wiped for real (S3), else the message of the Warning event (not supported yet).
+/// is wiped for real (S3, GCS, Azure), else the message of the Warning event (not supported).
 pub fn wipe_out_note(repo: &Repository) -> Option<String> {
-    if !repo.spec.wipe_out || repo.spec.backend.s3.is_some() {
+    if !repo.spec.wipe_out || wiped_for_real(repo) {
         return None;
     }
     let provider = repo
@@ -38,9 +49,16 @@ pub fn wipe_out_note(repo: &Repository) -> Option<String> {
         .provider()
         .map_or("unknown", |p| p.as_str());
     Some(format!(
-        "wipeOut is not supported for {provider} yet: the restic data of Repository {} was left in place",
+        "wipeOut is not supported for {provider}: the restic data of Repository {} was left in place",
         repo.name_any()
     ))
+}
+
+/// Has the user asked to delete the Repository without wiping its data?
+pub fn wipe_out_abandoned(repo: &Repository) -> bool {
+    repo.annotations()
+        .get(ABANDON_WIPE_OUT_ANNOTATION)
+        .is_some_and(|v| v.trim() == "true")
 }
 
 struct Repositories(Arc<Ctx>);
@@ -63,27 +81,40 @@ impl Reconcile<Repository> for Repositories {
                 match event {
                     Finalizer::Apply(_) => Ok(Action::requeue(Duration::from_secs(600))),
                     Finalizer::Cleanup(repo) => {
-                        if repo.spec.wipe_out && repo.spec.backend.s3.is_some() {
-                            let reference = repo.object_ref(&());
-                            return match wipe_s3(&ctx, &repo).await {
-                                Ok(n) => {
+                        let reference = repo.object_ref(&());
+                        if repo.spec.wipe_out && wiped_for_real(&repo) {
+                            if wipe_out_abandoned(&repo) {
+                                let note = format!(
+                                    "wipeOut abandoned ({ABANDON_WIPE_OUT_ANNOTATION}): the restic data of Repository {} was left in place",
+                                    repo.name_any()
+                                );
+                                ctx.events
+                                    .publish(&reference, Severity::Warning, "WipeOutAbandoned", note)
+                                    .await;
+                                return Ok(Action::await_change());
+                            }
+                            return match wipe(&ctx, &repo).await {
+                                Ok(report) => {
                                     let note = format!(
-                                        "deleted {n} objects of Repository {}",
-                                        repo.name_any()
+                                        "deleted {} restic objects of Repository {} from {}; {} other objects left in place",
+                                        report.1.deleted,
+                                        repo.name_any(),
+                                        report.0,
+                                        report.1.kept
                                     );
+                                    tracing::info!(repository = %repo.name_any(), "{note}");
                                     ctx.events
                                         .publish(&reference, Severity::Normal, "WipedOut", note)
                                         .await;
                                     Ok(Action::await_change())
                                 }
                                 Err(e) => {
+                                    let note = format!(
+                                        "{e} (the finalizer stays and the wipe is retried; annotate the Repository {ABANDON_WIPE_OUT_ANNOTATION}=true to delete it without wiping)"
+                                    );
+                                    tracing::warn!(repository = %repo.name_any(), "wipeOut failed: {note}");
                                     ctx.events
-                                        .publish(
-                                            &reference,
-                                            Severity::Warning,
-                                            "WipeOutFailed",
-                                            e.clone(),
-                                        )
+                                        .publish(&reference, Severity::Warning, "WipeOutFailed", note)
                                         .await;
                                     Err(Error::Config(e))
                                 }
@@ -93,7 +124,7 @@ impl Reconcile<Repository> for Repositories {
                             tracing::warn!(repository = %repo.name_any(), "{note}");
                             ctx.events
                                 .publish(
-                                    &repo.object_ref(&()),
+                                    &reference,
                                     Severity::Warning,
                                     WIPE_OUT_NOT_SUPPORTED,
                                     note,
@@ -114,9 +145,8 @@ impl Reconcile<Repository> for Repositories {
     }
 }
 
-/// Delete the restic data of an S3 Repository.
-async fn wipe_s3(ctx: &Ctx, repo: &Repository) -> Result<usize, String> {
-    let s3 = repo.spec.backend.s3.clone().unwrap_or_default();
+/// Delete the restic data of a Repository from its object store; where, and what was done.
+async fn wipe(ctx: &Ctx, repo: &Repository) -> Result<(String, super::wipe::Report), String> {
     let ns = repo.namespace().unwrap_or_default();
     let secret_name = repo
         .spec
@@ -128,38 +158,17 @@ async fn wipe_s3(ctx: &Ctx, repo: &Repository) -> Result<usize, String> {
         .get(&secret_name)
         .await
         .map_err(|e| format!("storage Secret {secret_name}: {e}"))?;
-    let data = secret.data.unwrap_or_default();
-    let key = |k: &str| {
-        data.get(k)
-            .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
-    };
-    let endpoint = s3
-        .endpoint
-        .clone()
-        .filter(|e| !e.is_empty())
-        .unwrap_or_else(|| "s3.amazonaws.com".into());
-    let (scheme, authority) = match endpoint.split_once("://") {
-        Some((scheme, rest)) => (scheme.to_string(), rest.trim_end_matches('/').to_string()),
-        None => (
-            "https".to_string(),
-            endpoint.trim_end_matches('/').to_string(),
-        ),
-    };
-    let target = super::wipe::S3 {
-        scheme,
-        authority,
-        bucket: s3.bucket.clone().unwrap_or_default(),
-        prefix: s3
-            .prefix
-            .clone()
-            .unwrap_or_default()
-            .trim_matches('/')
-            .to_string(),
-        access_key: key("AWS_ACCESS_KEY_ID").unwrap_or_default(),
-        secret_key: key("AWS_SECRET_ACCESS_KEY").unwrap_or_default(),
-        region: key("AWS_REGION").unwrap_or_else(|| "us-east-1".into()),
-    };
-    target.wipe().await
+    let data: super::wipe::SecretData = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).trim().to_string()))
+        .collect();
+    let target = super::wipe::target(&repo.spec.backend, &data)
+        .await?
+        .ok_or_else(|| "the backend has no object store to wipe".to_string())?;
+    let report = target.wipe().await?;
+    Ok((target.describe.clone(), report))
 }
 
 /// Run the Repository controller.
@@ -193,6 +202,10 @@ mod tests {
             None,
             "S3 is wiped for real"
         );
+        let gcs = serde_json::json!({"backend": {"gcs": {"bucket": "b"}}, "wipeOut": true});
+        assert_eq!(wipe_out_note(&repo(gcs)), None, "GCS is wiped for real");
+        let az = serde_json::json!({"backend": {"azure": {"container": "c"}}, "wipeOut": true});
+        assert_eq!(wipe_out_note(&repo(az)), None, "Azure is wiped for real");
         let rest = serde_json::json!({"backend": {"rest": {"url": "http://x/"}}, "wipeOut": true});
         assert!(
             wipe_out_note(&repo(rest))

@@ -1,361 +1,469 @@
-//! `wipeOut` for S3 backends (stash-api.md §3.1): delete every object under
-//! `<bucket>/<prefix>/`, a page of keys at a time, with requests signed by AWS Signature V4.
+//! `wipeOut` (stash-api.md §3.1): delete a restic repository from its object store, and
+//! nothing else.
 //!
-//! Path-style requests (`<endpoint>/<bucket>/<key>`), region `us-east-1` unless the storage
-//! Secret has `AWS_REGION`. Plain `http://` endpoints (S3-compatible servers) and `https://`
-//! with the system's roots are supported.
+//! Only restic's own layout under the repository prefix is touched: `config`, and the objects
+//! of `keys/`, `data/<2 hex>/`, `index/`, `snapshots/` and `locks/` whose names are restic's
+//! (64 lower-case hex digits, a `data/` object under the directory of its first two digits).
+//! Anything else — other prefixes, other files beside or inside those directories — stays. With
+//! an empty prefix that means the bucket's other objects survive.
+//!
+//! Before anything is deleted the prefix is verified to hold a restic repository: a key file
+//! under `keys/` that parses as restic's key JSON (`kdf`, `salt`, `data`; key files are not
+//! encrypted, so this needs no password). `config` is deleted after the packs and the keys
+//! last, so a wipe interrupted half-way is still recognised as a repository when retried.
+//!
+//! The object stores are reached through the `object_store` crate (Apache Arrow; S3, GCS and
+//! Azure with maintained request signing), not hand-written signers: it honours a custom CA
+//! (`CA_CERT_DATA`), the S3 region (from `AWS_REGION`, else the bucket's own region as its
+//! endpoint reports it in `x-amz-bucket-region`), GCS emulators (`STORAGE_EMULATOR_HOST`) and
+//! Azure endpoint suffixes (`AZURE_ENDPOINT_SUFFIX`), the same keys restic reads.
 use std::{collections::BTreeMap, sync::Arc};
 
-use ring::{digest, hmac};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, path::Path};
+use stash_crds::Backend as BackendSpec;
 
-/// Where the objects are and how to sign for them.
-#[derive(Clone)]
-pub struct S3 {
-    /// `http` or `https`.
-    pub scheme: String,
-    /// `host[:port]`.
-    pub authority: String,
-    /// Bucket.
-    pub bucket: String,
-    /// Prefix of the restic repository (no leading or trailing `/`).
+/// restic's directories whose objects are named by their SHA-256 (in deletion order: `keys`
+/// goes last, after `config`).
+const DIRS: &[&str] = &["data", "index", "snapshots", "locks"];
+
+/// What a wipe did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// restic objects deleted (including `config`).
+    pub deleted: usize,
+    /// Objects found inside restic's directories whose names are not restic's: left in place.
+    pub kept: usize,
+}
+
+/// An object store and the repository prefix in it (no leading or trailing `/`).
+pub struct Target {
+    /// The store (bucket or container).
+    pub store: Arc<dyn ObjectStore>,
+    /// The repository prefix (may be empty).
     pub prefix: String,
-    /// Access key id.
-    pub access_key: String,
-    /// Secret access key.
-    pub secret_key: String,
-    /// Signing region.
-    pub region: String,
+    /// `s3://bucket/prefix` and the like, for messages.
+    pub describe: String,
 }
 
-impl std::fmt::Debug for S3 {
+impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3")
-            .field("endpoint", &format!("{}://{}", self.scheme, self.authority))
-            .field("bucket", &self.bucket)
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
+        f.write_str(&self.describe)
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    hex(digest::digest(&digest::SHA256, data).as_ref())
+/// Is `rel` (a path relative to the repository prefix) one of restic's objects?
+pub fn is_restic_object(rel: &str) -> bool {
+    if rel == "config" {
+        return true;
+    }
+    let parts: Vec<&str> = rel.split('/').collect();
+    match parts.as_slice() {
+        ["data", sub, name] => sub.len() == 2 && is_hex64(name) && name.starts_with(sub),
+        [dir, name] if ["keys", "index", "snapshots", "locks"].contains(dir) => is_hex64(name),
+        _ => false,
+    }
 }
 
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data)
-        .as_ref()
-        .to_vec()
+/// Does `bytes` look like a restic key file (`restic key list` reads these without the
+/// repository password)?
+pub fn is_restic_key(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(bytes).is_ok_and(|v| {
+        v.get("kdf").and_then(|k| k.as_str()).is_some()
+            && v.get("salt").and_then(|k| k.as_str()).is_some()
+            && v.get("data").and_then(|k| k.as_str()).is_some()
+    })
 }
 
-/// AWS URI encoding: unreserved characters stay, everything else is `%XX`.
-pub fn uri_encode(s: &str, keep_slash: bool) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
+impl Target {
+    fn path(&self, rel: &str) -> Path {
+        if self.prefix.is_empty() {
+            Path::from(rel)
+        } else {
+            Path::from(format!("{}/{rel}", self.prefix))
+        }
+    }
+
+    fn rel<'a>(&self, full: &'a str) -> &'a str {
+        if self.prefix.is_empty() {
+            full
+        } else {
+            full.strip_prefix(&self.prefix)
+                .map_or(full, |r| r.trim_start_matches('/'))
+        }
+    }
+
+    /// The objects under `dir/`, split into restic's and the others.
+    async fn list(&self, dir: &str) -> Result<(Vec<Path>, usize), String> {
+        let prefix = self.path(dir);
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| format!("listing {}/{dir}/: {e}", self.describe))?;
+        let mut restic = Vec::new();
+        let mut other = 0;
+        for o in objects {
+            if is_restic_object(self.rel(o.location.as_ref())) {
+                restic.push(o.location);
+            } else {
+                other += 1;
             }
-            b'/' if keep_slash => "/".to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// The `Authorization` header of a request (Signature V4). `headers` are the headers to sign
-/// (lower-case names), which must include `host`, `x-amz-date` and `x-amz-content-sha256`.
-#[allow(clippy::too_many_arguments)] // the inputs of Signature V4, each named as AWS names them
-pub fn authorization(
-    access_key: &str,
-    secret_key: &str,
-    region: &str,
-    method: &str,
-    uri: &str,
-    query: &BTreeMap<String, String>,
-    headers: &BTreeMap<String, String>,
-    payload_hash: &str,
-) -> String {
-    let amz_date = headers.get("x-amz-date").cloned().unwrap_or_default();
-    let date = &amz_date[..amz_date.len().min(8)];
-    let canonical_query = query
-        .iter()
-        .map(|(k, v)| format!("{}={}", uri_encode(k, false), uri_encode(v, false)))
-        .collect::<Vec<_>>()
-        .join("&");
-    let canonical_headers: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}:{}\n", v.trim()))
-        .collect();
-    let signed_headers = headers.keys().cloned().collect::<Vec<_>>().join(";");
-    let canonical_request = format!(
-        "{method}\n{uri}\n{canonical_query}\n{canonical_headers}\n{signed_headers}\n{payload_hash}"
-    );
-    let scope = format!("{date}/{region}/s3/aws4_request");
-    let string_to_sign = format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-        sha256_hex(canonical_request.as_bytes())
-    );
-    let k_date = hmac_sha256(format!("AWS4{secret_key}").as_bytes(), date.as_bytes());
-    let k_region = hmac_sha256(&k_date, region.as_bytes());
-    let k_service = hmac_sha256(&k_region, b"s3");
-    let k_signing = hmac_sha256(&k_service, b"aws4_request");
-    let signature = hex(&hmac_sha256(&k_signing, string_to_sign.as_bytes()));
-    format!(
-        "AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={signed_headers}, Signature={signature}"
-    )
-}
-
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-
-impl S3 {
-    async fn connect(&self) -> Result<Box<dyn Stream>, String> {
-        let host = self
-            .authority
-            .rsplit_once(':')
-            .map_or(self.authority.as_str(), |(h, _)| h)
-            .to_string();
-        let addr = if self.authority.contains(':') {
-            self.authority.clone()
-        } else {
-            format!(
-                "{}:{}",
-                self.authority,
-                if self.scheme == "https" { 443 } else { 80 }
-            )
-        };
-        let tcp = tokio::net::TcpStream::connect(&addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        if self.scheme != "https" {
-            return Ok(Box::new(tcp));
         }
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(cert);
-        }
-        let config = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| e.to_string())?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(Box::new(tls))
+        Ok((restic, other))
     }
 
-    /// One signed request; returns the status code and the body.
-    async fn request(
-        &self,
-        method: &str,
-        key: Option<&str>,
-        query: &BTreeMap<String, String>,
-    ) -> Result<(u16, String), String> {
-        let uri = match key {
-            Some(k) => format!(
-                "/{}/{}",
-                uri_encode(&self.bucket, false),
-                uri_encode(k, true)
-            ),
-            None => format!("/{}", uri_encode(&self.bucket, false)),
-        };
-        let payload_hash = sha256_hex(b"");
-        let amz_date = jiff::Timestamp::now()
-            .strftime("%Y%m%dT%H%M%SZ")
-            .to_string();
-        let headers: BTreeMap<String, String> = [
-            ("host".to_string(), self.authority.clone()),
-            ("x-amz-content-sha256".to_string(), payload_hash.clone()),
-            ("x-amz-date".to_string(), amz_date),
-        ]
-        .into();
-        let auth = authorization(
-            &self.access_key,
-            &self.secret_key,
-            &self.region,
-            method,
-            &uri,
-            query,
-            &headers,
-            &payload_hash,
-        );
-        let q = query
-            .iter()
-            .map(|(k, v)| format!("{}={}", uri_encode(k, false), uri_encode(v, false)))
-            .collect::<Vec<_>>()
-            .join("&");
-        let target = if q.is_empty() {
-            uri
-        } else {
-            format!("{uri}?{q}")
-        };
-        let mut req = format!(
-            "{method} {target} HTTP/1.1\r\nAuthorization: {auth}\r\nConnection: close\r\nContent-Length: 0\r\n"
-        );
-        for (k, v) in &headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        let exchange = async {
-            let mut s = self.connect().await?;
-            s.write_all(req.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut answer = Vec::new();
-            s.read_to_end(&mut answer)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(answer)
-        };
-        let answer = tokio::time::timeout(std::time::Duration::from_secs(30), exchange)
-            .await
-            .map_err(|_| "the object store did not answer in time".to_string())??;
-        let text = String::from_utf8_lossy(&answer).to_string();
-        let code = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((code, dechunk(&text, body)))
-    }
-
-    /// Delete every object under `<bucket>/<prefix>/`; returns how many were deleted.
-    pub async fn wipe(&self) -> Result<usize, String> {
-        let prefix = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix.trim_matches('/'))
-        };
-        let mut deleted = 0;
-        loop {
-            let mut query: BTreeMap<String, String> = [
-                ("list-type".to_string(), "2".to_string()),
-                ("max-keys".to_string(), "50".to_string()),
-            ]
-            .into();
-            if !prefix.is_empty() {
-                query.insert("prefix".into(), prefix.clone());
+    async fn delete_all(&self, paths: Vec<Path>) -> Result<usize, String> {
+        let n = paths.len();
+        let stream = futures::stream::iter(paths.into_iter().map(Ok)).boxed();
+        let mut results = self.store.delete_stream(stream);
+        while let Some(r) = results.next().await {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(format!("deleting from {}: {e}", self.describe)),
             }
-            let (code, body) = self.request("GET", None, &query).await?;
-            if code != 200 {
+        }
+        Ok(n)
+    }
+
+    /// Verify, then delete restic's objects under the prefix.
+    pub async fn wipe(&self) -> Result<Report, String> {
+        let (keys, keys_other) = self.list("keys").await?;
+        let mut verified = false;
+        for key in keys.iter().take(3) {
+            let bytes = self
+                .store
+                .get(key)
+                .await
+                .map_err(|e| format!("reading {key}: {e}"))?
+                .bytes()
+                .await
+                .map_err(|e| format!("reading {key}: {e}"))?;
+            if is_restic_key(&bytes) {
+                verified = true;
+                break;
+            }
+        }
+        let mut found = BTreeMap::new();
+        let mut report = Report {
+            deleted: 0,
+            kept: keys_other,
+        };
+        for dir in DIRS {
+            let (restic, other) = self.list(dir).await?;
+            report.kept += other;
+            found.insert(*dir, restic);
+        }
+        let config = self.path("config");
+        let has_config = match self.store.head(&config).await {
+            Ok(_) => true,
+            Err(object_store::Error::NotFound { .. }) => false,
+            Err(e) => return Err(format!("reading {config}: {e}")),
+        };
+        let any = has_config || !keys.is_empty() || found.values().any(|v| !v.is_empty());
+        if !verified {
+            if any {
                 return Err(format!(
-                    "listing objects: HTTP {code}: {}",
-                    first_error(&body)
+                    "{} is not verified to be a restic repository (no restic key file under keys/): nothing was deleted",
+                    self.describe
                 ));
             }
-            let keys = xml_values(&body, "Key");
-            if keys.is_empty() {
-                return Ok(deleted);
-            }
-            for key in keys {
-                let (code, body) = self.request("DELETE", Some(&key), &BTreeMap::new()).await?;
-                if !(200..300).contains(&code) {
-                    return Err(format!(
-                        "deleting {key}: HTTP {code}: {}",
-                        first_error(&body)
-                    ));
-                }
-                deleted += 1;
-            }
+            // Nothing of restic's there (never initialised, or already wiped).
+            return Ok(report);
         }
+        for dir in DIRS {
+            report.deleted += self
+                .delete_all(found.remove(dir).unwrap_or_default())
+                .await?;
+        }
+        if has_config {
+            report.deleted += self.delete_all(vec![config]).await?;
+        }
+        report.deleted += self.delete_all(keys).await?;
+        Ok(report)
     }
 }
 
-/// Undo `Transfer-Encoding: chunked` when the server used it.
-fn dechunk(head: &str, body: String) -> String {
-    let headers = head
-        .split("\r\n\r\n")
-        .next()
+/// The storage Secret's values, trimmed (restic reads them from the environment).
+pub type SecretData = BTreeMap<String, String>;
+
+fn client_options(secret: &SecretData) -> Result<ClientOptions, String> {
+    let mut opts = ClientOptions::new().with_timeout(std::time::Duration::from_secs(60));
+    if let Some(pem) = secret.get("CA_CERT_DATA") {
+        for cert in object_store::Certificate::from_pem_bundle(pem.as_bytes())
+            .map_err(|e| format!("CA_CERT_DATA: {e}"))?
+        {
+            opts = opts.with_root_certificate(cert);
+        }
+    }
+    Ok(opts)
+}
+
+/// Split an S3 endpoint as restic takes it (`host[:port]` means https) into a URL; `None` for
+/// AWS itself.
+fn s3_endpoint(endpoint: Option<&str>) -> Option<String> {
+    let e = endpoint.map(|e| e.trim().trim_end_matches('/'))?;
+    if e.is_empty() || e == "s3.amazonaws.com" || e == "https://s3.amazonaws.com" {
+        return None;
+    }
+    Some(if e.contains("://") {
+        e.to_string()
+    } else {
+        format!("https://{e}")
+    })
+}
+
+/// The bucket's region as its endpoint reports it (`x-amz-bucket-region` on `HEAD /bucket`,
+/// sent by AWS and MinIO even to an anonymous request).
+async fn bucket_region(url: &str, secret: &SecretData) -> Option<String> {
+    let mut b = reqwest::Client::builder().timeout(std::time::Duration::from_secs(20));
+    if let Some(pem) = secret.get("CA_CERT_DATA") {
+        for c in reqwest::Certificate::from_pem_bundle(pem.as_bytes()).ok()? {
+            b = b.add_root_certificate(c);
+        }
+    }
+    let resp = b.build().ok()?.head(url).send().await.ok()?;
+    resp.headers()
+        .get("x-amz-bucket-region")
+        .and_then(|v| v.to_str().ok())
+        .filter(|r| !r.is_empty())
+        .map(str::to_string)
+}
+
+fn clean_prefix(p: Option<&String>) -> String {
+    p.map(|p| p.trim_matches('/').to_string())
         .unwrap_or_default()
-        .to_ascii_lowercase();
-    if !headers.contains("transfer-encoding: chunked") {
-        return body;
-    }
-    let mut out = String::new();
-    let mut rest = body.as_str();
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
+}
+
+/// The wipe target of a Repository's backend; `Ok(None)` for providers that cannot be wiped
+/// through an object store (local, REST, Swift, B2).
+pub async fn target(backend: &BackendSpec, secret: &SecretData) -> Result<Option<Target>, String> {
+    let get = |k: &str| secret.get(k).cloned().filter(|v| !v.is_empty());
+    if let Some(s3) = &backend.s3 {
+        let bucket = s3.bucket.clone().unwrap_or_default();
+        let endpoint = s3_endpoint(s3.endpoint.as_deref());
+        let region = match get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION")) {
+            Some(r) => r,
+            None => {
+                let base = endpoint
+                    .clone()
+                    .unwrap_or_else(|| format!("https://{bucket}.s3.amazonaws.com"));
+                let url = match &endpoint {
+                    Some(e) => format!("{e}/{bucket}"),
+                    None => base,
+                };
+                bucket_region(&url, secret)
+                    .await
+                    .unwrap_or_else(|| "us-east-1".into())
+            }
         };
-        if n == 0 || after.len() < n {
-            break;
+        let mut b = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(&bucket)
+            .with_region(region)
+            .with_client_options(client_options(secret)?);
+        if let Some(k) = get("AWS_ACCESS_KEY_ID") {
+            b = b.with_access_key_id(k);
         }
-        out.push_str(&after[..n]);
-        rest = after[n..].trim_start_matches("\r\n");
+        if let Some(k) = get("AWS_SECRET_ACCESS_KEY") {
+            b = b.with_secret_access_key(k);
+        }
+        if let Some(t) = get("AWS_SESSION_TOKEN") {
+            b = b.with_token(t);
+        }
+        if let Some(e) = &endpoint {
+            b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
+        }
+        let store = b.build().map_err(|e| format!("S3 bucket {bucket}: {e}"))?;
+        let prefix = clean_prefix(s3.prefix.as_ref());
+        return Ok(Some(Target {
+            store: Arc::new(store),
+            describe: format!("s3://{bucket}/{prefix}"),
+            prefix,
+        }));
     }
-    out
-}
-
-fn xml_values(xml: &str, tag: &str) -> Vec<String> {
-    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
-    xml.split(&open)
-        .skip(1)
-        .filter_map(|s| {
-            s.split_once(&close).map(|(v, _)| {
-                v.replace("&amp;", "&")
-                    .replace("&lt;", "<")
-                    .replace("&gt;", ">")
-            })
-        })
-        .collect()
-}
-
-fn first_error(body: &str) -> String {
-    xml_values(body, "Message")
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| body.chars().take(200).collect())
+    if let Some(gcs) = &backend.gcs {
+        let bucket = gcs.bucket.clone().unwrap_or_default();
+        let mut b = object_store::gcp::GoogleCloudStorageBuilder::new()
+            .with_bucket_name(&bucket)
+            .with_client_options(client_options(secret)?);
+        if let Some(host) = get("STORAGE_EMULATOR_HOST") {
+            let url = if host.contains("://") {
+                host
+            } else {
+                format!("http://{host}")
+            };
+            b = b.with_base_url(url.trim_end_matches('/'));
+        }
+        if let Some(token) = get("GOOGLE_ACCESS_TOKEN") {
+            b = b.with_credentials(Arc::new(object_store::StaticCredentialProvider::new(
+                object_store::gcp::GcpCredential { bearer: token },
+            )));
+        } else if let Some(json) = get("GOOGLE_SERVICE_ACCOUNT_JSON_KEY") {
+            b = b.with_service_account_key(json);
+        }
+        let store = b.build().map_err(|e| format!("GCS bucket {bucket}: {e}"))?;
+        let prefix = clean_prefix(gcs.prefix.as_ref());
+        return Ok(Some(Target {
+            store: Arc::new(store),
+            describe: format!("gs://{bucket}/{prefix}"),
+            prefix,
+        }));
+    }
+    if let Some(az) = &backend.azure {
+        let container = az.container.clone().unwrap_or_default();
+        let account = get("AZURE_ACCOUNT_NAME").unwrap_or_default();
+        let suffix = get("AZURE_ENDPOINT_SUFFIX").unwrap_or_else(|| "core.windows.net".into());
+        let mut b = object_store::azure::MicrosoftAzureBuilder::new()
+            .with_account(&account)
+            .with_container_name(&container)
+            .with_endpoint(format!("https://{account}.blob.{suffix}"))
+            .with_client_options(client_options(secret)?);
+        if let Some(k) = get("AZURE_ACCOUNT_KEY") {
+            b = b.with_access_key(k);
+        }
+        let store = b
+            .build()
+            .map_err(|e| format!("Azure container {container}: {e}"))?;
+        let prefix = clean_prefix(az.prefix.as_ref());
+        return Ok(Some(Target {
+            store: Arc::new(store),
+            describe: format!("azure://{account}/{container}/{prefix}"),
+            prefix,
+        }));
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The "GET Object" example of AWS's Signature V4 documentation for S3.
+    const H: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
     #[test]
-    fn signatures_match_the_aws_documentation_example() {
-        let headers: BTreeMap<String, String> = [
-            ("host", "examplebucket.s3.amazonaws.com"),
-            ("range", "bytes=0-9"),
-            (
-                "x-amz-content-sha256",
-                "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-            ),
-            ("x-amz-date", "20130524T000000Z"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let auth = authorization(
-            "AKIAIOSFODNN7EXAMPLE",
-            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-            "us-east-1",
-            "GET",
-            "/test.txt",
-            &BTreeMap::new(),
-            &headers,
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-        );
-        assert_eq!(
-            auth,
-            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, \
-             SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, \
-             Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
-        );
+    fn only_restics_layout_is_recognised() {
+        assert!(is_restic_object("config"));
+        assert!(is_restic_object(&format!("data/01/{H}")));
+        assert!(is_restic_object(&format!("keys/{H}")));
+        assert!(is_restic_object(&format!("index/{H}")));
+        assert!(is_restic_object(&format!("snapshots/{H}")));
+        assert!(is_restic_object(&format!("locks/{H}")));
+        // Not restic's: wrong sub-directory, upper case, short, foreign names, nesting.
+        assert!(!is_restic_object(&format!("data/02/{H}")));
+        assert!(!is_restic_object(&format!("data/{H}")));
+        assert!(!is_restic_object(&format!("keys/{}", H.to_uppercase())));
+        assert!(!is_restic_object("keys/abc"));
+        assert!(!is_restic_object("data/README"));
+        assert!(!is_restic_object("config.bak"));
+        assert!(!is_restic_object(&format!("other/{H}")));
+        assert!(!is_restic_object(&format!("x/keys/{H}")));
     }
 
     #[test]
-    fn keys_are_read_from_list_results() {
-        let xml = "<ListBucketResult><Contents><Key>p/config</Key></Contents><Contents><Key>p/data/0&amp;1</Key></Contents></ListBucketResult>";
-        assert_eq!(xml_values(xml, "Key"), ["p/config", "p/data/0&1"]);
-        assert_eq!(uri_encode("a b/c~", true), "a%20b/c~");
+    fn key_files_are_recognised_without_the_password() {
+        assert!(is_restic_key(
+            br#"{"created":"2024-01-01T00:00:00Z","kdf":"scrypt","N":32768,"r":8,"p":1,"salt":"c2FsdA==","data":"ZGF0YQ=="}"#
+        ));
+        assert!(!is_restic_key(b"{\"kdf\":\"scrypt\"}"));
+        assert!(!is_restic_key(b"not json"));
+    }
+
+    #[test]
+    fn s3_endpoints_follow_restic() {
+        assert_eq!(s3_endpoint(None), None);
+        assert_eq!(s3_endpoint(Some("s3.amazonaws.com")), None);
+        assert_eq!(
+            s3_endpoint(Some("minio:9000/")).as_deref(),
+            Some("https://minio:9000")
+        );
+        assert_eq!(
+            s3_endpoint(Some("http://10.0.0.1:9000")).as_deref(),
+            Some("http://10.0.0.1:9000")
+        );
+    }
+
+    /// An in-memory bucket with a repository under `repo/`, foreign files beside and inside
+    /// it, and a second repository elsewhere: only the first repository's objects go.
+    #[tokio::test]
+    async fn a_wipe_deletes_only_restics_objects_under_the_prefix() {
+        let store = Arc::new(object_store::memory::InMemory::new());
+        let key = br#"{"kdf":"scrypt","N":1,"r":8,"p":1,"salt":"cw==","data":"ZA=="}"#;
+        let put = |p: String, b: &'static [u8]| {
+            let store = store.clone();
+            async move {
+                store
+                    .put(&Path::from(p), b.to_vec().into())
+                    .await
+                    .expect("put");
+            }
+        };
+        for root in ["repo", "other-repo"] {
+            put(format!("{root}/config"), b"c").await;
+            put(format!("{root}/keys/{H}"), key).await;
+            put(format!("{root}/data/01/{H}"), b"d").await;
+            put(format!("{root}/index/{H}"), b"i").await;
+            put(format!("{root}/snapshots/{H}"), b"s").await;
+        }
+        put("repo/data/README".into(), b"mine").await;
+        put("repo/notes.txt".into(), b"mine").await;
+        put("photos/a.jpg".into(), b"mine").await;
+        let t = Target {
+            store: store.clone(),
+            prefix: "repo".into(),
+            describe: "mem://repo".into(),
+        };
+        let r = t.wipe().await.expect("wipe");
+        assert_eq!(
+            r,
+            Report {
+                deleted: 5,
+                kept: 1
+            }
+        );
+        let left: Vec<String> = store
+            .list(None)
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 8, "{left:?}");
+        assert!(
+            left.iter().all(|p| !p.starts_with("repo/")
+                || p == "repo/data/README"
+                || p == "repo/notes.txt")
+        );
+        // Again: nothing of restic's is left, nothing more is deleted.
+        assert_eq!(t.wipe().await.expect("again").deleted, 0);
+    }
+
+    #[tokio::test]
+    async fn an_unverified_prefix_is_refused() {
+        let store = Arc::new(object_store::memory::InMemory::new());
+        store
+            .put(&Path::from(format!("data/01/{H}")), b"x".to_vec().into())
+            .await
+            .unwrap();
+        store
+            .put(
+                &Path::from(format!("keys/{H}")),
+                b"not a key".to_vec().into(),
+            )
+            .await
+            .unwrap();
+        let t = Target {
+            store: store.clone(),
+            prefix: String::new(),
+            describe: "mem://".into(),
+        };
+        let e = t.wipe().await.expect_err("refused");
+        assert!(e.contains("not verified"), "{e}");
+        assert_eq!(store.list(None).count().await, 2);
     }
 }
