@@ -11,6 +11,7 @@
 
 extern crate self as stash_machines;
 
+pub mod backup_host;
 pub mod backup_session;
 mod common;
 pub mod lifecycle;

@@ -3,7 +3,7 @@
 
 use stash_machines::backup_session::{
     self as bs, BackupLifecycle, Config, HostPhase, HostReport, Observation, OtherSession,
-    OverlapPolicy, TargetModel,
+    OverlapPolicy, RepositoryUse, TargetModel,
 };
 use stash_machines::restore_session as rs;
 use stash_machines::{Effect, EventKind, JobState, Lifecycle, Policy};
@@ -27,6 +27,7 @@ fn obs<L: BackupLifecycle>(phase: Option<L>, config: Config) -> Observation<L> {
         hosts: vec![],
         config,
         others: vec![],
+        repository: RepositoryUse::initialized(),
         job: None,
         now: 110,
         policy: Policy {
@@ -51,6 +52,42 @@ fn names<L: Lifecycle>(d: &stash_machines::Decision<L>) -> (&'static str, Option
 }
 
 fn scenarios<L: BackupLifecycle>() {
+    // A Repository without a backup yet: the sessions of every configuration sharing it start one
+    // at a time, oldest first (two first backups would both `restic init` it).
+    let other = |name: &str, phase: Option<L>, created_at: u64| OtherSession {
+        name: name.into(),
+        phase,
+        created_at,
+    };
+    for (others, starts) in [
+        (vec![], true),
+        (vec![other("theirs-1", Some(L::RUNNING), 200)], false),
+        (vec![other("theirs-1", None, 90)], false),
+        (vec![other("aaa-1", None, 100)], false),
+        (vec![other("theirs-1", None, 100)], true),
+        (vec![other("theirs-1", None, 101)], true),
+        (vec![other("theirs-1", Some(L::SUCCEEDED), 90)], true),
+        (vec![other("theirs-1", Some(L::FAILED), 90)], true),
+    ] {
+        let mut o = obs::<L>(None, config(TargetModel::Sidecar, 1));
+        o.repository = RepositoryUse {
+            initialized: false,
+            others: others.clone(),
+        };
+        let d = bs::decide_with(&o);
+        assert_eq!(d.phase == L::RUNNING, starts, "{others:?}");
+        if !starts {
+            assert!(
+                d.status().is_none(),
+                "waiting writes nothing: {:?}",
+                d.effects
+            );
+        }
+        // Once a backup has succeeded into it, the other configurations no longer matter.
+        o.repository = RepositoryUse::initialized();
+        assert_eq!(bs::decide_with(&o).phase, L::RUNNING);
+    }
+
     // Job model: create the Job before writing Running.
     let d = bs::decide_with(&obs::<L>(None, config(TargetModel::Job, 2)));
     assert_eq!(d.phase, L::RUNNING);

@@ -5,7 +5,7 @@ use proptest::strategy::BoxedStrategy;
 use proptest_state_machine::ReferenceStateMachine;
 use stash_machines::backup_session::{
     BackupLifecycle, Config, HostPhase, HostReport, Observation, OtherSession, OverlapPolicy,
-    TargetModel, decide_with,
+    RepositoryUse, TargetModel, decide_with,
 };
 use stash_machines::{Effect, JobState, Lifecycle, Policy};
 use std::collections::BTreeSet;
@@ -279,6 +279,7 @@ impl<P: Named> World<P> {
                     created_at: o.created_at,
                 })
                 .collect(),
+            repository: RepositoryUse::initialized(),
             job: s.job.clone(),
             now: self.now,
             policy: self.policy,

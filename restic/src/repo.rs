@@ -365,6 +365,13 @@ impl Repo {
         argv.push(self.binary.clone().into_os_string());
         argv.push(sub.into());
         argv.extend(self.global_args(cleanup_cache));
+        if takes_lock(sub, args) {
+            // Another host's lock (two configurations sharing the repository, a prune) is waited
+            // for, bounded, instead of failing at once. Stale locks (restic's definition: not
+            // refreshed for 30 minutes, or of a process gone on this host) never block.
+            argv.push("--retry-lock".into());
+            argv.push(RETRY_LOCK.into());
+        }
         argv.extend(args.iter().cloned());
         let program = argv.remove(0);
         (program, argv)
@@ -702,6 +709,32 @@ fn args<const N: usize>(a: [&str; N]) -> Vec<OsString> {
     a.iter().map(OsString::from).collect()
 }
 
+/// How long a command waits for another process's lock on the repository (`--retry-lock`).
+pub const RETRY_LOCK: &str = "2m";
+
+/// Whether `restic <sub> <args>` locks the repository (so `--retry-lock` applies).
+fn takes_lock(sub: &str, args: &[OsString]) -> bool {
+    const LOCKING: &[&str] = &[
+        "backup",
+        "check",
+        "copy",
+        "diff",
+        "dump",
+        "find",
+        "forget",
+        "ls",
+        "prune",
+        "recover",
+        "repair",
+        "restore",
+        "rewrite",
+        "snapshots",
+        "stats",
+        "tag",
+    ];
+    LOCKING.contains(&sub) && !args.iter().any(|a| a == "--no-lock")
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -765,6 +798,8 @@ mod tests {
                 &ca,
                 "--option",
                 "gs.connections=4",
+                "--retry-lock",
+                "2m",
                 "--json",
                 "/data"
             ]
@@ -780,7 +815,19 @@ mod tests {
         .unwrap();
         let (prog, argv) = plain.command_line("snapshots", &args(["--json"]), false);
         assert_eq!(prog, "restic");
-        assert_eq!(argv, ["snapshots", "--no-cache", "--json"]);
+        assert_eq!(
+            argv,
+            ["snapshots", "--no-cache", "--retry-lock", "2m", "--json"]
+        );
+        // Read-only access takes no lock; `init` and `cat config` have none to wait for.
+        for (sub, a) in [
+            ("snapshots", args(["--no-lock"])),
+            ("init", args([])),
+            ("unlock", args([])),
+        ] {
+            let (_, argv) = plain.command_line(sub, &a, false);
+            assert!(!argv.iter().any(|x| x == "--retry-lock"), "{sub}: {argv:?}");
+        }
     }
 
     #[test]

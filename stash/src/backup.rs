@@ -41,19 +41,22 @@ pub struct SnapshotResult {
     pub files_unmodified: u64,
 }
 
-/// What a successful host backup produced.
+/// What a successful host backup produced. The figures after the snapshots are `None` when
+/// the step that gives them failed (the failure is in `warnings`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackupOutcome {
     /// One per directory.
     pub snapshots: Vec<SnapshotResult>,
     /// `restic check` found no errors.
-    pub integrity: bool,
+    pub integrity: Option<bool>,
     /// Snapshots in the repository after forget.
-    pub snapshot_count: u64,
+    pub snapshot_count: Option<u64>,
     /// Snapshots forget removed.
-    pub snapshots_removed: u64,
+    pub snapshots_removed: Option<u64>,
     /// Repository size (restore size of all snapshots).
-    pub repository_size: u64,
+    pub repository_size: Option<u64>,
+    /// Follow-up steps that failed after the snapshots were taken.
+    pub warnings: Vec<String>,
 }
 
 /// The restic location of a Repository's backend.
@@ -157,28 +160,74 @@ pub fn retention(p: &stash_crds::common::RetentionPolicy) -> restic::RetentionPo
     }
 }
 
-/// Run the whole sequence. Errors are user-facing text (restic's reason, secrets scrubbed).
+/// Run the whole sequence for `session`. Errors are user-facing text (restic's reason, secrets
+/// scrubbed). The host's steps are decided by [`stash_machines::backup_host`]: snapshots carry
+/// the session's tag, a directory that already has one for this session is reported, not backed
+/// up again, and nothing after the snapshots can fail the host (it becomes a warning).
 pub async fn run(
     repo: &Repository,
     bc: &BackupConfiguration,
     host: &str,
+    session: &str,
     settings: &Settings,
 ) -> Result<BackupOutcome, String> {
+    use stash_machines::backup_host::{self as plan, HostObservation, HostStep};
     let r = open(repo, settings)?;
     r.ensure_initialized().await.map_err(|e| e.to_string())?;
-    let directories = bc
+    let directories: Vec<String> = bc
         .spec
         .target
         .as_ref()
-        .map(|t| t.directories.clone())
+        .map(|t| t.directories.iter().map(|d| normalize(d)).collect())
         .unwrap_or_default();
     if directories.is_empty() {
         return Err("BackupConfiguration has no spec.target.directories".into());
     }
-    let mut snapshots = Vec::new();
-    for dir in &directories {
+    let tag = plan::session_tag(session);
+    let tagged = r
+        .snapshots(&restic::SnapshotFilter {
+            hosts: vec![host.to_string()],
+            tags: vec![tag.clone()],
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("snapshots: {e}"))?;
+    let obs = HostObservation {
+        running: true,
+        reported: false,
+        directories,
+        tagged: Some(
+            tagged
+                .iter()
+                .flat_map(|s| s.paths.iter().map(|p| (normalize(p), s.short_id.clone())))
+                .collect(),
+        ),
+    };
+    let (back_up, reuse) = match plan::decide(&obs) {
+        HostStep::BackUp { back_up, reuse } => (back_up, reuse),
+        HostStep::Report { snapshots } => (vec![], snapshots),
+        HostStep::Idle | HostStep::LookUpSnapshots => (vec![], Default::default()),
+    };
+    let mut snapshots: Vec<SnapshotResult> = reuse
+        .into_iter()
+        .map(|(directory, short_id)| {
+            tracing::info!(%directory, %short_id, "this session's snapshot already exists; reporting it");
+            SnapshotResult {
+                directory,
+                short_id,
+                total_bytes: 0,
+                data_added: 0,
+                duration_secs: 0,
+                total_files: 0,
+                files_new: 0,
+                files_changed: 0,
+                files_unmodified: 0,
+            }
+        })
+        .collect();
+    for dir in &back_up {
         let s = r
-            .backup(std::path::Path::new(dir), host, &[])
+            .backup(std::path::Path::new(dir), host, std::slice::from_ref(&tag))
             .await
             .map_err(|e| format!("backup of {dir}: {e}"))?;
         snapshots.push(SnapshotResult {
@@ -193,30 +242,50 @@ pub async fn run(
             files_unmodified: s.files_unmodified,
         });
     }
-    let integrity = r.check(false).await.map_err(|e| format!("check: {e}"))?;
-    let policy = bc.spec.retention_policy.clone().unwrap_or_default();
-    let policy = retention(&policy);
+    // After the snapshots: nothing here may lose them.
+    use stash_machines::backup_host::AfterSnapshot;
+    let outcome = |e: Option<String>| e.map_or(AfterSnapshot::Done, AfterSnapshot::Failed);
+    let integrity = r.check(false).await;
+    let policy = retention(&bc.spec.retention_policy.clone().unwrap_or_default());
     let removed = if policy.is_empty() {
-        0
+        Ok(0)
     } else {
-        r.forget(&policy)
-            .await
-            .map_err(|e| format!("forget: {e}"))?
-            .removed
+        r.forget(&policy).await.map(|f| f.removed)
     };
-    let stats = r.stats().await.map_err(|e| format!("stats: {e}"))?;
-    let count = r
-        .snapshots(&restic::SnapshotFilter::default())
-        .await
-        .map_err(|e| format!("snapshots: {e}"))?
-        .len();
+    let stats = r.stats().await;
+    let count = r.snapshots(&restic::SnapshotFilter::default()).await;
+    let warnings = plan::after_snapshot(&[
+        (
+            "check",
+            outcome(integrity.as_ref().err().map(|e| e.to_string())),
+        ),
+        (
+            "forget",
+            outcome(removed.as_ref().err().map(|e| e.to_string())),
+        ),
+        (
+            "stats",
+            outcome(stats.as_ref().err().map(|e| e.to_string())),
+        ),
+        (
+            "snapshots",
+            outcome(count.as_ref().err().map(|e| e.to_string())),
+        ),
+    ]);
     Ok(BackupOutcome {
         snapshots,
-        integrity,
-        snapshot_count: count as u64,
-        snapshots_removed: removed as u64,
-        repository_size: stats.total_size,
+        integrity: integrity.ok(),
+        snapshot_count: count.ok().map(|c| c.len() as u64),
+        snapshots_removed: removed.ok().map(|r| r as u64),
+        repository_size: stats.ok().map(|s| s.total_size),
+        warnings,
     })
+}
+
+/// A directory as restic records it: without a trailing slash (but `/` stays `/`).
+fn normalize(dir: &str) -> String {
+    let t = dir.trim_end_matches('/');
+    if t.is_empty() { "/".into() } else { t.into() }
 }
 
 #[cfg(test)]

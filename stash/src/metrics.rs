@@ -145,27 +145,34 @@ pub fn backup_group(
                 help: "Unmodified files",
                 value: sum(|s| s.files_unmodified),
             },
-            Sample {
-                name: "stash_repository_integrity",
-                help: "1 if restic check found no errors",
-                value: if o.integrity { 1.0 } else { 0.0 },
-            },
-            Sample {
-                name: "stash_repository_size_bytes",
-                help: "Repository size",
-                value: o.repository_size as f64,
-            },
-            Sample {
-                name: "stash_repository_snapshot_count",
-                help: "Snapshots in the repository",
-                value: o.snapshot_count as f64,
-            },
-            Sample {
-                name: "stash_repository_snapshot_cleaned",
-                help: "Snapshots removed by the retention policy",
-                value: o.snapshots_removed as f64,
-            },
         ]);
+        // The repository figures exist only when their step after the snapshot worked.
+        let repo = [
+            (
+                "stash_repository_integrity",
+                "1 if restic check found no errors",
+                o.integrity.map(|i| if i { 1.0 } else { 0.0 }),
+            ),
+            (
+                "stash_repository_size_bytes",
+                "Repository size",
+                o.repository_size.map(|v| v as f64),
+            ),
+            (
+                "stash_repository_snapshot_count",
+                "Snapshots in the repository",
+                o.snapshot_count.map(|v| v as f64),
+            ),
+            (
+                "stash_repository_snapshot_cleaned",
+                "Snapshots removed by the retention policy",
+                o.snapshots_removed.map(|v| v as f64),
+            ),
+        ];
+        samples.extend(
+            repo.into_iter()
+                .filter_map(|(name, help, v)| v.map(|value| Sample { name, help, value })),
+        );
     }
     Group {
         job: bc.into(),

@@ -6,8 +6,10 @@
 //!   (`Wait`), always with a reason;
 //! * a backup Job that ended while the session was still `Pending` (the operator crashed between
 //!   creating it and writing `Running`) fails it;
-//! * a paused configuration skips a pending session; a missing configuration, a
-//!   `VolumeSnapshotter` driver or zero hosts fail it;
+//! * until a Repository has received its first backup, sessions of all the configurations that
+//!   share it start one at a time (two first backups would both `restic init` it);
+//! * a paused configuration skips a pending session (a running one completes normally); a
+//!   missing configuration, a `VolumeSnapshotter` driver or zero hosts fail it;
 //! * a running session completes once every host (`totalHosts`) has reported; it is `Succeeded`
 //!   only if every host entry is `Succeeded`, carries no error and has at least one snapshot;
 //! * deadlines: past [`Policy::deadline`] (from creation) a pending session is `Skipped` and a
@@ -166,6 +168,27 @@ pub struct OtherSession<P = Phase> {
     pub created_at: u64,
 }
 
+/// The session's Repository, as far as starting a session is concerned.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RepositoryUse<P = Phase> {
+    /// A backup has succeeded into it (`status.firstBackupTime` or `lastBackupTime` set), so it
+    /// exists and nothing will `restic init` it again.
+    pub initialized: bool,
+    /// While it is not: the sessions of *other* BackupConfigurations that back up into it
+    /// (empty once it is initialised; the runtime need not look).
+    pub others: Vec<OtherSession<P>>,
+}
+
+impl<P> RepositoryUse<P> {
+    /// A Repository that already holds a backup.
+    pub fn initialized() -> Self {
+        Self {
+            initialized: true,
+            others: Vec::new(),
+        }
+    }
+}
+
 /// Everything the stepper looks at.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Observation<P = Phase> {
@@ -183,6 +206,8 @@ pub struct Observation<P = Phase> {
     pub config: Config,
     /// The other sessions of the same configuration.
     pub others: Vec<OtherSession<P>>,
+    /// The Repository it backs up into.
+    pub repository: RepositoryUse<P>,
     /// The backup Job, if the runtime found one.
     pub job: Option<JobState>,
     /// Now, seconds since the epoch.
@@ -385,6 +410,19 @@ fn pending<L: BackupLifecycle>(obs: &Observation<L>, current: L) -> Decision<L> 
     }
     if older_pending.is_some() {
         return quiet(current, obs.policy.requeue(obs.created_at, obs.now));
+    }
+    // A Repository that has never received a backup is created (`restic init`) by the first
+    // session's host. Two of them initialising one repository at once corrupt it, so until one
+    // backup has succeeded, the sessions of every configuration sharing it start one at a time,
+    // oldest first.
+    if !obs.repository.initialized {
+        let busy = obs.repository.others.iter().any(|o| {
+            o.phase == Some(L::RUNNING)
+                || (o.phase.is_none_or(|p| p == L::INITIAL) && key(o.created_at, &o.name) < me)
+        });
+        if busy {
+            return quiet(current, obs.policy.requeue(obs.created_at, obs.now));
+        }
     }
     let before = if model == TargetModel::Job {
         vec![Effect::CreateBackupJob]

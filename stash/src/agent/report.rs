@@ -90,10 +90,19 @@ pub async fn record_backup(
     update_status(api, name, |repo| {
         let status = repo.status.get_or_insert_with(Default::default);
         let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
-        status.integrity = r.integrity;
-        status.size = r.size.clone();
-        status.snapshot_count = r.snapshot_count;
-        status.snapshots_removed_on_last_cleanup = r.snapshots_removed;
+        // A figure whose step failed after the snapshot is left as it was.
+        if r.integrity.is_some() {
+            status.integrity = r.integrity;
+        }
+        if r.size.is_some() {
+            status.size = r.size.clone();
+        }
+        if r.snapshot_count.is_some() {
+            status.snapshot_count = r.snapshot_count;
+        }
+        if r.snapshots_removed.is_some() {
+            status.snapshots_removed_on_last_cleanup = r.snapshots_removed;
+        }
         status.last_backup_time = Some(now.clone());
         if status.first_backup_time.is_none() {
             status.first_backup_time = Some(now);

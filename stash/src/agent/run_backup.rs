@@ -113,13 +113,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
         // Serialise with the other pods of the workload; re-read after locking.
         let leadership = lock.acquire(client.clone()).await?;
+        // Pausing is the operator's decision, for sessions not yet started: a session it marked
+        // Running completes normally (stash_machines::backup_session).
         let fresh = sessions.get(&session.name_any()).await?;
-        let paused = bcs
-            .get(&opts.backup_configuration)
-            .await
-            .map(|b| b.spec.paused)
-            .unwrap_or(true);
-        if !paused && needs_backup(&fresh, &host) {
+        if needs_backup(&fresh, &host) {
             let bc = bcs.get(&opts.backup_configuration).await?;
             backup_one(&client, &events, &opts, &bc, &fresh, &host).await;
         }
@@ -129,16 +126,19 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The operator has started the session and this host has not reported yet.
+/// The operator has started the session and this host has not reported yet (the host
+/// machine's first question, [`stash_machines::backup_host::decide`]).
 fn needs_backup(session: &BackupSession, host: &str) -> bool {
-    let Some(status) = &session.status else {
-        return false;
+    use stash_machines::backup_host::{HostObservation, HostStep, decide};
+    let status = session.status.as_ref();
+    let obs = HostObservation {
+        running: status.and_then(|s| s.phase) == Some(Phase::Running),
+        reported: status
+            .is_some_and(|s| s.stats.iter().any(|h| h.hostname.as_deref() == Some(host))),
+        directories: vec![],
+        tagged: None,
     };
-    status.phase == Some(Phase::Running)
-        && !status
-            .stats
-            .iter()
-            .any(|s| s.hostname.as_deref() == Some(host))
+    decide(&obs) != HostStep::Idle
 }
 
 async fn backup_one(
@@ -166,7 +166,7 @@ async fn backup_one(
                 enable_cache: opts.enable_cache,
                 max_connections: opts.max_connections,
             };
-            backup::run(&repo, bc, host, &settings).await
+            backup::run(&repo, bc, host, &session.name_any(), &settings).await
         }
         Err(e) => Err(format!("Repository {repo_name}: {e}")),
     };
@@ -201,10 +201,21 @@ async fn backup_one(
         },
     };
     let sessions = Api::<BackupSession>::namespaced(client.clone(), &ns);
-    if let Err(e) =
-        super::report::upsert_backup_hosts(&sessions, &session.name_any(), &[entry]).await
-    {
-        tracing::error!(error = %e, "could not record this host's result");
+    // The report is what the operator waits for: retry it (bounded) rather than let the session
+    // run into its deadline. Should it still fail, a restarted agent finds the tagged snapshot.
+    let mut delay = Duration::from_secs(1);
+    for attempt in 1..=6 {
+        match super::report::upsert_backup_hosts(&sessions, &session.name_any(), &[entry.clone()])
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if attempt < 6 => {
+                tracing::warn!(error = %e, attempt, "could not record this host's result; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => tracing::error!(error = %e, "could not record this host's result"),
+        }
     }
     match outcome {
         Ok(o) => {
@@ -216,11 +227,23 @@ async fn backup_one(
                     format!("backup of host {host} succeeded"),
                 )
                 .await;
+            for w in &o.warnings {
+                tracing::warn!(warning = %w, "backup succeeded with a failed follow-up step");
+                events
+                    .publish(
+                        &reference,
+                        Severity::Warning,
+                        "HostBackupFollowUpFailed",
+                        w.clone(),
+                    )
+                    .await;
+            }
+            let count = |v: Option<u64>| v.map(|v| i32::try_from(v).unwrap_or(i32::MAX));
             let report = super::report::RepositoryReport {
-                integrity: Some(o.integrity),
-                size: Some(stash_restic::format_size(o.repository_size)),
-                snapshot_count: Some(i32::try_from(o.snapshot_count).unwrap_or(i32::MAX)),
-                snapshots_removed: Some(i32::try_from(o.snapshots_removed).unwrap_or(i32::MAX)),
+                integrity: o.integrity,
+                size: o.repository_size.map(stash_restic::format_size),
+                snapshot_count: count(o.snapshot_count),
+                snapshots_removed: count(o.snapshots_removed),
             };
             if let Err(e) = super::report::record_backup(&repos, &repo_name, &report).await {
                 tracing::warn!(error = %e, "could not update the Repository status");

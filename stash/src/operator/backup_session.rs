@@ -13,7 +13,7 @@ use kube::{
     runtime::{Controller, watcher},
 };
 use stash_crds::{
-    BackupConfiguration, BackupSession,
+    BackupConfiguration, BackupSession, Repository,
     backup_session::{BackupSessionStatus, HostPhase},
     common::Driver,
     consts,
@@ -22,7 +22,8 @@ use stash_crds::{
 use stash_machines::{
     Effect,
     backup_session::{
-        self as machine, Config, HostReport, Observation, OtherSession, Phase, TargetModel,
+        self as machine, Config, HostReport, Observation, OtherSession, Phase, RepositoryUse,
+        TargetModel,
     },
 };
 use stash_runtime::{Action, Reconcile, StatusWriter, events::Severity};
@@ -37,17 +38,71 @@ fn created_at<K: Resource>(obj: &K) -> u64 {
         .map_or(0, |t| u64::try_from(t.0.as_second()).unwrap_or(0))
 }
 
+/// The sessions of the other BackupConfigurations backing up into `bc`'s Repository, while
+/// that Repository has never received a backup (afterwards nothing is listed).
+async fn observe_repository(
+    ctx: &Ctx,
+    ns: &str,
+    bc: Option<&BackupConfiguration>,
+) -> Result<RepositoryUse, Error> {
+    let Some(repo_name) = bc.and_then(|b| b.spec.repository.as_ref()).map(|r| &r.name) else {
+        return Ok(RepositoryUse::initialized());
+    };
+    let repo = Api::<Repository>::namespaced(ctx.client.clone(), ns)
+        .get_opt(repo_name)
+        .await?;
+    let initialized = repo.and_then(|r| r.status).is_some_and(|s| {
+        s.first_backup_time.is_some()
+            || s.last_backup_time.is_some()
+            || s.last_successful_backup_time.is_some()
+    });
+    if initialized {
+        return Ok(RepositoryUse::initialized());
+    }
+    let own = bc.map(ResourceExt::name_any).unwrap_or_default();
+    let sharing: Vec<String> = Api::<BackupConfiguration>::namespaced(ctx.client.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .into_iter()
+        .filter(|b| {
+            b.name_any() != own && b.spec.repository.as_ref().map(|r| &r.name) == Some(repo_name)
+        })
+        .map(|b| b.name_any())
+        .collect();
+    let sessions = Api::<BackupSession>::namespaced(ctx.client.clone(), ns);
+    let mut others = Vec::new();
+    for name in sharing {
+        let selector = format!("{}={name}", consts::BACKUP_CONFIGURATION_LABEL);
+        others.extend(
+            sessions
+                .list(&ListParams::default().labels(&selector))
+                .await?
+                .into_iter()
+                .map(|o| other_session(&o)),
+        );
+    }
+    Ok(RepositoryUse {
+        initialized: false,
+        others,
+    })
+}
+
+fn other_session(o: &BackupSession) -> OtherSession {
+    OtherSession {
+        name: o.name_any(),
+        phase: o.status.as_ref().and_then(|s| s.phase),
+        created_at: created_at(o),
+    }
+}
+
 /// The configuration this session runs, as the machine needs it.
 async fn observe_config(
     ctx: &Ctx,
     ns: &str,
-    bc_name: &str,
+    bc: Option<&BackupConfiguration>,
     overlap: machine::OverlapPolicy,
 ) -> Result<Config, Error> {
-    let Some(bc) = Api::<BackupConfiguration>::namespaced(ctx.client.clone(), ns)
-        .get_opt(bc_name)
-        .await?
-    else {
+    let Some(bc) = bc else {
         return Ok(Config::Missing);
     };
     let target = bc.spec.target.as_ref();
@@ -130,7 +185,19 @@ impl Reconcile<BackupSession> for BackupSessions {
         {
             return Ok(Action::await_change());
         }
-        let config = observe_config(ctx, &ns, &bc_name, ctx.overlap).await?;
+        let bc = Api::<BackupConfiguration>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&bc_name)
+            .await?;
+        let config = observe_config(ctx, &ns, bc.as_ref(), ctx.overlap).await?;
+        // Only a session that could start needs the Repository's other users.
+        let repository = if status
+            .and_then(|s| s.phase)
+            .is_none_or(|p| p == Phase::Pending)
+        {
+            observe_repository(ctx, &ns, bc.as_ref()).await?
+        } else {
+            RepositoryUse::initialized()
+        };
         let others = api
             .list(
                 &ListParams::default()
@@ -139,11 +206,7 @@ impl Reconcile<BackupSession> for BackupSessions {
             .await?
             .into_iter()
             .filter(|o| o.uid() != bs.uid())
-            .map(|o| OtherSession {
-                name: o.name_any(),
-                phase: o.status.as_ref().and_then(|s| s.phase),
-                created_at: created_at(&o),
-            })
+            .map(|o| other_session(&o))
             .collect();
         let job = match &config {
             Config::Found {
@@ -162,6 +225,7 @@ impl Reconcile<BackupSession> for BackupSessions {
             hosts: host_reports(status),
             config,
             others,
+            repository,
             job,
             now: u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0),
             policy: ctx.policy,
@@ -176,6 +240,22 @@ impl Reconcile<BackupSession> for BackupSessions {
         for effect in decision.effects {
             match effect {
                 Effect::WriteStatus(patch) => {
+                    if patch.phase == Phase::Running
+                        && obs.phase != Some(Phase::Running)
+                        && matches!(
+                            obs.config,
+                            Config::Found {
+                                model: TargetModel::Sidecar,
+                                ..
+                            }
+                        )
+                        && let Some(bc) =
+                            Api::<BackupConfiguration>::namespaced(ctx.client.clone(), &ns)
+                                .get_opt(&bc_name)
+                                .await?
+                    {
+                        super::workload::grant_session_to_sidecar(ctx, &bc, &bs.name_any()).await?;
+                    }
                     let mut desired = status.cloned().unwrap_or_default();
                     desired.phase = Some(patch.phase);
                     if let Some(t) = patch.total_hosts {
