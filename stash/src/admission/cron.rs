@@ -100,6 +100,21 @@ fn range(f: &Field, expr: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The interval of an `@every <duration>` schedule (`None` for any other form).
+pub fn every(schedule: &str) -> Option<std::time::Duration> {
+    let s = schedule.trim();
+    let s = match s.strip_prefix("TZ=").or_else(|| s.strip_prefix("CRON_TZ=")) {
+        Some(rest) => rest.split_once(char::is_whitespace)?.1.trim_start(),
+        None => s,
+    };
+    let every = s.strip_prefix("@every ")?;
+    every
+        .trim()
+        .parse::<stash_crds::GoDuration>()
+        .ok()
+        .map(|d| d.as_std())
+}
+
 /// Check `schedule` the way robfig/cron v3 `ParseStandard` does; the error says what is wrong.
 pub fn parse(schedule: &str) -> Result<(), String> {
     let mut s = schedule.trim();

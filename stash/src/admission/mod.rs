@@ -354,6 +354,103 @@ async fn mutate_workload(
     respond(&req, &original, m)
 }
 
+/// Validate a BackupConfiguration or RestoreSession, then warn about what it names that does not
+/// exist yet, and (BackupConfiguration) about a Repository other BackupConfigurations use too.
+async fn validate_with_references<K>(
+    ctx: Ctx,
+    req: AdmissionRequest<DynamicObject>,
+) -> AdmissionResponse
+where
+    K: Validate<Context = ()> + DeserializeOwned + References,
+{
+    let resp = decide::<K>(&req, &());
+    let (Some(obj), Some(ns)) = (req.object.as_ref(), req.namespace.as_deref()) else {
+        return resp;
+    };
+    let Ok(new) = typed::<K>(obj) else {
+        return resp;
+    };
+    if !resp.allowed {
+        return resp;
+    }
+    let repository = new.repository().filter(|r| !r.is_empty());
+    let mut refs = validate::References::default();
+    if let Some(repo) = repository {
+        refs.repository_exists = Api::<Repository>::namespaced(ctx.client.clone(), ns)
+            .get_metadata_opt(repo)
+            .await
+            .ok()
+            .map(|r| r.is_some());
+        if K::SHARES_REPOSITORY
+            && let Ok(list) = Api::<BackupConfiguration>::namespaced(ctx.client.clone(), ns)
+                .list(&ListParams::default())
+                .await
+        {
+            refs.sharing_repository = list
+                .items
+                .iter()
+                .filter(|bc| bc.name_any() != req.name)
+                .filter(|bc| bc.spec.repository.as_ref().is_some_and(|r| r.name == repo))
+                .map(ResourceExt::name_any)
+                .collect();
+        }
+    }
+    let target = new
+        .target_ref()
+        .filter(|t| t.name.is_some() && t.kind.is_some());
+    if let Some(t) = target {
+        let (group, version) = t
+            .api_version
+            .as_deref()
+            .unwrap_or_default()
+            .rsplit_once('/')
+            .unwrap_or(("", t.api_version.as_deref().unwrap_or_default()));
+        let gvk =
+            kube::api::GroupVersionKind::gvk(group, version, t.kind.as_deref().unwrap_or_default());
+        let ar = kube::api::ApiResource::from_gvk(&gvk);
+        refs.target_exists = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), ns, &ar)
+            .get_metadata_opt(t.name.as_deref().unwrap_or_default())
+            .await
+            .ok()
+            .map(|o| o.is_some());
+    }
+    let extra = validate::reference_warnings(repository, target, &refs);
+    if extra.is_empty() {
+        return resp;
+    }
+    let mut resp = resp;
+    resp.warnings.get_or_insert_with(Vec::new).extend(extra);
+    resp
+}
+
+/// What [`validate_with_references`] reads from a kind.
+trait References {
+    /// Whether other BackupConfigurations sharing the Repository deserve a warning.
+    const SHARES_REPOSITORY: bool;
+    fn repository(&self) -> Option<&str>;
+    fn target_ref(&self) -> Option<&stash_crds::TargetRef>;
+}
+
+impl References for BackupConfiguration {
+    const SHARES_REPOSITORY: bool = true;
+    fn repository(&self) -> Option<&str> {
+        self.spec.repository.as_ref().map(|r| r.name.as_str())
+    }
+    fn target_ref(&self) -> Option<&stash_crds::TargetRef> {
+        self.spec.target.as_ref().map(|t| &t.target_ref)
+    }
+}
+
+impl References for RestoreSession {
+    const SHARES_REPOSITORY: bool = false;
+    fn repository(&self) -> Option<&str> {
+        self.spec.repository.as_ref().map(|r| r.name.as_str())
+    }
+    fn target_ref(&self) -> Option<&stash_crds::TargetRef> {
+        self.spec.target.as_ref().map(|t| &t.target_ref)
+    }
+}
+
 fn default_kind(short: &str, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
     let Some(obj) = req
         .object
@@ -382,12 +479,12 @@ fn router(ctx: Ctx) -> Router {
         let route = match h.decision {
             register::Decision::Validate(kind) => match kind {
                 "repository" => review(|req| async move { decide::<Repository>(&req, &()) }),
-                "backupconfiguration" => {
-                    review(|req| async move { decide::<BackupConfiguration>(&req, &()) })
-                }
+                "backupconfiguration" => review(move |req| {
+                    validate_with_references::<BackupConfiguration>(ctx.clone(), req)
+                }),
                 "backupsession" => review(|req| async move { decide::<BackupSession>(&req, &()) }),
                 "restoresession" => {
-                    review(|req| async move { decide::<RestoreSession>(&req, &()) })
+                    review(move |req| validate_with_references::<RestoreSession>(ctx.clone(), req))
                 }
                 "function" => review(|req| async move { decide::<Function>(&req, &()) }),
                 "backupconfigurationtemplate" => {

@@ -44,7 +44,7 @@ fn rejected(r: Result<(), FieldErrors>, want: &str) {
 }
 
 fn s3() -> Value {
-    json!({"storageSecretName": "s", "s3": {"endpoint": "s3.amazonaws.com", "bucket": "b"}})
+    json!({"storageSecretName": "s", "s3": {"endpoint": "s3.amazonaws.com", "bucket": "stash-b"}})
 }
 
 #[test]
@@ -55,11 +55,11 @@ fn repository_rules() {
         "spec.backend: exactly one of local, s3",
     );
     rejected(
-        repo(json!({"backend": {"storageSecretName": "s", "s3": {"bucket": "b"}, "gcs": {"bucket": "b"}}})).validate_create(&()),
+        repo(json!({"backend": {"storageSecretName": "s", "s3": {"bucket": "stash-b"}, "gcs": {"bucket": "b"}}})).validate_create(&()),
         "spec.backend: exactly one of local, s3, gcs, azure, swift, b2, rest must be set, found s3, gcs",
     );
     rejected(
-        repo(json!({"backend": {"s3": {"bucket": "b"}}})).validate_create(&()),
+        repo(json!({"backend": {"s3": {"bucket": "stash-b"}}})).validate_create(&()),
         "spec.backend.storageSecretName: required",
     );
     rejected(
@@ -133,7 +133,7 @@ fn repository_rules() {
     );
     rejected(
         repo(
-            json!({"backend": {"storageSecretName": "s", "b2": {"bucket": "b"}}, "wipeOut": true}),
+            json!({"backend": {"storageSecretName": "s", "b2": {"bucket": "stash-b"}}, "wipeOut": true}),
         )
         .validate_create(&()),
         "spec.wipeOut: wipe out operation is not supported for B2 backend",
