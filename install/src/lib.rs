@@ -12,7 +12,6 @@
 //! ([`stash::admission::register`]), the names of the ClusterRoles the operator maintains
 //! ([`stash::operator::rbac`], [`stash::jobs::rbac`]) and the certificate Secret names, so the
 //! manifests cannot drift from what the operator does at run time.
-use k8s_openapi::api::rbac::v1::ClusterRole;
 use serde_json::{Value, json};
 use stash::admission::register::{self, Endpoint};
 
@@ -59,7 +58,14 @@ pub struct InstallOptions {
     /// Serve and register the Snapshot API (repositories.stash.appscode.com).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub snapshot_api: bool,
+    /// Source addresses of the kube-apiserver: the NetworkPolicy admits only these to the
+    /// webhook port (default: the test cluster's node network).
+    #[arg(long = "apiserver-cidr", default_value = DEFAULT_APISERVER_CIDR)]
+    pub apiserver_cidrs: Vec<String>,
 }
+
+/// The default of [`InstallOptions::apiserver_cidrs`]: the stash-rs test cluster's node network.
+pub const DEFAULT_APISERVER_CIDR: &str = "198.18.0.0/24";
 
 impl Default for InstallOptions {
     fn default() -> Self {
@@ -72,6 +78,7 @@ impl Default for InstallOptions {
             pdb_min_available: 1,
             webhook: true,
             snapshot_api: true,
+            apiserver_cidrs: vec![DEFAULT_APISERVER_CIDR.into()],
         }
     }
 }
@@ -116,24 +123,15 @@ const ALL_OWN: &[&str] = &[
 const STATUS: &[&str] = &["get", "update", "patch"];
 const EVENTS: &[&str] = &["create", "update", "patch"];
 
-/// The ClusterRoles the operator creates and grants to the pods it runs (`stash-cron-job`,
-/// `stash-sidecar`, `stash-restore-init-container`, `stash-backup-job`,
-/// `stash-restore-job`): it may `escalate` and `bind` exactly these, nothing else.
-pub fn managed_cluster_roles() -> Vec<ClusterRole> {
-    let mut v = stash::operator::rbac::cluster_roles();
-    v.extend(stash::jobs::rbac::cluster_roles());
-    v
-}
-
-fn managed_cluster_role_names() -> Vec<String> {
-    managed_cluster_roles()
-        .into_iter()
-        .filter_map(|r| r.metadata.name)
-        .collect()
+/// Every rule the operator grants to the pods it runs (sample names): the narrow Roles of
+/// [`stash::operator::rbac`]. The operator holds each of them itself, so it needs neither
+/// `escalate` nor `bind` ([`operator_holds`] checks it).
+pub fn granted_rules() -> Vec<k8s_openapi::api::rbac::v1::PolicyRule> {
+    stash::operator::rbac::sample_rules()
 }
 
 /// The operator's cluster-wide permissions: explicit verbs on explicit resources, no
-/// wildcards; the webhook configurations, the APIService and the managed ClusterRoles by name.
+/// wildcards; the webhook configurations and the APIService by name.
 pub fn cluster_role() -> Value {
     let stash_kinds = [
         "backupconfigurations",
@@ -202,19 +200,18 @@ pub fn cluster_role() -> Value {
             &["get", "list", "watch", "create", "patch", "delete"],
         ),
         rule(&["batch"], &["cronjobs"], ALL_OWN),
+        // The agents' narrow Roles and their RoleBindings. No `escalate`, no `bind`: the
+        // operator holds every permission it grants (`operator_holds`).
         rule(
             &["rbac.authorization.k8s.io"],
-            &["rolebindings"],
-            &[
-                "get", "list", "watch", "create", "update", "patch", "delete",
-            ],
+            &["roles", "rolebindings"],
+            &["get", "create", "update", "patch", "delete"],
         ),
-        // Server-side apply creates by name, so `create` can be limited to the names too.
-        named_rule(
-            &["rbac.authorization.k8s.io"],
-            &["clusterroles"],
-            &managed_cluster_role_names(),
-            &["get", "create", "update", "patch", "bind", "escalate"],
+        // The agents' Leases, created empty so their Roles grant get/update by name only.
+        rule(
+            &["coordination.k8s.io"],
+            &["leases"],
+            &["get", "create", "update"],
         ),
         named_rule(
             &["admissionregistration.k8s.io"],
@@ -441,6 +438,33 @@ fn service(o: &InstallOptions) -> Value {
     })
 }
 
+/// Only the API server may reach the webhook port (defence in depth: the server also
+/// requires the API server's client certificate where the cluster provides one); metrics and
+/// the Snapshot API (which authenticates its callers itself) stay open.
+fn network_policy(o: &InstallOptions) -> Value {
+    let from: Vec<Value> = o
+        .apiserver_cidrs
+        .iter()
+        .map(|c| json!({"ipBlock": {"cidr": c}}))
+        .collect();
+    let mut open = vec![json!({"port": "metrics", "protocol": "TCP"})];
+    if o.snapshot_api {
+        open.push(json!({"port": "snapshot-api", "protocol": "TCP"}));
+    }
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": NAME, "namespace": o.namespace, "labels": labels_with("operator")},
+        "spec": {
+            "podSelector": {"matchLabels": selector()},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"ports": [{"port": "webhook", "protocol": "TCP"}], "from": from},
+                {"ports": open},
+            ],
+        },
+    })
+}
+
 fn pdb(o: &InstallOptions) -> Value {
     json!({
         "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
@@ -544,6 +568,7 @@ pub fn objects(o: &InstallOptions) -> Vec<Value> {
     v.push(pushgateway_deployment(o));
     v.push(pdb(o));
     if o.webhook {
+        v.push(network_policy(o));
         v.extend(webhook_configurations(o));
     }
     if o.snapshot_api {
@@ -619,6 +644,11 @@ pub fn rbac_problems(objs: &[Value]) -> Vec<String> {
                     if r.get("nonResourceURLs").is_some() {
                         problems.push(format!("{k}: nonResourceURLs"));
                     }
+                    for v in ["escalate", "bind", "impersonate"] {
+                        if verbs.iter().any(|x| x == v) {
+                            problems.push(format!("{k}: {v} on {groups:?} {resources:?}"));
+                        }
+                    }
                     for (group, res) in [("", "secrets")] {
                         if groups.iter().any(|g| g == group)
                             && resources.iter().any(|x| x == res)
@@ -644,5 +674,60 @@ pub fn rbac_problems(objs: &[Value]) -> Vec<String> {
             _ => {}
         }
     }
+    if let Some(cr) = objs
+        .iter()
+        .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == NAME)
+    {
+        problems.extend(operator_holds(cr));
+    }
     problems
+}
+
+/// What the operator grants but does not hold (it would need `escalate` or `bind`): every
+/// group × resource × verb × name of [`granted_rules`] must be covered by a rule of the
+/// operator's ClusterRole `cr`.
+pub fn operator_holds(cr: &Value) -> Vec<String> {
+    let strs = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect()
+    };
+    let held: Vec<[Vec<String>; 4]> = cr["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            [
+                strs(&r["apiGroups"]),
+                strs(&r["resources"]),
+                strs(&r["verbs"]),
+                strs(&r["resourceNames"]),
+            ]
+        })
+        .collect();
+    let mut missing = Vec::new();
+    for g in granted_rules() {
+        let names = g.resource_names.clone().unwrap_or_default();
+        for group in g.api_groups.iter().flatten() {
+            for res in g.resources.iter().flatten() {
+                for verb in &g.verbs {
+                    let covered = held.iter().any(|[hg, hr, hv, hn]| {
+                        hg.contains(group)
+                            && hr.contains(res)
+                            && hv.contains(verb)
+                            && (hn.is_empty()
+                                || (!names.is_empty() && names.iter().all(|n| hn.contains(n))))
+                    });
+                    if !covered {
+                        missing.push(format!(
+                            "the operator grants but does not hold {verb} {group}/{res}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    missing
 }

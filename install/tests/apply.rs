@@ -5,22 +5,22 @@
 //!   otherwise find no namespace);
 //! * the RBAC lint passes on what the file holds;
 //! * the RBAC is applied for real and the operator's ServiceAccount (impersonated) can do what
-//!   the operator does at start-up: server-side apply every ClusterRole it maintains (which
-//!   needs `escalate`), bind them in a namespace (`bind`), take its Lease, write its certificate
-//!   Secret, patch its webhook configurations, and nothing it should not: no other
-//!   ClusterRole, no Secret listing, no cluster-admin binding.
+//!   the operator does: create and bind the agents' narrow Roles (without `escalate` or `bind`:
+//!   it holds what it grants), take its Lease, write its certificate Secret, patch its webhook
+//!   configurations, and nothing it should not: no ClusterRole, no Role beyond what it holds,
+//!   no Secret listing, no cluster-admin binding.
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::{
     authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec},
-    rbac::v1::{ClusterRole, RoleBinding},
+    rbac::v1::{ClusterRole, Role, RoleBinding},
 };
 use kube::{
     Api, Client,
     api::{Patch, PatchParams, PostParams},
 };
 use serde_json::{Value, json};
-use stash_install::{InstallOptions, NAME, key, managed_cluster_roles, rbac_problems};
+use stash_install::{InstallOptions, NAME, key, rbac_problems};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -171,35 +171,31 @@ async fn operator_service_account_has_exactly_what_it_needs() -> anyhow::Result<
     );
 
     let op = as_operator(cp, &ns);
-    // Start-up: server-side apply every ClusterRole the operator maintains. Their rules go
-    // beyond the operator's own (e.g. leases in every namespace), so this needs `escalate`.
-    let pp = PatchParams::apply("stash-operator").force();
-    let mut created = 0;
-    for role in managed_cluster_roles() {
-        let name = role.metadata.name.clone().expect("name");
-        Api::<ClusterRole>::all(op.clone())
-            .patch(&name, &pp, &Patch::Apply(&role))
-            .await
-            .map_err(|e| anyhow::anyhow!("operator cannot apply ClusterRole {name}: {e}"))?;
-        created += 1;
-    }
-    println!("rbac: the operator applied its {created} ClusterRoles");
-
-    // Bind one in a user namespace (what it does for every sidecar and job).
+    // What it does for every sidecar, restore init-container and Job: a narrow Role of its own
+    // and its binding. It holds every permission it grants, so this needs neither `escalate`
+    // nor `bind`.
     let user_ns = cp.namespace("install-rbac").await?;
-    for role in managed_cluster_roles() {
-        let name = role.metadata.name.clone().expect("name");
-        let rb: RoleBinding = serde_json::from_value(json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": {"name": format!("test-{name}"), "namespace": user_ns.name},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": user_ns.name}],
-        }))?;
-        Api::<RoleBinding>::namespaced(op.clone(), &user_ns.name)
-            .patch(&format!("test-{name}"), &pp, &Patch::Apply(&rb))
-            .await
-            .map_err(|e| anyhow::anyhow!("operator cannot bind {name}: {e}"))?;
-    }
+    let pp = PatchParams::apply("stash-operator").force();
+    let rules = stash_install::granted_rules();
+    let n_rules = rules.len();
+    stash::operator::rbac::grant(&op, &user_ns.name, "test-narrow", "sa", rules, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("operator cannot grant its narrow Roles: {e}"))?;
+    println!("rbac: the operator created and bound a Role of {n_rules} narrow rules");
+
+    // Not a Role granting what it does not hold (listing Secrets).
+    let rogue_role: Role = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "stash-rogue", "namespace": user_ns.name},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]}],
+    }))?;
+    let denied = Api::<Role>::namespaced(op.clone(), &user_ns.name)
+        .patch("stash-rogue", &pp, &Patch::Apply(&rogue_role))
+        .await;
+    assert!(
+        matches!(denied, Err(kube::Error::Api(ref s)) if s.code == 403),
+        "a Role listing Secrets: {denied:?}"
+    );
 
     // But not any other ClusterRole: neither edit one, nor bind cluster-admin.
     let rogue: ClusterRole = serde_json::from_value(json!({
@@ -241,7 +237,24 @@ async fn operator_service_account_has_exactly_what_it_needs() -> anyhow::Result<
             n,
             Some("stash-operator"),
         ),
-        (false, "create", "coordination.k8s.io", "leases", u, None),
+        // The agents' Leases are created empty by the operator (their Roles grant them by name).
+        (true, "create", "coordination.k8s.io", "leases", u, None),
+        (
+            false,
+            "escalate",
+            "rbac.authorization.k8s.io",
+            "roles",
+            u,
+            Some("x"),
+        ),
+        (
+            false,
+            "bind",
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            None,
+            Some("stash-sidecar"),
+        ),
         (true, "create", "", "secrets", n, None),
         (
             true,

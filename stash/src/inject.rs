@@ -12,6 +12,8 @@ use k8s_openapi::api::core::v1::{
 use kube::ResourceExt;
 use stash_crds::{BackupConfiguration, Repository, RestoreSession, consts};
 
+use crate::target::WorkloadKind;
+
 /// The sidecar container's name.
 pub const SIDECAR: &str = "stash";
 /// The restore init-container's name.
@@ -39,6 +41,52 @@ pub enum InjectError {
     /// The Repository has no `storageSecretName`.
     #[error("Repository {0} has no spec.backend.storageSecretName")]
     NoStorageSecret(String),
+}
+
+/// The ServiceAccount stash-rs gives a workload whose pods run as `default` (or name none)
+/// while a sidecar or restore init-container is injected: the agents' narrow Roles are bound
+/// to it, never to `default` (docs/security.md).
+pub fn dedicated_service_account(kind: WorkloadKind, workload: &str) -> String {
+    format!("{}-{workload}-stash", kind.kind().to_lowercase())
+}
+
+/// `template` with the ServiceAccount the injected agents run as: [`dedicated_service_account`]
+/// when `injected` and the pods run as `default`; back to `default` (unset) when nothing is
+/// injected any more and the pods run as the dedicated one. A ServiceAccount the workload
+/// names is left alone.
+pub fn with_service_account(
+    template: &PodTemplateSpec,
+    kind: WorkloadKind,
+    workload: &str,
+    injected: bool,
+) -> PodTemplateSpec {
+    let mut t = template.clone();
+    let dedicated = dedicated_service_account(kind, workload);
+    if let Some(spec) = t.spec.as_mut() {
+        let current = spec
+            .service_account_name
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default");
+        if injected && current == "default" {
+            spec.service_account_name = Some(dedicated);
+            spec.service_account = None;
+        } else if !injected && current == dedicated {
+            spec.service_account_name = None;
+            spec.service_account = None;
+        }
+    }
+    t
+}
+
+/// The ServiceAccount the pods of `template` run as.
+pub fn service_account(template: &PodTemplateSpec) -> String {
+    template
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".into())
 }
 
 /// FNV-64a of the BackupConfiguration spec's JSON, in decimal (the pod-template hash annotation).
@@ -596,5 +644,19 @@ mod tests {
         let mut h = Fnv64a::default();
         h.write(b"a");
         assert_eq!(h.finish(), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn agents_never_run_as_default() {
+        let (template, _, _) = fixtures();
+        let k = WorkloadKind::Deployment;
+        let t = with_service_account(&template, k, "app", true);
+        assert_eq!(service_account(&t), "deployment-app-stash");
+        assert_eq!(with_service_account(&t, k, "app", true), t);
+        assert_eq!(with_service_account(&t, k, "app", false), template);
+        let mut named = template.clone();
+        named.spec.as_mut().expect("spec").service_account_name = Some("app-sa".into());
+        assert_eq!(with_service_account(&named, k, "app", true), named);
+        assert_eq!(with_service_account(&named, k, "app", false), named);
     }
 }

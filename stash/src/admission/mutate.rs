@@ -230,8 +230,10 @@ pub fn mutate_workload(
     {
         return Mutation::default();
     }
+    let injected = target.is_some() || restore.is_some();
     let desired = match inject::apply_backup(&current, target.as_ref().map(|(b, r)| (b, r)), cfg)
         .and_then(|t| inject::apply_restore(&t, restore, cfg))
+        .map(|t| inject::with_service_account(&t, kind, name, injected))
     {
         Ok(d) => d,
         Err(e) => return warn(format!("stash: {e}; nothing injected")),

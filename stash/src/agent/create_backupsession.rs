@@ -23,6 +23,27 @@ pub struct Options {
     /// Its namespace.
     #[arg(long = "backupsession.namespace", env = "POD_NAMESPACE")]
     pub namespace: String,
+    /// Where to push `stash_backupsession_create_failure` (empty: no metric).
+    #[arg(long, default_value = "")]
+    pub pushgateway_url: String,
+}
+
+/// Reason of the Warning event when the session cannot be created (e.g. no admission webhook
+/// answers): the missed backup is visible on the BackupConfiguration.
+pub const CREATE_FAILED: &str = "BackupSessionCreateFailed";
+
+/// The trigger's metric: 1 while the last attempt to create a session failed, else 0.
+pub fn create_failure_group(bc: &str, failed: bool) -> crate::metrics::Group {
+    crate::metrics::Group {
+        job: format!("{bc}-trigger"),
+        host: "cronjob".into(),
+        labels: vec![("BackupConfiguration".into(), bc.into())],
+        samples: vec![crate::metrics::Sample {
+            name: "stash_backupsession_create_failure",
+            help: "1 if the trigger CronJob's last attempt to create a BackupSession failed",
+            value: if failed { 1.0 } else { 0.0 },
+        }],
+    }
 }
 
 /// The session to create for `bc` at `unix` seconds.
@@ -70,11 +91,28 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     let session = session_for(&bc, jiff::Timestamp::now().as_second());
     let api = Api::<BackupSession>::namespaced(client, &opts.namespace);
-    match api.create(&PostParams::default(), &session).await {
-        Ok(s) => tracing::info!(session = %s.name_any(), "created BackupSession"),
+    let result = match api.create(&PostParams::default(), &session).await {
+        Ok(s) => {
+            tracing::info!(session = %s.name_any(), "created BackupSession");
+            Ok(())
+        }
         // The same second twice (a retried pod): the session exists already.
-        Err(kube::Error::Api(e)) if e.code == 409 => tracing::info!("BackupSession exists already"),
-        Err(e) => return Err(e.into()),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            tracing::info!("BackupSession exists already");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
+    if !opts.pushgateway_url.is_empty() {
+        let group = create_failure_group(&opts.name, result.is_err());
+        crate::metrics::push_logged(&opts.pushgateway_url, &group).await;
+    }
+    if let Err(e) = result {
+        let note = format!("could not create a BackupSession: {e}");
+        events
+            .publish(&reference, Severity::Warning, CREATE_FAILED, note)
+            .await;
+        return Err(e.into());
     }
     Ok(())
 }

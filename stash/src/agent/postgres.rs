@@ -29,8 +29,8 @@ use super::pvc::{self, RepoArgs, RetentionArgs};
 /// The file name of the dump inside snapshots.
 pub const DUMP_FILE: &str = "dumpfile.sql";
 
-/// The database connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The database connection. `Debug` prints the password as `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Conn {
     /// Host.
     pub host: String,
@@ -44,7 +44,38 @@ pub struct Conn {
     pub password: String,
 }
 
-/// Host, port and database of a `postgres://` / `postgresql://` URL.
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// `url` without its userinfo (`user:password@`), for messages: a URL may carry a password.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").map_or(("", url), |(s, r)| (s, r));
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("<redacted>@{host}"),
+        None => authority.to_string(),
+    };
+    // A query may carry `password=`: drop it whole.
+    let tail = tail.split_once('?').map_or(tail, |(p, _)| p);
+    if scheme.is_empty() {
+        format!("{authority}{tail}")
+    } else {
+        format!("{scheme}://{authority}{tail}")
+    }
+}
+
+/// Host, port and database of a `postgres://` / `postgresql://` URL. Errors never contain
+/// the URL's userinfo or query (they reach status, events and logs).
 pub fn parse_url(url: &str) -> Result<(String, u16, String), String> {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let rest = rest.split_once('?').map_or(rest, |(r, _)| r);
@@ -54,12 +85,12 @@ pub fn parse_url(url: &str) -> Result<(String, u16, String), String> {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
             h.to_string(),
             p.parse::<u16>()
-                .map_err(|_| format!("bad port in {url:?}"))?,
+                .map_err(|_| format!("bad port in {:?}", redact_url(url)))?,
         ),
         _ => (authority.to_string(), 5432),
     };
     if host.is_empty() {
-        return Err(format!("no host in {url:?}"));
+        return Err(format!("no host in {:?}", redact_url(url)));
     }
     let db = if path.is_empty() {
         "postgres".to_string()
@@ -307,6 +338,28 @@ mod tests {
             Ok(("db.ns.svc".into(), 5432, "postgres".into()))
         );
         assert!(parse_url("postgresql://:x/").is_err());
+    }
+
+    #[test]
+    fn url_errors_and_debug_never_show_a_password() {
+        for url in [
+            "postgres://u:s3cr3t-pw@db:notaport/x",
+            "postgres://u:s3cr3t-pw@/x",
+            "postgres://u:s3cr3t-pw@db:99999/x?password=s3cr3t-pw",
+            "u:s3cr3t-pw@:x",
+        ] {
+            let e = parse_url(url).expect_err(url);
+            assert!(!e.contains("s3cr3t-pw"), "{e}");
+            assert!(e.contains("<redacted>"), "{e}");
+        }
+        let c = Conn {
+            host: "db".into(),
+            port: 5432,
+            database: "d".into(),
+            user: "u".into(),
+            password: "s3cr3t-pw".into(),
+        };
+        assert!(!format!("{c:?}").contains("s3cr3t-pw"));
     }
 
     #[test]

@@ -12,10 +12,12 @@ use stash_crds::{BackupConfiguration, BackupSession, Function, Repository, Task,
 use super::{
     BACKOFF_LIMIT, JobError, JobState, LOCAL_VOLUME, TMP_VOLUME, config,
     inputs::{self, OperatorInputs},
-    rbac::BACKUP_JOB_ROLE,
     resolve,
 };
-use crate::operator::{backup_configuration::offshoot_labels, rbac as op_rbac};
+use crate::operator::{
+    backup_configuration::offshoot_labels,
+    rbac::{self as op_rbac, BACKUP_JOB_ROLE},
+};
 
 /// The Job's name.
 pub fn job_name(session: &str) -> String {
@@ -204,14 +206,20 @@ pub async fn ensure_job(
     if user_sa.is_none_or(|s| s.is_empty()) {
         super::ensure_service_account(client, &ns, &sa, &labels, owner.clone()).await?;
     }
-    let rb = op_rbac::role_binding(
-        &format!("{bc_name}-{BACKUP_JOB_ROLE}"),
+    // Its session, its Repository, its AppBinding's Secret: nothing else (one session of a
+    // BackupConfiguration runs at a time, so the Role names the current one).
+    let target = bc.spec.target.clone().unwrap_or_default().target_ref;
+    let ab = super::app_binding_grant(client, &ns, &target).await?;
+    let rules = op_rbac::backup_job_rules(&bc_name, &session, &repo_name, ab.as_ref());
+    op_rbac::grant(
+        client,
         &ns,
-        BACKUP_JOB_ROLE,
+        &format!("{bc_name}-{BACKUP_JOB_ROLE}"),
         &sa,
+        rules,
         owner,
-    );
-    op_rbac::apply_role_binding(client, &rb).await?;
+    )
+    .await?;
     super::create_if_absent(&Api::<Job>::namespaced(client.clone(), &ns), &job).await?;
     Ok(())
 }

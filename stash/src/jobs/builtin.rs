@@ -300,10 +300,8 @@ pub async fn apply(
     Ok(())
 }
 
-/// What the operator calls at start-up: the built-in Functions and Tasks with its image, and
-/// the job ClusterRoles.
+/// What the operator calls at start-up: the built-in Functions and Tasks with its image.
 pub async fn ensure(client: &Client, image: &str) -> Result<(), kube::Error> {
-    super::rbac::ensure_cluster_roles(client).await?;
     apply(client, &functions(image), &tasks()).await
 }
 

@@ -7,7 +7,6 @@
 //! * [`backup`] / [`restore`]: build and create the Jobs (with ServiceAccount and
 //!   RoleBinding), and observe them as the session machines need ([`JobState`]);
 //! * [`builtin`]: the Functions and Tasks the operator creates at start-up (§11.2);
-//! * [`rbac`]: the ClusterRoles of job pods;
 //! * [`output`]: `output.json`, written by a backup/restore step and read by `update-status`.
 //!
 //! Deliberate differences from upstream (documented for the project docs):
@@ -26,7 +25,6 @@ pub mod builtin;
 pub mod envsubst;
 pub mod inputs;
 pub mod output;
-pub mod rbac;
 pub mod resolve;
 pub mod restore;
 
@@ -196,4 +194,26 @@ pub(crate) async fn combined_state(client: &Client, ns: &str, jobs: &[Job]) -> O
     } else {
         JobState::Active
     })
+}
+
+/// The AppBinding `target` names (if it is one) and the Secret of that AppBinding: what a
+/// database Function's pod reads, and all it may read ([`crate::operator::rbac`]).
+pub(crate) async fn app_binding_grant(
+    client: &Client,
+    ns: &str,
+    target: &stash_crds::common::TargetRef,
+) -> Result<Option<crate::operator::rbac::AppBindingGrant>, kube::Error> {
+    if target.kind.as_deref() != Some("AppBinding") {
+        return Ok(None);
+    }
+    let name = target.name.clone().unwrap_or_default();
+    let secret = Api::<stash_crds::AppBinding>::namespaced(client.clone(), ns)
+        .get_opt(&name)
+        .await?
+        .and_then(|ab| ab.spec.secret.map(|s| s.name))
+        .unwrap_or_default();
+    Ok(Some(crate::operator::rbac::AppBindingGrant {
+        name,
+        secret,
+    }))
 }

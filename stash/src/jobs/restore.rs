@@ -18,10 +18,9 @@ use super::{
     BACKOFF_LIMIT, JobError, JobState, config,
     envsubst::{Inputs, subst_object},
     inputs::{self, OperatorInputs},
-    rbac::RESTORE_JOB_ROLE,
     resolve,
 };
-use crate::operator::rbac as op_rbac;
+use crate::operator::rbac::{self as op_rbac, RESTORE_JOB_ROLE};
 
 const SECRET_VOLUME: &str = "stash-secret-volume";
 const SECRET_DIR: &str = "/etc/stash/repository/secret";
@@ -264,14 +263,18 @@ pub async fn ensure_jobs(
     if user_sa.is_none_or(|s| s.is_empty()) {
         super::ensure_service_account(client, &ns, &sa, &labels, owner.clone()).await?;
     }
-    let rb = op_rbac::role_binding(
-        &format!("{}-{RESTORE_JOB_ROLE}", rs.name_any()),
+    let target = rs.spec.target.clone().unwrap_or_default().target_ref;
+    let ab = super::app_binding_grant(client, &ns, &target).await?;
+    let rules = op_rbac::restore_job_rules(&rs.name_any(), &repo_name, ab.as_ref());
+    op_rbac::grant(
+        client,
         &ns,
-        RESTORE_JOB_ROLE,
+        &format!("{}-{RESTORE_JOB_ROLE}", rs.name_any()),
         &sa,
+        rules,
         owner.clone(),
-    );
-    op_rbac::apply_role_binding(client, &rb).await?;
+    )
+    .await?;
     let pvcs = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns);
     let mut job_labels = labels.clone();
     job_labels.insert(

@@ -40,6 +40,7 @@ pub fn cron_job(
     schedule: &str,
     image: &str,
     service_account: &str,
+    pushgateway_url: &str,
 ) -> CronJob {
     let labels = offshoot_labels(bc, consts::COMPONENT_BACKUP);
     let mut job_labels = labels.clone();
@@ -80,6 +81,7 @@ pub fn cron_job(
                                     "create-backupsession".into(),
                                     format!("--backupsession.name={}", bc.name_any()),
                                     format!("--backupsession.namespace={ns}"),
+                                    format!("--pushgateway-url={pushgateway_url}"),
                                 ]),
                                 ..Default::default()
                             }],
@@ -135,12 +137,25 @@ impl BackupConfigurations {
                 name.clone()
             }
         };
-        let rb = rbac::role_binding(&name, &ns, rbac::CRON_JOB_ROLE, &sa, owner);
-        rbac::apply_role_binding(&ctx.client, &rb).await?;
+        rbac::grant(
+            &ctx.client,
+            &ns,
+            &name,
+            &sa,
+            rbac::cron_job_rules(&name),
+            owner,
+        )
+        .await?;
         let cronjobs = Api::<CronJob>::namespaced(ctx.client.clone(), &ns);
         match bc.spec.schedule.as_deref().filter(|s| !s.trim().is_empty()) {
             Some(schedule) => {
-                let cj = cron_job(&bc, schedule, &ctx.inject.image, &sa);
+                let cj = cron_job(
+                    &bc,
+                    schedule,
+                    &ctx.inject.image,
+                    &sa,
+                    &ctx.inject.pushgateway_url,
+                );
                 cronjobs.patch(&name, &pp, &Patch::Apply(&cj)).await?;
             }
             None => {

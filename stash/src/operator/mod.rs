@@ -156,12 +156,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .context("leader election")?;
     metrics.leader.set(1);
 
-    rbac::ensure_cluster_roles(&client)
-        .await
-        .context("ensure ClusterRoles")?;
     crate::jobs::builtin::ensure(&client, &opts.image)
         .await
-        .context("built-in Functions, Tasks and job ClusterRoles")?;
+        .context("built-in Functions and Tasks")?;
     let controllers = async {
         tokio::join!(
             backup_configuration::run(ctx.clone()),

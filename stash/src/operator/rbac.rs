@@ -1,165 +1,250 @@
-//! The ClusterRoles the operator maintains for the pods it creates or injects into, and the
-//! RoleBindings that grant them (stash-api.md §5.2, §6.1).
-use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, RoleBinding, RoleRef, Subject};
+//! The narrow Roles the operator grants to the pods it creates or injects into, and the
+//! RoleBindings that bind them (stash-api.md §5.2, §6.1–§6.4; docs/security.md).
+//!
+//! Every component gets a namespaced Role of its own whose rules name the objects it works on
+//! (`resourceNames`): its BackupConfiguration or RestoreSession, its session, its Repository,
+//! its Lease, the Secret of its AppBinding. What cannot be limited by name is limited to what
+//! leaks nothing: `create` of BackupSessions (the trigger CronJob), list/watch of the
+//! BackupSessions of the namespace (the sidecar's watch), events.
+//!
+//! Guarantees:
+//! * no rule grants a Secret but by name; no rule writes anything but by name, except
+//!   `create` of BackupSessions and events;
+//! * a rule whose names are not known yet is left out (an empty `resourceNames` would mean
+//!   every name);
+//! * the operator holds every permission it grants, so creating these Roles and binding them
+//!   needs neither `escalate` nor `bind`.
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::{
     Api, Client,
-    api::{ObjectMeta, Patch, PatchParams},
+    api::{DeleteParams, ObjectMeta, Patch, PatchParams},
 };
 
-/// ClusterRole of the trigger CronJob's pods.
+/// Suffix of the trigger CronJob's Role (the Role and RoleBinding are named after the
+/// BackupConfiguration).
 pub const CRON_JOB_ROLE: &str = "stash-cron-job";
-/// ClusterRole of backup sidecars.
+/// Suffix of the backup sidecar's Role (`<kind>-<workload>-stash-sidecar`).
 pub const SIDECAR_ROLE: &str = "stash-sidecar";
-/// ClusterRole of restore init-containers.
+/// Suffix of the restore init-container's Role (`<kind>-<workload>-stash-restore-init-container`).
 pub const RESTORE_INIT_ROLE: &str = "stash-restore-init-container";
+/// Suffix of the backup Job's Role (`<bc>-stash-backup-job`).
+pub const BACKUP_JOB_ROLE: &str = "stash-backup-job";
+/// Suffix of the restore Job's Role (`<rs>-stash-restore-job`).
+pub const RESTORE_JOB_ROLE: &str = "stash-restore-job";
 
 const MANAGER: &str = "stash-operator";
-
-fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
-    PolicyRule {
-        api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
-        resources: Some(resources.iter().map(|s| s.to_string()).collect()),
-        verbs: verbs.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
-
-const READ: &[&str] = &["get", "list", "watch"];
+const STASH: &str = "stash.appscode.com";
+const STATUS: &[&str] = &["get", "update", "patch"];
 const EVENTS: &[&str] = &["create", "patch", "update"];
 
-/// Every ClusterRole the operator owns, least privilege.
-pub fn cluster_roles() -> Vec<ClusterRole> {
-    let role = |name: &str, rules: Vec<PolicyRule>| ClusterRole {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some([("app".to_string(), "stash".to_string())].into()),
-            ..Default::default()
-        },
-        rules: Some(rules),
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// A rule on every object of `resources` (only for what cannot be named: create, list/watch).
+fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(strings(groups)),
+        resources: Some(strings(resources)),
+        verbs: strings(verbs),
         ..Default::default()
-    };
-    vec![
-        role(
-            CRON_JOB_ROLE,
-            vec![
-                rule(&["stash.appscode.com"], &["backupconfigurations"], READ),
-                rule(
-                    &["stash.appscode.com"],
-                    &["backupsessions"],
-                    &["get", "list", "create"],
-                ),
-                rule(&["", "events.k8s.io"], &["events"], EVENTS),
-                rule(
-                    &["apps"],
-                    &["deployments", "statefulsets", "daemonsets", "replicasets"],
-                    &["get"],
-                ),
-                rule(
-                    &[""],
-                    &["replicationcontrollers", "persistentvolumeclaims"],
-                    &["get"],
-                ),
-                rule(&["appcatalog.appscode.com"], &["appbindings"], &["get"]),
-            ],
-        ),
-        role(
-            SIDECAR_ROLE,
-            vec![
-                rule(
-                    &["stash.appscode.com"],
-                    &["backupconfigurations", "repositories", "backupsessions"],
-                    READ,
-                ),
-                rule(
-                    &["stash.appscode.com"],
-                    &["backupsessions/status", "repositories/status"],
-                    &["get", "patch", "update"],
-                ),
-                rule(&["", "events.k8s.io"], &["events"], EVENTS),
-                rule(
-                    &["coordination.k8s.io"],
-                    &["leases"],
-                    &["get", "create", "update"],
-                ),
-                rule(
-                    &["apps"],
-                    &["deployments", "statefulsets", "daemonsets", "replicasets"],
-                    &["get"],
-                ),
-                rule(&[""], &["replicationcontrollers"], &["get"]),
-            ],
-        ),
-        role(
-            RESTORE_INIT_ROLE,
-            vec![
-                rule(
-                    &["stash.appscode.com"],
-                    &["restoresessions", "repositories"],
-                    READ,
-                ),
-                rule(
-                    &["stash.appscode.com"],
-                    &["restoresessions/status"],
-                    &["get", "patch", "update"],
-                ),
-                rule(&["", "events.k8s.io"], &["events"], EVENTS),
-                rule(
-                    &["coordination.k8s.io"],
-                    &["leases"],
-                    &["get", "create", "update"],
-                ),
-                rule(
-                    &["apps"],
-                    &["deployments", "statefulsets", "daemonsets", "replicasets"],
-                    &["get"],
-                ),
-                rule(&[""], &["replicationcontrollers"], &["get"]),
-            ],
-        ),
-    ]
-}
-
-/// Create or update every ClusterRole of [`cluster_roles`].
-pub async fn ensure_cluster_roles(client: &Client) -> Result<(), kube::Error> {
-    let api: Api<ClusterRole> = Api::all(client.clone());
-    for role in cluster_roles() {
-        let name = role.metadata.name.clone().unwrap_or_default();
-        api.patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&role),
-        )
-        .await?;
     }
-    Ok(())
 }
 
-/// A RoleBinding `name` in `namespace` granting `cluster_role` to ServiceAccount `sa`.
+/// A rule on the objects named `names`; `None` when there is no name (an empty
+/// `resourceNames` would grant every object).
+fn named(
+    groups: &[&str],
+    resources: &[&str],
+    names: &[&str],
+    verbs: &[&str],
+) -> Option<PolicyRule> {
+    let names: Vec<String> = names
+        .iter()
+        .filter(|n| !n.is_empty())
+        .map(|s| s.to_string())
+        .collect();
+    (!names.is_empty()).then(|| PolicyRule {
+        resource_names: Some(names),
+        ..rule(groups, resources, verbs)
+    })
+}
+
+fn events() -> PolicyRule {
+    rule(&["", "events.k8s.io"], &["events"], EVENTS)
+}
+
+/// The AppBinding a Job works on and the Secret it names (database Functions).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppBindingGrant {
+    /// The AppBinding.
+    pub name: String,
+    /// Its `spec.secret.name` (empty: none).
+    pub secret: String,
+}
+
+fn app_binding_rules(ab: Option<&AppBindingGrant>) -> Vec<PolicyRule> {
+    let Some(ab) = ab else { return vec![] };
+    [
+        named(
+            &["appcatalog.appscode.com"],
+            &["appbindings"],
+            &[&ab.name],
+            &["get"],
+        ),
+        named(&[""], &["secrets"], &[&ab.secret], &["get"]),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// `create-backupsession`: read its BackupConfiguration, create a BackupSession, events.
+pub fn cron_job_rules(bc: &str) -> Vec<PolicyRule> {
+    [
+        named(&[STASH], &["backupconfigurations"], &[bc], &["get"]),
+        Some(rule(&[STASH], &["backupsessions"], &["create"])),
+        Some(events()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The backup sidecar: its BackupConfiguration, the namespace's BackupSessions (read: it
+/// watches for its own by label), the status of `sessions` (the running one), its Repository
+/// and its status, its Lease, events.
+pub fn sidecar_rules(bc: &str, repo: &str, lease: &str, sessions: &[&str]) -> Vec<PolicyRule> {
+    [
+        named(&[STASH], &["backupconfigurations"], &[bc], &["get"]),
+        Some(rule(
+            &[STASH],
+            &["backupsessions"],
+            &["get", "list", "watch"],
+        )),
+        named(&[STASH], &["backupsessions/status"], sessions, STATUS),
+        named(&[STASH], &["repositories"], &[repo], &["get"]),
+        named(&[STASH], &["repositories/status"], &[repo], STATUS),
+        named(
+            &["coordination.k8s.io"],
+            &["leases"],
+            &[lease],
+            &["get", "update"],
+        ),
+        Some(events()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The restore init-container: its RestoreSession and its status, its Repository, its Lease
+/// (none for a single-pod restore), events.
+pub fn restore_init_rules(rs: &str, repo: &str, lease: Option<&str>) -> Vec<PolicyRule> {
+    [
+        named(&[STASH], &["restoresessions"], &[rs], &["get"]),
+        named(&[STASH], &["restoresessions/status"], &[rs], STATUS),
+        named(&[STASH], &["repositories"], &[repo], &["get"]),
+        lease.and_then(|l| {
+            named(
+                &["coordination.k8s.io"],
+                &["leases"],
+                &[l],
+                &["get", "update"],
+            )
+        }),
+        Some(events()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// A backup Job: its session and its status, its BackupConfiguration, its Repository and its
+/// status, the AppBinding and its Secret (database Functions), events.
+pub fn backup_job_rules(
+    bc: &str,
+    session: &str,
+    repo: &str,
+    ab: Option<&AppBindingGrant>,
+) -> Vec<PolicyRule> {
+    let mut v: Vec<PolicyRule> = [
+        named(&[STASH], &["backupsessions"], &[session], &["get"]),
+        named(&[STASH], &["backupsessions/status"], &[session], STATUS),
+        named(&[STASH], &["backupconfigurations"], &[bc], &["get"]),
+        named(&[STASH], &["repositories"], &[repo], &["get"]),
+        named(&[STASH], &["repositories/status"], &[repo], STATUS),
+        Some(events()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    v.extend(app_binding_rules(ab));
+    v
+}
+
+/// A restore Job: its RestoreSession and its status, its Repository, the AppBinding and its
+/// Secret (database Functions), events.
+pub fn restore_job_rules(rs: &str, repo: &str, ab: Option<&AppBindingGrant>) -> Vec<PolicyRule> {
+    let mut v: Vec<PolicyRule> = [
+        named(&[STASH], &["restoresessions"], &[rs], &["get"]),
+        named(&[STASH], &["restoresessions/status"], &[rs], STATUS),
+        named(&[STASH], &["repositories"], &[repo], &["get"]),
+        Some(events()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    v.extend(app_binding_rules(ab));
+    v
+}
+
+fn managed_meta(
+    name: &str,
+    namespace: &str,
+    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        owner_references: owner.map(|o| vec![o]),
+        labels: Some(
+            [(
+                "app.kubernetes.io/managed-by".to_string(),
+                "stash.appscode.com".to_string(),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// Role `name` in `namespace` with `rules`.
+pub fn role(
+    name: &str,
+    namespace: &str,
+    rules: Vec<PolicyRule>,
+    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+) -> Role {
+    Role {
+        metadata: managed_meta(name, namespace, owner),
+        rules: Some(rules),
+    }
+}
+
+/// A RoleBinding `name` in `namespace` granting Role `name` to ServiceAccount `sa`.
 pub fn role_binding(
     name: &str,
     namespace: &str,
-    cluster_role: &str,
     sa: &str,
     owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
 ) -> RoleBinding {
     RoleBinding {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(namespace.into()),
-            owner_references: owner.map(|o| vec![o]),
-            labels: Some(
-                [(
-                    "app.kubernetes.io/managed-by".to_string(),
-                    "stash.appscode.com".to_string(),
-                )]
-                .into(),
-            ),
-            ..Default::default()
-        },
+        metadata: managed_meta(name, namespace, owner),
         role_ref: RoleRef {
             api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "ClusterRole".into(),
-            name: cluster_role.into(),
+            kind: "Role".into(),
+            name: name.into(),
         },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),
@@ -170,18 +255,80 @@ pub fn role_binding(
     }
 }
 
-/// Server-side apply `rb`.
-pub async fn apply_role_binding(client: &Client, rb: &RoleBinding) -> Result<(), kube::Error> {
-    let ns = rb.metadata.namespace.clone().unwrap_or_default();
-    let name = rb.metadata.name.clone().unwrap_or_default();
-    Api::<RoleBinding>::namespaced(client.clone(), &ns)
-        .patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(rb),
-        )
+/// Server-side apply Role `name` with `rules` and the RoleBinding of the same name granting it
+/// to ServiceAccount `sa`. A binding left by an older version (to a ClusterRole: `roleRef` is
+/// immutable) is replaced.
+pub async fn grant(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    sa: &str,
+    rules: Vec<PolicyRule>,
+    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+) -> Result<(), kube::Error> {
+    let pp = PatchParams::apply(MANAGER).force();
+    let r = role(name, namespace, rules, owner.clone());
+    Api::<Role>::namespaced(client.clone(), namespace)
+        .patch(name, &pp, &Patch::Apply(&r))
+        .await?;
+    let rb = role_binding(name, namespace, sa, owner);
+    let rbs = Api::<RoleBinding>::namespaced(client.clone(), namespace);
+    if let Some(old) = rbs.get_opt(name).await?
+        && old.role_ref != rb.role_ref
+    {
+        rbs.delete(name, &DeleteParams::default()).await?;
+    }
+    rbs.patch(name, &pp, &Patch::Apply(&rb)).await?;
+    Ok(())
+}
+
+/// Replace the rules of Role `name` if it exists (its binding is left as it is).
+pub async fn update_role(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    rules: Vec<PolicyRule>,
+) -> Result<(), kube::Error> {
+    let roles = Api::<Role>::namespaced(client.clone(), namespace);
+    let Some(mut r) = roles.get_opt(name).await? else {
+        return Ok(());
+    };
+    if r.rules.as_ref() == Some(&rules) {
+        return Ok(());
+    }
+    r.rules = Some(rules);
+    roles
+        .replace(name, &kube::api::PostParams::default(), &r)
         .await
         .map(|_| ())
+}
+
+/// Delete the Role and RoleBinding `name` if present.
+pub async fn revoke(client: &Client, namespace: &str, name: &str) -> Result<(), kube::Error> {
+    let rbs = Api::<RoleBinding>::namespaced(client.clone(), namespace);
+    if rbs.get_opt(name).await?.is_some() {
+        rbs.delete(name, &DeleteParams::default()).await?;
+    }
+    let roles = Api::<Role>::namespaced(client.clone(), namespace);
+    if roles.get_opt(name).await?.is_some() {
+        roles.delete(name, &DeleteParams::default()).await?;
+    }
+    Ok(())
+}
+
+/// Every rule of every component, with sample names (for the install manifest's check that
+/// the operator holds all it grants, and for tests).
+pub fn sample_rules() -> Vec<PolicyRule> {
+    let ab = AppBindingGrant {
+        name: "ab".into(),
+        secret: "s".into(),
+    };
+    let mut v = cron_job_rules("bc");
+    v.extend(sidecar_rules("bc", "repo", "lock", &["bc-1"]));
+    v.extend(restore_init_rules("rs", "repo", Some("lock")));
+    v.extend(backup_job_rules("bc", "bc-1", "repo", Some(&ab)));
+    v.extend(restore_job_rules("rs", "repo", Some(&ab)));
+    v
 }
 
 #[cfg(test)]
@@ -189,16 +336,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn no_role_has_wildcards() {
-        for role in cluster_roles() {
-            for r in role.rules.unwrap_or_default() {
-                assert!(
-                    !r.verbs.iter().any(|v| v == "*"),
-                    "{:?}",
-                    role.metadata.name
-                );
-                assert!(!r.resources.unwrap_or_default().iter().any(|v| v == "*"));
+    fn secrets_and_writes_only_by_name() {
+        for r in sample_rules() {
+            let res = r.resources.clone().unwrap_or_default();
+            assert!(!r.verbs.iter().any(|v| v == "*") && !res.iter().any(|x| x.contains('*')));
+            let names = r.resource_names.clone().unwrap_or_default();
+            if res.iter().any(|x| x == "secrets") {
+                assert!(!names.is_empty(), "{r:?}");
+                assert_eq!(r.verbs, vec!["get"]);
+            }
+            let writes = r
+                .verbs
+                .iter()
+                .any(|v| !["get", "list", "watch"].contains(&v.as_str()));
+            let unnamed_write_ok = res == ["events"] || res == ["backupsessions"];
+            if writes && !unnamed_write_ok {
+                assert!(!names.is_empty(), "{r:?}");
+            }
+            if res == ["backupsessions"] && writes {
+                assert_eq!(r.verbs, vec!["create"], "{r:?}");
             }
         }
+    }
+
+    #[test]
+    fn no_name_no_rule() {
+        let rules = sidecar_rules("bc", "repo", "lock", &[]);
+        assert!(
+            !rules
+                .iter()
+                .any(|r| r.resources.as_deref() == Some(&["backupsessions/status".to_string()])),
+            "{rules:?}"
+        );
+        let rules = backup_job_rules(
+            "bc",
+            "s",
+            "repo",
+            Some(&AppBindingGrant {
+                name: "ab".into(),
+                secret: String::new(),
+            }),
+        );
+        assert!(
+            !rules
+                .iter()
+                .any(|r| r.resources.as_deref() == Some(&["secrets".to_string()]))
+        );
     }
 }

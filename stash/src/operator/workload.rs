@@ -6,7 +6,6 @@ use std::{fmt::Debug, sync::Arc, time::Duration};
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet},
     core::v1::{Pod, PodTemplateSpec, ReplicationController},
-    rbac::v1::RoleBinding,
 };
 use kube::{
     Api, Resource, ResourceExt,
@@ -247,6 +246,8 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
                 .and_then(|t| {
                     inject::apply_restore(&t, restore.as_ref().map(|(rs, r)| (rs, r)), &ctx.inject)
                 });
+        let injected = target.is_some() || restore.is_some();
+        let desired = desired.map(|d| inject::with_service_account(&d, W::KIND, &name, injected));
         let desired = match desired {
             Ok(d) => d,
             Err(e) => {
@@ -273,6 +274,19 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
             .annotations()
             .get(consts::LAST_APPLIED_BACKUP_CONFIGURATION_ANNOTATION)
             .cloned();
+        // The agents' own ServiceAccount exists before any pod runs as it.
+        let sa = inject::service_account(&desired);
+        let dedicated = inject::dedicated_service_account(W::KIND, &name);
+        if injected && sa == dedicated {
+            crate::jobs::ensure_service_account(
+                &ctx.client,
+                &ns,
+                &dedicated,
+                &Default::default(),
+                w.controller_owner_ref(&()),
+            )
+            .await?;
+        }
         let api = Api::<W>::namespaced(ctx.client.clone(), &ns);
         if desired != current
             || desired_annotation != current_annotation
@@ -347,47 +361,84 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
             }
         }
 
-        // RBAC for the sidecar: the pod's ServiceAccount may use the stash-sidecar role.
-        let rb_name = format!("{}-{name}-stash-sidecar", W::KIND.kind().to_lowercase());
-        let rbs = Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns);
-        if target.is_some() {
-            let sa = desired
-                .spec
-                .as_ref()
-                .and_then(|s| s.service_account_name.clone())
-                .unwrap_or_else(|| "default".into());
-            let rb = rbac::role_binding(
-                &rb_name,
-                &ns,
-                rbac::SIDECAR_ROLE,
-                &sa,
-                w.controller_owner_ref(&()),
-            );
-            rbac::apply_role_binding(&ctx.client, &rb).await?;
-        } else if rbs.get_opt(&rb_name).await?.is_some() {
-            rbs.delete(&rb_name, &Default::default()).await?;
+        // RBAC: the agents' narrow Roles, bound to the dedicated ServiceAccount, or to the one
+        // the workload runs as when the BackupConfiguration (RestoreSession) names it in
+        // runtimeSettings.pod.serviceAccountName; never to `default` or another account.
+        let named_by = |rt: Option<&stash_crds::runtime::RuntimeSettings>| {
+            rt.and_then(|r| r.pod.as_ref())
+                .and_then(|p| p.service_account_name.clone())
+                .is_some_and(|n| n == sa)
+        };
+        let kind = W::KIND.kind().to_lowercase();
+        let rb_name = format!("{kind}-{name}-{}", rbac::SIDECAR_ROLE);
+        match &target {
+            Some((bc, repo)) if sa == dedicated || named_by(bc.spec.runtime_settings.as_ref()) => {
+                let lease = format!("lock-{kind}-{name}-backup");
+                ensure_lease(ctx, &ns, &lease, w.controller_owner_ref(&())).await?;
+                let running = running_sessions(ctx, &ns, &bc.name_any()).await?;
+                let running: Vec<&str> = running.iter().map(String::as_str).collect();
+                let rules = rbac::sidecar_rules(&bc.name_any(), &repo.name_any(), &lease, &running);
+                rbac::grant(
+                    &ctx.client,
+                    &ns,
+                    &rb_name,
+                    &sa,
+                    rules,
+                    w.controller_owner_ref(&()),
+                )
+                .await?;
+            }
+            Some((bc, _)) => {
+                let msg = format!(
+                    "the pods run as ServiceAccount {sa}, which BackupConfiguration {} does not name in runtimeSettings.pod.serviceAccountName: the sidecar is granted nothing",
+                    bc.name_any()
+                );
+                ctx.events
+                    .publish(
+                        &reference,
+                        Severity::Warning,
+                        "ServiceAccountNotGranted",
+                        msg,
+                    )
+                    .await;
+                rbac::revoke(&ctx.client, &ns, &rb_name).await?;
+            }
+            None => rbac::revoke(&ctx.client, &ns, &rb_name).await?,
         }
 
-        let rb_name = format!(
-            "{}-{name}-stash-restore-init-container",
-            W::KIND.kind().to_lowercase()
-        );
-        if restore.is_some() {
-            let sa = desired
-                .spec
-                .as_ref()
-                .and_then(|s| s.service_account_name.clone())
-                .unwrap_or_else(|| "default".into());
-            let rb = rbac::role_binding(
-                &rb_name,
-                &ns,
-                rbac::RESTORE_INIT_ROLE,
-                &sa,
-                w.controller_owner_ref(&()),
-            );
-            rbac::apply_role_binding(&ctx.client, &rb).await?;
-        } else if rbs.get_opt(&rb_name).await?.is_some() {
-            rbs.delete(&rb_name, &Default::default()).await?;
+        let rb_name = format!("{kind}-{name}-{}", rbac::RESTORE_INIT_ROLE);
+        match &restore {
+            Some((rs, repo)) if sa == dedicated || named_by(rs.spec.runtime_settings.as_ref()) => {
+                let lease = format!("lock-{kind}-{name}-restore");
+                ensure_lease(ctx, &ns, &lease, w.controller_owner_ref(&())).await?;
+                let rules =
+                    rbac::restore_init_rules(&rs.name_any(), &repo.name_any(), Some(&lease));
+                rbac::grant(
+                    &ctx.client,
+                    &ns,
+                    &rb_name,
+                    &sa,
+                    rules,
+                    w.controller_owner_ref(&()),
+                )
+                .await?;
+            }
+            Some((rs, _)) => {
+                let msg = format!(
+                    "the pods run as ServiceAccount {sa}, which RestoreSession {} does not name in runtimeSettings.pod.serviceAccountName: the init-container is granted nothing",
+                    rs.name_any()
+                );
+                ctx.events
+                    .publish(
+                        &reference,
+                        Severity::Warning,
+                        "ServiceAccountNotGranted",
+                        msg,
+                    )
+                    .await;
+                rbac::revoke(&ctx.client, &ns, &rb_name).await?;
+            }
+            None => rbac::revoke(&ctx.client, &ns, &rb_name).await?,
         }
 
         // ReplicaSets and ReplicationControllers do not replace pods on template change.
@@ -490,4 +541,77 @@ pub async fn run_all(ctx: Arc<Ctx>) {
         run::<ReplicaSet>(ctx.clone()),
         run::<ReplicationController>(ctx.clone()),
     );
+}
+
+/// Create the empty Lease `name` the agents serialise on, so their Role need not grant
+/// `create` (which cannot be limited by name).
+async fn ensure_lease(
+    ctx: &Ctx,
+    ns: &str,
+    name: &str,
+    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+) -> Result<(), Error> {
+    let lease = k8s_openapi::api::coordination::v1::Lease {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            owner_references: owner.map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: None,
+    };
+    crate::jobs::create_if_absent(
+        &Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(ctx.client.clone(), ns),
+        &lease,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The Running BackupSessions of BackupConfiguration `bc` (at most one).
+async fn running_sessions(ctx: &Ctx, ns: &str, bc: &str) -> Result<Vec<String>, Error> {
+    Ok(
+        Api::<stash_crds::BackupSession>::namespaced(ctx.client.clone(), ns)
+            .list(
+                &ListParams::default()
+                    .labels(&format!("{}={bc}", consts::BACKUP_CONFIGURATION_LABEL)),
+            )
+            .await?
+            .into_iter()
+            .filter(|s| {
+                s.status.as_ref().and_then(|st| st.phase)
+                    == Some(stash_crds::backup_session::Phase::Running)
+            })
+            .map(|s| s.name_any())
+            .collect(),
+    )
+}
+
+/// Before BackupSession `session` of `bc` runs: the sidecar's Role names it (if the workload
+/// controller has granted one), so the sidecar may write that session's status and no other.
+pub(crate) async fn grant_session_to_sidecar(
+    ctx: &Ctx,
+    bc: &BackupConfiguration,
+    session: &str,
+) -> Result<(), Error> {
+    let ns = bc.namespace().unwrap_or_default();
+    let Some(t) = bc.spec.target.as_ref() else {
+        return Ok(());
+    };
+    let Some(kind) = WorkloadKind::of(&t.target_ref) else {
+        return Ok(());
+    };
+    let workload = t.target_ref.name.clone().unwrap_or_default();
+    let kind = kind.kind().to_lowercase();
+    let role = format!("{kind}-{workload}-{}", rbac::SIDECAR_ROLE);
+    let repo = bc
+        .spec
+        .repository
+        .as_ref()
+        .map(|r| r.name.clone())
+        .unwrap_or_default();
+    let lease = format!("lock-{kind}-{workload}-backup");
+    let rules = rbac::sidecar_rules(&bc.name_any(), &repo, &lease, &[session]);
+    rbac::update_role(&ctx.client, &ns, &role, rules).await?;
+    Ok(())
 }
