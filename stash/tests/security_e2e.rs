@@ -137,6 +137,7 @@ async fn no_account_the_operator_binds_can_read_a_secret() {
     assert_eq!(s.status.and_then(|s| s.phase), Some(Phase::Succeeded));
 
     // 2. A job-model backup of a PVC.
+    generate_files(&pv_dir(&ns, "job-data").await, 4, 10, 2000);
     apply(&admin, &ns, json!({
         "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "job-data"},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
@@ -456,6 +457,7 @@ async fn no_secret_in_any_log() {
     )
     .await;
     // A job-model backup and a job-model restore, so agents, Jobs and the operator all log.
+    generate_files(&pv_dir(&ns, "leak-data").await, 5, 10, 2000);
     for claim in ["leak-data", "leak-restored"] {
         apply(&admin, &ns, json!({
             "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
