@@ -57,6 +57,17 @@ pub struct AppBindingSpec {
 /// Connection configuration.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.url) || has(self.service)",
+        "message": "one of url, service must be set"
+    },
+    {
+        "rule": "!has(self.url) || (self.url.contains('://') && isURL(self.url))",
+        "fieldPath": ".url",
+        "message": "must be an absolute URL such as postgres://host:5432/db"
+    }
+]))]
 pub struct ClientConfig {
     /// Full URL; takes precedence over `service`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,6 +90,11 @@ pub struct ClientConfig {
 
 /// Reference to a Service (same namespace as the AppBinding).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.name) <= 63",
+    "fieldPath": ".name",
+    "message": "must be a Service name (a DNS-1123 label: at most 63 lowercase letters, digits and '-')"
+}]))]
 pub struct ServiceReference {
     /// URL scheme (upstream marks it required; the upstream docs omit it, so it is optional here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,6 +102,7 @@ pub struct ServiceReference {
     /// Service name.
     pub name: String,
     /// Service port.
+    #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
     /// URL path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,6 +115,10 @@ pub struct ServiceReference {
 /// One Secret transformation; exactly one member should be set.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "[has(self.renameKey), has(self.addKey), has(self.addKeysFrom), has(self.removeKey)].filter(x, x).size() == 1",
+    "message": "exactly one of renameKey, addKey, addKeysFrom, removeKey must be set"
+}]))]
 pub struct SecretTransform {
     /// Rename a key.
     #[serde(default, skip_serializing_if = "Option::is_none")]

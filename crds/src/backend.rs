@@ -79,6 +79,7 @@ pub struct GcsSpec {
     pub prefix: Option<String>,
     /// restic `gs.connections` (0 = restic default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub max_connections: Option<i32>,
 }
 
@@ -94,6 +95,7 @@ pub struct AzureSpec {
     pub prefix: Option<String>,
     /// restic `azure.connections` (0 = restic default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub max_connections: Option<i32>,
 }
 
@@ -121,6 +123,7 @@ pub struct B2Spec {
     pub prefix: Option<String>,
     /// restic `b2.connections` (0 = restic default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub max_connections: Option<i32>,
 }
 

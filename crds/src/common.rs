@@ -52,6 +52,7 @@ pub struct BackupTarget {
     pub volume_mounts: Vec<core::VolumeMount>,
     /// Number of replicas (VolumeSnapshotter driver only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub replicas: Option<i32>,
     /// VolumeSnapshotClass name (VolumeSnapshotter driver only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,6 +71,7 @@ pub struct RestoreTarget {
     pub volume_mounts: Vec<core::VolumeMount>,
     /// Number of hosts to restore (with `volumeClaimTemplates`: one Job per ordinal); default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub replicas: Option<i32>,
     /// PVCs to create and restore into; `${POD_ORDINAL}` is substituted per ordinal.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -148,21 +150,27 @@ pub struct RetentionPolicy {
     pub name: Option<String>,
     /// `--keep-last N`
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub keep_last: Option<i32>,
     /// `--keep-hourly N`
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub keep_hourly: Option<i32>,
     /// `--keep-daily N`
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub keep_daily: Option<i32>,
     /// `--keep-weekly N`
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub keep_weekly: Option<i32>,
     /// `--keep-monthly N`
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub keep_monthly: Option<i32>,
     /// `--keep-yearly N`
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub keep_yearly: Option<i32>,
     /// `--keep-tag T` (repeated)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

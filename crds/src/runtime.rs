@@ -102,6 +102,7 @@ pub struct ContainerRuntimeSettings {
 pub struct NiceSettings {
     /// Niceness adjustment (`NICE_ADJUSTMENT`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -20, max = 19))]
     pub adjustment: Option<i32>,
 }
 
@@ -111,8 +112,10 @@ pub struct NiceSettings {
 pub struct IoNiceSettings {
     /// Scheduling class (`IONICE_CLASS`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3))]
     pub class: Option<i32>,
     /// Class data (`IONICE_CLASS_DATA`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 7))]
     pub class_data: Option<i32>,
 }
