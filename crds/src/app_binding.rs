@@ -116,7 +116,7 @@ pub struct ServiceReference {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "[has(self.renameKey), has(self.addKey), has(self.addKeysFrom), has(self.removeKey)].filter(x, x).size() == 1",
+    "rule": "(has(self.renameKey) ? 1 : 0) + (has(self.addKey) ? 1 : 0) + (has(self.addKeysFrom) ? 1 : 0) + (has(self.removeKey) ? 1 : 0) == 1",
     "message": "exactly one of renameKey, addKey, addKeysFrom, removeKey must be set"
 }]))]
 pub struct SecretTransform {
