@@ -401,6 +401,9 @@ mod tests {
             serde_json::from_value(d["spec"]["template"].clone()).expect("template");
         let controller =
             inject::apply_backup(&template, Some((&bcs[0], &repo())), &cfg()).expect("inject");
+        let name = d["metadata"]["name"].as_str().expect("name");
+        let controller =
+            inject::with_service_account(&controller, WorkloadKind::Deployment, name, true);
         assert_eq!(
             serde_json::from_value::<PodTemplateSpec>(out["spec"]["template"].clone()).expect("t"),
             controller
