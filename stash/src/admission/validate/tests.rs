@@ -608,3 +608,75 @@ fn every_upstream_example_is_valid() {
         failures.join("\n")
     );
 }
+
+/// `docs/admission-rules.md` has one row per rule, each naming a corpus manifest whose expected
+/// refusal starts with that row's field; and every corpus manifest's field has a row.
+#[test]
+fn admission_rules_table_matches_the_corpus() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("../docs/admission-rules.md")).expect("docs");
+    let corpus = root.join("tests/admission-corpus/invalid");
+    let normalize = |field: &str| {
+        let mut out = String::new();
+        let mut in_index = false;
+        for c in field.chars() {
+            match c {
+                '[' if !in_index => {
+                    in_index = true;
+                    out.push('[');
+                }
+                ']' if in_index => {
+                    in_index = false;
+                    out.push(']');
+                }
+                c if in_index && c.is_ascii_digit() => {
+                    if !out.ends_with('i') {
+                        out.push('i');
+                    }
+                }
+                c => {
+                    if in_index && out.ends_with("[i") {
+                        // A non-numeric key such as labels[stash.appscode.com/...].
+                        out.pop();
+                    }
+                    out.push(c);
+                }
+            }
+        }
+        out
+    };
+    let expect_of = |file: &str| {
+        let text = std::fs::read_to_string(corpus.join(file))
+            .unwrap_or_else(|e| panic!("corpus manifest {file}: {e}"));
+        let first = text.lines().next().unwrap_or_default();
+        let expect = first.strip_prefix("# expect: ").unwrap_or_default();
+        let (field, _) = expect.split_once(": ").unwrap_or_else(|| panic!("{file}: {first}"));
+        normalize(field)
+    };
+    let mut rows = 0;
+    let mut covered = BTreeSet::new();
+    for line in doc.lines().filter(|l| l.starts_with("| ") && l.ends_with(".yaml` |")) {
+        let cells: Vec<&str> = line.split(" | ").collect();
+        let field = cells[2].trim_matches('`');
+        let file = cells.last().expect("file cell").trim_end_matches(" |").trim_matches('`');
+        assert_eq!(expect_of(file), field, "row {line}");
+        covered.insert(file.to_string());
+        covered.insert(format!("{}/{field}", cells[1]));
+        rows += 1;
+    }
+    assert!(rows >= 100, "only {rows} rules in docs/admission-rules.md");
+    assert!(doc.contains(&format!("{rows} rules.")), "the stated count is {rows}");
+    for entry in std::fs::read_dir(&corpus).expect("corpus") {
+        let name = entry.expect("entry").file_name().to_string_lossy().to_string();
+        let text = std::fs::read_to_string(corpus.join(&name)).expect("read");
+        let kind = text
+            .lines()
+            .find_map(|l| l.strip_prefix("kind: "))
+            .unwrap_or_default();
+        let key = format!("{kind}/{}", expect_of(&name));
+        assert!(
+            covered.contains(&name) || covered.contains(&key),
+            "{name} ({key}) has no row in docs/admission-rules.md"
+        );
+    }
+}
