@@ -650,24 +650,40 @@ fn admission_rules_table_matches_the_corpus() {
             .unwrap_or_else(|e| panic!("corpus manifest {file}: {e}"));
         let first = text.lines().next().unwrap_or_default();
         let expect = first.strip_prefix("# expect: ").unwrap_or_default();
-        let (field, _) = expect.split_once(": ").unwrap_or_else(|| panic!("{file}: {first}"));
+        let (field, _) = expect
+            .split_once(": ")
+            .unwrap_or_else(|| panic!("{file}: {first}"));
         normalize(field)
     };
     let mut rows = 0;
     let mut covered = BTreeSet::new();
-    for line in doc.lines().filter(|l| l.starts_with("| ") && l.ends_with(".yaml` |")) {
+    for line in doc
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.ends_with(".yaml` |"))
+    {
         let cells: Vec<&str> = line.split(" | ").collect();
         let field = cells[2].trim_matches('`');
-        let file = cells.last().expect("file cell").trim_end_matches(" |").trim_matches('`');
+        let file = cells
+            .last()
+            .expect("file cell")
+            .trim_end_matches(" |")
+            .trim_matches('`');
         assert_eq!(expect_of(file), field, "row {line}");
         covered.insert(file.to_string());
         covered.insert(format!("{}/{field}", cells[1]));
         rows += 1;
     }
     assert!(rows >= 100, "only {rows} rules in docs/admission-rules.md");
-    assert!(doc.contains(&format!("{rows} rules.")), "the stated count is {rows}");
+    assert!(
+        doc.contains(&format!("{rows} rules.")),
+        "the stated count is {rows}"
+    );
     for entry in std::fs::read_dir(&corpus).expect("corpus") {
-        let name = entry.expect("entry").file_name().to_string_lossy().to_string();
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .to_string();
         let text = std::fs::read_to_string(corpus.join(&name)).expect("read");
         let kind = text
             .lines()
