@@ -30,8 +30,7 @@ const USER: &str = "alice@example.com";
 /// The API server's answer: may `user` (with `groups`) do `verb` on `resource`/`name`?
 async fn allowed(
     client: &Client,
-    user: &str,
-    groups: &[String],
+    (user, groups): (&str, &[String]),
     ns: &str,
     verb: &str,
     group: &str,
@@ -260,8 +259,7 @@ async fn no_account_the_operator_binds_can_read_a_secret() {
                 checks += 1;
                 if allowed(
                     &admin,
-                    &who,
-                    &groups,
+                    (&who, &groups),
                     &ns,
                     verb,
                     "",
@@ -275,7 +273,7 @@ async fn no_account_the_operator_binds_can_read_a_secret() {
             }
         }
         for verb in ["list", "watch", "create"] {
-            if allowed(&admin, &who, &groups, &ns, verb, "", "secrets", None).await {
+            if allowed(&admin, (&who, &groups), &ns, verb, "", "secrets", None).await {
                 granted.push(format!("{sa} may {verb} Secrets"));
             }
         }
@@ -291,7 +289,7 @@ async fn no_account_the_operator_binds_can_read_a_secret() {
                 None => ("stash.appscode.com", res),
             };
             let name = (!name.is_empty()).then_some(name);
-            if allowed(&admin, &who, &groups, &ns, verb, group, res, name).await {
+            if allowed(&admin, (&who, &groups), &ns, verb, group, res, name).await {
                 granted.push(format!("{sa} may {verb} {res} {name:?}"));
             }
         }
@@ -302,8 +300,7 @@ async fn no_account_the_operator_binds_can_read_a_secret() {
         checks += 1;
         if allowed(
             &admin,
-            USER,
-            &user_groups,
+            (USER, &user_groups),
             &ns,
             "get",
             "",
@@ -320,7 +317,7 @@ async fn no_account_the_operator_binds_can_read_a_secret() {
             ("create", "serviceaccounts/token"),
             ("impersonate", "serviceaccounts"),
         ] {
-            if allowed(&admin, USER, &user_groups, &ns, verb, "", res, Some(sa)).await {
+            if allowed(&admin, (USER, &user_groups), &ns, verb, "", res, Some(sa)).await {
                 granted.push(format!("the user may {verb} {res} {sa}"));
             }
         }
@@ -341,8 +338,7 @@ async fn no_account_the_operator_binds_can_read_a_secret() {
     assert!(
         allowed(
             &admin,
-            &sidecar,
-            &groups,
+            (&sidecar, &groups),
             &ns,
             "update",
             "stash.appscode.com",
