@@ -205,8 +205,12 @@ async fn backup_one(
     // run into its deadline. Should it still fail, a restarted agent finds the tagged snapshot.
     let mut delay = Duration::from_secs(1);
     for attempt in 1..=6 {
-        match super::report::upsert_backup_hosts(&sessions, &session.name_any(), &[entry.clone()])
-            .await
+        match super::report::upsert_backup_hosts(
+            &sessions,
+            &session.name_any(),
+            std::slice::from_ref(&entry),
+        )
+        .await
         {
             Ok(_) => break,
             Err(e) if attempt < 6 => {
