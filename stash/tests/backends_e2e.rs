@@ -1,7 +1,11 @@
-//! Remote backends for real: S3 (moto) and the restic REST server, both on the node address
-//! inside the cluster's network namespace. A
-//! Deployment is backed up through the sidecar, restic lists the snapshot of `host-0` at the
-//! same URL, and the restored bytes are identical to the originals.
+//! Remote backends for real, each server on the node address inside the cluster's network
+//! namespace (the sidecar, the restore Job and the operator reach it through the cluster
+//! network): S3 on moto (plain HTTP) and on MinIO (HTTPS with a private CA), Google Cloud
+//! Storage on fake-gcs-server and Azure Blob Storage on Azurite (both HTTPS with the private
+//! CA), and the restic REST server. A Deployment is backed up through the sidecar, restic on the
+//! host lists the snapshot of `host-0` at the same repository, and the restored bytes are
+//! identical to the originals; the TLS backends are also restored in the cluster (a
+//! RestoreSession into a new PVC), listed through `kubectl get snapshots`, and wiped out.
 mod support;
 
 use std::time::Duration;
@@ -33,7 +37,25 @@ async fn backup_and_verify(
     source: &std::path::Path,
     restic_url: &str,
     restic_env: &[(&str, &str)],
-) {
+) -> String {
+    let host = || {
+        let mut c = restic(restic_url, PASSWORD);
+        for (k, v) in restic_env {
+            c.env(k, v);
+        }
+        c
+    };
+    backup_and_check(client, ns, source, &host).await
+}
+
+/// Back up `app` into Repository `repo` (already applied) and check restic's own view through
+/// `host_restic` (a restic command on the host for that repository). Returns the snapshot.
+async fn backup_and_check(
+    client: &Client,
+    ns: &str,
+    source: &std::path::Path,
+    host_restic: &dyn Fn() -> std::process::Command,
+) -> String {
     let env = env().await;
     apply(
         client,
@@ -61,13 +83,7 @@ async fn backup_and_verify(
         .clone()
         .expect("snapshot name");
 
-    let with_env = |mut c: std::process::Command| {
-        for (k, v) in restic_env {
-            c.env(k, v);
-        }
-        c
-    };
-    let out = with_env(restic(restic_url, PASSWORD))
+    let out = host_restic()
         .args(["snapshots", "--json"])
         .output()
         .expect("restic snapshots");
@@ -82,7 +98,7 @@ async fn backup_and_verify(
     assert_eq!(snaps[0]["paths"], json!(["/source/data"]));
     assert_eq!(snaps[0]["short_id"].as_str(), Some(short.as_str()));
     let scratch = tempfile::tempdir().expect("scratch");
-    let out = with_env(restic(restic_url, PASSWORD))
+    let out = host_restic()
         .args(["restore", &short, "--target"])
         .arg(scratch.path())
         .output()
@@ -107,6 +123,7 @@ async fn backup_and_verify(
     assert_eq!(rs.snapshot_count, Some(1), "{rs:?}");
     assert_eq!(rs.integrity, Some(true));
     assert_no_illegal_transitions().await;
+    short
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -253,4 +270,589 @@ async fn http_put(endpoint: &str, path: &str) -> Option<u16> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.ok()?;
     buf.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A private CA and a serving certificate from it for `sans`, written as `<dir>/ca.crt`,
+/// `<dir>/public.crt` and `<dir>/private.key` (MinIO's names).
+fn private_ca(dir: &std::path::Path, sans: &[&str]) -> String {
+    let ca = stash_testenv::certs::Ca::new("stash-e2e-private-ca").expect("ca");
+    let pair = ca.server("stash-e2e-server", sans).expect("server cert");
+    std::fs::write(dir.join("ca.crt"), &ca.cert).expect("ca.crt");
+    std::fs::write(dir.join("public.crt"), &pair.cert).expect("public.crt");
+    std::fs::write(dir.join("private.key"), &pair.key).expect("private.key");
+    ca.cert
+}
+
+/// A restic command on the host for `url`, with `env` (credentials stay in the environment,
+/// never in the arguments) and `--cacert`. With `hosts`, restic runs in a mount namespace of
+/// its own where that file is `/etc/hosts` (cluster DNS names the pods resolve through
+/// CoreDNS; the host's files are untouched).
+fn host_restic(
+    url: &str,
+    env: &[(&str, String)],
+    cacert: &std::path::Path,
+    hosts: Option<&std::path::Path>,
+) -> std::process::Command {
+    let bin = bins::bin("restic").expect("restic");
+    let mut cmd = match hosts {
+        Some(h) => {
+            let mut c = std::process::Command::new("unshare");
+            c.args(["-m", "--propagation", "private", "sh", "-c"])
+                .arg("mount --bind \"$0\" /etc/hosts && exec \"$@\"")
+                .arg(h)
+                .arg(&bin);
+            c
+        }
+        None => std::process::Command::new(&bin),
+    };
+    cmd.env_clear()
+        .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
+        .env("HOME", "/tmp")
+        .env("RESTIC_REPOSITORY", url)
+        .env("RESTIC_PASSWORD", PASSWORD)
+        .arg("--no-cache")
+        .arg("--cacert")
+        .arg(cacert);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// `kubectl get snapshots -n ns` (the operator's Snapshot API, which runs restic against the
+/// backend from inside the cluster) lists snapshot `short` of Repository `repo`.
+fn kubectl_lists_snapshot(ns: &str, short: &str) {
+    let cp = stash_testenv::shared_now().expect("attached");
+    let out = cp
+        .kubectl()
+        .expect("kubectl")
+        .args([
+            "get",
+            "snapshots",
+            "-n",
+            ns,
+            "-l",
+            "repository=repo",
+            "-o",
+            "json",
+        ])
+        .output()
+        .expect("kubectl get snapshots");
+    assert!(
+        out.status.success(),
+        "kubectl get snapshots: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let names: Vec<String> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|s| s["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        names.iter().any(|n| n == &format!("repo-{short}")),
+        "kubectl get snapshots lists repo-{short}: {names:?}"
+    );
+}
+
+/// Restore `/source/data` of `host-0` from Repository `repo` into a new PVC through a
+/// RestoreSession (a Job in the cluster); the restored bytes equal `source`.
+async fn restore_in_cluster(client: &Client, ns: &str, source: &std::path::Path) {
+    use stash_crds::restore_session::Phase as RestorePhase;
+    let restored = pv_dir(ns, "restored-data").await;
+    apply(client, ns, json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "restored-data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .await;
+    apply(client, ns, json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "RestoreSession", "metadata": {"name": "restore"},
+        "spec": {"repository": {"name": "repo"}, "task": {"name": "pvc-restore"},
+                 "target": {"ref": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": "restored-data"},
+                            "volumeMounts": [{"name": "target-volume", "mountPath": "/source/data"}]},
+                 "rules": [{"paths": ["/source/data"]}]}
+    }))
+    .await;
+    let api = kube::Api::<stash_crds::RestoreSession>::namespaced(client.clone(), ns);
+    let rs = eventually(
+        "the RestoreSession to finish",
+        Duration::from_secs(180),
+        || {
+            let api = api.clone();
+            async move {
+                let s = api.get("restore").await.ok()?;
+                let phase = s.status.as_ref()?.phase?;
+                matches!(
+                    phase,
+                    RestorePhase::Succeeded | RestorePhase::Failed | RestorePhase::Unknown
+                )
+                .then_some(s)
+            }
+        },
+    )
+    .await;
+    let status = rs.status.clone().expect("status");
+    if status.phase != Some(RestorePhase::Succeeded) {
+        dump_logs(env().await.cp);
+        eprintln!("{}", pod_logs(ns, "restore"));
+    }
+    assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
+    let got = checksums(&restored);
+    assert!(!got.is_empty());
+    assert_eq!(
+        got,
+        checksums(source),
+        "restored bytes differ (in-cluster restore)"
+    );
+}
+
+/// Delete Repository `repo` (wipeOut: true) and wait for it to be gone; the `WipedOut` event.
+async fn delete_and_wipe(client: &Client, ns: &str) -> EventView {
+    let repos = kube::Api::<stash_crds::Repository>::namespaced(client.clone(), ns);
+    repos
+        .delete("repo", &Default::default())
+        .await
+        .expect("delete repo");
+    eventually("the Repository to be gone", Duration::from_secs(90), || {
+        let repos = repos.clone();
+        async move { matches!(repos.get_opt("repo").await, Ok(None)).then_some(()) }
+    })
+    .await;
+    let ev = wait_event(client, ns, "repo", "WipedOut", Duration::from_secs(30)).await;
+    assert_eq!(ev.type_, "Normal");
+    ev
+}
+
+/// The keys of every object in `store`.
+async fn all_keys(store: &dyn object_store::ObjectStore) -> std::collections::BTreeSet<String> {
+    use futures::TryStreamExt;
+    store
+        .list(None)
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .expect("list the bucket")
+}
+
+/// S3 over HTTPS with a certificate from a private CA (MinIO): the Secret carries
+/// `CA_CERT_DATA`; backup through the sidecar, `kubectl get snapshots`, a restore in the
+/// cluster and from the host, then a wipe-out of a repository at the bucket's root (empty
+/// prefix) in a bucket that also holds foreign files: only restic's objects go.
+#[tokio::test(flavor = "multi_thread")]
+async fn minio_over_tls_with_a_private_ca() {
+    use object_store::ObjectStoreExt;
+    let env = env().await;
+    let client = env.cp.client();
+    let (guard, source) = workload("minio").await;
+    let ns = guard.name.clone();
+    let certs = tempfile::tempdir().expect("certs");
+    let ca = private_ca(certs.path(), &[stash_testenv::NODE_IP]);
+    let data = tempfile::tempdir().expect("minio data");
+    let bucket = "stash-tls";
+    // The bucket: a top-level directory of the drive is a bucket to MinIO (restic does not
+    // create a missing bucket before it looks for `config`).
+    std::fs::create_dir(data.path().join(bucket)).expect("bucket dir");
+    let (user, secret) = ("stash-e2e-minio", "minio-secret-key-for-the-test");
+    let minio = bins::bin("minio").expect("minio");
+    let (certs_dir, data_dir) = (certs.path().to_owned(), data.path().to_owned());
+    let port = cluster_server(
+        "minio",
+        &minio,
+        |ip, port| {
+            vec![
+                "server".into(),
+                "--quiet".into(),
+                "--address".into(),
+                format!("{ip}:{port}"),
+                "--certs-dir".into(),
+                certs_dir.display().to_string(),
+                data_dir.display().to_string(),
+            ]
+        },
+        &[
+            ("MINIO_ROOT_USER", user.as_ref()),
+            ("MINIO_ROOT_PASSWORD", secret.as_ref()),
+            ("MINIO_BROWSER", "off".as_ref()),
+            ("MINIO_UPDATE", "off".as_ref()),
+        ],
+    )
+    .await;
+    let endpoint = format!("https://{}:{port}", stash_testenv::NODE_IP);
+    apply(
+        &client,
+        &ns,
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "minio-secret"},
+            "stringData": {"RESTIC_PASSWORD": PASSWORD, "AWS_ACCESS_KEY_ID": user,
+                           "AWS_SECRET_ACCESS_KEY": secret, "CA_CERT_DATA": ca}
+        }),
+    )
+    .await;
+    apply(&client, &ns, json!({
+        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
+        "spec": {"backend": {"storageSecretName": "minio-secret",
+                             "s3": {"endpoint": endpoint, "bucket": bucket, "prefix": ""}},
+                 "wipeOut": true}
+    }))
+    .await;
+    let url = format!("s3:{endpoint}/{bucket}");
+    let cacert = certs.path().join("ca.crt");
+    let renv = [
+        ("AWS_ACCESS_KEY_ID", user.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", secret.to_string()),
+    ];
+    let host = || host_restic(&url, &renv, &cacert, None);
+    // Without the CA, restic on the host refuses the server's certificate.
+    let mut no_ca = restic(&url, PASSWORD);
+    no_ca
+        .env("AWS_ACCESS_KEY_ID", user)
+        .env("AWS_SECRET_ACCESS_KEY", secret);
+    let short = backup_and_check(&client, &ns, &source, &host).await;
+    let out = no_ca.args(["cat", "config"]).output().expect("restic");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("certificate"), "{err}");
+    kubectl_lists_snapshot(&ns, &short);
+    restore_in_cluster(&client, &ns, &source).await;
+
+    // Foreign files in the same bucket: at the root beside the repository, inside restic's
+    // own directories under names that are not restic's, and another repository's layout
+    // under a prefix of its own.
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_region("us-east-1")
+        .with_endpoint(&endpoint)
+        .with_access_key_id(user)
+        .with_secret_access_key(secret)
+        .with_client_options(object_store::ClientOptions::new().with_root_certificate(
+            object_store::Certificate::from_pem(ca_pem(&cacert).as_bytes()).expect("ca"),
+        ))
+        .build()
+        .expect("s3 client");
+    let hex = "ab".repeat(32);
+    let foreign = [
+        "photos/cat.jpg".to_string(),
+        "README.txt".to_string(),
+        "data/README".to_string(),
+        "keys/not-a-key".to_string(),
+        "other-app/config".to_string(),
+        format!("other-app/keys/{hex}"),
+        format!("other-app/data/ab/{hex}"),
+    ];
+    for k in &foreign {
+        store
+            .put(
+                &object_store::path::Path::from(k.as_str()),
+                b"not restic's".to_vec().into(),
+            )
+            .await
+            .expect("put a foreign object");
+    }
+    let before = all_keys(&store).await;
+    let restic_objects: Vec<&String> = before.iter().filter(|k| !foreign.contains(k)).collect();
+    assert!(restic_objects.iter().any(|k| *k == "config"));
+    assert!(restic_objects.iter().any(|k| k.starts_with("data/")));
+    let ev = delete_and_wipe(&client, &ns).await;
+    let after = all_keys(&store).await;
+    let expected: std::collections::BTreeSet<String> = foreign.iter().cloned().collect();
+    eprintln!(
+        "mixed bucket wipe-out: {} objects before ({} restic, {} foreign), {} after; event: {}",
+        before.len(),
+        restic_objects.len(),
+        foreign.len(),
+        after.len(),
+        ev.note
+    );
+    assert_eq!(after, expected, "exactly the foreign objects are left");
+    assert!(
+        ev.note
+            .contains(&format!("deleted {} restic objects", restic_objects.len())),
+        "{ev:?}"
+    );
+    let out = host().args(["cat", "config"]).output().expect("restic");
+    assert!(
+        !out.status.success(),
+        "restic finds no repository after the wipe-out"
+    );
+}
+
+fn ca_pem(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).expect("ca pem")
+}
+
+/// Google Cloud Storage against fake-gcs-server over HTTPS with the private CA: restic (and
+/// the operator's wipe-out) reach it through `STORAGE_EMULATOR_HOST`, with a bearer token
+/// (`GOOGLE_ACCESS_TOKEN`) instead of a service account.
+#[tokio::test(flavor = "multi_thread")]
+async fn google_cloud_storage_on_fake_gcs_server() {
+    let env = env().await;
+    let client = env.cp.client();
+    let (guard, source) = workload("gcs").await;
+    let ns = guard.name.clone();
+    let certs = tempfile::tempdir().expect("certs");
+    let ca = private_ca(certs.path(), &[stash_testenv::NODE_IP]);
+    let gcs = bins::bin("fake-gcs-server").expect("fake-gcs-server");
+    // The bucket, preloaded (`-data`: each directory is a bucket).
+    let preload = tempfile::tempdir().expect("preload");
+    std::fs::create_dir(preload.path().join("stash-gcs")).expect("bucket dir");
+    let preload_dir = preload.path().to_owned();
+    let certs_dir = certs.path().to_owned();
+    let port = cluster_server(
+        "fake-gcs-server",
+        &gcs,
+        |ip, port| {
+            let cert = certs_dir.join("public.crt").display().to_string();
+            let key = certs_dir.join("private.key").display().to_string();
+            vec![
+                "-scheme".into(),
+                "https".into(),
+                "-host".into(),
+                ip.into(),
+                "-port".into(),
+                port.to_string(),
+                "-cert-location".into(),
+                cert,
+                "-private-key-location".into(),
+                key,
+                "-backend".into(),
+                "memory".into(),
+                "-data".into(),
+                preload_dir.display().to_string(),
+                "-public-host".into(),
+                format!("{ip}:{port}"),
+                "-external-url".into(),
+                format!("https://{ip}:{port}"),
+                "-log-level".into(),
+                "warn".into(),
+            ]
+        },
+        &[],
+    )
+    .await;
+    let emulator = format!("https://{}:{port}", stash_testenv::NODE_IP);
+    let (project, token) = ("stash-e2e", "gcs-bearer-token-for-the-test");
+    apply(
+        &client,
+        &ns,
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gcs-secret"},
+            "stringData": {"RESTIC_PASSWORD": PASSWORD, "GOOGLE_PROJECT_ID": project,
+                           "GOOGLE_ACCESS_TOKEN": token, "STORAGE_EMULATOR_HOST": emulator,
+                           "CA_CERT_DATA": ca}
+        }),
+    )
+    .await;
+    apply(&client, &ns, json!({
+        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
+        "spec": {"backend": {"storageSecretName": "gcs-secret",
+                             "gcs": {"bucket": "stash-gcs", "prefix": "demo/app"}},
+                 "wipeOut": true}
+    }))
+    .await;
+    let cacert = certs.path().join("ca.crt");
+    let renv = [
+        ("GOOGLE_PROJECT_ID", project.to_string()),
+        ("GOOGLE_ACCESS_TOKEN", token.to_string()),
+        ("STORAGE_EMULATOR_HOST", emulator.clone()),
+    ];
+    let host = || host_restic("gs:stash-gcs:/demo/app", &renv, &cacert, None);
+    let short = backup_and_check(&client, &ns, &source, &host).await;
+    kubectl_lists_snapshot(&ns, &short);
+    restore_in_cluster(&client, &ns, &source).await;
+    let ev = delete_and_wipe(&client, &ns).await;
+    eprintln!("GCS wipe-out: {}", ev.note);
+    let out = host().args(["cat", "config"]).output().expect("restic");
+    assert!(
+        !out.status.success(),
+        "restic finds no repository after the wipe-out"
+    );
+}
+
+/// Azure Blob Storage against Azurite over HTTPS with the private CA. restic only speaks to
+/// `https://<account>.blob.<AZURE_ENDPOINT_SUFFIX>`: the suffix is `<ns>.svc.cluster.local:<port>`
+/// and a headless Service `blob` whose endpoint has hostname `<account>` gives that name to
+/// the node address (Azurite takes the account from the host name, as Azure does).
+#[tokio::test(flavor = "multi_thread")]
+async fn azure_blob_storage_on_azurite() {
+    let env = env().await;
+    let client = env.cp.client();
+    let (guard, source) = workload("azure").await;
+    let ns = guard.name.clone();
+    let account = "stashe2e";
+    let fqdn = format!("{account}.blob.{ns}.svc.cluster.local");
+    let certs = tempfile::tempdir().expect("certs");
+    let ca = private_ca(certs.path(), &[&fqdn]);
+    let key = "c3Rhc2gtcnMgYXp1cml0ZSBrZXkgZm9yIHRoZSBlMmUgdGVzdA==";
+    let accounts = format!("{account}:{key}");
+    let data = tempfile::tempdir().expect("azurite data");
+    let azurite = bins::bin("azurite-blob").expect("azurite-blob");
+    let (certs_dir, data_dir) = (certs.path().to_owned(), data.path().to_owned());
+    let port = cluster_server(
+        "azurite",
+        &azurite,
+        |ip, port| {
+            vec![
+                "--blobHost".into(),
+                ip.into(),
+                "--blobPort".into(),
+                port.to_string(),
+                "--cert".into(),
+                certs_dir.join("public.crt").display().to_string(),
+                "--key".into(),
+                certs_dir.join("private.key").display().to_string(),
+                "--location".into(),
+                data_dir.display().to_string(),
+                "--skipApiVersionCheck".into(),
+                "--loose".into(),
+                "--silent".into(),
+            ]
+        },
+        &[("AZURITE_ACCOUNTS", accounts.as_ref())],
+    )
+    .await;
+    // `<account>.blob.<ns>.svc.cluster.local` → the node address, for pods (CoreDNS).
+    apply(&client, &ns, json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "blob"},
+        "spec": {"clusterIP": "None", "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}
+    }))
+    .await;
+    apply(
+        &client,
+        &ns,
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "blob-node", "labels": {"kubernetes.io/service-name": "blob"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [stash_testenv::NODE_IP], "hostname": account,
+                           "conditions": {"ready": true}}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}]
+        }),
+    )
+    .await;
+    let suffix = format!("{ns}.svc.cluster.local:{port}");
+    apply(
+        &client,
+        &ns,
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "azure-secret"},
+            "stringData": {"RESTIC_PASSWORD": PASSWORD, "AZURE_ACCOUNT_NAME": account,
+                           "AZURE_ACCOUNT_KEY": key, "AZURE_ENDPOINT_SUFFIX": suffix,
+                           "CA_CERT_DATA": ca}
+        }),
+    )
+    .await;
+    apply(&client, &ns, json!({
+        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
+        "spec": {"backend": {"storageSecretName": "azure-secret",
+                             "azure": {"container": "stash-azure", "prefix": "demo/app"}},
+                 "wipeOut": true}
+    }))
+    .await;
+    // The same name for restic on the host, in a mount namespace of its own.
+    let hosts = certs.path().join("hosts");
+    std::fs::write(
+        &hosts,
+        format!("127.0.0.1 localhost\n{} {fqdn}\n", stash_testenv::NODE_IP),
+    )
+    .expect("hosts");
+    let cacert = certs.path().join("ca.crt");
+    let renv = [
+        ("AZURE_ACCOUNT_NAME", account.to_string()),
+        ("AZURE_ACCOUNT_KEY", key.to_string()),
+        ("AZURE_ENDPOINT_SUFFIX", suffix.clone()),
+    ];
+    let host = || host_restic("azure:stash-azure:/demo/app", &renv, &cacert, Some(&hosts));
+    let short = backup_and_check(&client, &ns, &source, &host).await;
+    kubectl_lists_snapshot(&ns, &short);
+    restore_in_cluster(&client, &ns, &source).await;
+    let ev = delete_and_wipe(&client, &ns).await;
+    eprintln!("Azure wipe-out: {}", ev.note);
+    let out = host().args(["cat", "config"]).output().expect("restic");
+    assert!(
+        !out.status.success(),
+        "restic finds no repository after the wipe-out"
+    );
+}
+
+/// A wipe-out that cannot succeed (the object store does not answer) keeps the finalizer and
+/// says why in a Warning event; the documented annotation lets the deletion finish.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_wipe_out_is_reported_and_can_be_abandoned() {
+    let env = env().await;
+    let client = env.cp.client();
+    let ns_guard = env.cp.namespace("wipe-fail").await.expect("namespace");
+    let ns = ns_guard.name.clone();
+    let port = env.cp.cluster_port();
+    apply(
+        &client,
+        &ns,
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-secret"},
+            "stringData": {"RESTIC_PASSWORD": PASSWORD, "AWS_ACCESS_KEY_ID": "AKIAWIPEFAIL",
+                           "AWS_SECRET_ACCESS_KEY": "wipe-fail-secret", "AWS_REGION": "eu-west-3"}
+        }),
+    )
+    .await;
+    let endpoint = format!("http://{}:{port}", stash_testenv::NODE_IP);
+    apply(&client, &ns, json!({
+        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
+        "spec": {"backend": {"storageSecretName": "s3-secret",
+                             "s3": {"endpoint": endpoint, "bucket": "gone", "prefix": "x"}},
+                 "wipeOut": true}
+    }))
+    .await;
+    let repos = kube::Api::<stash_crds::Repository>::namespaced(client.clone(), &ns);
+    eventually("the finalizer", Duration::from_secs(30), || {
+        let repos = repos.clone();
+        async move {
+            let r = repos.get("repo").await.ok()?;
+            r.metadata.finalizers.filter(|f| !f.is_empty()).map(|_| ())
+        }
+    })
+    .await;
+    repos
+        .delete("repo", &Default::default())
+        .await
+        .expect("delete");
+    let ev = wait_event(
+        &client,
+        &ns,
+        "repo",
+        "WipeOutFailed",
+        Duration::from_secs(90),
+    )
+    .await;
+    assert_eq!(ev.type_, "Warning");
+    assert!(
+        ev.note.contains("stash.appscode.com/abandon-wipe-out"),
+        "{ev:?}"
+    );
+    assert!(
+        repos.get_opt("repo").await.expect("get").is_some(),
+        "the finalizer keeps the Repository while the wipe fails"
+    );
+    repos
+        .patch(
+            "repo",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
+                "stash.appscode.com/abandon-wipe-out": "true"}}})),
+        )
+        .await
+        .expect("annotate");
+    eventually("the Repository to be gone", Duration::from_secs(90), || {
+        let repos = repos.clone();
+        async move { matches!(repos.get_opt("repo").await, Ok(None)).then_some(()) }
+    })
+    .await;
+    let ev = wait_event(
+        &client,
+        &ns,
+        "repo",
+        "WipeOutAbandoned",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(ev.type_, "Warning");
 }

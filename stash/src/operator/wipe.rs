@@ -194,6 +194,15 @@ impl Target {
 /// The storage Secret's values, trimmed (restic reads them from the environment).
 pub type SecretData = BTreeMap<String, String>;
 
+/// A few quick retries: a failed wipe is retried by the controller with back-off anyway.
+fn retry() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 2,
+        retry_timeout: std::time::Duration::from_secs(20),
+        ..Default::default()
+    }
+}
+
 fn client_options(secret: &SecretData) -> Result<ClientOptions, String> {
     let mut opts = ClientOptions::new().with_timeout(std::time::Duration::from_secs(60));
     if let Some(pem) = secret.get("CA_CERT_DATA") {
@@ -267,6 +276,7 @@ pub async fn target(backend: &BackendSpec, secret: &SecretData) -> Result<Option
         let mut b = object_store::aws::AmazonS3Builder::new()
             .with_bucket_name(&bucket)
             .with_region(region)
+            .with_retry(retry())
             .with_client_options(client_options(secret)?);
         if let Some(k) = get("AWS_ACCESS_KEY_ID") {
             b = b.with_access_key_id(k);
@@ -292,6 +302,7 @@ pub async fn target(backend: &BackendSpec, secret: &SecretData) -> Result<Option
         let bucket = gcs.bucket.clone().unwrap_or_default();
         let mut b = object_store::gcp::GoogleCloudStorageBuilder::new()
             .with_bucket_name(&bucket)
+            .with_retry(retry())
             .with_client_options(client_options(secret)?);
         if let Some(host) = get("STORAGE_EMULATOR_HOST") {
             let url = if host.contains("://") {
@@ -324,6 +335,7 @@ pub async fn target(backend: &BackendSpec, secret: &SecretData) -> Result<Option
             .with_account(&account)
             .with_container_name(&container)
             .with_endpoint(format!("https://{account}.blob.{suffix}"))
+            .with_retry(retry())
             .with_client_options(client_options(secret)?);
         if let Some(k) = get("AZURE_ACCOUNT_KEY") {
             b = b.with_access_key(k);
