@@ -215,14 +215,12 @@ fn check_volume_mounts(errs: &mut FieldErrors, path: &str, mounts: &[core::Volum
                 format!("{:?} is already mounted by {path}[{first}]", m.mount_path),
             );
         }
-        if let Some(sub) = m.sub_path.as_deref()
-            && (sub.starts_with('/') || sub.split('/').any(|c| c == ".."))
-        {
-            errs.push(
-                format!("{p}.subPath"),
-                format!("must be a relative path without '..', got {sub:?}"),
-            );
-        }
+        format_of(
+            errs,
+            &format!("{p}.subPath"),
+            m.sub_path.as_deref(),
+            format::relative_path,
+        );
     }
 }
 
@@ -497,14 +495,12 @@ fn check_backend(errs: &mut FieldErrors, path: &str, backend: &Backend) {
                 ),
                 Some(_) => {}
             }
-            if let Some(sub) = l.sub_path.as_deref()
-                && (sub.starts_with('/') || sub.split('/').any(|c| c == ".."))
-            {
-                errs.push(
-                    format!("{p}.subPath"),
-                    format!("must be a relative path without '..', got {sub:?}"),
-                );
-            }
+            format_of(
+                errs,
+                &format!("{p}.subPath"),
+                l.sub_path.as_deref(),
+                format::relative_path,
+            );
             if l.volume_source == stash_crds::VolumeSource::default() {
                 errs.push(p, "a volume source (hostPath, nfs, persistentVolumeClaim, emptyDir, ...) is required");
             }

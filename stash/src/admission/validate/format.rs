@@ -95,6 +95,15 @@ pub fn absolute_path(v: &str) -> Result<(), String> {
     }
 }
 
+/// A relative path that stays inside its base (no leading '/', no `..`).
+pub fn relative_path(v: &str) -> Result<(), String> {
+    if v.starts_with('/') || v.split('/').any(|c| c == "..") {
+        Err(format!("must be a relative path without '..', got {v:?}"))
+    } else {
+        Ok(())
+    }
+}
+
 /// Is `path` equal to `dir` or inside it (component-wise, trailing slashes ignored)?
 pub fn under(path: &str, dir: &str) -> bool {
     let path = path.trim_end_matches('/');
