@@ -696,3 +696,48 @@ fn admission_rules_table_matches_the_corpus() {
         );
     }
 }
+
+#[test]
+fn doubtful_objects_get_warnings_naming_the_field() {
+    let b = bc(with(workload_bc(), "/schedule", json!("@every 30s")));
+    assert!(b.validate_create(&()).is_ok());
+    let w = b.warnings();
+    assert!(w.iter().any(|w| w.starts_with("spec.schedule: ")), "{w:?}");
+    let every_minute = bc(with(workload_bc(), "/schedule", json!("@every 1m")));
+    assert!(every_minute.warnings().is_empty());
+    let keeps_nothing = bc(with(
+        workload_bc(),
+        "/retentionPolicy",
+        json!({"name": "none"}),
+    ));
+    assert!(
+        keeps_nothing
+            .warnings()
+            .iter()
+            .any(|w| w.starts_with("spec.retentionPolicy: sets no keep rule"))
+    );
+    let target = TargetRef {
+        api_version: Some("apps/v1".into()),
+        kind: Some("Deployment".into()),
+        name: Some("app".into()),
+    };
+    let refs = References {
+        repository_exists: Some(false),
+        target_exists: Some(false),
+        sharing_repository: vec!["other".into()],
+    };
+    let w = reference_warnings(Some("repo"), Some(&target), &refs);
+    assert_eq!(w.len(), 3, "{w:?}");
+    assert!(w[0].starts_with("spec.repository.name: Repository \"repo\" does not exist"));
+    assert!(w[1].starts_with("spec.target.ref: Deployment \"app\" does not exist"));
+    assert!(w[2].contains("also used by BackupConfiguration other"));
+    let known = References {
+        repository_exists: Some(true),
+        target_exists: None,
+        sharing_repository: vec![],
+    };
+    assert!(reference_warnings(Some("repo"), Some(&target), &known).is_empty());
+    assert_eq!(snapshot_of("latest", Some("gcs-repo")), Ok(()));
+    assert_eq!(snapshot_of("gcs-repo-02b0ed42", Some("gcs-repo")), Ok(()));
+    assert!(snapshot_of("s3-repo-02b0ed42", Some("gcs-repo")).is_err());
+}
