@@ -90,8 +90,14 @@ pub fn service_account(template: &PodTemplateSpec) -> String {
 }
 
 /// FNV-64a of the BackupConfiguration spec's JSON, in decimal (the pod-template hash annotation).
+/// `paused` and `schedule` are left out: the sidecar does not use them (the operator decides
+/// pausing, the CronJob carries the schedule), and a change of the hash restarts the workload's
+/// pods — pausing must not kill a backup that is running.
 pub fn spec_hash(bc: &BackupConfiguration) -> String {
-    let json = serde_json::to_vec(&bc.spec).unwrap_or_default();
+    let mut spec = bc.spec.clone();
+    spec.paused = false;
+    spec.schedule = Default::default();
+    let json = serde_json::to_vec(&spec).unwrap_or_default();
     let mut h = Fnv64a::default();
     h.write(&json);
     h.finish().to_string()
@@ -637,6 +643,20 @@ mod tests {
             apply_backup(&t, Some((&bc, &repo)), &cfg()),
             Err(InjectError::NoStorageSecret("repo".into()))
         );
+    }
+
+    #[test]
+    fn pausing_or_rescheduling_does_not_change_the_spec_hash() {
+        let (_, bc, _) = fixtures();
+        let mut paused = bc.clone();
+        paused.spec.paused = true;
+        paused.spec.schedule = Some("*/7 * * * *".into());
+        assert_eq!(spec_hash(&paused), spec_hash(&bc));
+        let mut retargeted = bc.clone();
+        if let Some(t) = retargeted.spec.target.as_mut() {
+            t.directories.push("/elsewhere".into());
+        }
+        assert_ne!(spec_hash(&retargeted), spec_hash(&bc));
     }
 
     #[test]

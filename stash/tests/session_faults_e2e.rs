@@ -1,0 +1,326 @@
+//! Sessions that survive faults, on the real cluster (issue 11): a pause while a session runs,
+//! a sidecar killed between its snapshot and its report, and two configurations whose first
+//! sessions share one new Repository. Each is repeated; the outcome is read back from the API
+//! server and from restic's own view of the repository.
+mod support;
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+};
+use serde_json::json;
+use stash_crds::{BackupConfiguration, BackupSession, backup_session::Phase};
+use support::*;
+
+const PASSWORD: &str = "faults-password";
+const ROUNDS: usize = 5;
+
+async fn phase(api: &Api<BackupSession>, name: &str) -> Option<Phase> {
+    api.get(name).await.ok()?.status?.phase
+}
+
+async fn set_paused(client: &Client, ns: &str, bc: &str, paused: bool) {
+    Api::<BackupConfiguration>::namespaced(client.clone(), ns)
+        .patch(
+            bc,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"paused": paused}})),
+        )
+        .await
+        .expect("pause");
+}
+
+/// Snapshots restic holds with the session's tag.
+fn tagged(repo: &Path, session: &str) -> Vec<serde_json::Value> {
+    let tag = stash_machines::backup_host::session_tag(session);
+    restic_snapshots(&repo.display().to_string(), PASSWORD)
+        .into_iter()
+        .filter(|s| {
+            s["tags"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|x| x == &json!(tag)))
+        })
+        .collect()
+}
+
+/// Every snapshot the session's status lists exists in restic, with the session's tag.
+fn status_snapshots_exist(repo: &Path, s: &BackupSession) {
+    let in_restic: Vec<String> = tagged(repo, &s.name_any())
+        .iter()
+        .map(|x| x["short_id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let status = s.status.as_ref().expect("status");
+    for h in &status.stats {
+        for snap in &h.snapshots {
+            let id = snap.name.clone().unwrap_or_default();
+            assert!(
+                in_restic.iter().any(|r| id.contains(r.as_str())),
+                "snapshot {id} of {} is not in restic ({in_restic:?})",
+                s.name_any()
+            );
+        }
+    }
+}
+
+fn restic_check(repo: &Path) {
+    let out = restic(&repo.display().to_string(), PASSWORD)
+        .args(["check", "--no-cache"])
+        .output()
+        .expect("restic check");
+    assert!(
+        out.status.success(),
+        "restic check: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A Deployment `name` with its own hostPath PV (`size` MiB of fresh data) and a
+/// BackupConfiguration `<name>-backup` into Repository `repo`; waits for the sidecar.
+async fn workload(client: &Client, ns: &str, name: &str, repo: &str, seed: u64, mib: usize) {
+    let source = pv_dir(ns, &format!("{name}-data")).await;
+    generate_files(&source, seed, mib, 1 << 20);
+    deployment_with_pvc(client, ns, name, &format!("{name}-data")).await;
+    apply(
+        client,
+        ns,
+        deployment_backup_configuration(name, repo, "@yearly", json!({})),
+    )
+    .await;
+    wait_sidecar_ready(client, ns, name, Duration::from_secs(180)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pausing_a_running_session_lets_it_complete() {
+    let env = env().await;
+    let f = fixture_with_password("pause-running", PASSWORD).await;
+    let ns = f.ns.name.clone();
+    let client = env.cp.client();
+    workload(&client, &ns, "app", "repo", 1, 1).await;
+    let sessions = Api::<BackupSession>::namespaced(client.clone(), &ns);
+    let source = pv_dir(&ns, "app-data").await;
+    // Pausing changes nothing the sidecar runs with: the workload's pod is never replaced.
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let pod_uids = || async {
+        let mut uids: Vec<String> = pods
+            .list(&ListParams::default().labels("app=app"))
+            .await
+            .expect("pods")
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| p.uid())
+            .collect();
+        uids.sort();
+        uids
+    };
+    let pods_before = eventually(
+        "one pod of the workload",
+        Duration::from_secs(120),
+        || async {
+            let uids = pod_uids().await;
+            (uids.len() == 1).then_some(uids)
+        },
+    )
+    .await;
+    let mut proven = 0;
+    let mut attempts = 0;
+    while proven < ROUNDS {
+        attempts += 1;
+        assert!(
+            attempts <= ROUNDS + 3,
+            "only {proven} of {attempts} pauses landed while Running"
+        );
+        // Fresh data each time, so the backup takes long enough to pause in the middle.
+        generate_files(&source, 100 + attempts as u64, 96, 1 << 20);
+        let name = format!("pause-{attempts}");
+        create_backup_session(&client, &ns, "app-backup", &name).await;
+        eventually("the session to run", Duration::from_secs(60), || {
+            let s = sessions.clone();
+            let name = name.clone();
+            async move { (phase(&s, &name).await? != Phase::Pending).then_some(()) }
+        })
+        .await;
+        set_paused(&client, &ns, "app-backup", true).await;
+        let after_pause = phase(&sessions, &name).await;
+        let s = wait_session_terminal(&client, &ns, &name, Duration::from_secs(300)).await;
+        set_paused(&client, &ns, "app-backup", false).await;
+        if after_pause != Some(Phase::Running) {
+            eprintln!("round {attempts}: the session was {after_pause:?} once paused; not counted");
+            continue;
+        }
+        let status = s.status.as_ref().expect("status");
+        assert_eq!(
+            status.phase,
+            Some(Phase::Succeeded),
+            "paused while Running: {status:?}"
+        );
+        status_snapshots_exist(&f.repo_dir, &s);
+        assert_eq!(
+            tagged(&f.repo_dir, &name).len(),
+            1,
+            "one snapshot for {name}"
+        );
+        proven += 1;
+    }
+    assert_eq!(
+        pod_uids().await,
+        pods_before,
+        "pausing replaced the workload's pod"
+    );
+    // Pausing still stops a session that has not started.
+    set_paused(&client, &ns, "app-backup", true).await;
+    create_backup_session(&client, &ns, "app-backup", "while-paused").await;
+    let s = wait_session_terminal(&client, &ns, "while-paused", Duration::from_secs(60)).await;
+    assert_eq!(s.status.and_then(|s| s.phase), Some(Phase::Skipped));
+    println!("pause while Running: {proven} sessions Succeeded in {attempts} attempts");
+}
+
+/// The sidecar's main process (`stash run-backup`) of pod `uid`, from the host.
+fn sidecar_pid(pod_uid: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            cmd.contains("run-backup") && cg.contains(&format!("pod{pod_uid}"))
+        })
+}
+
+fn snapshot_files(repo: &Path) -> usize {
+    std::fs::read_dir(repo.join("snapshots")).map_or(0, |d| d.count())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sidecar_killed_between_snapshot_and_report_takes_no_second_snapshot() {
+    let env = env().await;
+    let f = fixture_with_password("kill-sidecar", PASSWORD).await;
+    let ns = f.ns.name.clone();
+    let client = env.cp.client();
+    let sessions = Api::<BackupSession>::namespaced(client.clone(), &ns);
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let mut proven = 0;
+    for round in 1..=ROUNDS + 3 {
+        if proven == ROUNDS {
+            break;
+        }
+        // A fresh Deployment each round: no crash-loop back-off from the previous kill.
+        let app = format!("app{round}");
+        workload(&client, &ns, &app, "repo", round as u64, 64).await;
+        let pod = pods
+            .list(&ListParams::default().labels(&format!("app={app}")))
+            .await
+            .expect("pods")
+            .into_iter()
+            .find(|p| p.metadata.deletion_timestamp.is_none())
+            .expect("the pod");
+        let uid = pod.uid().expect("uid");
+        let name = format!("kill-{round}");
+        let before = snapshot_files(&f.repo_dir);
+        create_backup_session(&client, &ns, &format!("{app}-backup"), &name).await;
+        // The moment restic has written the snapshot file, the sidecar dies: before its report
+        // (check, forget and stats come first).
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while snapshot_files(&f.repo_dir) == before {
+            assert!(Instant::now() < deadline, "no snapshot appeared for {name}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let pid = sidecar_pid(&uid).expect("the sidecar process");
+        // By pid: the sidecar of a pod this test created.
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success(), "kill {pid}");
+        let reported_before_kill = sessions
+            .get(&name)
+            .await
+            .ok()
+            .and_then(|s| s.status)
+            .is_some_and(|s| !s.stats.is_empty());
+        let s = wait_session_terminal(&client, &ns, &name, Duration::from_secs(300)).await;
+        let status = s.status.as_ref().expect("status");
+        assert_eq!(status.phase, Some(Phase::Succeeded), "{name}: {status:?}");
+        assert_eq!(
+            tagged(&f.repo_dir, &name).len(),
+            1,
+            "{name}: exactly one snapshot for the session"
+        );
+        status_snapshots_exist(&f.repo_dir, &s);
+        if reported_before_kill {
+            eprintln!("round {round}: the host had reported before the kill; not counted");
+            continue;
+        }
+        // The kill happened: the sidecar container restarted.
+        let restarts: i32 = pods
+            .get(&pod.name_any())
+            .await
+            .expect("pod")
+            .status
+            .and_then(|s| s.container_statuses)
+            .unwrap_or_default()
+            .iter()
+            .filter(|c| c.name == "stash")
+            .map(|c| c.restart_count)
+            .sum();
+        assert!(restarts >= 1, "{name}: the sidecar was not restarted");
+        proven += 1;
+    }
+    assert_eq!(proven, ROUNDS, "kills between snapshot and report");
+    restic_check(&f.repo_dir);
+    println!("sidecar killed after its snapshot: {proven} sessions, one snapshot each");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_configurations_sharing_a_new_repository_both_succeed() {
+    let env = env().await;
+    let f = fixture_with_password("shared-repo", PASSWORD).await;
+    let ns = f.ns.name.clone();
+    let client = env.cp.client();
+    for round in 1..=ROUNDS {
+        // A new, empty Repository each round.
+        let repo = format!("shared{round}");
+        let dir = f.repo_dir.join(&repo);
+        std::fs::create_dir_all(&dir).expect("repo dir");
+        set_mode(&dir, 0o777);
+        apply(&client, &ns, json!({
+            "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": repo},
+            "spec": {"backend": {"storageSecretName": "local-secret",
+                                 "local": {"mountPath": "/safe/data", "hostPath": {"path": dir.to_string_lossy()}}}}
+        }))
+        .await;
+        let (a, b) = (format!("a{round}"), format!("b{round}"));
+        tokio::join!(
+            workload(&client, &ns, &a, &repo, round as u64, 4),
+            workload(&client, &ns, &b, &repo, 50 + round as u64, 4)
+        );
+        // First sessions of both at once.
+        let (sa, sb) = (format!("{a}-first"), format!("{b}-first"));
+        let (ba, bb) = (format!("{a}-backup"), format!("{b}-backup"));
+        tokio::join!(
+            create_backup_session(&client, &ns, &ba, &sa),
+            create_backup_session(&client, &ns, &bb, &sb)
+        );
+        for s in [&sa, &sb] {
+            let done = wait_session_terminal(&client, &ns, s, Duration::from_secs(300)).await;
+            let status = done.status.as_ref().expect("status");
+            assert_eq!(status.phase, Some(Phase::Succeeded), "{s}: {status:?}");
+        }
+        restic_check(&dir);
+        let snaps = restic_snapshots(&dir.display().to_string(), PASSWORD);
+        assert_eq!(
+            snaps.len(),
+            2,
+            "round {round}: one snapshot per configuration"
+        );
+    }
+    println!("shared new Repository: {ROUNDS} rounds, both first sessions Succeeded, check clean");
+}
