@@ -104,15 +104,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             _ => tokio::time::sleep(Duration::from_secs(1)).await,
         }
     };
-    let lock = (opts.restore_model != "job").then(|| LeaderElection {
-        namespace: ns.clone(),
-        name: format!(
+    let lock = (opts.restore_model != "job").then(|| {
+        let name = format!(
             "lock-{}-{workload}-restore",
             kind.map_or("unknown", |k| k.kind()).to_lowercase()
-        ),
-        identity: opts.pod_name.clone(),
-        lease_duration: Duration::from_secs(15),
-        renew_every: Duration::from_secs(3),
+        );
+        LeaderElection::new(&ns, &name, &opts.pod_name, Duration::from_secs(15))
     });
     let leadership = match &lock {
         Some(l) => Some(l.acquire(client.clone()).await?),

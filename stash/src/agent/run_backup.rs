@@ -74,16 +74,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let kind = WorkloadKind::of(&target.target_ref);
     let host = backup_host(kind, &opts.pod_name, &opts.node_name);
     let workload = target.target_ref.name.clone().unwrap_or_default();
-    let lock = LeaderElection {
-        namespace: ns.clone(),
-        name: format!(
-            "lock-{}-{workload}-backup",
-            kind.map_or("unknown", |k| k.kind()).to_lowercase()
-        ),
-        identity: opts.pod_name.clone(),
-        lease_duration: Duration::from_secs(15),
-        renew_every: Duration::from_secs(3),
-    };
+    let lease = format!(
+        "lock-{}-{workload}-backup",
+        kind.map_or("unknown", |k| k.kind()).to_lowercase()
+    );
+    let lock = LeaderElection::new(&ns, &lease, &opts.pod_name, Duration::from_secs(15));
     tracing::info!(bc = %opts.backup_configuration, %host, "backup sidecar started");
 
     let sessions = Api::<BackupSession>::namespaced(client.clone(), &ns);

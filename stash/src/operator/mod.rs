@@ -96,13 +96,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
     let identity = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
-    let election = LeaderElection {
-        namespace: opts.namespace.clone(),
-        name: "stash-operator".into(),
-        identity,
-        lease_duration: opts.lease_duration,
-        renew_every: opts.lease_duration / 5,
-    };
+    let election = LeaderElection::new(
+        &opts.namespace,
+        "stash-operator",
+        &identity,
+        opts.lease_duration,
+    );
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         inject: InjectConfig {
