@@ -26,6 +26,11 @@ echo "testenv binaries: $bin (build/cache check took $((SECONDS - start)) s)"
 export CARGO_TERM_COLOR=never RUST_BACKTRACE=1
 cargo build --workspace --all-targets --locked -j "$(nproc)"
 echo "build done at $((SECONDS - start)) s"
+# Style and lints are part of the suite: a failure here fails the run.
+lint=0
+cargo fmt --all -- --check || lint=1
+cargo clippy --workspace --all-targets --locked -- -D warnings || lint=1
+echo "fmt and clippy done at $((SECONDS - start)) s (ok: $((1 - lint)))"
 
 out=$(mktemp /tmp/stash-test-output.XXXXXX)
 trap 'bash scripts/cluster.sh down; rm -f "$out"' EXIT
@@ -43,4 +48,5 @@ cargo test --workspace --locked --no-fail-fast -j "$(nproc)" -- --test-threads=4
 summary=$(grep -E '^test result:' "$out" | awk '{p+=$4; f+=$6} END {print p" passed, "f" failed"}')
 echo "whole suite took $((SECONDS - start)) s"
 echo "tests: $summary"
+((lint == 0)) || { echo "cargo fmt --check or cargo clippy -D warnings failed" >&2; status=1; }
 exit $status
