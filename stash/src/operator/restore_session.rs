@@ -69,6 +69,14 @@ impl RestoreSessions {
         let ns = rs.namespace().unwrap_or_default();
         let api = Api::<RestoreSession>::namespaced(ctx.client.clone(), &ns);
         let status = rs.status.as_ref();
+        // A finished session never changes again: no observation, no requeue (issue 12). Only
+        // an edit of the object (a watch event) brings it back here.
+        if status
+            .and_then(|s| s.phase)
+            .is_some_and(machine::Phase::is_terminal)
+        {
+            return Ok(Action::await_change());
+        }
         let (model, hosts) = target_hosts(ctx, &rs, &ns).await?;
         let job = match model {
             TargetModel::Job => crate::jobs::restore::observe(&ctx.client, &rs).await?,
@@ -120,7 +128,12 @@ impl RestoreSessions {
         }
         let writer = StatusWriter::new(ctx.metrics.clone(), "restoresession");
         let reference = rs.object_ref(&());
-        let mut action = Action::requeue(ctx.policy.poll);
+        // Waiting sessions are looked at again; a session the decision ends is not.
+        let mut action = if decision.phase.is_terminal() {
+            Action::await_change()
+        } else {
+            Action::requeue(ctx.policy.poll)
+        };
         for effect in decision.effects {
             match effect {
                 Effect::WriteStatus(patch) => {
