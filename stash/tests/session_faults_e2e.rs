@@ -324,3 +324,50 @@ async fn two_configurations_sharing_a_new_repository_both_succeed() {
     }
     println!("shared new Repository: {ROUNDS} rounds, both first sessions Succeeded, check clean");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_the_pod_while_its_sidecar_backs_up_still_ends_the_session() {
+    let env = env().await;
+    let f = fixture_with_password("delete-pod", PASSWORD).await;
+    let ns = f.ns.name.clone();
+    let client = env.cp.client();
+    workload(&client, &ns, "app", "repo", 7, 1).await;
+    let source = pv_dir(&ns, "app-data").await;
+    let sessions = Api::<BackupSession>::namespaced(client.clone(), &ns);
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    for round in 1..=ROUNDS {
+        generate_files(&source, 200 + round as u64, 64, 1 << 20);
+        let name = format!("deleted-{round}");
+        let started = Instant::now();
+        create_backup_session(&client, &ns, "app-backup", &name).await;
+        eventually("the session to run", Duration::from_secs(60), || {
+            let s = sessions.clone();
+            let name = name.clone();
+            async move { (phase(&s, &name).await? != Phase::Pending).then_some(()) }
+        })
+        .await;
+        for p in pods
+            .list(&ListParams::default().labels("app=app"))
+            .await
+            .expect("pods")
+        {
+            // Odd rounds kill at once (grace 0: SIGKILL mid-backup), even rounds delete as
+            // `kubectl delete pod` does (the sidecar may finish within the grace period).
+            let dp = kube::api::DeleteParams {
+                grace_period_seconds: (round % 2 == 1).then_some(0),
+                ..Default::default()
+            };
+            pods.delete(&p.name_any(), &dp).await.expect("delete pod");
+        }
+        let s = wait_session_terminal(&client, &ns, &name, Duration::from_secs(300)).await;
+        let took = started.elapsed();
+        let status = s.status.as_ref().expect("status");
+        assert_eq!(status.phase, Some(Phase::Succeeded), "{name}: {status:?}");
+        assert!(took < Duration::from_secs(300), "{name} took {took:?}");
+        assert_eq!(tagged(&f.repo_dir, &name).len(), 1, "{name}: one snapshot");
+        status_snapshots_exist(&f.repo_dir, &s);
+        eprintln!("round {round}: {name} Succeeded {took:?} after its creation");
+    }
+    restic_check(&f.repo_dir);
+    println!("pod deleted during the backup: {ROUNDS} sessions Succeeded, one snapshot each");
+}
