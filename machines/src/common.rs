@@ -97,6 +97,19 @@ pub enum JobState {
         /// The Job's failure message.
         message: String,
     },
+    /// The Job cannot be created: the API refused it for good ([`api_error_is_permanent`]) or
+    /// its inputs cannot be resolved (a missing Task, Function or variable).
+    Rejected {
+        /// Why, in the API's (or the resolver's) words.
+        message: String,
+    },
+}
+
+/// Whether an API error with this HTTP status is permanent: retrying the same request cannot
+/// succeed (invalid object, a name over the limit, forbidden, too large). Conflicts, throttling,
+/// server errors and timeouts are transient and retried with back-off.
+pub fn api_error_is_permanent(code: u16) -> bool {
+    matches!(code, 400 | 403 | 405 | 413 | 415 | 422)
 }
 
 /// Operator-level settings of the machines.

@@ -15,10 +15,13 @@ pub mod backup_host;
 pub mod backup_session;
 mod common;
 pub mod lifecycle;
+pub mod names;
 pub mod reasons;
 pub mod restore_session;
 
-pub use common::{Decision, Effect, EventKind, EventRecord, JobState, Policy, StatusPatch};
+pub use common::{
+    Decision, Effect, EventKind, EventRecord, JobState, Policy, StatusPatch, api_error_is_permanent,
+};
 pub use lifecycle::{Lifecycle, Rejection, RejectionKind, Transition};
 
 /// What generated code reaches through `<machines>::__private`; not a public API.

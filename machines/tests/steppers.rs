@@ -6,7 +6,7 @@ use stash_machines::backup_session::{
     OverlapPolicy, RepositoryUse, TargetModel,
 };
 use stash_machines::restore_session as rs;
-use stash_machines::{Effect, EventKind, JobState, Lifecycle, Policy};
+use stash_machines::{Effect, EventKind, JobState, Lifecycle, Policy, api_error_is_permanent};
 use std::time::Duration;
 
 fn config(model: TargetModel, total_hosts: u32) -> Config {
@@ -52,6 +52,19 @@ fn names<L: Lifecycle>(d: &stash_machines::Decision<L>) -> (&'static str, Option
 }
 
 fn scenarios<L: BackupLifecycle>() {
+    // A Job the API refuses for good fails the session with the API's words.
+    let mut o = obs::<L>(None, config(TargetModel::Job, 1));
+    o.job = Some(JobState::Rejected {
+        message: "jobs.batch is forbidden: exceeded quota".into(),
+    });
+    let d = bs::decide_with(&o);
+    assert_eq!(d.phase, L::FAILED);
+    assert_eq!(
+        d.status().and_then(|s| s.reason.clone()).as_deref(),
+        Some("could not create the backup Job: jobs.batch is forbidden: exceeded quota")
+    );
+    assert!(!d.effects.contains(&Effect::CreateBackupJob));
+
     // A Repository without a backup yet: the sessions of every configuration sharing it start one
     // at a time, oldest first (two first backups would both `restic init` it).
     let other = |name: &str, phase: Option<L>, created_at: u64| OtherSession {
@@ -259,4 +272,14 @@ fn restore_outcomes_follow_failed_then_unknown_then_succeeded() {
         h("host-1", Some(rs::HostPhase::Succeeded), None),
     ];
     assert_eq!(rs::decide(&o).phase, rs::Phase::Succeeded);
+}
+
+#[test]
+fn permanent_and_transient_api_errors() {
+    for code in [400, 403, 422] {
+        assert!(api_error_is_permanent(code), "{code}");
+    }
+    for code in [409, 429, 500, 503, 504] {
+        assert!(!api_error_is_permanent(code), "{code}");
+    }
 }

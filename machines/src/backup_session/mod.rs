@@ -359,6 +359,14 @@ fn pending<L: BackupLifecycle>(obs: &Observation<L>, current: L) -> Decision<L> 
     };
     // A Job that already ended while the status still says Pending: the operator crashed
     // between creating it and writing `Running`. Starting now would only fail on the next step.
+    // A permanent refusal (an invalid Job, a name over the limit, a missing Task): retrying
+    // cannot help, and a session that stays Pending blocks every newer one of its configuration.
+    if let Some(JobState::Rejected { message }) = &obs.job {
+        return fail(
+            L::FAIL,
+            format!("could not create the backup Job: {message}"),
+        );
+    }
     if let Some(JobState::Failed { .. } | JobState::Succeeded) = &obs.job {
         return fail(
             L::FAIL,

@@ -19,9 +19,11 @@ use crate::operator::{
     rbac::{self as op_rbac, BACKUP_JOB_ROLE},
 };
 
-/// The Job's name.
+/// The Job's name: `stash-backup-<session>`, cut to a DNS label with a hash when longer
+/// ([`stash_machines::names::fit`]).
 pub fn job_name(session: &str) -> String {
-    format!("stash-backup-{session}")
+    use stash_machines::names::{DNS_LABEL, fit};
+    fit("stash-backup-", session, DNS_LABEL)
 }
 
 /// The `/tmp` volume and mount, and the local backend's (mounted at `mountPath`, no subPath).
@@ -127,14 +129,13 @@ pub fn build(
             name: Some(job_name(session)),
             namespace: bc.namespace(),
             labels: Some(labels.clone()),
-            owner_references: bc.controller_owner_ref(&()).map(|mut o| {
-                o.controller = Some(false);
-                vec![o]
-            }),
+            // Owned by its session (set by `ensure_job`): a pruned session takes its Job and
+            // Pods with it (issue 12).
             ..Default::default()
         },
         spec: Some(JobSpec {
             backoff_limit: Some(BACKOFF_LIMIT),
+            ttl_seconds_after_finished: Some(super::FINISHED_JOB_TTL_SECONDS),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
@@ -220,6 +221,8 @@ pub async fn ensure_job(
         owner,
     )
     .await?;
+    let mut job = job;
+    job.metadata.owner_references = bs.controller_owner_ref(&()).map(|o| vec![o]);
     super::create_if_absent(&Api::<Job>::namespaced(client.clone(), &ns), &job).await?;
     Ok(())
 }

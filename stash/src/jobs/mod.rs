@@ -10,6 +10,8 @@
 //! * [`output`]: `output.json`, written by a backup/restore step and read by `update-status`.
 //!
 //! Deliberate differences from upstream (documented for the project docs):
+//! * a Job is owned by its session (a pruned session takes it along) and gets
+//!   `ttlSecondsAfterFinished` ([`FINISHED_JOB_TTL_SECONDS`]);
 //! * a Job gets `backoffLimit: 0`: a failed pod is not retried (a retry would repeat the whole
 //!   dump); the next scheduled session is the retry. The session fails with the failing
 //!   container's exit and message in its reason;
@@ -48,6 +50,10 @@ pub const TMP_VOLUME: &str = "tmp-dir";
 pub const LOCAL_VOLUME: &str = "stash-local";
 /// `backoffLimit` of every backup/restore Job (see the module docs).
 pub const BACKOFF_LIMIT: i32 = 0;
+/// `ttlSecondsAfterFinished` of every backup/restore Job: an hour, far beyond the operator's
+/// poll (the session machines read a finished Job's outcome before it goes), after which the
+/// Job and its Pods are deleted by Kubernetes (issue 12). The session keeps the outcome.
+pub const FINISHED_JOB_TTL_SECONDS: i32 = 3600;
 
 /// Why a Job could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -186,7 +192,8 @@ pub(crate) async fn combined_state(client: &Client, ns: &str, jobs: &[Job]) -> O
                 return Some(JobState::Failed { message });
             }
             JobState::Active => all_done = false,
-            JobState::Succeeded => {}
+            // An existing Job is never `Rejected` (that is a refused create).
+            JobState::Succeeded | JobState::Rejected { .. } => {}
         }
     }
     Some(if all_done {

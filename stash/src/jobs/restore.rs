@@ -34,10 +34,14 @@ pub fn ordinals(rs: &RestoreSession) -> Option<Vec<u32>> {
 
 /// The names of the Jobs of `rs`.
 pub fn job_names(rs: &RestoreSession) -> Vec<String> {
-    let base = format!("stash-restore-{}", rs.name_any());
+    use stash_machines::names::{DNS_LABEL, fit};
+    let name = rs.name_any();
     match ordinals(rs) {
-        None => vec![base],
-        Some(os) => os.iter().map(|o| format!("{base}-{o}")).collect(),
+        None => vec![fit("stash-restore-", &name, DNS_LABEL)],
+        Some(os) => os
+            .iter()
+            .map(|o| fit("stash-restore-", &format!("{name}-{o}"), DNS_LABEL))
+            .collect(),
     }
 }
 
@@ -297,6 +301,7 @@ pub async fn ensure_jobs(
             },
             spec: Some(JobSpec {
                 backoff_limit: Some(BACKOFF_LIMIT),
+                ttl_seconds_after_finished: Some(super::FINISHED_JOB_TTL_SECONDS),
                 template: PodTemplateSpec {
                     metadata: Some(ObjectMeta {
                         labels: Some(job_labels.clone()),

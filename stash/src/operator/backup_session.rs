@@ -20,13 +20,13 @@ use stash_crds::{
     duration::GoDuration,
 };
 use stash_machines::{
-    Effect,
+    Effect, JobState,
     backup_session::{
         self as machine, Config, HostReport, Observation, OtherSession, Phase, RepositoryUse,
         TargetModel,
     },
 };
-use stash_runtime::{Action, Reconcile, StatusWriter, events::Severity};
+use stash_runtime::{Action, Reconcile, StatusWriter};
 
 use super::{Ctx, Error};
 use crate::target::WorkloadKind;
@@ -230,14 +230,16 @@ impl Reconcile<BackupSession> for BackupSessions {
             now: u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0),
             policy: ctx.policy,
         };
-        let decision = machine::decide(&obs);
-        if let Some(rejection) = decision.rejection {
+        let mut obs = obs;
+        let mut decision = machine::decide(&obs);
+        if let Some(rejection) = &decision.rejection {
             tracing::error!(session = %bs.name_any(), %rejection, "BUG: the machine's event was rejected");
         }
         let writer = StatusWriter::new(ctx.metrics.clone(), Self::NAME);
         let reference = bs.object_ref(&());
         let mut action = Action::requeue(ctx.policy.poll);
-        for effect in decision.effects {
+        let mut effects = std::mem::take(&mut decision.effects).into_iter();
+        while let Some(effect) = effects.next() {
             match effect {
                 Effect::WriteStatus(patch) => {
                     if patch.phase == Phase::Running
@@ -277,33 +279,24 @@ impl Reconcile<BackupSession> for BackupSessions {
                     let op = crate::jobs::inputs::OperatorInputs {
                         pushgateway_url: ctx.inject.pushgateway_url.clone(),
                     };
-                    match crate::jobs::backup::ensure_job(&ctx.client, &op, &bs).await {
-                        Ok(()) => {}
-                        Err(crate::jobs::JobError::Kube(e)) => return Err(e.into()),
-                        Err(e) => {
-                            // Unresolved variable, missing Task/Function/Repository: the session
-                            // fails with the reason; nothing was created, nothing is retried.
-                            let reason = format!("could not create the backup Job: {e}");
-                            let mut desired = status.cloned().unwrap_or_default();
-                            desired.phase = Some(Phase::Failed);
-                            desired.reason = Some(reason.clone());
-                            writer
-                                .write_phase(
-                                    &api,
-                                    bs.as_ref(),
-                                    status,
-                                    &desired,
-                                    obs.phase,
-                                    Phase::Failed,
-                                )
-                                .await?;
-                            let failed = stash_machines::reasons::BACKUP_SESSION_FAILED;
-                            ctx.events
-                                .publish(&reference, Severity::Warning, failed, reason)
-                                .await;
-                            return Ok(Action::await_change());
+                    let message = match crate::jobs::backup::ensure_job(&ctx.client, &op, &bs).await
+                    {
+                        Ok(()) => continue,
+                        // Permanent refusals (invalid, over a limit, forbidden) go back to the
+                        // machine; anything else is transient and retried with back-off.
+                        Err(crate::jobs::JobError::Kube(kube::Error::Api(e)))
+                            if stash_machines::api_error_is_permanent(e.code) =>
+                        {
+                            e.message
                         }
-                    }
+                        Err(crate::jobs::JobError::Kube(e)) => return Err(e.into()),
+                        // Unresolved variable, missing Task/Function/Repository.
+                        Err(e) => e.to_string(),
+                    };
+                    // The machine decides again with the refusal observed; nothing was created.
+                    obs.job = Some(JobState::Rejected { message });
+                    decision = machine::decide(&obs);
+                    effects = std::mem::take(&mut decision.effects).into_iter();
                 }
                 Effect::CreateRestoreJob | Effect::NudgeWorkload => {}
             }
