@@ -371,3 +371,89 @@ async fn deleting_the_pod_while_its_sidecar_backs_up_still_ends_the_session() {
     restic_check(&f.repo_dir);
     println!("pod deleted during the backup: {ROUNDS} sessions Succeeded, one snapshot each");
 }
+
+/// A job-model BackupConfiguration `name` of PVC `claim` through the built-in `pvc-backup` Task.
+fn pvc_backup(name: &str, claim: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration",
+        "metadata": {"name": name},
+        "spec": {
+            "repository": {"name": "repo"},
+            "schedule": "0 0 1 1 *",
+            "task": {"name": "pvc-backup"},
+            "target": {"ref": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": claim},
+                       "directories": ["/source/data"],
+                       "volumeMounts": [{"name": "target-volume", "mountPath": "/source/data"}]}
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_the_api_refuses_for_good_fails_the_session_at_once_and_long_names_fit() {
+    let env = env().await;
+    let client = env.cp.client();
+    // 1. A quota of zero Jobs: the API refuses the backup Job (403). The session fails with the
+    //    API's message right away instead of staying Pending until its deadline.
+    let f = fixture_with_password("job-refused", PASSWORD).await;
+    let ns = f.ns.name.clone();
+    apply(
+        &client,
+        &ns,
+        json!({
+            "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-jobs"},
+            "spec": {"hard": {"count/jobs.batch": "0"}}
+        }),
+    )
+    .await;
+    generate_files(&pv_dir(&ns, "data").await, 5, 4, 1000);
+    apply(&client, &ns, pvc_backup("data-backup", "data")).await;
+    let started = Instant::now();
+    create_backup_session(&client, &ns, "data-backup", "refused-1").await;
+    let s = wait_session_terminal(&client, &ns, "refused-1", Duration::from_secs(120)).await;
+    let status = s.status.expect("status");
+    assert_eq!(status.phase, Some(Phase::Failed), "{status:?}");
+    let reason = status.reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("could not create the backup Job:") && reason.contains("exceeded quota"),
+        "{reason}"
+    );
+    println!(
+        "a refused Job failed its session in {:.1?}: {reason}",
+        started.elapsed()
+    );
+    // The next session is not blocked by it.
+    create_backup_session(&client, &ns, "data-backup", "refused-2").await;
+    let s = wait_session_terminal(&client, &ns, "refused-2", Duration::from_secs(120)).await;
+    assert_eq!(s.status.and_then(|s| s.phase), Some(Phase::Failed));
+
+    // 2. A session name whose `stash-backup-<name>` exceeds 63 characters: the Job's name is
+    //    cut with a hash and the backup succeeds.
+    let g = fixture_with_password("job-long-name", PASSWORD).await;
+    let ns = g.ns.name.clone();
+    generate_files(&pv_dir(&ns, "data").await, 6, 4, 1000);
+    apply(&client, &ns, pvc_backup("data-backup", "data")).await;
+    let long = format!("data-backup-{}", "x".repeat(60));
+    create_backup_session(&client, &ns, "data-backup", &long).await;
+    let s = wait_session_terminal(&client, &ns, &long, Duration::from_secs(300)).await;
+    let status = s.status.expect("status");
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
+    let jobs = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .expect("jobs");
+    assert!(
+        jobs.items
+            .iter()
+            .all(|j| j.name_any().len() <= 63
+                && j.name_any().starts_with("stash-backup-data-backup-x")),
+        "{:?}",
+        jobs.items
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        restic_snapshots(&g.repo_dir.display().to_string(), PASSWORD).len(),
+        1
+    );
+}
