@@ -63,6 +63,12 @@ pub struct BackupConfigurationSpec {
     /// The `tmp-dir` volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temp_dir: Option<EmptyDirSettings>,
+    /// How many finished BackupSessions of this configuration are kept; older ones are deleted
+    /// with their Jobs and Pods. Absent: the operator's `--backup-history-limit` (the later
+    /// Stash spelling, accepted here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub backup_history_limit: Option<i32>,
 }
 
 impl BackupConfigurationSpec {

@@ -1,7 +1,19 @@
 //! BackupConfiguration controller (stash-api.md §5.1, §5.2): finalizer, the trigger CronJob,
 //! its ServiceAccount and RoleBinding. Sidecars are the workload controller's business (it
 //! watches BackupConfigurations too).
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+//!
+//! It also bounds the history (issue 12): of each configuration, the newest
+//! `spec.backupHistoryLimit` (else `--backup-history-limit`) finished BackupSessions are kept;
+//! older ones are deleted in the background, which takes their Jobs and Pods (owned by the
+//! session) with them. The sessions are read from a [`History`] index fed by one watch, never
+//! listed per reconcile; a session that finishes prunes its configuration at once.
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::{StreamExt, TryStreamExt};
 
 use k8s_openapi::api::{
     batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec},
@@ -9,17 +21,21 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{ObjectMeta, Patch, PatchParams},
+    api::{DeleteParams, ObjectMeta, Patch, PatchParams},
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         finalizer::{Event as Finalizer, finalizer},
         watcher,
     },
 };
-use stash_crds::{BackupConfiguration, consts};
+use stash_crds::{BackupConfiguration, BackupSession, consts};
 use stash_runtime::{Action, Reconcile};
 
-use super::{Ctx, Error, rbac};
+use super::{
+    Ctx, Error,
+    history::{History, SessionFacts},
+    rbac,
+};
 
 const MANAGER: &str = "stash-operator";
 
@@ -99,16 +115,109 @@ pub fn cron_job(
     }
 }
 
-struct BackupConfigurations(Arc<Ctx>);
+struct BackupConfigurations {
+    ctx: Arc<Ctx>,
+    history: Arc<Mutex<History>>,
+}
+
+/// The history limit of `bc`: its own, else the operator's.
+pub fn history_limit(bc: &BackupConfiguration, default: u32) -> u32 {
+    bc.spec
+        .backup_history_limit
+        .map_or(default, |l| u32::try_from(l).unwrap_or(0))
+}
+
+/// Delete the finished sessions of `ns`/`config` beyond its limit (background propagation:
+/// their Jobs and Pods follow). A session already gone counts as deleted.
+async fn prune(ctx: &Ctx, history: &Mutex<History>, ns: &str, config: &str) -> Result<(), Error> {
+    let excess = history.lock().expect("history lock").excess(ns, config);
+    if excess.is_empty() {
+        return Ok(());
+    }
+    let api = Api::<BackupSession>::namespaced(ctx.client.clone(), ns);
+    for name in excess {
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        history.lock().expect("history lock").delete(ns, &name);
+        tracing::debug!(namespace = ns, config, session = %name, "pruned a finished BackupSession");
+    }
+    Ok(())
+}
+
+/// Feed `history` from one BackupSession watch and prune a configuration whenever one of its
+/// sessions finishes (and every configuration over its limit after each full list).
+async fn follow_sessions(ctx: Arc<Ctx>, history: Arc<Mutex<History>>) {
+    let api = Api::<BackupSession>::all(ctx.client.clone());
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut listing: Vec<SessionFacts> = Vec::new();
+    loop {
+        let event = match events.try_next().await {
+            Ok(Some(e)) => e,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "BackupSession watch (history)");
+                continue;
+            }
+        };
+        let touched: Vec<(String, String)> = match event {
+            watcher::Event::Init => {
+                listing.clear();
+                vec![]
+            }
+            watcher::Event::InitApply(bs) => {
+                listing.extend(SessionFacts::of(&bs));
+                vec![]
+            }
+            watcher::Event::InitDone => {
+                let mut h = history.lock().expect("history lock");
+                h.reset(std::mem::take(&mut listing));
+                h.over_limit()
+            }
+            watcher::Event::Apply(bs) => match SessionFacts::of(&bs) {
+                Some(f) => {
+                    let key = (f.namespace.clone(), f.config.clone());
+                    let finished = f.finished;
+                    history.lock().expect("history lock").apply(f);
+                    if finished { vec![key] } else { vec![] }
+                }
+                None => vec![],
+            },
+            watcher::Event::Delete(bs) => {
+                history
+                    .lock()
+                    .expect("history lock")
+                    .delete(&bs.namespace().unwrap_or_default(), &bs.name_any());
+                vec![]
+            }
+        };
+        for (ns, config) in touched {
+            if let Err(e) = prune(&ctx, &history, &ns, &config).await {
+                tracing::warn!(error = %e, namespace = %ns, config = %config, "pruning BackupSessions");
+            }
+        }
+    }
+}
 
 impl BackupConfigurations {
     async fn apply(&self, bc: Arc<BackupConfiguration>) -> Result<Action, Error> {
-        let ctx = &self.0;
+        let ctx = &self.ctx;
+        let ns = bc.namespace().unwrap_or_default();
+        // History is bounded for paused configurations too.
+        let limit = history_limit(&bc, ctx.backup_history_limit);
+        self.history
+            .lock()
+            .expect("history lock")
+            .set_limit(&ns, &bc.name_any(), Some(limit));
+        prune(ctx, &self.history, &ns, &bc.name_any()).await?;
         if bc.spec.paused {
             // Paused: nothing is reconciled; create-backupsession refuses to create sessions.
             return Ok(Action::requeue(Duration::from_secs(600)));
         }
-        let ns = bc.namespace().unwrap_or_default();
         let name = bc.name_any();
         let owner = bc.controller_owner_ref(&());
         let pp = PatchParams::apply(MANAGER).force();
@@ -173,15 +282,22 @@ impl Reconcile<BackupConfiguration> for BackupConfigurations {
 
     async fn reconcile(&self, bc: Arc<BackupConfiguration>) -> Result<Action, Error> {
         let api = Api::<BackupConfiguration>::namespaced(
-            self.0.client.clone(),
+            self.ctx.client.clone(),
             &bc.namespace().unwrap_or_default(),
         );
         finalizer(&api, consts::STASH_FINALIZER, bc, |event| async move {
             match event {
                 Finalizer::Apply(bc) => self.apply(bc).await,
-                // Owned objects (CronJob, ServiceAccount, RoleBinding) are garbage collected;
-                // the workload controller sees the deletion and removes the sidecar.
-                Finalizer::Cleanup(_) => Ok(Action::await_change()),
+                // Owned objects (CronJob, ServiceAccount, RoleBinding, sessions) are garbage
+                // collected; the workload controller sees the deletion and removes the sidecar.
+                Finalizer::Cleanup(bc) => {
+                    self.history.lock().expect("history lock").set_limit(
+                        &bc.namespace().unwrap_or_default(),
+                        &bc.name_any(),
+                        None,
+                    );
+                    Ok(Action::await_change())
+                }
             }
         })
         .await
@@ -200,10 +316,16 @@ pub async fn run(ctx: Arc<Ctx>) {
         Api::<CronJob>::all(ctx.client.clone()),
         watcher::Config::default(),
     );
-    stash_runtime::drive(
-        controller,
-        BackupConfigurations(ctx.clone()),
-        ctx.metrics.clone(),
-    )
-    .await;
+    let history = Arc::new(Mutex::new(History::default()));
+    tokio::join!(
+        stash_runtime::drive(
+            controller,
+            BackupConfigurations {
+                ctx: ctx.clone(),
+                history: history.clone(),
+            },
+            ctx.metrics.clone(),
+        ),
+        follow_sessions(ctx.clone(), history),
+    );
 }

@@ -15,6 +15,7 @@ use crate::inject::InjectConfig;
 pub mod backup_configuration;
 pub mod backup_session;
 pub mod default_backup;
+pub mod history;
 pub mod rbac;
 pub mod repository;
 pub mod restore_session;
@@ -36,6 +37,8 @@ pub struct Ctx {
     pub policy: Policy,
     /// What to do with a session created while another of the same configuration runs.
     pub overlap: OverlapPolicy,
+    /// Finished BackupSessions kept per configuration without `spec.backupHistoryLimit`.
+    pub backup_history_limit: u32,
 }
 
 /// Operator settings (the `stash run` flags).
@@ -65,6 +68,10 @@ pub struct Options {
     /// A session created while another of its configuration runs: `skip` or `wait`.
     #[arg(long, default_value = "skip", value_parser = parse_overlap)]
     pub overlap: OverlapPolicy,
+    /// Finished BackupSessions kept per BackupConfiguration unless its
+    /// `spec.backupHistoryLimit` says otherwise; older ones are deleted with their Jobs and Pods.
+    #[arg(long, default_value_t = 5)]
+    pub backup_history_limit: u32,
     /// Admission webhooks (off unless `--webhook-addr` is given).
     #[command(flatten)]
     pub webhook: crate::admission::Args,
@@ -115,6 +122,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             poll: opts.poll,
         },
         overlap: opts.overlap,
+        backup_history_limit: opts.backup_history_limit,
     });
     // Webhooks are read-only: every replica serves them, not only the leader.
     let _webhook = match opts.webhook.options(&opts.namespace)? {

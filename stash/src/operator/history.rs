@@ -1,0 +1,210 @@
+//! Bounded BackupSession history (issue 12): which finished sessions of a configuration are
+//! past its `spec.backupHistoryLimit`.
+//!
+//! State only, no I/O (the kubert `index` shape): [`History::apply`], [`History::delete`] and
+//! [`History::reset`] are fed from a BackupSession watch, [`History::set_limit`] by the
+//! BackupConfiguration controller, and [`History::excess`] says what to delete. Plain `#[test]`s
+//! drive it directly.
+use std::collections::{BTreeSet, HashMap};
+
+use kube::ResourceExt;
+use stash_crds::BackupSession;
+use stash_machines::backup_session::Phase;
+
+/// A configuration: namespace and name.
+pub type ConfigKey = (String, String);
+
+/// What the history needs of one BackupSession.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionFacts {
+    /// Namespace.
+    pub namespace: String,
+    /// Session name.
+    pub name: String,
+    /// `spec.backupConfiguration.name`.
+    pub config: String,
+    /// `metadata.creationTimestamp`, in seconds.
+    pub created: i64,
+    /// Whether the session is in a terminal phase (only those are pruned).
+    pub finished: bool,
+}
+
+impl SessionFacts {
+    /// The facts of `bs` (`None`: it names no configuration, so it has no history).
+    pub fn of(bs: &BackupSession) -> Option<Self> {
+        let config = bs.spec.backup_configuration.as_ref()?.name.clone();
+        Some(Self {
+            namespace: bs.namespace().unwrap_or_default(),
+            name: bs.name_any(),
+            config,
+            created: bs.creation_timestamp().map_or(0, |t| t.0.as_second()),
+            finished: bs
+                .status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .is_some_and(Phase::is_terminal),
+        })
+    }
+}
+
+/// Finished sessions per configuration, ordered by creation, and each configuration's limit.
+#[derive(Debug, Default)]
+pub struct History {
+    /// Every finished session known: (namespace, name) → (configuration, created).
+    sessions: HashMap<(String, String), (String, i64)>,
+    /// Finished sessions of each configuration: (created, name), oldest first.
+    finished: HashMap<ConfigKey, BTreeSet<(i64, String)>>,
+    /// The limit of each configuration the controller has seen.
+    limits: HashMap<ConfigKey, u32>,
+}
+
+// === impl History ===
+
+impl History {
+    /// Record `s` (created, updated or finished).
+    pub fn apply(&mut self, s: SessionFacts) {
+        self.forget(&s.namespace, &s.name);
+        if s.finished {
+            self.finished
+                .entry((s.namespace.clone(), s.config.clone()))
+                .or_default()
+                .insert((s.created, s.name.clone()));
+            self.sessions
+                .insert((s.namespace, s.name), (s.config, s.created));
+        }
+    }
+
+    /// Forget session `name` of `namespace` (deleted).
+    pub fn delete(&mut self, namespace: &str, name: &str) {
+        self.forget(namespace, name);
+    }
+
+    /// Replace every session (a fresh list); limits are kept.
+    pub fn reset(&mut self, all: impl IntoIterator<Item = SessionFacts>) {
+        self.sessions.clear();
+        self.finished.clear();
+        for s in all {
+            self.apply(s);
+        }
+    }
+
+    /// Set the limit of a configuration (`None`: the configuration is gone).
+    pub fn set_limit(&mut self, namespace: &str, config: &str, limit: Option<u32>) {
+        let key = (namespace.to_string(), config.to_string());
+        match limit {
+            Some(l) => {
+                self.limits.insert(key, l);
+            }
+            None => {
+                self.limits.remove(&key);
+            }
+        }
+    }
+
+    /// The finished sessions of `config` beyond its limit, oldest first (none while the limit
+    /// is unknown).
+    pub fn excess(&self, namespace: &str, config: &str) -> Vec<String> {
+        let key = (namespace.to_string(), config.to_string());
+        let Some(&limit) = self.limits.get(&key) else {
+            return vec![];
+        };
+        let Some(done) = self.finished.get(&key) else {
+            return vec![];
+        };
+        let over = done.len().saturating_sub(limit as usize);
+        done.iter().take(over).map(|(_, n)| n.clone()).collect()
+    }
+
+    /// Every configuration with finished sessions beyond its limit.
+    pub fn over_limit(&self) -> Vec<ConfigKey> {
+        self.finished
+            .iter()
+            .filter(|(k, done)| {
+                self.limits
+                    .get(*k)
+                    .is_some_and(|&l| done.len() > l as usize)
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// How many finished sessions are recorded (all configurations).
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether no finished session is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    fn forget(&mut self, namespace: &str, name: &str) {
+        let key = (namespace.to_string(), name.to_string());
+        if let Some((config, created)) = self.sessions.remove(&key) {
+            let ck = (key.0, config);
+            if let Some(done) = self.finished.get_mut(&ck) {
+                done.remove(&(created, key.1));
+                if done.is_empty() {
+                    self.finished.remove(&ck);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(name: &str, config: &str, created: i64, finished: bool) -> SessionFacts {
+        SessionFacts {
+            namespace: "ns".into(),
+            name: name.into(),
+            config: config.into(),
+            created,
+            finished,
+        }
+    }
+
+    #[test]
+    fn only_finished_sessions_past_the_limit_are_excess_oldest_first() {
+        let mut h = History::default();
+        h.set_limit("ns", "bc", Some(2));
+        for i in 0..5 {
+            h.apply(s(&format!("bc-{i}"), "bc", i, true));
+        }
+        h.apply(s("bc-running", "bc", 0, false));
+        h.apply(s("other-0", "other", 0, true));
+        assert_eq!(h.excess("ns", "bc"), vec!["bc-0", "bc-1", "bc-2"]);
+        assert_eq!(h.over_limit(), vec![("ns".to_string(), "bc".to_string())]);
+        // The other configuration's limit is not known yet: nothing of it is deleted.
+        assert!(h.excess("ns", "other").is_empty());
+    }
+
+    #[test]
+    fn a_deleted_session_leaves_the_history() {
+        let mut h = History::default();
+        h.set_limit("ns", "bc", Some(1));
+        h.apply(s("a", "bc", 1, true));
+        h.apply(s("b", "bc", 2, true));
+        assert_eq!(h.excess("ns", "bc"), vec!["a"]);
+        h.delete("ns", "a");
+        assert!(h.excess("ns", "bc").is_empty());
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn a_session_counts_once_it_finishes_and_reset_replaces_everything() {
+        let mut h = History::default();
+        h.set_limit("ns", "bc", Some(0));
+        h.apply(s("a", "bc", 1, false));
+        assert!(h.excess("ns", "bc").is_empty());
+        h.apply(s("a", "bc", 1, true));
+        assert_eq!(h.excess("ns", "bc"), vec!["a"]);
+        h.reset([s("b", "bc", 2, true)]);
+        assert_eq!(h.excess("ns", "bc"), vec!["b"]);
+        h.set_limit("ns", "bc", None);
+        assert!(h.excess("ns", "bc").is_empty());
+        assert!(!h.is_empty());
+    }
+}
