@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod backup;
+pub mod composed;
 pub mod explore;
 pub mod restore;
 
