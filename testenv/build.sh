@@ -99,6 +99,15 @@ build() {
     (cd "$az" && npm install --no-audit --no-fund --silent "azurite@$AZURITE_VERSION" >&2)
     touch "$az/.ok"
   fi
+  # Azure treats an empty `x-ms-access-tier` header as absent; Azurite rejects it (400
+  # InvalidHeaderValue, which restic retries forever). restic 0.19.1 sends it empty whenever
+  # `azure.access-tier` is not set (Put Blob and Put Block List), as did rclone and azcopy
+  # before they worked around it (rclone#6914, azcopy#2412). Make Azurite behave like Azure
+  # there, and only there: an empty tier is no tier (the blob's tier is then inferred, Hot).
+  bbh=$az/node_modules/azurite/dist/src/blob/handlers/BlockBlobHandler.js
+  sed -i 's/if (options\.tier !== undefined) {/if (options.tier !== undefined \&\& options.tier !== "") {/' "$bbh"
+  [[ $(grep -c 'options.tier !== undefined && options.tier !== ""' "$bbh") == 2 ]] \
+    || { echo "testenv/build.sh: the Azurite access-tier patch did not apply to $bbh" >&2; exit 1; }
   ln -sf "$az/node_modules/.bin/azurite-blob" "$CACHE/bin/azurite-blob"
 ) 9>"$CACHE/.lock"
 

@@ -2,7 +2,7 @@
 
 use crate::backend::{Backend, BackendKind};
 use crate::int_hash::IntHash;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -114,7 +114,15 @@ pub struct RepositoryStatus {
     /// Deprecated (v1alpha1 sidecar): number of backups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_count: Option<i64>,
+    /// Conditions written by the operator (a stash-rs addition). `WipeOut`: status `False`,
+    /// reason `WipeOutFailed` and the error while a wipe-out of a deleted Repository keeps
+    /// failing (the finalizer stays; see the `stash.appscode.com/abandon-wipe-out` annotation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }
+
+/// Type of the Repository condition about the wipe-out of a deleted Repository.
+pub const WIPE_OUT_CONDITION: &str = "WipeOut";
 
 impl Repository {
     /// True for legacy Repositories created by the v1alpha1 sidecar (label `restic`).

@@ -114,6 +114,20 @@ struct StderrState {
     exit_error: Option<(i32, String)>,
     retrying_since: Option<Instant>,
     last_retry: Option<String>,
+    /// The Azure container restic keeps retrying on because it does not exist.
+    missing_container: Option<String>,
+}
+
+/// The Azure container of a retried request (`… HEAD https://<account>.blob.<suffix>/<container>/<blob>`):
+/// restic 0.19.1 retries `ContainerNotFound` (only `BlobNotFound` is "not found" to it), so a
+/// missing container would otherwise look like a flaky backend until the retry budget ends.
+pub(crate) fn azure_container(retry_line: &str) -> Option<String> {
+    let url = retry_line
+        .split_whitespace()
+        .find(|w| w.starts_with("https://") || w.starts_with("http://"))?;
+    let path = url.split_once("://")?.1.split_once('/')?.1;
+    let container = path.split(['/', '?']).next()?;
+    (!container.is_empty()).then(|| container.to_string())
 }
 
 impl StderrState {
@@ -157,6 +171,13 @@ impl StderrState {
             self.last_retry = Some(text.clone());
         } else if text.contains("operation successful after") {
             self.retrying_since = None;
+        } else if text.contains("ERROR CODE: ContainerNotFound") {
+            self.missing_container = Some(
+                self.last_retry
+                    .as_deref()
+                    .and_then(azure_container)
+                    .unwrap_or_else(|| "(unknown)".into()),
+            );
         }
         tracing::debug!(target: "stash_restic::stderr", "{text}");
         if self.tail.len() == TAIL_LINES {
@@ -193,6 +214,7 @@ impl Drop for GroupGuard {
 enum Stop {
     Timeout(Duration),
     Retrying(String),
+    MissingContainer(String),
 }
 
 pub(crate) async fn run(inv: Invocation<'_>) -> Result<Finished> {
@@ -297,6 +319,9 @@ pub(crate) async fn run(inv: Invocation<'_>) -> Result<Finished> {
                     break Stop::Timeout(t);
                 }
                 let st = state.lock().expect("stderr state");
+                if let Some(c) = &st.missing_container {
+                    break Stop::MissingContainer(c.clone());
+                }
                 if let (Some(budget), Some(since)) = (retry_budget, st.retrying_since)
                     && since.elapsed() > budget
                 {
@@ -326,6 +351,11 @@ pub(crate) async fn run(inv: Invocation<'_>) -> Result<Finished> {
             after,
             reason: last,
         },
+        Stop::MissingContainer(container) => Error::Backend {
+            reason: format!(
+                "container {container} does not exist (Azure answered ContainerNotFound; restic retries that instead of failing): create the container, or run `restic init`, which creates it"
+            ),
+        },
         Stop::Retrying(line) => {
             let reason = format!("restic kept retrying for longer than the retry budget: {line}");
             if looks_unreachable(&line) {
@@ -335,4 +365,41 @@ pub(crate) async fn run(inv: Invocation<'_>) -> Result<Finished> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RETRY: &str = "Stat(<config/>) returned error, retrying after 507.877097ms: blob.GetProperties: HEAD https://acct.blob.example.svc.cluster.local:38917/stash-azure/demo%2Fapp%2Fconfig";
+
+    #[test]
+    fn the_container_of_a_retried_azure_request() {
+        assert_eq!(azure_container(RETRY).as_deref(), Some("stash-azure"));
+        assert_eq!(azure_container("no url here"), None);
+        assert_eq!(
+            azure_container("HEAD https://acct.blob.core.windows.net/"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_missing_container_is_recognised_in_restics_retry_output() {
+        let mut st = StderrState::default();
+        for line in [
+            RETRY,
+            "--------------------------------------------------------------------------------",
+            "RESPONSE 404: 404 The specified container does not exist.",
+        ] {
+            st.push(line, &[]);
+        }
+        assert_eq!(st.missing_container, None);
+        st.push("ERROR CODE: ContainerNotFound", &[]);
+        assert_eq!(st.missing_container.as_deref(), Some("stash-azure"));
+        // A missing blob is restic's "not found", not this.
+        let mut st = StderrState::default();
+        st.push(RETRY, &[]);
+        st.push("ERROR CODE: BlobNotFound", &[]);
+        assert_eq!(st.missing_container, None);
+    }
 }

@@ -12,7 +12,10 @@
 //! `wipeOut`: the admission webhook rejects it, like upstream.)
 use std::{sync::Arc, time::Duration};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::{
+    api::core::v1::{Namespace, Secret},
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+};
 use kube::{
     Api, Resource, ResourceExt,
     runtime::{
@@ -22,7 +25,7 @@ use kube::{
     },
 };
 use stash_crds::{Repository, consts};
-use stash_runtime::{Action, Reconcile, events::Severity};
+use stash_runtime::{Action, Reconcile, events::Severity, status::StatusWriter};
 
 use super::{Ctx, Error};
 
@@ -73,11 +76,14 @@ impl Reconcile<Repository> for Repositories {
             ctx.client.clone(),
             &repo.namespace().unwrap_or_default(),
         );
+        let status_api = api.clone();
         finalizer(
             &api,
             consts::REPOSITORY_FINALIZER,
             repo,
-            |event| async move {
+            |event| {
+                let api = status_api.clone();
+                async move {
                 match event {
                     Finalizer::Apply(_) => Ok(Action::requeue(Duration::from_secs(600))),
                     Finalizer::Cleanup(repo) => {
@@ -108,14 +114,29 @@ impl Reconcile<Repository> for Repositories {
                                         .await;
                                     Ok(Action::await_change())
                                 }
-                                Err(e) => {
+                                Err(WipeError::SecretGoneWithNamespace(e)) => {
+                                    let note = format!(
+                                        "{e}, and namespace {} is being deleted: the wipe-out cannot be done, the restic data of Repository {} was left in place and the finalizer is removed",
+                                        repo.namespace().unwrap_or_default(),
+                                        repo.name_any()
+                                    );
+                                    tracing::warn!(repository = %repo.name_any(), "wipeOut given up: {note}");
+                                    // Events may be refused in a terminating namespace; the log
+                                    // line above is the record then.
+                                    ctx.events
+                                        .publish(&reference, Severity::Warning, "WipeOutAbandoned", note)
+                                        .await;
+                                    Ok(Action::await_change())
+                                }
+                                Err(WipeError::Failed(e)) => {
                                     let note = format!(
                                         "{e} (the finalizer stays and the wipe is retried; annotate the Repository {ABANDON_WIPE_OUT_ANNOTATION}=true to delete it without wiping)"
                                     );
                                     tracing::warn!(repository = %repo.name_any(), "wipeOut failed: {note}");
                                     ctx.events
-                                        .publish(&reference, Severity::Warning, "WipeOutFailed", note)
+                                        .publish(&reference, Severity::Warning, "WipeOutFailed", note.clone())
                                         .await;
+                                    write_wipe_out_condition(&ctx, &api, &repo, note).await;
                                     Err(Error::Config(e))
                                 }
                             };
@@ -134,6 +155,7 @@ impl Reconcile<Repository> for Repositories {
                         Ok(Action::await_change())
                     }
                 }
+                }
             },
         )
         .await
@@ -145,8 +167,81 @@ impl Reconcile<Repository> for Repositories {
     }
 }
 
+/// Record a failing wipe-out in the Repository's status: condition `WipeOut`, status `False`,
+/// reason `WipeOutFailed`, the error as message (its transition time kept while it stays
+/// failing). Best effort: the event and the retry do not depend on it.
+async fn write_wipe_out_condition(
+    ctx: &Ctx,
+    api: &Api<Repository>,
+    repo: &Repository,
+    message: String,
+) {
+    let current = repo.status.clone();
+    let mut desired = current.clone().unwrap_or_default();
+    let desired_condition =
+        wipe_out_failed_condition(&desired.conditions, message, repo.metadata.generation);
+    desired.conditions.retain(|c| c.type_ != consts_wipe::TYPE);
+    desired.conditions.push(desired_condition);
+    let writer = StatusWriter::new(ctx.metrics.clone(), "repository");
+    if let Err(e) = writer.write(api, repo, current.as_ref(), &desired).await {
+        tracing::debug!(repository = %repo.name_any(), "WipeOut condition not written: {e}");
+    }
+}
+
+mod consts_wipe {
+    pub const TYPE: &str = stash_crds::repository::WIPE_OUT_CONDITION;
+    pub const FAILED: &str = "WipeOutFailed";
+}
+
+/// The `WipeOut` condition for a failed attempt, given the current conditions.
+pub fn wipe_out_failed_condition(
+    current: &[Condition],
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
+    let since = current
+        .iter()
+        .find(|c| {
+            c.type_ == consts_wipe::TYPE && c.status == "False" && c.reason == consts_wipe::FAILED
+        })
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(jiff::Timestamp::now()));
+    Condition {
+        type_: consts_wipe::TYPE.into(),
+        status: "False".into(),
+        reason: consts_wipe::FAILED.into(),
+        message,
+        last_transition_time: since,
+        observed_generation: generation,
+    }
+}
+
+/// Why a wipe-out did not happen.
+#[derive(Debug)]
+enum WipeError {
+    /// The storage Secret is gone and so is (being) the namespace: it will never come back.
+    SecretGoneWithNamespace(String),
+    /// Anything else: retried.
+    Failed(String),
+}
+
+impl From<String> for WipeError {
+    fn from(e: String) -> Self {
+        WipeError::Failed(e)
+    }
+}
+
+/// Is namespace `ns` being deleted (or gone)?
+async fn namespace_terminating(ctx: &Ctx, ns: &str) -> bool {
+    match Api::<Namespace>::all(ctx.client.clone()).get_opt(ns).await {
+        Ok(Some(n)) => n.metadata.deletion_timestamp.is_some(),
+        Ok(None) => true,
+        Err(_) => false,
+    }
+}
+
 /// Delete the restic data of a Repository from its object store; where, and what was done.
-async fn wipe(ctx: &Ctx, repo: &Repository) -> Result<(String, super::wipe::Report), String> {
+async fn wipe(ctx: &Ctx, repo: &Repository) -> Result<(String, super::wipe::Report), WipeError> {
     let ns = repo.namespace().unwrap_or_default();
     let secret_name = repo
         .spec
@@ -154,10 +249,25 @@ async fn wipe(ctx: &Ctx, repo: &Repository) -> Result<(String, super::wipe::Repo
         .storage_secret_name
         .clone()
         .unwrap_or_default();
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-        .get(&secret_name)
+    let secret = match Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&secret_name)
         .await
-        .map_err(|e| format!("storage Secret {secret_name}: {e}"))?;
+    {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            let e = format!("storage Secret {secret_name} not found");
+            return Err(if namespace_terminating(ctx, &ns).await {
+                WipeError::SecretGoneWithNamespace(e)
+            } else {
+                WipeError::Failed(e)
+            });
+        }
+        Err(e) => {
+            return Err(WipeError::Failed(format!(
+                "storage Secret {secret_name}: {e}"
+            )));
+        }
+    };
     let data: super::wipe::SecretData = secret
         .data
         .unwrap_or_default()
