@@ -446,6 +446,48 @@ async fn all_keys(store: &dyn object_store::ObjectStore) -> std::collections::BT
         .expect("list the bucket")
 }
 
+const MINIO_USER: &str = "stash-e2e-minio";
+const MINIO_SECRET: &str = "minio-secret-key-for-the-test";
+
+/// MinIO over HTTPS (the certificates of [`private_ca`] in `certs`) on the node address, its
+/// drive at `data` with an empty bucket `bucket` (a top-level directory of the drive is a
+/// bucket to MinIO; restic does not create a missing bucket before it looks for `config`),
+/// root credentials [`MINIO_USER`] / [`MINIO_SECRET`], and `env` on top. The port.
+async fn minio(
+    certs: &std::path::Path,
+    data: &std::path::Path,
+    bucket: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> u16 {
+    std::fs::create_dir(data.join(bucket)).expect("bucket dir");
+    let minio = bins::bin("minio").expect("minio");
+    let (certs_dir, data_dir) = (certs.to_owned(), data.to_owned());
+    let mut vars: Vec<(&str, &std::ffi::OsStr)> = vec![
+        ("MINIO_ROOT_USER", MINIO_USER.as_ref()),
+        ("MINIO_ROOT_PASSWORD", MINIO_SECRET.as_ref()),
+        ("MINIO_BROWSER", "off".as_ref()),
+        ("MINIO_UPDATE", "off".as_ref()),
+    ];
+    vars.extend_from_slice(env);
+    cluster_server(
+        "minio",
+        &minio,
+        |ip, port| {
+            vec![
+                "server".into(),
+                "--quiet".into(),
+                "--address".into(),
+                format!("{ip}:{port}"),
+                "--certs-dir".into(),
+                certs_dir.display().to_string(),
+                data_dir.display().to_string(),
+            ]
+        },
+        &vars,
+    )
+    .await
+}
+
 /// S3 over HTTPS with a certificate from a private CA (MinIO): the Secret carries
 /// `CA_CERT_DATA`; backup through the sidecar, `kubectl get snapshots`, a restore in the
 /// cluster and from the host, then a wipe-out of a repository at the bucket's root (empty
@@ -461,52 +503,10 @@ async fn minio_over_tls_with_a_private_ca() {
     let ca = private_ca(certs.path(), &[stash_testenv::NODE_IP]);
     let data = tempfile::tempdir().expect("minio data");
     let bucket = "stash-tls";
-    // The bucket: a top-level directory of the drive is a bucket to MinIO (restic does not
-    // create a missing bucket before it looks for `config`).
-    std::fs::create_dir(data.path().join(bucket)).expect("bucket dir");
-    let (user, secret) = ("stash-e2e-minio", "minio-secret-key-for-the-test");
-    let minio = bins::bin("minio").expect("minio");
-    let (certs_dir, data_dir) = (certs.path().to_owned(), data.path().to_owned());
-    let port = cluster_server(
-        "minio",
-        &minio,
-        |ip, port| {
-            vec![
-                "server".into(),
-                "--quiet".into(),
-                "--address".into(),
-                format!("{ip}:{port}"),
-                "--certs-dir".into(),
-                certs_dir.display().to_string(),
-                data_dir.display().to_string(),
-            ]
-        },
-        &[
-            ("MINIO_ROOT_USER", user.as_ref()),
-            ("MINIO_ROOT_PASSWORD", secret.as_ref()),
-            ("MINIO_BROWSER", "off".as_ref()),
-            ("MINIO_UPDATE", "off".as_ref()),
-        ],
-    )
-    .await;
+    let (user, secret) = (MINIO_USER, MINIO_SECRET);
+    let port = minio(certs.path(), data.path(), bucket, &[]).await;
     let endpoint = format!("https://{}:{port}", stash_testenv::NODE_IP);
-    apply(
-        &client,
-        &ns,
-        json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "minio-secret"},
-            "stringData": {"RESTIC_PASSWORD": PASSWORD, "AWS_ACCESS_KEY_ID": user,
-                           "AWS_SECRET_ACCESS_KEY": secret, "CA_CERT_DATA": ca}
-        }),
-    )
-    .await;
-    apply(&client, &ns, json!({
-        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
-        "spec": {"backend": {"storageSecretName": "minio-secret",
-                             "s3": {"endpoint": endpoint, "bucket": bucket, "prefix": ""}},
-                 "wipeOut": true}
-    }))
-    .await;
+    minio_repository(&client, &ns, &endpoint, bucket, "", &ca).await;
     let url = format!("s3:{endpoint}/{bucket}");
     let cacert = certs.path().join("ca.crt");
     let renv = [
@@ -521,17 +521,7 @@ async fn minio_over_tls_with_a_private_ca() {
     // Foreign files in the same bucket: at the root beside the repository, inside restic's
     // own directories under names that are not restic's, and another repository's layout
     // under a prefix of its own.
-    let store = object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name(bucket)
-        .with_region("us-east-1")
-        .with_endpoint(&endpoint)
-        .with_access_key_id(user)
-        .with_secret_access_key(secret)
-        .with_client_options(object_store::ClientOptions::new().with_root_certificate(
-            object_store::Certificate::from_pem(ca_pem(&cacert).as_bytes()).expect("ca"),
-        ))
-        .build()
-        .expect("s3 client");
+    let store = minio_store(&endpoint, bucket, "us-east-1", &cacert);
     let hex = "ab".repeat(32);
     let foreign = [
         "photos/cat.jpg".to_string(),
@@ -558,20 +548,18 @@ async fn minio_over_tls_with_a_private_ca() {
     let ev = delete_and_wipe(&client, &ns).await;
     let after = all_keys(&store).await;
     let expected: std::collections::BTreeSet<String> = foreign.iter().cloned().collect();
-    eprintln!(
-        "mixed bucket wipe-out: {} objects before ({} restic, {} foreign), {} after; event: {}",
-        before.len(),
-        restic_objects.len(),
-        foreign.len(),
-        after.len(),
-        ev.note
-    );
     assert_eq!(after, expected, "exactly the foreign objects are left");
     assert!(
         ev.note
             .contains(&format!("deleted {} restic objects", restic_objects.len())),
         "{ev:?}"
     );
+    assert_eq!(before.len(), restic_objects.len() + foreign.len());
+    stash_testenv::report(&format!(
+        "wipeOut mixed bucket: {} restic objects deleted, {} foreign objects kept",
+        restic_objects.len(),
+        after.len()
+    ));
     let out = host().args(["cat", "config"]).output().expect("restic");
     assert!(
         !out.status.success(),
@@ -796,34 +784,7 @@ async fn a_failing_wipe_out_is_reported_and_can_be_abandoned() {
     let client = env.cp.client();
     let ns_guard = env.cp.namespace("wipe-fail").await.expect("namespace");
     let ns = ns_guard.name.clone();
-    let port = env.cp.cluster_port();
-    apply(
-        &client,
-        &ns,
-        json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-secret"},
-            "stringData": {"RESTIC_PASSWORD": PASSWORD, "AWS_ACCESS_KEY_ID": "AKIAWIPEFAIL",
-                           "AWS_SECRET_ACCESS_KEY": "wipe-fail-secret", "AWS_REGION": "eu-west-3"}
-        }),
-    )
-    .await;
-    let endpoint = format!("http://{}:{port}", stash_testenv::NODE_IP);
-    apply(&client, &ns, json!({
-        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
-        "spec": {"backend": {"storageSecretName": "s3-secret",
-                             "s3": {"endpoint": endpoint, "bucket": "gone", "prefix": "x"}},
-                 "wipeOut": true}
-    }))
-    .await;
-    let repos = kube::Api::<stash_crds::Repository>::namespaced(client.clone(), &ns);
-    eventually("the finalizer", Duration::from_secs(30), || {
-        let repos = repos.clone();
-        async move {
-            let r = repos.get("repo").await.ok()?;
-            r.metadata.finalizers.filter(|f| !f.is_empty()).map(|_| ())
-        }
-    })
-    .await;
+    let repos = repo_on_a_silent_endpoint(&client, &ns, "gone", "x").await;
     repos
         .delete("repo", &Default::default())
         .await
@@ -844,6 +805,29 @@ async fn a_failing_wipe_out_is_reported_and_can_be_abandoned() {
     assert!(
         repos.get_opt("repo").await.expect("get").is_some(),
         "the finalizer keeps the Repository while the wipe fails"
+    );
+    // The failure is in the Repository's status too: condition `WipeOut`.
+    let cond = eventually(
+        "the WipeOut condition in the status",
+        Duration::from_secs(60),
+        || {
+            let repos = repos.clone();
+            async move {
+                let r = repos.get("repo").await.ok()?;
+                r.status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == stash_crds::repository::WIPE_OUT_CONDITION)
+            }
+        },
+    )
+    .await;
+    assert_eq!(cond.status, "False", "{cond:?}");
+    assert_eq!(cond.reason, "WipeOutFailed", "{cond:?}");
+    assert!(
+        cond.message.contains("s3://gone/x")
+            && cond.message.contains("stash.appscode.com/abandon-wipe-out"),
+        "{cond:?}"
     );
     repos
         .patch(
@@ -868,4 +852,220 @@ async fn a_failing_wipe_out_is_reported_and_can_be_abandoned() {
     )
     .await;
     assert_eq!(ev.type_, "Warning");
+}
+
+/// The bucket's region found from the endpoint: MinIO with a site region (`eu-west-7`), a
+/// Repository whose Secret has no `AWS_REGION`. Requests signed for the default `us-east-1`
+/// are refused by this server (checked first), so the wipe-out succeeds only because the
+/// operator asked the endpoint for the bucket's region (`x-amz-bucket-region`).
+#[tokio::test(flavor = "multi_thread")]
+async fn wipe_out_finds_the_buckets_region() {
+    use object_store::ObjectStoreExt;
+    let env = env().await;
+    let client = env.cp.client();
+    let ns_guard = env.cp.namespace("region").await.expect("namespace");
+    let ns = ns_guard.name.clone();
+    let certs = tempfile::tempdir().expect("certs");
+    let ca = private_ca(certs.path(), &[stash_testenv::NODE_IP]);
+    let data = tempfile::tempdir().expect("minio data");
+    let (bucket, region) = ("stash-region", "eu-west-7");
+    let port = minio(
+        certs.path(),
+        data.path(),
+        bucket,
+        &[("MINIO_SITE_REGION", region.as_ref())],
+    )
+    .await;
+    let endpoint = format!("https://{}:{port}", stash_testenv::NODE_IP);
+    let cacert = certs.path().join("ca.crt");
+    let store_in = |region: &str| minio_store(&endpoint, bucket, region, &cacert);
+    let wrong = store_in("us-east-1")
+        .put(
+            &object_store::path::Path::from("probe"),
+            b"x".to_vec().into(),
+        )
+        .await;
+    let wrong = format!("{:?}", wrong.expect_err("a request signed for us-east-1"));
+    assert!(
+        wrong.contains(region),
+        "the server refuses requests signed for us-east-1 and names its region: {wrong}"
+    );
+    // A repository with a snapshot, made by restic on the host (it finds the region itself).
+    let url = format!("s3:{endpoint}/{bucket}/region/app");
+    let renv = [
+        ("AWS_ACCESS_KEY_ID", MINIO_USER.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", MINIO_SECRET.to_string()),
+    ];
+    let host = || host_restic(&url, &renv, &cacert, None);
+    let files = tempfile::tempdir().expect("files");
+    generate_files(files.path(), 20, 4, 4096);
+    for args in [
+        vec!["init".into()],
+        vec!["backup".into(), files.path().display().to_string()],
+    ] {
+        let out = host().args(&args).output().expect("restic");
+        assert!(
+            out.status.success(),
+            "restic {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let objects = all_keys(&store_in(region)).await;
+    let restic_objects = objects
+        .iter()
+        .filter(|k| k.starts_with("region/app/"))
+        .count();
+    assert!(restic_objects >= 5, "{objects:?}");
+    let repos = minio_repository(&client, &ns, &endpoint, bucket, "region/app", &ca).await;
+    wait_finalizer(&repos).await;
+    let ev = delete_and_wipe(&client, &ns).await;
+    assert!(
+        ev.note
+            .contains(&format!("deleted {restic_objects} restic objects")),
+        "{ev:?}"
+    );
+    assert!(
+        all_keys(&store_in(region)).await.is_empty(),
+        "the bucket is empty after the wipe-out"
+    );
+    let out = host().args(["cat", "config"]).output().expect("restic");
+    assert!(
+        !out.status.success(),
+        "restic finds no repository after the wipe-out"
+    );
+    stash_testenv::report(&format!(
+        "wipeOut bucket region: {region} found from the endpoint, {restic_objects} restic objects deleted"
+    ));
+}
+
+/// A namespace deleted with a wipeOut Repository whose storage Secret goes first (the
+/// namespace controller deletes both in no particular order): the wipe-out cannot be done, and
+/// the operator lets the finalizer go instead of keeping the namespace Terminating forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_namespace_whose_storage_secret_is_gone_is_not_kept_terminating() {
+    let env = env().await;
+    let client = env.cp.client();
+    let ns_guard = env.cp.namespace("wipe-ns").await.expect("namespace");
+    let ns = ns_guard.name.clone();
+    repo_on_a_silent_endpoint(&client, &ns, "wipe-ns", "p").await;
+    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns)
+        .delete("s3-secret", &Default::default())
+        .await
+        .expect("delete the Secret");
+    let namespaces = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
+    namespaces
+        .delete(&ns, &Default::default())
+        .await
+        .expect("delete the namespace");
+    let started = std::time::Instant::now();
+    eventually("the namespace to be gone", Duration::from_secs(120), || {
+        let namespaces = namespaces.clone();
+        let ns = ns.clone();
+        async move { matches!(namespaces.get_opt(&ns).await, Ok(None)).then_some(()) }
+    })
+    .await;
+    stash_testenv::report(&format!(
+        "wipeOut storage Secret gone with its namespace: namespace deleted in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+}
+
+/// Secret `s3-secret` and Repository `repo` (wipeOut) on S3 at a node port where nothing
+/// listens, bucket `bucket`, prefix `prefix`; returns the Repositories API once the finalizer
+/// is on.
+async fn repo_on_a_silent_endpoint(
+    client: &Client,
+    ns: &str,
+    bucket: &str,
+    prefix: &str,
+) -> kube::Api<stash_crds::Repository> {
+    let port = env().await.cp.cluster_port();
+    apply(
+        client,
+        ns,
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-secret"},
+            "stringData": {"RESTIC_PASSWORD": PASSWORD, "AWS_ACCESS_KEY_ID": "AKIAWIPEFAIL",
+                           "AWS_SECRET_ACCESS_KEY": "wipe-fail-secret", "AWS_REGION": "eu-west-3"}
+        }),
+    )
+    .await;
+    let endpoint = format!("http://{}:{port}", stash_testenv::NODE_IP);
+    apply(client, ns, json!({
+        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
+        "spec": {"backend": {"storageSecretName": "s3-secret",
+                             "s3": {"endpoint": endpoint, "bucket": bucket, "prefix": prefix}},
+                 "wipeOut": true}
+    }))
+    .await;
+    let repos = kube::Api::<stash_crds::Repository>::namespaced(client.clone(), ns);
+    wait_finalizer(&repos).await;
+    repos
+}
+
+/// Wait for the operator's finalizer on Repository `repo`.
+async fn wait_finalizer(repos: &kube::Api<stash_crds::Repository>) {
+    eventually("the finalizer", Duration::from_secs(30), || {
+        let repos = repos.clone();
+        async move {
+            let r = repos.get("repo").await.ok()?;
+            r.metadata.finalizers.filter(|f| !f.is_empty()).map(|_| ())
+        }
+    })
+    .await;
+}
+
+/// Secret `minio-secret` (the MinIO root credentials, `CA_CERT_DATA`, no region) and
+/// Repository `repo` (wipeOut) on `endpoint`/`bucket`/`prefix`.
+async fn minio_repository(
+    client: &Client,
+    ns: &str,
+    endpoint: &str,
+    bucket: &str,
+    prefix: &str,
+    ca: &str,
+) -> kube::Api<stash_crds::Repository> {
+    apply(
+        client,
+        ns,
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "minio-secret"},
+            "stringData": {"RESTIC_PASSWORD": PASSWORD, "AWS_ACCESS_KEY_ID": MINIO_USER,
+                           "AWS_SECRET_ACCESS_KEY": MINIO_SECRET, "CA_CERT_DATA": ca}
+        }),
+    )
+    .await;
+    apply(client, ns, json!({
+        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
+        "spec": {"backend": {"storageSecretName": "minio-secret",
+                             "s3": {"endpoint": endpoint, "bucket": bucket, "prefix": prefix}},
+                 "wipeOut": true}
+    }))
+    .await;
+    kube::Api::<stash_crds::Repository>::namespaced(client.clone(), ns)
+}
+
+/// An S3 client of MinIO's `bucket` at `endpoint` signing for `region`, trusting `cacert`,
+/// without retries.
+fn minio_store(
+    endpoint: &str,
+    bucket: &str,
+    region: &str,
+    cacert: &std::path::Path,
+) -> object_store::aws::AmazonS3 {
+    object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_region(region)
+        .with_endpoint(endpoint)
+        .with_access_key_id(MINIO_USER)
+        .with_secret_access_key(MINIO_SECRET)
+        .with_retry(object_store::RetryConfig {
+            max_retries: 0,
+            ..Default::default()
+        })
+        .with_client_options(object_store::ClientOptions::new().with_root_certificate(
+            object_store::Certificate::from_pem(ca_pem(cacert).as_bytes()).expect("ca"),
+        ))
+        .build()
+        .expect("s3 client")
 }
