@@ -14,6 +14,25 @@ use support::*;
 
 const PASSWORD: &str = "not-so-secret-password";
 
+/// BackupConfiguration `keep-two`: PVC `source-data` through the `pvc-backup` Task, keeping
+/// `limit` finished sessions.
+fn configuration(limit: i32) -> serde_json::Value {
+    json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration",
+        "metadata": {"name": "keep-two"},
+        "spec": {
+            "repository": {"name": "repo"},
+            "schedule": "0 0 1 1 *",
+            "backupHistoryLimit": limit,
+            "task": {"name": "pvc-backup"},
+            "target": {"ref": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": "source-data"},
+                       "directories": ["/source/data"],
+                       "volumeMounts": [{"name": "target-volume", "mountPath": "/source/data"}]},
+            "retentionPolicy": {"name": "keep-last-5", "keepLast": 5, "prune": true}
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn only_the_newest_finished_sessions_are_kept_with_their_jobs() {
     let env = env().await;
@@ -27,21 +46,7 @@ async fn only_the_newest_finished_sessions_are_kept_with_their_jobs() {
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
     }))
     .await;
-    apply(&client, &ns, json!({
-        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration",
-        "metadata": {"name": "keep-two"},
-        "spec": {
-            "repository": {"name": "repo"},
-            "schedule": "0 0 1 1 *",
-            "backupHistoryLimit": 2,
-            "task": {"name": "pvc-backup"},
-            "target": {"ref": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": "source-data"},
-                       "directories": ["/source/data"],
-                       "volumeMounts": [{"name": "target-volume", "mountPath": "/source/data"}]},
-            "retentionPolicy": {"name": "keep-last-5", "keepLast": 5, "prune": true}
-        }
-    }))
-    .await;
+    apply(&client, &ns, configuration(2)).await;
     let names: Vec<String> = (0..5).map(|i| format!("keep-two-{i}")).collect();
     for name in &names {
         create_backup_session(&client, &ns, "keep-two", name).await;
@@ -119,21 +124,7 @@ async fn only_the_newest_finished_sessions_are_kept_with_their_jobs() {
     }
 
     // Lowering the limit prunes at once (the configuration's own reconcile).
-    apply(&client, &ns, json!({
-        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration",
-        "metadata": {"name": "keep-two"},
-        "spec": {
-            "repository": {"name": "repo"},
-            "schedule": "0 0 1 1 *",
-            "backupHistoryLimit": 1,
-            "task": {"name": "pvc-backup"},
-            "target": {"ref": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": "source-data"},
-                       "directories": ["/source/data"],
-                       "volumeMounts": [{"name": "target-volume", "mountPath": "/source/data"}]},
-            "retentionPolicy": {"name": "keep-last-5", "keepLast": 5, "prune": true}
-        }
-    }))
-    .await;
+    apply(&client, &ns, configuration(1)).await;
     let left = eventually(
         "limit 1 to leave one session",
         Duration::from_secs(30),
