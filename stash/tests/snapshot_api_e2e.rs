@@ -20,7 +20,7 @@ use kube::{
     discovery::ApiResource,
 };
 use serde_json::{Value, json};
-use stash_crds::Snapshot;
+use stash_crds::{Repository, Snapshot};
 use stash_testenv::{ControlPlane, bins, cluster::NETNS};
 
 const PASSWORD: &str = "not-a-real-password";
@@ -673,6 +673,109 @@ async fn scenario(cp: &'static ControlPlane) {
         api_avg * 2 < restic_time,
         "catalog lists ({api_avg:?}) are well under a restic run ({restic_time:?})"
     );
+
+    // A Repository deleted and created again under the same name answers with the new
+    // backend's snapshots at once (the catalog is keyed by UID, not by name).
+    let repos = Api::<Repository>::namespaced(client.clone(), a);
+    let twin = |dir: &Path| {
+        json!({"apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository",
+               "metadata": {"name": "twin"},
+               "spec": {"backend": {"storageSecretName": "storage",
+                                    "local": {"mountPath": "/safe/data", "hostPath": {"path": dir.to_string_lossy()}}}}})
+    };
+    apply(&client, a, twin(&dir_a)).await;
+    let out = kubectl.ok(&[
+        "get",
+        "snapshots",
+        "-n",
+        a,
+        "-l",
+        "repository=twin",
+        "-o",
+        "name",
+    ]);
+    let want_a: BTreeSet<String> = short_ids(&restic_snapshots(&dir_a))
+        .into_iter()
+        .map(|id| format!("twin-{id}"))
+        .collect();
+    assert_eq!(names(&out), want_a, "{out}");
+    repos
+        .delete("twin", &Default::default())
+        .await
+        .expect("delete twin");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while repos.get_opt("twin").await.expect("get twin").is_some() {
+        assert!(Instant::now() < deadline, "Repository twin is deleted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    apply(&client, a, twin(&dir_b)).await;
+    let out = kubectl.ok(&[
+        "get",
+        "snapshots",
+        "-n",
+        a,
+        "-l",
+        "repository=twin",
+        "-o",
+        "name",
+    ]);
+    let want_b: BTreeSet<String> = short_ids(&restic_snapshots(&dir_b))
+        .into_iter()
+        .map(|id| format!("twin-{id}"))
+        .collect();
+    assert_eq!(
+        names(&out),
+        want_b,
+        "the recreated Repository's own snapshots: {out}"
+    );
+
+    // A repository that cannot be read (wrong password) is an error naming it, not an empty
+    // list; a list across every namespace still lists the others.
+    apply(
+        &client,
+        a,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "wrong"},
+               "stringData": {"RESTIC_PASSWORD": "not-the-password"}}),
+    )
+    .await;
+    apply(&client, a, json!({
+        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository",
+        "metadata": {"name": "locked"},
+        "spec": {"backend": {"storageSecretName": "wrong",
+                             "local": {"mountPath": "/safe/data", "hostPath": {"path": dir_a.to_string_lossy()}}}}
+    }))
+    .await;
+    let err = kubectl.err(
+        None,
+        &["get", "snapshots", "-n", a, "-l", "repository=locked"],
+    );
+    assert!(
+        err.contains("locked") && err.contains("cannot be read"),
+        "an unreadable repository is an error: {err}"
+    );
+    let all = kubectl.run(None, &["get", "snapshots", "-A", "-o", "name"]);
+    let listed = String::from_utf8_lossy(&all.stdout);
+    assert!(
+        all.status.success(),
+        "{}",
+        String::from_utf8_lossy(&all.stderr)
+    );
+    assert!(
+        want_a
+            .iter()
+            .all(|n| listed.contains(&format!("repo-{}", &n["twin-".len()..]))),
+        "the readable repositories are listed across namespaces: {listed}"
+    );
+    println!(
+        "all namespaces with an unreadable repository, stderr: {}",
+        String::from_utf8_lossy(&all.stderr).trim()
+    );
+    for name in ["locked", "twin"] {
+        repos
+            .delete(name, &Default::default())
+            .await
+            .expect("delete repository");
+    }
 
     // Deleting a namespace finishes (the API stays discoverable) and forgets nothing: the
     // namespace controller sees no snapshots in a terminating namespace.

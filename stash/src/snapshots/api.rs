@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     sync::{Arc, LazyLock},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -53,6 +53,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
 
 // ---------------------------------------------------------------------------------------------
 // Responses
+
+/// How long a list waits for restic per repository (well under the API server's proxy
+/// timeout); a slower read goes on in the background for the next request.
+const READ_BUDGET: Duration = Duration::from_secs(15);
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
@@ -749,26 +753,36 @@ async fn route(
                 })
                 .filter(|r| selector.matches(&repo_labels(r)))
                 .collect();
-            // A list across every namespace answers from what was last read for repositories
-            // read on demand (a Pod each) and reads only those this replica never read; a
-            // namespaced list reads what is stale. At most four reads at a time.
-            let mut lists = Vec::with_capacity(repos.len());
-            for chunk in repos.chunks(4) {
-                lists.extend(
-                    futures::future::join_all(chunk.iter().map(|r| async move {
-                        match ns {
-                            None => match catalog.cached(r) {
-                                Some(list) => list,
-                                None => catalog.snapshots(r).await,
-                            },
-                            Some(_) => catalog.snapshots(r).await,
-                        }
-                    }))
-                    .await,
-                );
-            }
+            // A list across every namespace answers from what was last read and reads only
+            // what this replica never read; a namespaced list reads what is stale. The catalog
+            // bounds the restic runs.
+            let lists = futures::future::join_all(repos.iter().map(|r| async move {
+                match ns {
+                    None => match catalog.cached(r) {
+                        Some(list) => list,
+                        None => catalog.snapshots_within(r.clone(), READ_BUDGET).await,
+                    },
+                    Some(_) => catalog.snapshots_within(r.clone(), READ_BUDGET).await,
+                }
+            }))
+            .await;
+            // A repository that cannot be read is an error, never an empty list: a namespaced
+            // list fails naming it; a list across every namespace (an overview) lists the
+            // others and names it in a `Warning` header, which kubectl prints.
             let mut items = Vec::new();
+            let mut unreadable = Vec::new();
             for (repo, snaps) in repos.iter().zip(lists) {
+                let snaps = match snaps {
+                    Ok(s) => s,
+                    Err(e) => {
+                        unreadable.push(format!(
+                            "repository {}/{} cannot be read: {e}",
+                            repo.namespace().unwrap_or_default(),
+                            repo.name_any()
+                        ));
+                        continue;
+                    }
+                };
                 for s in snaps.iter() {
                     let obj = snapshot_object(repo, s);
                     if fields.matches(
@@ -779,11 +793,19 @@ async fn route(
                     }
                 }
             }
+            if ns.is_some() && !unreadable.is_empty() {
+                return Err(Failure::internal(unreadable.join("; ")));
+            }
             let rv = catalog.refreshes().to_string();
-            Ok(json_response(
-                StatusCode::OK,
-                &render_list(&items, rep, include, &rv),
-            ))
+            let mut response =
+                json_response(StatusCode::OK, &render_list(&items, rep, include, &rv));
+            for w in unreadable {
+                let text = format!("299 - {:?}", w.replace('"', "'"));
+                if let Ok(v) = header::HeaderValue::from_str(&text) {
+                    response.headers_mut().append(header::WARNING, v);
+                }
+            }
+            Ok(response)
         }
         (verb, Some(ns), Some(name)) => {
             let (repo_name, short) = parse_snapshot_name(name).map_err(|e| {
@@ -801,16 +823,17 @@ async fn route(
             let find = |snaps: &[restic::Snapshot]| {
                 snaps.iter().find(|s| s.id.get(..8) == Some(short)).cloned()
             };
-            let mut found = find(&catalog.snapshots(&repo).await);
+            let unreadable = |e: super::catalog::FetchError| {
+                Failure::internal(format!("repository {repo_name} cannot be read: {e}"))
+            };
+            let mut found = find(&catalog.snapshots(&repo).await.map_err(unreadable)?);
             if found.is_none() {
                 // A miss may be a snapshot taken since the last refresh: read once more.
-                let refreshed = catalog.refresh(&repo, Instant::now()).await;
-                found = find(&catalog.snapshots(&repo).await);
-                if found.is_none()
-                    && let Err(e) = refreshed
-                {
-                    return Err(Failure::internal(format!("repository {repo_name}: {e}")));
-                }
+                catalog
+                    .refresh(&repo, Instant::now())
+                    .await
+                    .map_err(unreadable)?;
+                found = find(&catalog.snapshots(&repo).await.map_err(unreadable)?);
             }
             let snap = found.ok_or_else(|| Failure::not_found_snapshot(name))?;
             let obj = snapshot_object(&repo, &snap);

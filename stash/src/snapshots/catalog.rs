@@ -1,23 +1,28 @@
-//! The snapshot catalog: every Repository's restic snapshots, kept fresh in the background so
-//! that Snapshot lists never run restic on the request path.
+//! The snapshot catalog: every Repository's restic snapshots, read when asked and kept for the
+//! next request, so that most Snapshot lists never run restic on the request path (issue 12).
 //!
-//! * Repositories (and Namespaces) are mirrored by kube reflectors.
-//! * A refresher runs `restic snapshots --json --no-lock` (cache off) once per repository per
-//!   refresh interval, at most four repositories at a time; at once for a repository that is
-//!   new, whose spec changed, or that was [`Catalog::invalidate`]d.
-//! * BackupSessions and RestoreSessions are watched: one reaching a terminal phase invalidates
-//!   its repository.
-//! * A request that finds a repository never fetched refreshes it first (refreshes of one
-//!   repository are serialised, and a refresh that finished after the request began is reused).
+//! * Repositories (and Namespaces) are mirrored by kube reflectors; nothing else is watched.
+//! * Entries are keyed by the Repository's UID: a Repository deleted and created again under
+//!   the same name never answers with the old one's list.
+//! * Nothing is read on a timer. A request reads a repository this replica never read, or
+//!   whose entry is stale: older than [`CatalogOptions::refresh`], read for another generation,
+//!   [`Catalog::invalidate`]d, or read before the Repository's last backup
+//!   (`status.lastBackupTime`) or last snapshot deletion ([`SNAPSHOTS_CHANGED_ANNOTATION`]).
+//!   A backup's completion (that status change) also re-reads, in the background, a
+//!   repository this replica has already been asked for; an idle replica runs no restic.
+//! * At most [`CatalogOptions::concurrency`] restic runs at a time, requests and background
+//!   together; refreshes of one repository are serialised, and a refresh that finished after
+//!   the request began is reused.
+//! * A repository that cannot be read (wrong password, unreachable, missing Secret) is an
+//!   error ([`FetchError`]), never an empty list; a backend without a restic repository yet
+//!   lists no snapshots.
 //!
 //! Backends: everything restic reaches over the network, plus `local` backends: with
 //! [`CatalogOptions::reader_image`] (the operator) through a short-lived Pod that mounts the
 //! backend's volume ([`super::reader`]); without it, a `hostPath` volume is read on the host
 //! the catalog runs on (tests, benchmarks) and other local volumes list no snapshots (one log
-//! line says why). A backend without a restic repository lists no snapshots; a repository
-//! that fails to open (wrong password, unreachable) keeps its last good list and records the
-//! error. Credentials come from the storage Secret, are written to a private temp dir only for
-//! the duration of one restic run and never appear in logs.
+//! line says why). Credentials come from the storage Secret, are written to a private temp dir
+//! only for the duration of one restic run and never appear in logs.
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
@@ -25,15 +30,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{WatchStreamExt, reflector, watcher},
 };
-use stash_crds::{BackendKind, BackupConfiguration, BackupSession, Repository, RestoreSession};
+use stash_crds::{BackendKind, Repository};
 use stash_restic as restic;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 /// Set on a Repository when a snapshot was deleted through the Snapshot API (the time).
 pub const SNAPSHOTS_CHANGED_ANNOTATION: &str = "stash.appscode.com/snapshots-changed-at";
@@ -44,24 +49,50 @@ pub type Key = (String, String);
 /// What the catalog knows about one repository.
 #[derive(Clone, Debug)]
 pub struct Entry {
-    /// The snapshots, oldest first (restic's order).
+    /// The snapshots, oldest first (restic's order); empty when the read failed.
     pub snapshots: Arc<Vec<restic::Snapshot>>,
     /// When they were read.
     pub fetched_at: Instant,
     /// The Repository generation they were read for.
     pub generation: Option<i64>,
-    /// The Repository's resourceVersion then (a Repository read on demand is read again once
-    /// it changed: a backup's status, another replica's snapshot deletion).
-    pub resource_version: Option<String>,
-    /// The last refresh's error (the snapshots are then the last good ones).
+    /// The Repository's last backup and last snapshot deletion when they were read.
+    pub changes: Changes,
+    /// The read's error: the entry then answers with it, not with a list.
     pub error: Option<String>,
+}
+
+/// What, in a Repository, says its snapshots changed: `status.lastBackupTime` and the
+/// [`SNAPSHOTS_CHANGED_ANNOTATION`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    last_backup: Option<String>,
+    forgotten: Option<String>,
+}
+
+impl Changes {
+    /// The markers of `repo`.
+    pub fn of(repo: &Repository) -> Self {
+        Self {
+            last_backup: repo
+                .status
+                .as_ref()
+                .and_then(|s| s.last_backup_time.as_ref())
+                .map(|t| t.0.to_string()),
+            forgotten: repo
+                .annotations()
+                .get(SNAPSHOTS_CHANGED_ANNOTATION)
+                .cloned(),
+        }
+    }
 }
 
 /// Catalog settings.
 #[derive(Clone, Debug)]
 pub struct CatalogOptions {
-    /// How old a repository's list may get before it is read again.
+    /// How old a repository's list may get before a request reads it again.
     pub refresh: Duration,
+    /// At most this many restic runs at a time.
+    pub concurrency: usize,
     /// The restic binary.
     pub restic: PathBuf,
     /// Where restic's temporary files and credential dirs go (default: the system temp dir).
@@ -77,6 +108,7 @@ impl Default for CatalogOptions {
     fn default() -> Self {
         Self {
             refresh: Duration::from_secs(30),
+            concurrency: 4,
             restic: PathBuf::from("restic"),
             scratch_dir: None,
             timeout: Duration::from_secs(120),
@@ -107,9 +139,13 @@ struct Inner {
     opts: CatalogOptions,
     repos: reflector::Store<Repository>,
     namespaces: reflector::Store<Namespace>,
-    entries: RwLock<HashMap<Key, Entry>>,
-    locks: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
-    dirty: Mutex<HashSet<Key>>,
+    /// By Repository UID.
+    entries: RwLock<HashMap<String, Entry>>,
+    /// By Repository UID.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Invalidated repositories, by UID.
+    dirty: Mutex<HashSet<String>>,
+    restic_runs: Semaphore,
     unsupported_logged: Mutex<HashSet<Key>>,
     wake: Notify,
     refreshes: std::sync::atomic::AtomicU64,
@@ -124,10 +160,22 @@ pub enum FetchError {
     /// restic or the Secret failed; the message names no secret.
     #[error("{0}")]
     Failed(String),
+    /// The read did not finish within the request's budget; it goes on in the background
+    /// and the next request finds its result.
+    #[error("restic has not answered within {0:?}; the read goes on, ask again")]
+    Slow(Duration),
+}
+
+/// The UID of `repo` (its name for an object that has none: tests).
+fn uid_of(repo: &Repository) -> String {
+    repo.uid().unwrap_or_else(|| {
+        let (ns, name) = key_of(repo);
+        format!("{ns}/{name}")
+    })
 }
 
 impl Catalog {
-    /// Start the reflectors, the session watchers and the refresher on the current runtime.
+    /// Start the reflectors and the background re-reader on the current runtime.
     /// Returns the catalog and the background tasks (abort them to stop).
     pub async fn start(
         client: Client,
@@ -135,6 +183,7 @@ impl Catalog {
     ) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
         let (repos, repo_writer) = reflector::store::<Repository>();
         let (namespaces, ns_writer) = reflector::store::<Namespace>();
+        let permits = opts.concurrency.max(1);
         let catalog = Catalog {
             inner: Arc::new(Inner {
                 client: client.clone(),
@@ -144,6 +193,7 @@ impl Catalog {
                 entries: RwLock::default(),
                 locks: Mutex::default(),
                 dirty: Mutex::default(),
+                restic_runs: Semaphore::new(permits),
                 unsupported_logged: Mutex::default(),
                 wake: Notify::new(),
                 refreshes: Default::default(),
@@ -158,13 +208,12 @@ impl Catalog {
                 watcher::Config::default(),
             ),
         )
-        .default_backoff()
-        .touched_objects();
+        .default_backoff();
         tasks.push(tokio::spawn(async move {
             let mut s = std::pin::pin!(repo_stream);
             while let Some(r) = s.next().await {
                 match r {
-                    Ok(_) => c.inner.wake.notify_one(),
+                    Ok(event) => c.observe(event),
                     Err(e) => tracing::debug!(error = %e, "snapshots: Repository watch"),
                 }
             }
@@ -186,9 +235,7 @@ impl Catalog {
                 }
             }
         }));
-        tasks.push(tokio::spawn(catalog.clone().watch_backup_sessions()));
-        tasks.push(tokio::spawn(catalog.clone().watch_restore_sessions()));
-        tasks.push(tokio::spawn(catalog.clone().refresher()));
+        tasks.push(tokio::spawn(catalog.clone().rereader()));
         // Answer nothing before the first Repository list arrived.
         let _ = tokio::time::timeout(
             Duration::from_secs(30),
@@ -203,24 +250,82 @@ impl Catalog {
         (catalog, tasks)
     }
 
-    /// Mark a repository's list stale and have it read again soon (in the background). For
-    /// the backup, forget and restore paths.
-    pub fn invalidate(&self, namespace: &str, repository: &str) {
+    /// A Repository event: forget deleted repositories; a backup or deletion in one this
+    /// replica holds marks it for a background re-read.
+    fn observe(&self, event: watcher::Event<Repository>) {
+        match event {
+            watcher::Event::Apply(repo) | watcher::Event::InitApply(repo) => {
+                let uid = uid_of(&repo);
+                let changed = self
+                    .inner
+                    .entries
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&uid)
+                    .is_some_and(|e| e.changes != Changes::of(&repo));
+                if changed {
+                    self.mark_dirty(uid);
+                }
+            }
+            watcher::Event::Delete(repo) => {
+                let uid = uid_of(&repo);
+                self.inner
+                    .entries
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&uid);
+                self.inner
+                    .locks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&uid);
+            }
+            watcher::Event::InitDone => {
+                let live: HashSet<String> =
+                    self.inner.repos.state().iter().map(|r| uid_of(r)).collect();
+                self.inner
+                    .entries
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|k, _| live.contains(k));
+            }
+            watcher::Event::Init => {}
+        }
+    }
+
+    fn mark_dirty(&self, uid: String) {
         self.inner
             .dirty
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert((namespace.to_owned(), repository.to_owned()));
+            .insert(uid);
         self.inner.wake.notify_one();
     }
 
-    /// The cached entry of a repository.
-    pub fn entry(&self, namespace: &str, repository: &str) -> Option<Entry> {
+    fn is_dirty(&self, uid: &str) -> bool {
+        self.inner
+            .dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(uid)
+    }
+
+    /// Mark a repository's list stale: the next request reads it again (and, if this replica
+    /// holds it, the background re-reads it soon).
+    pub fn invalidate(&self, namespace: &str, repository: &str) {
+        let key = reflector::ObjectRef::<Repository>::new(repository).within(namespace);
+        if let Some(r) = self.inner.repos.get(&key) {
+            self.mark_dirty(uid_of(&r));
+        }
+    }
+
+    /// The cached entry of `repo` (this very object: a recreated Repository has none).
+    pub fn entry(&self, repo: &Repository) -> Option<Entry> {
         self.inner
             .entries
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&(namespace.to_owned(), repository.to_owned()))
+            .get(&uid_of(repo))
             .cloned()
     }
 
@@ -283,51 +388,67 @@ impl Catalog {
         }
     }
 
-    /// The snapshots of `repo`, reading them first if the catalog never has.
-    pub async fn snapshots(&self, repo: &Repository) -> Arc<Vec<restic::Snapshot>> {
-        let key = key_of(repo);
-        let stale = |e: &Entry| {
-            let dirty = self
-                .inner
-                .dirty
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&key);
-            e.resource_version != repo.metadata.resource_version
-                || self.on_demand(repo)
-                    && (dirty || e.fetched_at.elapsed() >= self.inner.opts.refresh)
-        };
-        if let Some(e) = self
-            .entry(&key.0, &key.1)
-            .filter(|e| e.generation == repo.metadata.generation && !stale(e))
-        {
-            return e.snapshots;
+    /// Whether `e`, read for `repo`, may still answer for it.
+    fn fresh(&self, repo: &Repository, e: &Entry) -> bool {
+        e.generation == repo.metadata.generation
+            && e.changes == Changes::of(repo)
+            && e.fetched_at.elapsed() < self.inner.opts.refresh
+            && !self.is_dirty(&uid_of(repo))
+    }
+
+    /// The snapshots of `repo`, reading them first unless a fresh entry holds them.
+    pub async fn snapshots(
+        &self,
+        repo: &Repository,
+    ) -> Result<Arc<Vec<restic::Snapshot>>, FetchError> {
+        match self.entry(repo).filter(|e| self.fresh(repo, e)) {
+            Some(e) => answer(e),
+            None => {
+                let _ = self.refresh(repo, Instant::now()).await;
+                self.entry(repo).map_or_else(|| Ok(Arc::default()), answer)
+            }
         }
-        let _ = self.refresh(repo, Instant::now()).await;
-        self.entry(&key.0, &key.1)
-            .map(|e| e.snapshots)
-            .unwrap_or_default()
+    }
+
+    /// [`Catalog::snapshots`] within `budget`: a slower read goes on in the background (its
+    /// result is kept) and this answers [`FetchError::Slow`]. A request never waits for a
+    /// backend that hangs longer than the API server waits for us.
+    pub async fn snapshots_within(
+        &self,
+        repo: Arc<Repository>,
+        budget: Duration,
+    ) -> Result<Arc<Vec<restic::Snapshot>>, FetchError> {
+        let this = self.clone();
+        let read = tokio::spawn(async move { this.snapshots(&repo).await });
+        match tokio::time::timeout(budget, read).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(FetchError::Failed(format!("the read stopped: {e}"))),
+            Err(_) => Err(FetchError::Slow(budget)),
+        }
     }
 
     /// What the catalog holds for `repo` without reading it; `None` when it was never read.
-    pub fn cached(&self, repo: &Repository) -> Option<Arc<Vec<restic::Snapshot>>> {
-        let key = key_of(repo);
-        self.entry(&key.0, &key.1).map(|e| e.snapshots)
+    pub fn cached(
+        &self,
+        repo: &Repository,
+    ) -> Option<Result<Arc<Vec<restic::Snapshot>>, FetchError>> {
+        self.entry(repo).map(answer)
     }
 
     /// Read `repo`'s snapshots now, unless another refresh finished after `since`.
     pub async fn refresh(&self, repo: &Repository, since: Instant) -> Result<(), FetchError> {
         let key = key_of(repo);
+        let uid = uid_of(repo);
         let lock = self
             .inner
             .locks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(key.clone())
+            .entry(uid.clone())
             .or_default()
             .clone();
         let _guard = lock.lock().await;
-        if let Some(e) = self.entry(&key.0, &key.1)
+        if let Some(e) = self.entry(repo)
             && e.fetched_at >= since
             && e.generation == repo.metadata.generation
         {
@@ -337,40 +458,52 @@ impl Catalog {
             .dirty
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+            .remove(&uid);
+        let changes = Changes::of(repo);
         let started = Instant::now();
-        let result = self.fetch(repo).await;
+        let result = {
+            let _permit = self
+                .inner
+                .restic_runs
+                .acquire()
+                .await
+                .map_err(|e| FetchError::Failed(e.to_string()))?;
+            self.fetch(repo).await
+        };
         self.inner
             .refreshes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut entries = self
-            .inner
-            .entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        let previous = entries
-            .get(&key)
-            .map(|e| e.snapshots.clone())
-            .unwrap_or_default();
         let (snapshots, error) = match result {
             Ok(s) => (Arc::new(s), None),
             Err(e) => {
                 tracing::warn!(namespace = %key.0, repository = %key.1, error = %e, "snapshots: reading the repository failed");
-                (previous, Some(e.to_string()))
+                (Arc::default(), Some(e.to_string()))
             }
         };
         tracing::debug!(namespace = %key.0, repository = %key.1, count = snapshots.len(), took = ?started.elapsed(), "snapshots: catalog refreshed");
         let err = error.clone();
-        entries.insert(
-            key,
-            Entry {
-                snapshots,
-                fetched_at: started,
-                generation: repo.metadata.generation,
-                resource_version: repo.metadata.resource_version.clone(),
-                error,
-            },
-        );
+        // A Repository deleted meanwhile keeps no entry.
+        let live = self
+            .inner
+            .repos
+            .get(&reflector::ObjectRef::<Repository>::new(&key.1).within(&key.0))
+            .is_none_or(|r| uid_of(&r) == uid);
+        if live {
+            self.inner
+                .entries
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(
+                    uid,
+                    Entry {
+                        snapshots,
+                        fetched_at: started,
+                        generation: repo.metadata.generation,
+                        changes,
+                        error,
+                    },
+                );
+        }
         err.map_or(Ok(()), |m| Err(FetchError::Failed(m)))
     }
 
@@ -397,7 +530,7 @@ impl Catalog {
             Err(e) => Err(e),
         };
         // Every replica keeps its own catalog: touching the Repository tells the others (an
-        // entry whose Repository's resourceVersion moved on is read again).
+        // entry read before the annotation's time is read again).
         let touched = if result.is_ok() {
             self.touch(repo).await
         } else {
@@ -525,41 +658,35 @@ impl Catalog {
             && matches!(repo.spec.backend.validate(), Ok(BackendKind::Local(_)))
     }
 
-    /// The background loop: every second (or when woken) refresh what is due.
-    async fn refresher(self) {
+    /// The background: when woken, re-read the invalidated repositories this replica holds
+    /// (a backup completed, a snapshot was deleted), bounded like every restic run.
+    async fn rereader(self) {
         loop {
-            tokio::select! {
-                _ = self.inner.wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-            let now = Instant::now();
-            let repos = self.repositories(None);
-            let live: HashSet<Key> = repos.iter().map(|r| key_of(r)).collect();
-            self.inner
-                .entries
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|k, _| live.contains(k));
-            let dirty = self
+            self.inner.wake.notified().await;
+            let dirty: Vec<String> = self
                 .inner
                 .dirty
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            let due: Vec<Arc<Repository>> = repos
-                .into_iter()
-                .filter(|r| !self.on_demand(r))
-                .filter(|r| {
-                    let key = key_of(r);
-                    dirty.contains(&key)
-                        || self.entry(&key.0, &key.1).is_none_or(|e| {
-                            e.generation != r.metadata.generation
-                                || now.duration_since(e.fetched_at) >= self.inner.opts.refresh
-                        })
-                })
+                .iter()
+                .cloned()
                 .collect();
-            futures::stream::iter(due)
-                .for_each_concurrent(4, |r| {
+            let held: Vec<Arc<Repository>> = {
+                let entries = self.inner.entries.read().unwrap_or_else(|e| e.into_inner());
+                self.inner
+                    .repos
+                    .state()
+                    .into_iter()
+                    .filter(|r| {
+                        let uid = uid_of(r);
+                        dirty.contains(&uid) && entries.contains_key(&uid)
+                    })
+                    .filter(|r| !self.on_demand(r))
+                    .collect()
+            };
+            let now = Instant::now();
+            futures::stream::iter(held)
+                .for_each_concurrent(self.inner.opts.concurrency.max(1), |r| {
                     let this = self.clone();
                     async move {
                         let _ = this.refresh(&r, now).await;
@@ -568,95 +695,14 @@ impl Catalog {
                 .await;
         }
     }
-
-    async fn watch_backup_sessions(self) {
-        let api = Api::<BackupSession>::all(self.inner.client.clone());
-        let mut seen = HashSet::new();
-        let stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .applied_objects();
-        let mut s = std::pin::pin!(stream);
-        loop {
-            match s.try_next().await {
-                Ok(Some(bs)) => {
-                    let Some(phase) = bs
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.phase)
-                        .map(|p| phase_name(&p))
-                    else {
-                        continue;
-                    };
-                    if !is_terminal(&phase) || !seen.insert((bs.uid().unwrap_or_default(), phase)) {
-                        continue;
-                    }
-                    let ns = bs.namespace().unwrap_or_default();
-                    let Some(bc) = bs
-                        .spec
-                        .backup_configuration
-                        .as_ref()
-                        .map(|r| r.name.clone())
-                    else {
-                        continue;
-                    };
-                    let repo =
-                        Api::<BackupConfiguration>::namespaced(self.inner.client.clone(), &ns)
-                            .get_opt(&bc)
-                            .await
-                            .ok()
-                            .flatten()
-                            .and_then(|c| c.spec.repository.map(|r| r.name));
-                    if let Some(repo) = repo {
-                        self.invalidate(&ns, &repo);
-                    }
-                }
-                Ok(None) => return,
-                Err(e) => tracing::debug!(error = %e, "snapshots: BackupSession watch"),
-            }
-        }
-    }
-
-    async fn watch_restore_sessions(self) {
-        let api = Api::<RestoreSession>::all(self.inner.client.clone());
-        let mut seen = HashSet::new();
-        let stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .applied_objects();
-        let mut s = std::pin::pin!(stream);
-        loop {
-            match s.try_next().await {
-                Ok(Some(rs)) => {
-                    let Some(phase) = rs
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.phase)
-                        .map(|p| phase_name(&p))
-                    else {
-                        continue;
-                    };
-                    if !is_terminal(&phase) || !seen.insert((rs.uid().unwrap_or_default(), phase)) {
-                        continue;
-                    }
-                    if let Some(repo) = rs.spec.repository.as_ref().map(|r| r.name.clone()) {
-                        self.invalidate(&rs.namespace().unwrap_or_default(), &repo);
-                    }
-                }
-                Ok(None) => return,
-                Err(e) => tracing::debug!(error = %e, "snapshots: RestoreSession watch"),
-            }
-        }
-    }
 }
 
-fn phase_name<P: serde::Serialize>(p: &P) -> String {
-    serde_json::to_value(p)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
-fn is_terminal(phase: &str) -> bool {
-    matches!(phase, "Succeeded" | "Failed" | "Unknown")
+/// An entry as an answer: its list, or its error.
+fn answer(e: Entry) -> Result<Arc<Vec<restic::Snapshot>>, FetchError> {
+    match e.error {
+        Some(m) => Err(FetchError::Failed(m)),
+        None => Ok(e.snapshots),
+    }
 }
 
 /// `(namespace, name)` of a Repository.
@@ -709,7 +755,30 @@ mod tests {
     }
 
     #[test]
-    fn terminal_phases() {
-        assert!(is_terminal("Succeeded") && is_terminal("Failed") && !is_terminal("Running"));
+    fn a_backup_or_a_deletion_changes_the_markers() {
+        let mut r = repo(serde_json::json!({"storageSecretName": "s",
+            "local": {"mountPath": "/safe/data", "hostPath": {"path": "/var/backup"}}}));
+        let before = Changes::of(&r);
+        r.status = Some(
+            serde_json::from_value(serde_json::json!({"lastBackupTime": "2026-11-30T00:00:00Z"}))
+                .unwrap(),
+        );
+        let backed_up = Changes::of(&r);
+        assert_ne!(before, backed_up);
+        r.metadata.annotations =
+            Some([(SNAPSHOTS_CHANGED_ANNOTATION.to_string(), "t".to_string())].into());
+        assert_ne!(backed_up, Changes::of(&r));
+    }
+
+    #[test]
+    fn an_entry_with_an_error_answers_with_the_error() {
+        let e = Entry {
+            snapshots: Arc::default(),
+            fetched_at: Instant::now(),
+            generation: None,
+            changes: Changes::default(),
+            error: Some("wrong password".into()),
+        };
+        assert!(matches!(answer(e), Err(FetchError::Failed(m)) if m == "wrong password"));
     }
 }

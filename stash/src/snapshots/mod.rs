@@ -2,8 +2,9 @@
 //! `snapshots`, an aggregated API served by the operator and registered with the
 //! kube-apiserver through an APIService.
 //!
-//! - [`catalog`]: every Repository's snapshots, refreshed in the background — requests never
-//!   run restic (except `delete`, and a `get` that misses).
+//! - [`catalog`]: every Repository's snapshots, read when asked and kept (keyed by UID) until
+//!   stale or a backup completes; bounded restic concurrency; an unreadable repository is an
+//!   error, not an empty list.
 //! - [`api`]: discovery, OpenAPI, health, `get`/`list`/`delete` (JSON, Tables for kubectl,
 //!   partial metadata), `metav1.Status` errors.
 //! - [`auth`]: front-proxy authentication (client certificate verified against the
@@ -53,9 +54,13 @@ pub struct Args {
     /// (unset: not served, no APIService).
     #[arg(long)]
     pub snapshot_api_addr: Option<SocketAddr>,
-    /// How old a repository's snapshot list may get before the catalog reads it again.
+    /// How old a repository's snapshot list may get before a request has the catalog read it
+    /// again (nothing is read on a timer).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub snapshot_api_refresh: Duration,
+    /// At most this many restic runs of the catalog at a time.
+    #[arg(long, default_value_t = 4)]
+    pub snapshot_api_concurrency: usize,
     /// The Service the APIService points at (in the operator's namespace).
     #[arg(long, default_value = DEFAULT_SERVICE)]
     pub snapshot_api_service: String,
@@ -78,6 +83,7 @@ impl Args {
         let bind = self.snapshot_api_addr?;
         let mut o = SnapshotApiOptions::new(bind, namespace);
         o.catalog.refresh = self.snapshot_api_refresh;
+        o.catalog.concurrency = self.snapshot_api_concurrency;
         o.catalog.restic = self.snapshot_api_restic.clone();
         o.service_name = self.snapshot_api_service.clone();
         o.service_port = self.snapshot_api_service_port;
