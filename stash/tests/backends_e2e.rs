@@ -767,6 +767,38 @@ async fn azure_blob_storage_on_azurite() {
     let short = backup_and_check(&client, &ns, &source, &host).await;
     kubectl_lists_snapshot(&ns, &short);
     restore_in_cluster(&client, &ns, &source).await;
+
+    // What an Azure user sees when the container does not exist: restic retries
+    // `ContainerNotFound` forever; the wrapper stops it at once with a clear error (here
+    // through the Snapshot API, which runs restic in the operator).
+    apply(&client, &ns, json!({
+        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "missing"},
+        "spec": {"backend": {"storageSecretName": "azure-secret",
+                             "azure": {"container": "no-such-container", "prefix": "x"}}}
+    }))
+    .await;
+    let started = std::time::Instant::now();
+    let out = stash_testenv::shared_now()
+        .expect("attached")
+        .kubectl()
+        .expect("kubectl")
+        .args(["get", "snapshots", "-n", &ns, "-l", "repository=missing"])
+        .output()
+        .expect("kubectl get snapshots");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("container no-such-container does not exist"),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(30), "{took:?}: {stderr}");
+    stash_testenv::report(&format!(
+        "Azure missing container: reported in {:.1} s: {}",
+        took.as_secs_f64(),
+        stderr.trim()
+    ));
+
     let ev = delete_and_wipe(&client, &ns).await;
     eprintln!("Azure wipe-out: {}", ev.note);
     let out = host().args(["cat", "config"]).output().expect("restic");
