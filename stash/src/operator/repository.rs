@@ -323,4 +323,23 @@ mod tests {
                 .contains("for rest")
         );
     }
+
+    #[test]
+    fn the_wipe_out_condition_keeps_its_transition_time_while_failing() {
+        let first = wipe_out_failed_condition(&[], "boom".into(), Some(3));
+        assert_eq!(
+            (
+                first.type_.as_str(),
+                first.status.as_str(),
+                first.reason.as_str()
+            ),
+            ("WipeOut", "False", "WipeOutFailed")
+        );
+        assert_eq!(first.observed_generation, Some(3));
+        let mut old = first.clone();
+        old.last_transition_time = Time(jiff::Timestamp::UNIX_EPOCH);
+        let again = wipe_out_failed_condition(&[old.clone()], "boom again".into(), Some(3));
+        assert_eq!(again.last_transition_time, old.last_transition_time);
+        assert_eq!(again.message, "boom again");
+    }
 }
