@@ -4,7 +4,11 @@
 //! S3 (and S3-compatible servers), GCS and Azure are wiped through their object stores
 //! ([`super::wipe`]): only restic's own objects, after the prefix is verified to hold a restic
 //! repository. The finalizer stays until the wipe succeeds; a failure is a Warning event
-//! `WipeOutFailed` and a retry with back-off. Annotating the Repository with
+//! `WipeOutFailed`, condition `WipeOut` (status `False`, reason `WipeOutFailed`, the error) in
+//! `status.conditions`, and a retry with back-off. A storage Secret that is gone while the
+//! namespace is being deleted can never come back: the wipe-out is given up (event
+//! `WipeOutAbandoned`, the data stays, the finalizer goes) rather than keeping the namespace
+//! Terminating forever. Annotating the Repository with
 //! [`ABANDON_WIPE_OUT_ANNOTATION`]` = "true"` lets the deletion finish without wiping (the data
 //! stays; event `WipeOutAbandoned`). Swift, B2 and REST servers are not wiped: the Repository
 //! gets a Warning event `WipeOutNotSupported` naming the provider, its data is left in place,
