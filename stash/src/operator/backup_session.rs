@@ -124,14 +124,10 @@ async fn observe_config(
         Some(WorkloadKind::DaemonSet) => Api::<DaemonSet>::namespaced(ctx.client.clone(), ns)
             .get_opt(&name)
             .await?
+            // The nodes the DaemonSet runs on (as it is now), not the pods ready at this moment:
+            // a host that is restarting still has to report.
             .and_then(|d| d.status)
-            .map(|s| {
-                if s.number_ready > 0 {
-                    s.number_ready
-                } else {
-                    s.desired_number_scheduled
-                }
-            })
+            .map(|s| s.desired_number_scheduled)
             .unwrap_or(1),
         _ => 1,
     };
