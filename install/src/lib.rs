@@ -19,6 +19,13 @@ use stash::admission::register::{self, Endpoint};
 pub const NAME: &str = "stash-operator";
 /// Port of the admission webhooks (Service port 443).
 pub const WEBHOOK_PORT: u16 = 8443;
+/// The optional ConfigMap (in the operator's namespace) with the CA that signs the API
+/// server's webhook client certificate (`ca.crt`) and the names allowed (`allowed-names`):
+/// created by the cluster admin where kube-apiserver presents one (docs/security.md); absent,
+/// the webhooks answer any TLS client.
+pub const WEBHOOK_CLIENT_AUTH_CONFIGMAP: &str = "stash-webhook-client-auth";
+/// Where the operator container sees it.
+pub const WEBHOOK_CLIENT_AUTH_DIR: &str = "/etc/stash/webhook-client-auth";
 /// Port of the Snapshot API (Service port of the same number).
 pub const SNAPSHOT_API_PORT: u16 = 8444;
 /// Port of `/metrics`, `/healthz`, `/readyz`.
@@ -291,6 +298,12 @@ pub fn operator_args(o: &InstallOptions) -> Vec<String> {
         a.push(format!("--webhook-service={ns}/{NAME}:443"));
         a.push("--enable-validating-webhook=true".into());
         a.push("--enable-mutating-webhook=true".into());
+        a.push(format!(
+            "--webhook-client-ca-file={WEBHOOK_CLIENT_AUTH_DIR}/ca.crt"
+        ));
+        a.push(format!(
+            "--webhook-client-allowed-names-file={WEBHOOK_CLIENT_AUTH_DIR}/allowed-names"
+        ));
     }
     if o.snapshot_api {
         a.push(format!("--snapshot-api-addr=0.0.0.0:{SNAPSHOT_API_PORT}"));
@@ -322,6 +335,13 @@ fn deployment(o: &InstallOptions) -> Value {
         json!({"httpGet": {"path": path, "port": "metrics", "scheme": "HTTP"},
                "initialDelaySeconds": initial, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3})
     };
+    let mut mounts = vec![json!({"name": "tmp", "mountPath": "/tmp"})];
+    let mut volumes = vec![json!({"name": "tmp", "emptyDir": {}})];
+    if o.webhook {
+        mounts.push(json!({"name": "webhook-client-auth", "mountPath": WEBHOOK_CLIENT_AUTH_DIR, "readOnly": true}));
+        volumes.push(json!({"name": "webhook-client-auth",
+                            "configMap": {"name": WEBHOOK_CLIENT_AUTH_CONFIGMAP, "optional": true}}));
+    }
     let operator = json!({
         "name": "operator",
         "image": o.image,
@@ -334,7 +354,7 @@ fn deployment(o: &InstallOptions) -> Value {
         "livenessProbe": probe("/healthz", 15),
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "securityContext": restricted,
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": mounts,
     });
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -350,7 +370,7 @@ fn deployment(o: &InstallOptions) -> Value {
                     "securityContext": {"runAsNonRoot": true, "runAsUser": 65534, "runAsGroup": 65534, "fsGroup": 65534,
                                         "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [operator],
-                    "volumes": [{"name": "tmp", "emptyDir": {}}],
+                    "volumes": volumes,
                     "terminationGracePeriodSeconds": 30,
                     "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
                         "weight": 100,

@@ -115,6 +115,44 @@ pub fn tls_config(store: Arc<CertStore>) -> Arc<ServerConfig> {
     Arc::new(config)
 }
 
+/// A rustls server configuration like [`tls_config`] that verifies client certificates against
+/// the CAs in `client_ca_pem`. A certificate another CA signed always fails the handshake; a
+/// client without a certificate fails it too when `required`, else it is let through (the
+/// application decides). Serve it with [`crate::aggregated::serve_mtls`], which hands every
+/// request the verified chain (e.g. to check the certificate's name).
+pub fn client_auth_tls_config(
+    store: Arc<CertStore>,
+    client_ca_pem: &str,
+    required: bool,
+) -> Result<Arc<ServerConfig>, CertError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| CertError::Pem(e.to_string()))?;
+        roots.add(cert).map_err(|e| CertError::Pem(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(CertError::Pem("no client CA certificate found".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    );
+    if !required {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier
+        .build()
+        .map_err(|e| CertError::Pem(e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(store);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// Serve `app` over TLS on `listener` until the returned future is dropped. Each connection is
 /// served on its own task; a connection whose handshake takes longer than 10 s is dropped.
 pub fn serve_tls(

@@ -14,11 +14,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use axum::{Extension, Router};
 use hyper_util::{rt::TokioIo, service::TowerToHyperService};
-use rustls::{
-    RootCertStore, ServerConfig,
-    pki_types::{CertificateDer, pem::PemObject},
-    server::WebPkiClientVerifier,
-};
+use rustls::{ServerConfig, pki_types::CertificateDer};
 use tokio::net::TcpListener;
 
 use crate::admission::{CertError, CertStore};
@@ -43,26 +39,7 @@ pub fn mtls_config(
     store: Arc<CertStore>,
     client_ca_pem: &str,
 ) -> Result<Arc<ServerConfig>, CertError> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
-        let cert = cert.map_err(|e| CertError::Pem(e.to_string()))?;
-        roots.add(cert).map_err(|e| CertError::Pem(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(CertError::Pem("no client CA certificate found".into()));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| CertError::Pem(e.to_string()))?;
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(store);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    crate::admission::client_auth_tls_config(store, client_ca_pem, false)
 }
 
 /// Serve `app` over TLS with `config` on `listener` until the returned future is dropped. Each

@@ -6,6 +6,8 @@
 //!   [`crate::inject::apply_backup`] (the controller's decision) and defaulting of our kinds.
 //! - [`certs`]: the serving certificate — generated, kept in a Secret, rotated.
 //! - [`register`]: the webhook configurations (both `admission.stash.appscode.com`) and paths.
+//! - [`ClientAuth`]: where the cluster gives the API server a client certificate for webhooks,
+//!   only callers presenting it are answered (docs/security.md).
 //!
 //! The transport is thin: [`stash_runtime::admission`] parses the `AdmissionReview`, this module
 //! converts the object to its type, fetches what a decision needs to read (BackupConfigurations
@@ -14,6 +16,7 @@
 use std::{
     collections::BTreeSet,
     net::SocketAddr,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -34,7 +37,10 @@ use stash_crds::{
     BackupConfiguration, BackupConfigurationTemplate, BackupSession, Function, Repository,
     RestoreSession, Task,
 };
-use stash_runtime::admission::{CertStore, review, serve_tls};
+use stash_runtime::{
+    admission::{CertStore, client_auth_tls_config, review, serve_tls},
+    aggregated::{PeerCertificates, serve_mtls},
+};
 use tokio::task::JoinHandle;
 
 use crate::{inject::InjectConfig, target::WorkloadKind};
@@ -77,6 +83,88 @@ pub struct WebhookOptions {
     pub rotation_grace: Duration,
     /// More names for the serving certificate.
     pub extra_sans: Vec<String>,
+    /// Require the API server's client certificate (`None`: answer any TLS client).
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// Who may call the webhooks: a client certificate signed by `ca_pem` (checked in the TLS
+/// handshake; a client without one, or with one from another CA, is refused there) whose
+/// common name is one of `allowed_names` (empty: any certificate of that CA).
+///
+/// kube-apiserver presents a client certificate to a webhook only when its
+/// `--admission-control-config-file` gives the `ValidatingAdmissionWebhook` and
+/// `MutatingAdmissionWebhook` plugins a `WebhookAdmissionConfiguration` whose `kubeConfigFile`
+/// has a user for the webhook's host (`stash-operator.stash-system.svc`, `*.svc`, or `*`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    /// PEM bundle of the CA(s) that sign the API server's webhook client certificate.
+    pub ca_pem: String,
+    /// Common names allowed (empty: any).
+    pub allowed_names: Vec<String>,
+}
+
+impl std::fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientAuth")
+            .field("allowed_names", &self.allowed_names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientAuth {
+    /// From `ca_file` (PEM) and the optional `names_file` (one common name a line; `#`
+    /// comments). A CA file that does not exist means no client authentication (`None`): the
+    /// install mounts an optional ConfigMap there, which the cluster admin creates where the
+    /// API server has a webhook client certificate. A CA file that exists but holds no
+    /// certificate is an error, not a silent fallback.
+    pub fn from_files(ca_file: &Path, names_file: Option<&Path>) -> anyhow::Result<Option<Self>> {
+        let ca_pem = match std::fs::read_to_string(ca_file) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("read {}", ca_file.display())),
+        };
+        if !ca_pem.contains("-----BEGIN CERTIFICATE-----") {
+            anyhow::bail!("{} holds no PEM certificate", ca_file.display());
+        }
+        let allowed_names = match names_file.map(std::fs::read_to_string) {
+            None => Vec::new(),
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Some(Err(e)) => {
+                return Err(e)
+                    .with_context(|| format!("read {}", names_file.unwrap_or(ca_file).display()));
+            }
+            Some(Ok(text)) => parse_names(&text),
+        };
+        Ok(Some(Self {
+            ca_pem,
+            allowed_names,
+        }))
+    }
+
+    /// Is the verified chain of a connection an allowed caller?
+    pub fn check(&self, peer: &PeerCertificates) -> Result<(), String> {
+        let leaf = peer.leaf().ok_or("no client certificate")?;
+        if self.allowed_names.is_empty() {
+            return Ok(());
+        }
+        let cn = crate::snapshots::auth::common_name(leaf)
+            .ok_or("client certificate without a common name")?;
+        if self.allowed_names.contains(&cn) {
+            Ok(())
+        } else {
+            Err(format!(
+                "client certificate CN {cn:?} is not allowed to call the webhooks"
+            ))
+        }
+    }
+}
+
+fn parse_names(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
 }
 
 impl WebhookOptions {
@@ -95,6 +183,7 @@ impl WebhookOptions {
             check_interval: Duration::from_secs(3600),
             rotation_grace: Duration::from_secs(5),
             extra_sans: Vec::new(),
+            client_auth: None,
         }
     }
 }
@@ -124,6 +213,15 @@ pub struct Args {
     /// Do not check at start-up that the validating webhook rejects an invalid Repository.
     #[arg(long)]
     pub bypass_validating_webhook_xray: bool,
+    /// PEM CA bundle that signs the API server's webhook client certificate: when the file
+    /// exists, only clients presenting a certificate it signed are answered. A missing file
+    /// means no client authentication (the install points this at an optional ConfigMap).
+    #[arg(long)]
+    pub webhook_client_ca_file: Option<PathBuf>,
+    /// Common names (one a line) allowed among the certificates that CA signed; a missing
+    /// file or no names: any.
+    #[arg(long, requires = "webhook_client_ca_file")]
+    pub webhook_client_allowed_names_file: Option<PathBuf>,
 }
 
 impl Args {
@@ -141,6 +239,17 @@ impl Args {
         opts.cert_secret_name = self.webhook_cert_secret.clone();
         opts.validating = self.enable_validating_webhook;
         opts.mutating = self.enable_mutating_webhook;
+        if let Some(ca) = &self.webhook_client_ca_file {
+            opts.client_auth =
+                ClientAuth::from_files(ca, self.webhook_client_allowed_names_file.as_deref())
+                    .context("--webhook-client-ca-file")?;
+            if opts.client_auth.is_none() {
+                tracing::warn!(
+                    file = %ca.display(),
+                    "admission: no webhook client CA: any TLS client is answered"
+                );
+            }
+        }
         Ok(Some(opts))
     }
 }
@@ -657,6 +766,44 @@ fn sans(endpoint: &Endpoint, extra: &[String]) -> Vec<String> {
     out
 }
 
+/// Serve `app` over TLS on `listener`; with `auth`, only to callers with an allowed client
+/// certificate (refused in the handshake without one or with another CA's, `403` for a name
+/// not allowed).
+pub fn serve(
+    listener: tokio::net::TcpListener,
+    store: Arc<CertStore>,
+    app: Router,
+    auth: Option<&ClientAuth>,
+) -> anyhow::Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+    let Some(auth) = auth else {
+        return Ok(Box::pin(serve_tls(listener, store, app)));
+    };
+    let config =
+        client_auth_tls_config(store, &auth.ca_pem, true).context("the webhook client CA")?;
+    let auth = Arc::new(auth.clone());
+    let app = app.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let auth = auth.clone();
+            async move {
+                let peer = req
+                    .extensions()
+                    .get::<PeerCertificates>()
+                    .cloned()
+                    .unwrap_or_default();
+                match auth.check(&peer) {
+                    Ok(()) => next.run(req).await,
+                    Err(why) => {
+                        tracing::warn!(reason = %why, "admission: caller refused");
+                        use axum::response::IntoResponse as _;
+                        (axum::http::StatusCode::FORBIDDEN, why).into_response()
+                    }
+                }
+            }
+        },
+    ));
+    Ok(Box::pin(serve_mtls(listener, config, app)))
+}
+
 /// Start the webhooks: load or create the serving certificate (Secret
 /// `opts.cert_secret_name`), serve over TLS on `opts.bind`, register both webhook
 /// configurations with the CA bundle, and keep the certificate rotated.
@@ -691,9 +838,13 @@ pub async fn start(
         client: client.clone(),
         inject,
     });
-    let serving = serve_tls(listener, store.clone(), app);
-    tracing::info!(%addr, ?endpoint, "admission: serving webhooks over TLS");
-    let server = tokio::spawn(serving);
+    let server = tokio::spawn(serve(
+        listener,
+        store.clone(),
+        app,
+        opts.client_auth.as_ref(),
+    )?);
+    tracing::info!(%addr, ?endpoint, client_auth = ?opts.client_auth, "admission: serving webhooks over TLS");
     let inner = Arc::new(Inner {
         client,
         opts,
@@ -764,6 +915,217 @@ pub async fn xray(client: &Client, timeout: Duration) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An `AdmissionReview` creating a Repository the validating webhook must refuse.
+    fn xray_review() -> String {
+        serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "0d7f1d1c-1111-4b4b-9c9c-000000000001",
+                "kind": {"group": "stash.appscode.com", "version": "v1alpha1", "kind": "Repository"},
+                "resource": {"group": "stash.appscode.com", "version": "v1alpha1", "resource": "repositories"},
+                "operation": "CREATE", "name": "r", "namespace": "other-team", "userInfo": {},
+                "object": {"apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository",
+                           "metadata": {"name": "r", "namespace": "other-team"},
+                           "spec": {"wipeOut": true, "backend": {"storageSecretName": "s",
+                                    "local": {"mountPath": "/safe/data", "hostPath": {"path": "/tmp/x"}}}}}
+            }
+        })
+        .to_string()
+    }
+
+    struct Served {
+        addr: SocketAddr,
+        serving_ca: String,
+        task: JoinHandle<()>,
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// The real router (offline client: the Repository decision reads nothing) served with
+    /// `auth`.
+    async fn served(auth: Option<&ClientAuth>) -> Served {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = stash_testenv::certs::Ca::new("webhook-serving-ca").expect("ca");
+        let pair = ca
+            .server("stash-operator", &["webhook.test"])
+            .expect("serving cert");
+        let store = CertStore::from_pem(&pair.cert, &pair.key).expect("store");
+        let offline = kube::Config::new("http://127.0.0.1:9".parse().expect("url"));
+        let app = router(Ctx {
+            client: Client::try_from(offline).expect("client"),
+            inject: InjectConfig {
+                image: "stash-rs/stash:0.1.0".into(),
+                pushgateway_url: String::new(),
+            },
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(serve(listener, store, app, auth).expect("serve"));
+        Served {
+            addr,
+            serving_ca: ca.cert.clone(),
+            task,
+        }
+    }
+
+    /// POST the review as a client with `identity` (certificate + key PEM): the status and
+    /// body, or the transport error.
+    async fn post(
+        s: &Served,
+        identity: Option<&stash_testenv::certs::Pair>,
+    ) -> Result<(u16, String), String> {
+        let mut b = reqwest::Client::builder()
+            .resolve("webhook.test", s.addr)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(s.serving_ca.as_bytes()).expect("ca"),
+            )
+            .timeout(Duration::from_secs(10));
+        if let Some(p) = identity {
+            b = b.identity(
+                reqwest::Identity::from_pem(format!("{}{}", p.cert, p.key).as_bytes())
+                    .expect("identity"),
+            );
+        }
+        let url = format!(
+            "https://webhook.test:{}{}",
+            s.addr.port(),
+            register::validating_hooks()
+                .into_iter()
+                .find(|h| h.decision == register::Decision::Validate("repository"))
+                .expect("repository hook")
+                .path
+        );
+        let resp = b
+            .build()
+            .expect("client")
+            .post(url)
+            .header("content-type", "application/json")
+            .body(xray_review())
+            .send()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let status = resp.status().as_u16();
+        let body = resp.text().await.map_err(|e| format!("{e:?}"))?;
+        Ok((status, body))
+    }
+
+    const API_SERVER_CN: &str = "kube-apiserver-webhook-client";
+
+    #[tokio::test]
+    async fn only_the_api_servers_client_certificate_is_answered() {
+        let client_ca = stash_testenv::certs::Ca::new("webhook-client-ca").expect("ca");
+        let other_ca = stash_testenv::certs::Ca::new("another-ca").expect("ca");
+        let auth = ClientAuth {
+            ca_pem: client_ca.cert.clone(),
+            allowed_names: vec![API_SERVER_CN.into()],
+        };
+        let s = served(Some(&auth)).await;
+
+        let good = client_ca.client(API_SERVER_CN, &[]).expect("cert");
+        let (status, body) = post(&s, Some(&good)).await.expect("answered");
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains("wipe out operation is not supported for local backend"),
+            "the decision is answered: {body}"
+        );
+
+        let none = post(&s, None).await;
+        assert!(none.is_err(), "no client certificate: {none:?}");
+        let foreign = other_ca.client(API_SERVER_CN, &[]).expect("cert");
+        let foreign = post(&s, Some(&foreign)).await;
+        assert!(foreign.is_err(), "another CA's certificate: {foreign:?}");
+        let mallory = client_ca.client("mallory", &[]).expect("cert");
+        let (status, body) = post(&s, Some(&mallory)).await.expect("an HTTP answer");
+        assert_eq!(status, 403, "a name not allowed: {body}");
+        assert!(!body.contains("wipe out"), "{body}");
+
+        // The right certificate is still answered after the refusals.
+        let (status, _) = post(&s, Some(&good)).await.expect("answered");
+        assert_eq!(status, 200);
+    }
+
+    #[tokio::test]
+    async fn without_a_client_ca_any_tls_client_is_answered() {
+        let s = served(None).await;
+        let (status, body) = post(&s, None).await.expect("answered");
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains("wipe out operation is not supported"),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn client_auth_from_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_file = dir.path().join("ca.crt");
+        let names_file = dir.path().join("allowed-names");
+        assert_eq!(
+            ClientAuth::from_files(&ca_file, Some(&names_file)).expect("missing is off"),
+            None
+        );
+        std::fs::write(&ca_file, "not a certificate").expect("write");
+        assert!(ClientAuth::from_files(&ca_file, None).is_err());
+        let ca = stash_testenv::certs::Ca::new("c").expect("ca");
+        std::fs::write(&ca_file, &ca.cert).expect("write");
+        let auth = ClientAuth::from_files(&ca_file, Some(&names_file))
+            .expect("read")
+            .expect("configured");
+        assert!(auth.allowed_names.is_empty());
+        std::fs::write(
+            &names_file,
+            "# who may call\nkube-apiserver-webhook-client\n\n other \n",
+        )
+        .expect("write");
+        let auth = ClientAuth::from_files(&ca_file, Some(&names_file))
+            .expect("read")
+            .expect("configured");
+        assert_eq!(
+            auth.allowed_names,
+            vec!["kube-apiserver-webhook-client", "other"]
+        );
+        assert!(!format!("{auth:?}").contains("BEGIN"));
+
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            w: Args,
+        }
+        let cli = Cli::try_parse_from([
+            "x",
+            "--webhook-addr=127.0.0.1:0",
+            &format!("--webhook-client-ca-file={}", ca_file.display()),
+            &format!(
+                "--webhook-client-allowed-names-file={}",
+                names_file.display()
+            ),
+        ])
+        .expect("flags");
+        let opts = cli.w.options("ns").expect("options").expect("webhooks");
+        assert_eq!(opts.client_auth, Some(auth));
+        let cli = Cli::try_parse_from([
+            "x",
+            "--webhook-addr=127.0.0.1:0",
+            "--webhook-client-ca-file=/nonexistent/ca.crt",
+        ])
+        .expect("flags");
+        assert_eq!(
+            cli.w
+                .options("ns")
+                .expect("options")
+                .expect("webhooks")
+                .client_auth,
+            None
+        );
+    }
 
     #[test]
     fn certificate_names() {

@@ -32,18 +32,47 @@ pub struct Options {
 /// answers): the missed backup is visible on the BackupConfiguration.
 pub const CREATE_FAILED: &str = "BackupSessionCreateFailed";
 
-/// The trigger's metric: 1 while the last attempt to create a session failed, else 0.
-pub fn create_failure_group(bc: &str, failed: bool) -> crate::metrics::Group {
+/// The trigger's metric: 1 while the last attempt to create a session failed, else 0. One
+/// pushgateway group per BackupConfiguration **and namespace** (job `<namespace>.<name>-trigger`;
+/// a namespace name has no dot), so configurations of the same name in two namespaces do not
+/// overwrite each other's value; the samples carry both as labels.
+pub fn create_failure_group(namespace: &str, bc: &str, failed: bool) -> crate::metrics::Group {
     crate::metrics::Group {
-        job: format!("{bc}-trigger"),
+        job: format!("{namespace}.{bc}-trigger"),
         host: "cronjob".into(),
-        labels: vec![("BackupConfiguration".into(), bc.into())],
+        labels: vec![
+            ("BackupConfiguration".into(), bc.into()),
+            ("namespace".into(), namespace.into()),
+        ],
         samples: vec![crate::metrics::Sample {
             name: "stash_backupsession_create_failure",
             help: "1 if the trigger CronJob's last attempt to create a BackupSession failed",
             value: if failed { 1.0 } else { 0.0 },
         }],
     }
+}
+
+/// The longest note an Event takes (events.k8s.io/v1 refuses more than 1024 bytes).
+const MAX_NOTE: usize = 1024;
+
+/// The note of the `BackupSessionCreateFailed` event: the API server's message (not the whole
+/// `Status` twice, as `kube::Error`'s `Display` gives it, which overflows the Event's limit
+/// when a webhook's error names a long Service URL), cut to fit.
+pub fn failure_note(e: &kube::Error) -> String {
+    let why = match e {
+        kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
+        other => other.to_string(),
+    };
+    let mut note = format!("could not create a BackupSession: {why}");
+    if note.len() > MAX_NOTE {
+        let mut end = MAX_NOTE - "…".len();
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push('…');
+    }
+    note
 }
 
 /// The session to create for `bc` at `unix` seconds.
@@ -104,15 +133,72 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         Err(e) => Err(e),
     };
     if !opts.pushgateway_url.is_empty() {
-        let group = create_failure_group(&opts.name, result.is_err());
+        let group = create_failure_group(&opts.namespace, &opts.name, result.is_err());
         crate::metrics::push_logged(&opts.pushgateway_url, &group).await;
     }
     if let Err(e) = result {
-        let note = format!("could not create a BackupSession: {e}");
+        let note = failure_note(&e);
         events
             .publish(&reference, Severity::Warning, CREATE_FAILED, note)
             .await;
         return Err(e.into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_note_fits_an_event() {
+        let message = format!(
+            "Internal error occurred: failed calling webhook \"outage.stash-rs.test\": failed to call webhook: Post \"https://no-replica-serving.{}.svc:443/?timeout=5s\": service not found",
+            "n".repeat(63)
+        );
+        let status = kube::core::Status::failure(&message, "InternalError").with_code(500);
+        let note = failure_note(&kube::Error::Api(Box::new(status)));
+        assert!(note.len() <= MAX_NOTE, "{} bytes", note.len());
+        assert!(
+            note.starts_with(
+                "could not create a BackupSession: Internal error occurred: failed calling webhook"
+            ),
+            "{note}"
+        );
+        assert!(note.ends_with("service not found (500)"), "{note}");
+        let long = kube::core::Status::failure(&"é".repeat(2000), "InternalError").with_code(500);
+        let note = failure_note(&kube::Error::Api(Box::new(long)));
+        assert!(
+            note.len() <= MAX_NOTE && note.ends_with('…'),
+            "{} bytes",
+            note.len()
+        );
+    }
+
+    #[test]
+    fn one_failure_metric_per_namespace_and_configuration() {
+        let a = create_failure_group("team-a", "app-backup", true);
+        let b = create_failure_group("team-b", "app-backup", false);
+        assert_ne!(
+            a.path(),
+            b.path(),
+            "the same name in two namespaces: two groups"
+        );
+        assert_eq!(
+            a.path(),
+            "/metrics/job/team-a.app-backup-trigger/Host/cronjob"
+        );
+        assert!(
+            a.render().contains(
+                "stash_backupsession_create_failure{BackupConfiguration=\"app-backup\",namespace=\"team-a\"} 1\n"
+            ),
+            "{}",
+            a.render()
+        );
+        assert!(
+            b.render().contains("namespace=\"team-b\"} 0\n"),
+            "{}",
+            b.render()
+        );
+    }
 }

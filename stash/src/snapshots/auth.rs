@@ -139,7 +139,7 @@ impl RequestHeaderConfig {
 }
 
 /// The CN of a DER certificate.
-fn common_name(der: &[u8]) -> Option<String> {
+pub(crate) fn common_name(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     cert.subject()
         .iter_common_name()

@@ -225,3 +225,74 @@ pub fn kubeconfig(server: &str, ca: &str, cert: &str, key: &str) -> String {
         b(key)
     )
 }
+
+/// The user name kube-apiserver's webhook client certificate carries.
+pub const WEBHOOK_CLIENT_CN: &str = "kube-apiserver-webhook-client";
+
+/// kube-apiserver's `--admission-control-config-file`: both webhook admission plugins read
+/// `kubeconfig` for the credentials they present to webhooks.
+pub fn admission_configuration(kubeconfig: &std::path::Path) -> String {
+    let plugin = |name: &str| {
+        format!(
+            "- name: {name}\n  configuration:\n    apiVersion: apiserver.config.k8s.io/v1\n    kind: WebhookAdmissionConfiguration\n    kubeConfigFile: {}\n",
+            kubeconfig.display()
+        )
+    };
+    format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: AdmissionConfiguration\nplugins:\n{}{}",
+        plugin("ValidatingAdmissionWebhook"),
+        plugin("MutatingAdmissionWebhook")
+    )
+}
+
+/// The kubeconfig of the webhook admission plugins: one user, `*.svc`, so every webhook the
+/// API server reaches through a Service (`<name>.<namespace>.svc[:port]`) gets the client
+/// certificate; webhooks reached by URL (tests' local operators) get none. Files, not inline
+/// data: the key stays in the PKI directory.
+pub fn webhook_client_kubeconfig(cert: &std::path::Path, key: &std::path::Path) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nusers:\n- name: '*.svc'\n  user:\n    client-certificate: {}\n    client-key: {}\n",
+        cert.display(),
+        key.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn webhooks_get_the_api_servers_client_certificate() {
+        let yaml = admission_configuration(Path::new("/pki/webhooks.kubeconfig"));
+        let doc: serde_json::Value = serde_saphyr::from_str(&yaml).expect("yaml");
+        assert_eq!(doc["apiVersion"], "apiserver.config.k8s.io/v1");
+        assert_eq!(doc["kind"], "AdmissionConfiguration");
+        let plugins = doc["plugins"].as_array().expect("plugins");
+        let names: Vec<_> = plugins
+            .iter()
+            .map(|p| p["name"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            names,
+            ["ValidatingAdmissionWebhook", "MutatingAdmissionWebhook"]
+        );
+        for p in plugins {
+            let c = &p["configuration"];
+            assert_eq!(c["apiVersion"], "apiserver.config.k8s.io/v1");
+            assert_eq!(c["kind"], "WebhookAdmissionConfiguration");
+            assert_eq!(c["kubeConfigFile"], "/pki/webhooks.kubeconfig");
+        }
+
+        let kc = webhook_client_kubeconfig(Path::new("/pki/w.crt"), Path::new("/pki/w.key"));
+        let doc: serde_json::Value = serde_saphyr::from_str(&kc).expect("yaml");
+        assert_eq!(doc["kind"], "Config");
+        let users = doc["users"].as_array().expect("users");
+        assert_eq!(users.len(), 1);
+        // kube-apiserver matches `stash-operator.stash-system.svc:443` against `*.svc`.
+        assert_eq!(users[0]["name"], "*.svc");
+        assert_eq!(users[0]["user"]["client-certificate"], "/pki/w.crt");
+        assert_eq!(users[0]["user"]["client-key"], "/pki/w.key");
+    }
+}

@@ -320,6 +320,31 @@ impl Cluster {
         }
         let d = |f: &str| pki_dir.join(f).display().to_string();
 
+        // The API server's client certificate for admission webhooks reached through a
+        // Service, from a CA of its own (the operator is told only this CA, so no user
+        // certificate of the cluster's client CA can call the webhooks).
+        let webhook_client_ca = certs::Ca::new("stash-testenv-webhook-client-ca")?;
+        let webhook_client = webhook_client_ca.client(config::WEBHOOK_CLIENT_CN, &[])?;
+        write(
+            pki_dir.join("webhook-client-ca.crt"),
+            webhook_client_ca.cert.clone(),
+        )?;
+        write(pki_dir.join("webhook-client.crt"), webhook_client.cert)?;
+        write(pki_dir.join("webhook-client.key"), webhook_client.key)?;
+        let webhook_kubeconfig = pki_dir.join("webhook-client.kubeconfig");
+        write(
+            webhook_kubeconfig.clone(),
+            config::webhook_client_kubeconfig(
+                &pki_dir.join("webhook-client.crt"),
+                &pki_dir.join("webhook-client.key"),
+            ),
+        )?;
+        let admission_config = l.state.join("admission-configuration.yaml");
+        write(
+            admission_config.clone(),
+            config::admission_configuration(&webhook_kubeconfig),
+        )?;
+
         // etcd, on the namespace's loopback.
         self.spawn(
             "etcd",
@@ -348,6 +373,10 @@ impl Cluster {
                 format!("--client-ca-file={}", d("client-ca.crt")),
                 "--authorization-mode=Node,RBAC".into(),
                 "--enable-admission-plugins=NodeRestriction".into(),
+                format!(
+                    "--admission-control-config-file={}",
+                    admission_config.display()
+                ),
                 format!("--service-cluster-ip-range={SERVICE_CIDR}"),
                 "--allow-privileged=true".into(),
                 format!("--service-account-issuer={server}"),
@@ -596,13 +625,17 @@ impl Cluster {
         }))
         .expect("static StorageClass");
         let client = kube::Client::try_from(admin.clone()).map_err(Error::Kube)?;
-        kube::Api::<k8s_openapi::api::storage::v1::StorageClass>::all(client)
+        kube::Api::<k8s_openapi::api::storage::v1::StorageClass>::all(client.clone())
             .patch(
                 "standard",
                 &kube::api::PatchParams::apply("stash-testenv").force(),
                 &kube::api::Patch::Apply(&sc),
             )
             .await?;
+
+        // What a cluster admin does for the installed operator: publish the CA of the API
+        // server's webhook client certificate where the install manifest looks for it.
+        publish_webhook_client_ca(client, &webhook_client_ca.cert).await?;
         Ok(())
     }
 
@@ -698,6 +731,39 @@ impl Drop for Cluster {
             self.down();
         }
     }
+}
+
+/// Namespace of the installed operator.
+pub const OPERATOR_NAMESPACE: &str = "stash-system";
+/// The optional ConfigMap the install manifest mounts for webhook client authentication.
+pub const WEBHOOK_CLIENT_AUTH_CONFIGMAP: &str = "stash-webhook-client-auth";
+
+/// Create `stash-system/stash-webhook-client-auth` with `ca.crt` (the CA that signs the API
+/// server's webhook client certificate) and `allowed-names` (its CN), and the Namespace.
+async fn publish_webhook_client_ca(client: kube::Client, ca_pem: &str) -> Result<()> {
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+    let pp = kube::api::PatchParams::apply("stash-testenv").force();
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}
+    }))
+    .expect("static Namespace");
+    kube::Api::<Namespace>::all(client.clone())
+        .patch(OPERATOR_NAMESPACE, &pp, &kube::api::Patch::Apply(&ns))
+        .await?;
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": WEBHOOK_CLIENT_AUTH_CONFIGMAP, "namespace": OPERATOR_NAMESPACE},
+        "data": {"ca.crt": ca_pem, "allowed-names": format!("{}\n", config::WEBHOOK_CLIENT_CN)}
+    }))
+    .expect("static ConfigMap");
+    kube::Api::<ConfigMap>::namespaced(client, OPERATOR_NAMESPACE)
+        .patch(
+            WEBHOOK_CLIENT_AUTH_CONFIGMAP,
+            &pp,
+            &kube::api::Patch::Apply(&cm),
+        )
+        .await?;
+    Ok(())
 }
 
 fn route_exists() -> bool {
