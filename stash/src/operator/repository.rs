@@ -68,7 +68,34 @@ pub fn wipe_out_abandoned(repo: &Repository) -> bool {
         .is_some_and(|v| v.trim() == "true")
 }
 
-struct Repositories(Arc<Ctx>);
+struct Repositories(Arc<Ctx>, ConditionWrites);
+
+/// When the `WipeOut` condition of each Repository (by uid) was last written. A status write
+/// is a change the controller watches, so it runs the reconcile again at once: rewriting the
+/// condition on every failed attempt (its message carries timings) would retry the wipe in a
+/// tight loop instead of every [`stash_runtime::Reconcile::error_policy`] interval.
+#[derive(Default)]
+struct ConditionWrites(std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>);
+
+/// How often a still-failing wipe-out refreshes the condition's message.
+const CONDITION_REFRESH: Duration = Duration::from_secs(60);
+
+impl ConditionWrites {
+    /// Should the condition be written now (it is new, or the last write is old enough)?
+    /// Records the write when it says yes.
+    fn due(&self, uid: &str, already_failing: bool) -> bool {
+        let mut m = self.0.lock().expect("condition writes");
+        let now = std::time::Instant::now();
+        m.retain(|_, t| now.duration_since(*t) < 10 * CONDITION_REFRESH);
+        let due = !already_failing
+            || m.get(uid)
+                .is_none_or(|t| now.duration_since(*t) >= CONDITION_REFRESH);
+        if due {
+            m.insert(uid.to_string(), now);
+        }
+        due
+    }
+}
 
 impl Reconcile<Repository> for Repositories {
     type Error = Error;
@@ -76,6 +103,7 @@ impl Reconcile<Repository> for Repositories {
 
     async fn reconcile(&self, repo: Arc<Repository>) -> Result<Action, Error> {
         let ctx = self.0.clone();
+        let writes = &self.1;
         let api = Api::<Repository>::namespaced(
             ctx.client.clone(),
             &repo.namespace().unwrap_or_default(),
@@ -140,7 +168,7 @@ impl Reconcile<Repository> for Repositories {
                                     ctx.events
                                         .publish(&reference, Severity::Warning, "WipeOutFailed", note.clone())
                                         .await;
-                                    write_wipe_out_condition(&ctx, &api, &repo, note).await;
+                                    write_wipe_out_condition(&ctx, &writes, &api, &repo, note).await;
                                     Err(Error::Config(e))
                                 }
                             };
@@ -176,11 +204,20 @@ impl Reconcile<Repository> for Repositories {
 /// failing). Best effort: the event and the retry do not depend on it.
 async fn write_wipe_out_condition(
     ctx: &Ctx,
+    writes: &ConditionWrites,
     api: &Api<Repository>,
     repo: &Repository,
     message: String,
 ) {
     let current = repo.status.clone();
+    let already_failing = current.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == consts_wipe::TYPE && c.reason == consts_wipe::FAILED)
+    });
+    if !writes.due(&repo.uid().unwrap_or_default(), already_failing) {
+        return;
+    }
     let mut desired = current.clone().unwrap_or_default();
     let desired_condition =
         wipe_out_failed_condition(&desired.conditions, message, repo.metadata.generation);
@@ -289,7 +326,12 @@ async fn wipe(ctx: &Ctx, repo: &Repository) -> Result<(String, super::wipe::Repo
 pub async fn run(ctx: Arc<Ctx>) {
     let api = Api::<Repository>::all(ctx.client.clone());
     let controller = Controller::new(api, watcher::Config::default());
-    stash_runtime::drive(controller, Repositories(ctx.clone()), ctx.metrics.clone()).await;
+    stash_runtime::drive(
+        controller,
+        Repositories(ctx.clone(), ConditionWrites::default()),
+        ctx.metrics.clone(),
+    )
+    .await;
 }
 
 #[cfg(test)]
@@ -345,5 +387,24 @@ mod tests {
         let again = wipe_out_failed_condition(&[old.clone()], "boom again".into(), Some(3));
         assert_eq!(again.last_transition_time, old.last_transition_time);
         assert_eq!(again.message, "boom again");
+    }
+
+    #[test]
+    fn a_failing_condition_is_rewritten_at_most_once_per_refresh_interval() {
+        let w = ConditionWrites::default();
+        assert!(w.due("a", false), "a new condition is written");
+        assert!(!w.due("a", true), "not again right after");
+        assert!(
+            w.due("a", false),
+            "a condition that is not there yet always is"
+        );
+        assert!(w.due("b", true), "another Repository has its own interval");
+        w.0.lock()
+            .unwrap()
+            .insert("a".into(), std::time::Instant::now() - CONDITION_REFRESH);
+        assert!(
+            w.due("a", true),
+            "after the interval the message is refreshed"
+        );
     }
 }
