@@ -168,7 +168,7 @@ impl Reconcile<Repository> for Repositories {
                                     ctx.events
                                         .publish(&reference, Severity::Warning, "WipeOutFailed", note.clone())
                                         .await;
-                                    write_wipe_out_condition(&ctx, &writes, &api, &repo, note).await;
+                                    write_wipe_out_condition(&ctx, writes, &api, &repo, note).await;
                                     Err(Error::Config(e))
                                 }
                             };
