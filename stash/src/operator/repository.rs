@@ -5,7 +5,7 @@
 //! ([`super::wipe`]): only restic's own objects, after the prefix is verified to hold a restic
 //! repository. The finalizer stays until the wipe succeeds; a failure is a Warning event
 //! `WipeOutFailed`, condition `WipeOut` (status `False`, reason `WipeOutFailed`, the error) in
-//! `status.conditions`, and a retry with back-off. A storage Secret that is gone while the
+//! `status.conditions`, and a retry every 5 s. A storage Secret that is gone while the
 //! namespace is being deleted can never come back: the wipe-out is given up (event
 //! `WipeOutAbandoned`, the data stays, the finalizer goes) rather than keeping the namespace
 //! Terminating forever. Annotating the Repository with
