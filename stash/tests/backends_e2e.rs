@@ -861,6 +861,30 @@ async fn a_failing_wipe_out_is_reported_and_can_be_abandoned() {
             && cond.message.contains("stash.appscode.com/abandon-wipe-out"),
         "{cond:?}"
     );
+    // Retried on the controller's interval (5 s), not in a loop driven by its own status
+    // writes.
+    let attempts = || async {
+        kube::Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns)
+            .list(&Default::default())
+            .await
+            .expect("events")
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("WipeOutFailed"))
+            .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+            .sum::<i32>()
+    };
+    let (before, started) = (attempts().await, std::time::Instant::now());
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let retries = attempts().await - before;
+    let per_min = f64::from(retries) * 60.0 / started.elapsed().as_secs_f64();
+    assert!(
+        (1..=8).contains(&retries),
+        "{retries} failed attempts in 20 s"
+    );
+    stash_testenv::report(&format!(
+        "wipeOut failing: {retries} attempts in 20 s ({per_min:.0}/min), condition WipeOut/False/WipeOutFailed"
+    ));
     repos
         .patch(
             "repo",
