@@ -6,6 +6,11 @@
 //! host lists the snapshot of `host-0` at the same repository, and the restored bytes are
 //! identical to the originals; the TLS backends are also restored in the cluster (a
 //! RestoreSession into a new PVC), listed through `kubectl get snapshots`, and wiped out.
+//! wipeOut also: in a bucket with foreign objects (only restic's go), with the bucket's region
+//! found from the endpoint (MinIO with a site region), failing (event, `WipeOut` condition,
+//! retried on an interval, the abandon annotation), and with its storage Secret gone while the
+//! namespace is deleted (the namespace does not stay Terminating). Figures go through
+//! `stash_testenv::report`.
 mod support;
 
 use std::time::Duration;
