@@ -66,8 +66,10 @@ pub struct BackupSessionStatus {
     /// upstream left failed and skipped sessions without a reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// One entry per host that reported.
+    /// One entry per host that reported. A list-map keyed by `hostname`: each host's agent
+    /// owns its own entry (server-side apply), the operator owns the other status fields.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["hostname"]))]
     pub stats: Vec<HostBackupStats>,
 }
 
@@ -75,8 +77,10 @@ pub struct BackupSessionStatus {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HostBackupStats {
-    /// Host name (`host-0`, `host-<ordinal>`, node name).
+    /// Host name (`host-0`, `host-<ordinal>`, node name); `host-0` when absent (upstream's
+    /// errored job-model entry has none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String", extend("default" = "host-0"))]
     pub hostname: Option<String>,
     /// Result of the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -435,7 +435,9 @@ fn every_crd_schema_is_structural() {
                 c.metadata.name.as_deref().unwrap(),
                 v.name
             );
-            let text = s.to_string();
+            // The one default on purpose: the key of the `stats` list-map (a list-map key must be
+            // required or defaulted, and upstream's errored job-model entry has no hostname).
+            let text = s.to_string().replace("\"default\":\"host-0\"", "");
             for bad in [
                 "\"anyOf\"",
                 "\"oneOf\"",

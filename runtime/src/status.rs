@@ -122,6 +122,49 @@ impl StatusWriter {
         Ok(true)
     }
 
+    /// Server-side apply of the status fields this writer owns (`owned`, a JSON object of
+    /// status fields), after checking the phase change against `L`'s table. The apply names
+    /// field manager `manager`, carries the resourceVersion read (a stale read is refused with
+    /// 409) and leaves every field it does not name to its own owner (e.g. the hosts' entries
+    /// of a list-map).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn apply_phase<L, K>(
+        &self,
+        api: &Api<K>,
+        obj: &K,
+        manager: &str,
+        unchanged: bool,
+        owned: serde_json::Value,
+        from: Option<L>,
+        to: L,
+    ) -> Result<bool, StatusError>
+    where
+        L: Lifecycle,
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    {
+        check_transition::<L>(&self.metrics, from, to)?;
+        if unchanged {
+            return Ok(false);
+        }
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "metadata": { "name": obj.name_any(), "resourceVersion": obj.resource_version() },
+            "status": owned,
+        });
+        api.patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+        self.metrics
+            .status_writes
+            .get_or_create(&Metrics::controller(self.controller))
+            .inc();
+        Ok(true)
+    }
+
     /// Like [`StatusWriter::write`], after checking the phase change against `L`'s table.
     pub async fn write_phase<L, K, S>(
         &self,

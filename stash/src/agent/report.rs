@@ -1,9 +1,12 @@
-//! How agents report: the host entries of a session and the Repository status, written
-//! through the status subresource with read-modify-write retried on conflicts (several hosts
-//! report into one status at once).
+//! How agents report: a BackupSession host's own entry by server-side apply (one field manager
+//! per host), RestoreSession entries and the Repository status through the status subresource
+//! with read-modify-write retried on conflicts (several hosts report into one status at once).
 use std::{fmt::Debug, time::Duration};
 
-use kube::{Api, Resource, api::PostParams};
+use kube::{
+    Api, Resource,
+    api::{Patch, PatchParams, PostParams},
+};
 use serde::{Serialize, de::DeserializeOwned};
 use stash_crds::{
     BackupSession, Repository, RestoreSession, backup_session::HostBackupStats,
@@ -35,20 +38,44 @@ where
     }
 }
 
-/// Upsert these hosts' entries (by hostname) in a BackupSession's status.
+/// The field manager of host `hostname`'s entry in a BackupSession's `status.stats`.
+pub fn host_manager(hostname: &str) -> String {
+    format!("stash-host-{hostname}")
+}
+
+/// Write these hosts' entries in a BackupSession's status: each entry by server-side apply,
+/// as its own field manager (`stats` is a list-map keyed by `hostname`, so the API server merges
+/// the entry in and leaves the other hosts' entries and the operator's fields alone). Conflicts
+/// cannot arise between hosts; a transient error is retried a few times.
 pub async fn upsert_backup_hosts(
     api: &Api<BackupSession>,
     name: &str,
     entries: &[HostBackupStats],
 ) -> Result<(), kube::Error> {
-    update_status(api, name, |s| {
-        let status = s.status.get_or_insert_with(Default::default);
-        for e in entries {
-            status.stats.retain(|h| h.hostname != e.hostname);
-            status.stats.push(e.clone());
+    for e in entries {
+        let host = e.hostname.clone().unwrap_or_else(|| "host-0".into());
+        let mut entry = e.clone();
+        entry.hostname = Some(host.clone());
+        let patch = serde_json::json!({
+            "apiVersion": "stash.appscode.com/v1beta1",
+            "kind": "BackupSession",
+            "metadata": { "name": name },
+            "status": { "stats": [entry] },
+        });
+        let params = PatchParams::apply(&host_manager(&host)).force();
+        let mut attempt = 0;
+        loop {
+            match api.patch_status(name, &params, &Patch::Apply(&patch)).await {
+                Ok(_) => break,
+                Err(kube::Error::Api(err)) if err.code >= 500 && attempt < 5 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(err) => return Err(err),
+            }
         }
-    })
-    .await
+    }
+    Ok(())
 }
 
 /// Upsert these hosts' entries (by hostname) in a RestoreSession's status.

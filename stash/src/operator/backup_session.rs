@@ -26,7 +26,10 @@ use stash_machines::{
         TargetModel,
     },
 };
-use stash_runtime::{Action, Reconcile, StatusWriter};
+use stash_runtime::{Action, Reconcile, StatusWriter, status::StatusError};
+
+/// The field manager of the operator's BackupSession status fields (server-side apply).
+pub const STATUS_MANAGER: &str = "stash-operator";
 
 use super::{Ctx, Error};
 use crate::target::WorkloadKind;
@@ -265,8 +268,22 @@ impl Reconcile<BackupSession> for BackupSessions {
                     if patch.reason.is_some() {
                         desired.reason = patch.reason.clone();
                     }
+                    // The operator owns every status field but the hosts' entries (`stats`, a
+                    // list-map each host's agent applies its own entry of).
+                    let mut owned = serde_json::to_value(&desired).map_err(StatusError::from)?;
+                    if let Some(o) = owned.as_object_mut() {
+                        o.remove("stats");
+                    }
                     writer
-                        .write_phase(&api, bs.as_ref(), status, &desired, obs.phase, patch.phase)
+                        .apply_phase(
+                            &api,
+                            bs.as_ref(),
+                            STATUS_MANAGER,
+                            status == Some(&desired),
+                            owned,
+                            obs.phase,
+                            patch.phase,
+                        )
                         .await?;
                 }
                 Effect::Emit(ev) => ctx.events.publish_record(&reference, ev).await,

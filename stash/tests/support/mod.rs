@@ -384,7 +384,9 @@ pub fn restic(repo: &str, password: &str) -> Command {
         .env("HOME", "/tmp")
         .env("RESTIC_REPOSITORY", repo)
         .env("RESTIC_PASSWORD", password)
-        .arg("--no-cache");
+        .arg("--no-cache")
+        // An agent may still hold a lock (a prune after its report): wait for it, bounded.
+        .args(["--retry-lock", "2m"]);
     cmd
 }
 
