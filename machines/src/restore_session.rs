@@ -265,6 +265,10 @@ fn pending(obs: &Observation) -> Decision<Phase> {
             obs.policy.deadline.as_secs()
         ));
     }
+    // The API refused the Job for good: retrying cannot help.
+    if let Some(JobState::Rejected { message }) = &obs.job {
+        return fail(format!("could not create the restore Job: {message}"));
+    }
     // The operator crashed between creating the Job and writing `Running`, and the Job ended.
     if let Some(JobState::Failed { .. } | JobState::Succeeded) = &obs.job {
         return fail("the restore Job ended before the session was marked Running".into());

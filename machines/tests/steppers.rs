@@ -283,3 +283,19 @@ fn permanent_and_transient_api_errors() {
         assert!(!api_error_is_permanent(code), "{code}");
     }
 }
+
+#[test]
+fn a_restore_job_the_api_refuses_for_good_fails_the_restore() {
+    let mut o = restore(&["host-0"], vec![]);
+    o.model = rs::TargetModel::Job;
+    o.job = Some(JobState::Rejected {
+        message: "Job.batch \"x\" is invalid".into(),
+    });
+    let d = rs::decide(&o);
+    assert_eq!(d.phase, rs::Phase::Failed);
+    assert_eq!(
+        d.status().and_then(|s| s.reason.clone()).as_deref(),
+        Some("could not create the restore Job: Job.batch \"x\" is invalid")
+    );
+    assert!(!d.effects.contains(&Effect::CreateRestoreJob));
+}

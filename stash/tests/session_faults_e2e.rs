@@ -457,3 +457,51 @@ async fn a_job_the_api_refuses_for_good_fails_the_session_at_once_and_long_names
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemonset_restore_waits_only_for_the_nodes_the_daemonset_runs_on() {
+    use stash_crds::{RestoreSession, restore_session::Phase as RestorePhase};
+    let env = env().await;
+    let client = env.cp.client();
+    let f = fixture_with_password("ds-restore", PASSWORD).await;
+    let ns = f.ns.name.clone();
+    // A DaemonSet that runs on no node (its node selector matches none): nothing to restore.
+    apply(&client, &ns, json!({
+        "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                 "template": {"metadata": {"labels": {"app": "agent"}},
+                              "spec": {"nodeSelector": {"stash-rs.test/nowhere": "true"},
+                                       "containers": [{"name": "agent", "image": "busybox", "command": ["sleep", "3600"],
+                                                       "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}],
+                                       "volumes": [{"name": "data", "emptyDir": {}}]}}}
+    }))
+    .await;
+    apply(&client, &ns, json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "RestoreSession", "metadata": {"name": "nowhere"},
+        "spec": {"repository": {"name": "repo"},
+                 "target": {"ref": {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "agent"},
+                            "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]},
+                 "rules": [{"paths": ["/source/data"]}]}
+    }))
+    .await;
+    let api = Api::<RestoreSession>::namespaced(client.clone(), &ns);
+    let s = eventually("the restore to end", Duration::from_secs(60), || {
+        let api = api.clone();
+        async move {
+            let s = api.get("nowhere").await.ok()?;
+            s.status
+                .as_ref()?
+                .phase
+                .is_some_and(|p| p != RestorePhase::Pending && p != RestorePhase::Running)
+                .then_some(s)
+        }
+    })
+    .await;
+    let status = s.status.expect("status");
+    assert_eq!(status.phase, Some(RestorePhase::Failed), "{status:?}");
+    assert_eq!(
+        status.reason.as_deref(),
+        Some("no hosts to restore"),
+        "{status:?}"
+    );
+}

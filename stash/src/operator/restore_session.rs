@@ -2,7 +2,10 @@
 //! (stash-api.md §5.8, §7.3, decision 2).
 use std::{sync::Arc, time::Duration};
 
-use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Node};
+use k8s_openapi::api::{
+    apps::v1::{DaemonSet, StatefulSet},
+    core::v1::{Node, Pod},
+};
 use kube::{
     Api, Resource, ResourceExt,
     api::ListParams,
@@ -17,7 +20,7 @@ use stash_machines::{
     Effect,
     restore_session::{self as machine, HostReport, Observation, TargetModel},
 };
-use stash_runtime::{Action, Reconcile, StatusWriter, events::Severity};
+use stash_runtime::{Action, Reconcile, StatusWriter};
 
 use super::{Ctx, Error};
 use crate::target::WorkloadKind;
@@ -50,13 +53,35 @@ async fn target_hosts(
             (TargetModel::Workload, numbered(replicas))
         }
         (Driver::Restic, Some(WorkloadKind::DaemonSet)) => {
-            let nodes = Api::<Node>::all(ctx.client.clone())
-                .list(&ListParams::default())
-                .await?;
-            (
-                TargetModel::Workload,
-                nodes.into_iter().map(|n| n.name_any()).collect(),
-            )
+            // The nodes the DaemonSet runs on (its pods' nodes), not every Node of the cluster.
+            let name = target.target_ref.name.clone().unwrap_or_default();
+            let labels = Api::<DaemonSet>::namespaced(ctx.client.clone(), ns)
+                .get_opt(&name)
+                .await?
+                .and_then(|d| d.spec)
+                .and_then(|s| s.selector.match_labels)
+                .unwrap_or_default();
+            let nodes: std::collections::BTreeSet<String> = if labels.is_empty() {
+                Api::<Node>::all(ctx.client.clone())
+                    .list(&ListParams::default())
+                    .await?
+                    .into_iter()
+                    .map(|n| n.name_any())
+                    .collect()
+            } else {
+                let selector = labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                Api::<Pod>::namespaced(ctx.client.clone(), ns)
+                    .list(&ListParams::default().labels(&selector))
+                    .await?
+                    .into_iter()
+                    .filter_map(|p| p.spec.and_then(|s| s.node_name))
+                    .collect()
+            };
+            (TargetModel::Workload, nodes.into_iter().collect())
         }
         (Driver::Restic, Some(_)) => (TargetModel::Workload, vec!["host-0".into()]),
         (Driver::Restic, None) => (TargetModel::Job, numbered(target.replicas.unwrap_or(1))),
@@ -122,8 +147,9 @@ impl RestoreSessions {
             now: u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0),
             policy: ctx.policy,
         };
-        let decision = machine::decide(&obs);
-        if let Some(rejection) = decision.rejection {
+        let mut obs = obs;
+        let mut decision = machine::decide(&obs);
+        if let Some(rejection) = &decision.rejection {
             tracing::error!(session = %rs.name_any(), %rejection, "BUG: the machine's event was rejected");
         }
         let writer = StatusWriter::new(ctx.metrics.clone(), "restoresession");
@@ -134,7 +160,8 @@ impl RestoreSessions {
         } else {
             Action::requeue(ctx.policy.poll)
         };
-        for effect in decision.effects {
+        let mut effects = std::mem::take(&mut decision.effects).into_iter();
+        while let Some(effect) = effects.next() {
             match effect {
                 Effect::WriteStatus(patch) => {
                     let mut desired = status.cloned().unwrap_or_default();
@@ -160,7 +187,7 @@ impl RestoreSessions {
                     let op = crate::jobs::inputs::OperatorInputs {
                         pushgateway_url: ctx.inject.pushgateway_url.clone(),
                     };
-                    match crate::jobs::restore::ensure_jobs(
+                    let message = match crate::jobs::restore::ensure_jobs(
                         &ctx.client,
                         &ctx.inject.image,
                         &op,
@@ -168,30 +195,22 @@ impl RestoreSessions {
                     )
                     .await
                     {
-                        Ok(()) => {}
-                        Err(crate::jobs::JobError::Kube(e)) => return Err(e.into()),
-                        Err(e) => {
-                            let reason = format!("could not create the restore Job: {e}");
-                            let mut desired = status.cloned().unwrap_or_default();
-                            desired.phase = Some(machine::Phase::Failed);
-                            desired.reason = Some(reason.clone());
-                            writer
-                                .write_phase(
-                                    &api,
-                                    rs.as_ref(),
-                                    status,
-                                    &desired,
-                                    obs.phase,
-                                    machine::Phase::Failed,
-                                )
-                                .await?;
-                            let failed = stash_machines::reasons::RESTORE_SESSION_FAILED;
-                            ctx.events
-                                .publish(&reference, Severity::Warning, failed, reason)
-                                .await;
-                            return Ok(Action::await_change());
+                        Ok(()) => continue,
+                        // Permanent refusals go back to the machine; the rest is retried.
+                        Err(crate::jobs::JobError::Kube(kube::Error::Api(e)))
+                            if stash_machines::api_error_is_permanent(e.code) =>
+                        {
+                            e.message
                         }
+                        Err(crate::jobs::JobError::Kube(e)) => return Err(e.into()),
+                        Err(e) => e.to_string(),
+                    };
+                    obs.job = Some(stash_machines::JobState::Rejected { message });
+                    decision = machine::decide(&obs);
+                    if decision.phase.is_terminal() {
+                        action = Action::await_change();
                     }
+                    effects = std::mem::take(&mut decision.effects).into_iter();
                 }
                 Effect::CreateBackupJob => {}
             }
