@@ -12,7 +12,9 @@
 //!
 //! Run: `cargo bench -p stash --bench scale` (`STASH_SCALE_CONFIGS`, default 1000;
 //! `STASH_SCALE_SESSIONS`, default 10000; `STASH_SCALE_TIMEOUT` in seconds for each wait,
-//! default 900). Not a timed test: it reports, it does not assert.
+//! default 900). The configurations share one Repository that has had backups (the steady
+//! state); `STASH_SCALE_FRESH_REPOSITORY=1` leaves it never backed up, the worst case. Not a
+//! timed test: it reports, it does not assert.
 use std::{
     collections::{HashMap, HashSet},
     sync::{
@@ -235,6 +237,22 @@ async fn run(configs: usize, sessions: usize, timeout: Duration) {
     }))
     .await;
 
+    // The Repository has had backups (the steady state): a session's observation then needs
+    // no other configuration's sessions. `STASH_SCALE_FRESH_REPOSITORY=1` keeps it never
+    // backed up, the worst case (every session looks at every configuration sharing it).
+    if std::env::var("STASH_SCALE_FRESH_REPOSITORY").is_ok_and(|v| v == "1") {
+        println!("the Repository has never been backed up into (worst case)");
+    } else {
+        let now = jiff::Timestamp::now().to_string();
+        let backed_up =
+            Patch::Merge(json!({"status": {"firstBackupTime": now, "lastBackupTime": now}}));
+        let repos = Api::<stash_crds::Repository>::namespaced(client.clone(), &ns_name);
+        retried("Repository status", || {
+            repos.patch_status("repo", &PATCH, &backed_up)
+        })
+        .await;
+    }
+
     // The configurations: job model (a PVC target, the built-in Task), then paused.
     let bcs = Api::<BackupConfiguration>::namespaced(client.clone(), &ns_name);
     let t = Instant::now();
@@ -430,7 +448,7 @@ async fn run(configs: usize, sessions: usize, timeout: Duration) {
     }
     println!(
         "{:<58} {:>12.1} s",
-        "namespace deleted (1,000 finalizers removed by the operator)",
+        format!("namespace deleted ({configs} finalizers removed by the operator)"),
         t.elapsed().as_secs_f64()
     );
     let back = loop {
