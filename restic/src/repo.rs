@@ -441,6 +441,34 @@ impl Repo {
         }
     }
 
+    /// `snapshots --no-lock` with `filter`, creating the repository first when there is none:
+    /// one restic invocation (one key derivation) for an existing repository where
+    /// [`Repo::ensure_initialized`] followed by [`Repo::snapshots`] takes two. Like
+    /// `ensure_initialized`, a wrong password or an unreachable backend is an error and never
+    /// leads to `init`. Returns whether the repository was created (then it holds no
+    /// snapshots) and the snapshots found.
+    pub async fn snapshots_or_init(
+        &self,
+        filter: &SnapshotFilter,
+    ) -> Result<(bool, Vec<Snapshot>)> {
+        let filter = SnapshotFilter {
+            no_lock: true,
+            ..filter.clone()
+        };
+        match self.snapshots(&filter).await {
+            Ok(s) => Ok((false, s)),
+            Err(Error::RepositoryNotFound { .. }) => match self.init().await {
+                Ok(()) => Ok((true, Vec::new())),
+                // Someone else initialised it in the meantime: fine if it now opens.
+                Err(e) => match self.snapshots(&filter).await {
+                    Ok(s) => Ok((false, s)),
+                    Err(_) => Err(e),
+                },
+            },
+            Err(e) => Err(e),
+        }
+    }
+
     fn backup_args(host: &str, tags: &[String]) -> Vec<OsString> {
         let mut a = args(["--quiet", "--json", "--host", host]);
         for t in tags {

@@ -1,5 +1,7 @@
-//! One host's backup, in Stash's order (stash-api.md §7.4): ensure the repository, back up
-//! each directory with `--host`, check, forget with the retention policy, stats.
+//! One host's backup (stash-api.md §7.4): open the repository (initialising it when there is
+//! none) while looking up this session's snapshots, back up each directory with `--host`;
+//! after the host's report: check (on its own schedule, [`check_due`]), forget with the
+//! retention policy, stats.
 use std::path::PathBuf;
 
 use stash_crds::{BackupConfiguration, Repository, backend::BackendKind};
@@ -129,16 +131,27 @@ pub fn retry_budget_from_env() -> std::time::Duration {
 }
 
 fn parse_retry_budget(v: Option<&str>) -> std::time::Duration {
+    parse_duration(v, RETRY_BUDGET_ENV, DEFAULT_RETRY_BUDGET, false)
+}
+
+/// A humantime duration from the environment variable `name` (value `v`): `default` when it is
+/// unset, empty, unparsable (logged) or zero while `zero_ok` is false.
+fn parse_duration(
+    v: Option<&str>,
+    name: &str,
+    default: std::time::Duration,
+    zero_ok: bool,
+) -> std::time::Duration {
     match v.map(str::trim).filter(|v| !v.is_empty()) {
-        None => DEFAULT_RETRY_BUDGET,
+        None => default,
         Some(v) => match humantime::parse_duration(v) {
-            Ok(d) if !d.is_zero() => d,
+            Ok(d) if zero_ok || !d.is_zero() => d,
             _ => {
                 tracing::warn!(
                     value = v,
-                    "{RETRY_BUDGET_ENV} is not a positive duration; using the default"
+                    "{name} is not a valid duration; using the default"
                 );
-                DEFAULT_RETRY_BUDGET
+                default
             }
         },
     }
@@ -160,20 +173,60 @@ pub fn retention(p: &stash_crds::common::RetentionPolicy) -> restic::RetentionPo
     }
 }
 
-/// Run the whole sequence for `session`. Errors are user-facing text (restic's reason, secrets
-/// scrubbed). The host's steps are decided by [`stash_machines::backup_host`]: snapshots carry
-/// the session's tag, a directory that already has one for this session is reported, not backed
-/// up again, and nothing after the snapshots can fail the host (it becomes a warning).
+/// The environment variable that sets how often the sidecar runs `restic check` after a
+/// backup (humantime, e.g. `6h`; `0s` checks after every backup). Set it through
+/// `runtimeSettings.container.env` of the BackupConfiguration.
+pub const CHECK_INTERVAL_ENV: &str = "STASH_CHECK_INTERVAL";
+
+/// Default interval between two integrity checks of one agent.
+pub const DEFAULT_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// The check interval from [`CHECK_INTERVAL_ENV`], else [`DEFAULT_CHECK_INTERVAL`] (an
+/// unparsable value is logged and ignored).
+pub fn check_interval_from_env() -> std::time::Duration {
+    parse_check_interval(std::env::var(CHECK_INTERVAL_ENV).ok().as_deref())
+}
+
+fn parse_check_interval(v: Option<&str>) -> std::time::Duration {
+    parse_duration(v, CHECK_INTERVAL_ENV, DEFAULT_CHECK_INTERVAL, true)
+}
+
+/// Whether this backup's follow-up runs `restic check`: when the Repository reports no
+/// integrity yet or a failed one (so a repaired repository is noticed at the next backup),
+/// when this agent has not checked since it started, or when its last check is `interval`
+/// old or older.
+pub fn check_due(
+    reported_integrity: Option<bool>,
+    since_last_check: Option<std::time::Duration>,
+    interval: std::time::Duration,
+) -> bool {
+    reported_integrity != Some(true) || since_last_check.is_none_or(|d| d >= interval)
+}
+
+/// The snapshots of one host's backup, and the restic handle for the follow-up steps.
+#[derive(Debug)]
+pub struct Snapshotted {
+    /// One per directory.
+    pub snapshots: Vec<SnapshotResult>,
+    repo: restic::Repo,
+}
+
+/// Take `session`'s snapshots of this host. Errors are user-facing text (restic's reason,
+/// secrets scrubbed). The host's steps are decided by [`stash_machines::backup_host`]:
+/// snapshots carry the session's tag, a directory that already has one for this session is
+/// reported, not backed up again. One restic invocation opens the repository and looks the
+/// tag up (`snapshots --tag … --host …`; a repository that does not exist is initialised
+/// instead, and then holds no snapshot of the session), then one `backup` per directory.
+/// What follows the snapshots is [`follow_up`], after the host's report.
 pub async fn run(
     repo: &Repository,
     bc: &BackupConfiguration,
     host: &str,
     session: &str,
     settings: &Settings,
-) -> Result<BackupOutcome, String> {
+) -> Result<Snapshotted, String> {
     use stash_machines::backup_host::{self as plan, HostObservation, HostStep};
     let r = open(repo, settings)?;
-    r.ensure_initialized().await.map_err(|e| e.to_string())?;
     let directories: Vec<String> = bc
         .spec
         .target
@@ -184,14 +237,14 @@ pub async fn run(
         return Err("BackupConfiguration has no spec.target.directories".into());
     }
     let tag = plan::session_tag(session);
-    let tagged = r
-        .snapshots(&restic::SnapshotFilter {
+    let (_created, tagged) = r
+        .snapshots_or_init(&restic::SnapshotFilter {
             hosts: vec![host.to_string()],
             tags: vec![tag.clone()],
             ..Default::default()
         })
         .await
-        .map_err(|e| format!("snapshots: {e}"))?;
+        .map_err(|e| e.to_string())?;
     let obs = HostObservation {
         running: true,
         reported: false,
@@ -242,44 +295,64 @@ pub async fn run(
             files_unmodified: s.files_unmodified,
         });
     }
-    // After the snapshots: nothing here may lose them.
-    use stash_machines::backup_host::AfterSnapshot;
+    Ok(Snapshotted { snapshots, repo: r })
+}
+
+/// The steps after the snapshots, run once the host has reported (the session's outcome does
+/// not depend on them): `check` when `check` is set, `forget` with the retention policy, `stats`,
+/// and the snapshot count (from `forget`'s groups when it ran, else `snapshots`). Nothing here
+/// can lose the snapshots: a failed step is a warning and its figure `None`.
+pub async fn follow_up(s: Snapshotted, bc: &BackupConfiguration, check: bool) -> BackupOutcome {
+    use stash_machines::backup_host::{self as plan, AfterSnapshot};
+    let r = &s.repo;
     let outcome = |e: Option<String>| e.map_or(AfterSnapshot::Done, AfterSnapshot::Failed);
-    let integrity = r.check(false).await;
-    let policy = retention(&bc.spec.retention_policy.clone().unwrap_or_default());
-    let removed = if policy.is_empty() {
-        Ok(0)
+    let integrity = if check {
+        Some(r.check(false).await)
     } else {
-        r.forget(&policy).await.map(|f| f.removed)
+        None
+    };
+    let policy = retention(&bc.spec.retention_policy.clone().unwrap_or_default());
+    let forgot = if policy.is_empty() {
+        None
+    } else {
+        Some(r.forget(&policy).await)
     };
     let stats = r.stats().await;
-    let count = r.snapshots(&restic::SnapshotFilter::default()).await;
-    let warnings = plan::after_snapshot(&[
-        (
-            "check",
-            outcome(integrity.as_ref().err().map(|e| e.to_string())),
-        ),
-        (
-            "forget",
-            outcome(removed.as_ref().err().map(|e| e.to_string())),
-        ),
-        (
-            "stats",
-            outcome(stats.as_ref().err().map(|e| e.to_string())),
-        ),
-        (
-            "snapshots",
-            outcome(count.as_ref().err().map(|e| e.to_string())),
-        ),
-    ]);
-    Ok(BackupOutcome {
-        snapshots,
-        integrity: integrity.ok(),
-        snapshot_count: count.ok().map(|c| c.len() as u64),
-        snapshots_removed: removed.ok().map(|r| r as u64),
+    // forget lists every snapshot it keeps (no host filter: every group); its output is empty
+    // only when the repository holds none, and then `snapshots` says so. A dry run removes
+    // nothing, so its list is not the repository's.
+    let count = match &forgot {
+        Some(Ok(f)) if !f.groups.is_empty() && !policy.dry_run => Ok(f.kept as u64),
+        _ => r
+            .snapshots(&restic::SnapshotFilter {
+                no_lock: true,
+                ..Default::default()
+            })
+            .await
+            .map(|c| c.len() as u64),
+    };
+    let err = |e: &restic::Error| Some(e.to_string());
+    let mut steps = Vec::new();
+    if let Some(i) = &integrity {
+        steps.push(("check", outcome(i.as_ref().err().and_then(err))));
+    }
+    if let Some(f) = &forgot {
+        steps.push(("forget", outcome(f.as_ref().err().and_then(err))));
+    }
+    steps.push(("stats", outcome(stats.as_ref().err().and_then(err))));
+    steps.push(("snapshots", outcome(count.as_ref().err().and_then(err))));
+    let warnings = plan::after_snapshot(&steps);
+    BackupOutcome {
+        snapshots: s.snapshots,
+        integrity: integrity.and_then(Result::ok),
+        snapshot_count: count.ok(),
+        snapshots_removed: match forgot {
+            None => Some(0),
+            Some(f) => f.ok().map(|f| f.removed as u64),
+        },
         repository_size: stats.ok().map(|s| s.total_size),
         warnings,
-    })
+    }
 }
 
 /// A directory as restic records it: without a trailing slash (but `/` stays `/`).
@@ -301,5 +374,26 @@ mod tests {
         assert_eq!(parse_retry_budget(Some("2m")), Duration::from_secs(120));
         assert_eq!(parse_retry_budget(Some("0s")), DEFAULT_RETRY_BUDGET);
         assert_eq!(parse_retry_budget(Some("soon")), DEFAULT_RETRY_BUDGET);
+    }
+
+    #[test]
+    fn the_check_runs_on_its_own_schedule() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!(parse_check_interval(None), DEFAULT_CHECK_INTERVAL);
+        assert_eq!(
+            parse_check_interval(Some("6h")),
+            Duration::from_secs(6 * 3600)
+        );
+        assert_eq!(parse_check_interval(Some("0s")), Duration::ZERO);
+        assert_eq!(parse_check_interval(Some("often")), DEFAULT_CHECK_INTERVAL);
+        // Unknown or failed integrity, or no check since the agent started: check now.
+        assert!(check_due(None, Some(Duration::ZERO), day));
+        assert!(check_due(Some(false), Some(Duration::ZERO), day));
+        assert!(check_due(Some(true), None, day));
+        // A recent good check: not again until the interval has passed.
+        assert!(!check_due(Some(true), Some(Duration::from_secs(60)), day));
+        assert!(check_due(Some(true), Some(day), day));
+        // Interval 0: after every backup.
+        assert!(check_due(Some(true), Some(Duration::ZERO), Duration::ZERO));
     }
 }

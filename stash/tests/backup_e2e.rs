@@ -101,18 +101,25 @@ fn assert_restores_identically(repo: &str, host: &str, source: &std::path::Path)
     );
 }
 
+/// The Repository status agrees with restic once the agent has written it: the sidecar
+/// reports its host first and updates the Repository after its follow-up steps (forget,
+/// stats, check), so the figures may trail the session's `Succeeded` by a few seconds.
 async fn repository_agrees_with_restic(ns: &str, repo: &str) {
-    let r = Api::<Repository>::namespaced(env().await.cp.client(), ns)
-        .get("repo")
-        .await
-        .expect("repo");
-    let status = r.status.expect("repository status");
+    let api = Api::<Repository>::namespaced(env().await.cp.client(), ns);
     let count = restic_snapshots(repo, PASSWORD).len() as i32;
-    assert_eq!(
-        status.snapshot_count,
-        Some(count),
-        "Repository status agrees with restic"
-    );
+    let status = eventually(
+        "the Repository status to agree with restic",
+        Duration::from_secs(60),
+        || {
+            let api = api.clone();
+            async move {
+                let status = api.get("repo").await.ok()?.status?;
+                (status.snapshot_count == Some(count)).then_some(status)
+            }
+        },
+    )
+    .await;
+    // The first backup into a repository is always checked (integrity unknown until then).
     assert_eq!(status.integrity, Some(true));
     assert!(status.last_backup_time.is_some() && status.first_backup_time.is_some());
     assert!(status.size.as_deref().is_some_and(|s| !s.is_empty()));
@@ -409,11 +416,22 @@ async fn retention_keeps_the_two_newest_snapshots() {
         kept, newest,
         "restic keeps exactly the snapshots of the last two sessions (all: {ids:?})"
     );
-    let r = Api::<Repository>::namespaced(client.clone(), &ns)
-        .get("repo")
-        .await
-        .expect("repo");
-    let status = r.status.expect("repository status");
+    // The sidecar writes the Repository status after its report (forget, stats, check first).
+    let repos = Api::<Repository>::namespaced(client.clone(), &ns);
+    let status = eventually(
+        "the Repository status after the fourth backup",
+        Duration::from_secs(60),
+        || {
+            let repos = repos.clone();
+            async move {
+                let status = repos.get("repo").await.ok()?.status?;
+                (status.snapshot_count == Some(2)
+                    && status.snapshots_removed_on_last_cleanup == Some(1))
+                .then_some(status)
+            }
+        },
+    )
+    .await;
     assert_eq!(status.snapshot_count, Some(2), "{status:?}");
     assert_eq!(
         status.snapshots_removed_on_last_cleanup,

@@ -82,28 +82,42 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     };
     let workload = target.target_ref.name.clone().unwrap_or_default();
 
-    // Wait for the operator to start the session; a terminal session or a host that already
-    // reported means there is nothing to do (a restarted pod).
-    let rs = loop {
-        let rs = sessions.get(&opts.restore_session).await?;
-        let status = rs.status.clone().unwrap_or_default();
-        if status
-            .stats
-            .iter()
-            .any(|s| s.hostname.as_deref() == Some(host.as_str()))
-        {
-            tracing::info!(%host, "this host already restored; nothing to do");
-            return Ok(());
-        }
-        match status.phase {
-            Some(Phase::Running) => break rs,
-            Some(Phase::Succeeded | Phase::Failed | Phase::Unknown) => {
-                tracing::info!(phase = ?status.phase, "the RestoreSession has ended; nothing to do");
-                return Ok(());
-            }
-            _ => tokio::time::sleep(Duration::from_secs(1)).await,
+    // Wait (a watch, not a poll) for the operator to start the session; a terminal session
+    // or a host that already reported means there is nothing to do (a restarted pod).
+    let decided = |rs: Option<&RestoreSession>| match rs {
+        None => true,
+        Some(rs) => {
+            let status = rs.status.clone().unwrap_or_default();
+            status
+                .stats
+                .iter()
+                .any(|s| s.hostname.as_deref() == Some(host.as_str()))
+                || matches!(
+                    status.phase,
+                    Some(Phase::Running | Phase::Succeeded | Phase::Failed | Phase::Unknown)
+                )
         }
     };
+    let rs = if decided(Some(&rs)) {
+        rs
+    } else {
+        kube::runtime::wait::await_condition(sessions.clone(), &opts.restore_session, decided)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("RestoreSession {} was deleted", opts.restore_session))?
+    };
+    let status = rs.status.clone().unwrap_or_default();
+    if status
+        .stats
+        .iter()
+        .any(|s| s.hostname.as_deref() == Some(host.as_str()))
+    {
+        tracing::info!(%host, "this host already restored; nothing to do");
+        return Ok(());
+    }
+    if status.phase != Some(Phase::Running) {
+        tracing::info!(phase = ?status.phase, "the RestoreSession has ended; nothing to do");
+        return Ok(());
+    }
     let lock = (opts.restore_model != "job").then(|| {
         let name = format!(
             "lock-{}-{workload}-restore",

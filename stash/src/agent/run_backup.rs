@@ -2,8 +2,9 @@
 //!
 //! Watches the BackupSessions of its BackupConfiguration; for each one the operator has set
 //! `Running` that has no entry for this host yet, it takes the workload's backup lock (a
-//! Lease), runs the restic sequence (§7.4) and records the outcome: this host's entry in the
-//! session status, the Repository status, and events. A backup failure is recorded as a
+//! Lease), takes the snapshots and reports this host's entry in the session status at once;
+//! then (still holding the lock) runs the follow-up steps (forget, stats, and `check` on its
+//! own schedule, [`backup::check_due`]) and writes the Repository status, and events. A backup failure is recorded as a
 //! `Failed` entry with the reason; it never crashes the container.
 use std::{collections::BTreeSet, path::PathBuf, time::Duration};
 
@@ -89,6 +90,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
     let events = Events::new(client.clone(), &format!("stash-sidecar-{}", opts.pod_name));
     let mut done: BTreeSet<String> = BTreeSet::new();
+    let check_interval = backup::check_interval_from_env();
+    let mut last_check: Option<std::time::Instant> = None;
     let stream = watcher(
         sessions.clone(),
         watcher::Config::default().labels(&selector),
@@ -113,7 +116,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let fresh = sessions.get(&session.name_any()).await?;
         if needs_backup(&fresh, &host) {
             let bc = bcs.get(&opts.backup_configuration).await?;
-            backup_one(&client, &events, &opts, &bc, &fresh, &host).await;
+            let check = |integrity: Option<bool>| {
+                backup::check_due(integrity, last_check.map(|t| t.elapsed()), check_interval)
+            };
+            if backup_one(&client, &events, &opts, &bc, &fresh, &host, check).await {
+                last_check = Some(std::time::Instant::now());
+            }
         }
         done.insert(session.name_any());
         leadership.release().await;
@@ -136,6 +144,10 @@ fn needs_backup(session: &BackupSession, host: &str) -> bool {
     decide(&obs) != HostStep::Idle
 }
 
+/// One host's backup of `session`: the snapshots, the host's report (what the session waits
+/// for), then the follow-up steps and the Repository status. `check` decides from the
+/// Repository's reported integrity whether this follow-up runs `restic check`; returns whether
+/// it did.
 async fn backup_one(
     client: &Client,
     events: &Events,
@@ -143,7 +155,8 @@ async fn backup_one(
     bc: &BackupConfiguration,
     session: &BackupSession,
     host: &str,
-) {
+    check: impl Fn(Option<bool>) -> bool,
+) -> bool {
     let ns = opts.namespace.clone();
     let started = std::time::Instant::now();
     let repo_name = bc
@@ -153,8 +166,10 @@ async fn backup_one(
         .map(|r| r.name.clone())
         .unwrap_or_default();
     let repos = Api::<Repository>::namespaced(client.clone(), &ns);
-    let outcome = match repos.get(&repo_name).await {
+    let mut reported_integrity = None;
+    let snapshotted = match repos.get(&repo_name).await {
         Ok(repo) => {
+            reported_integrity = repo.status.as_ref().and_then(|s| s.integrity);
             let settings = backup::Settings {
                 secret_dir: opts.secret_dir.clone(),
                 scratch_dir: opts.scratch_dir.clone(),
@@ -167,25 +182,13 @@ async fn backup_one(
     };
     let duration = started.elapsed();
     let reference = session.object_ref(&());
-    if opts.metrics_enabled {
-        let target = bc.spec.target.clone().unwrap_or_default().target_ref;
-        let group = crate::metrics::backup_group(
-            &bc.name_any(),
-            target.kind.as_deref().unwrap_or_default(),
-            target.name.as_deref().unwrap_or_default(),
-            host,
-            duration,
-            outcome.as_ref().ok(),
-        );
-        crate::metrics::push_logged(&opts.pushgateway_url, &group).await;
-    }
-    let entry = match &outcome {
-        Ok(o) => HostBackupStats {
+    let entry = match &snapshotted {
+        Ok(s) => HostBackupStats {
             hostname: Some(host.into()),
             phase: Some(HostPhase::Succeeded),
             duration: Some(GoDuration(duration)),
             error: None,
-            snapshots: o.snapshots.iter().map(snapshot_stats).collect(),
+            snapshots: s.snapshots.iter().map(snapshot_stats).collect(),
         },
         Err(e) => HostBackupStats {
             hostname: Some(host.into()),
@@ -216,8 +219,22 @@ async fn backup_one(
             Err(e) => tracing::error!(error = %e, "could not record this host's result"),
         }
     }
-    match outcome {
-        Ok(o) => {
+    let target = bc.spec.target.clone().unwrap_or_default().target_ref;
+    let push = |outcome: Option<backup::BackupOutcome>| async move {
+        if opts.metrics_enabled {
+            let group = crate::metrics::backup_group(
+                &bc.name_any(),
+                target.kind.as_deref().unwrap_or_default(),
+                target.name.as_deref().unwrap_or_default(),
+                host,
+                duration,
+                outcome.as_ref(),
+            );
+            crate::metrics::push_logged(&opts.pushgateway_url, &group).await;
+        }
+    };
+    match snapshotted {
+        Ok(s) => {
             events
                 .publish(
                     &reference,
@@ -226,6 +243,9 @@ async fn backup_one(
                     format!("backup of host {host} succeeded"),
                 )
                 .await;
+            // After the report: the session's outcome does not depend on these steps.
+            let checked = check(reported_integrity);
+            let o = backup::follow_up(s, bc, checked).await;
             for w in &o.warnings {
                 tracing::warn!(warning = %w, "backup succeeded with a failed follow-up step");
                 events
@@ -247,6 +267,8 @@ async fn backup_one(
             if let Err(e) = super::report::record_backup(&repos, &repo_name, &report).await {
                 tracing::warn!(error = %e, "could not update the Repository status");
             }
+            push(Some(o)).await;
+            checked
         }
         Err(e) => {
             events
@@ -257,6 +279,8 @@ async fn backup_one(
                     format!("backup of host {host} failed: {e}"),
                 )
                 .await;
+            push(None).await;
+            false
         }
     }
 }
