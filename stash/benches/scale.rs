@@ -209,12 +209,20 @@ async fn run(configs: usize, sessions: usize, timeout: Duration) {
 
     let peak = Arc::new(AtomicU64::new(idle));
     let sampling = Arc::new(AtomicBool::new(true));
+    let gone = Arc::new(AtomicBool::new(false));
     let sampler = {
-        let (peak, sampling) = (peak.clone(), sampling.clone());
+        let (peak, sampling, gone) = (peak.clone(), sampling.clone(), gone.clone());
         tokio::spawn(async move {
             while sampling.load(Ordering::Relaxed) {
-                if let Some(r) = rss_kib(pid) {
-                    peak.fetch_max(r, Ordering::Relaxed);
+                match rss_kib(pid) {
+                    Some(r) => {
+                        peak.fetch_max(r, Ordering::Relaxed);
+                    }
+                    None if !gone.swap(true, Ordering::Relaxed) => println!(
+                        "the operator process {pid} exited (OOMKilled or restarted) at {:.1} MiB peak",
+                        mib(peak.load(Ordering::Relaxed))
+                    ),
+                    None => {}
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -354,6 +362,14 @@ async fn run(configs: usize, sessions: usize, timeout: Duration) {
         if n >= sessions {
             break Some(last_create.elapsed());
         }
+        if last_create.elapsed().as_millis() % 30_000 < 50 {
+            println!(
+                "  {:.0} s after the last create: {n} decided, operator RSS {:.1} MiB (peak {:.1})",
+                last_create.elapsed().as_secs_f64(),
+                mib(rss_kib(pid).unwrap_or(0)),
+                mib(peak.load(Ordering::Relaxed))
+            );
+        }
         if last_create.elapsed() > timeout {
             println!("only {n} of {sessions} sessions decided within {timeout:?}");
             break None;
@@ -396,7 +412,11 @@ async fn run(configs: usize, sessions: usize, timeout: Duration) {
     let reference = t.elapsed();
     let peak_run = peak.load(Ordering::Relaxed);
 
-    let per_session = (after - before) / sessions as f64;
+    if gone.load(Ordering::Relaxed) {
+        println!("the operator process exited during the run: the figures below are partial");
+    }
+    let decided_n = seen.lock().expect("seen").decided.len().max(1);
+    let per_session = (after - before) / decided_n as f64;
     println!();
     println!("{:<58} {:>14} {:>14}", "", "stash-rs", "target");
     println!(
@@ -425,7 +445,7 @@ async fn run(configs: usize, sessions: usize, timeout: Duration) {
     println!(
         "{:<58} {:>14.2}",
         "  … including the pruning deletes",
-        (pruned_requests - before) / sessions as f64
+        (pruned_requests - before) / decided_n as f64
     );
     println!(
         "{:<58} {:>14} {:>14}",
