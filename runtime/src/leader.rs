@@ -32,7 +32,7 @@ pub struct LeaderElection {
     pub lease_duration: Duration,
     /// The holder stops acting when it has not renewed for this long (< `lease_duration`).
     pub renew_deadline: Duration,
-    /// How often the holder renews and a candidate retries; bounds every lease request.
+    /// How often the holder renews and a candidate retries.
     pub renew_every: Duration,
 }
 
@@ -111,14 +111,17 @@ impl LeaderElection {
     }
 
     /// Wait until this replica holds the lease, then keep renewing it in the background.
-    /// Every API call is bounded by the retry period; a holder that cannot renew within the
-    /// renew deadline reports the loss (and must stop acting) before the lease can expire for
+    /// Every attempt is bounded by what is left of the renew deadline; a holder that cannot
+    /// renew within the renew deadline reports the loss (and must stop acting) before the lease can expire for
     /// the others.
     pub async fn acquire(&self, client: Client) -> Result<Leadership, kube::Error> {
         let api: Api<Lease> = Api::namespaced(client, &self.namespace);
         let mut observed: Option<Observed> = None;
         loop {
-            match self.try_acquire(&api, &mut observed).await {
+            match self
+                .try_acquire(&api, &mut observed, self.renew_deadline)
+                .await
+            {
                 Ok(true) => break,
                 Ok(false) => {}
                 Err(e) => {
@@ -135,7 +138,14 @@ impl LeaderElection {
             let mut last_ok = Instant::now();
             loop {
                 tokio::time::sleep(this.renew_every).await;
-                match this.try_acquire(&renew_api, &mut observed).await {
+                // A slow API server may take a while to answer: the attempt may use what is left
+                // of the renew deadline (client-go bounds the renewal by the deadline, not by the
+                // retry period).
+                let left = this.renew_deadline.saturating_sub(last_ok.elapsed());
+                match this
+                    .try_acquire(&renew_api, &mut observed, left.max(Duration::from_secs(1)))
+                    .await
+                {
                     Ok(true) => last_ok = Instant::now(),
                     Ok(false) => {
                         tracing::error!("leader election: the lease was taken by another replica");
@@ -162,13 +172,13 @@ impl LeaderElection {
         })
     }
 
-    /// One attempt, bounded by the retry period: true when we hold the lease afterwards.
+    /// One attempt, bounded by `bound`: true when we hold the lease afterwards.
     async fn try_acquire(
         &self,
         api: &Api<Lease>,
         observed: &mut Option<Observed>,
+        bound: Duration,
     ) -> Result<bool, kube::Error> {
-        let bound = self.renew_every.max(Duration::from_secs(1));
         match tokio::time::timeout(bound, self.attempt(api, observed)).await {
             Ok(r) => r,
             Err(_) => Err(kube::Error::Service(
