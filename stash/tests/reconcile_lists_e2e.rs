@@ -22,7 +22,6 @@ async fn dispatched(client: &Client, schema: &str) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "fails until the BackupSession reconcile reads sessions and configurations from shared stores (issue 12, part 1: operator/backup_session.rs still LISTs per reconcile)"]
 async fn deciding_sessions_issues_no_list() {
     let env = env().await;
     let client = env.cp.client();
@@ -46,7 +45,7 @@ async fn deciding_sessions_issues_no_list() {
     apply(&client, &ns, json!({
         "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration",
         "metadata": {"name": "quiet"},
-        "spec": {"repository": {"name": "repo"}, "schedule": "0 0 1 1 *", "paused": true,
+        "spec": {"repository": {"name": "repo"}, "schedule": "0 0 1 1 *", "paused": true, "backupHistoryLimit": 30,
                  "task": {"name": "pvc-backup"},
                  "target": {"ref": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": "data"}}}
     }))

@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use kube::{
     Api, Resource, ResourceExt,
     api::ListParams,
-    runtime::{Controller, watcher},
+    runtime::{Controller, reflector::Store, watcher},
 };
 use stash_crds::{
     BackupConfiguration, BackupSession, Repository,
@@ -45,6 +45,7 @@ fn created_at<K: Resource>(obj: &K) -> u64 {
 /// that Repository has never received a backup (afterwards nothing is listed).
 async fn observe_repository(
     ctx: &Ctx,
+    sessions: &Store<BackupSession>,
     ns: &str,
     bc: Option<&BackupConfiguration>,
 ) -> Result<RepositoryUse, Error> {
@@ -72,22 +73,32 @@ async fn observe_repository(
         })
         .map(|b| b.name_any())
         .collect();
-    let sessions = Api::<BackupSession>::namespaced(ctx.client.clone(), ns);
-    let mut others = Vec::new();
-    for name in sharing {
-        let selector = format!("{}={name}", consts::BACKUP_CONFIGURATION_LABEL);
-        others.extend(
-            sessions
-                .list(&ListParams::default().labels(&selector))
-                .await?
-                .into_iter()
-                .map(|o| other_session(&o)),
-        );
-    }
+    let others = sharing
+        .iter()
+        .flat_map(|name| sessions_of(sessions, ns, name))
+        .map(|o| other_session(&o))
+        .collect();
     Ok(RepositoryUse {
         initialized: false,
         others,
     })
+}
+
+/// The sessions of configuration `bc` in `ns`, from the controller's watch-fed store (no LIST).
+/// The store applies the watch's events in order, so every session created before the one being
+/// reconciled is in it: the "older pending first" rule holds on this view.
+fn sessions_of(store: &Store<BackupSession>, ns: &str, bc: &str) -> Vec<Arc<BackupSession>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|o| {
+            o.namespace().as_deref() == Some(ns)
+                && o.labels()
+                    .get(consts::BACKUP_CONFIGURATION_LABEL)
+                    .map(String::as_str)
+                    == Some(bc)
+        })
+        .collect()
 }
 
 fn other_session(o: &BackupSession) -> OtherSession {
@@ -161,7 +172,7 @@ fn host_reports(status: Option<&BackupSessionStatus>) -> Vec<HostReport> {
         .collect()
 }
 
-struct BackupSessions(Arc<Ctx>);
+struct BackupSessions(Arc<Ctx>, Store<BackupSession>);
 
 impl Reconcile<BackupSession> for BackupSessions {
     type Error = Error;
@@ -188,24 +199,21 @@ impl Reconcile<BackupSession> for BackupSessions {
             .get_opt(&bc_name)
             .await?;
         let config = observe_config(ctx, &ns, bc.as_ref(), ctx.overlap).await?;
-        // Only a session that could start needs the Repository's other users.
-        let repository = if status
+        // Only a session that could start needs the Repository's other users (a paused
+        // configuration's sessions cannot start).
+        let could_start = status
             .and_then(|s| s.phase)
             .is_none_or(|p| p == Phase::Pending)
-        {
-            observe_repository(ctx, &ns, bc.as_ref()).await?
+            && matches!(config, Config::Found { paused: false, .. });
+        let repository = if could_start {
+            observe_repository(ctx, &self.1, &ns, bc.as_ref()).await?
         } else {
             RepositoryUse::initialized()
         };
-        let others = api
-            .list(
-                &ListParams::default()
-                    .labels(&format!("{}={bc_name}", consts::BACKUP_CONFIGURATION_LABEL)),
-            )
-            .await?
-            .into_iter()
+        let others = sessions_of(&self.1, &ns, &bc_name)
+            .iter()
             .filter(|o| o.uid() != bs.uid())
-            .map(|o| other_session(&o))
+            .map(|o| other_session(o))
             .collect();
         let job = match &config {
             Config::Found {
@@ -327,5 +335,13 @@ pub fn host_succeeded(phase: Option<HostPhase>, error: Option<&str>) -> bool {
 pub async fn run(ctx: Arc<Ctx>) {
     let api = Api::<BackupSession>::all(ctx.client.clone());
     let controller = Controller::new(api, watcher::Config::default());
-    stash_runtime::drive(controller, BackupSessions(ctx.clone()), ctx.metrics.clone()).await;
+    // The controller's own reflector store: the other sessions of a configuration are read
+    // from it, never listed per reconcile.
+    let store = controller.store();
+    stash_runtime::drive(
+        controller,
+        BackupSessions(ctx.clone(), store),
+        ctx.metrics.clone(),
+    )
+    .await;
 }
