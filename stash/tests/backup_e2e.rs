@@ -404,16 +404,24 @@ async fn retention_keeps_the_two_newest_snapshots() {
         started.elapsed().as_secs_f64()
     );
     let repo = f.repo_dir.to_string_lossy().to_string();
-    let snaps = restic_snapshots(&repo, PASSWORD);
-    let mut kept: Vec<String> = snaps
-        .iter()
-        .map(|s| s["short_id"].as_str().expect("short_id").to_string())
-        .collect();
-    kept.sort();
     let mut newest: Vec<String> = ids[2..].to_vec();
     newest.sort();
+    // forget runs after the host's report: wait (bounded) for it, then compare.
+    let kept = || {
+        let mut kept: Vec<String> = restic_snapshots(&repo, PASSWORD)
+            .iter()
+            .map(|s| s["short_id"].as_str().expect("short_id").to_string())
+            .collect();
+        kept.sort();
+        kept
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while kept() != newest && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     assert_eq!(
-        kept, newest,
+        kept(),
+        newest,
         "restic keeps exactly the snapshots of the last two sessions (all: {ids:?})"
     );
     // The sidecar writes the Repository status after its report (forget, stats, check first).
