@@ -472,7 +472,10 @@ async fn run(configs: usize, sessions: usize, timeout: Duration) {
         t.elapsed().as_secs_f64()
     );
     let back = loop {
-        let r = rss_kib(pid).unwrap_or(0);
+        let Some(r) = rss_kib(pid) else {
+            println!("the operator process {pid} is gone: no figure for the return to idle");
+            break None;
+        };
         if r <= idle + idle / 10 {
             break Some((t.elapsed(), r));
         }
