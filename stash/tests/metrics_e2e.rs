@@ -104,8 +104,19 @@ async fn hosts_push_their_backup_metrics_grouped_by_job_and_host() {
     let status = s.status.expect("status");
     assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
 
-    // The pushgateway holds one group per host, with the numbers restic reported.
-    let text = pushgateway_metrics().await;
+    // The pushgateway holds one group per host, with the numbers restic reported (a host pushes
+    // right after its report, so the groups may land a moment after the session ends).
+    let text = eventually("both hosts' groups", Duration::from_secs(60), || async {
+        let text = pushgateway_metrics().await;
+        ["host-0", "host-1"]
+            .iter()
+            .all(|h| {
+                let labels = [("job", "web-backup"), ("Host", *h)];
+                !samples(&text, "stash_backup_files_total", &labels).is_empty()
+            })
+            .then_some(text)
+    })
+    .await;
     let files: BTreeMap<String, i32> = status
         .stats
         .iter()
