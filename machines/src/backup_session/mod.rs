@@ -420,7 +420,10 @@ fn pending<L: BackupLifecycle>(obs: &Observation<L>, current: L) -> Decision<L> 
         // The older one is decided on its own reconcile, in a moment: look again soon, so
         // this one sees it Running (and is skipped or waits) rather than finished.
         let soon = Duration::from_secs(1);
-        return quiet(current, obs.policy.requeue(obs.created_at, obs.now).min(soon));
+        return quiet(
+            current,
+            obs.policy.requeue(obs.created_at, obs.now).min(soon),
+        );
     }
     // A Repository that has never received a backup is created (`restic init`) by the first
     // session's host. Two of them initialising one repository at once corrupt it, so until one
