@@ -115,10 +115,7 @@ impl StatusWriter {
             &Patch::Merge(&patch),
         )
         .await?;
-        self.metrics
-            .status_writes
-            .get_or_create(&Metrics::controller(self.controller))
-            .inc();
+        self.count_write();
         Ok(true)
     }
 
@@ -158,11 +155,15 @@ impl StatusWriter {
             &Patch::Apply(&patch),
         )
         .await?;
+        self.count_write();
+        Ok(true)
+    }
+
+    fn count_write(&self) {
         self.metrics
             .status_writes
             .get_or_create(&Metrics::controller(self.controller))
             .inc();
-        Ok(true)
     }
 
     /// Like [`StatusWriter::write`], after checking the phase change against `L`'s table.
