@@ -1,28 +1,84 @@
-//! What one host's agent (a sidecar, or a backup Job's pod) does for a BackupSession, decided
-//! from what the API and restic say, never from the agent's memory:
+//! What one host's agent (a sidecar, or a backup Job's pod) does for a BackupSession: the
+//! [`Phase`] lifecycle, and its stepper [`decide`], which works from what the API and restic
+//! say, never from the agent's memory:
 //!
-//! * nothing until the operator has marked the session `Running`, and nothing once this host's
-//!   entry is in `status.stats` (it has reported);
+//! * nothing until the operator has marked the session `Running` ([`Phase::Waiting`]), nothing
+//!   once this host's entry is in `status.stats` ([`Phase::Reported`]), and nothing for a
+//!   session that ended before this host started ([`Phase::Ended`]);
 //! * a paused configuration does not stop a session already `Running` (the operator decides
 //!   pausing, for sessions not yet started);
 //! * every snapshot carries the session's identity as a restic tag ([`session_tag`]); an agent
 //!   that restarts between writing a snapshot and reporting it finds that snapshot by the tag
-//!   and reports it instead of backing the directory up again;
+//!   ([`Phase::LookingUp`]) and reports it ([`Phase::Reporting`]) instead of backing the
+//!   directory up again ([`Phase::BackingUp`]);
+//! * the host's entry is written only from [`Phase::Reporting`] (the agents check the write
+//!   against this lifecycle's table before they make it);
 //! * what comes after the snapshots (`check`, `forget`, `stats`) never decides the host's
 //!   outcome: a failure there is reported beside the snapshots ([`after_snapshot`]).
+//!
+//! The phase is never stored: each observation is classified into the phase the host is in, and
+//! the step it decides is taken as a transition of the generated table ([`Phase::transition`]);
+//! a step the table does not allow is returned as a [`Rejection`], never taken.
 
+use crate::lifecycle::Rejection;
+use stash_macros::lifecycle;
 use std::collections::BTreeMap;
+
+/// The phase of one host's work for one BackupSession (computed, never persisted).
+#[lifecycle(
+    name = "BackupHost",
+    events(Start, Found, Missing, Snapshot, Fail, Report, End)
+)]
+pub enum Phase {
+    /// The session is not `Running` yet.
+    #[initial]
+    #[on(Start => LookingUp, End => Ended)]
+    Waiting,
+    /// Asking restic which snapshots carry the session's tag (the repository is opened, and
+    /// initialised when there is none).
+    #[on(Found => Reporting, Missing => BackingUp, Fail => Reporting)]
+    LookingUp,
+    /// Backing up the directories that have no snapshot of the session yet.
+    #[on(Snapshot => Reporting, Fail => Reporting)]
+    BackingUp,
+    /// Writing this host's entry: its snapshots, or why it failed.
+    #[on(Report => Reported)]
+    Reporting,
+    /// This host's entry is in `status.stats`.
+    #[terminal]
+    Reported,
+    /// The session ended before this host started: nothing to do.
+    #[terminal]
+    Ended,
+}
+
+/// Takes `event` in `phase` through the generated transition function (the host lifecycle has
+/// no guards).
+pub fn fire(phase: Phase, event: Event) -> Result<Phase, Rejection<Phase>> {
+    phase.transition(event, |g| match g {})
+}
 
 /// The restic tag that ties a snapshot to the session that took it.
 pub fn session_tag(session: &str) -> String {
     format!("stash-session={session}")
 }
 
+/// The session, as far as one host is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Session {
+    /// Not started yet (`status.phase` empty or `Pending`).
+    Pending,
+    /// `status.phase` is `Running`.
+    Running,
+    /// `status.phase` is terminal.
+    Ended,
+}
+
 /// What the agent observed for one session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostObservation {
-    /// `status.phase` is `Running`.
-    pub running: bool,
+    /// The session's phase.
+    pub session: Session,
     /// This host's entry is already in `status.stats`.
     pub reported: bool,
     /// The directories this host backs up.
@@ -35,7 +91,7 @@ pub struct HostObservation {
 /// The next step of the host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostStep {
-    /// Nothing to do for this session (not running yet, or already reported).
+    /// Nothing to do for this session (not running yet, ended, or already reported).
     Idle,
     /// Ask restic which snapshots carry the session's tag (fills `tagged`).
     LookUpSnapshots,
@@ -54,13 +110,61 @@ pub enum HostStep {
     },
 }
 
-/// Decides the host's next step.
-pub fn decide(obs: &HostObservation) -> HostStep {
-    if !obs.running || obs.reported {
-        return HostStep::Idle;
+/// What [`decide`] returns: the phase the host is in once it takes `step`, and the step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostDecision {
+    /// The host's phase after the transition the step stands for (unchanged if rejected).
+    pub phase: Phase,
+    /// The next step (`Idle` when the transition was rejected).
+    pub step: HostStep,
+    /// Set when the table did not allow the transition: a bug, and nothing is done.
+    pub rejection: Option<Rejection<Phase>>,
+}
+
+impl HostDecision {
+    fn stay(phase: Phase) -> Self {
+        Self {
+            phase,
+            step: HostStep::Idle,
+            rejection: None,
+        }
+    }
+
+    fn fire(from: Phase, event: Event, step: HostStep) -> Self {
+        match fire(from, event) {
+            Ok(phase) => Self {
+                phase,
+                step,
+                rejection: None,
+            },
+            Err(r) => Self {
+                phase: from,
+                step: HostStep::Idle,
+                rejection: Some(r),
+            },
+        }
+    }
+}
+
+/// The stepper: classifies the observation into the phase the host is in and takes the
+/// transition of the step it decides.
+///
+/// * own entry present: `Reported`, nothing to do;
+/// * session pending: `Waiting`; session ended: `Waiting --End--> Ended`;
+/// * running, restic not asked: `Waiting --Start--> LookingUp`, look the tag up;
+/// * running, some directory without a tagged snapshot: `LookingUp --Missing--> BackingUp`;
+/// * running, every directory has one: `LookingUp --Found--> Reporting`.
+pub fn decide(obs: &HostObservation) -> HostDecision {
+    if obs.reported {
+        return HostDecision::stay(Phase::Reported);
+    }
+    match obs.session {
+        Session::Pending => return HostDecision::stay(Phase::Waiting),
+        Session::Ended => return HostDecision::fire(Phase::Waiting, Event::End, HostStep::Idle),
+        Session::Running => {}
     }
     let Some(tagged) = &obs.tagged else {
-        return HostStep::LookUpSnapshots;
+        return HostDecision::fire(Phase::Waiting, Event::Start, HostStep::LookUpSnapshots);
     };
     let mut reuse = BTreeMap::new();
     let mut back_up = Vec::new();
@@ -74,10 +178,36 @@ pub fn decide(obs: &HostObservation) -> HostStep {
         }
     }
     if back_up.is_empty() {
-        HostStep::Report { snapshots: reuse }
+        HostDecision::fire(
+            Phase::LookingUp,
+            Event::Found,
+            HostStep::Report { snapshots: reuse },
+        )
     } else {
-        HostStep::BackUp { back_up, reuse }
+        HostDecision::fire(
+            Phase::LookingUp,
+            Event::Missing,
+            HostStep::BackUp { back_up, reuse },
+        )
     }
+}
+
+/// Where a host that just ran its step stands: `Reporting` after the snapshots (`Snapshot`) or
+/// a failure (`Fail`) in `phase` (`LookingUp` or `BackingUp`).
+pub fn after_step(phase: Phase, ok: bool) -> Result<Phase, Rejection<Phase>> {
+    fire(phase, if ok { Event::Snapshot } else { Event::Fail })
+}
+
+/// The host of a backup Job writing the outcome its backup step left (`output.json`): the
+/// operator created the Job when it started the session, so the host has started, and it
+/// reports from `Reporting` (its snapshots were found or taken, or it failed). A host whose
+/// entry is already there (a retried pod) is `Reported` and rewrites it.
+pub fn job_outcome(reported: bool, failed: bool) -> Result<Phase, Rejection<Phase>> {
+    if reported {
+        return Ok(Phase::Reported);
+    }
+    let looking = fire(Phase::Waiting, Event::Start)?;
+    fire(looking, if failed { Event::Fail } else { Event::Found })
 }
 
 /// One step after the snapshots (`check`, `forget`, `stats`) and how it went.
@@ -105,10 +235,11 @@ pub fn after_snapshot(steps: &[(&str, AfterSnapshot)]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lifecycle::RejectionKind;
 
-    fn obs(running: bool, reported: bool, tagged: Option<&[(&str, &str)]>) -> HostObservation {
+    fn obs(session: Session, reported: bool, tagged: Option<&[(&str, &str)]>) -> HostObservation {
         HostObservation {
-            running,
+            session,
             reported,
             directories: vec!["/data".into(), "/logs".into()],
             tagged: tagged.map(|t| {
@@ -119,40 +250,99 @@ mod tests {
         }
     }
 
+    fn step(o: &HostObservation) -> (Phase, HostStep) {
+        let d = decide(o);
+        assert_eq!(d.rejection, None);
+        (d.phase, d.step)
+    }
+
     #[test]
     fn a_host_waits_for_running_and_stops_once_reported() {
-        assert_eq!(decide(&obs(false, false, None)), HostStep::Idle);
-        assert_eq!(decide(&obs(true, true, Some(&[]))), HostStep::Idle);
-        assert_eq!(decide(&obs(true, false, None)), HostStep::LookUpSnapshots);
+        use Session::*;
+        assert_eq!(
+            step(&obs(Pending, false, None)),
+            (Phase::Waiting, HostStep::Idle)
+        );
+        assert_eq!(
+            step(&obs(Running, true, Some(&[]))),
+            (Phase::Reported, HostStep::Idle)
+        );
+        assert_eq!(
+            step(&obs(Ended, true, None)),
+            (Phase::Reported, HostStep::Idle)
+        );
+        assert_eq!(
+            step(&obs(Ended, false, None)),
+            (Phase::Ended, HostStep::Idle)
+        );
+        assert_eq!(
+            step(&obs(Running, false, None)),
+            (Phase::LookingUp, HostStep::LookUpSnapshots)
+        );
     }
 
     #[test]
     fn a_restarted_host_reports_its_snapshots_instead_of_taking_new_ones() {
+        let running = |t| step(&obs(Session::Running, false, t));
         assert_eq!(
-            decide(&obs(true, false, Some(&[]))),
-            HostStep::BackUp {
-                back_up: vec!["/data".into(), "/logs".into()],
-                reuse: BTreeMap::new(),
-            }
+            running(Some(&[])),
+            (
+                Phase::BackingUp,
+                HostStep::BackUp {
+                    back_up: vec!["/data".into(), "/logs".into()],
+                    reuse: BTreeMap::new(),
+                }
+            )
         );
         assert_eq!(
-            decide(&obs(true, false, Some(&[("/data", "aaaa")]))),
-            HostStep::BackUp {
-                back_up: vec!["/logs".into()],
-                reuse: [("/data".to_string(), "aaaa".to_string())].into(),
-            }
+            running(Some(&[("/data", "aaaa")])),
+            (
+                Phase::BackingUp,
+                HostStep::BackUp {
+                    back_up: vec!["/logs".into()],
+                    reuse: [("/data".to_string(), "aaaa".to_string())].into(),
+                }
+            )
         );
         let both = [("/data", "aaaa"), ("/logs", "bbbb")];
         assert_eq!(
-            decide(&obs(true, false, Some(&both))),
-            HostStep::Report {
-                snapshots: [
-                    ("/data".to_string(), "aaaa".to_string()),
-                    ("/logs".to_string(), "bbbb".to_string())
-                ]
-                .into()
-            }
+            running(Some(&both)),
+            (
+                Phase::Reporting,
+                HostStep::Report {
+                    snapshots: [
+                        ("/data".to_string(), "aaaa".to_string()),
+                        ("/logs".to_string(), "bbbb".to_string())
+                    ]
+                    .into()
+                }
+            )
         );
+    }
+
+    #[test]
+    fn a_host_reports_only_from_reporting() {
+        assert_eq!(after_step(Phase::BackingUp, true), Ok(Phase::Reporting));
+        assert_eq!(after_step(Phase::BackingUp, false), Ok(Phase::Reporting));
+        assert_eq!(after_step(Phase::LookingUp, false), Ok(Phase::Reporting));
+        assert_eq!(fire(Phase::Reporting, Event::Report), Ok(Phase::Reported));
+        for p in [Phase::Waiting, Phase::LookingUp, Phase::BackingUp] {
+            let r = fire(p, Event::Report).unwrap_err();
+            assert_eq!(r.kind, RejectionKind::NoTransition, "{p:?}");
+        }
+        for p in [Phase::Reported, Phase::Ended] {
+            assert_eq!(
+                fire(p, Event::Report).unwrap_err().kind,
+                RejectionKind::Terminal
+            );
+        }
+    }
+
+    #[test]
+    fn a_backup_job_reports_what_its_backup_step_left() {
+        assert_eq!(job_outcome(false, false), Ok(Phase::Reporting));
+        assert_eq!(job_outcome(false, true), Ok(Phase::Reporting));
+        assert_eq!(job_outcome(true, false), Ok(Phase::Reported));
     }
 
     #[test]

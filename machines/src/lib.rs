@@ -17,6 +17,7 @@ mod common;
 pub mod lifecycle;
 pub mod names;
 pub mod reasons;
+pub mod restore_host;
 pub mod restore_session;
 
 pub use common::{

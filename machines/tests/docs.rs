@@ -1,7 +1,7 @@
 //! The committed diagrams under `docs/lifecycles/` are exactly what the macro generates.
 //! `STASH_BLESS=1 cargo test -p stash-machines --test docs` rewrites them.
 
-use stash_machines::{backup_session, restore_session};
+use stash_machines::{backup_host, backup_session, restore_host, restore_session};
 use std::path::PathBuf;
 
 fn docs() -> PathBuf {
@@ -11,8 +11,9 @@ fn docs() -> PathBuf {
 fn readme() -> String {
     format!(
         "# Lifecycles\n\n\
-         Generated from the `#[lifecycle]` specs in `machines/src/backup_session/mod.rs` and\n\
-         `machines/src/restore_session.rs`; do not edit. `cargo test -p stash-machines --test docs`\n\
+         Generated from the `#[lifecycle]` specs in `machines/src/backup_session/mod.rs`,\n\
+         `machines/src/restore_session.rs`, `machines/src/backup_host.rs` and\n\
+         `machines/src/restore_host.rs`; do not edit. `cargo test -p stash-machines --test docs`\n\
          fails when these files are stale, and `STASH_BLESS=1` rewrites them.\n\n\
          Every transition moves forward (the macro rejects cycles), terminal phases absorb every\n\
          event, and a guarded transition (`Event [guard]`) fires only when its guard holds; the\n\
@@ -28,9 +29,24 @@ fn readme() -> String {
          A host that no rule matches fails the session before it starts (it is never reported as a\n\
          success).\n\n\
          ```mermaid\n{}```\n\n\
-         Graphviz: [restore-session.dot](restore-session.dot).\n",
+         Graphviz: [restore-session.dot](restore-session.dot).\n\n\
+         ## BackupHost\n\n\
+         What one host's agent (a sidecar, or a backup Job's pod) does for a BackupSession. The\n\
+         phase is never stored: the agent computes it from the session's phase, its own entry in\n\
+         `status.stats` and the snapshots restic holds with the session's tag, and writes its\n\
+         entry only from `Reporting`.\n\n\
+         ```mermaid\n{}```\n\n\
+         Graphviz: [backup-host.dot](backup-host.dot).\n\n\
+         ## RestoreHost\n\n\
+         What one host's restore agent (the init-container, or a restore Job's pod) does for a\n\
+         RestoreSession. A host whose entry is already there is `Reported`: a restarted\n\
+         init-container does not restore twice.\n\n\
+         ```mermaid\n{}```\n\n\
+         Graphviz: [restore-host.dot](restore-host.dot).\n",
         backup_session::MERMAID,
-        restore_session::MERMAID
+        restore_session::MERMAID,
+        backup_host::MERMAID,
+        restore_host::MERMAID
     )
 }
 
@@ -41,6 +57,10 @@ fn committed_lifecycle_diagrams_are_up_to_date() {
         ("backup-session.dot", backup_session::DOT.to_string()),
         ("restore-session.mmd", restore_session::MERMAID.to_string()),
         ("restore-session.dot", restore_session::DOT.to_string()),
+        ("backup-host.mmd", backup_host::MERMAID.to_string()),
+        ("backup-host.dot", backup_host::DOT.to_string()),
+        ("restore-host.mmd", restore_host::MERMAID.to_string()),
+        ("restore-host.dot", restore_host::DOT.to_string()),
         ("README.md", readme()),
     ];
     let bless = std::env::var_os("STASH_BLESS").is_some_and(|v| v == "1");

@@ -2,7 +2,7 @@
 //! hand-written twin (and the generated RestoreSession lifecycle).
 
 use stash_machines::lifecycle::{Lifecycle, RejectionKind, transition_by_table};
-use stash_machines::{backup_session, restore_session};
+use stash_machines::{backup_host, backup_session, restore_host, restore_session};
 use statig::blocking::IntoStateMachineExt as _;
 
 /// Every guard valuation for a lifecycle with at most a few guards.
@@ -64,6 +64,14 @@ fn twin_backup_lifecycle_match_agrees_with_its_table() {
 fn generated_restore_lifecycle_match_agrees_with_its_table() {
     the_match_agrees_with_the_table::<restore_session::Phase>();
     phases_only_move_forward_and_terminals_absorb::<restore_session::Phase>();
+}
+
+#[test]
+fn generated_host_lifecycles_match_agree_with_their_tables() {
+    the_match_agrees_with_the_table::<backup_host::Phase>();
+    phases_only_move_forward_and_terminals_absorb::<backup_host::Phase>();
+    the_match_agrees_with_the_table::<restore_host::Phase>();
+    phases_only_move_forward_and_terminals_absorb::<restore_host::Phase>();
 }
 
 /// A lifecycle described by names only, to compare two lifecycles of different types.

@@ -8,19 +8,25 @@
 //! * the operator reconciles a session on a fresh read, or on its cached (possibly stale) read —
 //!   a write based on a stale read is refused by the API (resourceVersion) and changes nothing;
 //!   the operator restarting is a fresh read (it keeps nothing else);
-//! * a host's agent takes the step its machine decides: backs up (the snapshot lands in the
-//!   repository, then the agent must still report), or the backup fails (a `Failed` entry), or it
-//!   reports snapshots it already has; an agent crashes at any moment, losing what it held in
-//!   memory (a snapshot written but not yet reported);
+//! * a host's agent drives its host lifecycle ([`backup_host::Phase`]) with the step its machine
+//!   decides from the session's status and the repository: it starts (`Waiting → LookingUp`, the
+//!   session is `Running` and its entry absent), looks the session's tag up and backs up (the
+//!   snapshot lands in the repository: `LookingUp → BackingUp → Reporting`) or finds its
+//!   snapshot (`LookingUp → Reporting`), or the backup fails (`BackingUp → Reporting`, a `Failed`
+//!   entry); it writes its entry only through the `Reporting → Reported` transition check. An
+//!   agent crashes at any moment, losing what it held in memory (its phase, a snapshot written
+//!   but not yet reported): the next start computes the phase again from the API and restic;
 //! * the user pauses or resumes the configuration; the clock passes the deadline.
 //!
-//! Invariants checked in every reachable state: a terminal phase never changes; `Succeeded`
+//! Invariants checked in every reachable state: a terminal phase never changes; every transition
+//! of either machine, and every agent write, is in its lifecycle's table; `Succeeded`
 //! implies every host's snapshot of the session is in the repository; never two snapshots of
-//! one host for one session; at most one session `Running`; past the deadline, one fresh
+//! one host for one session; a host in `Reporting` has its snapshot in the repository; at most
+//! one session `Running`; past the deadline, one fresh
 //! reconcile ends every session; and a `Running` session — paused or not — ends `Succeeded` once
 //! the agents run without faults and the operator reconciles.
 
-use stash_machines::backup_host::{self, HostObservation, HostStep};
+use stash_machines::backup_host::{self, HostDecision, HostObservation, HostStep, Session};
 use stash_machines::backup_session::{
     Config, HostPhase, HostReport, Observation, OtherSession, OverlapPolicy, Phase, RepositoryUse,
     TargetModel, decide,
@@ -61,8 +67,14 @@ pub struct Status {
 pub enum Agent {
     /// Nothing in flight.
     Idle,
-    /// It wrote the snapshot of this session and has not reported it yet.
-    Snapshotted(usize),
+    /// It works on `session`, in `phase` of its host lifecycle (`LookingUp`, or `Reporting` once
+    /// its snapshot is in the repository and not yet reported).
+    Busy {
+        /// The session.
+        session: usize,
+        /// The host's phase.
+        phase: backup_host::Phase,
+    },
 }
 
 /// The whole world.
@@ -89,9 +101,10 @@ pub enum Action {
     Reconcile(usize),
     /// The operator reconciles session `0` on its cached read.
     ReconcileStale(usize),
-    /// Host `0`'s agent takes its step for session `1`; the backup succeeds.
+    /// Host `0`'s agent takes its step for session `1`: starts, or looks the tag up and backs
+    /// up (successfully) or finds its snapshot.
     AgentStep(usize, usize),
-    /// Host `0`'s backup for session `1` fails.
+    /// Host `0`'s backup for session `1` fails (it reports a `Failed` entry).
     AgentFails(usize, usize),
     /// Host `0`'s agent reports the snapshot it holds.
     AgentReports(usize),
@@ -104,7 +117,7 @@ pub enum Action {
 }
 
 /// The host machine under test (the shipped one, or a planted bug).
-pub type HostMachine = fn(&HostObservation) -> HostStep;
+pub type HostMachine = fn(&HostObservation) -> HostDecision;
 
 /// The initial world.
 pub fn init() -> World {
@@ -189,18 +202,58 @@ fn reconcile(w: &World, s: usize, view: Status) -> Result<World, String> {
     Ok(next)
 }
 
-fn host_observation(w: &World, s: usize, h: usize) -> HostObservation {
+/// What host `h` observes of session `s`: the persisted status, and, once it has asked restic
+/// (`looked_up`), the snapshots tagged with the session.
+fn host_observation(w: &World, s: usize, h: usize, looked_up: bool) -> HostObservation {
     let st = &w.status[s];
     HostObservation {
-        running: st.phase == Some(Phase::Running),
+        session: match st.phase {
+            Some(Phase::Running) => Session::Running,
+            Some(p) if p.is_terminal() => Session::Ended,
+            _ => Session::Pending,
+        },
         reported: st.stats[h].is_some(),
         directories: vec![DIR.into()],
-        tagged: Some(if w.snaps[s][h] > 0 {
-            BTreeMap::from([(DIR.to_string(), format!("snap-{s}-{h}"))])
-        } else {
-            BTreeMap::new()
+        tagged: looked_up.then(|| {
+            if w.snaps[s][h] > 0 {
+                BTreeMap::from([(DIR.to_string(), format!("snap-{s}-{h}"))])
+            } else {
+                BTreeMap::new()
+            }
         }),
     }
+}
+
+/// The host machine's decision, a rejected transition being a violation.
+fn decide_host(
+    w: &World,
+    s: usize,
+    h: usize,
+    looked_up: bool,
+    host: HostMachine,
+) -> Result<HostDecision, String> {
+    let d = host(&host_observation(w, s, h, looked_up));
+    match d.rejection {
+        Some(r) => Err(format!(
+            "host-{h}, s{s}: the host machine's step was rejected: {r}"
+        )),
+        None => Ok(d),
+    }
+}
+
+/// Host `h` writes its entry in session `s`: only through its lifecycle's `Report` transition.
+fn report(
+    next: &mut World,
+    s: usize,
+    h: usize,
+    phase: backup_host::Phase,
+    entry: Entry,
+) -> Result<(), String> {
+    backup_host::fire(phase, backup_host::Event::Report)
+        .map_err(|r| format!("host-{h}, s{s}: entry write refused: {r}"))?;
+    next.status[s].stats[h] = Some(entry);
+    next.agents[h] = Agent::Idle;
+    Ok(())
 }
 
 /// The actions enabled in `w`.
@@ -214,19 +267,27 @@ pub fn actions(w: &World, host: HostMachine) -> Vec<Action> {
     }
     for h in 0..HOSTS {
         match w.agents[h] {
-            Agent::Snapshotted(_) => {
+            Agent::Busy {
+                phase: backup_host::Phase::Reporting,
+                ..
+            } => {
                 out.push(Action::AgentReports(h));
+                out.push(Action::AgentCrash(h));
+            }
+            Agent::Busy { session: s, .. } => {
+                out.push(Action::AgentStep(h, s));
+                if matches!(
+                    host(&host_observation(w, s, h, true)).step,
+                    HostStep::BackUp { .. }
+                ) {
+                    out.push(Action::AgentFails(h, s));
+                }
                 out.push(Action::AgentCrash(h));
             }
             Agent::Idle => {
                 for s in 0..SESSIONS {
-                    match host(&host_observation(w, s, h)) {
-                        HostStep::Idle | HostStep::LookUpSnapshots => {}
-                        HostStep::BackUp { .. } => {
-                            out.push(Action::AgentStep(h, s));
-                            out.push(Action::AgentFails(h, s));
-                        }
-                        HostStep::Report { .. } => out.push(Action::AgentStep(h, s)),
+                    if host(&host_observation(w, s, h, false)).step != HostStep::Idle {
+                        out.push(Action::AgentStep(h, s));
                     }
                 }
             }
@@ -248,21 +309,42 @@ pub fn step(w: &World, a: &Action, host: HostMachine) -> Result<World, String> {
             let view = w.cache[s].clone().ok_or("no cached read")?;
             next = reconcile(w, s, view)?;
         }
-        Action::AgentStep(h, s) => match host(&host_observation(w, s, h)) {
-            HostStep::BackUp { .. } => {
-                next.snaps[s][h] = next.snaps[s][h].saturating_add(1);
-                next.agents[h] = Agent::Snapshotted(s);
+        Action::AgentStep(h, s) => {
+            let looked_up = w.agents[h] != Agent::Idle;
+            let d = decide_host(w, s, h, looked_up, host)?;
+            match d.step {
+                HostStep::Idle => next.agents[h] = Agent::Idle,
+                HostStep::LookUpSnapshots => {
+                    next.agents[h] = Agent::Busy {
+                        session: s,
+                        phase: d.phase,
+                    };
+                }
+                HostStep::BackUp { .. } => {
+                    next.snaps[s][h] = next.snaps[s][h].saturating_add(1);
+                    let phase = backup_host::after_step(d.phase, true)
+                        .map_err(|r| format!("host-{h}, s{s}: {r}"))?;
+                    next.agents[h] = Agent::Busy { session: s, phase };
+                }
+                HostStep::Report { .. } => {
+                    next.agents[h] = Agent::Busy {
+                        session: s,
+                        phase: d.phase,
+                    };
+                }
             }
-            HostStep::Report { .. } => next.status[s].stats[h] = Some(Entry::Succeeded),
-            other => return Err(format!("agent step with nothing to do: {other:?}")),
-        },
-        Action::AgentFails(h, s) => next.status[s].stats[h] = Some(Entry::Failed),
+        }
+        Action::AgentFails(h, s) => {
+            let d = decide_host(w, s, h, true, host)?;
+            let phase = backup_host::after_step(d.phase, false)
+                .map_err(|r| format!("host-{h}, s{s}: {r}"))?;
+            report(&mut next, s, h, phase, Entry::Failed)?;
+        }
         Action::AgentReports(h) => {
-            let Agent::Snapshotted(s) = w.agents[h] else {
+            let Agent::Busy { session: s, phase } = w.agents[h] else {
                 return Err("nothing to report".into());
             };
-            next.status[s].stats[h] = Some(Entry::Succeeded);
-            next.agents[h] = Agent::Idle;
+            report(&mut next, s, h, phase, Entry::Succeeded)?;
         }
         Action::AgentCrash(h) => next.agents[h] = Agent::Idle,
         Action::TogglePause => next.paused = !w.paused,
@@ -285,16 +367,20 @@ fn settle(w: &World, s: usize, host: HostMachine) -> Result<World, String> {
     for _ in 0..16 {
         let before = cur.clone();
         for h in 0..HOSTS {
-            if let Agent::Snapshotted(_) = cur.agents[h] {
-                cur = step(&cur, &Action::AgentReports(h), host)?;
-            }
-            if host(&host_observation(&cur, s, h)) != HostStep::Idle && cur.agents[h] == Agent::Idle
-            {
-                cur = step(&cur, &Action::AgentStep(h, s), host)?;
-                if let Agent::Snapshotted(_) = cur.agents[h] {
-                    cur = step(&cur, &Action::AgentReports(h), host)?;
+            let a = match cur.agents[h] {
+                Agent::Busy {
+                    phase: backup_host::Phase::Reporting,
+                    ..
+                } => Action::AgentReports(h),
+                Agent::Busy { session, .. } => Action::AgentStep(h, session),
+                Agent::Idle
+                    if host(&host_observation(&cur, s, h, false)).step != HostStep::Idle =>
+                {
+                    Action::AgentStep(h, s)
                 }
-            }
+                Agent::Idle => continue,
+            };
+            cur = step(&cur, &a, host)?;
         }
         cur = step(&cur, &Action::Reconcile(s), host)?;
         if cur == before {
@@ -318,6 +404,17 @@ pub fn check(w: &World, host: HostMachine) -> Result<(), String> {
         for h in 0..HOSTS {
             if w.snaps[s][h] > 1 {
                 return Err(format!("s{s}: {} snapshots of host-{h}", w.snaps[s][h]));
+            }
+        }
+        for h in 0..HOSTS {
+            if w.agents[h]
+                == (Agent::Busy {
+                    session: s,
+                    phase: backup_host::Phase::Reporting,
+                })
+                && w.snaps[s][h] == 0
+            {
+                return Err(format!("host-{h} Reporting s{s} without its snapshot"));
             }
         }
         if w.status[s].phase == Some(Phase::Succeeded) && w.snaps[s].contains(&0) {
@@ -409,6 +506,6 @@ pub fn explore(host: HostMachine) -> Result<Coverage, (String, Vec<Action>)> {
 }
 
 /// The shipped host machine.
-pub fn shipped(o: &HostObservation) -> HostStep {
+pub fn shipped(o: &HostObservation) -> HostDecision {
     backup_host::decide(o)
 }

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use stash_crds::{BackupConfiguration, Repository, backend::BackendKind};
+use stash_machines::backup_host::{Phase as HostPhase, Session as HostSession};
 use stash_restic as restic;
 
 /// Where the agent finds its secret and scratch space.
@@ -208,11 +209,37 @@ pub fn check_due(
 pub struct Snapshotted {
     /// One per directory.
     pub snapshots: Vec<SnapshotResult>,
+    /// The host's phase now: `Reporting` (its entry is what comes next).
+    pub phase: HostPhase,
     repo: restic::Repo,
 }
 
-/// Take `session`'s snapshots of this host. Errors are user-facing text (restic's reason,
-/// secrets scrubbed). The host's steps are decided by [`stash_machines::backup_host`]:
+/// Why one host's snapshots could not be taken, and the phase of the host lifecycle it failed
+/// in (`LookingUp`: the repository or the tag lookup; `BackingUp`: a `restic backup`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct HostFailure {
+    /// Where the host was.
+    pub phase: HostPhase,
+    /// User-facing text (restic's reason, secrets scrubbed).
+    pub message: String,
+}
+
+/// The session as the host machine sees it, from `status.phase`: empty or `Pending` (not
+/// started), `Running`, or any terminal phase (ended).
+pub fn session_state(phase: Option<stash_crds::backup_session::Phase>) -> HostSession {
+    use stash_crds::backup_session::Phase;
+    match phase {
+        Some(Phase::Running) => HostSession::Running,
+        Some(p) if p.is_terminal() => HostSession::Ended,
+        _ => HostSession::Pending,
+    }
+}
+
+/// Take `session`'s snapshots of this host, which is in `phase` (`LookingUp`: the operator has
+/// started the session and the host has not reported). Errors are user-facing text (restic's
+/// reason, secrets scrubbed) with the phase they happened in. The host's steps are decided by
+/// [`stash_machines::backup_host`], every one a transition of its lifecycle:
 /// snapshots carry the session's tag, a directory that already has one for this session is
 /// reported, not backed up again. One restic invocation opens the repository and looks the
 /// tag up (`snapshots --tag … --host …`; a repository that does not exist is initialised
@@ -223,10 +250,12 @@ pub async fn run(
     bc: &BackupConfiguration,
     host: &str,
     session: &str,
+    phase: HostPhase,
     settings: &Settings,
-) -> Result<Snapshotted, String> {
+) -> Result<Snapshotted, HostFailure> {
     use stash_machines::backup_host::{self as plan, HostObservation, HostStep};
-    let r = open(repo, settings)?;
+    let failed = |phase, message| HostFailure { phase, message };
+    let r = open(repo, settings).map_err(|e| failed(phase, e))?;
     let directories: Vec<String> = bc
         .spec
         .target
@@ -234,7 +263,10 @@ pub async fn run(
         .map(|t| t.directories.iter().map(|d| normalize(d)).collect())
         .unwrap_or_default();
     if directories.is_empty() {
-        return Err("BackupConfiguration has no spec.target.directories".into());
+        return Err(failed(
+            phase,
+            "BackupConfiguration has no spec.target.directories".into(),
+        ));
     }
     let tag = plan::session_tag(session);
     let (_created, tagged) = r
@@ -244,9 +276,11 @@ pub async fn run(
             ..Default::default()
         })
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed(phase, e.to_string()))?;
+    // The observation the host machine decides from: the session is Running and this host has
+    // not reported (what brought the agent here), and restic's answer.
     let obs = HostObservation {
-        running: true,
+        session: HostSession::Running,
         reported: false,
         directories,
         tagged: Some(
@@ -256,7 +290,12 @@ pub async fn run(
                 .collect(),
         ),
     };
-    let (back_up, reuse) = match plan::decide(&obs) {
+    let d = plan::decide(&obs);
+    if let Some(r) = d.rejection {
+        return Err(failed(phase, format!("BUG: {r}")));
+    }
+    let phase = d.phase;
+    let (back_up, reuse) = match d.step {
         HostStep::BackUp { back_up, reuse } => (back_up, reuse),
         HostStep::Report { snapshots } => (vec![], snapshots),
         HostStep::Idle | HostStep::LookUpSnapshots => (vec![], Default::default()),
@@ -282,7 +321,7 @@ pub async fn run(
         let s = r
             .backup(std::path::Path::new(dir), host, std::slice::from_ref(&tag))
             .await
-            .map_err(|e| format!("backup of {dir}: {e}"))?;
+            .map_err(|e| failed(phase, format!("backup of {dir}: {e}")))?;
         snapshots.push(SnapshotResult {
             directory: dir.clone(),
             short_id: s.short_id().to_string(),
@@ -295,7 +334,18 @@ pub async fn run(
             files_unmodified: s.files_unmodified,
         });
     }
-    Ok(Snapshotted { snapshots, repo: r })
+    // `BackingUp --Snapshot--> Reporting`; `Reporting` already when every snapshot existed.
+    let phase = match phase {
+        HostPhase::BackingUp => {
+            plan::after_step(phase, true).map_err(|r| failed(phase, format!("BUG: {r}")))?
+        }
+        p => p,
+    };
+    Ok(Snapshotted {
+        snapshots,
+        phase,
+        repo: r,
+    })
 }
 
 /// The steps after the snapshots, run once the host has reported (the session's outcome does

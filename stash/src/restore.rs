@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use stash_crds::{Repository, RestoreSession, restore_session::Rule};
+use stash_machines::restore_host::{RestoreHostObservation, Session};
 use stash_machines::restore_session::{self as machine, RuleMatch};
 use stash_restic as restic;
 
@@ -20,6 +21,23 @@ pub enum Plan {
         /// The paths.
         paths: Vec<String>,
     },
+}
+
+/// What the restore host machine ([`stash_machines::restore_host::decide`]) observes of one
+/// RestoreSession for `host`: the session's phase (empty or `Pending`: not started; `Running`;
+/// terminal: ended) and whether this host's entry is already in `status.stats`.
+pub fn host_observation(rs: &RestoreSession, host: &str) -> RestoreHostObservation {
+    use stash_crds::restore_session::Phase;
+    let status = rs.status.as_ref();
+    RestoreHostObservation {
+        session: match status.and_then(|s| s.phase) {
+            Some(Phase::Running) => Session::Running,
+            Some(p) if p.is_terminal() => Session::Ended,
+            _ => Session::Pending,
+        },
+        reported: status
+            .is_some_and(|s| s.stats.iter().any(|h| h.hostname.as_deref() == Some(host))),
+    }
 }
 
 /// The plan for `host`, or why there is none (decision 2: a host no rule matches is an error).

@@ -1,7 +1,7 @@
 //! How agents report: a BackupSession host's own entry by server-side apply (one field manager
 //! per host), RestoreSession entries and the Repository status through the status subresource
 //! with read-modify-write retried on conflicts (several hosts report into one status at once).
-use std::{fmt::Debug, time::Duration};
+use std::{fmt::Debug, sync::OnceLock, time::Duration};
 
 use kube::{
     Api, Resource,
@@ -12,6 +12,8 @@ use stash_crds::{
     BackupSession, Repository, RestoreSession, backup_session::HostBackupStats,
     restore_session::HostRestoreStats,
 };
+use stash_machines::{backup_host, restore_host};
+use stash_runtime::{Lifecycle, Metrics, StatusError, check_transition};
 
 /// Apply `change` to the freshly read object and write its status; on a conflict, read
 /// again and retry (bounded).
@@ -47,11 +49,17 @@ pub fn host_manager(hostname: &str) -> String {
 /// as its own field manager (`stats` is a list-map keyed by `hostname`, so the API server merges
 /// the entry in and leaves the other hosts' entries and the operator's fields alone). Conflicts
 /// cannot arise between hosts; a transient error is retried a few times.
+///
+/// `from` is the phase of the hosts' lifecycle ([`backup_host::Phase`]) the writer computed; the
+/// write is its `Report` transition, checked first ([`check_host_write`]): a write from any phase
+/// but `Reporting` (or a rewrite from `Reported`) is refused and logged, and nothing is sent.
 pub async fn upsert_backup_hosts(
     api: &Api<BackupSession>,
     name: &str,
+    from: backup_host::Phase,
     entries: &[HostBackupStats],
-) -> Result<(), kube::Error> {
+) -> Result<(), StatusError> {
+    check_host_write(from, backup_host::Phase::Reported)?;
     for e in entries {
         let host = e.hostname.clone().unwrap_or_else(|| "host-0".into());
         let mut entry = e.clone();
@@ -71,7 +79,7 @@ pub async fn upsert_backup_hosts(
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
                 }
-                Err(err) => return Err(err),
+                Err(err) => return Err(err.into()),
             }
         }
     }
@@ -136,4 +144,54 @@ pub async fn record_backup(
         }
     })
     .await
+}
+
+/// The agents' transition check: a host writes its own entry only along an edge of its
+/// lifecycle `L` ([`backup_host::Phase`], [`restore_host::Phase`]), `from` the phase it computed
+/// `to` the one the write records. Every agent write goes through it, as the operator's go
+/// through [`stash_runtime::StatusWriter`]; an illegal write is refused, logged and counted
+/// (in the agent's own registry: agents serve no metrics endpoint, the log line is what shows).
+pub fn check_host_write<L: Lifecycle>(from: L, to: L) -> Result<(), StatusError> {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    check_transition::<L>(METRICS.get_or_init(Metrics::default), Some(from), to)
+}
+
+/// [`upsert_restore_hosts`] after the restore host's `Report` transition is checked
+/// ([`check_host_write`]): refused, and nothing written, unless `from` is `Reporting` (or a
+/// rewrite from `Reported`).
+pub async fn report_restore_hosts(
+    api: &Api<RestoreSession>,
+    name: &str,
+    from: restore_host::Phase,
+    entries: &[HostRestoreStats],
+) -> Result<(), StatusError> {
+    check_host_write(from, restore_host::Phase::Reported)?;
+    upsert_restore_hosts(api, name, entries).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod host_write_tests {
+    use super::*;
+
+    #[test]
+    fn a_host_entry_is_written_only_from_reporting() {
+        use backup_host::Phase as B;
+        use restore_host::Phase as R;
+        assert!(check_host_write(B::Reporting, B::Reported).is_ok());
+        assert!(check_host_write(B::Reported, B::Reported).is_ok());
+        for from in [B::Waiting, B::LookingUp, B::BackingUp, B::Ended] {
+            assert!(
+                matches!(
+                    check_host_write(from, B::Reported),
+                    Err(StatusError::IllegalTransition { .. })
+                ),
+                "{from:?}"
+            );
+        }
+        assert!(check_host_write(R::Reporting, R::Reported).is_ok());
+        for from in [R::Waiting, R::Restoring, R::Ended] {
+            assert!(check_host_write(from, R::Reported).is_err(), "{from:?}");
+        }
+    }
 }

@@ -2,7 +2,9 @@
 //! stash-api.md §7.3.
 //!
 //! Restores this host's data before the application starts, records the outcome in the
-//! RestoreSession status and events. A host that already reported (a restarted pod) skips.
+//! RestoreSession status and events. What it does is the restore host machine's decision
+//! ([`stash_machines::restore_host`]), from the session alone: a host that already reported (a
+//! restarted pod) skips, and its entry is written only from `Reporting`, checked.
 //! A failure is recorded and the process exits non-zero, so the pod does not start with
 //! missing data.
 use std::{path::PathBuf, time::Duration};
@@ -11,8 +13,9 @@ use kube::{Api, Client, Resource};
 use stash_crds::{
     Repository, RestoreSession,
     duration::GoDuration,
-    restore_session::{HostPhase, HostRestoreStats, Phase},
+    restore_session::{HostPhase, HostRestoreStats},
 };
+use stash_machines::restore_host::{self, RestoreStep};
 use stash_runtime::{
     LeaderElection,
     events::{Events, Severity},
@@ -82,21 +85,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     };
     let workload = target.target_ref.name.clone().unwrap_or_default();
 
-    // Wait (a watch, not a poll) for the operator to start the session; a terminal session
-    // or a host that already reported means there is nothing to do (a restarted pod).
-    let decided = |rs: Option<&RestoreSession>| match rs {
-        None => true,
-        Some(rs) => {
-            let status = rs.status.clone().unwrap_or_default();
-            status
-                .stats
-                .iter()
-                .any(|s| s.hostname.as_deref() == Some(host.as_str()))
-                || matches!(
-                    status.phase,
-                    Some(Phase::Running | Phase::Succeeded | Phase::Failed | Phase::Unknown)
-                )
-        }
+    // The host machine decides (stash_machines::restore_host) from the session alone: wait (a
+    // watch, not a poll) until the operator starts it; a host that already reported (a
+    // restarted pod) or a session that ended means there is nothing to do.
+    let decided = |rs: Option<&RestoreSession>| {
+        rs.is_none_or(|rs| {
+            restore_host::decide(&restore::host_observation(rs, &host)).step != RestoreStep::Wait
+        })
     };
     let rs = if decided(Some(&rs)) {
         rs
@@ -105,18 +100,25 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             .await?
             .ok_or_else(|| anyhow::anyhow!("RestoreSession {} was deleted", opts.restore_session))?
     };
-    let status = rs.status.clone().unwrap_or_default();
-    if status
-        .stats
-        .iter()
-        .any(|s| s.hostname.as_deref() == Some(host.as_str()))
-    {
-        tracing::info!(%host, "this host already restored; nothing to do");
-        return Ok(());
+    let decision = restore_host::decide(&restore::host_observation(&rs, &host));
+    if let Some(r) = decision.rejection {
+        anyhow::bail!("BUG: the restore host machine refused its own step: {r}");
     }
-    if status.phase != Some(Phase::Running) {
-        tracing::info!(phase = ?status.phase, "the RestoreSession has ended; nothing to do");
-        return Ok(());
+    match (decision.step, decision.phase) {
+        (RestoreStep::Restore, _) => {}
+        (_, restore_host::Phase::Reported) => {
+            tracing::info!(%host, "this host already restored; nothing to do");
+            return Ok(());
+        }
+        (_, phase) => {
+            let session = rs.status.as_ref().and_then(|s| s.phase);
+            tracing::info!(
+                ?session,
+                ?phase,
+                "the RestoreSession has ended; nothing to do"
+            );
+            return Ok(());
+        }
     }
     let lock = (opts.restore_model != "job").then(|| {
         let name = format!(
@@ -170,7 +172,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         duration: Some(GoDuration(started.elapsed())),
         error: result.as_ref().err().cloned(),
     };
-    super::report::upsert_restore_hosts(&sessions, &opts.restore_session, &[entry]).await?;
+    // `Restoring --Restored|Fail--> Reporting`, then the checked `Report` write.
+    let reporting = restore_host::after_restore(decision.phase, result.is_ok())?;
+    super::report::report_restore_hosts(&sessions, &opts.restore_session, reporting, &[entry])
+        .await?;
     let events = Events::new(client.clone(), &format!("stash-restore-{}", opts.pod_name));
     let reference = rs.object_ref(&());
     if let Some(l) = leadership {

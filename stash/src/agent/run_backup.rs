@@ -15,12 +15,13 @@ use kube::{
 };
 use stash_crds::{
     BackupConfiguration, BackupSession, Repository,
-    backup_session::{FileStats, HostBackupStats, HostPhase, Phase, SnapshotStats},
+    backup_session::{FileStats, HostBackupStats, HostPhase, SnapshotStats},
     consts,
     duration::GoDuration,
 };
+use stash_machines::backup_host as host_machine;
 use stash_runtime::{
-    LeaderElection,
+    LeaderElection, StatusError,
     events::{Events, Severity},
 };
 
@@ -106,7 +107,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 continue;
             }
         };
-        if done.contains(&session.name_any()) || !needs_backup(&session, &host) {
+        if done.contains(&session.name_any()) || needs_backup(&session, &host).is_none() {
             continue;
         }
         // Serialise with the other pods of the workload; re-read after locking.
@@ -114,12 +115,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         // Pausing is the operator's decision, for sessions not yet started: a session it marked
         // Running completes normally (stash_machines::backup_session).
         let fresh = sessions.get(&session.name_any()).await?;
-        if needs_backup(&fresh, &host) {
+        if let Some(phase) = needs_backup(&fresh, &host) {
             let bc = bcs.get(&opts.backup_configuration).await?;
             let check = |integrity: Option<bool>| {
                 backup::check_due(integrity, last_check.map(|t| t.elapsed()), check_interval)
             };
-            if backup_one(&client, &events, &opts, &bc, &fresh, &host, check).await {
+            if backup_one(&client, &events, &opts, &bc, &fresh, &host, phase, check).await {
                 last_check = Some(std::time::Instant::now());
             }
         }
@@ -129,25 +130,32 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The operator has started the session and this host has not reported yet (the host
-/// machine's first question, [`stash_machines::backup_host::decide`]).
-fn needs_backup(session: &BackupSession, host: &str) -> bool {
+/// The host machine's first question ([`stash_machines::backup_host::decide`], before restic is
+/// asked): the operator has started the session and this host has not reported yet. Returns the
+/// phase the host is in once it starts (`LookingUp`), or `None` when there is nothing to do.
+fn needs_backup(session: &BackupSession, host: &str) -> Option<host_machine::Phase> {
     use stash_machines::backup_host::{HostObservation, HostStep, decide};
     let status = session.status.as_ref();
     let obs = HostObservation {
-        running: status.and_then(|s| s.phase) == Some(Phase::Running),
+        session: backup::session_state(status.and_then(|s| s.phase)),
         reported: status
             .is_some_and(|s| s.stats.iter().any(|h| h.hostname.as_deref() == Some(host))),
         directories: vec![],
         tagged: None,
     };
-    decide(&obs) != HostStep::Idle
+    let d = decide(&obs);
+    if let Some(r) = d.rejection {
+        tracing::error!(rejection = %r, "BUG: the host machine refused its own step");
+    }
+    (d.step != HostStep::Idle).then_some(d.phase)
 }
 
 /// One host's backup of `session`: the snapshots, the host's report (what the session waits
 /// for), then the follow-up steps and the Repository status. `check` decides from the
 /// Repository's reported integrity whether this follow-up runs `restic check`; returns whether
-/// it did.
+/// it did. `phase` is the host's phase (`LookingUp`); the report is written from `Reporting`,
+/// reached through the host lifecycle's transitions.
+#[allow(clippy::too_many_arguments)]
 async fn backup_one(
     client: &Client,
     events: &Events,
@@ -155,6 +163,7 @@ async fn backup_one(
     bc: &BackupConfiguration,
     session: &BackupSession,
     host: &str,
+    phase: host_machine::Phase,
     check: impl Fn(Option<bool>) -> bool,
 ) -> bool {
     let ns = opts.namespace.clone();
@@ -176,10 +185,19 @@ async fn backup_one(
                 enable_cache: opts.enable_cache,
                 max_connections: opts.max_connections,
             };
-            backup::run(&repo, bc, host, &session.name_any(), &settings).await
+            backup::run(&repo, bc, host, &session.name_any(), phase, &settings).await
         }
-        Err(e) => Err(format!("Repository {repo_name}: {e}")),
+        Err(e) => Err(backup::HostFailure {
+            phase,
+            message: format!("Repository {repo_name}: {e}"),
+        }),
     };
+    // Where the host stands before it writes its entry: `Reporting`, through the lifecycle.
+    let reporting = match &snapshotted {
+        Ok(s) => Ok(s.phase),
+        Err(f) => host_machine::after_step(f.phase, false),
+    };
+    let snapshotted = snapshotted.map_err(|f| f.message);
     let duration = started.elapsed();
     let reference = session.object_ref(&());
     let entry = match &snapshotted {
@@ -203,14 +221,24 @@ async fn backup_one(
     // run into its deadline. Should it still fail, a restarted agent finds the tagged snapshot.
     let mut delay = Duration::from_secs(1);
     for attempt in 1..=6 {
+        let Ok(from) = reporting else {
+            tracing::error!(
+                ?reporting,
+                "BUG: the host machine refused to reach Reporting"
+            );
+            break;
+        };
         match super::report::upsert_backup_hosts(
             &sessions,
             &session.name_any(),
+            from,
             std::slice::from_ref(&entry),
         )
         .await
         {
             Ok(_) => break,
+            // Refused by the transition check (and logged there): retrying cannot help.
+            Err(StatusError::IllegalTransition { .. }) => break,
             Err(e) if attempt < 6 => {
                 tracing::warn!(error = %e, attempt, "could not record this host's result; retrying");
                 tokio::time::sleep(delay).await;
@@ -305,6 +333,7 @@ fn snapshot_stats(s: &backup::SnapshotResult) -> SnapshotStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stash_crds::backup_session::Phase;
 
     fn session(phase: Option<Phase>, hosts: &[&str]) -> BackupSession {
         let mut s = BackupSession::new("s", Default::default());
@@ -324,17 +353,23 @@ mod tests {
 
     #[test]
     fn a_host_backs_up_only_running_sessions_it_has_not_reported() {
-        assert!(needs_backup(&session(Some(Phase::Running), &[]), "host-0"));
-        assert!(needs_backup(
-            &session(Some(Phase::Running), &["host-1"]),
-            "host-0"
-        ));
-        assert!(!needs_backup(
-            &session(Some(Phase::Running), &["host-0"]),
-            "host-0"
-        ));
-        assert!(!needs_backup(&session(Some(Phase::Pending), &[]), "host-0"));
-        assert!(!needs_backup(&session(None, &[]), "host-0"));
-        assert!(!needs_backup(&session(Some(Phase::Skipped), &[]), "host-0"));
+        let looking = Some(host_machine::Phase::LookingUp);
+        assert_eq!(
+            needs_backup(&session(Some(Phase::Running), &[]), "host-0"),
+            looking
+        );
+        assert_eq!(
+            needs_backup(&session(Some(Phase::Running), &["host-1"]), "host-0"),
+            looking
+        );
+        for s in [
+            session(Some(Phase::Running), &["host-0"]),
+            session(Some(Phase::Pending), &[]),
+            session(None, &[]),
+            session(Some(Phase::Skipped), &[]),
+            session(Some(Phase::Failed), &[]),
+        ] {
+            assert_eq!(needs_backup(&s, "host-0"), None, "{:?}", s.status);
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! `stash update-status` (stash-api.md §7.2, §11.1): the last step of a job-model Task. Reads
 //! `<output-dir>/output.json`, upserts the host entries into the BackupSession or
-//! RestoreSession status, emits one event per host, updates the Repository status when every
+//! RestoreSession status (each write checked against the host lifecycle,
+//! [`stash_machines::backup_host::job_outcome`], [`stash_machines::restore_host::job_outcome`]), emits one event per host, updates the Repository status when every
 //! host of a backup succeeded, and exits non-zero when any entry carries an error (decision 1:
 //! such an entry is `Failed`).
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use stash_crds::{
     BackupSession, Repository, RestoreSession, backup_session::HostBackupStats,
     restore_session::HostRestoreStats,
 };
+use stash_machines::{backup_host, restore_host};
 use stash_runtime::events::{Events, Severity};
 
 use super::report;
@@ -64,7 +66,18 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 h
             })
             .collect();
-        report::upsert_backup_hosts(&api, &opts.backup_session, &entries).await?;
+        // Each host reports from the phase its lifecycle computes from the session's entries
+        // (`Reporting`, or `Reported` for a retried pod): the write is checked against it.
+        let before = api.get(&opts.backup_session).await?;
+        for h in &entries {
+            let reported = before
+                .status
+                .as_ref()
+                .is_some_and(|s| s.stats.iter().any(|e| e.hostname == h.hostname));
+            let from = backup_host::job_outcome(reported, h.is_failed())?;
+            report::upsert_backup_hosts(&api, &opts.backup_session, from, std::slice::from_ref(h))
+                .await?;
+        }
         let session = api.get(&opts.backup_session).await?;
         let reference = session.object_ref(&());
         for h in &entries {
@@ -129,7 +142,22 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 h
             })
             .collect();
-        report::upsert_restore_hosts(&api, &opts.restore_session, &entries).await?;
+        let before = api.get(&opts.restore_session).await?;
+        for h in &entries {
+            let reported = before
+                .status
+                .as_ref()
+                .is_some_and(|s| s.stats.iter().any(|e| e.hostname == h.hostname));
+            let failed = h.error.as_deref().is_some_and(|e| !e.is_empty());
+            let from = restore_host::job_outcome(reported, failed)?;
+            report::report_restore_hosts(
+                &api,
+                &opts.restore_session,
+                from,
+                std::slice::from_ref(h),
+            )
+            .await?;
+        }
         let session = api.get(&opts.restore_session).await?;
         let reference = session.object_ref(&());
         for h in &entries {
