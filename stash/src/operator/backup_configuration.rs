@@ -115,9 +115,9 @@ pub fn cron_job(
     }
 }
 
-struct BackupConfigurations {
-    ctx: Arc<Ctx>,
-    history: Arc<Mutex<History>>,
+pub(crate) struct BackupConfigurations {
+    pub(crate) ctx: Arc<Ctx>,
+    pub(crate) history: Arc<Mutex<History>>,
 }
 
 /// The history limit of `bc`: its own, else the operator's.
@@ -149,7 +149,7 @@ async fn prune(ctx: &Ctx, history: &Mutex<History>, ns: &str, config: &str) -> R
 
 /// Feed `history` from one BackupSession watch and prune a configuration whenever one of its
 /// sessions finishes (and every configuration over its limit after each full list).
-async fn follow_sessions(ctx: Arc<Ctx>, history: Arc<Mutex<History>>) {
+pub(crate) async fn follow_sessions(ctx: Arc<Ctx>, history: Arc<Mutex<History>>) {
     let api = Api::<BackupSession>::all(ctx.client.clone());
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()

@@ -249,7 +249,7 @@ pub async fn reconcile(ctx: &Arc<Ctx>, target: &Target) -> Result<(), Error> {
     Ok(())
 }
 
-struct Carriers<K>(Arc<Ctx>, std::marker::PhantomData<K>);
+pub(crate) struct Carriers<K>(pub(crate) Arc<Ctx>, pub(crate) std::marker::PhantomData<K>);
 
 /// How a carrier kind is described to the template.
 trait Carrier:

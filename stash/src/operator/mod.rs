@@ -15,6 +15,8 @@ use crate::inject::InjectConfig;
 pub mod backup_configuration;
 pub mod backup_session;
 pub mod default_backup;
+#[cfg(test)]
+mod fixtures;
 pub mod history;
 pub mod rbac;
 pub mod repository;

@@ -68,14 +68,16 @@ pub fn wipe_out_abandoned(repo: &Repository) -> bool {
         .is_some_and(|v| v.trim() == "true")
 }
 
-struct Repositories(Arc<Ctx>, ConditionWrites);
+pub(crate) struct Repositories(pub(crate) Arc<Ctx>, pub(crate) ConditionWrites);
 
 /// When the `WipeOut` condition of each Repository (by uid) was last written. A status write
 /// is a change the controller watches, so it runs the reconcile again at once: rewriting the
 /// condition on every failed attempt (its message carries timings) would retry the wipe in a
 /// tight loop instead of every [`stash_runtime::Reconcile::error_policy`] interval.
 #[derive(Default)]
-struct ConditionWrites(std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>);
+pub(crate) struct ConditionWrites(
+    std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+);
 
 /// How often a still-failing wipe-out refreshes the condition's message.
 const CONDITION_REFRESH: Duration = Duration::from_secs(60);

@@ -132,7 +132,7 @@ fn last_applied(bc: &BackupConfiguration) -> String {
     .to_string()
 }
 
-struct Workloads<W>(Arc<Ctx>, std::marker::PhantomData<W>);
+pub(crate) struct Workloads<W>(pub(crate) Arc<Ctx>, pub(crate) std::marker::PhantomData<W>);
 
 impl<W: Workload> Reconcile<W> for Workloads<W> {
     type Error = Error;
