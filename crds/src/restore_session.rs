@@ -120,8 +120,10 @@ pub struct RestoreSessionStatus {
     /// upstream left failed and skipped sessions without a reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// One entry per host that reported.
+    /// One entry per host that reported. A list-map keyed by `hostname`: each host's agent
+    /// owns its own entry (server-side apply), the operator owns the other status fields.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["hostname"]))]
     pub stats: Vec<HostRestoreStats>,
 }
 
@@ -129,8 +131,9 @@ pub struct RestoreSessionStatus {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HostRestoreStats {
-    /// Host name.
+    /// Host name (`host-0`, `host-<ordinal>`, node name); `host-0` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String", extend("default" = "host-0"))]
     pub hostname: Option<String>,
     /// Result of the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]

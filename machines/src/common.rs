@@ -35,18 +35,17 @@ pub struct StatusPatch<P> {
     pub reason: Option<String>,
 }
 
-/// One effect for the runtime to perform, in the order given.
+/// One effect for the runtime to perform, in the order given. `A` is the lifecycle's own
+/// actions (each lifecycle has its `Effect` alias over its `Action` enum, so a BackupSession
+/// decision cannot ask for a restore Job); the rest is common to every session lifecycle.
 ///
-/// Creation effects come before the status write, so a crash between the two is repaired by the
-/// next reconcile (which decides the same again; creation must be create-if-absent).
+/// Actions come before the status write, so a crash between the two is repaired by the next
+/// reconcile (which decides the same again; every action must be idempotent).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Effect<P> {
-    /// Create the backup Job of this BackupSession (job model), if absent.
-    CreateBackupJob,
-    /// Create the restore Job of this RestoreSession (job model), if absent.
-    CreateRestoreJob,
-    /// Nudge the workload controller so it injects the restore init-container (workload target).
-    NudgeWorkload,
+pub enum Effect<P, A> {
+    /// Perform this lifecycle-specific action. An action the API refuses for good is observed
+    /// and decided again (see [`Performed`]).
+    Act(A),
     /// Write this status.
     WriteStatus(StatusPatch<P>),
     /// Emit this Event.
@@ -55,23 +54,49 @@ pub enum Effect<P> {
     RequeueAfter(Duration),
 }
 
+/// How an action went, as the runtime reports it back.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Performed {
+    /// Done (or already done).
+    Done,
+    /// Refused for good, in the API's (or the resolver's) words: retrying cannot succeed.
+    Refused(String),
+}
+
 /// The decision of one step: the phase after it and the effects to perform.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Decision<P: crate::lifecycle::Lifecycle> {
+pub struct Decision<P: crate::lifecycle::Lifecycle, A> {
     /// The phase after this step (the recorded one when nothing changes).
     pub phase: P,
     /// What to do, in order.
-    pub effects: Vec<Effect<P>>,
+    pub effects: Vec<Effect<P, A>>,
     /// Set when the lifecycle refused the event the machine chose (a bug in a lifecycle spec;
     /// never set for the shipped lifecycles, which the model tests check).
     pub rejection: Option<crate::lifecycle::Rejection<P>>,
 }
 
-impl<P: crate::lifecycle::Lifecycle> Decision<P> {
+impl<P: crate::lifecycle::Lifecycle, A> Decision<P, A> {
+    /// A decision that changes nothing: stay in `phase`, look again after `requeue`.
+    pub fn quiet(phase: P, requeue: Duration) -> Self {
+        Decision {
+            phase,
+            effects: vec![Effect::RequeueAfter(requeue)],
+            rejection: None,
+        }
+    }
+
     /// The status write, if any.
     pub fn status(&self) -> Option<&StatusPatch<P>> {
         self.effects.iter().find_map(|e| match e {
             Effect::WriteStatus(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    /// The lifecycle-specific actions, in order.
+    pub fn actions(&self) -> impl Iterator<Item = &A> {
+        self.effects.iter().filter_map(|e| match e {
+            Effect::Act(a) => Some(a),
             _ => None,
         })
     }

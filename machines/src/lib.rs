@@ -6,7 +6,9 @@
 //!
 //! The steppers [`backup_session::decide`] and [`restore_session::decide`] take what the
 //! controller observes and return a [`Decision`]: the next phase and the [`Effect`]s to perform,
-//! as values. They never do I/O: no kube, no tokio, no clock (the clock is an input).
+//! as values. Each lifecycle has its own actions ([`backup_session::Action`],
+//! [`restore_session::Action`]); the runtime carries out every lifecycle's decisions with one
+//! generic interpreter. They never do I/O: no kube, no tokio, no clock (the clock is an input).
 #![deny(missing_docs)]
 
 extern crate self as stash_machines;
@@ -21,7 +23,8 @@ pub mod restore_host;
 pub mod restore_session;
 
 pub use common::{
-    Decision, Effect, EventKind, EventRecord, JobState, Policy, StatusPatch, api_error_is_permanent,
+    Decision, Effect, EventKind, EventRecord, JobState, Performed, Policy, StatusPatch,
+    api_error_is_permanent,
 };
 pub use lifecycle::{Lifecycle, Rejection, RejectionKind, Transition};
 

@@ -9,7 +9,7 @@
 //! * a restore Job that ended while the session was still `Pending` fails it;
 //! * deadlines and Jobs as for BackupSession: past [`Policy::deadline`] the session is `Failed`.
 
-use crate::common::{Decision, Effect, EventKind, EventRecord, JobState, Policy, StatusPatch};
+use crate::common::{EventKind, EventRecord, JobState, Policy, StatusPatch};
 use crate::reasons;
 use stash_macros::{lifecycle, phase_enum};
 use std::collections::BTreeMap;
@@ -53,10 +53,23 @@ pub enum HostPhase {
     Unknown,
 }
 
+/// What only a RestoreSession decision asks for (besides status, events and requeues).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Create the session's restore Jobs (job model), if absent.
+    CreateRestoreJobs,
+}
+
+/// A RestoreSession effect.
+pub type Effect = crate::common::Effect<Phase, Action>;
+
+/// A RestoreSession decision.
+pub type Decision = crate::common::Decision<Phase, Action>;
+
 /// How the target is restored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TargetModel {
-    /// A workload: the operator nudges the workload controller, which injects `stash-init`.
+    /// A workload: the workload controller, which watches RestoreSessions, injects `stash-init`.
     Workload,
     /// The operator creates restore Job(s).
     Job,
@@ -167,7 +180,7 @@ pub fn host_outcomes(hosts: &[HostReport]) -> BTreeMap<&str, HostPhase> {
 }
 
 /// The stepper.
-pub fn decide(obs: &Observation) -> Decision<Phase> {
+pub fn decide(obs: &Observation) -> Decision {
     let current = obs.phase.unwrap_or(Phase::INITIAL);
     match current {
         Phase::Pending => pending(obs),
@@ -185,10 +198,10 @@ fn fire(
     current: Phase,
     event: Event,
     guards: (bool, bool),
-    before: Vec<Effect<Phase>>,
+    before: Vec<Effect>,
     total_hosts: Option<u32>,
     reason: String,
-) -> Decision<Phase> {
+) -> Decision {
     let (all_ok, any_failed) = guards;
     let next = match current.transition(event, |g| match g {
         Guard::AllHostsSucceeded => all_ok,
@@ -247,7 +260,7 @@ fn fire(
     }
 }
 
-fn pending(obs: &Observation) -> Decision<Phase> {
+fn pending(obs: &Observation) -> Decision {
     let fail = |reason: String| {
         fire(
             obs,
@@ -291,9 +304,11 @@ fn pending(obs: &Observation) -> Decision<Phase> {
         ));
     }
     let total = obs.target_hosts.len() as u32;
+    // A workload target needs no action: the workload controller watches RestoreSessions and
+    // injects `stash-init` into the workload's pods.
     let before = match obs.model {
-        TargetModel::Job => vec![Effect::CreateRestoreJob],
-        _ => vec![Effect::NudgeWorkload],
+        TargetModel::Job => vec![Effect::Act(Action::CreateRestoreJobs)],
+        _ => vec![],
     };
     fire(
         obs,
@@ -306,7 +321,7 @@ fn pending(obs: &Observation) -> Decision<Phase> {
     )
 }
 
-fn running(obs: &Observation) -> Decision<Phase> {
+fn running(obs: &Observation) -> Decision {
     let total = obs.total_hosts.unwrap_or(obs.target_hosts.len() as u32);
     let outcomes = host_outcomes(&obs.hosts);
     let fire = |event, guards, reason| {

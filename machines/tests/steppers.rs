@@ -47,7 +47,7 @@ fn host(phase: Option<HostPhase>, error: Option<&str>, snapshots: u32) -> HostRe
     }
 }
 
-fn names<L: Lifecycle>(d: &stash_machines::Decision<L>) -> (&'static str, Option<String>) {
+fn names<L: Lifecycle>(d: &bs::Decision<L>) -> (&'static str, Option<String>) {
     (d.phase.name(), d.status().and_then(|s| s.reason.clone()))
 }
 
@@ -63,7 +63,7 @@ fn scenarios<L: BackupLifecycle>() {
         d.status().and_then(|s| s.reason.clone()).as_deref(),
         Some("could not create the backup Job: jobs.batch is forbidden: exceeded quota")
     );
-    assert!(!d.effects.contains(&Effect::CreateBackupJob));
+    assert_eq!(d.actions().count(), 0, "a refused Job is not created again");
 
     // A Repository without a backup yet: the sessions of every configuration sharing it start one
     // at a time, oldest first (two first backups would both `restic init` it).
@@ -104,8 +104,19 @@ fn scenarios<L: BackupLifecycle>() {
     // Job model: create the Job before writing Running.
     let d = bs::decide_with(&obs::<L>(None, config(TargetModel::Job, 2)));
     assert_eq!(d.phase, L::RUNNING);
-    assert_eq!(d.effects[0], Effect::CreateBackupJob);
+    assert_eq!(d.effects[0], Effect::Act(bs::Action::CreateBackupJob));
     assert_eq!(d.status().unwrap().total_hosts, Some(2));
+
+    // Sidecar model: the sidecars are granted the session before it is marked Running (which is
+    // what they wait for), and nothing else is acted on.
+    let d = bs::decide_with(&obs::<L>(None, config(TargetModel::Sidecar, 2)));
+    assert_eq!(d.phase, L::RUNNING);
+    assert_eq!(
+        d.actions().collect::<Vec<_>>(),
+        [&bs::Action::GrantSidecars]
+    );
+    assert_eq!(d.effects[0], Effect::Act(bs::Action::GrantSidecars));
+    assert!(matches!(d.effects[1], Effect::WriteStatus(_)));
 
     // Decision 1: an errored entry without a phase (upstream's job-model quirk) is a failure, and
     // so is a success without a snapshot.
@@ -246,7 +257,9 @@ fn restore_rule_resolution_reports_a_host_no_rule_matches() {
 
     let d = rs::decide(&restore(&["host-0"], vec![rs::Rule::default()]));
     assert_eq!(d.phase, rs::Phase::Running);
-    assert_eq!(d.effects[0], Effect::NudgeWorkload);
+    // A workload target needs no action: the workload controller injects `stash-init`.
+    assert_eq!(d.actions().count(), 0);
+    assert!(matches!(d.effects[0], Effect::WriteStatus(_)));
 }
 
 #[test]
@@ -297,5 +310,5 @@ fn a_restore_job_the_api_refuses_for_good_fails_the_restore() {
         d.status().and_then(|s| s.reason.clone()).as_deref(),
         Some("could not create the restore Job: Job.batch \"x\" is invalid")
     );
-    assert!(!d.effects.contains(&Effect::CreateRestoreJob));
+    assert_eq!(d.actions().count(), 0, "a refused Job is not created again");
 }

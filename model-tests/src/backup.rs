@@ -392,10 +392,15 @@ impl World<RefPhase> {
 }
 
 /// Performs the effects of a decision on the world (a crash stops before the status write).
-fn perform<L: BackupLifecycle>(w: &mut World<L>, i: usize, effects: &[Effect<L>], crash: bool) {
+fn perform<L: BackupLifecycle>(
+    w: &mut World<L>,
+    i: usize,
+    effects: &[stash_machines::backup_session::Effect<L>],
+    crash: bool,
+) {
     for e in effects {
         match e {
-            Effect::CreateBackupJob => {
+            Effect::Act(stash_machines::backup_session::Action::CreateBackupJob) => {
                 w.sessions[i].job.get_or_insert(JobState::Active);
             }
             Effect::WriteStatus(s) if !crash => {

@@ -236,7 +236,7 @@ pub fn step(w: &World, action: &Action) -> Result<World, String> {
         }
         for e in &d.effects {
             match e {
-                Effect::CreateRestoreJob => {
+                Effect::Act(stash_machines::restore_session::Action::CreateRestoreJobs) => {
                     next.job.get_or_insert(JobState::Active);
                 }
                 Effect::WriteStatus(s) if !crash => {

@@ -16,7 +16,7 @@
 //!   running one `Failed`, naming the hosts that never reported; a failed backup Job fails the
 //!   session at once, and a Job that finished without every host reporting fails it too.
 
-use crate::common::{Decision, Effect, EventKind, EventRecord, JobState, Policy, StatusPatch};
+use crate::common::{EventKind, EventRecord, JobState, Policy, StatusPatch};
 use crate::lifecycle::Lifecycle;
 use crate::reasons;
 use stash_macros::{lifecycle, phase_enum};
@@ -102,6 +102,22 @@ impl BackupLifecycle for Phase {
     const COMPLETE: Event = Event::Complete;
     const ALL_HOSTS_SUCCEEDED: Guard = Guard::AllHostsSucceeded;
 }
+
+/// What only a BackupSession decision asks for (besides status, events and requeues).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Create the session's backup Job (job model), if absent.
+    CreateBackupJob,
+    /// Let the workload's sidecars read and report on this session (sidecar model): done before
+    /// the session is marked `Running`, which is what the sidecars wait for.
+    GrantSidecars,
+}
+
+/// A BackupSession effect.
+pub type Effect<P = Phase> = crate::common::Effect<P, Action>;
+
+/// A BackupSession decision.
+pub type Decision<P = Phase> = crate::common::Decision<P, Action>;
 
 /// How the target is backed up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -277,11 +293,7 @@ pub fn decide_with<L: BackupLifecycle>(obs: &Observation<L>) -> Decision<L> {
 }
 
 fn quiet<L: Lifecycle>(phase: L, requeue: Duration) -> Decision<L> {
-    Decision {
-        phase,
-        effects: vec![Effect::RequeueAfter(requeue)],
-        rejection: None,
-    }
+    Decision::quiet(phase, requeue)
 }
 
 /// Fires `event` and turns the result into a decision.
@@ -438,10 +450,9 @@ fn pending<L: BackupLifecycle>(obs: &Observation<L>, current: L) -> Decision<L> 
             return quiet(current, obs.policy.requeue(obs.created_at, obs.now));
         }
     }
-    let before = if model == TargetModel::Job {
-        vec![Effect::CreateBackupJob]
-    } else {
-        vec![]
+    let before = match model {
+        TargetModel::Job => vec![Effect::Act(Action::CreateBackupJob)],
+        _ => vec![Effect::Act(Action::GrantSidecars)],
     };
     let how = if model == TargetModel::Job {
         "backup Job created"

@@ -1,6 +1,6 @@
-//! How agents report: a BackupSession host's own entry by server-side apply (one field manager
-//! per host), RestoreSession entries and the Repository status through the status subresource
-//! with read-modify-write retried on conflicts (several hosts report into one status at once).
+//! How agents report: a session host's own entry (BackupSession and RestoreSession) by
+//! server-side apply, one field manager per host; the Repository status through the status
+//! subresource with read-modify-write retried on conflicts (several agents report into it).
 use std::{fmt::Debug, sync::OnceLock, time::Duration};
 
 use kube::{
@@ -86,20 +86,52 @@ pub async fn upsert_backup_hosts(
     Ok(())
 }
 
-/// Upsert these hosts' entries (by hostname) in a RestoreSession's status.
+/// Write these hosts' entries in a RestoreSession's status, each by server-side apply as its
+/// host's own field manager (`stats` is a list-map keyed by `hostname`, like BackupSession's):
+/// the other hosts' entries and the operator's fields are left to their owners.
 pub async fn upsert_restore_hosts(
     api: &Api<RestoreSession>,
     name: &str,
     entries: &[HostRestoreStats],
 ) -> Result<(), kube::Error> {
-    update_status(api, name, |s| {
-        let status = s.status.get_or_insert_with(Default::default);
-        for e in entries {
-            status.stats.retain(|h| h.hostname != e.hostname);
-            status.stats.push(e.clone());
+    for e in entries {
+        let host = e.hostname.clone().unwrap_or_else(|| "host-0".into());
+        let mut entry = e.clone();
+        entry.hostname = Some(host.clone());
+        apply_host_entry(api, name, &host, serde_json::to_value(entry).unwrap_or_default()).await?;
+    }
+    Ok(())
+}
+
+/// Server-side apply of one host's entry of a session's `status.stats` list-map, as the host's
+/// own field manager; transient server errors are retried a few times.
+async fn apply_host_entry<K>(
+    api: &Api<K>,
+    name: &str,
+    host: &str,
+    entry: serde_json::Value,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": { "name": name },
+        "status": { "stats": [entry] },
+    });
+    let params = PatchParams::apply(&host_manager(host)).force();
+    let mut attempt = 0;
+    loop {
+        match api.patch_status(name, &params, &Patch::Apply(&patch)).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(err)) if err.code >= 500 && attempt < 5 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(err) => return Err(err),
         }
-    })
-    .await
+    }
 }
 
 /// What a successful backup tells the Repository (§7.4).

@@ -67,10 +67,20 @@ pub enum JobError {
     Kube(#[from] kube::Error),
 }
 
-impl JobError {
-    /// Whether the session should fail (rather than the reconcile be retried).
-    pub fn is_permanent(&self) -> bool {
-        matches!(self, JobError::Config(_))
+/// What creating a session's Job came to, for its machine: done; refused for good (the API
+/// refused it as invalid, over a limit or forbidden, or its inputs cannot be resolved), which
+/// the machine turns into a failed session; or a transient API error, retried with back-off.
+pub fn performed(result: Result<(), JobError>) -> Result<stash_machines::Performed, kube::Error> {
+    use stash_machines::Performed;
+    match result {
+        Ok(()) => Ok(Performed::Done),
+        Err(JobError::Kube(kube::Error::Api(e)))
+            if stash_machines::api_error_is_permanent(e.code) =>
+        {
+            Ok(Performed::Refused(e.message))
+        }
+        Err(JobError::Kube(e)) => Err(e),
+        Err(JobError::Config(message)) => Ok(Performed::Refused(message)),
     }
 }
 

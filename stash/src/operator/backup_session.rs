@@ -4,7 +4,7 @@
 //! (§5.4, §7, decisions 1 and 3); this file only gathers the observation and carries out the
 //! effects. The status write goes through [`stash_runtime::StatusWriter`], which refuses any
 //! phase change outside the generated transition table.
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use kube::{
@@ -20,13 +20,13 @@ use stash_crds::{
     duration::GoDuration,
 };
 use stash_machines::{
-    Effect, JobState,
+    EventRecord, JobState, Performed, StatusPatch,
     backup_session::{
         self as machine, Config, HostReport, Observation, OtherSession, Phase, RepositoryUse,
         TargetModel,
     },
 };
-use stash_runtime::{Action, Reconcile, StatusWriter, status::StatusError};
+use stash_runtime::{Action, Perform, Reconcile, StatusWriter, status::StatusError};
 
 /// The field manager of the operator's BackupSession status fields (server-side apply).
 pub const STATUS_MANAGER: &str = "stash-operator";
@@ -181,7 +181,6 @@ impl Reconcile<BackupSession> for BackupSessions {
     async fn reconcile(&self, bs: Arc<BackupSession>) -> Result<Action, Error> {
         let ctx = &self.0;
         let ns = bs.namespace().unwrap_or_default();
-        let api = Api::<BackupSession>::namespaced(ctx.client.clone(), &ns);
         let bc_name = bs
             .spec
             .backup_configuration
@@ -237,92 +236,94 @@ impl Reconcile<BackupSession> for BackupSessions {
             now: u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0),
             policy: ctx.policy,
         };
-        let mut obs = obs;
-        let mut decision = machine::decide(&obs);
-        if let Some(rejection) = &decision.rejection {
-            tracing::error!(session = %bs.name_any(), %rejection, "BUG: the machine's event was rejected");
-        }
-        let writer = StatusWriter::new(ctx.metrics.clone(), Self::NAME);
-        let reference = bs.object_ref(&());
-        let mut action = Action::requeue(ctx.policy.poll);
-        let mut effects = std::mem::take(&mut decision.effects).into_iter();
-        while let Some(effect) = effects.next() {
-            match effect {
-                Effect::WriteStatus(patch) => {
-                    if patch.phase == Phase::Running
-                        && obs.phase != Some(Phase::Running)
-                        && matches!(
-                            obs.config,
-                            Config::Found {
-                                model: TargetModel::Sidecar,
-                                ..
-                            }
-                        )
-                        && let Some(bc) =
-                            Api::<BackupConfiguration>::namespaced(ctx.client.clone(), &ns)
-                                .get_opt(&bc_name)
-                                .await?
-                    {
-                        super::workload::grant_session_to_sidecar(ctx, &bc, &bs.name_any()).await?;
-                    }
-                    let mut desired = status.cloned().unwrap_or_default();
-                    desired.phase = Some(patch.phase);
-                    if let Some(t) = patch.total_hosts {
-                        desired.total_hosts = Some(i32::try_from(t).unwrap_or(i32::MAX));
-                    }
-                    if let Some(d) = patch.session_duration {
-                        desired.session_duration = Some(GoDuration(d));
-                    }
-                    if patch.reason.is_some() {
-                        desired.reason = patch.reason.clone();
-                    }
-                    // The operator owns every status field but the hosts' entries (`stats`, a
-                    // list-map each host's agent applies its own entry of).
-                    let mut owned = serde_json::to_value(&desired).map_err(StatusError::from)?;
-                    if let Some(o) = owned.as_object_mut() {
-                        o.remove("stats");
-                    }
-                    writer
-                        .apply_phase(
-                            &api,
-                            bs.as_ref(),
-                            STATUS_MANAGER,
-                            status == Some(&desired),
-                            owned,
-                            obs.phase,
-                            patch.phase,
-                        )
+        let decision = machine::decide(&obs);
+        let mut perform = BackupEffects {
+            ctx,
+            bs: &bs,
+            bc: bc.as_ref(),
+            api: Api::namespaced(ctx.client.clone(), &ns),
+            writer: StatusWriter::new(ctx.metrics.clone(), Self::NAME),
+            obs,
+        };
+        stash_runtime::interpret(decision, &mut perform, ctx.policy.poll).await
+    }
+}
+
+/// How a BackupSession's effects are done (the order and the refusals are the interpreter's).
+struct BackupEffects<'a> {
+    ctx: &'a Ctx,
+    bs: &'a BackupSession,
+    bc: Option<&'a BackupConfiguration>,
+    api: Api<BackupSession>,
+    writer: StatusWriter,
+    obs: Observation,
+}
+
+impl Perform<Phase, machine::Action> for BackupEffects<'_> {
+    type Error = Error;
+
+    async fn act(&mut self, action: &machine::Action) -> Result<Performed, Error> {
+        match action {
+            machine::Action::GrantSidecars => {
+                if let Some(bc) = self.bc {
+                    super::workload::grant_session_to_sidecar(self.ctx, bc, &self.bs.name_any())
                         .await?;
                 }
-                Effect::Emit(ev) => ctx.events.publish_record(&reference, ev).await,
-                Effect::RequeueAfter(d) => action = Action::requeue(d.max(Duration::from_secs(1))),
-                Effect::CreateBackupJob => {
-                    let op = crate::jobs::inputs::OperatorInputs {
-                        pushgateway_url: ctx.inject.pushgateway_url.clone(),
-                    };
-                    let message = match crate::jobs::backup::ensure_job(&ctx.client, &op, &bs).await
-                    {
-                        Ok(()) => continue,
-                        // Permanent refusals (invalid, over a limit, forbidden) go back to the
-                        // machine; anything else is transient and retried with back-off.
-                        Err(crate::jobs::JobError::Kube(kube::Error::Api(e)))
-                            if stash_machines::api_error_is_permanent(e.code) =>
-                        {
-                            e.message
-                        }
-                        Err(crate::jobs::JobError::Kube(e)) => return Err(e.into()),
-                        // Unresolved variable, missing Task/Function/Repository.
-                        Err(e) => e.to_string(),
-                    };
-                    // The machine decides again with the refusal observed; nothing was created.
-                    obs.job = Some(JobState::Rejected { message });
-                    decision = machine::decide(&obs);
-                    effects = std::mem::take(&mut decision.effects).into_iter();
-                }
-                Effect::CreateRestoreJob | Effect::NudgeWorkload => {}
+                Ok(Performed::Done)
+            }
+            machine::Action::CreateBackupJob => {
+                let op = crate::jobs::inputs::OperatorInputs {
+                    pushgateway_url: self.ctx.inject.pushgateway_url.clone(),
+                };
+                let created = crate::jobs::backup::ensure_job(&self.ctx.client, &op, self.bs).await;
+                Ok(crate::jobs::performed(created)?)
             }
         }
-        Ok(action)
+    }
+
+    async fn write_status(&mut self, patch: StatusPatch<Phase>) -> Result<(), Error> {
+        let status = self.bs.status.as_ref();
+        let to = patch.phase;
+        let mut desired = status.cloned().unwrap_or_default();
+        desired.phase = Some(to);
+        if let Some(t) = patch.total_hosts {
+            desired.total_hosts = Some(i32::try_from(t).unwrap_or(i32::MAX));
+        }
+        if let Some(d) = patch.session_duration {
+            desired.session_duration = Some(GoDuration(d));
+        }
+        if patch.reason.is_some() {
+            desired.reason = patch.reason;
+        }
+        // The operator owns every status field but the hosts' entries (`stats`, a list-map
+        // each host's agent applies its own entry of).
+        let mut owned = serde_json::to_value(&desired).map_err(StatusError::from)?;
+        if let Some(o) = owned.as_object_mut() {
+            o.remove("stats");
+        }
+        self.writer
+            .apply_phase(
+                &self.api,
+                self.bs,
+                STATUS_MANAGER,
+                status == Some(&desired),
+                owned,
+                self.obs.phase,
+                to,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn emit(&mut self, event: EventRecord) {
+        let reference = self.bs.object_ref(&());
+        self.ctx.events.publish_record(&reference, event).await;
+    }
+
+    fn decide_refused(&mut self, _: &machine::Action, message: String) -> machine::Decision {
+        // Nothing was created; the machine decides again with the refusal observed.
+        self.obs.job = Some(JobState::Rejected { message });
+        machine::decide(&self.obs)
     }
 }
 

@@ -1,6 +1,6 @@
 //! RestoreSession controller: observe, let the pure machine decide, perform its effects
 //! (stash-api.md §5.8, §7.3, decision 2).
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, StatefulSet},
@@ -17,10 +17,10 @@ use kube::{
 };
 use stash_crds::{RestoreSession, common::Driver, consts, duration::GoDuration};
 use stash_machines::{
-    Effect,
+    EventRecord, JobState, Performed, StatusPatch,
     restore_session::{self as machine, HostReport, Observation, TargetModel},
 };
-use stash_runtime::{Action, Reconcile, StatusWriter};
+use stash_runtime::{Action, Perform, Reconcile, StatusWriter, status::StatusError};
 
 use super::{Ctx, Error};
 use crate::target::WorkloadKind;
@@ -92,7 +92,6 @@ impl RestoreSessions {
     async fn apply(&self, rs: Arc<RestoreSession>) -> Result<Action, Error> {
         let ctx = &self.0;
         let ns = rs.namespace().unwrap_or_default();
-        let api = Api::<RestoreSession>::namespaced(ctx.client.clone(), &ns);
         let status = rs.status.as_ref();
         // A finished session never changes again: no observation, no requeue (issue 12). Only
         // an edit of the object (a watch event) brings it back here.
@@ -147,75 +146,94 @@ impl RestoreSessions {
             now: u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0),
             policy: ctx.policy,
         };
-        let mut obs = obs;
-        let mut decision = machine::decide(&obs);
-        if let Some(rejection) = &decision.rejection {
-            tracing::error!(session = %rs.name_any(), %rejection, "BUG: the machine's event was rejected");
-        }
-        let writer = StatusWriter::new(ctx.metrics.clone(), "restoresession");
-        let reference = rs.object_ref(&());
-        // Waiting sessions are looked at again; a session the decision ends is not.
-        let mut action = if decision.phase.is_terminal() {
-            Action::await_change()
-        } else {
-            Action::requeue(ctx.policy.poll)
+        let decision = machine::decide(&obs);
+        let mut perform = RestoreEffects {
+            ctx,
+            rs: &rs,
+            api: Api::namespaced(ctx.client.clone(), &ns),
+            writer: StatusWriter::new(ctx.metrics.clone(), "restoresession"),
+            obs,
         };
-        let mut effects = std::mem::take(&mut decision.effects).into_iter();
-        while let Some(effect) = effects.next() {
-            match effect {
-                Effect::WriteStatus(patch) => {
-                    let mut desired = status.cloned().unwrap_or_default();
-                    desired.phase = Some(patch.phase);
-                    if let Some(t) = patch.total_hosts {
-                        desired.total_hosts = Some(i32::try_from(t).unwrap_or(i32::MAX));
-                    }
-                    if let Some(d) = patch.session_duration {
-                        desired.session_duration = Some(GoDuration(d));
-                    }
-                    if patch.reason.is_some() {
-                        desired.reason = patch.reason.clone();
-                    }
-                    writer
-                        .write_phase(&api, rs.as_ref(), status, &desired, obs.phase, patch.phase)
-                        .await?;
-                }
-                Effect::Emit(ev) => ctx.events.publish_record(&reference, ev).await,
-                Effect::RequeueAfter(d) => action = Action::requeue(d.max(Duration::from_secs(1))),
-                // The workload controller watches RestoreSessions: it injects `stash-init`.
-                Effect::NudgeWorkload => {}
-                Effect::CreateRestoreJob => {
-                    let op = crate::jobs::inputs::OperatorInputs {
-                        pushgateway_url: ctx.inject.pushgateway_url.clone(),
-                    };
-                    let message = match crate::jobs::restore::ensure_jobs(
-                        &ctx.client,
-                        &ctx.inject.image,
-                        &op,
-                        &rs,
-                    )
-                    .await
-                    {
-                        Ok(()) => continue,
-                        // Permanent refusals go back to the machine; the rest is retried.
-                        Err(crate::jobs::JobError::Kube(kube::Error::Api(e)))
-                            if stash_machines::api_error_is_permanent(e.code) =>
-                        {
-                            e.message
-                        }
-                        Err(crate::jobs::JobError::Kube(e)) => return Err(e.into()),
-                        Err(e) => e.to_string(),
-                    };
-                    obs.job = Some(stash_machines::JobState::Rejected { message });
-                    decision = machine::decide(&obs);
-                    if decision.phase.is_terminal() {
-                        action = Action::await_change();
-                    }
-                    effects = std::mem::take(&mut decision.effects).into_iter();
-                }
-                Effect::CreateBackupJob => {}
+        stash_runtime::interpret(decision, &mut perform, ctx.policy.poll).await
+    }
+}
+
+/// The field manager of the operator's RestoreSession status fields (server-side apply).
+pub const STATUS_MANAGER: &str = "stash-operator";
+
+/// How a RestoreSession's effects are done (the order and the refusals are the interpreter's).
+struct RestoreEffects<'a> {
+    ctx: &'a Ctx,
+    rs: &'a RestoreSession,
+    api: Api<RestoreSession>,
+    writer: StatusWriter,
+    obs: Observation,
+}
+
+impl Perform<machine::Phase, machine::Action> for RestoreEffects<'_> {
+    type Error = Error;
+
+    async fn act(&mut self, action: &machine::Action) -> Result<Performed, Error> {
+        match action {
+            machine::Action::CreateRestoreJobs => {
+                let op = crate::jobs::inputs::OperatorInputs {
+                    pushgateway_url: self.ctx.inject.pushgateway_url.clone(),
+                };
+                let created = crate::jobs::restore::ensure_jobs(
+                    &self.ctx.client,
+                    &self.ctx.inject.image,
+                    &op,
+                    self.rs,
+                )
+                .await;
+                Ok(crate::jobs::performed(created)?)
             }
         }
-        Ok(action)
+    }
+
+    async fn write_status(&mut self, patch: StatusPatch<machine::Phase>) -> Result<(), Error> {
+        let status = self.rs.status.as_ref();
+        let to = patch.phase;
+        let mut desired = status.cloned().unwrap_or_default();
+        desired.phase = Some(to);
+        if let Some(t) = patch.total_hosts {
+            desired.total_hosts = Some(i32::try_from(t).unwrap_or(i32::MAX));
+        }
+        if let Some(d) = patch.session_duration {
+            desired.session_duration = Some(GoDuration(d));
+        }
+        if patch.reason.is_some() {
+            desired.reason = patch.reason;
+        }
+        // The operator owns every status field but the hosts' entries (`stats`, a list-map
+        // each host's agent applies its own entry of).
+        let mut owned = serde_json::to_value(&desired).map_err(StatusError::from)?;
+        if let Some(o) = owned.as_object_mut() {
+            o.remove("stats");
+        }
+        self.writer
+            .apply_phase(
+                &self.api,
+                self.rs,
+                STATUS_MANAGER,
+                status == Some(&desired),
+                owned,
+                self.obs.phase,
+                to,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn emit(&mut self, event: EventRecord) {
+        let reference = self.rs.object_ref(&());
+        self.ctx.events.publish_record(&reference, event).await;
+    }
+
+    fn decide_refused(&mut self, _: &machine::Action, message: String) -> machine::Decision {
+        // Nothing was created; the machine decides again with the refusal observed.
+        self.obs.job = Some(JobState::Rejected { message });
+        machine::decide(&self.obs)
     }
 }
 
