@@ -10,6 +10,8 @@
 //! request never came. An unexpected request is answered `500` at once, so a reconcile never
 //! hangs on it. Nothing is answered unless scripted: a LIST the controller should not issue (it
 //! reads a store) fails the test by itself, and so does an Event nobody scripted ([`event`]).
+//! Requests that may come at any point, such as the watch a whole controller runs beside its
+//! reconciles (`tests_sessions.rs`), are listed apart ([`ApiServerVerifier::run_with_anytime`]).
 use std::{
     collections::VecDeque,
     fmt::Write as _,
@@ -31,6 +33,8 @@ mod backup_configuration;
 mod default_backup;
 mod history;
 mod repository;
+#[path = "tests_sessions.rs"]
+mod tests_sessions;
 mod workload;
 
 /// The image the test context injects.
@@ -170,6 +174,8 @@ pub(crate) struct ApiServerVerifier(ApiServerHandle);
 struct State {
     /// Still expected, in order.
     script: VecDeque<Exchange>,
+    /// Still expected, each once, at any point ([`ApiServerVerifier::run_with_anytime`]).
+    anytime: Vec<Exchange>,
     /// Every request received, in order (for the failure report).
     seen: Vec<String>,
     /// Why the test fails.
@@ -209,8 +215,19 @@ pub(crate) fn test_ctx() -> (Arc<Ctx>, ApiServerVerifier) {
 impl ApiServerVerifier {
     /// Serve `script`, in order, from now on.
     pub(crate) fn run(self, script: Vec<Exchange>) -> ApiServer {
+        self.run_with_anytime(script, vec![])
+    }
+
+    /// Serve `script`, in order, and `anytime`, each once whenever it comes: the requests of a
+    /// controller's own watch, which runs beside its reconciles.
+    pub(crate) fn run_with_anytime(
+        self,
+        script: Vec<Exchange>,
+        anytime: Vec<Exchange>,
+    ) -> ApiServer {
         let state = Arc::new(Mutex::new(State {
             script: script.into(),
+            anytime,
             ..State::default()
         }));
         let task = tokio::spawn(serve(self.0, state.clone()));
@@ -237,9 +254,15 @@ async fn serve(mut handle: ApiServerHandle, state: Arc<Mutex<State>>) {
             let mut st = state.lock().expect("scripted server state");
             st.seen.push(got.clone());
             let n = st.seen.len();
+            let matches = |e: &Exchange| e.method == parts.method && e.uri == uri;
+            let in_order = st.script.front().is_some_and(matches);
+            let anytime = st.anytime.iter().position(matches);
             match st.script.front() {
-                Some(next) if next.method == parts.method && next.uri == uri => {
-                    let next = st.script.pop_front().expect("front");
+                _ if in_order || anytime.is_some() => {
+                    let next = match anytime {
+                        Some(i) if !in_order => st.anytime.remove(i),
+                        _ => st.script.pop_front().expect("front"),
+                    };
                     if let Some(check) = &next.check
                         && let Err(panic) =
                             std::panic::catch_unwind(AssertUnwindSafe(|| check(&body)))
@@ -309,12 +332,10 @@ impl ApiServer {
     pub(crate) async fn verify(self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         loop {
-            let done = self
-                .state
-                .lock()
-                .expect("scripted server state")
-                .script
-                .is_empty();
+            let done = {
+                let st = self.state.lock().expect("scripted server state");
+                st.script.is_empty() && st.anytime.is_empty()
+            };
             if done || tokio::time::Instant::now() >= deadline {
                 break;
             }
@@ -326,7 +347,7 @@ impl ApiServer {
         for f in &st.failures {
             let _ = writeln!(report, "  {f}");
         }
-        for e in &st.script {
+        for e in st.script.iter().chain(&st.anytime) {
             let _ = writeln!(report, "  expected request never came: {}", e.describe());
         }
         assert!(
