@@ -287,6 +287,7 @@ async fn every_replica_of_a_statefulset_is_backed_up_as_its_own_host() {
         dump_logs(env.cp);
     }
     assert_succeeded(&s, 3);
+    assert_status_ownership(&s.metadata, &["host-0", "host-1", "host-2"]);
     let repo = f.repo_dir.to_string_lossy().to_string();
     for (i, pv) in pvs.iter().enumerate() {
         assert_restores_identically(&repo, &format!("host-{i}"), pv);

@@ -212,9 +212,10 @@ async fn a_deployment_restores_the_latest_and_a_chosen_older_snapshot() {
         json!([{"paths": ["/source/data"]}]),
     )
     .await;
-    let status = rs.status.expect("status");
+    let status = rs.status.clone().expect("status");
     assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
     assert_eq!(status.stats.len(), 1);
+    assert_status_ownership(&rs.metadata, &["host-0"]);
     assert_eq!(
         checksums(&data),
         v2,

@@ -40,7 +40,7 @@ where
     }
 }
 
-/// The field manager of host `hostname`'s entry in a BackupSession's `status.stats`.
+/// The field manager of host `hostname`'s entry in a session's `status.stats`.
 pub fn host_manager(hostname: &str) -> String {
     format!("stash-host-{hostname}")
 }
@@ -64,24 +64,7 @@ pub async fn upsert_backup_hosts(
         let host = e.hostname.clone().unwrap_or_else(|| "host-0".into());
         let mut entry = e.clone();
         entry.hostname = Some(host.clone());
-        let patch = serde_json::json!({
-            "apiVersion": "stash.appscode.com/v1beta1",
-            "kind": "BackupSession",
-            "metadata": { "name": name },
-            "status": { "stats": [entry] },
-        });
-        let params = PatchParams::apply(&host_manager(&host)).force();
-        let mut attempt = 0;
-        loop {
-            match api.patch_status(name, &params, &Patch::Apply(&patch)).await {
-                Ok(_) => break,
-                Err(kube::Error::Api(err)) if err.code >= 500 && attempt < 5 => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                }
-                Err(err) => return Err(err.into()),
-            }
-        }
+        apply_host_entry(api, name, &host, serde_json::to_value(entry)?).await?;
     }
     Ok(())
 }
@@ -98,7 +81,8 @@ pub async fn upsert_restore_hosts(
         let host = e.hostname.clone().unwrap_or_else(|| "host-0".into());
         let mut entry = e.clone();
         entry.hostname = Some(host.clone());
-        apply_host_entry(api, name, &host, serde_json::to_value(entry).unwrap_or_default()).await?;
+        let entry = serde_json::to_value(entry).map_err(kube::Error::SerdeError)?;
+        apply_host_entry(api, name, &host, entry).await?;
     }
     Ok(())
 }

@@ -419,6 +419,54 @@ pub fn restic_restore(repo: &str, password: &str, id: &str, target: &Path) {
     );
 }
 
+/// Assert who owns a session's status, as the API server records it (`metadata.managedFields`,
+/// subresource `status`): the operator's field manager `stash-operator` owns `status.phase`, and
+/// each host's agent, field manager `stash-host-<host>`, owns exactly its own entry of the
+/// `status.stats` list-map (keyed by hostname) and nothing the operator owns.
+pub fn assert_status_ownership(meta: &kube::api::ObjectMeta, hosts: &[&str]) {
+    let owned = |manager: &str| -> serde_json::Value {
+        meta.managed_fields
+            .iter()
+            .flatten()
+            .filter(|m| {
+                m.manager.as_deref() == Some(manager) && m.subresource.as_deref() == Some("status")
+            })
+            .filter_map(|m| m.fields_v1.as_ref().map(|f| f.0.clone()))
+            .next()
+            .unwrap_or_else(|| {
+                panic!(
+                    "no status fields owned by {manager}: {:?}",
+                    meta.managed_fields
+                )
+            })
+    };
+    let operator = owned("stash-operator");
+    assert!(
+        operator["f:status"].get("f:phase").is_some(),
+        "stash-operator owns status.phase: {operator}"
+    );
+    assert!(
+        operator["f:status"].get("f:stats").is_none(),
+        "stash-operator owns no host entry: {operator}"
+    );
+    for host in hosts {
+        let agent = owned(&format!("stash-host-{host}"));
+        let entries: Vec<&String> = agent["f:status"]["f:stats"]
+            .as_object()
+            .map(|o| o.keys().filter(|k| k.starts_with("k:")).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            entries,
+            [&format!("k:{{\"hostname\":\"{host}\"}}")],
+            "stash-host-{host} owns exactly its own entry: {agent}"
+        );
+        assert!(
+            agent["f:status"].get("f:phase").is_none(),
+            "stash-host-{host} does not own status.phase: {agent}"
+        );
+    }
+}
+
 /// Assert no operator replica ever refused an illegal phase change.
 pub async fn assert_no_illegal_transitions() {
     let text = operator_metrics().await;
