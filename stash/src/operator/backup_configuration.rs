@@ -6,14 +6,15 @@
 //! `spec.backupHistoryLimit` (else `--backup-history-limit`) finished BackupSessions are kept;
 //! older ones are deleted in the background, which takes their Jobs and Pods (owned by the
 //! session) with them. The sessions are read from a [`History`] index fed by one watch, never
-//! listed per reconcile; a session that finishes prunes its configuration at once.
+//! listed per reconcile; a session that finishes prunes its configuration at once. Both
+//! watches are the shared ones ([`super::stores`]).
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 
 use k8s_openapi::api::{
     batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec},
@@ -23,7 +24,7 @@ use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, ObjectMeta, Patch, PatchParams},
     runtime::{
-        Controller, WatchStreamExt,
+        Controller,
         finalizer::{Event as Finalizer, finalizer},
         watcher,
     },
@@ -35,6 +36,7 @@ use super::{
     Ctx, Error,
     history::{History, SessionFacts},
     rbac,
+    stores::{Change, Feeds},
 };
 
 const MANAGER: &str = "stash-operator";
@@ -147,38 +149,22 @@ async fn prune(ctx: &Ctx, history: &Mutex<History>, ns: &str, config: &str) -> R
     Ok(())
 }
 
-/// Feed `history` from one BackupSession watch and prune a configuration whenever one of its
-/// sessions finishes (and every configuration over its limit after each full list).
-pub(crate) async fn follow_sessions(ctx: Arc<Ctx>, history: Arc<Mutex<History>>) {
-    let api = Api::<BackupSession>::all(ctx.client.clone());
-    let mut events = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    let mut listing: Vec<SessionFacts> = Vec::new();
-    loop {
-        let event = match events.try_next().await {
-            Ok(Some(e)) => e,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "BackupSession watch (history)");
-                continue;
-            }
-        };
-        let touched: Vec<(String, String)> = match event {
-            watcher::Event::Init => {
-                listing.clear();
-                vec![]
-            }
-            watcher::Event::InitApply(bs) => {
-                listing.extend(SessionFacts::of(&bs));
-                vec![]
-            }
-            watcher::Event::InitDone => {
+/// Feed `history` from the shared BackupSession watch and prune a configuration whenever one
+/// of its sessions finishes (and every configuration over its limit after each full list).
+pub(crate) async fn follow_sessions(
+    ctx: Arc<Ctx>,
+    history: Arc<Mutex<History>>,
+    changes: impl Stream<Item = Change<BackupSession>> + Send,
+) {
+    let mut changes = std::pin::pin!(changes);
+    while let Some(change) = changes.next().await {
+        let touched: Vec<(String, String)> = match change {
+            Change::Listed(all) => {
                 let mut h = history.lock().expect("history lock");
-                h.reset(std::mem::take(&mut listing));
+                h.reset(all.iter().filter_map(|bs| SessionFacts::of(bs)));
                 h.over_limit()
             }
-            watcher::Event::Apply(bs) => match SessionFacts::of(&bs) {
+            Change::Applied(bs) => match SessionFacts::of(&bs) {
                 Some(f) => {
                     let key = (f.namespace.clone(), f.config.clone());
                     let finished = f.finished;
@@ -187,7 +173,7 @@ pub(crate) async fn follow_sessions(ctx: Arc<Ctx>, history: Arc<Mutex<History>>)
                 }
                 None => vec![],
             },
-            watcher::Event::Delete(bs) => {
+            Change::Deleted(bs) => {
                 history
                     .lock()
                     .expect("history lock")
@@ -309,23 +295,32 @@ impl Reconcile<BackupConfiguration> for BackupConfigurations {
     }
 }
 
-/// Run the BackupConfiguration controller.
-pub async fn run(ctx: Arc<Ctx>) {
-    let api = Api::<BackupConfiguration>::all(ctx.client.clone());
-    let controller = Controller::new(api, watcher::Config::default()).owns(
-        Api::<CronJob>::all(ctx.client.clone()),
-        watcher::Config::default(),
-    );
-    let history = Arc::new(Mutex::new(History::default()));
-    tokio::join!(
-        stash_runtime::drive(
-            controller,
-            BackupConfigurations {
-                ctx: ctx.clone(),
-                history: history.clone(),
-            },
-            ctx.metrics.clone(),
-        ),
-        follow_sessions(ctx.clone(), history),
-    );
+/// Run the BackupConfiguration controller on the shared BackupConfiguration watch, and its
+/// history on the shared BackupSession watch (subscribed now, driven when the returned future
+/// runs).
+pub fn run(
+    ctx: Arc<Ctx>,
+    feeds: &mut Feeds,
+) -> impl std::future::Future<Output = ()> + Send + use<> {
+    let trigger = feeds.configurations.applies();
+    let sessions = feeds.sessions.changes();
+    async move {
+        let controller = Controller::for_shared_stream(trigger, ctx.stores.configurations.clone())
+            .owns(
+                Api::<CronJob>::all(ctx.client.clone()),
+                watcher::Config::default(),
+            );
+        let history = Arc::new(Mutex::new(History::default()));
+        tokio::join!(
+            stash_runtime::drive(
+                controller,
+                BackupConfigurations {
+                    ctx: ctx.clone(),
+                    history: history.clone(),
+                },
+                ctx.metrics.clone(),
+            ),
+            follow_sessions(ctx.clone(), history, sessions),
+        );
+    }
 }

@@ -7,16 +7,11 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
-use kube::{
-    Api, Resource, ResourceExt,
-    api::ListParams,
-    runtime::{Controller, reflector::Store, watcher},
-};
+use kube::{Api, Resource, ResourceExt, runtime::Controller};
 use stash_crds::{
-    BackupConfiguration, BackupSession, Repository,
+    BackupConfiguration, BackupSession,
     backup_session::{BackupSessionStatus, HostPhase},
     common::Driver,
-    consts,
     duration::GoDuration,
 };
 use stash_machines::{
@@ -31,7 +26,10 @@ use stash_runtime::{Action, Perform, Reconcile, StatusWriter, status::StatusErro
 /// The field manager of the operator's BackupSession status fields (server-side apply).
 pub const STATUS_MANAGER: &str = "stash-operator";
 
-use super::{Ctx, Error};
+use super::{
+    Ctx, Error,
+    stores::{self, Feeds, Stores, sessions_of},
+};
 use crate::target::WorkloadKind;
 
 fn created_at<K: Resource>(obj: &K) -> u64 {
@@ -42,63 +40,38 @@ fn created_at<K: Resource>(obj: &K) -> u64 {
 }
 
 /// The sessions of the other BackupConfigurations backing up into `bc`'s Repository, while
-/// that Repository has never received a backup (afterwards nothing is listed).
-async fn observe_repository(
-    ctx: &Ctx,
-    sessions: &Store<BackupSession>,
+/// that Repository has never received a backup (afterwards nothing is looked at). The
+/// Repository, the configurations and their sessions are read from the shared stores.
+fn observe_repository(
+    stores: &Stores,
     ns: &str,
     bc: Option<&BackupConfiguration>,
-) -> Result<RepositoryUse, Error> {
+) -> RepositoryUse {
     let Some(repo_name) = bc.and_then(|b| b.spec.repository.as_ref()).map(|r| &r.name) else {
-        return Ok(RepositoryUse::initialized());
+        return RepositoryUse::initialized();
     };
-    let repo = Api::<Repository>::namespaced(ctx.client.clone(), ns)
-        .get_opt(repo_name)
-        .await?;
-    let initialized = repo.and_then(|r| r.status).is_some_and(|s| {
-        s.first_backup_time.is_some()
-            || s.last_backup_time.is_some()
-            || s.last_successful_backup_time.is_some()
-    });
+    let repo = stores::repository(&stores.repositories, ns, repo_name);
+    let initialized = repo
+        .as_ref()
+        .and_then(|r| r.status.as_ref())
+        .is_some_and(|s| {
+            s.first_backup_time.is_some()
+                || s.last_backup_time.is_some()
+                || s.last_successful_backup_time.is_some()
+        });
     if initialized {
-        return Ok(RepositoryUse::initialized());
+        return RepositoryUse::initialized();
     }
     let own = bc.map(ResourceExt::name_any).unwrap_or_default();
-    let sharing: Vec<String> = Api::<BackupConfiguration>::namespaced(ctx.client.clone(), ns)
-        .list(&ListParams::default())
-        .await?
-        .into_iter()
-        .filter(|b| {
-            b.name_any() != own && b.spec.repository.as_ref().map(|r| &r.name) == Some(repo_name)
-        })
-        .map(|b| b.name_any())
-        .collect();
-    let others = sharing
+    let others = stores::configurations_sharing(&stores.configurations, ns, repo_name, &own)
         .iter()
-        .flat_map(|name| sessions_of(sessions, ns, name))
+        .flat_map(|name| sessions_of(&stores.sessions, ns, name))
         .map(|o| other_session(&o))
         .collect();
-    Ok(RepositoryUse {
+    RepositoryUse {
         initialized: false,
         others,
-    })
-}
-
-/// The sessions of configuration `bc` in `ns`, from the controller's watch-fed store (no LIST).
-/// The store applies the watch's events in order, so every session created before the one being
-/// reconciled is in it: the "older pending first" rule holds on this view.
-fn sessions_of(store: &Store<BackupSession>, ns: &str, bc: &str) -> Vec<Arc<BackupSession>> {
-    store
-        .state()
-        .into_iter()
-        .filter(|o| {
-            o.namespace().as_deref() == Some(ns)
-                && o.labels()
-                    .get(consts::BACKUP_CONFIGURATION_LABEL)
-                    .map(String::as_str)
-                    == Some(bc)
-        })
-        .collect()
+    }
 }
 
 fn other_session(o: &BackupSession) -> OtherSession {
@@ -109,7 +82,9 @@ fn other_session(o: &BackupSession) -> OtherSession {
     }
 }
 
-/// The configuration this session runs, as the machine needs it.
+/// The configuration this session runs, as the machine needs it. The number of hosts of a
+/// StatefulSet or DaemonSet is a GET: the operator keeps no store of those kinds here (the
+/// workload controllers' own caches are private to them).
 async fn observe_config(
     ctx: &Ctx,
     ns: &str,
@@ -172,7 +147,7 @@ fn host_reports(status: Option<&BackupSessionStatus>) -> Vec<HostReport> {
         .collect()
 }
 
-struct BackupSessions(Arc<Ctx>, Store<BackupSession>);
+struct BackupSessions(Arc<Ctx>);
 
 impl Reconcile<BackupSession> for BackupSessions {
     type Error = Error;
@@ -194,10 +169,9 @@ impl Reconcile<BackupSession> for BackupSessions {
         {
             return Ok(Action::await_change());
         }
-        let bc = Api::<BackupConfiguration>::namespaced(ctx.client.clone(), &ns)
-            .get_opt(&bc_name)
-            .await?;
-        let config = observe_config(ctx, &ns, bc.as_ref(), ctx.overlap).await?;
+        let bc = stores::get(&ctx.stores.configurations, &ns, &bc_name);
+        let bc = bc.as_deref();
+        let config = observe_config(ctx, &ns, bc, ctx.overlap).await?;
         // Only a session that could start needs the Repository's other users (a paused
         // configuration's sessions cannot start).
         let could_start = status
@@ -205,11 +179,11 @@ impl Reconcile<BackupSession> for BackupSessions {
             .is_none_or(|p| p == Phase::Pending)
             && matches!(config, Config::Found { paused: false, .. });
         let repository = if could_start {
-            observe_repository(ctx, &self.1, &ns, bc.as_ref()).await?
+            observe_repository(&ctx.stores, &ns, bc)
         } else {
             RepositoryUse::initialized()
         };
-        let others = sessions_of(&self.1, &ns, &bc_name)
+        let others = sessions_of(&ctx.stores.sessions, &ns, &bc_name)
             .iter()
             .filter(|o| o.uid() != bs.uid())
             .map(|o| other_session(o))
@@ -240,7 +214,7 @@ impl Reconcile<BackupSession> for BackupSessions {
         let mut perform = BackupEffects {
             ctx,
             bs: &bs,
-            bc: bc.as_ref(),
+            bc,
             api: Api::namespaced(ctx.client.clone(), &ns),
             writer: StatusWriter::new(ctx.metrics.clone(), Self::NAME),
             obs,
@@ -332,17 +306,16 @@ pub fn host_succeeded(phase: Option<HostPhase>, error: Option<&str>) -> bool {
     phase == Some(HostPhase::Succeeded) && error.is_none_or(str::is_empty)
 }
 
-/// Run the BackupSession controller.
-pub async fn run(ctx: Arc<Ctx>) {
-    let api = Api::<BackupSession>::all(ctx.client.clone());
-    let controller = Controller::new(api, watcher::Config::default());
-    // The controller's own reflector store: the other sessions of a configuration are read
-    // from it, never listed per reconcile.
-    let store = controller.store();
-    stash_runtime::drive(
-        controller,
-        BackupSessions(ctx.clone(), store),
-        ctx.metrics.clone(),
-    )
-    .await;
+/// Run the BackupSession controller on the shared BackupSession watch (subscribed now, driven
+/// when the returned future runs). Its configuration, Repository and sibling sessions are read
+/// from the shared stores, never listed per reconcile.
+pub fn run(
+    ctx: Arc<Ctx>,
+    feeds: &mut Feeds,
+) -> impl std::future::Future<Output = ()> + Send + use<> {
+    let trigger = feeds.sessions.applies();
+    async move {
+        let controller = Controller::for_shared_stream(trigger, ctx.stores.sessions.clone());
+        stash_runtime::drive(controller, BackupSessions(ctx.clone()), ctx.metrics.clone()).await;
+    }
 }

@@ -202,8 +202,10 @@ pub async fn reconcile(ctx: &Arc<Ctx>, target: &Target) -> Result<(), Error> {
     let name = object_name(target);
     let req = request(target).map_err(Error::Config)?;
     let Some(req) = req else {
-        // No (more) annotations: delete the BackupConfiguration we made for it, keep the Repository.
-        if let Some(bc) = bcs.get_opt(&name).await?
+        // No (more) annotations: delete the BackupConfiguration we made for it, keep the
+        // Repository. Whether there is one is read from the shared store (every workload
+        // reconcile asks).
+        if let Some(bc) = super::stores::get(&ctx.stores.configurations, &target.namespace, &name)
             && bc
                 .owner_references()
                 .iter()

@@ -12,6 +12,9 @@
 //! reads a store) fails the test by itself, and so does an Event nobody scripted ([`event`]).
 //! Requests that may come at any point, such as the watch a whole controller runs beside its
 //! reconciles (`tests_sessions.rs`), are listed apart ([`ApiServerVerifier::run_with_anytime`]).
+//!
+//! What reconciles read from the shared stores ([`super::stores`]) is not asked of the server:
+//! a test puts it in the stores ([`test_ctx_with`] and a [`Seed`]).
 use std::{
     collections::VecDeque,
     fmt::Write as _,
@@ -26,7 +29,10 @@ use serde_json::{Value, json};
 use stash_machines::{Policy, backup_session::OverlapPolicy};
 use stash_runtime::{Metrics, events::Events};
 
-use super::Ctx;
+use super::{
+    Ctx,
+    stores::{self, Feeds},
+};
 use crate::inject::InjectConfig;
 
 mod backup_configuration;
@@ -190,11 +196,49 @@ pub(crate) struct ApiServer {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// What the test context's shared stores hold, as if their watches had listed it (JSON
+/// objects of each kind).
+#[derive(Default)]
+pub(crate) struct Seed {
+    /// BackupConfigurations.
+    pub(crate) configurations: Vec<Value>,
+    /// BackupSessions.
+    pub(crate) sessions: Vec<Value>,
+    /// RestoreSessions.
+    pub(crate) restores: Vec<Value>,
+    /// Repositories.
+    pub(crate) repositories: Vec<Value>,
+}
+
 /// A context for the controllers whose client talks to a scripted API server; image
-/// [`IMAGE`], no pushgateway, default policy, history limit 5.
+/// [`IMAGE`], no pushgateway, default policy, history limit 5, every shared store empty (and
+/// ready).
 pub(crate) fn test_ctx() -> (Arc<Ctx>, ApiServerVerifier) {
+    test_ctx_with(Seed::default())
+}
+
+/// [`test_ctx`] with its shared stores holding `seed`.
+pub(crate) fn test_ctx_with(seed: Seed) -> (Arc<Ctx>, ApiServerVerifier) {
+    let (ctx, server, _) = test_ctx_fed(seed);
+    (ctx, server)
+}
+
+/// [`test_ctx_with`], and the stores' feeds, to subscribe to and run a watch of (against the
+/// scripted server).
+pub(crate) fn test_ctx_fed(seed: Seed) -> (Arc<Ctx>, ApiServerVerifier, Feeds) {
+    fn objects<K: serde::de::DeserializeOwned>(values: Vec<Value>) -> Vec<K> {
+        values
+            .into_iter()
+            .map(|v| serde_json::from_value(v).expect("a seeded object"))
+            .collect()
+    }
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
+    let (stores, mut feeds) = stores::new();
+    feeds.configurations.seed(objects(seed.configurations));
+    feeds.sessions.seed(objects(seed.sessions));
+    feeds.restores.seed(objects(seed.restores));
+    feeds.repositories.seed(objects(seed.repositories));
     let ctx = Ctx {
         client: client.clone(),
         inject: InjectConfig {
@@ -206,8 +250,9 @@ pub(crate) fn test_ctx() -> (Arc<Ctx>, ApiServerVerifier) {
         policy: Policy::default(),
         overlap: OverlapPolicy::Skip,
         backup_history_limit: 5,
+        stores,
     };
-    (Arc::new(ctx), ApiServerVerifier(handle))
+    (Arc::new(ctx), ApiServerVerifier(handle), feeds)
 }
 
 // === impl ApiServerVerifier ===
@@ -330,6 +375,11 @@ impl ApiServer {
     /// Fail the test unless every expected request came, in order, with a body that passed
     /// its checks, and nothing else came. Waits up to a second for the last expected ones.
     pub(crate) async fn verify(self) {
+        self.verify_seen().await;
+    }
+
+    /// [`ApiServer::verify`], then every request received ("METHOD path?query"), in order.
+    pub(crate) async fn verify_seen(self) -> Vec<String> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         loop {
             let done = {
@@ -355,6 +405,7 @@ impl ApiServer {
             "the scripted API server saw another conversation:\n{report}requests received:\n  {}",
             st.seen.join("\n  ")
         );
+        st.seen.clone()
     }
 }
 

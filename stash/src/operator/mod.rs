@@ -21,6 +21,7 @@ pub mod history;
 pub mod rbac;
 pub mod repository;
 pub mod restore_session;
+pub mod stores;
 pub mod wipe;
 pub mod workload;
 
@@ -41,6 +42,8 @@ pub struct Ctx {
     pub overlap: OverlapPolicy,
     /// Finished BackupSessions kept per configuration without `spec.backupHistoryLimit`.
     pub backup_history_limit: u32,
+    /// The shared watch-fed stores every reconcile reads ([`stores`]).
+    pub stores: stores::Stores,
 }
 
 /// Operator settings (the `stash run` flags).
@@ -111,6 +114,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         &identity,
         opts.lease_duration,
     );
+    // One watch per kind, shared by every controller; nothing runs before leadership.
+    let (stores, mut feeds) = stores::new();
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         inject: InjectConfig {
@@ -125,6 +130,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         },
         overlap: opts.overlap,
         backup_history_limit: opts.backup_history_limit,
+        stores,
     });
     // Webhooks are read-only: every replica serves them, not only the leader.
     let _webhook = match opts.webhook.options(&opts.namespace)? {
@@ -168,13 +174,21 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     crate::jobs::builtin::ensure(&client, &opts.image)
         .await
         .context("built-in Functions and Tasks")?;
+    // Every subscription to the shared watches is taken before they start (a change waits
+    // until each subscriber has it).
+    let backup_configurations = backup_configuration::run(ctx.clone(), &mut feeds);
+    let backup_sessions = backup_session::run(ctx.clone(), &mut feeds);
+    let restore_sessions = restore_session::run(ctx.clone(), &mut feeds);
+    let repositories = repository::run(ctx.clone(), &mut feeds);
+    let workloads = workload::run_all(ctx.clone(), &mut feeds);
     let controllers = async {
         tokio::join!(
-            backup_configuration::run(ctx.clone()),
-            backup_session::run(ctx.clone()),
-            restore_session::run(ctx.clone()),
-            repository::run(ctx.clone()),
-            workload::run_all(ctx.clone()),
+            feeds.run(client.clone()),
+            backup_configurations,
+            backup_sessions,
+            restore_sessions,
+            repositories,
+            workloads,
             default_backup::run_pvcs(ctx.clone()),
             default_backup::run_app_bindings(ctx.clone()),
         )

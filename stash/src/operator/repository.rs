@@ -25,7 +25,6 @@ use kube::{
     runtime::{
         Controller,
         finalizer::{Event as Finalizer, finalizer},
-        watcher,
     },
 };
 use stash_crds::{Repository, consts};
@@ -325,15 +324,22 @@ async fn wipe(ctx: &Ctx, repo: &Repository) -> Result<(String, super::wipe::Repo
 }
 
 /// Run the Repository controller.
-pub async fn run(ctx: Arc<Ctx>) {
-    let api = Api::<Repository>::all(ctx.client.clone());
-    let controller = Controller::new(api, watcher::Config::default());
-    stash_runtime::drive(
-        controller,
-        Repositories(ctx.clone(), ConditionWrites::default()),
-        ctx.metrics.clone(),
-    )
-    .await;
+/// Run the Repository controller on the shared Repository watch (subscribed now, driven when
+/// the returned future runs).
+pub fn run(
+    ctx: Arc<Ctx>,
+    feeds: &mut super::stores::Feeds,
+) -> impl std::future::Future<Output = ()> + Send + use<> {
+    let trigger = feeds.repositories.applies();
+    async move {
+        let controller = Controller::for_shared_stream(trigger, ctx.stores.repositories.clone());
+        stash_runtime::drive(
+            controller,
+            Repositories(ctx.clone(), ConditionWrites::default()),
+            ctx.metrics.clone(),
+        )
+        .await;
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ use kube::{
     runtime::{
         Controller,
         finalizer::{Event as Finalizer, finalizer},
-        watcher,
     },
 };
 use stash_crds::{RestoreSession, common::Driver, consts, duration::GoDuration};
@@ -263,15 +262,20 @@ impl Reconcile<RestoreSession> for RestoreSessions {
 }
 
 /// Run the RestoreSession controller.
-pub async fn run(ctx: Arc<Ctx>) {
-    let controller = Controller::new(
-        Api::<RestoreSession>::all(ctx.client.clone()),
-        watcher::Config::default(),
-    );
-    stash_runtime::drive(
-        controller,
-        RestoreSessions(ctx.clone()),
-        ctx.metrics.clone(),
-    )
-    .await;
+/// Run the RestoreSession controller on the shared RestoreSession watch (subscribed now,
+/// driven when the returned future runs).
+pub fn run(
+    ctx: Arc<Ctx>,
+    feeds: &mut super::stores::Feeds,
+) -> impl std::future::Future<Output = ()> + Send + use<> {
+    let trigger = feeds.restores.applies();
+    async move {
+        let controller = Controller::for_shared_stream(trigger, ctx.stores.restores.clone());
+        stash_runtime::drive(
+            controller,
+            RestoreSessions(ctx.clone()),
+            ctx.metrics.clone(),
+        )
+        .await;
+    }
 }

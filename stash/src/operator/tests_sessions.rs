@@ -1,9 +1,11 @@
 //! The BackupSession and RestoreSession controllers against a scripted API server.
 //!
 //! Their reconcilers are private to their files, so each test runs the controller itself
-//! (`run`) on the test context: its watch lists the sessions once (the script's first request;
-//! the watch that follows stays open), each reconcile then reads the other sessions of its
-//! configuration from the store that watch feeds, so a LIST per reconcile fails the test.
+//! (`run`) on the test context with the shared watch of its kind ([`super::super::stores`]):
+//! the watch lists the sessions once (the script's first request; the watch that follows stays
+//! open), each reconcile then reads the other sessions of its configuration from the store that
+//! watch feeds, and its BackupConfiguration and Repository from the shared stores the test
+//! fills ([`Seed`]), so a LIST or GET of them per reconcile fails the test.
 //! A test waits until the reconciles it expects have ended (the controller's duration
 //! histogram counts them), then verifies the conversation.
 use std::time::Duration;
@@ -11,8 +13,12 @@ use std::time::Duration;
 use http::Method;
 use serde_json::{Value, json};
 
-use super::{Exchange, backup_configuration, event, expect, failure, test_ctx};
-use crate::operator::{Ctx, backup_session, restore_session};
+use std::sync::Arc;
+
+use kube::Api;
+
+use super::{Exchange, Seed, backup_configuration, event, expect, failure, test_ctx_fed};
+use crate::operator::{Ctx, backup_session, restore_session, stores::Feeds};
 
 const STASH: &str = "/apis/stash.appscode.com";
 const BACKUP_SESSIONS: &str = "/apis/stash.appscode.com/v1beta1/backupsessions";
@@ -89,33 +95,20 @@ fn backup_session(name: &str, created: &str, status: Value) -> Value {
     })
 }
 
-fn get_configuration(spec: Value) -> Exchange {
-    expect(
-        Method::GET,
-        format!("{STASH}/v1beta1/namespaces/n/backupconfigurations/bc"),
-    )
-    .reply(
-        200,
-        serde_json::to_value(backup_configuration(spec)).expect("json"),
-    )
-}
-
+/// The shared stores: BackupConfiguration `bc` (`spec` merged over the fixture's) and
 /// Repository `repo`, which has had backups (so its other users are not looked at).
-fn get_used_repository() -> Exchange {
-    expect(
-        Method::GET,
-        format!("{STASH}/v1alpha1/namespaces/n/repositories/repo"),
-    )
-    .reply(
-        200,
-        json!({
+fn stores(spec: Value) -> Seed {
+    Seed {
+        configurations: vec![serde_json::to_value(backup_configuration(spec)).expect("json")],
+        repositories: vec![json!({
             "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository",
             "metadata": {"name": "repo", "namespace": "n"},
             "spec": {"backend": {"s3": {"endpoint": "http://minio:9000", "bucket": "b"},
                                  "storageSecretName": "s3-secret"}},
             "status": {"lastBackupTime": "2026-01-01T00:00:00Z"},
-        }),
-    )
+        })],
+        ..Seed::default()
+    }
 }
 
 const ROLE: &str =
@@ -162,24 +155,34 @@ fn decided(
     ]
 }
 
-/// Run the BackupSession controller until `n` reconciles have ended, then verify.
-async fn run_backup_sessions(ctx: &std::sync::Arc<Ctx>, server: super::ApiServer, n: u64) {
+/// Run the BackupSession controller, fed by the shared BackupSession watch, until `n`
+/// reconciles have ended, then verify.
+async fn run_backup_sessions(ctx: &Arc<Ctx>, mut feeds: Feeds, server: super::ApiServer, n: u64) {
+    let controller = backup_session::run(ctx.clone(), &mut feeds);
+    let watch = feeds.sessions.run(Api::all(ctx.client.clone()));
     run_until(
         ctx,
         server,
-        backup_session::run(ctx.clone()),
+        async move {
+            tokio::join!(watch, controller);
+        },
         "backupsession",
         n,
     )
     .await;
 }
 
-/// Run the RestoreSession controller until `n` reconciles have ended, then verify.
-async fn run_restore_sessions(ctx: &std::sync::Arc<Ctx>, server: super::ApiServer, n: u64) {
+/// Run the RestoreSession controller, fed by the shared RestoreSession watch, until `n`
+/// reconciles have ended, then verify.
+async fn run_restore_sessions(ctx: &Arc<Ctx>, mut feeds: Feeds, server: super::ApiServer, n: u64) {
+    let controller = restore_session::run(ctx.clone(), &mut feeds);
+    let watch = feeds.restores.run(Api::all(ctx.client.clone()));
     run_until(
         ctx,
         server,
-        restore_session::run(ctx.clone()),
+        async move {
+            tokio::join!(watch, controller);
+        },
         "restoresession",
         n,
     )
@@ -202,7 +205,7 @@ where
 
 #[tokio::test]
 async fn a_new_backup_session_runs_with_its_sidecar_granted_and_siblings_read_from_the_store() {
-    let (ctx, server) = test_ctx();
+    let (ctx, server, feeds) = test_ctx_fed(stores(json!({})));
     let new = backup_session("bc-new", &a_minute_ago(), json!(null));
     let server = server.run_with_anytime(
         vec![
@@ -218,9 +221,8 @@ async fn a_new_backup_session_runs_with_its_sidecar_granted_and_siblings_read_fr
                     new.clone(),
                 ],
             ),
-            // bc-old is finished: its reconcile asks nothing.
-            get_configuration(json!({})),
-            get_used_repository(),
+            // bc-old is finished: its reconcile asks nothing. The configuration and the
+            // Repository are read from the stores.
             // The sidecar's Role now names this session.
             expect(Method::GET, ROLE).reply(
                 200,
@@ -254,13 +256,13 @@ async fn a_new_backup_session_runs_with_its_sidecar_granted_and_siblings_read_fr
         .collect(),
         vec![watch(BACKUP_SESSIONS)],
     );
-    run_backup_sessions(&ctx, server, 2).await;
+    run_backup_sessions(&ctx, feeds, server, 2).await;
     assert_eq!(failures(&ctx, "backupsession"), Vec::<String>::new());
 }
 
 #[tokio::test]
 async fn a_backup_session_created_while_another_runs_is_skipped_without_a_list() {
-    let (ctx, server) = test_ctx();
+    let (ctx, server, feeds) = test_ctx_fed(stores(json!({})));
     let two_minutes_ago =
         (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(120)).to_string();
     let new = backup_session("bc-new", &a_minute_ago(), json!(null));
@@ -278,8 +280,6 @@ async fn a_backup_session_created_while_another_runs_is_skipped_without_a_list()
                     new.clone(),
                 ],
             ),
-            get_configuration(json!({})),
-            get_used_repository(),
         ]
         .into_iter()
         .chain(decided(
@@ -292,23 +292,21 @@ async fn a_backup_session_created_while_another_runs_is_skipped_without_a_list()
             |note| assert!(note.contains("bc-running"), "{note}"),
         ))
         .collect(),
-        // The running session's own reconcile reads its configuration (whenever it runs) and
-        // waits for its host: nothing else.
-        vec![watch(BACKUP_SESSIONS), get_configuration(json!({}))],
+        // The running session's own reconcile waits for its host: it asks nothing.
+        vec![watch(BACKUP_SESSIONS)],
     );
-    run_backup_sessions(&ctx, server, 2).await;
+    run_backup_sessions(&ctx, feeds, server, 2).await;
     assert_eq!(failures(&ctx, "backupsession"), Vec::<String>::new());
 }
 
 #[tokio::test]
 async fn a_backup_session_of_a_paused_configuration_is_skipped_without_reading_the_repository() {
-    let (ctx, server) = test_ctx();
+    let (ctx, server, feeds) = test_ctx_fed(stores(json!({"paused": true})));
     let new = backup_session("bc-new", &a_minute_ago(), json!(null));
     let server = server.run_with_anytime(
         vec![
+            // Paused (read from the store): the session cannot start.
             initial_list(BACKUP_SESSIONS, "BackupSessionList", vec![new.clone()]),
-            // Paused: the session cannot start, so the Repository is not read.
-            get_configuration(json!({"paused": true})),
         ]
         .into_iter()
         .chain(decided(
@@ -322,17 +320,16 @@ async fn a_backup_session_of_a_paused_configuration_is_skipped_without_reading_t
         .collect(),
         vec![watch(BACKUP_SESSIONS)],
     );
-    run_backup_sessions(&ctx, server, 1).await;
+    run_backup_sessions(&ctx, feeds, server, 1).await;
 }
 
 #[tokio::test]
 async fn a_refused_backup_session_status_write_fails_the_reconcile_and_emits_nothing() {
-    let (ctx, server) = test_ctx();
+    let (ctx, server, feeds) = test_ctx_fed(stores(json!({"paused": true})));
     let new = backup_session("bc-new", &a_minute_ago(), json!(null));
     let server = server.run_with_anytime(
         vec![
             initial_list(BACKUP_SESSIONS, "BackupSessionList", vec![new]),
-            get_configuration(json!({"paused": true})),
             apply_status("backupsessions", "bc-new", json!({})).reply(
                 422,
                 failure(
@@ -345,7 +342,7 @@ async fn a_refused_backup_session_status_write_fails_the_reconcile_and_emits_not
         ],
         vec![watch(BACKUP_SESSIONS)],
     );
-    run_backup_sessions(&ctx, server, 1).await;
+    run_backup_sessions(&ctx, feeds, server, 1).await;
     assert_eq!(failures(&ctx, "backupsession"), ["status"]);
 }
 
@@ -373,7 +370,7 @@ const FINALIZER: &str = "stash.appscode.com";
 
 #[tokio::test]
 async fn a_restore_into_a_deployment_runs_with_one_host() {
-    let (ctx, server) = test_ctx();
+    let (ctx, server, feeds) = test_ctx_fed(Seed::default());
     let rs = restore_session(&[FINALIZER], json!({}));
     let server = server.run_with_anytime(
         vec![
@@ -392,13 +389,13 @@ async fn a_restore_into_a_deployment_runs_with_one_host() {
         .collect(),
         vec![watch(RESTORE_SESSIONS)],
     );
-    run_restore_sessions(&ctx, server, 1).await;
+    run_restore_sessions(&ctx, feeds, server, 1).await;
     assert_eq!(failures(&ctx, "restoresession"), Vec::<String>::new());
 }
 
 #[tokio::test]
 async fn a_restore_rule_that_matches_no_host_fails_the_session_with_the_reason() {
-    let (ctx, server) = test_ctx();
+    let (ctx, server, feeds) = test_ctx_fed(Seed::default());
     let rs = restore_session(
         &[FINALIZER],
         json!({"rules": [{"targetHosts": ["host-7"], "paths": ["/data"]}]}),
@@ -421,12 +418,12 @@ async fn a_restore_rule_that_matches_no_host_fails_the_session_with_the_reason()
         .collect(),
         vec![watch(RESTORE_SESSIONS)],
     );
-    run_restore_sessions(&ctx, server, 1).await;
+    run_restore_sessions(&ctx, feeds, server, 1).await;
 }
 
 #[tokio::test]
 async fn a_new_restore_session_gets_the_stash_finalizer_first() {
-    let (ctx, server) = test_ctx();
+    let (ctx, server, feeds) = test_ctx_fed(Seed::default());
     let server = server.run_with_anytime(
         vec![
             initial_list(
@@ -448,12 +445,12 @@ async fn a_new_restore_session_gets_the_stash_finalizer_first() {
         ],
         vec![watch(RESTORE_SESSIONS)],
     );
-    run_restore_sessions(&ctx, server, 1).await;
+    run_restore_sessions(&ctx, feeds, server, 1).await;
 }
 
 #[tokio::test]
 async fn a_refused_restore_session_status_write_fails_the_reconcile() {
-    let (ctx, server) = test_ctx();
+    let (ctx, server, feeds) = test_ctx_fed(Seed::default());
     let server = server.run_with_anytime(
         vec![
             initial_list(
@@ -472,6 +469,6 @@ async fn a_refused_restore_session_status_write_fails_the_reconcile() {
         ],
         vec![watch(RESTORE_SESSIONS)],
     );
-    run_restore_sessions(&ctx, server, 1).await;
+    run_restore_sessions(&ctx, feeds, server, 1).await;
     assert_eq!(failures(&ctx, "restoresession"), ["status"]);
 }

@@ -10,13 +10,20 @@ use k8s_openapi::api::{
 use kube::{
     Api, Resource, ResourceExt,
     api::{ListParams, PostParams},
-    runtime::{Controller, reflector::ObjectRef, watcher},
+    runtime::{
+        Controller,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
 };
 use serde::{Serialize, de::DeserializeOwned};
-use stash_crds::{BackupConfiguration, Repository, RestoreSession, common::Driver, consts};
+use stash_crds::{BackupConfiguration, BackupSession, Repository, RestoreSession, consts};
 use stash_runtime::{Action, Reconcile, events::Severity};
 
-use super::{Ctx, Error, default_backup, rbac};
+use super::{
+    Ctx, Error, default_backup, rbac,
+    stores::{self, Feeds, Stores},
+};
 use crate::{inject, target::WorkloadKind};
 
 /// A workload kind the sidecar can be injected into.
@@ -181,21 +188,10 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
                     .await;
             }
         }
-        let bcs = Api::<BackupConfiguration>::namespaced(ctx.client.clone(), &ns)
-            .list(&ListParams::default())
-            .await?;
-        let matching: Vec<BackupConfiguration> = bcs
-            .into_iter()
-            .filter(|bc| {
-                bc.meta().deletion_timestamp.is_none() && bc.spec.driver() == Driver::Restic
-            })
-            .filter(|bc| {
-                bc.spec
-                    .target
-                    .as_ref()
-                    .is_some_and(|t| W::KIND.matches(&t.target_ref, &name))
-            })
-            .collect();
+        // Everything this reconcile reads of the Stash kinds comes from the shared stores.
+        let stores = &ctx.stores;
+        let matching =
+            stores::configurations_targeting(&stores.configurations, W::KIND, &ns, &name);
         if matching.len() > 1 {
             let names: Vec<_> = matching.iter().map(|b| b.name_any()).collect();
             let msg = format!(
@@ -221,10 +217,7 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
                     .as_ref()
                     .map(|r| r.name.clone())
                     .unwrap_or_default();
-                match Api::<Repository>::namespaced(ctx.client.clone(), &ns)
-                    .get_opt(&repo_name)
-                    .await?
-                {
+                match stores::repository(&stores.repositories, &ns, &repo_name) {
                     Some(repo) => Some((bc, repo)),
                     None => {
                         let msg = format!(
@@ -239,13 +232,16 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
                 }
             }
         };
-        let restore = self.applicable_restore(&ns, &name).await?;
+        let restore = applicable_restore::<W>(stores, &ns, &name);
         let current = w.template().cloned().unwrap_or_default();
-        let desired =
-            inject::apply_backup(&current, target.as_ref().map(|(b, r)| (b, r)), &ctx.inject)
-                .and_then(|t| {
-                    inject::apply_restore(&t, restore.as_ref().map(|(rs, r)| (rs, r)), &ctx.inject)
-                });
+        let desired = inject::apply_backup(
+            &current,
+            target.as_ref().map(|(b, r)| (&**b, &**r)),
+            &ctx.inject,
+        )
+        .and_then(|t| {
+            inject::apply_restore(&t, restore.as_ref().map(|(rs, r)| (rs, &**r)), &ctx.inject)
+        });
         let injected = target.is_some() || restore.is_some();
         let desired = desired.map(|d| inject::with_service_account(&d, W::KIND, &name, injected));
         let desired = match desired {
@@ -375,7 +371,7 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
             Some((bc, repo)) if sa == dedicated || named_by(bc.spec.runtime_settings.as_ref()) => {
                 let lease = format!("lock-{kind}-{name}-backup");
                 ensure_lease(ctx, &ns, &lease, w.controller_owner_ref(&())).await?;
-                let running = running_sessions(ctx, &ns, &bc.name_any()).await?;
+                let running = running_sessions(&stores.sessions, &ns, &bc.name_any());
                 let running: Vec<&str> = running.iter().map(String::as_str).collect();
                 let rules = rbac::sidecar_rules(&bc.name_any(), &repo.name_any(), &lease, &running);
                 rbac::grant(
@@ -449,33 +445,25 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
     }
 }
 
-impl<W: Workload> Workloads<W> {
-    /// The RestoreSession for this workload and its Repository ([`inject::applicable_restore`]).
-    async fn applicable_restore(
-        &self,
-        ns: &str,
-        name: &str,
-    ) -> Result<Option<(RestoreSession, Repository)>, Error> {
-        let ctx = &self.0;
-        let sessions = Api::<RestoreSession>::namespaced(ctx.client.clone(), ns)
-            .list(&ListParams::default())
-            .await?
-            .items;
-        let Some(rs) = inject::applicable_restore(W::KIND, name, &sessions).cloned() else {
-            return Ok(None);
-        };
-        let repo_name = rs
-            .spec
-            .repository
-            .as_ref()
-            .map(|r| r.name.clone())
-            .unwrap_or_default();
-        Ok(Api::<Repository>::namespaced(ctx.client.clone(), ns)
-            .get_opt(&repo_name)
-            .await?
-            .map(|repo| (rs, repo)))
-    }
+/// The RestoreSession for workload `name` of kind `W` and its Repository
+/// ([`inject::applicable_restore`]), from the shared stores.
+fn applicable_restore<W: Workload>(
+    stores: &Stores,
+    ns: &str,
+    name: &str,
+) -> Option<(RestoreSession, Arc<Repository>)> {
+    let sessions = stores::restores_targeting(&stores.restores, W::KIND, ns, name);
+    let rs = inject::applicable_restore(W::KIND, name, &sessions).cloned()?;
+    let repo = rs.spec.repository.as_ref().map_or("", |r| r.name.as_str());
+    let repo = stores::repository(&stores.repositories, ns, repo)?;
+    Some((rs, repo))
+}
 
+impl<W: Workload> Workloads<W> {
+    /// Delete the pods of a ReplicaSet or ReplicationController that do not run the desired
+    /// template. A LIST of the namespace's Pods, on purpose: the operator keeps no Pod store
+    /// (every Pod of the cluster would be cached for the few standalone ReplicaSets and
+    /// ReplicationControllers, which are the only kinds that get here).
     async fn replace_stale_pods(&self, w: &W, desired: &PodTemplateSpec) -> Result<(), Error> {
         let ns = w.namespace().unwrap_or_default();
         let pods = Api::<Pod>::namespaced(self.0.client.clone(), &ns);
@@ -498,49 +486,64 @@ impl<W: Workload> Workloads<W> {
     }
 }
 
-async fn run<W: Workload>(ctx: Arc<Ctx>) {
-    let client = ctx.client.clone();
-    let controller = Controller::new(Api::<W>::all(client.clone()), watcher::Config::default())
-        .watches(
-            Api::<BackupConfiguration>::all(client),
+/// The workload controller of kind `W`: its own watch of `W`, and the shared
+/// BackupConfiguration and RestoreSession watches as triggers (a configuration or restore that
+/// targets a workload, changed, being deleted or deleted, reconciles that workload).
+fn run<W: Workload>(
+    ctx: Arc<Ctx>,
+    feeds: &mut Feeds,
+) -> impl std::future::Future<Output = ()> + Send + use<W> {
+    let configurations = feeds.configurations.triggers();
+    let restores = feeds.restores.triggers();
+    async move {
+        let controller = Controller::new(
+            Api::<W>::all(ctx.client.clone()),
             watcher::Config::default(),
-            |bc| {
-                let t = bc.spec.target.as_ref()?;
-                if WorkloadKind::of(&t.target_ref) != Some(W::KIND) {
-                    return None;
-                }
-                Some(ObjectRef::<W>::new(t.target_ref.name.as_deref()?).within(&bc.namespace()?))
-            },
         )
-        .watches(
-            Api::<RestoreSession>::all(ctx.client.clone()),
-            watcher::Config::default(),
-            |rs| {
-                let t = rs.spec.target.as_ref()?;
-                if WorkloadKind::of(&t.target_ref) != Some(W::KIND) {
-                    return None;
-                }
-                Some(ObjectRef::<W>::new(t.target_ref.name.as_deref()?).within(&rs.namespace()?))
-            },
-        );
-    stash_runtime::drive(
-        controller,
-        Workloads::<W>(ctx.clone(), std::marker::PhantomData),
-        ctx.metrics.clone(),
-    )
-    .await;
+        .watches_shared_stream(configurations, |bc| {
+            let t = bc.spec.target.as_ref()?;
+            if WorkloadKind::of(&t.target_ref) != Some(W::KIND) {
+                return None;
+            }
+            Some(ObjectRef::<W>::new(t.target_ref.name.as_deref()?).within(&bc.namespace()?))
+        })
+        .watches_shared_stream(restores, |rs| {
+            let t = rs.spec.target.as_ref()?;
+            if WorkloadKind::of(&t.target_ref) != Some(W::KIND) {
+                return None;
+            }
+            Some(ObjectRef::<W>::new(t.target_ref.name.as_deref()?).within(&rs.namespace()?))
+        });
+        stash_runtime::drive(
+            controller,
+            Workloads::<W>(ctx.clone(), std::marker::PhantomData),
+            ctx.metrics.clone(),
+        )
+        .await;
+    }
 }
 
 /// Run the controllers of every workload kind (DeploymentConfig only exists on OpenShift and
-/// is not watched here).
-pub async fn run_all(ctx: Arc<Ctx>) {
-    tokio::join!(
-        run::<Deployment>(ctx.clone()),
-        run::<StatefulSet>(ctx.clone()),
-        run::<DaemonSet>(ctx.clone()),
-        run::<ReplicaSet>(ctx.clone()),
-        run::<ReplicationController>(ctx.clone()),
-    );
+/// is not watched here); subscribed to the shared watches now, driven when the returned future
+/// runs.
+pub fn run_all(
+    ctx: Arc<Ctx>,
+    feeds: &mut Feeds,
+) -> impl std::future::Future<Output = ()> + Send + use<> {
+    let deployments = run::<Deployment>(ctx.clone(), feeds);
+    let statefulsets = run::<StatefulSet>(ctx.clone(), feeds);
+    let daemonsets = run::<DaemonSet>(ctx.clone(), feeds);
+    let replicasets = run::<ReplicaSet>(ctx.clone(), feeds);
+    let replicationcontrollers = run::<ReplicationController>(ctx, feeds);
+    async move {
+        tokio::join!(
+            deployments,
+            statefulsets,
+            daemonsets,
+            replicasets,
+            replicationcontrollers,
+        );
+    }
 }
 
 /// Create the empty Lease `name` the agents serialise on, so their Role need not grant
@@ -568,23 +571,16 @@ async fn ensure_lease(
     Ok(())
 }
 
-/// The Running BackupSessions of BackupConfiguration `bc` (at most one).
-async fn running_sessions(ctx: &Ctx, ns: &str, bc: &str) -> Result<Vec<String>, Error> {
-    Ok(
-        Api::<stash_crds::BackupSession>::namespaced(ctx.client.clone(), ns)
-            .list(
-                &ListParams::default()
-                    .labels(&format!("{}={bc}", consts::BACKUP_CONFIGURATION_LABEL)),
-            )
-            .await?
-            .into_iter()
-            .filter(|s| {
-                s.status.as_ref().and_then(|st| st.phase)
-                    == Some(stash_crds::backup_session::Phase::Running)
-            })
-            .map(|s| s.name_any())
-            .collect(),
-    )
+/// The Running BackupSessions of BackupConfiguration `bc` (at most one), from the store.
+fn running_sessions(sessions: &Store<BackupSession>, ns: &str, bc: &str) -> Vec<String> {
+    stores::sessions_of(sessions, ns, bc)
+        .into_iter()
+        .filter(|s| {
+            s.status.as_ref().and_then(|st| st.phase)
+                == Some(stash_crds::backup_session::Phase::Running)
+        })
+        .map(|s| s.name_any())
+        .collect()
 }
 
 /// Before BackupSession `session` of `bc` runs: the sidecar's Role names it (if the workload
