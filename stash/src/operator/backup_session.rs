@@ -28,7 +28,7 @@ pub const STATUS_MANAGER: &str = "stash-operator";
 
 use super::{
     Ctx, Error,
-    stores::{self, Feeds, Stores, sessions_of},
+    stores::{self, Feeds, sessions_of},
 };
 use crate::target::WorkloadKind;
 
@@ -41,16 +41,18 @@ fn created_at<K: Resource>(obj: &K) -> u64 {
 
 /// The sessions of the other BackupConfigurations backing up into `bc`'s Repository, while
 /// that Repository has never received a backup (afterwards nothing is looked at). The
-/// Repository, the configurations and their sessions are read from the shared stores.
-fn observe_repository(
-    stores: &Stores,
+/// Repository (fetched if its store does not have it yet), the configurations and their
+/// sessions are read from the shared stores.
+async fn observe_repository(
+    ctx: &Ctx,
     ns: &str,
     bc: Option<&BackupConfiguration>,
-) -> RepositoryUse {
+) -> Result<RepositoryUse, Error> {
+    let stores = &ctx.stores;
     let Some(repo_name) = bc.and_then(|b| b.spec.repository.as_ref()).map(|r| &r.name) else {
-        return RepositoryUse::initialized();
+        return Ok(RepositoryUse::initialized());
     };
-    let repo = stores::repository(&stores.repositories, ns, repo_name);
+    let repo = stores::get_or_fetch(&stores.repositories, &ctx.client, ns, repo_name).await?;
     let initialized = repo
         .as_ref()
         .and_then(|r| r.status.as_ref())
@@ -60,7 +62,7 @@ fn observe_repository(
                 || s.last_successful_backup_time.is_some()
         });
     if initialized {
-        return RepositoryUse::initialized();
+        return Ok(RepositoryUse::initialized());
     }
     let own = bc.map(ResourceExt::name_any).unwrap_or_default();
     let others = stores::configurations_sharing(&stores.configurations, ns, repo_name, &own)
@@ -68,10 +70,10 @@ fn observe_repository(
         .flat_map(|name| sessions_of(&stores.sessions, ns, name))
         .map(|o| other_session(&o))
         .collect();
-    RepositoryUse {
+    Ok(RepositoryUse {
         initialized: false,
         others,
-    }
+    })
 }
 
 fn other_session(o: &BackupSession) -> OtherSession {
@@ -169,7 +171,8 @@ impl Reconcile<BackupSession> for BackupSessions {
         {
             return Ok(Action::await_change());
         }
-        let bc = stores::get(&ctx.stores.configurations, &ns, &bc_name);
+        let bc =
+            stores::get_or_fetch(&ctx.stores.configurations, &ctx.client, &ns, &bc_name).await?;
         let bc = bc.as_deref();
         let config = observe_config(ctx, &ns, bc, ctx.overlap).await?;
         // Only a session that could start needs the Repository's other users (a paused
@@ -179,7 +182,7 @@ impl Reconcile<BackupSession> for BackupSessions {
             .is_none_or(|p| p == Phase::Pending)
             && matches!(config, Config::Found { paused: false, .. });
         let repository = if could_start {
-            observe_repository(&ctx.stores, &ns, bc)
+            observe_repository(ctx, &ns, bc).await?
         } else {
             RepositoryUse::initialized()
         };

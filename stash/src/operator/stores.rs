@@ -27,8 +27,9 @@
 //! ([`super::run`]). A dropped subscription is skipped.
 //!
 //! Referent → referrers ([`configurations_targeting`], [`sessions_of`],
-//! [`restores_targeting`], [`repository`]) are scans of a store (the kopiur `watch.rs` shape),
-//! never an `Api::list`.
+//! [`restores_targeting`], [`configurations_sharing`]) are scans of a store (the kopiur
+//! `watch.rs` shape), never an `Api::list`; a referent by name is a store lookup
+//! ([`get_or_fetch`]: a GET only when the store does not have it yet).
 use std::sync::Arc;
 
 use futures::{SinkExt, Stream, StreamExt, channel::mpsc, stream::BoxStream};
@@ -361,9 +362,35 @@ where
     store.get(&ObjectRef::new(name).within(ns))
 }
 
-/// Repository `name` of namespace `ns`.
-pub fn repository(store: &Store<Repository>, ns: &str, name: &str) -> Option<Arc<Repository>> {
-    get(store, ns, name)
+/// Object `name` of namespace `ns` from `store`, or, when the store does not have it, one GET
+/// (never a LIST). The watches of different kinds are not ordered with each other: a
+/// BackupConfiguration created just before its first BackupSession, or a Repository applied
+/// with its BackupConfiguration, may not be in its store yet when the other is reconciled, and
+/// "not found" would then be a wrong decision (a failed session, a spurious warning). An
+/// object that really is missing costs that GET each time.
+pub async fn get_or_fetch<K>(
+    store: &Store<K>,
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<Option<Arc<K>>, kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + 'static,
+{
+    if let Some(o) = get(store, ns, name) {
+        return Ok(Some(o));
+    }
+    Ok(Api::<K>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await?
+        .map(|mut o| {
+            strip(&mut o);
+            Arc::new(o)
+        }))
 }
 
 #[cfg(test)]

@@ -155,6 +155,18 @@ fn decided(
     ]
 }
 
+/// Session `new` skipped: its configuration is paused.
+fn skipped_as_paused(new: &Value) -> [Exchange; 2] {
+    decided(
+        "backupsessions",
+        new,
+        json!({"phase": "Skipped", "reason": "BackupConfiguration is paused"}),
+        "Warning",
+        "BackupSessionSkipped",
+        |note| assert_eq!(note, "BackupConfiguration is paused"),
+    )
+}
+
 /// Run the BackupSession controller, fed by the shared BackupSession watch, until `n`
 /// reconciles have ended, then verify.
 async fn run_backup_sessions(ctx: &Arc<Ctx>, mut feeds: Feeds, server: super::ApiServer, n: u64) {
@@ -309,14 +321,32 @@ async fn a_backup_session_of_a_paused_configuration_is_skipped_without_reading_t
             initial_list(BACKUP_SESSIONS, "BackupSessionList", vec![new.clone()]),
         ]
         .into_iter()
-        .chain(decided(
-            "backupsessions",
-            &new,
-            json!({"phase": "Skipped", "reason": "BackupConfiguration is paused"}),
-            "Warning",
-            "BackupSessionSkipped",
-            |note| assert_eq!(note, "BackupConfiguration is paused"),
-        ))
+        .chain(skipped_as_paused(&new))
+        .collect(),
+        vec![watch(BACKUP_SESSIONS)],
+    );
+    run_backup_sessions(&ctx, feeds, server, 1).await;
+}
+
+#[tokio::test]
+async fn a_configuration_not_in_its_store_yet_is_fetched_once_not_listed() {
+    // The session's watch was faster than the configuration's: one GET decides.
+    let (ctx, server, feeds) = test_ctx_fed(Seed::default());
+    let new = backup_session("bc-new", &a_minute_ago(), json!(null));
+    let server = server.run_with_anytime(
+        vec![
+            initial_list(BACKUP_SESSIONS, "BackupSessionList", vec![new.clone()]),
+            expect(
+                Method::GET,
+                format!("{STASH}/v1beta1/namespaces/n/backupconfigurations/bc"),
+            )
+            .reply(
+                200,
+                serde_json::to_value(backup_configuration(json!({"paused": true}))).expect("json"),
+            ),
+        ]
+        .into_iter()
+        .chain(skipped_as_paused(&new))
         .collect(),
         vec![watch(BACKUP_SESSIONS)],
     );

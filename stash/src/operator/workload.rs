@@ -22,7 +22,7 @@ use stash_runtime::{Action, Reconcile, events::Severity};
 
 use super::{
     Ctx, Error, default_backup, rbac,
-    stores::{self, Feeds, Stores},
+    stores::{self, Feeds},
 };
 use crate::{inject, target::WorkloadKind};
 
@@ -217,7 +217,9 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
                     .as_ref()
                     .map(|r| r.name.clone())
                     .unwrap_or_default();
-                match stores::repository(&stores.repositories, &ns, &repo_name) {
+                match stores::get_or_fetch(&stores.repositories, &ctx.client, &ns, &repo_name)
+                    .await?
+                {
                     Some(repo) => Some((bc, repo)),
                     None => {
                         let msg = format!(
@@ -232,7 +234,7 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
                 }
             }
         };
-        let restore = applicable_restore::<W>(stores, &ns, &name);
+        let restore = applicable_restore::<W>(ctx, &ns, &name).await?;
         let current = w.template().cloned().unwrap_or_default();
         let desired = inject::apply_backup(
             &current,
@@ -446,17 +448,20 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
 }
 
 /// The RestoreSession for workload `name` of kind `W` and its Repository
-/// ([`inject::applicable_restore`]), from the shared stores.
-fn applicable_restore<W: Workload>(
-    stores: &Stores,
+/// ([`inject::applicable_restore`]), from the shared stores (the Repository fetched if its
+/// store does not have it yet).
+async fn applicable_restore<W: Workload>(
+    ctx: &Ctx,
     ns: &str,
     name: &str,
-) -> Option<(RestoreSession, Arc<Repository>)> {
-    let sessions = stores::restores_targeting(&stores.restores, W::KIND, ns, name);
-    let rs = inject::applicable_restore(W::KIND, name, &sessions).cloned()?;
+) -> Result<Option<(RestoreSession, Arc<Repository>)>, Error> {
+    let sessions = stores::restores_targeting(&ctx.stores.restores, W::KIND, ns, name);
+    let Some(rs) = inject::applicable_restore(W::KIND, name, &sessions).cloned() else {
+        return Ok(None);
+    };
     let repo = rs.spec.repository.as_ref().map_or("", |r| r.name.as_str());
-    let repo = stores::repository(&stores.repositories, ns, repo)?;
-    Some((rs, repo))
+    let repo = stores::get_or_fetch(&ctx.stores.repositories, &ctx.client, ns, repo).await?;
+    Ok(repo.map(|repo| (rs, repo)))
 }
 
 impl<W: Workload> Workloads<W> {
