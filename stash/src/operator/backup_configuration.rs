@@ -9,7 +9,7 @@
 //! listed per reconcile; a session that finishes prunes its configuration at once. Both
 //! watches are the shared ones ([`super::stores`]).
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -151,41 +151,65 @@ async fn prune(ctx: &Ctx, history: &Mutex<History>, ns: &str, config: &str) -> R
 
 /// Feed `history` from the shared BackupSession watch and prune a configuration whenever one
 /// of its sessions finishes (and every configuration over its limit after each full list).
+///
+/// The history takes each change at once; the deletes run beside it, one configuration at a
+/// time from a set of those due: the shared watch waits for every subscriber, so a subscriber
+/// awaiting API calls per change would hold up the BackupSession controller too.
 pub(crate) async fn follow_sessions(
     ctx: Arc<Ctx>,
     history: Arc<Mutex<History>>,
     changes: impl Stream<Item = Change<BackupSession>> + Send,
 ) {
-    let mut changes = std::pin::pin!(changes);
-    while let Some(change) = changes.next().await {
-        let touched: Vec<(String, String)> = match change {
-            Change::Listed(all) => {
-                let mut h = history.lock().expect("history lock");
-                h.reset(all.iter().filter_map(|bs| SessionFacts::of(bs)));
-                h.over_limit()
-            }
-            Change::Applied(bs) => match SessionFacts::of(&bs) {
-                Some(f) => {
-                    let key = (f.namespace.clone(), f.config.clone());
-                    let finished = f.finished;
-                    history.lock().expect("history lock").apply(f);
-                    if finished { vec![key] } else { vec![] }
+    let due: Mutex<BTreeSet<(String, String)>> = Mutex::default();
+    let wake = tokio::sync::Notify::new();
+    let follow = async {
+        let mut changes = std::pin::pin!(changes);
+        while let Some(change) = changes.next().await {
+            let touched: Vec<(String, String)> = match change {
+                Change::Listed(all) => {
+                    let mut h = history.lock().expect("history lock");
+                    h.reset(all.iter().filter_map(|bs| SessionFacts::of(bs)));
+                    h.over_limit()
                 }
-                None => vec![],
-            },
-            Change::Deleted(bs) => {
-                history
-                    .lock()
-                    .expect("history lock")
-                    .delete(&bs.namespace().unwrap_or_default(), &bs.name_any());
-                vec![]
-            }
-        };
-        for (ns, config) in touched {
-            if let Err(e) = prune(&ctx, &history, &ns, &config).await {
-                tracing::warn!(error = %e, namespace = %ns, config = %config, "pruning BackupSessions");
+                Change::Applied(bs) => match SessionFacts::of(&bs) {
+                    Some(f) => {
+                        let key = (f.namespace.clone(), f.config.clone());
+                        let finished = f.finished;
+                        history.lock().expect("history lock").apply(f);
+                        if finished { vec![key] } else { vec![] }
+                    }
+                    None => vec![],
+                },
+                Change::Deleted(bs) => {
+                    history
+                        .lock()
+                        .expect("history lock")
+                        .delete(&bs.namespace().unwrap_or_default(), &bs.name_any());
+                    vec![]
+                }
+            };
+            if !touched.is_empty() {
+                due.lock().expect("due lock").extend(touched);
+                wake.notify_one();
             }
         }
+    };
+    let prune_due = async {
+        loop {
+            wake.notified().await;
+            loop {
+                let next = due.lock().expect("due lock").pop_first();
+                let Some((ns, config)) = next else { break };
+                if let Err(e) = prune(&ctx, &history, &ns, &config).await {
+                    tracing::warn!(error = %e, namespace = %ns, config = %config, "pruning BackupSessions");
+                }
+            }
+        }
+    };
+    // The changes end only with the watch (tests); the pruning never does.
+    tokio::select! {
+        () = follow => {}
+        () = prune_due => {}
     }
 }
 
