@@ -68,9 +68,12 @@ fn status_snapshots_exist(repo: &Path, s: &BackupSession) {
     }
 }
 
+/// `restic check` of the whole repository. The sessions' agents may still be running their
+/// follow-up steps (`forget` locks the repository exclusively), so it waits for the lock as the
+/// agents do.
 fn restic_check(repo: &Path) {
     let out = restic(&repo.display().to_string(), PASSWORD)
-        .args(["check", "--no-cache"])
+        .args(["check", "--no-cache", "--retry-lock", "2m"])
         .output()
         .expect("restic check");
     assert!(
