@@ -3,6 +3,7 @@
 use crate::duration::GoDuration;
 use crate::int_hash::IntHash;
 use k8s_openapi::api::core::v1::LocalObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -94,6 +95,13 @@ pub struct HostBackupStats {
     /// One entry per backed-up directory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshots: Vec<SnapshotStats>,
+    /// What the steps after the snapshots came to (a stash-rs addition), written by the host's
+    /// agent once they ran: `RetentionPolicyApplied`, `RepositoryStatsUpdated` and, when
+    /// `restic check` ran, `RepositoryIntegrityVerified`. A `False` one never fails the host:
+    /// its snapshots exist.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
 }
 
 impl HostBackupStats {

@@ -210,7 +210,7 @@ pub fn job_outcome(reported: bool, failed: bool) -> Result<Phase, Rejection<Phas
     fire(looking, if failed { Event::Fail } else { Event::Found })
 }
 
-/// One step after the snapshots (`check`, `forget`, `stats`) and how it went.
+/// One step after the snapshots and how it went.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AfterSnapshot {
     /// It worked.
@@ -219,17 +219,117 @@ pub enum AfterSnapshot {
     Failed(String),
 }
 
+/// The steps after the snapshots, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FollowUpStep {
+    /// `restic check` (on its own schedule, not after every backup).
+    Check,
+    /// `restic forget` with the retention policy.
+    Forget,
+    /// `restic stats` (the repository's size).
+    Stats,
+    /// Counting the repository's snapshots.
+    Count,
+}
+
+impl FollowUpStep {
+    /// The step's name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            FollowUpStep::Check => "check",
+            FollowUpStep::Forget => "forget",
+            FollowUpStep::Stats => "stats",
+            FollowUpStep::Count => "snapshots",
+        }
+    }
+
+    /// The condition of the host's entry that reports the step (Stash's names where Stash has
+    /// one), and its reasons when the step worked and when it failed.
+    pub fn condition(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            FollowUpStep::Check => (
+                "RepositoryIntegrityVerified",
+                "IntegrityVerified",
+                "IntegrityCheckFailed",
+            ),
+            FollowUpStep::Forget => (
+                "RetentionPolicyApplied",
+                "RetentionPolicyApplied",
+                "RetentionPolicyFailed",
+            ),
+            FollowUpStep::Stats | FollowUpStep::Count => (
+                "RepositoryStatsUpdated",
+                "RepositoryStatsUpdated",
+                "RepositoryStatsFailed",
+            ),
+        }
+    }
+}
+
+/// A condition of the host's entry, from the steps after its snapshots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FollowUpCondition {
+    /// The condition type ([`FollowUpStep::condition`]).
+    pub type_: &'static str,
+    /// Whether every step it reports worked.
+    pub ok: bool,
+    /// Why (a named reason).
+    pub reason: &'static str,
+    /// What happened, in words.
+    pub message: String,
+}
+
+/// What the steps after the snapshots come to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FollowUps {
+    /// One warning per failed step, in step order (an Event and a log line each).
+    pub warnings: Vec<String>,
+    /// One condition per condition type, in the order of first use: the host's entry carries
+    /// them, so what failed after the snapshot stays readable on the session.
+    pub conditions: Vec<FollowUpCondition>,
+}
+
 /// The host's outcome once its snapshots exist: always `Succeeded` with every snapshot
-/// recorded; each failed follow-up step becomes a warning (an event and a log line), never a
-/// lost snapshot. Returns the warnings in step order.
-pub fn after_snapshot(steps: &[(&str, AfterSnapshot)]) -> Vec<String> {
-    steps
-        .iter()
-        .filter_map(|(name, s)| match s {
+/// recorded; each failed follow-up step becomes a warning and a `False` condition of the host's
+/// entry, never a lost snapshot.
+pub fn after_snapshot(steps: &[(FollowUpStep, AfterSnapshot)]) -> FollowUps {
+    let mut out = FollowUps::default();
+    for (step, how) in steps {
+        let (type_, ok_reason, failed_reason) = step.condition();
+        let failure = match how {
             AfterSnapshot::Done => None,
-            AfterSnapshot::Failed(e) => Some(format!("{name} failed after the snapshot: {e}")),
-        })
-        .collect()
+            AfterSnapshot::Failed(e) => {
+                let w = format!("{} failed after the snapshot: {e}", step.name());
+                out.warnings.push(w.clone());
+                Some(w)
+            }
+        };
+        match out.conditions.iter_mut().find(|c| c.type_ == type_) {
+            // A second step of the same condition: a failure wins, messages add up.
+            Some(c) => {
+                if let Some(w) = failure {
+                    if c.ok {
+                        c.message = w;
+                    } else {
+                        c.message = format!("{}; {w}", c.message);
+                    }
+                    c.ok = false;
+                    c.reason = failed_reason;
+                }
+            }
+            None => out.conditions.push(FollowUpCondition {
+                type_,
+                ok: failure.is_none(),
+                reason: if failure.is_none() {
+                    ok_reason
+                } else {
+                    failed_reason
+                },
+                message: failure.unwrap_or_else(|| format!("{} succeeded", step.name())),
+            }),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -346,20 +446,51 @@ mod tests {
     }
 
     #[test]
-    fn follow_up_failures_are_warnings_in_order() {
-        let w = after_snapshot(&[
-            ("check", AfterSnapshot::Failed("pack 1 damaged".into())),
-            ("forget", AfterSnapshot::Done),
-            ("stats", AfterSnapshot::Failed("timeout".into())),
+    fn follow_up_failures_are_warnings_and_false_conditions_in_order() {
+        use FollowUpStep::*;
+        let f = after_snapshot(&[
+            (Check, AfterSnapshot::Failed("pack 1 damaged".into())),
+            (Forget, AfterSnapshot::Done),
+            (Stats, AfterSnapshot::Failed("timeout".into())),
+            (Count, AfterSnapshot::Done),
         ]);
         assert_eq!(
-            w,
+            f.warnings,
             [
                 "check failed after the snapshot: pack 1 damaged",
                 "stats failed after the snapshot: timeout"
             ]
         );
-        assert!(after_snapshot(&[("check", AfterSnapshot::Done)]).is_empty());
+        let c: Vec<_> = f
+            .conditions
+            .iter()
+            .map(|c| (c.type_, c.ok, c.reason))
+            .collect();
+        assert_eq!(
+            c,
+            [
+                ("RepositoryIntegrityVerified", false, "IntegrityCheckFailed"),
+                ("RetentionPolicyApplied", true, "RetentionPolicyApplied"),
+                ("RepositoryStatsUpdated", false, "RepositoryStatsFailed"),
+            ]
+        );
+        assert_eq!(
+            f.conditions[2].message,
+            "stats failed after the snapshot: timeout"
+        );
+        let ok = after_snapshot(&[(Forget, AfterSnapshot::Done)]);
+        assert!(ok.warnings.is_empty());
+        assert_eq!(ok.conditions[0].message, "forget succeeded");
+        // Both steps of one condition failing: one condition naming both.
+        let both = after_snapshot(&[
+            (Stats, AfterSnapshot::Failed("a".into())),
+            (Count, AfterSnapshot::Failed("b".into())),
+        ]);
+        assert_eq!(both.conditions.len(), 1);
+        assert_eq!(
+            both.conditions[0].message,
+            "stats failed after the snapshot: a; snapshots failed after the snapshot: b"
+        );
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct BackupOutcome {
     pub repository_size: Option<u64>,
     /// Follow-up steps that failed after the snapshots were taken.
     pub warnings: Vec<String>,
+    /// What the follow-up steps came to, as conditions of the host's entry.
+    pub conditions: Vec<stash_machines::backup_host::FollowUpCondition>,
 }
 
 /// The restic location of a Repository's backend.
@@ -353,7 +355,7 @@ pub async fn run(
 /// and the snapshot count (from `forget`'s groups when it ran, else `snapshots`). Nothing here
 /// can lose the snapshots: a failed step is a warning and its figure `None`.
 pub async fn follow_up(s: Snapshotted, bc: &BackupConfiguration, check: bool) -> BackupOutcome {
-    use stash_machines::backup_host::{self as plan, AfterSnapshot};
+    use stash_machines::backup_host::{self as plan, AfterSnapshot, FollowUpStep};
     let r = &s.repo;
     let outcome = |e: Option<String>| e.map_or(AfterSnapshot::Done, AfterSnapshot::Failed);
     let integrity = if check {
@@ -384,14 +386,28 @@ pub async fn follow_up(s: Snapshotted, bc: &BackupConfiguration, check: bool) ->
     let err = |e: &restic::Error| Some(e.to_string());
     let mut steps = Vec::new();
     if let Some(i) = &integrity {
-        steps.push(("check", outcome(i.as_ref().err().and_then(err))));
+        let found = match i {
+            Ok(true) => None,
+            Ok(false) => Some("restic check found errors in the repository".to_string()),
+            Err(e) => err(e),
+        };
+        steps.push((FollowUpStep::Check, outcome(found)));
     }
     if let Some(f) = &forgot {
-        steps.push(("forget", outcome(f.as_ref().err().and_then(err))));
+        steps.push((
+            FollowUpStep::Forget,
+            outcome(f.as_ref().err().and_then(err)),
+        ));
     }
-    steps.push(("stats", outcome(stats.as_ref().err().and_then(err))));
-    steps.push(("snapshots", outcome(count.as_ref().err().and_then(err))));
-    let warnings = plan::after_snapshot(&steps);
+    steps.push((
+        FollowUpStep::Stats,
+        outcome(stats.as_ref().err().and_then(err)),
+    ));
+    steps.push((
+        FollowUpStep::Count,
+        outcome(count.as_ref().err().and_then(err)),
+    ));
+    let follow_ups = plan::after_snapshot(&steps);
     BackupOutcome {
         snapshots: s.snapshots,
         integrity: integrity.and_then(Result::ok),
@@ -401,7 +417,8 @@ pub async fn follow_up(s: Snapshotted, bc: &BackupConfiguration, check: bool) ->
             Some(f) => f.ok().map(|f| f.removed as u64),
         },
         repository_size: stats.ok().map(|s| s.total_size),
-        warnings,
+        warnings: follow_ups.warnings,
+        conditions: follow_ups.conditions,
     }
 }
 

@@ -508,3 +508,136 @@ async fn a_daemonset_restore_waits_only_for_the_nodes_the_daemonset_runs_on() {
         "{status:?}"
     );
 }
+
+/// Sets the immutable attribute on every file of a directory while alive (a file restic cannot
+/// delete, whoever it runs as) and always clears it again, on success or panic.
+struct Immutable(Vec<std::path::PathBuf>);
+
+impl Immutable {
+    fn files_of(dir: &Path) -> Self {
+        let files: Vec<_> = std::fs::read_dir(dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        assert!(!files.is_empty(), "no files in {}", dir.display());
+        let set = Immutable(files);
+        let status = std::process::Command::new("chattr")
+            .arg("+i")
+            .args(&set.0)
+            .status()
+            .expect("chattr");
+        assert!(status.success(), "chattr +i");
+        set
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .args(&self.0)
+            .status();
+    }
+}
+
+/// Run session `name` of `app-backup` to `Succeeded` (a follow-up step never fails it) and wait
+/// for its host's `RetentionPolicyApplied` condition (written after the follow-up steps).
+async fn retention_condition(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> (
+    BackupSession,
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+) {
+    create_backup_session(client, ns, "app-backup", name).await;
+    let s = wait_session_terminal(client, ns, name, Duration::from_secs(180)).await;
+    assert_eq!(
+        s.status.as_ref().and_then(|s| s.phase),
+        Some(Phase::Succeeded),
+        "{name}: {:?}",
+        s.status
+    );
+    let sessions = Api::<BackupSession>::namespaced(client.clone(), ns);
+    eventually(
+        &format!("{name}'s RetentionPolicyApplied condition"),
+        Duration::from_secs(120),
+        || async {
+            let s = sessions.get(name).await.ok()?;
+            let c = s
+                .status
+                .iter()
+                .flat_map(|st| st.stats.iter())
+                .flat_map(|h| h.conditions.iter())
+                .find(|c| c.type_ == "RetentionPolicyApplied")
+                .cloned()?;
+            Some((s, c))
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_retention_step_keeps_the_snapshot_and_is_a_condition_and_an_event() {
+    let env = env().await;
+    let f = fixture_with_password("follow-up-fails", PASSWORD).await;
+    let ns = f.ns.name.clone();
+    let client = env.cp.client();
+    let source = pv_dir(&ns, "app-data").await;
+    generate_files(&source, 3, 2, 1 << 20);
+    deployment_with_pvc(&client, &ns, "app", "app-data").await;
+    apply(
+        &client,
+        &ns,
+        deployment_backup_configuration(
+            "app",
+            "repo",
+            "@yearly",
+            json!({"retentionPolicy": {"name": "last-one", "keepLast": 1, "prune": true}}),
+        ),
+    )
+    .await;
+    wait_sidecar_ready(&client, &ns, "app", Duration::from_secs(180)).await;
+    let (_, first) = retention_condition(&client, &ns, "first").await;
+    assert_eq!(
+        (first.status.as_str(), first.reason.as_str()),
+        ("True", "RetentionPolicyApplied"),
+        "{first:?}"
+    );
+    // The first snapshot cannot be deleted now: the second session's `forget` fails.
+    let pinned = Immutable::files_of(&f.repo_dir.join("snapshots"));
+    generate_files(&source, 4, 2, 1 << 20);
+    let (second, retention) = retention_condition(&client, &ns, "second").await;
+    assert_eq!(
+        (retention.status.as_str(), retention.reason.as_str()),
+        ("False", "RetentionPolicyFailed"),
+        "{retention:?}"
+    );
+    assert!(
+        retention
+            .message
+            .starts_with("forget failed after the snapshot"),
+        "{}",
+        retention.message
+    );
+    let event = wait_event(
+        &client,
+        &ns,
+        "second",
+        "HostBackupFollowUpFailed",
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(event.type_, "Warning");
+    assert!(event.note.starts_with("forget failed"), "{}", event.note);
+    drop(pinned);
+    // Nothing was lost: both sessions' snapshots are in restic, and the status names them.
+    assert_eq!(tagged(&f.repo_dir, "first").len(), 1);
+    assert_eq!(tagged(&f.repo_dir, "second").len(), 1);
+    status_snapshots_exist(&f.repo_dir, &second);
+    restic_check(&f.repo_dir);
+    println!(
+        "follow-up failure: session Succeeded, condition {} {} ({}), both snapshots kept",
+        retention.type_, retention.status, retention.reason
+    );
+}

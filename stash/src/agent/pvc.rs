@@ -273,6 +273,7 @@ pub fn backup_output(
                 duration,
                 error: None,
                 snapshots,
+                ..Default::default()
             }],
             repository: Some(repo),
             ..Default::default()
@@ -284,6 +285,7 @@ pub fn backup_output(
                 duration,
                 error: Some(e),
                 snapshots: vec![],
+                ..Default::default()
             }],
             ..Default::default()
         },

@@ -4,11 +4,13 @@
 //! `Running` that has no entry for this host yet, it takes the workload's backup lock (a
 //! Lease), takes the snapshots and reports this host's entry in the session status at once;
 //! then (still holding the lock) runs the follow-up steps (forget, stats, and `check` on its
-//! own schedule, [`backup::check_due`]) and writes the Repository status, and events. A backup failure is recorded as a
-//! `Failed` entry with the reason; it never crashes the container.
+//! own schedule, [`backup::check_due`]), records what they came to as conditions of its entry,
+//! and writes the Repository status and events. A backup failure is recorded as a `Failed` entry
+//! with the reason; it never crashes the container.
 use std::{collections::BTreeSet, path::PathBuf, time::Duration};
 
 use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{WatchStreamExt, watcher},
@@ -207,6 +209,7 @@ async fn backup_one(
             duration: Some(GoDuration(duration)),
             error: None,
             snapshots: s.snapshots.iter().map(snapshot_stats).collect(),
+            conditions: vec![],
         },
         Err(e) => HostBackupStats {
             hostname: Some(host.into()),
@@ -214,6 +217,7 @@ async fn backup_one(
             duration: Some(GoDuration(duration)),
             error: Some(e.clone()),
             snapshots: vec![],
+            conditions: vec![],
         },
     };
     let sessions = Api::<BackupSession>::namespaced(client.clone(), &ns);
@@ -285,6 +289,20 @@ async fn backup_one(
                     )
                     .await;
             }
+            // The host's entry carries what the follow-up steps came to: the same entry
+            // again, with its conditions (the host owns it; `Reported` stays `Reported`).
+            let mut entry = entry.clone();
+            entry.conditions = o.conditions.iter().map(condition).collect();
+            if let Err(e) = super::report::upsert_backup_hosts(
+                &sessions,
+                &session.name_any(),
+                host_machine::Phase::Reported,
+                std::slice::from_ref(&entry),
+            )
+            .await
+            {
+                tracing::warn!(error = %e, "could not record the follow-up steps' conditions");
+            }
             let count = |v: Option<u64>| v.map(|v| i32::try_from(v).unwrap_or(i32::MAX));
             let report = super::report::RepositoryReport {
                 integrity: o.integrity,
@@ -310,6 +328,18 @@ async fn backup_one(
             push(None).await;
             false
         }
+    }
+}
+
+/// A follow-up step's condition as the API spells it.
+fn condition(c: &stash_machines::backup_host::FollowUpCondition) -> Condition {
+    Condition {
+        type_: c.type_.into(),
+        status: if c.ok { "True" } else { "False" }.into(),
+        reason: c.reason.into(),
+        message: c.message.clone(),
+        last_transition_time: Time(jiff::Timestamp::now()),
+        observed_generation: None,
     }
 }
 
