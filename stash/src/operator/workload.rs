@@ -128,8 +128,35 @@ fn hash_of(t: Option<&PodTemplateSpec>) -> Option<String> {
         })
 }
 
+/// Does the pod template `current` (as the API server stores it) already say everything
+/// `desired` says? The API server fills defaults into what was written
+/// (`terminationMessagePath`, a Secret volume's `defaultMode`, …), so the desired template
+/// computed from the stored one never equals it: comparing for equality wrote every workload
+/// on every reconcile (a no-op update, and a call of the mutating webhook). Every field
+/// `desired` sets must be in `current` with the same value (lists: the same length, element by
+/// element); fields only `current` has are the server's.
+fn covers(current: &PodTemplateSpec, desired: &PodTemplateSpec) -> bool {
+    fn within(current: &serde_json::Value, desired: &serde_json::Value) -> bool {
+        use serde_json::Value;
+        match (current, desired) {
+            (Value::Object(c), Value::Object(d)) => d.iter().all(|(k, dv)| match c.get(k) {
+                Some(cv) => within(cv, dv),
+                None => dv.is_null(),
+            }),
+            (Value::Array(c), Value::Array(d)) => {
+                c.len() == d.len() && c.iter().zip(d).all(|(cv, dv)| within(cv, dv))
+            }
+            (c, d) => c == d,
+        }
+    }
+    match (serde_json::to_value(current), serde_json::to_value(desired)) {
+        (Ok(c), Ok(d)) => within(&c, &d),
+        _ => current == desired,
+    }
+}
+
 /// The BackupConfiguration JSON recorded on the workload (`last-applied-backupconfiguration`).
-fn last_applied(bc: &BackupConfiguration) -> String {
+pub(crate) fn last_applied(bc: &BackupConfiguration) -> String {
     serde_json::json!({
         "apiVersion": "stash.appscode.com/v1beta1",
         "kind": "BackupConfiguration",
@@ -286,7 +313,8 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
             .await?;
         }
         let api = Api::<W>::namespaced(ctx.client.clone(), &ns);
-        if desired != current
+        let template_changes = !covers(&current, &desired);
+        if template_changes
             || desired_annotation != current_annotation
             || restore_annotation != current_restore_annotation
         {
@@ -318,7 +346,7 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
                         .remove(consts::LAST_APPLIED_RESTORE_SESSION_ANNOTATION);
                 }
             }
-            if desired != current {
+            if template_changes {
                 updated.force_rolling_update();
             }
             // `replace` carries the resourceVersion we read: a concurrent change is a 409 and
@@ -615,4 +643,48 @@ pub(crate) async fn grant_session_to_sidecar(
     let rules = rbac::sidecar_rules(&bc.name_any(), &repo, &lease, &[session]);
     rbac::update_role(&ctx.client, &ns, &role, rules).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn template(v: serde_json::Value) -> PodTemplateSpec {
+        serde_json::from_value(v).expect("template")
+    }
+
+    #[test]
+    fn a_stored_template_with_the_servers_defaults_covers_what_was_written() {
+        let written = template(json!({"spec": {
+            "containers": [{"name": "stash", "image": "s", "args": ["run-backup"]}],
+            "volumes": [{"name": "secret", "secret": {"secretName": "x"}}],
+        }}));
+        let stored = template(json!({"spec": {
+            "containers": [{"name": "stash", "image": "s", "args": ["run-backup"],
+                            "terminationMessagePath": "/dev/termination-log",
+                            "imagePullPolicy": "IfNotPresent", "resources": {}}],
+            "volumes": [{"name": "secret", "secret": {"secretName": "x", "defaultMode": 420}}],
+            "restartPolicy": "Always",
+        }}));
+        assert!(covers(&stored, &written));
+        assert!(
+            !covers(&written, &stored),
+            "the other way round it does not"
+        );
+        let changed = template(json!({"spec": {
+            "containers": [{"name": "stash", "image": "s", "args": ["run-backup", "--new"]}],
+            "volumes": [{"name": "secret", "secret": {"secretName": "x"}}],
+        }}));
+        assert!(!covers(&stored, &changed), "a changed list is a change");
+        let removed = template(json!({"spec": {
+            "containers": [],
+            "volumes": [{"name": "secret", "secret": {"secretName": "x"}}],
+        }}));
+        assert!(
+            !covers(&stored, &removed),
+            "a removed container is a change"
+        );
+    }
 }
