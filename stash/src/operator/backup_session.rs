@@ -157,6 +157,9 @@ impl Reconcile<BackupSession> for BackupSessions {
 
     async fn reconcile(&self, bs: Arc<BackupSession>) -> Result<Action, Error> {
         let ctx = &self.0;
+        // The other sessions and configurations are read from the shared stores: only once
+        // they listed (an older session not listed yet would let a newer one start first).
+        ctx.stores.ready().await?;
         let ns = bs.namespace().unwrap_or_default();
         let bc_name = bs
             .spec

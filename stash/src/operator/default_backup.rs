@@ -198,6 +198,8 @@ pub fn desired(
 
 /// Bring `target`'s default backup in line with its annotations.
 pub async fn reconcile(ctx: &Arc<Ctx>, target: &Target) -> Result<(), Error> {
+    // Whether its BackupConfiguration exists is read from the shared store: once it listed.
+    ctx.stores.ready().await?;
     let bcs = Api::<BackupConfiguration>::namespaced(ctx.client.clone(), &target.namespace);
     let name = object_name(target);
     let req = request(target).map_err(Error::Config)?;

@@ -100,6 +100,29 @@ pub struct Stores {
     pub repositories: Store<Repository>,
 }
 
+impl Stores {
+    /// Wait until every shared store has been listed once. A reconcile triggered by one kind
+    /// that scans another kind's store must not take "not listed yet" for "none": on a new
+    /// leader, a workload reconciled before the BackupSessions were listed would rewrite its
+    /// sidecar's Role without the running session (the sidecar's report is then refused and
+    /// the session hangs), and one reconciled before the BackupConfigurations were listed
+    /// would lose its sidecar. Free once the stores are ready.
+    pub async fn ready(&self) -> Result<(), super::Error> {
+        let stopped = |_| super::Error::Config("the shared watches stopped".into());
+        self.configurations
+            .wait_until_ready()
+            .await
+            .map_err(stopped)?;
+        self.sessions.wait_until_ready().await.map_err(stopped)?;
+        self.restores.wait_until_ready().await.map_err(stopped)?;
+        self.repositories
+            .wait_until_ready()
+            .await
+            .map_err(stopped)?;
+        Ok(())
+    }
+}
+
 /// The feeding side of the shared watches: subscribe, then [`Feeds::run`].
 pub struct Feeds {
     /// BackupConfigurations.
@@ -413,6 +436,22 @@ mod tests {
                      "target": {"ref": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target}}},
         }))
         .expect("bc")
+    }
+
+    #[test]
+    fn reconciles_wait_until_every_store_has_listed() {
+        use futures::FutureExt;
+        let (stores, mut feeds) = new();
+        feeds.configurations.seed([bc("a", "n", "app", false)]);
+        feeds.restores.seed([]);
+        feeds.repositories.seed([]);
+        // The BackupSessions have not listed yet: a reconcile must not read "none" from them.
+        assert!(
+            stores.ready().now_or_never().is_none(),
+            "ready before the sessions listed"
+        );
+        feeds.sessions.seed([]);
+        assert!(matches!(stores.ready().now_or_never(), Some(Ok(()))));
     }
 
     #[test]

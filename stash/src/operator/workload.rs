@@ -177,6 +177,8 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
         if w.meta().deletion_timestamp.is_some() {
             return Ok(Action::await_change());
         }
+        // What targets this workload is read from the shared stores: only once they listed.
+        ctx.stores.ready().await?;
         // A ReplicaSet owned by a Deployment follows its Deployment.
         if W::KIND == WorkloadKind::ReplicaSet
             && w.owner_references()
