@@ -86,6 +86,7 @@ fn scenarios<L: BackupLifecycle>() {
         o.repository = RepositoryUse {
             initialized: false,
             others: others.clone(),
+            claimed_by: None,
         };
         let d = bs::decide_with(&o);
         assert_eq!(d.phase == L::RUNNING, starts, "{others:?}");
@@ -95,6 +96,18 @@ fn scenarios<L: BackupLifecycle>() {
                 "waiting writes nothing: {:?}",
                 d.effects
             );
+        } else {
+            // Starting the first backup of a new Repository claims it first.
+            assert_eq!(
+                d.actions().collect::<Vec<_>>(),
+                [&bs::Action::ClaimRepository, &bs::Action::GrantSidecars]
+            );
+            // ... and a claim held by another session (the caches lag) makes it wait, quietly.
+            let mut claimed = o.clone();
+            claimed.repository.claimed_by = Some("theirs-2".into());
+            let d = bs::decide_with(&claimed);
+            assert_eq!(d.phase, L::INITIAL);
+            assert!(d.is_quiet(), "{:?}", d.effects);
         }
         // Once a backup has succeeded into it, the other configurations no longer matter.
         o.repository = RepositoryUse::initialized();

@@ -111,6 +111,9 @@ pub enum Action {
     /// Let the workload's sidecars read and report on this session (sidecar model): done before
     /// the session is marked `Running`, which is what the sidecars wait for.
     GrantSidecars,
+    /// Claim the first backup of a Repository that has none yet (its `restic init`), before
+    /// starting: refused while another live session holds the claim.
+    ClaimRepository,
 }
 
 /// A BackupSession effect.
@@ -193,6 +196,10 @@ pub struct RepositoryUse<P = Phase> {
     /// While it is not: the sessions of *other* BackupConfigurations that back up into it
     /// (empty once it is initialised; the runtime need not look).
     pub others: Vec<OtherSession<P>>,
+    /// While it is not: the session that holds the claim on its first backup
+    /// ([`Action::ClaimRepository`] was refused, naming it). The caches the others are read
+    /// from may lag; the claim is what makes "one at a time" hold.
+    pub claimed_by: Option<String>,
 }
 
 impl<P> RepositoryUse<P> {
@@ -201,6 +208,7 @@ impl<P> RepositoryUse<P> {
         Self {
             initialized: true,
             others: Vec::new(),
+            claimed_by: None,
         }
     }
 }
@@ -449,11 +457,24 @@ fn pending<L: BackupLifecycle>(obs: &Observation<L>, current: L) -> Decision<L> 
         if busy {
             return quiet(current, obs.policy.requeue(obs.created_at, obs.now));
         }
+        // Another session holds the claim (it started, or is starting, on a view that did not
+        // show this one yet): look again soon.
+        if obs.repository.claimed_by.is_some() {
+            let soon = Duration::from_secs(1);
+            return quiet(
+                current,
+                obs.policy.requeue(obs.created_at, obs.now).min(soon),
+            );
+        }
     }
-    let before = match model {
-        TargetModel::Job => vec![Effect::Act(Action::CreateBackupJob)],
-        _ => vec![Effect::Act(Action::GrantSidecars)],
-    };
+    let mut before = Vec::new();
+    if !obs.repository.initialized {
+        before.push(Effect::Act(Action::ClaimRepository));
+    }
+    before.push(match model {
+        TargetModel::Job => Effect::Act(Action::CreateBackupJob),
+        _ => Effect::Act(Action::GrantSidecars),
+    });
     let how = if model == TargetModel::Job {
         "backup Job created"
     } else {

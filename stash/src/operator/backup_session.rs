@@ -4,7 +4,10 @@
 //! (§5.4, §7, decisions 1 and 3); this file only gathers the observation and carries out the
 //! effects. The status write goes through [`stash_runtime::StatusWriter`], which refuses any
 //! phase change outside the generated transition table.
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use kube::{Api, Resource, ResourceExt, runtime::Controller};
@@ -73,6 +76,7 @@ async fn observe_repository(
     Ok(RepositoryUse {
         initialized: false,
         others,
+        claimed_by: None,
     })
 }
 
@@ -149,7 +153,12 @@ fn host_reports(status: Option<&BackupSessionStatus>) -> Vec<HostReport> {
         .collect()
 }
 
-struct BackupSessions(Arc<Ctx>);
+struct BackupSessions(Arc<Ctx>, Claims);
+
+/// Who holds the first backup of each Repository that has none yet, by (namespace, name):
+/// the session's (uid, name). The leader is the only decider, so an in-process claim makes
+/// "one first backup at a time" hold even where the stores lag behind each other.
+type Claims = Arc<Mutex<HashMap<(String, String), (String, String)>>>;
 
 impl Reconcile<BackupSession> for BackupSessions {
     type Error = Error;
@@ -219,6 +228,7 @@ impl Reconcile<BackupSession> for BackupSessions {
         let decision = machine::decide(&obs);
         let mut perform = BackupEffects {
             ctx,
+            claims: &self.1,
             bs: &bs,
             bc,
             api: Api::namespaced(ctx.client.clone(), &ns),
@@ -232,6 +242,7 @@ impl Reconcile<BackupSession> for BackupSessions {
 /// How a BackupSession's effects are done (the order and the refusals are the interpreter's).
 struct BackupEffects<'a> {
     ctx: &'a Ctx,
+    claims: &'a Claims,
     bs: &'a BackupSession,
     bc: Option<&'a BackupConfiguration>,
     api: Api<BackupSession>,
@@ -251,6 +262,7 @@ impl Perform<Phase, machine::Action> for BackupEffects<'_> {
                 }
                 Ok(Performed::Done)
             }
+            machine::Action::ClaimRepository => Ok(self.claim_repository()),
             machine::Action::CreateBackupJob => {
                 let op = crate::jobs::inputs::OperatorInputs {
                     pushgateway_url: self.ctx.inject.pushgateway_url.clone(),
@@ -300,10 +312,47 @@ impl Perform<Phase, machine::Action> for BackupEffects<'_> {
         self.ctx.events.publish_record(&reference, event).await;
     }
 
-    fn decide_refused(&mut self, _: &machine::Action, message: String) -> machine::Decision {
-        // Nothing was created; the machine decides again with the refusal observed.
-        self.obs.job = Some(JobState::Rejected { message });
+    fn decide_refused(&mut self, action: &machine::Action, message: String) -> machine::Decision {
+        // Nothing was done; the machine decides again with the refusal observed.
+        match action {
+            machine::Action::ClaimRepository => self.obs.repository.claimed_by = Some(message),
+            _ => self.obs.job = Some(JobState::Rejected { message }),
+        }
         machine::decide(&self.obs)
+    }
+}
+
+impl BackupEffects<'_> {
+    /// Claim the first backup of this session's Repository; refused, naming the holder, while
+    /// another session that is still live (in the store and not finished) holds it.
+    fn claim_repository(&self) -> Performed {
+        let ns = self.bs.namespace().unwrap_or_default();
+        let repo = self
+            .bc
+            .and_then(|b| b.spec.repository.as_ref())
+            .map(|r| r.name.clone())
+            .unwrap_or_default();
+        let me = (self.bs.uid().unwrap_or_default(), self.bs.name_any());
+        let live = |uid: &str, name: &str| {
+            stores::get(&self.ctx.stores.sessions, &ns, name).is_some_and(|s| {
+                s.uid().as_deref() == Some(uid)
+                    && !s
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.phase)
+                        .is_some_and(Phase::is_terminal)
+            })
+        };
+        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        match claims.get(&(ns.clone(), repo.clone())) {
+            Some((uid, name)) if *uid != me.0 && live(uid, name) => {
+                Performed::Refused(format!("BackupSession {name} holds the first backup"))
+            }
+            _ => {
+                claims.insert((ns, repo), me);
+                Performed::Done
+            }
+        }
     }
 }
 
@@ -322,6 +371,11 @@ pub fn run(
     let trigger = feeds.sessions.applies();
     async move {
         let controller = Controller::for_shared_stream(trigger, ctx.stores.sessions.clone());
-        stash_runtime::drive(controller, BackupSessions(ctx.clone()), ctx.metrics.clone()).await;
+        stash_runtime::drive(
+            controller,
+            BackupSessions(ctx.clone(), Claims::default()),
+            ctx.metrics.clone(),
+        )
+        .await;
     }
 }
