@@ -68,35 +68,13 @@ fn status_snapshots_exist(repo: &Path, s: &BackupSession) {
     }
 }
 
-/// `restic check` of the whole repository. The sessions' agents may still be running their
-/// follow-up steps (`forget` locks the repository exclusively), so it waits for the lock as the
-/// agents do.
+/// `restic check` of the whole repository, without taking restic's lock. A sidecar killed or a
+/// pod deleted in the middle of a restic command leaves that command's lock behind, and restic
+/// counts it stale only after 30 minutes (or on the host that made it, which is gone), so a
+/// locking check would wait for it. Reading without the lock is sound here: no configuration in
+/// these tests prunes except the follow-up test, which checks once its follow-up steps are done.
 fn restic_check(repo: &Path) {
-    restic_check_with(repo, &["--retry-lock", "2m"]);
-}
-
-/// `restic check` once every agent is idle. A sidecar killed in the middle of a restic command
-/// leaves that command's lock behind; restic counts it stale only after 30 minutes (or on the
-/// host that made it, once the process is gone), so the check would wait for it. Call only once
-/// every session's follow-up steps are done ([`wait_follow_ups_done`]).
-fn restic_check_idle(repo: &Path) {
     restic_check_with(repo, &["--no-lock"]);
-}
-
-/// Wait until session `name`'s hosts have recorded their follow-up steps (their entries'
-/// conditions): the agents hold no lock for it any more.
-async fn wait_follow_ups_done(client: &Client, ns: &str, name: &str) {
-    let sessions = Api::<BackupSession>::namespaced(client.clone(), ns);
-    eventually(
-        &format!("{name}'s follow-up steps"),
-        Duration::from_secs(180),
-        || async {
-            let s = sessions.get(name).await.ok()?;
-            let stats = s.status?.stats;
-            (!stats.is_empty() && stats.iter().all(|h| !h.conditions.is_empty())).then_some(())
-        },
-    )
-    .await;
 }
 
 fn restic_check_with(repo: &Path, lock: &[&str]) {
@@ -240,7 +218,6 @@ async fn a_sidecar_killed_between_snapshot_and_report_takes_no_second_snapshot()
     let sessions = Api::<BackupSession>::namespaced(client.clone(), &ns);
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
     let mut proven = 0;
-    let mut names = Vec::new();
     for round in 1..=ROUNDS + 3 {
         if proven == ROUNDS {
             break;
@@ -305,17 +282,10 @@ async fn a_sidecar_killed_between_snapshot_and_report_takes_no_second_snapshot()
             .map(|c| c.restart_count)
             .sum();
         assert!(restarts >= 1, "{name}: the sidecar was not restarted");
-        // Its restarted agent reported from the tagged snapshot, then ran the follow-up steps.
-        names.push(name.clone());
         proven += 1;
     }
     assert_eq!(proven, ROUNDS, "kills between snapshot and report");
-    // A round whose kill came after the report may have cut its follow-up steps short (they
-    // are not run again); the proven rounds' agents ran theirs after the restart.
-    for name in &names {
-        wait_follow_ups_done(&client, &ns, name).await;
-    }
-    restic_check_idle(&f.repo_dir);
+    restic_check(&f.repo_dir);
     println!("sidecar killed after its snapshot: {proven} sessions, one snapshot each");
 }
 

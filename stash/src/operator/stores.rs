@@ -98,6 +98,9 @@ pub struct Stores {
     pub restores: Store<RestoreSession>,
     /// Every Repository.
     pub repositories: Store<Repository>,
+    /// Each feed's "listed once" flag (our own: kube's `Store::wait_until_ready` keeps one
+    /// waker, so concurrent waiters lose their wake-up and hang).
+    listed: Vec<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Stores {
@@ -108,17 +111,13 @@ impl Stores {
     /// the session hangs), and one reconciled before the BackupConfigurations were listed
     /// would lose its sidecar. Free once the stores are ready.
     pub async fn ready(&self) -> Result<(), super::Error> {
-        let stopped = |_| super::Error::Config("the shared watches stopped".into());
-        self.configurations
-            .wait_until_ready()
-            .await
-            .map_err(stopped)?;
-        self.sessions.wait_until_ready().await.map_err(stopped)?;
-        self.restores.wait_until_ready().await.map_err(stopped)?;
-        self.repositories
-            .wait_until_ready()
-            .await
-            .map_err(stopped)?;
+        for listed in &self.listed {
+            let mut listed = listed.clone();
+            listed
+                .wait_for(|l| *l)
+                .await
+                .map_err(|_| super::Error::Config("the shared watches stopped".into()))?;
+        }
         Ok(())
     }
 }
@@ -148,6 +147,12 @@ pub fn new() -> (Stores, Feeds) {
         sessions: feeds.sessions.reader(),
         restores: feeds.restores.reader(),
         repositories: feeds.repositories.reader(),
+        listed: vec![
+            feeds.configurations.listed(),
+            feeds.sessions.listed(),
+            feeds.restores.listed(),
+            feeds.repositories.listed(),
+        ],
     };
     (stores, feeds)
 }
@@ -173,6 +178,7 @@ where
 {
     writer: Writer<K>,
     subscribers: Vec<mpsc::Sender<Change<K>>>,
+    listed: tokio::sync::watch::Sender<bool>,
 }
 
 impl<K> Default for Feed<K>
@@ -183,6 +189,7 @@ where
         Self {
             writer: Writer::default(),
             subscribers: Vec::new(),
+            listed: tokio::sync::watch::Sender::new(false),
         }
     }
 }
@@ -202,6 +209,11 @@ where
     /// A reader of the store this feed fills.
     pub fn reader(&self) -> Store<K> {
         self.writer.as_reader()
+    }
+
+    /// Whether the store has been listed once (true from then on).
+    pub fn listed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.listed.subscribe()
     }
 
     /// Every change, as it is applied to the store.
@@ -249,6 +261,7 @@ where
                 .apply_watcher_event(&watcher::Event::InitApply(o));
         }
         self.writer.apply_watcher_event(&watcher::Event::InitDone);
+        self.listed.send_replace(true);
     }
 
     /// Watch `api`, keep the store, and hand every change to every subscriber (waiting for
@@ -269,6 +282,9 @@ where
     /// Apply one watch event to the store, then hand the change to every subscriber.
     async fn step(&mut self, event: watcher::Event<K>) {
         self.writer.apply_watcher_event(&event);
+        if matches!(event, watcher::Event::InitDone) {
+            self.listed.send_replace(true);
+        }
         let reader = self.writer.as_reader();
         let change = match event {
             watcher::Event::Apply(o) => reader.get(&ObjectRef::from_obj(&o)).map(Change::Applied),
@@ -436,6 +452,32 @@ mod tests {
                      "target": {"ref": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target}}},
         }))
         .expect("bc")
+    }
+
+    #[tokio::test]
+    async fn many_reconciles_waiting_for_the_stores_are_all_woken() {
+        // kube's `Store::wait_until_ready` keeps one waker: with several waiters, all but the
+        // last hang. Ours wakes every one.
+        let (stores, mut feeds) = new();
+        let stores = Arc::new(stores);
+        let waiters: Vec<_> = (0..8)
+            .map(|_| {
+                let s = stores.clone();
+                tokio::spawn(async move { s.ready().await.is_ok() })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        feeds.configurations.seed([]);
+        feeds.sessions.seed([]);
+        feeds.restores.seed([]);
+        feeds.repositories.seed([]);
+        for w in waiters {
+            let woke = tokio::time::timeout(std::time::Duration::from_secs(5), w)
+                .await
+                .expect("a waiter was never woken")
+                .expect("join");
+            assert!(woke);
+        }
     }
 
     #[test]
