@@ -274,31 +274,15 @@ impl Perform<Phase, machine::Action> for BackupEffects<'_> {
     }
 
     async fn write_status(&mut self, patch: StatusPatch<Phase>) -> Result<(), Error> {
-        let status = self.bs.status.as_ref();
         let to = patch.phase;
-        let mut desired = status.cloned().unwrap_or_default();
-        desired.phase = Some(to);
-        if let Some(t) = patch.total_hosts {
-            desired.total_hosts = Some(i32::try_from(t).unwrap_or(i32::MAX));
-        }
-        if let Some(d) = patch.session_duration {
-            desired.session_duration = Some(GoDuration(d));
-        }
-        if patch.reason.is_some() {
-            desired.reason = patch.reason;
-        }
-        // The operator owns every status field but the hosts' entries (`stats`, a list-map
-        // each host's agent applies its own entry of).
-        let mut owned = serde_json::to_value(&desired).map_err(StatusError::from)?;
-        if let Some(o) = owned.as_object_mut() {
-            o.remove("stats");
-        }
+        let (owned, unchanged) = super::owned_session_status(self.bs.status.as_ref(), &patch)
+            .map_err(StatusError::from)?;
         self.writer
             .apply_phase(
                 &self.api,
                 self.bs,
                 STATUS_MANAGER,
-                status == Some(&desired),
+                unchanged,
                 owned,
                 self.obs.phase,
                 to,

@@ -232,6 +232,46 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "stash".into())
 }
 
+/// The status fields the operator owns on a session (phase, totalHosts, sessionDuration,
+/// reason — the same names on BackupSession and RestoreSession), as `current` with `patch`
+/// applied, without the hosts' entries (`stats`, a list-map each host's agent applies its own
+/// entry of). Also whether that changes nothing.
+pub(crate) fn owned_session_status<S, P>(
+    current: Option<&S>,
+    patch: &stash_machines::StatusPatch<P>,
+) -> Result<(serde_json::Value, bool), serde_json::Error>
+where
+    S: serde::Serialize,
+    P: serde::Serialize,
+{
+    let before = match current {
+        Some(s) => Some(serde_json::to_value(s)?),
+        None => None,
+    };
+    let mut desired = before.clone().unwrap_or_else(|| serde_json::json!({}));
+    if let Some(o) = desired.as_object_mut() {
+        o.insert("phase".into(), serde_json::to_value(&patch.phase)?);
+        if let Some(t) = patch.total_hosts {
+            o.insert(
+                "totalHosts".into(),
+                i32::try_from(t).unwrap_or(i32::MAX).into(),
+            );
+        }
+        if let Some(d) = patch.session_duration {
+            let d = stash_crds::duration::GoDuration(d);
+            o.insert("sessionDuration".into(), serde_json::to_value(d)?);
+        }
+        if let Some(r) = &patch.reason {
+            o.insert("reason".into(), r.clone().into());
+        }
+    }
+    let unchanged = before.as_ref() == Some(&desired);
+    if let Some(o) = desired.as_object_mut() {
+        o.remove("stats");
+    }
+    Ok((desired, unchanged))
+}
+
 /// Operator errors.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
