@@ -74,13 +74,8 @@ fn status_snapshots_exist(repo: &Path, s: &BackupSession) {
 /// locking check would wait for it. Reading without the lock is sound here: no configuration in
 /// these tests prunes except the follow-up test, which checks once its follow-up steps are done.
 fn restic_check(repo: &Path) {
-    restic_check_with(repo, &["--no-lock"]);
-}
-
-fn restic_check_with(repo: &Path, lock: &[&str]) {
     let out = restic(&repo.display().to_string(), PASSWORD)
-        .args(["check", "--no-cache"])
-        .args(lock)
+        .args(["check", "--no-cache", "--no-lock"])
         .output()
         .expect("restic check");
     assert!(
