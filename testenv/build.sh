@@ -14,7 +14,11 @@ CACHE=${STASH_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stash-rs-testenv}
 mkdir -p "$CACHE/bin"
 
 export GOTOOLCHAIN=local GOFLAGS="-mod=mod -trimpath" CGO_ENABLED=0
-export GOMODCACHE=$CACHE/go/mod GOCACHE=$CACHE/go/build
+# Go's module and build caches are only needed while something builds (15 GiB for this set):
+# they live in a work directory that is removed once the binaries are in place, so a machine
+# (or a CI runner) keeps only the binaries.
+GOWORK_DIR=$CACHE/go-work
+export GOMODCACHE=$GOWORK_DIR/mod GOCACHE=$GOWORK_DIR/build
 
 command -v go >/dev/null || { echo "testenv/build.sh: the go toolchain is required (Go >= 1.26)" >&2; exit 1; }
 
@@ -68,6 +72,13 @@ build() {
     host-local=github.com/containernetworking/plugins/plugins/ipam/host-local \
     loopback=github.com/containernetworking/plugins/plugins/main/loopback \
     portmap=github.com/containernetworking/plugins/plugins/meta/portmap
+  # The source of the pause image (testenv/images.sh builds it with gcc), from the same module.
+  pause=$CACHE/pause/pause-v$K8S_VERSION.c
+  if [[ ! -f $pause ]]; then
+    src=$(cd "$HERE/go/k8s" && go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+    mkdir -p "$CACHE/pause"
+    cp "$src/build/pause/linux/pause.c" "$pause.tmp" && mv "$pause.tmp" "$pause"
+  fi
   build coredns "-s -w" coredns=github.com/coredns/coredns
   # The cluster's own image registry (docker.io is mapped to it: `image: busybox` pulls).
   build registry "-s -w" registry=github.com/distribution/distribution/v3/cmd/registry
@@ -109,6 +120,14 @@ build() {
   [[ $(grep -c 'options.tier !== undefined && options.tier !== ""' "$bbh") == 2 ]] \
     || { echo "testenv/build.sh: the Azurite access-tier patch did not apply to $bbh" >&2; exit 1; }
   ln -sf "$az/node_modules/.bin/azurite-blob" "$CACHE/bin/azurite-blob"
+
+  # Everything is built: drop Go's caches (module files are read-only, hence go clean), and
+  # those of earlier versions of this script, which kept them in $CACHE/go.
+  for d in "$GOWORK_DIR" "$CACHE/go"; do
+    [[ -d $d ]] || continue
+    GOMODCACHE=$d/mod GOCACHE=$d/build go clean -cache -modcache >/dev/null 2>&1 || true
+    rm -rf "$d"
+  done
 ) 9>"$CACHE/.lock"
 
 echo "$CACHE/bin"

@@ -400,8 +400,8 @@ build_busybox() {
 # stash-rs.local/pause:3.10, built from the Kubernetes module's pause.c the way its Makefile does.
 build_pause() {
   local out=$OUT/pause.tar src spec=$WORK/pause.spec
-  src=$(ls -d "$CACHE"/go/mod/k8s.io/kubernetes@v*/build/pause/linux/pause.c 2>/dev/null | sort -V | tail -1)
-  [[ -f $src ]] || die "no k8s.io/kubernetes module in $CACHE/go/mod; run testenv/build.sh first"
+  src=$(ls -d "$CACHE"/pause/pause-v*.c 2>/dev/null | sort -V | tail -1)
+  [[ -f $src ]] || die "no pause.c in $CACHE/pause; run testenv/build.sh first"
   if fresh "$out" "$src"; then log "$out is up to date"; return; fi
   log "building $PAUSE_TAG from $src"
   command -v gcc >/dev/null || die "gcc is required"

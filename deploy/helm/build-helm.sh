@@ -11,7 +11,9 @@ CACHE=${STASH_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stash-rs-testenv}
 mkdir -p "$CACHE/bin"
 
 export GOTOOLCHAIN=local GOFLAGS="-mod=mod -trimpath" CGO_ENABLED=0
-export GOMODCACHE=$CACHE/go/mod GOCACHE=$CACHE/go/build
+# Go's caches only live while helm builds (see testenv/build.sh).
+GOWORK_DIR=$CACHE/go-work-helm
+export GOMODCACHE=$GOWORK_DIR/mod GOCACHE=$GOWORK_DIR/build
 
 command -v go >/dev/null || { echo "build-helm.sh: the go toolchain is required (Go >= 1.26)" >&2; exit 1; }
 
@@ -37,6 +39,10 @@ done
     echo "build-helm: built helm in $((SECONDS - start)) s" >&2
   fi
   ln -sf "$dir/bin/helm" "$CACHE/bin/helm"
+  if [[ -d $GOWORK_DIR ]]; then
+    go clean -cache -modcache >/dev/null 2>&1 || true
+    rm -rf "$GOWORK_DIR"
+  fi
 ) 9>"$CACHE/.lock-helm"
 
 echo "$CACHE/bin/helm"
