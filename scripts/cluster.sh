@@ -12,6 +12,9 @@
 #   scripts/cluster.sh reload rebuild the stash image from target/debug/stash, import it into the
 #                             running cluster and restart the operator (for development)
 #
+# STASH_PROFILE=release takes target/release/stash instead (the operator as the Dockerfile
+# builds it; what the scale benchmark measures): `cargo build --release -p stash --bin stash`.
+#
 # Needs root, Linux, the Rust and Go toolchains and the Debian packages scripts/test.sh installs.
 # Everything the cluster runs lives in network namespace stash-rs-testenv (198.18.0.0/15) and
 # under /var/lib/stash-rs-testenv; `down` removes it all (see README "What the cluster changes").
@@ -20,12 +23,14 @@ cd "$(dirname "$0")/.."
 CACHE=${STASH_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stash-rs-testenv}
 TARGET=${CARGO_TARGET_DIR:-target}
 TESTENV=$TARGET/debug/testenv
+PROFILE=${STASH_PROFILE:-debug}
 BEFORE=$CACHE/host-before.json
 
 images() {
   # The image gets a copy of the stash binary without debug sections.
   mkdir -p "$CACHE/images"
-  objcopy --strip-debug "$TARGET/debug/stash" "$CACHE/images/stash.bin.tmp"
+  [[ -x $TARGET/$PROFILE/stash ]] || { echo "cluster: no $TARGET/$PROFILE/stash; build it first" >&2; exit 1; }
+  objcopy --strip-debug "$TARGET/$PROFILE/stash" "$CACHE/images/stash.bin.tmp"
   if ! cmp -s "$CACHE/images/stash.bin.tmp" "$CACHE/images/stash.bin" 2>/dev/null; then
     mv "$CACHE/images/stash.bin.tmp" "$CACHE/images/stash.bin"
   else

@@ -43,7 +43,11 @@ use stash_runtime::{
 };
 use tokio::task::JoinHandle;
 
-use crate::{inject::InjectConfig, target::WorkloadKind};
+use crate::{
+    inject::InjectConfig,
+    operator::stores::{self, Stores},
+    target::WorkloadKind,
+};
 
 pub mod certs;
 pub mod cron;
@@ -347,6 +351,9 @@ fn respond(
 struct Ctx {
     client: Client,
     inject: InjectConfig,
+    /// The operator's shared stores: the Stash objects a decision reads (never a LIST per
+    /// request; readiness waits until they have listed).
+    stores: Stores,
 }
 
 async fn validate_task(ctx: Ctx, req: AdmissionRequest<DynamicObject>) -> AdmissionResponse {
@@ -386,19 +393,12 @@ async fn mutate_workload(
     {
         return AdmissionResponse::from(&req);
     }
-    let bcs = match Api::<BackupConfiguration>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await
-    {
-        Ok(l) => l.items,
-        Err(e) => {
-            let m = mutate::Mutation {
-                object: None,
-                warnings: vec![format!("stash: cannot list BackupConfigurations: {e}")],
-            };
-            return respond(&req, &original, m);
-        }
-    };
+    let stores = &ctx.stores;
+    let bcs: Vec<BackupConfiguration> =
+        stores::configurations_targeting(&stores.configurations, kind, &ns, &name)
+            .iter()
+            .map(|bc| (**bc).clone())
+            .collect();
     let matching = mutate::targeting(kind, &name, &bcs);
     let mut repo = None;
     if let [bc] = matching.as_slice() {
@@ -409,11 +409,8 @@ async fn mutate_workload(
             .map(|r| r.name.clone())
             .unwrap_or_default();
         if !repo_name.is_empty() {
-            match Api::<Repository>::namespaced(ctx.client.clone(), &ns)
-                .get_opt(&repo_name)
-                .await
-            {
-                Ok(r) => repo = r,
+            match stores::get_or_fetch(&stores.repositories, &ctx.client, &ns, &repo_name).await {
+                Ok(r) => repo = r.map(|r| (*r).clone()),
                 Err(e) => {
                     let m = mutate::Mutation {
                         object: None,
@@ -425,29 +422,21 @@ async fn mutate_workload(
         }
     }
     // The restore init-container, chosen exactly as the workload controller chooses it.
-    let sessions = Api::<RestoreSession>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await;
-    let restore = match sessions
-        .as_ref()
-        .map(|l| crate::inject::applicable_restore(kind, &name, &l.items))
-    {
-        Ok(Some(rs)) => {
+    let sessions = stores::restores_targeting(&stores.restores, kind, &ns, &name);
+    let restore = match crate::inject::applicable_restore(kind, &name, &sessions) {
+        Some(rs) => {
             let repo_name = rs
                 .spec
                 .repository
                 .as_ref()
                 .map(|r| r.name.clone())
                 .unwrap_or_default();
-            match Api::<Repository>::namespaced(ctx.client.clone(), &ns)
-                .get_opt(&repo_name)
-                .await
-            {
-                Ok(Some(r)) => Some((rs.clone(), r)),
+            match stores::get_or_fetch(&stores.repositories, &ctx.client, &ns, &repo_name).await {
+                Ok(Some(r)) => Some((rs.clone(), (*r).clone())),
                 _ => None,
             }
         }
-        _ => None,
+        None => None,
     };
     let m = mutate::mutate_workload(
         kind,
@@ -485,23 +474,14 @@ where
     let repository = new.repository().filter(|r| !r.is_empty());
     let mut refs = validate::References::default();
     if let Some(repo) = repository {
-        refs.repository_exists = Api::<Repository>::namespaced(ctx.client.clone(), ns)
-            .get_metadata_opt(repo)
-            .await
-            .ok()
-            .map(|r| r.is_some());
-        if K::SHARES_REPOSITORY
-            && let Ok(list) = Api::<BackupConfiguration>::namespaced(ctx.client.clone(), ns)
-                .list(&ListParams::default())
+        refs.repository_exists =
+            stores::get_or_fetch(&ctx.stores.repositories, &ctx.client, ns, repo)
                 .await
-        {
-            refs.sharing_repository = list
-                .items
-                .iter()
-                .filter(|bc| bc.name_any() != req.name)
-                .filter(|bc| bc.spec.repository.as_ref().is_some_and(|r| r.name == repo))
-                .map(ResourceExt::name_any)
-                .collect();
+                .ok()
+                .map(|r| r.is_some());
+        if K::SHARES_REPOSITORY {
+            refs.sharing_repository =
+                stores::configurations_sharing(&ctx.stores.configurations, ns, repo, &req.name);
         }
     }
     let target = new
@@ -811,6 +791,7 @@ pub async fn start(
     client: Client,
     opts: WebhookOptions,
     inject: InjectConfig,
+    stores: Stores,
 ) -> anyhow::Result<AdmissionServer> {
     let listener = tokio::net::TcpListener::bind(opts.bind)
         .await
@@ -837,6 +818,7 @@ pub async fn start(
     let app = router(Ctx {
         client: client.clone(),
         inject,
+        stores,
     });
     let server = tokio::spawn(serve(
         listener,
@@ -962,6 +944,7 @@ mod tests {
                 image: "stash-rs/stash:0.1.0".into(),
                 pushgateway_url: String::new(),
             },
+            stores: crate::operator::stores::new().0,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

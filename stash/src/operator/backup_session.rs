@@ -70,7 +70,7 @@ async fn observe_repository(
     let own = bc.map(ResourceExt::name_any).unwrap_or_default();
     let others = stores::configurations_sharing(&stores.configurations, ns, repo_name, &own)
         .iter()
-        .flat_map(|name| sessions_of(&stores.sessions, ns, name))
+        .flat_map(|name| sessions_of(stores, ns, name))
         .map(|o| other_session(&o))
         .collect();
     Ok(RepositoryUse {
@@ -198,7 +198,7 @@ impl Reconcile<BackupSession> for BackupSessions {
         } else {
             RepositoryUse::initialized()
         };
-        let others = sessions_of(&ctx.stores.sessions, &ns, &bc_name)
+        let others = sessions_of(&ctx.stores, &ns, &bc_name)
             .iter()
             .filter(|o| o.uid() != bs.uid())
             .map(|o| other_session(o))

@@ -114,8 +114,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         &identity,
         opts.lease_duration,
     );
-    // One watch per kind, shared by every controller; nothing runs before leadership.
+    // One watch per kind, shared by the webhooks (every replica) and the controllers (the
+    // leader's, which subscribe when it is elected).
     let (stores, mut feeds) = stores::new();
+    tokio::spawn({
+        let (feeds, client) = (feeds.clone(), client.clone());
+        async move { feeds.run(client).await }
+    });
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         inject: InjectConfig {
@@ -135,9 +140,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     // Webhooks are read-only: every replica serves them, not only the leader.
     let _webhook = match opts.webhook.options(&opts.namespace)? {
         Some(w) => {
-            let server = crate::admission::start(client.clone(), w, ctx.inject.clone())
-                .await
-                .context("admission webhooks")?;
+            let server =
+                crate::admission::start(client.clone(), w, ctx.inject.clone(), ctx.stores.clone())
+                    .await
+                    .context("admission webhooks")?;
             if opts.webhook.enable_validating_webhook
                 && !opts.webhook.bypass_validating_webhook_xray
             {
@@ -157,13 +163,21 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         o
     }) {
         Some(o) => Some(
-            crate::snapshots::start(client.clone(), o)
-                .await
-                .context("snapshot API")?,
+            crate::snapshots::start(
+                client.clone(),
+                o,
+                ctx.stores.repositories.clone(),
+                feeds.repositories.changes(),
+            )
+            .await
+            .context("snapshot API")?,
         ),
         None => None,
     };
-    // Ready as a standby too: probes, metrics and webhooks are served by every replica.
+    // Ready as a standby too: probes, metrics and webhooks are served by every replica, once
+    // the stores the webhooks read have listed (straight from the API server: nothing here
+    // goes through a webhook, so a fresh install cannot deadlock on it).
+    ctx.stores.ready().await?;
     ready.set(true);
     let mut leadership = election
         .acquire(client.clone())
@@ -174,8 +188,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     crate::jobs::builtin::ensure(&client, &opts.image)
         .await
         .context("built-in Functions and Tasks")?;
-    // Every subscription to the shared watches is taken before they start (a change waits
-    // until each subscriber has it).
+    // The controllers subscribe to the shared watches (a change waits until each subscriber
+    // has it, so only what runs subscribes).
     let backup_configurations = backup_configuration::run(ctx.clone(), &mut feeds);
     let backup_sessions = backup_session::run(ctx.clone(), &mut feeds);
     let restore_sessions = restore_session::run(ctx.clone(), &mut feeds);
@@ -183,7 +197,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let workloads = workload::run_all(ctx.clone(), &mut feeds);
     let controllers = async {
         tokio::join!(
-            feeds.run(client.clone()),
             backup_configurations,
             backup_sessions,
             restore_sessions,

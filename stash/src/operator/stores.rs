@@ -21,16 +21,25 @@
 //! a subscriber is sent the object itself (an `Arc` shared with the store), and deletions too
 //! (kube-rs/kube#1590).
 //!
-//! Backpressure: the root watch waits for every subscriber to take each change (a bounded
-//! channel each), so every subscription must be polled; they are created before the watch
-//! starts ([`Feed::run`] consumes the feed), and everything starts once leadership is held
-//! ([`super::run`]). A dropped subscription is skipped.
+//! The watches run on every replica from the start: the webhooks read the stores too
+//! (readiness waits until they have listed). The controllers of the leader subscribe when it
+//! is elected; a late subscription starts with everything the store holds.
 //!
-//! Referent → referrers ([`configurations_targeting`], [`sessions_of`],
-//! [`restores_targeting`], [`configurations_sharing`]) are scans of a store (the kopiur
-//! `watch.rs` shape), never an `Api::list`; a referent by name is a store lookup
-//! ([`get_or_fetch`]: a GET only when the store does not have it yet).
-use std::sync::Arc;
+//! Backpressure: the root watch waits for every subscriber to take each change (a bounded
+//! channel each), so every subscription must be polled: only controllers that run subscribe.
+//! A dropped subscription is skipped and forgotten.
+//!
+//! Referent → referrers are never an `Api::list`: the sessions of a configuration
+//! ([`sessions_of`], read on every BackupSession reconcile, so it must not grow with the
+//! history of every other configuration) come from an [`Index`] the feed keeps beside the
+//! store; the rarer ones ([`configurations_targeting`], [`restores_targeting`],
+//! [`configurations_sharing`]) are scans of a store (the kopiur `watch.rs` shape). A referent
+//! by name is a store lookup ([`get_or_fetch`]: a GET only when the store does not have it
+//! yet).
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex, RwLock},
+};
 
 use futures::{SinkExt, Stream, StreamExt, channel::mpsc, stream::BoxStream};
 use kube::{
@@ -94,6 +103,8 @@ pub struct Stores {
     pub configurations: Store<BackupConfiguration>,
     /// Every BackupSession.
     pub sessions: Store<BackupSession>,
+    /// The BackupSessions of each configuration ([`sessions_of`]).
+    pub sessions_by_configuration: Index<BackupSession>,
     /// Every RestoreSession.
     pub restores: Store<RestoreSession>,
     /// Every Repository.
@@ -122,7 +133,9 @@ impl Stores {
     }
 }
 
-/// The feeding side of the shared watches: subscribe, then [`Feeds::run`].
+/// The feeding side of the shared watches: [`Feeds::run`] them, and subscribe to their changes
+/// (before or after they start).
+#[derive(Clone)]
 pub struct Feeds {
     /// BackupConfigurations.
     pub configurations: Feed<BackupConfiguration>,
@@ -138,13 +151,18 @@ pub struct Feeds {
 pub fn new() -> (Stores, Feeds) {
     let feeds = Feeds {
         configurations: Feed::default(),
-        sessions: Feed::default(),
+        sessions: Feed::default().indexed(Index::new(configuration_of)),
         restores: Feed::default(),
         repositories: Feed::default(),
     };
     let stores = Stores {
         configurations: feeds.configurations.reader(),
         sessions: feeds.sessions.reader(),
+        sessions_by_configuration: feeds
+            .sessions
+            .index
+            .clone()
+            .expect("the sessions feed is indexed"),
         restores: feeds.restores.reader(),
         repositories: feeds.repositories.reader(),
         listed: vec![
@@ -161,24 +179,42 @@ pub fn new() -> (Stores, Feeds) {
 
 impl Feeds {
     /// Run the four watches (cluster-wide) until the process ends.
-    pub async fn run(self, client: Client) {
+    pub async fn run(&self, client: Client) {
         tokio::join!(
-            self.configurations.run(Api::all(client.clone())),
-            self.sessions.run(Api::all(client.clone())),
-            self.restores.run(Api::all(client.clone())),
-            self.repositories.run(Api::all(client)),
+            self.configurations.clone().run(Api::all(client.clone())),
+            self.sessions.clone().run(Api::all(client.clone())),
+            self.restores.clone().run(Api::all(client.clone())),
+            self.repositories.clone().run(Api::all(client)),
         );
     }
 }
 
-/// One kind's watch, its store and its subscribers.
+/// One kind's watch, its store and its subscribers. Clones share them.
 pub struct Feed<K>
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
-    writer: Writer<K>,
-    subscribers: Vec<mpsc::Sender<Change<K>>>,
-    listed: tokio::sync::watch::Sender<bool>,
+    /// Only [`Feed::step`] writes, one event at a time (never held across an await).
+    writer: Arc<Mutex<Writer<K>>>,
+    reader: Store<K>,
+    subscribers: Arc<Mutex<Vec<mpsc::Sender<Change<K>>>>>,
+    listed: Arc<tokio::sync::watch::Sender<bool>>,
+    index: Option<Index<K>>,
+}
+
+impl<K> Clone for Feed<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    fn clone(&self) -> Self {
+        Self {
+            writer: self.writer.clone(),
+            reader: self.reader.clone(),
+            subscribers: self.subscribers.clone(),
+            listed: self.listed.clone(),
+            index: self.index.clone(),
+        }
+    }
 }
 
 impl<K> Default for Feed<K>
@@ -186,12 +222,19 @@ where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
     fn default() -> Self {
+        let writer = Writer::default();
         Self {
-            writer: Writer::default(),
-            subscribers: Vec::new(),
-            listed: tokio::sync::watch::Sender::new(false),
+            reader: writer.as_reader(),
+            writer: Arc::new(Mutex::new(writer)),
+            subscribers: Arc::default(),
+            listed: Arc::new(tokio::sync::watch::Sender::new(false)),
+            index: None,
         }
     }
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 // === impl Feed ===
@@ -206,9 +249,15 @@ where
         + Sync
         + 'static,
 {
+    /// Keep `index` beside the store.
+    fn indexed(mut self, index: Index<K>) -> Self {
+        self.index = Some(index);
+        self
+    }
+
     /// A reader of the store this feed fills.
     pub fn reader(&self) -> Store<K> {
-        self.writer.as_reader()
+        self.reader.clone()
     }
 
     /// Whether the store has been listed once (true from then on).
@@ -216,10 +265,21 @@ where
         self.listed.subscribe()
     }
 
-    /// Every change, as it is applied to the store.
+    /// Every change, as it is applied to the store. A subscription taken once the store has
+    /// been listed starts with [`Change::Listed`] of what it holds (the controllers of a new
+    /// leader subscribe to watches that have run since the process started).
     pub fn changes(&mut self) -> impl Stream<Item = Change<K>> + Send + 'static + use<K> {
-        let (tx, rx) = mpsc::channel(BUFFER);
-        self.subscribers.push(tx);
+        let (mut tx, rx) = mpsc::channel(BUFFER);
+        // Under the subscribers' lock: [`Feed::step`] applies a change to the store before it
+        // takes the list of subscribers, so a change is either in this snapshot or sent to
+        // this subscriber (or both, which a reconcile does not mind).
+        let mut subscribers = locked(&self.subscribers);
+        if *self.listed.borrow() {
+            let all: Arc<[Arc<K>]> = self.reader.state().into();
+            tx.try_send(Change::Listed(all))
+                .expect("a new channel has room for one change");
+        }
+        subscribers.push(tx);
         rx
     }
 
@@ -253,20 +313,23 @@ where
     /// Fill the store with `objects` as a completed list (tests: a store no watch feeds).
     #[cfg(test)]
     pub fn seed(&mut self, objects: impl IntoIterator<Item = K>) {
-        self.writer.apply_watcher_event(&watcher::Event::Init);
+        let mut writer = locked(&self.writer);
+        writer.apply_watcher_event(&watcher::Event::Init);
         for o in objects {
             let mut o = o;
             strip(&mut o);
-            self.writer
-                .apply_watcher_event(&watcher::Event::InitApply(o));
+            writer.apply_watcher_event(&watcher::Event::InitApply(o));
         }
-        self.writer.apply_watcher_event(&watcher::Event::InitDone);
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        if let Some(index) = &self.index {
+            index.rebuild(&self.reader.state());
+        }
         self.listed.send_replace(true);
     }
 
     /// Watch `api`, keep the store, and hand every change to every subscriber (waiting for
     /// each: backpressure), until the watch ends.
-    pub async fn run(mut self, api: Api<K>) {
+    pub async fn run(self, api: Api<K>) {
         let mut events = watcher(api, watcher::Config::default())
             .default_backoff()
             .modify(strip)
@@ -280,12 +343,30 @@ where
     }
 
     /// Apply one watch event to the store, then hand the change to every subscriber.
-    async fn step(&mut self, event: watcher::Event<K>) {
-        self.writer.apply_watcher_event(&event);
+    async fn step(&self, event: watcher::Event<K>) {
+        let reader = &self.reader;
+        {
+            let mut writer = locked(&self.writer);
+            if let Some(index) = &self.index {
+                // What the store holds now leaves the index before the store changes.
+                if let watcher::Event::Apply(o) | watcher::Event::Delete(o) = &event
+                    && let Some(old) = reader.get(&ObjectRef::from_obj(o))
+                {
+                    index.remove(&old);
+                }
+            }
+            writer.apply_watcher_event(&event);
+            if let Some(index) = &self.index {
+                match &event {
+                    watcher::Event::Apply(o) => index.insert(o),
+                    watcher::Event::InitDone => index.rebuild(&reader.state()),
+                    _ => {}
+                }
+            }
+        }
         if matches!(event, watcher::Event::InitDone) {
             self.listed.send_replace(true);
         }
-        let reader = self.writer.as_reader();
         let change = match event {
             watcher::Event::Apply(o) => reader.get(&ObjectRef::from_obj(&o)).map(Change::Applied),
             watcher::Event::Delete(o) => Some(Change::Deleted(Arc::new(o))),
@@ -293,14 +374,13 @@ where
             watcher::Event::Init | watcher::Event::InitApply(_) => None,
         };
         let Some(change) = change else { return };
-        let mut gone = Vec::new();
-        for (i, s) in self.subscribers.iter_mut().enumerate() {
-            if s.send(change.clone()).await.is_err() {
-                gone.push(i);
-            }
+        let mut subscribers = locked(&self.subscribers).clone();
+        let mut gone = false;
+        for s in &mut subscribers {
+            gone |= s.send(change.clone()).await.is_err();
         }
-        for i in gone.into_iter().rev() {
-            self.subscribers.swap_remove(i);
+        if gone {
+            locked(&self.subscribers).retain(|s| !s.is_closed());
         }
     }
 }
@@ -356,20 +436,100 @@ pub fn restores_targeting(
         .collect()
 }
 
-/// The sessions of configuration `bc` in `ns` (by the configuration label). The store applies
-/// the watch's events in order, so every session created before one being reconciled is in it.
-pub fn sessions_of(store: &Store<BackupSession>, ns: &str, bc: &str) -> Vec<Arc<BackupSession>> {
-    store
-        .state()
-        .into_iter()
-        .filter(|o| {
-            o.namespace().as_deref() == Some(ns)
-                && o.labels()
-                    .get(consts::BACKUP_CONFIGURATION_LABEL)
-                    .map(String::as_str)
-                    == Some(bc)
-        })
-        .collect()
+/// The sessions of configuration `bc` in `ns` (by the configuration label), from the index.
+/// The store applies the watch's events in order, so every session created before one being
+/// reconciled is in it.
+pub fn sessions_of(stores: &Stores, ns: &str, bc: &str) -> Vec<Arc<BackupSession>> {
+    stores
+        .sessions_by_configuration
+        .lookup(&stores.sessions, ns, bc)
+}
+
+/// The key of a BackupSession in [`Stores::sessions_by_configuration`]: its configuration.
+fn configuration_of(bs: &BackupSession) -> Option<String> {
+    bs.labels().get(consts::BACKUP_CONFIGURATION_LABEL).cloned()
+}
+
+/// (namespace, key) → names.
+type IndexMap = HashMap<(String, String), BTreeSet<String>>;
+
+/// Objects of one namespace grouped by a key of theirs (a referent's name), kept by the feed
+/// beside the store: a lookup costs the objects found, not the objects stored.
+pub struct Index<K> {
+    key: fn(&K) -> Option<String>,
+    map: Arc<RwLock<IndexMap>>,
+}
+
+impl<K> Clone for Index<K> {
+    fn clone(&self) -> Self {
+        Self {
+            key: self.key,
+            map: self.map.clone(),
+        }
+    }
+}
+
+// === impl Index ===
+
+impl<K> Index<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    fn new(key: fn(&K) -> Option<String>) -> Self {
+        Self {
+            key,
+            map: Arc::default(),
+        }
+    }
+
+    fn entry(&self, obj: &K) -> Option<((String, String), String)> {
+        Some(((obj.namespace()?, (self.key)(obj)?), obj.name_any()))
+    }
+
+    fn insert(&self, obj: &K) {
+        if let Some((k, name)) = self.entry(obj) {
+            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+            map.entry(k).or_default().insert(name);
+        }
+    }
+
+    fn remove(&self, obj: &K) {
+        if let Some((k, name)) = self.entry(obj) {
+            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(names) = map.get_mut(&k) {
+                names.remove(&name);
+                if names.is_empty() {
+                    map.remove(&k);
+                }
+            }
+        }
+    }
+
+    fn rebuild(&self, all: &[Arc<K>]) {
+        let mut fresh = IndexMap::new();
+        for o in all {
+            if let Some((k, name)) = self.entry(o) {
+                fresh.entry(k).or_default().insert(name);
+            }
+        }
+        *self.map.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+    }
+
+    /// The objects of `store` in `ns` whose key is `key`, by name.
+    pub fn lookup(&self, store: &Store<K>, ns: &str, key: &str) -> Vec<Arc<K>> {
+        let names: Vec<String> = self
+            .map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(ns.to_string(), key.to_string()))
+            .map(|n| n.iter().cloned().collect())
+            .unwrap_or_default();
+        names
+            .iter()
+            .filter_map(|n| get(store, ns, n))
+            .filter(|o| (self.key)(o).as_deref() == Some(key))
+            .collect()
+    }
 }
 
 /// The other BackupConfigurations of `ns` that back up into Repository `repo`.
@@ -504,6 +664,81 @@ mod tests {
         assert_eq!(cached.metadata.managed_fields, None);
         let annotations = cached.metadata.annotations.clone().unwrap_or_default();
         assert_eq!(annotations.keys().collect::<Vec<_>>(), ["keep"]);
+    }
+
+    fn bs(name: &str, ns: &str, config: &str) -> BackupSession {
+        serde_json::from_value(json!({
+            "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
+            "metadata": {"name": name, "namespace": ns,
+                         "labels": {consts::BACKUP_CONFIGURATION_LABEL: config}},
+            "spec": {"backupConfiguration": {"name": config}},
+        }))
+        .expect("bs")
+    }
+
+    fn names(found: Vec<Arc<BackupSession>>) -> Vec<String> {
+        found.iter().map(|o| o.name_any()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_subscription_taken_after_the_list_starts_with_everything_stored() {
+        // The watches run from the start on every replica; a new leader's controllers
+        // subscribe later and must see every object, then every change.
+        let mut feed = Feed::<BackupConfiguration>::default();
+        let mut early = feed.changes();
+        feed.seed([bc("a", "n", "app", false)]);
+        feed.step(watcher::Event::Apply(bc("b", "n", "app", false)))
+            .await;
+        let mut late = feed.changes();
+        let Some(Change::Listed(all)) = late.next().await else {
+            panic!("a late subscription starts with the stored objects");
+        };
+        let mut names: Vec<String> = all.iter().map(|o| o.name_any()).collect();
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
+        feed.step(watcher::Event::Apply(bc("c", "n", "app", false)))
+            .await;
+        let Some(Change::Applied(c)) = late.next().await else {
+            panic!("then the changes");
+        };
+        assert_eq!(c.name_any(), "c");
+        // The early one saw the same, in its own order; a dropped one is forgotten.
+        assert!(matches!(early.next().await, Some(Change::Applied(b)) if b.name_any() == "b"));
+        drop(early);
+        drop(late);
+        feed.step(watcher::Event::Apply(bc("d", "n", "app", false)))
+            .await;
+        assert_eq!(locked(&feed.subscribers).len(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_sessions_of_a_configuration_follow_the_watch() {
+        let (stores, mut feeds) = new();
+        feeds.sessions.seed([
+            bs("a-1", "n", "a"),
+            bs("b-1", "n", "b"),
+            bs("a-1", "m", "a"),
+        ]);
+        assert_eq!(names(sessions_of(&stores, "n", "a")), ["a-1"]);
+        let feed = &mut feeds.sessions;
+        feed.step(watcher::Event::Apply(bs("a-2", "n", "a"))).await;
+        feed.step(watcher::Event::Apply(bs("a-0", "n", "a"))).await;
+        assert_eq!(names(sessions_of(&stores, "n", "a")), ["a-0", "a-1", "a-2"]);
+        feed.step(watcher::Event::Delete(bs("a-1", "n", "a"))).await;
+        assert_eq!(names(sessions_of(&stores, "n", "a")), ["a-0", "a-2"]);
+        assert_eq!(names(sessions_of(&stores, "m", "a")), ["a-1"]);
+        // A relist replaces the index with what the store now holds.
+        feed.step(watcher::Event::Init).await;
+        feed.step(watcher::Event::InitApply(bs("b-9", "n", "b")))
+            .await;
+        assert_eq!(
+            names(sessions_of(&stores, "n", "a")),
+            ["a-0", "a-2"],
+            "before InitDone"
+        );
+        feed.step(watcher::Event::InitDone).await;
+        assert_eq!(names(sessions_of(&stores, "n", "a")), Vec::<String>::new());
+        assert_eq!(names(sessions_of(&stores, "n", "b")), ["b-9"]);
     }
 
     #[test]

@@ -10,14 +10,10 @@ use k8s_openapi::api::{
 use kube::{
     Api, Resource, ResourceExt,
     api::{ListParams, PostParams},
-    runtime::{
-        Controller,
-        reflector::{ObjectRef, Store},
-        watcher,
-    },
+    runtime::{Controller, reflector::ObjectRef, watcher},
 };
 use serde::{Serialize, de::DeserializeOwned};
-use stash_crds::{BackupConfiguration, BackupSession, Repository, RestoreSession, consts};
+use stash_crds::{BackupConfiguration, Repository, RestoreSession, consts};
 use stash_runtime::{Action, Reconcile, events::Severity};
 
 use super::{
@@ -403,7 +399,7 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
             Some((bc, repo)) if sa == dedicated || named_by(bc.spec.runtime_settings.as_ref()) => {
                 let lease = format!("lock-{kind}-{name}-backup");
                 ensure_lease(ctx, &ns, &lease, w.controller_owner_ref(&())).await?;
-                let running = running_sessions(&stores.sessions, &ns, &bc.name_any());
+                let running = running_sessions(stores, &ns, &bc.name_any());
                 let running: Vec<&str> = running.iter().map(String::as_str).collect();
                 let rules = rbac::sidecar_rules(&bc.name_any(), &repo.name_any(), &lease, &running);
                 rbac::grant(
@@ -607,8 +603,8 @@ async fn ensure_lease(
 }
 
 /// The Running BackupSessions of BackupConfiguration `bc` (at most one), from the store.
-fn running_sessions(sessions: &Store<BackupSession>, ns: &str, bc: &str) -> Vec<String> {
-    stores::sessions_of(sessions, ns, bc)
+fn running_sessions(stores: &stores::Stores, ns: &str, bc: &str) -> Vec<String> {
+    stores::sessions_of(stores, ns, bc)
         .into_iter()
         .filter(|s| {
             s.status.as_ref().and_then(|st| st.phase)

@@ -1,7 +1,9 @@
 //! The snapshot catalog: every Repository's restic snapshots, read when asked and kept for the
 //! next request, so that most Snapshot lists never run restic on the request path (issue 12).
 //!
-//! * Repositories (and Namespaces) are mirrored by kube reflectors; nothing else is watched.
+//! * Repositories are read from the operator's shared store, whose changes the catalog follows
+//!   ([`crate::operator::stores`]: one Repository watch per process); Namespaces are mirrored by
+//!   a reflector of their own; nothing else is watched.
 //! * Entries are keyed by the Repository's UID: a Repository deleted and created again under
 //!   the same name never answers with the old one's list.
 //! * Nothing is read on a timer. A request reads a repository this replica never read, or
@@ -30,7 +32,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, Client, ResourceExt,
@@ -39,6 +41,8 @@ use kube::{
 use stash_crds::{BackendKind, Repository};
 use stash_restic as restic;
 use tokio::sync::{Notify, Semaphore};
+
+use crate::operator::stores::Change;
 
 /// Set on a Repository when a snapshot was deleted through the Snapshot API (the time).
 pub const SNAPSHOTS_CHANGED_ANNOTATION: &str = "stash.appscode.com/snapshots-changed-at";
@@ -175,13 +179,15 @@ fn uid_of(repo: &Repository) -> String {
 }
 
 impl Catalog {
-    /// Start the reflectors and the background re-reader on the current runtime.
+    /// Start the Namespace reflector, the follower of `changes` (the Repositories of `repos`)
+    /// and the background re-reader on the current runtime.
     /// Returns the catalog and the background tasks (abort them to stop).
     pub async fn start(
         client: Client,
         opts: CatalogOptions,
+        repos: reflector::Store<Repository>,
+        changes: impl Stream<Item = Change<Repository>> + Send + 'static,
     ) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
-        let (repos, repo_writer) = reflector::store::<Repository>();
         let (namespaces, ns_writer) = reflector::store::<Namespace>();
         let permits = opts.concurrency.max(1);
         let catalog = Catalog {
@@ -201,21 +207,10 @@ impl Catalog {
         };
         let mut tasks = Vec::new();
         let c = catalog.clone();
-        let repo_stream = reflector(
-            repo_writer,
-            watcher(
-                Api::<Repository>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff();
         tasks.push(tokio::spawn(async move {
-            let mut s = std::pin::pin!(repo_stream);
-            while let Some(r) = s.next().await {
-                match r {
-                    Ok(event) => c.observe(event),
-                    Err(e) => tracing::debug!(error = %e, "snapshots: Repository watch"),
-                }
+            let mut changes = std::pin::pin!(changes);
+            while let Some(change) = changes.next().await {
+                c.observe(change);
             }
         }));
         let ns_stream = reflector(
@@ -236,12 +231,8 @@ impl Catalog {
             }
         }));
         tasks.push(tokio::spawn(catalog.clone().rereader()));
-        // Answer nothing before the first Repository list arrived.
-        let _ = tokio::time::timeout(
-            Duration::from_secs(30),
-            catalog.inner.repos.wait_until_ready(),
-        )
-        .await;
+        // Answer nothing before the first Namespace list arrived (the Repositories' store is
+        // listed before the operator is Ready).
         let _ = tokio::time::timeout(
             Duration::from_secs(10),
             catalog.inner.namespaces.wait_until_ready(),
@@ -250,24 +241,12 @@ impl Catalog {
         (catalog, tasks)
     }
 
-    /// A Repository event: forget deleted repositories; a backup or deletion in one this
+    /// A Repository change: forget deleted repositories; a backup or deletion in one this
     /// replica holds marks it for a background re-read.
-    fn observe(&self, event: watcher::Event<Repository>) {
-        match event {
-            watcher::Event::Apply(repo) | watcher::Event::InitApply(repo) => {
-                let uid = uid_of(&repo);
-                let changed = self
-                    .inner
-                    .entries
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&uid)
-                    .is_some_and(|e| e.changes != Changes::of(&repo));
-                if changed {
-                    self.mark_dirty(uid);
-                }
-            }
-            watcher::Event::Delete(repo) => {
+    fn observe(&self, change: Change<Repository>) {
+        match change {
+            Change::Applied(repo) => self.observe_applied(&repo),
+            Change::Deleted(repo) => {
                 let uid = uid_of(&repo);
                 self.inner
                     .entries
@@ -280,16 +259,31 @@ impl Catalog {
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&uid);
             }
-            watcher::Event::InitDone => {
-                let live: HashSet<String> =
-                    self.inner.repos.state().iter().map(|r| uid_of(r)).collect();
+            Change::Listed(all) => {
+                let live: HashSet<String> = all.iter().map(|r| uid_of(r)).collect();
                 self.inner
                     .entries
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
                     .retain(|k, _| live.contains(k));
+                for repo in all.iter() {
+                    self.observe_applied(repo);
+                }
             }
-            watcher::Event::Init => {}
+        }
+    }
+
+    fn observe_applied(&self, repo: &Repository) {
+        let uid = uid_of(repo);
+        let changed = self
+            .inner
+            .entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&uid)
+            .is_some_and(|e| e.changes != Changes::of(repo));
+        if changed {
+            self.mark_dirty(uid);
         }
     }
 

@@ -231,7 +231,15 @@ impl Drop for SnapshotApiServer {
 /// Start the Snapshot API: read the request-header settings, start the catalog, load or create
 /// the serving certificate (Secret `opts.cert_secret_name`, SANs `<svc>.<ns>.svc`, …), serve
 /// over TLS on `opts.bind`, and register the Service/APIService, waiting until it is Available.
-pub async fn start(client: Client, opts: SnapshotApiOptions) -> anyhow::Result<SnapshotApiServer> {
+/// Its Repositories come from the operator's shared store (`repos`) and its changes.
+pub async fn start(
+    client: Client,
+    opts: SnapshotApiOptions,
+    repos: kube::runtime::reflector::Store<stash_crds::Repository>,
+    changes: impl futures::Stream<Item = crate::operator::stores::Change<stash_crds::Repository>>
+    + Send
+    + 'static,
+) -> anyhow::Result<SnapshotApiServer> {
     let authn = auth::RequestHeaderConfig::load(&client)
         .await
         .context("front-proxy authentication settings")?;
@@ -262,7 +270,8 @@ pub async fn start(client: Client, opts: SnapshotApiOptions) -> anyhow::Result<S
     let store = CertStore::from_pem(&bundle.cert_pem, &bundle.key_pem)?;
     let tls = mtls_config(store, &authn.client_ca_pem).context("request-header client CA")?;
 
-    let (catalog, mut tasks) = Catalog::start(client.clone(), opts.catalog.clone()).await;
+    let (catalog, mut tasks) =
+        Catalog::start(client.clone(), opts.catalog.clone(), repos, changes).await;
     let state = Arc::new(api::ApiState {
         catalog: catalog.clone(),
         authn,
