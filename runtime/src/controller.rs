@@ -4,7 +4,10 @@ use std::{fmt::Debug, future::Future, hash::Hash, sync::Arc, time::Duration};
 use futures::StreamExt;
 use kube::{
     Resource,
-    runtime::{Controller, controller::Action},
+    runtime::{
+        Controller,
+        controller::{Action, Config},
+    },
 };
 use serde::de::DeserializeOwned;
 
@@ -38,6 +41,12 @@ struct Ctx<R> {
     metrics: Metrics,
 }
 
+/// At most this many reconciles of one controller run at a time (kube's default is no limit:
+/// a burst of thousands of objects then holds thousands of reconciles, each with its requests
+/// and connections, in memory at once). Objects beyond it wait in the controller's queue,
+/// deduplicated.
+pub const CONCURRENCY: u16 = 16;
+
 /// Run `controller` with `reconciler` until the stream ends (or the task is dropped).
 pub async fn drive<K, R>(controller: Controller<K>, reconciler: R, metrics: Metrics)
 where
@@ -50,6 +59,7 @@ where
         metrics,
     });
     controller
+        .with_config(Config::default().concurrency(CONCURRENCY))
         .run(
             |obj: Arc<K>, ctx: Arc<Ctx<R>>| async move {
                 let labels = Metrics::controller(R::NAME);

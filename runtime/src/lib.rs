@@ -8,7 +8,7 @@
 //!   every phase change checked against the lifecycle's transition table.
 //! - [`leader`]: leader election on a `coordination.k8s.io` Lease; only the leader writes.
 //! - [`metrics`] and [`server`]: `/metrics`, `/healthz`, `/readyz`.
-//! - [`events`]: Kubernetes Events through kube's `Recorder`.
+//! - [`events`]: Kubernetes Events, repeats folded into a bounded series cache.
 pub mod admission;
 pub mod aggregated;
 pub mod controller;

@@ -6,7 +6,7 @@ use k8s_openapi::api::{
     batch::v1::{Job, JobSpec},
     core::v1::{PodSpec, PodTemplateSpec, Volume, VolumeMount},
 };
-use kube::{Api, Client, Resource, ResourceExt, api::ObjectMeta};
+use kube::{Api, Client, Resource, ResourceExt, api::ObjectMeta, runtime::reflector::Store};
 use stash_crds::{BackupConfiguration, BackupSession, Function, Repository, Task, consts};
 
 use super::{
@@ -227,16 +227,13 @@ pub async fn ensure_job(
     Ok(())
 }
 
-/// The backup Job of `bs`, as the machine takes it (`None`: no Job).
-pub async fn observe(client: &Client, bs: &BackupSession) -> Result<Option<JobState>, kube::Error> {
+/// The backup Job of `bs`, as the machine takes it (`None`: no Job), from the store of
+/// stash-rs's Jobs (a Job created a moment ago and not in it yet is `None`: the machine then
+/// creates it again, which finds it, or waits).
+pub async fn observe(client: &Client, jobs: &Store<Job>, bs: &BackupSession) -> Option<JobState> {
     let ns = bs.namespace().unwrap_or_default();
-    let job = Api::<Job>::namespaced(client.clone(), &ns)
-        .get_opt(&job_name(&bs.name_any()))
-        .await?;
-    Ok(match job {
-        Some(j) => super::combined_state(client, &ns, &[j]).await,
-        None => None,
-    })
+    let job = crate::operator::stores::get(jobs, &ns, &job_name(&bs.name_any()))?;
+    super::combined_state(client, &ns, &[(*job).clone()]).await
 }
 
 #[cfg(test)]

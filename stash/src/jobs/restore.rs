@@ -11,7 +11,7 @@ use k8s_openapi::api::{
         PodSecurityContext, PodSpec, PodTemplateSpec, SecretVolumeSource, Volume, VolumeMount,
     },
 };
-use kube::{Api, Client, Resource, ResourceExt, api::ObjectMeta};
+use kube::{Api, Client, Resource, ResourceExt, api::ObjectMeta, runtime::reflector::Store};
 use stash_crds::{Function, Repository, RestoreSession, Task, consts};
 
 use super::{
@@ -318,20 +318,16 @@ pub async fn ensure_jobs(
     Ok(())
 }
 
-/// The restore Jobs of `rs`, combined, as the machine takes them (`None`: none exists).
-pub async fn observe(
-    client: &Client,
-    rs: &RestoreSession,
-) -> Result<Option<JobState>, kube::Error> {
+/// The restore Jobs of `rs`, combined, as the machine takes them (`None`: none exists), from
+/// the store of stash-rs's Jobs.
+pub async fn observe(client: &Client, jobs: &Store<Job>, rs: &RestoreSession) -> Option<JobState> {
     let ns = rs.namespace().unwrap_or_default();
-    let api = Api::<Job>::namespaced(client.clone(), &ns);
-    let mut found = Vec::new();
-    for n in job_names(rs) {
-        if let Some(j) = api.get_opt(&n).await? {
-            found.push(j);
-        }
-    }
-    Ok(super::combined_state(client, &ns, &found).await)
+    let found: Vec<Job> = job_names(rs)
+        .iter()
+        .filter_map(|n| crate::operator::stores::get(jobs, &ns, n))
+        .map(|j| (*j).clone())
+        .collect();
+    super::combined_state(client, &ns, &found).await
 }
 
 #[cfg(test)]

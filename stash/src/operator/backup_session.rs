@@ -207,7 +207,7 @@ impl Reconcile<BackupSession> for BackupSessions {
             Config::Found {
                 model: TargetModel::Job,
                 ..
-            } => crate::jobs::backup::observe(&ctx.client, &bs).await?,
+            } => crate::jobs::backup::observe(&ctx.client, &ctx.stores.jobs, &bs).await,
             _ => None,
         };
         let obs = Observation {
@@ -345,16 +345,19 @@ pub fn host_succeeded(phase: Option<HostPhase>, error: Option<&str>) -> bool {
     phase == Some(HostPhase::Succeeded) && error.is_none_or(str::is_empty)
 }
 
-/// Run the BackupSession controller on the shared BackupSession watch (subscribed now, driven
-/// when the returned future runs). Its configuration, Repository and sibling sessions are read
-/// from the shared stores, never listed per reconcile.
+/// Run the BackupSession controller on the shared BackupSession watch, woken by its backup
+/// Job's changes too (subscribed now, driven when the returned future runs). Its configuration,
+/// Repository, sibling sessions and Job are read from the shared stores, never listed per
+/// reconcile.
 pub fn run(
     ctx: Arc<Ctx>,
     feeds: &mut Feeds,
 ) -> impl std::future::Future<Output = ()> + Send + use<> {
     let trigger = feeds.sessions.applies();
+    let jobs = feeds.jobs.triggers();
     async move {
-        let controller = Controller::for_shared_stream(trigger, ctx.stores.sessions.clone());
+        let controller = Controller::for_shared_stream(trigger, ctx.stores.sessions.clone())
+            .watches_shared_stream(jobs, stores::owner::<BackupSession, _>);
         stash_runtime::drive(
             controller,
             BackupSessions(ctx.clone(), Claims::default()),

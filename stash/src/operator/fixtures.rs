@@ -208,6 +208,8 @@ pub(crate) struct Seed {
     pub(crate) restores: Vec<Value>,
     /// Repositories.
     pub(crate) repositories: Vec<Value>,
+    /// stash-rs's Jobs.
+    pub(crate) jobs: Vec<Value>,
 }
 
 /// A context for the controllers whose client talks to a scripted API server; image
@@ -239,6 +241,7 @@ pub(crate) fn test_ctx_fed(seed: Seed) -> (Arc<Ctx>, ApiServerVerifier, Feeds) {
     feeds.sessions.seed(objects(seed.sessions));
     feeds.restores.seed(objects(seed.restores));
     feeds.repositories.seed(objects(seed.repositories));
+    feeds.jobs.seed(objects(seed.jobs));
     let ctx = Ctx {
         client: client.clone(),
         inject: InjectConfig {

@@ -102,7 +102,9 @@ impl RestoreSessions {
         }
         let (model, hosts) = target_hosts(ctx, &rs, &ns).await?;
         let job = match model {
-            TargetModel::Job => crate::jobs::restore::observe(&ctx.client, &rs).await?,
+            TargetModel::Job => {
+                crate::jobs::restore::observe(&ctx.client, &ctx.stores.jobs, &rs).await
+            }
             _ => None,
         };
         let obs = Observation {
@@ -245,16 +247,17 @@ impl Reconcile<RestoreSession> for RestoreSessions {
     }
 }
 
-/// Run the RestoreSession controller.
-/// Run the RestoreSession controller on the shared RestoreSession watch (subscribed now,
-/// driven when the returned future runs).
+/// Run the RestoreSession controller on the shared RestoreSession watch, woken by its restore
+/// Jobs' changes too (subscribed now, driven when the returned future runs).
 pub fn run(
     ctx: Arc<Ctx>,
     feeds: &mut super::stores::Feeds,
 ) -> impl std::future::Future<Output = ()> + Send + use<> {
     let trigger = feeds.restores.applies();
+    let jobs = feeds.jobs.triggers();
     async move {
-        let controller = Controller::for_shared_stream(trigger, ctx.stores.restores.clone());
+        let controller = Controller::for_shared_stream(trigger, ctx.stores.restores.clone())
+            .watches_shared_stream(jobs, super::stores::owner::<RestoreSession, _>);
         stash_runtime::drive(
             controller,
             RestoreSessions(ctx.clone()),

@@ -42,6 +42,7 @@ use std::{
 };
 
 use futures::{SinkExt, Stream, StreamExt, channel::mpsc, stream::BoxStream};
+use k8s_openapi::api::batch::v1::Job;
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
@@ -72,6 +73,14 @@ pub fn strip<K: Resource>(obj: &mut K) {
         if a.is_empty() {
             meta.annotations = None;
         }
+    }
+}
+
+/// [`strip`], and a Job's pod template: a Job is read for its state (status, labels, owner).
+pub fn strip_job(job: &mut Job) {
+    strip(job);
+    if let Some(spec) = job.spec.as_mut() {
+        spec.template = Default::default();
     }
 }
 
@@ -109,6 +118,9 @@ pub struct Stores {
     pub restores: Store<RestoreSession>,
     /// Every Repository.
     pub repositories: Store<Repository>,
+    /// The Jobs stash-rs created (label `app.kubernetes.io/managed-by=stash.appscode.com`),
+    /// without their pod template ([`strip_job`]): their state is what is read.
+    pub jobs: Store<Job>,
     /// Each feed's "listed once" flag (our own: kube's `Store::wait_until_ready` keeps one
     /// waker, so concurrent waiters lose their wake-up and hang).
     listed: Vec<tokio::sync::watch::Receiver<bool>>,
@@ -145,6 +157,8 @@ pub struct Feeds {
     pub restores: Feed<RestoreSession>,
     /// Repositories.
     pub repositories: Feed<Repository>,
+    /// stash-rs's Jobs.
+    pub jobs: Feed<Job>,
 }
 
 /// The stores and their (not yet started) feeds.
@@ -154,6 +168,7 @@ pub fn new() -> (Stores, Feeds) {
         sessions: Feed::default().indexed(Index::new(configuration_of)),
         restores: Feed::default(),
         repositories: Feed::default(),
+        jobs: Feed::default(),
     };
     let stores = Stores {
         configurations: feeds.configurations.reader(),
@@ -165,11 +180,13 @@ pub fn new() -> (Stores, Feeds) {
             .expect("the sessions feed is indexed"),
         restores: feeds.restores.reader(),
         repositories: feeds.repositories.reader(),
+        jobs: feeds.jobs.reader(),
         listed: vec![
             feeds.configurations.listed(),
             feeds.sessions.listed(),
             feeds.restores.listed(),
             feeds.repositories.listed(),
+            feeds.jobs.listed(),
         ],
     };
     (stores, feeds)
@@ -178,13 +195,26 @@ pub fn new() -> (Stores, Feeds) {
 // === impl Feeds ===
 
 impl Feeds {
-    /// Run the four watches (cluster-wide) until the process ends.
+    /// Run the five watches (cluster-wide) until the process ends.
     pub async fn run(&self, client: Client) {
+        let all = watcher::Config::default;
+        let ours = format!("{}={}", consts::MANAGED_BY_LABEL, consts::MANAGED_BY_STASH);
         tokio::join!(
-            self.configurations.clone().run(Api::all(client.clone())),
-            self.sessions.clone().run(Api::all(client.clone())),
-            self.restores.clone().run(Api::all(client.clone())),
-            self.repositories.clone().run(Api::all(client)),
+            self.configurations
+                .clone()
+                .run(Api::all(client.clone()), all(), strip),
+            self.sessions
+                .clone()
+                .run(Api::all(client.clone()), all(), strip),
+            self.restores
+                .clone()
+                .run(Api::all(client.clone()), all(), strip),
+            self.repositories
+                .clone()
+                .run(Api::all(client.clone()), all(), strip),
+            self.jobs
+                .clone()
+                .run(Api::all(client), all().labels(&ours), strip_job),
         );
     }
 }
@@ -327,13 +357,10 @@ where
         self.listed.send_replace(true);
     }
 
-    /// Watch `api`, keep the store, and hand every change to every subscriber (waiting for
-    /// each: backpressure), until the watch ends.
-    pub async fn run(self, api: Api<K>) {
-        let mut events = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .modify(strip)
-            .boxed();
+    /// Watch `api` (`config`), keep the store (objects trimmed by `trim`), and hand every
+    /// change to every subscriber (waiting for each: backpressure), until the watch ends.
+    pub async fn run(self, api: Api<K>, config: watcher::Config, trim: fn(&mut K)) {
+        let mut events = watcher(api, config).default_backoff().modify(trim).boxed();
         while let Some(event) = events.next().await {
             match event {
                 Ok(e) => self.step(e).await,
@@ -553,6 +580,17 @@ pub fn configurations_sharing(
     names
 }
 
+/// The owner of kind `O` of `obj` (a Job's session), to reconcile when `obj` changes.
+pub fn owner<O, K>(obj: Arc<K>) -> Option<ObjectRef<O>>
+where
+    O: Resource<DynamicType = ()>,
+    K: Resource,
+{
+    let kind = O::kind(&());
+    let o = obj.owner_references().iter().find(|o| o.kind == kind)?;
+    Some(ObjectRef::new(&o.name).within(&obj.namespace()?))
+}
+
 /// Object `name` of namespace `ns` in `store`.
 pub fn get<K>(store: &Store<K>, ns: &str, name: &str) -> Option<Arc<K>>
 where
@@ -631,6 +669,7 @@ mod tests {
         feeds.sessions.seed([]);
         feeds.restores.seed([]);
         feeds.repositories.seed([]);
+        feeds.jobs.seed([]);
         for w in waiters {
             let woke = tokio::time::timeout(std::time::Duration::from_secs(5), w)
                 .await
@@ -647,6 +686,7 @@ mod tests {
         feeds.configurations.seed([bc("a", "n", "app", false)]);
         feeds.restores.seed([]);
         feeds.repositories.seed([]);
+        feeds.jobs.seed([]);
         // The BackupSessions have not listed yet: a reconcile must not read "none" from them.
         assert!(
             stores.ready().now_or_never().is_none(),

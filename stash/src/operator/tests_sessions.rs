@@ -171,7 +171,11 @@ fn skipped_as_paused(new: &Value) -> [Exchange; 2] {
 /// reconciles have ended, then verify.
 async fn run_backup_sessions(ctx: &Arc<Ctx>, mut feeds: Feeds, server: super::ApiServer, n: u64) {
     let controller = backup_session::run(ctx.clone(), &mut feeds);
-    let watch = feeds.sessions.run(Api::all(ctx.client.clone()));
+    let watch = feeds.sessions.run(
+        Api::all(ctx.client.clone()),
+        Default::default(),
+        crate::operator::stores::strip,
+    );
     run_until(
         ctx,
         server,
@@ -188,7 +192,11 @@ async fn run_backup_sessions(ctx: &Arc<Ctx>, mut feeds: Feeds, server: super::Ap
 /// reconciles have ended, then verify.
 async fn run_restore_sessions(ctx: &Arc<Ctx>, mut feeds: Feeds, server: super::ApiServer, n: u64) {
     let controller = restore_session::run(ctx.clone(), &mut feeds);
-    let watch = feeds.restores.run(Api::all(ctx.client.clone()));
+    let watch = feeds.restores.run(
+        Api::all(ctx.client.clone()),
+        Default::default(),
+        crate::operator::stores::strip,
+    );
     run_until(
         ctx,
         server,
@@ -269,6 +277,51 @@ async fn a_new_backup_session_runs_with_its_sidecar_granted_and_siblings_read_fr
         vec![watch(BACKUP_SESSIONS)],
     );
     run_backup_sessions(&ctx, feeds, server, 2).await;
+    assert_eq!(failures(&ctx, "backupsession"), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_running_job_model_session_reads_its_job_from_the_store_and_fails_when_it_ended_without_a_report()
+ {
+    // The Job is in the shared store of stash-rs's Jobs: no GET of it. It completed, but the
+    // host never reported: the machine fails the session.
+    let mut seed = stores(json!({
+        "task": {"name": "pvc-backup"},
+        "target": {"ref": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": "data"}},
+    }));
+    seed.jobs = vec![json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "stash-backup-bc-run", "namespace": "n",
+                     "labels": {"app.kubernetes.io/managed-by": "stash.appscode.com"}},
+        "spec": {"template": {"spec": {"containers": []}}},
+        "status": {"conditions": [{"type": "Complete", "status": "True"}]},
+    })];
+    let (ctx, server, feeds) = test_ctx_fed(seed);
+    let running = backup_session(
+        "bc-run",
+        &a_minute_ago(),
+        json!({"phase": "Running", "totalHosts": 1}),
+    );
+    let server = server.run_with_anytime(
+        vec![initial_list(
+            BACKUP_SESSIONS,
+            "BackupSessionList",
+            vec![running.clone()],
+        )]
+        .into_iter()
+        .chain(decided(
+            "backupsessions",
+            &running,
+            json!({"phase": "Failed", "totalHosts": 1,
+                   "reason": "backup Job finished but 1 of 1 host(s) never reported"}),
+            "Warning",
+            "BackupSessionFailedToExecute",
+            |_| {},
+        ))
+        .collect(),
+        vec![watch(BACKUP_SESSIONS)],
+    );
+    run_backup_sessions(&ctx, feeds, server, 1).await;
     assert_eq!(failures(&ctx, "backupsession"), Vec::<String>::new());
 }
 
