@@ -45,7 +45,7 @@ struct Ctx<R> {
 /// a burst of thousands of objects then holds thousands of reconciles, each with its requests
 /// and connections, in memory at once). Objects beyond it wait in the controller's queue,
 /// deduplicated.
-pub const CONCURRENCY: u16 = 16;
+pub const CONCURRENCY: u16 = 32;
 
 /// Run `controller` with `reconciler` until the stream ends (or the task is dropped).
 pub async fn drive<K, R>(controller: Controller<K>, reconciler: R, metrics: Metrics)

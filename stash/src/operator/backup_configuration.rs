@@ -149,11 +149,15 @@ async fn prune(ctx: &Ctx, history: &Mutex<History>, ns: &str, config: &str) -> R
     Ok(())
 }
 
+/// How many configurations are pruned at a time: deletes one after another fall behind a burst
+/// of finished sessions, and every session not yet deleted is held in the store.
+const PRUNE_CONCURRENCY: usize = 8;
+
 /// Feed `history` from the shared BackupSession watch and prune a configuration whenever one
 /// of its sessions finishes (and every configuration over its limit after each full list).
 ///
-/// The history takes each change at once; the deletes run beside it, one configuration at a
-/// time from a set of those due: the shared watch waits for every subscriber, so a subscriber
+/// The history takes each change at once; the deletes run beside it, [`PRUNE_CONCURRENCY`]
+/// configurations at a time from a set of those due: the shared watch waits for every subscriber, so a subscriber
 /// awaiting API calls per change would hold up the BackupSession controller too.
 pub(crate) async fn follow_sessions(
     ctx: Arc<Ctx>,
@@ -198,11 +202,20 @@ pub(crate) async fn follow_sessions(
         loop {
             wake.notified().await;
             loop {
-                let next = due.lock().expect("due lock").pop_first();
-                let Some((ns, config)) = next else { break };
-                if let Err(e) = prune(&ctx, &history, &ns, &config).await {
-                    tracing::warn!(error = %e, namespace = %ns, config = %config, "pruning BackupSessions");
+                let batch = std::mem::take(&mut *due.lock().expect("due lock"));
+                if batch.is_empty() {
+                    break;
                 }
+                futures::stream::iter(batch)
+                    .for_each_concurrent(PRUNE_CONCURRENCY, |(ns, config)| {
+                        let (ctx, history) = (&ctx, &history);
+                        async move {
+                            if let Err(e) = prune(ctx, history, &ns, &config).await {
+                                tracing::warn!(error = %e, namespace = %ns, config = %config, "pruning BackupSessions");
+                            }
+                        }
+                    })
+                    .await;
             }
         }
     };

@@ -84,6 +84,28 @@ pub fn strip_job(job: &mut Job) {
     }
 }
 
+/// [`strip`], and of a finished BackupSession all but what is still read of it: its name,
+/// creation, configuration (label and `spec`) and phase (the history prunes it; nothing else
+/// looks at a finished session). The store holds thousands of those.
+pub fn strip_session(bs: &mut BackupSession) {
+    strip(bs);
+    let phase = bs.status.as_ref().and_then(|s| s.phase);
+    if !phase.is_some_and(stash_machines::backup_session::Phase::is_terminal) {
+        return;
+    }
+    let meta = &mut bs.metadata;
+    meta.owner_references = None;
+    meta.annotations = None;
+    meta.finalizers = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|k, _| k == consts::BACKUP_CONFIGURATION_LABEL);
+    }
+    bs.status = Some(stash_crds::backup_session::BackupSessionStatus {
+        phase,
+        ..Default::default()
+    });
+}
+
 /// What a subscriber is told.
 #[derive(Debug)]
 pub enum Change<K> {
@@ -205,7 +227,7 @@ impl Feeds {
                 .run(Api::all(client.clone()), all(), strip),
             self.sessions
                 .clone()
-                .run(Api::all(client.clone()), all(), strip),
+                .run(Api::all(client.clone()), all(), strip_session),
             self.restores
                 .clone()
                 .run(Api::all(client.clone()), all(), strip),
@@ -779,6 +801,35 @@ mod tests {
         feed.step(watcher::Event::InitDone).await;
         assert_eq!(names(sessions_of(&stores, "n", "a")), Vec::<String>::new());
         assert_eq!(names(sessions_of(&stores, "n", "b")), ["b-9"]);
+    }
+
+    #[test]
+    fn a_finished_session_is_stored_with_its_name_configuration_creation_and_phase_only() {
+        let full = |phase: &str| {
+            let mut o = serde_json::to_value(bs("a-1", "n", "a")).expect("json");
+            o["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+            o["metadata"]["labels"]["team"] = json!("x");
+            o["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "X",
+                "name": "a", "uid": "u"}]);
+            o["status"] = json!({"phase": phase, "totalHosts": 1, "reason": "r",
+                "stats": [{"hostname": "host-0", "phase": "Succeeded"}]});
+            serde_json::from_value::<BackupSession>(o).expect("bs")
+        };
+        let mut running = full("Running");
+        let before = running.clone();
+        strip_session(&mut running);
+        assert_eq!(running, before, "a live session is kept whole");
+        let mut done = full("Succeeded");
+        strip_session(&mut done);
+        let v = serde_json::to_value(&done).expect("json");
+        assert_eq!(v["status"], json!({"phase": "Succeeded"}));
+        assert_eq!(
+            v["metadata"]["labels"],
+            json!({consts::BACKUP_CONFIGURATION_LABEL: "a"})
+        );
+        assert_eq!(v["metadata"]["ownerReferences"], json!(null));
+        assert_eq!(v["metadata"]["creationTimestamp"], "2026-01-01T00:00:00Z");
+        assert_eq!(v["spec"]["backupConfiguration"]["name"], "a");
     }
 
     #[test]
