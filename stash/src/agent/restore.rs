@@ -153,15 +153,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         restore::run(&repo, &plan, &settings, &opts.target_dir).await
     }
     .await;
-    if opts.metrics_enabled {
-        let group = crate::metrics::restore_group(
-            &opts.restore_session,
-            &host,
-            started.elapsed(),
-            result.is_ok(),
-        );
-        crate::metrics::push_logged(&opts.pushgateway_url, &group).await;
-    }
+    let took = started.elapsed();
     let entry = HostRestoreStats {
         hostname: Some(host.clone()),
         phase: Some(if result.is_ok() {
@@ -169,13 +161,19 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         } else {
             HostPhase::Failed
         }),
-        duration: Some(GoDuration(started.elapsed())),
+        duration: Some(GoDuration(took)),
         error: result.as_ref().err().cloned(),
     };
     // `Restoring --Restored|Fail--> Reporting`, then the checked `Report` write.
     let reporting = restore_host::after_restore(decision.phase, result.is_ok())?;
     super::report::report_restore_hosts(&sessions, &opts.restore_session, reporting, &[entry])
         .await?;
+    // The metrics after the report: the session does not wait for the pushgateway.
+    if opts.metrics_enabled {
+        let group =
+            crate::metrics::restore_group(&opts.restore_session, &host, took, result.is_ok());
+        crate::metrics::push_logged(&opts.pushgateway_url, &group).await;
+    }
     let events = Events::new(client.clone(), &format!("stash-restore-{}", opts.pod_name));
     let reference = rs.object_ref(&());
     if let Some(l) = leadership {

@@ -143,7 +143,10 @@ async fn prune(ctx: &Ctx, history: &Mutex<History>, ns: &str, config: &str) -> R
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
-        history.lock().expect("history lock").delete(ns, &name);
+        history
+            .lock()
+            .expect("history lock")
+            .delete(ns, config, &name);
         tracing::debug!(namespace = ns, config, session = %name, "pruned a finished BackupSession");
     }
     Ok(())
@@ -153,12 +156,13 @@ async fn prune(ctx: &Ctx, history: &Mutex<History>, ns: &str, config: &str) -> R
 /// of finished sessions, and every session not yet deleted is held in the store.
 const PRUNE_CONCURRENCY: usize = 8;
 
-/// Feed `history` from the shared BackupSession watch and prune a configuration whenever one
-/// of its sessions finishes (and every configuration over its limit after each full list).
+/// Prune a configuration whenever one of its sessions finishes (and every configuration over
+/// its limit after each full list). The history itself is kept by the shared BackupSession
+/// feed ([`super::stores::Stores::history`]), before its subscribers are told.
 ///
-/// The history takes each change at once; the deletes run beside it, [`PRUNE_CONCURRENCY`]
-/// configurations at a time from a set of those due: the shared watch waits for every subscriber, so a subscriber
-/// awaiting API calls per change would hold up the BackupSession controller too.
+/// The deletes run beside the changes, [`PRUNE_CONCURRENCY`] configurations at a time from a
+/// set of those due: the shared watch waits for every subscriber, so a subscriber awaiting API
+/// calls per change would hold up the BackupSession controller too.
 pub(crate) async fn follow_sessions(
     ctx: Arc<Ctx>,
     history: Arc<Mutex<History>>,
@@ -170,27 +174,13 @@ pub(crate) async fn follow_sessions(
         let mut changes = std::pin::pin!(changes);
         while let Some(change) = changes.next().await {
             let touched: Vec<(String, String)> = match change {
-                Change::Listed(all) => {
-                    let mut h = history.lock().expect("history lock");
-                    h.reset(all.iter().filter_map(|bs| SessionFacts::of(bs)));
-                    h.over_limit()
-                }
-                Change::Applied(bs) => match SessionFacts::of(&bs) {
-                    Some(f) => {
-                        let key = (f.namespace.clone(), f.config.clone());
-                        let finished = f.finished;
-                        history.lock().expect("history lock").apply(f);
-                        if finished { vec![key] } else { vec![] }
-                    }
-                    None => vec![],
-                },
-                Change::Deleted(bs) => {
-                    history
-                        .lock()
-                        .expect("history lock")
-                        .delete(&bs.namespace().unwrap_or_default(), &bs.name_any());
-                    vec![]
-                }
+                Change::Listed(_) => history.lock().expect("history lock").over_limit(),
+                Change::Applied(bs) => SessionFacts::of(&bs)
+                    .filter(|f| f.finished)
+                    .map(|f| (f.namespace, f.config))
+                    .into_iter()
+                    .collect(),
+                Change::Deleted(_) => vec![],
             };
             if !touched.is_empty() {
                 due.lock().expect("due lock").extend(touched);
@@ -347,7 +337,7 @@ pub fn run(
                 Api::<CronJob>::all(ctx.client.clone()),
                 watcher::Config::default(),
             );
-        let history = Arc::new(Mutex::new(History::default()));
+        let history = ctx.stores.history.clone();
         tokio::join!(
             stash_runtime::drive(
                 controller,

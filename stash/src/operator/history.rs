@@ -48,12 +48,12 @@ impl SessionFacts {
 }
 
 /// Finished sessions per configuration, ordered by creation, and each configuration's limit.
+/// A session is its creation and name under its configuration, nothing more: the history
+/// holds every finished session of the cluster (the store does not, [`super::stores`]).
 #[derive(Debug, Default)]
 pub struct History {
-    /// Every finished session known: (namespace, name) → (configuration, created).
-    sessions: HashMap<(String, String), (String, i64)>,
     /// Finished sessions of each configuration: (created, name), oldest first.
-    finished: HashMap<ConfigKey, BTreeSet<(i64, String)>>,
+    finished: HashMap<ConfigKey, BTreeSet<(i64, Box<str>)>>,
     /// The limit of each configuration the controller has seen.
     limits: HashMap<ConfigKey, u32>,
 }
@@ -61,27 +61,25 @@ pub struct History {
 // === impl History ===
 
 impl History {
-    /// Record `s` (created, updated or finished).
+    /// Record `s` (created, updated or finished: only a finished session is kept).
     pub fn apply(&mut self, s: SessionFacts) {
-        self.forget(&s.namespace, &s.name);
+        let entry = (s.created, s.name.into_boxed_str());
+        let key = (s.namespace, s.config);
         if s.finished {
-            self.finished
-                .entry((s.namespace.clone(), s.config.clone()))
-                .or_default()
-                .insert((s.created, s.name.clone()));
-            self.sessions
-                .insert((s.namespace, s.name), (s.config, s.created));
+            self.finished.entry(key).or_default().insert(entry);
+        } else {
+            self.remove(&key, |e| *e == entry);
         }
     }
 
-    /// Forget session `name` of `namespace` (deleted).
-    pub fn delete(&mut self, namespace: &str, name: &str) {
-        self.forget(namespace, name);
+    /// Forget session `name` of configuration `config` in `namespace` (deleted).
+    pub fn delete(&mut self, namespace: &str, config: &str, name: &str) {
+        let key = (namespace.to_string(), config.to_string());
+        self.remove(&key, |(_, n)| &**n == name);
     }
 
     /// Replace every session (a fresh list); limits are kept.
     pub fn reset(&mut self, all: impl IntoIterator<Item = SessionFacts>) {
-        self.sessions.clear();
         self.finished.clear();
         for s in all {
             self.apply(s);
@@ -112,7 +110,7 @@ impl History {
             return vec![];
         };
         let over = done.len().saturating_sub(limit as usize);
-        done.iter().take(over).map(|(_, n)| n.clone()).collect()
+        done.iter().take(over).map(|(_, n)| n.to_string()).collect()
     }
 
     /// Every configuration with finished sessions beyond its limit.
@@ -130,23 +128,20 @@ impl History {
 
     /// How many finished sessions are recorded (all configurations).
     pub fn len(&self) -> usize {
-        self.sessions.len()
+        self.finished.values().map(BTreeSet::len).sum()
     }
 
     /// Whether no finished session is recorded.
     pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
+        self.finished.is_empty()
     }
 
-    fn forget(&mut self, namespace: &str, name: &str) {
-        let key = (namespace.to_string(), name.to_string());
-        if let Some((config, created)) = self.sessions.remove(&key) {
-            let ck = (key.0, config);
-            if let Some(done) = self.finished.get_mut(&ck) {
-                done.remove(&(created, key.1));
-                if done.is_empty() {
-                    self.finished.remove(&ck);
-                }
+    /// Remove the sessions of `key` that `which` picks (a configuration holds a handful).
+    fn remove(&mut self, key: &ConfigKey, which: impl Fn(&(i64, Box<str>)) -> bool) {
+        if let Some(done) = self.finished.get_mut(key) {
+            done.retain(|e| !which(e));
+            if done.is_empty() {
+                self.finished.remove(key);
             }
         }
     }
@@ -188,7 +183,7 @@ mod tests {
         h.apply(s("a", "bc", 1, true));
         h.apply(s("b", "bc", 2, true));
         assert_eq!(h.excess("ns", "bc"), vec!["a"]);
-        h.delete("ns", "a");
+        h.delete("ns", "bc", "a");
         assert!(h.excess("ns", "bc").is_empty());
         assert_eq!(h.len(), 1);
     }

@@ -21,6 +21,14 @@
 //! a subscriber is sent the object itself (an `Arc` shared with the store), and deletions too
 //! (kube-rs/kube#1590).
 //!
+//! A finished BackupSession leaves the store: what is still read of it (its configuration,
+//! creation and name, for the bounded history) is kept as [`SessionFacts`] in the
+//! [`History`] the feed keeps beside the store ([`Stores::history`]), a few dozen bytes where
+//! the object took well over a kilobyte; its subscribers are still told of it
+//! ([`Change::Applied`], slimmed by [`strip_session`]). So the store and the BackupSession
+//! controller hold only sessions still to decide or running, and a finished session is never
+//! reconciled again (not on a relist either).
+//!
 //! The watches run on every replica from the start: the webhooks read the stores too
 //! (readiness waits until they have listed). The controllers of the leader subscribe when it
 //! is elected; a late subscription starts with everything the store holds.
@@ -56,6 +64,7 @@ use stash_crds::{
     BackupConfiguration, BackupSession, Repository, RestoreSession, common::Driver, consts,
 };
 
+use super::history::{History, SessionFacts};
 use crate::target::WorkloadKind;
 
 /// The annotation `kubectl apply` keeps (a copy of the whole object): dropped from the stores.
@@ -89,10 +98,10 @@ pub fn strip_job(job: &mut Job) {
 /// looks at a finished session). The store holds thousands of those.
 pub fn strip_session(bs: &mut BackupSession) {
     strip(bs);
-    let phase = bs.status.as_ref().and_then(|s| s.phase);
-    if !phase.is_some_and(stash_machines::backup_session::Phase::is_terminal) {
+    if !session_finished(bs) {
         return;
     }
+    let phase = bs.status.as_ref().and_then(|s| s.phase);
     let meta = &mut bs.metadata;
     meta.owner_references = None;
     meta.annotations = None;
@@ -132,10 +141,12 @@ impl<K> Clone for Change<K> {
 pub struct Stores {
     /// Every BackupConfiguration.
     pub configurations: Store<BackupConfiguration>,
-    /// Every BackupSession.
+    /// Every BackupSession not finished yet.
     pub sessions: Store<BackupSession>,
     /// The BackupSessions of each configuration ([`sessions_of`]).
     pub sessions_by_configuration: Index<BackupSession>,
+    /// The finished BackupSessions (which are not in [`Stores::sessions`]), as facts.
+    pub history: Arc<Mutex<History>>,
     /// Every RestoreSession.
     pub restores: Store<RestoreSession>,
     /// Every Repository.
@@ -187,7 +198,9 @@ pub struct Feeds {
 pub fn new() -> (Stores, Feeds) {
     let feeds = Feeds {
         configurations: Feed::default(),
-        sessions: Feed::default().indexed(Index::new(configuration_of)),
+        sessions: Feed::default()
+            .indexed(Index::new(configuration_of))
+            .with_history(Arc::default(), session_finished, SessionFacts::of),
         restores: Feed::default(),
         repositories: Feed::default(),
         jobs: Feed::default(),
@@ -200,6 +213,13 @@ pub fn new() -> (Stores, Feeds) {
             .index
             .clone()
             .expect("the sessions feed is indexed"),
+        history: feeds
+            .sessions
+            .past
+            .as_ref()
+            .expect("the sessions feed keeps a history")
+            .history
+            .clone(),
         restores: feeds.restores.reader(),
         repositories: feeds.repositories.reader(),
         jobs: feeds.jobs.reader(),
@@ -252,6 +272,47 @@ where
     subscribers: Arc<Mutex<Vec<mpsc::Sender<Change<K>>>>>,
     listed: Arc<tokio::sync::watch::Sender<bool>>,
     index: Option<Index<K>>,
+    past: Option<Past<K>>,
+}
+
+/// Which objects a feed does not keep in its store (finished ones), and the history that
+/// records them instead.
+struct Past<K> {
+    finished: fn(&K) -> bool,
+    facts: fn(&K) -> Option<SessionFacts>,
+    history: Arc<Mutex<History>>,
+}
+
+impl<K> Clone for Past<K> {
+    fn clone(&self) -> Self {
+        Self {
+            finished: self.finished,
+            facts: self.facts,
+            history: self.history.clone(),
+        }
+    }
+}
+
+impl<K: Resource> Past<K> {
+    /// Record `event` in the history (every object: one that was finished and is deleted, or
+    /// one that changed, leaves it).
+    fn record(&self, event: &watcher::Event<K>) {
+        let mut history = locked(&self.history);
+        match event {
+            watcher::Event::Init => history.reset([]),
+            watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
+                if let Some(facts) = (self.facts)(o) {
+                    history.apply(facts);
+                }
+            }
+            watcher::Event::Delete(o) => {
+                if let Some(f) = (self.facts)(o) {
+                    history.delete(&f.namespace, &f.config, &f.name);
+                }
+            }
+            watcher::Event::InitDone => {}
+        }
+    }
 }
 
 impl<K> Clone for Feed<K>
@@ -265,6 +326,7 @@ where
             subscribers: self.subscribers.clone(),
             listed: self.listed.clone(),
             index: self.index.clone(),
+            past: self.past.clone(),
         }
     }
 }
@@ -281,6 +343,7 @@ where
             subscribers: Arc::default(),
             listed: Arc::new(tokio::sync::watch::Sender::new(false)),
             index: None,
+            past: None,
         }
     }
 }
@@ -305,6 +368,26 @@ where
     fn indexed(mut self, index: Index<K>) -> Self {
         self.index = Some(index);
         self
+    }
+
+    /// Keep the objects `finished` says are in `history` (as their `facts`), not in the store.
+    fn with_history(
+        mut self,
+        history: Arc<Mutex<History>>,
+        finished: fn(&K) -> bool,
+        facts: fn(&K) -> Option<SessionFacts>,
+    ) -> Self {
+        self.past = Some(Past {
+            finished,
+            facts,
+            history,
+        });
+        self
+    }
+
+    /// Whether `obj` is one this feed's store does not keep.
+    fn finished(&self, obj: &K) -> bool {
+        self.past.as_ref().is_some_and(|p| (p.finished)(obj))
     }
 
     /// A reader of the store this feed fills.
@@ -367,10 +450,19 @@ where
     pub fn seed(&mut self, objects: impl IntoIterator<Item = K>) {
         let mut writer = locked(&self.writer);
         writer.apply_watcher_event(&watcher::Event::Init);
+        if let Some(past) = &self.past {
+            past.record(&watcher::Event::Init);
+        }
         for o in objects {
             let mut o = o;
             strip(&mut o);
-            writer.apply_watcher_event(&watcher::Event::InitApply(o));
+            let event = watcher::Event::InitApply(o);
+            if let Some(past) = &self.past {
+                past.record(&event);
+            }
+            if !matches!(&event, watcher::Event::InitApply(o) if self.finished(o)) {
+                writer.apply_watcher_event(&event);
+            }
         }
         writer.apply_watcher_event(&watcher::Event::InitDone);
         if let Some(index) = &self.index {
@@ -394,6 +486,20 @@ where
     /// Apply one watch event to the store, then hand the change to every subscriber.
     async fn step(&self, event: watcher::Event<K>) {
         let reader = &self.reader;
+        if let Some(past) = &self.past {
+            past.record(&event);
+        }
+        // A finished object leaves the store (a relist does not put it back), and its
+        // subscribers are still told it changed.
+        let mut finished = false;
+        let event = match event {
+            watcher::Event::InitApply(o) if self.finished(&o) => return,
+            watcher::Event::Apply(o) if self.finished(&o) => {
+                finished = true;
+                watcher::Event::Delete(o)
+            }
+            e => e,
+        };
         {
             let mut writer = locked(&self.writer);
             if let Some(index) = &self.index {
@@ -418,6 +524,7 @@ where
         }
         let change = match event {
             watcher::Event::Apply(o) => reader.get(&ObjectRef::from_obj(&o)).map(Change::Applied),
+            watcher::Event::Delete(o) if finished => Some(Change::Applied(Arc::new(o))),
             watcher::Event::Delete(o) => Some(Change::Deleted(Arc::new(o))),
             watcher::Event::InitDone => Some(Change::Listed(reader.state().into())),
             watcher::Event::Init | watcher::Event::InitApply(_) => None,
@@ -485,18 +592,27 @@ pub fn restores_targeting(
         .collect()
 }
 
-/// The sessions of configuration `bc` in `ns` (by the configuration label), from the index.
-/// The store applies the watch's events in order, so every session created before one being
-/// reconciled is in it.
+/// The unfinished sessions of configuration `bc` in `ns`, from the index. The store applies
+/// the watch's events in order, so every session created before one being reconciled is in
+/// it (unless it has finished).
 pub fn sessions_of(stores: &Stores, ns: &str, bc: &str) -> Vec<Arc<BackupSession>> {
     stores
         .sessions_by_configuration
         .lookup(&stores.sessions, ns, bc)
 }
 
-/// The key of a BackupSession in [`Stores::sessions_by_configuration`]: its configuration.
+/// The key of a BackupSession in [`Stores::sessions_by_configuration`]: the configuration it
+/// runs (`spec`, as the history and the machine read it; the label is only a convention).
 fn configuration_of(bs: &BackupSession) -> Option<String> {
-    bs.labels().get(consts::BACKUP_CONFIGURATION_LABEL).cloned()
+    Some(bs.spec.backup_configuration.as_ref()?.name.clone())
+}
+
+/// Whether `bs` has finished: it leaves the store for the [`History`].
+fn session_finished(bs: &BackupSession) -> bool {
+    bs.status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_some_and(stash_machines::backup_session::Phase::is_terminal)
 }
 
 /// (namespace, key) → names.

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use std::sync::Arc;
 
-use kube::Api;
+use kube::{Api, ResourceExt};
 
 use super::{Exchange, Seed, backup_configuration, event, expect, failure, test_ctx_fed};
 use crate::operator::{Ctx, backup_session, restore_session, stores::Feeds};
@@ -174,7 +174,7 @@ async fn run_backup_sessions(ctx: &Arc<Ctx>, mut feeds: Feeds, server: super::Ap
     let watch = feeds.sessions.run(
         Api::all(ctx.client.clone()),
         Default::default(),
-        crate::operator::stores::strip,
+        crate::operator::stores::strip_session,
     );
     run_until(
         ctx,
@@ -241,8 +241,8 @@ async fn a_new_backup_session_runs_with_its_sidecar_granted_and_siblings_read_fr
                     new.clone(),
                 ],
             ),
-            // bc-old is finished: its reconcile asks nothing. The configuration and the
-            // Repository are read from the stores.
+            // bc-old is finished: it is history, not in the store, and never reconciled. The
+            // configuration and the Repository are read from the stores.
             // The sidecar's Role now names this session.
             expect(Method::GET, ROLE).reply(
                 200,
@@ -276,8 +276,17 @@ async fn a_new_backup_session_runs_with_its_sidecar_granted_and_siblings_read_fr
         .collect(),
         vec![watch(BACKUP_SESSIONS)],
     );
-    run_backup_sessions(&ctx, feeds, server, 2).await;
+    run_backup_sessions(&ctx, feeds, server, 1).await;
     assert_eq!(failures(&ctx, "backupsession"), Vec::<String>::new());
+    let stored: Vec<String> = ctx
+        .stores
+        .sessions
+        .state()
+        .iter()
+        .map(|s| s.name_any())
+        .collect();
+    assert_eq!(stored, ["bc-new"]);
+    assert_eq!(ctx.stores.history.lock().unwrap().len(), 1, "bc-old");
 }
 
 #[tokio::test]
