@@ -25,7 +25,7 @@
 //! creation and name, for the bounded history) is kept as [`SessionFacts`] in the
 //! [`History`] the feed keeps beside the store ([`Stores::history`]), a few dozen bytes where
 //! the object took well over a kilobyte; its subscribers are still told of it
-//! ([`Change::Applied`], slimmed by [`strip_session`]). So the store and the BackupSession
+//! ([`Change::Applied`]). So the store and the BackupSession
 //! controller hold only sessions still to decide or running, and a finished session is never
 //! reconciled again (not on a relist either).
 //!
@@ -91,28 +91,6 @@ pub fn strip_job(job: &mut Job) {
     if let Some(spec) = job.spec.as_mut() {
         spec.template = Default::default();
     }
-}
-
-/// [`strip`], and of a finished BackupSession all but what is still read of it: its name,
-/// creation, configuration (label and `spec`) and phase (the history prunes it; nothing else
-/// looks at a finished session). The store holds thousands of those.
-pub fn strip_session(bs: &mut BackupSession) {
-    strip(bs);
-    if !session_finished(bs) {
-        return;
-    }
-    let phase = bs.status.as_ref().and_then(|s| s.phase);
-    let meta = &mut bs.metadata;
-    meta.owner_references = None;
-    meta.annotations = None;
-    meta.finalizers = None;
-    if let Some(labels) = meta.labels.as_mut() {
-        labels.retain(|k, _| k == consts::BACKUP_CONFIGURATION_LABEL);
-    }
-    bs.status = Some(stash_crds::backup_session::BackupSessionStatus {
-        phase,
-        ..Default::default()
-    });
 }
 
 /// What a subscriber is told.
@@ -247,7 +225,7 @@ impl Feeds {
                 .run(Api::all(client.clone()), all(), strip),
             self.sessions
                 .clone()
-                .run(Api::all(client.clone()), all(), strip_session),
+                .run(Api::all(client.clone()), all(), strip),
             self.restores
                 .clone()
                 .run(Api::all(client.clone()), all(), strip),
@@ -277,20 +255,11 @@ where
 
 /// Which objects a feed does not keep in its store (finished ones), and the history that
 /// records them instead.
+#[derive(Clone)]
 struct Past<K> {
     finished: fn(&K) -> bool,
     facts: fn(&K) -> Option<SessionFacts>,
     history: Arc<Mutex<History>>,
-}
-
-impl<K> Clone for Past<K> {
-    fn clone(&self) -> Self {
-        Self {
-            finished: self.finished,
-            facts: self.facts,
-            history: self.history.clone(),
-        }
-    }
 }
 
 impl<K: Resource> Past<K> {
@@ -920,32 +889,24 @@ mod tests {
     }
 
     #[test]
-    fn a_finished_session_is_stored_with_its_name_configuration_creation_and_phase_only() {
-        let full = |phase: &str| {
-            let mut o = serde_json::to_value(bs("a-1", "n", "a")).expect("json");
+    fn a_finished_session_is_history_not_an_object_in_the_store() {
+        let (stores, mut feeds) = new();
+        let session = |name: &str, phase: &str| {
+            let mut o = serde_json::to_value(bs(name, "n", "a")).expect("json");
             o["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
-            o["metadata"]["labels"]["team"] = json!("x");
-            o["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "X",
-                "name": "a", "uid": "u"}]);
-            o["status"] = json!({"phase": phase, "totalHosts": 1, "reason": "r",
-                "stats": [{"hostname": "host-0", "phase": "Succeeded"}]});
+            o["status"] = json!({"phase": phase});
             serde_json::from_value::<BackupSession>(o).expect("bs")
         };
-        let mut running = full("Running");
-        let before = running.clone();
-        strip_session(&mut running);
-        assert_eq!(running, before, "a live session is kept whole");
-        let mut done = full("Succeeded");
-        strip_session(&mut done);
-        let v = serde_json::to_value(&done).expect("json");
-        assert_eq!(v["status"], json!({"phase": "Succeeded"}));
-        assert_eq!(
-            v["metadata"]["labels"],
-            json!({consts::BACKUP_CONFIGURATION_LABEL: "a"})
-        );
-        assert_eq!(v["metadata"]["ownerReferences"], json!(null));
-        assert_eq!(v["metadata"]["creationTimestamp"], "2026-01-01T00:00:00Z");
-        assert_eq!(v["spec"]["backupConfiguration"]["name"], "a");
+        feeds
+            .sessions
+            .seed([session("a-1", "Succeeded"), session("a-2", "Running")]);
+        let names = |v: Vec<Arc<BackupSession>>| v.iter().map(|s| s.name_any()).collect::<Vec<_>>();
+        assert_eq!(names(stores.sessions.state()), ["a-2"]);
+        assert_eq!(names(sessions_of(&stores, "n", "a")), ["a-2"]);
+        let mut history = stores.history.lock().expect("history");
+        assert_eq!(history.len(), 1);
+        history.set_limit("n", "a", Some(0));
+        assert_eq!(history.excess("n", "a"), ["a-1"]);
     }
 
     #[test]

@@ -174,7 +174,7 @@ async fn run_backup_sessions(ctx: &Arc<Ctx>, mut feeds: Feeds, server: super::Ap
     let watch = feeds.sessions.run(
         Api::all(ctx.client.clone()),
         Default::default(),
-        crate::operator::stores::strip_session,
+        crate::operator::stores::strip,
     );
     run_until(
         ctx,
