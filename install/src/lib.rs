@@ -125,7 +125,7 @@ fn named_rule(groups: &[&str], resources: &[&str], names: &[String], verbs: &[&s
 /// The operator's allocator settings (glibc): large buffers (a watch's event, a list page) are
 /// mapped and unmapped on their own instead of growing the heap, and the heap is returned to
 /// the system above 128 KiB free, on at most two arenas. At 1,000 configurations and 10,000
-/// sessions this keeps the operator's peak RSS ~2.5 MiB lower (the scale benchmark, issue 12).
+/// sessions this keeps the operator's peak RSS ~2.3 MiB lower (the scale benchmark, issue 12).
 pub const MALLOC_TUNABLES: &str = "glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072:glibc.malloc.arena_max=2";
 
 const READ: &[&str] = &["get", "list", "watch"];

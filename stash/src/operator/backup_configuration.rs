@@ -34,7 +34,7 @@ use stash_runtime::{Action, Reconcile};
 
 use super::{
     Ctx, Error,
-    history::{History, SessionFacts},
+    history::SessionFacts,
     rbac,
     stores::{Change, Feeds},
 };
@@ -119,7 +119,6 @@ pub fn cron_job(
 
 pub(crate) struct BackupConfigurations {
     pub(crate) ctx: Arc<Ctx>,
-    pub(crate) history: Arc<Mutex<History>>,
 }
 
 /// The history limit of `bc`: its own, else the operator's.
@@ -131,7 +130,8 @@ pub fn history_limit(bc: &BackupConfiguration, default: u32) -> u32 {
 
 /// Delete the finished sessions of `ns`/`config` beyond its limit (background propagation:
 /// their Jobs and Pods follow). A session already gone counts as deleted.
-async fn prune(ctx: &Ctx, history: &Mutex<History>, ns: &str, config: &str) -> Result<(), Error> {
+async fn prune(ctx: &Ctx, ns: &str, config: &str) -> Result<(), Error> {
+    let history = &ctx.stores.history;
     let excess = history.lock().expect("history lock").excess(ns, config);
     if excess.is_empty() {
         return Ok(());
@@ -165,9 +165,9 @@ const PRUNE_CONCURRENCY: usize = 8;
 /// calls per change would hold up the BackupSession controller too.
 pub(crate) async fn follow_sessions(
     ctx: Arc<Ctx>,
-    history: Arc<Mutex<History>>,
     changes: impl Stream<Item = Change<BackupSession>> + Send,
 ) {
+    let history = &ctx.stores.history;
     let due: Mutex<BTreeSet<(String, String)>> = Mutex::default();
     let wake = tokio::sync::Notify::new();
     let follow = async {
@@ -198,9 +198,9 @@ pub(crate) async fn follow_sessions(
                 }
                 futures::stream::iter(batch)
                     .for_each_concurrent(PRUNE_CONCURRENCY, |(ns, config)| {
-                        let (ctx, history) = (&ctx, &history);
+                        let ctx = &ctx;
                         async move {
-                            if let Err(e) = prune(ctx, history, &ns, &config).await {
+                            if let Err(e) = prune(ctx, &ns, &config).await {
                                 tracing::warn!(error = %e, namespace = %ns, config = %config, "pruning BackupSessions");
                             }
                         }
@@ -222,11 +222,12 @@ impl BackupConfigurations {
         let ns = bc.namespace().unwrap_or_default();
         // History is bounded for paused configurations too.
         let limit = history_limit(&bc, ctx.backup_history_limit);
-        self.history
-            .lock()
-            .expect("history lock")
-            .set_limit(&ns, &bc.name_any(), Some(limit));
-        prune(ctx, &self.history, &ns, &bc.name_any()).await?;
+        ctx.stores.history.lock().expect("history lock").set_limit(
+            &ns,
+            &bc.name_any(),
+            Some(limit),
+        );
+        prune(ctx, &ns, &bc.name_any()).await?;
         if bc.spec.paused {
             // Paused: nothing is reconciled; create-backupsession refuses to create sessions.
             return Ok(Action::requeue(Duration::from_secs(600)));
@@ -304,11 +305,12 @@ impl Reconcile<BackupConfiguration> for BackupConfigurations {
                 // Owned objects (CronJob, ServiceAccount, RoleBinding, sessions) are garbage
                 // collected; the workload controller sees the deletion and removes the sidecar.
                 Finalizer::Cleanup(bc) => {
-                    self.history.lock().expect("history lock").set_limit(
-                        &bc.namespace().unwrap_or_default(),
-                        &bc.name_any(),
-                        None,
-                    );
+                    self.ctx
+                        .stores
+                        .history
+                        .lock()
+                        .expect("history lock")
+                        .set_limit(&bc.namespace().unwrap_or_default(), &bc.name_any(), None);
                     Ok(Action::await_change())
                 }
             }
@@ -337,17 +339,13 @@ pub fn run(
                 Api::<CronJob>::all(ctx.client.clone()),
                 watcher::Config::default(),
             );
-        let history = ctx.stores.history.clone();
         tokio::join!(
             stash_runtime::drive(
                 controller,
-                BackupConfigurations {
-                    ctx: ctx.clone(),
-                    history: history.clone(),
-                },
+                BackupConfigurations { ctx: ctx.clone() },
                 ctx.metrics.clone(),
             ),
-            follow_sessions(ctx.clone(), history, sessions),
+            follow_sessions(ctx.clone(), sessions),
         );
     }
 }

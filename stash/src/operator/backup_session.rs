@@ -317,15 +317,10 @@ impl BackupEffects<'_> {
             .map(|r| r.name.clone())
             .unwrap_or_default();
         let me = (self.bs.uid().unwrap_or_default(), self.bs.name_any());
+        // The store holds only sessions not finished yet.
         let live = |uid: &str, name: &str| {
-            stores::get(&self.ctx.stores.sessions, &ns, name).is_some_and(|s| {
-                s.uid().as_deref() == Some(uid)
-                    && !s
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.phase)
-                        .is_some_and(Phase::is_terminal)
-            })
+            stores::get(&self.ctx.stores.sessions, &ns, name)
+                .is_some_and(|s| s.uid().as_deref() == Some(uid))
         };
         let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
         match claims.get(&(ns.clone(), repo.clone())) {

@@ -38,13 +38,17 @@ impl SessionFacts {
             name: bs.name_any(),
             config,
             created: bs.creation_timestamp().map_or(0, |t| t.0.as_second()),
-            finished: bs
-                .status
-                .as_ref()
-                .and_then(|s| s.phase)
-                .is_some_and(Phase::is_terminal),
+            finished: finished(bs),
         })
     }
+}
+
+/// Whether `bs` is in a terminal phase: only the history keeps it ([`super::stores`]).
+pub fn finished(bs: &BackupSession) -> bool {
+    bs.status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_some_and(Phase::is_terminal)
 }
 
 /// Finished sessions per configuration, ordered by creation, and each configuration's limit.

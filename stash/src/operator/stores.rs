@@ -64,7 +64,7 @@ use stash_crds::{
     BackupConfiguration, BackupSession, Repository, RestoreSession, common::Driver, consts,
 };
 
-use super::history::{History, SessionFacts};
+use super::history::{self, History, SessionFacts};
 use crate::target::WorkloadKind;
 
 /// The annotation `kubectl apply` keeps (a copy of the whole object): dropped from the stores.
@@ -174,11 +174,12 @@ pub struct Feeds {
 
 /// The stores and their (not yet started) feeds.
 pub fn new() -> (Stores, Feeds) {
+    let history = Arc::<Mutex<History>>::default();
     let feeds = Feeds {
         configurations: Feed::default(),
         sessions: Feed::default()
             .indexed(Index::new(configuration_of))
-            .with_history(Arc::default(), session_finished, SessionFacts::of),
+            .with_history(history.clone(), history::finished, SessionFacts::of),
         restores: Feed::default(),
         repositories: Feed::default(),
         jobs: Feed::default(),
@@ -191,13 +192,7 @@ pub fn new() -> (Stores, Feeds) {
             .index
             .clone()
             .expect("the sessions feed is indexed"),
-        history: feeds
-            .sessions
-            .past
-            .as_ref()
-            .expect("the sessions feed keeps a history")
-            .history
-            .clone(),
+        history,
         restores: feeds.restores.reader(),
         repositories: feeds.repositories.reader(),
         jobs: feeds.jobs.reader(),
@@ -418,18 +413,12 @@ where
     #[cfg(test)]
     pub fn seed(&mut self, objects: impl IntoIterator<Item = K>) {
         let mut writer = locked(&self.writer);
-        writer.apply_watcher_event(&watcher::Event::Init);
-        if let Some(past) = &self.past {
-            past.record(&watcher::Event::Init);
-        }
-        for o in objects {
-            let mut o = o;
+        let list = std::iter::once(watcher::Event::Init).chain(objects.into_iter().map(|mut o| {
             strip(&mut o);
-            let event = watcher::Event::InitApply(o);
-            if let Some(past) = &self.past {
-                past.record(&event);
-            }
-            if !matches!(&event, watcher::Event::InitApply(o) if self.finished(o)) {
+            watcher::Event::InitApply(o)
+        }));
+        for event in list {
+            if let Some((event, _)) = self.route(event) {
                 writer.apply_watcher_event(&event);
             }
         }
@@ -452,22 +441,27 @@ where
         }
     }
 
-    /// Apply one watch event to the store, then hand the change to every subscriber.
-    async fn step(&self, event: watcher::Event<K>) {
-        let reader = &self.reader;
+    /// Record `event` in the history, if this feed keeps one, and say what the store takes of
+    /// it: nothing for a finished object in a list, a Delete (`true`: a finished object
+    /// leaves the store) for one that has just finished, else the event as it is.
+    fn route(&self, event: watcher::Event<K>) -> Option<(watcher::Event<K>, bool)> {
         if let Some(past) = &self.past {
             past.record(&event);
         }
-        // A finished object leaves the store (a relist does not put it back), and its
-        // subscribers are still told it changed.
-        let mut finished = false;
-        let event = match event {
-            watcher::Event::InitApply(o) if self.finished(&o) => return,
+        match event {
+            watcher::Event::InitApply(o) if self.finished(&o) => None,
             watcher::Event::Apply(o) if self.finished(&o) => {
-                finished = true;
-                watcher::Event::Delete(o)
+                Some((watcher::Event::Delete(o), true))
             }
-            e => e,
+            e => Some((e, false)),
+        }
+    }
+
+    /// Apply one watch event to the store, then hand the change to every subscriber.
+    async fn step(&self, event: watcher::Event<K>) {
+        let reader = &self.reader;
+        let Some((event, finished)) = self.route(event) else {
+            return;
         };
         {
             let mut writer = locked(&self.writer);
@@ -574,14 +568,6 @@ pub fn sessions_of(stores: &Stores, ns: &str, bc: &str) -> Vec<Arc<BackupSession
 /// runs (`spec`, as the history and the machine read it; the label is only a convention).
 fn configuration_of(bs: &BackupSession) -> Option<String> {
     Some(bs.spec.backup_configuration.as_ref()?.name.clone())
-}
-
-/// Whether `bs` has finished: it leaves the store for the [`History`].
-fn session_finished(bs: &BackupSession) -> bool {
-    bs.status
-        .as_ref()
-        .and_then(|s| s.phase)
-        .is_some_and(stash_machines::backup_session::Phase::is_terminal)
 }
 
 /// (namespace, key) → names.
