@@ -285,6 +285,107 @@ async fn wait_restore(api: &Api<RestoreSession>, name: &str) -> Result<RestoreSe
     }
 }
 
+/// Where a restore's time goes: the first moment (from watches of the namespace's pods and
+/// of the session) each step of the rollout was seen, relative to the create.
+struct Timeline {
+    marks: std::sync::Arc<std::sync::Mutex<Vec<(&'static str, Instant)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Timeline {
+    /// Start watching before RestoreSession `name` is created.
+    fn start(client: &Client, ns: &str, name: &str) -> Self {
+        use futures::StreamExt;
+        use k8s_openapi::api::core::v1::Pod;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let marks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mark = {
+            let marks = marks.clone();
+            move |what: &'static str| {
+                let mut m = marks.lock().expect("marks");
+                if !m.iter().any(|(w, _)| *w == what) {
+                    m.push((what, Instant::now()));
+                }
+            }
+        };
+        let pods = watcher(
+            Api::<Pod>::namespaced(client.clone(), ns),
+            Default::default(),
+        )
+        .applied_objects()
+        .map(Either::Left);
+        let sessions = watcher(
+            Api::<RestoreSession>::namespaced(client.clone(), ns),
+            watcher::Config::default().fields(&format!("metadata.name={name}")),
+        )
+        .applied_objects()
+        .map(Either::Right);
+        let task = tokio::spawn(async move {
+            let stream = futures::stream::select(pods, sessions);
+            futures::pin_mut!(stream);
+            while let Some(item) = stream.next().await {
+                match item {
+                    Either::Left(Ok(pod)) => {
+                        let spec = pod.spec.as_ref();
+                        let has_init = spec
+                            .and_then(|s| s.init_containers.as_ref())
+                            .is_some_and(|c| c.iter().any(|c| c.name == "stash-init"));
+                        if !has_init {
+                            continue;
+                        }
+                        mark("pod created");
+                        if spec.is_some_and(|s| s.node_name.is_some()) {
+                            mark("scheduled");
+                        }
+                        let init = pod
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.init_container_statuses.as_ref())
+                            .and_then(|c| c.iter().find(|c| c.name == "stash-init"))
+                            .and_then(|c| c.state.clone());
+                        if let Some(state) = init {
+                            if state.running.is_some() || state.terminated.is_some() {
+                                mark("init-container running");
+                            }
+                            if state.terminated.is_some() {
+                                mark("init-container ended");
+                            }
+                        }
+                    }
+                    Either::Right(Ok(rs)) => {
+                        let st = rs.status.as_ref();
+                        if st.and_then(|s| s.phase) == Some(RestorePhase::Running) {
+                            mark("session Running");
+                        }
+                        if st.is_some_and(|s| !s.stats.is_empty()) {
+                            mark("host reported");
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Self { marks, task }
+    }
+
+    /// The steps seen, in order, as `step +seconds` from `started`.
+    fn finish(self, started: Instant) -> String {
+        self.task.abort();
+        let mut m = self.marks.lock().expect("marks").clone();
+        m.sort_by_key(|(_, t)| *t);
+        m.iter()
+            .map(|(w, t)| format!("{w} +{:.2}", t.duration_since(started).as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// One of two watch streams.
+enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
 /// The Repository's `lastBackupTime` (the agent writes it after its follow-up steps).
 async fn last_backup(api: &Api<Repository>) -> Option<String> {
     api.get("repo")
@@ -392,7 +493,7 @@ impl Bench {
         &self,
         name: &str,
         expected: &std::collections::BTreeMap<String, String>,
-    ) -> Result<(f64, f64), String> {
+    ) -> Result<(f64, f64, String), String> {
         empty(&self.source);
         settle(self.drop_caches, &[&self.repo_dir]);
         let api = Api::<RestoreSession>::namespaced(self.client.clone(), &self.ns);
@@ -406,12 +507,16 @@ impl Bench {
                      "runtimeSettings": self.runtime_settings}
         }))
         .expect("restore session");
+        let timeline = Timeline::start(&self.client, &self.ns, name);
+        // The watches have listed before the clock starts.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let started = Instant::now();
         api.create(&PostParams::default(), &rs)
             .await
             .map_err(|e| format!("create {name}: {e}"))?;
         let s = wait_restore(&api, name).await?;
         let took = started.elapsed().as_secs_f64();
+        let steps = timeline.finish(started);
         let host = first_host_secs(
             s.status
                 .as_ref()
@@ -426,7 +531,7 @@ impl Bench {
             .await
             .map_err(|e| format!("delete {name}: {e}"))?;
         wait_rolled_out(&self.client, &self.ns, "app").await;
-        Ok((took, host))
+        Ok((took, host, steps))
     }
 
     /// The restic side of a restore pair: the same snapshot of the same repository into the
@@ -641,12 +746,12 @@ async fn measure(
             .to_string();
         let mut pairs = Vec::new();
         for i in 0..config.pairs {
-            let (operator, host) = b
+            let (operator, host, steps) = b
                 .operator_restore(&format!("restore-{i}"), expected)
                 .await?;
             let restic = b.raw_restore(&snapshot, expected)?;
             eprintln!(
-                "restore pair {i}: operator {operator:.2} s (agent {host:.2} s), restic {restic:.2} s, ratio {:.3}",
+                "restore pair {i}: operator {operator:.2} s (agent {host:.2} s; {steps}), restic {restic:.2} s, ratio {:.3}",
                 operator / restic
             );
             pairs.push(Pair {

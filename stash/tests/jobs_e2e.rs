@@ -390,13 +390,19 @@ async fn failures_end_the_session_with_the_reason_and_never_retry() {
             .is_some_and(|e| e.contains("/source/data/nope")),
         "{host:?}"
     );
-    let per_host = events_of(&ns, "missing-dir-1").await;
-    assert!(
-        per_host
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("FailedHostBackup")),
-        "update-status emits the host event"
-    );
+    // update-status publishes the host's event after its report, and the operator may end the
+    // session (and publish its own event) before that: wait for it.
+    eventually(
+        "update-status emits the host event",
+        Duration::from_secs(30),
+        || async {
+            events_of(&ns, "missing-dir-1")
+                .await
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("FailedHostBackup"))
+        },
+    )
+    .await;
 
     fails_with(
         &ns,

@@ -310,6 +310,63 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
             )
             .await?;
         }
+        // RBAC: the agents' narrow Roles, bound to the dedicated ServiceAccount, or to the one
+        // the workload runs as when the BackupConfiguration (RestoreSession) names it in
+        // runtimeSettings.pod.serviceAccountName; never to `default` or another account.
+        // Grants come before the workload is replaced, so the pods it starts find their Roles
+        // bound (an agent that starts first gets 403s and restarts with the kubelet's back-off);
+        // refusals and revocations come after, once no new pod starts with the agent.
+        let named_by = |rt: Option<&stash_crds::runtime::RuntimeSettings>| {
+            rt.and_then(|r| r.pod.as_ref())
+                .and_then(|p| p.service_account_name.clone())
+                .is_some_and(|n| n == sa)
+        };
+        let kind = W::KIND.kind().to_lowercase();
+        let sidecar = format!("{kind}-{name}-{}", rbac::SIDECAR_ROLE);
+        let sidecar_grant = match &target {
+            Some((bc, repo)) if sa == dedicated || named_by(bc.spec.runtime_settings.as_ref()) => {
+                let lease = format!("lock-{kind}-{name}-backup");
+                let running = running_sessions(stores, &ns, &bc.name_any());
+                let running: Vec<&str> = running.iter().map(String::as_str).collect();
+                let rules = rbac::sidecar_rules(&bc.name_any(), &repo.name_any(), &lease, &running);
+                AgentGrant::Bind { lease, rules }
+            }
+            Some((bc, _)) => AgentGrant::Refuse(format!(
+                "the pods run as ServiceAccount {sa}, which BackupConfiguration {} does not name in runtimeSettings.pod.serviceAccountName: the sidecar is granted nothing",
+                bc.name_any()
+            )),
+            None => AgentGrant::Revoke,
+        };
+        let init = format!("{kind}-{name}-{}", rbac::RESTORE_INIT_ROLE);
+        let init_grant = match &restore {
+            Some((rs, repo)) if sa == dedicated || named_by(rs.spec.runtime_settings.as_ref()) => {
+                let lease = format!("lock-{kind}-{name}-restore");
+                let rules =
+                    rbac::restore_init_rules(&rs.name_any(), &repo.name_any(), Some(&lease));
+                AgentGrant::Bind { lease, rules }
+            }
+            Some((rs, _)) => AgentGrant::Refuse(format!(
+                "the pods run as ServiceAccount {sa}, which RestoreSession {} does not name in runtimeSettings.pod.serviceAccountName: the init-container is granted nothing",
+                rs.name_any()
+            )),
+            None => AgentGrant::Revoke,
+        };
+        let grants = [(&sidecar, sidecar_grant), (&init, init_grant)];
+        for (binding, grant) in &grants {
+            if let AgentGrant::Bind { lease, rules } = grant {
+                ensure_lease(ctx, &ns, lease, w.controller_owner_ref(&())).await?;
+                rbac::grant(
+                    &ctx.client,
+                    &ns,
+                    binding,
+                    &sa,
+                    rules.clone(),
+                    w.controller_owner_ref(&()),
+                )
+                .await?;
+            }
+        }
+
         let api = Api::<W>::namespaced(ctx.client.clone(), &ns);
         let template_changes = !covers(&current, &desired);
         if template_changes
@@ -385,84 +442,22 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
             }
         }
 
-        // RBAC: the agents' narrow Roles, bound to the dedicated ServiceAccount, or to the one
-        // the workload runs as when the BackupConfiguration (RestoreSession) names it in
-        // runtimeSettings.pod.serviceAccountName; never to `default` or another account.
-        let named_by = |rt: Option<&stash_crds::runtime::RuntimeSettings>| {
-            rt.and_then(|r| r.pod.as_ref())
-                .and_then(|p| p.service_account_name.clone())
-                .is_some_and(|n| n == sa)
-        };
-        let kind = W::KIND.kind().to_lowercase();
-        let rb_name = format!("{kind}-{name}-{}", rbac::SIDECAR_ROLE);
-        match &target {
-            Some((bc, repo)) if sa == dedicated || named_by(bc.spec.runtime_settings.as_ref()) => {
-                let lease = format!("lock-{kind}-{name}-backup");
-                ensure_lease(ctx, &ns, &lease, w.controller_owner_ref(&())).await?;
-                let running = running_sessions(stores, &ns, &bc.name_any());
-                let running: Vec<&str> = running.iter().map(String::as_str).collect();
-                let rules = rbac::sidecar_rules(&bc.name_any(), &repo.name_any(), &lease, &running);
-                rbac::grant(
-                    &ctx.client,
-                    &ns,
-                    &rb_name,
-                    &sa,
-                    rules,
-                    w.controller_owner_ref(&()),
-                )
-                .await?;
+        for (binding, grant) in grants {
+            match grant {
+                AgentGrant::Bind { .. } => {}
+                AgentGrant::Refuse(msg) => {
+                    ctx.events
+                        .publish(
+                            &reference,
+                            Severity::Warning,
+                            "ServiceAccountNotGranted",
+                            msg,
+                        )
+                        .await;
+                    rbac::revoke(&ctx.client, &ns, binding).await?;
+                }
+                AgentGrant::Revoke => rbac::revoke(&ctx.client, &ns, binding).await?,
             }
-            Some((bc, _)) => {
-                let msg = format!(
-                    "the pods run as ServiceAccount {sa}, which BackupConfiguration {} does not name in runtimeSettings.pod.serviceAccountName: the sidecar is granted nothing",
-                    bc.name_any()
-                );
-                ctx.events
-                    .publish(
-                        &reference,
-                        Severity::Warning,
-                        "ServiceAccountNotGranted",
-                        msg,
-                    )
-                    .await;
-                rbac::revoke(&ctx.client, &ns, &rb_name).await?;
-            }
-            None => rbac::revoke(&ctx.client, &ns, &rb_name).await?,
-        }
-
-        let rb_name = format!("{kind}-{name}-{}", rbac::RESTORE_INIT_ROLE);
-        match &restore {
-            Some((rs, repo)) if sa == dedicated || named_by(rs.spec.runtime_settings.as_ref()) => {
-                let lease = format!("lock-{kind}-{name}-restore");
-                ensure_lease(ctx, &ns, &lease, w.controller_owner_ref(&())).await?;
-                let rules =
-                    rbac::restore_init_rules(&rs.name_any(), &repo.name_any(), Some(&lease));
-                rbac::grant(
-                    &ctx.client,
-                    &ns,
-                    &rb_name,
-                    &sa,
-                    rules,
-                    w.controller_owner_ref(&()),
-                )
-                .await?;
-            }
-            Some((rs, _)) => {
-                let msg = format!(
-                    "the pods run as ServiceAccount {sa}, which RestoreSession {} does not name in runtimeSettings.pod.serviceAccountName: the init-container is granted nothing",
-                    rs.name_any()
-                );
-                ctx.events
-                    .publish(
-                        &reference,
-                        Severity::Warning,
-                        "ServiceAccountNotGranted",
-                        msg,
-                    )
-                    .await;
-                rbac::revoke(&ctx.client, &ns, &rb_name).await?;
-            }
-            None => rbac::revoke(&ctx.client, &ns, &rb_name).await?,
         }
 
         // ReplicaSets and ReplicationControllers do not replace pods on template change.
@@ -471,6 +466,19 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
         }
         Ok(Action::requeue(Duration::from_secs(600)))
     }
+}
+
+/// What one agent (the backup sidecar, the restore init-container) is granted.
+enum AgentGrant {
+    /// Its Role with `rules` bound to the pods' ServiceAccount, and the Lease it locks on.
+    Bind {
+        lease: String,
+        rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
+    },
+    /// The pods run as a ServiceAccount the object does not name: nothing (a Warning event).
+    Refuse(String),
+    /// No agent: its Role and binding removed.
+    Revoke,
 }
 
 /// The RestoreSession for workload `name` of kind `W` and its Repository
