@@ -10,7 +10,10 @@
 //!   against `restic restore <snapshot>:/source/data` of the same snapshot of the same
 //!   repository into the same (emptied) directory, with a fresh restic cache (the init
 //!   container's is fresh too). The RestoreSession is deleted and the workload rolled back
-//!   between pairs (not timed).
+//!   between pairs (not timed). A third side runs the same `restic restore` in a bare Pod
+//!   (the stash image, the init-container's volumes and CPU request): what Kubernetes costs
+//!   any restore run in a pod, printed as part `restore-vs-pod`. Each operator restore prints
+//!   its timeline (pod created, scheduled, init-container running, host reported).
 //!
 //! Each part runs `STASH_BENCH_PAIRS` (default 5) pairs, operator first then restic (A B A B
 //! …). Before every side the dirty pages are written out (`sync`) and the side's input (the
@@ -20,7 +23,7 @@
 //! script can read:
 //!
 //! ```text
-//! BENCH part=backup bytes=1073741824 pairs=5 ratio_median=1.02 ratio_min=0.97 ratio_max=1.10 operator_median_s=10.41 restic_median_s=10.20 operator_extra_median_s=0.21
+//! BENCH part=backup baseline=restic bytes=1073741824 pairs=5 ratio_median=1.02 ratio_min=0.97 ratio_max=1.10 operator_median_s=10.41 baseline_median_s=10.20 operator_extra_median_s=0.21
 //! ```
 //!
 //! The agents get a CPU request (`STASH_BENCH_AGENT_CPU`, default `500m`; `none` leaves the
@@ -123,7 +126,8 @@ struct Pair {
     after: Option<f64>,
 }
 
-fn summary(part: &str, bytes: u64, pairs: &[Pair]) {
+/// Print a part's figures against `baseline` (what the pairs' second side ran).
+fn summary(part: &str, baseline: &str, bytes: u64, pairs: &[Pair]) {
     let ratios: Vec<f64> = pairs.iter().map(|p| p.operator / p.restic).collect();
     let op: Vec<f64> = pairs.iter().map(|p| p.operator).collect();
     let raw: Vec<f64> = pairs.iter().map(|p| p.restic).collect();
@@ -132,7 +136,7 @@ fn summary(part: &str, bytes: u64, pairs: &[Pair]) {
     let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
     let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     println!(
-        "{part} {}: median pairwise ratio {:.3} (min {:.3}, max {:.3}) over {} pairs; medians: operator {:.2} s, restic {:.2} s; agent's own part {:.2} s",
+        "{part} {}: median pairwise ratio {:.3} (min {:.3}, max {:.3}) over {} pairs; medians: operator {:.2} s, {baseline} {:.2} s; agent's own part {:.2} s",
         human(bytes),
         median(&ratios),
         min,
@@ -150,7 +154,7 @@ fn summary(part: &str, bytes: u64, pairs: &[Pair]) {
         );
     }
     println!(
-        "BENCH part={part} bytes={bytes} pairs={} ratio_median={:.3} ratio_min={:.3} ratio_max={:.3} operator_median_s={:.3} restic_median_s={:.3} operator_extra_median_s={:.3}",
+        "BENCH part={part} baseline={baseline} bytes={bytes} pairs={} ratio_median={:.3} ratio_min={:.3} ratio_max={:.3} operator_median_s={:.3} baseline_median_s={:.3} operator_extra_median_s={:.3}",
         pairs.len(),
         median(&ratios),
         min,
@@ -563,6 +567,91 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// The third side of a restore: the same `restic restore` as the raw side, run in a bare
+    /// Pod (the stash image, the same volumes and Secret as the init-container, the same CPU
+    /// request), created → `Succeeded` read back through a watch. What Kubernetes costs any
+    /// restic restore that runs in a pod: the operator's restore needs one (the init-container
+    /// of the workload's new pod), the raw side does not.
+    async fn pod_restore(
+        &self,
+        name: &str,
+        snapshot: &str,
+        expected: &std::collections::BTreeMap<String, String>,
+    ) -> Result<f64, String> {
+        use k8s_openapi::api::core::v1::Pod;
+        empty(&self.source);
+        settle(self.drop_caches, &[&self.repo_dir]);
+        let resources = self.runtime_settings["container"]["resources"].clone();
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{
+                    "name": "restic", "image": IMAGE,
+                    "command": ["/usr/local/bin/restic", "--repo", "/safe/data",
+                                "--password-file", "/etc/restic/RESTIC_PASSWORD",
+                                "--cache-dir", "/tmp/restic-cache",
+                                "restore", "--json", "--target", "/source/data", "--",
+                                format!("{snapshot}:/source/data")],
+                    "resources": if resources.is_null() { json!({}) } else { resources },
+                    "volumeMounts": [
+                        {"name": "data", "mountPath": "/source/data"},
+                        {"name": "repo", "mountPath": "/safe/data"},
+                        {"name": "secret", "mountPath": "/etc/restic", "readOnly": true},
+                        {"name": "tmp", "mountPath": "/tmp"},
+                    ],
+                }],
+                "volumes": [
+                    {"name": "data", "persistentVolumeClaim": {"claimName": "source-data"}},
+                    {"name": "repo", "hostPath": {"path": self.repo_dir.to_string_lossy()}},
+                    {"name": "secret", "secret": {"secretName": "local-secret"}},
+                    {"name": "tmp", "emptyDir": {}},
+                ],
+            }
+        }))
+        .expect("pod");
+        let api = Api::<Pod>::namespaced(self.client.clone(), &self.ns);
+        let ended = |p: Option<&Pod>| {
+            p.and_then(|p| p.status.as_ref()?.phase.as_deref())
+                .is_some_and(|p| p == "Succeeded" || p == "Failed")
+        };
+        let started = Instant::now();
+        api.create(&PostParams::default(), &pod)
+            .await
+            .map_err(|e| format!("create pod {name}: {e}"))?;
+        let p = tokio::time::timeout(
+            SESSION_TIMEOUT,
+            kube::runtime::wait::await_condition(api.clone(), name, ended),
+        )
+        .await
+        .map_err(|_| format!("pod {name} did not finish in time"))?
+        .map_err(|e| format!("watch: {e}"))?
+        .ok_or_else(|| format!("pod {name} disappeared"))?;
+        let took = started.elapsed().as_secs_f64();
+        let phase = p.status.and_then(|s| s.phase);
+        if phase.as_deref() != Some("Succeeded") {
+            return Err(format!("pod {name}: {phase:?}"));
+        }
+        if checksums(&self.source) != *expected {
+            return Err(format!("pod {name}: the restored bytes differ"));
+        }
+        api.delete(name, &DeleteParams::default())
+            .await
+            .map_err(|e| format!("delete pod {name}: {e}"))?;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(120),
+            kube::runtime::wait::await_condition(
+                api,
+                name,
+                kube::runtime::conditions::is_deleted(&p.metadata.uid.unwrap_or_default()),
+            ),
+        )
+        .await;
+        Ok(took)
+    }
+}
+
 /// The first host entry's duration in seconds (0 when there is none).
 fn first_host_secs<'a>(
     durations: Option<impl Iterator<Item = &'a Option<stash_crds::duration::GoDuration>>>,
@@ -733,7 +822,7 @@ async fn measure(
                 after: Some(after),
             });
         }
-        summary("backup", b.total, &pairs);
+        summary("backup", "restic", b.total, &pairs);
     }
     if config.restore {
         // The repository the restores read: one operator backup (not timed).
@@ -744,15 +833,19 @@ async fn measure(
             .and_then(|s| s["id"].as_str())
             .ok_or("no snapshot to restore")?
             .to_string();
-        let mut pairs = Vec::new();
+        let (mut pairs, mut in_pods) = (Vec::new(), Vec::new());
         for i in 0..config.pairs {
             let (operator, host, steps) = b
                 .operator_restore(&format!("restore-{i}"), expected)
                 .await?;
             let restic = b.raw_restore(&snapshot, expected)?;
+            let in_pod = b
+                .pod_restore(&format!("restic-{i}"), &snapshot, expected)
+                .await?;
             eprintln!(
-                "restore pair {i}: operator {operator:.2} s (agent {host:.2} s; {steps}), restic {restic:.2} s, ratio {:.3}",
-                operator / restic
+                "restore pair {i}: operator {operator:.2} s (agent {host:.2} s; {steps}), restic {restic:.2} s, ratio {:.3}; restic in a pod {in_pod:.2} s, operator / restic in a pod {:.3}",
+                operator / restic,
+                operator / in_pod
             );
             pairs.push(Pair {
                 operator,
@@ -760,8 +853,17 @@ async fn measure(
                 host,
                 after: None,
             });
+            in_pods.push(Pair {
+                operator,
+                restic: in_pod,
+                host,
+                after: None,
+            });
         }
-        summary("restore", b.total, &pairs);
+        summary("restore", "restic", b.total, &pairs);
+        // The same operator runs against restic in a bare pod: the part of the overhead
+        // that any restore run in a pod pays.
+        summary("restore-vs-pod", "restic-in-a-pod", b.total, &in_pods);
     }
     Ok(())
 }
