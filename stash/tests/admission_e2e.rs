@@ -35,6 +35,25 @@ fn examples_dir() -> PathBuf {
 }
 
 /// `kubectl <args>` with `stdin`; (success, stdout, stderr).
+/// `kubectl replace -f -` of `doc` in `ns`, retried (at most 10 times) on a Conflict: kubectl
+/// reads the live resourceVersion and PUTs, and the operator's controllers or the Deployment
+/// controller's status writes may change the object in between.
+async fn replace_retrying_conflicts(
+    cp: &ControlPlane,
+    ns: &str,
+    doc: &str,
+) -> (bool, String, String) {
+    let mut replaced = (false, String::new(), String::new());
+    for _ in 0..10 {
+        replaced = kubectl(cp, &["replace", "-n", ns, "-f", "-"], Some(doc));
+        if replaced.0 || !replaced.2.contains("Conflict") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    replaced
+}
+
 fn kubectl(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     let mut cmd = cp.kubectl().expect("kubectl");
     cmd.args(args)
@@ -559,11 +578,7 @@ async fn sidecar_is_injected_at_creation(cp: &ControlPlane) {
     );
 
     // An UPDATE that leaves the sidecar out keeps it.
-    let (ok, _, err) = kubectl(
-        cp,
-        &["replace", "-n", &ns.name, "-f", "-"],
-        Some(&deployment("2")),
-    );
+    let (ok, _, err) = replace_retrying_conflicts(cp, &ns.name, &deployment("2")).await;
     assert!(ok, "replace Deployment: {err}");
     let updated = api.get("stash-demo").await.expect("deployment");
     assert_eq!(
@@ -596,20 +611,8 @@ async fn sidecar_is_injected_at_creation(cp: &ControlPlane) {
     let (ok, _, err) = kubectl(cp, &["create", "-n", &ns.name, "-f", "-"], Some(rs));
     assert!(ok, "create RestoreSession: {err}");
     // The operator's RestoreSession controller may update the Deployment at the same moment
-    // (the same decision by the controller path): a conflict is retried.
-    let mut replaced = (false, String::new(), String::new());
-    for _ in 0..10 {
-        replaced = kubectl(
-            cp,
-            &["replace", "-n", &ns.name, "-f", "-"],
-            Some(&deployment("3")),
-        );
-        if replaced.0 || !replaced.2.contains("Conflict") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let (ok, _, err) = replaced;
+    // (the same decision by the controller path).
+    let (ok, _, err) = replace_retrying_conflicts(cp, &ns.name, &deployment("3")).await;
     assert!(ok, "replace Deployment: {err}");
     let restored = api.get("stash-demo").await.expect("deployment");
     let inits: Vec<String> = restored
