@@ -266,6 +266,26 @@ async fn wait_backup(
     }
 }
 
+/// Wait (a watch, at most [`SESSION_TIMEOUT`]) until `kind` `name` meets `ended`.
+async fn await_ended<K>(
+    api: &Api<K>,
+    kind: &str,
+    name: &str,
+    ended: impl Fn(Option<&K>) -> bool,
+) -> Result<K, String>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    tokio::time::timeout(
+        SESSION_TIMEOUT,
+        kube::runtime::wait::await_condition(api.clone(), name, ended),
+    )
+    .await
+    .map_err(|_| format!("{kind} {name} did not finish in time"))?
+    .map_err(|e| format!("watch: {e}"))?
+    .ok_or_else(|| format!("{kind} {name} disappeared"))
+}
+
 async fn wait_restore(api: &Api<RestoreSession>, name: &str) -> Result<RestoreSession, String> {
     let done = |s: Option<&RestoreSession>| {
         s.and_then(|s| s.status.as_ref()?.phase).is_some_and(|p| {
@@ -275,14 +295,7 @@ async fn wait_restore(api: &Api<RestoreSession>, name: &str) -> Result<RestoreSe
             )
         })
     };
-    let s = tokio::time::timeout(
-        SESSION_TIMEOUT,
-        kube::runtime::wait::await_condition(api.clone(), name, done),
-    )
-    .await
-    .map_err(|_| format!("RestoreSession {name} did not finish in time"))?
-    .map_err(|e| format!("watch: {e}"))?
-    .ok_or_else(|| format!("RestoreSession {name} disappeared"))?;
+    let s = await_ended(api, "RestoreSession", name, done).await?;
     match s.status.as_ref().and_then(|s| s.phase) {
         Some(RestorePhase::Succeeded) => Ok(s),
         _ => Err(format!("RestoreSession {name}: {:?}", s.status)),
@@ -299,7 +312,7 @@ struct Timeline {
 impl Timeline {
     /// Start watching before RestoreSession `name` is created.
     fn start(client: &Client, ns: &str, name: &str) -> Self {
-        use futures::StreamExt;
+        use futures::{StreamExt, future::Either};
         use k8s_openapi::api::core::v1::Pod;
         use kube::runtime::{WatchStreamExt, watcher};
         let marks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -382,12 +395,6 @@ impl Timeline {
             .collect::<Vec<_>>()
             .join(", ")
     }
-}
-
-/// One of two watch streams.
-enum Either<A, B> {
-    Left(A),
-    Right(B),
 }
 
 /// The Repository's `lastBackupTime` (the agent writes it after its follow-up steps).
@@ -565,9 +572,7 @@ impl Bench {
         }
         Ok(took)
     }
-}
 
-impl Bench {
     /// The third side of a restore: the same `restic restore` as the raw side, run in a bare
     /// Pod (the stash image, the same volumes and Secret as the init-container, the same CPU
     /// request), created → `Succeeded` read back through a watch. What Kubernetes costs any
@@ -620,14 +625,7 @@ impl Bench {
         api.create(&PostParams::default(), &pod)
             .await
             .map_err(|e| format!("create pod {name}: {e}"))?;
-        let p = tokio::time::timeout(
-            SESSION_TIMEOUT,
-            kube::runtime::wait::await_condition(api.clone(), name, ended),
-        )
-        .await
-        .map_err(|_| format!("pod {name} did not finish in time"))?
-        .map_err(|e| format!("watch: {e}"))?
-        .ok_or_else(|| format!("pod {name} disappeared"))?;
+        let p = await_ended(&api, "pod", name, ended).await?;
         let took = started.elapsed().as_secs_f64();
         let phase = p.status.and_then(|s| s.phase);
         if phase.as_deref() != Some("Succeeded") {

@@ -34,7 +34,6 @@ fn examples_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/stash-v0.8.3/examples")
 }
 
-/// `kubectl <args>` with `stdin`; (success, stdout, stderr).
 /// `kubectl replace -f -` of `doc` in `ns`, retried (at most 10 times) on a Conflict: kubectl
 /// reads the live resourceVersion and PUTs, and the operator's controllers or the Deployment
 /// controller's status writes may change the object in between.
@@ -54,6 +53,7 @@ async fn replace_retrying_conflicts(
     replaced
 }
 
+/// `kubectl <args>` with `stdin`; (success, stdout, stderr).
 fn kubectl(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     let mut cmd = cp.kubectl().expect("kubectl");
     cmd.args(args)
