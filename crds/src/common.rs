@@ -69,9 +69,10 @@ pub struct RestoreTarget {
     /// Volumes of the target to mount into the restore container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volume_mounts: Vec<core::VolumeMount>,
-    /// Number of hosts to restore (with `volumeClaimTemplates`: one Job per ordinal); default 1.
+    /// Number of hosts to restore (with `volumeClaimTemplates`: one Job per ordinal); default 1;
+    /// at most 5,000 (`stash_machines::restore_session::MAX_HOSTS`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 5000))]
     pub replicas: Option<i32>,
     /// PVCs to create and restore into; `${POD_ORDINAL}` is substituted per ordinal.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -77,6 +77,23 @@ pub enum TargetModel {
     VolumeSnapshotter,
 }
 
+/// The most hosts one RestoreSession restores: Kubernetes' largest supported cluster (5,000
+/// nodes). A target asking for more (`spec.target.replicas`, a StatefulSet's replicas) fails
+/// the session with the reason before a single host name is built: a namespace user's
+/// `replicas: 2147483647` must not make the operator allocate two billion names.
+pub const MAX_HOSTS: u32 = 5000;
+
+/// `host-0` … `host-<n-1>` for `replicas` (at least one host), or, past [`MAX_HOSTS`], why not.
+pub fn numbered_hosts(replicas: i64) -> Result<Vec<String>, String> {
+    let n = replicas.max(1);
+    if n > i64::from(MAX_HOSTS) {
+        return Err(format!(
+            "{replicas} replicas to restore: at most {MAX_HOSTS} hosts restore in one session"
+        ));
+    }
+    Ok((0..n).map(|i| format!("host-{i}")).collect())
+}
+
 /// One `spec.rules[]` entry, as far as resolution needs it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Rule {
@@ -141,6 +158,8 @@ pub struct Observation {
     pub model: TargetModel,
     /// The hosts that will restore (stash-api.md §9.3), computed by the runtime.
     pub target_hosts: Vec<String>,
+    /// Why the hosts could not be taken (e.g. more than [`MAX_HOSTS`]); the session fails.
+    pub hosts_refused: Option<String>,
     /// `spec.rules`.
     pub rules: Vec<Rule>,
     /// The restore Job, if the runtime found one.
@@ -288,6 +307,9 @@ fn pending(obs: &Observation) -> Decision {
     }
     if obs.model == TargetModel::VolumeSnapshotter {
         return fail("the VolumeSnapshotter driver is not supported".into());
+    }
+    if let Some(reason) = &obs.hosts_refused {
+        return fail(reason.clone());
     }
     if obs.target_hosts.is_empty() {
         return fail("no hosts to restore".into());

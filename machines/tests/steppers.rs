@@ -240,6 +240,7 @@ fn restore(hosts: &[&str], rules: Vec<rs::Rule>) -> rs::Observation {
         hosts: vec![],
         model: rs::TargetModel::Workload,
         target_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        hosts_refused: None,
         rules,
         job: None,
         now: 1,
@@ -324,4 +325,34 @@ fn a_restore_job_the_api_refuses_for_good_fails_the_restore() {
         Some("could not create the restore Job: Job.batch \"x\" is invalid")
     );
     assert_eq!(d.actions().count(), 0, "a refused Job is not created again");
+}
+
+/// Issue 24: a target asking for more hosts than a session restores fails the session with
+/// the reason, and no host name is built for it.
+#[test]
+fn too_many_hosts_fail_the_restore_before_any_name_is_built() {
+    assert_eq!(
+        rs::numbered_hosts(3).expect("three"),
+        ["host-0", "host-1", "host-2"]
+    );
+    assert_eq!(rs::numbered_hosts(0).expect("one at least"), ["host-0"]);
+    assert_eq!(
+        rs::numbered_hosts(i64::from(rs::MAX_HOSTS))
+            .expect("the limit")
+            .len(),
+        rs::MAX_HOSTS as usize
+    );
+    let why = rs::numbered_hosts(i64::from(i32::MAX)).expect_err("past the limit");
+    assert!(why.contains("2147483647 replicas"), "{why}");
+    let mut obs = restore(&[], vec![rs::Rule::default()]);
+    obs.hosts_refused = Some(why.clone());
+    let d = rs::decide(&obs);
+    assert_eq!(d.phase, rs::Phase::Failed);
+    assert!(
+        d.effects.iter().any(
+            |e| matches!(e, rs::Effect::WriteStatus(s) if s.reason.as_deref() == Some(why.as_str()))
+        ),
+        "{:?}",
+        d.effects
+    );
 }

@@ -145,6 +145,7 @@ impl World {
             hosts: self.hosts.clone(),
             model: self.model,
             target_hosts: self.target_hosts.clone(),
+            hosts_refused: None,
             rules: self.rules.clone(),
             job: self.job.clone(),
             now: self.now,

@@ -40,7 +40,7 @@ pub use credentials::{
     REST_SERVER_USERNAME, RESTIC_PASSWORD,
 };
 pub use error::{Error, Result};
-pub use location::Location;
+pub use location::{Location, go_path_clean, object_prefix};
 pub use repo::{
     DEFAULT_RETRY_BUDGET, DumpOptions, IoNice, Repo, RepoBuilder, RestoreOptions, SnapshotFilter,
 };

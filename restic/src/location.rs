@@ -158,6 +158,63 @@ impl Location {
 }
 
 /// `filepath.Join` of the non-empty parts, without leading/trailing or doubled slashes.
+/// Go's `path.Clean`, which restic 0.19.1 applies to a repository's prefix: `.` and empty
+/// components dropped, `..` removing the component before it (kept at the start of a relative
+/// path, dropped at the root), `.` for an empty result.
+pub fn go_path_clean(p: &str) -> String {
+    let rooted = p.starts_with('/');
+    let mut out: Vec<&str> = Vec::new();
+    // Leading `..` of a relative path: nothing before them to remove.
+    let mut fixed = 0;
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." if out.len() > fixed => {
+                out.pop();
+            }
+            ".." if !rooted => {
+                out.push("..");
+                fixed = out.len();
+            }
+            ".." => {}
+            c => out.push(c),
+        }
+    }
+    let body = out.join("/");
+    match (rooted, body.is_empty()) {
+        (true, _) => format!("/{body}"),
+        (false, true) => ".".into(),
+        (false, false) => body,
+    }
+}
+
+/// The key prefix under which restic keeps the repository of a Repository whose `prefix` is
+/// `prefix`, exactly as restic computes it from the `RESTIC_REPOSITORY` stash-rs gives it
+/// ([`Location::repository_url`]): for S3 (`s3:<endpoint>/<bucket>/<prefix>`) `path.Clean` of
+/// the prefix; for GCS, Azure, Swift and B2 (`<scheme>:<bucket>:/<prefix>`) `path.Clean` of
+/// the rooted prefix without its `/`. restic then joins object names with `path.Join`, so a
+/// prefix that cleans to `.` is the bucket's root (`""` here). The wipe-out deletes under
+/// exactly this prefix.
+pub fn object_prefix(s3: bool, prefix: &str) -> String {
+    let joined = join_clean(&[&prefix.to_string()]);
+    let cleaned = if s3 {
+        if joined.is_empty() {
+            String::new()
+        } else {
+            go_path_clean(&joined)
+        }
+    } else {
+        go_path_clean(&format!("/{joined}"))
+            .trim_start_matches('/')
+            .to_string()
+    };
+    if cleaned == "." {
+        String::new()
+    } else {
+        cleaned
+    }
+}
+
 fn join_clean(parts: &[&String]) -> String {
     parts
         .iter()
@@ -356,5 +413,69 @@ mod tests {
             .is_empty()
         );
         assert!(Location::local("/x", "").extended_options().is_empty());
+    }
+
+    /// Go's own `path.Clean` table (src/path/path_test.go), as restic applies it.
+    #[test]
+    fn go_path_clean_matches_go() {
+        for (input, want) in [
+            ("", "."),
+            ("abc", "abc"),
+            ("abc/def", "abc/def"),
+            ("a/b/c", "a/b/c"),
+            (".", "."),
+            ("..", ".."),
+            ("../..", "../.."),
+            ("../../abc", "../../abc"),
+            ("/abc", "/abc"),
+            ("/", "/"),
+            ("abc/", "abc"),
+            ("abc/def/", "abc/def"),
+            ("a/b/c/", "a/b/c"),
+            ("./", "."),
+            ("../", ".."),
+            ("../../", "../.."),
+            ("/abc/", "/abc"),
+            ("abc//def//ghi", "abc/def/ghi"),
+            ("//abc", "/abc"),
+            ("///abc", "/abc"),
+            ("//abc//", "/abc"),
+            ("abc//", "abc"),
+            ("abc/./def", "abc/def"),
+            ("/./abc/def", "/abc/def"),
+            ("abc/.", "abc"),
+            ("abc/def/ghi/../jkl", "abc/def/jkl"),
+            ("abc/def/../ghi/../jkl", "abc/jkl"),
+            ("abc/def/..", "abc"),
+            ("abc/def/../..", "."),
+            ("/abc/def/../..", "/"),
+            ("abc/def/../../..", ".."),
+            ("/abc/def/../../..", "/"),
+            ("abc/def/../../../ghi/jkl/../../../mno", "../../mno"),
+            ("abc/./../def", "def"),
+            ("abc//./../def", "def"),
+            ("abc/../../././../def", "../../def"),
+        ] {
+            assert_eq!(go_path_clean(input), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn object_prefixes_are_restics() {
+        assert_eq!(object_prefix(true, "./app"), "app");
+        assert_eq!(object_prefix(true, "a/../b"), "b");
+        assert_eq!(object_prefix(true, "team~1/app"), "team~1/app");
+        assert_eq!(object_prefix(true, "/demo//x/"), "demo/x");
+        assert_eq!(object_prefix(true, "a/.."), "");
+        assert_eq!(object_prefix(true, "../x"), "../x", "S3 keeps a leading ..");
+        assert_eq!(object_prefix(true, ""), "");
+        assert_eq!(
+            object_prefix(false, "../x"),
+            "x",
+            "a rooted prefix drops it"
+        );
+        assert_eq!(object_prefix(false, "./app/"), "app");
+        assert_eq!(object_prefix(false, "a/../b"), "b");
+        assert_eq!(object_prefix(false, ""), "");
     }
 }

@@ -1,7 +1,9 @@
 //! Driving a reconciler through a kube-runtime `Controller`, with metrics.
-use std::{fmt::Debug, future::Future, hash::Hash, sync::Arc, time::Duration};
+use std::{
+    fmt::Debug, future::Future, hash::Hash, panic::AssertUnwindSafe, sync::Arc, time::Duration,
+};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kube::{
     Resource,
     runtime::{
@@ -11,7 +13,28 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::metrics::{ErrorLabels, Metrics};
+use crate::{
+    events::{Events, Severity},
+    metrics::{ErrorLabels, Metrics},
+};
+
+/// Event reason of a reconcile that panicked (a bug, or input nothing bounded yet): the object
+/// gets a Warning with the panic's message, the reconcile fails and is retried with back-off,
+/// and the process — every other object's controller — goes on.
+pub const RECONCILE_PANICKED: &str = "ReconcilePanicked";
+
+/// A reconcile that panicked, with the panic's message.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("reconcile panicked: {0}")]
+pub struct Panicked(pub String);
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
 
 /// A short, stable class of an error, used as a metric label.
 pub trait MetricLabel {
@@ -21,8 +44,8 @@ pub trait MetricLabel {
 
 /// What a controller does with one object.
 pub trait Reconcile<K>: Send + Sync + 'static {
-    /// The reconcile error.
-    type Error: std::error::Error + MetricLabel + Send + Sync + 'static;
+    /// The reconcile error (a panic becomes one, through [`Panicked`]).
+    type Error: std::error::Error + MetricLabel + From<Panicked> + Send + Sync + 'static;
 
     /// The controller's name (metrics, logs).
     const NAME: &'static str;
@@ -39,6 +62,7 @@ pub trait Reconcile<K>: Send + Sync + 'static {
 struct Ctx<R> {
     reconciler: R,
     metrics: Metrics,
+    events: Events,
 }
 
 /// At most this many reconciles of one controller run at a time (kube's default is no limit:
@@ -47,16 +71,20 @@ struct Ctx<R> {
 /// deduplicated.
 pub const CONCURRENCY: u16 = 32;
 
-/// Run `controller` with `reconciler` until the stream ends (or the task is dropped).
-pub async fn drive<K, R>(controller: Controller<K>, reconciler: R, metrics: Metrics)
+/// Run `controller` with `reconciler` until the stream ends (or the task is dropped). A
+/// reconcile that panics is caught: a Warning Event ([`RECONCILE_PANICKED`]) on its object, a
+/// failed reconcile (metric label `panic`, the error policy's retry), never a process exit —
+/// the next replica would reconcile the same object and die too.
+pub async fn drive<K, R>(controller: Controller<K>, reconciler: R, metrics: Metrics, events: Events)
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Eq + Hash + Clone + Debug + Unpin,
+    K::DynamicType: Eq + Hash + Clone + Debug + Default + Unpin,
     R: Reconcile<K>,
 {
     let ctx = Arc::new(Ctx {
         reconciler,
         metrics,
+        events,
     });
     controller
         .with_config(Config::default().concurrency(CONCURRENCY))
@@ -65,7 +93,23 @@ where
                 let labels = Metrics::controller(R::NAME);
                 ctx.metrics.reconciles.get_or_create(&labels).inc();
                 let start = std::time::Instant::now();
-                let result = ctx.reconciler.reconcile(obj).await;
+                let reconcile = AssertUnwindSafe(ctx.reconciler.reconcile(obj.clone()));
+                let result = match reconcile.catch_unwind().await {
+                    Ok(result) => result,
+                    Err(payload) => {
+                        let message = panic_message(payload.as_ref());
+                        tracing::error!(controller = R::NAME, %message, "reconcile panicked");
+                        ctx.events
+                            .publish(
+                                &obj.object_ref(&K::DynamicType::default()),
+                                Severity::Warning,
+                                RECONCILE_PANICKED,
+                                format!("{}: reconcile panicked: {message}", R::NAME),
+                            )
+                            .await;
+                        Err(Panicked(message).into())
+                    }
+                };
                 ctx.metrics
                     .durations
                     .get_or_create(&labels)

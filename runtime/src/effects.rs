@@ -136,6 +136,7 @@ mod tests {
             hosts: vec![],
             model: rs::TargetModel::Job,
             target_hosts: vec!["host-0".into()],
+            hosts_refused: None,
             rules: vec![rs::Rule::default()],
             job: None,
             now: 110,

@@ -100,13 +100,23 @@ fn range(f: &Field, expr: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `schedule` split into its time zone (a leading `TZ=<zone>` or `CRON_TZ=<zone>`) and the
+/// schedule proper. The API server refuses a CronJob whose `schedule` names a zone (since
+/// Kubernetes 1.27): the trigger CronJob takes the zone as `spec.timeZone` instead.
+pub fn split_time_zone(schedule: &str) -> (Option<&str>, &str) {
+    let s = schedule.trim();
+    match s.strip_prefix("TZ=").or_else(|| s.strip_prefix("CRON_TZ=")) {
+        Some(rest) => match rest.split_once(char::is_whitespace) {
+            Some((zone, rest)) => (Some(zone), rest.trim_start()),
+            None => (Some(rest), ""),
+        },
+        None => (None, s),
+    }
+}
+
 /// The interval of an `@every <duration>` schedule (`None` for any other form).
 pub fn every(schedule: &str) -> Option<std::time::Duration> {
-    let s = schedule.trim();
-    let s = match s.strip_prefix("TZ=").or_else(|| s.strip_prefix("CRON_TZ=")) {
-        Some(rest) => rest.split_once(char::is_whitespace)?.1.trim_start(),
-        None => s,
-    };
+    let (_, s) = split_time_zone(schedule);
     let every = s.strip_prefix("@every ")?;
     every
         .trim()

@@ -610,6 +610,34 @@ fn check_schedule(errs: &mut FieldErrors, schedule: &Option<String>) {
     }
 }
 
+/// `spec.target.replicas`: from 0 to [`MAX_HOSTS`](stash_machines::restore_session::MAX_HOSTS)
+/// (one host, and so one name and possibly one Job, per replica).
+fn check_replicas(errs: &mut FieldErrors, replicas: Option<i32>) {
+    let max = stash_machines::restore_session::MAX_HOSTS;
+    match replicas {
+        Some(r) if r < 0 => errs.push(
+            "spec.target.replicas",
+            format!("must be non-negative, got {r}"),
+        ),
+        Some(r) if r.unsigned_abs() > max => errs.push(
+            "spec.target.replicas",
+            format!("at most {max} hosts restore in one session, got {r}"),
+        ),
+        _ => {}
+    }
+}
+
+/// A `volumeClaimTemplates[].metadata.name`: with `${POD_ORDINAL}` substituted (ordinal 0), a
+/// valid object name; a template that cannot be substituted (bad syntax, past a limit, a
+/// variable other than `POD_ORDINAL`) is refused with the substitution's own error.
+fn check_claim_template_name(errs: &mut FieldErrors, field: &str, name: &str) {
+    let inputs = [("POD_ORDINAL".to_string(), "0".to_string())].into();
+    match crate::jobs::envsubst::subst(name, &inputs) {
+        Ok(n) => format_of(errs, field, Some(&n), format::object_name),
+        Err(e) => errs.push(field, e.to_string()),
+    }
+}
+
 fn check_retention(errs: &mut FieldErrors, policy: &Option<RetentionPolicy>) {
     let Some(p) = policy else { return };
     let counts = [
@@ -856,12 +884,7 @@ impl Validate for BackupConfiguration {
         }
         if let Some(target) = &spec.target {
             check_volume_mounts(&mut errs, "spec.target.volumeMounts", &target.volume_mounts);
-            if let Some(r) = target.replicas.filter(|r| *r < 0) {
-                errs.push(
-                    "spec.target.replicas",
-                    format!("must be non-negative, got {r}"),
-                );
-            }
+            check_replicas(&mut errs, target.replicas);
         }
         check_retention(&mut errs, &spec.retention_policy);
         check_runtime_settings(&mut errs, "spec.runtimeSettings", &spec.runtime_settings);
@@ -1011,15 +1034,10 @@ impl Validate for RestoreSession {
                 let field = format!("spec.target.volumeClaimTemplates[{i}].metadata.name");
                 match pvc.metadata.name.as_deref() {
                     None | Some("") => errs.push(field, "required"),
-                    Some(n) => format_of(&mut errs, &field, Some(n), format::object_name),
+                    Some(n) => check_claim_template_name(&mut errs, &field, n),
                 }
             }
-            if let Some(r) = t.replicas.filter(|r| *r < 0) {
-                errs.push(
-                    "spec.target.replicas",
-                    format!("must be non-negative, got {r}"),
-                );
-            }
+            check_replicas(&mut errs, t.replicas);
         }
         let mut catch_all: Option<usize> = None;
         let mut hosts: BTreeMap<&str, usize> = BTreeMap::new();

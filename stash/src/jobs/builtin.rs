@@ -301,8 +301,27 @@ pub async fn apply(
 }
 
 /// What the operator calls at start-up: the built-in Functions and Tasks with its image.
+///
+/// The writes pass through the operator's own validating webhook, which on a fresh install
+/// has no Ready endpoint yet (`no endpoints available for service "stash-operator"`, 500) —
+/// and a leader that exited then restarted every replica. A transient failure (5xx, 429, a
+/// connection error) is retried with back-off until it goes through; only a refusal for good
+/// (an invalid object, forbidden) ends it.
 pub async fn ensure(client: &Client, image: &str) -> Result<(), kube::Error> {
-    apply(client, &functions(image), &tasks()).await
+    let mut wait = std::time::Duration::from_millis(250);
+    loop {
+        match apply(client, &functions(image), &tasks()).await {
+            Ok(()) => return Ok(()),
+            Err(kube::Error::Api(e)) if stash_machines::api_error_is_permanent(e.code) => {
+                return Err(kube::Error::Api(e));
+            }
+            Err(e) => {
+                tracing::info!(error = %e, retry_in = ?wait, "built-in Functions and Tasks not written yet");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 /// The PostgreSQL Functions and Tasks of every shipped version, as a multi-document YAML

@@ -30,20 +30,51 @@ pub enum SubstError {
     /// `${` without its closing `}`, or an unusable expression.
     #[error("bad substitution {0:?}")]
     Syntax(String),
+    /// Past a bound: nesting deeper than [`MAX_DEPTH`], a result longer than [`MAX_OUTPUT`],
+    /// or a pattern too costly to match.
+    #[error("substitution exceeds a limit: {0}")]
+    Limit(String),
 }
+
+/// Deepest nesting of `${…}` inside defaults and patterns.
+pub const MAX_DEPTH: usize = 16;
+/// Longest result of one substituted string, in bytes (a name, a path, an argument).
+pub const MAX_OUTPUT: usize = 64 * 1024;
+/// Largest pattern × value product a `#`, `%` or `/` operation may match (cells of its table).
+const MAX_MATCH_CELLS: usize = 4 * 1024 * 1024;
 
 impl SubstError {
     /// The variable that had no value, if that was the problem.
     pub fn missing_key(&self) -> Option<&str> {
         match self {
             SubstError::Missing(k) => Some(k),
-            SubstError::Syntax(_) => None,
+            SubstError::Syntax(_) | SubstError::Limit(_) => None,
         }
     }
 }
 
-/// Substitute `inputs` into one string.
+/// Substitute `inputs` into one string. Every user-controlled size is bounded: nesting
+/// ([`MAX_DEPTH`]), the result ([`MAX_OUTPUT`]), positions and lengths (checked arithmetic),
+/// pattern matching (a table of bounded size, never backtracking).
 pub fn subst(s: &str, inputs: &Inputs) -> Result<String, SubstError> {
+    subst_at(s, inputs, 0)
+}
+
+fn too_long(len: usize) -> Result<(), SubstError> {
+    if len > MAX_OUTPUT {
+        return Err(SubstError::Limit(format!(
+            "result longer than {MAX_OUTPUT} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn subst_at(s: &str, inputs: &Inputs, depth: usize) -> Result<String, SubstError> {
+    if depth > MAX_DEPTH {
+        return Err(SubstError::Limit(format!(
+            "nested deeper than {MAX_DEPTH} levels"
+        )));
+    }
     let b = s.as_bytes();
     let mut out = String::with_capacity(s.len());
     let mut i = 0;
@@ -64,7 +95,8 @@ pub fn subst(s: &str, inputs: &Inputs) -> Result<String, SubstError> {
                 out.push_str(&s[lit..i]);
                 let end =
                     closing(s, i + 2).ok_or_else(|| SubstError::Syntax(s[i..].to_string()))?;
-                out.push_str(&expr(&s[i + 2..end], inputs)?);
+                out.push_str(&expr(&s[i + 2..end], inputs, depth)?);
+                too_long(out.len())?;
                 i = end + 1;
                 lit = i;
             }
@@ -72,6 +104,7 @@ pub fn subst(s: &str, inputs: &Inputs) -> Result<String, SubstError> {
         }
     }
     out.push_str(&s[lit..]);
+    too_long(out.len())?;
     Ok(out)
 }
 
@@ -101,7 +134,7 @@ fn is_name_char(c: char) -> bool {
 }
 
 /// One `${…}` body.
-fn expr(body: &str, inputs: &Inputs) -> Result<String, SubstError> {
+fn expr(body: &str, inputs: &Inputs, depth: usize) -> Result<String, SubstError> {
     if let Some(name) = body.strip_prefix('#')
         && !name.is_empty()
         && name.chars().all(is_name_char)
@@ -120,7 +153,7 @@ fn expr(body: &str, inputs: &Inputs) -> Result<String, SubstError> {
         if let Some(default) = op.strip_prefix(prefix) {
             return match val {
                 Some(v) => Ok(v.clone()),
-                None => subst(default, inputs),
+                None => subst_at(default, inputs, depth + 1),
             };
         }
     }
@@ -152,37 +185,44 @@ fn expr(body: &str, inputs: &Inputs) -> Result<String, SubstError> {
                 .parse::<i64>()
                 .map_err(|_| SubstError::Syntax(format!("${{{body}}}")))
         };
-        let n = chars.len() as i64;
-        let mut start = int(pos)?;
-        if start < 0 {
-            start = (n + start).max(0);
+        // Checked arithmetic: positions and lengths are the user's (any i64).
+        let n = i64::try_from(chars.len()).unwrap_or(i64::MAX);
+        let start = int(pos)?;
+        let start = if start < 0 {
+            n.saturating_add(start).max(0)
+        } else {
+            start
         }
-        let start = start.min(n);
+        .min(n);
         let end = match len {
             None => n,
             Some(l) => {
                 let l = int(l)?;
                 if l < 0 {
-                    (n + l).max(start)
+                    n.saturating_add(l).max(start)
                 } else {
-                    (start + l).min(n)
+                    start.saturating_add(l).min(n)
                 }
             }
         };
-        return Ok(chars[start as usize..end as usize].iter().collect());
+        let (start, end) = (
+            usize::try_from(start).unwrap_or(0),
+            usize::try_from(end).unwrap_or(0),
+        );
+        return Ok(chars[start..end.max(start)].iter().collect());
     }
-    let pat = |p: &str| subst(p, inputs);
+    let pat = |p: &str| subst_at(p, inputs, depth + 1);
     if let Some(p) = op.strip_prefix("##") {
-        return Ok(strip_prefix(&v, &pat(p)?, true));
+        return strip_prefix(&v, &pat(p)?, true);
     }
     if let Some(p) = op.strip_prefix('#') {
-        return Ok(strip_prefix(&v, &pat(p)?, false));
+        return strip_prefix(&v, &pat(p)?, false);
     }
     if let Some(p) = op.strip_prefix("%%") {
-        return Ok(strip_suffix(&v, &pat(p)?, true));
+        return strip_suffix(&v, &pat(p)?, true);
     }
     if let Some(p) = op.strip_prefix('%') {
-        return Ok(strip_suffix(&v, &pat(p)?, false));
+        return strip_suffix(&v, &pat(p)?, false);
     }
     if let Some(rest) = op.strip_prefix('/') {
         let (mode, rest) = match rest.chars().next() {
@@ -193,6 +233,11 @@ fn expr(body: &str, inputs: &Inputs) -> Result<String, SubstError> {
         };
         let (p, r) = rest.split_once('/').unwrap_or((rest, ""));
         let (p, r) = (pat(p)?, pat(r)?);
+        if mode == 'a' && !p.is_empty() {
+            // Every occurrence replaced: bound the result before building it.
+            let grows = v.matches(p.as_str()).count().saturating_mul(r.len());
+            too_long(v.len().saturating_add(grows))?;
+        }
         return Ok(match mode {
             'a' if !p.is_empty() => v.replace(&p, &r),
             'a' => v,
@@ -218,44 +263,63 @@ fn value(name: &str, inputs: &Inputs) -> Result<String, SubstError> {
         .ok_or_else(|| SubstError::Missing(name.to_string()))
 }
 
-/// Glob match (`*`, `?`, everything else literal) of the whole of `s`.
-fn glob(p: &[char], s: &[char]) -> bool {
-    match p.split_first() {
-        None => s.is_empty(),
-        Some(('*', rest)) => (0..=s.len()).any(|k| glob(rest, &s[k..])),
-        Some(('?', rest)) => !s.is_empty() && glob(rest, &s[1..]),
-        Some((c, rest)) => s.first() == Some(c) && glob(rest, &s[1..]),
+/// For every `k` in `0..=s.len()`: whether the glob `p` (`*`, `?`, everything else literal)
+/// matches the whole of `s[..k]`. One table row per pattern character, so the cost is
+/// `p.len() × s.len()` (bounded), never the exponential backtracking of a naive matcher.
+fn glob_prefixes(p: &[char], s: &[char]) -> Result<Vec<bool>, SubstError> {
+    if p.len().saturating_mul(s.len() + 1) > MAX_MATCH_CELLS {
+        return Err(SubstError::Limit(format!(
+            "pattern of {} characters against a value of {} characters",
+            p.len(),
+            s.len()
+        )));
     }
+    let mut row = vec![false; s.len() + 1];
+    row[0] = true;
+    for c in p {
+        let mut next = vec![false; s.len() + 1];
+        match c {
+            '*' => {
+                let mut any = false;
+                for (k, cell) in next.iter_mut().enumerate() {
+                    any |= row[k];
+                    *cell = any;
+                }
+            }
+            _ => {
+                for k in 1..=s.len() {
+                    next[k] = row[k - 1] && (*c == '?' || s[k - 1] == *c);
+                }
+            }
+        }
+        row = next;
+    }
+    Ok(row)
 }
 
-fn strip_prefix(v: &str, p: &str, longest: bool) -> String {
+fn strip_prefix(v: &str, p: &str, longest: bool) -> Result<String, SubstError> {
     let s: Vec<char> = v.chars().collect();
     let p: Vec<char> = p.chars().collect();
-    let mut ks: Vec<usize> = (0..=s.len()).collect();
-    if longest {
-        ks.reverse();
-    }
-    for k in ks {
-        if glob(&p, &s[..k]) {
-            return s[k..].iter().collect();
-        }
-    }
-    v.to_string()
+    let ok = glob_prefixes(&p, &s)?;
+    let mut ks = (0..=s.len()).filter(|k| ok[*k]);
+    let k = if longest { ks.next_back() } else { ks.next() };
+    Ok(match k {
+        Some(k) => s[k..].iter().collect(),
+        None => v.to_string(),
+    })
 }
 
-fn strip_suffix(v: &str, p: &str, longest: bool) -> String {
-    let s: Vec<char> = v.chars().collect();
-    let p: Vec<char> = p.chars().collect();
-    let mut ks: Vec<usize> = (0..=s.len()).rev().collect();
-    if longest {
-        ks.reverse();
-    }
-    for k in ks {
-        if glob(&p, &s[k..]) {
-            return s[..k].iter().collect();
-        }
-    }
-    v.to_string()
+fn strip_suffix(v: &str, p: &str, longest: bool) -> Result<String, SubstError> {
+    // A suffix of `v` matching `p` is a prefix of reversed `v` matching reversed `p`.
+    let s: Vec<char> = v.chars().rev().collect();
+    let p: Vec<char> = p.chars().rev().collect();
+    let ok = glob_prefixes(&p, &s)?;
+    let mut ks = (0..=s.len()).filter(|k| ok[*k]);
+    let k = if longest { ks.next_back() } else { ks.next() };
+    Ok(match k {
+        Some(k) => s[k..].iter().rev().collect(),
+        None => v.to_string(),
+    })
 }
 
 /// Substitute into every string (and key) of a JSON value.
@@ -433,5 +497,55 @@ mod tests {
         );
         let e = subst_object(&serde_json::json!({"a": ["${NOPE}"]}), &i).unwrap_err();
         assert_eq!(e.missing_key(), Some("NOPE"));
+    }
+
+    /// Hostile templates of issue 24: positions and lengths at the limits of i64, nesting past
+    /// any sane depth, patterns that make a backtracking matcher exponential, replacements that
+    /// multiply. Each is an error or a bounded result, never a panic.
+    #[test]
+    fn hostile_templates_are_errors_or_bounded_never_panics() {
+        let i: Inputs = [("POD_ORDINAL".to_string(), "3".to_string())].into();
+        for t in [
+            "data-${POD_ORDINAL:1:9223372036854775807}",
+            "data-${POD_ORDINAL:9223372036854775807:9223372036854775807}",
+            "data-${POD_ORDINAL:-9223372036854775808:-9223372036854775808}",
+            "data-${POD_ORDINAL: -9223372036854775807:9223372036854775807}",
+        ] {
+            assert!(subst(t, &i).is_ok_and(|v| v.len() <= 6), "{t}");
+        }
+        assert_eq!(
+            subst("${POD_ORDINAL:0:9223372036854775807}", &i).unwrap(),
+            "3"
+        );
+        let nested = format!("{}x{}", "${A:=".repeat(200), "}".repeat(200));
+        assert!(matches!(subst(&nested, &i), Err(SubstError::Limit(_))));
+        let nested_ok = format!("{}x{}", "${A:=".repeat(MAX_DEPTH), "}".repeat(MAX_DEPTH));
+        assert_eq!(subst(&nested_ok, &i).unwrap(), "x");
+        let mut big = i.clone();
+        big.insert("V".into(), "a".repeat(60));
+        let exp = format!("${{V#{}b}}", "*a".repeat(40));
+        assert_eq!(
+            subst(&exp, &big).unwrap(),
+            "a".repeat(60),
+            "no match, quickly"
+        );
+        let grow = "${V//a/${V//a/${V//a/${V}}}}";
+        assert!(matches!(subst(grow, &big), Err(SubstError::Limit(_))));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// Any template over the operators' alphabet, with any value: an error or a result no
+        /// longer than MAX_OUTPUT; never a panic.
+        #[test]
+        fn any_template_is_an_error_or_bounded(
+            t in "([$][{]|[}]|[:#%/^,=-]|[0-9]|-?[0-9]{1,19}|A|V|[*?]|x){0,60}",
+            v in "[a-z*?/]{0,40}",
+        ) {
+            let i: Inputs = [("A".to_string(), "hello".to_string()), ("V".to_string(), v)].into();
+            if let Ok(out) = subst(&t, &i) {
+                proptest::prop_assert!(out.len() <= MAX_OUTPUT);
+            }
+        }
     }
 }

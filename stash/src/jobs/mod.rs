@@ -30,6 +30,7 @@ pub mod output;
 pub mod resolve;
 pub mod restore;
 
+use stash_crds::consts;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::{
@@ -67,6 +68,16 @@ pub enum JobError {
     Kube(#[from] kube::Error),
 }
 
+impl From<crate::operator::rbac::WriteError> for JobError {
+    fn from(e: crate::operator::rbac::WriteError) -> Self {
+        match e {
+            crate::operator::rbac::WriteError::Kube(e) => JobError::Kube(e),
+            // Someone else's object holds the name: the session fails with the reason.
+            crate::operator::rbac::WriteError::Clash(m) => JobError::Config(m),
+        }
+    }
+}
+
 /// What creating a session's Job came to, for its machine: done; refused for good (the API
 /// refused it as invalid, over a limit or forbidden, or its inputs cannot be resolved), which
 /// the machine turns into a failed session; or a transient API error, retried with back-off.
@@ -100,25 +111,39 @@ where
     }
 }
 
-/// Create ServiceAccount `name` (owned by `owner`) unless it exists.
+/// Create ServiceAccount `name` (owned by `owner`, labelled as stash's) unless stash's exists;
+/// a ServiceAccount of that name stash did not create (`default` among them) is a clash: it
+/// is neither used, bound nor owned.
 pub(crate) async fn ensure_service_account(
     client: &Client,
     ns: &str,
     name: &str,
     labels: &BTreeMap<String, String>,
     owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
-) -> Result<(), kube::Error> {
+) -> Result<(), crate::operator::rbac::WriteError> {
+    let api = Api::<ServiceAccount>::namespaced(client.clone(), ns);
+    if crate::operator::rbac::claim(&api, name, owner.as_ref())
+        .await?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let mut labels = labels.clone();
+    labels.insert(
+        consts::MANAGED_BY_LABEL.into(),
+        consts::MANAGED_BY_STASH.into(),
+    );
     let sa = ServiceAccount {
         metadata: ObjectMeta {
             name: Some(name.into()),
             namespace: Some(ns.into()),
-            labels: Some(labels.clone()),
+            labels: Some(labels),
             owner_references: owner.map(|o| vec![o]),
             ..Default::default()
         },
         ..Default::default()
     };
-    create_if_absent(&Api::<ServiceAccount>::namespaced(client.clone(), ns), &sa).await
+    Ok(create_if_absent(&api, &sa).await?)
 }
 
 /// The state of one Job, as the machines take it.

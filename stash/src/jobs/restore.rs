@@ -26,10 +26,17 @@ const SECRET_VOLUME: &str = "stash-secret-volume";
 const SECRET_DIR: &str = "/etc/stash/repository/secret";
 
 /// The ordinals restored by separate Jobs (`None`: one Job, `stash-restore-<rs>`, host-0).
+/// Never more than [`MAX_HOSTS`](stash_machines::restore_session::MAX_HOSTS): a session asking
+/// for more is failed by its machine before any Job is made, and nothing here allocates per
+/// requested replica.
 pub fn ordinals(rs: &RestoreSession) -> Option<Vec<u32>> {
-    let t = rs.spec.target.clone().unwrap_or_default();
-    let replicas = u32::try_from(t.replicas.unwrap_or(1).max(1)).unwrap_or(1);
-    (!t.volume_claim_templates.is_empty() || replicas > 1).then(|| (0..replicas).collect())
+    let t = rs.spec.target.as_ref();
+    let replicas = t.and_then(|t| t.replicas).unwrap_or(1).max(1);
+    let replicas = u32::try_from(replicas)
+        .unwrap_or(1)
+        .min(stash_machines::restore_session::MAX_HOSTS);
+    let templates = t.is_some_and(|t| !t.volume_claim_templates.is_empty());
+    (templates || replicas > 1).then(|| (0..replicas).collect())
 }
 
 /// The names of the Jobs of `rs`.

@@ -41,6 +41,9 @@ use super::{
 
 const MANAGER: &str = "stash-operator";
 
+/// Event reason of a configuration whose trigger CronJob the API server refused.
+const INVALID: &str = "InvalidBackupConfiguration";
+
 /// Labels of objects derived from a BackupConfiguration (§5.6).
 pub fn offshoot_labels(bc: &BackupConfiguration, component: &str) -> BTreeMap<String, String> {
     let mut labels = bc.labels().clone();
@@ -64,6 +67,7 @@ pub fn cron_job(
     let mut job_labels = labels.clone();
     job_labels.insert(consts::DELETE_JOB_ON_COMPLETION_LABEL.into(), "true".into());
     let ns = bc.namespace().unwrap_or_default();
+    let zone_and_schedule = crate::admission::cron::split_time_zone(schedule);
     CronJob {
         metadata: ObjectMeta {
             name: Some(bc.name_any()),
@@ -73,7 +77,8 @@ pub fn cron_job(
             ..Default::default()
         },
         spec: CronJobSpec {
-            schedule: schedule.into(),
+            schedule: zone_and_schedule.1.into(),
+            time_zone: zone_and_schedule.0.map(str::to_string),
             concurrency_policy: Some("Forbid".into()),
             successful_jobs_history_limit: Some(1),
             failed_jobs_history_limit: Some(1),
@@ -235,6 +240,8 @@ impl BackupConfigurations {
         let name = bc.name_any();
         let owner = bc.controller_owner_ref(&());
         let pp = PatchParams::apply(MANAGER).force();
+        // Every object named after the configuration is claimed first: a user's object of
+        // that name is never modified, owned or deleted (rbac::claim).
         let sa = match bc
             .spec
             .runtime_settings
@@ -244,6 +251,8 @@ impl BackupConfigurations {
         {
             Some(sa) => sa,
             None => {
+                let sas = Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns);
+                rbac::claim(&sas, &name, owner.as_ref()).await?;
                 let sa = ServiceAccount {
                     metadata: ObjectMeta {
                         name: Some(name.clone()),
@@ -254,9 +263,7 @@ impl BackupConfigurations {
                     },
                     ..Default::default()
                 };
-                Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns)
-                    .patch(&name, &pp, &Patch::Apply(&sa))
-                    .await?;
+                sas.patch(&name, &pp, &Patch::Apply(&sa)).await?;
                 name.clone()
             }
         };
@@ -266,10 +273,11 @@ impl BackupConfigurations {
             &name,
             &sa,
             rbac::cron_job_rules(&name),
-            owner,
+            owner.clone(),
         )
         .await?;
         let cronjobs = Api::<CronJob>::namespaced(ctx.client.clone(), &ns);
+        let existing = rbac::claim(&cronjobs, &name, owner.as_ref()).await?;
         match bc.spec.schedule.as_deref().filter(|s| !s.trim().is_empty()) {
             Some(schedule) => {
                 let cj = cron_job(
@@ -279,12 +287,24 @@ impl BackupConfigurations {
                     &sa,
                     &ctx.inject.pushgateway_url,
                 );
-                cronjobs.patch(&name, &pp, &Patch::Apply(&cj)).await?;
+                match cronjobs.patch(&name, &pp, &Patch::Apply(&cj)).await {
+                    Ok(_) => {}
+                    // Refused for good (a zone the API server does not know, …): said on the
+                    // configuration, not only in the operator's log.
+                    Err(kube::Error::Api(e)) if stash_machines::api_error_is_permanent(e.code) => {
+                        return Err(Error::Config(format!(
+                            "the API server refused the trigger CronJob {ns}/{name}: {}",
+                            e.message
+                        )));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
-            None => {
+            None if existing.is_some() => {
                 // No schedule: manual sessions only.
-                let _ = cronjobs.delete(&name, &Default::default()).await;
+                cronjobs.delete(&name, &Default::default()).await?;
             }
+            None => {}
         }
         Ok(Action::requeue(Duration::from_secs(600)))
     }
@@ -299,28 +319,60 @@ impl Reconcile<BackupConfiguration> for BackupConfigurations {
             self.ctx.client.clone(),
             &bc.namespace().unwrap_or_default(),
         );
-        finalizer(&api, consts::STASH_FINALIZER, bc, |event| async move {
-            match event {
-                Finalizer::Apply(bc) => self.apply(bc).await,
-                // Owned objects (CronJob, ServiceAccount, RoleBinding, sessions) are garbage
-                // collected; the workload controller sees the deletion and removes the sidecar.
-                Finalizer::Cleanup(bc) => {
-                    self.ctx
-                        .stores
-                        .history
-                        .lock()
-                        .expect("history lock")
-                        .set_limit(&bc.namespace().unwrap_or_default(), &bc.name_any(), None);
-                    Ok(Action::await_change())
+        let result = finalizer(
+            &api,
+            consts::STASH_FINALIZER,
+            bc.clone(),
+            |event| async move {
+                match event {
+                    Finalizer::Apply(bc) => self.apply(bc).await,
+                    // Owned objects (CronJob, ServiceAccount, RoleBinding, sessions) are garbage
+                    // collected; the workload controller sees the deletion and removes the sidecar.
+                    Finalizer::Cleanup(bc) => {
+                        self.ctx
+                            .stores
+                            .history
+                            .lock()
+                            .expect("history lock")
+                            .set_limit(&bc.namespace().unwrap_or_default(), &bc.name_any(), None);
+                        Ok(Action::await_change())
+                    }
                 }
-            }
-        })
+            },
+        )
         .await
         .map_err(|e| match e {
             kube::runtime::finalizer::Error::ApplyFailed(e)
             | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
             other => Error::Finalizer(other.to_string()),
-        })
+        });
+        // What the user must fix is said on the configuration, not only in the operator's log.
+        let reason = match &result {
+            Err(Error::Clash(_)) => Some(rbac::NAME_CLASH),
+            Err(Error::Config(_)) => Some(INVALID),
+            _ => None,
+        };
+        if let (Some(reason), Err(e)) = (reason, &result) {
+            self.ctx
+                .events
+                .publish(
+                    &bc.object_ref(&()),
+                    stash_runtime::events::Severity::Warning,
+                    reason,
+                    e.to_string(),
+                )
+                .await;
+        }
+        result
+    }
+
+    /// A name held by someone else, or a CronJob the API server refused: retried less often
+    /// (the user must act; the reconcile published a Warning Event saying what to do).
+    fn error_policy(&self, _bc: Arc<BackupConfiguration>, error: &Error) -> Action {
+        match error {
+            Error::Clash(_) | Error::Config(_) => Action::requeue(Duration::from_secs(60)),
+            _ => Action::requeue(Duration::from_secs(5)),
+        }
     }
 }
 
@@ -344,6 +396,7 @@ pub fn run(
                 controller,
                 BackupConfigurations { ctx: ctx.clone() },
                 ctx.metrics.clone(),
+                ctx.events.clone(),
             ),
             follow_sessions(ctx.clone(), sessions),
         );

@@ -357,6 +357,7 @@ pub fn run(
             controller,
             BackupSessions(ctx.clone(), Claims::default()),
             ctx.metrics.clone(),
+            ctx.events.clone(),
         )
         .await;
     }

@@ -341,6 +341,7 @@ async fn run<K: Carrier>(ctx: Arc<Ctx>) {
         controller,
         Carriers::<K>(ctx.clone(), std::marker::PhantomData),
         ctx.metrics.clone(),
+        ctx.events.clone(),
     )
     .await;
 }

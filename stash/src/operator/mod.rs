@@ -303,6 +303,21 @@ pub enum Error {
     /// A user-facing configuration problem (also reported as an event).
     #[error("{0}")]
     Config(String),
+    /// An object stash would write is held by someone else (issue 24: never taken over).
+    #[error("{0}")]
+    Clash(String),
+    /// The reconcile panicked (caught by the runtime; an event names it).
+    #[error(transparent)]
+    Panicked(#[from] stash_runtime::controller::Panicked),
+}
+
+impl From<rbac::WriteError> for Error {
+    fn from(e: rbac::WriteError) -> Self {
+        match e {
+            rbac::WriteError::Kube(e) => Error::Kube(e),
+            rbac::WriteError::Clash(m) => Error::Clash(m),
+        }
+    }
 }
 
 impl stash_runtime::MetricLabel for Error {
@@ -313,6 +328,8 @@ impl stash_runtime::MetricLabel for Error {
             Error::Finalizer(_) => "finalizer",
             Error::Inject(_) => "inject",
             Error::Config(_) => "config",
+            Error::Clash(_) => "clash",
+            Error::Panicked(_) => "panic",
         }
     }
 }

@@ -14,9 +14,12 @@
 //!   every name);
 //! * the operator holds every permission it grants, so creating these Roles and binding them
 //!   needs neither `escalate` nor `bind`.
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::{
+    api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
 use kube::{
-    Api, Client,
+    Api, Client, Resource,
     api::{DeleteParams, ObjectMeta, Patch, PatchParams},
 };
 
@@ -33,6 +36,68 @@ pub const BACKUP_JOB_ROLE: &str = "stash-backup-job";
 pub const RESTORE_JOB_ROLE: &str = "stash-restore-job";
 
 const MANAGER: &str = "stash-operator";
+
+/// A write of an object stash names after a user's object (ServiceAccount, Role, RoleBinding,
+/// CronJob) that failed, or was not made because the name is someone else's (issue 24).
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The API failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The name is held by an object stash did not create: it is left exactly as it is.
+    #[error("{0}")]
+    Clash(String),
+}
+
+/// Event reason of a [`WriteError::Clash`].
+pub const NAME_CLASH: &str = "NameClash";
+
+/// Did stash create the object `meta` describes? Its label `app.kubernetes.io/managed-by:
+/// stash.appscode.com` (every object stash writes carries it), or — for what older versions
+/// created without the label (the workloads' dedicated ServiceAccounts) — an owner reference
+/// to `owner`, the object stash would own it by.
+pub fn stash_holds(meta: &ObjectMeta, owner: Option<&OwnerReference>) -> bool {
+    let labelled = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("app.kubernetes.io/managed-by"))
+        .is_some_and(|v| v == STASH);
+    let owned = owner.is_some_and(|o| {
+        meta.owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.uid == o.uid)
+    });
+    labelled || owned
+}
+
+/// The object `name` if it exists and stash holds it ([`stash_holds`]); `None` if it does not
+/// exist; a [`WriteError::Clash`] naming it if someone else's object has the name. Every write
+/// of a name derived from a user's object goes through this first: a user's RoleBinding,
+/// Role, ServiceAccount or CronJob of that name is never modified, owned or deleted.
+pub async fn claim<K>(
+    api: &Api<K>,
+    name: &str,
+    owner: Option<&OwnerReference>,
+) -> Result<Option<K>, WriteError>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.get_opt(name).await? {
+        Some(o) if !stash_holds(o.meta(), owner) => Err(WriteError::Clash(format!(
+            "{} {}/{name} exists and was not created by stash (no label \
+             app.kubernetes.io/managed-by={STASH}): it is left unchanged and nothing is \
+             written in its place; rename it or the stash object that needs the name",
+            K::kind(&()),
+            o.meta().namespace.as_deref().unwrap_or_default(),
+        ))),
+        o => Ok(o),
+    }
+}
+
+/// The ServiceAccount every pod of a namespace runs as unless told otherwise: stash never
+/// binds, annotates or owns it.
+pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
 const STASH: &str = "stash.appscode.com";
 const STATUS: &[&str] = &["get", "update", "patch"];
 const EVENTS: &[&str] = &["create", "patch", "update"];
@@ -199,11 +264,7 @@ pub fn restore_job_rules(rs: &str, repo: &str, ab: Option<&AppBindingGrant>) -> 
     v
 }
 
-fn managed_meta(
-    name: &str,
-    namespace: &str,
-    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
-) -> ObjectMeta {
+fn managed_meta(name: &str, namespace: &str, owner: Option<OwnerReference>) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.into()),
         namespace: Some(namespace.into()),
@@ -224,7 +285,7 @@ pub fn role(
     name: &str,
     namespace: &str,
     rules: Vec<PolicyRule>,
-    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+    owner: Option<OwnerReference>,
 ) -> Role {
     Role {
         metadata: managed_meta(name, namespace, owner),
@@ -237,7 +298,7 @@ pub fn role_binding(
     name: &str,
     namespace: &str,
     sa: &str,
-    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+    owner: Option<OwnerReference>,
 ) -> RoleBinding {
     RoleBinding {
         metadata: managed_meta(name, namespace, owner),
@@ -257,40 +318,48 @@ pub fn role_binding(
 
 /// Server-side apply Role `name` with `rules` and the RoleBinding of the same name granting it
 /// to ServiceAccount `sa`. A binding left by an older version (to a ClusterRole: `roleRef` is
-/// immutable) is replaced.
+/// immutable) is replaced. A Role or RoleBinding of that name stash did not create, or `sa`
+/// being `default`, is a [`WriteError::Clash`]: nothing is written.
 pub async fn grant(
     client: &Client,
     namespace: &str,
     name: &str,
     sa: &str,
     rules: Vec<PolicyRule>,
-    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
-) -> Result<(), kube::Error> {
+    owner: Option<OwnerReference>,
+) -> Result<(), WriteError> {
+    if sa == DEFAULT_SERVICE_ACCOUNT {
+        return Err(WriteError::Clash(format!(
+            "Role {namespace}/{name} is not bound to ServiceAccount default: every pod of the \
+             namespace without an account of its own runs as it; name another account in \
+             runtimeSettings.pod.serviceAccountName"
+        )));
+    }
     let pp = PatchParams::apply(MANAGER).force();
-    let r = role(name, namespace, rules, owner.clone());
-    Api::<Role>::namespaced(client.clone(), namespace)
-        .patch(name, &pp, &Patch::Apply(&r))
-        .await?;
-    let rb = role_binding(name, namespace, sa, owner);
+    let roles = Api::<Role>::namespaced(client.clone(), namespace);
     let rbs = Api::<RoleBinding>::namespaced(client.clone(), namespace);
-    if let Some(old) = rbs.get_opt(name).await?
-        && old.role_ref != rb.role_ref
-    {
+    claim(&roles, name, owner.as_ref()).await?;
+    let old = claim(&rbs, name, owner.as_ref()).await?;
+    let r = role(name, namespace, rules, owner.clone());
+    roles.patch(name, &pp, &Patch::Apply(&r)).await?;
+    let rb = role_binding(name, namespace, sa, owner);
+    if old.is_some_and(|old| old.role_ref != rb.role_ref) {
         rbs.delete(name, &DeleteParams::default()).await?;
     }
     rbs.patch(name, &pp, &Patch::Apply(&rb)).await?;
     Ok(())
 }
 
-/// Replace the rules of Role `name` if it exists (its binding is left as it is).
+/// Replace the rules of Role `name` if it exists (its binding is left as it is); a Role of
+/// that name stash did not create is a [`WriteError::Clash`].
 pub async fn update_role(
     client: &Client,
     namespace: &str,
     name: &str,
     rules: Vec<PolicyRule>,
-) -> Result<(), kube::Error> {
+) -> Result<(), WriteError> {
     let roles = Api::<Role>::namespaced(client.clone(), namespace);
-    let Some(mut r) = roles.get_opt(name).await? else {
+    let Some(mut r) = claim(&roles, name, None).await? else {
         return Ok(());
     };
     if r.rules.as_ref() == Some(&rules) {
@@ -299,18 +368,27 @@ pub async fn update_role(
     r.rules = Some(rules);
     roles
         .replace(name, &kube::api::PostParams::default(), &r)
-        .await
-        .map(|_| ())
+        .await?;
+    Ok(())
 }
 
-/// Delete the Role and RoleBinding `name` if present.
+/// Delete the Role and RoleBinding `name` if present and stash's (someone else's object of
+/// that name is left alone).
 pub async fn revoke(client: &Client, namespace: &str, name: &str) -> Result<(), kube::Error> {
     let rbs = Api::<RoleBinding>::namespaced(client.clone(), namespace);
-    if rbs.get_opt(name).await?.is_some() {
+    if rbs
+        .get_opt(name)
+        .await?
+        .is_some_and(|o| stash_holds(&o.metadata, None))
+    {
         rbs.delete(name, &DeleteParams::default()).await?;
     }
     let roles = Api::<Role>::namespaced(client.clone(), namespace);
-    if roles.get_opt(name).await?.is_some() {
+    if roles
+        .get_opt(name)
+        .await?
+        .is_some_and(|o| stash_holds(&o.metadata, None))
+    {
         roles.delete(name, &DeleteParams::default()).await?;
     }
     Ok(())

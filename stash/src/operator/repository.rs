@@ -319,7 +319,13 @@ async fn wipe(ctx: &Ctx, repo: &Repository) -> Result<(String, super::wipe::Repo
     let target = super::wipe::target(&repo.spec.backend, &data)
         .await?
         .ok_or_else(|| "the backend has no object store to wipe".to_string())?;
-    let report = target.wipe().await?;
+    // Backups recorded: the repository must be found where the wipe looks.
+    let expect_data = repo.status.as_ref().is_some_and(|s| {
+        s.first_backup_time.is_some()
+            || s.last_backup_time.is_some()
+            || s.snapshot_count.is_some_and(|n| n > 0)
+    });
+    let report = target.wipe(expect_data).await?;
     Ok((target.describe.clone(), report))
 }
 
@@ -337,6 +343,7 @@ pub fn run(
             controller,
             Repositories(ctx.clone(), ConditionWrites::default()),
             ctx.metrics.clone(),
+            ctx.events.clone(),
         )
         .await;
     }

@@ -26,21 +26,17 @@ use crate::target::WorkloadKind;
 
 struct RestoreSessions(Arc<Ctx>);
 
-/// The hosts that will restore (§9.3).
+/// The hosts that will restore (§9.3), or why they cannot be taken (too many: the rule is
+/// the machine's, [`machine::numbered_hosts`]).
 async fn target_hosts(
     ctx: &Ctx,
     rs: &RestoreSession,
     ns: &str,
-) -> Result<(TargetModel, Vec<String>), Error> {
+) -> Result<(TargetModel, Result<Vec<String>, String>), Error> {
     let target = rs.spec.target.clone().unwrap_or_default();
     let kind = WorkloadKind::of(&target.target_ref);
-    let numbered = |n: i32| {
-        (0..n.max(1))
-            .map(|i| format!("host-{i}"))
-            .collect::<Vec<_>>()
-    };
     Ok(match (rs.spec.driver(), kind) {
-        (Driver::VolumeSnapshotter, _) => (TargetModel::VolumeSnapshotter, vec![]),
+        (Driver::VolumeSnapshotter, _) => (TargetModel::VolumeSnapshotter, Ok(vec![])),
         (Driver::Restic, Some(WorkloadKind::StatefulSet)) => {
             let name = target.target_ref.name.clone().unwrap_or_default();
             let replicas = Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
@@ -49,7 +45,10 @@ async fn target_hosts(
                 .and_then(|s| s.spec.and_then(|s| s.replicas))
                 .or(target.replicas)
                 .unwrap_or(1);
-            (TargetModel::Workload, numbered(replicas))
+            (
+                TargetModel::Workload,
+                machine::numbered_hosts(i64::from(replicas)),
+            )
         }
         (Driver::Restic, Some(WorkloadKind::DaemonSet)) => {
             // The nodes the DaemonSet runs on (its pods' nodes), not every Node of the cluster.
@@ -80,10 +79,13 @@ async fn target_hosts(
                     .filter_map(|p| p.spec.and_then(|s| s.node_name))
                     .collect()
             };
-            (TargetModel::Workload, nodes.into_iter().collect())
+            (TargetModel::Workload, Ok(nodes.into_iter().collect()))
         }
-        (Driver::Restic, Some(_)) => (TargetModel::Workload, vec!["host-0".into()]),
-        (Driver::Restic, None) => (TargetModel::Job, numbered(target.replicas.unwrap_or(1))),
+        (Driver::Restic, Some(_)) => (TargetModel::Workload, Ok(vec!["host-0".into()])),
+        (Driver::Restic, None) => (
+            TargetModel::Job,
+            machine::numbered_hosts(i64::from(target.replicas.unwrap_or(1))),
+        ),
     })
 }
 
@@ -101,6 +103,10 @@ impl RestoreSessions {
             return Ok(Action::await_change());
         }
         let (model, hosts) = target_hosts(ctx, &rs, &ns).await?;
+        let (hosts, hosts_refused) = match hosts {
+            Ok(hosts) => (hosts, None),
+            Err(reason) => (vec![], Some(reason)),
+        };
         let job = match model {
             TargetModel::Job => {
                 crate::jobs::restore::observe(&ctx.client, &ctx.stores.jobs, &rs).await
@@ -135,6 +141,7 @@ impl RestoreSessions {
                 .collect(),
             model,
             target_hosts: hosts,
+            hosts_refused,
             rules: rs
                 .spec
                 .rules
@@ -262,6 +269,7 @@ pub fn run(
             controller,
             RestoreSessions(ctx.clone()),
             ctx.metrics.clone(),
+            ctx.events.clone(),
         )
         .await;
     }

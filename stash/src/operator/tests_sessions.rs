@@ -248,7 +248,8 @@ async fn a_new_backup_session_runs_with_its_sidecar_granted_and_siblings_read_fr
                 200,
                 json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
                        "metadata": {"name": "deployment-app-stash-sidecar", "namespace": "n",
-                                    "resourceVersion": "4"},
+                                    "resourceVersion": "4",
+                                    "labels": {"app.kubernetes.io/managed-by": "stash.appscode.com"}},
                        "rules": []}),
             ),
             expect(Method::PUT, format!("{ROLE}?"))

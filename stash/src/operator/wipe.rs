@@ -82,12 +82,20 @@ pub fn is_restic_key(bytes: &[u8]) -> bool {
 }
 
 impl Target {
-    fn path(&self, rel: &str) -> Path {
-        if self.prefix.is_empty() {
-            Path::from(rel)
+    /// The object `rel` under the prefix, named as restic names it (no percent-encoding:
+    /// `team~1/app` is the key `team~1/app`, as restic wrote it).
+    fn path(&self, rel: &str) -> Result<Path, String> {
+        let raw = if self.prefix.is_empty() {
+            rel.to_string()
         } else {
-            Path::from(format!("{}/{rel}", self.prefix))
-        }
+            format!("{}/{rel}", self.prefix)
+        };
+        Path::parse(&raw).map_err(|e| {
+            format!(
+                "{}: the key {raw:?} cannot be addressed for the wipe-out ({e}): nothing was deleted",
+                self.describe
+            )
+        })
     }
 
     fn rel<'a>(&self, full: &'a str) -> &'a str {
@@ -101,7 +109,7 @@ impl Target {
 
     /// The objects under `dir/`, split into restic's and the others.
     async fn list(&self, dir: &str) -> Result<(Vec<Path>, usize), String> {
-        let prefix = self.path(dir);
+        let prefix = self.path(dir)?;
         let objects: Vec<_> = self
             .store
             .list(Some(&prefix))
@@ -133,8 +141,11 @@ impl Target {
         Ok(n)
     }
 
-    /// Verify, then delete restic's objects under the prefix.
-    pub async fn wipe(&self) -> Result<Report, String> {
+    /// Verify, then delete restic's objects under the prefix. With `expect_data` (the
+    /// Repository recorded backups) finding no restic repository there is a failure: the
+    /// data is somewhere this wipe does not look, and "deleted 0" would release the finalizer
+    /// with the data still in place.
+    pub async fn wipe(&self, expect_data: bool) -> Result<Report, String> {
         let (keys, keys_other) = self.list("keys").await?;
         let mut verified = false;
         for key in keys.iter().take(3) {
@@ -161,7 +172,7 @@ impl Target {
             report.kept += other;
             found.insert(*dir, restic);
         }
-        let config = self.path("config");
+        let config = self.path("config")?;
         let has_config = match self.store.head(&config).await {
             Ok(_) => true,
             Err(object_store::Error::NotFound { .. }) => false,
@@ -175,7 +186,13 @@ impl Target {
                     self.describe
                 ));
             }
-            // Nothing of restic's there (never initialised, or already wiped).
+            if expect_data {
+                return Err(format!(
+                    "no restic repository under {} although the Repository recorded backups: nothing was deleted (is the bucket or prefix right, and do the Secret's credentials see it?)",
+                    self.describe
+                ));
+            }
+            // Nothing of restic's there, and no backup was ever recorded: never initialised.
             return Ok(report);
         }
         for dir in DIRS {
@@ -246,9 +263,22 @@ async fn bucket_region(url: &str, secret: &SecretData) -> Option<String> {
         .map(str::to_string)
 }
 
-fn clean_prefix(p: Option<&String>) -> String {
-    p.map(|p| p.trim_matches('/').to_string())
-        .unwrap_or_default()
+/// The prefix as restic uses it ([`stash_restic::object_prefix`]: `./app` is `app`).
+fn clean_prefix(s3: bool, p: Option<&String>) -> String {
+    stash_restic::object_prefix(s3, p.map_or("", String::as_str))
+}
+
+/// Only the credentials of the storage Secret: without them the object store client would
+/// fall back to the operator pod's own identity (instance role, workload identity) and could
+/// delete a repository the user never pointed at.
+fn require(found: bool, provider: &str, keys: &str) -> Result<(), String> {
+    if found {
+        Ok(())
+    } else {
+        Err(format!(
+            "the storage Secret has no {keys}: a {provider} wipe-out uses only the Secret's credentials, never the operator's own identity; nothing was deleted"
+        ))
+    }
 }
 
 /// The wipe target of a Repository's backend; `Ok(None)` for providers that cannot be wiped
@@ -256,6 +286,11 @@ fn clean_prefix(p: Option<&String>) -> String {
 pub async fn target(backend: &BackendSpec, secret: &SecretData) -> Result<Option<Target>, String> {
     let get = |k: &str| secret.get(k).cloned().filter(|v| !v.is_empty());
     if let Some(s3) = &backend.s3 {
+        require(
+            get("AWS_ACCESS_KEY_ID").is_some() && get("AWS_SECRET_ACCESS_KEY").is_some(),
+            "S3",
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        )?;
         let bucket = s3.bucket.clone().unwrap_or_default();
         let endpoint = s3_endpoint(s3.endpoint.as_deref());
         let region = match get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION")) {
@@ -291,7 +326,7 @@ pub async fn target(backend: &BackendSpec, secret: &SecretData) -> Result<Option
             b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
         }
         let store = b.build().map_err(|e| format!("S3 bucket {bucket}: {e}"))?;
-        let prefix = clean_prefix(s3.prefix.as_ref());
+        let prefix = clean_prefix(true, s3.prefix.as_ref());
         return Ok(Some(Target {
             store: Arc::new(store),
             describe: format!("s3://{bucket}/{prefix}"),
@@ -299,6 +334,12 @@ pub async fn target(backend: &BackendSpec, secret: &SecretData) -> Result<Option
         }));
     }
     if let Some(gcs) = &backend.gcs {
+        require(
+            get("GOOGLE_ACCESS_TOKEN").is_some()
+                || get("GOOGLE_SERVICE_ACCOUNT_JSON_KEY").is_some(),
+            "GCS",
+            "GOOGLE_SERVICE_ACCOUNT_JSON_KEY or GOOGLE_ACCESS_TOKEN",
+        )?;
         let bucket = gcs.bucket.clone().unwrap_or_default();
         let mut b = object_store::gcp::GoogleCloudStorageBuilder::new()
             .with_bucket_name(&bucket)
@@ -320,7 +361,7 @@ pub async fn target(backend: &BackendSpec, secret: &SecretData) -> Result<Option
             b = b.with_service_account_key(json);
         }
         let store = b.build().map_err(|e| format!("GCS bucket {bucket}: {e}"))?;
-        let prefix = clean_prefix(gcs.prefix.as_ref());
+        let prefix = clean_prefix(false, gcs.prefix.as_ref());
         return Ok(Some(Target {
             store: Arc::new(store),
             describe: format!("gs://{bucket}/{prefix}"),
@@ -328,6 +369,11 @@ pub async fn target(backend: &BackendSpec, secret: &SecretData) -> Result<Option
         }));
     }
     if let Some(az) = &backend.azure {
+        require(
+            get("AZURE_ACCOUNT_KEY").is_some() || get("AZURE_ACCOUNT_SAS").is_some(),
+            "Azure",
+            "AZURE_ACCOUNT_KEY or AZURE_ACCOUNT_SAS",
+        )?;
         let container = az.container.clone().unwrap_or_default();
         let account = get("AZURE_ACCOUNT_NAME").unwrap_or_default();
         let suffix = get("AZURE_ENDPOINT_SUFFIX").unwrap_or_else(|| "core.windows.net".into());
@@ -339,11 +385,17 @@ pub async fn target(backend: &BackendSpec, secret: &SecretData) -> Result<Option
             .with_client_options(client_options(secret)?);
         if let Some(k) = get("AZURE_ACCOUNT_KEY") {
             b = b.with_access_key(k);
+        } else if let Some(sas) = get("AZURE_ACCOUNT_SAS") {
+            // restic's key: the SAS token's query string (a leading `?` allowed).
+            b = b.with_config(
+                object_store::azure::AzureConfigKey::SasKey,
+                sas.trim_start_matches('?'),
+            );
         }
         let store = b
             .build()
             .map_err(|e| format!("Azure container {container}: {e}"))?;
-        let prefix = clean_prefix(az.prefix.as_ref());
+        let prefix = clean_prefix(false, az.prefix.as_ref());
         return Ok(Some(Target {
             store: Arc::new(store),
             describe: format!("azure://{account}/{container}/{prefix}"),
@@ -431,7 +483,7 @@ mod tests {
             prefix: "repo".into(),
             describe: "mem://repo".into(),
         };
-        let r = t.wipe().await.expect("wipe");
+        let r = t.wipe(true).await.expect("wipe");
         assert_eq!(
             r,
             Report {
@@ -452,7 +504,11 @@ mod tests {
                 || p == "repo/notes.txt")
         );
         // Again: nothing of restic's is left, nothing more is deleted.
-        assert_eq!(t.wipe().await.expect("again").deleted, 0);
+        assert_eq!(t.wipe(false).await.expect("again").deleted, 0);
+        assert!(
+            t.wipe(true).await.is_err(),
+            "a Repository that recorded backups and has nothing there fails"
+        );
     }
 
     #[tokio::test]
@@ -474,7 +530,7 @@ mod tests {
             prefix: String::new(),
             describe: "mem://".into(),
         };
-        let e = t.wipe().await.expect_err("refused");
+        let e = t.wipe(true).await.expect_err("refused");
         assert!(e.contains("not verified"), "{e}");
         assert_eq!(store.list(None).count().await, 2);
     }

@@ -557,6 +557,7 @@ fn run<W: Workload>(
             controller,
             Workloads::<W>(ctx.clone(), std::marker::PhantomData),
             ctx.metrics.clone(),
+            ctx.events.clone(),
         )
         .await;
     }

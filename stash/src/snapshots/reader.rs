@@ -20,6 +20,14 @@ use stash_restic as restic;
 /// The label every reader Pod carries (`stash.appscode.com/snapshot-reader=<repository>`).
 pub const LABEL: &str = "stash.appscode.com/snapshot-reader";
 
+/// The value of [`LABEL`] for a Repository: its name when it fits a label value (≤ 63
+/// characters), else its head and a hash of the whole — a Repository's name may be up to 253
+/// characters, and one too long for a label made every reader Pod of its namespace invalid.
+pub fn label_value(repository: &str) -> String {
+    use stash_machines::names::{DNS_LABEL, fit};
+    fit("", repository, DNS_LABEL)
+}
+
 /// `restic snapshots` for the catalog.
 pub const LIST: &[&str] = &["snapshots", "--json", "--no-lock", "--no-cache", "--quiet"];
 
@@ -63,7 +71,7 @@ pub fn pod(
     volume["name"] = "repository".into();
     let pod = serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": {LABEL: repo.name_any(), "app.kubernetes.io/managed-by": "stash-rs"}},
+        "metadata": {"name": name, "labels": {LABEL: label_value(&repo.name_any()), "app.kubernetes.io/managed-by": "stash-rs"}},
         "spec": {
             "restartPolicy": "Never",
             "activeDeadlineSeconds": 120,
