@@ -88,6 +88,14 @@ install)
   "$kubectl" apply --server-side -f deploy/install/stash-rs.yaml >/dev/null
   "$kubectl" -n stash-system rollout status deployment/stash-operator --timeout=300s
   "$kubectl" wait --for=condition=Available --timeout=120s apiservice/v1alpha1.repositories.stash.appscode.com
+  # A fresh install reaches Ready without a restart (issue 24: the first leader once exited
+  # when its own webhook had no endpoint yet).
+  restarts=$("$kubectl" -n stash-system get pods -l app.kubernetes.io/name=stash,app.kubernetes.io/component=operator \
+    -o jsonpath='{range .items[*]}{.status.containerStatuses[*].restartCount}{" "}{end}')
+  echo "cluster: operator pods' restart counts after the install: ${restarts:-none}"
+  for r in $restarts; do
+    [[ $r == 0 ]] || { echo "cluster: an operator pod restarted during a fresh install" >&2; exit 1; }
+  done
   echo "cluster: operator installed from deploy/install/stash-rs.yaml, Ready $((SECONDS - t1)) s after kubectl apply"
   echo "cluster: export KUBECONFIG=$KUBECONFIG; kubectl: $kubectl"
   ;;

@@ -678,7 +678,7 @@ async fn azure_blob_storage_on_azurite() {
     let fqdn = format!("{account}.blob.{ns}.svc.cluster.local");
     let certs = tempfile::tempdir().expect("certs");
     let ca = private_ca(certs.path(), &[&fqdn]);
-    let key = "c3Rhc2gtcnMgYXp1cml0ZSBrZXkgZm9yIHRoZSBlMmUgdGVzdA==";
+    let key = AZURITE_KEY;
     let accounts = format!("{account}:{key}");
     let data = tempfile::tempdir().expect("azurite data");
     let azurite = bins::bin("azurite-blob").expect("azurite-blob");
@@ -804,8 +804,30 @@ async fn azure_blob_storage_on_azurite() {
         stderr.trim()
     ));
 
+    // The Secret as a user holding only a SAS token writes it (no account key): the Snapshot
+    // API's restic lists through it, and the wipe-out deletes with it.
+    let secrets = kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns);
+    let mut secret = secrets.get("azure-secret").await.expect("secret");
+    let data = secret.data.get_or_insert_with(Default::default);
+    assert!(data.remove("AZURE_ACCOUNT_KEY").is_some());
+    data.insert(
+        "AZURE_ACCOUNT_SAS".into(),
+        k8s_openapi::ByteString(account_sas(account, AZURITE_KEY_BYTES).into_bytes()),
+    );
+    secrets
+        .replace("azure-secret", &Default::default(), &secret)
+        .await
+        .expect("the Secret with a SAS token only");
+    kubectl_lists_snapshot(&ns, &short);
     let ev = delete_and_wipe(&client, &ns).await;
-    eprintln!("Azure wipe-out: {}", ev.note);
+    assert!(
+        ev.note.contains("restic objects of Repository repo"),
+        "{ev:?}"
+    );
+    stash_testenv::report(&format!(
+        "Azure SAS-only Secret: snapshots listed, wipe-out: {}",
+        ev.note
+    ));
     let out = host().args(["cat", "config"]).output().expect("restic");
     assert!(
         !out.status.success(),
@@ -1129,4 +1151,195 @@ fn minio_store(
         ))
         .build()
         .expect("s3 client")
+}
+
+/// Issue 24, wipeOut on MinIO as a user would expect it: a Repository whose prefix restic
+/// normalises (`./app` is `app`) or that object stores encode (`team~1/app`) is wiped where
+/// restic wrote it, and a storage Secret without keys is a clear `WipeOutFailed` — the wipe
+/// never falls back to the operator's own identity — with every object left in place.
+#[tokio::test(flavor = "multi_thread")]
+async fn wipe_out_deletes_exactly_the_repository_the_user_named() {
+    let env = env().await;
+    let client = env.cp.client();
+    let certs = tempfile::tempdir().expect("certs");
+    let ca = private_ca(certs.path(), &[stash_testenv::NODE_IP]);
+    let data = tempfile::tempdir().expect("minio data");
+    let bucket = "stash-prefixes";
+    let port = minio(certs.path(), data.path(), bucket, &[]).await;
+    let endpoint = format!("https://{}:{port}", stash_testenv::NODE_IP);
+    let cacert = certs.path().join("ca.crt");
+    let store = minio_store(&endpoint, bucket, "us-east-1", &cacert);
+    let renv = [
+        ("AWS_ACCESS_KEY_ID", MINIO_USER.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", MINIO_SECRET.to_string()),
+    ];
+    let files = tempfile::tempdir().expect("files");
+    generate_files(files.path(), 24, 4, 4096);
+    // restic on the host makes each repository at the URL the operator would give it.
+    let make = |prefix: &str| {
+        let url = format!("s3:{endpoint}/{bucket}/{prefix}");
+        for args in [
+            vec!["init".to_string()],
+            vec!["backup".into(), files.path().display().to_string()],
+        ] {
+            let out = host_restic(&url, &renv, &cacert, None)
+                .args(&args)
+                .output()
+                .expect("restic");
+            assert!(
+                out.status.success(),
+                "restic {args:?} at {url}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    for (spec_prefix, restic_prefix) in [("./app", "app"), ("team~1/app", "team~1/app")] {
+        make(restic_prefix);
+        let keys = all_keys(&store).await;
+        let under = |k: &&String| k.starts_with(&format!("{restic_prefix}/"));
+        let written = keys.iter().filter(under).count();
+        assert!(written >= 5, "{restic_prefix}: {keys:?}");
+        let ns_guard = env.cp.namespace("wipe-prefix").await.expect("namespace");
+        let ns = ns_guard.name.clone();
+        let repos = minio_repository(&client, &ns, &endpoint, bucket, spec_prefix, &ca).await;
+        wait_finalizer(&repos).await;
+        let ev = delete_and_wipe(&client, &ns).await;
+        assert!(
+            ev.note
+                .contains(&format!("deleted {written} restic objects")),
+            "prefix {spec_prefix:?}: {ev:?}"
+        );
+        let left: Vec<String> = all_keys(&store)
+            .await
+            .iter()
+            .filter(under)
+            .cloned()
+            .collect();
+        assert!(left.is_empty(), "prefix {spec_prefix:?} left {left:?}");
+        stash_testenv::report(&format!(
+            "wipeOut prefix {spec_prefix:?}: {written} restic objects deleted at {restic_prefix:?}"
+        ));
+    }
+
+    // A Secret without keys: refused, nothing deleted, and the user can still let go.
+    make("nokeys/app");
+    let before = all_keys(&store).await;
+    let ns_guard = env.cp.namespace("wipe-nokeys").await.expect("namespace");
+    let ns = ns_guard.name.clone();
+    apply(
+        &client,
+        &ns,
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "minio-secret"},
+            "stringData": {"RESTIC_PASSWORD": PASSWORD, "CA_CERT_DATA": ca}
+        }),
+    )
+    .await;
+    apply(&client, &ns, json!({
+        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
+        "spec": {"backend": {"storageSecretName": "minio-secret",
+                             "s3": {"endpoint": endpoint, "bucket": bucket, "prefix": "nokeys/app"}},
+                 "wipeOut": true}
+    }))
+    .await;
+    let repos = kube::Api::<stash_crds::Repository>::namespaced(client.clone(), &ns);
+    wait_finalizer(&repos).await;
+    repos
+        .delete("repo", &Default::default())
+        .await
+        .expect("delete");
+    let ev = wait_event(
+        &client,
+        &ns,
+        "repo",
+        "WipeOutFailed",
+        Duration::from_secs(90),
+    )
+    .await;
+    assert!(
+        ev.note
+            .contains("no AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+            && ev.note.contains("never the operator's own identity"),
+        "{ev:?}"
+    );
+    assert_eq!(all_keys(&store).await, before, "nothing was deleted");
+    repos
+        .patch(
+            "repo",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
+                "stash.appscode.com/abandon-wipe-out": "true"}}})),
+        )
+        .await
+        .expect("annotate");
+    eventually("the Repository to be gone", Duration::from_secs(90), || {
+        let repos = repos.clone();
+        async move { matches!(repos.get_opt("repo").await, Ok(None)).then_some(()) }
+    })
+    .await;
+    assert_eq!(all_keys(&store).await, before, "abandoned: the data stays");
+    stash_testenv::report(&format!(
+        "wipeOut Secret without keys: WipeOutFailed ({}), {} objects kept",
+        ev.note.split(':').next().unwrap_or_default(),
+        before.len()
+    ));
+}
+
+/// Azurite's account key in the Azure tests (base64, as Azure shows keys) and its bytes.
+const AZURITE_KEY: &str = "c3Rhc2gtcnMgYXp1cml0ZSBrZXkgZm9yIHRoZSBlMmUgdGVzdA==";
+const AZURITE_KEY_BYTES: &[u8] = b"stash-rs azurite key for the e2e test";
+
+/// An account SAS token (service version 2019-12-12: blob service, every resource type,
+/// read/write/delete/list/add/create, HTTPS only, valid until 2035), signed with the account
+/// key as Azure documents it: HMAC-SHA256 over the newline-joined fields, base64.
+fn account_sas(account: &str, key: &[u8]) -> String {
+    let (sp, ss, srt, se, spr, sv) = (
+        "rwdlac",
+        "b",
+        "sco",
+        "2035-01-01T00:00:00Z",
+        "https",
+        "2019-12-12",
+    );
+    let to_sign = format!("{account}\n{sp}\n{ss}\n{srt}\n\n{se}\n\n{spr}\n{sv}\n");
+    let mac = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
+        to_sign.as_bytes(),
+    );
+    let sig: String = base64(mac.as_ref())
+        .chars()
+        .map(|c| match c {
+            '+' => "%2B".to_string(),
+            '/' => "%2F".to_string(),
+            '=' => "%3D".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
+    format!("sv={sv}&ss={ss}&srt={srt}&sp={sp}&se={se}&spr={spr}&sig={sig}")
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ABC[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_test_key_is_its_bytes_in_base64() {
+    assert_eq!(base64(AZURITE_KEY_BYTES), AZURITE_KEY);
 }

@@ -777,3 +777,56 @@ fn hostile_corpus_manifests_are_refused_by_the_webhook() {
         "spec.target.replicas: at most 5000 hosts restore in one session, got 2147483647",
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+    /// Issue 24: arbitrary RestoreSessions a namespace user could write (any replica count,
+    /// templated claim names over the substitution operators, rules naming hosts) go through
+    /// admission, the machine's host rule and every restore Job and PVC builder: no panic, and
+    /// nothing built per requested replica beyond the machine's limit.
+    #[test]
+    fn arbitrary_restore_sessions_never_panic_or_grow(
+        replicas in proptest::option::of(proptest::num::i32::ANY),
+        claim in "(data|\\$\\{POD_ORDINAL\\}|\\$\\{POD_ORDINAL:[-0-9]{1,20}(:[-0-9]{1,20})?\\}|\\$\\{A:=|\\}|-|[a-z]){0,12}",
+        hosts in proptest::collection::vec("host-[0-9]{1,3}", 0..4),
+    ) {
+        let max = stash_machines::restore_session::MAX_HOSTS as usize;
+        let mut target = json!({"volumeMounts": [{"name": "d", "mountPath": "/d"}],
+            "volumeClaimTemplates": [{"metadata": {"name": claim},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]});
+        if let Some(r) = replicas {
+            target["replicas"] = json!(r);
+        }
+        let r = rs(json!({"repository": {"name": "r"}, "task": {"name": "pvc-restore"},
+                          "rules": [{"targetHosts": hosts, "paths": ["/d"]}], "target": target}));
+        let admitted = r.validate_create(&()).is_ok();
+        if admitted {
+            proptest::prop_assert!(replicas.unwrap_or(1) <= 5000);
+        }
+        let ordinals = crate::jobs::restore::ordinals(&r).unwrap_or_default();
+        proptest::prop_assert!(ordinals.len() <= max);
+        proptest::prop_assert!(crate::jobs::restore::job_names(&r).len() <= max.max(1));
+        let _ = crate::jobs::restore::claims(&r, ordinals.first().copied().unwrap_or(0));
+        match stash_machines::restore_session::numbered_hosts(i64::from(replicas.unwrap_or(1))) {
+            Ok(h) => proptest::prop_assert!(h.len() <= max),
+            Err(why) => proptest::prop_assert!(why.contains("at most 5000")),
+        }
+    }
+
+    /// Arbitrary schedules and directories of a BackupConfiguration: admission and the
+    /// trigger CronJob's builder never panic; a zone always leaves the CronJob's schedule.
+    #[test]
+    fn arbitrary_schedules_and_directories_never_panic(
+        schedule in "((CRON_)?TZ=[A-Za-z/_]{0,12} )?([0-9*/,-]{1,6} ){0,5}[0-9*@a-z ]{0,10}",
+        dir in "(/|\\.\\.|\\.|source|data|/){0,10}",
+    ) {
+        let b = bc(json!({"repository": {"name": "r"}, "schedule": schedule,
+            "target": {"ref": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "app"},
+                       "directories": [dir],
+                       "volumeMounts": [{"name": "d", "mountPath": "/source/data"}]}}));
+        let _ = b.validate_create(&());
+        let cj = crate::operator::backup_configuration::cron_job(&b, &schedule, "img", "sa", "");
+        proptest::prop_assert!(!cj.spec.schedule.contains("TZ="));
+    }
+}
