@@ -919,20 +919,7 @@ async fn a_failing_wipe_out_is_reported_and_can_be_abandoned() {
     stash_testenv::report(&format!(
         "wipeOut failing: {retries} attempts in 20 s ({per_min:.0}/min), condition WipeOut/False/WipeOutFailed"
     ));
-    repos
-        .patch(
-            "repo",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
-                "stash.appscode.com/abandon-wipe-out": "true"}}})),
-        )
-        .await
-        .expect("annotate");
-    eventually("the Repository to be gone", Duration::from_secs(90), || {
-        let repos = repos.clone();
-        async move { matches!(repos.get_opt("repo").await, Ok(None)).then_some(()) }
-    })
-    .await;
+    abandon_wipe_out(&repos).await;
     let ev = wait_event(
         &client,
         &ns,
@@ -1091,6 +1078,24 @@ async fn repo_on_a_silent_endpoint(
     let repos = kube::Api::<stash_crds::Repository>::namespaced(client.clone(), ns);
     wait_finalizer(&repos).await;
     repos
+}
+
+/// Annotate Repository `repo` to abandon its wipe-out and wait until it is gone.
+async fn abandon_wipe_out(repos: &kube::Api<stash_crds::Repository>) {
+    repos
+        .patch(
+            "repo",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
+                "stash.appscode.com/abandon-wipe-out": "true"}}})),
+        )
+        .await
+        .expect("annotate");
+    eventually("the Repository to be gone", Duration::from_secs(90), || {
+        let repos = repos.clone();
+        async move { matches!(repos.get_opt("repo").await, Ok(None)).then_some(()) }
+    })
+    .await;
 }
 
 /// Wait for the operator's finalizer on Repository `repo`.
@@ -1270,20 +1275,7 @@ async fn wipe_out_deletes_exactly_the_repository_the_user_named() {
         "{ev:?}"
     );
     assert_eq!(all_keys(&store).await, before, "nothing was deleted");
-    repos
-        .patch(
-            "repo",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
-                "stash.appscode.com/abandon-wipe-out": "true"}}})),
-        )
-        .await
-        .expect("annotate");
-    eventually("the Repository to be gone", Duration::from_secs(90), || {
-        let repos = repos.clone();
-        async move { matches!(repos.get_opt("repo").await, Ok(None)).then_some(()) }
-    })
-    .await;
+    abandon_wipe_out(&repos).await;
     assert_eq!(all_keys(&store).await, before, "abandoned: the data stays");
     stash_testenv::report(&format!(
         "wipeOut Secret without keys: WipeOutFailed ({}), {} objects kept",
