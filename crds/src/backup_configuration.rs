@@ -3,11 +3,14 @@
 use crate::common::{BackupTarget, Driver, EmptyDirSettings, RetentionPolicy, TaskRef};
 use crate::runtime::RuntimeSettings;
 use k8s_openapi::api::core::v1::LocalObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+pub use stash_machines::backup_configuration::Phase;
 
-/// What to back up, where to, and when. Has no status.
+/// What to back up, where to, and when. Its status (Stash's later API) says whether the
+/// operator could set it up: `phase` and the `CronJobCreated` condition.
 // kube's `printcolumn(...)` repeats `type_ = ".."` on purpose.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -25,9 +28,11 @@ use serde::{Deserialize, Serialize};
     label("app", "stash"),
     doc = "A scheduled backup of a target into a Repository (stash.appscode.com BackupConfiguration).",
     derive = "PartialEq",
+    status = "BackupConfigurationStatus",
     printcolumn(name = "Task", type_ = "string", json_path = ".spec.task.name"),
     printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule"),
     printcolumn(name = "Paused", type_ = "boolean", json_path = ".spec.paused"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -69,6 +74,23 @@ pub struct BackupConfigurationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub backup_history_limit: Option<i32>,
+}
+
+/// Written by the operator alone (field manager `stash-operator`, server-side apply).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupConfigurationStatus {
+    /// `Ready`, `NotReady` (a name held by an object stash did not create) or `Invalid` (the
+    /// API server refused the trigger CronJob).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// The generation the phase and conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `CronJobCreated`: `True` (reason `CronJobCreated` or `NoSchedule`) or `False` (reason
+    /// `NameClash` or `InvalidBackupConfiguration`, the message says what to fix).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }
 
 impl BackupConfigurationSpec {

@@ -13,14 +13,17 @@
 
 extern crate self as stash_machines;
 
+pub mod backup_configuration;
 pub mod backup_host;
 pub mod backup_session;
 mod common;
 pub mod lifecycle;
 pub mod names;
+pub mod paths;
 pub mod reasons;
 pub mod restore_host;
 pub mod restore_session;
+pub mod snapshots;
 
 pub use common::{
     Decision, Effect, EventKind, EventRecord, JobState, Performed, Policy, StatusPatch,

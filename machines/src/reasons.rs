@@ -16,3 +16,7 @@ pub const RESTORE_SESSION_FAILED: &str = "RestoreSessionFailedToExecute";
 pub const RESTORE_SESSION_SUCCEEDED: &str = "RestoreSessionSucceeded";
 /// Some host's outcome is unknown.
 pub const RESTORE_SESSION_UNKNOWN: &str = "RestoreSessionUnknown";
+/// An object stash would create or update holds the name already and is not stash's.
+pub const NAME_CLASH: &str = "NameClash";
+/// The API server refused for good what a BackupConfiguration asks for.
+pub const INVALID_BACKUP_CONFIGURATION: &str = "InvalidBackupConfiguration";

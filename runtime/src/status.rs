@@ -140,6 +140,23 @@ impl StatusWriter {
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
     {
         check_transition::<L>(&self.metrics, from, to)?;
+        self.apply(api, obj, manager, unchanged, owned).await
+    }
+
+    /// Server-side apply of the status fields `manager` owns (`owned`, a JSON object of status
+    /// fields) unless `unchanged`, for kinds without a lifecycle table (a BackupConfiguration's
+    /// readiness). Carries the resourceVersion read (a stale read is refused with 409).
+    pub async fn apply<K>(
+        &self,
+        api: &Api<K>,
+        obj: &K,
+        manager: &str,
+        unchanged: bool,
+        owned: serde_json::Value,
+    ) -> Result<bool, StatusError>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    {
         if unchanged {
             return Ok(false);
         }

@@ -5,6 +5,7 @@ use std::path::Path;
 use stash_crds::{Repository, RestoreSession, restore_session::Rule};
 use stash_machines::restore_host::{RestoreHostObservation, Session};
 use stash_machines::restore_session::{self as machine, RuleMatch};
+use stash_machines::snapshots;
 use stash_restic as restic;
 
 use crate::backup::Settings;
@@ -12,8 +13,15 @@ use crate::backup::Settings;
 /// What to restore for one host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Plan {
-    /// Restore these snapshots, whole.
-    Snapshots(Vec<String>),
+    /// Restore these snapshots, whole (`latest`: the newest of `source_host`), each only if
+    /// every path it holds lies under the target's mounts
+    /// ([`stash_machines::snapshots::choose`]).
+    Snapshots {
+        /// The host whose `latest` is meant.
+        source_host: String,
+        /// The snapshot names, ids or id prefixes.
+        names: Vec<String>,
+    },
     /// Restore the latest snapshot of `source_host` that contains each path.
     Paths {
         /// The host whose data is restored.
@@ -60,14 +68,17 @@ pub fn plan(rs: &RestoreSession, host: &str, default_paths: &[String]) -> Result
         }
         RuleMatch::NoRuleMatched => return Err(format!("no restore rule matches host {host}")),
     };
-    if !rule.snapshots.is_empty() {
-        return Ok(Plan::Snapshots(rule.snapshots.clone()));
-    }
     let source_host = rule
         .source_host
         .clone()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| host.into());
+    if !rule.snapshots.is_empty() {
+        return Ok(Plan::Snapshots {
+            source_host,
+            names: rule.snapshots.clone(),
+        });
+    }
     let paths = if rule.paths.is_empty() {
         default_paths.to_vec()
     } else {
@@ -81,26 +92,64 @@ pub fn plan(rs: &RestoreSession, host: &str, default_paths: &[String]) -> Result
     Ok(Plan::Paths { source_host, paths })
 }
 
-/// A snapshot name of the Snapshot API (`<repository>-<8 hex>`) or a plain restic id → the id.
-fn snapshot_id(name: &str) -> &str {
-    match name.rsplit_once('-') {
-        Some((_, id)) if id.len() == 8 && id.chars().all(|c| c.is_ascii_hexdigit()) => id,
-        _ => name,
+/// The full ids of the snapshots `names` restores for `source_host` into a target mounting
+/// `mounts`: the repository's snapshots are read once and the choice is the machine's
+/// ([`snapshots::choose`]): exact ids, `latest` of the source host, paths under the mounts.
+pub async fn resolve_snapshots(
+    r: &restic::Repo,
+    names: &[String],
+    source_host: &str,
+    mounts: &[String],
+) -> Result<Vec<String>, String> {
+    let mut all = r
+        .snapshots(&restic::SnapshotFilter::default())
+        .await
+        .map_err(|e| format!("list snapshots: {e}"))?;
+    all.sort_by_key(|s| s.time);
+    let candidates: Vec<snapshots::Candidate<'_>> = all
+        .iter()
+        .map(|s| snapshots::Candidate {
+            id: &s.id,
+            hostname: &s.hostname,
+            paths: &s.paths,
+        })
+        .collect();
+    let chosen = snapshots::choose(names, source_host, &candidates, mounts)?;
+    Ok(chosen.into_iter().map(|i| all[i].id.clone()).collect())
+}
+
+/// The full id `name` (a Snapshot API name, an id or an id prefix) stands for, or why none:
+/// missing or ambiguous ([`snapshots::lookup`]).
+pub async fn resolve_id(r: &restic::Repo, name: &str) -> Result<String, String> {
+    let all = r
+        .snapshots(&restic::SnapshotFilter::default())
+        .await
+        .map_err(|e| format!("list snapshots: {e}"))?;
+    let id = snapshots::id_of(name);
+    match snapshots::lookup(all.iter().map(|s| s.id.as_str()), id) {
+        snapshots::Lookup::Found(i) => Ok(all[i].id.clone()),
+        snapshots::Lookup::Missing => Err(format!("snapshot {name} not found")),
+        snapshots::Lookup::Ambiguous(a, b) => Err(format!(
+            "snapshot {name} is ambiguous: snapshots {} and {} both start with {id}",
+            all[a].id, all[b].id
+        )),
     }
 }
 
-/// Carry out `plan` into `target` (`/` inside the pod's mount namespace).
+/// Carry out `plan` into `target` (`/` inside the pod's mount namespace), whose volumes are
+/// mounted at `mounts`.
 pub async fn run(
     repo: &Repository,
     plan: &Plan,
     settings: &Settings,
     target: &Path,
+    mounts: &[String],
 ) -> Result<(), String> {
     let r = crate::backup::open(repo, settings)?;
     match plan {
-        Plan::Snapshots(ids) => {
-            for id in ids {
-                let opts = restic::RestoreOptions::new(snapshot_id(id), target);
+        Plan::Snapshots { source_host, names } => {
+            for id in resolve_snapshots(&r, names, source_host, mounts).await? {
+                let opts = restic::RestoreOptions::new(id.as_str(), target);
                 r.restore(&opts)
                     .await
                     .map_err(|e| format!("restore of snapshot {id}: {e}"))?;
@@ -148,7 +197,10 @@ mod tests {
         );
         assert_eq!(
             plan(&r, "host-2", &[]),
-            Ok(Plan::Snapshots(vec!["repo-0123abcd".into()]))
+            Ok(Plan::Snapshots {
+                source_host: "host-2".into(),
+                names: vec!["repo-0123abcd".into()]
+            })
         );
         assert_eq!(
             plan(&r, "host-5", &[]),
@@ -157,8 +209,6 @@ mod tests {
                 paths: vec!["/source/data".into()]
             })
         );
-        assert_eq!(snapshot_id("repo-0123abcd"), "0123abcd");
-        assert_eq!(snapshot_id("0123abcd"), "0123abcd");
     }
 
     #[test]

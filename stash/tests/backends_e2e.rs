@@ -819,22 +819,14 @@ async fn azure_blob_storage_on_azurite() {
         .await
         .expect("the Secret with a SAS token only");
     kubectl_lists_snapshot(&ns, &short);
-    // The wipe-out deletes through Azure's blob batch, which Azurite 3.37.0 answers with a 500
-    // when the request carries a SAS token: the key goes back in for it.
-    let mut secret = secrets.get("azure-secret").await.expect("secret");
-    let data = secret.data.get_or_insert_with(Default::default);
-    data.remove("AZURE_ACCOUNT_SAS");
-    data.insert(
-        "AZURE_ACCOUNT_KEY".into(),
-        k8s_openapi::ByteString(AZURITE_KEY.as_bytes().to_vec()),
-    );
-    secrets
-        .replace("azure-secret", &Default::default(), &secret)
-        .await
-        .expect("the Secret with its key again");
     stash_testenv::report("Azure SAS-only Secret: snapshots listed through the Snapshot API");
+    // The wipe-out with the SAS token only: one DELETE per blob (Azure's blob batch, which
+    // object_store uses, does not take every SAS token; Azurite 3.37.0 answers it with 500).
     let ev = delete_and_wipe(&client, &ns).await;
-    eprintln!("Azure wipe-out: {}", ev.note);
+    stash_testenv::report(&format!(
+        "Azure wipe-out with a SAS-only Secret: {}",
+        ev.note
+    ));
     let out = host().args(["cat", "config"]).output().expect("restic");
     assert!(
         !out.status.success(),

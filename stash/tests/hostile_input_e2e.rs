@@ -286,6 +286,33 @@ async fn users_objects_named_like_a_configuration_are_never_touched() {
         )),
         "{ev:?}"
     );
+    // And in the configuration's status, as the API server returns it: phase NotReady, the
+    // condition CronJobCreated False with reason NameClash.
+    let configs = Api::<stash_crds::BackupConfiguration>::namespaced(client.clone(), &ns);
+    let status = eventually(
+        "the configuration's status to name the clash",
+        Duration::from_secs(60),
+        || {
+            let configs = configs.clone();
+            async move {
+                let st = configs.get(name).await.ok()?.status?;
+                (st.phase == Some(stash_crds::backup_configuration::Phase::NotReady)).then_some(st)
+            }
+        },
+    )
+    .await;
+    let c = &status.conditions[0];
+    assert_eq!(
+        (c.type_.as_str(), c.status.as_str(), c.reason.as_str()),
+        ("CronJobCreated", "False", "NameClash"),
+        "{status:?}"
+    );
+    assert!(
+        c.message.contains(&format!(
+            "ServiceAccount {ns}/{name} exists and was not created by stash"
+        )),
+        "{c:?}"
+    );
     // The backup itself goes through the workload's own agents.
     wait_sidecar_ready(&client, &ns, "app", Duration::from_secs(180)).await;
     create_backup_session(&client, &ns, name, "clash-1").await;
@@ -296,7 +323,6 @@ async fn users_objects_named_like_a_configuration_are_never_touched() {
         "{:?}",
         s.status
     );
-    let configs = Api::<stash_crds::BackupConfiguration>::namespaced(client.clone(), &ns);
     configs
         .delete(name, &Default::default())
         .await
@@ -323,7 +349,7 @@ async fn users_objects_named_like_a_configuration_are_never_touched() {
         "no owner at any time"
     );
     stash_testenv::report(&format!(
-        "name clash: the user's ServiceAccount, RoleBinding and CronJob {name} unchanged (resourceVersions {:?}, {:?}, {:?}); backup Succeeded; NameClash event",
+        "name clash: the user's ServiceAccount, RoleBinding and CronJob {name} unchanged (resourceVersions {:?}, {:?}, {:?}); backup Succeeded; NameClash event and status condition",
         after.0.1, after.1.1, after.2.1
     ));
 }

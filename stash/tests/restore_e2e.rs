@@ -86,6 +86,18 @@ async fn restore_session(
     target: &str,
     rules: serde_json::Value,
 ) -> RestoreSession {
+    restore_session_at(ns, name, kind, target, "/source/data", rules).await
+}
+
+/// [`restore_session`] with the target's volume `data` mounted at `mount`.
+async fn restore_session_at(
+    ns: &str,
+    name: &str,
+    kind: &str,
+    target: &str,
+    mount: &str,
+    rules: serde_json::Value,
+) -> RestoreSession {
     let env = env().await;
     let client = env.cp.client();
     apply(
@@ -96,7 +108,7 @@ async fn restore_session(
             "metadata": {"name": name},
             "spec": {"repository": {"name": "repo"},
                      "target": {"ref": {"apiVersion": "apps/v1", "kind": kind, "name": target},
-                                "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]},
+                                "volumeMounts": [{"name": "data", "mountPath": mount}]},
                      "rules": rules}
         }),
     )
@@ -139,6 +151,17 @@ fn wipe(dir: &Path) {
     assert!(checksums(dir).is_empty());
 }
 
+/// Does a pod template carry the sidecar `stash` and the restore init-container `stash-init`?
+fn injected(spec: &k8s_openapi::api::core::v1::PodSpec) -> (bool, bool) {
+    let sidecar = spec.containers.iter().any(|c| c.name == "stash");
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .any(|c| c.name == "stash-init");
+    (sidecar, init)
+}
+
 async fn wait_deployment_ready(ns: &str, name: &str, with_init: bool) {
     let api = Api::<Deployment>::namespaced(env().await.cp.client(), ns);
     eventually(
@@ -148,13 +171,7 @@ async fn wait_deployment_ready(ns: &str, name: &str, with_init: bool) {
             let api = api.clone();
             async move {
                 let d = api.get(name).await.ok()?;
-                let spec = d.spec.as_ref()?.template.spec.as_ref()?;
-                let sidecar = spec.containers.iter().any(|c| c.name == "stash");
-                let init = spec
-                    .init_containers
-                    .iter()
-                    .flatten()
-                    .any(|c| c.name == "stash-init");
+                let (sidecar, init) = injected(d.spec.as_ref()?.template.spec.as_ref()?);
                 let st = d.status?;
                 let rolled = st.updated_replicas == Some(1)
                     && st.ready_replicas == Some(1)
@@ -164,6 +181,33 @@ async fn wait_deployment_ready(ns: &str, name: &str, with_init: bool) {
                     && rolled
                     && d.metadata.generation == st.observed_generation)
                     .then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// Wait until StatefulSet `name`'s two pods run the injected sidecar, with the restore
+/// init-container or (`with_init` false) without it, all updated and Ready.
+async fn wait_statefulset_ready(ns: &str, name: &str, with_init: bool) {
+    let api = Api::<StatefulSet>::namespaced(env().await.cp.client(), ns);
+    eventually(
+        &format!("StatefulSet {name} rolled out"),
+        Duration::from_secs(150),
+        || {
+            let api = api.clone();
+            async move {
+                let s = api.get(name).await.ok()?;
+                let (sidecar, init) = injected(s.spec.as_ref()?.template.spec.as_ref()?);
+                let st = s.status?;
+                let done =
+                    st.update_revision.is_some() && st.update_revision == st.current_revision;
+                (sidecar
+                    && init == with_init
+                    && done
+                    && st.ready_replicas == Some(2)
+                    && st.updated_replicas == Some(2))
+                .then_some(())
             }
         },
     )
@@ -261,6 +305,32 @@ async fn a_deployment_restores_the_latest_and_a_chosen_older_snapshot() {
         v1,
         "restored bytes equal the older backup"
     );
+
+    // A snapshot whose path the target does not mount (the volume is mounted at /restored,
+    // the snapshot holds /source/data) is refused with the reason: restoring it would write
+    // into the init-container's own filesystem and change nothing the application sees.
+    Api::<RestoreSession>::namespaced(client.clone(), &ns)
+        .delete("restore-older", &DeleteParams::default())
+        .await
+        .expect("delete restore session");
+    wait_deployment_ready(&ns, "app", false).await;
+    let rs = restore_session_at(
+        &ns,
+        "restore-elsewhere",
+        "Deployment",
+        "app",
+        "/restored",
+        json!([{"snapshots": ["latest"]}]),
+    )
+    .await;
+    let status = rs.status.clone().expect("status");
+    assert_eq!(status.phase, Some(RestorePhase::Failed), "{status:?}");
+    let error = status.stats[0].error.clone().unwrap_or_default();
+    assert!(
+        error.contains("holds /source/data, which lies under none of the target's volumeMounts (the target mounts /restored)"),
+        "{error}"
+    );
+    assert_eq!(checksums(&data), v1, "the refused restore changed nothing");
     assert_no_illegal_transitions().await;
 }
 
@@ -293,32 +363,7 @@ async fn a_statefulset_host_restores_another_hosts_data_via_source_host() {
     }))
     .await;
     apply(&client, &ns, backup_configuration("StatefulSet", "db")).await;
-    let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns);
-    let rolled = || {
-        let sts = sts.clone();
-        async move {
-            let s = sts.get("db").await.ok()?;
-            let injected = s
-                .spec
-                .as_ref()?
-                .template
-                .spec
-                .as_ref()?
-                .containers
-                .iter()
-                .any(|c| c.name == "stash");
-            let st = s.status?;
-            let done = st.update_revision.is_some() && st.update_revision == st.current_revision;
-            (injected && done && st.ready_replicas == Some(2) && st.updated_replicas == Some(2))
-                .then_some(())
-        }
-    };
-    eventually(
-        "the sidecar in every StatefulSet pod",
-        Duration::from_secs(150),
-        rolled,
-    )
-    .await;
+    wait_statefulset_ready(&ns, "db", false).await;
     let snaps = backup(&ns, "db-backup", "backup-1").await;
     assert_eq!(snaps.len(), 2);
 
@@ -344,5 +389,29 @@ async fn a_statefulset_host_restores_another_hosts_data_via_source_host() {
         "host-0 now holds host-1's data"
     );
     assert_eq!(checksums(&pvc(1)), originals[1]);
+
+    // `snapshots: [latest]` is the latest of each rule's source host, not the newest
+    // snapshot in the repository: both hosts get their own data back.
+    Api::<RestoreSession>::namespaced(client.clone(), &ns)
+        .delete("swap", &DeleteParams::default())
+        .await
+        .expect("delete restore session");
+    wait_statefulset_ready(&ns, "db", false).await;
+    wipe(&pvc(0));
+    wipe(&pvc(1));
+    let rules = json!([
+        {"targetHosts": ["host-0"], "snapshots": ["latest"]},
+        {"targetHosts": ["host-1"], "snapshots": ["latest"]}
+    ]);
+    let rs = restore_session(&ns, "own-latest", "StatefulSet", "db", rules).await;
+    let status = rs.status.expect("status");
+    assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
+    for (i, original) in originals.iter().enumerate() {
+        assert_eq!(
+            &checksums(&pvc(i)),
+            original,
+            "host-{i} holds its own latest"
+        );
+    }
     assert_no_illegal_transitions().await;
 }

@@ -282,8 +282,9 @@ pub async fn restore(opts: RestoreOptions) -> anyhow::Result<()> {
         let r = opts.repo.open()?;
         let snap = opts.snapshot.split(',').map(str::trim).find(|s| !s.is_empty()).unwrap_or("latest");
         let latest = snap == "latest";
+        let snapshot = if latest { "latest".into() } else { crate::restore::resolve_id(&r, snap).await? };
         let dump = restic::DumpOptions {
-            snapshot: if latest { "latest".into() } else { pvc::snapshot_id(snap).to_string() },
+            snapshot,
             file: format!("/{DUMP_FILE}"),
             host: latest.then(|| opts.repo.hostname.clone()),
             paths: vec![],

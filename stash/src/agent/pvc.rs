@@ -356,14 +356,10 @@ pub struct RestoreOptions {
     /// Where to restore to.
     #[arg(long, default_value = "/")]
     pub target_dir: PathBuf,
-}
-
-/// A snapshot name of the Snapshot API (`<repository>-<8 hex>`) or a plain restic id → the id.
-pub fn snapshot_id(name: &str) -> &str {
-    match name.rsplit_once('-') {
-        Some((_, id)) if id.len() == 8 && id.chars().all(|c| c.is_ascii_hexdigit()) => id,
-        _ => name,
-    }
+    /// The target's volume mounts, comma-separated: a snapshot of `--snapshots` is restored
+    /// only when every path it holds lies under one of them.
+    #[arg(long, default_value = "")]
+    pub target_mounts: String,
 }
 
 /// `restore-pvc`.
@@ -373,11 +369,15 @@ pub async fn restore(opts: RestoreOptions) -> anyhow::Result<()> {
         let r = opts.repo.open()?;
         let snapshots = split(&opts.snapshots);
         if !snapshots.is_empty() {
-            for s in &snapshots {
-                let o = restic::RestoreOptions::new(snapshot_id(s), &opts.target_dir);
+            let mounts = split(&opts.target_mounts);
+            let ids =
+                crate::restore::resolve_snapshots(&r, &snapshots, &opts.repo.hostname, &mounts)
+                    .await?;
+            for id in ids {
+                let o = restic::RestoreOptions::new(id.as_str(), &opts.target_dir);
                 r.restore(&o)
                     .await
-                    .map_err(|e| format!("restore of snapshot {s}: {e}"))?;
+                    .map_err(|e| format!("restore of snapshot {id}: {e}"))?;
             }
             return Ok(());
         }

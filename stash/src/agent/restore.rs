@@ -150,7 +150,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             enable_cache: opts.enable_cache,
             max_connections: opts.max_connections,
         };
-        restore::run(&repo, &plan, &settings, &opts.target_dir).await
+        let mounts: Vec<String> = target
+            .volume_mounts
+            .iter()
+            .map(|m| m.mount_path.clone())
+            .collect();
+        restore::run(&repo, &plan, &settings, &opts.target_dir, &mounts).await
     }
     .await;
     let took = started.elapsed();

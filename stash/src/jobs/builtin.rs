@@ -177,6 +177,7 @@ pub fn functions(image: &str) -> Vec<Function> {
                     "--hostname=${HOSTNAME:=}",
                     "--restore-dirs=${RESTORE_DIRECTORIES}",
                     "--snapshots=${RESTORE_SNAPSHOTS:=}",
+                    "--target-mounts=${TARGET_MOUNT_PATH:=}",
                 ],
                 OUTPUT,
             ]),

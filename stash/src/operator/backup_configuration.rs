@@ -29,11 +29,14 @@ use kube::{
         watcher,
     },
 };
-use stash_crds::{BackupConfiguration, BackupSession, consts};
-use stash_runtime::{Action, Reconcile};
+use stash_crds::{
+    BackupConfiguration, BackupSession, backup_configuration::BackupConfigurationStatus, consts,
+};
+use stash_machines::backup_configuration::{Outcome, readiness};
+use stash_runtime::{Action, Reconcile, status::StatusWriter};
 
 use super::{
-    Ctx, Error,
+    Ctx, Error, conditions,
     history::SessionFacts,
     rbac,
     stores::{Change, Feeds},
@@ -42,7 +45,7 @@ use super::{
 const MANAGER: &str = "stash-operator";
 
 /// Event reason of a configuration whose trigger CronJob the API server refused.
-const INVALID: &str = "InvalidBackupConfiguration";
+const INVALID: &str = stash_machines::reasons::INVALID_BACKUP_CONFIGURATION;
 
 /// Labels of objects derived from a BackupConfiguration (§5.6).
 pub fn offshoot_labels(bc: &BackupConfiguration, component: &str) -> BTreeMap<String, String> {
@@ -222,6 +225,44 @@ pub(crate) async fn follow_sessions(
 }
 
 impl BackupConfigurations {
+    /// Write `outcome`'s phase and condition (server-side apply, field manager
+    /// `stash-operator`, the only writer of this status). Best effort: the event and the
+    /// retry do not depend on it.
+    async fn write_status(
+        &self,
+        api: &Api<BackupConfiguration>,
+        bc: &BackupConfiguration,
+        outcome: &Outcome,
+    ) {
+        let (phase, facts) = readiness(outcome);
+        let current = bc.status.clone().unwrap_or_default();
+        let c = conditions::condition(
+            &current.conditions,
+            facts.type_,
+            facts.status,
+            facts.reason,
+            facts.message,
+            bc.metadata.generation,
+        );
+        let desired = BackupConfigurationStatus {
+            phase: Some(phase),
+            observed_generation: bc.metadata.generation,
+            conditions: conditions::replace(&current.conditions, c),
+        };
+        let unchanged = bc.status.as_ref() == Some(&desired);
+        let owned = match serde_json::to_value(&desired) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(configuration = %bc.name_any(), "status not serialisable: {e}");
+                return;
+            }
+        };
+        let writer = StatusWriter::new(self.ctx.metrics.clone(), "backupconfiguration");
+        if let Err(e) = writer.apply(api, bc, MANAGER, unchanged, owned).await {
+            tracing::debug!(configuration = %bc.name_any(), "status not written: {e}");
+        }
+    }
+
     async fn apply(&self, bc: Arc<BackupConfiguration>) -> Result<Action, Error> {
         let ctx = &self.ctx;
         let ns = bc.namespace().unwrap_or_default();
@@ -319,27 +360,27 @@ impl Reconcile<BackupConfiguration> for BackupConfigurations {
             self.ctx.client.clone(),
             &bc.namespace().unwrap_or_default(),
         );
-        let result = finalizer(
-            &api,
-            consts::STASH_FINALIZER,
-            bc.clone(),
-            |event| async move {
-                match event {
-                    Finalizer::Apply(bc) => self.apply(bc).await,
-                    // Owned objects (CronJob, ServiceAccount, RoleBinding, sessions) are garbage
-                    // collected; the workload controller sees the deletion and removes the sidecar.
-                    Finalizer::Cleanup(bc) => {
-                        self.ctx
-                            .stores
-                            .history
-                            .lock()
-                            .expect("history lock")
-                            .set_limit(&bc.namespace().unwrap_or_default(), &bc.name_any(), None);
-                        Ok(Action::await_change())
-                    }
+        // Whether `apply` ran (not only the finalizer's first write).
+        let applied = std::sync::atomic::AtomicBool::new(false);
+        let result = finalizer(&api, consts::STASH_FINALIZER, bc.clone(), |event| async {
+            match event {
+                Finalizer::Apply(bc) => {
+                    applied.store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.apply(bc).await
                 }
-            },
-        )
+                // Owned objects (CronJob, ServiceAccount, RoleBinding, sessions) are garbage
+                // collected; the workload controller sees the deletion and removes the sidecar.
+                Finalizer::Cleanup(bc) => {
+                    self.ctx
+                        .stores
+                        .history
+                        .lock()
+                        .expect("history lock")
+                        .set_limit(&bc.namespace().unwrap_or_default(), &bc.name_any(), None);
+                    Ok(Action::await_change())
+                }
+            }
+        })
         .await
         .map_err(|e| match e {
             kube::runtime::finalizer::Error::ApplyFailed(e)
@@ -362,6 +403,27 @@ impl Reconcile<BackupConfiguration> for BackupConfigurations {
                     e.to_string(),
                 )
                 .await;
+        }
+        // And in its status: the phase and the `CronJobCreated` condition (the machine's
+        // readiness). A transient error, a paused or deleted configuration leave it as it is.
+        let outcome = match &result {
+            Ok(_) if !applied.load(std::sync::atomic::Ordering::Relaxed) || bc.spec.paused => None,
+            Ok(_)
+                if bc
+                    .spec
+                    .schedule
+                    .as_deref()
+                    .is_some_and(|s| !s.trim().is_empty()) =>
+            {
+                Some(Outcome::Scheduled)
+            }
+            Ok(_) => Some(Outcome::ManualOnly),
+            Err(Error::Clash(m)) => Some(Outcome::NameClash(m.clone())),
+            Err(Error::Config(m)) => Some(Outcome::Refused(m.clone())),
+            Err(_) => None,
+        };
+        if let Some(outcome) = outcome {
+            self.write_status(&api, &bc, &outcome).await;
         }
         result
     }

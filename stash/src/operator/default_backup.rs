@@ -192,6 +192,7 @@ pub fn desired(
             temp_dir: spec.temp_dir.clone(),
             ..Default::default()
         },
+        status: None,
     };
     Ok((repository, bc))
 }

@@ -431,7 +431,7 @@ pub(crate) fn backup_configuration(spec: Value) -> stash_crds::BackupConfigurati
     serde_json::from_value(json!({
         "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration",
         "metadata": {
-            "name": "bc", "namespace": "n", "uid": "uid-bc", "resourceVersion": "3",
+            "name": "bc", "namespace": "n", "uid": "uid-bc", "resourceVersion": "3", "generation": 2,
             "finalizers": ["stash.appscode.com"], "labels": {"team": "a"},
         },
         "spec": base,

@@ -14,6 +14,7 @@ use crate::inject::InjectConfig;
 
 pub mod backup_configuration;
 pub mod backup_session;
+pub mod conditions;
 pub mod default_backup;
 #[cfg(test)]
 mod fixtures;

@@ -50,7 +50,7 @@ pub enum WriteError {
 }
 
 /// Event reason of a [`WriteError::Clash`].
-pub const NAME_CLASH: &str = "NameClash";
+pub const NAME_CLASH: &str = stash_machines::reasons::NAME_CLASH;
 
 /// Did stash create the object `meta` describes? Its label `app.kubernetes.io/managed-by:
 /// stash.appscode.com` (every object stash writes carries it), or — for what older versions

@@ -18,7 +18,7 @@ use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::{
     api::core::v1::{Namespace, Secret},
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    apimachinery::pkg::apis::meta::v1::Condition,
 };
 use kube::{
     Api, Resource, ResourceExt,
@@ -222,8 +222,7 @@ async fn write_wipe_out_condition(
     let mut desired = current.clone().unwrap_or_default();
     let desired_condition =
         wipe_out_failed_condition(&desired.conditions, message, repo.metadata.generation);
-    desired.conditions.retain(|c| c.type_ != consts_wipe::TYPE);
-    desired.conditions.push(desired_condition);
+    desired.conditions = super::conditions::replace(&desired.conditions, desired_condition);
     let writer = StatusWriter::new(ctx.metrics.clone(), "repository");
     if let Err(e) = writer.write(api, repo, current.as_ref(), &desired).await {
         tracing::debug!(repository = %repo.name_any(), "WipeOut condition not written: {e}");
@@ -241,21 +240,14 @@ pub fn wipe_out_failed_condition(
     message: String,
     generation: Option<i64>,
 ) -> Condition {
-    let since = current
-        .iter()
-        .find(|c| {
-            c.type_ == consts_wipe::TYPE && c.status == "False" && c.reason == consts_wipe::FAILED
-        })
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(jiff::Timestamp::now()));
-    Condition {
-        type_: consts_wipe::TYPE.into(),
-        status: "False".into(),
-        reason: consts_wipe::FAILED.into(),
+    super::conditions::condition(
+        current,
+        consts_wipe::TYPE,
+        false,
+        consts_wipe::FAILED,
         message,
-        last_transition_time: since,
-        observed_generation: generation,
-    }
+        generation,
+    )
 }
 
 /// Why a wipe-out did not happen.
@@ -398,7 +390,8 @@ mod tests {
         );
         assert_eq!(first.observed_generation, Some(3));
         let mut old = first.clone();
-        old.last_transition_time = Time(jiff::Timestamp::UNIX_EPOCH);
+        old.last_transition_time =
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH);
         let again = wipe_out_failed_condition(&[old.clone()], "boom again".into(), Some(3));
         assert_eq!(again.last_transition_time, old.last_transition_time);
         assert_eq!(again.message, "boom again");

@@ -44,6 +44,49 @@ pub struct Target {
     pub prefix: String,
     /// `s3://bucket/prefix` and the like, for messages.
     pub describe: String,
+    /// Azure with a SAS token: objects are deleted one request each (object_store deletes
+    /// through the blob batch API, which does not take every SAS token).
+    pub sas_delete: Option<SasDelete>,
+}
+
+/// Deleting Azure blobs one `DELETE` each, authorised by a SAS token.
+pub struct SasDelete {
+    client: reqwest::Client,
+    /// `https://<account>.blob.<suffix>/<container>`.
+    container: reqwest::Url,
+    /// The token's query string (without `?`). Never printed: it is a credential.
+    sas: String,
+}
+
+impl SasDelete {
+    /// `DELETE` one blob: deleted (202) or already gone (404) is done.
+    async fn delete(&self, path: &Path) -> Result<(), String> {
+        let mut url = self.container.clone();
+        url.path_segments_mut()
+            .map_err(|()| "the Azure endpoint cannot carry a path".to_string())?
+            .extend(path.as_ref().split('/'));
+        let shown = url.to_string();
+        url.set_query(Some(&self.sas));
+        let resp = self
+            .client
+            .delete(url)
+            .header("x-ms-version", "2021-08-06")
+            .send()
+            .await
+            .map_err(|e| format!("DELETE {shown}: {}", e.without_url()))?;
+        match resp.status().as_u16() {
+            200..=299 | 404 => Ok(()),
+            code => {
+                let code_header = resp
+                    .headers()
+                    .get("x-ms-error-code")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                Err(format!("DELETE {shown}: HTTP {code} {code_header}"))
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Target {
@@ -130,6 +173,19 @@ impl Target {
 
     async fn delete_all(&self, paths: Vec<Path>) -> Result<usize, String> {
         let n = paths.len();
+        if let Some(sas) = &self.sas_delete {
+            let deletes: Vec<_> = paths
+                .into_iter()
+                .map(|p| -> futures::future::BoxFuture<'_, Result<(), String>> {
+                    Box::pin(async move { sas.delete(&p).await })
+                })
+                .collect();
+            let mut results = futures::stream::iter(deletes).buffer_unordered(8);
+            while let Some(r) = results.next().await {
+                r.map_err(|e| format!("deleting from {}: {e}", self.describe))?;
+            }
+            return Ok(n);
+        }
         let stream = futures::stream::iter(paths.into_iter().map(Ok)).boxed();
         let mut results = self.store.delete_stream(stream);
         while let Some(r) = results.next().await {
@@ -331,6 +387,7 @@ pub async fn target(backend: &BackendSpec, secret: &SecretData) -> Result<Option
             store: Arc::new(store),
             describe: format!("s3://{bucket}/{prefix}"),
             prefix,
+            sas_delete: None,
         }));
     }
     if let Some(gcs) = &backend.gcs {
@@ -366,6 +423,7 @@ pub async fn target(backend: &BackendSpec, secret: &SecretData) -> Result<Option
             store: Arc::new(store),
             describe: format!("gs://{bucket}/{prefix}"),
             prefix,
+            sas_delete: None,
         }));
     }
     if let Some(az) = &backend.azure {
@@ -377,15 +435,37 @@ pub async fn target(backend: &BackendSpec, secret: &SecretData) -> Result<Option
         let container = az.container.clone().unwrap_or_default();
         let account = get("AZURE_ACCOUNT_NAME").unwrap_or_default();
         let suffix = get("AZURE_ENDPOINT_SUFFIX").unwrap_or_else(|| "core.windows.net".into());
+        let endpoint = format!("https://{account}.blob.{suffix}");
         let mut b = object_store::azure::MicrosoftAzureBuilder::new()
             .with_account(&account)
             .with_container_name(&container)
-            .with_endpoint(format!("https://{account}.blob.{suffix}"))
+            .with_endpoint(endpoint.clone())
             .with_retry(retry())
             .with_client_options(client_options(secret)?);
+        let mut sas_delete = None;
         if let Some(k) = get("AZURE_ACCOUNT_KEY") {
             b = b.with_access_key(k);
         } else if let Some(sas) = get("AZURE_ACCOUNT_SAS") {
+            let mut client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60));
+            if let Some(pem) = secret.get("CA_CERT_DATA") {
+                for c in reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                    .map_err(|e| format!("CA_CERT_DATA: {e}"))?
+                {
+                    client = client.add_root_certificate(c);
+                }
+            }
+            let mut url = reqwest::Url::parse(&endpoint)
+                .map_err(|e| format!("Azure endpoint {endpoint}: {e}"))?;
+            url.path_segments_mut()
+                .map_err(|()| format!("Azure endpoint {endpoint} cannot carry a path"))?
+                .push(&container);
+            sas_delete = Some(SasDelete {
+                client: client
+                    .build()
+                    .map_err(|e| format!("HTTP client for {endpoint}: {e}"))?,
+                container: url,
+                sas: sas.trim_start_matches('?').to_string(),
+            });
             // restic's key: the SAS token's query string (a leading `?` allowed).
             b = b.with_config(
                 object_store::azure::AzureConfigKey::SasKey,
@@ -400,6 +480,7 @@ pub async fn target(backend: &BackendSpec, secret: &SecretData) -> Result<Option
             store: Arc::new(store),
             describe: format!("azure://{account}/{container}/{prefix}"),
             prefix,
+            sas_delete,
         }));
     }
     Ok(None)
@@ -482,6 +563,7 @@ mod tests {
             store: store.clone(),
             prefix: "repo".into(),
             describe: "mem://repo".into(),
+            sas_delete: None,
         };
         let r = t.wipe(true).await.expect("wipe");
         assert_eq!(
@@ -529,6 +611,7 @@ mod tests {
             store: store.clone(),
             prefix: String::new(),
             describe: "mem://".into(),
+            sas_delete: None,
         };
         let e = t.wipe(true).await.expect_err("refused");
         assert!(e.contains("not verified"), "{e}");

@@ -22,6 +22,7 @@ use stash_crds::{
     consts::SNAPSHOT_GROUP,
     snapshot::{SNAPSHOT_API_VERSION, SNAPSHOT_KIND, SNAPSHOT_PLURAL, parse_snapshot_name},
 };
+use stash_machines::snapshots;
 use stash_restic as restic;
 use stash_runtime::aggregated::PeerCertificates;
 
@@ -820,20 +821,34 @@ async fn route(
                 .await
                 .map_err(|e| Failure::internal(format!("reading Repository {repo_name}: {e}")))?
                 .ok_or_else(|| Failure::not_found_repository(repo_name))?;
-            let find = |snaps: &[restic::Snapshot]| {
-                snaps.iter().find(|s| s.id.get(..8) == Some(short)).cloned()
+            // The name's 8 hex must name exactly one snapshot: with two, neither is meant
+            // (a delete must never forget the other one).
+            let find = |snaps: &[restic::Snapshot]| -> Result<Option<restic::Snapshot>, Failure> {
+                match snapshots::lookup(snaps.iter().map(|s| s.id.as_str()), short) {
+                    snapshots::Lookup::Found(i) => Ok(Some(snaps[i].clone())),
+                    snapshots::Lookup::Missing => Ok(None),
+                    snapshots::Lookup::Ambiguous(a, b) => Err(Failure::new(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        format!(
+                            "snapshot name {name} is ambiguous: snapshots {} and {} both start with {short}; use restic with the full id",
+                            snaps[a].id, snaps[b].id
+                        ),
+                    )
+                    .details(name, SNAPSHOT_GROUP, SNAPSHOT_PLURAL)),
+                }
             };
             let unreadable = |e: super::catalog::FetchError| {
                 Failure::internal(format!("repository {repo_name} cannot be read: {e}"))
             };
-            let mut found = find(&catalog.snapshots(&repo).await.map_err(unreadable)?);
+            let mut found = find(&catalog.snapshots(&repo).await.map_err(unreadable)?)?;
             if found.is_none() {
                 // A miss may be a snapshot taken since the last refresh: read once more.
                 catalog
                     .refresh(&repo, Instant::now())
                     .await
                     .map_err(unreadable)?;
-                found = find(&catalog.snapshots(&repo).await.map_err(unreadable)?);
+                found = find(&catalog.snapshots(&repo).await.map_err(unreadable)?)?;
             }
             let snap = found.ok_or_else(|| Failure::not_found_snapshot(name))?;
             let obj = snapshot_object(&repo, &snap);

@@ -104,40 +104,7 @@ pub fn relative_path(v: &str) -> Result<(), String> {
     }
 }
 
-/// `path` with `.`, `..` and repeated or trailing slashes resolved lexically, as the kernel
-/// resolves them when no component is a symlink (`/source/data/../../etc` is `/etc`; `..`
-/// above the root stays at the root).
-pub fn normalize(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in path.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    let joined = parts.join("/");
-    if path.starts_with('/') {
-        format!("/{joined}")
-    } else {
-        joined
-    }
-}
-
-/// Is `path` equal to `dir` or inside it, after both are [normalized](normalize)
-/// (component-wise: `..` cannot walk out of `dir`)?
-pub fn under(path: &str, dir: &str) -> bool {
-    let (path, dir) = (normalize(path), normalize(dir));
-    let path = path.trim_end_matches('/');
-    let dir = dir.trim_end_matches('/');
-    dir.is_empty()
-        || path == dir
-        || path
-            .strip_prefix(dir)
-            .is_some_and(|rest| rest.starts_with('/'))
-}
+pub use stash_machines::paths::under;
 
 /// A Kubernetes quantity (`1`, `500m`, `1.5Gi`, `2e3`, ...); its value in units when valid.
 pub fn quantity(v: &str) -> Result<f64, String> {
@@ -383,17 +350,6 @@ mod tests {
         assert!(dns_subdomain("gcs-secret.v1").is_ok());
         assert!(dns_subdomain("bad_name").is_err());
         assert!(volume_name("${secretVolume}").is_ok());
-        assert!(under("/source/data/x", "/source/data"));
-        assert!(under("/source/data/", "/source/data"));
-        assert!(!under("/source/database", "/source/data"));
-        assert!(under("/anything", "/"));
-        assert!(
-            !under("/source/data/../../etc", "/source/data"),
-            "lexical .. walks out"
-        );
-        assert!(under("/source/data/./x/../y", "/source/data"));
-        assert!(!under("/source/data/..", "/source/data"));
-        assert_eq!(normalize("/a/../../b//c/."), "/b/c");
         assert!(image("appscode/stash:0.8.3").is_ok());
         assert!(image("registry.local:5000/stash-rs/stash@sha256:abc").is_ok());
         assert!(image("Appscode/Stash:1").is_err());
