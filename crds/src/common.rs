@@ -76,6 +76,7 @@ pub struct RestoreTarget {
     pub replicas: Option<i32>,
     /// PVCs to create and restore into; `${POD_ORDINAL}` is substituted per ordinal.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::claim_templates")]
     pub volume_claim_templates: Vec<core::PersistentVolumeClaim>,
 }
 

@@ -21,6 +21,26 @@ pub fn optional_bytes(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+/// Schema of `volumeClaimTemplates`: core PersistentVolumeClaims whose `apiVersion` and
+/// `kind`, when given, can only be `v1` and `PersistentVolumeClaim` (the typed object refuses
+/// anything else, so the API server must too, not only the webhook).
+pub fn claim_templates(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut s = g.subschema_for::<Vec<k8s_openapi::api::core::v1::PersistentVolumeClaim>>();
+    if let Some(props) = s
+        .as_object_mut()
+        .and_then(|o| o.get_mut("items"))
+        .and_then(|i| i.get_mut("properties"))
+        .and_then(Value::as_object_mut)
+    {
+        for (field, only) in [("apiVersion", "v1"), ("kind", "PersistentVolumeClaim")] {
+            if let Some(Value::Object(f)) = props.get_mut(field) {
+                f.insert("enum".into(), json!([only]));
+            }
+        }
+    }
+    s
+}
+
 /// Normalises a generated schema in place: `null` is removed from `enum` lists (schemars adds it
 /// for `Option<inline enum>`; `nullable: true` already expresses it).
 pub fn normalize(node: &mut Value) {

@@ -15,3 +15,6 @@ pub mod restore;
 pub mod runtime_settings;
 pub mod snapshots;
 pub mod target;
+
+#[cfg(test)]
+mod fuzz_tests;

@@ -350,7 +350,11 @@ async fn kubectl_get_by_short_name_shows_the_printer_columns() {
         }
     }
     let expectations: &[(&str, bool, &[&str])] = &[
-        ("bc", true, &["NAME", "TASK", "SCHEDULE", "PAUSED", "AGE"]),
+        (
+            "bc",
+            true,
+            &["NAME", "TASK", "SCHEDULE", "PAUSED", "PHASE", "AGE"],
+        ),
         ("bs", true, &["NAME", "BACKUPCONFIGURATION", "PHASE", "AGE"]),
         (
             "restore",
