@@ -367,8 +367,11 @@ impl Repo {
         argv.extend(self.global_args(cleanup_cache));
         if takes_lock(sub, args) {
             // Another host's lock (two configurations sharing the repository, a prune) is waited
-            // for, bounded, instead of failing at once. Stale locks (restic's definition: not
-            // refreshed for 30 minutes, or of a process gone on this host) never block.
+            // for, bounded, instead of failing at once. A lock whose holder is dead still
+            // blocks: restic 0.19's lock check does not look at staleness, and only `unlock`
+            // removes a lock, and only one restic can prove stale (30 minutes old, or of a dead
+            // pid on the same hostname). So restic is never SIGKILLed while it holds a lock
+            // (see `run::GroupGuard`).
             argv.push("--retry-lock".into());
             argv.push(RETRY_LOCK.into());
         }

@@ -187,10 +187,20 @@ impl StderrState {
     }
 }
 
-/// Kills the process group when dropped while armed (a cancelled future must not leave
-/// restic running).
+/// Stops the process group when dropped while armed (a cancelled future must not leave
+/// restic running) the way restic can clean up after itself: SIGTERM first (restic removes its
+/// lock files and exits), SIGKILL only after [`TERM_GRACE`], from a thread that watches the
+/// process through a pidfd (so a reused pid is never signalled). Meanwhile the thread drains
+/// restic's stdout and stderr through duplicates of their read ends: with the pipes closed,
+/// restic's "cleaning up" line would kill it with SIGPIPE before it removed its lock. A
+/// restic killed that way leaves its lock behind, and an exclusive lock refuses every later
+/// backup of the repository.
 struct GroupGuard {
     pgid: i32,
+    /// A pidfd of restic (the group's leader), -1 when the kernel has none.
+    pidfd: i32,
+    /// Duplicates of the read ends of restic's stdout and stderr (-1: none).
+    outputs: [i32; 2],
     armed: bool,
 }
 
@@ -205,10 +215,111 @@ impl GroupGuard {
     }
 }
 
+/// Close the file descriptors of `fds` that are open (≥ 0).
+fn close_all(fds: &[i32]) {
+    for &fd in fds.iter().filter(|fd| **fd >= 0) {
+        // SAFETY: closing descriptors this guard opened (pidfd, dup) and owns.
+        unsafe { libc::close(fd) };
+    }
+}
+
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        self.signal(libc::SIGKILL);
+        let pidfd = std::mem::replace(&mut self.pidfd, -1);
+        let outputs = std::mem::replace(&mut self.outputs, [-1, -1]);
+        if !self.armed || self.pgid <= 0 {
+            close_all(&[pidfd, outputs[0], outputs[1]]);
+            return;
+        }
+        // The leader has not been waited for (its Child is dropped after this guard), so the
+        // group id is still ours.
+        self.signal(libc::SIGTERM);
+        if pidfd < 0 {
+            // No pidfd (an old kernel): the group cannot be watched without a reuse race.
+            self.signal(libc::SIGKILL);
+            close_all(&outputs);
+            return;
+        }
+        let pgid = self.pgid;
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + TERM_GRACE;
+            let mut fds = [
+                libc::pollfd {
+                    fd: pidfd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: outputs[0],
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: outputs[1],
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            let mut buf = [0u8; 8192];
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    tracing::warn!(
+                        pgid,
+                        "restic did not stop within {TERM_GRACE:?} of SIGTERM: killed"
+                    );
+                    // SAFETY: pidfd_send_signal(2) on our own pidfd: only that very process.
+                    unsafe {
+                        libc::syscall(
+                            libc::SYS_pidfd_send_signal,
+                            pidfd,
+                            libc::SIGKILL,
+                            std::ptr::null::<libc::siginfo_t>(),
+                            0,
+                        );
+                    }
+                    break;
+                }
+                let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
+                // SAFETY: poll(2) on descriptors this thread owns (negative ones are skipped).
+                let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, ms) };
+                if n < 0 {
+                    continue;
+                }
+                if fds[0].revents != 0 {
+                    break; // restic exited
+                }
+                for p in &mut fds[1..] {
+                    if p.fd >= 0 && p.revents != 0 {
+                        // SAFETY: read(2) into our buffer from a descriptor we own.
+                        let r = unsafe { libc::read(p.fd, buf.as_mut_ptr().cast(), buf.len()) };
+                        if r == 0 || (r < 0 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0) {
+                            // SAFETY: closing a descriptor we own, once.
+                            unsafe { libc::close(p.fd) };
+                            p.fd = -1;
+                        }
+                    }
+                }
+            }
+            close_all(&[pidfd, fds[1].fd, fds[2].fd]);
+        });
     }
+}
+
+/// A duplicate of `fd` (dup(2)), -1 on failure.
+fn dup(fd: std::os::fd::RawFd) -> i32 {
+    // SAFETY: dup(2) of a descriptor of a pipe we hold open.
+    unsafe { libc::dup(fd) }
+}
+
+/// A pidfd for `pid` (pidfd_open(2)), -1 when the kernel has none.
+fn pidfd_open(pid: u32) -> i32 {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return -1;
+    };
+    // SAFETY: pidfd_open(2) on a child we spawned and have not reaped.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    i32::try_from(fd).unwrap_or(-1)
 }
 
 enum Stop {
@@ -243,20 +354,26 @@ pub(crate) async fn run(inv: Invocation<'_>) -> Result<Finished> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true);
+        // Stopped by the guard below: SIGTERM, then SIGKILL after a grace (never SIGKILL at
+        // once: restic would leave its lock).
+        .kill_on_drop(false);
     tracing::debug!(command = sub, ?argv, "running restic");
     let mut child = cmd.spawn().map_err(|source| Error::Spawn {
         program: program.to_string_lossy().into_owned(),
         source,
     })?;
-    let mut guard = GroupGuard {
-        pgid: child.id().map_or(0, |p| p as i32),
-        armed: true,
-    };
-
     let child_stdin = child.stdin.take();
     let child_stdout = child.stdout.take().expect("stdout is piped");
     let child_stderr = child.stderr.take().expect("stderr is piped");
+    let mut guard = GroupGuard {
+        pgid: child.id().map_or(0, |p| p as i32),
+        pidfd: child.id().map_or(-1, pidfd_open),
+        outputs: [
+            dup(std::os::fd::AsRawFd::as_raw_fd(&child_stdout)),
+            dup(std::os::fd::AsRawFd::as_raw_fd(&child_stderr)),
+        ],
+        armed: true,
+    };
     let state = Arc::new(Mutex::new(StderrState::default()));
 
     let stdin_fut = async move {

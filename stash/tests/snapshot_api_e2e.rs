@@ -213,6 +213,19 @@ fn curl(
     (code.trim().parse().expect("http code"), body.to_owned())
 }
 
+/// `len` bytes that do not compress or deduplicate (xorshift from `seed`).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
 fn short_ids(snaps: &[Value]) -> BTreeSet<String> {
     snaps
         .iter()
@@ -310,7 +323,7 @@ async fn scenario(cp: &'static ControlPlane) {
 
     // list in one namespace, by label: exactly restic's snapshots.
     let restic_a = restic_snapshots(&dir_a);
-    let want: BTreeSet<String> = short_ids(&restic_a)
+    let mut want: BTreeSet<String> = short_ids(&restic_a)
         .iter()
         .map(|id| format!("repo-{id}"))
         .collect();
@@ -472,7 +485,8 @@ async fn scenario(cp: &'static ControlPlane) {
     let (d, t) = (dir_a.clone(), work.path().join("late"));
     tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&t).expect("dir");
-        std::fs::write(t.join("f"), "late").expect("write");
+        std::fs::write(t.join("f"), noise(1, 200_000)).expect("write");
+        std::fs::write(t.join("keep"), noise(2, 50_000)).expect("write");
         ok(
             restic(&d)
                 .args(["backup", "--quiet", "--host", "host-9"])
@@ -492,6 +506,29 @@ async fn scenario(cp: &'static ControlPlane) {
     let out = kubectl.ok(&["get", "snapshot", &late_name, "-n", a, "-o", "name"]);
     assert!(out.contains(&late_name), "{out}");
 
+    // A newer snapshot of the same directory, `f` replaced: the late snapshot's data pack
+    // holds `f` (unused once it is forgotten) and `keep` (still used), so the prune repacks,
+    // and restic writes temporary packs (the reader Pod's root filesystem is read-only; its
+    // scratch volume takes them).
+    let (d, t) = (dir_a.clone(), work.path().join("late"));
+    tokio::task::spawn_blocking(move || {
+        std::fs::write(t.join("f"), noise(3, 200_000)).expect("write");
+        ok(
+            restic(&d)
+                .args(["backup", "--quiet", "--host", "host-9"])
+                .arg(&t)
+                .output()
+                .expect("backup"),
+            "backup",
+        );
+    })
+    .await
+    .expect("newer backup");
+    let newer = restic_snapshots(&dir_a)
+        .into_iter()
+        .find(|s| s["hostname"] == "host-9" && s["id"] != late["id"])
+        .expect("newer snapshot");
+
     // delete = restic forget --prune.
     let out = kubectl.ok(&["delete", "snapshot", &late_name, "-n", a]);
     assert!(out.contains("deleted"), "{out}");
@@ -500,7 +537,18 @@ async fn scenario(cp: &'static ControlPlane) {
         !after.iter().any(|s| s["id"] == late["id"]),
         "restic no longer lists the deleted snapshot"
     );
-    assert_eq!(short_ids(&after), short_ids(&restic_a));
+    let newer_short = newer["short_id"].as_str().expect("id").to_owned();
+    want.insert(format!("repo-{newer_short}"));
+    let mut expected = short_ids(&restic_a);
+    expected.insert(newer_short);
+    assert_eq!(short_ids(&after), expected);
+    ok(
+        restic(&dir_a)
+            .args(["check", "--read-data"])
+            .output()
+            .expect("restic check"),
+        "restic check after the repacking prune",
+    );
     let err = kubectl.err(None, &["get", "snapshot", &late_name, "-n", a]);
     assert!(err.contains("NotFound"), "{err}");
 
@@ -649,11 +697,11 @@ async fn scenario(cp: &'static ControlPlane) {
     let snaps = Api::<Snapshot>::namespaced(client.clone(), a);
     let lp = ListParams::default().labels("repository=repo");
     let warm = snaps.list(&lp).await.expect("list");
-    assert_eq!(warm.items.len(), 3);
+    assert_eq!(warm.items.len(), want.len());
     let t = Instant::now();
     for _ in 0..50 {
         let l = snaps.list(&lp).await.expect("list");
-        assert_eq!(l.items.len(), 3);
+        assert_eq!(l.items.len(), want.len());
     }
     let api_avg = t.elapsed() / 50;
     let d = dir_a.clone();

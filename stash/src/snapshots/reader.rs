@@ -28,6 +28,9 @@ pub fn label_value(repository: &str) -> String {
     fit("", repository, DNS_LABEL)
 }
 
+/// The reader Pod's writable scratch directory (an emptyDir): restic's temporary packs.
+const SCRATCH: &str = "/stash-scratch";
+
 /// `restic snapshots` for the catalog.
 pub const LIST: &[&str] = &["snapshots", "--json", "--no-lock", "--no-cache", "--quiet"];
 
@@ -67,6 +70,11 @@ pub fn pod(
             sub.trim_start_matches('/')
         )
     };
+    if mount.trim_end_matches('/') == SCRATCH {
+        return Err(format!(
+            "the Repository's local mountPath {mount} is the reader Pod's scratch directory"
+        ));
+    }
     let mut volume = serde_json::to_value(&local.volume_source).map_err(|e| e.to_string())?;
     volume["name"] = "repository".into();
     let pod = serde_json::json!({
@@ -86,14 +94,18 @@ pub fn pod(
                 "env": [
                     {"name": "RESTIC_REPOSITORY", "value": repository},
                     {"name": "RESTIC_PASSWORD", "valueFrom": {"secretKeyRef": {"name": secret, "key": "RESTIC_PASSWORD"}}},
-                    {"name": "HOME", "value": "/tmp"}
+                    {"name": "HOME", "value": SCRATCH},
+                    // restic writes temporary packs when a prune repacks: the root
+                    // filesystem is read-only, the scratch volume is not.
+                    {"name": "TMPDIR", "value": SCRATCH}
                 ],
-                "volumeMounts": [{"name": "repository", "mountPath": mount, "readOnly": !write}],
+                "volumeMounts": [{"name": "repository", "mountPath": mount, "readOnly": !write},
+                                 {"name": "stash-scratch", "mountPath": SCRATCH}],
                 // Root reads what any backup or restore container wrote; nothing is writable.
                 "securityContext": {"runAsUser": 0, "runAsNonRoot": false, "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true},
                 "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}}
             }],
-            "volumes": [volume]
+            "volumes": [volume, {"name": "stash-scratch", "emptyDir": {"sizeLimit": "1Gi"}}]
         }
     });
     serde_json::from_value(pod)
@@ -338,6 +350,18 @@ mod tests {
             Some(true)
         );
         assert_eq!(spec.automount_service_account_token, Some(false));
+        // A prune's temporary packs have somewhere to go (the root filesystem is read-only).
+        let scratch = &c.volume_mounts.as_ref().expect("mounts")[1];
+        assert_eq!(
+            (scratch.mount_path.as_str(), scratch.read_only),
+            (SCRATCH, None)
+        );
+        assert!(
+            c.env
+                .iter()
+                .flatten()
+                .any(|e| e.name == "TMPDIR" && e.value.as_deref() == Some(SCRATCH))
+        );
     }
 
     #[test]
