@@ -213,6 +213,23 @@ fn curl(
     (code.trim().parse().expect("http code"), body.to_owned())
 }
 
+/// `restic backup` of `dir` into the repository at `repo` as host `host-9`.
+async fn backup_as_host_9(repo: &Path, dir: &Path) {
+    let (repo, dir) = (repo.to_owned(), dir.to_owned());
+    tokio::task::spawn_blocking(move || {
+        ok(
+            restic(&repo)
+                .args(["backup", "--quiet", "--host", "host-9"])
+                .arg(&dir)
+                .output()
+                .expect("backup"),
+            "backup",
+        );
+    })
+    .await
+    .expect("backup");
+}
+
 /// `len` bytes that do not compress or deduplicate (xorshift from `seed`).
 fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -482,22 +499,11 @@ async fn scenario(cp: &'static ControlPlane) {
     );
 
     // A snapshot taken after the last refresh is found by `get` (refresh on a miss).
-    let (d, t) = (dir_a.clone(), work.path().join("late"));
-    tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&t).expect("dir");
-        std::fs::write(t.join("f"), noise(1, 200_000)).expect("write");
-        std::fs::write(t.join("keep"), noise(2, 50_000)).expect("write");
-        ok(
-            restic(&d)
-                .args(["backup", "--quiet", "--host", "host-9"])
-                .arg(&t)
-                .output()
-                .expect("backup"),
-            "backup",
-        );
-    })
-    .await
-    .expect("late backup");
+    let late_dir = work.path().join("late");
+    std::fs::create_dir_all(&late_dir).expect("dir");
+    std::fs::write(late_dir.join("f"), noise(1, 200_000)).expect("write");
+    std::fs::write(late_dir.join("keep"), noise(2, 50_000)).expect("write");
+    backup_as_host_9(&dir_a, &late_dir).await;
     let late = restic_snapshots(&dir_a)
         .into_iter()
         .find(|s| s["hostname"] == "host-9")
@@ -510,20 +516,8 @@ async fn scenario(cp: &'static ControlPlane) {
     // holds `f` (unused once it is forgotten) and `keep` (still used), so the prune repacks,
     // and restic writes temporary packs (the reader Pod's root filesystem is read-only; its
     // scratch volume takes them).
-    let (d, t) = (dir_a.clone(), work.path().join("late"));
-    tokio::task::spawn_blocking(move || {
-        std::fs::write(t.join("f"), noise(3, 200_000)).expect("write");
-        ok(
-            restic(&d)
-                .args(["backup", "--quiet", "--host", "host-9"])
-                .arg(&t)
-                .output()
-                .expect("backup"),
-            "backup",
-        );
-    })
-    .await
-    .expect("newer backup");
+    std::fs::write(late_dir.join("f"), noise(3, 200_000)).expect("write");
+    backup_as_host_9(&dir_a, &late_dir).await;
     let newer = restic_snapshots(&dir_a)
         .into_iter()
         .find(|s| s["hostname"] == "host-9" && s["id"] != late["id"])
