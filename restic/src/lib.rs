@@ -44,6 +44,7 @@ pub use location::{Location, go_path_clean, object_prefix};
 pub use repo::{
     DEFAULT_RETRY_BUDGET, DumpOptions, IoNice, Repo, RepoBuilder, RestoreOptions, SnapshotFilter,
 };
+pub use run::stopped;
 pub use types::{
     BackupSummary, CheckReport, ForgetGroup, ForgetOutcome, LockInfo, RestoreSummary,
     RetentionPolicy, Snapshot, SnapshotSummary, Stats, StatsMode, format_processing_time,

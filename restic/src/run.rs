@@ -19,6 +19,30 @@ use crate::{Error, Result, error::scrub};
 const TERM_GRACE: Duration = Duration::from_secs(5);
 const TAIL_LINES: usize = 20;
 
+/// restic processes started and not yet known to have exited.
+static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Wait (at most `bound`) until every restic this process started has exited: a process
+/// that is told to stop (SIGTERM) drops its work, which asks each restic to stop and clean up
+/// its lock, and then must not exit before they did (in a container, the exit of PID 1
+/// SIGKILLs them). True when none is left.
+pub async fn stopped(bound: Duration) -> bool {
+    let deadline = Instant::now() + bound;
+    loop {
+        if RUNNING.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn exited() {
+    RUNNING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+}
+
 pub(crate) type DynRead<'a> = &'a mut (dyn AsyncRead + Unpin + Send);
 pub(crate) type DynWrite<'a> = &'a mut (dyn AsyncWrite + Unpin + Send);
 
@@ -229,6 +253,7 @@ impl Drop for GroupGuard {
         let outputs = std::mem::replace(&mut self.outputs, [-1, -1]);
         if !self.armed || self.pgid <= 0 {
             close_all(&[pidfd, outputs[0], outputs[1]]);
+            exited();
             return;
         }
         // The leader has not been waited for (its Child is dropped after this guard), so the
@@ -238,6 +263,7 @@ impl Drop for GroupGuard {
             // No pidfd (an old kernel): the group cannot be watched without a reuse race.
             self.signal(libc::SIGKILL);
             close_all(&outputs);
+            exited();
             return;
         }
         let pgid = self.pgid;
@@ -302,6 +328,7 @@ impl Drop for GroupGuard {
                 }
             }
             close_all(&[pidfd, fds[1].fd, fds[2].fd]);
+            exited();
         });
     }
 }
@@ -365,6 +392,7 @@ pub(crate) async fn run(inv: Invocation<'_>) -> Result<Finished> {
     let child_stdin = child.stdin.take();
     let child_stdout = child.stdout.take().expect("stdout is piped");
     let child_stderr = child.stderr.take().expect("stderr is piped");
+    RUNNING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let mut guard = GroupGuard {
         pgid: child.id().map_or(0, |p| p as i32),
         pidfd: child.id().map_or(-1, pidfd_open),

@@ -1,5 +1,6 @@
 //! The `stash` executable: the operator and its agents.
 use clap::{Parser, Subcommand};
+use futures::{FutureExt, future::BoxFuture};
 use stash::{agent, operator};
 
 /// Kubernetes backup and restore with restic, speaking the Stash API.
@@ -43,17 +44,45 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
-        Command::Crds => print!("{}", stash_crds::render_yaml()),
-        Command::Run(opts) => operator::run(opts).await?,
-        Command::CreateBackupsession(opts) => agent::create_backupsession::run(opts).await?,
-        Command::RunBackup(opts) => agent::run_backup::run(opts).await?,
-        Command::Restore(opts) => agent::restore::run(opts).await?,
-        Command::BackupPvc(opts) => agent::pvc::backup(opts).await?,
-        Command::RestorePvc(opts) => agent::pvc::restore(opts).await?,
-        Command::UpdateStatus(opts) => agent::update_status::run(opts).await?,
-        Command::BackupPg(opts) => agent::postgres::backup(opts).await?,
-        Command::RestorePg(opts) => agent::postgres::restore(opts).await?,
-    }
-    Ok(())
+    let agent = match Cli::parse().command {
+        Command::Crds => {
+            print!("{}", stash_crds::render_yaml());
+            return Ok(());
+        }
+        Command::Run(opts) => return operator::run(opts).await,
+        Command::CreateBackupsession(opts) => agent::create_backupsession::run(opts).boxed(),
+        Command::RunBackup(opts) => agent::run_backup::run(opts).boxed(),
+        Command::Restore(opts) => agent::restore::run(opts).boxed(),
+        Command::BackupPvc(opts) => agent::pvc::backup(opts).boxed(),
+        Command::RestorePvc(opts) => agent::pvc::restore(opts).boxed(),
+        Command::UpdateStatus(opts) => agent::update_status::run(opts).boxed(),
+        Command::BackupPg(opts) => agent::postgres::backup(opts).boxed(),
+        Command::RestorePg(opts) => agent::postgres::restore(opts).boxed(),
+    };
+    until_stopped(agent).await
+}
+
+/// Run an agent until it ends or its container is stopped (SIGTERM: a pod deleted, evicted,
+/// drained; SIGINT). Stopped, the agent's work is dropped — which asks every running restic
+/// to stop and remove its lock — and the process exits only once they have (bounded): as
+/// PID 1 of its container, its exit would SIGKILL them and leave their locks behind.
+async fn until_stopped(agent: BoxFuture<'static, anyhow::Result<()>>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let why = tokio::select! {
+        r = agent => return r,
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::warn!("{why}: stopping; restic is asked to stop and remove its lock first");
+    let clean = stash_restic::stopped(std::time::Duration::from_secs(10)).await;
+    anyhow::bail!(
+        "stopped by {why}{}",
+        if clean {
+            ""
+        } else {
+            " (a restic did not exit in time)"
+        }
+    )
 }
