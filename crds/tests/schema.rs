@@ -79,7 +79,7 @@ fn names_scope_categories_labels_versions() {
             short: &["bc"],
             scope: "Namespaced",
             categories: &["stash", "appscode", "backup"],
-            status: false,
+            status: true,
             app: "stash",
             versions: &[("v1beta1", true)],
         },
@@ -264,6 +264,7 @@ fn printer_columns() {
             col("Task", "string", ".spec.task.name"),
             col("Schedule", "string", ".spec.schedule"),
             col("Paused", "boolean", ".spec.paused"),
+            col("Phase", "string", ".status.phase"),
             age.clone()
         ]
     );
@@ -379,6 +380,10 @@ fn phases_are_string_enums_of_stash_values() {
     assert_eq!(
         string_enum(at(&bc, &["spec", "driver"])),
         ["Restic", "VolumeSnapshotter"]
+    );
+    assert_eq!(
+        string_enum(at(&bc, &["status", "phase"])),
+        ["Ready", "NotReady", "Invalid"]
     );
     assert_eq!(
         at(&bc, &["spec", "tempDir", "sizeLimit"])["x-kubernetes-int-or-string"],
