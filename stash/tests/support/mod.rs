@@ -305,13 +305,37 @@ pub async fn apply(client: &Client, ns: &str, doc: serde_json::Value) -> Dynamic
     };
     let obj: DynamicObject = serde_json::from_value(doc).expect("object");
     let name = obj.metadata.name.clone().expect("name");
-    api.patch(
-        &name,
-        &PatchParams::apply("stash-e2e").force(),
-        &Patch::Apply(&obj),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("apply {gvk:?} {name}: {e}"))
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match api
+            .patch(
+                &name,
+                &PatchParams::apply("stash-e2e").force(),
+                &Patch::Apply(&obj),
+            )
+            .await
+        {
+            Ok(o) => return o,
+            // The API server's call to the webhook broke off in transport (seen once in CI:
+            // "read: connection reset by peer" from a Ready operator pod that never
+            // restarted; not reproduced). Such a request is not retried by the API server;
+            // a user runs kubectl again, and so does this helper, at most twice more.
+            Err(kube::Error::Api(e))
+                if attempt < 3
+                    && e.code == 500
+                    && e.message.contains("failed calling webhook")
+                    && (e.message.contains("connection reset") || e.message.contains("EOF")) =>
+            {
+                eprintln!(
+                    "apply {gvk:?} {name}: webhook transport error, again: {}",
+                    e.message
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => panic!("apply {gvk:?} {name}: {e}"),
+        }
+    }
 }
 
 /// Poll `probe` every 250 ms until it returns `Some`, or panic after `timeout` with `what`.
