@@ -9,11 +9,11 @@
 //! tests).
 //!
 //! What is taken from the operator itself rather than restated: the webhook configurations
-//! ([`stash::admission::register`]), the names of the ClusterRoles the operator maintains
-//! ([`stash::operator::rbac`], [`stash::jobs::rbac`]) and the certificate Secret names, so the
+//! ([`stash_admission::register`]), the names of the ClusterRoles the operator maintains
+//! ([`stash_operator::rbac`], [`stash_operator::jobs::rbac`]) and the certificate Secret names, so the
 //! manifests cannot drift from what the operator does at run time.
 use serde_json::{Value, json};
-use stash::admission::register::{self, Endpoint};
+use stash_admission::register::{self, Endpoint};
 
 /// Name of the ServiceAccount, ClusterRole, Role, Service, Deployment and PDB.
 pub const NAME: &str = "stash-operator";
@@ -137,10 +137,10 @@ const STATUS: &[&str] = &["get", "update", "patch"];
 const EVENTS: &[&str] = &["create", "update", "patch"];
 
 /// Every rule the operator grants to the pods it runs (sample names): the narrow Roles of
-/// [`stash::operator::rbac`]. The operator holds each of them itself, so it needs neither
+/// [`stash_operator::rbac`]. The operator holds each of them itself, so it needs neither
 /// `escalate` nor `bind` ([`operator_holds`] checks it).
 pub fn granted_rules() -> Vec<k8s_openapi::api::rbac::v1::PolicyRule> {
-    stash::operator::rbac::sample_rules()
+    stash_operator::rbac::sample_rules()
 }
 
 /// The operator's cluster-wide permissions: explicit verbs on explicit resources, no
@@ -253,8 +253,8 @@ pub fn cluster_role() -> Value {
 /// certificate Secrets and Services.
 pub fn role(ns: &str) -> Value {
     let secrets = [
-        stash::admission::CERT_SECRET.to_string(),
-        stash::snapshots::CERT_SECRET.to_string(),
+        stash_admission::CERT_SECRET.to_string(),
+        stash_snapshots::CERT_SECRET.to_string(),
     ];
     json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",

@@ -178,7 +178,7 @@ async fn operator_service_account_has_exactly_what_it_needs() -> anyhow::Result<
     let pp = PatchParams::apply("stash-operator").force();
     let rules = stash_install::granted_rules();
     let n_rules = rules.len();
-    stash::operator::rbac::grant(&op, &user_ns.name, "test-narrow", "sa", rules, None)
+    stash_operator::rbac::grant(&op, &user_ns.name, "test-narrow", "sa", rules, None)
         .await
         .map_err(|e| anyhow::anyhow!("operator cannot grant its narrow Roles: {e}"))?;
     println!("rbac: the operator created and bound a Role of {n_rules} narrow rules");

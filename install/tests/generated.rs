@@ -198,8 +198,13 @@ fn rbac_is_least_privilege() {
 /// `stash run` as the operator binary parses it.
 #[derive(Parser)]
 struct Run {
+    // What `stash run` flattens (stash/src/serve.rs `RunOptions`).
     #[command(flatten)]
-    opts: stash::operator::Options,
+    operator: stash_operator::Options,
+    #[command(flatten)]
+    webhook: stash_admission::Args,
+    #[command(flatten)]
+    snapshots: stash_snapshots::Args,
 }
 
 #[test]

@@ -110,7 +110,7 @@ async fn helm_install_upgrade_and_uninstall() {
         "helm install",
     );
     let took = wait_ready(&client, 2, Duration::from_secs(240)).await;
-    stash::admission::xray(&client, Duration::from_secs(60))
+    stash_admission::xray(&client, Duration::from_secs(60))
         .await
         .expect("the chart's validating webhook refuses an invalid Repository");
     let available = run(

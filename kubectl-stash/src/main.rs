@@ -435,7 +435,7 @@ async fn unlock(
         .await?
         .ok_or_else(|| anyhow!("Repository {ns}/{name} not found"))?;
     // Local backends: the plugin reads the hostPath directly (it cannot reach other volumes).
-    let location = stash::snapshots::catalog::location(&repo)
+    let location = stash_core::location::operator_location(&repo)
         .map_err(|e| anyhow!("Repository {ns}/{name}: {e}"))?
         .ok_or_else(|| anyhow!("Repository {ns}/{name}: a local backend on a volume other than hostPath cannot be reached from here"))?;
     let secret_name = repo

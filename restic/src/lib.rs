@@ -28,10 +28,15 @@
 //!   ([`RepoBuilder::backend_retry_budget`]) and reports [`Error::Unreachable`] or
 //!   [`Error::Backend`].
 
+// Without `process`, the parsers only `Repo` calls are unused.
+#![cfg_attr(not(feature = "process"), allow(dead_code))]
+
 mod credentials;
 mod error;
 mod location;
+#[cfg(feature = "process")]
 mod repo;
+#[cfg(feature = "process")]
 mod run;
 mod types;
 
@@ -41,9 +46,11 @@ pub use credentials::{
 };
 pub use error::{Error, Result};
 pub use location::{Location, go_path_clean, object_prefix};
+#[cfg(feature = "process")]
 pub use repo::{
     DEFAULT_RETRY_BUDGET, DumpOptions, IoNice, Repo, RepoBuilder, RestoreOptions, SnapshotFilter,
 };
+#[cfg(feature = "process")]
 pub use run::stopped;
 pub use types::{
     BackupSummary, CheckReport, ForgetGroup, ForgetOutcome, LockInfo, RestoreSummary,

@@ -8,9 +8,12 @@
 //!   every phase change checked against the lifecycle's transition table.
 //! - [`leader`]: leader election on a `coordination.k8s.io` Lease; only the leader writes.
 //! - [`metrics`] and [`server`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`certs`]: serving certificates (generated, kept in a Secret, rotated) and client
+//!   certificate names.
 //! - [`events`]: Kubernetes Events, repeats folded into a bounded series cache.
 pub mod admission;
 pub mod aggregated;
+pub mod certs;
 pub mod controller;
 pub mod effects;
 pub mod events;

@@ -179,8 +179,8 @@ async fn main() -> anyhow::Result<()> {
 
     // The admission webhooks are active here: every manifest of the admission test's corpus
     // of invalid ones is refused with the message it expects.
-    let corpus =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/admission-corpus/invalid");
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../admission/tests/admission-corpus/invalid");
     let mut files: Vec<_> = std::fs::read_dir(&corpus)?
         .flatten()
         .map(|e| e.path())
@@ -217,7 +217,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "\n== the admission webhooks refused {refused}/{} invalid manifests of stash/tests/admission-corpus, each with its message",
+        "\n== the admission webhooks refused {refused}/{} invalid manifests of admission/tests/admission-corpus, each with its message",
         files.len()
     );
     anyhow::ensure!(

@@ -1,7 +1,9 @@
 //! The `stash` executable: the operator and its agents.
 use clap::{Parser, Subcommand};
 use futures::{FutureExt, future::BoxFuture};
-use stash::{agent, operator};
+use stash_agent as agent;
+
+mod serve;
 
 /// Kubernetes backup and restore with restic, speaking the Stash API.
 #[derive(Parser)]
@@ -16,13 +18,13 @@ enum Command {
     /// Print every CustomResourceDefinition as YAML (deterministic).
     Crds,
     /// Run the operator.
-    Run(operator::Options),
+    Run(serve::RunOptions),
     /// Create a BackupSession for a BackupConfiguration (what the trigger CronJob runs).
     CreateBackupsession(agent::create_backupsession::Options),
     /// The backup sidecar.
     RunBackup(agent::run_backup::Options),
     /// Restore one host (the restore init-container, or a restore Job without a Task).
-    Restore(agent::restore::Options),
+    Restore(agent::restore_host::Options),
     /// Back up directories of a PVC (first step of the `pvc-backup` Task).
     BackupPvc(agent::pvc::BackupOptions),
     /// Restore directories into a PVC (first step of the `pvc-restore` Task).
@@ -49,10 +51,10 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", stash_crds::render_yaml());
             return Ok(());
         }
-        Command::Run(opts) => return operator::run(opts).await,
+        Command::Run(opts) => return serve::run(opts).await,
         Command::CreateBackupsession(opts) => agent::create_backupsession::run(opts).boxed(),
         Command::RunBackup(opts) => agent::run_backup::run(opts).boxed(),
-        Command::Restore(opts) => agent::restore::run(opts).boxed(),
+        Command::Restore(opts) => agent::restore_host::run(opts).boxed(),
         Command::BackupPvc(opts) => agent::pvc::backup(opts).boxed(),
         Command::RestorePvc(opts) => agent::pvc::restore(opts).boxed(),
         Command::UpdateStatus(opts) => agent::update_status::run(opts).boxed(),

@@ -23,11 +23,11 @@ use kube::{
     api::{DynamicObject, GroupVersionKind, PostParams},
     discovery,
 };
-use stash::admission;
+use stash_admission as admission;
 use stash_testenv::ControlPlane;
 
 fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/admission-corpus/invalid")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../admission/tests/admission-corpus/invalid")
 }
 
 fn examples_dir() -> PathBuf {

@@ -67,7 +67,7 @@ async fn only_the_newest_finished_sessions_are_kept_with_their_jobs() {
     let sessions = Api::<BackupSession>::namespaced(client.clone(), &ns);
     let jobs = Api::<Job>::namespaced(client.clone(), &ns);
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    let job_of = |s: &str| stash::jobs::backup::job_name(s);
+    let job_of = |s: &str| stash_operator::jobs::backup::job_name(s);
     let kept = eventually(
         "the history to shrink to the two newest sessions, Jobs and Pods included",
         Duration::from_secs(60),
@@ -119,7 +119,7 @@ async fn only_the_newest_finished_sessions_are_kept_with_their_jobs() {
         assert_eq!(Some(&owners[0].uid), session.uid().as_ref());
         assert_eq!(
             job.spec.and_then(|s| s.ttl_seconds_after_finished),
-            Some(stash::jobs::FINISHED_JOB_TTL_SECONDS)
+            Some(stash_operator::jobs::FINISHED_JOB_TTL_SECONDS)
         );
     }
 

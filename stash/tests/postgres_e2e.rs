@@ -190,8 +190,8 @@ async fn a_postgres_database_is_backed_up_dropped_and_restored() {
     let repo_dir = env.cp.dir().join("repos").join(&n);
     std::fs::create_dir_all(&repo_dir).expect("repo dir");
     set_mode(&repo_dir, 0o777);
-    let (functions, tasks) = stash::jobs::builtin::postgres(IMAGE, "15");
-    stash::jobs::builtin::apply(&client, &functions, &tasks)
+    let (functions, tasks) = stash_operator::jobs::builtin::postgres(IMAGE, "15");
+    stash_operator::jobs::builtin::apply(&client, &functions, &tasks)
         .await
         .expect("pg Functions and Tasks");
     for doc in [

@@ -106,9 +106,9 @@ async fn the_webhook_port_answers_only_the_api_servers_client_certificate() {
     std::fs::write(&other_cert, &other.cert).expect("write");
     std::fs::write(&other_key, &other.key).expect("write");
 
-    let path = stash::admission::register::validating_hooks()
+    let path = stash_admission::register::validating_hooks()
         .into_iter()
-        .find(|h| h.decision == stash::admission::register::Decision::Validate("repository"))
+        .find(|h| h.decision == stash_admission::register::Decision::Validate("repository"))
         .expect("the Repository webhook")
         .path;
     let pods = operator_pods(&client).await;
@@ -142,7 +142,7 @@ async fn the_webhook_port_answers_only_the_api_servers_client_certificate() {
     }
 
     // The API server still reaches the webhooks (a dry-run create it must refuse).
-    stash::admission::xray(&client, Duration::from_secs(60))
+    stash_admission::xray(&client, Duration::from_secs(60))
         .await
         .expect("the API server's calls are answered");
 }

@@ -1,0 +1,471 @@
+//! `stash backup-pvc` and `stash restore-pvc` (stash-api.md §11.1, §7.2): the first step of the
+//! `pvc-backup` / `pvc-restore` Tasks. They talk to restic only (no Kubernetes API) and hand
+//! their outcome to `update-status` through `<output-dir>/output.json`; a failure is written
+//! there as a `Failed` entry with the error and the command exits 0 so `update-status` runs.
+use std::{path::PathBuf, time::Instant};
+
+use stash_crds::{
+    backup_session::{FileStats, HostBackupStats, HostPhase, SnapshotStats},
+    duration::GoDuration,
+    restore_session::{HostPhase as RestorePhase, HostRestoreStats},
+};
+use stash_restic as restic;
+
+use stash_core::jobs::output::{Output, RepositoryStats};
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "true" | "1" | "" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(format!("not a boolean: {s:?}")),
+    }
+}
+
+/// The repository flags every job-model command shares.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RepoArgs {
+    /// `local`, `s3`, `gcs`, `azure`, `swift`, `b2` or `rest`.
+    #[arg(long)]
+    pub provider: String,
+    /// Bucket or container.
+    #[arg(long, default_value = "")]
+    pub bucket: String,
+    /// S3 endpoint.
+    #[arg(long, default_value = "")]
+    pub endpoint: String,
+    /// REST server URL.
+    #[arg(long, default_value = "")]
+    pub rest_server_url: String,
+    /// Prefix inside the bucket; for `local`, the repository directory.
+    #[arg(long, default_value = "")]
+    pub path: String,
+    /// Where the storage Secret is mounted.
+    #[arg(long)]
+    pub secret_dir: PathBuf,
+    /// Scratch space.
+    #[arg(long, default_value = "/tmp")]
+    pub scratch_dir: PathBuf,
+    /// Use a restic cache.
+    #[arg(long, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub enable_cache: bool,
+    /// Backend connections (gcs, azure, b2).
+    #[arg(long, default_value_t = 0)]
+    pub max_connections: i32,
+    /// The restic host.
+    #[arg(long, default_value = "host-0")]
+    pub hostname: String,
+    /// Where `output.json` goes.
+    #[arg(long, default_value = "")]
+    pub output_dir: PathBuf,
+    /// Push metrics (accepted; metrics are pushed by `update-status`'s session owner).
+    #[arg(long, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub metrics_enabled: bool,
+    /// Pushgateway URL.
+    #[arg(long, default_value = "")]
+    pub metrics_pushgateway_url: String,
+    /// Directory of a `metric.prom` text file (accepted).
+    #[arg(long, default_value = "")]
+    pub metrics_dir: String,
+    /// Extra metric labels `k=v,…` (accepted).
+    #[arg(long, default_value = "")]
+    pub metrics_labels: String,
+}
+
+impl RepoArgs {
+    /// The restic location.
+    pub fn location(&self) -> Result<restic::Location, String> {
+        let conns = u32::try_from(self.max_connections).ok().filter(|n| *n > 0);
+        let (b, p) = (self.bucket.clone(), self.path.clone());
+        Ok(match self.provider.as_str() {
+            "local" => restic::Location::local(&self.path, ""),
+            "s3" => restic::Location::S3 {
+                endpoint: self.endpoint.clone(),
+                bucket: b,
+                prefix: p,
+            },
+            "gcs" => restic::Location::Gcs {
+                bucket: b,
+                prefix: p,
+                max_connections: conns,
+            },
+            "azure" => restic::Location::Azure {
+                container: b,
+                prefix: p,
+                max_connections: conns,
+            },
+            "swift" => restic::Location::Swift {
+                container: b,
+                prefix: p,
+            },
+            "b2" => restic::Location::B2 {
+                bucket: b,
+                prefix: p,
+                max_connections: conns,
+            },
+            "rest" => restic::Location::Rest {
+                url: self.rest_server_url.clone(),
+            },
+            other => return Err(format!("unknown backend provider {other:?}")),
+        })
+    }
+
+    /// A restic handle.
+    pub fn open(&self) -> Result<restic::Repo, String> {
+        let credentials =
+            restic::Credentials::from_secret_dir(&self.secret_dir).map_err(|e| e.to_string())?;
+        restic::Repo::builder(self.location()?, credentials)
+            .scratch_dir(self.scratch_dir.clone())
+            .cache(self.enable_cache)
+            .niceness_from_env()
+            .build()
+            .map_err(|e| e.to_string())
+    }
+
+    /// The host entry's name for a restore: the restoring host (`host-<POD_ORDINAL>`).
+    pub fn restoring_host() -> String {
+        match std::env::var("POD_ORDINAL") {
+            Ok(o) if !o.is_empty() => format!("host-{o}"),
+            _ => "host-0".into(),
+        }
+    }
+
+    /// Write `out`, or fail the command when even that is impossible.
+    pub fn write(&self, out: &Output) -> anyhow::Result<()> {
+        if self.output_dir.as_os_str().is_empty() {
+            anyhow::bail!("--output-dir is required");
+        }
+        out.write(&self.output_dir)?;
+        Ok(())
+    }
+}
+
+fn split(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Flags of `backup-pvc`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BackupOptions {
+    /// Repository flags.
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// The directories to back up, comma-separated (one snapshot each).
+    #[arg(long, required = true)]
+    pub backup_dirs: String,
+    /// Retention policy.
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+}
+
+/// The retention flags.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RetentionArgs {
+    /// `--keep-last`.
+    #[arg(long, default_value_t = 0)]
+    pub retention_keep_last: i64,
+    /// `--keep-hourly`.
+    #[arg(long, default_value_t = 0)]
+    pub retention_keep_hourly: i64,
+    /// `--keep-daily`.
+    #[arg(long, default_value_t = 0)]
+    pub retention_keep_daily: i64,
+    /// `--keep-weekly`.
+    #[arg(long, default_value_t = 0)]
+    pub retention_keep_weekly: i64,
+    /// `--keep-monthly`.
+    #[arg(long, default_value_t = 0)]
+    pub retention_keep_monthly: i64,
+    /// `--keep-yearly`.
+    #[arg(long, default_value_t = 0)]
+    pub retention_keep_yearly: i64,
+    /// `--keep-tag`, comma-separated.
+    #[arg(long, default_value = "")]
+    pub retention_keep_tags: String,
+    /// `--prune`.
+    #[arg(long, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub retention_prune: bool,
+    /// `--dry-run`.
+    #[arg(long, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub retention_dry_run: bool,
+}
+
+impl RetentionArgs {
+    /// The policy in the wrapper's terms.
+    pub fn policy(&self) -> restic::RetentionPolicy {
+        restic::RetentionPolicy {
+            keep_last: self.retention_keep_last,
+            keep_hourly: self.retention_keep_hourly,
+            keep_daily: self.retention_keep_daily,
+            keep_weekly: self.retention_keep_weekly,
+            keep_monthly: self.retention_keep_monthly,
+            keep_yearly: self.retention_keep_yearly,
+            keep_tags: split(&self.retention_keep_tags),
+            prune: self.retention_prune,
+            dry_run: self.retention_dry_run,
+        }
+    }
+}
+
+/// One snapshot's stats entry.
+pub fn snapshot_stats(directory: &str, s: &restic::BackupSummary) -> SnapshotStats {
+    let count = |n: u64| Some(i32::try_from(n).unwrap_or(i32::MAX));
+    SnapshotStats {
+        name: Some(s.short_id().to_string()),
+        directory: Some(directory.to_string()),
+        size: Some(restic::format_size(s.total_bytes_processed)),
+        uploaded: Some(restic::format_size(s.data_added)),
+        processing_time: Some(restic::format_processing_time(
+            s.total_duration.round() as u64
+        )),
+        file_stats: Some(FileStats {
+            total_files: count(s.total_files_processed),
+            new_files: count(s.files_new),
+            modified_files: count(s.files_changed),
+            unmodified_files: count(s.files_unmodified),
+        }),
+    }
+}
+
+/// After the snapshots: check, forget, stats → the Repository's numbers.
+pub async fn after_backup(
+    r: &restic::Repo,
+    policy: &restic::RetentionPolicy,
+) -> Result<RepositoryStats, String> {
+    let integrity = r.check(false).await.map_err(|e| format!("check: {e}"))?;
+    let removed = if policy.is_empty() {
+        0
+    } else {
+        r.forget(policy)
+            .await
+            .map_err(|e| format!("forget: {e}"))?
+            .removed
+    };
+    let stats = r.stats().await.map_err(|e| format!("stats: {e}"))?;
+    let count = r
+        .snapshots(&restic::SnapshotFilter::default())
+        .await
+        .map_err(|e| format!("snapshots: {e}"))?
+        .len();
+    Ok(RepositoryStats {
+        integrity: Some(integrity),
+        size: Some(restic::format_size(stats.total_size)),
+        snapshot_count: Some(i32::try_from(count).unwrap_or(i32::MAX)),
+        snapshots_removed_on_last_cleanup: Some(i32::try_from(removed).unwrap_or(i32::MAX)),
+    })
+}
+
+/// The output of a backup that produced `result`.
+pub fn backup_output(
+    host: &str,
+    started: Instant,
+    result: Result<(Vec<SnapshotStats>, RepositoryStats), String>,
+) -> Output {
+    let duration = Some(GoDuration(started.elapsed()));
+    match result {
+        Ok((snapshots, repo)) => Output {
+            host_backup_stats: vec![HostBackupStats {
+                hostname: Some(host.into()),
+                phase: Some(HostPhase::Succeeded),
+                duration,
+                error: None,
+                snapshots,
+                ..Default::default()
+            }],
+            repository: Some(repo),
+            ..Default::default()
+        },
+        Err(e) => Output {
+            host_backup_stats: vec![HostBackupStats {
+                hostname: Some(host.into()),
+                phase: Some(HostPhase::Failed),
+                duration,
+                error: Some(e),
+                snapshots: vec![],
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    }
+}
+
+/// The output of a restore that produced `result`.
+pub fn restore_output(host: &str, started: Instant, result: Result<(), String>) -> Output {
+    Output {
+        host_restore_stats: vec![HostRestoreStats {
+            hostname: Some(host.into()),
+            phase: Some(if result.is_ok() {
+                RestorePhase::Succeeded
+            } else {
+                RestorePhase::Failed
+            }),
+            duration: Some(GoDuration(started.elapsed())),
+            error: result.err(),
+        }],
+        ..Default::default()
+    }
+}
+
+/// `backup-pvc`.
+pub async fn backup(opts: BackupOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let host = opts.repo.hostname.clone();
+    let result = async {
+        let dirs = split(&opts.backup_dirs);
+        if dirs.is_empty() {
+            return Err("--backup-dirs names no directory".to_string());
+        }
+        let r = opts.repo.open()?;
+        r.ensure_initialized().await.map_err(|e| e.to_string())?;
+        let mut snaps = Vec::new();
+        for d in &dirs {
+            if !std::path::Path::new(d).is_dir() {
+                return Err(format!("backup of {d}: no such directory"));
+            }
+            let s = r
+                .backup(std::path::Path::new(d), &host, &[])
+                .await
+                .map_err(|e| format!("backup of {d}: {e}"))?;
+            snaps.push(snapshot_stats(d, &s));
+        }
+        let repo = after_backup(&r, &opts.retention.policy()).await?;
+        Ok((snaps, repo))
+    }
+    .await;
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "backup failed");
+    }
+    opts.repo.write(&backup_output(&host, started, result))
+}
+
+/// Flags of `restore-pvc`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RestoreOptions {
+    /// Repository flags (`--hostname` is the source host).
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// The directories to restore (latest snapshot of the source host with each path).
+    #[arg(long, required = true)]
+    pub restore_dirs: String,
+    /// Snapshots to restore whole instead, comma-separated.
+    #[arg(long, default_value = "")]
+    pub snapshots: String,
+    /// Where to restore to.
+    #[arg(long, default_value = "/")]
+    pub target_dir: PathBuf,
+    /// The target's volume mounts, comma-separated: a snapshot of `--snapshots` is restored
+    /// only when every path it holds lies under one of them.
+    #[arg(long, default_value = "")]
+    pub target_mounts: String,
+}
+
+/// `restore-pvc`.
+pub async fn restore(opts: RestoreOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let result = async {
+        let r = opts.repo.open()?;
+        let snapshots = split(&opts.snapshots);
+        if !snapshots.is_empty() {
+            let mounts = split(&opts.target_mounts);
+            let ids =
+                crate::restore::resolve_snapshots(&r, &snapshots, &opts.repo.hostname, &mounts)
+                    .await?;
+            for id in ids {
+                let o = restic::RestoreOptions::new(id.as_str(), &opts.target_dir);
+                r.restore(&o)
+                    .await
+                    .map_err(|e| format!("restore of snapshot {id}: {e}"))?;
+            }
+            return Ok(());
+        }
+        let dirs = split(&opts.restore_dirs);
+        if dirs.is_empty() {
+            return Err(
+                "neither --restore-dirs nor --snapshots names anything to restore".to_string(),
+            );
+        }
+        for d in &dirs {
+            let mut o = restic::RestoreOptions::new("latest", &opts.target_dir);
+            o.host = Some(opts.repo.hostname.clone());
+            o.paths = vec![d.clone()];
+            r.restore(&o)
+                .await
+                .map_err(|e| format!("restore of {d} from host {}: {e}", opts.repo.hostname))?;
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "restore failed");
+    }
+    opts.repo.write(&restore_output(
+        &RepoArgs::restoring_host(),
+        started,
+        result,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+    #[derive(clap::Subcommand)]
+    enum Cmd {
+        BackupPvc(BackupOptions),
+        RestorePvc(RestoreOptions),
+    }
+
+    #[test]
+    fn the_builtin_function_args_parse() {
+        let f = &stash_core::jobs::builtin::functions("img")[1];
+        let inputs: stash_core::jobs::envsubst::Inputs = [
+            ("REPOSITORY_PROVIDER", "local"),
+            ("REPOSITORY_PREFIX", "/repo"),
+            ("TARGET_DIRECTORIES", "/a,/b"),
+            ("HOSTNAME", "host-0"),
+            ("outputDir", "/tmp/output"),
+            ("RETENTION_KEEP_LAST", "5"),
+            ("RETENTION_PRUNE", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let args: Vec<String> = f
+            .spec
+            .args
+            .iter()
+            .map(|a| stash_core::jobs::envsubst::subst(a, &inputs).expect("subst"))
+            .collect();
+        let cli =
+            Cli::try_parse_from(std::iter::once("stash".to_string()).chain(args)).expect("parse");
+        let Cmd::BackupPvc(o) = cli.cmd else {
+            panic!("backup-pvc")
+        };
+        assert_eq!(o.repo.location(), Ok(restic::Location::local("/repo", "")));
+        assert!(o.repo.enable_cache);
+        let p = o.retention.policy();
+        assert_eq!((p.keep_last, p.prune), (5, true));
+        assert_eq!(split(&o.backup_dirs), ["/a", "/b"]);
+        let f = &stash_core::jobs::builtin::functions("img")[2];
+        let mut inputs = inputs;
+        inputs.insert("RESTORE_DIRECTORIES".into(), "/a".into());
+        let args: Vec<String> = f
+            .spec
+            .args
+            .iter()
+            .map(|a| stash_core::jobs::envsubst::subst(a, &inputs).expect("subst"))
+            .collect();
+        let cli =
+            Cli::try_parse_from(std::iter::once("stash".to_string()).chain(args)).expect("parse");
+        assert!(matches!(cli.cmd, Cmd::RestorePvc(_)));
+    }
+}

@@ -1,0 +1,364 @@
+//! BackupSession controller: observe, let the pure machine decide, perform its effects.
+//!
+//! The machine ([`stash_machines::backup_session::decide`]) holds every rule of the lifecycle
+//! (§5.4, §7, decisions 1 and 3); this file only gathers the observation and carries out the
+//! effects. The status write goes through [`stash_runtime::StatusWriter`], which refuses any
+//! phase change outside the generated transition table.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use kube::{Api, Resource, ResourceExt, runtime::Controller};
+use stash_crds::{
+    BackupConfiguration, BackupSession,
+    backup_session::{BackupSessionStatus, HostPhase},
+    common::Driver,
+    duration::GoDuration,
+};
+use stash_machines::{
+    EventRecord, JobState, Performed, StatusPatch,
+    backup_session::{
+        self as machine, Config, HostReport, Observation, OtherSession, Phase, RepositoryUse,
+        TargetModel,
+    },
+};
+use stash_runtime::{Action, Perform, Reconcile, StatusWriter, status::StatusError};
+
+/// The field manager of the operator's BackupSession status fields (server-side apply).
+pub const STATUS_MANAGER: &str = "stash-operator";
+
+use super::{
+    Ctx, Error,
+    stores::{self, Feeds, sessions_of},
+};
+use stash_core::target::WorkloadKind;
+
+fn created_at<K: Resource>(obj: &K) -> u64 {
+    obj.meta()
+        .creation_timestamp
+        .as_ref()
+        .map_or(0, |t| u64::try_from(t.0.as_second()).unwrap_or(0))
+}
+
+/// The sessions of the other BackupConfigurations backing up into `bc`'s Repository, while
+/// that Repository has never received a backup (afterwards nothing is looked at). The
+/// Repository (fetched if its store does not have it yet), the configurations and their
+/// sessions are read from the shared stores.
+async fn observe_repository(
+    ctx: &Ctx,
+    ns: &str,
+    bc: Option<&BackupConfiguration>,
+) -> Result<RepositoryUse, Error> {
+    let stores = &ctx.stores;
+    let Some(repo_name) = bc.and_then(|b| b.spec.repository.as_ref()).map(|r| &r.name) else {
+        return Ok(RepositoryUse::initialized());
+    };
+    let repo = stores::get_or_fetch(&stores.repositories, &ctx.client, ns, repo_name).await?;
+    let initialized = repo
+        .as_ref()
+        .and_then(|r| r.status.as_ref())
+        .is_some_and(|s| {
+            s.first_backup_time.is_some()
+                || s.last_backup_time.is_some()
+                || s.last_successful_backup_time.is_some()
+        });
+    if initialized {
+        return Ok(RepositoryUse::initialized());
+    }
+    let own = bc.map(ResourceExt::name_any).unwrap_or_default();
+    let others = stores::configurations_sharing(&stores.configurations, ns, repo_name, &own)
+        .iter()
+        .flat_map(|name| sessions_of(stores, ns, name))
+        .map(|o| other_session(&o))
+        .collect();
+    Ok(RepositoryUse {
+        initialized: false,
+        others,
+        claimed_by: None,
+    })
+}
+
+fn other_session(o: &BackupSession) -> OtherSession {
+    OtherSession {
+        name: o.name_any(),
+        phase: o.status.as_ref().and_then(|s| s.phase),
+        created_at: created_at(o),
+    }
+}
+
+/// The configuration this session runs, as the machine needs it. The number of hosts of a
+/// StatefulSet or DaemonSet is a GET: the operator keeps no store of those kinds here (the
+/// workload controllers' own caches are private to them).
+async fn observe_config(
+    ctx: &Ctx,
+    ns: &str,
+    bc: Option<&BackupConfiguration>,
+    overlap: machine::OverlapPolicy,
+) -> Result<Config, Error> {
+    let Some(bc) = bc else {
+        return Ok(Config::Missing);
+    };
+    let target = bc.spec.target.as_ref();
+    let kind = target.and_then(|t| WorkloadKind::of(&t.target_ref));
+    let model = match (bc.spec.driver(), kind) {
+        (Driver::VolumeSnapshotter, _) => TargetModel::VolumeSnapshotter,
+        (Driver::Restic, Some(_)) => TargetModel::Sidecar,
+        (Driver::Restic, None) => TargetModel::Job,
+    };
+    let name = target
+        .and_then(|t| t.target_ref.name.clone())
+        .unwrap_or_default();
+    let total_hosts = match kind {
+        Some(WorkloadKind::StatefulSet) => Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
+            .get_opt(&name)
+            .await?
+            .and_then(|s| s.spec.and_then(|s| s.replicas))
+            .unwrap_or(1),
+        Some(WorkloadKind::DaemonSet) => Api::<DaemonSet>::namespaced(ctx.client.clone(), ns)
+            .get_opt(&name)
+            .await?
+            // The nodes the DaemonSet runs on (as it is now), not the pods ready at this moment:
+            // a host that is restarting still has to report.
+            .and_then(|d| d.status)
+            .map(|s| s.desired_number_scheduled)
+            .unwrap_or(1),
+        _ => 1,
+    };
+    Ok(Config::Found {
+        paused: bc.spec.paused,
+        model,
+        total_hosts: u32::try_from(total_hosts.max(1)).unwrap_or(1),
+        overlap,
+    })
+}
+
+fn host_reports(status: Option<&BackupSessionStatus>) -> Vec<HostReport> {
+    status
+        .map(|s| s.stats.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|h| HostReport {
+            hostname: h.hostname.clone().unwrap_or_default(),
+            phase: h.phase,
+            error: h.error.clone().filter(|e| !e.is_empty()),
+            snapshots: u32::try_from(h.snapshots.len()).unwrap_or(u32::MAX),
+            duration: h
+                .duration
+                .as_ref()
+                .map(GoDuration::as_std)
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+struct BackupSessions(Arc<Ctx>, Claims);
+
+/// Who holds the first backup of each Repository that has none yet, by (namespace, name):
+/// the session's (uid, name). The leader is the only decider, so an in-process claim makes
+/// "one first backup at a time" hold even where the stores lag behind each other.
+type Claims = Arc<Mutex<HashMap<(String, String), (String, String)>>>;
+
+impl Reconcile<BackupSession> for BackupSessions {
+    type Error = Error;
+    const NAME: &'static str = "backupsession";
+
+    async fn reconcile(&self, bs: Arc<BackupSession>) -> Result<Action, Error> {
+        let ctx = &self.0;
+        // The other sessions and configurations are read from the shared stores: only once
+        // they listed (an older session not listed yet would let a newer one start first).
+        ctx.stores.ready().await?;
+        let ns = bs.namespace().unwrap_or_default();
+        let bc_name = bs
+            .spec
+            .backup_configuration
+            .as_ref()
+            .map(|r| r.name.clone())
+            .unwrap_or_default();
+        let status = bs.status.as_ref();
+        if status
+            .and_then(|s| s.phase)
+            .is_some_and(|p| matches!(p, Phase::Succeeded | Phase::Failed | Phase::Skipped))
+        {
+            return Ok(Action::await_change());
+        }
+        let bc =
+            stores::get_or_fetch(&ctx.stores.configurations, &ctx.client, &ns, &bc_name).await?;
+        let bc = bc.as_deref();
+        let config = observe_config(ctx, &ns, bc, ctx.overlap).await?;
+        // Only a session that could start needs the Repository's other users (a paused
+        // configuration's sessions cannot start).
+        let could_start = status
+            .and_then(|s| s.phase)
+            .is_none_or(|p| p == Phase::Pending)
+            && matches!(config, Config::Found { paused: false, .. });
+        let repository = if could_start {
+            observe_repository(ctx, &ns, bc).await?
+        } else {
+            RepositoryUse::initialized()
+        };
+        let others = sessions_of(&ctx.stores, &ns, &bc_name)
+            .iter()
+            .filter(|o| o.uid() != bs.uid())
+            .map(|o| other_session(o))
+            .collect();
+        let job = match &config {
+            Config::Found {
+                model: TargetModel::Job,
+                ..
+            } => crate::jobs::backup::observe(&ctx.client, &ctx.stores.jobs, &bs).await,
+            _ => None,
+        };
+        let obs = Observation {
+            name: bs.name_any(),
+            created_at: created_at(bs.as_ref()),
+            phase: status.and_then(|s| s.phase),
+            total_hosts: status
+                .and_then(|s| s.total_hosts)
+                .and_then(|t| u32::try_from(t).ok()),
+            hosts: host_reports(status),
+            config,
+            others,
+            repository,
+            job,
+            now: u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0),
+            policy: ctx.policy,
+        };
+        let decision = machine::decide(&obs);
+        let mut perform = BackupEffects {
+            ctx,
+            claims: &self.1,
+            bs: &bs,
+            bc,
+            api: Api::namespaced(ctx.client.clone(), &ns),
+            writer: StatusWriter::new(ctx.metrics.clone(), Self::NAME),
+            obs,
+        };
+        stash_runtime::interpret(decision, &mut perform, ctx.policy.poll).await
+    }
+}
+
+/// How a BackupSession's effects are done (the order and the refusals are the interpreter's).
+struct BackupEffects<'a> {
+    ctx: &'a Ctx,
+    claims: &'a Claims,
+    bs: &'a BackupSession,
+    bc: Option<&'a BackupConfiguration>,
+    api: Api<BackupSession>,
+    writer: StatusWriter,
+    obs: Observation,
+}
+
+impl Perform<Phase, machine::Action> for BackupEffects<'_> {
+    type Error = Error;
+
+    async fn act(&mut self, action: &machine::Action) -> Result<Performed, Error> {
+        match action {
+            machine::Action::GrantSidecars => {
+                if let Some(bc) = self.bc {
+                    super::workload::grant_session_to_sidecar(self.ctx, bc, &self.bs.name_any())
+                        .await?;
+                }
+                Ok(Performed::Done)
+            }
+            machine::Action::ClaimRepository => Ok(self.claim_repository()),
+            machine::Action::CreateBackupJob => {
+                let op = stash_core::jobs::inputs::OperatorInputs {
+                    pushgateway_url: self.ctx.inject.pushgateway_url.clone(),
+                };
+                let created = crate::jobs::backup::ensure_job(&self.ctx.client, &op, self.bs).await;
+                Ok(crate::jobs::performed(created)?)
+            }
+        }
+    }
+
+    async fn write_status(&mut self, patch: StatusPatch<Phase>) -> Result<(), Error> {
+        let to = patch.phase;
+        let (owned, unchanged) = super::owned_session_status(self.bs.status.as_ref(), &patch)
+            .map_err(StatusError::from)?;
+        self.writer
+            .apply_phase(
+                &self.api,
+                self.bs,
+                STATUS_MANAGER,
+                unchanged,
+                owned,
+                self.obs.phase,
+                to,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn emit(&mut self, event: EventRecord) {
+        let reference = self.bs.object_ref(&());
+        self.ctx.events.publish_record(&reference, event).await;
+    }
+
+    fn decide_refused(&mut self, action: &machine::Action, message: String) -> machine::Decision {
+        // Nothing was done; the machine decides again with the refusal observed.
+        match action {
+            machine::Action::ClaimRepository => self.obs.repository.claimed_by = Some(message),
+            _ => self.obs.job = Some(JobState::Rejected { message }),
+        }
+        machine::decide(&self.obs)
+    }
+}
+
+impl BackupEffects<'_> {
+    /// Claim the first backup of this session's Repository; refused, naming the holder, while
+    /// another session that is still live (in the store and not finished) holds it.
+    fn claim_repository(&self) -> Performed {
+        let ns = self.bs.namespace().unwrap_or_default();
+        let repo = self
+            .bc
+            .and_then(|b| b.spec.repository.as_ref())
+            .map(|r| r.name.clone())
+            .unwrap_or_default();
+        let me = (self.bs.uid().unwrap_or_default(), self.bs.name_any());
+        // The store holds only sessions not finished yet.
+        let live = |uid: &str, name: &str| {
+            stores::get(&self.ctx.stores.sessions, &ns, name)
+                .is_some_and(|s| s.uid().as_deref() == Some(uid))
+        };
+        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        match claims.get(&(ns.clone(), repo.clone())) {
+            Some((uid, name)) if *uid != me.0 && live(uid, name) => {
+                Performed::Refused(format!("BackupSession {name} holds the first backup"))
+            }
+            _ => {
+                claims.insert((ns, repo), me);
+                Performed::Done
+            }
+        }
+    }
+}
+
+/// Whether a host entry succeeded (used by tests and the CLI).
+pub fn host_succeeded(phase: Option<HostPhase>, error: Option<&str>) -> bool {
+    phase == Some(HostPhase::Succeeded) && error.is_none_or(str::is_empty)
+}
+
+/// Run the BackupSession controller on the shared BackupSession watch, woken by its backup
+/// Job's changes too (subscribed now, driven when the returned future runs). Its configuration,
+/// Repository, sibling sessions and Job are read from the shared stores, never listed per
+/// reconcile.
+pub fn run(
+    ctx: Arc<Ctx>,
+    feeds: &mut Feeds,
+) -> impl std::future::Future<Output = ()> + Send + use<> {
+    let trigger = feeds.sessions.applies();
+    let jobs = feeds.jobs.triggers();
+    async move {
+        let controller = Controller::for_shared_stream(trigger, ctx.stores.sessions.clone())
+            .watches_shared_stream(jobs, stores::owner::<BackupSession, _>);
+        stash_runtime::drive(
+            controller,
+            BackupSessions(ctx.clone(), Claims::default()),
+            ctx.metrics.clone(),
+            ctx.events.clone(),
+        )
+        .await;
+    }
+}

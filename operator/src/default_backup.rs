@@ -1,0 +1,446 @@
+//! Default backups (stash-api.md §5.5): a BackupConfigurationTemplate named by annotations on
+//! a workload, PVC or AppBinding gives it a Repository and a BackupConfiguration.
+//!
+//! Annotations: `stash.appscode.com/backup-template` (all), `target-directories` (workloads
+//! and PVCs), `volume-mounts` (`name:mountPath,…`, workloads), `mountpath` (PVCs, mounted as
+//! volume `stash-volume`). Removing the annotations deletes the BackupConfiguration (only one
+//! this object owns) and keeps the Repository, with its data.
+use std::sync::Arc;
+
+use k8s_openapi::{
+    api::core::v1::{LocalObjectReference, VolumeMount},
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PropagationPolicy},
+};
+use stash_crds::{
+    BackupConfiguration, BackupConfigurationTemplate, Repository,
+    backup_configuration::BackupConfigurationSpec,
+    common::{BackupTarget, TargetRef},
+    consts,
+    repository::RepositorySpec,
+};
+
+use super::{Ctx, Error};
+use stash_core::jobs::envsubst::{Inputs, subst_object};
+
+const MANAGER: &str = "stash-operator";
+
+/// The object carrying the annotations.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// `apiVersion` (AppBindings are stamped `v1`, like upstream).
+    pub api_version: String,
+    /// Kind.
+    pub kind: String,
+    /// Plural resource name (workloads only).
+    pub resource: Option<String>,
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// `spec.version` of an AppBinding.
+    pub app_version: Option<String>,
+    /// The object's annotations.
+    pub annotations: std::collections::BTreeMap<String, String>,
+    /// Owner reference to the object (the BackupConfiguration is owned by it).
+    pub owner: OwnerReference,
+}
+
+/// What the annotations ask for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    /// The template's name.
+    pub template: String,
+    /// Directories to back up.
+    pub directories: Vec<String>,
+    /// Mounts of the target's volumes.
+    pub volume_mounts: Vec<VolumeMount>,
+}
+
+/// The name of the Repository and BackupConfiguration of `target`.
+pub fn object_name(target: &Target) -> String {
+    format!("{}-{}", target.kind.to_lowercase(), target.name)
+}
+
+/// Read the annotations: `Ok(None)` when no default backup is asked for, an error when they
+/// are malformed or incomplete.
+pub fn request(target: &Target) -> Result<Option<Request>, String> {
+    let a = &target.annotations;
+    let Some(template) = a
+        .get(consts::BACKUP_TEMPLATE_ANNOTATION)
+        .filter(|t| !t.is_empty())
+    else {
+        return Ok(None);
+    };
+    let list = |k: &str| -> Vec<String> {
+        a.get(k)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let directories = list(consts::TARGET_DIRECTORIES_ANNOTATION);
+    let volume_mounts = match target.kind.as_str() {
+        "AppBinding" => vec![],
+        "PersistentVolumeClaim" => {
+            let path = a
+                .get(consts::MOUNT_PATH_ANNOTATION)
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| {
+                    format!(
+                        "annotation {} is required for a PVC",
+                        consts::MOUNT_PATH_ANNOTATION
+                    )
+                })?;
+            vec![VolumeMount {
+                name: "stash-volume".into(),
+                mount_path: path.clone(),
+                ..Default::default()
+            }]
+        }
+        _ => list(consts::VOLUME_MOUNTS_ANNOTATION)
+            .iter()
+            .map(|m| match m.split_once(':') {
+                Some((name, path)) if !name.is_empty() && !path.is_empty() => Ok(VolumeMount {
+                    name: name.into(),
+                    mount_path: path.into(),
+                    ..Default::default()
+                }),
+                _ => Err(format!(
+                    "annotation {}: {m:?} is not name:mountPath",
+                    consts::VOLUME_MOUNTS_ANNOTATION
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    if target.kind != "AppBinding" && directories.is_empty() {
+        return Err(format!(
+            "annotation {} is required",
+            consts::TARGET_DIRECTORIES_ANNOTATION
+        ));
+    }
+    Ok(Some(Request {
+        template: template.clone(),
+        directories,
+        volume_mounts,
+    }))
+}
+
+/// The Repository and BackupConfiguration the template gives `target`. Pure.
+pub fn desired(
+    template: &BackupConfigurationTemplate,
+    target: &Target,
+    req: &Request,
+) -> Result<(Repository, BackupConfiguration), String> {
+    let mut inputs = Inputs::new();
+    inputs.insert("TARGET_API_VERSION".into(), target.api_version.clone());
+    inputs.insert("TARGET_KIND".into(), target.kind.to_lowercase());
+    inputs.insert("TARGET_NAME".into(), target.name.clone());
+    inputs.insert("TARGET_NAMESPACE".into(), target.namespace.clone());
+    if let Some(r) = &target.resource {
+        inputs.insert("TARGET_RESOURCE".into(), r.clone());
+    }
+    if let Some(v) = &target.app_version {
+        inputs.insert("TARGET_APP_VERSION".into(), v.clone());
+    }
+    let spec = subst_object(&template.spec, &inputs)
+        .map_err(|e| format!("BackupConfigurationTemplate {}: {e}", template.name_any()))?;
+    let name = object_name(target);
+    let repository = Repository {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(target.namespace.clone()),
+            ..Default::default()
+        },
+        // `wipeOut` is not copied (upstream): a default backup never deletes data.
+        spec: RepositorySpec {
+            backend: spec.repository.backend.clone(),
+            wipe_out: false,
+        },
+        status: None,
+    };
+    let bc = BackupConfiguration {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(target.namespace.clone()),
+            owner_references: Some(vec![target.owner.clone()]),
+            ..Default::default()
+        },
+        spec: BackupConfigurationSpec {
+            schedule: spec.schedule.clone(),
+            repository: Some(LocalObjectReference { name }),
+            task: spec.task.clone(),
+            target: Some(BackupTarget {
+                target_ref: TargetRef {
+                    api_version: Some(target.api_version.clone()),
+                    kind: Some(target.kind.clone()),
+                    name: Some(target.name.clone()),
+                },
+                directories: req.directories.clone(),
+                volume_mounts: req.volume_mounts.clone(),
+                ..Default::default()
+            }),
+            retention_policy: spec.retention_policy.clone(),
+            runtime_settings: spec.runtime_settings.clone(),
+            temp_dir: spec.temp_dir.clone(),
+            ..Default::default()
+        },
+        status: None,
+    };
+    Ok((repository, bc))
+}
+
+/// Bring `target`'s default backup in line with its annotations.
+pub async fn reconcile(ctx: &Arc<Ctx>, target: &Target) -> Result<(), Error> {
+    // Whether its BackupConfiguration exists is read from the shared store: once it listed.
+    ctx.stores.ready().await?;
+    let bcs = Api::<BackupConfiguration>::namespaced(ctx.client.clone(), &target.namespace);
+    let name = object_name(target);
+    let req = request(target).map_err(Error::Config)?;
+    let Some(req) = req else {
+        // No (more) annotations: delete the BackupConfiguration we made for it, keep the
+        // Repository. Whether there is one is read from the shared store (every workload
+        // reconcile asks).
+        if let Some(bc) =
+            stash_index::stores::get(&ctx.stores.configurations, &target.namespace, &name)
+            && bc
+                .owner_references()
+                .iter()
+                .any(|o| o.uid == target.owner.uid)
+        {
+            bcs.delete(
+                &name,
+                &DeleteParams {
+                    propagation_policy: Some(PropagationPolicy::Background),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        }
+        return Ok(());
+    };
+    let template = Api::<BackupConfigurationTemplate>::all(ctx.client.clone())
+        .get_opt(&req.template)
+        .await?
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "BackupConfigurationTemplate {:?} not found",
+                req.template
+            ))
+        })?;
+    let (repo, bc) = desired(&template, target, &req).map_err(Error::Config)?;
+    let pp = PatchParams::apply(MANAGER).force();
+    Api::<Repository>::namespaced(ctx.client.clone(), &target.namespace)
+        .patch(
+            &name,
+            &pp,
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository",
+                "metadata": {"name": name}, "spec": repo.spec,
+            })),
+        )
+        .await?;
+    bcs.patch(&name, &pp, &Patch::Apply(serde_json::json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration",
+        "metadata": {"name": name, "ownerReferences": bc.metadata.owner_references}, "spec": bc.spec,
+    })))
+    .await?;
+    Ok(())
+}
+
+pub(crate) struct Carriers<K>(pub(crate) Arc<Ctx>, pub(crate) std::marker::PhantomData<K>);
+
+/// How a carrier kind is described to the template.
+trait Carrier:
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    const API_VERSION: &'static str;
+    const KIND: &'static str;
+    fn app_version(&self) -> Option<String> {
+        None
+    }
+}
+
+impl Carrier for k8s_openapi::api::core::v1::PersistentVolumeClaim {
+    const API_VERSION: &'static str = "v1";
+    const KIND: &'static str = "PersistentVolumeClaim";
+}
+
+impl Carrier for stash_crds::AppBinding {
+    // Upstream stamps AppBindings as apiVersion v1 before building the reference (§5.5).
+    const API_VERSION: &'static str = "v1";
+    const KIND: &'static str = "AppBinding";
+    fn app_version(&self) -> Option<String> {
+        self.spec.version.clone()
+    }
+}
+
+impl<K: Carrier> stash_runtime::Reconcile<K> for Carriers<K> {
+    type Error = Error;
+    const NAME: &'static str = "defaultbackup";
+
+    async fn reconcile(&self, obj: Arc<K>) -> Result<stash_runtime::Action, Error> {
+        if obj.meta().deletion_timestamp.is_some() {
+            return Ok(stash_runtime::Action::await_change());
+        }
+        let Some(uid) = obj.uid() else {
+            return Ok(stash_runtime::Action::await_change());
+        };
+        let target = Target {
+            api_version: K::API_VERSION.into(),
+            kind: K::KIND.into(),
+            resource: None,
+            name: obj.name_any(),
+            namespace: obj.namespace().unwrap_or_default(),
+            app_version: obj.app_version(),
+            annotations: obj.annotations().clone(),
+            owner: OwnerReference {
+                api_version: K::api_version(&()).into(),
+                kind: K::KIND.into(),
+                name: obj.name_any(),
+                uid,
+                ..Default::default()
+            },
+        };
+        if let Err(e) = reconcile(&self.0, &target).await {
+            let reference = obj.object_ref(&());
+            self.0
+                .events
+                .publish(
+                    &reference,
+                    stash_runtime::events::Severity::Warning,
+                    "DefaultBackupFailed",
+                    e.to_string(),
+                )
+                .await;
+            return Err(e);
+        }
+        Ok(stash_runtime::Action::requeue(
+            std::time::Duration::from_secs(600),
+        ))
+    }
+}
+
+async fn run<K: Carrier>(ctx: Arc<Ctx>) {
+    let controller = kube::runtime::Controller::new(
+        Api::<K>::all(ctx.client.clone()),
+        kube::runtime::watcher::Config::default(),
+    );
+    stash_runtime::drive(
+        controller,
+        Carriers::<K>(ctx.clone(), std::marker::PhantomData),
+        ctx.metrics.clone(),
+        ctx.events.clone(),
+    )
+    .await;
+}
+
+/// Default backups of annotated PVCs.
+pub async fn run_pvcs(ctx: Arc<Ctx>) {
+    run::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(ctx).await;
+}
+
+/// Default backups of annotated AppBindings.
+pub async fn run_app_bindings(ctx: Arc<Ctx>) {
+    run::<stash_crds::AppBinding>(ctx).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(annotations: &[(&str, &str)]) -> Target {
+        Target {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            resource: Some("deployments".into()),
+            name: "stash-demo".into(),
+            namespace: "demo".into(),
+            app_version: None,
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            owner: OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "Deployment".into(),
+                name: "stash-demo".into(),
+                uid: "u".into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn the_upstream_template_gives_a_repository_and_a_backup_configuration() {
+        let template: BackupConfigurationTemplate = serde_json::from_value(serde_json::json!({
+            "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfigurationTemplate",
+            "metadata": {"name": "workload-backup-template"},
+            "spec": {"backend": {"gcs": {"bucket": "appscode-qa", "prefix": "stash-backup/${TARGET_NAMESPACE}/${TARGET_KIND}/${TARGET_NAME}"},
+                                 "storageSecretName": "gcs-secret"},
+                     "schedule": "*/5 * * * *",
+                     "retentionPolicy": {"name": "keep-last-5", "keepLast": 5, "prune": true}}
+        }))
+        .expect("template");
+        let t = target(&[
+            (
+                consts::BACKUP_TEMPLATE_ANNOTATION,
+                "workload-backup-template",
+            ),
+            (
+                consts::TARGET_DIRECTORIES_ANNOTATION,
+                "/source/data-1,/source/data-2",
+            ),
+            (
+                consts::VOLUME_MOUNTS_ANNOTATION,
+                "source-data-1:/source/data-1,source-data-2:/source/data-2",
+            ),
+        ]);
+        let req = request(&t).expect("valid").expect("asked for");
+        let (repo, bc) = desired(&template, &t, &req).expect("desired");
+        assert_eq!(repo.name_any(), "deployment-stash-demo");
+        assert_eq!(
+            repo.spec
+                .backend
+                .gcs
+                .as_ref()
+                .and_then(|g| g.prefix.clone())
+                .as_deref(),
+            Some("stash-backup/demo/deployment/stash-demo")
+        );
+        let target = bc.spec.target.expect("target");
+        assert_eq!(target.directories, ["/source/data-1", "/source/data-2"]);
+        assert_eq!(target.volume_mounts.len(), 2);
+        assert_eq!(bc.spec.schedule.as_deref(), Some("*/5 * * * *"));
+        assert_eq!(
+            bc.metadata.owner_references.expect("owner")[0].kind,
+            "Deployment"
+        );
+    }
+
+    #[test]
+    fn malformed_annotations_are_errors() {
+        let t = target(&[
+            (consts::BACKUP_TEMPLATE_ANNOTATION, "x"),
+            (consts::TARGET_DIRECTORIES_ANNOTATION, "/a"),
+            (consts::VOLUME_MOUNTS_ANNOTATION, "novolume"),
+        ]);
+        assert!(request(&t).unwrap_err().contains("not name:mountPath"));
+        let t = target(&[(consts::BACKUP_TEMPLATE_ANNOTATION, "x")]);
+        assert!(request(&t).unwrap_err().contains("target-directories"));
+        assert_eq!(request(&target(&[])), Ok(None));
+    }
+}
