@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# The stash-rs image: the `stash` binary (operator and every agent subcommand) plus a pinned
-# restic. Build from the repository root:
+# The stash-rs image: the `stash` binary (the operator), the `stash-agent` binary (what runs in
+# pods: the sidecar, restores, the job model's steps) and a pinned restic. Build from the repository root:
 #
 #   docker build -t stash-rs/stash:0.1.0 .
 #
@@ -15,7 +15,8 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p stash && cp target/release/stash /stash
+    cargo build --release --locked -p stash -p stash-agent \
+ && cp target/release/stash /stash && cp target/release/stash-agent /stash-agent
 
 # restic from the same wrapper module the tests use: its go.sum pins every dependency.
 FROM golang:${GO_VERSION}-bookworm AS restic
@@ -36,6 +37,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates tzdata postgresql-client \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=stash /stash /usr/local/bin/stash
+COPY --from=stash /stash-agent /usr/local/bin/stash-agent
 COPY --from=restic /restic-bin /usr/local/bin/restic
 LABEL org.opencontainers.image.title="stash-rs" \
       org.opencontainers.image.description="Kubernetes backup operator speaking the Stash API" \

@@ -9,11 +9,11 @@
 #   scripts/cluster.sh down   stop the cluster and check the host is as it was before `up`
 #   scripts/cluster.sh recovery  start the node, SIGKILL `testenv up` (a hard stop), check that
 #                             `testenv down` removes what it left and the host is as before
-#   scripts/cluster.sh reload rebuild the stash image from target/debug/stash, import it into the
+#   scripts/cluster.sh reload rebuild the stash image from target/debug/stash{,-agent}, import it into the
 #                             running cluster and restart the operator (for development)
 #
-# STASH_PROFILE=release takes target/release/stash instead (the operator as the Dockerfile
-# builds it; what the scale benchmark measures): `cargo build --release -p stash --bin stash`.
+# STASH_PROFILE=release takes target/release/stash{,-agent} instead (as the Dockerfile builds
+# them; what the scale benchmark measures): `cargo build --release -p stash -p stash-agent --bins`.
 #
 # Needs root, Linux, the Rust and Go toolchains and the Debian packages scripts/test.sh installs.
 # Everything the cluster runs lives in network namespace stash-rs-testenv (198.18.0.0/15) and
@@ -27,16 +27,19 @@ PROFILE=${STASH_PROFILE:-debug}
 BEFORE=$CACHE/host-before.json
 
 images() {
-  # The image gets a copy of the stash binary without debug sections.
+  # The image gets copies of the stash and stash-agent binaries without debug sections.
   mkdir -p "$CACHE/images"
-  [[ -x $TARGET/$PROFILE/stash ]] || { echo "cluster: no $TARGET/$PROFILE/stash; build it first" >&2; exit 1; }
-  objcopy --strip-debug "$TARGET/$PROFILE/stash" "$CACHE/images/stash.bin.tmp"
-  if ! cmp -s "$CACHE/images/stash.bin.tmp" "$CACHE/images/stash.bin" 2>/dev/null; then
-    mv "$CACHE/images/stash.bin.tmp" "$CACHE/images/stash.bin"
-  else
-    rm "$CACHE/images/stash.bin.tmp"
-  fi
-  bash testenv/images.sh "$CACHE/images" "$CACHE/images/stash.bin"
+  local b
+  for b in stash stash-agent; do
+    [[ -x $TARGET/$PROFILE/$b ]] || { echo "cluster: no $TARGET/$PROFILE/$b; build it first" >&2; exit 1; }
+    objcopy --strip-debug "$TARGET/$PROFILE/$b" "$CACHE/images/$b.bin.tmp"
+    if ! cmp -s "$CACHE/images/$b.bin.tmp" "$CACHE/images/$b.bin" 2>/dev/null; then
+      mv "$CACHE/images/$b.bin.tmp" "$CACHE/images/$b.bin"
+    else
+      rm "$CACHE/images/$b.bin.tmp"
+    fi
+  done
+  bash testenv/images.sh "$CACHE/images" "$CACHE/images/stash.bin" "$CACHE/images/stash-agent.bin"
 }
 
 case ${1:-} in
@@ -66,7 +69,7 @@ reload)
   ;;
 start | up)
   t0=$SECONDS
-  [[ -x $TESTENV && -x $TARGET/debug/stash ]] || cargo build --quiet -p stash-testenv -p stash --bins
+  [[ -x $TESTENV && -x $TARGET/debug/stash && -x $TARGET/debug/stash-agent ]] || cargo build --quiet -p stash-testenv -p stash -p stash-agent --bins
   bin=$(bash testenv/build.sh)
   images
   echo "cluster: images ready at $((SECONDS - t0)) s"

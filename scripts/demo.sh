@@ -15,7 +15,7 @@ if ((${#need[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 bash testenv/build.sh >/dev/null
-cargo build --quiet -p stash -p stash-testenv --bins --examples
+cargo build --quiet -p stash -p stash-agent -p stash-testenv --bins --examples
 trap 'bash scripts/cluster.sh down' EXIT
 bash scripts/cluster.sh up
 if [[ " $* " == *" --keep "* ]]; then export TESTENV_KEEP=1; fi

@@ -47,7 +47,9 @@ cargo test -p stash-install --locked --test helm_install 2>&1 | tee "$out" || st
 # Then stash-rs as users install it, from the committed manifest, and every other test.
 bash scripts/cluster.sh install
 echo "operator installed at $((SECONDS - start)) s"
-cargo test --workspace --locked --no-fail-fast -j "$(nproc)" -- --test-threads=4 2>&1 | tee -a "$out" || status=1
+# Several test binaries at a time, the operator-restarting ones alone (scripts/run_tests.py),
+# and the main job's tour (scripts/demo.sh's demo example) on the same cluster beside them.
+python3 scripts/run_tests.py --skip helm_install --demo "${CARGO_TARGET_DIR:-target}/debug/examples/demo" 2>&1 | tee -a "$out" || status=1
 summary=$(grep -E '^test result:' "$out" | awk '{p+=$4; f+=$6} END {print p" passed, "f" failed"}')
 echo "whole suite took $((SECONDS - start)) s"
 echo "tests: $summary"

@@ -2,7 +2,7 @@
 # Builds the container images the test cluster runs, without a Docker daemon or a registry, as
 # docker-archive tars that `ctr -n k8s.io images import` (containerd v2) and `docker load` accept.
 #
-#   testenv/images.sh OUTDIR STASH_BIN
+#   testenv/images.sh OUTDIR STASH_BIN STASH_AGENT_BIN
 #
 # writes OUTDIR/stash.tar        stash-rs/stash:0.1.0       (the Dockerfile's final stage)
 #        OUTDIR/pushgateway.tar  prom/pushgateway:v1.11.3
@@ -19,8 +19,8 @@
 # python3, and restic + pushgateway from testenv/build.sh.
 set -euo pipefail
 
-if [[ $# -ne 2 ]]; then
-  echo "usage: testenv/images.sh OUTDIR STASH_BIN" >&2
+if [[ $# -ne 3 ]]; then
+  echo "usage: testenv/images.sh OUTDIR STASH_BIN STASH_AGENT_BIN" >&2
   exit 2
 fi
 
@@ -29,6 +29,7 @@ SELF=$HERE/$(basename "$0")
 CACHE=${STASH_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stash-rs-testenv}
 OUT=$1
 STASH_BIN=$2
+STASH_AGENT_BIN=$3
 DEBIAN_MIRROR=${STASH_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 DEBIAN_SECURITY_MIRROR=${STASH_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 
@@ -47,7 +48,7 @@ fi
 # Dockerfile, and fails when they disagree.
 STASH_SUITE=bookworm                                   # FROM debian:${STASH_SUITE}-slim
 STASH_PACKAGES=(ca-certificates tzdata postgresql-client)  # apt-get install --no-install-recommends
-STASH_BINARIES=(stash:/usr/local/bin/stash restic:/usr/local/bin/restic)  # COPY --from=<stage> ... <dest>
+STASH_BINARIES=(stash:/usr/local/bin/stash stash:/usr/local/bin/stash-agent restic:/usr/local/bin/restic)  # COPY --from=<stage> ... <dest>
 STASH_USER=65534:65534                                 # USER
 STASH_ENTRYPOINT=(/usr/local/bin/stash)                # ENTRYPOINT [...]
 STASH_LABELS=(
@@ -67,7 +68,9 @@ die() { echo "images: $*" >&2; exit 1; }
 
 [[ $(id -u) == 0 ]] || die "must run as root (debootstrap, chroot, file ownership)"
 [[ -f $STASH_BIN && -x $STASH_BIN ]] || die "STASH_BIN $STASH_BIN is not an executable file"
+[[ -f $STASH_AGENT_BIN && -x $STASH_AGENT_BIN ]] || die "STASH_AGENT_BIN $STASH_AGENT_BIN is not an executable file"
 STASH_BIN=$(realpath "$STASH_BIN")
+STASH_AGENT_BIN=$(realpath "$STASH_AGENT_BIN")
 for tool in python3 sha256sum flock; do
   command -v "$tool" >/dev/null || die "$tool is required"
 done
@@ -328,13 +331,13 @@ build_stash() {
   local out=$OUT/stash.tar restic=$CACHE/bin/restic base spec=$WORK/stash.spec entry stage dest src
   [[ -x $restic ]] || die "$restic is missing; run testenv/build.sh first"
   base=$(stash_rootfs)
-  if fresh "$out" "$STASH_BIN" "$restic" "$base/.ok"; then log "$out is up to date"; return; fi
+  if fresh "$out" "$STASH_BIN" "$STASH_AGENT_BIN" "$restic" "$base/.ok"; then log "$out is up to date"; return; fi
   log "building $STASH_TAG"
   echo "rootfs $base/rootfs" >"$spec"
   for entry in "${STASH_BINARIES[@]}"; do
     stage=${entry%%:*} dest=${entry#*:}
     case $stage in
-      stash) src=$STASH_BIN ;;
+      stash) [[ $dest == */stash-agent ]] && src=$STASH_AGENT_BIN || src=$STASH_BIN ;;
       restic) src=$restic ;;
       *) die "no source for the $stage binary" ;;
     esac

@@ -21,7 +21,7 @@ use kube::{
 /// Name of both webhook configurations.
 pub const CONFIGURATION_NAME: &str = "admission.stash.appscode.com";
 const PREFIX: &str = "/apis/admission.stash.appscode.com";
-const FIELD_MANAGER: &str = "stash-operator";
+use stash_core::names::FIELD_MANAGER;
 
 /// Which decision a path runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -119,10 +119,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
     }
     let lock = (opts.restore_model != "job").then(|| {
-        let name = format!(
-            "lock-{}-{workload}-restore",
-            kind.map_or("unknown", |k| k.kind()).to_lowercase()
-        );
+        let name = stash_core::names::restore_lease(kind, &workload);
         LeaderElection::new(&ns, &name, &opts.pod_name, Duration::from_secs(15))
     });
     let leadership = match &lock {

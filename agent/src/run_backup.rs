@@ -77,10 +77,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let kind = WorkloadKind::of(&target.target_ref);
     let host = backup_host(kind, &opts.pod_name, &opts.node_name);
     let workload = target.target_ref.name.clone().unwrap_or_default();
-    let lease = format!(
-        "lock-{}-{workload}-backup",
-        kind.map_or("unknown", |k| k.kind()).to_lowercase()
-    );
+    let lease = stash_core::names::backup_lease(kind, &workload);
     let lock = LeaderElection::new(&ns, &lease, &opts.pod_name, Duration::from_secs(15));
     tracing::info!(bc = %opts.backup_configuration, %host, "backup sidecar started");
 

@@ -244,6 +244,7 @@ fn agent_container(
         name: name.into(),
         image: Some(cfg.image.clone()),
         image_pull_policy: Some("IfNotPresent".into()),
+        command: crate::names::agent_command(),
         args: Some(args),
         env: Some(vec![
             env_field("NODE_NAME", "spec.nodeName"),

@@ -43,7 +43,7 @@ use super::{
     stores::{Change, Feeds},
 };
 
-const MANAGER: &str = "stash-operator";
+use stash_core::names::FIELD_MANAGER;
 
 /// Event reason of a configuration whose trigger CronJob the API server refused.
 const INVALID: &str = stash_machines::reasons::INVALID_BACKUP_CONFIGURATION;
@@ -93,6 +93,7 @@ pub fn cron_job(
                                 name: "stash".into(),
                                 image: Some(image.into()),
                                 image_pull_policy: Some("IfNotPresent".into()),
+                                command: stash_core::names::agent_command(),
                                 args: Some(vec![
                                     "create-backupsession".into(),
                                     format!("--backupsession.name={}", bc.name_any()),
@@ -248,7 +249,7 @@ impl BackupConfigurations {
             }
         };
         let writer = StatusWriter::new(self.ctx.metrics.clone(), "backupconfiguration");
-        if let Err(e) = writer.apply(api, bc, MANAGER, unchanged, owned).await {
+        if let Err(e) = writer.apply(api, bc, FIELD_MANAGER, unchanged, owned).await {
             tracing::debug!(configuration = %bc.name_any(), "status not written: {e}");
         }
     }
@@ -270,7 +271,7 @@ impl BackupConfigurations {
         }
         let name = bc.name_any();
         let owner = bc.controller_owner_ref(&());
-        let pp = PatchParams::apply(MANAGER).force();
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
         // Every object named after the configuration is claimed first: a user's object of
         // that name is never modified, owned or deleted (rbac::claim).
         let sa = match bc

@@ -27,7 +27,7 @@ use stash_machines::{
 use stash_runtime::{Action, Perform, Reconcile, StatusWriter, status::StatusError};
 
 /// The field manager of the operator's BackupSession status fields (server-side apply).
-pub const STATUS_MANAGER: &str = "stash-operator";
+use stash_core::names::FIELD_MANAGER;
 
 use super::{
     Ctx, Error,
@@ -281,7 +281,7 @@ impl Perform<Phase, machine::Action> for BackupEffects<'_> {
             .apply_phase(
                 &self.api,
                 self.bs,
-                STATUS_MANAGER,
+                FIELD_MANAGER,
                 unchanged,
                 owned,
                 self.obs.phase,

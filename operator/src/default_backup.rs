@@ -26,7 +26,7 @@ use stash_crds::{
 use super::{Ctx, Error};
 use stash_core::jobs::envsubst::{Inputs, subst_object};
 
-const MANAGER: &str = "stash-operator";
+use stash_core::names::FIELD_MANAGER;
 
 /// The object carrying the annotations.
 #[derive(Clone, Debug)]
@@ -236,7 +236,7 @@ pub async fn reconcile(ctx: &Arc<Ctx>, target: &Target) -> Result<(), Error> {
             ))
         })?;
     let (repo, bc) = desired(&template, target, &req).map_err(Error::Config)?;
-    let pp = PatchParams::apply(MANAGER).force();
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
     Api::<Repository>::namespaced(ctx.client.clone(), &target.namespace)
         .patch(
             &name,

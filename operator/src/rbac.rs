@@ -35,7 +35,7 @@ pub const BACKUP_JOB_ROLE: &str = "stash-backup-job";
 /// Suffix of the restore Job's Role (`<rs>-stash-restore-job`).
 pub const RESTORE_JOB_ROLE: &str = "stash-restore-job";
 
-const MANAGER: &str = "stash-operator";
+use stash_core::names::FIELD_MANAGER;
 
 /// A write of an object stash names after a user's object (ServiceAccount, Role, RoleBinding,
 /// CronJob) that failed, or was not made because the name is someone else's (issue 24).
@@ -335,7 +335,7 @@ pub async fn grant(
              runtimeSettings.pod.serviceAccountName"
         )));
     }
-    let pp = PatchParams::apply(MANAGER).force();
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
     let roles = Api::<Role>::namespaced(client.clone(), namespace);
     let rbs = Api::<RoleBinding>::namespaced(client.clone(), namespace);
     claim(&roles, name, owner.as_ref()).await?;

@@ -167,7 +167,7 @@ impl RestoreSessions {
 }
 
 /// The field manager of the operator's RestoreSession status fields (server-side apply).
-pub const STATUS_MANAGER: &str = "stash-operator";
+use stash_core::names::FIELD_MANAGER;
 
 /// How a RestoreSession's effects are done (the order and the refusals are the interpreter's).
 struct RestoreEffects<'a> {
@@ -207,7 +207,7 @@ impl Perform<machine::Phase, machine::Action> for RestoreEffects<'_> {
             .apply_phase(
                 &self.api,
                 self.rs,
-                STATUS_MANAGER,
+                FIELD_MANAGER,
                 unchanged,
                 owned,
                 self.obs.phase,

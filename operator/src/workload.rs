@@ -20,7 +20,7 @@ use super::{
     Ctx, Error, default_backup, rbac,
     stores::{self, Feeds},
 };
-use stash_core::{inject, target::WorkloadKind};
+use stash_core::{inject, names, target::WorkloadKind};
 
 /// A workload kind the sidecar can be injected into.
 pub trait Workload:
@@ -321,11 +321,11 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
                 .and_then(|p| p.service_account_name.clone())
                 .is_some_and(|n| n == sa)
         };
-        let kind = W::KIND.kind().to_lowercase();
-        let sidecar = format!("{kind}-{name}-{}", rbac::SIDECAR_ROLE);
+        let kind = Some(W::KIND);
+        let sidecar = names::agent_role(kind, &name, rbac::SIDECAR_ROLE);
         let sidecar_grant = match &target {
             Some((bc, repo)) if sa == dedicated || named_by(bc.spec.runtime_settings.as_ref()) => {
-                let lease = format!("lock-{kind}-{name}-backup");
+                let lease = names::backup_lease(kind, &name);
                 let running = running_sessions(stores, &ns, &bc.name_any());
                 let running: Vec<&str> = running.iter().map(String::as_str).collect();
                 let rules = rbac::sidecar_rules(&bc.name_any(), &repo.name_any(), &lease, &running);
@@ -337,10 +337,10 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
             )),
             None => AgentGrant::Revoke,
         };
-        let init = format!("{kind}-{name}-{}", rbac::RESTORE_INIT_ROLE);
+        let init = names::agent_role(kind, &name, rbac::RESTORE_INIT_ROLE);
         let init_grant = match &restore {
             Some((rs, repo)) if sa == dedicated || named_by(rs.spec.runtime_settings.as_ref()) => {
-                let lease = format!("lock-{kind}-{name}-restore");
+                let lease = names::restore_lease(kind, &name);
                 let rules =
                     rbac::restore_init_rules(&rs.name_any(), &repo.name_any(), Some(&lease));
                 AgentGrant::Bind { lease, rules }
@@ -638,15 +638,14 @@ pub(crate) async fn grant_session_to_sidecar(
         return Ok(());
     };
     let workload = t.target_ref.name.clone().unwrap_or_default();
-    let kind = kind.kind().to_lowercase();
-    let role = format!("{kind}-{workload}-{}", rbac::SIDECAR_ROLE);
+    let role = names::agent_role(Some(kind), &workload, rbac::SIDECAR_ROLE);
     let repo = bc
         .spec
         .repository
         .as_ref()
         .map(|r| r.name.clone())
         .unwrap_or_default();
-    let lease = format!("lock-{kind}-{workload}-backup");
+    let lease = names::backup_lease(Some(kind), &workload);
     let rules = rbac::sidecar_rules(&bc.name_any(), &repo, &lease, &[session]);
     rbac::update_role(&ctx.client, &ns, &role, rules).await?;
     Ok(())

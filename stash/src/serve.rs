@@ -62,7 +62,7 @@ pub async fn run(all: RunOptions) -> anyhow::Result<()> {
             pushgateway_url: opts.pushgateway_url.clone(),
         },
         metrics: metrics.clone(),
-        events: Events::new(client.clone(), "stash-operator"),
+        events: Events::new(client.clone(), stash_core::names::FIELD_MANAGER),
         policy: Policy {
             deadline: opts.session_deadline,
             poll: opts.poll,

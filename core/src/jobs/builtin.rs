@@ -48,6 +48,7 @@ fn function(name: &str, image: &str, a: Vec<String>, mounts: Vec<VolumeMount>) -
         metadata: meta(name),
         spec: FunctionSpec {
             image: Some(image.into()),
+            command: vec![crate::names::AGENT.to_string()],
             args: a,
             volume_mounts: mounts,
             ..Default::default()

@@ -4,6 +4,7 @@ use kube::{
     api::{Patch, PatchParams},
 };
 pub use stash_core::jobs::builtin::*;
+use stash_core::names::FIELD_MANAGER;
 use stash_crds::{Function, Task};
 
 /// Create or update (server-side apply, forced) Functions and Tasks.
@@ -12,7 +13,7 @@ pub async fn apply(
     functions: &[Function],
     tasks: &[Task],
 ) -> Result<(), kube::Error> {
-    let pp = PatchParams::apply(super::MANAGER).force();
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
     let fapi: Api<Function> = Api::all(client.clone());
     for f in functions {
         let mut f = f.clone();

@@ -38,8 +38,6 @@ use kube::{
 };
 pub use stash_machines::JobState;
 
-/// Field manager of everything this module writes.
-pub const MANAGER: &str = "stash-operator";
 /// Pod volume of `/tmp` (the `tempDir` settings).
 pub const TMP_VOLUME: &str = "tmp-dir";
 /// Pod volume of the local backend.

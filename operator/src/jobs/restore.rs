@@ -170,6 +170,7 @@ pub fn pod_spec(
             let c = Container {
                 name: "stash".into(),
                 image: Some(image.into()),
+                command: stash_core::names::agent_command(),
                 args: Some(args),
                 image_pull_policy: Some("IfNotPresent".into()),
                 ..Default::default()

@@ -747,3 +747,38 @@ pub async fn closed_port() -> u16 {
 pub fn tree_digest(dir: &Path) -> BTreeMap<String, String> {
     checksums(dir)
 }
+
+/// A corpus manifest's expected refusal: its first line, `# expect: <field path>: <message>`.
+pub fn corpus_expectation(text: &str) -> Option<String> {
+    text.lines()
+        .next()
+        .and_then(|l| l.strip_prefix("# expect: "))
+        .map(|e| e.trim().to_string())
+}
+
+/// Whether a `kubectl apply` of an invalid corpus manifest was refused as the corpus says:
+/// refused, with the expected message, by the validating webhook or by the CRD schema (29
+/// rules live in the schema since issue 24), naming the field. `Err` says what was wrong.
+pub fn judge_refusal(expect: &str, ok: bool, stdout: &str, stderr: &str) -> Result<(), String> {
+    let field = expect.split_once(": ").map_or("", |(f, _)| f);
+    if ok {
+        Err(format!("admitted ({})", stdout.trim()))
+    } else if !stderr.contains(expect) {
+        Err(format!(
+            "rejected, but without {expect:?}:\n{}",
+            stderr.trim()
+        ))
+    } else if !stderr.contains("admission webhook") && !stderr.contains("is invalid: ") {
+        Err(format!(
+            "rejected, but neither by the webhook nor by the CRD schema:\n{}",
+            stderr.trim()
+        ))
+    } else if !stderr.contains(&format!("{field}: ")) {
+        Err(format!(
+            "rejected without naming {field}:\n{}",
+            stderr.trim()
+        ))
+    } else {
+        Ok(())
+    }
+}

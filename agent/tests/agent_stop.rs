@@ -79,7 +79,7 @@ fn a_stopped_agent_leaves_no_restic_lock() {
     let restic_dir = stash_testenv::bins::bin("restic").expect("restic");
     let path = restic_dir.parent().expect("bin dir").to_owned();
     let mut agent = Agent(
-        Command::new(env!("CARGO_BIN_EXE_stash"))
+        Command::new(env!("CARGO_BIN_EXE_stash-agent"))
             .args(["backup-pvc", "--provider=local"])
             .arg(format!("--path={}", repo.display()))
             .arg(format!("--secret-dir={}", secrets.display()))
@@ -92,7 +92,7 @@ fn a_stopped_agent_leaves_no_restic_lock() {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("stash backup-pvc"),
+            .expect("stash-agent backup-pvc"),
     );
     let agent = &mut agent.0;
     // restic has taken its lock: the backup is running.
