@@ -21,6 +21,7 @@ pub mod lifecycle;
 pub mod names;
 pub mod paths;
 pub mod reasons;
+pub mod repository;
 pub mod restore_host;
 pub mod restore_session;
 pub mod snapshots;
