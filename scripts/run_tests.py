@@ -2,7 +2,7 @@
 """Run every test binary of the workspace, several at a time (issue 23: the e2e binaries mostly
 wait on the cluster; `cargo test` runs them one after another).
 
-    scripts/run_tests.py [--jobs N] [--threads T] [--skip NAME]... [--demo EXE]
+    scripts/run_tests.py [--jobs N] [--threads T] [--skip NAME]... [--only NAME]... [--demo EXE]
 
 Builds the test binaries (`cargo test --no-run`), then runs them: the binaries that restart or
 kill the operator (DISRUPTIVE) one at a time after all others, the others JOBS at a time,
@@ -63,9 +63,24 @@ def build(cargo_jobs):
     return bins
 
 
+def library_path(exe):
+    """What cargo puts on LD_LIBRARY_PATH for a test: the target's deps directory and the
+    toolchain's libraries (a proc-macro crate's tests link libstd dynamically)."""
+    sysroot = subprocess.run(["rustc", "--print", "sysroot"], check=True, stdout=subprocess.PIPE,
+                             text=True).stdout.strip()
+    host = [l.split(": ", 1)[1] for l in subprocess.run(
+        ["rustc", "-vV"], check=True, stdout=subprocess.PIPE, text=True).stdout.splitlines()
+        if l.startswith("host: ")][0]
+    dirs = [os.path.dirname(exe), os.path.join(sysroot, "lib"),
+            os.path.join(sysroot, "lib", "rustlib", host, "lib")]
+    old = os.environ.get("LD_LIBRARY_PATH")
+    return ":".join(dirs + ([old] if old else []))
+
+
 def run_one(label, name, manifest_dir, exe, threads, results):
     env = dict(os.environ, CARGO_MANIFEST_DIR=manifest_dir,
-               CARGO_PKG_NAME=os.path.basename(manifest_dir))
+               CARGO_PKG_NAME=os.path.basename(manifest_dir),
+               LD_LIBRARY_PATH=library_path(exe))
     env.pop("TESTENV_KEEP", None)
     args = [exe]
     if threads and name != "demo":
@@ -109,10 +124,13 @@ def main():
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("STASH_TEST_JOBS", "3")))
     ap.add_argument("--threads", type=int, default=int(os.environ.get("STASH_TEST_THREADS", "3")))
     ap.add_argument("--skip", action="append", default=[])
+    ap.add_argument("--only", action="append", default=[],
+                    help="run only these test binaries (by target name)")
     ap.add_argument("--demo", help="the demo example's executable, run as one more job")
     a = ap.parse_args()
     begun = time.monotonic()
-    bins = [b for b in build(os.cpu_count() or 2) if b[1] not in a.skip]
+    bins = [b for b in build(os.cpu_count() or 2)
+            if b[1] not in a.skip and (not a.only or b[1] in a.only)]
     try:
         with open(DURATIONS) as f:
             known = json.load(f)
@@ -145,7 +163,8 @@ def main():
             run_one(label, name, manifest_dir, exe, a.threads, results)
 
     workers = [threading.Thread(target=worker) for _ in range(max(1, a.jobs))]
-    workers.append(threading.Thread(target=doc_tests, args=(results,)))
+    if not a.only:
+        workers.append(threading.Thread(target=doc_tests, args=(results,)))
     for w in workers:
         w.start()
     for w in workers:

@@ -1,7 +1,7 @@
 //! The committed diagrams under `docs/lifecycles/` are exactly what the macro generates.
 //! `STASH_BLESS=1 cargo test -p stash-machines --test docs` rewrites them.
 
-use stash_machines::{backup_host, backup_session, restore_host, restore_session};
+use stash_machines::{backup_host, backup_session, repository, restore_host, restore_session};
 use std::path::PathBuf;
 
 fn docs() -> PathBuf {
@@ -12,8 +12,8 @@ fn readme() -> String {
     format!(
         "# Lifecycles\n\n\
          Generated from the `#[lifecycle]` specs in `machines/src/backup_session/mod.rs`,\n\
-         `machines/src/restore_session.rs`, `machines/src/backup_host.rs` and\n\
-         `machines/src/restore_host.rs`; do not edit. `cargo test -p stash-machines --test docs`\n\
+         `machines/src/restore_session.rs`, `machines/src/backup_host.rs`,\n\
+         `machines/src/restore_host.rs` and `machines/src/repository.rs`; do not edit. `cargo test -p stash-machines --test docs`\n\
          fails when these files are stale, and `STASH_BLESS=1` rewrites them.\n\n\
          Every transition moves forward (the macro rejects cycles), terminal phases absorb every\n\
          event, and a guarded transition (`Event [guard]`) fires only when its guard holds; the\n\
@@ -42,11 +42,20 @@ fn readme() -> String {
          RestoreSession. A host whose entry is already there is `Reported`: a restarted\n\
          init-container does not restore twice.\n\n\
          ```mermaid\n{}```\n\n\
-         Graphviz: [restore-host.dot](restore-host.dot).\n",
+         Graphviz: [restore-host.dot](restore-host.dot).\n\n\
+         ## Repository\n\n\
+         What happens to a deleted Repository's restic data. The finalizer goes only in a terminal\n\
+         phase; every one but `Kept` (no `wipeOut` asked) is announced by an Event. A failed\n\
+         wipe-out is retried from `Failing` until it succeeds, the user abandons it\n\
+         (`stash.appscode.com/abandon-wipe-out=true`), or its Secret goes with its namespace.\n\
+         `model-tests/tests/repository.rs` explores it.\n\n\
+         ```mermaid\n{}```\n\n\
+         Graphviz: [repository.dot](repository.dot).\n",
         backup_session::MERMAID,
         restore_session::MERMAID,
         backup_host::MERMAID,
-        restore_host::MERMAID
+        restore_host::MERMAID,
+        repository::MERMAID
     )
 }
 
@@ -61,6 +70,8 @@ fn committed_lifecycle_diagrams_are_up_to_date() {
         ("backup-host.dot", backup_host::DOT.to_string()),
         ("restore-host.mmd", restore_host::MERMAID.to_string()),
         ("restore-host.dot", restore_host::DOT.to_string()),
+        ("repository.mmd", repository::MERMAID.to_string()),
+        ("repository.dot", repository::DOT.to_string()),
         ("README.md", readme()),
     ];
     let bless = std::env::var_os("STASH_BLESS").is_some_and(|v| v == "1");

@@ -2,7 +2,7 @@
 //! hand-written twin (and the generated RestoreSession lifecycle).
 
 use stash_machines::lifecycle::{Lifecycle, RejectionKind, transition_by_table};
-use stash_machines::{backup_host, backup_session, restore_host, restore_session};
+use stash_machines::{backup_host, backup_session, repository, restore_host, restore_session};
 use statig::blocking::IntoStateMachineExt as _;
 
 /// Every guard valuation for a lifecycle with at most a few guards.
@@ -72,6 +72,12 @@ fn generated_host_lifecycles_match_agree_with_their_tables() {
     phases_only_move_forward_and_terminals_absorb::<backup_host::Phase>();
     the_match_agrees_with_the_table::<restore_host::Phase>();
     phases_only_move_forward_and_terminals_absorb::<restore_host::Phase>();
+}
+
+#[test]
+fn generated_repository_lifecycle_match_agrees_with_its_table() {
+    the_match_agrees_with_the_table::<repository::Phase>();
+    phases_only_move_forward_and_terminals_absorb::<repository::Phase>();
 }
 
 /// A lifecycle described by names only, to compare two lifecycles of different types.

@@ -1,5 +1,7 @@
 //! Repository controller (stash-api.md §3.1): finalizer `stash` on every live Repository; on
-//! deletion with `wipeOut: true` the restic data under the bucket/prefix is deleted.
+//! deletion with `wipeOut: true` the restic data under the bucket/prefix is deleted. Every
+//! step of the deletion is decided by [`stash_machines::repository`] (its lifecycle, table
+//! and model test); this module observes, wipes, and carries the decision out.
 //!
 //! S3 (and S3-compatible servers), GCS and Azure are wiped through their object stores
 //! ([`super::wipe`]): only restic's own objects, after the prefix is verified to hold a restic
@@ -28,12 +30,13 @@ use kube::{
     },
 };
 use stash_crds::{Repository, consts};
+use stash_machines::repository::{self, Phase, Step, WipeOutcome};
 use stash_runtime::{Action, Reconcile, events::Severity, status::StatusWriter};
 
 use super::{Ctx, Error};
 
 /// Event reason when a wipe-out was asked for but cannot be done.
-pub const WIPE_OUT_NOT_SUPPORTED: &str = "WipeOutNotSupported";
+pub const WIPE_OUT_NOT_SUPPORTED: &str = repository::reasons::WIPE_OUT_NOT_SUPPORTED;
 /// Annotation that lets a Repository whose wipe-out keeps failing be deleted without it.
 pub const ABANDON_WIPE_OUT_ANNOTATION: &str = "stash.appscode.com/abandon-wipe-out";
 
@@ -69,33 +72,47 @@ pub fn wipe_out_abandoned(repo: &Repository) -> bool {
 
 pub(crate) struct Repositories(pub(crate) Arc<Ctx>, pub(crate) ConditionWrites);
 
-/// When the `WipeOut` condition of each Repository (by uid) was last written. A status write
-/// is a change the controller watches, so it runs the reconcile again at once: rewriting the
-/// condition on every failed attempt (its message carries timings) would retry the wipe in a
-/// tight loop instead of every [`stash_runtime::Reconcile::error_policy`] interval.
+/// When the `WipeOut` condition of each Repository (by uid) was last written by this process:
+/// the memory [`repository::condition_due`] decides from (a status write is a change the
+/// controller watches; see [`repository::CONDITION_REFRESH`]).
 #[derive(Default)]
 pub(crate) struct ConditionWrites(
     std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 );
 
-/// How often a still-failing wipe-out refreshes the condition's message.
-const CONDITION_REFRESH: Duration = Duration::from_secs(60);
-
 impl ConditionWrites {
-    /// Should the condition be written now (it is new, or the last write is old enough)?
-    /// Records the write when it says yes.
+    /// Should the condition be written now? Records the write when the machine says yes.
     fn due(&self, uid: &str, already_failing: bool) -> bool {
         let mut m = self.0.lock().expect("condition writes");
         let now = std::time::Instant::now();
-        m.retain(|_, t| now.duration_since(*t) < 10 * CONDITION_REFRESH);
-        let due = !already_failing
-            || m.get(uid)
-                .is_none_or(|t| now.duration_since(*t) >= CONDITION_REFRESH);
+        m.retain(|_, t| now.duration_since(*t) < 10 * repository::CONDITION_REFRESH);
+        let since = m.get(uid).map(|t| now.duration_since(*t));
+        let due = repository::condition_due(already_failing, since);
         if due {
             m.insert(uid.to_string(), now);
         }
         due
     }
+}
+
+/// What the deletion machine observes of `repo`.
+pub fn observe(repo: &Repository) -> repository::Observation {
+    repository::Observation {
+        deleting: repo.metadata.deletion_timestamp.is_some(),
+        wipe_out: repo.spec.wipe_out,
+        wipeable: wiped_for_real(repo),
+        abandoned: wipe_out_abandoned(repo),
+        failing: wipe_out_failing(repo),
+    }
+}
+
+/// Does the `WipeOut` condition say an earlier attempt failed?
+fn wipe_out_failing(repo: &Repository) -> bool {
+    repo.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == consts_wipe::TYPE && c.reason == consts_wipe::FAILED)
+    })
 }
 
 impl Reconcile<Repository> for Repositories {
@@ -110,87 +127,17 @@ impl Reconcile<Repository> for Repositories {
             &repo.namespace().unwrap_or_default(),
         );
         let status_api = api.clone();
-        finalizer(
-            &api,
-            consts::REPOSITORY_FINALIZER,
-            repo,
-            |event| {
-                let api = status_api.clone();
-                async move {
+        finalizer(&api, consts::REPOSITORY_FINALIZER, repo, |event| {
+            let api = status_api.clone();
+            let ctx = ctx.clone();
+            async move {
                 match event {
+                    // Live: the machine keeps the finalizer (the helper has added it).
                     Finalizer::Apply(_) => Ok(Action::requeue(Duration::from_secs(600))),
-                    Finalizer::Cleanup(repo) => {
-                        let reference = repo.object_ref(&());
-                        if repo.spec.wipe_out && wiped_for_real(&repo) {
-                            if wipe_out_abandoned(&repo) {
-                                let note = format!(
-                                    "wipeOut abandoned ({ABANDON_WIPE_OUT_ANNOTATION}): the restic data of Repository {} was left in place",
-                                    repo.name_any()
-                                );
-                                ctx.events
-                                    .publish(&reference, Severity::Warning, "WipeOutAbandoned", note)
-                                    .await;
-                                return Ok(Action::await_change());
-                            }
-                            return match wipe(&ctx, &repo).await {
-                                Ok(report) => {
-                                    let note = format!(
-                                        "deleted {} restic objects of Repository {} from {}; {} other objects left in place",
-                                        report.1.deleted,
-                                        repo.name_any(),
-                                        report.0,
-                                        report.1.kept
-                                    );
-                                    tracing::info!(repository = %repo.name_any(), "{note}");
-                                    ctx.events
-                                        .publish(&reference, Severity::Normal, "WipedOut", note)
-                                        .await;
-                                    Ok(Action::await_change())
-                                }
-                                Err(WipeError::SecretGoneWithNamespace(e)) => {
-                                    let note = format!(
-                                        "{e}, and namespace {} is being deleted: the wipe-out cannot be done, the restic data of Repository {} was left in place and the finalizer is removed",
-                                        repo.namespace().unwrap_or_default(),
-                                        repo.name_any()
-                                    );
-                                    tracing::warn!(repository = %repo.name_any(), "wipeOut given up: {note}");
-                                    // Events may be refused in a terminating namespace; the log
-                                    // line above is the record then.
-                                    ctx.events
-                                        .publish(&reference, Severity::Warning, "WipeOutAbandoned", note)
-                                        .await;
-                                    Ok(Action::await_change())
-                                }
-                                Err(WipeError::Failed(e)) => {
-                                    let note = format!(
-                                        "{e} (the finalizer stays and the wipe is retried; annotate the Repository {ABANDON_WIPE_OUT_ANNOTATION}=true to delete it without wiping)"
-                                    );
-                                    tracing::warn!(repository = %repo.name_any(), "wipeOut failed: {note}");
-                                    ctx.events
-                                        .publish(&reference, Severity::Warning, "WipeOutFailed", note.clone())
-                                        .await;
-                                    write_wipe_out_condition(&ctx, writes, &api, &repo, note).await;
-                                    Err(Error::Config(e))
-                                }
-                            };
-                        }
-                        if let Some(note) = wipe_out_note(&repo) {
-                            tracing::warn!(repository = %repo.name_any(), "{note}");
-                            ctx.events
-                                .publish(
-                                    &reference,
-                                    Severity::Warning,
-                                    WIPE_OUT_NOT_SUPPORTED,
-                                    note,
-                                )
-                                .await;
-                        }
-                        Ok(Action::await_change())
-                    }
+                    Finalizer::Cleanup(repo) => cleanup(&ctx, writes, &api, &repo).await,
                 }
-                }
-            },
-        )
+            }
+        })
         .await
         .map_err(|e| match e {
             kube::runtime::finalizer::Error::ApplyFailed(e)
@@ -198,6 +145,92 @@ impl Reconcile<Repository> for Repositories {
             other => Error::Finalizer(other.to_string()),
         })
     }
+}
+
+/// A deleted Repository: ask the machine, wipe when it says so, then carry out its step
+/// (`Ok`: the finalizer helper removes the finalizer; `Err`: it stays and the error policy
+/// retries).
+async fn cleanup(
+    ctx: &Ctx,
+    writes: &ConditionWrites,
+    api: &Api<Repository>,
+    repo: &Repository,
+) -> Result<Action, Error> {
+    let name = repo.name_any();
+    let mut decision = repository::decide(&observe(repo));
+    // What the event says: the machine names the reason, this side the details.
+    let mut message = match decision.phase {
+        Phase::Unsupported => wipe_out_note(repo).unwrap_or_default(),
+        Phase::Abandoned => format!(
+            "wipeOut abandoned ({ABANDON_WIPE_OUT_ANNOTATION}): the restic data of Repository {name} was left in place"
+        ),
+        _ => String::new(),
+    };
+    // A failed attempt's own error: what the reconcile returns (the metrics and logs' error).
+    let mut failure = None;
+    if decision.step == Step::Wipe {
+        let outcome = match wipe(ctx, repo).await {
+            Ok((location, report)) => {
+                message = format!(
+                    "deleted {} restic objects of Repository {name} from {location}; {} other objects left in place",
+                    report.deleted, report.kept
+                );
+                WipeOutcome::Wiped
+            }
+            Err(WipeError::SecretGoneWithNamespace(e)) => {
+                message = format!(
+                    "{e}, and namespace {} is being deleted: the wipe-out cannot be done, the restic data of Repository {name} was left in place and the finalizer is removed",
+                    repo.namespace().unwrap_or_default()
+                );
+                WipeOutcome::SecretGoneWithNamespace
+            }
+            Err(WipeError::Failed(e)) => {
+                message = format!(
+                    "{e} (the finalizer stays and the wipe is retried; annotate the Repository {ABANDON_WIPE_OUT_ANNOTATION}=true to delete it without wiping)"
+                );
+                failure = Some(e);
+                WipeOutcome::Failed
+            }
+        };
+        decision = repository::after_wipe(decision.phase, outcome);
+    }
+    if let Some(r) = decision.rejection {
+        // A bug: the finalizer stays, nothing else is done.
+        return Err(Error::Config(format!(
+            "Repository {name}: the deletion lifecycle refused a step: {r:?}"
+        )));
+    }
+    match decision.step {
+        Step::Release { notice } => {
+            if let Some(n) = notice {
+                announce(ctx, repo, n, message).await;
+            }
+            Ok(Action::await_change())
+        }
+        Step::Retry { notice } => {
+            announce(ctx, repo, notice, message.clone()).await;
+            write_wipe_out_condition(ctx, writes, api, repo, message.clone()).await;
+            Err(Error::Config(failure.unwrap_or(message)))
+        }
+        // Not a step of a deleted Repository: keep the finalizer and look again later.
+        Step::Keep | Step::Wipe => Ok(Action::requeue(Duration::from_secs(60))),
+    }
+}
+
+/// Publish the machine's notice as an Event on `repo`, and log it (events may be refused in a
+/// terminating namespace; the log line is the record then).
+async fn announce(ctx: &Ctx, repo: &Repository, notice: repository::Notice, message: String) {
+    let name = repo.name_any();
+    let severity = if notice.warning {
+        tracing::warn!(repository = %name, reason = notice.reason, "{message}");
+        Severity::Warning
+    } else {
+        tracing::info!(repository = %name, reason = notice.reason, "{message}");
+        Severity::Normal
+    };
+    ctx.events
+        .publish(&repo.object_ref(&()), severity, notice.reason, message)
+        .await;
 }
 
 /// Record a failing wipe-out in the Repository's status: condition `WipeOut`, status `False`,
@@ -211,12 +244,7 @@ async fn write_wipe_out_condition(
     message: String,
 ) {
     let current = repo.status.clone();
-    let already_failing = current.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == consts_wipe::TYPE && c.reason == consts_wipe::FAILED)
-    });
-    if !writes.due(&repo.uid().unwrap_or_default(), already_failing) {
+    if !writes.due(&repo.uid().unwrap_or_default(), wipe_out_failing(repo)) {
         return;
     }
     let mut desired = current.clone().unwrap_or_default();
@@ -231,7 +259,7 @@ async fn write_wipe_out_condition(
 
 mod consts_wipe {
     pub const TYPE: &str = stash_crds::repository::WIPE_OUT_CONDITION;
-    pub const FAILED: &str = "WipeOutFailed";
+    pub const FAILED: &str = stash_machines::repository::reasons::WIPE_OUT_FAILED;
 }
 
 /// The `WipeOut` condition for a failed attempt, given the current conditions.
@@ -407,9 +435,10 @@ mod tests {
             "a condition that is not there yet always is"
         );
         assert!(w.due("b", true), "another Repository has its own interval");
-        w.0.lock()
-            .unwrap()
-            .insert("a".into(), std::time::Instant::now() - CONDITION_REFRESH);
+        w.0.lock().unwrap().insert(
+            "a".into(),
+            std::time::Instant::now() - repository::CONDITION_REFRESH,
+        );
         assert!(
             w.due("a", true),
             "after the interval the message is refreshed"

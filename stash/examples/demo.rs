@@ -227,6 +227,43 @@ async fn main() -> anyhow::Result<()> {
         "some invalid manifests were not refused as expected"
     );
 
+    // As Stash's guides say: pause the backups before a restore, so that no scheduled backup
+    // of the destroyed data becomes the latest snapshot.
+    println!("\n== pausing the BackupConfiguration, as before any restore");
+    show(
+        "kubectl patch backupconfiguration deployment-backup -n demo --type=merge -p '{\"spec\":{\"paused\":true}}'",
+        &mut kubectl(&[
+            "patch",
+            "backupconfiguration",
+            "deployment-backup",
+            "-n",
+            ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"paused":true}}"#,
+        ]),
+    );
+    eventually(
+        "every BackupSession to have finished",
+        Duration::from_secs(300),
+        || {
+            let api = Api::<BackupSession>::namespaced(client.clone(), ns);
+            async move {
+                let list = api.list(&Default::default()).await.ok()?;
+                list.items
+                    .iter()
+                    .all(|s| {
+                        s.status
+                            .as_ref()
+                            .and_then(|st| st.phase)
+                            .is_some_and(|p| p.is_terminal())
+                    })
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
     println!("\n== destroying the data, then restoring it with a RestoreSession");
     // Remove what is inside (the PV's directory itself is what the pod has mounted).
     for e in std::fs::read_dir(&data)? {

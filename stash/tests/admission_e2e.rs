@@ -181,9 +181,15 @@ async fn corpus_is_rejected(cp: &ControlPlane) {
     // The Function the corpus' Tasks may reference.
     let (ok, _, err) = kubectl(
         cp,
-        &["apply", "--server-side", "-f", "-"],
+        // Cluster-scoped, and the demo's tour applies the same one (the same image: the two
+        // appliers co-own the field).
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
         Some(
-            "apiVersion: stash.appscode.com/v1beta1\nkind: Function\nmetadata:\n  name: admission-corpus-fn\nspec:\n  image: stash-rs/stash:test\n",
+            format!(
+                "apiVersion: stash.appscode.com/v1beta1\nkind: Function\nmetadata:\n  name: admission-corpus-fn\nspec:\n  image: {}\n",
+                support::IMAGE
+            )
+            .as_str(),
         ),
     );
     assert!(ok, "create Function admission-corpus-fn: {err}");

@@ -355,7 +355,11 @@ const LEAK_TOKEN: &str = "log-leak-test-token-8e2b";
 /// Values worth searching for: long enough not to occur by chance, not a bare word.
 fn needle(v: &str) -> Option<String> {
     let v = v.trim();
-    let generic = v.chars().all(|c| c.is_ascii_lowercase());
+    // Words and environment variable names (`AWS_ACCESS_KEY_ID`, which the operator's messages
+    // name) are not secrets; other tests running beside this one keep such values in Secrets.
+    let generic = v.chars().all(|c| c.is_ascii_lowercase())
+        || v.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
     if v.len() < 8 || generic || v.starts_with("-----BEGIN CERTIFICATE") {
         return None;
     }

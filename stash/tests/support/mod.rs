@@ -632,17 +632,40 @@ pub async fn wait_session_terminal(
     name: &str,
     timeout: Duration,
 ) -> stash_crds::BackupSession {
-    use stash_crds::backup_session::Phase;
     let api = Api::<stash_crds::BackupSession>::namespaced(client.clone(), ns);
-    eventually(&format!("BackupSession {name} to finish"), timeout, || {
-        let api = api.clone();
-        async move {
-            let s = api.get(name).await.ok()?;
-            let phase = s.status.as_ref()?.phase?;
-            matches!(phase, Phase::Succeeded | Phase::Failed | Phase::Skipped).then_some(s)
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(s) = api.get(name).await
+            && s.status
+                .as_ref()
+                .and_then(|st| st.phase)
+                .is_some_and(|p| p.is_terminal())
+        {
+            return s;
         }
-    })
-    .await
+        if Instant::now() > deadline {
+            // What a person would look at: the session, then every pod's log in the namespace.
+            let status = api
+                .get(name)
+                .await
+                .map(|s| serde_json::to_string_pretty(&s.status).unwrap_or_default())
+                .unwrap_or_else(|e| e.to_string());
+            let logs = pod_logs(ns, "");
+            let tail: String = logs
+                .lines()
+                .rev()
+                .take(150)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            panic!(
+                "timed out after {timeout:?} waiting for BackupSession {name} to finish\nstatus: {status}\nlast pod log lines of {ns}:\n{tail}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// A PVC `claim` and a one-replica Deployment `name` mounting it at `/source/data`.
