@@ -179,7 +179,7 @@ impl Reconcile<BackupSession> for BackupSessions {
         let status = bs.status.as_ref();
         if status
             .and_then(|s| s.phase)
-            .is_some_and(|p| matches!(p, Phase::Succeeded | Phase::Failed | Phase::Skipped))
+            .is_some_and(|p| p.is_terminal())
         {
             return Ok(Action::await_change());
         }
