@@ -2,7 +2,8 @@
 //! crate imports one listed above it, `docs/crates.mmd` is the graph as Cargo sees it (a test
 //! fails when it is stale), the pure crates link no client and no runtime, the agent links no
 //! server, and `kubectl-stash` needs nothing of the operator. `cargo metadata` and `cargo tree`
-//! answer from Cargo.lock and the local registry cache (`--offline --locked`).
+//! answer from Cargo.lock (`--locked`); the crates are in the registry cache after the build
+//! (a machine that lacks one fetches it from the registry, as the build did).
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
@@ -21,7 +22,7 @@ fn cargo(args: &[&str]) -> String {
     let out = Command::new(cargo)
         .current_dir(root())
         .args(args)
-        .args(["--offline", "--locked"])
+        .args(["--locked"])
         .output()
         .expect("run cargo");
     assert!(
