@@ -19,7 +19,7 @@ cargo build --quiet -p stash -p stash-agent -p stash-testenv --bins --examples
 trap 'bash scripts/cluster.sh down' EXIT
 bash scripts/cluster.sh up
 if [[ " $* " == *" --keep "* ]]; then export TESTENV_KEEP=1; fi
-target/debug/examples/demo "$@"
+"${CARGO_TARGET_DIR:-target}/debug/examples/demo" "$@"
 if [[ " $* " == *" --keep "* ]]; then
   echo "the cluster stays up: export KUBECONFIG=/var/lib/stash-rs-testenv/kubeconfigs/admin.kubeconfig; Ctrl-C to stop it"
   trap 'exit 0' INT TERM
