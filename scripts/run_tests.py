@@ -15,6 +15,7 @@ example, what `scripts/demo.sh` runs after `scripts/cluster.sh up`) as one more 
 pool: its exit status counts like a test binary's. Exit status 1 when anything failed.
 """
 import argparse
+import functools
 import json
 import os
 import signal
@@ -63,16 +64,21 @@ def build(cargo_jobs):
     return bins
 
 
-def library_path(exe):
-    """What cargo puts on LD_LIBRARY_PATH for a test: the target's deps directory and the
-    toolchain's libraries (a proc-macro crate's tests link libstd dynamically)."""
+@functools.lru_cache(maxsize=None)
+def toolchain_libraries():
+    """The toolchain's library directories (a proc-macro crate's tests link libstd dynamically)."""
     sysroot = subprocess.run(["rustc", "--print", "sysroot"], check=True, stdout=subprocess.PIPE,
                              text=True).stdout.strip()
     host = [l.split(": ", 1)[1] for l in subprocess.run(
         ["rustc", "-vV"], check=True, stdout=subprocess.PIPE, text=True).stdout.splitlines()
         if l.startswith("host: ")][0]
-    dirs = [os.path.dirname(exe), os.path.join(sysroot, "lib"),
-            os.path.join(sysroot, "lib", "rustlib", host, "lib")]
+    return [os.path.join(sysroot, "lib"), os.path.join(sysroot, "lib", "rustlib", host, "lib")]
+
+
+def library_path(exe):
+    """What cargo puts on LD_LIBRARY_PATH for a test: the target's deps directory and the
+    toolchain's libraries."""
+    dirs = [os.path.dirname(exe)] + toolchain_libraries()
     old = os.environ.get("LD_LIBRARY_PATH")
     return ":".join(dirs + ([old] if old else []))
 

@@ -651,15 +651,8 @@ pub async fn wait_session_terminal(
                 .map(|s| serde_json::to_string_pretty(&s.status).unwrap_or_default())
                 .unwrap_or_else(|e| e.to_string());
             let logs = pod_logs(ns, "");
-            let tail: String = logs
-                .lines()
-                .rev()
-                .take(150)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n");
+            let lines: Vec<&str> = logs.lines().collect();
+            let tail = lines[lines.len().saturating_sub(150)..].join("\n");
             panic!(
                 "timed out after {timeout:?} waiting for BackupSession {name} to finish\nstatus: {status}\nlast pod log lines of {ns}:\n{tail}"
             );
