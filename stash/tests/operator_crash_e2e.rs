@@ -77,8 +77,11 @@ async fn a_backup_survives_the_operator_being_killed_and_restarted() {
             "the backup is still running when the operator dies"
         );
 
-        // Kill the leader's pod at once (no grace period); the Deployment replaces it and the
-        // standby replica takes the Lease over.
+        // Kill the leader: its pod is deleted (so the kubelet does not start it again under
+        // the same identity, and the Deployment replaces it) and its container SIGKILLed at
+        // once through containerd (grace period 0 alone still means SIGTERM and 2 s, during
+        // which the old leader could finish the session itself). The standby replica takes
+        // the Lease over once it expires.
         let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
             client.clone(),
             OPERATOR_NS,
@@ -91,6 +94,15 @@ async fn a_backup_survives_the_operator_being_killed_and_restarted() {
             .and_then(|s| s.holder_identity)
             .expect("a leader");
         let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), OPERATOR_NS);
+        let container = pods
+            .get(&leader)
+            .await
+            .expect("the leader's pod")
+            .status
+            .and_then(|s| s.container_statuses)
+            .and_then(|c| c.into_iter().find(|c| c.name == "operator"))
+            .and_then(|c| c.container_id)
+            .expect("the leader's running container");
         pods.delete(
             &leader,
             &kube::api::DeleteParams {
@@ -100,6 +112,9 @@ async fn a_backup_survives_the_operator_being_killed_and_restarted() {
         )
         .await
         .expect("delete the leader pod");
+        env.cp
+            .kill_container(&container)
+            .expect("SIGKILL the leader's container");
         let killed_at = Instant::now();
         eprintln!("operator pod {leader} killed");
 

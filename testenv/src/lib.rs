@@ -71,6 +71,9 @@ pub enum Error {
     /// The kubeconfig could not be loaded.
     #[error("kubeconfig: {0}")]
     Kubeconfig(String),
+    /// A tool of the environment (`ctr`, …) ran and failed.
+    #[error("{0}")]
+    Command(String),
 }
 
 /// `Result` with this crate's [`Error`].
@@ -338,6 +341,31 @@ impl ControlPlane {
             p.stop(Duration::from_secs(10));
         }
         true
+    }
+
+    /// SIGKILL a running container's processes through containerd, now: a crash, an OOM
+    /// kill. (Deleting a pod with grace period 0 is not one: the kubelet still sends SIGTERM
+    /// and waits at least 2 s before SIGKILL, and the process works on until the kubelet
+    /// has seen the deletion.) `container_id` is a pod status's `containerID`, with or
+    /// without its `containerd://` prefix.
+    pub fn kill_container(&self, container_id: &str) -> Result<()> {
+        let id = container_id
+            .strip_prefix("containerd://")
+            .unwrap_or(container_id);
+        let out = std::process::Command::new(self.layout.bin_dir.join("ctr"))
+            .arg("--address")
+            .arg(self.layout.containerd_sock())
+            .args(["-n", "k8s.io", "tasks", "kill", "--signal", "SIGKILL", id])
+            .output()
+            .map_err(|e| Error::Io("ctr tasks kill".into(), e))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(Error::Command(format!(
+                "ctr tasks kill {id}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
     }
 
     /// Stop every process this handle started (newest first) and remove the scratch
