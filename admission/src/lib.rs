@@ -46,7 +46,11 @@ use stash_runtime::{
 };
 use tokio::task::JoinHandle;
 
-use stash_core::{inject::InjectConfig, target::WorkloadKind};
+use stash_core::{
+    identity::{self, Level},
+    inject::InjectConfig,
+    target::WorkloadKind,
+};
 use stash_index::stores::{self, Stores};
 use stash_runtime::certs;
 
@@ -437,6 +441,26 @@ async fn mutate_workload(
         }
         None => None,
     };
+    // Agents the namespace's PodSecurity level would refuse are not injected: the workload
+    // stays as it was written, and the user is told why (docs/identity.md).
+    let repos = repo.iter().chain(restore.as_ref().map(|(_, r)| r));
+    if repo.is_some() || restore.is_some() {
+        let level = stores::pod_security_level(&stores.namespaces, &ns);
+        let pod = original
+            .pointer("/spec/template/spec")
+            .cloned()
+            .and_then(|p| serde_json::from_value(p).ok());
+        if let Some(why) = repos
+            .filter_map(|r| identity::refusal(&ns, level, r, pod.as_ref()))
+            .next()
+        {
+            let m = mutate::Mutation {
+                object: None,
+                warnings: vec![format!("stash: agents not injected: {why}")],
+            };
+            return respond(&req, &original, m);
+        }
+    }
     let m = mutate::mutate_workload(
         kind,
         &original,
@@ -502,6 +526,26 @@ where
             .ok()
             .map(|o| o.is_some());
     }
+    // The agents must be able to run where the workload runs (docs/identity.md): refused here,
+    // before anything is injected, when the namespace's PodSecurity level would refuse them.
+    if new.injects()
+        && let (Some(t), Some(repo)) = (target, repository)
+        && let Some(kind) = WorkloadKind::of(t)
+        && let Ok(Some(repo)) =
+            stores::get_or_fetch(&ctx.stores.repositories, &ctx.client, ns, repo).await
+    {
+        let name = t.name.as_deref().unwrap_or_default();
+        let level = stores::pod_security_level(&ctx.stores.namespaces, ns);
+        if level != Level::Privileged {
+            let pod = stores::workload_pod(&ctx.client, ns, kind, name)
+                .await
+                .ok()
+                .flatten();
+            if let Some(why) = identity::refusal(ns, level, &repo, pod.as_ref()) {
+                return resp.deny(why);
+            }
+        }
+    }
     let extra = validate::reference_warnings(repository, target, &refs);
     if extra.is_empty() {
         return resp;
@@ -517,6 +561,8 @@ trait References {
     const SHARES_REPOSITORY: bool;
     fn repository(&self) -> Option<&str>;
     fn target_ref(&self) -> Option<&stash_crds::TargetRef>;
+    /// Whether the target gets agents injected (the restic driver).
+    fn injects(&self) -> bool;
 }
 
 impl References for BackupConfiguration {
@@ -527,6 +573,9 @@ impl References for BackupConfiguration {
     fn target_ref(&self) -> Option<&stash_crds::TargetRef> {
         self.spec.target.as_ref().map(|t| &t.target_ref)
     }
+    fn injects(&self) -> bool {
+        self.spec.driver() == stash_crds::common::Driver::Restic
+    }
 }
 
 impl References for RestoreSession {
@@ -536,6 +585,9 @@ impl References for RestoreSession {
     }
     fn target_ref(&self) -> Option<&stash_crds::TargetRef> {
         self.spec.target.as_ref().map(|t| &t.target_ref)
+    }
+    fn injects(&self) -> bool {
+        self.spec.driver() == stash_crds::common::Driver::Restic
     }
 }
 

@@ -171,11 +171,75 @@ pub fn check_due(
 /// The snapshots of one host's backup, and the restic handle for the follow-up steps.
 #[derive(Debug)]
 pub struct Snapshotted {
-    /// One per directory.
+    /// One per directory (partial ones included: they are kept).
     pub snapshots: Vec<SnapshotResult>,
     /// The host's phase now: `Reporting` (its entry is what comes next).
     pub phase: HostPhase,
+    /// What the snapshots come to ([`stash_machines::backup_host::verdict`]).
+    pub verdict: stash_machines::backup_host::Verdict,
+    /// Why the host fails although its snapshots exist (one text per partial snapshot);
+    /// `Some` exactly when the verdict is not a success.
+    pub failure: Option<String>,
     repo: restic::Repo,
+}
+
+/// How many of the paths restic could not read a host's error names (restic's count follows).
+pub const UNREADABLE_LISTED: usize = 5;
+
+/// The host's error for directory `dir`, whose snapshot (`short_id`, after tagging) restic made
+/// without reading everything: the count, the snapshot kept, whether it carries the
+/// [`PARTIAL_TAG`](stash_machines::backup_host::PARTIAL_TAG), and the first paths.
+pub fn incomplete_message(
+    dir: &str,
+    short_id: &str,
+    tagged: Result<(), &str>,
+    unreadable: &restic::Unreadable,
+) -> String {
+    let tag = stash_machines::backup_host::PARTIAL_TAG;
+    let kept = match tagged {
+        Ok(()) => format!("snapshot {short_id} kept, tagged {tag}"),
+        Err(e) => format!("snapshot {short_id} kept; tagging it {tag} failed: {e}"),
+    };
+    let list = unreadable.list(UNREADABLE_LISTED);
+    let list = if list.is_empty() {
+        String::new()
+    } else {
+        format!(": {list}")
+    };
+    format!(
+        "backup of {dir}: {} could not be read ({kept}){list}",
+        unreadable.files()
+    )
+}
+
+/// A snapshot restic made of `dir` without reading every file (`restic::Error::Incomplete`):
+/// keep it and tag it [`PARTIAL_TAG`](stash_machines::backup_host::PARTIAL_TAG) (restic
+/// rewrites the snapshot, so its id changes). Returns the summary with the snapshot's id after
+/// tagging (the old one when tagging failed) and the host's error text.
+pub async fn keep_partial(
+    r: &restic::Repo,
+    dir: &str,
+    summary: &restic::BackupSummary,
+    unreadable: &restic::Unreadable,
+) -> (restic::BackupSummary, String) {
+    let tag = stash_machines::backup_host::PARTIAL_TAG.to_string();
+    let tagged = r.tag(&summary.snapshot_id, &[tag]).await;
+    let mut kept = summary.clone();
+    let text = match &tagged {
+        Ok(id) => {
+            kept.snapshot_id = id.clone();
+            incomplete_message(dir, kept.short_id(), Ok(()), unreadable)
+        }
+        Err(e) => incomplete_message(dir, kept.short_id(), Err(&e.to_string()), unreadable),
+    };
+    tracing::warn!(
+        directory = dir,
+        snapshot = kept.short_id(),
+        unreadable = unreadable.count,
+        paths = ?unreadable.paths,
+        "restic could not read some files: the snapshot is kept and tagged partial, the host fails"
+    );
+    (kept, text)
 }
 
 /// Why one host's snapshots could not be taken, and the phase of the host lifecycle it failed
@@ -233,7 +297,7 @@ pub async fn run(
         ));
     }
     let tag = plan::session_tag(session);
-    let (_created, tagged) = r
+    let (_created, found) = r
         .snapshots_or_init(&restic::SnapshotFilter {
             hosts: vec![host.to_string()],
             tags: vec![tag.clone()],
@@ -248,7 +312,7 @@ pub async fn run(
         reported: false,
         directories,
         tagged: Some(
-            tagged
+            found
                 .iter()
                 .flat_map(|s| s.paths.iter().map(|p| (normalize(p), s.short_id.clone())))
                 .collect(),
@@ -264,10 +328,25 @@ pub async fn run(
         HostStep::Report { snapshots } => (vec![], snapshots),
         HostStep::Idle | HostStep::LookUpSnapshots => (vec![], Default::default()),
     };
+    // A snapshot found by the session's tag is partial when it carries the partial tag (the
+    // host that took it failed, or crashed before its report): reported again, as Failed.
+    let mut outcomes = Vec::new();
+    let mut failures = Vec::new();
     let mut snapshots: Vec<SnapshotResult> = reuse
         .into_iter()
         .map(|(directory, short_id)| {
             tracing::info!(%directory, %short_id, "this session's snapshot already exists; reporting it");
+            let outcome = found
+                .iter()
+                .find(|s| s.short_id == short_id)
+                .map_or(plan::SnapshotOutcome::Complete, |s| plan::outcome_from_tags(&s.tags));
+            if outcome == plan::SnapshotOutcome::Partial {
+                failures.push(format!(
+                    "backup of {directory}: snapshot {short_id} of this session is tagged {} (restic could not read some files)",
+                    plan::PARTIAL_TAG
+                ));
+            }
+            outcomes.push(outcome);
             SnapshotResult {
                 directory,
                 short_id,
@@ -282,10 +361,26 @@ pub async fn run(
         })
         .collect();
     for dir in &back_up {
-        let s = r
+        let s = match r
             .backup(std::path::Path::new(dir), host, std::slice::from_ref(&tag))
             .await
-            .map_err(|e| failed(phase, format!("backup of {dir}: {e}")))?;
+        {
+            Ok(s) => {
+                outcomes.push(plan::SnapshotOutcome::Complete);
+                s
+            }
+            // A partial snapshot is a snapshot: kept, tagged, and the host goes on.
+            Err(restic::Error::Incomplete {
+                summary,
+                unreadable,
+            }) => {
+                let (kept, text) = keep_partial(&r, dir, &summary, &unreadable).await;
+                outcomes.push(plan::SnapshotOutcome::Partial);
+                failures.push(text);
+                kept
+            }
+            Err(e) => return Err(failed(phase, format!("backup of {dir}: {e}"))),
+        };
         snapshots.push(SnapshotResult {
             directory: dir.clone(),
             short_id: s.short_id().to_string(),
@@ -298,22 +393,27 @@ pub async fn run(
             files_unmodified: s.files_unmodified,
         });
     }
-    // `BackingUp --Snapshot--> Reporting`; `Reporting` already when every snapshot existed.
+    let verdict = plan::verdict(&outcomes);
+    // `BackingUp --Snapshot--> Reporting` (`--Fail-->` with a partial snapshot); `Reporting`
+    // already when every snapshot existed.
     let phase = match phase {
-        HostPhase::BackingUp => {
-            plan::after_step(phase, true).map_err(|r| failed(phase, format!("BUG: {r}")))?
-        }
+        HostPhase::BackingUp => plan::after_step(phase, verdict.succeeded)
+            .map_err(|r| failed(phase, format!("BUG: {r}")))?,
         p => p,
     };
+    let failure = (!verdict.succeeded).then(|| failures.join("; "));
     Ok(Snapshotted {
         snapshots,
         phase,
+        verdict,
+        failure,
         repo: r,
     })
 }
 
-/// The steps after the snapshots, run once the host has reported (the session's outcome does
-/// not depend on them): `check` when `check` is set, `forget` with the retention policy, `stats`,
+/// The steps after the snapshots, run once the host has reported, and only when its
+/// snapshots are complete (`Snapshotted::verdict`; the session's outcome does not depend on
+/// them): `check` when `check` is set, `forget` with the retention policy, `stats`,
 /// and the snapshot count (from `forget`'s groups when it ran, else `snapshots`). Nothing here
 /// can lose the snapshots: a failed step is a warning and its figure `None`.
 pub async fn follow_up(s: Snapshotted, bc: &BackupConfiguration, check: bool) -> BackupOutcome {
@@ -394,6 +494,37 @@ fn normalize(dir: &str) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn an_incomplete_backup_names_the_count_the_snapshot_and_the_first_paths() {
+        let u = |n: usize| restic::Unreadable {
+            paths: (0..n.min(restic::Unreadable::KEPT))
+                .map(|i| format!("/data/f{i}"))
+                .collect(),
+            count: n,
+        };
+        assert_eq!(
+            incomplete_message("/data", "1a2b3c4d", Ok(()), &u(3)),
+            "backup of /data: 3 files could not be read (snapshot 1a2b3c4d kept, tagged partial): /data/f0, /data/f1, /data/f2"
+        );
+        assert_eq!(
+            incomplete_message("/data", "1a2b3c4d", Ok(()), &u(1)),
+            "backup of /data: 1 file could not be read (snapshot 1a2b3c4d kept, tagged partial): /data/f0"
+        );
+        assert_eq!(
+            incomplete_message("/data", "1a2b3c4d", Ok(()), &u(12)),
+            "backup of /data: 12 files could not be read (snapshot 1a2b3c4d kept, tagged partial): /data/f0, /data/f1, /data/f2, /data/f3, /data/f4, …"
+        );
+        assert_eq!(
+            incomplete_message(
+                "/data",
+                "1a2b3c4d",
+                Err("repository is already locked"),
+                &u(0)
+            ),
+            "backup of /data: some files could not be read (snapshot 1a2b3c4d kept; tagging it partial failed: repository is already locked)"
+        );
+    }
 
     #[test]
     fn the_retry_budget_defaults_and_parses() {

@@ -313,7 +313,11 @@ pub fn restore_output(host: &str, started: Instant, result: Result<(), String>) 
 pub async fn backup(opts: BackupOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     let host = opts.repo.hostname.clone();
+    // The snapshots a failed host still lists: those of an incomplete backup (kept, tagged
+    // partial; `stash_machines::backup_host::verdict`).
+    let mut kept = Vec::new();
     let result = async {
+        use stash_machines::backup_host::{SnapshotOutcome, verdict};
         let dirs = split(&opts.backup_dirs);
         if dirs.is_empty() {
             return Err("--backup-dirs names no directory".to_string());
@@ -321,15 +325,35 @@ pub async fn backup(opts: BackupOptions) -> anyhow::Result<()> {
         let r = opts.repo.open()?;
         r.ensure_initialized().await.map_err(|e| e.to_string())?;
         let mut snaps = Vec::new();
+        let mut outcomes = Vec::new();
+        let mut failures = Vec::new();
         for d in &dirs {
             if !std::path::Path::new(d).is_dir() {
                 return Err(format!("backup of {d}: no such directory"));
             }
-            let s = r
-                .backup(std::path::Path::new(d), &host, &[])
-                .await
-                .map_err(|e| format!("backup of {d}: {e}"))?;
-            snaps.push(snapshot_stats(d, &s));
+            match r.backup(std::path::Path::new(d), &host, &[]).await {
+                Ok(s) => {
+                    snaps.push(snapshot_stats(d, &s));
+                    outcomes.push(SnapshotOutcome::Complete);
+                }
+                // A partial snapshot is a snapshot: kept, tagged, and the host goes on.
+                Err(restic::Error::Incomplete {
+                    summary,
+                    unreadable,
+                }) => {
+                    let (s, text) = crate::backup::keep_partial(&r, d, &summary, &unreadable).await;
+                    snaps.push(snapshot_stats(d, &s));
+                    outcomes.push(SnapshotOutcome::Partial);
+                    failures.push(text);
+                }
+                Err(e) => return Err(format!("backup of {d}: {e}")),
+            }
+        }
+        // Not every snapshot complete: the host fails, without retention or the Repository's
+        // figures.
+        if !verdict(&outcomes).follow_up {
+            kept = snaps;
+            return Err(failures.join("; "));
         }
         let repo = after_backup(&r, &opts.retention.policy()).await?;
         Ok((snaps, repo))
@@ -338,7 +362,13 @@ pub async fn backup(opts: BackupOptions) -> anyhow::Result<()> {
     if let Err(e) = &result {
         tracing::error!(error = %e, "backup failed");
     }
-    opts.repo.write(&backup_output(&host, started, result))
+    let mut output = backup_output(&host, started, result);
+    if let Some(h) = output.host_backup_stats.first_mut()
+        && h.snapshots.is_empty()
+    {
+        h.snapshots = kept;
+    }
+    opts.repo.write(&output)
 }
 
 /// Flags of `restore-pvc`.

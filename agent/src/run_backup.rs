@@ -6,7 +6,9 @@
 //! then (still holding the lock) runs the follow-up steps (forget, stats, and `check` on its
 //! own schedule, [`backup::check_due`]), records what they came to as conditions of its entry,
 //! and writes the Repository status and events. A backup failure is recorded as a `Failed` entry
-//! with the reason; it never crashes the container.
+//! with the reason; it never crashes the container. A backup restic could not read completely
+//! is a `Failed` entry too, naming what could not be read and listing its snapshots (kept and
+//! tagged partial), and runs no follow-up step.
 use std::{collections::BTreeSet, path::PathBuf, time::Duration};
 
 use futures::StreamExt;
@@ -199,11 +201,16 @@ async fn backup_one(
     let duration = started.elapsed();
     let reference = session.object_ref(&());
     let entry = match &snapshotted {
+        // Snapshots that are not all complete: the host fails, and lists them (they are kept).
         Ok(s) => HostBackupStats {
             hostname: Some(host.into()),
-            phase: Some(HostPhase::Succeeded),
+            phase: Some(if s.verdict.succeeded {
+                HostPhase::Succeeded
+            } else {
+                HostPhase::Failed
+            }),
             duration: Some(GoDuration(duration)),
-            error: None,
+            error: s.failure.clone(),
             snapshots: s.snapshots.iter().map(snapshot_stats).collect(),
             conditions: vec![],
         },
@@ -261,6 +268,15 @@ async fn backup_one(
             crate::metrics::push_logged(&opts.pushgateway_url, &group).await;
         }
     };
+    // A host whose snapshots are not all complete failed: no follow-up steps (retention would
+    // count a partial snapshot against the last complete one), as for any failed host.
+    let snapshotted = snapshotted.and_then(|s| {
+        if s.verdict.follow_up {
+            Ok(s)
+        } else {
+            Err(s.failure.clone().unwrap_or_default())
+        }
+    });
     match snapshotted {
         Ok(s) => {
             events

@@ -177,7 +177,13 @@ pub fn apply_backup(
         "run-backup".to_string(),
         format!("--backup-configuration={}", bc.name_any()),
     ];
-    let mut sidecar = agent_container(SIDECAR, run, repo, &temp_dir, target_mounts, cfg);
+    let mut sidecar = Container {
+        security_context: Some(crate::identity::agent_security_context(
+            Some(&application(spec)),
+            crate::identity::Agent::Sidecar,
+        )),
+        ..agent_container(SIDECAR, run, repo, &temp_dir, target_mounts, cfg)
+    };
     if let Some(c) = bc
         .spec
         .runtime_settings
@@ -208,6 +214,18 @@ pub fn apply_backup(
         spec_hash(bc),
     );
     Ok(out)
+}
+
+/// The application's own pod: `spec` without the containers stash-rs injected.
+pub(crate) fn application(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+) -> k8s_openapi::api::core::v1::PodSpec {
+    let mut app = spec.clone();
+    app.containers.retain(|c| c.name != SIDECAR);
+    if let Some(inits) = app.init_containers.as_mut() {
+        inits.retain(|c| c.name != INIT_CONTAINER);
+    }
+    app
 }
 
 /// The Repository's storage Secret, which every injected container mounts.
@@ -483,13 +501,12 @@ pub fn apply_restore(
         "restore".to_string(),
         format!("--restore-session={}", rs.name_any()),
     ];
+    // Restores write files of any owner (docs/identity.md), merged with the user's settings.
     let mut init = Container {
-        // Restores write files of any owner: root by default, merged with the user's settings.
-        security_context: Some(k8s_openapi::api::core::v1::SecurityContext {
-            run_as_user: Some(0),
-            run_as_group: Some(0),
-            ..Default::default()
-        }),
+        security_context: Some(crate::identity::agent_security_context(
+            Some(&application(spec)),
+            crate::identity::Agent::RestoreInit,
+        )),
         ..agent_container(INIT_CONTAINER, run, repo, &temp_dir, target_mounts, cfg)
     };
     if let Some(c) = rs
@@ -498,23 +515,7 @@ pub fn apply_restore(
         .as_ref()
         .and_then(|r| r.container.as_ref())
     {
-        let defaults = init.security_context.clone().unwrap_or_default();
         crate::runtime_settings::apply_container(&mut init, c);
-        if let Some(user) = c.security_context.as_ref() {
-            let mut merged = defaults;
-            if user.run_as_user.is_some() {
-                merged.run_as_user = user.run_as_user;
-            }
-            if user.run_as_group.is_some() {
-                merged.run_as_group = user.run_as_group;
-            }
-            let rest = k8s_openapi::api::core::v1::SecurityContext {
-                run_as_user: merged.run_as_user,
-                run_as_group: merged.run_as_group,
-                ..user.clone()
-            };
-            init.security_context = Some(rest);
-        }
     }
     // The restore runs before every other init-container.
     let inits = spec.init_containers.get_or_insert_with(Vec::new);

@@ -6,6 +6,7 @@
 //! kube's client or tokio (`tests/pure.rs` fails when either appears in its dependency tree).
 //!
 //! - [`target`]: the kinds a BackupConfiguration or RestoreSession can target, and host names;
+//! - [`identity`]: who the agents run as, and what a namespace's PodSecurity level allows;
 //! - [`inject`]: the sidecar and restore init-container (one decision for webhook and controller);
 //! - [`runtime_settings`]: user runtime settings applied to a container;
 //! - [`jobs`]: the job model's templates (variable substitution, Task resolution, inputs,
@@ -14,6 +15,7 @@
 //! - [`location`]: where a Repository's restic repository is;
 //! - [`names`]: names and labels of derived objects.
 pub mod cron;
+pub mod identity;
 pub mod inject;
 pub mod jobs;
 pub mod location;

@@ -34,8 +34,11 @@ pub fn apply_container(c: &mut Container, s: &ContainerRuntimeSettings) {
     if s.lifecycle.is_some() {
         c.lifecycle = s.lifecycle.clone();
     }
-    if s.security_context.is_some() {
-        c.security_context = s.security_context.clone();
+    if let Some(user) = &s.security_context {
+        c.security_context = Some(match c.security_context.take() {
+            Some(ours) => crate::identity::merge(ours, user),
+            None => user.clone(),
+        });
     }
     if !s.env_from.is_empty() {
         c.env_from

@@ -50,7 +50,7 @@ use std::{
 };
 
 use futures::{SinkExt, Stream, StreamExt, channel::mpsc, stream::BoxStream};
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::{batch::v1::Job, core::v1::Namespace};
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
@@ -132,6 +132,8 @@ pub struct Stores {
     /// The Jobs stash-rs created (label `app.kubernetes.io/managed-by=stash.appscode.com`),
     /// without their pod template ([`strip_job`]): their state is what is read.
     pub jobs: Store<Job>,
+    /// Every Namespace (their labels say which PodSecurity level they enforce).
+    pub namespaces: Store<Namespace>,
     /// Each feed's "listed once" flag (our own: kube's `Store::wait_until_ready` keeps one
     /// waker, so concurrent waiters lose their wake-up and hang).
     listed: Vec<tokio::sync::watch::Receiver<bool>>,
@@ -172,6 +174,8 @@ pub struct Feeds {
     pub repositories: Feed<Repository>,
     /// stash-rs's Jobs.
     pub jobs: Feed<Job>,
+    /// Namespaces.
+    pub namespaces: Feed<Namespace>,
 }
 
 /// The stores and their (not yet started) feeds.
@@ -185,6 +189,7 @@ pub fn new() -> (Stores, Feeds) {
         restores: Feed::default(),
         repositories: Feed::default(),
         jobs: Feed::default(),
+        namespaces: Feed::default(),
     };
     let stores = Stores {
         configurations: feeds.configurations.reader(),
@@ -198,12 +203,14 @@ pub fn new() -> (Stores, Feeds) {
         restores: feeds.restores.reader(),
         repositories: feeds.repositories.reader(),
         jobs: feeds.jobs.reader(),
+        namespaces: feeds.namespaces.reader(),
         listed: vec![
             feeds.configurations.listed(),
             feeds.sessions.listed(),
             feeds.restores.listed(),
             feeds.repositories.listed(),
             feeds.jobs.listed(),
+            feeds.namespaces.listed(),
         ],
     };
     (stores, feeds)
@@ -212,7 +219,7 @@ pub fn new() -> (Stores, Feeds) {
 // === impl Feeds ===
 
 impl Feeds {
-    /// Run the five watches (cluster-wide) until the process ends.
+    /// Run the six watches (cluster-wide) until the process ends.
     pub async fn run(&self, client: Client) {
         let all = watcher::Config::default;
         let ours = format!("{}={}", consts::MANAGED_BY_LABEL, consts::MANAGED_BY_STASH);
@@ -231,7 +238,8 @@ impl Feeds {
                 .run(Api::all(client.clone()), all(), strip),
             self.jobs
                 .clone()
-                .run(Api::all(client), all().labels(&ours), strip_job),
+                .run(Api::all(client.clone()), all().labels(&ours), strip_job),
+            self.namespaces.clone().run(Api::all(client), all(), strip),
         );
     }
 }
@@ -725,6 +733,35 @@ where
         }))
 }
 
+/// The PodSecurity level namespace `ns` enforces ([`stash_core::identity::Level`]), from the
+/// shared store (a namespace not in it enforces none).
+pub fn pod_security_level(store: &Store<Namespace>, ns: &str) -> stash_core::identity::Level {
+    let namespace = store.get(&ObjectRef::new(ns));
+    stash_core::identity::Level::of(namespace.as_ref().and_then(|n| n.metadata.labels.as_ref()))
+}
+
+/// The pod template's spec of workload `kind`/`name`, straight from the API server.
+pub async fn workload_pod(
+    client: &Client,
+    ns: &str,
+    kind: WorkloadKind,
+    name: &str,
+) -> Result<Option<k8s_openapi::api::core::v1::PodSpec>, kube::Error> {
+    let (group, version) = kind
+        .api_version()
+        .rsplit_once('/')
+        .unwrap_or(("", kind.api_version()));
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind.kind());
+    let ar = kube::api::ApiResource::from_gvk(&gvk);
+    Ok(
+        Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), ns, &ar)
+            .get_opt(name)
+            .await?
+            .and_then(|w| w.data.pointer("/spec/template/spec").cloned())
+            .and_then(|p| serde_json::from_value(p).ok()),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -765,6 +802,7 @@ mod tests {
         feeds.restores.seed([]);
         feeds.repositories.seed([]);
         feeds.jobs.seed([]);
+        feeds.namespaces.seed([]);
         for w in waiters {
             let woke = tokio::time::timeout(std::time::Duration::from_secs(5), w)
                 .await
@@ -782,6 +820,7 @@ mod tests {
         feeds.restores.seed([]);
         feeds.repositories.seed([]);
         feeds.jobs.seed([]);
+        feeds.namespaces.seed([]);
         // The BackupSessions have not listed yet: a reconcile must not read "none" from them.
         assert!(
             stores.ready().now_or_never().is_none(),

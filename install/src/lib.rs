@@ -3,7 +3,9 @@
 //! [`render`] returns one deterministic multi-document YAML stream (keys sorted, objects in a
 //! fixed order): the Namespace, the CRDs, the operator's ServiceAccount and least-privilege
 //! RBAC, the Services, the Deployments (the operator; one pushgateway), the
-//! PodDisruptionBudget, both webhook configurations and the Snapshot API's APIService.
+//! PodDisruptionBudget, both webhook configurations and the Snapshot API's APIService; a
+//! NetworkPolicy for the webhook port only when told the API server's source range
+//! (`--apiserver-cidr`, off by default: the committed manifest installs on any cluster).
 //! `deploy/install/stash-rs.yaml` is [`render`] with the default [`InstallOptions`]; the Helm
 //! chart `deploy/helm/stash-rs` renders the same objects (both are checked by this crate's
 //! tests).
@@ -65,14 +67,28 @@ pub struct InstallOptions {
     /// Serve and register the Snapshot API (repositories.stash.appscode.com).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub snapshot_api: bool,
-    /// Source addresses of the kube-apiserver: the NetworkPolicy admits only these to the
-    /// webhook port (default: the test cluster's node network).
-    #[arg(long = "apiserver-cidr", default_value = DEFAULT_APISERVER_CIDR)]
+    /// Source range of the kube-apiserver's webhook calls (repeatable). Given at least once, a
+    /// NetworkPolicy `stash-operator` admits only these ranges to the webhook port; not given
+    /// (the default), no NetworkPolicy is rendered (docs/security.md).
+    #[arg(long = "apiserver-cidr", value_name = "CIDR", value_parser = parse_cidr)]
     pub apiserver_cidrs: Vec<String>,
 }
 
-/// The default of [`InstallOptions::apiserver_cidrs`]: the stash-rs test cluster's node network.
-pub const DEFAULT_APISERVER_CIDR: &str = "198.18.0.0/24";
+/// `--apiserver-cidr`: an IPv4 or IPv6 address with a prefix length (`10.0.0.0/24`,
+/// `fd00::/64`, `192.0.2.10/32`), as a NetworkPolicy `ipBlock.cidr` takes it.
+pub fn parse_cidr(s: &str) -> Result<String, String> {
+    let (addr, len) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not a CIDR (address/prefix-length, e.g. 10.0.0.0/24)"))?;
+    let addr: std::net::IpAddr = addr
+        .parse()
+        .map_err(|e| format!("{s:?}: address {addr:?}: {e}"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    match len.parse::<u8>() {
+        Ok(n) if n <= max && len == n.to_string() => Ok(s.to_string()),
+        _ => Err(format!("{s:?}: prefix length {len:?} is not 0..={max}")),
+    }
+}
 
 impl Default for InstallOptions {
     fn default() -> Self {
@@ -85,7 +101,7 @@ impl Default for InstallOptions {
             pdb_min_available: 1,
             webhook: true,
             snapshot_api: true,
-            apiserver_cidrs: vec![DEFAULT_APISERVER_CIDR.into()],
+            apiserver_cidrs: Vec::new(),
         }
     }
 }
@@ -467,7 +483,10 @@ fn service(o: &InstallOptions) -> Value {
 
 /// Only the API server may reach the webhook port (defence in depth: the server also
 /// requires the API server's client certificate where the cluster provides one); metrics and
-/// the Snapshot API (which authenticates its callers itself) stay open.
+/// the Snapshot API (which authenticates its callers itself) stay open. Rendered only when the
+/// install is told the API server's source range ([`InstallOptions::apiserver_cidrs`]): a
+/// guessed range would, under an enforcing CNI, cut the API server off from the webhooks
+/// (every create of a stash kind refused, sidecar injection skipped).
 fn network_policy(o: &InstallOptions) -> Value {
     let from: Vec<Value> = o
         .apiserver_cidrs
@@ -595,7 +614,9 @@ pub fn objects(o: &InstallOptions) -> Vec<Value> {
     v.push(pushgateway_deployment(o));
     v.push(pdb(o));
     if o.webhook {
-        v.push(network_policy(o));
+        if !o.apiserver_cidrs.is_empty() {
+            v.push(network_policy(o));
+        }
         v.extend(webhook_configurations(o));
     }
     if o.snapshot_api {

@@ -154,6 +154,110 @@ fn options_drop_what_is_disabled() {
     assert!(!y.contains("stash-system"));
 }
 
+/// The NetworkPolicy of [`objects`], if any.
+fn network_policy(o: &InstallOptions) -> Option<Value> {
+    objects(o)
+        .into_iter()
+        .find(|d| d["kind"] == "NetworkPolicy")
+}
+
+/// The generator's command line (as the `stash-install` binary flattens it).
+#[derive(Parser)]
+struct Generator {
+    #[command(flatten)]
+    opts: InstallOptions,
+}
+
+#[test]
+fn network_policy_only_when_told_the_api_servers_range() {
+    // Off by default, in the options, on the command line and in the committed manifest: a
+    // guessed range would cut the API server off from the webhooks under an enforcing CNI.
+    assert_eq!(network_policy(&InstallOptions::default()), None);
+    let cli = Generator::try_parse_from(["stash-install"]).expect("no arguments");
+    assert_eq!(cli.opts, InstallOptions::default());
+    assert!(cli.opts.apiserver_cidrs.is_empty());
+    let committed =
+        std::fs::read_to_string(root().join("deploy/install/stash-rs.yaml")).expect("committed");
+    assert!(
+        !committed.contains("NetworkPolicy"),
+        "the committed manifest must install on any cluster: no NetworkPolicy"
+    );
+
+    // Given (repeatable), exactly those ranges as ipBlocks on the webhook port.
+    let cidrs = ["10.0.0.10/32", "10.0.0.11/32", "fd00:10::/64"];
+    let cli = Generator::try_parse_from(
+        std::iter::once("stash-install".to_string())
+            .chain(cidrs.iter().map(|c| format!("--apiserver-cidr={c}"))),
+    )
+    .expect("--apiserver-cidr parses");
+    assert_eq!(cli.opts.apiserver_cidrs, cidrs);
+    let np = network_policy(&cli.opts).expect("a NetworkPolicy when a CIDR is given");
+    assert_eq!(np["metadata"]["name"], "stash-operator");
+    assert_eq!(np["metadata"]["namespace"], "stash-system");
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"],
+        serde_json::json!({"app.kubernetes.io/component": "operator", "app.kubernetes.io/name": "stash"})
+    );
+    assert_eq!(np["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    let ingress = np["spec"]["ingress"].as_array().expect("ingress");
+    assert_eq!(ingress.len(), 2, "{np}");
+    // The webhook port (named in the Deployment as containerPort WEBHOOK_PORT): only the CIDRs.
+    assert_eq!(
+        ingress[0]["ports"],
+        serde_json::json!([{"port": "webhook", "protocol": "TCP"}])
+    );
+    let from: Vec<Value> = cidrs
+        .iter()
+        .map(|c| serde_json::json!({"ipBlock": {"cidr": c}}))
+        .collect();
+    assert_eq!(ingress[0]["from"], Value::Array(from));
+    let deployment = objects(&cli.opts)
+        .into_iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "stash-operator")
+        .expect("operator Deployment");
+    assert!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .any(|p| p["name"] == "webhook"
+                && p["containerPort"] == u64::from(stash_install::WEBHOOK_PORT)),
+        "the policy's `webhook` port is the operator's webhook port"
+    );
+    // Metrics and the Snapshot API stay open to every source.
+    assert_eq!(ingress[1].get("from"), None, "{np}");
+    assert_eq!(
+        ingress[1]["ports"],
+        serde_json::json!([{"port": "metrics", "protocol": "TCP"}, {"port": "snapshot-api", "protocol": "TCP"}])
+    );
+    assert!(render(&cli.opts).contains("kind: NetworkPolicy"));
+
+    // Without the webhook there is no webhook port to guard.
+    assert_eq!(
+        network_policy(&InstallOptions {
+            webhook: false,
+            ..cli.opts.clone()
+        }),
+        None
+    );
+
+    // What is not a CIDR is refused before anything is rendered.
+    for bad in [
+        "",
+        "10.0.0.0",
+        "10.0.0.0/33",
+        "10.0.0/24",
+        "fd00::/129",
+        "10.0.0.0/+8",
+        "api.example/32",
+    ] {
+        assert!(
+            Generator::try_parse_from(["stash-install", "--apiserver-cidr", bad]).is_err(),
+            "{bad:?} accepted"
+        );
+    }
+}
+
 #[test]
 fn rbac_is_least_privilege() {
     let objs = objects(&InstallOptions::default());

@@ -8,6 +8,9 @@
 //!   object's metadata;
 //! * with default values the chart does not render the Namespace (`helm install
 //!   --create-namespace` creates it); with `createNamespace=true` it does.
+//!
+//! Neither renders the webhook port's NetworkPolicy unless given the API server's source range
+//! (`--apiserver-cidr` / `webhook.apiServerCIDRs`); given, both render the same one.
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -37,7 +40,8 @@ fn helm() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).expect("utf8").trim())
 }
 
-fn template(helm: &Path, namespace: &str, set: &[&str]) -> Vec<Value> {
+/// `helm template` of the chart with `--set`s, Helm's own directories kept out of `$HOME`.
+fn template_command(helm: &Path, namespace: &str, set: &[&str]) -> Command {
     let mut cmd = Command::new(helm);
     cmd.args(["template", "stash-rs"])
         .arg(root().join("deploy/helm/stash-rs"))
@@ -57,7 +61,13 @@ fn template(helm: &Path, namespace: &str, set: &[&str]) -> Vec<Value> {
     for s in set {
         cmd.args(["--set", s]);
     }
-    let out = cmd.output().expect("run helm template");
+    cmd
+}
+
+fn template(helm: &Path, namespace: &str, set: &[&str]) -> Vec<Value> {
+    let out = template_command(helm, namespace, set)
+        .output()
+        .expect("run helm template");
     assert!(
         out.status.success(),
         "helm template failed:\n{}",
@@ -184,6 +194,67 @@ fn chart_renders_the_same_objects() {
         objects(&o2),
         template(&helm, &o2.namespace, &set),
         "non-default values",
+    );
+}
+
+#[test]
+fn chart_network_policy_only_when_told_the_api_servers_range() {
+    let helm = helm();
+    let network_policies = |objs: &[Value]| -> Vec<Value> {
+        objs.iter()
+            .filter(|d| d["kind"] == "NetworkPolicy")
+            .cloned()
+            .collect()
+    };
+    // Default values (webhook.apiServerCIDRs: []): none.
+    let default = template(&helm, "stash-system", &[]);
+    assert_eq!(network_policies(&default), Vec::<Value>::new());
+
+    // Given, the generator's policy for the same ranges: exactly those ipBlocks on the webhook
+    // port, metrics and the Snapshot API open.
+    let cidrs = ["10.0.0.10/32", "10.0.0.11/32", "fd00:10::/64"];
+    let o = InstallOptions {
+        apiserver_cidrs: cidrs.iter().map(|c| c.to_string()).collect(),
+        ..Default::default()
+    };
+    let set = format!("webhook.apiServerCIDRs={{{}}}", cidrs.join(","));
+    let with = template(&helm, &o.namespace, &[&set]);
+    let nps = network_policies(&with);
+    assert_eq!(nps.len(), 1, "{nps:?}");
+    let from: Vec<&str> = nps[0]["spec"]["ingress"][0]["from"]
+        .as_array()
+        .expect("from")
+        .iter()
+        .filter_map(|f| f["ipBlock"]["cidr"].as_str())
+        .collect();
+    assert_eq!(from, cidrs);
+    assert_eq!(
+        nps[0]["spec"]["ingress"][0]["ports"],
+        serde_json::json!([{"port": "webhook", "protocol": "TCP"}])
+    );
+    let plain: Vec<Value> = objects(&o)
+        .into_iter()
+        .filter(|v| v["kind"] != "Namespace")
+        .collect();
+    compare(plain, with, "webhook.apiServerCIDRs set");
+
+    // Without the webhook, none even when given.
+    let off = template(&helm, "stash-system", &[&set, "webhook.enabled=false"]);
+    assert_eq!(network_policies(&off), Vec::<Value>::new());
+
+    // A single string instead of a list is refused with a message, not rendered half-way.
+    let out = template_command(
+        &helm,
+        "stash-system",
+        &["webhook.apiServerCIDRs=10.0.0.10/32"],
+    )
+    .output()
+    .expect("helm template");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("webhook.apiServerCIDRs must be a list"),
+        "{stderr}"
     );
 }
 

@@ -161,7 +161,6 @@ async fn workload(
     let repo = cp.dir().join(ns).join("repo");
     for d in [&data, &repo] {
         std::fs::create_dir_all(d)?;
-        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
     }
     std::fs::write(data.join("hello.txt"), "hello from the plugin test\n")?;
     let backend = match rest_url {

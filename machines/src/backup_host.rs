@@ -14,7 +14,9 @@
 //! * the host's entry is written only from [`Phase::Reporting`] (the agents check the write
 //!   against this lifecycle's table before they make it);
 //! * what comes after the snapshots (`check`, `forget`, `stats`) never decides the host's
-//!   outcome: a failure there is reported beside the snapshots ([`after_snapshot`]).
+//!   outcome: a failure there is reported beside the snapshots ([`after_snapshot`]);
+//! * an incomplete snapshot (restic could not read some files) is not a success: it is kept,
+//!   tagged [`PARTIAL_TAG`], and the host fails without applying retention ([`verdict`]).
 //!
 //! The phase is never stored: each observation is classified into the phase the host is in, and
 //! the step it decides is taken as a transition of the generated table ([`Phase::transition`]);
@@ -208,6 +210,55 @@ pub fn job_outcome(reported: bool, failed: bool) -> Result<Phase, Rejection<Phas
     }
     let looking = fire(Phase::Waiting, Event::Start)?;
     fire(looking, if failed { Event::Fail } else { Event::Found })
+}
+
+/// The restic tag a host adds to a snapshot restic made without reading every file (restic exit
+/// status 3): the snapshot is kept, marked, and the host fails.
+pub const PARTIAL_TAG: &str = "partial";
+
+/// How one directory's snapshot of the session came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SnapshotOutcome {
+    /// restic read everything (or a restarted host found the session's snapshot untagged).
+    Complete,
+    /// restic made the snapshot but could not read some files (exit status 3), or a restarted
+    /// host found the session's snapshot tagged [`PARTIAL_TAG`].
+    Partial,
+}
+
+/// What a host's snapshots come to, once every directory has one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// The host's entry is `Succeeded`; otherwise it is `Failed`, naming what could not be
+    /// read, and still lists every snapshot (a partial snapshot is kept, never forgotten here).
+    pub succeeded: bool,
+    /// The steps after the snapshots run (`check`, `forget` with the retention policy, `stats`,
+    /// the Repository's figures): only when every snapshot is complete. `forget` counts a
+    /// partial snapshot like any other, so with `keepLast: 1` it would forget the last complete
+    /// one and leave the partial one as the only copy; a failed host therefore applies no
+    /// retention and records no backup time, as when its backup failed outright. A later
+    /// successful backup's `forget` treats the partial snapshot as one of the group's.
+    pub follow_up: bool,
+}
+
+/// The host's verdict over its directories' snapshots: an incomplete snapshot is not a success.
+/// One partial snapshot fails the host; the other directories are still backed up (a partial
+/// snapshot is a snapshot, the host goes on), and every snapshot is reported.
+pub fn verdict(snapshots: &[SnapshotOutcome]) -> Verdict {
+    let complete = snapshots.iter().all(|s| *s == SnapshotOutcome::Complete);
+    Verdict {
+        succeeded: complete,
+        follow_up: complete,
+    }
+}
+
+/// A snapshot's outcome from its tags (what a restarted host finds in restic).
+pub fn outcome_from_tags<S: AsRef<str>>(tags: &[S]) -> SnapshotOutcome {
+    if tags.iter().any(|t| t.as_ref() == PARTIAL_TAG) {
+        SnapshotOutcome::Partial
+    } else {
+        SnapshotOutcome::Complete
+    }
 }
 
 /// One step after the snapshots and how it went.
@@ -491,6 +542,35 @@ mod tests {
             both.conditions[0].message,
             "stats failed after the snapshot: a; snapshots failed after the snapshot: b"
         );
+    }
+
+    #[test]
+    fn an_incomplete_snapshot_fails_the_host_and_keeps_retention_away() {
+        use SnapshotOutcome::*;
+        let ok = Verdict {
+            succeeded: true,
+            follow_up: true,
+        };
+        let failed = Verdict {
+            succeeded: false,
+            follow_up: false,
+        };
+        assert_eq!(verdict(&[Complete]), ok);
+        assert_eq!(verdict(&[Complete, Complete]), ok);
+        assert_eq!(verdict(&[Partial]), failed);
+        assert_eq!(verdict(&[Complete, Partial]), failed);
+        // The host reaches Reporting through `Fail`, and reports from there.
+        assert_eq!(
+            after_step(Phase::BackingUp, verdict(&[Partial]).succeeded),
+            Ok(Phase::Reporting)
+        );
+        // A restarted host knows a partial snapshot by its tag.
+        assert_eq!(
+            outcome_from_tags(&["stash-session=s", PARTIAL_TAG]),
+            Partial
+        );
+        assert_eq!(outcome_from_tags(&["stash-session=s"]), Complete);
+        assert_eq!(outcome_from_tags::<&str>(&[]), Complete);
     }
 
     #[test]

@@ -210,6 +210,8 @@ pub(crate) struct Seed {
     pub(crate) repositories: Vec<Value>,
     /// stash-rs's Jobs.
     pub(crate) jobs: Vec<Value>,
+    /// Namespaces.
+    pub(crate) namespaces: Vec<Value>,
 }
 
 /// A context for the controllers whose client talks to a scripted API server; image
@@ -242,6 +244,7 @@ pub(crate) fn test_ctx_fed(seed: Seed) -> (Arc<Ctx>, ApiServerVerifier, Feeds) {
     feeds.restores.seed(objects(seed.restores));
     feeds.repositories.seed(objects(seed.repositories));
     feeds.jobs.seed(objects(seed.jobs));
+    feeds.namespaces.seed(objects(seed.namespaces));
     let ctx = Ctx {
         client: client.clone(),
         inject: InjectConfig {

@@ -261,6 +261,25 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
         };
         let restore = applicable_restore::<W>(ctx, &ns, &name).await?;
         let current = w.template().cloned().unwrap_or_default();
+        // Agents the namespace's PodSecurity level would refuse are never injected: the
+        // workload is left as it is (docs/identity.md). Admission refuses such
+        // configurations; this holds when the namespace's label came later.
+        if target.is_some() || restore.is_some() {
+            let level = stores::pod_security_level(&stores.namespaces, &ns);
+            let repos = target
+                .iter()
+                .map(|(_, r)| &**r)
+                .chain(restore.iter().map(|(_, r)| &**r));
+            if let Some(why) = repos
+                .filter_map(|r| stash_core::identity::refusal(&ns, level, r, current.spec.as_ref()))
+                .next()
+            {
+                ctx.events
+                    .publish(&reference, Severity::Warning, "PodSecurityRefused", why)
+                    .await;
+                return Ok(Action::requeue(Duration::from_secs(300)));
+            }
+        }
         let desired = inject::apply_backup(
             &current,
             target.as_ref().map(|(b, r)| (&**b, &**r)),

@@ -2,6 +2,8 @@
 //! repository's secrets (password, provider keys, URL userinfo) before it is stored here.
 use std::time::Duration;
 
+use crate::{BackupSummary, Unreadable};
+
 /// What can go wrong running restic.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -81,6 +83,23 @@ pub enum Error {
         /// The last line restic printed on stderr.
         reason: String,
     },
+    /// The backup made its snapshot, but restic could not read some files (exit status 3,
+    /// "at least one source file could not be read"): the snapshot exists, without them. Not a
+    /// success — a caller that does not look at this variant treats the backup as failed — but
+    /// the snapshot is there: `summary` names it (`snapshot_id`) and `unreadable` what is
+    /// missing from it.
+    #[error(
+        "{} could not be read (snapshot {} kept): {}",
+        .unreadable.files(),
+        .summary.short_id(),
+        .unreadable.list(Unreadable::KEPT)
+    )]
+    Incomplete {
+        /// restic's summary of the backup (its snapshot and figures).
+        summary: Box<BackupSummary>,
+        /// What restic could not read.
+        unreadable: Unreadable,
+    },
     /// restic could not be started.
     #[error("cannot run {program}: {source}")]
     Spawn {
@@ -116,6 +135,7 @@ impl Error {
             Error::RepositoryNotFound { .. } => Some(10),
             Error::Locked { .. } => Some(11),
             Error::WrongPassword { .. } => Some(12),
+            Error::Incomplete { .. } => Some(3),
             Error::Failed { code, .. } => *code,
             _ => None,
         }

@@ -10,7 +10,8 @@
 //!   [`Error::Unreachable`], …) and their messages never contain secrets.
 //!
 //! The pinned restic is 0.19.1: exit status 10 = no repository, 11 = locked, 12 = wrong
-//! password, 3 = incomplete backup; with `--json`, fatal errors arrive on stderr as a
+//! password, 3 = incomplete backup (a snapshot without the files restic could not read:
+//! [`Error::Incomplete`]); with `--json`, fatal errors arrive on stderr as a
 //! `{"message_type":"exit_error","code":N,"message":…}` line.
 //!
 //! Where this wrapper deliberately differs from the upstream Stash wrapper:
@@ -54,6 +55,6 @@ pub use repo::{
 pub use run::stopped;
 pub use types::{
     BackupSummary, CheckReport, ForgetGroup, ForgetOutcome, LockInfo, RestoreSummary,
-    RetentionPolicy, Snapshot, SnapshotSummary, Stats, StatsMode, format_processing_time,
-    format_size,
+    RetentionPolicy, Snapshot, SnapshotSummary, Stats, StatsMode, Unreadable,
+    format_processing_time, format_size,
 };

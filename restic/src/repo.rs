@@ -481,14 +481,62 @@ impl Repo {
         a
     }
 
+    /// A backup's result: its summary on exit status 0; on exit status 3 with a summary (restic
+    /// made the snapshot but could not read some files) [`Error::Incomplete`] with the snapshot
+    /// and what was unreadable; any other failure as [`Finished::error`] says.
     async fn finish_backup(f: Finished) -> Result<BackupSummary> {
-        if !f.status.success() {
-            return Err(f.error());
+        if f.status.success() {
+            return BackupSummary::from_output(&f.stdout);
         }
-        BackupSummary::from_output(&f.stdout)
+        if f.status.code() == Some(3)
+            && let Ok(summary) = BackupSummary::from_output(&f.stdout)
+        {
+            return Err(Error::Incomplete {
+                summary: Box::new(summary),
+                unreadable: f.unreadable,
+            });
+        }
+        Err(f.error())
     }
 
-    /// `backup <path> --host <host> [--tag t]…`: one snapshot of `path`.
+    /// `tag --json --add <t>… -- <id>`: add `tags` to snapshot `id` (an id or unique prefix) and
+    /// return its full id afterwards. restic rewrites a snapshot to change its tags, so the id
+    /// changes (the old one is gone); a snapshot that already has every tag is left as it is
+    /// and keeps its id. An id that matches nothing is [`Error::SnapshotNotFound`] (restic
+    /// itself prints "Ignoring" and succeeds).
+    pub async fn tag(&self, id: &str, tags: &[String]) -> Result<String> {
+        if tags.is_empty() {
+            return Err(Error::Config("tag needs at least one tag".into()));
+        }
+        let mut a = args(["--json"]);
+        for t in tags {
+            a.push("--add".into());
+            a.push(t.into());
+        }
+        a.push("--".into());
+        a.push(id.into());
+        let f = self.exec_ok("tag", a).await?;
+        if let Some(c) = crate::types::TagChanged::list_from_output(&f.stdout)?
+            .into_iter()
+            .find(|c| c.old_snapshot_id.starts_with(id))
+        {
+            return Ok(c.new_snapshot_id);
+        }
+        // Nothing changed: the snapshot had the tags already, or there is no such snapshot.
+        self.snapshots(&SnapshotFilter {
+            ids: vec![id.to_string()],
+            no_lock: true,
+            ..Default::default()
+        })
+        .await?
+        .into_iter()
+        .find(|s| s.id.starts_with(id) && tags.iter().all(|t| s.tags.contains(t)))
+        .map(|s| s.id)
+        .ok_or_else(|| Error::SnapshotNotFound { id: id.to_string() })
+    }
+
+    /// `backup <path> --host <host> [--tag t]…`: one snapshot of `path`. Files restic cannot
+    /// read make it [`Error::Incomplete`] (the snapshot exists without them).
     pub async fn backup(&self, path: &Path, host: &str, tags: &[String]) -> Result<BackupSummary> {
         let mut a = Self::backup_args(host, tags);
         a.push("--".into());
@@ -909,6 +957,165 @@ mod tests {
             repo.scrub("Fatal: rest:http://alice:rest-pw@127.0.0.1:8000/repo: pw-secret"),
             "Fatal: rest:http://***@127.0.0.1:8000/repo: ***"
         );
+    }
+
+    /// restic 0.19.1's stdout for the run of `run::tests::UNREADABLE_STDERR` (exit status 3).
+    const UNREADABLE_STDOUT: &str = r#"{"message_type":"summary","files_new":1,"files_changed":0,"files_unmodified":0,"dirs_new":4,"dirs_changed":0,"dirs_unmodified":0,"data_blobs":1,"tree_blobs":5,"data_added":1771,"data_added_packed":1438,"total_files_processed":1,"total_bytes_processed":3,"total_duration":0.685168067,"backup_start":"2026-12-07T08:49:17.673386043Z","backup_end":"2026-12-07T08:49:18.35855413Z","snapshot_id":"d7bacdc6bf23e725b8ae5e1d0df25644e9821fda54ff177cfd3dc9aed1fbb685"}"#;
+
+    fn finished(code: i32, stdout: &str, stderr: &str) -> Finished {
+        use std::os::unix::process::ExitStatusExt;
+        let mut unreadable = crate::Unreadable::default();
+        for l in stderr.lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            if v["during"] == "archival" {
+                unreadable.push(v["item"].as_str().unwrap().to_string());
+            }
+        }
+        Finished {
+            status: std::process::ExitStatus::from_raw(code << 8),
+            stdout: stdout.into(),
+            exit_error: (code != 0).then(|| {
+                (
+                    code,
+                    "Warning: at least one source file could not be read".into(),
+                )
+            }),
+            tail: vec![],
+            unreadable,
+        }
+    }
+
+    #[tokio::test]
+    async fn exit_status_3_with_a_summary_is_an_incomplete_backup_with_its_snapshot() {
+        let e = Repo::finish_backup(finished(
+            3,
+            UNREADABLE_STDOUT,
+            crate::run::tests::UNREADABLE_STDERR,
+        ))
+        .await
+        .unwrap_err();
+        assert_eq!(e.exit_code(), Some(3));
+        assert_eq!(
+            e.to_string(),
+            "3 files could not be read (snapshot d7bacdc6 kept): /tmp/unr.1nMI/data/closed, /tmp/unr.1nMI/data/secret, /tmp/unr.1nMI/data/sub/s2"
+        );
+        let Error::Incomplete {
+            summary,
+            unreadable,
+        } = e
+        else {
+            panic!("{e:?}")
+        };
+        assert_eq!(summary.short_id(), "d7bacdc6");
+        assert_eq!(summary.total_files_processed, 1);
+        assert_eq!(unreadable.count, 3);
+        assert_eq!(
+            unreadable.list(2),
+            "/tmp/unr.1nMI/data/closed, /tmp/unr.1nMI/data/secret, …"
+        );
+        // Exit status 3 without a summary (no snapshot) is a plain failure.
+        let e = Repo::finish_backup(finished(3, "", crate::run::tests::UNREADABLE_STDERR))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Failed { code: Some(3), .. }), "{e:?}");
+        // Success is the summary.
+        let ok = Repo::finish_backup(finished(0, UNREADABLE_STDOUT, ""))
+            .await
+            .unwrap();
+        assert_eq!(ok.short_id(), "d7bacdc6");
+    }
+
+    /// A real restic that cannot read everything: as root without `CAP_DAC_OVERRIDE` and
+    /// `CAP_DAC_READ_SEARCH` (`setpriv`), restic cannot read another user's `0600` file nor
+    /// open its `0700` directory, and still writes its root-owned repository. Skipped when not
+    /// root or without `setpriv`.
+    #[tokio::test]
+    async fn a_backup_that_cannot_read_some_files_keeps_its_snapshot_and_it_is_tagged() {
+        use std::os::unix::fs::PermissionsExt;
+        let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.exists());
+        use std::os::unix::fs::MetadataExt;
+        // /proc/self belongs to the process's effective uid.
+        let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+        let (Some(setpriv), true, Ok(restic)) = (setpriv, root, stash_testenv::bins::bin("restic"))
+        else {
+            eprintln!("skipped: needs root, setpriv and the pinned restic");
+            return;
+        };
+        let work = tempfile::tempdir().unwrap();
+        let src = work.path().join("src");
+        std::fs::create_dir_all(src.join("closed")).unwrap();
+        std::fs::write(src.join("readable.txt"), "everyone may read this").unwrap();
+        std::fs::write(src.join("secret.key"), "only uid 65534 may read this").unwrap();
+        std::fs::write(src.join("closed/inside"), "x").unwrap();
+        for (p, mode) in [("secret.key", 0o600), ("closed", 0o700)] {
+            let p = src.join(p);
+            std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let wrapper = work.path().join("restic-without-dac");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec {} --bounding-set=-dac_override,-dac_read_search {} \"$@\"\n",
+                setpriv.display(),
+                restic.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let password = "unreadable-test-pw-9d1e";
+        let repo = Repo::builder(
+            Location::local(work.path().join("repo"), ""),
+            creds(&[("RESTIC_PASSWORD", password)]),
+        )
+        .binary(&wrapper)
+        .scratch_dir(work.path().join("scratch"))
+        .timeout(Some(Duration::from_secs(60)))
+        .build()
+        .unwrap();
+        repo.ensure_initialized().await.unwrap();
+        let session = "stash-session=s1".to_string();
+        let e = repo
+            .backup(&src, "host-0", std::slice::from_ref(&session))
+            .await
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(!text.contains(password), "{text}");
+        let Error::Incomplete {
+            summary,
+            unreadable,
+        } = e
+        else {
+            panic!("{e:?}")
+        };
+        let mut paths = unreadable.paths.clone();
+        paths.sort();
+        let p = |n: &str| src.join(n).display().to_string();
+        assert_eq!(paths, [p("closed"), p("secret.key")], "{text}");
+        assert_eq!(unreadable.count, 2);
+        assert_eq!(summary.total_files_processed, 1, "only readable.txt");
+        assert!(
+            text.starts_with("2 files could not be read (snapshot "),
+            "{text}"
+        );
+
+        let old = summary.snapshot_id.clone();
+        let partial = vec!["partial".to_string()];
+        let new = repo.tag(summary.short_id(), &partial).await.unwrap();
+        assert_ne!(new, old, "restic rewrites a snapshot to tag it");
+        let all = repo.snapshots(&SnapshotFilter::default()).await.unwrap();
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!(all[0].id, new);
+        assert_eq!(all[0].tags, [session.clone(), "partial".to_string()]);
+        // Tagging again changes nothing and names the same snapshot; an unknown id is an error.
+        assert_eq!(repo.tag(&new, &partial).await.unwrap(), new);
+        assert!(matches!(
+            repo.tag(&old, &partial).await,
+            Err(Error::SnapshotNotFound { .. })
+        ));
     }
 
     #[test]

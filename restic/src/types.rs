@@ -59,6 +59,78 @@ impl BackupSummary {
     }
 }
 
+/// What restic could not read during a backup that still made its snapshot (restic exit status
+/// 3, "at least one source file could not be read"): the `item`s of restic's per-file `error`
+/// messages of the archival phase (`{"message_type":"error","during":"archival","item":…}` on
+/// stderr). The snapshot holds everything else; these items are missing from it (a directory
+/// restic could not open is missing with its contents). Scan-phase errors (`"during":"scan"`,
+/// restic's size estimate) are not counted: restic reports each item again when it archives it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unreadable {
+    /// The first [`Unreadable::KEPT`] items, in restic's order (secrets scrubbed).
+    pub paths: Vec<String>,
+    /// How many items restic could not read, listed or not (0 when restic exited 3 without
+    /// naming any).
+    pub count: usize,
+}
+
+impl Unreadable {
+    /// How many paths are kept: the count goes on, the list stops (a tree of a million
+    /// unreadable files must not be held in memory or written into a status).
+    pub const KEPT: usize = 10;
+
+    pub(crate) fn push(&mut self, item: String) {
+        self.count += 1;
+        if self.paths.len() < Self::KEPT {
+            self.paths.push(item);
+        }
+    }
+
+    /// `1 file`, `3 files`, or `some files` when restic named none.
+    pub fn files(&self) -> String {
+        match self.count {
+            0 => "some files".into(),
+            1 => "1 file".into(),
+            n => format!("{n} files"),
+        }
+    }
+
+    /// The first `n` paths joined by `, `, with `, …` when there are more.
+    pub fn list(&self, n: usize) -> String {
+        let mut s = self
+            .paths
+            .iter()
+            .take(n)
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        if self.count > n.min(self.paths.len()) {
+            if !s.is_empty() {
+                s.push_str(", ");
+            }
+            s.push('…');
+        }
+        s
+    }
+}
+
+/// One changed snapshot of `tag --json`: restic rewrites a snapshot to change its tags, so its
+/// id changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TagChanged {
+    pub old_snapshot_id: String,
+    pub new_snapshot_id: String,
+}
+
+impl TagChanged {
+    pub(crate) fn list_from_output(stdout: &str) -> Result<Vec<Self>> {
+        message_lines(stdout)
+            .filter(|(t, _)| t == "changed")
+            .map(|(_, l)| serde_json::from_str(l).map_err(|e| Error::parse("tag", e.to_string())))
+            .collect()
+    }
+}
+
 /// `restore --json` summary.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreSummary {

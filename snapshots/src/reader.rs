@@ -101,8 +101,9 @@ pub fn pod(
                 ],
                 "volumeMounts": [{"name": "repository", "mountPath": mount, "readOnly": !write},
                                  {"name": "stash-scratch", "mountPath": SCRATCH}],
-                // Root reads what any backup or restore container wrote; nothing is writable.
-                "securityContext": {"runAsUser": 0, "runAsNonRoot": false, "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true},
+                // Root, as every agent of a repository runs (docs/identity.md): it reads and
+                // prunes what any of them wrote; the root filesystem is read-only.
+                "securityContext": stash_core::identity::agent_security_context(None, stash_core::identity::Agent::Reader),
                 "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}}
             }],
             "volumes": [volume, {"name": "stash-scratch", "emptyDir": {"sizeLimit": "1Gi"}}]

@@ -718,7 +718,6 @@ async fn run(config: Config) -> i32 {
     );
     let repo_dir = env.cp.dir().join("repos").join(&ns).join("operator");
     std::fs::create_dir_all(&repo_dir).expect("repo dir");
-    set_mode(&repo_dir, 0o777);
     let bench = Bench {
         client: client.clone(),
         ns: ns.clone(),

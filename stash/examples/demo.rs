@@ -60,7 +60,6 @@ async fn main() -> anyhow::Result<()> {
     let ns = "demo";
     let repo_dir = cp.dir().join("demo-repository");
     std::fs::create_dir_all(&repo_dir)?;
-    set_mode(&repo_dir, 0o777);
     let data = pv_dir(ns, "source-data").await;
     generate_files(&data, 2026, 32, 8192);
     let original = checksums(&data);

@@ -237,38 +237,7 @@ async fn a_deployment_is_backed_up_to_a_rest_server() {
     let (guard, source) = workload("rest").await;
     let ns = guard.name.clone();
     let data = tempfile::tempdir().expect("rest-server data");
-    let path = data.path().to_string_lossy().to_string();
-    let rest = bins::bin("rest-server").expect("rest-server");
-    let port = cluster_server(
-        "rest-server",
-        &rest,
-        |ip, port| {
-            vec![
-                "--path".into(),
-                path.clone(),
-                "--listen".into(),
-                format!("{ip}:{port}"),
-                "--no-auth".into(),
-            ]
-        },
-        &[],
-    )
-    .await;
-    apply(
-        &client,
-        &ns,
-        json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rest-secret"},
-            "stringData": {"RESTIC_PASSWORD": PASSWORD}
-        }),
-    )
-    .await;
-    let url = format!("http://{}:{port}/app", stash_testenv::NODE_IP);
-    apply(&client, &ns, json!({
-        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
-        "spec": {"backend": {"storageSecretName": "rest-secret", "rest": {"url": url}}}
-    }))
-    .await;
+    let url = rest_repository(&client, &ns, data.path(), PASSWORD).await;
     backup_and_verify(&client, &ns, &source, &format!("rest:{url}"), &[]).await;
     assert!(
         data.path().join("app").join("config").exists(),

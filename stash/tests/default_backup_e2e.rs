@@ -210,7 +210,6 @@ async fn a_default_backup_with_a_local_template_really_backs_up() {
     let client = env.cp.client();
     let repo_root = env.cp.dir().join("repos").join(&ns.name);
     std::fs::create_dir_all(&repo_root).expect("repo dir");
-    set_mode(&repo_root, 0o777);
     let data = pv_dir(&ns.name, "data").await;
     generate_files(&data, 77, 10, 2048);
     let template = format!("local-{}", ns.name);

@@ -30,7 +30,6 @@ async fn hosts_push_their_backup_metrics_grouped_by_job_and_host() {
     let client = cp.client();
     let repo_dir = cp.dir().join("repos").join(&ns.name);
     std::fs::create_dir_all(&repo_dir).expect("repo dir");
-    set_mode(&repo_dir, 0o777);
     for i in 0..2 {
         generate_files(
             &pv_dir(&ns.name, &format!("data-web-{i}")).await,

@@ -21,7 +21,6 @@ async fn a_backup_survives_the_operator_being_killed_and_restarted() {
     let ns = ns_guard.name.clone();
     let repo_dir = env.cp.dir().join("repos").join(&ns);
     std::fs::create_dir_all(&repo_dir).expect("repo dir");
-    set_mode(&repo_dir, 0o777);
     let source = pv_dir(&ns, "source-data").await;
     apply(
         &client,

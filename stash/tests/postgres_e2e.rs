@@ -189,7 +189,6 @@ async fn a_postgres_database_is_backed_up_dropped_and_restored() {
     let client = env.cp.client();
     let repo_dir = env.cp.dir().join("repos").join(&n);
     std::fs::create_dir_all(&repo_dir).expect("repo dir");
-    set_mode(&repo_dir, 0o777);
     let (functions, tasks) = stash_operator::jobs::builtin::postgres(IMAGE, "15");
     stash_operator::jobs::builtin::apply(&client, &functions, &tasks)
         .await

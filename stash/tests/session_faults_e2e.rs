@@ -300,7 +300,6 @@ async fn two_configurations_sharing_a_new_repository_both_succeed() {
         let repo = format!("shared{round}");
         let dir = f.repo_dir.join(&repo);
         std::fs::create_dir_all(&dir).expect("repo dir");
-        set_mode(&dir, 0o777);
         apply(&client, &ns, json!({
             "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": repo},
             "spec": {"backend": {"storageSecretName": "local-secret",

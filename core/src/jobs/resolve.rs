@@ -140,6 +140,13 @@ pub fn decorate(
             vm.push(m.clone());
         }
     }
+    // Job-model containers run as root with restore's capabilities (docs/identity.md); a
+    // Function's own securityContext, then runtimeSettings, win field by field.
+    let ours = crate::identity::agent_security_context(None, crate::identity::Agent::Job);
+    c.security_context = Some(match c.security_context.take() {
+        Some(function) => crate::identity::merge(ours, &function),
+        None => ours,
+    });
     if let Some(s) = settings {
         crate::runtime_settings::apply_container(c, s);
     }

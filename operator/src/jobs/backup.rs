@@ -111,6 +111,7 @@ pub fn build(
         volumes: Some(volumes),
         restart_policy: Some("Never".into()),
         service_account_name: Some(bc_name.clone()),
+        security_context: Some(stash_core::identity::job_pod_security_context()),
         ..Default::default()
     };
     if let Some(p) = &settings.pod {

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::{
     batch::v1::{Job, JobSpec},
     core::v1::{
-        Container, EnvVar, PersistentVolumeClaim, PersistentVolumeClaimVolumeSource,
-        PodSecurityContext, PodSpec, PodTemplateSpec, SecretVolumeSource, Volume, VolumeMount,
+        Container, EnvVar, PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, PodSpec,
+        PodTemplateSpec, SecretVolumeSource, Volume, VolumeMount,
     },
 };
 use kube::{Api, Client, Resource, ResourceExt, api::ObjectMeta, runtime::reflector::Store};
@@ -201,11 +201,7 @@ pub fn pod_spec(
         volumes: Some(volumes),
         restart_policy: Some("Never".into()),
         service_account_name: Some(service_account.into()),
-        security_context: Some(PodSecurityContext {
-            run_as_user: Some(0),
-            run_as_group: Some(0),
-            ..Default::default()
-        }),
+        security_context: Some(stash_core::identity::job_pod_security_context()),
         ..Default::default()
     };
     if let Some(p) = &settings.pod {

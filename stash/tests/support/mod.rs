@@ -144,7 +144,6 @@ pub async fn pv_dir(ns: &str, claim: &str) -> PathBuf {
     }
     let dir = env.cp.dir().join("pv").join(ns).join(claim);
     std::fs::create_dir_all(&dir).expect("pv dir");
-    set_mode(&dir, 0o777);
     let name = format!(
         "pv-{}",
         &format!("{:x}", Sha256::digest(format!("{ns}/{claim}")))[..16]
@@ -199,12 +198,6 @@ pub async fn bound_pv_dir(ns: &str, claim: &str) -> PathBuf {
     .await
 }
 
-/// chmod a path (tests make directories that non-root containers write into).
-pub fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-}
-
 /// Start a test server inside the cluster's network namespace, listening on [`NODE_IP`]
 /// (pods reach it there; so does this process). Returns its port.
 pub async fn cluster_server(
@@ -219,6 +212,50 @@ pub async fn cluster_server(
         .unwrap_or_else(|e| panic!("start {name}: {e}"));
     wait_port(port, Duration::from_secs(60)).await;
     port
+}
+
+/// A restic REST server (no auth) storing its repositories under `data` (a directory root
+/// made), in the cluster's network namespace; Secret `rest-secret` with `password` and
+/// Repository `repo` at `<server>/app` in `ns`. Returns the repository's URL.
+pub async fn rest_repository(
+    client: &kube::Client,
+    ns: &str,
+    data: &Path,
+    password: &str,
+) -> String {
+    let path = data.to_string_lossy().to_string();
+    let rest = bins::bin("rest-server").expect("rest-server");
+    let port = cluster_server(
+        "rest-server",
+        &rest,
+        |ip, port| {
+            vec![
+                "--path".into(),
+                path.clone(),
+                "--listen".into(),
+                format!("{ip}:{port}"),
+                "--no-auth".into(),
+            ]
+        },
+        &[],
+    )
+    .await;
+    apply(
+        client,
+        ns,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rest-secret"},
+            "stringData": {"RESTIC_PASSWORD": password}
+        }),
+    )
+    .await;
+    let url = format!("http://{NODE_IP}:{port}/app");
+    apply(client, ns, serde_json::json!({
+        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
+        "spec": {"backend": {"storageSecretName": "rest-secret", "rest": {"url": url}}}
+    }))
+    .await;
+    url
 }
 
 /// Logs of every container of the pods in `ns` whose name starts with `prefix`.
@@ -269,7 +306,6 @@ pub async fn fixture_with_password(prefix: &str, password: &str) -> Fixture {
     let ns = env.cp.namespace(prefix).await.expect("namespace");
     let repo_dir = env.cp.dir().join("repos").join(&ns.name);
     std::fs::create_dir_all(&repo_dir).expect("repo dir");
-    set_mode(&repo_dir, 0o777);
     let client = env.cp.client();
     apply(
         &client,
