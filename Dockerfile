@@ -43,7 +43,7 @@ LABEL org.opencontainers.image.title="stash-rs" \
       org.opencontainers.image.description="Kubernetes backup operator speaking the Stash API" \
       org.opencontainers.image.licenses="Apache-2.0" \
       io.stash-rs.restic.version="${RESTIC_VERSION}"
-# nobody; the operator Deployment also sets runAsNonRoot. Restore containers the operator
-# creates ask for root themselves (stash-api.md §6.2, §6.4).
+# nobody: the operator runs as it (its Deployment also sets runAsNonRoot). Every agent the
+# operator creates states its own user in its securityContext (docs/identity.md).
 USER 65534:65534
 ENTRYPOINT ["/usr/local/bin/stash"]

@@ -445,7 +445,18 @@ async fn mutate_workload(
     // stays as it was written, and the user is told why (docs/identity.md).
     let repos = repo.iter().chain(restore.as_ref().map(|(_, r)| r));
     if repo.is_some() || restore.is_some() {
-        let level = stores::pod_security_level(&stores.namespaces, &ns);
+        let level = match stores::pod_security_level_now(&ctx.client, &ns).await {
+            Ok(l) => l,
+            Err(e) => {
+                let m = mutate::Mutation {
+                    object: None,
+                    warnings: vec![format!(
+                        "stash: agents not injected: cannot read namespace {ns}'s PodSecurity level: {e}"
+                    )],
+                };
+                return respond(&req, &original, m);
+            }
+        };
         let pod = original
             .pointer("/spec/template/spec")
             .cloned()
@@ -535,7 +546,15 @@ where
             stores::get_or_fetch(&ctx.stores.repositories, &ctx.client, ns, repo).await
     {
         let name = t.name.as_deref().unwrap_or_default();
-        let level = stores::pod_security_level(&ctx.stores.namespaces, ns);
+        // Straight from the API server: a namespace labelled a moment ago counts.
+        let level = match stores::pod_security_level_now(&ctx.client, ns).await {
+            Ok(l) => l,
+            Err(e) => {
+                return resp.deny(format!(
+                    "cannot read namespace {ns}'s PodSecurity level to check the agents against it: {e}"
+                ));
+            }
+        };
         if level != Level::Privileged {
             let pod = stores::workload_pod(&ctx.client, ns, kind, name)
                 .await

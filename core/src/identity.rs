@@ -125,6 +125,12 @@ pub fn agent_security_context(pod: Option<&PodSpec>, agent: Agent) -> SecurityCo
                 ..base
             }
         }
+        // A job-model pod says root at the pod level ([`job_pod_security_context`]), where
+        // `runtimeSettings.pod.securityContext` can change it.
+        None if agent == Agent::Job => SecurityContext {
+            capabilities: Some(drop_all(agent.capabilities())),
+            ..base
+        },
         None => SecurityContext {
             run_as_user: Some(0),
             run_as_group: Some(0),
@@ -322,6 +328,19 @@ mod tests {
             serde_json::json!({"runAsNonRoot": false}),
         );
         assert!(!requires_non_root(&p));
+    }
+
+    #[test]
+    fn job_containers_leave_the_user_to_the_pod_level_where_runtime_settings_can_change_it() {
+        let sc = agent_security_context(None, Agent::Job);
+        assert_eq!((sc.run_as_user, sc.run_as_group), (None, None));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, None);
+        let pod = job_pod_security_context();
+        assert_eq!((pod.run_as_user, pod.run_as_group), (Some(0), Some(0)));
+        let reader = agent_security_context(None, Agent::Reader);
+        assert_eq!(reader.run_as_user, Some(0));
+        assert_eq!(reader.read_only_root_filesystem, Some(true));
     }
 
     #[test]

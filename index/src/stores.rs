@@ -740,6 +740,19 @@ pub fn pod_security_level(store: &Store<Namespace>, ns: &str) -> stash_core::ide
     stash_core::identity::Level::of(namespace.as_ref().and_then(|n| n.metadata.labels.as_ref()))
 }
 
+/// [`pod_security_level`] read straight from the API server, for admission: a namespace
+/// labelled a moment ago must not be judged by a watch that has not caught up yet.
+pub async fn pod_security_level_now(
+    client: &Client,
+    ns: &str,
+) -> Result<stash_core::identity::Level, kube::Error> {
+    let labels = Api::<Namespace>::all(client.clone())
+        .get_metadata_opt(ns)
+        .await?
+        .and_then(|n| n.metadata.labels);
+    Ok(stash_core::identity::Level::of(labels.as_ref()))
+}
+
 /// The pod template's spec of workload `kind`/`name`, straight from the API server.
 pub async fn workload_pod(
     client: &Client,

@@ -13,8 +13,9 @@ use stash_runtime::{Metrics, events::Events};
 
 use stash_core::inject::InjectConfig;
 use stash_index::stores::Feeds;
-// The shared index the controllers read (`super::stores` in every controller).
-pub use stash_index::{history, stores};
+// The shared index the controllers read (`crate::stores` in every controller); users of the
+// index depend on stash-index themselves.
+use stash_index::{history, stores};
 
 pub mod backup_configuration;
 pub mod backup_session;

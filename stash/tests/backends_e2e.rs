@@ -19,7 +19,7 @@ use kube::Client;
 use serde_json::json;
 use stash_crds::backup_session::Phase;
 use stash_testenv::bins;
-use support::*;
+use support::{minio::*, *};
 
 const PASSWORD: &str = "backend-test-password";
 
@@ -257,17 +257,6 @@ async fn http_put(endpoint: &str, path: &str) -> Option<u16> {
     buf.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// A private CA and a serving certificate from it for `sans`, written as `<dir>/ca.crt`,
-/// `<dir>/public.crt` and `<dir>/private.key` (MinIO's names).
-fn private_ca(dir: &std::path::Path, sans: &[&str]) -> String {
-    let ca = stash_testenv::certs::Ca::new("stash-e2e-private-ca").expect("ca");
-    let pair = ca.server("stash-e2e-server", sans).expect("server cert");
-    std::fs::write(dir.join("ca.crt"), &ca.cert).expect("ca.crt");
-    std::fs::write(dir.join("public.crt"), &pair.cert).expect("public.crt");
-    std::fs::write(dir.join("private.key"), &pair.key).expect("private.key");
-    ca.cert
-}
-
 /// A restic command on the host for `url`, with `env` (credentials stay in the environment,
 /// never in the arguments) and `--cacert`. With `hosts`, restic runs in a mount namespace of
 /// its own where that file is `/etc/hosts` (cluster DNS names the pods resolve through
@@ -420,48 +409,6 @@ async fn all_keys(store: &dyn object_store::ObjectStore) -> std::collections::BT
         .expect("list the bucket")
 }
 
-const MINIO_USER: &str = "stash-e2e-minio";
-const MINIO_SECRET: &str = "minio-secret-key-for-the-test";
-
-/// MinIO over HTTPS (the certificates of [`private_ca`] in `certs`) on the node address, its
-/// drive at `data` with an empty bucket `bucket` (a top-level directory of the drive is a
-/// bucket to MinIO; restic does not create a missing bucket before it looks for `config`),
-/// root credentials [`MINIO_USER`] / [`MINIO_SECRET`], and `env` on top. The port.
-async fn minio(
-    certs: &std::path::Path,
-    data: &std::path::Path,
-    bucket: &str,
-    env: &[(&str, &std::ffi::OsStr)],
-) -> u16 {
-    std::fs::create_dir(data.join(bucket)).expect("bucket dir");
-    let minio = bins::bin("minio").expect("minio");
-    let (certs_dir, data_dir) = (certs.to_owned(), data.to_owned());
-    let mut vars: Vec<(&str, &std::ffi::OsStr)> = vec![
-        ("MINIO_ROOT_USER", MINIO_USER.as_ref()),
-        ("MINIO_ROOT_PASSWORD", MINIO_SECRET.as_ref()),
-        ("MINIO_BROWSER", "off".as_ref()),
-        ("MINIO_UPDATE", "off".as_ref()),
-    ];
-    vars.extend_from_slice(env);
-    cluster_server(
-        "minio",
-        &minio,
-        |ip, port| {
-            vec![
-                "server".into(),
-                "--quiet".into(),
-                "--address".into(),
-                format!("{ip}:{port}"),
-                "--certs-dir".into(),
-                certs_dir.display().to_string(),
-                data_dir.display().to_string(),
-            ]
-        },
-        &vars,
-    )
-    .await
-}
-
 /// S3 over HTTPS with a certificate from a private CA (MinIO): the Secret carries
 /// `CA_CERT_DATA`; backup through the sidecar, `kubectl get snapshots`, a restore in the
 /// cluster and from the host, then a wipe-out of a repository at the bucket's root (empty
@@ -480,7 +427,7 @@ async fn minio_over_tls_with_a_private_ca() {
     let (user, secret) = (MINIO_USER, MINIO_SECRET);
     let port = minio(certs.path(), data.path(), bucket, &[]).await;
     let endpoint = format!("https://{}:{port}", stash_testenv::NODE_IP);
-    minio_repository(&client, &ns, &endpoint, bucket, "", &ca).await;
+    minio_repository(&client, &ns, &endpoint, bucket, "", &ca, PASSWORD).await;
     let url = format!("s3:{endpoint}/{bucket}");
     let cacert = certs.path().join("ca.crt");
     let renv = [
@@ -539,10 +486,6 @@ async fn minio_over_tls_with_a_private_ca() {
         !out.status.success(),
         "restic finds no repository after the wipe-out"
     );
-}
-
-fn ca_pem(path: &std::path::Path) -> String {
-    std::fs::read_to_string(path).expect("ca pem")
 }
 
 /// Google Cloud Storage against fake-gcs-server over HTTPS with the private CA: restic (and
@@ -954,7 +897,8 @@ async fn wipe_out_finds_the_buckets_region() {
         .filter(|k| k.starts_with("region/app/"))
         .count();
     assert!(restic_objects >= 5, "{objects:?}");
-    let repos = minio_repository(&client, &ns, &endpoint, bucket, "region/app", &ca).await;
+    let repos =
+        minio_repository(&client, &ns, &endpoint, bucket, "region/app", &ca, PASSWORD).await;
     wait_finalizer(&repos).await;
     let ev = delete_and_wipe(&client, &ns).await;
     assert!(
@@ -1071,61 +1015,6 @@ async fn wait_finalizer(repos: &kube::Api<stash_crds::Repository>) {
     .await;
 }
 
-/// Secret `minio-secret` (the MinIO root credentials, `CA_CERT_DATA`, no region) and
-/// Repository `repo` (wipeOut) on `endpoint`/`bucket`/`prefix`.
-async fn minio_repository(
-    client: &Client,
-    ns: &str,
-    endpoint: &str,
-    bucket: &str,
-    prefix: &str,
-    ca: &str,
-) -> kube::Api<stash_crds::Repository> {
-    apply(
-        client,
-        ns,
-        json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "minio-secret"},
-            "stringData": {"RESTIC_PASSWORD": PASSWORD, "AWS_ACCESS_KEY_ID": MINIO_USER,
-                           "AWS_SECRET_ACCESS_KEY": MINIO_SECRET, "CA_CERT_DATA": ca}
-        }),
-    )
-    .await;
-    apply(client, ns, json!({
-        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
-        "spec": {"backend": {"storageSecretName": "minio-secret",
-                             "s3": {"endpoint": endpoint, "bucket": bucket, "prefix": prefix}},
-                 "wipeOut": true}
-    }))
-    .await;
-    kube::Api::<stash_crds::Repository>::namespaced(client.clone(), ns)
-}
-
-/// An S3 client of MinIO's `bucket` at `endpoint` signing for `region`, trusting `cacert`,
-/// without retries.
-fn minio_store(
-    endpoint: &str,
-    bucket: &str,
-    region: &str,
-    cacert: &std::path::Path,
-) -> object_store::aws::AmazonS3 {
-    object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name(bucket)
-        .with_region(region)
-        .with_endpoint(endpoint)
-        .with_access_key_id(MINIO_USER)
-        .with_secret_access_key(MINIO_SECRET)
-        .with_retry(object_store::RetryConfig {
-            max_retries: 0,
-            ..Default::default()
-        })
-        .with_client_options(object_store::ClientOptions::new().with_root_certificate(
-            object_store::Certificate::from_pem(ca_pem(cacert).as_bytes()).expect("ca"),
-        ))
-        .build()
-        .expect("s3 client")
-}
-
 /// Issue 24, wipeOut on MinIO as a user would expect it: a Repository whose prefix restic
 /// normalises (`./app` is `app`) or that object stores encode (`team~1/app`) is wiped where
 /// restic wrote it, and a storage Secret without keys is a clear `WipeOutFailed` — the wipe
@@ -1174,7 +1063,8 @@ async fn wipe_out_deletes_exactly_the_repository_the_user_named() {
         assert!(written >= 5, "{restic_prefix}: {keys:?}");
         let ns_guard = env.cp.namespace("wipe-prefix").await.expect("namespace");
         let ns = ns_guard.name.clone();
-        let repos = minio_repository(&client, &ns, &endpoint, bucket, spec_prefix, &ca).await;
+        let repos =
+            minio_repository(&client, &ns, &endpoint, bucket, spec_prefix, &ca, PASSWORD).await;
         wait_finalizer(&repos).await;
         let ev = delete_and_wipe(&client, &ns).await;
         assert!(

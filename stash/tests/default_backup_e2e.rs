@@ -4,7 +4,7 @@
 //! through a template with a local backend.
 mod support;
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::{
@@ -14,25 +14,6 @@ use kube::{
 use serde_json::json;
 use stash_crds::{BackupConfiguration, BackupSession, Repository, backup_session::Phase};
 use support::*;
-
-fn upstream(file: &str, ns: &str) -> Vec<serde_json::Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/conformance/stash-v0.8.3/examples")
-        .join(file);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_saphyr::from_multiple::<serde_json::Value>(&text)
-        .expect("yaml")
-        .into_iter()
-        .filter(|d| !d.is_null())
-        .map(|mut d| {
-            // The examples live in namespace `demo`; each test has its own.
-            if d["metadata"].get("namespace").is_some() {
-                d["metadata"]["namespace"] = json!(ns);
-            }
-            d
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_upstream_auto_backup_examples_create_and_remove_the_configuration() {

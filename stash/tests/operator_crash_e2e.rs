@@ -22,21 +22,7 @@ async fn a_backup_survives_the_operator_being_killed_and_restarted() {
     let repo_dir = env.cp.dir().join("repos").join(&ns);
     std::fs::create_dir_all(&repo_dir).expect("repo dir");
     let source = pv_dir(&ns, "source-data").await;
-    apply(
-        &client,
-        &ns,
-        json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "local-secret"},
-            "stringData": {"RESTIC_PASSWORD": PASSWORD}
-        }),
-    )
-    .await;
-    apply(&client, &ns, json!({
-        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
-        "spec": {"backend": {"storageSecretName": "local-secret",
-                             "local": {"mountPath": "/safe/data", "hostPath": {"path": repo_dir.to_string_lossy()}}}}
-    }))
-    .await;
+    hostpath_repository(&client, &ns, &repo_dir, PASSWORD).await;
     deployment_with_pvc(&client, &ns, "app", "source-data").await;
     apply(
         &client,

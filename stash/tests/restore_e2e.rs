@@ -3,7 +3,7 @@
 //! restored bytes equal the backed-up bytes.
 mod support;
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kube::{Api, api::DeleteParams};
@@ -113,42 +113,7 @@ async fn restore_session_at(
         }),
     )
     .await;
-    let api = Api::<RestoreSession>::namespaced(client, ns);
-    let rs = eventually(
-        &format!("RestoreSession {name} to finish"),
-        Duration::from_secs(150),
-        || {
-            let api = api.clone();
-            async move {
-                let s = api.get(name).await.ok()?;
-                let p = s.status.as_ref()?.phase?;
-                matches!(
-                    p,
-                    RestorePhase::Succeeded | RestorePhase::Failed | RestorePhase::Unknown
-                )
-                .then_some(s)
-            }
-        },
-    )
-    .await;
-    if rs.status.as_ref().and_then(|s| s.phase) != Some(RestorePhase::Succeeded) {
-        dump_logs(env.cp);
-    }
-    rs
-}
-
-/// Remove everything inside `dir` (the directory itself is a PV that pods have mounted).
-fn wipe(dir: &Path) {
-    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            std::fs::remove_dir_all(&p)
-        } else {
-            std::fs::remove_file(&p)
-        }
-        .expect("wipe");
-    }
-    assert!(checksums(dir).is_empty());
+    wait_restore_terminal(&client, ns, name, Duration::from_secs(150)).await
 }
 
 /// Does a pod template carry the sidecar `stash` and the restore init-container `stash-init`?

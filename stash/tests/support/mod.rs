@@ -4,6 +4,8 @@
 //! cluster's network namespace.
 #![allow(dead_code)]
 
+pub mod minio;
+
 use std::{
     collections::BTreeMap,
     future::Future,
@@ -258,6 +260,71 @@ pub async fn rest_repository(
     url
 }
 
+/// The documents of upstream Stash v0.8.3's example `file`
+/// (`../shared/conformance/stash-v0.8.3/examples/`), moved from namespace `demo` to `ns`.
+pub fn upstream(file: &str, ns: &str) -> Vec<serde_json::Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/conformance/stash-v0.8.3/examples")
+        .join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_saphyr::from_multiple::<serde_json::Value>(&text)
+        .expect("yaml")
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .map(|mut d| {
+            // The examples live in namespace `demo`; each test has its own.
+            if d["metadata"].get("namespace").is_some() {
+                d["metadata"]["namespace"] = serde_json::json!(ns);
+            }
+            d
+        })
+        .collect()
+}
+
+/// Wait up to `timeout` until RestoreSession `ns/name` is Succeeded, Failed or Unknown; the
+/// operator's logs are dumped when it is not Succeeded.
+pub async fn wait_restore_terminal(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> stash_crds::RestoreSession {
+    use stash_crds::restore_session::Phase;
+    let api = Api::<stash_crds::RestoreSession>::namespaced(client.clone(), ns);
+    let rs = eventually(&format!("RestoreSession {name} to finish"), timeout, || {
+        let api = api.clone();
+        async move {
+            let s = api.get(name).await.ok()?;
+            let p = s.status.as_ref()?.phase?;
+            matches!(p, Phase::Succeeded | Phase::Failed | Phase::Unknown).then_some(s)
+        }
+    })
+    .await;
+    if rs.status.as_ref().and_then(|s| s.phase) != Some(Phase::Succeeded) {
+        dump_logs(env().await.cp);
+    }
+    rs
+}
+
+/// RestoreSession `name` of Repository `repo` into Deployment `deployment` (its volume `data`
+/// at `/source/data`, rule `/source/data`), waited for until it ends (180 s at most).
+pub async fn restore_deployment(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    deployment: &str,
+) -> stash_crds::RestoreSession {
+    apply(client, ns, serde_json::json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "RestoreSession", "metadata": {"name": name},
+        "spec": {"repository": {"name": "repo"},
+                 "target": {"ref": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment},
+                            "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]},
+                 "rules": [{"paths": ["/source/data"]}]}
+    }))
+    .await;
+    wait_restore_terminal(client, ns, name, Duration::from_secs(180)).await
+}
+
 /// Logs of every container of the pods in `ns` whose name starts with `prefix`.
 pub fn pod_logs(ns: &str, prefix: &str) -> String {
     let cp = stash_testenv::shared_now().expect("attached");
@@ -306,23 +373,42 @@ pub async fn fixture_with_password(prefix: &str, password: &str) -> Fixture {
     let ns = env.cp.namespace(prefix).await.expect("namespace");
     let repo_dir = env.cp.dir().join("repos").join(&ns.name);
     std::fs::create_dir_all(&repo_dir).expect("repo dir");
-    let client = env.cp.client();
+    hostpath_repository(&env.cp.client(), &ns.name, &repo_dir, password).await;
+    Fixture { ns, repo_dir }
+}
+
+/// Secret `local-secret` with `password` and Repository `repo` on the local backend at host
+/// directory `dir` (a hostPath, mounted at `/safe/data`), in `ns`.
+pub async fn hostpath_repository(client: &Client, ns: &str, dir: &Path, password: &str) {
     apply(
-        &client,
-        &ns.name,
+        client,
+        ns,
         serde_json::json!({
             "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "local-secret"},
             "stringData": {"RESTIC_PASSWORD": password}
         }),
     )
     .await;
-    apply(&client, &ns.name, serde_json::json!({
+    apply(client, ns, serde_json::json!({
         "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
         "spec": {"backend": {"storageSecretName": "local-secret",
-                             "local": {"mountPath": "/safe/data", "hostPath": {"path": repo_dir.to_string_lossy()}}}}
+                             "local": {"mountPath": "/safe/data", "hostPath": {"path": dir.to_string_lossy()}}}}
     }))
     .await;
-    Fixture { ns, repo_dir }
+}
+
+/// Remove everything inside `dir` (the directory itself is a PV that pods have mounted).
+pub fn wipe(dir: &Path) {
+    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        }
+        .expect("wipe");
+    }
+    assert!(checksums(dir).is_empty());
 }
 
 /// Server-side apply a manifest (any kind), in `ns` when namespaced.

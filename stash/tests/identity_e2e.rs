@@ -1,0 +1,372 @@
+//! Who the agents run as (docs/identity.md), end to end: the upstream v0.8.3 Deployment
+//! tutorial as written, on a hostPath repository the container runtime creates (root, 0755),
+//! then `kubectl delete snapshot` and another backup; and an application running as uid 999
+//! whose private files (0600 in 0700 directories) are backed up into a repository directory
+//! root made with `mkdir`, and restored with their owner and mode.
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::Path,
+    time::Duration,
+};
+
+use kube::{Api, ResourceExt, api::ListParams};
+use serde_json::json;
+use stash_crds::{BackupSession, backup_session::Phase, restore_session::Phase as RestorePhase};
+use support::*;
+
+const PASSWORD: &str = "identity-e2e-password";
+
+/// Every file and directory under `dir`: relative path → (uid, gid, mode bits, content digest).
+fn inventory(dir: &Path) -> BTreeMap<String, (u32, u32, u32, String)> {
+    let mut out = BTreeMap::new();
+    let sums = checksums(dir);
+    for entry in walk(dir) {
+        let m = std::fs::symlink_metadata(&entry).expect("stat");
+        let rel = entry
+            .strip_prefix(dir)
+            .expect("under dir")
+            .to_string_lossy()
+            .to_string();
+        let digest = sums.get(&rel).cloned().unwrap_or_default();
+        out.insert(rel, (m.uid(), m.gid(), m.mode() & 0o7777, digest));
+    }
+    out
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read_dir") {
+        let p = e.expect("entry").path();
+        if p.is_dir() && !p.is_symlink() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+/// The BackupSessions of configuration `bc` in `ns` that Succeeded, oldest first.
+async fn succeeded_sessions(api: &Api<BackupSession>, bc: &str) -> Vec<BackupSession> {
+    let mut s: Vec<BackupSession> = api
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| {
+            s.spec
+                .backup_configuration
+                .as_ref()
+                .is_some_and(|c| c.name == bc)
+                && s.status.as_ref().and_then(|st| st.phase) == Some(Phase::Succeeded)
+        })
+        .collect();
+    s.sort_by_key(|s| s.metadata.creation_timestamp.clone());
+    s
+}
+
+fn kubectl(args: &[&str]) -> String {
+    let out = env_now()
+        .kubectl()
+        .expect("kubectl")
+        .args(args)
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn env_now() -> &'static stash_testenv::ControlPlane {
+    stash_testenv::shared_now().expect("attached")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_upstream_deployment_tutorial_backs_up_restores_deletes_and_backs_up_again() {
+    let env = env().await;
+    let client = env.cp.client();
+    let guard = env.cp.namespace("tutorial").await.expect("namespace");
+    let ns = guard.name.clone();
+    // The backends guide's hostPath, under this test's scratch directory; it does not exist:
+    // the container runtime creates it (root, 0755) when the first sidecar starts.
+    let repo_dir = env
+        .cp
+        .dir()
+        .join(format!("tutorial-{ns}"))
+        .join("data/stash-test/repo");
+    assert!(!repo_dir.exists());
+    apply(
+        &client,
+        &ns,
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "local-secret"},
+            "stringData": {"RESTIC_PASSWORD": PASSWORD}
+        }),
+    )
+    .await;
+    let repo_name = "local-repo-with-hostpath";
+    for mut doc in upstream("backends-local_hostPath.yaml", &ns) {
+        doc["spec"]["backend"]["local"]["hostPath"]["path"] = json!(repo_dir.to_string_lossy());
+        apply(&client, &ns, doc).await;
+    }
+    // The claims bind to hostPath volumes an admin made; then the documents as written.
+    let source = pv_dir(&ns, "stash-sample-data").await;
+    let recovered = pv_dir(&ns, "demo-pvc").await;
+    for file in [
+        "workloads-deployment-pvc.yaml",
+        "workloads-deployment-deployment.yaml",
+        "workloads-deployment-backupconfiguration.yaml",
+    ] {
+        for mut doc in upstream(file, &ns) {
+            if doc["kind"] == "BackupConfiguration" {
+                // The one change the guide asks for: its repository in place of GCS.
+                doc["spec"]["repository"]["name"] = json!(repo_name);
+            }
+            apply(&client, &ns, doc).await;
+        }
+    }
+    let sessions = Api::<BackupSession>::namespaced(client.clone(), &ns);
+    // `schedule: "*/1 * * * *"`: the first scheduled session.
+    let first = eventually(
+        "a scheduled BackupSession of the tutorial Succeeded",
+        Duration::from_secs(240),
+        || {
+            let sessions = sessions.clone();
+            async move {
+                succeeded_sessions(&sessions, "deployment-backup")
+                    .await
+                    .into_iter()
+                    .next()
+            }
+        },
+    )
+    .await;
+    eprintln!("tutorial: {} Succeeded", first.name_any());
+    let meta = std::fs::metadata(&repo_dir).expect("the runtime created the repository dir");
+    assert_eq!(meta.uid(), 0, "the repository directory belongs to root");
+    assert_eq!(meta.mode() & 0o777, 0o755);
+    let repo = repo_dir.to_string_lossy().to_string();
+    let snaps = restic_snapshots(&repo, PASSWORD);
+    assert!(!snaps.is_empty(), "restic lists the tutorial's snapshots");
+    let data = std::fs::read(source.join("data.txt")).expect("the app wrote data.txt");
+    assert_eq!(data, b"sample_data\n");
+
+    // Restore into the recovered Deployment, as the guide does.
+    for file in [
+        "workloads-deployment-recovered_deployment.yaml",
+        "workloads-deployment-restoresession.yaml",
+    ] {
+        for mut doc in upstream(file, &ns) {
+            if doc["kind"] == "RestoreSession" {
+                doc["spec"]["repository"]["name"] = json!(repo_name);
+            }
+            if doc["kind"] == "PersistentVolumeClaim" {
+                // Bound above (pv_dir): the claim as written changes nothing.
+                continue;
+            }
+            apply(&client, &ns, doc).await;
+        }
+    }
+    let rs =
+        wait_restore_terminal(&client, &ns, "deployment-restore", Duration::from_secs(240)).await;
+    let status = rs.status.clone().expect("status");
+    assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
+    assert_eq!(
+        std::fs::read(recovered.join("data.txt")).expect("restored data.txt"),
+        data,
+        "restored bytes equal the backed-up bytes"
+    );
+
+    // `kubectl delete snapshot` (a prune in a reader Pod), then the next scheduled backup.
+    let names = kubectl(&[
+        "get",
+        "snapshots",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    let victim = names
+        .split_whitespace()
+        .next()
+        .unwrap_or_else(|| panic!("kubectl get snapshots lists the tutorial's: {names:?}"))
+        .to_string();
+    let out = kubectl(&["delete", "snapshot", &victim, "-n", &ns]);
+    assert!(out.contains("deleted"), "{out}");
+    let deleted_at = jiff::Timestamp::now();
+    let short = victim.rsplit('-').next().expect("short id");
+    assert!(
+        !restic_snapshots(&repo, PASSWORD)
+            .iter()
+            .any(|s| s["short_id"] == short),
+        "restic no longer lists {victim}"
+    );
+    let after = eventually(
+        "a scheduled BackupSession after the delete Succeeded",
+        Duration::from_secs(240),
+        || {
+            let sessions = sessions.clone();
+            async move {
+                succeeded_sessions(&sessions, "deployment-backup")
+                    .await
+                    .into_iter()
+                    .find(|s| {
+                        s.metadata
+                            .creation_timestamp
+                            .as_ref()
+                            .is_some_and(|t| t.0 > deleted_at)
+                    })
+            }
+        },
+    )
+    .await;
+    eprintln!("tutorial: {} Succeeded after the delete", after.name_any());
+    // One identity for every agent of the repository: root wrote all of it, and restic's own
+    // check of the repository is clean.
+    for p in walk(&repo_dir) {
+        let m = std::fs::symlink_metadata(&p).expect("stat");
+        assert_eq!(m.uid(), 0, "{} belongs to root", p.display());
+    }
+    let check = restic(&repo, PASSWORD)
+        .arg("check")
+        .output()
+        .expect("check");
+    assert!(
+        check.status.success(),
+        "restic check: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    println!(
+        "upstream tutorial: backup {}, restore byte-equal, snapshot {victim} deleted, backup {} after it",
+        first.name_any(),
+        after.name_any()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_files_of_an_application_running_as_uid_999_are_backed_up_and_restored_with_owner_and_mode()
+ {
+    let env = env().await;
+    let client = env.cp.client();
+    let guard = env.cp.namespace("uid999").await.expect("namespace");
+    let ns = guard.name.clone();
+    // The application's data, as the application (uid 999) made it: private files in private
+    // directories of its own volume.
+    let data = pv_dir(&ns, "app-data").await;
+    let own = |p: &Path, mode: u32| {
+        std::os::unix::fs::chown(p, Some(999), Some(999)).expect("chown to the app's user");
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    own(&data, 0o700);
+    std::fs::create_dir_all(data.join("private/sub")).expect("mkdir");
+    generate_files(&data.join("private"), 999, 4, 3000);
+    generate_files(&data.join("private/sub"), 1999, 3, 70_000);
+    std::fs::write(data.join("README"), "readable by all\n").expect("write");
+    for p in walk(&data) {
+        own(&p, if p.is_dir() { 0o700 } else { 0o600 });
+    }
+    own(&data.join("README"), 0o644);
+    let before = inventory(&data);
+    assert!(before.len() >= 10, "{before:?}");
+
+    // The repository: a directory root made with mkdir (0755), as users make it.
+    let repo_dir = env.cp.dir().join("repos").join(&ns);
+    std::fs::create_dir_all(&repo_dir).expect("mkdir");
+    assert_eq!(
+        std::fs::metadata(&repo_dir).expect("stat").mode() & 0o777,
+        0o755
+    );
+    hostpath_repository(&client, &ns, &repo_dir, PASSWORD).await;
+    apply(&client, &ns, json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "app", "labels": {"app": "app"}},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "app"}},
+                 "template": {"metadata": {"labels": {"app": "app"}},
+                              "spec": {"securityContext": {"runAsUser": 999, "runAsGroup": 999, "fsGroup": 999},
+                                       "containers": [{"name": "app", "image": "busybox", "command": ["sleep", "3600"],
+                                                       "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}],
+                                       "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "app-data"}}]}}}
+    }))
+    .await;
+    apply(
+        &client,
+        &ns,
+        deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({})),
+    )
+    .await;
+    wait_sidecar_ready(&client, &ns, "app", Duration::from_secs(120)).await;
+    // The sidecar as the API server has it: root, DAC_OVERRIDE only, no escalation.
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &ns);
+    let pod = pods
+        .list(&ListParams::default().labels("app=app"))
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .find(|p| p.metadata.deletion_timestamp.is_none())
+        .expect("the app's pod");
+    let sidecar = pod
+        .spec
+        .as_ref()
+        .expect("spec")
+        .containers
+        .iter()
+        .find(|c| c.name == "stash")
+        .expect("the sidecar")
+        .security_context
+        .clone()
+        .expect("the sidecar's securityContext");
+    assert_eq!(sidecar.run_as_user, Some(0));
+    assert_eq!(sidecar.allow_privilege_escalation, Some(false));
+    let caps = sidecar.capabilities.expect("capabilities");
+    assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+    assert_eq!(caps.add, Some(vec!["DAC_OVERRIDE".to_string()]));
+
+    create_backup_session(&client, &ns, "app-backup", "private-1").await;
+    let s = wait_session_terminal(&client, &ns, "private-1", Duration::from_secs(180)).await;
+    let status = s.status.clone().expect("status");
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
+    // restic's own listing of the snapshot: every file of the application.
+    let repo = repo_dir.to_string_lossy().to_string();
+    let id = status.stats[0].snapshots[0].name.clone().expect("snapshot");
+    let ls = restic(&repo, PASSWORD)
+        .args(["ls", "--json", &id])
+        .output()
+        .expect("restic ls");
+    assert!(
+        ls.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+    let listed: Vec<String> = String::from_utf8_lossy(&ls.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["struct_type"] == "node")
+        .filter_map(|v| v["path"].as_str().map(str::to_string))
+        .collect();
+    for rel in before.keys() {
+        let path = format!("/source/data/{rel}");
+        assert!(listed.contains(&path), "{path} in the snapshot: {listed:?}");
+    }
+
+    // Lose everything, then restore through the init-container.
+    wipe(&data);
+    assert!(inventory(&data).is_empty());
+    let rs = restore_deployment(&client, &ns, "private-restore", "app").await;
+    let status = rs.status.clone().expect("status");
+    assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
+    let after = inventory(&data);
+    assert_eq!(
+        after, before,
+        "every file restored with its bytes, owner and mode"
+    );
+    println!(
+        "uid 999: {} files and directories backed up into a root-made repository and restored with owner and mode",
+        before.len()
+    );
+}
