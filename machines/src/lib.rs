@@ -18,6 +18,7 @@ pub mod backup_host;
 pub mod backup_session;
 mod common;
 pub mod lifecycle;
+pub mod locks;
 pub mod names;
 pub mod paths;
 pub mod reasons;

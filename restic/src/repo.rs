@@ -39,6 +39,7 @@ pub struct Repo {
     ionice: Option<IoNice>,
     timeout: Option<Duration>,
     retry_budget: Option<Duration>,
+    retry_lock: Duration,
     secrets: Vec<String>,
 }
 
@@ -57,6 +58,7 @@ impl fmt::Debug for Repo {
             .field("ionice", &self.ionice)
             .field("timeout", &self.timeout)
             .field("retry_budget", &self.retry_budget)
+            .field("retry_lock", &self.retry_lock)
             .finish()
     }
 }
@@ -73,6 +75,7 @@ pub struct RepoBuilder {
     ionice: Option<IoNice>,
     timeout: Option<Duration>,
     retry_budget: Option<Duration>,
+    retry_lock: Duration,
 }
 
 #[derive(Debug)]
@@ -161,6 +164,14 @@ impl RepoBuilder {
         self
     }
 
+    /// How long a command waits for another process's lock (`--retry-lock`, whole seconds;
+    /// default [`RETRY_LOCK`]) before the refusal is decided on
+    /// ([`stash_machines::locks::on_refusal`]).
+    pub fn retry_lock(mut self, wait: Duration) -> Self {
+        self.retry_lock = wait;
+        self
+    }
+
     /// Create the scratch directories and build the [`Repo`].
     pub fn build(self) -> Result<Repo> {
         if let Some(ioc) = self.ionice
@@ -191,6 +202,7 @@ impl RepoBuilder {
             ionice: self.ionice,
             timeout: self.timeout,
             retry_budget: self.retry_budget,
+            retry_lock: self.retry_lock,
             secrets,
         })
     }
@@ -265,6 +277,7 @@ impl Repo {
             ionice: None,
             timeout: None,
             retry_budget: Some(DEFAULT_RETRY_BUDGET),
+            retry_lock: RETRY_LOCK,
         }
     }
 
@@ -373,13 +386,18 @@ impl Repo {
             // pid on the same hostname). So restic is never SIGKILLed while it holds a lock
             // (see `run::GroupGuard`).
             argv.push("--retry-lock".into());
-            argv.push(RETRY_LOCK.into());
+            argv.push(format!("{}s", self.retry_lock.as_secs().max(1)).into());
         }
         argv.extend(args.iter().cloned());
         let program = argv.remove(0);
         (program, argv)
     }
 
+    /// Run `restic <sub> <args>`. A command restic refuses a lock (exit 11, after waiting
+    /// `--retry-lock`) is decided on by [`stash_machines::locks::on_refusal`]: a lock of this
+    /// host or older than restic's stale age is removed by `restic unlock` (only if restic
+    /// proves it stale) and the command runs once more; any other lock is left alone. Commands
+    /// that stream stdin or stdout are not run twice.
     async fn exec<'a>(
         &'a self,
         sub: &'static str,
@@ -388,7 +406,54 @@ impl Repo {
         stdout: Option<crate::run::DynWrite<'a>>,
         cleanup_cache: bool,
     ) -> Result<Finished> {
-        let (program, argv) = self.command_line(sub, &args, cleanup_cache);
+        use stash_machines::locks::{Holder, OnRefusal, clear_stale_first, on_refusal};
+        let locking = takes_lock(sub, &args);
+        if locking && clear_stale_first(matches!(sub, "forget" | "prune" | "check")) {
+            let u = self.exec_once("unlock", &[], None, None, false).await?;
+            // restic says "successfully removed N locks" on stderr.
+            if let Some(line) = u
+                .tail
+                .iter()
+                .find(|l| l.contains("successfully removed") && !l.contains(" 0 locks"))
+            {
+                tracing::warn!(sub, %line, "removed stale locks (restic unlock) before an exclusive command");
+            }
+        }
+        let retryable = stdin.is_none() && stdout.is_none() && locking;
+        let f = self
+            .exec_once(sub, &args, stdin, stdout, cleanup_cache)
+            .await?;
+        if !retryable || f.status.code() != Some(11) {
+            return Ok(f);
+        }
+        let message = f
+            .exit_error
+            .as_ref()
+            .map(|(_, m)| m.clone())
+            .unwrap_or_else(|| f.tail.join("\n"));
+        let holder = Holder::parse(&message);
+        if on_refusal(holder.as_ref(), &hostname(), 0) == OnRefusal::Fail {
+            return Ok(f);
+        }
+        let unlocked = self.exec_once("unlock", &[], None, None, false).await?;
+        let what = holder.as_ref().map(Holder::describe).unwrap_or_default();
+        if !unlocked.status.success() {
+            tracing::warn!(sub, lock = %what, reason = %unlocked.reason(), "restic unlock failed; not retrying");
+            return Ok(f);
+        }
+        tracing::warn!(sub, lock = %what, "removed a stale lock (restic unlock), running the command again");
+        self.exec_once(sub, &args, None, None, cleanup_cache).await
+    }
+
+    async fn exec_once<'a>(
+        &'a self,
+        sub: &'static str,
+        args: &[OsString],
+        stdin: Option<crate::run::DynRead<'a>>,
+        stdout: Option<crate::run::DynWrite<'a>>,
+        cleanup_cache: bool,
+    ) -> Result<Finished> {
+        let (program, argv) = self.command_line(sub, args, cleanup_cache);
         let env = self.env();
         run(Invocation {
             sub,
@@ -784,12 +849,20 @@ impl Repo {
     }
 }
 
+/// This host's name, as restic writes it into its locks (a pod's name in a cluster): the
+/// UTS namespace's, as gethostname(2) answers.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
 fn args<const N: usize>(a: [&str; N]) -> Vec<OsString> {
     a.iter().map(OsString::from).collect()
 }
 
 /// How long a command waits for another process's lock on the repository (`--retry-lock`).
-pub const RETRY_LOCK: &str = "2m";
+pub const RETRY_LOCK: Duration = Duration::from_secs(120);
 
 /// Whether `restic <sub> <args>` locks the repository (so `--retry-lock` applies).
 fn takes_lock(sub: &str, args: &[OsString]) -> bool {
@@ -878,7 +951,7 @@ mod tests {
                 "--option",
                 "gs.connections=4",
                 "--retry-lock",
-                "2m",
+                "120s",
                 "--json",
                 "/data"
             ]
@@ -896,7 +969,7 @@ mod tests {
         assert_eq!(prog, "restic");
         assert_eq!(
             argv,
-            ["snapshots", "--no-cache", "--retry-lock", "2m", "--json"]
+            ["snapshots", "--no-cache", "--retry-lock", "120s", "--json"]
         );
         // Read-only access takes no lock; `init` and `cat config` have none to wait for.
         for (sub, a) in [

@@ -544,3 +544,148 @@ async fn a_cancelled_call_leaves_no_lock() {
     assert!(!marker.exists(), "the command restic started died with it");
     assert!(repo.locks().await.unwrap().is_empty());
 }
+
+/// A restic that holds a (shared) lock on `repo_dir` until the returned child is killed, on
+/// this host, or (with `host`) in a UTS namespace of its own named `host` (needs root).
+fn holder(repo_dir: &std::path::Path, host: Option<&str>) -> std::process::Child {
+    holding(
+        repo_dir,
+        host,
+        &[
+            "backup",
+            "--stdin",
+            "--stdin-filename",
+            "held",
+            "--no-cache",
+            "-q",
+        ],
+    )
+}
+
+/// restic `args` on `repo_dir` (on this host, or in a UTS namespace named `host`), returned
+/// once it holds a lock.
+fn holding(repo_dir: &std::path::Path, host: Option<&str>, args: &[&str]) -> std::process::Child {
+    let restic = restic();
+    let mut cmd = match host {
+        None => std::process::Command::new(&restic),
+        Some(h) => {
+            let mut c = std::process::Command::new("unshare");
+            c.args([
+                "--uts",
+                "sh",
+                "-c",
+                &format!("hostname {h} && exec \"$0\" \"$@\""),
+            ])
+            .arg(&restic);
+            c
+        }
+    };
+    cmd.args(args)
+        .env("RESTIC_REPOSITORY", repo_dir)
+        .env("RESTIC_PASSWORD", "pw")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let child = cmd.spawn().expect("spawn the lock holder");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // A complete lock file: 64 hex digits (the local backend writes a temporary file first).
+    let complete = |d: std::fs::ReadDir| {
+        d.flatten()
+            .filter(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit())
+            })
+            .count()
+    };
+    while std::fs::read_dir(repo_dir.join("locks")).map_or(0, complete) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holder took a lock"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
+#[tokio::test]
+async fn a_dead_restic_s_lock_of_this_host_is_unlocked_and_another_host_s_is_left() {
+    // Root: the second holder runs in a UTS namespace of its own (another pod's hostname).
+    assert!(
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")),
+        "this test needs root (unshare --uts)"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("repo");
+    let repo = stash_restic::Repo::builder(
+        Location::local(dir.clone(), ""),
+        creds(&[("RESTIC_PASSWORD", "pw")]),
+    )
+    .binary(restic())
+    .scratch_dir(work.path().join("scratch"))
+    .timeout(Some(Duration::from_secs(50)))
+    .retry_lock(Duration::from_secs(1))
+    .build()
+    .unwrap();
+    repo.ensure_initialized().await.unwrap();
+    repo.backup_command(&["printf", "a"], "a", "host-0", &[])
+        .await
+        .unwrap();
+    let policy = RetentionPolicy {
+        keep_last: 1,
+        prune: true,
+        ..Default::default()
+    };
+
+    // SIGKILLed on this host: its lock stays, and refuses the exclusive forget --prune...
+    let mut dead = holder(&dir, None);
+    dead.kill().unwrap();
+    dead.wait().unwrap();
+    assert_eq!(
+        repo.locks().await.unwrap().len(),
+        1,
+        "the dead restic's lock"
+    );
+    // ...until restic proves it stale (this host, a dead pid): unlocked, run again, done.
+    repo.forget(&policy)
+        .await
+        .expect("forget --prune after the stale lock is removed");
+    assert!(repo.locks().await.unwrap().is_empty(), "no lock left");
+
+    // A `check` SIGKILLed on this host leaves an exclusive lock, which refuses a backup (a
+    // shared command, not cleared beforehand): refused, proven stale, unlocked, run again.
+    let src = work.path().join("src");
+    gen_tree(&src, 7);
+    repo.backup(&src, "host-0", &[]).await.unwrap();
+    let mut dead = holding(&dir, None, &["check", "--read-data", "--no-cache"]);
+    dead.kill().unwrap();
+    dead.wait().unwrap();
+    let left = repo.locks().await.unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].exclusive, "the dead check's lock is exclusive");
+    repo.backup(&src, "host-0", &[])
+        .await
+        .expect("a backup after the dead exclusive lock is removed");
+    assert!(repo.locks().await.unwrap().is_empty(), "no lock left");
+
+    // A live restic of another host: its lock is waited for and never removed.
+    let mut live = holder(&dir, Some("another-pod"));
+    let locks = repo.locks().await.unwrap();
+    assert_eq!(locks.len(), 1);
+    assert_eq!(locks[0].hostname, "another-pod");
+    let e = repo.forget(&policy).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::Locked { reason } if reason.contains("another-pod")),
+        "{e:?}"
+    );
+    assert_eq!(
+        repo.locks().await.unwrap().len(),
+        1,
+        "the live lock is left"
+    );
+    live.kill().unwrap();
+    live.wait().unwrap();
+}

@@ -589,21 +589,14 @@ async fn a_failed_retention_step_keeps_the_snapshot_and_is_a_condition_and_an_ev
     let f = fixture_with_password("follow-up-fails", PASSWORD).await;
     let ns = f.ns.name.clone();
     let client = env.cp.client();
-    let source = pv_dir(&ns, "app-data").await;
-    generate_files(&source, 3, 2, 1 << 20);
-    deployment_with_pvc(&client, &ns, "app", "app-data").await;
-    apply(
+    let source = sidecar_workload(
         &client,
         &ns,
-        deployment_backup_configuration(
-            "app",
-            "repo",
-            "@yearly",
-            json!({"retentionPolicy": {"name": "last-one", "keepLast": 1, "prune": true}}),
-        ),
+        "app-data",
+        json!({"retentionPolicy": {"name": "last-one", "keepLast": 1, "prune": true}}),
     )
     .await;
-    wait_sidecar_ready(&client, &ns, "app", Duration::from_secs(180)).await;
+    generate_files(&source, 3, 2, 1 << 20);
     let (_, first) = retention_condition(&client, &ns, "first").await;
     assert_eq!(
         (first.status.as_str(), first.reason.as_str()),

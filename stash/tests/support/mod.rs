@@ -325,6 +325,27 @@ pub async fn restore_deployment(
     wait_restore_terminal(client, ns, name, Duration::from_secs(180)).await
 }
 
+/// Deployment `app` on PVC `claim` (a hostPath PV, returned: its directory holds what the
+/// caller writes there), BackupConfiguration `app-backup` of Repository `repo` (never scheduled,
+/// `extra` merged into its spec), and its sidecar ready.
+pub async fn sidecar_workload(
+    client: &Client,
+    ns: &str,
+    claim: &str,
+    extra: serde_json::Value,
+) -> PathBuf {
+    let source = pv_dir(ns, claim).await;
+    deployment_with_pvc(client, ns, "app", claim).await;
+    apply(
+        client,
+        ns,
+        deployment_backup_configuration("app", "repo", "@yearly", extra),
+    )
+    .await;
+    wait_sidecar_ready(client, ns, "app", Duration::from_secs(180)).await;
+    source
+}
+
 /// Logs of every container of the pods in `ns` whose name starts with `prefix`.
 pub fn pod_logs(ns: &str, prefix: &str) -> String {
     let cp = stash_testenv::shared_now().expect("attached");
