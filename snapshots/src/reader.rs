@@ -79,7 +79,11 @@ pub fn pod(
     volume["name"] = "repository".into();
     let pod = serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": {LABEL: label_value(&repo.name_any()), "app.kubernetes.io/managed-by": "stash-rs"}},
+        "metadata": {"name": name, "labels": {LABEL: label_value(&repo.name_any()), "app.kubernetes.io/managed-by": "stash-rs"},
+                     // Collected with its Repository, whatever becomes of the request.
+                     "ownerReferences": repo.metadata.uid.as_ref().map(|uid| vec![serde_json::json!({
+                         "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository",
+                         "name": repo.name_any(), "uid": uid})])},
         "spec": {
             "restartPolicy": "Never",
             "activeDeadlineSeconds": 120,
@@ -174,20 +178,58 @@ async fn run(
         return Ok(None);
     };
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    collect_finished(&pods, &repo.name_any()).await;
     pods.create(&PostParams::default(), &pod)
         .await
         .map_err(|e| format!("creating the reader Pod {name}: {e}"))?;
-    let result = wait_and_read(&pods, &name, timeout).await;
-    let _ = pods
-        .delete(
-            &name,
-            &DeleteParams {
-                grace_period_seconds: Some(0),
-                ..Default::default()
-            },
-        )
-        .await;
-    result.map(Some)
+    // Deleted when this call ends, also when it is cancelled (the API server gave up on the
+    // request, a replica stops).
+    let _guard = DeleteOnDrop {
+        pods: pods.clone(),
+        name: name.clone(),
+    };
+    wait_and_read(&pods, &name, timeout).await.map(Some)
+}
+
+/// Deletes its reader Pod when dropped (from a task of its own: a drop cannot wait).
+struct DeleteOnDrop {
+    pods: Api<Pod>,
+    name: String,
+}
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        let (pods, name) = (self.pods.clone(), std::mem::take(&mut self.name));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let dp = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..Default::default()
+                };
+                if let Err(e) = pods.delete(&name, &dp).await
+                    && !matches!(&e, kube::Error::Api(s) if s.code == 404)
+                {
+                    tracing::warn!(pod = %name, error = %e, "could not delete a reader Pod");
+                }
+            });
+        }
+    }
+}
+
+/// Delete the finished reader Pods of `repository` that an earlier call left behind (its
+/// replica stopped before it could delete them).
+async fn collect_finished(pods: &Api<Pod>, repository: &str) {
+    let lp =
+        kube::api::ListParams::default().labels(&format!("{LABEL}={}", label_value(repository)));
+    let Ok(list) = pods.list(&lp).await else {
+        return;
+    };
+    for p in list.items {
+        let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            let _ = pods.delete(&p.name_any(), &DeleteParams::default()).await;
+        }
+    }
 }
 
 async fn wait_and_read(
@@ -309,6 +351,39 @@ mod tests {
             "metadata": {"name": "repo", "namespace": "demo"}, "spec": {"backend": backend}
         }))
         .expect("repository")
+    }
+
+    #[test]
+    fn the_pod_belongs_to_its_repository_and_runs_as_every_agent_does() {
+        let mut r = repo(serde_json::json!({"storageSecretName": "s",
+            "local": {"mountPath": "/safe/data", "hostPath": {"path": "/data/repo"}}}));
+        let p = pod(&r, "img:1", "reader", LIST, false)
+            .expect("valid")
+            .expect("local");
+        assert_eq!(p.metadata.owner_references, None, "no uid, no owner");
+        r.metadata.uid = Some("0b5e-uid".into());
+        let p = pod(&r, "img:1", "reader", LIST, false)
+            .expect("valid")
+            .expect("local");
+        let owners = p.metadata.owner_references.expect("owned");
+        assert_eq!(
+            (
+                owners[0].kind.as_str(),
+                owners[0].name.as_str(),
+                owners[0].uid.as_str()
+            ),
+            ("Repository", "repo", "0b5e-uid")
+        );
+        let sc = p.spec.expect("spec").containers[0]
+            .security_context
+            .clone()
+            .expect("securityContext");
+        assert_eq!(sc.run_as_user, Some(0));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(
+            sc.capabilities.and_then(|c| c.add),
+            Some(vec!["DAC_OVERRIDE".to_string()])
+        );
     }
 
     #[test]
