@@ -277,7 +277,7 @@ async fn backup_one(
             Err(s.failure.clone().unwrap_or_default())
         }
     });
-    match snapshotted {
+    let checked = match snapshotted {
         Ok(s) => {
             events
                 .publish(
@@ -340,7 +340,19 @@ async fn backup_one(
             push(None).await;
             false
         }
+    };
+    // The stale locks restic proved and this agent removed on the way (docs/sessions.md).
+    for lock in stash_restic::take_removed_locks() {
+        events
+            .publish(
+                &reference,
+                Severity::Warning,
+                "StaleLockRemoved",
+                format!("removed a stale restic lock of the repository: {lock}"),
+            )
+            .await;
     }
+    checked
 }
 
 /// A follow-up step's condition as the API spells it.

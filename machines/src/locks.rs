@@ -33,6 +33,8 @@ pub struct Holder {
     pub host: String,
     /// How old the lock was when restic looked.
     pub age: Duration,
+    /// The head of the lock file's id (`storage ID …`), empty when restic named none.
+    pub id: String,
 }
 
 impl Holder {
@@ -53,11 +55,20 @@ impl Holder {
             .and_then(|(before, _)| before.rsplit_once('('))
             .and_then(|(_, d)| go_duration(d))
             .unwrap_or_default();
+        let id = message
+            .split_once("storage ID ")
+            .map(|(_, r)| {
+                r.chars()
+                    .take_while(char::is_ascii_hexdigit)
+                    .collect::<String>()
+            })
+            .unwrap_or_default();
         Some(Holder {
             exclusive,
             pid,
             host,
             age,
+            id,
         })
     }
 
@@ -159,6 +170,7 @@ mod tests {
                 pid: 10103,
                 host: "vm".into(),
                 age: Duration::from_secs_f64(3.485876117),
+                id: "182157de".into(),
             })
         );
         let h = Holder::parse(EXCLUSIVE).expect("holder");

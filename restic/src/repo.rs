@@ -409,15 +409,7 @@ impl Repo {
         use stash_machines::locks::{Holder, OnRefusal, clear_stale_first, on_refusal};
         let locking = takes_lock(sub, &args);
         if locking && clear_stale_first(matches!(sub, "forget" | "prune" | "check")) {
-            let u = self.exec_once("unlock", &[], None, None, false).await?;
-            // restic says "successfully removed N locks" on stderr.
-            if let Some(line) = u
-                .tail
-                .iter()
-                .find(|l| l.contains("successfully removed") && !l.contains(" 0 locks"))
-            {
-                tracing::warn!(sub, %line, "removed stale locks (restic unlock) before an exclusive command");
-            }
+            self.clear_stale_locks(sub).await?;
         }
         let retryable = stdin.is_none() && stdout.is_none() && locking;
         let f = self
@@ -441,8 +433,77 @@ impl Repo {
             tracing::warn!(sub, lock = %what, reason = %unlocked.reason(), "restic unlock failed; not retrying");
             return Ok(f);
         }
-        tracing::warn!(sub, lock = %what, "removed a stale lock (restic unlock), running the command again");
+        // Removed if the lock restic named is gone.
+        let left = self
+            .exec_once(
+                "list",
+                &self::args(["locks", "--no-lock"]),
+                None,
+                None,
+                false,
+            )
+            .await?;
+        let id = holder.as_ref().map(|h| h.id.as_str()).unwrap_or_default();
+        if !id.is_empty() && !left.stdout.lines().any(|l| l.trim().starts_with(id)) {
+            tracing::warn!(sub, lock = %what, "removed a stale lock (restic unlock), running the command again");
+            record_removed(what);
+        }
         self.exec_once(sub, &args, None, None, cleanup_cache).await
+    }
+
+    /// `restic unlock` (stale locks only) when there are locks, recording each one it removed
+    /// (its host, pid and age) for [`take_removed_locks`]. One `list locks` when there are none.
+    async fn clear_stale_locks(&self, sub: &'static str) -> Result<()> {
+        let ids = |f: &Finished| -> Vec<String> {
+            f.stdout
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        let listed = self
+            .exec_once("list", &args(["locks", "--no-lock"]), None, None, false)
+            .await?;
+        let before = ids(&listed);
+        if !listed.status.success() || before.is_empty() {
+            return Ok(());
+        }
+        let mut details = Vec::new();
+        for id in &before {
+            let c = self
+                .exec_once(
+                    "cat",
+                    &args(["lock", id, "--json", "--no-lock"]),
+                    None,
+                    None,
+                    false,
+                )
+                .await?;
+            if let Ok(mut lock) = serde_json::from_str::<LockInfo>(c.stdout.trim()) {
+                lock.id = id.clone();
+                details.push(lock);
+            }
+        }
+        self.exec_once("unlock", &[], None, None, false).await?;
+        let after = self
+            .exec_once("list", &args(["locks", "--no-lock"]), None, None, false)
+            .await?;
+        let after = ids(&after);
+        let now = jiff::Timestamp::now();
+        for l in details.into_iter().filter(|l| !after.contains(&l.id)) {
+            let holder = stash_machines::locks::Holder {
+                exclusive: l.exclusive,
+                pid: u32::try_from(l.pid).unwrap_or_default(),
+                host: l.hostname.clone(),
+                age: now.duration_since(l.time).try_into().unwrap_or_default(),
+                id: l.id.chars().take(8).collect(),
+            };
+            let what = holder.describe();
+            tracing::warn!(sub, lock = %what, "removed a stale lock (restic unlock) before an exclusive command");
+            record_removed(what);
+        }
+        Ok(())
     }
 
     async fn exec_once<'a>(
@@ -847,6 +908,22 @@ impl Repo {
             .filter(|l| l.is_stale(now, this_host))
             .collect())
     }
+}
+
+/// The stale locks this process removed ([`Repo`]'s lock rule), not yet taken.
+static REMOVED_LOCKS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn record_removed(what: String) {
+    REMOVED_LOCKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(what);
+}
+
+/// The stale locks this process's restic commands removed since the last call, each as
+/// `exclusive lock of PID 80 on app-x (95s old)`: what an agent reports as Events.
+pub fn take_removed_locks() -> Vec<String> {
+    std::mem::take(&mut *REMOVED_LOCKS.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// This host's name, as restic writes it into its locks (a pod's name in a cluster): the

@@ -642,6 +642,7 @@ async fn a_dead_restic_s_lock_of_this_host_is_unlocked_and_another_host_s_is_lef
 
     // SIGKILLed on this host: its lock stays, and refuses the exclusive forget --prune...
     let mut dead = holder(&dir, None);
+    let dead_pid = dead.id();
     dead.kill().unwrap();
     dead.wait().unwrap();
     assert_eq!(
@@ -654,6 +655,13 @@ async fn a_dead_restic_s_lock_of_this_host_is_unlocked_and_another_host_s_is_lef
         .await
         .expect("forget --prune after the stale lock is removed");
     assert!(repo.locks().await.unwrap().is_empty(), "no lock left");
+    let removed = stash_restic::take_removed_locks();
+    assert!(
+        removed
+            .iter()
+            .any(|r| r.starts_with(&format!("shared lock of PID {dead_pid} on "))),
+        "the removed lock is named: {removed:?}"
+    );
 
     // A `check` SIGKILLed on this host leaves an exclusive lock, which refuses a backup (a
     // shared command, not cleared beforehand): refused, proven stale, unlocked, run again.
@@ -661,6 +669,7 @@ async fn a_dead_restic_s_lock_of_this_host_is_unlocked_and_another_host_s_is_lef
     gen_tree(&src, 7);
     repo.backup(&src, "host-0", &[]).await.unwrap();
     let mut dead = holding(&dir, None, &["check", "--read-data", "--no-cache"]);
+    let dead_pid = dead.id();
     dead.kill().unwrap();
     dead.wait().unwrap();
     let left = repo.locks().await.unwrap();
@@ -670,6 +679,13 @@ async fn a_dead_restic_s_lock_of_this_host_is_unlocked_and_another_host_s_is_lef
         .await
         .expect("a backup after the dead exclusive lock is removed");
     assert!(repo.locks().await.unwrap().is_empty(), "no lock left");
+    let removed = stash_restic::take_removed_locks();
+    assert!(
+        removed
+            .iter()
+            .any(|r| r.starts_with(&format!("exclusive lock of PID {dead_pid} on "))),
+        "the removed lock is named: {removed:?}"
+    );
 
     // A live restic of another host: its lock is waited for and never removed.
     let mut live = holder(&dir, Some("another-pod"));

@@ -128,10 +128,17 @@ async fn a_sidecar_killed_holding_a_lock_blocks_no_later_session() {
     let snaps = restic_snapshots(&repo, PASSWORD);
     assert_eq!(snaps.len(), 1, "keepLast 1 applied: {snaps:?}");
     assert_eq!(locks(&f.repo_dir), 0, "no lock is left");
-    let logs = pod_logs(&ns, "app");
+    // The removed lock is named in an Event: this pod's hostname, a pid, its age.
+    let removed: Vec<EventView> = events_in(&client, &ns)
+        .await
+        .into_iter()
+        .filter(|e| e.reason == "StaleLockRemoved")
+        .collect();
     assert!(
-        logs.contains("removed stale lock"),
-        "the sidecar says it removed the dead restic's lock:\n{logs}"
+        removed
+            .iter()
+            .any(|e| e.type_ == "Warning" && e.note.contains(&format!(" on {pod_name} ("))),
+        "a StaleLockRemoved event names the dead restic's lock of {pod_name}: {removed:?}"
     );
     println!(
         "sidecar SIGKILLed holding a lock: its restart removed the stale lock, 2 later sessions Succeeded"
