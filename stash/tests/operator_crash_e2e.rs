@@ -62,11 +62,11 @@ async fn a_backup_survives_the_operator_being_killed_and_restarted() {
             "the backup is still running when the operator dies"
         );
 
-        // Kill the leader: its pod is deleted (so the kubelet does not start it again under
-        // the same identity, and the Deployment replaces it) and its container SIGKILLed at
-        // once through containerd (grace period 0 alone still means SIGTERM and 2 s, during
-        // which the old leader could finish the session itself). The standby replica takes
-        // the Lease over once it expires.
+        // Kill the leader: its container SIGKILLed through containerd (grace period 0 alone
+        // still means SIGTERM and 2 s, during which the old leader could finish the session
+        // itself), then its pod deleted at once (so the kubelet does not start it again under
+        // the same identity; the Deployment replaces it). The standby replica takes the Lease
+        // over once it expires.
         let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
             client.clone(),
             OPERATOR_NS,
@@ -88,6 +88,9 @@ async fn a_backup_survives_the_operator_being_killed_and_restarted() {
             .and_then(|c| c.into_iter().find(|c| c.name == "operator"))
             .and_then(|c| c.container_id)
             .expect("the leader's running container");
+        env.cp
+            .kill_container(&container)
+            .expect("SIGKILL the leader's container");
         pods.delete(
             &leader,
             &kube::api::DeleteParams {
@@ -97,9 +100,6 @@ async fn a_backup_survives_the_operator_being_killed_and_restarted() {
         )
         .await
         .expect("delete the leader pod");
-        env.cp
-            .kill_container(&container)
-            .expect("SIGKILL the leader's container");
         let killed_at = Instant::now();
         eprintln!("operator pod {leader} killed");
 

@@ -347,7 +347,8 @@ impl ControlPlane {
     /// kill. (Deleting a pod with grace period 0 is not one: the kubelet still sends SIGTERM
     /// and waits at least 2 s before SIGKILL, and the process works on until the kubelet
     /// has seen the deletion.) `container_id` is a pod status's `containerID`, with or
-    /// without its `containerd://` prefix.
+    /// without its `containerd://` prefix; a container whose process has already exited counts
+    /// as killed.
     pub fn kill_container(&self, container_id: &str) -> Result<()> {
         let id = container_id
             .strip_prefix("containerd://")
@@ -358,7 +359,9 @@ impl ControlPlane {
             .args(["-n", "k8s.io", "tasks", "kill", "--signal", "SIGKILL", id])
             .output()
             .map_err(|e| Error::Io("ctr tasks kill".into(), e))?;
-        if out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // Already gone (the kubelet stopped it first): what was asked for is true.
+        if out.status.success() || stderr.contains("process already finished") {
             Ok(())
         } else {
             Err(Error::Command(format!(
