@@ -630,13 +630,19 @@ async fn ensure_lease(
     Ok(())
 }
 
-/// The Running BackupSessions of BackupConfiguration `bc` (at most one), from the store.
+/// The unfinished (new, Pending, Running) BackupSessions of BackupConfiguration `bc`, from the
+/// store: the sessions its sidecar may report to.
 fn running_sessions(stores: &stores::Stores, ns: &str, bc: &str) -> Vec<String> {
+    use stash_crds::backup_session::Phase;
+    // Pending ones too: the BackupSession controller grants a session as it starts it, and a
+    // reconcile that still sees it Pending must not take the grant back.
     stores::sessions_of(stores, ns, bc)
         .into_iter()
         .filter(|s| {
-            s.status.as_ref().and_then(|st| st.phase)
-                == Some(stash_crds::backup_session::Phase::Running)
+            matches!(
+                s.status.as_ref().and_then(|st| st.phase),
+                None | Some(Phase::Pending | Phase::Running)
+            )
         })
         .map(|s| s.name_any())
         .collect()

@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::ListParams};
 use serde_json::json;
-use stash_crds::{BackupSession, backup_session::Phase};
+use stash_crds::backup_session::Phase;
 use support::*;
 
 async fn backs_up(kind: &str, api_version: &str, prefix: &str) {
@@ -75,19 +75,8 @@ async fn backs_up(kind: &str, api_version: &str, prefix: &str) {
         "spec": {"backupConfiguration": {"name": "w-backup"}}
     }))
     .await;
-    let api = Api::<BackupSession>::namespaced(client.clone(), &ns.name);
-    let s = eventually("the session", Duration::from_secs(150), || {
-        let api = api.clone();
-        async move {
-            let s = api.get("now").await.ok()?;
-            matches!(
-                s.status.as_ref()?.phase?,
-                Phase::Succeeded | Phase::Failed | Phase::Skipped
-            )
-            .then_some(s)
-        }
-    })
-    .await;
+    // The shared wait: on a timeout it shows the session's status and the pods' logs.
+    let s = wait_session_terminal(&client, &ns.name, "now", Duration::from_secs(300)).await;
     if s.status.as_ref().and_then(|s| s.phase) != Some(Phase::Succeeded) {
         dump_logs(env.cp);
     }
