@@ -12,10 +12,7 @@
 //! the agent is not what a user would do.
 mod support;
 
-use std::{
-    os::unix::fs::{MetadataExt, PermissionsExt},
-    time::Duration,
-};
+use std::{os::unix::fs::MetadataExt, time::Duration};
 
 use serde_json::json;
 use stash_crds::backup_session::{HostPhase, Phase};
@@ -49,11 +46,10 @@ async fn a_file_the_agent_cannot_read_fails_the_session_names_it_and_the_snapsho
     }))
     .await;
 
-    // The repository: a REST server whose data directory root created (mode 0755).
+    // The repository: a REST server whose data directory root made with mkdir.
     let data = tempfile::tempdir().expect("rest-server data");
     let root_dir = data.path().join("repos");
     std::fs::create_dir(&root_dir).expect("mkdir");
-    std::fs::set_permissions(&root_dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let url = rest_repository(&client, &ns, &root_dir, PASSWORD).await;
 
     // The sidecar runs as uid/gid 1000: it reads what everyone may read, not the app's file.
