@@ -425,8 +425,7 @@ async fn mutate_workload(
         }
     }
     // The restore init-container, chosen exactly as the workload controller chooses it.
-    let sessions = stores::restores_targeting(&stores.restores, kind, &ns, &name);
-    let restore = match stash_core::inject::applicable_restore(kind, &name, &sessions) {
+    let restore = match stores::restore_for(&stores.restores, kind, &ns, &name) {
         Some(rs) => {
             let repo_name = rs
                 .spec
@@ -435,7 +434,7 @@ async fn mutate_workload(
                 .map(|r| r.name.clone())
                 .unwrap_or_default();
             match stores::get_or_fetch(&stores.repositories, &ctx.client, &ns, &repo_name).await {
-                Ok(Some(r)) => Some((rs.clone(), (*r).clone())),
+                Ok(Some(r)) => Some((rs, (*r).clone())),
                 _ => None,
             }
         }

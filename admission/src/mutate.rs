@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::ResourceExt;
 use serde_json::{Value, json};
-use stash_crds::{BackupConfiguration, Driver, Repository, consts};
+use stash_crds::{BackupConfiguration, Repository, consts};
 
 use stash_core::{inject, target::WorkloadKind};
 
@@ -96,34 +96,17 @@ pub fn default_backup_session(obj: &Value) -> Mutation {
 // ---------------------------------------------------------------------------------------------
 // Workloads
 
-/// The BackupConfiguration JSON recorded on a workload in
-/// `stash.appscode.com/last-applied-backupconfiguration` — byte for byte what the workload
-/// controller (`operator::workload`) writes.
-pub fn last_applied(bc: &BackupConfiguration) -> String {
-    json!({
-        "apiVersion": "stash.appscode.com/v1beta1",
-        "kind": "BackupConfiguration",
-        "metadata": {"name": bc.name_any(), "namespace": bc.namespace()},
-        "spec": bc.spec,
-    })
-    .to_string()
-}
+pub use stash_core::inject::last_applied;
 
 /// The BackupConfigurations (of the workload's namespace) that target workload `kind`/`name`,
-/// as the controller selects them: not being deleted, driver Restic, exact target match.
+/// as the controller selects them ([`stash_core::inject::selects`]).
 pub fn targeting<'a>(
     kind: WorkloadKind,
     name: &str,
     bcs: &'a [BackupConfiguration],
 ) -> Vec<&'a BackupConfiguration> {
     bcs.iter()
-        .filter(|bc| bc.metadata.deletion_timestamp.is_none() && bc.spec.driver() == Driver::Restic)
-        .filter(|bc| {
-            bc.spec
-                .target
-                .as_ref()
-                .is_some_and(|t| kind.matches(&t.target_ref, name))
-        })
+        .filter(|bc| stash_core::inject::selects(bc, kind, name))
         .collect()
 }
 

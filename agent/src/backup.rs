@@ -1,6 +1,6 @@
 //! One host's backup (stash-api.md §7.4): open the repository (initialising it when there is
 //! none) while looking up this session's snapshots, back up each directory with `--host`;
-//! after the host's report: check (on its own schedule, [`check_due`]), forget with the
+//! after the host's report: check (on its own schedule, [`stash_machines::backup_host::check_due`]), forget with the
 //! retention policy, stats.
 use std::path::PathBuf;
 
@@ -154,18 +154,6 @@ pub fn check_interval_from_env() -> std::time::Duration {
 
 fn parse_check_interval(v: Option<&str>) -> std::time::Duration {
     parse_duration(v, CHECK_INTERVAL_ENV, DEFAULT_CHECK_INTERVAL, true)
-}
-
-/// Whether this backup's follow-up runs `restic check`: when the Repository reports no
-/// integrity yet or a failed one (so a repaired repository is noticed at the next backup),
-/// when this agent has not checked since it started, or when its last check is `interval`
-/// old or older.
-pub fn check_due(
-    reported_integrity: Option<bool>,
-    since_last_check: Option<std::time::Duration>,
-    interval: std::time::Duration,
-) -> bool {
-    reported_integrity != Some(true) || since_last_check.is_none_or(|d| d >= interval)
 }
 
 /// The snapshots of one host's backup, and the restic handle for the follow-up steps.
@@ -537,8 +525,7 @@ mod tests {
     }
 
     #[test]
-    fn the_check_runs_on_its_own_schedule() {
-        let day = Duration::from_secs(86_400);
+    fn the_check_interval_defaults_and_parses() {
         assert_eq!(parse_check_interval(None), DEFAULT_CHECK_INTERVAL);
         assert_eq!(
             parse_check_interval(Some("6h")),
@@ -546,14 +533,5 @@ mod tests {
         );
         assert_eq!(parse_check_interval(Some("0s")), Duration::ZERO);
         assert_eq!(parse_check_interval(Some("often")), DEFAULT_CHECK_INTERVAL);
-        // Unknown or failed integrity, or no check since the agent started: check now.
-        assert!(check_due(None, Some(Duration::ZERO), day));
-        assert!(check_due(Some(false), Some(Duration::ZERO), day));
-        assert!(check_due(Some(true), None, day));
-        // A recent good check: not again until the interval has passed.
-        assert!(!check_due(Some(true), Some(Duration::from_secs(60)), day));
-        assert!(check_due(Some(true), Some(day), day));
-        // Interval 0: after every backup.
-        assert!(check_due(Some(true), Some(Duration::ZERO), Duration::ZERO));
     }
 }

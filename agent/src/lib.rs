@@ -18,4 +18,6 @@ pub mod report;
 pub mod restore;
 pub mod restore_host;
 pub mod run_backup;
+#[cfg(test)]
+mod scripted_tests;
 pub mod update_status;

@@ -1,44 +1,21 @@
 //! How agents report: a session host's own entry (BackupSession and RestoreSession) by
-//! server-side apply, one field manager per host; the Repository status through the status
-//! subresource with read-modify-write retried on conflicts (several agents report into it).
+//! server-side apply, one field manager per host; the Repository's backup figures by
+//! server-side apply as one field manager of every agent, read-modify-apply retried on
+//! conflicts (several agents report into it; the operator owns its conditions).
 use std::{fmt::Debug, sync::OnceLock, time::Duration};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
-    Api, Resource,
-    api::{Patch, PatchParams, PostParams},
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
 };
-use serde::{Serialize, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
 use stash_crds::{
     BackupSession, Repository, RestoreSession, backup_session::HostBackupStats,
-    restore_session::HostRestoreStats,
+    repository::RepositoryStatus, restore_session::HostRestoreStats,
 };
 use stash_machines::{backup_host, restore_host};
 use stash_runtime::{Lifecycle, Metrics, StatusError, check_transition};
-
-/// Apply `change` to the freshly read object and write its status; on a conflict, read
-/// again and retry (bounded).
-pub async fn update_status<K>(
-    api: &Api<K>,
-    name: &str,
-    change: impl Fn(&mut K),
-) -> Result<(), kube::Error>
-where
-    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
-{
-    let mut attempt = 0;
-    loop {
-        let mut obj = api.get_status(name).await?;
-        change(&mut obj);
-        match api.replace_status(name, &PostParams::default(), &obj).await {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 20 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
 
 /// The field manager of host `hostname`'s entry in a session's `status.stats`.
 pub fn host_manager(hostname: &str) -> String {
@@ -87,8 +64,52 @@ pub async fn upsert_restore_hosts(
     Ok(())
 }
 
+/// Write a host's report (`write`), retried as [`backup_host::report_retry`] decides from the
+/// session's state (`state`, read between attempts) and age (`created`): for as long as the
+/// report can still count. A write the host's lifecycle refuses is not retried.
+pub async fn retried<W, WF, R, RF>(
+    mut write: W,
+    mut state: R,
+    created: Option<jiff::Timestamp>,
+) -> Result<(), StatusError>
+where
+    W: FnMut() -> WF,
+    WF: Future<Output = Result<(), StatusError>>,
+    R: FnMut() -> RF,
+    RF: Future<Output = backup_host::Session>,
+{
+    let deadline = stash_machines::Policy::default().deadline;
+    let mut attempt = 0;
+    loop {
+        let e = match write().await {
+            Ok(()) => return Ok(()),
+            Err(e @ StatusError::IllegalTransition { .. }) => return Err(e),
+            Err(e) => e,
+        };
+        attempt += 1;
+        let age = created
+            .map(|c| c.duration_until(jiff::Timestamp::now()))
+            .and_then(|d| Duration::try_from(d).ok())
+            .unwrap_or_default();
+        let status = match &e {
+            StatusError::Kube(kube::Error::Api(a)) => Some(a.code),
+            _ => None,
+        };
+        if backup_host::report_is_final(status) {
+            return Err(e);
+        }
+        match backup_host::report_retry(attempt, status, state().await, age, deadline) {
+            Some(delay) => {
+                tracing::warn!(error = %e, attempt, ?delay, "could not write this host's report; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            None => return Err(e),
+        }
+    }
+}
+
 /// Server-side apply of one host's entry of a session's `status.stats` list-map, as the host's
-/// own field manager; transient server errors are retried a few times.
+/// own field manager (once: the caller retries, [`stash_machines::backup_host::report_retry`]).
 async fn apply_host_entry<K>(
     api: &Api<K>,
     name: &str,
@@ -105,17 +126,9 @@ where
         "status": { "stats": [entry] },
     });
     let params = PatchParams::apply(&host_manager(host)).force();
-    let mut attempt = 0;
-    loop {
-        match api.patch_status(name, &params, &Patch::Apply(&patch)).await {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(err)) if err.code >= 500 && attempt < 5 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-            }
-            Err(err) => return Err(err),
-        }
-    }
+    api.patch_status(name, &params, &Patch::Apply(&patch))
+        .await
+        .map(|_| ())
 }
 
 /// What a successful backup tells the Repository (§7.4).
@@ -131,35 +144,62 @@ pub struct RepositoryReport {
     pub snapshots_removed: Option<i32>,
 }
 
-/// Record a successful backup in the Repository status (`lastBackupTime` now,
-/// `firstBackupTime` once).
+/// The field manager of the backup figures in a Repository's status, the agents' fields
+/// (every agent of the repository writes them; the operator owns `status.conditions`).
+pub const REPOSITORY_FIGURES_MANAGER: &str = "stash-agent";
+
+/// The Repository's backup figures after a successful backup `at`, from its current status
+/// and this backup's report: `lastBackupTime` now, `firstBackupTime` once, and each figure
+/// whose step failed after the snapshot left as it was. Only the figures are set: the apply
+/// that writes them owns them and nothing else.
+pub fn backup_figures(
+    current: Option<&RepositoryStatus>,
+    r: &RepositoryReport,
+    at: Time,
+) -> RepositoryStatus {
+    let current = current.cloned().unwrap_or_default();
+    RepositoryStatus {
+        integrity: r.integrity.or(current.integrity),
+        size: r.size.clone().or(current.size),
+        snapshot_count: r.snapshot_count.or(current.snapshot_count),
+        snapshots_removed_on_last_cleanup: r
+            .snapshots_removed
+            .or(current.snapshots_removed_on_last_cleanup),
+        first_backup_time: current.first_backup_time.or_else(|| Some(at.clone())),
+        last_backup_time: Some(at),
+        ..Default::default()
+    }
+}
+
+/// Record a successful backup in the Repository status ([`backup_figures`]) by server-side
+/// apply as [`REPOSITORY_FIGURES_MANAGER`], carrying the resourceVersion read: another agent's
+/// write in between is a 409, and the figures are read and applied again (bounded).
 pub async fn record_backup(
     api: &Api<Repository>,
     name: &str,
     r: &RepositoryReport,
 ) -> Result<(), kube::Error> {
-    update_status(api, name, |repo| {
-        let status = repo.status.get_or_insert_with(Default::default);
-        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
-        // A figure whose step failed after the snapshot is left as it was.
-        if r.integrity.is_some() {
-            status.integrity = r.integrity;
+    let mut attempt = 0;
+    loop {
+        let repo = api.get_status(name).await?;
+        let now = Time(jiff::Timestamp::now());
+        let figures = backup_figures(repo.status.as_ref(), r, now);
+        let patch = serde_json::json!({
+            "apiVersion": Repository::api_version(&()),
+            "kind": Repository::kind(&()),
+            "metadata": { "name": name, "resourceVersion": repo.resource_version() },
+            "status": figures,
+        });
+        let pp = PatchParams::apply(REPOSITORY_FIGURES_MANAGER).force();
+        match api.patch_status(name, &pp, &Patch::Apply(&patch)).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 20 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            Err(e) => return Err(e),
         }
-        if r.size.is_some() {
-            status.size = r.size.clone();
-        }
-        if r.snapshot_count.is_some() {
-            status.snapshot_count = r.snapshot_count;
-        }
-        if r.snapshots_removed.is_some() {
-            status.snapshots_removed_on_last_cleanup = r.snapshots_removed;
-        }
-        status.last_backup_time = Some(now.clone());
-        if status.first_backup_time.is_none() {
-            status.first_backup_time = Some(now);
-        }
-    })
-    .await
+    }
 }
 
 /// The agents' transition check: a host writes its own entry only along an edge of its
@@ -209,5 +249,59 @@ mod host_write_tests {
         for from in [R::Waiting, R::Restoring, R::Ended] {
             assert!(check_host_write(from, R::Reported).is_err(), "{from:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod figures_tests {
+    use super::*;
+
+    fn at(s: &str) -> Time {
+        Time(s.parse().expect("timestamp"))
+    }
+
+    #[test]
+    fn the_figures_keep_what_a_failed_step_did_not_measure_and_the_first_backup_time() {
+        let current = RepositoryStatus {
+            first_backup_time: Some(at("2026-01-01T00:00:00Z")),
+            last_backup_time: Some(at("2026-01-02T00:00:00Z")),
+            integrity: Some(true),
+            size: Some("1 MiB".into()),
+            snapshot_count: Some(4),
+            snapshots_removed_on_last_cleanup: Some(1),
+            conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: "WipeOut".into(),
+                status: "False".into(),
+                reason: "WipeOutFailed".into(),
+                message: String::new(),
+                last_transition_time: at("2026-01-02T00:00:00Z"),
+                observed_generation: None,
+            }],
+            ..Default::default()
+        };
+        // Retention ran (count, removed), stats and check did not.
+        let report = RepositoryReport {
+            snapshot_count: Some(3),
+            snapshots_removed: Some(2),
+            ..Default::default()
+        };
+        let f = backup_figures(Some(&current), &report, at("2026-01-03T00:00:00Z"));
+        assert_eq!(f.first_backup_time, Some(at("2026-01-01T00:00:00Z")));
+        assert_eq!(f.last_backup_time, Some(at("2026-01-03T00:00:00Z")));
+        assert_eq!(f.integrity, Some(true));
+        assert_eq!(f.size.as_deref(), Some("1 MiB"));
+        assert_eq!(f.snapshot_count, Some(3));
+        assert_eq!(f.snapshots_removed_on_last_cleanup, Some(2));
+        // The operator's conditions are not the agents' to write.
+        assert!(f.conditions.is_empty());
+        let json = serde_json::to_value(&f).expect("json");
+        assert!(json.get("conditions").is_none(), "{json}");
+    }
+
+    #[test]
+    fn the_first_backup_sets_both_times() {
+        let f = backup_figures(None, &Default::default(), at("2026-01-03T00:00:00Z"));
+        assert_eq!(f.first_backup_time, f.last_backup_time);
+        assert_eq!(f.integrity, None);
     }
 }

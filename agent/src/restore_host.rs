@@ -9,7 +9,7 @@
 //! missing data.
 use std::{path::PathBuf, time::Duration};
 
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use stash_crds::{
     Repository, RestoreSession,
     duration::GoDuration,
@@ -71,7 +71,11 @@ pub struct Options {
 
 /// Run one host's restore.
 pub async fn run(opts: Options) -> anyhow::Result<()> {
-    let client = Client::try_default().await?;
+    run_with(Client::try_default().await?, opts).await
+}
+
+/// [`run`] with this client.
+pub async fn run_with(client: Client, opts: Options) -> anyhow::Result<()> {
     let ns = opts.namespace.clone();
     let sessions = Api::<RestoreSession>::namespaced(client.clone(), &ns);
     let rs = sessions.get(&opts.restore_session).await?;
@@ -166,8 +170,35 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     };
     // `Restoring --Restored|Fail--> Reporting`, then the checked `Report` write.
     let reporting = restore_host::after_restore(decision.phase, result.is_ok())?;
-    super::report::report_restore_hosts(&sessions, &opts.restore_session, reporting, &[entry])
-        .await?;
+    // What the session waits for: retried for as long as it can still count.
+    let state = || async {
+        let phase = sessions
+            .get(&opts.restore_session)
+            .await
+            .ok()
+            .and_then(|s| s.status)
+            .and_then(|s| s.phase);
+        match phase {
+            Some(p) if p.is_terminal() => stash_machines::backup_host::Session::Ended,
+            Some(stash_crds::restore_session::Phase::Running) => {
+                stash_machines::backup_host::Session::Running
+            }
+            _ => stash_machines::backup_host::Session::Pending,
+        }
+    };
+    super::report::retried(
+        || {
+            super::report::report_restore_hosts(
+                &sessions,
+                &opts.restore_session,
+                reporting,
+                std::slice::from_ref(&entry),
+            )
+        },
+        state,
+        rs.creation_timestamp().map(|t| t.0),
+    )
+    .await?;
     // The metrics after the report: the session does not wait for the pushgateway.
     if opts.metrics_enabled {
         let group =

@@ -4,7 +4,7 @@
 //! `Running` that has no entry for this host yet, it takes the workload's backup lock (a
 //! Lease), takes the snapshots and reports this host's entry in the session status at once;
 //! then (still holding the lock) runs the follow-up steps (forget, stats, and `check` on its
-//! own schedule, [`backup::check_due`]), records what they came to as conditions of its entry,
+//! own schedule, [`host_machine::check_due`]), records what they came to as conditions of its entry,
 //! and writes the Repository status and events. A backup failure is recorded as a `Failed` entry
 //! with the reason; it never crashes the container. A backup restic could not read completely
 //! is a `Failed` entry too, naming what could not be read and listing its snapshots (kept and
@@ -25,7 +25,7 @@ use stash_crds::{
 };
 use stash_machines::backup_host as host_machine;
 use stash_runtime::{
-    LeaderElection, StatusError,
+    LeaderElection,
     events::{Events, Severity},
 };
 
@@ -118,7 +118,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         if let Some(phase) = needs_backup(&fresh, &host) {
             let bc = bcs.get(&opts.backup_configuration).await?;
             let check = |integrity: Option<bool>| {
-                backup::check_due(integrity, last_check.map(|t| t.elapsed()), check_interval)
+                host_machine::check_due(integrity, last_check.map(|t| t.elapsed()), check_interval)
             };
             if backup_one(&client, &events, &opts, &bc, &fresh, &host, phase, check).await {
                 last_check = Some(std::time::Instant::now());
@@ -224,35 +224,32 @@ async fn backup_one(
         },
     };
     let sessions = Api::<BackupSession>::namespaced(client.clone(), &ns);
-    // The report is what the operator waits for: retry it (bounded) rather than let the session
-    // run into its deadline. Should it still fail, a restarted agent finds the tagged snapshot.
-    let mut delay = Duration::from_secs(1);
-    for attempt in 1..=6 {
-        let Ok(from) = reporting else {
-            tracing::error!(
-                ?reporting,
-                "BUG: the host machine refused to reach Reporting"
-            );
-            break;
-        };
-        match super::report::upsert_backup_hosts(
-            &sessions,
-            &session.name_any(),
-            from,
-            std::slice::from_ref(&entry),
-        )
-        .await
-        {
-            Ok(_) => break,
-            // Refused by the transition check (and logged there): retrying cannot help.
-            Err(StatusError::IllegalTransition { .. }) => break,
-            Err(e) if attempt < 6 => {
-                tracing::warn!(error = %e, attempt, "could not record this host's result; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+    // The report is what the operator waits for: retried for as long as it can still count
+    // (report::retried). Should it still fail, a restarted agent finds the tagged snapshot.
+    match reporting {
+        Ok(from) => {
+            let name = session.name_any();
+            let written = super::report::retried(
+                || {
+                    super::report::upsert_backup_hosts(
+                        &sessions,
+                        &name,
+                        from,
+                        std::slice::from_ref(&entry),
+                    )
+                },
+                || async {
+                    let now = sessions.get(&name).await.ok();
+                    backup::session_state(now.and_then(|s| s.status).and_then(|s| s.phase))
+                },
+                session.creation_timestamp().map(|t| t.0),
+            )
+            .await;
+            if let Err(e) = written {
+                tracing::error!(error = %e, "could not record this host's result");
             }
-            Err(e) => tracing::error!(error = %e, "could not record this host's result"),
         }
+        Err(e) => tracing::error!(?e, "BUG: the host machine refused to reach Reporting"),
     }
     let target = bc.spec.target.clone().unwrap_or_default().target_ref;
     let push = |outcome: Option<backup::BackupOutcome>| async move {

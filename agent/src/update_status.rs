@@ -45,8 +45,19 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let output = Output::read(&opts.output_dir)
         .map_err(|e| anyhow::anyhow!("{e} (did the previous step run?)"))?;
     let client = Client::try_default().await?;
-    let ns = opts.namespace.clone();
     let pod = std::env::var("POD_NAME").unwrap_or_else(|_| "update-status".into());
+    run_with(client, &opts, &output, &pod).await
+}
+
+/// [`run`] with this client, the `output.json` read from `opts.output_dir`, and this pod's
+/// name (`$POD_NAME`: the events report as `stash-job-<pod>`).
+pub async fn run_with(
+    client: Client,
+    opts: &Options,
+    output: &Output,
+    pod: &str,
+) -> anyhow::Result<()> {
+    let ns = opts.namespace.clone();
     let events = Events::new(client.clone(), &format!("stash-job-{pod}"));
     let mut errors = Vec::new();
     if !opts.backup_session.is_empty() {
@@ -136,7 +147,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 if h.hostname.as_deref().is_none_or(str::is_empty) {
                     h.hostname = Some("host-0".into());
                 }
-                if h.error.as_deref().is_some_and(|e| !e.is_empty()) {
+                if h.is_failed() {
                     h.phase = Some(stash_crds::restore_session::HostPhase::Failed);
                 }
                 h
@@ -148,8 +159,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 .status
                 .as_ref()
                 .is_some_and(|s| s.stats.iter().any(|e| e.hostname == h.hostname));
-            let failed = h.error.as_deref().is_some_and(|e| !e.is_empty());
-            let from = restore_host::job_outcome(reported, failed)?;
+            let from = restore_host::job_outcome(reported, h.is_failed())?;
             report::report_restore_hosts(
                 &api,
                 &opts.restore_session,

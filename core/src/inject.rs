@@ -445,6 +445,32 @@ pub fn applicable_restore<'a>(
     matching.into_iter().next()
 }
 
+/// Whether BackupConfiguration `bc` selects workload `kind`/`name` (of its namespace) for a
+/// sidecar: not being deleted, driver Restic, exact target match. The one rule of the webhook,
+/// the workload controller and the shared stores' lookup.
+pub fn selects(bc: &BackupConfiguration, kind: crate::target::WorkloadKind, name: &str) -> bool {
+    bc.metadata.deletion_timestamp.is_none()
+        && bc.spec.driver() == stash_crds::common::Driver::Restic
+        && bc
+            .spec
+            .target
+            .as_ref()
+            .is_some_and(|t| kind.matches(&t.target_ref, name))
+}
+
+/// The BackupConfiguration JSON recorded on the workload
+/// (`last-applied-backupconfiguration`), written by the workload controller and the webhook
+/// alike.
+pub fn last_applied(bc: &BackupConfiguration) -> String {
+    serde_json::json!({
+        "apiVersion": "stash.appscode.com/v1beta1",
+        "kind": "BackupConfiguration",
+        "metadata": {"name": bc.name_any(), "namespace": bc.metadata.namespace},
+        "spec": bc.spec,
+    })
+    .to_string()
+}
+
 /// The RestoreSession JSON recorded on the workload (`last-applied-restoresession`).
 pub fn last_applied_restore(rs: &RestoreSession) -> String {
     serde_json::json!({

@@ -107,8 +107,7 @@ pub struct HostBackupStats {
 impl HostBackupStats {
     /// Whether this host failed: phase `Failed` or a non-empty error (stash-rs deviation, see README).
     pub fn is_failed(&self) -> bool {
-        self.phase == Some(HostPhase::Failed)
-            || self.error.as_deref().is_some_and(|e| !e.is_empty())
+        stash_machines::entry_failed(self.phase == Some(HostPhase::Failed), self.error.as_deref())
     }
 }
 

@@ -145,3 +145,11 @@ pub struct HostRestoreStats {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
+
+impl HostRestoreStats {
+    /// Whether this host failed: phase `Failed` or a non-empty error
+    /// ([`stash_machines::entry_failed`], the same rule as a backup host's).
+    pub fn is_failed(&self) -> bool {
+        stash_machines::entry_failed(self.phase == Some(HostPhase::Failed), self.error.as_deref())
+    }
+}

@@ -130,6 +130,13 @@ impl History {
             .collect()
     }
 
+    /// The newest finished session of `config`, if any.
+    pub fn newest(&self, namespace: &str, config: &str) -> Option<String> {
+        let key = (namespace.to_string(), config.to_string());
+        let (_, name) = self.finished.get(&key)?.last()?;
+        Some(name.to_string())
+    }
+
     /// How many finished sessions are recorded (all configurations).
     pub fn len(&self) -> usize {
         self.finished.values().map(BTreeSet::len).sum()
@@ -178,6 +185,19 @@ mod tests {
         assert_eq!(h.over_limit(), vec![("ns".to_string(), "bc".to_string())]);
         // The other configuration's limit is not known yet: nothing of it is deleted.
         assert!(h.excess("ns", "other").is_empty());
+    }
+
+    #[test]
+    fn the_newest_finished_session_is_the_latest_created_of_its_configuration() {
+        let mut h = History::default();
+        assert_eq!(h.newest("ns", "bc"), None);
+        h.apply(s("bc-b", "bc", 20, true));
+        h.apply(s("bc-a", "bc", 10, true));
+        h.apply(s("bc-c", "bc", 30, false));
+        h.apply(s("other-z", "other", 40, true));
+        assert_eq!(h.newest("ns", "bc").as_deref(), Some("bc-b"));
+        h.delete("ns", "bc", "bc-b");
+        assert_eq!(h.newest("ns", "bc").as_deref(), Some("bc-a"));
     }
 
     #[test]

@@ -50,7 +50,7 @@ use std::{
 };
 
 use futures::{SinkExt, Stream, StreamExt, channel::mpsc, stream::BoxStream};
-use k8s_openapi::api::{batch::v1::Job, core::v1::Namespace};
+use k8s_openapi::api::{batch::v1::Job, core::v1::Namespace, rbac::v1::Role};
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
@@ -60,9 +60,7 @@ use kube::{
     },
 };
 use serde::de::DeserializeOwned;
-use stash_crds::{
-    BackupConfiguration, BackupSession, Repository, RestoreSession, common::Driver, consts,
-};
+use stash_crds::{BackupConfiguration, BackupSession, Repository, RestoreSession, consts};
 
 use crate::history::{self, History, SessionFacts};
 use stash_core::target::WorkloadKind;
@@ -134,6 +132,9 @@ pub struct Stores {
     pub jobs: Store<Job>,
     /// Every Namespace (their labels say which PodSecurity level they enforce).
     pub namespaces: Store<Namespace>,
+    /// The agents' Roles stash-rs wrote (label `app.kubernetes.io/managed-by`): which sessions
+    /// a sidecar may report to is read here ([`role_names_session`]).
+    pub roles: Store<Role>,
     /// Each feed's "listed once" flag (our own: kube's `Store::wait_until_ready` keeps one
     /// waker, so concurrent waiters lose their wake-up and hang).
     listed: Vec<tokio::sync::watch::Receiver<bool>>,
@@ -176,6 +177,8 @@ pub struct Feeds {
     pub jobs: Feed<Job>,
     /// Namespaces.
     pub namespaces: Feed<Namespace>,
+    /// stash-rs's Roles.
+    pub roles: Feed<Role>,
 }
 
 /// The stores and their (not yet started) feeds.
@@ -190,6 +193,7 @@ pub fn new() -> (Stores, Feeds) {
         repositories: Feed::default(),
         jobs: Feed::default(),
         namespaces: Feed::default(),
+        roles: Feed::default(),
     };
     let stores = Stores {
         configurations: feeds.configurations.reader(),
@@ -204,6 +208,7 @@ pub fn new() -> (Stores, Feeds) {
         repositories: feeds.repositories.reader(),
         jobs: feeds.jobs.reader(),
         namespaces: feeds.namespaces.reader(),
+        roles: feeds.roles.reader(),
         listed: vec![
             feeds.configurations.listed(),
             feeds.sessions.listed(),
@@ -211,6 +216,7 @@ pub fn new() -> (Stores, Feeds) {
             feeds.repositories.listed(),
             feeds.jobs.listed(),
             feeds.namespaces.listed(),
+            feeds.roles.listed(),
         ],
     };
     (stores, feeds)
@@ -219,7 +225,7 @@ pub fn new() -> (Stores, Feeds) {
 // === impl Feeds ===
 
 impl Feeds {
-    /// Run the six watches (cluster-wide) until the process ends.
+    /// Run the seven watches (cluster-wide) until the process ends.
     pub async fn run(&self, client: Client) {
         let all = watcher::Config::default;
         let ours = format!("{}={}", consts::MANAGED_BY_LABEL, consts::MANAGED_BY_STASH);
@@ -239,7 +245,12 @@ impl Feeds {
             self.jobs
                 .clone()
                 .run(Api::all(client.clone()), all().labels(&ours), strip_job),
-            self.namespaces.clone().run(Api::all(client), all(), strip),
+            self.namespaces
+                .clone()
+                .run(Api::all(client.clone()), all(), strip),
+            self.roles
+                .clone()
+                .run(Api::all(client), all().labels(&ours), strip),
         );
     }
 }
@@ -528,14 +539,7 @@ pub fn configurations_targeting(
         .state()
         .into_iter()
         .filter(|bc| {
-            bc.namespace().as_deref() == Some(ns)
-                && bc.meta().deletion_timestamp.is_none()
-                && bc.spec.driver() == Driver::Restic
-                && bc
-                    .spec
-                    .target
-                    .as_ref()
-                    .is_some_and(|t| kind.matches(&t.target_ref, name))
+            bc.namespace().as_deref() == Some(ns) && stash_core::inject::selects(bc, kind, name)
         })
         .collect();
     found.sort_by_key(|bc| bc.name_any());
@@ -565,6 +569,19 @@ pub fn restores_targeting(
         .collect()
 }
 
+/// The RestoreSession whose init-container workload `kind`/`name` of `ns` gets
+/// ([`stash_core::inject::applicable_restore`] over [`restores_targeting`]): what the webhook
+/// and the workload controller both inject.
+pub fn restore_for(
+    store: &Store<RestoreSession>,
+    kind: WorkloadKind,
+    ns: &str,
+    name: &str,
+) -> Option<RestoreSession> {
+    let sessions = restores_targeting(store, kind, ns, name);
+    stash_core::inject::applicable_restore(kind, name, &sessions).cloned()
+}
+
 /// The unfinished sessions of configuration `bc` in `ns`, from the index. The store applies
 /// the watch's events in order, so every session created before one being reconciled is in
 /// it (unless it has finished).
@@ -572,6 +589,46 @@ pub fn sessions_of(stores: &Stores, ns: &str, bc: &str) -> Vec<Arc<BackupSession
     stores
         .sessions_by_configuration
         .lookup(&stores.sessions, ns, bc)
+}
+
+/// The sessions a sidecar may report to, as its Role names them: the configuration's
+/// unfinished ones (new, Pending, Running: a session is named from its creation, so the Role
+/// names it before the BackupSession controller starts it) and its newest finished one (the
+/// agents record the follow-up steps' conditions after the session ended). One rule for the
+/// Role's only writer, the workload controller.
+pub fn sidecar_sessions(stores: &Stores, ns: &str, bc: &str) -> Vec<String> {
+    // The store holds only unfinished sessions; the history the finished ones.
+    let mut names: Vec<String> = sessions_of(stores, ns, bc)
+        .iter()
+        .map(|s| s.name_any())
+        .collect();
+    let newest = stores.history.lock().expect("history lock").newest(ns, bc);
+    names.extend(newest);
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Whether Role `role` in `ns`, as the store holds it, lets its agent write the status of
+/// BackupSession `session` (`None`: no such Role of stash-rs's).
+pub fn role_names_session(stores: &Stores, ns: &str, role: &str, session: &str) -> Option<bool> {
+    let role = get(&stores.roles, ns, role)?;
+    Some(sessions_named(&role).any(|s| s == session))
+}
+
+/// The BackupSessions whose status Role `role` lets its agent write.
+pub fn sessions_named(role: &Role) -> impl Iterator<Item = &str> {
+    role.rules
+        .iter()
+        .flatten()
+        .filter(|r| {
+            r.resources
+                .iter()
+                .flatten()
+                .any(|res| res == "backupsessions/status")
+        })
+        .flat_map(|r| r.resource_names.iter().flatten())
+        .map(String::as_str)
 }
 
 /// The key of a BackupSession in [`Stores::sessions_by_configuration`]: the configuration it
@@ -816,6 +873,7 @@ mod tests {
         feeds.repositories.seed([]);
         feeds.jobs.seed([]);
         feeds.namespaces.seed([]);
+        feeds.roles.seed([]);
         for w in waiters {
             let woke = tokio::time::timeout(std::time::Duration::from_secs(5), w)
                 .await
@@ -834,6 +892,7 @@ mod tests {
         feeds.repositories.seed([]);
         feeds.jobs.seed([]);
         feeds.namespaces.seed([]);
+        feeds.roles.seed([]);
         // The BackupSessions have not listed yet: a reconcile must not read "none" from them.
         assert!(
             stores.ready().now_or_never().is_none(),

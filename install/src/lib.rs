@@ -233,8 +233,13 @@ pub fn cluster_role() -> Value {
         // operator holds every permission it grants (`operator_holds`).
         rule(
             &["rbac.authorization.k8s.io"],
-            &["roles", "rolebindings"],
-            &["get", "create", "update", "patch", "delete"],
+            &["roles"],
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
+        rule(
+            &["rbac.authorization.k8s.io"],
+            &["rolebindings"],
+            &["get", "create", "patch", "delete"],
         ),
         // The agents' Leases, created empty so their Roles grant get/update by name only.
         rule(

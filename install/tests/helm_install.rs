@@ -4,7 +4,7 @@
 //! is Ready again; `helm uninstall` removes it.
 //!
 //! Not run by a plain `cargo test` (`test = false` in Cargo.toml): it needs a cluster *without*
-//! stash-rs, so `scripts/test.sh` runs it (`cargo test -p stash-install --test helm_install`)
+//! stash-rs, so `scripts/test.sh` runs it (`scripts/run_tests.py --only helm_install`, which builds it by name)
 //! after the cluster starts and before the committed manifest is applied.
 use std::{
     path::{Path, PathBuf},

@@ -383,9 +383,93 @@ pub fn after_snapshot(steps: &[(FollowUpStep, AfterSnapshot)]) -> FollowUps {
     out
 }
 
+/// Whether the API server's answer `status` to a host's report (`None`: none, a transport
+/// error) is final: an invalid write or a session that is gone ([`report_retry`]).
+pub fn report_is_final(status: Option<u16>) -> bool {
+    status.is_some_and(|c| matches!(c, 400 | 404 | 405 | 413 | 415 | 422))
+}
+
+/// How long a host waits before writing its report again after a failed write (`attempt`
+/// failures so far), or `None`: give up. The report is what the session waits for, so it is
+/// retried for as long as it can still count — while the session runs and its deadline
+/// (`deadline` after its creation; the session is `age` old) has not passed — backing off from
+/// 1 s, doubling, at most 30 s. The operator ends a session at its own deadline, which the
+/// agent sees as `Ended`; `deadline` bounds the retries where the operator does not. A
+/// restarted agent finds its tagged snapshot and reports again.
+///
+/// `status` is the API server's answer to the failed write (`None`: no answer, a transport
+/// error). An invalid write or a session that is gone (400, 404, 405, 413, 415, 422) is not
+/// written again; a 403 is, within the same bounds: the agent's Role names a session as soon
+/// as its one writer has seen it, which may be a moment after the session starts.
+pub fn report_retry(
+    attempt: u32,
+    status: Option<u16>,
+    session: Session,
+    age: std::time::Duration,
+    deadline: std::time::Duration,
+) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    if report_is_final(status) || session == Session::Ended || attempt == 0 {
+        return None;
+    }
+    let delay = Duration::from_secs(1u64 << (attempt - 1).min(5)).min(Duration::from_secs(30));
+    (age + delay < deadline).then_some(delay)
+}
+
+/// Whether this backup's follow-up runs `restic check`: when the Repository reports no
+/// integrity yet or a failed one (so a repaired repository is noticed at the next backup),
+/// when this agent has not checked since it started, or when its last check is `interval`
+/// old or older.
+pub fn check_due(
+    reported_integrity: Option<bool>,
+    since_last_check: Option<std::time::Duration>,
+    interval: std::time::Duration,
+) -> bool {
+    reported_integrity != Some(true) || since_last_check.is_none_or(|d| d >= interval)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_is_retried_while_it_can_still_count() {
+        use std::time::Duration;
+        let s = Duration::from_secs;
+        let day = s(86_400);
+        let running =
+            |attempt, status, age| report_retry(attempt, status, Session::Running, age, day);
+        let delays: Vec<_> = (1..=8).map(|a| running(a, Some(503), s(60))).collect();
+        let want = [1, 2, 4, 8, 16, 30, 30, 30].map(|d| Some(s(d)));
+        assert_eq!(delays, want);
+        // Not granted yet, or no answer at all: again.
+        assert_eq!(running(1, Some(403), s(60)), Some(s(1)));
+        assert_eq!(running(1, None, s(60)), Some(s(1)));
+        // An invalid write, or the session is gone: never again.
+        for code in [400, 404, 422] {
+            assert_eq!(running(1, Some(code), s(60)), None);
+        }
+        // The session ended (the operator's deadline, or every host reported): no more.
+        assert_eq!(report_retry(1, Some(503), Session::Ended, s(60), day), None);
+        // The wait would end past the deadline: no more.
+        assert_eq!(running(3, None, day - s(4)), None);
+        assert_eq!(running(3, None, day - s(5)), Some(s(4)));
+    }
+
+    #[test]
+    fn the_check_runs_on_its_own_schedule() {
+        use std::time::Duration;
+        let day = Duration::from_secs(86_400);
+        // Unknown or failed integrity, or no check since the agent started: check now.
+        assert!(check_due(None, Some(Duration::ZERO), day));
+        assert!(check_due(Some(false), Some(Duration::ZERO), day));
+        assert!(check_due(Some(true), None, day));
+        // A recent good check: not again until the interval has passed.
+        assert!(!check_due(Some(true), Some(Duration::from_secs(60)), day));
+        assert!(check_due(Some(true), Some(day), day));
+        // Interval 0: after every backup.
+        assert!(check_due(Some(true), Some(Duration::ZERO), Duration::ZERO));
+    }
     use crate::lifecycle::RejectionKind;
 
     fn obs(session: Session, reported: bool, tagged: Option<&[(&str, &str)]>) -> HostObservation {

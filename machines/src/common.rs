@@ -54,6 +54,13 @@ pub enum Effect<P, A> {
     RequeueAfter(Duration),
 }
 
+/// The one host-outcome rule of every session entry, backup or restore, written by an agent
+/// or a Job (stash-rs decision 1): an entry that carries an error is failed whatever its phase
+/// says, and so is one whose phase is `Failed`.
+pub fn entry_failed(phase_failed: bool, error: Option<&str>) -> bool {
+    phase_failed || error.is_some_and(|e| !e.is_empty())
+}
+
 /// How an action went, as the runtime reports it back.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Performed {
@@ -168,5 +175,19 @@ impl Policy {
     /// Whether the deadline has passed.
     pub(crate) fn expired(&self, created_at: u64, now: u64) -> bool {
         now >= created_at.saturating_add(self.deadline.as_secs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::entry_failed;
+
+    #[test]
+    fn an_entry_with_an_error_is_failed_whatever_its_phase_says() {
+        assert!(entry_failed(false, Some("restic: exit 1")));
+        assert!(entry_failed(true, None));
+        assert!(entry_failed(true, Some("")));
+        assert!(!entry_failed(false, Some("")));
+        assert!(!entry_failed(false, None));
     }
 }

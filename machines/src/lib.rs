@@ -29,7 +29,7 @@ pub mod snapshots;
 
 pub use common::{
     Decision, Effect, EventKind, EventRecord, JobState, Performed, Policy, StatusPatch,
-    api_error_is_permanent,
+    api_error_is_permanent, entry_failed,
 };
 pub use lifecycle::{Lifecycle, Rejection, RejectionKind, Transition};
 

@@ -173,11 +173,13 @@ pub struct Observation {
 /// Classifies one host entry: an entry with an error is failed; an entry without a phase is
 /// unknown.
 pub fn host_outcome(report: &HostReport) -> HostPhase {
-    match (&report.error, report.phase) {
-        (Some(e), _) if !e.is_empty() => HostPhase::Failed,
-        (_, Some(p)) => p,
-        (_, None) => HostPhase::Unknown,
+    if crate::entry_failed(
+        report.phase == Some(HostPhase::Failed),
+        report.error.as_deref(),
+    ) {
+        return HostPhase::Failed;
     }
+    report.phase.unwrap_or(HostPhase::Unknown)
 }
 
 /// Per hostname: the worst outcome among its entries (Failed, then Unknown, then Succeeded).

@@ -97,10 +97,12 @@ fn scenarios<L: BackupLifecycle>() {
                 d.effects
             );
         } else {
-            // Starting the first backup of a new Repository claims it first.
+            // Starting the first backup of a new Repository claims it, once the sidecars are
+            // granted (a session that claimed and then waited for its grant would hold the
+            // claim while an older one waits for it: each would wait for the other).
             assert_eq!(
                 d.actions().collect::<Vec<_>>(),
-                [&bs::Action::ClaimRepository, &bs::Action::GrantSidecars]
+                [&bs::Action::GrantSidecars, &bs::Action::ClaimRepository]
             );
             // ... and a claim held by another session (the caches lag) makes it wait, quietly.
             let mut claimed = o.clone();

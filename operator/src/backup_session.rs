@@ -10,7 +10,10 @@ use std::{
 };
 
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
-use kube::{Api, Resource, ResourceExt, runtime::Controller};
+use kube::{
+    Api, Resource, ResourceExt,
+    runtime::{Controller, reflector::ObjectRef},
+};
 use stash_crds::{
     BackupConfiguration, BackupSession,
     backup_session::{BackupSessionStatus, HostPhase},
@@ -256,11 +259,18 @@ impl Perform<Phase, machine::Action> for BackupEffects<'_> {
     async fn act(&mut self, action: &machine::Action) -> Result<Performed, Error> {
         match action {
             machine::Action::GrantSidecars => {
-                if let Some(bc) = self.bc {
-                    super::workload::grant_session_to_sidecar(self.ctx, bc, &self.bs.name_any())
-                        .await?;
+                // The workload controller writes the Role (a new session triggers it); the
+                // session starts once the shared store shows the grant (its change triggers
+                // this controller again).
+                let session = self.bs.name_any();
+                match self.bc {
+                    Some(bc) if !super::workload::sidecar_may_report(self.ctx, bc, &session) => {
+                        Err(Error::Waiting(format!(
+                            "the sidecar's Role does not name BackupSession {session} yet"
+                        )))
+                    }
+                    _ => Ok(Performed::Done),
                 }
-                Ok(Performed::Done)
             }
             machine::Action::ClaimRepository => Ok(self.claim_repository()),
             machine::Action::CreateBackupJob => {
@@ -317,10 +327,16 @@ impl BackupEffects<'_> {
             .map(|r| r.name.clone())
             .unwrap_or_default();
         let me = (self.bs.uid().unwrap_or_default(), self.bs.name_any());
-        // The store holds only sessions not finished yet.
+        let my_key = (created_at(self.bs), self.bs.name_any());
+        // The store holds only sessions not finished yet. A holder that has not started yet
+        // and is newer than this session yields: it is waiting for this one (oldest first),
+        // and this one must not wait for it in turn.
         let live = |uid: &str, name: &str| {
-            stores::get(&self.ctx.stores.sessions, &ns, name)
-                .is_some_and(|s| s.uid().as_deref() == Some(uid))
+            stores::get(&self.ctx.stores.sessions, &ns, name).is_some_and(|s| {
+                let started = s.status.as_ref().and_then(|st| st.phase) == Some(Phase::Running);
+                s.uid().as_deref() == Some(uid)
+                    && (started || (created_at(&*s), s.name_any()) < my_key)
+            })
         };
         let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
         match claims.get(&(ns.clone(), repo.clone())) {
@@ -350,9 +366,17 @@ pub fn run(
 ) -> impl std::future::Future<Output = ()> + Send + use<> {
     let trigger = feeds.sessions.applies();
     let jobs = feeds.jobs.triggers();
+    let roles = feeds.roles.triggers();
     async move {
         let controller = Controller::for_shared_stream(trigger, ctx.stores.sessions.clone())
-            .watches_shared_stream(jobs, stores::owner::<BackupSession, _>);
+            .watches_shared_stream(jobs, stores::owner::<BackupSession, _>)
+            // A sidecar's Role naming a session: the session may start (GrantSidecars).
+            .watches_shared_stream(roles, |role| {
+                let ns = role.namespace();
+                stores::sessions_named(&role)
+                    .filter_map(|s| Some(ObjectRef::new(s).within(ns.as_deref()?)))
+                    .collect::<Vec<_>>()
+            });
         stash_runtime::drive(
             controller,
             BackupSessions(ctx.clone(), Claims::default()),

@@ -172,6 +172,9 @@ pub enum Error {
     /// An object stash would write is held by someone else (issue 24: never taken over).
     #[error("{0}")]
     Clash(String),
+    /// Waiting for another controller's write to reach the shared stores (retried when it does).
+    #[error("waiting: {0}")]
+    Waiting(String),
     /// The reconcile panicked (caught by the runtime; an event names it).
     #[error(transparent)]
     Panicked(#[from] stash_runtime::controller::Panicked),
@@ -201,6 +204,7 @@ impl stash_runtime::MetricLabel for Error {
             Error::Inject(_) => "inject",
             Error::Config(_) => "config",
             Error::Clash(_) => "clash",
+            Error::Waiting(_) => "waiting",
             Error::Panicked(_) => "panic",
         }
     }

@@ -350,28 +350,6 @@ pub async fn grant(
     Ok(())
 }
 
-/// Replace the rules of Role `name` if it exists (its binding is left as it is); a Role of
-/// that name stash did not create is a [`WriteError::Clash`].
-pub async fn update_role(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    rules: Vec<PolicyRule>,
-) -> Result<(), WriteError> {
-    let roles = Api::<Role>::namespaced(client.clone(), namespace);
-    let Some(mut r) = claim(&roles, name, None).await? else {
-        return Ok(());
-    };
-    if r.rules.as_ref() == Some(&rules) {
-        return Ok(());
-    }
-    r.rules = Some(rules);
-    roles
-        .replace(name, &kube::api::PostParams::default(), &r)
-        .await?;
-    Ok(())
-}
-
 /// Delete the Role and RoleBinding `name` if present and stash's (someone else's object of
 /// that name is left alone).
 pub async fn revoke(client: &Client, namespace: &str, name: &str) -> Result<(), kube::Error> {

@@ -34,6 +34,7 @@ use stash_machines::repository::{self, Phase, Step, WipeOutcome};
 use stash_runtime::{Action, Reconcile, events::Severity, status::StatusWriter};
 
 use super::{Ctx, Error};
+use stash_core::names::FIELD_MANAGER;
 
 /// Event reason when a wipe-out was asked for but cannot be done.
 pub const WIPE_OUT_NOT_SUPPORTED: &str = repository::reasons::WIPE_OUT_NOT_SUPPORTED;
@@ -243,16 +244,24 @@ async fn write_wipe_out_condition(
     repo: &Repository,
     message: String,
 ) {
-    let current = repo.status.clone();
     if !writes.due(&repo.uid().unwrap_or_default(), wipe_out_failing(repo)) {
         return;
     }
-    let mut desired = current.clone().unwrap_or_default();
-    let desired_condition =
-        wipe_out_failed_condition(&desired.conditions, message, repo.metadata.generation);
-    desired.conditions = super::conditions::replace(&desired.conditions, desired_condition);
+    // The operator owns `status.conditions` (server-side apply, its field manager); the
+    // agents own the backup figures.
+    let current = repo
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let condition = wipe_out_failed_condition(&current, message, repo.metadata.generation);
+    let desired = super::conditions::replace(&current, condition);
     let writer = StatusWriter::new(ctx.metrics.clone(), "repository");
-    if let Err(e) = writer.write(api, repo, current.as_ref(), &desired).await {
+    let owned = serde_json::json!({ "conditions": desired });
+    let written = writer
+        .apply(api, repo, FIELD_MANAGER, current == desired, owned)
+        .await;
+    if let Err(e) = written {
         tracing::debug!(repository = %repo.name_any(), "WipeOut condition not written: {e}");
     }
 }

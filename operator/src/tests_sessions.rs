@@ -111,9 +111,6 @@ fn stores(spec: Value) -> Seed {
     }
 }
 
-const ROLE: &str =
-    "/apis/rbac.authorization.k8s.io/v1/namespaces/n/roles/deployment-app-stash-sidecar";
-
 /// The server-side apply of the operator's status fields of session `name` (`collection`:
 /// `backupsessions` or `restoresessions`); answered with `after`.
 fn apply_status(collection: &str, name: &str, after: Value) -> Exchange {
@@ -225,47 +222,26 @@ where
 
 #[tokio::test]
 async fn a_new_backup_session_runs_with_its_sidecar_granted_and_siblings_read_from_the_store() {
-    let (ctx, server, feeds) = test_ctx_fed(stores(json!({})));
+    // The workload controller (the Role's only writer) has named the session: the store shows
+    // it, nothing is written to the Role here.
+    let (ctx, server, feeds) = with_sidecar_role(&["bc-new"]);
     let new = backup_session("bc-new", &a_minute_ago(), json!(null));
     let server = server.run_with_anytime(
-        vec![
-            initial_list(
-                BACKUP_SESSIONS,
-                "BackupSessionList",
-                vec![
-                    backup_session(
-                        "bc-old",
-                        "2026-01-01T00:00:00Z",
-                        json!({"phase": "Succeeded"}),
-                    ),
-                    new.clone(),
-                ],
-            ),
-            // bc-old is finished: it is history, not in the store, and never reconciled. The
-            // configuration and the Repository are read from the stores.
-            // The sidecar's Role now names this session.
-            expect(Method::GET, ROLE).reply(
-                200,
-                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                       "metadata": {"name": "deployment-app-stash-sidecar", "namespace": "n",
-                                    "resourceVersion": "4",
-                                    "labels": {"app.kubernetes.io/managed-by": "stash.appscode.com"}},
-                       "rules": []}),
-            ),
-            expect(Method::PUT, format!("{ROLE}?"))
-                .body(|b| {
-                    let rules = b["rules"].as_array().expect("rules");
-                    assert!(
-                        rules
-                            .iter()
-                            .any(|r| r["resources"] == json!(["backupsessions/status"])
-                                && r["resourceNames"] == json!(["bc-new"])),
-                        "{rules:?}"
-                    );
-                })
-                .echo(200),
-        ]
+        vec![initial_list(
+            BACKUP_SESSIONS,
+            "BackupSessionList",
+            vec![
+                backup_session(
+                    "bc-old",
+                    "2026-01-01T00:00:00Z",
+                    json!({"phase": "Succeeded"}),
+                ),
+                new.clone(),
+            ],
+        )]
         .into_iter()
+        // bc-old is finished: it is history, not in the store, and never reconciled. The
+        // configuration, the Repository and the sidecar's Role are read from the stores.
         .chain(decided(
             "backupsessions",
             &new,
@@ -288,6 +264,37 @@ async fn a_new_backup_session_runs_with_its_sidecar_granted_and_siblings_read_fr
         .collect();
     assert_eq!(stored, ["bc-new"]);
     assert_eq!(ctx.stores.history.lock().unwrap().len(), 1, "bc-old");
+}
+
+#[tokio::test]
+async fn a_new_backup_session_waits_until_the_sidecars_role_names_it() {
+    // The Role still names only an older session: the session is not started (no status
+    // write, no event) and the reconcile is retried ("waiting"); the Role's change triggers it.
+    let (ctx, server, feeds) = with_sidecar_role(&["bc-old"]);
+    let new = backup_session("bc-new", &a_minute_ago(), json!(null));
+    let server = server.run_with_anytime(
+        vec![initial_list(
+            BACKUP_SESSIONS,
+            "BackupSessionList",
+            vec![new],
+        )],
+        vec![watch(BACKUP_SESSIONS)],
+    );
+    run_backup_sessions(&ctx, feeds, server, 1).await;
+    assert_eq!(failures(&ctx, "backupsession"), ["waiting"]);
+}
+
+/// A context whose stores hold the configuration, its Repository and the sidecar's Role as the
+/// workload controller writes it, naming `sessions`.
+fn with_sidecar_role(sessions: &[&str]) -> (Arc<Ctx>, super::ApiServerVerifier, Feeds) {
+    let mut seed = stores(json!({}));
+    seed.roles = vec![json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "deployment-app-stash-sidecar", "namespace": "n",
+                     "labels": {"app.kubernetes.io/managed-by": "stash.appscode.com"}},
+        "rules": crate::rbac::sidecar_rules("bc", "repo", "lease", sessions),
+    })];
+    test_ctx_fed(seed)
 }
 
 #[tokio::test]

@@ -151,16 +151,7 @@ fn covers(current: &PodTemplateSpec, desired: &PodTemplateSpec) -> bool {
     }
 }
 
-/// The BackupConfiguration JSON recorded on the workload (`last-applied-backupconfiguration`).
-pub(crate) fn last_applied(bc: &BackupConfiguration) -> String {
-    serde_json::json!({
-        "apiVersion": "stash.appscode.com/v1beta1",
-        "kind": "BackupConfiguration",
-        "metadata": {"name": bc.name_any(), "namespace": bc.namespace()},
-        "spec": bc.spec,
-    })
-    .to_string()
-}
+pub(crate) use stash_core::inject::last_applied;
 
 pub(crate) struct Workloads<W>(pub(crate) Arc<Ctx>, pub(crate) std::marker::PhantomData<W>);
 
@@ -345,9 +336,10 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
         let sidecar_grant = match &target {
             Some((bc, repo)) if sa == dedicated || named_by(bc.spec.runtime_settings.as_ref()) => {
                 let lease = names::backup_lease(kind, &name);
-                let running = running_sessions(stores, &ns, &bc.name_any());
-                let running: Vec<&str> = running.iter().map(String::as_str).collect();
-                let rules = rbac::sidecar_rules(&bc.name_any(), &repo.name_any(), &lease, &running);
+                let sessions = stores::sidecar_sessions(stores, &ns, &bc.name_any());
+                let sessions: Vec<&str> = sessions.iter().map(String::as_str).collect();
+                let rules =
+                    rbac::sidecar_rules(&bc.name_any(), &repo.name_any(), &lease, &sessions);
                 AgentGrant::Bind { lease, rules }
             }
             Some((bc, _)) => AgentGrant::Refuse(format!(
@@ -508,8 +500,7 @@ async fn applicable_restore<W: Workload>(
     ns: &str,
     name: &str,
 ) -> Result<Option<(RestoreSession, Arc<Repository>)>, Error> {
-    let sessions = stores::restores_targeting(&ctx.stores.restores, W::KIND, ns, name);
-    let Some(rs) = inject::applicable_restore(W::KIND, name, &sessions).cloned() else {
+    let Some(rs) = stores::restore_for(&ctx.stores.restores, W::KIND, ns, name) else {
         return Ok(None);
     };
     let repo = rs.spec.repository.as_ref().map_or("", |r| r.name.as_str());
@@ -553,6 +544,8 @@ fn run<W: Workload>(
 ) -> impl std::future::Future<Output = ()> + Send + use<W> {
     let configurations = feeds.configurations.triggers();
     let restores = feeds.restores.triggers();
+    let sessions = feeds.sessions.triggers();
+    let configurations_store = ctx.stores.configurations.clone();
     async move {
         let controller = Controller::new(
             Api::<W>::all(ctx.client.clone()),
@@ -571,6 +564,21 @@ fn run<W: Workload>(
                 return None;
             }
             Some(ObjectRef::<W>::new(t.target_ref.name.as_deref()?).within(&rs.namespace()?))
+        })
+        // A session created, started or finished changes which sessions the sidecar's Role
+        // names: this controller is the Role's only writer.
+        .watches_shared_stream(sessions, move |bs| {
+            let ns = bs.namespace()?;
+            let bc = stores::get(
+                &configurations_store,
+                &ns,
+                &bs.spec.backup_configuration.as_ref()?.name,
+            )?;
+            let t = bc.spec.target.as_ref()?;
+            if WorkloadKind::of(&t.target_ref) != Some(W::KIND) {
+                return None;
+            }
+            Some(ObjectRef::<W>::new(t.target_ref.name.as_deref()?).within(&ns))
         });
         stash_runtime::drive(
             controller,
@@ -630,50 +638,22 @@ async fn ensure_lease(
     Ok(())
 }
 
-/// The unfinished (new, Pending, Running) BackupSessions of BackupConfiguration `bc`, from the
-/// store: the sessions its sidecar may report to.
-fn running_sessions(stores: &stores::Stores, ns: &str, bc: &str) -> Vec<String> {
-    use stash_crds::backup_session::Phase;
-    // Pending ones too: the BackupSession controller grants a session as it starts it, and a
-    // reconcile that still sees it Pending must not take the grant back.
-    stores::sessions_of(stores, ns, bc)
-        .into_iter()
-        .filter(|s| {
-            matches!(
-                s.status.as_ref().and_then(|st| st.phase),
-                None | Some(Phase::Pending | Phase::Running)
-            )
-        })
-        .map(|s| s.name_any())
-        .collect()
-}
-
-/// Before BackupSession `session` of `bc` runs: the sidecar's Role names it (if the workload
-/// controller has granted one), so the sidecar may write that session's status and no other.
-pub(crate) async fn grant_session_to_sidecar(
-    ctx: &Ctx,
-    bc: &BackupConfiguration,
-    session: &str,
-) -> Result<(), Error> {
-    let ns = bc.namespace().unwrap_or_default();
+/// Whether the sidecar's Role lets it report to BackupSession `session` of `bc`, as the shared
+/// store holds the Role: `true` when it names the session or when the workload has no sidecar
+/// Role (nothing was granted: the workload controller said why in an Event). The Role has one
+/// writer, the workload controller, which a new session triggers ([`run`]); the BackupSession
+/// controller only waits for it ([`stash_machines::backup_session::Action::GrantSidecars`]).
+pub(crate) fn sidecar_may_report(ctx: &Ctx, bc: &BackupConfiguration, session: &str) -> bool {
     let Some(t) = bc.spec.target.as_ref() else {
-        return Ok(());
+        return true;
     };
     let Some(kind) = WorkloadKind::of(&t.target_ref) else {
-        return Ok(());
+        return true;
     };
     let workload = t.target_ref.name.clone().unwrap_or_default();
     let role = names::agent_role(Some(kind), &workload, rbac::SIDECAR_ROLE);
-    let repo = bc
-        .spec
-        .repository
-        .as_ref()
-        .map(|r| r.name.clone())
-        .unwrap_or_default();
-    let lease = names::backup_lease(Some(kind), &workload);
-    let rules = rbac::sidecar_rules(&bc.name_any(), &repo, &lease, &[session]);
-    rbac::update_role(&ctx.client, &ns, &role, rules).await?;
-    Ok(())
+    let ns = bc.namespace().unwrap_or_default();
+    stores::role_names_session(&ctx.stores, &ns, &role, session).unwrap_or(true)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
 };
-use serde::{Serialize, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
 
 use crate::metrics::{Metrics, TransitionLabels};
 
@@ -89,36 +89,6 @@ impl StatusWriter {
         }
     }
 
-    /// Write `desired` as the status of `obj` unless it equals `current`. Returns whether a
-    /// write was sent. The patch carries `obj`'s resourceVersion (conflict-safe).
-    pub async fn write<K, S>(
-        &self,
-        api: &Api<K>,
-        obj: &K,
-        current: Option<&S>,
-        desired: &S,
-    ) -> Result<bool, StatusError>
-    where
-        K: Resource + Clone + DeserializeOwned + Debug,
-        S: Serialize + PartialEq,
-    {
-        if current == Some(desired) {
-            return Ok(false);
-        }
-        let patch = serde_json::json!({
-            "metadata": { "resourceVersion": obj.resource_version() },
-            "status": serde_json::to_value(desired)?,
-        });
-        api.patch_status(
-            &obj.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
-        self.count_write();
-        Ok(true)
-    }
-
     /// Server-side apply of the status fields this writer owns (`owned`, a JSON object of
     /// status fields), after checking the phase change against `L`'s table. The apply names
     /// field manager `manager`, carries the resourceVersion read (a stale read is refused with
@@ -181,24 +151,5 @@ impl StatusWriter {
             .status_writes
             .get_or_create(&Metrics::controller(self.controller))
             .inc();
-    }
-
-    /// Like [`StatusWriter::write`], after checking the phase change against `L`'s table.
-    pub async fn write_phase<L, K, S>(
-        &self,
-        api: &Api<K>,
-        obj: &K,
-        current: Option<&S>,
-        desired: &S,
-        from: Option<L>,
-        to: L,
-    ) -> Result<bool, StatusError>
-    where
-        L: Lifecycle,
-        K: Resource + Clone + DeserializeOwned + Debug,
-        S: Serialize + PartialEq,
-    {
-        check_transition::<L>(&self.metrics, from, to)?;
-        self.write(api, obj, current, desired).await
     }
 }

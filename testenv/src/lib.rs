@@ -9,6 +9,9 @@
 //! inside the cluster's network namespace ([`ControlPlane::spawn_in_cluster`]), stopped by
 //! the process that started them.
 //!
+//! [`scripted`] is the other end of the scale: a scripted API server behind a [`kube::Client`],
+//! for unit tests that check the exact requests a piece of code makes.
+//!
 //! Nothing here skips: a missing binary or no running cluster is an [`Error`] with the
 //! reason.
 use std::{
@@ -31,6 +34,7 @@ pub mod bins;
 pub mod certs;
 pub mod cluster;
 pub mod process;
+pub mod scripted;
 
 pub use cluster::{NODE_IP, NODE_NAME};
 use process::Proc;

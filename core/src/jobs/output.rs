@@ -48,10 +48,7 @@ impl Output {
     /// Whether any entry carries an error or a `Failed` phase.
     pub fn has_error(&self) -> bool {
         self.host_backup_stats.iter().any(|h| h.is_failed())
-            || self.host_restore_stats.iter().any(|h| {
-                h.error.as_deref().is_some_and(|e| !e.is_empty())
-                    || h.phase == Some(stash_crds::restore_session::HostPhase::Failed)
-            })
+            || self.host_restore_stats.iter().any(|h| h.is_failed())
     }
 
     /// Write to `<dir>/output.json` (creating `dir`).

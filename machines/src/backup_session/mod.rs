@@ -252,14 +252,17 @@ pub enum HostOutcome {
 /// Classifies one host entry: an entry that carries an error is failed, and so is one without a
 /// snapshot or without a `Succeeded` phase (decision 1).
 pub fn host_outcome(report: &HostReport) -> HostOutcome {
-    match (&report.error, report.phase) {
-        (Some(e), _) if !e.is_empty() => HostOutcome::Failed(e.clone()),
-        (_, Some(HostPhase::Failed)) => HostOutcome::Failed("host reported Failed".into()),
-        (_, None) => HostOutcome::Failed("host entry has no phase".into()),
-        (_, Some(HostPhase::Succeeded)) if report.snapshots == 0 => {
-            HostOutcome::Failed("no snapshot was taken".into())
-        }
-        (_, Some(HostPhase::Succeeded)) => HostOutcome::Succeeded,
+    if crate::entry_failed(
+        report.phase == Some(HostPhase::Failed),
+        report.error.as_deref(),
+    ) {
+        let why = report.error.clone().filter(|e| !e.is_empty());
+        return HostOutcome::Failed(why.unwrap_or_else(|| "host reported Failed".into()));
+    }
+    match report.phase {
+        None => HostOutcome::Failed("host entry has no phase".into()),
+        Some(_) if report.snapshots == 0 => HostOutcome::Failed("no snapshot was taken".into()),
+        Some(_) => HostOutcome::Succeeded,
     }
 }
 
@@ -467,14 +470,19 @@ fn pending<L: BackupLifecycle>(obs: &Observation<L>, current: L) -> Decision<L> 
             );
         }
     }
+    // The claim is the last step before the one that starts the backup: a session that
+    // claims and then waits (for its sidecars' grant) would hold the claim while an older
+    // session waits for it, and the older one would keep this one waiting in turn.
     let mut before = Vec::new();
+    if model != TargetModel::Job {
+        before.push(Effect::Act(Action::GrantSidecars));
+    }
     if !obs.repository.initialized {
         before.push(Effect::Act(Action::ClaimRepository));
     }
-    before.push(match model {
-        TargetModel::Job => Effect::Act(Action::CreateBackupJob),
-        _ => Effect::Act(Action::GrantSidecars),
-    });
+    if model == TargetModel::Job {
+        before.push(Effect::Act(Action::CreateBackupJob));
+    }
     let how = if model == TargetModel::Job {
         "backup Job created"
     } else {
