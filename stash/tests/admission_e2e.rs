@@ -20,7 +20,7 @@ use std::{
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
 use kube::{
     Api,
-    api::{DynamicObject, GroupVersionKind, PostParams},
+    api::{DynamicObject, PostParams},
     discovery,
 };
 use stash_admission as admission;
@@ -30,10 +30,6 @@ use stash_testenv::ControlPlane;
 
 fn corpus_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../admission/tests/admission-corpus/invalid")
-}
-
-fn examples_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/stash-v0.8.3/examples")
 }
 
 /// `kubectl replace -f -` of `doc` in `ns`, retried (at most 10 times) on a Conflict: kubectl
@@ -289,37 +285,13 @@ async fn doubtful_objects_are_admitted_with_warnings(cp: &ControlPlane) {
     );
 }
 
-/// Same scope as tests/conformance.rs.
-const IN_SCOPE: &[(&str, &str)] = &[
-    ("stash.appscode.com", "BackupConfiguration"),
-    ("stash.appscode.com", "BackupSession"),
-    ("stash.appscode.com", "RestoreSession"),
-    ("stash.appscode.com", "Function"),
-    ("stash.appscode.com", "Task"),
-    ("stash.appscode.com", "BackupConfigurationTemplate"),
-    ("stash.appscode.com", "Repository"),
-    ("appcatalog.appscode.com", "AppBinding"),
-];
-
-fn gvk_of(doc: &serde_json::Value) -> GroupVersionKind {
-    let api_version = doc["apiVersion"].as_str().unwrap_or_default();
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    GroupVersionKind::gvk(group, version, doc["kind"].as_str().unwrap_or_default())
-}
-
 async fn upstream_examples_are_admitted(cp: &ControlPlane) {
     let ns = cp.namespace("admission-examples").await.expect("namespace");
     let client = cp.client();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(examples_dir())
-        .expect("examples")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
     let mut docs = Vec::new();
-    for f in &files {
+    for f in &support::upstream_files() {
         for d in yaml_docs(f) {
-            let gvk = gvk_of(&d);
+            let gvk = support::gvk_of(&d);
             // postgres-backup-appbinding.yaml has a stray `...` (end of document) inside its
             // metadata, which leaves the AppBinding without metadata: not a manifest.
             if d["metadata"].is_null() {
@@ -329,7 +301,7 @@ async fn upstream_examples_are_admitted(cp: &ControlPlane) {
                 );
                 continue;
             }
-            if IN_SCOPE.contains(&(gvk.group.as_str(), gvk.kind.as_str())) {
+            if support::IN_SCOPE.contains(&(gvk.group.as_str(), gvk.kind.as_str())) {
                 docs.push((
                     f.file_name()
                         .unwrap_or_default()
@@ -349,7 +321,7 @@ async fn upstream_examples_are_admitted(cp: &ControlPlane) {
     docs.sort_by_key(|(_, d)| rank(d));
     let (mut admitted, mut failures) = (0, Vec::new());
     for (file, doc) in &docs {
-        let gvk = gvk_of(doc);
+        let gvk = support::gvk_of(doc);
         let (ar, caps) = discovery::pinned_kind(&client, &gvk)
             .await
             .expect("discovery");
@@ -631,40 +603,15 @@ async fn sessions_are_immutable(cp: &ControlPlane) {
         .namespace("admission-immutable")
         .await
         .expect("namespace");
-    let bs = |name: &str| {
-        format!(
-            "apiVersion: stash.appscode.com/v1beta1\nkind: BackupSession\nmetadata:\n  name: manual\nspec:\n  backupConfiguration:\n    name: {name}\n"
-        )
+    let create = |doc: &str| kubectl(cp, &["create", "-n", &ns.name, "-f", "-"], Some(doc));
+    let get = |what: &str, jsonpath: &str| {
+        let mut args = vec!["get"];
+        args.extend(what.split(' '));
+        args.extend(["-n", &ns.name, "-o", jsonpath]);
+        kubectl(cp, &args, None)
     };
-    let (ok, _, err) = kubectl(
-        cp,
-        &["create", "-n", &ns.name, "-f", "-"],
-        Some(&bs("deployment-backup")),
-    );
-    assert!(
-        ok,
-        "a manual BackupSession without the label is admitted (defaulted): {err}"
-    );
-    let (ok, out, _) = kubectl(
-        cp,
-        &[
-            "get",
-            "backupsession",
-            "manual",
-            "-n",
-            &ns.name,
-            "-o",
-            "jsonpath={.metadata.labels}",
-        ],
-        None,
-    );
-    assert!(
-        ok && out.contains("deployment-backup"),
-        "label defaulted: {out}"
-    );
-    let (ok, _, err) = kubectl(
-        cp,
-        &[
+    let apply = |doc: &str| {
+        let args = [
             "apply",
             "--server-side",
             "--force-conflicts",
@@ -672,9 +619,25 @@ async fn sessions_are_immutable(cp: &ControlPlane) {
             &ns.name,
             "-f",
             "-",
-        ],
-        Some(&bs("other")),
+        ];
+        kubectl(cp, &args, Some(doc))
+    };
+    let bs = |name: &str| {
+        format!(
+            "apiVersion: stash.appscode.com/v1beta1\nkind: BackupSession\nmetadata:\n  name: manual\nspec:\n  backupConfiguration:\n    name: {name}\n"
+        )
+    };
+    let (ok, _, err) = create(&bs("deployment-backup"));
+    assert!(
+        ok,
+        "a manual BackupSession without the label is admitted (defaulted): {err}"
     );
+    let (ok, out, _) = get("backupsession manual", "jsonpath={.metadata.labels}");
+    assert!(
+        ok && out.contains("deployment-backup"),
+        "label defaulted: {out}"
+    );
+    let (ok, _, err) = apply(&bs("other"));
     assert!(
         !ok && err.contains("spec: BackupSession spec is immutable"),
         "{err}"
@@ -698,39 +661,11 @@ async fn sessions_are_immutable(cp: &ControlPlane) {
             "apiVersion: stash.appscode.com/v1beta1\nkind: RestoreSession\nmetadata:\n  name: restore\nspec:\n  repository:\n    name: s3-repo\n  rules:\n  - paths: [\"{path}\"]\n"
         )
     };
-    let (ok, _, err) = kubectl(
-        cp,
-        &["create", "-n", &ns.name, "-f", "-"],
-        Some(&rs("/source/data")),
-    );
+    let (ok, _, err) = create(&rs("/source/data"));
     assert!(ok, "create RestoreSession: {err}");
-    let (ok, out, _) = kubectl(
-        cp,
-        &[
-            "get",
-            "restoresession",
-            "restore",
-            "-n",
-            &ns.name,
-            "-o",
-            "jsonpath={.spec.driver}",
-        ],
-        None,
-    );
+    let (ok, out, _) = get("restoresession restore", "jsonpath={.spec.driver}");
     assert!(ok && out == "Restic", "driver defaulted to Restic: {out:?}");
-    let (ok, _, err) = kubectl(
-        cp,
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-n",
-            &ns.name,
-            "-f",
-            "-",
-        ],
-        Some(&rs("/other")),
-    );
+    let (ok, _, err) = apply(&rs("/other"));
     assert!(
         !ok && err.contains("spec: RestoreSession spec is immutable"),
         "{err}"

@@ -17,21 +17,29 @@ use std::time::Duration;
 
 use kube::Client;
 use serde_json::json;
-use stash_crds::backup_session::Phase;
 use stash_testenv::bins;
 use support::{minio::*, *};
 
 const PASSWORD: &str = "backend-test-password";
 
-/// Namespace with a Deployment `app` over a PVC of generated files; returns the guard and the
-/// source directory.
-async fn workload(prefix: &str) -> (stash_testenv::TestNamespace, std::path::PathBuf) {
+/// A namespace `<prefix>-<random>` with a Deployment `app` over a PVC of generated files: the
+/// namespace's guard, its name, the source directory, and a client.
+async fn workload(
+    prefix: &str,
+) -> (
+    stash_testenv::TestNamespace,
+    String,
+    std::path::PathBuf,
+    Client,
+) {
     let env = env().await;
     let ns = env.cp.namespace(prefix).await.expect("namespace");
     let source = pv_dir(&ns.name, "source-data").await;
     generate_files(&source, 77, 16, 8192);
-    deployment_with_pvc(&env.cp.client(), &ns.name, "app", "source-data").await;
-    (ns, source)
+    let client = env.cp.client();
+    deployment_with_pvc(&client, &ns.name, "app", "source-data").await;
+    let name = ns.name.clone();
+    (ns, name, source, client)
 }
 
 /// Back up `app` into Repository `repo` (already applied) and check restic's view at
@@ -61,93 +69,35 @@ async fn backup_and_check(
     source: &std::path::Path,
     host_restic: &dyn Fn() -> std::process::Command,
 ) -> String {
-    let env = env().await;
-    apply(
+    let retention = json!({"name": "keep-last-5", "keepLast": 5, "prune": true});
+    sidecar_backup(
         client,
         ns,
-        deployment_backup_configuration(
-            "app",
-            "repo",
-            "0 0 1 1 *",
-            json!({
-                "retentionPolicy": {"name": "keep-last-5", "keepLast": 5, "prune": true}
-            }),
-        ),
+        "app",
+        "repo",
+        json!({"retentionPolicy": retention}),
     )
     .await;
-    wait_sidecar_ready(client, ns, "app", Duration::from_secs(90)).await;
-    create_backup_session(client, ns, "app-backup", "remote").await;
-    let s = wait_session_terminal(client, ns, "remote", Duration::from_secs(120)).await;
+    let s = run_backup_session(client, ns, "app-backup", "remote", Duration::from_secs(120)).await;
     let status = s.status.clone().expect("status");
-    if status.phase != Some(Phase::Succeeded) {
-        dump_logs(env.cp);
-    }
-    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
     let short = status.stats[0].snapshots[0]
         .name
         .clone()
         .expect("snapshot name");
 
-    // The host reports its snapshot first, then (still holding restic's lock) runs the
-    // follow-up steps (forget, stats, check) and writes the Repository status: wait for that
-    // before restic on the host takes its own locks.
-    let repos = kube::Api::<stash_crds::Repository>::namespaced(client.clone(), ns);
-    let rs = eventually(
-        "the Repository status after the backup",
-        Duration::from_secs(120),
-        || {
-            let repos = repos.clone();
-            async move {
-                let r = repos.get("repo").await.ok()?;
-                r.status.filter(|s| s.snapshot_count.is_some())
-            }
-        },
-    )
-    .await;
+    // Restic on the host takes its own locks once the agent is done with the repository.
+    let rs = wait_repository_status(client, ns).await;
     assert_eq!(rs.snapshot_count, Some(1), "{rs:?}");
     assert_eq!(rs.integrity, Some(true), "{rs:?}");
-    let out = host_restic()
-        .args(["snapshots", "--json"])
-        .output()
-        .expect("restic snapshots");
-    assert!(
-        out.status.success(),
-        "restic snapshots: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let snaps: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(snaps.len(), 1, "{snaps:?}");
-    assert_eq!(snaps[0]["hostname"], "host-0");
-    assert_eq!(snaps[0]["paths"], json!(["/source/data"]));
-    assert_eq!(snaps[0]["short_id"].as_str(), Some(short.as_str()));
-    let scratch = tempfile::tempdir().expect("scratch");
-    let out = host_restic()
-        .args(["restore", &short, "--target"])
-        .arg(scratch.path())
-        .output()
-        .expect("restic restore");
-    assert!(
-        out.status.success(),
-        "restic restore: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let restored = checksums(&scratch.path().join("source/data"));
-    let original = checksums(source);
-    assert!(!original.is_empty());
-    assert_eq!(
-        restored, original,
-        "restored bytes differ from the originals"
-    );
+    assert_only_snapshot(&restic_snapshots_of(host_restic()), "host-0", &short);
+    assert_restores_equal(host_restic(), &short, source);
     assert_no_illegal_transitions().await;
     short
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deployment_is_backed_up_to_s3() {
-    let env = env().await;
-    let client = env.cp.client();
-    let (guard, source) = workload("s3").await;
-    let ns = guard.name.clone();
+    let (_guard, ns, source, client) = workload("s3").await;
     // moto listens on the node address, inside the cluster's network namespace: the sidecar
     // (a pod) and the operator (wipeOut) reach it there, and so does restic on the host.
     let moto = bins::bin("moto_server").expect("moto_server");
@@ -171,17 +121,14 @@ async fn a_deployment_is_backed_up_to_s3() {
     })
     .await;
     let (key_id, key) = ("AKIASTASHE2E", "s3-secret-key-for-the-test");
-    apply(&client, &ns, json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-secret"},
-        "stringData": {"RESTIC_PASSWORD": PASSWORD, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": key}
-    }))
-    .await;
-    apply(&client, &ns, json!({
-        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
-        "spec": {"backend": {"storageSecretName": "s3-secret",
-                             "s3": {"endpoint": endpoint, "bucket": bucket, "prefix": "demo/app"}},
-                 "wipeOut": true}
-    }))
+    secret_and_repository(
+        &client,
+        &ns,
+        "s3-secret",
+        json!({"RESTIC_PASSWORD": PASSWORD, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": key}),
+        json!({"backend": {"s3": {"endpoint": endpoint, "bucket": bucket, "prefix": "demo/app"}},
+               "wipeOut": true}),
+    )
     .await;
     let url = format!("s3:{endpoint}/{bucket}/demo/app");
     backup_and_verify(
@@ -215,33 +162,29 @@ async fn a_deployment_is_backed_up_to_s3() {
         cmd.output().expect("restic cat config").status.success()
     };
     assert!(has_repo(), "the repository exists before the deletion");
-    repos
-        .delete("repo", &Default::default())
-        .await
-        .expect("delete repo");
-    eventually("the Repository to be gone", Duration::from_secs(60), || {
-        let repos = repos.clone();
-        async move { matches!(repos.get_opt("repo").await, Ok(None)).then_some(()) }
-    })
-    .await;
-    let ev = wait_event(&client, &ns, "repo", "WipedOut", Duration::from_secs(30)).await;
-    assert_eq!(ev.type_, "Normal");
+    let ev = delete_and_wipe(&client, &ns).await;
     assert!(ev.note.contains("deleted"), "{ev:?}");
     assert!(!has_repo(), "restic finds no repository after the wipe-out");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deployment_is_backed_up_to_a_rest_server() {
-    let env = env().await;
-    let client = env.cp.client();
-    let (guard, source) = workload("rest").await;
-    let ns = guard.name.clone();
+    let (_guard, ns, source, client) = workload("rest").await;
     let data = tempfile::tempdir().expect("rest-server data");
     let url = rest_repository(&client, &ns, data.path(), PASSWORD).await;
     backup_and_verify(&client, &ns, &source, &format!("rest:{url}"), &[]).await;
     assert!(
         data.path().join("app").join("config").exists(),
         "the repository lives in the REST server's directory"
+    );
+}
+
+/// restic (`restic`: a command for a repository that was wiped out) finds no repository.
+fn assert_wiped(mut restic: std::process::Command) {
+    let out = restic.args(["cat", "config"]).output().expect("restic");
+    assert!(
+        !out.status.success(),
+        "restic finds no repository after the wipe-out"
     );
 }
 
@@ -348,30 +291,14 @@ async fn restore_in_cluster(client: &Client, ns: &str, source: &std::path::Path)
                  "rules": [{"paths": ["/source/data"]}]}
     }))
     .await;
-    let api = kube::Api::<stash_crds::RestoreSession>::namespaced(client.clone(), ns);
-    let rs = eventually(
-        "the RestoreSession to finish",
+    wait_session_ends(
+        client,
+        ns,
+        "restore",
+        RestorePhase::Succeeded,
         Duration::from_secs(180),
-        || {
-            let api = api.clone();
-            async move {
-                let s = api.get("restore").await.ok()?;
-                let phase = s.status.as_ref()?.phase?;
-                matches!(
-                    phase,
-                    RestorePhase::Succeeded | RestorePhase::Failed | RestorePhase::Unknown
-                )
-                .then_some(s)
-            }
-        },
     )
     .await;
-    let status = rs.status.clone().expect("status");
-    if status.phase != Some(RestorePhase::Succeeded) {
-        dump_logs(env().await.cp);
-        eprintln!("{}", pod_logs(ns, "restore"));
-    }
-    assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
     let got = checksums(&restored);
     assert!(!got.is_empty());
     assert_eq!(
@@ -416,10 +343,7 @@ async fn all_keys(store: &dyn object_store::ObjectStore) -> std::collections::BT
 #[tokio::test(flavor = "multi_thread")]
 async fn minio_over_tls_with_a_private_ca() {
     use object_store::ObjectStoreExt;
-    let env = env().await;
-    let client = env.cp.client();
-    let (guard, source) = workload("minio").await;
-    let ns = guard.name.clone();
+    let (_guard, ns, source, client) = workload("minio").await;
     let certs = tempfile::tempdir().expect("certs");
     let ca = private_ca(certs.path(), &[stash_testenv::NODE_IP]);
     let data = tempfile::tempdir().expect("minio data");
@@ -481,11 +405,7 @@ async fn minio_over_tls_with_a_private_ca() {
         restic_objects.len(),
         after.len()
     ));
-    let out = host().args(["cat", "config"]).output().expect("restic");
-    assert!(
-        !out.status.success(),
-        "restic finds no repository after the wipe-out"
-    );
+    assert_wiped(host());
 }
 
 /// Google Cloud Storage against fake-gcs-server over HTTPS with the private CA: restic (and
@@ -493,10 +413,7 @@ async fn minio_over_tls_with_a_private_ca() {
 /// (`GOOGLE_ACCESS_TOKEN`) instead of a service account.
 #[tokio::test(flavor = "multi_thread")]
 async fn google_cloud_storage_on_fake_gcs_server() {
-    let env = env().await;
-    let client = env.cp.client();
-    let (guard, source) = workload("gcs").await;
-    let ns = guard.name.clone();
+    let (_guard, ns, source, client) = workload("gcs").await;
     let certs = tempfile::tempdir().expect("certs");
     let ca = private_ca(certs.path(), &[stash_testenv::NODE_IP]);
     let gcs = bins::bin("fake-gcs-server").expect("fake-gcs-server");
@@ -539,23 +456,16 @@ async fn google_cloud_storage_on_fake_gcs_server() {
     .await;
     let emulator = format!("https://{}:{port}", stash_testenv::NODE_IP);
     let (project, token) = ("stash-e2e", "gcs-bearer-token-for-the-test");
-    apply(
+    secret_and_repository(
         &client,
         &ns,
-        json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gcs-secret"},
-            "stringData": {"RESTIC_PASSWORD": PASSWORD, "GOOGLE_PROJECT_ID": project,
-                           "GOOGLE_ACCESS_TOKEN": token, "STORAGE_EMULATOR_HOST": emulator,
-                           "CA_CERT_DATA": ca}
-        }),
+        "gcs-secret",
+        json!({"RESTIC_PASSWORD": PASSWORD, "GOOGLE_PROJECT_ID": project,
+               "GOOGLE_ACCESS_TOKEN": token, "STORAGE_EMULATOR_HOST": emulator,
+               "CA_CERT_DATA": ca}),
+        json!({"backend": {"gcs": {"bucket": "stash-gcs", "prefix": "demo/app"}},
+               "wipeOut": true}),
     )
-    .await;
-    apply(&client, &ns, json!({
-        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
-        "spec": {"backend": {"storageSecretName": "gcs-secret",
-                             "gcs": {"bucket": "stash-gcs", "prefix": "demo/app"}},
-                 "wipeOut": true}
-    }))
     .await;
     let cacert = certs.path().join("ca.crt");
     let renv = [
@@ -569,11 +479,7 @@ async fn google_cloud_storage_on_fake_gcs_server() {
     restore_in_cluster(&client, &ns, &source).await;
     let ev = delete_and_wipe(&client, &ns).await;
     eprintln!("GCS wipe-out: {}", ev.note);
-    let out = host().args(["cat", "config"]).output().expect("restic");
-    assert!(
-        !out.status.success(),
-        "restic finds no repository after the wipe-out"
-    );
+    assert_wiped(host());
 }
 
 /// Azure Blob Storage against Azurite over HTTPS with the private CA. restic only speaks to
@@ -582,10 +488,7 @@ async fn google_cloud_storage_on_fake_gcs_server() {
 /// the node address (Azurite takes the account from the host name, as Azure does).
 #[tokio::test(flavor = "multi_thread")]
 async fn azure_blob_storage_on_azurite() {
-    let env = env().await;
-    let client = env.cp.client();
-    let (guard, source) = workload("azure").await;
-    let ns = guard.name.clone();
+    let (_guard, ns, source, client) = workload("azure").await;
     let account = "stashe2e";
     let fqdn = format!("{account}.blob.{ns}.svc.cluster.local");
     let certs = tempfile::tempdir().expect("certs");
@@ -638,23 +541,16 @@ async fn azure_blob_storage_on_azurite() {
     )
     .await;
     let suffix = format!("{ns}.svc.cluster.local:{port}");
-    apply(
+    secret_and_repository(
         &client,
         &ns,
-        json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "azure-secret"},
-            "stringData": {"RESTIC_PASSWORD": PASSWORD, "AZURE_ACCOUNT_NAME": account,
-                           "AZURE_ACCOUNT_KEY": key, "AZURE_ENDPOINT_SUFFIX": suffix,
-                           "CA_CERT_DATA": ca}
-        }),
+        "azure-secret",
+        json!({"RESTIC_PASSWORD": PASSWORD, "AZURE_ACCOUNT_NAME": account,
+               "AZURE_ACCOUNT_KEY": key, "AZURE_ENDPOINT_SUFFIX": suffix,
+               "CA_CERT_DATA": ca}),
+        json!({"backend": {"azure": {"container": "stash-azure", "prefix": "demo/app"}},
+               "wipeOut": true}),
     )
-    .await;
-    apply(&client, &ns, json!({
-        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
-        "spec": {"backend": {"storageSecretName": "azure-secret",
-                             "azure": {"container": "stash-azure", "prefix": "demo/app"}},
-                 "wipeOut": true}
-    }))
     .await;
     // The same name for restic on the host, in a mount namespace of its own.
     let hosts = certs.path().join("hosts");
@@ -739,11 +635,7 @@ async fn azure_blob_storage_on_azurite() {
         "Azure wipe-out with a SAS-only Secret: {}",
         ev.note
     ));
-    let out = host().args(["cat", "config"]).output().expect("restic");
-    assert!(
-        !out.status.success(),
-        "restic finds no repository after the wipe-out"
-    );
+    assert_wiped(host());
 }
 
 /// A wipe-out that cannot succeed (the object store does not answer) keeps the finalizer and
@@ -910,11 +802,7 @@ async fn wipe_out_finds_the_buckets_region() {
         all_keys(&store_in(region)).await.is_empty(),
         "the bucket is empty after the wipe-out"
     );
-    let out = host().args(["cat", "config"]).output().expect("restic");
-    assert!(
-        !out.status.success(),
-        "restic finds no repository after the wipe-out"
-    );
+    assert_wiped(host());
     stash_testenv::report(&format!(
         "wipeOut bucket region: {region} found from the endpoint, {restic_objects} restic objects deleted"
     ));
@@ -962,23 +850,16 @@ async fn repo_on_a_silent_endpoint(
     prefix: &str,
 ) -> kube::Api<stash_crds::Repository> {
     let port = env().await.cp.cluster_port();
-    apply(
+    let endpoint = format!("http://{}:{port}", stash_testenv::NODE_IP);
+    secret_and_repository(
         client,
         ns,
-        json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-secret"},
-            "stringData": {"RESTIC_PASSWORD": PASSWORD, "AWS_ACCESS_KEY_ID": "AKIAWIPEFAIL",
-                           "AWS_SECRET_ACCESS_KEY": "wipe-fail-secret", "AWS_REGION": "eu-west-3"}
-        }),
+        "s3-secret",
+        json!({"RESTIC_PASSWORD": PASSWORD, "AWS_ACCESS_KEY_ID": "AKIAWIPEFAIL",
+               "AWS_SECRET_ACCESS_KEY": "wipe-fail-secret", "AWS_REGION": "eu-west-3"}),
+        json!({"backend": {"s3": {"endpoint": endpoint, "bucket": bucket, "prefix": prefix}},
+               "wipeOut": true}),
     )
-    .await;
-    let endpoint = format!("http://{}:{port}", stash_testenv::NODE_IP);
-    apply(client, ns, json!({
-        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
-        "spec": {"backend": {"storageSecretName": "s3-secret",
-                             "s3": {"endpoint": endpoint, "bucket": bucket, "prefix": prefix}},
-                 "wipeOut": true}
-    }))
     .await;
     let repos = kube::Api::<stash_crds::Repository>::namespaced(client.clone(), ns);
     wait_finalizer(&repos).await;
@@ -1089,21 +970,14 @@ async fn wipe_out_deletes_exactly_the_repository_the_user_named() {
     let before = all_keys(&store).await;
     let ns_guard = env.cp.namespace("wipe-nokeys").await.expect("namespace");
     let ns = ns_guard.name.clone();
-    apply(
+    secret_and_repository(
         &client,
         &ns,
-        json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "minio-secret"},
-            "stringData": {"RESTIC_PASSWORD": PASSWORD, "CA_CERT_DATA": ca}
-        }),
+        "minio-secret",
+        json!({"RESTIC_PASSWORD": PASSWORD, "CA_CERT_DATA": ca}),
+        json!({"backend": {"s3": {"endpoint": endpoint, "bucket": bucket, "prefix": "nokeys/app"}},
+               "wipeOut": true}),
     )
-    .await;
-    apply(&client, &ns, json!({
-        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
-        "spec": {"backend": {"storageSecretName": "minio-secret",
-                             "s3": {"endpoint": endpoint, "bucket": bucket, "prefix": "nokeys/app"}},
-                 "wipeOut": true}
-    }))
     .await;
     let repos = kube::Api::<stash_crds::Repository>::namespaced(client.clone(), &ns);
     wait_finalizer(&repos).await;

@@ -5,8 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use kube::{Api, ResourceExt, api::ListParams};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 use stash_crds::{BackupSession, Repository, backup_session::Phase};
 use support::*;
@@ -33,34 +32,6 @@ fn backup_configuration(kind: &str, name: &str, schedule: &str) -> serde_json::V
     })
 }
 
-async fn manual_session(ns: &str, bc: &str, name: &str) {
-    let client = env().await.cp.client();
-    apply(
-        &client,
-        ns,
-        json!({
-            "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
-            "metadata": {"name": name, "labels": {"stash.appscode.com/backup-configuration": bc}},
-            "spec": {"backupConfiguration": {"name": bc}}
-        }),
-    )
-    .await;
-}
-
-/// Wait until session `name` is terminal; return it.
-async fn finished(ns: &str, name: &str, timeout: Duration) -> BackupSession {
-    let api = Api::<BackupSession>::namespaced(env().await.cp.client(), ns);
-    eventually(&format!("BackupSession {name} to finish"), timeout, || {
-        let api = api.clone();
-        async move {
-            let s = api.get(name).await.ok()?;
-            let phase = s.status.as_ref()?.phase?;
-            matches!(phase, Phase::Succeeded | Phase::Failed | Phase::Skipped).then_some(s)
-        }
-    })
-    .await
-}
-
 fn assert_succeeded(s: &BackupSession, hosts: usize) {
     let status = s.status.as_ref().expect("status");
     assert_eq!(
@@ -85,20 +56,8 @@ fn assert_restores_identically(repo: &str, host: &str, source: &std::path::Path)
         .rfind(|s| s["hostname"] == host)
         .unwrap_or_else(|| panic!("no snapshot of {host} in {snaps:?}"));
     assert_eq!(snap["paths"], json!(["/source/data"]));
-    let scratch = tempfile::tempdir().expect("scratch");
-    restic_restore(
-        repo,
-        PASSWORD,
-        snap["id"].as_str().expect("id"),
-        scratch.path(),
-    );
-    let restored = checksums(&scratch.path().join("source/data"));
-    let original = checksums(source);
-    assert!(!original.is_empty());
-    assert_eq!(
-        restored, original,
-        "restored bytes of {host} differ from the originals"
-    );
+    let id = snap["id"].as_str().expect("id");
+    assert_restores_equal(restic(repo, PASSWORD), id, source);
 }
 
 /// The Repository status agrees with restic once the agent has written it: the sidecar
@@ -133,20 +92,7 @@ async fn a_deployment_is_backed_up_on_schedule_and_on_demand() {
     let client = env.cp.client();
     let source = pv_dir(&ns, "source-data").await;
     generate_files(&source, 1, 24, 4096);
-    apply(&client, &ns, json!({
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "source-data"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
-    }))
-    .await;
-    apply(&client, &ns, json!({
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "app", "labels": {"app": "app"}},
-        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "app"}},
-                 "template": {"metadata": {"labels": {"app": "app"}},
-                              "spec": {"containers": [{"name": "busybox", "image": "busybox", "command": ["sleep", "3600"],
-                                                       "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}],
-                                       "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "source-data"}}]}}}
-    }))
-    .await;
+    deployment_with_pvc(&client, &ns, "app", "source-data").await;
     apply(
         &client,
         &ns,
@@ -155,61 +101,24 @@ async fn a_deployment_is_backed_up_on_schedule_and_on_demand() {
     .await;
 
     // The sidecar is injected and its pod runs.
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
-    eventually(
-        "the sidecar in a ready Deployment",
-        Duration::from_secs(90),
-        || {
-            let d = deployments.clone();
-            async move {
-                let d = d.get("app").await.ok()?;
-                let injected = d
-                    .spec
-                    .as_ref()?
-                    .template
-                    .spec
-                    .as_ref()?
-                    .containers
-                    .iter()
-                    .any(|c| c.name == "stash");
-                let st = d.status?;
-                (injected
-                    && st.updated_replicas == Some(1)
-                    && st.ready_replicas == Some(1)
-                    && st.replicas == Some(1))
-                .then_some(())
-            }
-        },
+    wait_sidecar_ready(&client, &ns, "app", Duration::from_secs(90)).await;
+
+    let s = run_backup_session(
+        &client,
+        &ns,
+        "app-backup",
+        "manual-1",
+        Duration::from_secs(120),
     )
     .await;
-
-    manual_session(&ns, "app-backup", "manual-1").await;
-    let s = finished(&ns, "manual-1", Duration::from_secs(120)).await;
-    if s.status.as_ref().and_then(|s| s.phase) != Some(Phase::Succeeded) {
-        dump_logs(env.cp);
-    }
     assert_succeeded(&s, 1);
     let repo = f.repo_dir.to_string_lossy().to_string();
     assert_restores_identically(&repo, "host-0", &source);
     repository_agrees_with_restic(&ns, &repo).await;
 
     // The schedule creates sessions too (named <bc>-<unix seconds>).
-    let api = Api::<BackupSession>::namespaced(client.clone(), &ns);
-    let scheduled = eventually(
-        "a scheduled BackupSession to succeed",
-        Duration::from_secs(150),
-        || {
-            let api = api.clone();
-            async move {
-                let list = api.list(&ListParams::default()).await.ok()?;
-                list.into_iter().find(|s| {
-                    s.name_any().starts_with("app-backup-")
-                        && s.status.as_ref().and_then(|s| s.phase) == Some(Phase::Succeeded)
-                })
-            }
-        },
-    )
-    .await;
+    let scheduled =
+        wait_scheduled_success(&client, &ns, "app-backup", None, Duration::from_secs(150)).await;
     assert_succeeded(&scheduled, 1);
     let hosts: Vec<_> = restic_snapshots(&repo, PASSWORD)
         .iter()
@@ -234,58 +143,29 @@ async fn every_replica_of_a_statefulset_is_backed_up_as_its_own_host() {
         generate_files(&dir, 10 + i, 8, 2048);
         pvs.push(dir);
     }
-    apply(&client, &ns, json!({
-        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
-        "spec": {"replicas": 3, "serviceName": "db", "podManagementPolicy": "Parallel",
-                 "selector": {"matchLabels": {"app": "db"}},
-                 "template": {"metadata": {"labels": {"app": "db"}},
-                              "spec": {"containers": [{"name": "db", "image": "busybox", "command": ["sleep", "3600"],
-                                                       "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}]}},
-                 "volumeClaimTemplates": [{"metadata": {"name": "data"},
-                                           "spec": {"accessModes": ["ReadWriteOnce"],
-                                                    "resources": {"requests": {"storage": "1Gi"}}}}]}
-    }))
-    .await;
+    apply(&client, &ns, statefulset_with_claims("db", 3)).await;
     apply(
         &client,
         &ns,
         backup_configuration("StatefulSet", "db", "0 0 1 1 *"),
     )
     .await;
-    let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns);
-    eventually(
-        "the sidecar in every StatefulSet pod",
+    wait_rolled_out(
+        &client,
+        &ns,
+        Workload::StatefulSet("db", 3),
+        Injected::Sidecar,
         Duration::from_secs(150),
-        || {
-            let sts = sts.clone();
-            async move {
-                let s = sts.get("db").await.ok()?;
-                let injected = s
-                    .spec
-                    .as_ref()?
-                    .template
-                    .spec
-                    .as_ref()?
-                    .containers
-                    .iter()
-                    .any(|c| c.name == "stash");
-                let st = s.status?;
-                let rolled =
-                    st.update_revision.is_some() && st.update_revision == st.current_revision;
-                (injected
-                    && rolled
-                    && st.ready_replicas == Some(3)
-                    && st.updated_replicas == Some(3))
-                .then_some(())
-            }
-        },
     )
     .await;
-    manual_session(&ns, "db-backup", "manual-1").await;
-    let s = finished(&ns, "manual-1", Duration::from_secs(150)).await;
-    if s.status.as_ref().and_then(|s| s.phase) != Some(Phase::Succeeded) {
-        dump_logs(env.cp);
-    }
+    let s = run_backup_session(
+        &client,
+        &ns,
+        "db-backup",
+        "manual-1",
+        Duration::from_secs(150),
+    )
+    .await;
     assert_succeeded(&s, 3);
     assert_status_ownership(&s.metadata, &["host-0", "host-1", "host-2"]);
     let repo = f.repo_dir.to_string_lossy().to_string();
@@ -319,38 +199,22 @@ async fn a_daemonset_is_backed_up_under_its_node_name() {
         backup_configuration("DaemonSet", "agent", "0 0 1 1 *"),
     )
     .await;
-    let ds = Api::<DaemonSet>::namespaced(client.clone(), &ns);
-    eventually(
-        "the sidecar in the DaemonSet pod",
+    wait_rolled_out(
+        &client,
+        &ns,
+        Workload::DaemonSet("agent"),
+        Injected::Sidecar,
         Duration::from_secs(120),
-        || {
-            let ds = ds.clone();
-            async move {
-                let d = ds.get("agent").await.ok()?;
-                let injected = d
-                    .spec
-                    .as_ref()?
-                    .template
-                    .spec
-                    .as_ref()?
-                    .containers
-                    .iter()
-                    .any(|c| c.name == "stash");
-                let st = d.status?;
-                (injected
-                    && st.updated_number_scheduled == Some(1)
-                    && st.number_ready == 1
-                    && st.number_available == Some(1))
-                .then_some(())
-            }
-        },
     )
     .await;
-    manual_session(&ns, "agent-backup", "manual-1").await;
-    let s = finished(&ns, "manual-1", Duration::from_secs(120)).await;
-    if s.status.as_ref().and_then(|s| s.phase) != Some(Phase::Succeeded) {
-        dump_logs(env.cp);
-    }
+    let s = run_backup_session(
+        &client,
+        &ns,
+        "agent-backup",
+        "manual-1",
+        Duration::from_secs(120),
+    )
+    .await;
     assert_succeeded(&s, 1);
     let repo = f.repo_dir.to_string_lossy().to_string();
     assert_restores_identically(&repo, stash_testenv::NODE_NAME, &source);
@@ -368,30 +232,22 @@ async fn retention_keeps_the_two_newest_snapshots() {
     let source = pv_dir(&ns, "source-data").await;
     generate_files(&source, 7, 12, 2048);
     deployment_with_pvc(&client, &ns, "app", "source-data").await;
-    apply(
+    let retention = json!({"name": "keep-last-2", "keepLast": 2, "prune": true});
+    sidecar_backup(
         &client,
         &ns,
-        deployment_backup_configuration(
-            "app",
-            "repo",
-            "0 0 1 1 *",
-            json!({
-                "retentionPolicy": {"name": "keep-last-2", "keepLast": 2, "prune": true}
-            }),
-        ),
+        "app",
+        "repo",
+        json!({"retentionPolicy": retention}),
     )
     .await;
-    wait_sidecar_ready(&client, &ns, "app", Duration::from_secs(90)).await;
 
     let started = std::time::Instant::now();
     let mut ids = Vec::new();
     for i in 1..=4 {
         let name = format!("keep-{i}");
-        create_backup_session(&client, &ns, "app-backup", &name).await;
-        let s = wait_session_terminal(&client, &ns, &name, Duration::from_secs(120)).await;
-        if s.status.as_ref().and_then(|s| s.phase) != Some(Phase::Succeeded) {
-            dump_logs(env.cp);
-        }
+        let s =
+            run_backup_session(&client, &ns, "app-backup", &name, Duration::from_secs(120)).await;
         assert_succeeded(&s, 1);
         let short = s
             .status
@@ -465,59 +321,17 @@ async fn a_paused_configuration_creates_and_runs_no_session() {
     let ns = f.ns.name.clone();
     let client = env.cp.client();
     // A schedule that does not fire during the test: the Job is created from the CronJob by hand.
-    apply(
-        &client,
-        &ns,
-        deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({})),
-    )
-    .await;
-    let cronjobs = Api::<k8s_openapi::api::batch::v1::CronJob>::namespaced(client.clone(), &ns);
-    eventually("the trigger CronJob", Duration::from_secs(60), || {
-        let c = cronjobs.clone();
-        async move { c.get_opt("app-backup").await.ok().flatten() }
-    })
-    .await;
+    let bc = deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({}));
+    apply_with_trigger(&client, &ns, bc).await;
     let mut bc = deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({}));
     bc["spec"]["paused"] = json!(true);
     apply(&client, &ns, bc).await;
 
-    let out = env
-        .cp
-        .kubectl()
-        .expect("kubectl")
-        .args([
-            "create",
-            "job",
-            "--from=cronjob/app-backup",
-            "trigger-now",
-            "-n",
-            &ns,
-        ])
-        .output()
-        .expect("run kubectl");
+    let st = run_trigger_job(&client, &ns, "app-backup", "trigger-now").await;
     assert!(
-        out.status.success(),
-        "kubectl create job: {}",
-        String::from_utf8_lossy(&out.stderr)
+        st.failed.unwrap_or(0) == 0 && st.succeeded == Some(1),
+        "the trigger Job succeeds: {st:?}"
     );
-    let jobs = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), &ns);
-    eventually(
-        "the trigger Job to succeed",
-        Duration::from_secs(90),
-        || {
-            let j = jobs.clone();
-            async move {
-                let j = j.get("trigger-now").await.ok()?;
-                let st = j.status?;
-                assert!(
-                    st.failed.unwrap_or(0) == 0,
-                    "the trigger Job failed: {st:?}"
-                );
-                (st.succeeded == Some(1)).then_some(())
-            }
-        },
-    )
-    .await;
     let skipped = wait_event(
         &client,
         &ns,
@@ -527,14 +341,8 @@ async fn a_paused_configuration_creates_and_runs_no_session() {
     )
     .await;
     assert!(skipped.note.contains("paused"), "{skipped:?}");
-    let sessions = Api::<BackupSession>::namespaced(client.clone(), &ns);
     assert!(
-        sessions
-            .list(&ListParams::default())
-            .await
-            .expect("list")
-            .items
-            .is_empty(),
+        backup_sessions(&client, &ns).await.is_empty(),
         "no BackupSession while paused"
     );
 
@@ -579,13 +387,7 @@ async fn two_sessions_of_one_configuration_never_run_at_once() {
     // ~80 MB of incompressible data: a backup takes a few seconds.
     generate_files(&source, 99, 20, 4 << 20);
     deployment_with_pvc(&client, &ns, "app", "source-data").await;
-    apply(
-        &client,
-        &ns,
-        deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({})),
-    )
-    .await;
-    wait_sidecar_ready(&client, &ns, "app", Duration::from_secs(90)).await;
+    sidecar_backup(&client, &ns, "app", "repo", json!({})).await;
     let repo = f.repo_dir.to_string_lossy().to_string();
     let before = if f.repo_dir.join("config").exists() {
         restic_snapshots(&repo, PASSWORD).len()

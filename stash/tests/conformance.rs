@@ -1,43 +1,21 @@
 //! Conformance on a real kube-apiserver: our generated CRDs accept every upstream Stash
 //! manifest of the kinds we implement, unchanged; broken manifests are rejected with a
 //! message naming the field; `kubectl get` by short name shows the printer columns.
+mod support;
+
 use std::{
     collections::BTreeSet,
     io::Write,
-    path::PathBuf,
     process::{Command, Stdio},
 };
 
 use kube::{
     Api,
-    api::{DynamicObject, GroupVersionKind, PostParams},
+    api::{DynamicObject, PostParams},
     discovery,
 };
 use stash_testenv::{ControlPlane, shared};
-
-/// The kinds of the API we implement (group, kind). Snapshot is served by the aggregated
-/// API, not a CRD, and the legacy v1alpha1 Restic/Recovery kinds are out of scope.
-const IN_SCOPE: &[(&str, &str)] = &[
-    ("stash.appscode.com", "BackupConfiguration"),
-    ("stash.appscode.com", "BackupSession"),
-    ("stash.appscode.com", "RestoreSession"),
-    ("stash.appscode.com", "Function"),
-    ("stash.appscode.com", "Task"),
-    ("stash.appscode.com", "BackupConfigurationTemplate"),
-    ("stash.appscode.com", "Repository"),
-    ("appcatalog.appscode.com", "AppBinding"),
-];
-
-fn examples_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/conformance/stash-v0.8.3/examples");
-    assert!(
-        dir.is_dir(),
-        "conformance examples missing at {} (shared/ must sit beside the repo)",
-        dir.display()
-    );
-    dir
-}
+use support::{IN_SCOPE, gvk_of, upstream_examples, upstream_files};
 
 async fn control_plane() -> &'static ControlPlane {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -105,12 +83,6 @@ fn documents(path: &std::path::Path) -> Vec<serde_json::Value> {
         .into_iter()
         .filter(|d| !d.is_null())
         .collect()
-}
-
-fn gvk_of(doc: &serde_json::Value) -> GroupVersionKind {
-    let api_version = doc["apiVersion"].as_str().unwrap_or_default();
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    GroupVersionKind::gvk(group, version, doc["kind"].as_str().unwrap_or_default())
 }
 
 /// Create `doc` on the server exactly as written (a plain create: the API server validates
@@ -182,12 +154,7 @@ async fn every_upstream_manifest_of_our_kinds_is_accepted_unchanged() {
     let client = cp.client();
     let in_scope: BTreeSet<(&str, &str)> = IN_SCOPE.iter().copied().collect();
 
-    let mut files: Vec<_> = std::fs::read_dir(examples_dir())
-        .expect("list examples")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
+    let files = upstream_files();
 
     // Applied into a namespace of this test's own (deleted at the end) instead of the examples'
     // `demo`, so their schedules stop with the test; nothing else of a manifest is changed.
@@ -331,7 +298,7 @@ async fn kubectl_get_by_short_name_shows_the_printer_columns() {
     let cp = control_plane().await;
     let ns = cp.namespace("columns").await.expect("namespace");
     let client = cp.client();
-    let dir = examples_dir();
+    let dir = upstream_examples();
     // One object of each namespaced kind in our namespace, plus the cluster-scoped ones.
     for file in [
         "workloads-deployment-backupconfiguration.yaml",

@@ -12,7 +12,7 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use serde_json::json;
-use stash_crds::{BackupConfiguration, BackupSession, Repository, backup_session::Phase};
+use stash_crds::{BackupConfiguration, Repository};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -214,58 +214,15 @@ async fn a_default_backup_with_a_local_template_really_backs_up() {
     ] {
         apply(&client, &ns.name, doc).await;
     }
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns.name);
-    eventually(
-        "the sidecar in a ready Deployment",
-        Duration::from_secs(120),
-        || {
-            let d = deployments.clone();
-            async move {
-                let d = d.get("app").await.ok()?;
-                let injected = d
-                    .spec
-                    .as_ref()?
-                    .template
-                    .spec
-                    .as_ref()?
-                    .containers
-                    .iter()
-                    .any(|c| c.name == "stash");
-                let st = d.status?;
-                (injected
-                    && st.updated_replicas == Some(1)
-                    && st.ready_replicas == Some(1)
-                    && st.replicas == Some(1))
-                .then_some(())
-            }
-        },
+    wait_sidecar_ready(&client, &ns.name, "app", Duration::from_secs(120)).await;
+    run_backup_session(
+        &client,
+        &ns.name,
+        "deployment-app",
+        "now",
+        Duration::from_secs(150),
     )
     .await;
-    apply(&client, &ns.name, json!({
-        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
-        "metadata": {"name": "now", "labels": {"stash.appscode.com/backup-configuration": "deployment-app"}},
-        "spec": {"backupConfiguration": {"name": "deployment-app"}}
-    }))
-    .await;
-    let api = Api::<BackupSession>::namespaced(client.clone(), &ns.name);
-    let s = eventually("the session", Duration::from_secs(150), || {
-        let api = api.clone();
-        async move {
-            let s = api.get("now").await.ok()?;
-            matches!(
-                s.status.as_ref()?.phase?,
-                Phase::Succeeded | Phase::Failed | Phase::Skipped
-            )
-            .then_some(s)
-        }
-    })
-    .await;
-    assert_eq!(
-        s.status.as_ref().and_then(|s| s.phase),
-        Some(Phase::Succeeded),
-        "{:?}",
-        s.status
-    );
     let repo = repo_root.join(&ns.name).join("deployment").join("app");
     let snaps = restic_snapshots(&repo.to_string_lossy(), "pw");
     assert_eq!(
@@ -273,16 +230,7 @@ async fn a_default_backup_with_a_local_template_really_backs_up() {
         1,
         "one snapshot in the templated repository path"
     );
-    let scratch = tempfile::tempdir().expect("scratch");
-    restic_restore(
-        &repo.to_string_lossy(),
-        "pw",
-        snaps[0]["id"].as_str().expect("id"),
-        scratch.path(),
-    );
-    assert_eq!(
-        checksums(&scratch.path().join("source/data")),
-        checksums(&data)
-    );
+    let id = snaps[0]["id"].as_str().expect("id");
+    assert_restores_equal(restic(&repo.to_string_lossy(), "pw"), id, &data);
     assert_no_illegal_transitions().await;
 }

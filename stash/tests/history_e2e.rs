@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
 use kube::{Api, ResourceExt, api::ListParams};
 use serde_json::json;
-use stash_crds::{BackupSession, backup_session::Phase};
+use stash_crds::BackupSession;
 use support::*;
 
 const PASSWORD: &str = "not-so-secret-password";
@@ -17,20 +17,20 @@ const PASSWORD: &str = "not-so-secret-password";
 /// BackupConfiguration `keep-two`: PVC `source-data` through the `pvc-backup` Task, keeping
 /// `limit` finished sessions.
 fn configuration(limit: i32) -> serde_json::Value {
-    json!({
-        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration",
-        "metadata": {"name": "keep-two"},
-        "spec": {
-            "repository": {"name": "repo"},
-            "schedule": "0 0 1 1 *",
+    pvc_backup_configuration(
+        "keep-two",
+        "source-data",
+        json!({
             "backupHistoryLimit": limit,
-            "task": {"name": "pvc-backup"},
-            "target": {"ref": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": "source-data"},
-                       "directories": ["/source/data"],
-                       "volumeMounts": [{"name": "target-volume", "mountPath": "/source/data"}]},
             "retentionPolicy": {"name": "keep-last-5", "keepLast": 5, "prune": true}
-        }
-    })
+        }),
+    )
+}
+
+/// The names of the BackupSessions `sessions` lists (`None` when the list fails).
+async fn session_names(sessions: &Api<BackupSession>) -> Option<Vec<String>> {
+    let list = sessions.list(&ListParams::default()).await.ok()?;
+    Some(list.into_iter().map(|s| s.name_any()).collect())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -49,13 +49,7 @@ async fn only_the_newest_finished_sessions_are_kept_with_their_jobs() {
     apply(&client, &ns, configuration(2)).await;
     let names: Vec<String> = (0..5).map(|i| format!("keep-two-{i}")).collect();
     for name in &names {
-        create_backup_session(&client, &ns, "keep-two", name).await;
-        let s = wait_session_terminal(&client, &ns, name, Duration::from_secs(150)).await;
-        let phase = s.status.as_ref().and_then(|s| s.phase);
-        if phase != Some(Phase::Succeeded) {
-            eprintln!("{}", pod_logs(&ns, ""));
-        }
-        assert_eq!(phase, Some(Phase::Succeeded), "{name}: {:?}", s.status);
+        run_backup_session(&client, &ns, "keep-two", name, Duration::from_secs(150)).await;
     }
     assert_eq!(
         restic_snapshots(&f.repo_dir.to_string_lossy(), PASSWORD).len(),
@@ -75,13 +69,7 @@ async fn only_the_newest_finished_sessions_are_kept_with_their_jobs() {
             let (sessions, jobs, pods, names) =
                 (sessions.clone(), jobs.clone(), pods.clone(), names.clone());
             async move {
-                let left: Vec<String> = sessions
-                    .list(&ListParams::default())
-                    .await
-                    .ok()?
-                    .into_iter()
-                    .map(|s| s.name_any())
-                    .collect();
+                let left = session_names(&sessions).await?;
                 if left.len() != 2 {
                     return None;
                 }
@@ -131,13 +119,7 @@ async fn only_the_newest_finished_sessions_are_kept_with_their_jobs() {
         || {
             let sessions = sessions.clone();
             async move {
-                let left: Vec<String> = sessions
-                    .list(&ListParams::default())
-                    .await
-                    .ok()?
-                    .into_iter()
-                    .map(|s| s.name_any())
-                    .collect();
+                let left = session_names(&sessions).await?;
                 (left.len() == 1).then_some(left)
             }
         },

@@ -22,7 +22,7 @@ use kube::{
     discovery,
 };
 use serde_json::json;
-use stash_crds::{RestoreSession, backup_session::Phase};
+use stash_crds::{backup_session::Phase, restore_session::Phase as RestorePhase};
 use support::*;
 
 /// Each operator pod's name and restart count.
@@ -45,10 +45,7 @@ async fn restarts(client: &Client) -> BTreeMap<String, i32> {
 
 /// Server-side apply that may be refused: the API server's message.
 async fn try_apply(client: &Client, ns: &str, doc: serde_json::Value) -> Result<(), String> {
-    let api_version = doc["apiVersion"].as_str().unwrap_or_default().to_string();
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
-    let gvk = GroupVersionKind::gvk(group, version, doc["kind"].as_str().unwrap_or_default());
-    let (ar, _) = discovery::pinned_kind(client, &gvk)
+    let (ar, _) = discovery::pinned_kind(client, &gvk_of(&doc))
         .await
         .expect("discovery");
     let obj: DynamicObject = serde_json::from_value(doc).expect("object");
@@ -67,21 +64,15 @@ async fn a_backup_elsewhere_succeeds(client: &Client) {
     let source = pv_dir(&ns, "data").await;
     generate_files(&source, 5, 3, 1024);
     deployment_with_pvc(client, &ns, "app", "data").await;
-    apply(
+    sidecar_backup(client, &ns, "app", "repo", json!({})).await;
+    run_backup_session(
         client,
         &ns,
-        deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({})),
+        "app-backup",
+        "other-1",
+        Duration::from_secs(180),
     )
     .await;
-    wait_sidecar_ready(client, &ns, "app", Duration::from_secs(180)).await;
-    create_backup_session(client, &ns, "app-backup", "other-1").await;
-    let s = wait_session_terminal(client, &ns, "other-1", Duration::from_secs(180)).await;
-    assert_eq!(
-        s.status.as_ref().and_then(|s| s.phase),
-        Some(Phase::Succeeded),
-        "{:?}",
-        s.status
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -153,48 +144,41 @@ async fn hostile_objects_leave_the_operator_running() {
     }))
     .await;
     // 4. With a time zone in its schedule (refused by the API server in a CronJob's schedule).
-    apply(&client, &ns, json!({
-        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration",
-        "metadata": {"name": "hostile-job"},
-        "spec": {"repository": {"name": "repo"}, "schedule": "CRON_TZ=Europe/Berlin 0 2 * * *",
-                 "task": {"name": task},
-                 "target": {"ref": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": "claim"},
-                            "directories": ["/source/data"],
-                            "volumeMounts": [{"name": "target-volume", "mountPath": "/source/data"}]}}
-    }))
-    .await;
+    let hostile_job =
+        json!({"schedule": "CRON_TZ=Europe/Berlin 0 2 * * *", "task": {"name": task}});
+    let bc = pvc_backup_configuration("hostile-job", "claim", hostile_job);
+    let cron = apply_with_trigger(&client, &ns, bc).await;
     create_backup_session(&client, &ns, "hostile-job", "hostile-1").await;
 
-    let s = wait_session_terminal(&client, &ns, "hostile-1", Duration::from_secs(120)).await;
+    let s = wait_session_ends(
+        &client,
+        &ns,
+        "hostile-1",
+        Phase::Failed,
+        Duration::from_secs(120),
+    )
+    .await;
     let status = s.status.clone().expect("status");
-    assert_eq!(status.phase, Some(Phase::Failed), "{status:?}");
     let reason = status.reason.unwrap_or_default();
     assert!(
         reason.contains("substitution exceeds a limit: nested deeper than 16 levels"),
         "{reason}"
     );
 
-    let restores = Api::<RestoreSession>::namespaced(client.clone(), &ns);
-    let rs = eventually("the huge restore to fail", Duration::from_secs(120), || {
-        let restores = restores.clone();
-        async move {
-            let rs = restores.get("huge-restore").await.ok()?;
-            let st = rs.status.clone()?;
-            (st.phase == Some(stash_crds::restore_session::Phase::Failed)).then_some(st)
-        }
-    })
+    let rs = wait_session_ends(
+        &client,
+        &ns,
+        "huge-restore",
+        RestorePhase::Failed,
+        Duration::from_secs(120),
+    )
     .await;
-    let reason = rs.reason.unwrap_or_default();
+    let reason = rs.status.and_then(|s| s.reason).unwrap_or_default();
     assert!(
         reason.contains("100000 replicas to restore: at most 5000 hosts"),
         "{reason}"
     );
 
-    let cron = eventually("the trigger CronJob", Duration::from_secs(60), || {
-        let cronjobs = Api::<CronJob>::namespaced(client.clone(), &ns);
-        async move { cronjobs.get_opt("hostile-job").await.ok().flatten() }
-    })
-    .await;
     let spec = cron.spec;
     assert_eq!(spec.schedule, "0 2 * * *");
     assert_eq!(spec.time_zone.as_deref(), Some("Europe/Berlin"));
@@ -315,14 +299,7 @@ async fn users_objects_named_like_a_configuration_are_never_touched() {
     );
     // The backup itself goes through the workload's own agents.
     wait_sidecar_ready(&client, &ns, "app", Duration::from_secs(180)).await;
-    create_backup_session(&client, &ns, name, "clash-1").await;
-    let s = wait_session_terminal(&client, &ns, "clash-1", Duration::from_secs(180)).await;
-    assert_eq!(
-        s.status.as_ref().and_then(|s| s.phase),
-        Some(Phase::Succeeded),
-        "{:?}",
-        s.status
-    );
+    run_backup_session(&client, &ns, name, "clash-1", Duration::from_secs(180)).await;
     configs
         .delete(name, &Default::default())
         .await

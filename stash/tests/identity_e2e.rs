@@ -12,9 +12,9 @@ use std::{
     time::Duration,
 };
 
-use kube::{Api, ResourceExt, api::ListParams};
+use kube::ResourceExt;
 use serde_json::json;
-use stash_crds::{BackupSession, backup_session::Phase, restore_session::Phase as RestorePhase};
+use stash_crds::restore_session::Phase as RestorePhase;
 use support::*;
 
 const PASSWORD: &str = "identity-e2e-password";
@@ -46,26 +46,6 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         out.push(p);
     }
     out
-}
-
-/// The BackupSessions of configuration `bc` in `ns` that Succeeded, oldest first.
-async fn succeeded_sessions(api: &Api<BackupSession>, bc: &str) -> Vec<BackupSession> {
-    let mut s: Vec<BackupSession> = api
-        .list(&ListParams::default())
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|s| {
-            s.spec
-                .backup_configuration
-                .as_ref()
-                .is_some_and(|c| c.name == bc)
-                && s.status.as_ref().and_then(|st| st.phase) == Some(Phase::Succeeded)
-        })
-        .collect();
-    s.sort_by_key(|s| s.metadata.creation_timestamp.clone());
-    s
 }
 
 fn kubectl(args: &[&str]) -> String {
@@ -131,20 +111,13 @@ async fn the_upstream_deployment_tutorial_backs_up_restores_deletes_and_backs_up
             apply(&client, &ns, doc).await;
         }
     }
-    let sessions = Api::<BackupSession>::namespaced(client.clone(), &ns);
     // `schedule: "*/1 * * * *"`: the first scheduled session.
-    let first = eventually(
-        "a scheduled BackupSession of the tutorial Succeeded",
+    let first = wait_scheduled_success(
+        &client,
+        &ns,
+        "deployment-backup",
+        None,
         Duration::from_secs(240),
-        || {
-            let sessions = sessions.clone();
-            async move {
-                succeeded_sessions(&sessions, "deployment-backup")
-                    .await
-                    .into_iter()
-                    .next()
-            }
-        },
     )
     .await;
     eprintln!("tutorial: {} Succeeded", first.name_any());
@@ -173,10 +146,14 @@ async fn the_upstream_deployment_tutorial_backs_up_restores_deletes_and_backs_up
             apply(&client, &ns, doc).await;
         }
     }
-    let rs =
-        wait_restore_terminal(&client, &ns, "deployment-restore", Duration::from_secs(240)).await;
-    let status = rs.status.clone().expect("status");
-    assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
+    wait_session_ends(
+        &client,
+        &ns,
+        "deployment-restore",
+        RestorePhase::Succeeded,
+        Duration::from_secs(240),
+    )
+    .await;
     assert_eq!(
         std::fs::read(recovered.join("data.txt")).expect("restored data.txt"),
         data,
@@ -207,23 +184,12 @@ async fn the_upstream_deployment_tutorial_backs_up_restores_deletes_and_backs_up
             .any(|s| s["short_id"] == short),
         "restic no longer lists {victim}"
     );
-    let after = eventually(
-        "a scheduled BackupSession after the delete Succeeded",
+    let after = wait_scheduled_success(
+        &client,
+        &ns,
+        "deployment-backup",
+        Some(deleted_at),
         Duration::from_secs(240),
-        || {
-            let sessions = sessions.clone();
-            async move {
-                succeeded_sessions(&sessions, "deployment-backup")
-                    .await
-                    .into_iter()
-                    .find(|s| {
-                        s.metadata
-                            .creation_timestamp
-                            .as_ref()
-                            .is_some_and(|t| t.0 > deleted_at)
-                    })
-            }
-        },
     )
     .await;
     eprintln!("tutorial: {} Succeeded after the delete", after.name_any());
@@ -293,22 +259,12 @@ async fn private_files_of_an_application_running_as_uid_999_are_backed_up_and_re
                                        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "app-data"}}]}}}
     }))
     .await;
-    apply(
-        &client,
-        &ns,
-        deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({})),
-    )
-    .await;
-    wait_sidecar_ready(&client, &ns, "app", Duration::from_secs(120)).await;
+    sidecar_backup(&client, &ns, "app", "repo", json!({})).await;
     // The sidecar as the API server has it: root, DAC_OVERRIDE only, no escalation.
-    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &ns);
-    let pod = pods
-        .list(&ListParams::default().labels("app=app"))
+    let pod = live_pods(&client, &ns, "app=app")
         .await
-        .expect("pods")
-        .items
         .into_iter()
-        .find(|p| p.metadata.deletion_timestamp.is_none())
+        .next()
         .expect("the app's pod");
     let sidecar = pod
         .spec
@@ -327,26 +283,20 @@ async fn private_files_of_an_application_running_as_uid_999_are_backed_up_and_re
     assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
     assert_eq!(caps.add, Some(vec!["DAC_OVERRIDE".to_string()]));
 
-    create_backup_session(&client, &ns, "app-backup", "private-1").await;
-    let s = wait_session_terminal(&client, &ns, "private-1", Duration::from_secs(180)).await;
+    let s = run_backup_session(
+        &client,
+        &ns,
+        "app-backup",
+        "private-1",
+        Duration::from_secs(180),
+    )
+    .await;
     let status = s.status.clone().expect("status");
-    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
     // restic's own listing of the snapshot: every file of the application.
     let repo = repo_dir.to_string_lossy().to_string();
     let id = status.stats[0].snapshots[0].name.clone().expect("snapshot");
-    let ls = restic(&repo, PASSWORD)
-        .args(["ls", "--json", &id])
-        .output()
-        .expect("restic ls");
-    assert!(
-        ls.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ls.stderr)
-    );
-    let listed: Vec<String> = String::from_utf8_lossy(&ls.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["struct_type"] == "node")
+    let listed: Vec<String> = restic_ls_of(restic(&repo, PASSWORD), &id)
+        .iter()
         .filter_map(|v| v["path"].as_str().map(str::to_string))
         .collect();
     for rel in before.keys() {
@@ -357,9 +307,7 @@ async fn private_files_of_an_application_running_as_uid_999_are_backed_up_and_re
     // Lose everything, then restore through the init-container.
     wipe(&data);
     assert!(inventory(&data).is_empty());
-    let rs = restore_deployment(&client, &ns, "private-restore", "app").await;
-    let status = rs.status.clone().expect("status");
-    assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
+    restore_deployment(&client, &ns, "private-restore", "app").await;
     let after = inventory(&data);
     assert_eq!(
         after, before,

@@ -15,8 +15,7 @@ use k8s_openapi::api::{
 use kube::{Api, ResourceExt, api::ListParams};
 use serde_json::json;
 use stash_crds::{
-    BackupSession, Repository, RestoreSession, backup_session::Phase,
-    restore_session::Phase as RestorePhase,
+    BackupSession, Repository, backup_session::Phase, restore_session::Phase as RestorePhase,
 };
 use support::*;
 
@@ -35,76 +34,30 @@ async fn pvc(ns: &str, name: &str) {
     .await;
 }
 
-fn pvc_backup_configuration(
+/// [`pvc_backup_configuration`] through Task `task` of `directories`, keeping the last 5.
+fn pvc_backup_through(
     name: &str,
     claim: &str,
     task: &str,
     directories: serde_json::Value,
 ) -> serde_json::Value {
-    json!({
-        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration",
-        "metadata": {"name": name},
-        "spec": {
-            "repository": {"name": "repo"},
-            "schedule": "0 0 1 1 *",
-            "task": {"name": task},
-            "target": {"ref": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": claim},
-                       "directories": directories,
-                       "volumeMounts": [{"name": "target-volume", "mountPath": "/source/data"}]},
-            "retentionPolicy": {"name": "keep-last-5", "keepLast": 5, "prune": true}
-        }
-    })
-}
-
-async fn session(ns: &str, bc: &str, name: &str) {
-    apply(
-        &env().await.cp.client(),
-        ns,
+    let mut bc = pvc_backup_configuration(
+        name,
+        claim,
         json!({
-            "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
-            "metadata": {"name": name, "labels": {"stash.appscode.com/backup-configuration": bc}},
-            "spec": {"backupConfiguration": {"name": bc}}
+            "task": {"name": task},
+            "retentionPolicy": {"name": "keep-last-5", "keepLast": 5, "prune": true}
         }),
-    )
-    .await;
+    );
+    bc["spec"]["target"]["directories"] = directories;
+    bc
 }
 
-async fn backup_finished(ns: &str, name: &str) -> BackupSession {
-    let api = Api::<BackupSession>::namespaced(env().await.cp.client(), ns);
-    eventually(
-        &format!("BackupSession {name} to finish"),
-        Duration::from_secs(150),
-        || {
-            let api = api.clone();
-            async move {
-                let s = api.get(name).await.ok()?;
-                let phase = s.status.as_ref()?.phase?;
-                matches!(phase, Phase::Succeeded | Phase::Failed | Phase::Skipped).then_some(s)
-            }
-        },
-    )
-    .await
-}
-
-async fn restore_finished(ns: &str, name: &str) -> RestoreSession {
-    let api = Api::<RestoreSession>::namespaced(env().await.cp.client(), ns);
-    eventually(
-        &format!("RestoreSession {name} to finish"),
-        Duration::from_secs(150),
-        || {
-            let api = api.clone();
-            async move {
-                let s = api.get(name).await.ok()?;
-                let phase = s.status.as_ref()?.phase?;
-                matches!(
-                    phase,
-                    RestorePhase::Succeeded | RestorePhase::Failed | RestorePhase::Unknown
-                )
-                .then_some(s)
-            }
-        },
-    )
-    .await
+/// Wait (≤ 150 s) until session `name` in `ns` ends `want` (a BackupSession's or a
+/// RestoreSession's phase).
+async fn ends<P: SessionPhase>(ns: &str, name: &str, want: P) -> P::Session {
+    let client = env().await.cp.client();
+    wait_session_ends(&client, ns, name, want, Duration::from_secs(150)).await
 }
 
 /// Back up PVC `source-data` (generated files) through the `pvc-backup` Task; return its dir.
@@ -117,7 +70,7 @@ async fn backed_up_pvc(f: &Fixture) -> PathBuf {
     apply(
         &env.cp.client(),
         &ns,
-        pvc_backup_configuration(
+        pvc_backup_through(
             "pvc-backup",
             "source-data",
             "pvc-backup",
@@ -126,14 +79,9 @@ async fn backed_up_pvc(f: &Fixture) -> PathBuf {
     )
     .await;
     let started = std::time::Instant::now();
-    session(&ns, "pvc-backup", "pvc-backup-1").await;
-    let s = backup_finished(&ns, "pvc-backup-1").await;
+    create_backup_session(&env.cp.client(), &ns, "pvc-backup", "pvc-backup-1").await;
+    let s = ends(&ns, "pvc-backup-1", Phase::Succeeded).await;
     let status = s.status.clone().expect("status");
-    if status.phase != Some(Phase::Succeeded) {
-        eprintln!("{}", pod_logs(&ns, ""));
-        dump_logs(env.cp);
-    }
-    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
     println!("PVC backup through the job model: {:?}", started.elapsed());
     assert_eq!(status.total_hosts, Some(1));
     assert_eq!(status.stats.len(), 1);
@@ -145,17 +93,8 @@ async fn backed_up_pvc(f: &Fixture) -> PathBuf {
     assert_eq!(snaps.len(), 1, "{snaps:?}");
     assert_eq!(snaps[0]["hostname"], "host-0");
     assert_eq!(snaps[0]["paths"], json!(["/source/data"]));
-    let scratch = tempfile::tempdir().expect("scratch");
-    restic_restore(
-        &repo,
-        PASSWORD,
-        snaps[0]["id"].as_str().expect("id"),
-        scratch.path(),
-    );
-    assert_eq!(
-        checksums(&scratch.path().join("source/data")),
-        checksums(&source)
-    );
+    let id = snaps[0]["id"].as_str().expect("id");
+    assert_restores_equal(restic(&repo, PASSWORD), id, &source);
     // The Repository status comes from update-status.
     let r = Api::<Repository>::namespaced(env.cp.client(), &ns)
         .get("repo")
@@ -209,12 +148,8 @@ async fn a_pvc_is_backed_up_and_restored_into_a_new_pvc_through_jobs() {
     }))
     .await;
     let started = std::time::Instant::now();
-    let rs = restore_finished(&ns, "restore-pvc").await;
+    let rs = ends(&ns, "restore-pvc", RestorePhase::Succeeded).await;
     let status = rs.status.clone().expect("status");
-    if status.phase != Some(RestorePhase::Succeeded) {
-        dump_logs(env.cp);
-    }
-    assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
     println!("PVC restore through the job model: {:?}", started.elapsed());
     assert_eq!(status.stats.len(), 1);
     assert_eq!(status.stats[0].hostname.as_deref(), Some("host-0"));
@@ -241,12 +176,8 @@ async fn restore_jobs_create_new_pvcs_from_volume_claim_templates() {
                  "rules": [{"sourceHost": "host-0", "paths": ["/source/data"]}]}
     }))
     .await;
-    let rs = restore_finished(&ns, "restore-vct").await;
+    let rs = ends(&ns, "restore-vct", RestorePhase::Succeeded).await;
     let status = rs.status.clone().expect("status");
-    if status.phase != Some(RestorePhase::Succeeded) {
-        dump_logs(env.cp);
-    }
-    assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
     assert_eq!(status.total_hosts, Some(2));
     let mut hosts: Vec<_> = status
         .stats
@@ -289,9 +220,8 @@ async fn events_of(ns: &str, name: &str) -> Vec<Event> {
 
 /// Session `name` fails with a reason containing `want`, and a Warning event says so.
 async fn fails_with(ns: &str, name: &str, want: &str) -> BackupSession {
-    let s = backup_finished(ns, name).await;
+    let s = ends(ns, name, Phase::Failed).await;
     let status = s.status.clone().expect("status");
-    assert_eq!(status.phase, Some(Phase::Failed), "{name}: {status:?}");
     let reason = status.reason.clone().unwrap_or_default();
     assert!(
         reason.contains(want),
@@ -326,7 +256,7 @@ async fn failures_end_the_session_with_the_reason_and_never_retry() {
     apply(
         &client,
         &ns,
-        pvc_backup_configuration(
+        pvc_backup_through(
             "missing-dir",
             "data",
             "pvc-backup",
@@ -334,23 +264,23 @@ async fn failures_end_the_session_with_the_reason_and_never_retry() {
         ),
     )
     .await;
-    session(&ns, "missing-dir", "missing-dir-1").await;
+    create_backup_session(&client, &ns, "missing-dir", "missing-dir-1").await;
     // 2. An unresolved variable: no directories → ${TARGET_DIRECTORIES} has no value.
     apply(
         &client,
         &ns,
-        pvc_backup_configuration("no-dirs", "data", "pvc-backup", json!([])),
+        pvc_backup_through("no-dirs", "data", "pvc-backup", json!([])),
     )
     .await;
-    session(&ns, "no-dirs", "no-dirs-1").await;
+    create_backup_session(&client, &ns, "no-dirs", "no-dirs-1").await;
     // 3. A missing Task.
     apply(
         &client,
         &ns,
-        pvc_backup_configuration("no-task", "data", "no-such-task", json!(["/source/data"])),
+        pvc_backup_through("no-task", "data", "no-such-task", json!(["/source/data"])),
     )
     .await;
-    session(&ns, "no-task", "no-task-1").await;
+    create_backup_session(&client, &ns, "no-task", "no-task-1").await;
     // 4. A Task naming a Function that is gone by the time the session runs (admission
     //    refuses a Task whose Function does not exist at all).
     let ghost_fn = format!("ghost-fn-{ns}");
@@ -371,7 +301,7 @@ async fn failures_end_the_session_with_the_reason_and_never_retry() {
     apply(
         &client,
         &ns,
-        pvc_backup_configuration(
+        pvc_backup_through(
             "ghost",
             "data",
             &format!("ghost-{ns}"),
@@ -379,7 +309,7 @@ async fn failures_end_the_session_with_the_reason_and_never_retry() {
         ),
     )
     .await;
-    session(&ns, "ghost", "ghost-1").await;
+    create_backup_session(&client, &ns, "ghost", "ghost-1").await;
 
     let s = fails_with(&ns, "missing-dir-1", "no such directory").await;
     let host = &s.status.as_ref().expect("status").stats[0];
@@ -464,9 +394,8 @@ async fn failures_end_the_session_with_the_reason_and_never_retry() {
                  "rules": [{"paths": ["/source/data"]}]}
     }))
     .await;
-    let rs = restore_finished(&ns, "restore-no-task").await;
+    let rs = ends(&ns, "restore-no-task", RestorePhase::Failed).await;
     let status = rs.status.expect("status");
-    assert_eq!(status.phase, Some(RestorePhase::Failed));
     assert!(
         status
             .reason

@@ -8,9 +8,8 @@ mod support;
 use std::{path::Path, time::Duration};
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, api::ListParams};
+use kube::Api;
 use serde_json::json;
-use stash_crds::backup_session::Phase;
 use support::*;
 
 const PASSWORD: &str = "locks-e2e-password";
@@ -25,17 +24,6 @@ fn locks(repo: &Path) -> usize {
             })
             .count()
     })
-}
-
-/// The app's pod (not being deleted).
-async fn app_pod(pods: &Api<Pod>) -> Pod {
-    pods.list(&ListParams::default().labels("app=app"))
-        .await
-        .expect("pods")
-        .items
-        .into_iter()
-        .find(|p| p.metadata.deletion_timestamp.is_none())
-        .expect("the app's pod")
 }
 
 fn sidecar_status(pod: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
@@ -63,7 +51,11 @@ async fn a_sidecar_killed_holding_a_lock_blocks_no_later_session() {
     .await;
     generate_files(&source, 25, 40, 4 << 20);
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    let pod = app_pod(&pods).await;
+    let pod = live_pods(&client, &ns, "app=app")
+        .await
+        .into_iter()
+        .next()
+        .expect("the app's pod");
     let pod_name = pod.metadata.name.clone().expect("name");
     let container = sidecar_status(&pod)
         .and_then(|c| c.container_id)
@@ -112,10 +104,7 @@ async fn a_sidecar_killed_holding_a_lock_blocks_no_later_session() {
     for round in 1..=2 {
         let name = format!("after-{round}");
         generate_files(&source, 100 + round, 4, 4096);
-        create_backup_session(&client, &ns, "app-backup", &name).await;
-        let s = wait_session_terminal(&client, &ns, &name, Duration::from_secs(300)).await;
-        let status = s.status.clone().expect("status");
-        assert_eq!(status.phase, Some(Phase::Succeeded), "{name}: {status:?}");
+        run_backup_session(&client, &ns, "app-backup", &name, Duration::from_secs(300)).await;
     }
     // Retention runs after the report: restic's own view catches up to keepLast 1, and no
     // lock is left.

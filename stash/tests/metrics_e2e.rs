@@ -4,10 +4,7 @@ mod support;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use k8s_openapi::api::apps::v1::StatefulSet;
-use kube::Api;
 use serde_json::json;
-use stash_crds::{BackupSession, backup_session::Phase};
 use support::*;
 
 /// `name{labels} value` lines of `text` whose labels include every pair in `want`.
@@ -30,6 +27,7 @@ async fn hosts_push_their_backup_metrics_grouped_by_job_and_host() {
     let client = cp.client();
     let repo_dir = cp.dir().join("repos").join(&ns.name);
     std::fs::create_dir_all(&repo_dir).expect("repo dir");
+    hostpath_repository(&client, &ns.name, &repo_dir, "pw").await;
     for i in 0..2 {
         generate_files(
             &pv_dir(&ns.name, &format!("data-web-{i}")).await,
@@ -39,19 +37,7 @@ async fn hosts_push_their_backup_metrics_grouped_by_job_and_host() {
         );
     }
     for doc in [
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"RESTIC_PASSWORD": "pw"}}),
-        json!({"apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
-               "spec": {"backend": {"storageSecretName": "s",
-                                    "local": {"mountPath": "/safe/data", "hostPath": {"path": repo_dir.to_string_lossy()}}}}}),
-        json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "web"},
-               "spec": {"replicas": 2, "serviceName": "web", "podManagementPolicy": "Parallel",
-                        "selector": {"matchLabels": {"app": "web"}},
-                        "template": {"metadata": {"labels": {"app": "web"}},
-                                     "spec": {"containers": [{"name": "web", "image": "busybox", "command": ["sleep", "3600"],
-                                                              "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}]}},
-                        "volumeClaimTemplates": [{"metadata": {"name": "data"},
-                                                  "spec": {"accessModes": ["ReadWriteOnce"],
-                                                           "resources": {"requests": {"storage": "1Gi"}}}}]}}),
+        statefulset_with_claims("web", 2),
         json!({"apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration", "metadata": {"name": "web-backup"},
                "spec": {"repository": {"name": "repo"}, "schedule": "0 0 1 1 *",
                         "target": {"ref": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web"},
@@ -60,48 +46,23 @@ async fn hosts_push_their_backup_metrics_grouped_by_job_and_host() {
     ] {
         apply(&client, &ns.name, doc).await;
     }
-    let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns.name);
-    eventually("the sidecars", Duration::from_secs(150), || {
-        let sts = sts.clone();
-        async move {
-            let s = sts.get("web").await.ok()?;
-            let injected = s
-                .spec
-                .as_ref()?
-                .template
-                .spec
-                .as_ref()?
-                .containers
-                .iter()
-                .any(|c| c.name == "stash");
-            let st = s.status?;
-            let done = st.update_revision.is_some() && st.update_revision == st.current_revision;
-            (injected && done && st.ready_replicas == Some(2) && st.updated_replicas == Some(2))
-                .then_some(())
-        }
-    })
+    wait_rolled_out(
+        &client,
+        &ns.name,
+        Workload::StatefulSet("web", 2),
+        Injected::Sidecar,
+        Duration::from_secs(150),
+    )
     .await;
-    apply(&client, &ns.name, json!({
-        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
-        "metadata": {"name": "m1", "labels": {"stash.appscode.com/backup-configuration": "web-backup"}},
-        "spec": {"backupConfiguration": {"name": "web-backup"}}
-    }))
-    .await;
-    let api = Api::<BackupSession>::namespaced(client.clone(), &ns.name);
-    let s = eventually("the session", Duration::from_secs(150), || {
-        let api = api.clone();
-        async move {
-            let s = api.get("m1").await.ok()?;
-            matches!(
-                s.status.as_ref()?.phase?,
-                Phase::Succeeded | Phase::Failed | Phase::Skipped
-            )
-            .then_some(s)
-        }
-    })
+    let s = run_backup_session(
+        &client,
+        &ns.name,
+        "web-backup",
+        "m1",
+        Duration::from_secs(150),
+    )
     .await;
     let status = s.status.expect("status");
-    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
 
     // The pushgateway holds one group per host, with the numbers restic reported (a host pushes
     // right after its report, so the groups may land a moment after the session ends).

@@ -11,11 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kube::Api;
 use serde_json::json;
-use stash_crds::{
-    BackupSession, RestoreSession, backup_session::Phase, restore_session::Phase as RestorePhase,
-};
+use stash_crds::restore_session::Phase as RestorePhase;
 use stash_testenv::{ControlPlane, NODE_IP};
 use support::*;
 
@@ -208,33 +205,19 @@ async fn a_postgres_database_is_backed_up_dropped_and_restored() {
                "spec": {"schedule": "0 0 1 1 *", "task": {"name": "pg-backup-15"}, "repository": {"name": "repo"},
                         "target": {"ref": {"apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding", "name": "shop"}},
                         "retentionPolicy": {"name": "keep-last-5", "keepLast": 5, "prune": true}}}),
-        json!({"apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
-               "metadata": {"name": "shop-backup-1", "labels": {"stash.appscode.com/backup-configuration": "shop-backup"}},
-               "spec": {"backupConfiguration": {"name": "shop-backup"}}}),
     ] {
         apply(&client, &n, doc).await;
     }
     let started = Instant::now();
-    let sessions = Api::<BackupSession>::namespaced(client.clone(), &n);
-    let bs = eventually(
-        "the PostgreSQL backup to finish",
+    let bs = run_backup_session(
+        &client,
+        &n,
+        "shop-backup",
+        "shop-backup-1",
         Duration::from_secs(180),
-        || {
-            let sessions = sessions.clone();
-            async move {
-                let s = sessions.get("shop-backup-1").await.ok()?;
-                matches!(s.status.as_ref()?.phase?, Phase::Succeeded | Phase::Failed).then_some(s)
-            }
-        },
     )
     .await;
     let backup_took = started.elapsed();
-    let status = bs.status.clone().expect("status");
-    if status.phase != Some(Phase::Succeeded) {
-        eprintln!("{}", pod_logs(&n, "stash-backup-shop-backup-1"));
-        dump_logs(env.cp);
-    }
-    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
     let snaps = restic_snapshots(&repo_dir.to_string_lossy(), PASSWORD);
     assert_eq!(snaps.len(), 1);
     assert_eq!(snaps[0]["paths"], json!(["/dumpfile.sql"]));
@@ -257,30 +240,16 @@ async fn a_postgres_database_is_backed_up_dropped_and_restored() {
     }))
     .await;
     let started = Instant::now();
-    let restores = Api::<RestoreSession>::namespaced(client.clone(), &n);
-    let rs = eventually(
-        "the PostgreSQL restore to finish",
+    let rs = wait_session_ends(
+        &client,
+        &n,
+        "shop-restore",
+        RestorePhase::Succeeded,
         Duration::from_secs(180),
-        || {
-            let restores = restores.clone();
-            async move {
-                let s = restores.get("shop-restore").await.ok()?;
-                matches!(
-                    s.status.as_ref()?.phase?,
-                    RestorePhase::Succeeded | RestorePhase::Failed | RestorePhase::Unknown
-                )
-                .then_some(s)
-            }
-        },
     )
     .await;
     let restore_took = started.elapsed();
     let status = rs.status.clone().expect("status");
-    if status.phase != Some(RestorePhase::Succeeded) {
-        eprintln!("{}", pod_logs(&n, "stash-restore-shop-restore"));
-        dump_logs(env.cp);
-    }
-    assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
     let after = fingerprint(pg.port);
     assert_eq!(after, before, "row counts and data checksum after restore");
     println!(

@@ -4,10 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, api::ListParams};
 use serde_json::json;
-use stash_crds::backup_session::Phase;
 use support::*;
 
 async fn backs_up(kind: &str, api_version: &str, prefix: &str) {
@@ -43,63 +40,29 @@ async fn backs_up(kind: &str, api_version: &str, prefix: &str) {
     ] {
         apply(&client, &ns.name, doc).await;
     }
-    // The operator replaces the pods: a running pod with the sidecar appears.
-    let pods = Api::<Pod>::namespaced(client.clone(), &ns.name);
-    eventually(
-        "a running pod with the sidecar",
+    // The operator replaces the pods: a ready pod with the sidecar appears.
+    wait_ready_pod_with(
+        &client,
+        &ns.name,
+        "app=w",
+        "stash",
         Duration::from_secs(120),
-        || {
-            let pods = pods.clone();
-            async move {
-                let list = pods
-                    .list(&ListParams::default().labels("app=w"))
-                    .await
-                    .ok()?;
-                list.items
-                    .iter()
-                    .find(|p| {
-                        p.metadata.deletion_timestamp.is_none()
-                            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                            && p.spec
-                                .as_ref()
-                                .is_some_and(|s| s.containers.iter().any(|c| c.name == "stash"))
-                    })
-                    .map(|_| ())
-            }
-        },
     )
     .await;
-    apply(&client, &ns.name, json!({
-        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
-        "metadata": {"name": "now", "labels": {"stash.appscode.com/backup-configuration": "w-backup"}},
-        "spec": {"backupConfiguration": {"name": "w-backup"}}
-    }))
-    .await;
     // The shared wait: on a timeout it shows the session's status and the pods' logs.
-    let s = wait_session_terminal(&client, &ns.name, "now", Duration::from_secs(300)).await;
-    if s.status.as_ref().and_then(|s| s.phase) != Some(Phase::Succeeded) {
-        dump_logs(env.cp);
-    }
-    assert_eq!(
-        s.status.as_ref().and_then(|s| s.phase),
-        Some(Phase::Succeeded),
-        "{:?}",
-        s.status
-    );
+    run_backup_session(
+        &client,
+        &ns.name,
+        "w-backup",
+        "now",
+        Duration::from_secs(300),
+    )
+    .await;
     let snaps = restic_snapshots(&repo.to_string_lossy(), "pw");
     assert_eq!(snaps.len(), 1, "one snapshot in the PVC-backed repository");
     assert_eq!(snaps[0]["hostname"], "host-0");
-    let scratch = tempfile::tempdir().expect("scratch");
-    restic_restore(
-        &repo.to_string_lossy(),
-        "pw",
-        snaps[0]["id"].as_str().expect("id"),
-        scratch.path(),
-    );
-    assert_eq!(
-        checksums(&scratch.path().join("source/data")),
-        checksums(&data)
-    );
+    let id = snaps[0]["id"].as_str().expect("id");
+    assert_restores_equal(restic(&repo.to_string_lossy(), "pw"), id, &data);
     assert_no_illegal_transitions().await;
 }
 

@@ -5,12 +5,10 @@ mod support;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::{Api, api::DeleteParams};
 use serde_json::json;
-use stash_crds::{
-    BackupSession, RestoreSession, backup_session::Phase, restore_session::Phase as RestorePhase,
-};
+use stash_crds::{RestoreSession, restore_session::Phase as RestorePhase};
 use support::*;
 
 const PASSWORD: &str = "restore-test-password";
@@ -36,38 +34,10 @@ fn backup_configuration(kind: &str, name: &str) -> serde_json::Value {
 
 /// Run a manual backup session to success; return the short snapshot id per host.
 async fn backup(ns: &str, bc: &str, name: &str) -> BTreeMap<String, String> {
-    let env = env().await;
-    let client = env.cp.client();
-    apply(
-        &client,
-        ns,
-        json!({
-            "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
-            "metadata": {"name": name, "labels": {"stash.appscode.com/backup-configuration": bc}},
-            "spec": {"backupConfiguration": {"name": bc}}
-        }),
-    )
-    .await;
-    let api = Api::<BackupSession>::namespaced(client, ns);
-    let s = eventually(
-        &format!("BackupSession {name} to finish"),
-        Duration::from_secs(150),
-        || {
-            let api = api.clone();
-            async move {
-                let s = api.get(name).await.ok()?;
-                let p = s.status.as_ref()?.phase?;
-                matches!(p, Phase::Succeeded | Phase::Failed | Phase::Skipped).then_some(s)
-            }
-        },
-    )
-    .await;
-    let status = s.status.expect("status");
-    if status.phase != Some(Phase::Succeeded) {
-        dump_logs(env.cp);
-    }
-    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
-    status
+    let client = env().await.cp.client();
+    let s = run_backup_session(&client, ns, bc, name, Duration::from_secs(150)).await;
+    s.status
+        .expect("status")
         .stats
         .into_iter()
         .map(|h| {
@@ -116,65 +86,16 @@ async fn restore_session_at(
     wait_restore_terminal(&client, ns, name, Duration::from_secs(150)).await
 }
 
-/// Does a pod template carry the sidecar `stash` and the restore init-container `stash-init`?
-fn injected(spec: &k8s_openapi::api::core::v1::PodSpec) -> (bool, bool) {
-    let sidecar = spec.containers.iter().any(|c| c.name == "stash");
-    let init = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .any(|c| c.name == "stash-init");
-    (sidecar, init)
-}
-
-async fn wait_deployment_ready(ns: &str, name: &str, with_init: bool) {
-    let api = Api::<Deployment>::namespaced(env().await.cp.client(), ns);
-    eventually(
-        &format!("Deployment {name} rolled out"),
-        Duration::from_secs(120),
-        || {
-            let api = api.clone();
-            async move {
-                let d = api.get(name).await.ok()?;
-                let (sidecar, init) = injected(d.spec.as_ref()?.template.spec.as_ref()?);
-                let st = d.status?;
-                let rolled = st.updated_replicas == Some(1)
-                    && st.ready_replicas == Some(1)
-                    && st.replicas == Some(1);
-                (sidecar
-                    && init == with_init
-                    && rolled
-                    && d.metadata.generation == st.observed_generation)
-                    .then_some(())
-            }
-        },
-    )
-    .await;
-}
-
-/// Wait until StatefulSet `name`'s two pods run the injected sidecar, with the restore
-/// init-container or (`with_init` false) without it, all updated and Ready.
-async fn wait_statefulset_ready(ns: &str, name: &str, with_init: bool) {
-    let api = Api::<StatefulSet>::namespaced(env().await.cp.client(), ns);
-    eventually(
-        &format!("StatefulSet {name} rolled out"),
+/// Wait until `workload`'s pods run the injected sidecar without the restore init-container,
+/// all updated and Ready.
+async fn wait_sidecar_rolled_out(ns: &str, workload: Workload<'_>) {
+    let client = env().await.cp.client();
+    wait_rolled_out(
+        &client,
+        ns,
+        workload,
+        Injected::Sidecar,
         Duration::from_secs(150),
-        || {
-            let api = api.clone();
-            async move {
-                let s = api.get(name).await.ok()?;
-                let (sidecar, init) = injected(s.spec.as_ref()?.template.spec.as_ref()?);
-                let st = s.status?;
-                let done =
-                    st.update_revision.is_some() && st.update_revision == st.current_revision;
-                (sidecar
-                    && init == with_init
-                    && done
-                    && st.ready_replicas == Some(2)
-                    && st.updated_replicas == Some(2))
-                .then_some(())
-            }
-        },
     )
     .await;
 }
@@ -188,22 +109,9 @@ async fn a_deployment_restores_the_latest_and_a_chosen_older_snapshot() {
     let data = pv_dir(&ns, "source-data").await;
     generate_files(&data, 7, 16, 3000);
     let v1 = checksums(&data);
-    apply(&client, &ns, json!({
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "source-data"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
-    }))
-    .await;
-    apply(&client, &ns, json!({
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "app"},
-        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "app"}},
-                 "template": {"metadata": {"labels": {"app": "app"}},
-                              "spec": {"containers": [{"name": "app", "image": "busybox", "command": ["sleep", "3600"],
-                                                       "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}],
-                                       "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "source-data"}}]}}}
-    }))
-    .await;
+    deployment_with_pvc(&client, &ns, "app", "source-data").await;
     apply(&client, &ns, backup_configuration("Deployment", "app")).await;
-    wait_deployment_ready(&ns, "app", false).await;
+    wait_sidecar_rolled_out(&ns, Workload::Deployment("app", 1)).await;
     let first = backup(&ns, "app-backup", "backup-1").await;
     // A second version of the data, backed up too.
     generate_files(&data, 8, 20, 2000);
@@ -246,7 +154,7 @@ async fn a_deployment_restores_the_latest_and_a_chosen_older_snapshot() {
         .delete("restore-latest", &DeleteParams::default())
         .await
         .expect("delete restore session");
-    wait_deployment_ready(&ns, "app", false).await;
+    wait_sidecar_rolled_out(&ns, Workload::Deployment("app", 1)).await;
 
     // Restore a chosen older snapshot by its Snapshot API name.
     wipe(&data);
@@ -278,7 +186,7 @@ async fn a_deployment_restores_the_latest_and_a_chosen_older_snapshot() {
         .delete("restore-older", &DeleteParams::default())
         .await
         .expect("delete restore session");
-    wait_deployment_ready(&ns, "app", false).await;
+    wait_sidecar_rolled_out(&ns, Workload::Deployment("app", 1)).await;
     let rs = restore_session_at(
         &ns,
         "restore-elsewhere",
@@ -315,20 +223,9 @@ async fn a_statefulset_host_restores_another_hosts_data_via_source_host() {
     }
     let originals: Vec<_> = (0..2).map(|i| checksums(&pvc(i))).collect();
     assert_ne!(originals[0], originals[1]);
-    apply(&client, &ns, json!({
-        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
-        "spec": {"replicas": 2, "serviceName": "db", "podManagementPolicy": "Parallel",
-                 "selector": {"matchLabels": {"app": "db"}},
-                 "template": {"metadata": {"labels": {"app": "db"}},
-                              "spec": {"containers": [{"name": "db", "image": "busybox", "command": ["sleep", "3600"],
-                                                       "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}]}},
-                 "volumeClaimTemplates": [{"metadata": {"name": "data"},
-                                           "spec": {"accessModes": ["ReadWriteOnce"],
-                                                    "resources": {"requests": {"storage": "1Gi"}}}}]}
-    }))
-    .await;
+    apply(&client, &ns, statefulset_with_claims("db", 2)).await;
     apply(&client, &ns, backup_configuration("StatefulSet", "db")).await;
-    wait_statefulset_ready(&ns, "db", false).await;
+    wait_sidecar_rolled_out(&ns, Workload::StatefulSet("db", 2)).await;
     let snaps = backup(&ns, "db-backup", "backup-1").await;
     assert_eq!(snaps.len(), 2);
 
@@ -361,7 +258,7 @@ async fn a_statefulset_host_restores_another_hosts_data_via_source_host() {
         .delete("swap", &DeleteParams::default())
         .await
         .expect("delete restore session");
-    wait_statefulset_ready(&ns, "db", false).await;
+    wait_sidecar_rolled_out(&ns, Workload::StatefulSet("db", 2)).await;
     wipe(&pvc(0));
     wipe(&pvc(1));
     let rules = json!([

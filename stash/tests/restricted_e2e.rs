@@ -27,10 +27,7 @@ use kube::{
     api::{ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
-use stash_crds::{
-    BackupConfiguration, RestoreSession, backup_session::Phase,
-    restore_session::Phase as RestorePhase,
-};
+use stash_crds::{BackupConfiguration, RestoreSession};
 use support::{minio::*, *};
 
 const PASSWORD: &str = "restricted-test-password";
@@ -197,18 +194,6 @@ fn assert_app_identity(pod: &Pod, container: &str, sc: Option<&SecurityContext>)
     assert_eq!(seccomp, Some("RuntimeDefault"), "{what}: {sc:?}");
 }
 
-/// The live pods of Deployment `app` in `ns`.
-async fn app_pods(client: &Client, ns: &str, app: &str) -> Vec<Pod> {
-    Api::<Pod>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().labels(&format!("app={app}")))
-        .await
-        .expect("list pods")
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect()
-}
-
 /// No pod of `ns` was refused: no `FailedCreate` event (what a ReplicaSet reports when the API
 /// server refuses its pod), no `PodSecurityRefused`, and no ReplicaSet with a `ReplicaFailure`
 /// condition. The number of ReplicaSets (one per rollout).
@@ -272,14 +257,8 @@ async fn a_compliant_application_is_backed_up_and_restored_under_restricted() {
 
     // The application, then its BackupConfiguration: admitted, the sidecar injected and Ready.
     apply(&client, &ns, compliant_deployment("app", "app-data")).await;
-    apply(
-        &client,
-        &ns,
-        deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({})),
-    )
-    .await;
-    wait_sidecar_ready(&client, &ns, "app", Duration::from_secs(120)).await;
-    let pods = app_pods(&client, &ns, "app").await;
+    sidecar_backup(&client, &ns, "app", "repo", json!({})).await;
+    let pods = live_pods(&client, &ns, "app=app").await;
     let sidecar_pod = pods
         .iter()
         .find(|p| {
@@ -296,64 +275,26 @@ async fn a_compliant_application_is_backed_up_and_restored_under_restricted() {
     assert_app_identity(sidecar_pod, "stash", sidecar.security_context.as_ref());
 
     // A backup through the sidecar.
-    create_backup_session(&client, &ns, "app-backup", "backup-1").await;
-    let s = wait_session_terminal(&client, &ns, "backup-1", Duration::from_secs(150)).await;
+    let s = run_backup_session(
+        &client,
+        &ns,
+        "app-backup",
+        "backup-1",
+        Duration::from_secs(150),
+    )
+    .await;
     let status = s.status.clone().expect("status");
-    if status.phase != Some(Phase::Succeeded) {
-        dump_logs(env.cp);
-        eprintln!("{}", pod_logs(&ns, "app"));
-    }
-    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
     let short = status.stats[0].snapshots[0]
         .name
         .clone()
         .expect("snapshot name");
-    // The agent reports its snapshot, then (holding restic's lock) runs its follow-up steps
-    // and writes the Repository status: wait for that before restic on the host looks.
-    let repos = Api::<stash_crds::Repository>::namespaced(client.clone(), &ns);
-    let rstatus = eventually(
-        "the Repository status after the backup",
-        Duration::from_secs(120),
-        || {
-            let repos = repos.clone();
-            async move {
-                let r = repos.get("repo").await.ok()?;
-                r.status.filter(|s| s.snapshot_count.is_some())
-            }
-        },
-    )
-    .await;
+    // Restic on the host looks once the agent is done with the repository.
+    let rstatus = wait_repository_status(&client, &ns).await;
     assert_eq!(rstatus.snapshot_count, Some(1), "{rstatus:?}");
 
     // restic's own view: the snapshot, and every file with the application's owner.
-    let out = host()
-        .args(["snapshots", "--json"])
-        .output()
-        .expect("restic snapshots");
-    assert!(
-        out.status.success(),
-        "restic snapshots: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let snaps: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(snaps.len(), 1, "{snaps:?}");
-    assert_eq!(snaps[0]["hostname"], "host-0");
-    assert_eq!(snaps[0]["paths"], json!(["/source/data"]));
-    assert_eq!(snaps[0]["short_id"].as_str(), Some(short.as_str()));
-    let out = host()
-        .args(["ls", "--json", &short])
-        .output()
-        .expect("restic ls");
-    assert!(
-        out.status.success(),
-        "restic ls: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let nodes: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|n| n["struct_type"] == "node")
-        .collect();
+    assert_only_snapshot(&restic_snapshots_of(host()), "host-0", &short);
+    let nodes = restic_ls_of(host(), &short);
     let files: std::collections::BTreeSet<String> = nodes
         .iter()
         .filter(|n| n["type"] == "file")
@@ -384,12 +325,8 @@ async fn a_compliant_application_is_backed_up_and_restored_under_restricted() {
 
     // Destroy the data; restore it through the init-container.
     wipe(&data);
-    let rs = restore_deployment(&client, &ns, "restore", "app").await;
-    let rstatus = rs.status.clone().expect("status");
-    if rstatus.phase != Some(RestorePhase::Succeeded) {
-        eprintln!("{}", pod_logs(&ns, "app"));
-    }
-    assert_eq!(rstatus.phase, Some(RestorePhase::Succeeded), "{rstatus:?}");
+    // (Succeeded: the pods' logs are printed otherwise.)
+    restore_deployment(&client, &ns, "restore", "app").await;
     assert_eq!(checksums(&data), original, "restored bytes differ");
     let entries = assert_owned_by_app(&data);
     let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
@@ -398,30 +335,12 @@ async fn a_compliant_application_is_backed_up_and_restored_under_restricted() {
 
     // The init-container ran as the application's user, without capabilities, and exited 0
     // (the pod's status catches up with the agent's report).
-    let restored_pod = eventually(
-        "the pod of app with stash-init to have run it and be Ready",
+    let restored_pod = wait_ready_pod_with(
+        &client,
+        &ns,
+        "app=app",
+        "stash-init",
         Duration::from_secs(90),
-        || {
-            let (client, ns) = (client.clone(), ns.clone());
-            async move {
-                app_pods(&client, &ns, "app").await.into_iter().find(|p| {
-                    let with_init = p.spec.as_ref().is_some_and(|s| {
-                        s.init_containers
-                            .iter()
-                            .flatten()
-                            .any(|c| c.name == "stash-init")
-                    });
-                    let ready = p
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|c| {
-                            c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                        });
-                    with_init && ready
-                })
-            }
-        },
     )
     .await;
     let init = restored_pod
@@ -475,15 +394,15 @@ async fn a_hostpath_repository_is_refused_under_restricted() {
     app_data(&data, 27, 6);
     let original = checksums(&data);
     apply(&client, &ns, compliant_deployment("app", "app-data")).await;
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
-    eventually("Deployment app ready", Duration::from_secs(90), || {
-        let deployments = deployments.clone();
-        async move {
-            let st = deployments.get("app").await.ok()?.status?;
-            (st.ready_replicas == Some(1)).then_some(())
-        }
-    })
+    wait_rolled_out(
+        &client,
+        &ns,
+        Workload::Deployment("app", 1),
+        Injected::Nothing,
+        Duration::from_secs(90),
+    )
     .await;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
     let before = deployments.get("app").await.expect("deployment");
 
     // Refused at admission, with the level and the hostPath.
@@ -563,7 +482,7 @@ async fn a_hostpath_repository_is_refused_under_restricted() {
         serde_json::to_value(&before.spec).expect("json"),
         "the Deployment's spec is as written"
     );
-    for p in app_pods(&client, &ns, "app").await {
+    for p in live_pods(&client, &ns, "app=app").await {
         let names: Vec<String> = p
             .spec
             .iter()

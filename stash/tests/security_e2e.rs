@@ -21,7 +21,7 @@ use kube::{
     api::{ListParams, PostParams},
 };
 use serde_json::json;
-use stash_crds::{RestoreSession, backup_session::Phase, restore_session::Phase as RestorePhase};
+use stash_crds::{backup_session::Phase, restore_session::Phase as RestorePhase};
 use support::*;
 
 const PASSWORD: &str = "security-test-password-7f3a";
@@ -129,11 +129,14 @@ async fn no_account_the_operator_binds_can_read_a_secret() {
     .await;
     wait_sidecar_ready(&admin, &ns, "app", Duration::from_secs(180)).await;
     create_backup_session(&user, &ns, "app-backup", "app-backup-1").await;
-    let s = wait_session_terminal(&admin, &ns, "app-backup-1", Duration::from_secs(180)).await;
-    if s.status.as_ref().and_then(|s| s.phase) != Some(Phase::Succeeded) {
-        eprintln!("{}", pod_logs(&ns, ""));
-    }
-    assert_eq!(s.status.and_then(|s| s.phase), Some(Phase::Succeeded));
+    wait_session_ends(
+        &admin,
+        &ns,
+        "app-backup-1",
+        Phase::Succeeded,
+        Duration::from_secs(180),
+    )
+    .await;
 
     // 2. A job-model backup of a PVC.
     generate_files(&pv_dir(&ns, "job-data").await, 4, 10, 2000);
@@ -142,20 +145,21 @@ async fn no_account_the_operator_binds_can_read_a_secret() {
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
     }))
     .await;
-    apply(&user, &ns, json!({
-        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration", "metadata": {"name": "pvc-backup"},
-        "spec": {"repository": {"name": "repo"}, "schedule": "0 0 1 1 *", "task": {"name": "pvc-backup"},
-                 "target": {"ref": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": "job-data"},
-                            "directories": ["/source/data"],
-                            "volumeMounts": [{"name": "target-volume", "mountPath": "/source/data"}]}}
-    }))
+    apply(
+        &user,
+        &ns,
+        pvc_backup_configuration("pvc-backup", "job-data", json!({})),
+    )
     .await;
     create_backup_session(&user, &ns, "pvc-backup", "pvc-backup-1").await;
-    let s = wait_session_terminal(&admin, &ns, "pvc-backup-1", Duration::from_secs(180)).await;
-    if s.status.as_ref().and_then(|s| s.phase) != Some(Phase::Succeeded) {
-        eprintln!("{}", pod_logs(&ns, ""));
-    }
-    assert_eq!(s.status.and_then(|s| s.phase), Some(Phase::Succeeded));
+    wait_session_ends(
+        &admin,
+        &ns,
+        "pvc-backup-1",
+        Phase::Succeeded,
+        Duration::from_secs(180),
+    )
+    .await;
 
     // 3. A restore into the Deployment (the restore init-container).
     apply(&user, &ns, json!({
@@ -166,31 +170,14 @@ async fn no_account_the_operator_binds_can_read_a_secret() {
                  "rules": [{"paths": ["/source/data"]}]}
     }))
     .await;
-    let rs_api = Api::<RestoreSession>::namespaced(admin.clone(), &ns);
-    let rs = eventually(
-        "RestoreSession app-restore to finish",
+    wait_session_ends(
+        &admin,
+        &ns,
+        "app-restore",
+        RestorePhase::Succeeded,
         Duration::from_secs(180),
-        || {
-            let api = rs_api.clone();
-            async move {
-                let s = api.get("app-restore").await.ok()?;
-                let p = s.status.as_ref()?.phase?;
-                matches!(
-                    p,
-                    RestorePhase::Succeeded | RestorePhase::Failed | RestorePhase::Unknown
-                )
-                .then_some(s)
-            }
-        },
     )
     .await;
-    if rs.status.as_ref().and_then(|s| s.phase) != Some(RestorePhase::Succeeded) {
-        eprintln!("{}", pod_logs(&ns, ""));
-    }
-    assert_eq!(
-        rs.status.and_then(|s| s.phase),
-        Some(RestorePhase::Succeeded)
-    );
 
     // Every ServiceAccount the operator created (owned by a stash object or a workload it
     // injected into) and every subject of a RoleBinding it manages.
@@ -465,17 +452,13 @@ async fn no_secret_in_any_log() {
         }))
         .await;
     }
-    apply(&admin, &ns, json!({
-        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration", "metadata": {"name": "leak"},
-        "spec": {"repository": {"name": "repo"}, "schedule": "0 0 1 1 *", "task": {"name": "pvc-backup"},
-                 "target": {"ref": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": "leak-data"},
-                            "directories": ["/source/data"],
-                            "volumeMounts": [{"name": "target-volume", "mountPath": "/source/data"}]}}
-    }))
+    apply(
+        &admin,
+        &ns,
+        pvc_backup_configuration("leak", "leak-data", json!({})),
+    )
     .await;
-    create_backup_session(&admin, &ns, "leak", "leak-1").await;
-    let s = wait_session_terminal(&admin, &ns, "leak-1", Duration::from_secs(180)).await;
-    assert_eq!(s.status.and_then(|s| s.phase), Some(Phase::Succeeded));
+    run_backup_session(&admin, &ns, "leak", "leak-1", Duration::from_secs(180)).await;
     apply(&admin, &ns, json!({
         "apiVersion": "stash.appscode.com/v1beta1", "kind": "RestoreSession", "metadata": {"name": "leak-restore"},
         "spec": {"repository": {"name": "repo"}, "task": {"name": "pvc-restore"},
@@ -484,24 +467,7 @@ async fn no_secret_in_any_log() {
                  "rules": [{"paths": ["/source/data"]}]}
     }))
     .await;
-    let rs_api = Api::<RestoreSession>::namespaced(admin.clone(), &ns);
-    eventually(
-        "RestoreSession leak-restore to finish",
-        Duration::from_secs(180),
-        || {
-            let api = rs_api.clone();
-            async move {
-                let s = api.get("leak-restore").await.ok()?;
-                let p = s.status.as_ref()?.phase?;
-                matches!(
-                    p,
-                    RestorePhase::Succeeded | RestorePhase::Failed | RestorePhase::Unknown
-                )
-                .then_some(())
-            }
-        },
-    )
-    .await;
+    wait_terminal::<RestorePhase>(&admin, &ns, "leak-restore", Duration::from_secs(180)).await;
 
     let secrets = suite_secrets(&admin).await;
     assert!(

@@ -92,13 +92,7 @@ async fn workload(client: &Client, ns: &str, name: &str, repo: &str, seed: u64, 
     let source = pv_dir(ns, &format!("{name}-data")).await;
     generate_files(&source, seed, mib, 1 << 20);
     deployment_with_pvc(client, ns, name, &format!("{name}-data")).await;
-    apply(
-        client,
-        ns,
-        deployment_backup_configuration(name, repo, "@yearly", json!({})),
-    )
-    .await;
-    wait_sidecar_ready(client, ns, name, Duration::from_secs(180)).await;
+    sidecar_backup(client, ns, name, repo, json!({})).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -181,8 +175,14 @@ async fn pausing_a_running_session_lets_it_complete() {
     // Pausing still stops a session that has not started.
     set_paused(&client, &ns, "app-backup", true).await;
     create_backup_session(&client, &ns, "app-backup", "while-paused").await;
-    let s = wait_session_terminal(&client, &ns, "while-paused", Duration::from_secs(60)).await;
-    assert_eq!(s.status.and_then(|s| s.phase), Some(Phase::Skipped));
+    wait_session_ends(
+        &client,
+        &ns,
+        "while-paused",
+        Phase::Skipped,
+        Duration::from_secs(60),
+    )
+    .await;
     println!("pause while Running: {proven} sessions Succeeded in {attempts} attempts");
 }
 
@@ -251,9 +251,14 @@ async fn a_sidecar_killed_between_snapshot_and_report_takes_no_second_snapshot()
             .ok()
             .and_then(|s| s.status)
             .is_some_and(|s| !s.stats.is_empty());
-        let s = wait_session_terminal(&client, &ns, &name, Duration::from_secs(300)).await;
-        let status = s.status.as_ref().expect("status");
-        assert_eq!(status.phase, Some(Phase::Succeeded), "{name}: {status:?}");
+        let s = wait_session_ends(
+            &client,
+            &ns,
+            &name,
+            Phase::Succeeded,
+            Duration::from_secs(300),
+        )
+        .await;
         assert_eq!(
             tagged(&f.repo_dir, &name).len(),
             1,
@@ -319,9 +324,7 @@ async fn two_configurations_sharing_a_new_repository_both_succeed() {
             create_backup_session(&client, &ns, &bb, &sb)
         );
         for s in [&sa, &sb] {
-            let done = wait_session_terminal(&client, &ns, s, Duration::from_secs(300)).await;
-            let status = done.status.as_ref().expect("status");
-            assert_eq!(status.phase, Some(Phase::Succeeded), "{s}: {status:?}");
+            wait_session_ends(&client, &ns, s, Phase::Succeeded, Duration::from_secs(300)).await;
         }
         restic_check(&dir);
         let snaps = restic_snapshots(&dir.display().to_string(), PASSWORD);
@@ -368,10 +371,15 @@ async fn deleting_the_pod_while_its_sidecar_backs_up_still_ends_the_session() {
             };
             pods.delete(&p.name_any(), &dp).await.expect("delete pod");
         }
-        let s = wait_session_terminal(&client, &ns, &name, Duration::from_secs(300)).await;
+        let s = wait_session_ends(
+            &client,
+            &ns,
+            &name,
+            Phase::Succeeded,
+            Duration::from_secs(300),
+        )
+        .await;
         let took = started.elapsed();
-        let status = s.status.as_ref().expect("status");
-        assert_eq!(status.phase, Some(Phase::Succeeded), "{name}: {status:?}");
         assert!(took < Duration::from_secs(300), "{name} took {took:?}");
         assert_eq!(tagged(&f.repo_dir, &name).len(), 1, "{name}: one snapshot");
         status_snapshots_exist(&f.repo_dir, &s);
@@ -379,22 +387,6 @@ async fn deleting_the_pod_while_its_sidecar_backs_up_still_ends_the_session() {
     }
     restic_check(&f.repo_dir);
     println!("pod deleted during the backup: {ROUNDS} sessions Succeeded, one snapshot each");
-}
-
-/// A job-model BackupConfiguration `name` of PVC `claim` through the built-in `pvc-backup` Task.
-fn pvc_backup(name: &str, claim: &str) -> serde_json::Value {
-    json!({
-        "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration",
-        "metadata": {"name": name},
-        "spec": {
-            "repository": {"name": "repo"},
-            "schedule": "0 0 1 1 *",
-            "task": {"name": "pvc-backup"},
-            "target": {"ref": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": claim},
-                       "directories": ["/source/data"],
-                       "volumeMounts": [{"name": "target-volume", "mountPath": "/source/data"}]}
-        }
-    })
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -415,12 +407,23 @@ async fn a_job_the_api_refuses_for_good_fails_the_session_at_once_and_long_names
     )
     .await;
     generate_files(&pv_dir(&ns, "data").await, 5, 4, 1000);
-    apply(&client, &ns, pvc_backup("data-backup", "data")).await;
+    apply(
+        &client,
+        &ns,
+        pvc_backup_configuration("data-backup", "data", json!({})),
+    )
+    .await;
     let started = Instant::now();
     create_backup_session(&client, &ns, "data-backup", "refused-1").await;
-    let s = wait_session_terminal(&client, &ns, "refused-1", Duration::from_secs(120)).await;
+    let s = wait_session_ends(
+        &client,
+        &ns,
+        "refused-1",
+        Phase::Failed,
+        Duration::from_secs(120),
+    )
+    .await;
     let status = s.status.expect("status");
-    assert_eq!(status.phase, Some(Phase::Failed), "{status:?}");
     let reason = status.reason.unwrap_or_default();
     assert!(
         reason.starts_with("could not create the backup Job:") && reason.contains("exceeded quota"),
@@ -432,20 +435,28 @@ async fn a_job_the_api_refuses_for_good_fails_the_session_at_once_and_long_names
     );
     // The next session is not blocked by it.
     create_backup_session(&client, &ns, "data-backup", "refused-2").await;
-    let s = wait_session_terminal(&client, &ns, "refused-2", Duration::from_secs(120)).await;
-    assert_eq!(s.status.and_then(|s| s.phase), Some(Phase::Failed));
+    wait_session_ends(
+        &client,
+        &ns,
+        "refused-2",
+        Phase::Failed,
+        Duration::from_secs(120),
+    )
+    .await;
 
     // 2. A session name whose `stash-backup-<name>` exceeds 63 characters: the Job's name is
     //    cut with a hash and the backup succeeds.
     let g = fixture_with_password("job-long-name", PASSWORD).await;
     let ns = g.ns.name.clone();
     generate_files(&pv_dir(&ns, "data").await, 6, 4, 1000);
-    apply(&client, &ns, pvc_backup("data-backup", "data")).await;
+    apply(
+        &client,
+        &ns,
+        pvc_backup_configuration("data-backup", "data", json!({})),
+    )
+    .await;
     let long = format!("data-backup-{}", "x".repeat(60));
-    create_backup_session(&client, &ns, "data-backup", &long).await;
-    let s = wait_session_terminal(&client, &ns, &long, Duration::from_secs(300)).await;
-    let status = s.status.expect("status");
-    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
+    run_backup_session(&client, &ns, "data-backup", &long, Duration::from_secs(300)).await;
     let jobs = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), &ns)
         .list(&ListParams::default())
         .await
@@ -469,7 +480,7 @@ async fn a_job_the_api_refuses_for_good_fails_the_session_at_once_and_long_names
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_daemonset_restore_waits_only_for_the_nodes_the_daemonset_runs_on() {
-    use stash_crds::{RestoreSession, restore_session::Phase as RestorePhase};
+    use stash_crds::restore_session::Phase as RestorePhase;
     let env = env().await;
     let client = env.cp.client();
     let f = fixture_with_password("ds-restore", PASSWORD).await;
@@ -493,21 +504,15 @@ async fn a_daemonset_restore_waits_only_for_the_nodes_the_daemonset_runs_on() {
                  "rules": [{"paths": ["/source/data"]}]}
     }))
     .await;
-    let api = Api::<RestoreSession>::namespaced(client.clone(), &ns);
-    let s = eventually("the restore to end", Duration::from_secs(60), || {
-        let api = api.clone();
-        async move {
-            let s = api.get("nowhere").await.ok()?;
-            s.status
-                .as_ref()?
-                .phase
-                .is_some_and(|p| p != RestorePhase::Pending && p != RestorePhase::Running)
-                .then_some(s)
-        }
-    })
+    let s = wait_session_ends(
+        &client,
+        &ns,
+        "nowhere",
+        RestorePhase::Failed,
+        Duration::from_secs(60),
+    )
     .await;
     let status = s.status.expect("status");
-    assert_eq!(status.phase, Some(RestorePhase::Failed), "{status:?}");
     assert_eq!(
         status.reason.as_deref(),
         Some("no hosts to restore"),
@@ -556,14 +561,7 @@ async fn retention_condition(
     BackupSession,
     k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
 ) {
-    create_backup_session(client, ns, "app-backup", name).await;
-    let s = wait_session_terminal(client, ns, name, Duration::from_secs(180)).await;
-    assert_eq!(
-        s.status.as_ref().and_then(|s| s.phase),
-        Some(Phase::Succeeded),
-        "{name}: {:?}",
-        s.status
-    );
+    run_backup_session(client, ns, "app-backup", name, Duration::from_secs(180)).await;
     let sessions = Api::<BackupSession>::namespaced(client.clone(), ns);
     eventually(
         &format!("{name}'s RetentionPolicyApplied condition"),

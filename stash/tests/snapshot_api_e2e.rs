@@ -2,10 +2,17 @@
 //! real kube-apiserver and the real kubectl: restic repositories are made with the restic
 //! binary in hostPath directories, which the operator reads (and forgets snapshots in)
 //! through short-lived Pods that mount them.
+//!
+//! The tests that only read share one [`Catalog`] (two namespaces and their repositories); the
+//! ones that change what they look at (a late snapshot, a delete, a recreated or unreadable
+//! Repository, a namespace deleted) have namespaces of their own.
+mod support;
+
 use std::{
     collections::BTreeSet,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Output},
+    sync::{Arc, Weak},
     time::{Duration, Instant},
 };
 
@@ -13,15 +20,11 @@ use k8s_openapi::{
     api::core::v1::{Namespace, Pod},
     kube_aggregator::pkg::apis::apiregistration::v1::APIService,
 };
-use kube::{
-    Api, Client,
-    api::{ListParams, Patch, PatchParams},
-    core::DynamicObject,
-    discovery::ApiResource,
-};
+use kube::{Api, Client, api::ListParams};
 use serde_json::{Value, json};
 use stash_crds::{Repository, Snapshot};
-use stash_testenv::{ControlPlane, bins, cluster::NETNS};
+use stash_testenv::{ControlPlane, TestNamespace, bins, cluster::NETNS};
+use support::{apply, eventually, restic_snapshots_of};
 
 const PASSWORD: &str = "not-a-real-password";
 const SERVICE: &str = "stash-operator";
@@ -79,41 +82,9 @@ fn make_repo(dir: &Path, n: usize, host: &str) {
 }
 
 fn restic_snapshots(dir: &Path) -> Vec<Value> {
-    serde_json::from_str(&ok(
-        restic(dir)
-            .args(["snapshots", "--json", "--no-lock"])
-            .output()
-            .expect("restic"),
-        "restic snapshots",
-    ))
-    .expect("json")
-}
-
-async fn apply(client: &Client, ns: &str, obj: Value) {
-    let api_version = obj["apiVersion"].as_str().expect("apiVersion").to_owned();
-    let kind = obj["kind"].as_str().expect("kind").to_owned();
-    let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
-    let plural = match kind.as_str() {
-        "Repository" => "repositories".to_owned(),
-        k => format!("{}s", k.to_lowercase()),
-    };
-    let ar = ApiResource {
-        group: group.into(),
-        version: version.into(),
-        api_version: api_version.clone(),
-        kind,
-        plural,
-    };
-    let name = obj["metadata"]["name"].as_str().expect("name").to_owned();
-    let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar);
-    let o: DynamicObject = serde_json::from_value(obj).expect("object");
-    api.patch(
-        &name,
-        &PatchParams::apply("snapshot-e2e").force(),
-        &Patch::Apply(&o),
-    )
-    .await
-    .expect("apply");
+    let mut c = restic(dir);
+    c.arg("--no-lock");
+    restic_snapshots_of(c)
 }
 
 /// Namespace `ns` gets Secret `storage` and Repository `name` on the hostPath `dir`.
@@ -140,6 +111,13 @@ struct Kubectl {
 }
 
 impl Kubectl {
+    fn new(cp: &'static ControlPlane) -> Self {
+        Kubectl {
+            cp,
+            cache: tempfile::tempdir().expect("cache"),
+        }
+    }
+
     fn run(&self, kubeconfig: Option<&Path>, args: &[&str]) -> Output {
         let mut c = self.cp.kubectl().expect("kubectl");
         c.env("KUBECACHEDIR", self.cache.path())
@@ -150,9 +128,28 @@ impl Kubectl {
         c.args(args).output().expect("run kubectl")
     }
 
-    fn ok(&self, args: &[&str]) -> String {
+    /// `kubectl <args>`, asked again while the Snapshot API says a read "goes on, ask again"
+    /// (for a minute at most): a repository's first read may outlast the API's 15 s on a busy
+    /// node, and then a namespaced request fails and a list across every namespace leaves the
+    /// repository out with a warning.
+    async fn asking_again(&self, kubeconfig: Option<&Path>, args: &[&str]) -> Output {
+        let what = format!("kubectl {} to be answered", args.join(" "));
+        eventually(&what, Duration::from_secs(60), || async {
+            let out = self.run(kubeconfig, args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if stderr.contains("ask again") {
+                eprintln!("{what}: {}", stderr.trim());
+                return None;
+            }
+            Some(out)
+        })
+        .await
+    }
+
+    /// `kubectl <args>` ([`Kubectl::asking_again`]), which must succeed; its output.
+    async fn ok(&self, args: &[&str]) -> String {
         ok(
-            self.run(None, args),
+            self.asking_again(None, args).await,
             &format!(
                 "kubectl {} (KUBECONFIG {} exists: {})",
                 args.join(" "),
@@ -162,8 +159,15 @@ impl Kubectl {
         )
     }
 
-    fn err(&self, kubeconfig: Option<&Path>, args: &[&str]) -> String {
-        let out = self.run(kubeconfig, args);
+    /// `kubectl get snapshots -n <ns> -l <selector> -o name`.
+    async fn list(&self, ns: &str, selector: &str) -> String {
+        self.ok(&["get", "snapshots", "-n", ns, "-l", selector, "-o", "name"])
+            .await
+    }
+
+    /// `kubectl <args>` ([`Kubectl::asking_again`]), which must fail; its error output.
+    async fn err(&self, kubeconfig: Option<&Path>, args: &[&str]) -> String {
+        let out = self.asking_again(kubeconfig, args).await;
         assert!(
             !out.status.success(),
             "kubectl {} should fail: {}",
@@ -257,10 +261,9 @@ fn names(out: &str) -> BTreeSet<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn snapshot_api_of_the_installed_operator() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let cp = stash_testenv::shared().await.expect("the cluster");
+/// The cluster, once the installed operator's APIService is Available.
+async fn snapshot_api() -> &'static ControlPlane {
+    let cp = support::env().await.cp;
     let api = Api::<APIService>::all(cp.client())
         .get("v1alpha1.repositories.stash.appscode.com")
         .await
@@ -275,15 +278,65 @@ async fn snapshot_api_of_the_installed_operator() {
         available,
         "the installed operator's APIService is Available"
     );
-    scenario(cp).await;
+    cp
 }
 
-async fn scenario(cp: &'static ControlPlane) {
+/// What the tests that only read share: namespace A with Repository `repo` (label `app=web`,
+/// three snapshots of host-0, tagged `n0`..`n2`) and `empty` (no restic repository at its
+/// backend yet: it lists nothing), namespace B with `other` (one snapshot of host-1).
+struct Catalog {
+    cp: &'static ControlPlane,
+    kubectl: Kubectl,
+    ns_a: TestNamespace,
+    ns_b: TestNamespace,
+    dir_a: PathBuf,
+    dir_b: PathBuf,
+    /// restic's own view of A's repository.
+    restic_a: Vec<Value>,
+    /// The restic repositories' directories.
+    _work: tempfile::TempDir,
+}
+
+impl Catalog {
+    fn a(&self) -> &str {
+        &self.ns_a.name
+    }
+
+    fn b(&self) -> &str {
+        &self.ns_b.name
+    }
+
+    /// The Snapshot names of A's repository: `repo-<short id>`.
+    fn want(&self) -> BTreeSet<String> {
+        short_ids(&self.restic_a)
+            .iter()
+            .map(|id| format!("repo-{id}"))
+            .collect()
+    }
+
+    /// The name of A's first snapshot.
+    fn first(&self) -> String {
+        format!(
+            "repo-{}",
+            self.restic_a[0]["short_id"].as_str().expect("short id")
+        )
+    }
+}
+
+/// The [`Catalog`] while any test holds it: built by the first, its namespaces deleted when the
+/// last lets go (a test that starts after that builds a new one). Each test makes its own
+/// clients: a client lives on the runtime of the test that made it.
+async fn catalog() -> Arc<Catalog> {
+    static SHARED: tokio::sync::Mutex<Weak<Catalog>> = tokio::sync::Mutex::const_new(Weak::new());
+    let mut shared = SHARED.lock().await;
+    if let Some(c) = shared.upgrade() {
+        return c;
+    }
+    let cp = snapshot_api().await;
     let client = cp.client();
     let work = tempfile::tempdir().expect("work dir");
     let ns_a = cp.namespace("snap-a").await.expect("ns");
     let ns_b = cp.namespace("snap-b").await.expect("ns");
-    let (a, b) = (ns_a.name.as_str(), ns_b.name.as_str());
     let dir_a = work.path().join("repo-a");
     let dir_b = work.path().join("repo-b");
     let (da, db) = (dir_a.clone(), dir_b.clone());
@@ -293,36 +346,113 @@ async fn scenario(cp: &'static ControlPlane) {
     })
     .await
     .expect("repos");
-    repository(&client, a, "repo", &dir_a, json!({"app": "web"})).await;
-    repository(&client, b, "other", &dir_b, json!({})).await;
-    // A repository whose backend has no restic repository yet lists nothing.
+    repository(&client, &ns_a.name, "repo", &dir_a, json!({"app": "web"})).await;
+    repository(&client, &ns_b.name, "other", &dir_b, json!({})).await;
     repository(
         &client,
-        a,
+        &ns_a.name,
         "empty",
         &work.path().join("nothing-here"),
         json!({}),
     )
     .await;
-    let kubectl = Kubectl {
+    // A's repositories are read (B's are left to the list across every namespace).
+    let kubectl = Kubectl::new(cp);
+    kubectl
+        .ok(&["get", "snapshots", "-n", &ns_a.name, "-o", "name"])
+        .await;
+    let c = Arc::new(Catalog {
         cp,
-        cache: tempfile::tempdir().expect("cache"),
-    };
+        kubectl,
+        restic_a: restic_snapshots(&dir_a),
+        ns_a,
+        ns_b,
+        dir_a,
+        dir_b,
+        _work: work,
+    });
+    *shared = Arc::downgrade(&c);
+    c
+}
 
-    // Discovery.
-    let out = kubectl.ok(&[
-        "api-resources",
-        "--api-group=repositories.stash.appscode.com",
-    ]);
+/// A namespace of one test's own with Repository `repo` on a new restic repository of `n`
+/// snapshots of host-0.
+struct Own {
+    cp: &'static ControlPlane,
+    kubectl: Kubectl,
+    ns: TestNamespace,
+    dir: PathBuf,
+    work: tempfile::TempDir,
+}
+
+async fn own_repository(prefix: &str, n: usize) -> Own {
+    let cp = snapshot_api().await;
+    let work = tempfile::tempdir().expect("work dir");
+    let ns = cp.namespace(prefix).await.expect("ns");
+    let dir = work.path().join("repo");
+    let d = dir.clone();
+    tokio::task::spawn_blocking(move || make_repo(&d, n, "host-0"))
+        .await
+        .expect("repo");
+    repository(&cp.client(), &ns.name, "repo", &dir, json!({})).await;
+    Own {
+        cp,
+        kubectl: Kubectl::new(cp),
+        ns,
+        dir,
+        work,
+    }
+}
+
+/// The snapshot of host-9 that [`backup_as_host_9`] added to `own`'s repository after its
+/// first listing, its Snapshot name, and the directory it backed up; `kubectl get` of that
+/// name finds it (the catalog refreshes on a miss).
+async fn late_snapshot(own: &Own) -> (Value, String, PathBuf) {
+    let ns = own.ns.name.as_str();
+    // The catalog has listed the repository.
+    let listed = names(&own.kubectl.list(ns, "repository=repo").await);
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let late_dir = own.work.path().join("late");
+    std::fs::create_dir_all(&late_dir).expect("dir");
+    std::fs::write(late_dir.join("f"), noise(1, 200_000)).expect("write");
+    std::fs::write(late_dir.join("keep"), noise(2, 50_000)).expect("write");
+    backup_as_host_9(&own.dir, &late_dir).await;
+    let late = restic_snapshots(&own.dir)
+        .into_iter()
+        .find(|s| s["hostname"] == "host-9")
+        .expect("late snapshot");
+    let late_name = format!("repo-{}", late["short_id"].as_str().expect("id"));
+    let out = own
+        .kubectl
+        .ok(&["get", "snapshot", &late_name, "-n", ns, "-o", "name"])
+        .await;
+    assert!(out.contains(&late_name), "{out}");
+    (late, late_name, late_dir)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn discovery_lists_the_snapshot_kind() {
+    let c = catalog().await;
+    let out = c
+        .kubectl
+        .ok(&[
+            "api-resources",
+            "--api-group=repositories.stash.appscode.com",
+        ])
+        .await;
     assert!(
         out.contains("snapshots") && out.contains("Snapshot"),
         "{out}"
     );
+}
 
-    // OpenAPI: the API server aggregates ours (kubectl explain reads it through OpenAPI v3).
+/// The API server aggregates our OpenAPI (kubectl explain reads it through OpenAPI v3).
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_explain_reads_the_aggregated_openapi() {
+    let c = catalog().await;
     let mut explained = String::new();
     for _ in 0..40 {
-        let out = kubectl.run(None, &["explain", "snapshots.status"]);
+        let out = c.kubectl.run(None, &["explain", "snapshots.status"]);
         explained = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -337,50 +467,41 @@ async fn scenario(cp: &'static ControlPlane) {
         explained.contains("hostname") && explained.contains("Tags"),
         "{explained}"
     );
+}
 
-    // list in one namespace, by label: exactly restic's snapshots.
-    let restic_a = restic_snapshots(&dir_a);
-    let mut want: BTreeSet<String> = short_ids(&restic_a)
-        .iter()
-        .map(|id| format!("repo-{id}"))
-        .collect();
+/// A list in one namespace, by label: exactly restic's snapshots.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_by_label_is_exactly_restics_snapshots() {
+    let c = catalog().await;
+    let a = c.a();
+    let want = c.want();
     assert_eq!(want.len(), 3);
-    let out = kubectl.ok(&[
-        "get",
-        "snapshots",
-        "-n",
-        a,
-        "-l",
-        "repository=repo",
-        "-o",
-        "name",
-    ]);
+    let out = c.kubectl.list(a, "repository=repo").await;
     assert_eq!(names(&out), want, "{out}");
     assert!(
         out.lines()
             .all(|l| l.starts_with("snapshot.repositories.stash.appscode.com/")),
         "{out}"
     );
-    let out = kubectl.ok(&["get", "snapshots", "-n", a, "-l", "app=web", "-o", "name"]);
+    let out = c.kubectl.list(a, "app=web").await;
     assert_eq!(
         names(&out),
         want,
         "a Repository's labels select its snapshots: {out}"
     );
-    let out = kubectl.ok(&[
-        "get",
-        "snapshots",
-        "-n",
-        a,
-        "-l",
-        "repository=nope",
-        "-o",
-        "name",
-    ]);
+    let out = c.kubectl.list(a, "repository=nope").await;
     assert!(out.trim().is_empty(), "{out}");
+}
 
-    // Tables: default and wide columns.
-    let out = kubectl.ok(&["get", "snapshots", "-n", a, "-l", "repository=repo"]);
+/// Tables: the default and the wide columns.
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_show_the_default_and_the_wide_columns() {
+    let c = catalog().await;
+    let a = c.a();
+    let out = c
+        .kubectl
+        .ok(&["get", "snapshots", "-n", a, "-l", "repository=repo"])
+        .await;
     println!("kubectl get snapshots -n {a} -l repository=repo\n{out}");
     let header = out.lines().next().expect("header");
     for col in ["NAME", "REPOSITORY", "HOSTNAME", "PATHS", "ID", "AGE"] {
@@ -390,19 +511,22 @@ async fn scenario(cp: &'static ControlPlane) {
     assert_eq!(out.lines().count(), 4, "{out}");
     assert!(
         out.contains("host-0")
-            && out.contains(&restic_a[0]["short_id"].as_str().unwrap().to_string()),
+            && out.contains(&c.restic_a[0]["short_id"].as_str().unwrap().to_string()),
         "{out}"
     );
-    let out = kubectl.ok(&[
-        "get",
-        "snapshots",
-        "-n",
-        a,
-        "-l",
-        "repository=repo",
-        "-o",
-        "wide",
-    ]);
+    let out = c
+        .kubectl
+        .ok(&[
+            "get",
+            "snapshots",
+            "-n",
+            a,
+            "-l",
+            "repository=repo",
+            "-o",
+            "wide",
+        ])
+        .await;
     println!("kubectl get snapshots -o wide\n{out}");
     let header = out.lines().next().expect("header");
     for col in ["NAME", "HOSTNAME", "TIME", "TAGS", "USERNAME", "TREE"] {
@@ -412,18 +536,25 @@ async fn scenario(cp: &'static ControlPlane) {
         out.contains("n0") && out.contains("n2"),
         "tags shown: {out}"
     );
+}
 
-    // -o yaml: kind, status, uid = full id.
-    let out = kubectl.ok(&[
-        "get",
-        "snapshots",
-        "-n",
-        a,
-        "-l",
-        "repository=repo",
-        "-o",
-        "yaml",
-    ]);
+/// `-o yaml`: kind, status, and the full restic id as the uid.
+#[tokio::test(flavor = "multi_thread")]
+async fn yaml_shows_kind_status_and_the_full_id_as_uid() {
+    let c = catalog().await;
+    let out = c
+        .kubectl
+        .ok(&[
+            "get",
+            "snapshots",
+            "-n",
+            c.a(),
+            "-l",
+            "repository=repo",
+            "-o",
+            "yaml",
+        ])
+        .await;
     let list: Value = serde_saphyr::from_str(&out).expect("yaml");
     let items = list["items"].as_array().expect("items");
     assert_eq!(items.len(), 3);
@@ -435,7 +566,8 @@ async fn scenario(cp: &'static ControlPlane) {
         );
         assert_eq!(item["status"]["hostname"], "host-0");
         let uid = item["metadata"]["uid"].as_str().expect("uid");
-        let r = restic_a
+        let r = c
+            .restic_a
             .iter()
             .find(|s| s["id"] == uid)
             .unwrap_or_else(|| panic!("uid {uid} is a full restic id"));
@@ -448,105 +580,136 @@ async fn scenario(cp: &'static ControlPlane) {
             "Tags key capitalised: {item:?}"
         );
     }
+}
 
-    // All namespaces (B's local repository is read for the first time).
-    let out = kubectl.ok(&["get", "snapshots", "-A"]);
+/// All namespaces (B's local repository read as well).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_across_all_namespaces_names_each_namespace() {
+    let c = catalog().await;
+    let out = c.kubectl.ok(&["get", "snapshots", "-A"]).await;
     println!("kubectl get snapshots -A\n{out}");
     assert!(
         out.lines().next().unwrap_or_default().contains("NAMESPACE"),
         "{out}"
     );
     assert!(
-        out.contains(a) && out.contains(b) && out.contains("other-"),
+        out.contains(c.a()) && out.contains(c.b()) && out.contains("other-"),
         "{out}"
     );
+}
 
-    // get one; a bad name; a missing one.
-    let first = format!(
-        "repo-{}",
-        restic_a[0]["short_id"].as_str().expect("short id")
-    );
-    let one: Value =
-        serde_json::from_str(&kubectl.ok(&["get", "snapshot", &first, "-n", a, "-o", "json"]))
-            .expect("json");
+/// get one; a bad name; a missing one; no watch.
+#[tokio::test(flavor = "multi_thread")]
+async fn get_finds_one_snapshot_and_refuses_bad_or_missing_names() {
+    let c = catalog().await;
+    let a = c.a();
+    let first = c.first();
+    let one: Value = serde_json::from_str(
+        &c.kubectl
+            .ok(&["get", "snapshot", &first, "-n", a, "-o", "json"])
+            .await,
+    )
+    .expect("json");
     assert_eq!(one["metadata"]["name"], first.as_str());
-    assert_eq!(one["metadata"]["uid"], restic_a[0]["id"]);
-    let out = kubectl.ok(&["get", "snapshot", &first, "-n", a]);
+    assert_eq!(one["metadata"]["uid"], c.restic_a[0]["id"]);
+    let out = c.kubectl.ok(&["get", "snapshot", &first, "-n", a]).await;
     assert!(out.contains(&first), "{out}");
-    let err = kubectl.err(None, &["get", "snapshot", "bad", "-n", a]);
+    let err = c
+        .kubectl
+        .err(None, &["get", "snapshot", "bad", "-n", a])
+        .await;
     assert!(err.contains("invalid snapshot name"), "{err}");
-    let err = kubectl.err(None, &["get", "snapshot", "repo-00000000", "-n", a]);
+    let err = c
+        .kubectl
+        .err(None, &["get", "snapshot", "repo-00000000", "-n", a])
+        .await;
     assert!(
         err.contains("NotFound") && err.contains("not found"),
         "{err}"
     );
-    let err = kubectl.err(None, &["get", "snapshot", "norepo-00000000", "-n", a]);
+    let err = c
+        .kubectl
+        .err(None, &["get", "snapshot", "norepo-00000000", "-n", a])
+        .await;
     assert!(err.contains("NotFound") && err.contains("norepo"), "{err}");
-    let err = kubectl.err(
-        None,
-        &[
-            "get",
-            "snapshots",
-            "-n",
-            a,
-            "--watch",
-            "--request-timeout=5s",
-        ],
-    );
+    let err = c
+        .kubectl
+        .err(
+            None,
+            &[
+                "get",
+                "snapshots",
+                "-n",
+                a,
+                "--watch",
+                "--request-timeout=5s",
+            ],
+        )
+        .await;
     assert!(
         err.contains("not supported") || err.contains("MethodNotAllowed") || err.contains("405"),
         "{err}"
     );
+}
 
-    // A snapshot taken after the last refresh is found by `get` (refresh on a miss).
-    let late_dir = work.path().join("late");
-    std::fs::create_dir_all(&late_dir).expect("dir");
-    std::fs::write(late_dir.join("f"), noise(1, 200_000)).expect("write");
-    std::fs::write(late_dir.join("keep"), noise(2, 50_000)).expect("write");
-    backup_as_host_9(&dir_a, &late_dir).await;
-    let late = restic_snapshots(&dir_a)
-        .into_iter()
-        .find(|s| s["hostname"] == "host-9")
-        .expect("late snapshot");
-    let late_name = format!("repo-{}", late["short_id"].as_str().expect("id"));
-    let out = kubectl.ok(&["get", "snapshot", &late_name, "-n", a, "-o", "name"]);
-    assert!(out.contains(&late_name), "{out}");
+/// A snapshot taken after the last refresh is found by `get` (refresh on a miss).
+#[tokio::test(flavor = "multi_thread")]
+async fn get_finds_a_snapshot_taken_after_the_last_refresh() {
+    let own = own_repository("snap-late", 3).await;
+    late_snapshot(&own).await;
+}
 
+/// delete = restic forget --prune, and the prune repacks.
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_forgets_the_snapshot_and_prunes_with_a_repack() {
+    let own = own_repository("snap-delete", 3).await;
+    let ns = own.ns.name.as_str();
+    let before = restic_snapshots(&own.dir);
+    let (late, late_name, late_dir) = late_snapshot(&own).await;
     // A newer snapshot of the same directory, `f` replaced: the late snapshot's data pack
     // holds `f` (unused once it is forgotten) and `keep` (still used), so the prune repacks,
     // and restic writes temporary packs (the reader Pod's root filesystem is read-only; its
     // scratch volume takes them).
     std::fs::write(late_dir.join("f"), noise(3, 200_000)).expect("write");
-    backup_as_host_9(&dir_a, &late_dir).await;
-    let newer = restic_snapshots(&dir_a)
+    backup_as_host_9(&own.dir, &late_dir).await;
+    let newer = restic_snapshots(&own.dir)
         .into_iter()
         .find(|s| s["hostname"] == "host-9" && s["id"] != late["id"])
         .expect("newer snapshot");
 
-    // delete = restic forget --prune.
-    let out = kubectl.ok(&["delete", "snapshot", &late_name, "-n", a]);
+    let out = own
+        .kubectl
+        .ok(&["delete", "snapshot", &late_name, "-n", ns])
+        .await;
     assert!(out.contains("deleted"), "{out}");
-    let after = restic_snapshots(&dir_a);
+    let after = restic_snapshots(&own.dir);
     assert!(
         !after.iter().any(|s| s["id"] == late["id"]),
         "restic no longer lists the deleted snapshot"
     );
-    let newer_short = newer["short_id"].as_str().expect("id").to_owned();
-    want.insert(format!("repo-{newer_short}"));
-    let mut expected = short_ids(&restic_a);
-    expected.insert(newer_short);
+    let mut expected = short_ids(&before);
+    expected.insert(newer["short_id"].as_str().expect("id").to_owned());
     assert_eq!(short_ids(&after), expected);
     ok(
-        restic(&dir_a)
+        restic(&own.dir)
             .args(["check", "--read-data"])
             .output()
             .expect("restic check"),
         "restic check after the repacking prune",
     );
-    let err = kubectl.err(None, &["get", "snapshot", &late_name, "-n", a]);
+    let err = own
+        .kubectl
+        .err(None, &["get", "snapshot", &late_name, "-n", ns])
+        .await;
     assert!(err.contains("NotFound"), "{err}");
+}
 
-    // Authorization: alice may get/list in A only; bob has no grants.
+/// Authorization through the API server: alice may get/list in A only; bob has no grants.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_granted_users_may_list_and_nobody_else_may_delete() {
+    let c = catalog().await;
+    let (a, b) = (c.a(), c.b());
+    let client = c.cp.client();
     apply(&client, a, json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "snapshot-reader"},
         "rules": [{"apiGroups": ["repositories.stash.appscode.com"], "resources": ["snapshots"], "verbs": ["get", "list"]}]}))
     .await;
@@ -554,33 +717,49 @@ async fn scenario(cp: &'static ControlPlane) {
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "snapshot-reader"},
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]}))
     .await;
-    let alice = cp.user_kubeconfig("alice", &[]).expect("alice");
-    let bob = cp.user_kubeconfig("bob", &[]).expect("bob");
+    let alice = c.cp.user_kubeconfig("alice", &[]).expect("alice");
+    let bob = c.cp.user_kubeconfig("bob", &[]).expect("bob");
     let mut allowed = String::new();
     for _ in 0..50 {
-        let out = kubectl.run(Some(&alice), &["get", "snapshots", "-n", a, "-o", "name"]);
+        let out = c
+            .kubectl
+            .run(Some(&alice), &["get", "snapshots", "-n", a, "-o", "name"]);
         if out.status.success() {
             allowed = String::from_utf8_lossy(&out.stdout).into_owned();
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await; // RBAC cache
     }
-    assert_eq!(names(&allowed), want, "alice lists in {a}");
-    let err = kubectl.err(Some(&alice), &["get", "snapshots", "-n", b]);
+    assert_eq!(names(&allowed), c.want(), "alice lists in {a}");
+    let err = c
+        .kubectl
+        .err(Some(&alice), &["get", "snapshots", "-n", b])
+        .await;
     assert!(
         err.contains("Forbidden") || err.contains("forbidden"),
         "{err}"
     );
-    let err = kubectl.err(Some(&alice), &["delete", "snapshot", &first, "-n", a]);
+    let err = c
+        .kubectl
+        .err(Some(&alice), &["delete", "snapshot", &c.first(), "-n", a])
+        .await;
     assert!(err.contains("forbidden"), "{err}");
-    let err = kubectl.err(Some(&bob), &["get", "snapshots", "-n", a]);
+    let err = c
+        .kubectl
+        .err(Some(&bob), &["get", "snapshots", "-n", a])
+        .await;
     assert!(
         err.contains("Forbidden") || err.contains("forbidden"),
         "{err}"
     );
+}
 
-    // Our own server authenticates and authorizes too (not only the API server in front):
-    // without the front-proxy certificate → 401; with it, bob → 403, admin → 200.
+/// Our own server authenticates and authorizes too (not only the API server in front):
+/// without the front-proxy certificate → 401; with it, bob → 403, admin → 200.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operators_server_authenticates_and_authorizes_on_its_own() {
+    let c = catalog().await;
+    let (cp, client) = (c.cp, c.cp.client());
     let apiservice = Api::<APIService>::all(client.clone())
         .get("v1alpha1.repositories.stash.appscode.com")
         .await
@@ -605,6 +784,7 @@ async fn scenario(cp: &'static ControlPlane) {
         .find_map(|p| p.status.and_then(|s| s.pod_ip))
         .expect("an operator pod with an IP");
     let pod_ip = operator.as_str();
+    let work = tempfile::tempdir().expect("work dir");
     let pki = work.path().join("pki");
     std::fs::create_dir_all(&pki).expect("pki dir");
     let proxy = cp
@@ -629,7 +809,10 @@ async fn scenario(cp: &'static ControlPlane) {
         w("other.key", &other.key),
         w("ca.crt", &ca_bundle),
     );
-    let path = format!("/apis/repositories.stash.appscode.com/v1alpha1/namespaces/{a}/snapshots");
+    let path = format!(
+        "/apis/repositories.stash.appscode.com/v1alpha1/namespaces/{}/snapshots",
+        c.a()
+    );
     let (code, body) = curl(
         pod_ip,
         &path,
@@ -686,9 +869,14 @@ async fn scenario(cp: &'static ControlPlane) {
         &ca,
     );
     assert_eq!(code, 200, "{body}");
+}
 
-    // The catalog answers lists in milliseconds: 50 lists through the API server vs one restic run.
-    let snaps = Api::<Snapshot>::namespaced(client.clone(), a);
+/// The catalog answers lists in milliseconds: 50 lists through the API server vs one restic run.
+#[tokio::test(flavor = "multi_thread")]
+async fn catalog_lists_are_well_under_a_restic_run() {
+    let c = catalog().await;
+    let want = c.want();
+    let snaps = Api::<Snapshot>::namespaced(c.cp.client(), c.a());
     let lp = ListParams::default().labels("repository=repo");
     let warm = snaps.list(&lp).await.expect("list");
     assert_eq!(warm.items.len(), want.len());
@@ -698,7 +886,7 @@ async fn scenario(cp: &'static ControlPlane) {
         assert_eq!(l.items.len(), want.len());
     }
     let api_avg = t.elapsed() / 50;
-    let d = dir_a.clone();
+    let d = c.dir_a.clone();
     let restic_time = tokio::task::spawn_blocking(move || {
         let t = Instant::now();
         restic_snapshots(&d);
@@ -715,87 +903,102 @@ async fn scenario(cp: &'static ControlPlane) {
         api_avg * 2 < restic_time,
         "catalog lists ({api_avg:?}) are well under a restic run ({restic_time:?})"
     );
+}
 
-    // A Repository deleted and created again under the same name answers with the new
-    // backend's snapshots at once (the catalog is keyed by UID, not by name).
-    let repos = Api::<Repository>::namespaced(client.clone(), a);
-    let twin = |dir: &Path| {
-        json!({"apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository",
-               "metadata": {"name": "twin"},
-               "spec": {"backend": {"storageSecretName": "storage",
-                                    "local": {"mountPath": "/safe/data", "hostPath": {"path": dir.to_string_lossy()}}}}})
-    };
-    apply(&client, a, twin(&dir_a)).await;
-    let out = kubectl.ok(&[
-        "get",
-        "snapshots",
-        "-n",
-        a,
-        "-l",
-        "repository=twin",
-        "-o",
-        "name",
-    ]);
-    let want_a: BTreeSet<String> = short_ids(&restic_snapshots(&dir_a))
+/// Repository `twin` on the hostPath `dir` (Secret `storage`).
+fn twin(dir: &Path) -> Value {
+    json!({"apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository",
+           "metadata": {"name": "twin"},
+           "spec": {"backend": {"storageSecretName": "storage",
+                                "local": {"mountPath": "/safe/data", "hostPath": {"path": dir.to_string_lossy()}}}}})
+}
+
+/// The names `<repo>-<short id>` of the snapshots restic has in `dir`.
+fn named(repo: &str, dir: &Path) -> BTreeSet<String> {
+    short_ids(&restic_snapshots(dir))
         .into_iter()
-        .map(|id| format!("twin-{id}"))
-        .collect();
-    assert_eq!(names(&out), want_a, "{out}");
+        .map(|id| format!("{repo}-{id}"))
+        .collect()
+}
+
+/// A Repository deleted and created again under the same name answers with the new backend's
+/// snapshots at once (the catalog is keyed by UID, not by name).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recreated_repository_answers_with_its_new_backends_snapshots() {
+    let c = catalog().await;
+    let client = c.cp.client();
+    let guard = c.cp.namespace("snap-twin").await.expect("ns");
+    let ns = guard.name.as_str();
+    apply(
+        &client,
+        ns,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "storage"},
+               "stringData": {"RESTIC_PASSWORD": PASSWORD}}),
+    )
+    .await;
+    let repos = Api::<Repository>::namespaced(client.clone(), ns);
+    apply(&client, ns, twin(&c.dir_a)).await;
+    let out = c.kubectl.list(ns, "repository=twin").await;
+    assert_eq!(names(&out), named("twin", &c.dir_a), "{out}");
     repos
         .delete("twin", &Default::default())
         .await
         .expect("delete twin");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while repos.get_opt("twin").await.expect("get twin").is_some() {
-        assert!(Instant::now() < deadline, "Repository twin is deleted");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    apply(&client, a, twin(&dir_b)).await;
-    let out = kubectl.ok(&[
-        "get",
-        "snapshots",
-        "-n",
-        a,
-        "-l",
-        "repository=twin",
-        "-o",
-        "name",
-    ]);
-    let want_b: BTreeSet<String> = short_ids(&restic_snapshots(&dir_b))
-        .into_iter()
-        .map(|id| format!("twin-{id}"))
-        .collect();
+    eventually(
+        "Repository twin to be deleted",
+        Duration::from_secs(60),
+        || {
+            let repos = repos.clone();
+            async move { matches!(repos.get_opt("twin").await, Ok(None)).then_some(()) }
+        },
+    )
+    .await;
+    apply(&client, ns, twin(&c.dir_b)).await;
+    let out = c.kubectl.list(ns, "repository=twin").await;
     assert_eq!(
         names(&out),
-        want_b,
+        named("twin", &c.dir_b),
         "the recreated Repository's own snapshots: {out}"
     );
+}
 
-    // A repository that cannot be read (wrong password) is an error naming it, not an empty
-    // list; a list across every namespace still lists the others.
+/// A repository that cannot be read (wrong password) is an error naming it, not an empty list;
+/// a list across every namespace still lists the others.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_repository_is_an_error_and_the_others_are_still_listed() {
+    let c = catalog().await;
+    let client = c.cp.client();
+    let guard = c.cp.namespace("snap-locked").await.expect("ns");
+    let ns = guard.name.as_str();
     apply(
         &client,
-        a,
+        ns,
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "wrong"},
                "stringData": {"RESTIC_PASSWORD": "not-the-password"}}),
     )
     .await;
-    apply(&client, a, json!({
+    apply(&client, ns, json!({
         "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository",
         "metadata": {"name": "locked"},
         "spec": {"backend": {"storageSecretName": "wrong",
-                             "local": {"mountPath": "/safe/data", "hostPath": {"path": dir_a.to_string_lossy()}}}}
+                             "local": {"mountPath": "/safe/data", "hostPath": {"path": c.dir_a.to_string_lossy()}}}}
     }))
     .await;
-    let err = kubectl.err(
-        None,
-        &["get", "snapshots", "-n", a, "-l", "repository=locked"],
-    );
+    let err = c
+        .kubectl
+        .err(
+            None,
+            &["get", "snapshots", "-n", ns, "-l", "repository=locked"],
+        )
+        .await;
     assert!(
         err.contains("locked") && err.contains("cannot be read"),
         "an unreadable repository is an error: {err}"
     );
-    let all = kubectl.run(None, &["get", "snapshots", "-A", "-o", "name"]);
+    let all = c
+        .kubectl
+        .asking_again(None, &["get", "snapshots", "-A", "-o", "name"])
+        .await;
     let listed = String::from_utf8_lossy(&all.stdout);
     assert!(
         all.status.success(),
@@ -803,42 +1006,41 @@ async fn scenario(cp: &'static ControlPlane) {
         String::from_utf8_lossy(&all.stderr)
     );
     assert!(
-        want_a
-            .iter()
-            .all(|n| listed.contains(&format!("repo-{}", &n["twin-".len()..]))),
+        named("repo", &c.dir_a).iter().all(|n| listed.contains(n)),
         "the readable repositories are listed across namespaces: {listed}"
     );
     println!(
         "all namespaces with an unreadable repository, stderr: {}",
         String::from_utf8_lossy(&all.stderr).trim()
     );
-    for name in ["locked", "twin"] {
-        repos
-            .delete(name, &Default::default())
-            .await
-            .expect("delete repository");
-    }
-
-    // Deleting a namespace finishes (the API stays discoverable) and forgets nothing: the
-    // namespace controller sees no snapshots in a terminating namespace.
-    let b = b.to_owned();
-    drop(ns_b);
-    let namespaces = Api::<Namespace>::all(client.clone());
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while namespaces
-        .get_opt(&b)
+    Api::<Repository>::namespaced(client, ns)
+        .delete("locked", &Default::default())
         .await
-        .expect("get namespace")
-        .is_some()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "namespace {b} is deleted while the Snapshot API is registered"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        .expect("delete repository");
+}
+
+/// Deleting a namespace finishes (the API stays discoverable) and forgets nothing: the
+/// namespace controller sees no snapshots in a terminating namespace.
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_namespace_finishes_and_forgets_no_snapshot() {
+    let own = own_repository("snap-gone", 1).await;
+    let client = own.cp.client();
+    let ns = own.ns.name.clone();
+    let listed = names(&own.kubectl.list(&ns, "repository=repo").await);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    drop(own.ns);
+    let namespaces = Api::<Namespace>::all(client);
+    eventually(
+        &format!("namespace {ns} to be deleted while the Snapshot API is registered"),
+        Duration::from_secs(90),
+        || {
+            let (namespaces, ns) = (namespaces.clone(), ns.clone());
+            async move { matches!(namespaces.get_opt(&ns).await, Ok(None)).then_some(()) }
+        },
+    )
+    .await;
     assert_eq!(
-        restic_snapshots(&dir_b).len(),
+        restic_snapshots(&own.dir).len(),
         1,
         "deleting the namespace forgot no snapshot"
     );

@@ -16,14 +16,8 @@ mod support;
 
 use std::{path::Path, time::Duration};
 
-use k8s_openapi::api::{
-    batch::v1::{CronJob, Job},
-    core::v1::ConfigMap,
-};
-use kube::{
-    Api, Client,
-    api::{ListParams, PostParams},
-};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{Api, Client, api::PostParams};
 use serde_json::json;
 use stash_crds::BackupSession;
 use support::*;
@@ -217,35 +211,12 @@ async fn can_create_session(client: &Client, ns: &str) -> Result<(), String> {
 }
 
 /// Run the trigger CronJob now as Job `job`; whether it succeeded.
-async fn trigger(env: &Env, client: &Client, ns: &str, job: &str) -> bool {
-    let out: std::process::Output = env
-        .cp
-        .kubectl()
-        .expect("kubectl")
-        .args(["create", "job", "--from=cronjob/app-backup", job, "-n", ns])
-        .output()
-        .expect("run kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl create job: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let jobs = Api::<Job>::namespaced(client.clone(), ns);
-    eventually(
-        &format!("the trigger Job {job} to finish"),
-        Duration::from_secs(180),
-        || {
-            let jobs = jobs.clone();
-            async move {
-                let st = jobs.get(job).await.ok()?.status?;
-                let done = st.conditions.unwrap_or_default().into_iter().find(|c| {
-                    (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True"
-                })?;
-                Some(done.type_ == "Complete")
-            }
-        },
-    )
-    .await
+async fn trigger(client: &Client, ns: &str, job: &str) -> bool {
+    let st = run_trigger_job(client, ns, "app-backup", job).await;
+    st.conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Complete" && c.status == "True")
 }
 
 /// The value of `stash_backupsession_create_failure` for `ns`/`bc` in the pushgateway.
@@ -275,18 +246,8 @@ async fn a_webhook_outage_is_an_event_and_a_metric() {
     let ns = f.ns.name.clone();
     let client = env.cp.client();
     // A schedule that does not fire during the test: the Jobs are created from the CronJob.
-    apply(
-        &client,
-        &ns,
-        deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({})),
-    )
-    .await;
-    let cronjobs = Api::<CronJob>::namespaced(client.clone(), &ns);
-    eventually("the trigger CronJob", Duration::from_secs(60), || {
-        let c = cronjobs.clone();
-        async move { c.get_opt("app-backup").await.ok().flatten() }
-    })
-    .await;
+    let bc = deployment_backup_configuration("app", "repo", "0 0 1 1 *", json!({}));
+    apply_with_trigger(&client, &ns, bc).await;
 
     let outage = Outage::create(&client, &ns).await;
     let refusal = eventually(
@@ -302,7 +263,7 @@ async fn a_webhook_outage_is_an_event_and_a_metric() {
     assert!(refusal.contains("no-replica-serving"), "{refusal}");
 
     assert!(
-        !trigger(env, &client, &ns, "during-outage").await,
+        !trigger(&client, &ns, "during-outage").await,
         "the trigger Job fails while no webhook answers"
     );
     let ev = wait_event(
@@ -320,14 +281,8 @@ async fn a_webhook_outage_is_an_event_and_a_metric() {
         "the event names the cause: {ev:?}"
     );
     wait_create_failure(&ns, "app-backup", "1").await;
-    let sessions = Api::<BackupSession>::namespaced(client.clone(), &ns);
     assert!(
-        sessions
-            .list(&ListParams::default())
-            .await
-            .expect("list")
-            .items
-            .is_empty(),
+        backup_sessions(&client, &ns).await.is_empty(),
         "no BackupSession was created during the outage"
     );
 
@@ -344,16 +299,11 @@ async fn a_webhook_outage_is_an_event_and_a_metric() {
     )
     .await;
     assert!(
-        trigger(env, &client, &ns, "after-outage").await,
+        trigger(&client, &ns, "after-outage").await,
         "the trigger Job succeeds once the webhook answers"
     );
     assert_eq!(
-        sessions
-            .list(&ListParams::default())
-            .await
-            .expect("list")
-            .items
-            .len(),
+        backup_sessions(&client, &ns).await.len(),
         1,
         "the run after the outage created its session"
     );

@@ -8,7 +8,7 @@ use kube::{Api, Client};
 use serde_json::json;
 use stash_testenv::bins;
 
-use super::{apply, cluster_server, restic};
+use super::{cluster_server, restic, secret_and_repository};
 
 /// MinIO's root user (the access key of every MinIO the tests start).
 pub const MINIO_USER: &str = "stash-e2e-minio";
@@ -71,22 +71,15 @@ pub async fn minio_repository(
     ca: &str,
     password: &str,
 ) -> Api<stash_crds::Repository> {
-    apply(
+    secret_and_repository(
         client,
         ns,
-        json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "minio-secret"},
-            "stringData": {"RESTIC_PASSWORD": password, "AWS_ACCESS_KEY_ID": MINIO_USER,
-                           "AWS_SECRET_ACCESS_KEY": MINIO_SECRET, "CA_CERT_DATA": ca}
-        }),
+        "minio-secret",
+        json!({"RESTIC_PASSWORD": password, "AWS_ACCESS_KEY_ID": MINIO_USER,
+               "AWS_SECRET_ACCESS_KEY": MINIO_SECRET, "CA_CERT_DATA": ca}),
+        json!({"backend": {"s3": {"endpoint": endpoint, "bucket": bucket, "prefix": prefix}},
+               "wipeOut": true}),
     )
-    .await;
-    apply(client, ns, json!({
-        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
-        "spec": {"backend": {"storageSecretName": "minio-secret",
-                             "s3": {"endpoint": endpoint, "bucket": bucket, "prefix": prefix}},
-                 "wipeOut": true}
-    }))
     .await;
     Api::<stash_crds::Repository>::namespaced(client.clone(), ns)
 }

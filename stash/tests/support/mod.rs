@@ -242,30 +242,67 @@ pub async fn rest_repository(
         &[],
     )
     .await;
-    apply(
+    let url = format!("http://{NODE_IP}:{port}/app");
+    secret_and_repository(
         client,
         ns,
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rest-secret"},
-            "stringData": {"RESTIC_PASSWORD": password}
-        }),
+        "rest-secret",
+        serde_json::json!({"RESTIC_PASSWORD": password}),
+        serde_json::json!({"backend": {"rest": {"url": url}}}),
     )
-    .await;
-    let url = format!("http://{NODE_IP}:{port}/app");
-    apply(client, ns, serde_json::json!({
-        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
-        "spec": {"backend": {"storageSecretName": "rest-secret", "rest": {"url": url}}}
-    }))
     .await;
     url
 }
 
-/// The documents of upstream Stash v0.8.3's example `file`
-/// (`../shared/conformance/stash-v0.8.3/examples/`), moved from namespace `demo` to `ns`.
+/// The kinds of the API we implement (group, kind): what the conformance and admission tests
+/// take from the upstream examples. Snapshot is served by the aggregated API, not a CRD, and
+/// the legacy v1alpha1 Restic/Recovery kinds are out of scope.
+pub const IN_SCOPE: &[(&str, &str)] = &[
+    ("stash.appscode.com", "BackupConfiguration"),
+    ("stash.appscode.com", "BackupSession"),
+    ("stash.appscode.com", "RestoreSession"),
+    ("stash.appscode.com", "Function"),
+    ("stash.appscode.com", "Task"),
+    ("stash.appscode.com", "BackupConfigurationTemplate"),
+    ("stash.appscode.com", "Repository"),
+    ("appcatalog.appscode.com", "AppBinding"),
+];
+
+/// The directory of upstream Stash v0.8.3's examples
+/// (`../shared/conformance/stash-v0.8.3/examples/`).
+pub fn upstream_examples() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/conformance/stash-v0.8.3/examples");
+    assert!(
+        dir.is_dir(),
+        "conformance examples missing at {} (shared/ must sit beside the repo)",
+        dir.display()
+    );
+    dir
+}
+
+/// Every example file (`*.yaml`) of [`upstream_examples`], sorted.
+pub fn upstream_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(upstream_examples())
+        .expect("list the examples")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The group, version and kind a manifest names.
+pub fn gvk_of(doc: &serde_json::Value) -> GroupVersionKind {
+    let api_version = doc["apiVersion"].as_str().unwrap_or_default();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    GroupVersionKind::gvk(group, version, doc["kind"].as_str().unwrap_or_default())
+}
+
+/// The documents of upstream Stash v0.8.3's example `file` ([`upstream_examples`]), moved from
+/// namespace `demo` to `ns`.
 pub fn upstream(file: &str, ns: &str) -> Vec<serde_json::Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/conformance/stash-v0.8.3/examples")
-        .join(file);
+    let path = upstream_examples().join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_saphyr::from_multiple::<serde_json::Value>(&text)
         .expect("yaml")
@@ -281,7 +318,7 @@ pub fn upstream(file: &str, ns: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Wait up to `timeout` until RestoreSession `ns/name` is Succeeded, Failed or Unknown; the
+/// Wait (≤ `timeout`) until RestoreSession `name` is terminal ([`wait_terminal`]); the
 /// operator's logs are dumped when it is not Succeeded.
 pub async fn wait_restore_terminal(
     client: &Client,
@@ -290,24 +327,16 @@ pub async fn wait_restore_terminal(
     timeout: Duration,
 ) -> stash_crds::RestoreSession {
     use stash_crds::restore_session::Phase;
-    let api = Api::<stash_crds::RestoreSession>::namespaced(client.clone(), ns);
-    let rs = eventually(&format!("RestoreSession {name} to finish"), timeout, || {
-        let api = api.clone();
-        async move {
-            let s = api.get(name).await.ok()?;
-            let p = s.status.as_ref()?.phase?;
-            matches!(p, Phase::Succeeded | Phase::Failed | Phase::Unknown).then_some(s)
-        }
-    })
-    .await;
-    if rs.status.as_ref().and_then(|s| s.phase) != Some(Phase::Succeeded) {
+    let rs = wait_terminal::<Phase>(client, ns, name, timeout).await;
+    if Phase::of(&rs) != Some(Phase::Succeeded) {
         dump_logs(env().await.cp);
     }
     rs
 }
 
 /// RestoreSession `name` of Repository `repo` into Deployment `deployment` (its volume `data`
-/// at `/source/data`, rule `/source/data`), waited for until it ends (180 s at most).
+/// at `/source/data`, rule `/source/data`), waited for until it ends `Succeeded` (180 s at most,
+/// [`wait_session_ends`]).
 pub async fn restore_deployment(
     client: &Client,
     ns: &str,
@@ -322,7 +351,14 @@ pub async fn restore_deployment(
                  "rules": [{"paths": ["/source/data"]}]}
     }))
     .await;
-    wait_restore_terminal(client, ns, name, Duration::from_secs(180)).await
+    wait_session_ends(
+        client,
+        ns,
+        name,
+        stash_crds::restore_session::Phase::Succeeded,
+        Duration::from_secs(180),
+    )
+    .await
 }
 
 /// Deployment `app` on PVC `claim` (a hostPath PV, returned: its directory holds what the
@@ -336,14 +372,27 @@ pub async fn sidecar_workload(
 ) -> PathBuf {
     let source = pv_dir(ns, claim).await;
     deployment_with_pvc(client, ns, "app", claim).await;
+    sidecar_backup(client, ns, "app", "repo", extra).await;
+    source
+}
+
+/// BackupConfiguration `<name>-backup` of Deployment `name` into Repository `repo` (never
+/// scheduled, `extra` merged into its spec: [`deployment_backup_configuration`]), and the
+/// Deployment's sidecar ready (≤ 180 s).
+pub async fn sidecar_backup(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    repo: &str,
+    extra: serde_json::Value,
+) {
     apply(
         client,
         ns,
-        deployment_backup_configuration("app", "repo", "@yearly", extra),
+        deployment_backup_configuration(name, repo, "0 0 1 1 *", extra),
     )
     .await;
-    wait_sidecar_ready(client, ns, "app", Duration::from_secs(180)).await;
-    source
+    wait_sidecar_ready(client, ns, name, Duration::from_secs(180)).await;
 }
 
 /// Logs of every container of the pods in `ns` whose name starts with `prefix`.
@@ -401,20 +450,45 @@ pub async fn fixture_with_password(prefix: &str, password: &str) -> Fixture {
 /// Secret `local-secret` with `password` and Repository `repo` on the local backend at host
 /// directory `dir` (a hostPath, mounted at `/safe/data`), in `ns`.
 pub async fn hostpath_repository(client: &Client, ns: &str, dir: &Path, password: &str) {
+    secret_and_repository(
+        client,
+        ns,
+        "local-secret",
+        serde_json::json!({"RESTIC_PASSWORD": password}),
+        serde_json::json!({"backend": {
+            "local": {"mountPath": "/safe/data", "hostPath": {"path": dir.to_string_lossy()}}}}),
+    )
+    .await;
+}
+
+/// Secret `secret` with `string_data` (`RESTIC_PASSWORD` and the backend's credentials) and
+/// Repository `repo` with `spec` (its `backend` naming the Secret as its storage Secret), in
+/// `ns`.
+pub async fn secret_and_repository(
+    client: &Client,
+    ns: &str,
+    secret: &str,
+    string_data: serde_json::Value,
+    mut spec: serde_json::Value,
+) {
     apply(
         client,
         ns,
         serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "local-secret"},
-            "stringData": {"RESTIC_PASSWORD": password}
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret},
+            "stringData": string_data
         }),
     )
     .await;
-    apply(client, ns, serde_json::json!({
-        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
-        "spec": {"backend": {"storageSecretName": "local-secret",
-                             "local": {"mountPath": "/safe/data", "hostPath": {"path": dir.to_string_lossy()}}}}
-    }))
+    spec["backend"]["storageSecretName"] = serde_json::json!(secret);
+    apply(
+        client,
+        ns,
+        serde_json::json!({
+            "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository",
+            "metadata": {"name": "repo"}, "spec": spec
+        }),
+    )
     .await;
 }
 
@@ -434,11 +508,7 @@ pub fn wipe(dir: &Path) {
 
 /// Server-side apply a manifest (any kind), in `ns` when namespaced.
 pub async fn apply(client: &Client, ns: &str, doc: serde_json::Value) -> DynamicObject {
-    let api_version = doc["apiVersion"].as_str().unwrap_or_default().to_string();
-    let (group, version) = api_version
-        .rsplit_once('/')
-        .unwrap_or(("", api_version.as_str()));
-    let gvk = GroupVersionKind::gvk(group, version, doc["kind"].as_str().unwrap_or_default());
+    let gvk = gvk_of(&doc);
     let (ar, caps) = discovery::pinned_kind(client, &gvk)
         .await
         .expect("discovery");
@@ -557,9 +627,10 @@ pub fn restic(repo: &str, password: &str) -> Command {
     cmd
 }
 
-/// `restic snapshots --json`, parsed.
-pub fn restic_snapshots(repo: &str, password: &str) -> Vec<serde_json::Value> {
-    let out = restic(repo, password)
+/// `snapshots --json` run by `restic` (a restic command for a repository: [`restic`],
+/// [`minio::minio_restic`], or one of a test's own), asserted to succeed, parsed.
+pub fn restic_snapshots_of(mut restic: Command) -> Vec<serde_json::Value> {
+    let out = restic
         .args(["snapshots", "--json"])
         .output()
         .expect("restic snapshots");
@@ -571,10 +642,35 @@ pub fn restic_snapshots(repo: &str, password: &str) -> Vec<serde_json::Value> {
     serde_json::from_slice(&out.stdout).expect("snapshots json")
 }
 
-/// Restore snapshot `id` into `target` (a scratch dir) and return the restored tree's root
-/// for `path` (restic restores absolute paths under the target).
-pub fn restic_restore(repo: &str, password: &str, id: &str, target: &Path) {
-    let out = restic(repo, password)
+/// `restic snapshots --json` of repository `repo`, parsed.
+pub fn restic_snapshots(repo: &str, password: &str) -> Vec<serde_json::Value> {
+    restic_snapshots_of(restic(repo, password))
+}
+
+/// The nodes (files, directories, …) of snapshot `id`: `ls --json <id>` run by `restic` (as
+/// for [`restic_snapshots_of`]), asserted to succeed.
+pub fn restic_ls_of(mut restic: Command, id: &str) -> Vec<serde_json::Value> {
+    let out = restic
+        .args(["ls", "--json", id])
+        .output()
+        .expect("restic ls");
+    assert!(
+        out.status.success(),
+        "restic ls: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|n| n["struct_type"] == "node")
+        .collect()
+}
+
+/// Restore snapshot `id` into `target` (a scratch dir) through `restic` (a restic command for
+/// the repository, as for [`restic_snapshots_of`]), asserted to succeed; restic restores
+/// absolute paths under the target.
+pub fn restic_restore_of(mut restic: Command, id: &str, target: &Path) {
+    let out = restic
         .args(["restore", id, "--target"])
         .arg(target)
         .output()
@@ -584,6 +680,36 @@ pub fn restic_restore(repo: &str, password: &str, id: &str, target: &Path) {
         "restic restore: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Restore snapshot `id` through `restic` (as for [`restic_restore_of`]) into a scratch
+/// directory and assert that the restored `/source/data` is, byte for byte, the directory
+/// `source` (which is not empty).
+pub fn assert_restores_equal(restic: Command, id: &str, source: &Path) {
+    let scratch = tempfile::tempdir().expect("scratch");
+    restic_restore_of(restic, id, scratch.path());
+    let original = checksums(source);
+    assert!(!original.is_empty(), "{} is empty", source.display());
+    assert_eq!(
+        checksums(&scratch.path().join("source/data")),
+        original,
+        "snapshot {id} restores {} byte for byte",
+        source.display()
+    );
+}
+
+/// Assert that `snaps` (restic's own list) is one snapshot: of `/source/data`, by `host`, with
+/// short id `short`.
+pub fn assert_only_snapshot(snaps: &[serde_json::Value], host: &str, short: &str) {
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(snaps[0]["hostname"], host);
+    assert_eq!(snaps[0]["paths"], serde_json::json!(["/source/data"]));
+    assert_eq!(snaps[0]["short_id"].as_str(), Some(short));
+}
+
+/// Restore snapshot `id` of repository `repo` into `target` ([`restic_restore_of`]).
+pub fn restic_restore(repo: &str, password: &str, id: &str, target: &Path) {
+    restic_restore_of(restic(repo, password), id, target);
 }
 
 /// Assert who owns a session's status, as the API server records it (`metadata.managedFields`,
@@ -753,6 +879,29 @@ pub async fn wait_event(
     .await
 }
 
+/// Wait (≤ 120 s) until Repository `repo` in `ns` has a status with a snapshot count; return
+/// it. After a backup the agent reports its snapshot first, then (still holding restic's lock)
+/// runs the follow-up steps (forget, stats, check) and writes the Repository status: restic on
+/// the host waits for that before it takes its own locks.
+pub async fn wait_repository_status(
+    client: &Client,
+    ns: &str,
+) -> stash_crds::repository::RepositoryStatus {
+    let repos = Api::<stash_crds::Repository>::namespaced(client.clone(), ns);
+    eventually(
+        "the Repository status after the backup",
+        Duration::from_secs(120),
+        || {
+            let repos = repos.clone();
+            async move {
+                let r = repos.get("repo").await.ok()?;
+                r.status.filter(|s| s.snapshot_count.is_some())
+            }
+        },
+    )
+    .await
+}
+
 /// Create a manual BackupSession `name` of BackupConfiguration `bc` (with the label sidecars
 /// select on).
 pub async fn create_backup_session(client: &Client, ns: &str, bc: &str, name: &str) {
@@ -768,40 +917,192 @@ pub async fn create_backup_session(client: &Client, ns: &str, bc: &str, name: &s
     .await;
 }
 
-/// Wait until BackupSession `name` is terminal (`Succeeded`, `Failed`, `Skipped`); return it.
+/// Every BackupSession in `ns`.
+pub async fn backup_sessions(client: &Client, ns: &str) -> Vec<stash_crds::BackupSession> {
+    Api::<stash_crds::BackupSession>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list the BackupSessions")
+        .items
+}
+
+/// Run BackupSession `name` of BackupConfiguration `bc` by hand ([`create_backup_session`]) and
+/// wait (≤ `timeout`) until it ends `Succeeded` ([`wait_session_ends`]); return it.
+pub async fn run_backup_session(
+    client: &Client,
+    ns: &str,
+    bc: &str,
+    name: &str,
+    timeout: Duration,
+) -> stash_crds::BackupSession {
+    create_backup_session(client, ns, bc, name).await;
+    let succeeded = stash_crds::backup_session::Phase::Succeeded;
+    wait_session_ends(client, ns, name, succeeded, timeout).await
+}
+
+/// The phase of a session kind ([`stash_crds::backup_session::Phase`] of a BackupSession,
+/// [`stash_crds::restore_session::Phase`] of a RestoreSession): what the waits below are generic
+/// over.
+pub trait SessionPhase: stash_machines::Lifecycle {
+    /// The session kind.
+    type Session: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + Send
+        + Sync
+        + 'static;
+    /// The session's `status.phase`.
+    fn of(session: &Self::Session) -> Option<Self>;
+}
+
+impl SessionPhase for stash_crds::backup_session::Phase {
+    type Session = stash_crds::BackupSession;
+    fn of(session: &Self::Session) -> Option<Self> {
+        session.status.as_ref()?.phase
+    }
+}
+
+impl SessionPhase for stash_crds::restore_session::Phase {
+    type Session = stash_crds::RestoreSession;
+    fn of(session: &Self::Session) -> Option<Self> {
+        session.status.as_ref()?.phase
+    }
+}
+
+/// A session's `status`, pretty JSON.
+fn status_text<S: serde::Serialize>(session: &S) -> String {
+    serde_json::to_value(session)
+        .and_then(|v| serde_json::to_string_pretty(&v["status"]))
+        .unwrap_or_else(|e| e.to_string())
+}
+
+/// The last `n` lines of [`pod_logs`] of every pod in `ns`.
+fn pod_logs_tail(ns: &str, n: usize) -> String {
+    let logs = pod_logs(ns, "");
+    let lines: Vec<&str> = logs.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Wait (≤ `timeout`) until session `name` in `ns` (a BackupSession or a RestoreSession, as
+/// `P` says) is in a terminal phase; return it. On a timeout, panic with what a person would
+/// look at: the session's status, then the last pod log lines of the namespace.
+pub async fn wait_terminal<P: SessionPhase>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> P::Session {
+    let api = Api::<P::Session>::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(s) = api.get(name).await
+            && P::of(&s).is_some_and(P::is_terminal)
+        {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let status = api
+                .get(name)
+                .await
+                .map(|s| status_text(&s))
+                .unwrap_or_else(|e| e.to_string());
+            panic!(
+                "timed out after {timeout:?} waiting for {} {name} to finish\nstatus: {status}\nlast pod log lines of {ns}:\n{}",
+                P::NAME,
+                pod_logs_tail(ns, 150)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// [`wait_terminal`] for BackupSession `name` (`Succeeded`, `Failed`, `Skipped`, `Unknown`).
 pub async fn wait_session_terminal(
     client: &Client,
     ns: &str,
     name: &str,
     timeout: Duration,
 ) -> stash_crds::BackupSession {
-    let api = Api::<stash_crds::BackupSession>::namespaced(client.clone(), ns);
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(s) = api.get(name).await
-            && s.status
-                .as_ref()
-                .and_then(|st| st.phase)
-                .is_some_and(|p| p.is_terminal())
-        {
-            return s;
-        }
-        if Instant::now() > deadline {
-            // What a person would look at: the session, then every pod's log in the namespace.
-            let status = api
-                .get(name)
-                .await
-                .map(|s| serde_json::to_string_pretty(&s.status).unwrap_or_default())
-                .unwrap_or_else(|e| e.to_string());
-            let logs = pod_logs(ns, "");
-            let lines: Vec<&str> = logs.lines().collect();
-            let tail = lines[lines.len().saturating_sub(150)..].join("\n");
-            panic!(
-                "timed out after {timeout:?} waiting for BackupSession {name} to finish\nstatus: {status}\nlast pod log lines of {ns}:\n{tail}"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_terminal::<stash_crds::backup_session::Phase>(client, ns, name, timeout).await
+}
+
+/// Wait (≤ `timeout`) until session `name` in `ns` is terminal ([`wait_terminal`]) and assert
+/// that it ended `want` (a BackupSession's phase or a RestoreSession's: the session kind
+/// follows); return it. A session that ended otherwise gets the operator's logs and the pod
+/// logs of the namespace printed before the assertion fails.
+pub async fn wait_session_ends<P: SessionPhase>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    want: P,
+    timeout: Duration,
+) -> P::Session {
+    let s = wait_terminal::<P>(client, ns, name, timeout).await;
+    let phase = P::of(&s);
+    if phase != Some(want) {
+        dump_logs(env().await.cp);
+        eprintln!("pod logs of {ns}:\n{}", pod_logs(ns, ""));
     }
+    assert_eq!(
+        phase,
+        Some(want),
+        "{} {name} ended {phase:?}: {}",
+        P::NAME,
+        status_text(&s)
+    );
+    s
+}
+
+/// Wait (≤ `timeout`) for a BackupSession of configuration `bc` that its schedule created
+/// (named `<bc>-<unix seconds>`) and that `Succeeded`, created after `after` when given; the
+/// oldest such.
+pub async fn wait_scheduled_success(
+    client: &Client,
+    ns: &str,
+    bc: &str,
+    after: Option<jiff::Timestamp>,
+    timeout: Duration,
+) -> stash_crds::BackupSession {
+    use stash_crds::backup_session::Phase;
+    let api = Api::<stash_crds::BackupSession>::namespaced(client.clone(), ns);
+    let what = match after {
+        Some(t) => format!("a scheduled BackupSession of {bc} created after {t} to succeed"),
+        None => format!("a scheduled BackupSession of {bc} to succeed"),
+    };
+    eventually(&what, timeout, || {
+        let api = api.clone();
+        async move {
+            let mut ok: Vec<stash_crds::BackupSession> = api
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter(|s| {
+                    s.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with(&format!("{bc}-")))
+                        && s.spec
+                            .backup_configuration
+                            .as_ref()
+                            .is_some_and(|c| c.name == bc)
+                        && Phase::of(s) == Some(Phase::Succeeded)
+                        && after.is_none_or(|after| {
+                            s.metadata
+                                .creation_timestamp
+                                .as_ref()
+                                .is_some_and(|t| t.0 > after)
+                        })
+                })
+                .collect();
+            ok.sort_by_key(|s| s.metadata.creation_timestamp.clone());
+            ok.into_iter().next()
+        }
+    })
+    .await
 }
 
 /// A PVC `claim` and a one-replica Deployment `name` mounting it at `/source/data`.
@@ -830,13 +1131,47 @@ pub fn deployment_backup_configuration(
     schedule: &str,
     extra: serde_json::Value,
 ) -> serde_json::Value {
-    let mut spec = serde_json::json!({
-        "repository": {"name": repo},
-        "schedule": schedule,
-        "target": {"ref": {"apiVersion": "apps/v1", "kind": "Deployment", "name": workload},
-                   "directories": ["/source/data"],
-                   "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}
-    });
+    backup_configuration(
+        &format!("{workload}-backup"),
+        serde_json::json!({
+            "repository": {"name": repo},
+            "schedule": schedule,
+            "target": {"ref": {"apiVersion": "apps/v1", "kind": "Deployment", "name": workload},
+                       "directories": ["/source/data"],
+                       "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}
+        }),
+        extra,
+    )
+}
+
+/// A job-model BackupConfiguration `name` of PVC `claim` (`/source/data`) into Repository
+/// `repo` through the built-in `pvc-backup` Task, never scheduled; `extra` is merged into
+/// `spec` (e.g. another Task, a retention policy or a history limit).
+pub fn pvc_backup_configuration(
+    name: &str,
+    claim: &str,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    backup_configuration(
+        name,
+        serde_json::json!({
+            "repository": {"name": "repo"},
+            "schedule": "0 0 1 1 *",
+            "task": {"name": "pvc-backup"},
+            "target": {"ref": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": claim},
+                       "directories": ["/source/data"],
+                       "volumeMounts": [{"name": "target-volume", "mountPath": "/source/data"}]}
+        }),
+        extra,
+    )
+}
+
+/// BackupConfiguration `name` with `spec`, the top-level fields of `extra` put over it.
+fn backup_configuration(
+    name: &str,
+    mut spec: serde_json::Value,
+    extra: serde_json::Value,
+) -> serde_json::Value {
     if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
         for (k, v) in e {
             s.insert(k.clone(), v.clone());
@@ -844,42 +1179,247 @@ pub fn deployment_backup_configuration(
     }
     serde_json::json!({
         "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration",
-        "metadata": {"name": format!("{workload}-backup")},
+        "metadata": {"name": name},
         "spec": spec
     })
 }
 
-/// Wait (≤ `timeout`) until Deployment `name` has the `stash` sidecar and its one pod is
-/// updated and ready.
-pub async fn wait_sidecar_ready(client: &Client, ns: &str, name: &str, timeout: Duration) {
-    use k8s_openapi::api::apps::v1::Deployment;
-    let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
+/// A StatefulSet `name` of `replicas` busybox pods (label `app: <name>`, started in parallel),
+/// each with its own PVC `data-<name>-<ordinal>` (from the claim template `data`) at
+/// `/source/data`.
+pub fn statefulset_with_claims(name: &str, replicas: i32) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name},
+        "spec": {"replicas": replicas, "serviceName": name, "podManagementPolicy": "Parallel",
+                 "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"containers": [{"name": name, "image": "busybox", "command": ["sleep", "3600"],
+                                                       "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}]}},
+                 "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                                           "spec": {"accessModes": ["ReadWriteOnce"],
+                                                    "resources": {"requests": {"storage": "1Gi"}}}}]}
+    })
+}
+
+/// Apply BackupConfiguration `bc` and wait (≤ 60 s) for the CronJob that triggers its
+/// sessions; return the CronJob.
+pub async fn apply_with_trigger(
+    client: &Client,
+    ns: &str,
+    bc: serde_json::Value,
+) -> k8s_openapi::api::batch::v1::CronJob {
+    let name = bc["metadata"]["name"]
+        .as_str()
+        .expect("the configuration's name")
+        .to_string();
+    apply(client, ns, bc).await;
+    let cronjobs = Api::<k8s_openapi::api::batch::v1::CronJob>::namespaced(client.clone(), ns);
+    eventually("the trigger CronJob", Duration::from_secs(60), || {
+        let (c, name) = (cronjobs.clone(), name.clone());
+        async move { c.get_opt(&name).await.ok().flatten() }
+    })
+    .await
+}
+
+/// Run BackupConfiguration `bc`'s trigger CronJob now, as Job `job` (`kubectl create job
+/// --from=cronjob/<bc>`), and wait (≤ 180 s) until it is Complete or Failed; its status.
+pub async fn run_trigger_job(
+    client: &Client,
+    ns: &str,
+    bc: &str,
+    job: &str,
+) -> k8s_openapi::api::batch::v1::JobStatus {
+    let out = env()
+        .await
+        .cp
+        .kubectl()
+        .expect("kubectl")
+        .args([
+            "create",
+            "job",
+            &format!("--from=cronjob/{bc}"),
+            job,
+            "-n",
+            ns,
+        ])
+        .output()
+        .expect("run kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl create job: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jobs = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), ns);
     eventually(
-        &format!("the sidecar in a ready Deployment {name}"),
-        timeout,
+        &format!("the trigger Job {job} to finish"),
+        Duration::from_secs(180),
         || {
-            let d = deployments.clone();
+            let jobs = jobs.clone();
             async move {
-                let d = d.get(name).await.ok()?;
-                let injected = d
-                    .spec
-                    .as_ref()?
-                    .template
-                    .spec
-                    .as_ref()?
-                    .containers
-                    .iter()
-                    .any(|c| c.name == "stash");
-                let st = d.status?;
-                let settled = st.updated_replicas == Some(1)
-                    && st.ready_replicas == Some(1)
-                    && st.replicas == Some(1);
-                (injected && settled && st.observed_generation == d.metadata.generation)
-                    .then_some(())
+                let st = jobs.get(job).await.ok()?.status?;
+                let done =
+                    st.conditions.iter().flatten().any(|c| {
+                        (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True"
+                    });
+                done.then_some(st)
             }
         },
     )
+    .await
+}
+
+/// A workload the operator injects its agents into, and how many pods it runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Workload<'a> {
+    /// Deployment `name` of `replicas` pods.
+    Deployment(&'a str, i32),
+    /// StatefulSet `name` of `replicas` pods.
+    StatefulSet(&'a str, i32),
+    /// DaemonSet `name` (one pod: the cluster has one node).
+    DaemonSet(&'a str),
+}
+
+/// What the operator has injected into a workload's pod template.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Injected {
+    /// None of its agents.
+    Nothing,
+    /// The `stash` sidecar (and no `stash-init` restore init-container).
+    Sidecar,
+}
+
+impl Workload<'_> {
+    /// The pod template of the workload in `ns`, and whether its rollout is complete: the
+    /// controller has seen the latest spec, and every pod is updated and ready.
+    async fn rollout(
+        self,
+        client: &Client,
+        ns: &str,
+    ) -> Option<(k8s_openapi::api::core::v1::PodSpec, bool)> {
+        use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+        match self {
+            Workload::Deployment(name, n) => {
+                let d = Api::<Deployment>::namespaced(client.clone(), ns)
+                    .get(name)
+                    .await
+                    .ok()?;
+                let st = d.status?;
+                let done = st.observed_generation == d.metadata.generation
+                    && st.replicas == Some(n)
+                    && st.updated_replicas == Some(n)
+                    && st.ready_replicas == Some(n);
+                Some((d.spec?.template.spec?, done))
+            }
+            Workload::StatefulSet(name, n) => {
+                let s = Api::<StatefulSet>::namespaced(client.clone(), ns)
+                    .get(name)
+                    .await
+                    .ok()?;
+                let st = s.status?;
+                let done = st.observed_generation == s.metadata.generation
+                    && st.update_revision.is_some()
+                    && st.update_revision == st.current_revision
+                    && st.updated_replicas == Some(n)
+                    && st.ready_replicas == Some(n);
+                Some((s.spec?.template.spec?, done))
+            }
+            Workload::DaemonSet(name) => {
+                let d = Api::<DaemonSet>::namespaced(client.clone(), ns)
+                    .get(name)
+                    .await
+                    .ok()?;
+                let st = d.status?;
+                let done = st.observed_generation == d.metadata.generation
+                    && st.updated_number_scheduled == Some(1)
+                    && st.number_ready == 1
+                    && st.number_available == Some(1);
+                Some((d.spec?.template.spec?, done))
+            }
+        }
+    }
+}
+
+/// Wait (≤ `timeout`) until `workload` in `ns` has rolled out a pod template with what
+/// `injected` says (never the `stash-init` restore init-container): the controller has seen
+/// the latest spec and every pod is updated and ready.
+pub async fn wait_rolled_out(
+    client: &Client,
+    ns: &str,
+    workload: Workload<'_>,
+    injected: Injected,
+    timeout: Duration,
+) {
+    eventually(
+        &format!("{workload:?} rolled out with {injected:?} injected"),
+        timeout,
+        || async move {
+            let (pod, done) = workload.rollout(client, ns).await?;
+            let sidecar = pod.containers.iter().any(|c| c.name == "stash");
+            let init = pod
+                .init_containers
+                .iter()
+                .flatten()
+                .any(|c| c.name == "stash-init");
+            (done && sidecar == (injected == Injected::Sidecar) && !init).then_some(())
+        },
+    )
     .await;
+}
+
+/// [`wait_rolled_out`] of Deployment `name` (one pod) with the `stash` sidecar.
+pub async fn wait_sidecar_ready(client: &Client, ns: &str, name: &str, timeout: Duration) {
+    wait_rolled_out(
+        client,
+        ns,
+        Workload::Deployment(name, 1),
+        Injected::Sidecar,
+        timeout,
+    )
+    .await;
+}
+
+/// The live pods (not being deleted) in `ns` whose labels match `selector`.
+pub async fn live_pods(client: &Client, ns: &str, selector: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(selector))
+        .await
+        .expect("list pods")
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+/// Wait (≤ `timeout`) for a live pod in `ns` matching `selector` that is Ready and has a
+/// container or an init-container named `container`; return it.
+pub async fn wait_ready_pod_with(
+    client: &Client,
+    ns: &str,
+    selector: &str,
+    container: &str,
+    timeout: Duration,
+) -> Pod {
+    eventually(
+        &format!("a Ready pod {selector} in {ns} with container {container}"),
+        timeout,
+        || async move {
+            live_pods(client, ns, selector).await.into_iter().find(|p| {
+                let has = p.spec.as_ref().is_some_and(|s| {
+                    s.containers
+                        .iter()
+                        .chain(s.init_containers.iter().flatten())
+                        .any(|c| c.name == container)
+                });
+                let ready = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                has && ready
+            })
+        },
+    )
+    .await
 }
 
 /// Wait (≤ `timeout`) until something accepts TCP connections on `NODE_IP:port`.
