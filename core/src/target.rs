@@ -65,6 +65,54 @@ impl WorkloadKind {
     }
 }
 
+/// What the operator reads of a target workload to know its hosts: a StatefulSet's
+/// `spec.replicas` and a DaemonSet's `status.desiredNumberScheduled` (`None`: not read, or
+/// the workload does not exist).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadScale {
+    /// A StatefulSet's `spec.replicas`.
+    pub replicas: Option<i32>,
+    /// A DaemonSet's `status.desiredNumberScheduled`: the nodes it runs on.
+    pub scheduled: Option<i32>,
+}
+
+/// The hosts of a session's target (§9.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hosts {
+    /// `host-0` … `host-<n-1>`.
+    Numbered(i64),
+    /// One per node the DaemonSet is scheduled on, each named by its node when it reports.
+    Nodes(u32),
+}
+
+impl Hosts {
+    /// How many.
+    pub fn count(self) -> i64 {
+        match self {
+            Hosts::Numbered(n) => n,
+            Hosts::Nodes(n) => i64::from(n),
+        }
+    }
+}
+
+/// The one host-set rule of backups and restores, from the workload's own object (`scale`):
+/// a StatefulSet has one host per replica (`replicas`, the session's `target.replicas`, when
+/// it does not exist yet), a DaemonSet one per node it is scheduled on (none while it does not
+/// exist), any other workload one; a target that is no workload (the job model) has
+/// `replicas` hosts, one by default.
+pub fn hosts(kind: Option<WorkloadKind>, scale: WorkloadScale, replicas: Option<i32>) -> Hosts {
+    match kind {
+        Some(WorkloadKind::StatefulSet) => {
+            Hosts::Numbered(i64::from(scale.replicas.or(replicas).unwrap_or(1)))
+        }
+        Some(WorkloadKind::DaemonSet) => {
+            Hosts::Nodes(u32::try_from(scale.scheduled.unwrap_or(0)).unwrap_or(0))
+        }
+        Some(_) => Hosts::Numbered(1),
+        None => Hosts::Numbered(i64::from(replicas.unwrap_or(1))),
+    }
+}
+
 /// The `--host` of a backup made by a sidecar (§9.3).
 pub fn backup_host(kind: Option<WorkloadKind>, pod_name: &str, node_name: &str) -> String {
     match kind {
@@ -80,6 +128,33 @@ pub fn backup_host(kind: Option<WorkloadKind>, pod_name: &str, node_name: &str) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_host_set_rule_from_the_workloads_own_object() {
+        let sts = Some(WorkloadKind::StatefulSet);
+        let ds = Some(WorkloadKind::DaemonSet);
+        let scale = |replicas, scheduled| WorkloadScale {
+            replicas,
+            scheduled,
+        };
+        assert_eq!(
+            hosts(sts, scale(Some(3), None), Some(5)),
+            Hosts::Numbered(3)
+        );
+        // Not created yet: the session's replicas, else one.
+        assert_eq!(hosts(sts, scale(None, None), Some(5)), Hosts::Numbered(5));
+        assert_eq!(hosts(sts, scale(None, None), None), Hosts::Numbered(1));
+        assert_eq!(hosts(ds, scale(None, Some(2)), None), Hosts::Nodes(2));
+        // A DaemonSet that does not exist runs on no node (not on every node of the cluster).
+        assert_eq!(hosts(ds, scale(None, None), None), Hosts::Nodes(0));
+        let deploy = Some(WorkloadKind::Deployment);
+        assert_eq!(
+            hosts(deploy, scale(None, None), Some(4)),
+            Hosts::Numbered(1)
+        );
+        assert_eq!(hosts(None, scale(None, None), Some(4)), Hosts::Numbered(4));
+        assert_eq!(hosts(None, scale(None, None), None).count(), 1);
+    }
 
     fn r(api: &str, kind: &str, name: &str) -> TargetRef {
         TargetRef {

@@ -218,7 +218,7 @@ pub fn cluster_role() -> Value {
             &["persistentvolumeclaims"],
             &["get", "list", "watch", "create"],
         ),
-        rule(&[""], &["nodes", "namespaces"], READ),
+        rule(&[""], &["namespaces"], READ),
         // Storage Secrets of Repositories (Snapshot API) and of AppBindings: read only.
         rule(&[""], &["secrets"], &["get"]),
         rule(&[""], &["serviceaccounts"], &["get", "create", "patch"]),

@@ -160,6 +160,10 @@ pub struct Observation {
     pub target_hosts: Vec<String>,
     /// Why the hosts could not be taken (e.g. more than [`MAX_HOSTS`]); the session fails.
     pub hosts_refused: Option<String>,
+    /// The hosts are a DaemonSet's nodes, known by number only (`target_hosts` is empty): each
+    /// is named when it reports and resolves its own rule. `Some(0)`: it runs on no node (or
+    /// does not exist): nothing to restore.
+    pub node_hosts: Option<u32>,
     /// `spec.rules`.
     pub rules: Vec<Rule>,
     /// The restore Job, if the runtime found one.
@@ -313,7 +317,7 @@ fn pending(obs: &Observation) -> Decision {
     if let Some(reason) = &obs.hosts_refused {
         return fail(reason.clone());
     }
-    if obs.target_hosts.is_empty() {
+    if obs.node_hosts.unwrap_or(obs.target_hosts.len() as u32) == 0 {
         return fail("no hosts to restore".into());
     }
     let unmatched: Vec<&str> = resolve_rules(&obs.target_hosts, &obs.rules)
@@ -327,7 +331,7 @@ fn pending(obs: &Observation) -> Decision {
             unmatched.join(", ")
         ));
     }
-    let total = obs.target_hosts.len() as u32;
+    let total = obs.node_hosts.unwrap_or(obs.target_hosts.len() as u32);
     // A workload target needs no action: the workload controller watches RestoreSessions and
     // injects `stash-init` into the workload's pods.
     let before = match obs.model {
@@ -346,7 +350,8 @@ fn pending(obs: &Observation) -> Decision {
 }
 
 fn running(obs: &Observation) -> Decision {
-    let total = obs.total_hosts.unwrap_or(obs.target_hosts.len() as u32);
+    let known = obs.node_hosts.unwrap_or(obs.target_hosts.len() as u32);
+    let total = obs.total_hosts.unwrap_or(known);
     let outcomes = host_outcomes(&obs.hosts);
     let fire = |event, guards, reason| {
         fire(

@@ -243,6 +243,7 @@ fn restore(hosts: &[&str], rules: Vec<rs::Rule>) -> rs::Observation {
         model: rs::TargetModel::Workload,
         target_hosts: hosts.iter().map(|h| h.to_string()).collect(),
         hosts_refused: None,
+        node_hosts: None,
         rules,
         job: None,
         now: 1,
@@ -356,5 +357,27 @@ fn too_many_hosts_fail_the_restore_before_any_name_is_built() {
         ),
         "{:?}",
         d.effects
+    );
+}
+
+#[test]
+fn a_daemonset_restore_counts_its_nodes_and_leaves_each_rule_to_its_host() {
+    // Two nodes, known by number: the session starts with two hosts; a rule naming a node is
+    // resolved by that node's agent, not refused up front for want of names.
+    let named = rs::Rule {
+        target_hosts: vec!["node-a".into()],
+    };
+    let mut o = restore(&[], vec![named]);
+    o.node_hosts = Some(2);
+    let d = rs::decide(&o);
+    assert_eq!(d.phase, rs::Phase::Running);
+    assert_eq!(d.status().and_then(|s| s.total_hosts), Some(2));
+    // Scheduled on no node (or not there at all): nothing to restore.
+    o.node_hosts = Some(0);
+    let d = rs::decide(&o);
+    assert_eq!(d.phase, rs::Phase::Failed);
+    assert_eq!(
+        d.status().and_then(|s| s.reason.clone()).as_deref(),
+        Some("no hosts to restore")
     );
 }

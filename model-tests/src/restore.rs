@@ -146,6 +146,7 @@ impl World {
             model: self.model,
             target_hosts: self.target_hosts.clone(),
             hosts_refused: None,
+            node_hosts: None,
             rules: self.rules.clone(),
             job: self.job.clone(),
             now: self.now,

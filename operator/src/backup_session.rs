@@ -9,7 +9,6 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use kube::{
     Api, Resource, ResourceExt,
     runtime::{Controller, reflector::ObjectRef},
@@ -113,26 +112,14 @@ async fn observe_config(
     let name = target
         .and_then(|t| t.target_ref.name.clone())
         .unwrap_or_default();
-    let total_hosts = match kind {
-        Some(WorkloadKind::StatefulSet) => Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
-            .get_opt(&name)
-            .await?
-            .and_then(|s| s.spec.and_then(|s| s.replicas))
-            .unwrap_or(1),
-        Some(WorkloadKind::DaemonSet) => Api::<DaemonSet>::namespaced(ctx.client.clone(), ns)
-            .get_opt(&name)
-            .await?
-            // The nodes the DaemonSet runs on (as it is now), not the pods ready at this moment:
-            // a host that is restarting still has to report.
-            .and_then(|d| d.status)
-            .map(|s| s.desired_number_scheduled)
-            .unwrap_or(1),
-        _ => 1,
-    };
+    // The one host-set rule (a DaemonSet's nodes as it is now, not the pods ready at this
+    // moment: a host that is restarting still has to report); at least one.
+    let scale = super::workload::scale_of(ctx, kind, ns, &name).await?;
+    let total_hosts = stash_core::target::hosts(kind, scale, None).count();
     Ok(Config::Found {
         paused: bc.spec.paused,
         model,
-        total_hosts: u32::try_from(total_hosts.max(1)).unwrap_or(1),
+        total_hosts: u32::try_from(total_hosts.max(1)).unwrap_or(u32::MAX),
         overlap,
     })
 }

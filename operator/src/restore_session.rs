@@ -2,13 +2,8 @@
 //! (stash-api.md §5.8, §7.3, decision 2).
 use std::sync::Arc;
 
-use k8s_openapi::api::{
-    apps::v1::{DaemonSet, StatefulSet},
-    core::v1::{Node, Pod},
-};
 use kube::{
     Api, Resource, ResourceExt,
-    api::ListParams,
     runtime::{
         Controller,
         finalizer::{Event as Finalizer, finalizer},
@@ -22,71 +17,36 @@ use stash_machines::{
 use stash_runtime::{Action, Perform, Reconcile, StatusWriter, status::StatusError};
 
 use super::{Ctx, Error};
-use stash_core::target::WorkloadKind;
+use stash_core::target::{Hosts, WorkloadKind};
 
 struct RestoreSessions(Arc<Ctx>);
 
-/// The hosts that will restore (§9.3), or why they cannot be taken (too many: the rule is
-/// the machine's, [`machine::numbered_hosts`]).
+/// The hosts that will restore (§9.3, [`stash_core::target::hosts`]): numbered ones by name,
+/// or why they cannot be taken (too many: [`machine::numbered_hosts`]), or a DaemonSet's
+/// nodes by number.
 async fn target_hosts(
     ctx: &Ctx,
     rs: &RestoreSession,
     ns: &str,
-) -> Result<(TargetModel, Result<Vec<String>, String>), Error> {
+) -> Result<(TargetModel, Result<Vec<String>, String>, Option<u32>), Error> {
     let target = rs.spec.target.clone().unwrap_or_default();
     let kind = WorkloadKind::of(&target.target_ref);
-    Ok(match (rs.spec.driver(), kind) {
-        (Driver::VolumeSnapshotter, _) => (TargetModel::VolumeSnapshotter, Ok(vec![])),
-        (Driver::Restic, Some(WorkloadKind::StatefulSet)) => {
-            let name = target.target_ref.name.clone().unwrap_or_default();
-            let replicas = Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
-                .get_opt(&name)
-                .await?
-                .and_then(|s| s.spec.and_then(|s| s.replicas))
-                .or(target.replicas)
-                .unwrap_or(1);
-            (
-                TargetModel::Workload,
-                machine::numbered_hosts(i64::from(replicas)),
-            )
-        }
-        (Driver::Restic, Some(WorkloadKind::DaemonSet)) => {
-            // The nodes the DaemonSet runs on (its pods' nodes), not every Node of the cluster.
-            let name = target.target_ref.name.clone().unwrap_or_default();
-            let labels = Api::<DaemonSet>::namespaced(ctx.client.clone(), ns)
-                .get_opt(&name)
-                .await?
-                .and_then(|d| d.spec)
-                .and_then(|s| s.selector.match_labels)
-                .unwrap_or_default();
-            let nodes: std::collections::BTreeSet<String> = if labels.is_empty() {
-                Api::<Node>::all(ctx.client.clone())
-                    .list(&ListParams::default())
-                    .await?
-                    .into_iter()
-                    .map(|n| n.name_any())
-                    .collect()
-            } else {
-                let selector = labels
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(",");
-                Api::<Pod>::namespaced(ctx.client.clone(), ns)
-                    .list(&ListParams::default().labels(&selector))
-                    .await?
-                    .into_iter()
-                    .filter_map(|p| p.spec.and_then(|s| s.node_name))
-                    .collect()
-            };
-            (TargetModel::Workload, Ok(nodes.into_iter().collect()))
-        }
-        (Driver::Restic, Some(_)) => (TargetModel::Workload, Ok(vec!["host-0".into()])),
-        (Driver::Restic, None) => (
-            TargetModel::Job,
-            machine::numbered_hosts(i64::from(target.replicas.unwrap_or(1))),
-        ),
-    })
+    if rs.spec.driver() == Driver::VolumeSnapshotter {
+        return Ok((TargetModel::VolumeSnapshotter, Ok(vec![]), None));
+    }
+    let model = if kind.is_some() {
+        TargetModel::Workload
+    } else {
+        TargetModel::Job
+    };
+    let name = target.target_ref.name.clone().unwrap_or_default();
+    let scale = super::workload::scale_of(ctx, kind, ns, &name).await?;
+    Ok(
+        match stash_core::target::hosts(kind, scale, target.replicas) {
+            Hosts::Numbered(n) => (model, machine::numbered_hosts(n), None),
+            Hosts::Nodes(n) => (model, Ok(vec![]), Some(n)),
+        },
+    )
 }
 
 impl RestoreSessions {
@@ -102,7 +62,7 @@ impl RestoreSessions {
         {
             return Ok(Action::await_change());
         }
-        let (model, hosts) = target_hosts(ctx, &rs, &ns).await?;
+        let (model, hosts, node_hosts) = target_hosts(ctx, &rs, &ns).await?;
         let (hosts, hosts_refused) = match hosts {
             Ok(hosts) => (hosts, None),
             Err(reason) => (vec![], Some(reason)),
@@ -142,6 +102,7 @@ impl RestoreSessions {
             model,
             target_hosts: hosts,
             hosts_refused,
+            node_hosts,
             rules: rs
                 .spec
                 .rules

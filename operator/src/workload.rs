@@ -638,6 +638,36 @@ async fn ensure_lease(
     Ok(())
 }
 
+/// What [`stash_core::target::hosts`] needs of target workload `kind`/`name`: a GET of the
+/// StatefulSet or DaemonSet (the workload controllers' caches are their own); nothing for
+/// other kinds.
+pub(crate) async fn scale_of(
+    ctx: &Ctx,
+    kind: Option<WorkloadKind>,
+    ns: &str,
+    name: &str,
+) -> Result<stash_core::target::WorkloadScale, Error> {
+    let mut scale = stash_core::target::WorkloadScale::default();
+    match kind {
+        Some(WorkloadKind::StatefulSet) => {
+            let sts = Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
+                .get_opt(name)
+                .await?;
+            scale.replicas = sts.and_then(|s| s.spec).and_then(|s| s.replicas);
+        }
+        Some(WorkloadKind::DaemonSet) => {
+            let ds = Api::<DaemonSet>::namespaced(ctx.client.clone(), ns)
+                .get_opt(name)
+                .await?;
+            scale.scheduled = ds
+                .and_then(|d| d.status)
+                .map(|s| s.desired_number_scheduled);
+        }
+        _ => {}
+    }
+    Ok(scale)
+}
+
 /// Whether the sidecar's Role lets it report to BackupSession `session` of `bc`, as the shared
 /// store holds the Role: `true` when it names the session or when the workload has no sidecar
 /// Role (nothing was granted: the workload controller said why in an Event). The Role has one

@@ -137,6 +137,7 @@ mod tests {
             model: rs::TargetModel::Job,
             target_hosts: vec!["host-0".into()],
             hosts_refused: None,
+            node_hosts: None,
             rules: vec![rs::Rule::default()],
             job: None,
             now: 110,
