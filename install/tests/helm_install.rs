@@ -96,6 +96,18 @@ async fn helm_install_upgrade_and_uninstall() {
     };
     let chart = root().join("deploy/helm/stash-rs");
     let chart = chart.to_string_lossy();
+    // Whatever fails below, the release is gone afterwards: the suite installs the committed
+    // manifest on this cluster next, and a release left behind would own its objects.
+    let mut cleanup = Uninstall(Some(helm_cmd(&[
+        "uninstall",
+        "stash-rs",
+        "--namespace",
+        "stash-system",
+        "--wait",
+        "--timeout",
+        "180s",
+        "--ignore-not-found",
+    ])));
 
     let begun = Instant::now();
     run(
@@ -172,17 +184,10 @@ async fn helm_install_upgrade_and_uninstall() {
     ));
 
     run(
-        &mut helm_cmd(&[
-            "uninstall",
-            "stash-rs",
-            "--namespace",
-            "stash-system",
-            "--wait",
-            "--timeout",
-            "180s",
-        ]),
+        cleanup.0.as_mut().expect("not uninstalled yet"),
         "helm uninstall",
     );
+    cleanup.0 = None;
     assert!(
         Api::<Deployment>::namespaced(client.clone(), "stash-system")
             .get_opt("stash-operator")
@@ -205,4 +210,16 @@ async fn helm_install_upgrade_and_uninstall() {
             && !leftover.contains("v1alpha1.repositories.stash.appscode.com"),
         "the chart's registrations are gone: {leftover}"
     );
+}
+
+/// `helm uninstall`, run when dropped unless taken (the test's own uninstall takes it).
+struct Uninstall(Option<Command>);
+
+impl Drop for Uninstall {
+    fn drop(&mut self) {
+        if let Some(mut uninstall) = self.0.take() {
+            let out = uninstall.output();
+            eprintln!("helm uninstall after a failure: {out:?}");
+        }
+    }
 }
