@@ -206,26 +206,8 @@ async fn workload(
     if image != "busybox" {
         return Ok(());
     }
-    let deployments = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client, ns);
-    for _ in 0..240 {
-        if let Ok(d) = deployments.get("app").await {
-            let injected = d
-                .spec
-                .as_ref()
-                .and_then(|s| s.template.spec.as_ref())
-                .is_some_and(|s| s.containers.iter().any(|c| c.name == "stash"));
-            let st = d.status.unwrap_or_default();
-            if injected
-                && st.updated_replicas == Some(1)
-                && st.ready_replicas == Some(1)
-                && st.replicas == Some(1)
-            {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    anyhow::bail!("the sidecar did not come up in Deployment {ns}/app")
+    stash_e2e::wait_sidecar_ready(&client, ns, "app", Duration::from_secs(120)).await;
+    Ok(())
 }
 
 /// Wait for the session `kubectl stash backup` created.

@@ -132,6 +132,10 @@ pub async fn snapshots(
     parse(&phase, &log).map(Some)
 }
 
+/// How long a delete's `restic forget` in a reader Pod waits for another process's lock: well
+/// inside the API server's 60 s for the request.
+const FORGET_RETRY_LOCK: &str = "30s";
+
 /// `restic forget --prune <id>` in a Pod that mounts `repo`'s volume read-write (`Ok(None)`:
 /// not a `local` backend).
 pub async fn forget(
@@ -141,7 +145,17 @@ pub async fn forget(
     id: &str,
     timeout: Duration,
 ) -> Result<Option<()>, String> {
-    let args = ["forget", "--prune", "--no-cache", "--quiet", id];
+    // An agent's backup or follow-up may hold a lock (a schedule every minute often does):
+    // wait for it, within the API server's request timeout, instead of failing at once.
+    let args = [
+        "forget",
+        "--prune",
+        "--no-cache",
+        "--quiet",
+        "--retry-lock",
+        FORGET_RETRY_LOCK,
+        id,
+    ];
     let Some((phase, log)) = run(client, repo, image, &args, true, timeout).await? else {
         return Ok(None);
     };

@@ -33,8 +33,7 @@
 //! `cargo bench -p stash --bench backup_vs_restic`; `STASH_BENCH_BYTES` sets the size (default
 //! 1 GiB, written as 4 MiB files of incompressible pseudo-random data), `STASH_BENCH_PARTS`
 //! the parts (`backup,restore`).
-#[path = "../tests/support/mod.rs"]
-mod support;
+use stash_e2e as support;
 
 use std::{
     path::{Path, PathBuf},

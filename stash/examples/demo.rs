@@ -5,8 +5,7 @@
 //! Everything it starts listens on loopback and is stopped (by process group) when it exits;
 //! With `--keep` (scripts/demo.sh sets `TESTENV_KEEP=1`) the repository directory stays and the
 //! cluster keeps running until Ctrl-C so you can look around.
-#[path = "../tests/support/mod.rs"]
-mod support;
+use stash_e2e as support;
 
 use std::{process::Command, time::Duration};
 

@@ -25,7 +25,7 @@ use kube::{
 };
 use stash_admission as admission;
 
-mod support;
+use stash_e2e as support;
 use stash_testenv::ControlPlane;
 
 fn corpus_dir() -> PathBuf {

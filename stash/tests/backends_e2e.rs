@@ -11,7 +11,7 @@
 //! retried on an interval, the abandon annotation), and with its storage Secret gone while the
 //! namespace is deleted (the namespace does not stay Terminating). Figures go through
 //! `stash_testenv::report`.
-mod support;
+use stash_e2e as support;
 
 use std::time::Duration;
 

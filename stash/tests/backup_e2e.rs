@@ -1,7 +1,7 @@
 //! Backups end to end on the real control plane: workloads get the sidecar, sessions reach
 //! `Succeeded`, and restic's own view of the repository has the right hosts and paths, with
 //! restored bytes identical to the originals.
-mod support;
+use stash_e2e as support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Backups that must fail, end to end on the real control plane: a wrong repository password
 //! and an unreachable backend. Each session ends `Failed` promptly with the reason in its
 //! status and in Warning events, without leaking secrets and without touching the repository.
-mod support;
+use stash_e2e as support;
 
 use std::{
     path::PathBuf,

@@ -1,7 +1,7 @@
 //! Conformance on a real kube-apiserver: our generated CRDs accept every upstream Stash
 //! manifest of the kinds we implement, unchanged; broken manifests are rejected with a
 //! message naming the field; `kubectl get` by short name shows the printer columns.
-mod support;
+use stash_e2e as support;
 
 use std::{
     collections::BTreeSet,

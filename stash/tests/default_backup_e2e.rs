@@ -2,7 +2,7 @@
 //! Repository and BackupConfiguration; removing the annotations deletes the configuration and
 //! keeps the Repository. First with the upstream auto-backup examples, then a real backup
 //! through a template with a local backend.
-mod support;
+use stash_e2e as support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! `spec.backupHistoryLimit: 2` runs five real backup Jobs; the three oldest sessions are
 //! deleted and their Jobs and Pods go with them; the two kept have Jobs owned by their
 //! session with `ttlSecondsAfterFinished`. Everything is read back from the API server.
-mod support;
+use stash_e2e as support;
 
 use std::time::Duration;
 

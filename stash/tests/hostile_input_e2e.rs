@@ -11,7 +11,7 @@
 //! - Names that belong to someone else: a user's ServiceAccount, RoleBinding and CronJob named
 //!   like a BackupConfiguration are unchanged (same resourceVersion, no owner) after the
 //!   configuration is created, used for a backup and deleted; the clash is a Warning Event.
-mod support;
+use stash_e2e as support;
 
 use std::{collections::BTreeMap, time::Duration};
 

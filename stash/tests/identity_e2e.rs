@@ -3,7 +3,7 @@
 //! then `kubectl delete snapshot` and another backup; and an application running as uid 999
 //! whose private files (0600 in 0700 directories) are backed up into a repository directory
 //! root made with `mkdir`, and restored with their owner and mode.
-mod support;
+use stash_e2e as support;
 
 use std::{
     collections::BTreeMap,

@@ -4,7 +4,7 @@
 //! `volumeClaimTemplates`; checksums identical. Failures (a failing step, an unresolved
 //! variable, a missing Task or Function) end the session `Failed` with the reason in status and
 //! an event, and never retry.
-mod support;
+use stash_e2e as support;
 
 use std::{path::PathBuf, time::Duration};
 

@@ -3,7 +3,7 @@
 //! sessions succeed without any manual step — the dead restic's lock is one restic proves stale
 //! (this pod's hostname, a dead pid), removed before the exclusive `forget --prune`
 //! (docs/sessions.md "Locks"); retention catches up; no lock is left.
-mod support;
+use stash_e2e as support;
 
 use std::{path::Path, time::Duration};
 

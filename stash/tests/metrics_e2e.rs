@@ -1,6 +1,6 @@
 //! Metrics end to end: the sidecar pushes the §10 metrics to a real Prometheus pushgateway,
 //! grouped by job and host, with the values restic reported; the operator serves its own.
-mod support;
+use stash_e2e as support;
 
 use std::{collections::BTreeMap, time::Duration};
 

@@ -1,7 +1,7 @@
 //! The operator killed (SIGKILL) in the middle of a backup and started again: the session
 //! still ends `Succeeded`, with exactly one snapshot, and the new operator never attempted an
 //! illegal phase change. A test binary of its own, since it kills the shared operator.
-mod support;
+use stash_e2e as support;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! `pg-backup-15` Task (pg_dump streamed into restic), the database is dropped, restored by
 //! `pg-restore-15` (restic dump streamed into psql), and row counts and a checksum of the data
 //! compared. The connection comes from an AppBinding (`clientConfig.url`) and its Secret.
-mod support;
+use stash_e2e as support;
 
 use std::{
     path::{Path, PathBuf},

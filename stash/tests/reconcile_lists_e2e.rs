@@ -4,7 +4,7 @@
 //! `apiserver_flowcontrol_dispatched_requests_total` for it must not move while twenty
 //! BackupSessions of a paused configuration are decided, nor while a workload targeted by a
 //! BackupConfiguration and a RestoreSession is reconciled again and again.
-mod support;
+use stash_e2e as support;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! ReplicaSets and ReplicationControllers get the sidecar too (their pods are replaced by the
 //! operator, they do not roll out by themselves), here into a local backend on a PVC.
-mod support;
+use stash_e2e as support;
 
 use std::time::Duration;
 

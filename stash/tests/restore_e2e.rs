@@ -1,7 +1,7 @@
 //! Restores end to end on the real control plane: workloads get the `stash-init`
 //! init-container, their pods restart and restore before the application starts, and the
 //! restored bytes equal the backed-up bytes.
-mod support;
+use stash_e2e as support;
 
 use std::{collections::BTreeMap, time::Duration};
 

@@ -10,7 +10,7 @@
 //! * the same namespace kind with a hostPath Repository: the BackupConfiguration and the
 //!   RestoreSession are refused at admission with the reason (the level, the hostPath), and
 //!   the workload is left exactly as it was written.
-mod support;
+use stash_e2e as support;
 
 use std::{
     os::unix::fs::{MetadataExt, PermissionsExt},

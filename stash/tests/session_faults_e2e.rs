@@ -2,7 +2,7 @@
 //! a sidecar killed between its snapshot and its report, and two configurations whose first
 //! sessions share one new Repository. Each is repeated; the outcome is read back from the API
 //! server and from restic's own view of the repository.
-mod support;
+use stash_e2e as support;
 
 use std::{
     path::Path,

@@ -6,7 +6,7 @@
 //! The tests that only read share one [`Catalog`] (two namespaces and their repositories); the
 //! ones that change what they look at (a late snapshot, a delete, a recreated or unreadable
 //! Repository, a namespace deleted) have namespaces of their own.
-mod support;
+use stash_e2e as support;
 
 use std::{
     collections::BTreeSet,

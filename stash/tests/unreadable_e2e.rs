@@ -10,7 +10,7 @@
 //! namespace, its data directory created by root): a sidecar that runs as uid 1000 could not
 //! write a root-owned local (hostPath) repository, and loosening that directory's mode to suit
 //! the agent is not what a user would do.
-mod support;
+use stash_e2e as support;
 
 use std::{os::unix::fs::MetadataExt, time::Duration};
 

@@ -12,7 +12,7 @@
 //!   `BackupSessionCreateFailed` and the pushgateway `stash_backupsession_create_failure 1` for
 //!   that namespace and configuration; once the webhook answers again the next run creates the
 //!   session and the metric is 0.
-mod support;
+use stash_e2e as support;
 
 use std::{path::Path, time::Duration};
 

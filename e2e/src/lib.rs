@@ -1,8 +1,8 @@
-//! Shared end-to-end support: the real single-node cluster (`testenv start`) with stash-rs
+//! Shared end-to-end support, one crate for the e2e tests (`stash/tests`), the benchmarks, the
+//! demo and the plugin's tests: the real single-node cluster (`testenv start`) with stash-rs
 //! installed from the committed manifest (`scripts/test.sh` does both), pods from the real
 //! image, hostPath PersistentVolumes the tests can look into, and test servers inside the
 //! cluster's network namespace.
-#![allow(dead_code)]
 
 pub mod minio;
 
