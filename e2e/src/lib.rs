@@ -1422,6 +1422,32 @@ pub async fn wait_ready_pod_with(
     .await
 }
 
+/// The `data` volume (an emptyDir, which the application fills itself) of the Ready pod `selector`
+/// that has container or init-container `agent`, as the node holds it, once the application has
+/// written its `README` (last).
+pub async fn app_volume(
+    cp: &ControlPlane,
+    client: &Client,
+    ns: &str,
+    selector: &str,
+    agent: &str,
+) -> PathBuf {
+    let pod = wait_ready_pod_with(client, ns, selector, agent, Duration::from_secs(180)).await;
+    // The kubelet's root directory is `kubelet` in the cluster's state directory.
+    let dir = cp
+        .layout
+        .state
+        .join("kubelet/pods")
+        .join(pod.metadata.uid.as_deref().expect("uid"))
+        .join("volumes/kubernetes.io~empty-dir/data");
+    eventually("the application's data", Duration::from_secs(60), || {
+        let readme = dir.join("README");
+        async move { readme.exists().then_some(()) }
+    })
+    .await;
+    dir
+}
+
 /// Wait (≤ `timeout`) until something accepts TCP connections on `NODE_IP:port`.
 pub async fn wait_port(port: u16, timeout: Duration) {
     eventually(

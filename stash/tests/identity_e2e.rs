@@ -1,16 +1,12 @@
 //! Who the agents run as (docs/identity.md), end to end: the upstream v0.8.3 Deployment
 //! tutorial as written, on a hostPath repository the container runtime creates (root, 0755),
 //! then `kubectl delete snapshot` and another backup; and an application running as uid 999
-//! whose private files (0600 in 0700 directories) are backed up into a repository directory
+//! whose private files (0600 in 0700 directories, written by the application itself) are
+//! backed up into a repository directory
 //! root made with `mkdir`, and restored with their owner and mode.
 use stash_e2e as support;
 
-use std::{
-    collections::BTreeMap,
-    os::unix::fs::{MetadataExt, PermissionsExt},
-    path::Path,
-    time::Duration,
-};
+use std::{collections::BTreeMap, os::unix::fs::MetadataExt, path::Path, time::Duration};
 
 use kube::ResourceExt;
 use serde_json::json;
@@ -222,25 +218,6 @@ async fn private_files_of_an_application_running_as_uid_999_are_backed_up_and_re
     let client = env.cp.client();
     let guard = env.cp.namespace("uid999").await.expect("namespace");
     let ns = guard.name.clone();
-    // The application's data, as the application (uid 999) made it: private files in private
-    // directories of its own volume.
-    let data = pv_dir(&ns, "app-data").await;
-    let own = |p: &Path, mode: u32| {
-        std::os::unix::fs::chown(p, Some(999), Some(999)).expect("chown to the app's user");
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
-    };
-    own(&data, 0o700);
-    std::fs::create_dir_all(data.join("private/sub")).expect("mkdir");
-    generate_files(&data.join("private"), 999, 4, 3000);
-    generate_files(&data.join("private/sub"), 1999, 3, 70_000);
-    std::fs::write(data.join("README"), "readable by all\n").expect("write");
-    for p in walk(&data) {
-        own(&p, if p.is_dir() { 0o700 } else { 0o600 });
-    }
-    own(&data.join("README"), 0o644);
-    let before = inventory(&data);
-    assert!(before.len() >= 10, "{before:?}");
-
     // The repository: a directory root made with mkdir (0755), as users make it.
     let repo_dir = env.cp.dir().join("repos").join(&ns);
     std::fs::create_dir_all(&repo_dir).expect("mkdir");
@@ -249,17 +226,37 @@ async fn private_files_of_an_application_running_as_uid_999_are_backed_up_and_re
         0o755
     );
     hostpath_repository(&client, &ns, &repo_dir, PASSWORD).await;
+    // The application (uid 999) makes its own data when it starts on an empty volume: private
+    // files (umask 077: 0600) in private directories (0700), and a README anyone may read
+    // (umask 022), written last. A pod that finds its data (restored) leaves it alone.
+    let make_data = "cd /source/data && if [ ! -e README ]; then umask 077 \
+        && mkdir -p private/sub \
+        && for i in 1 2 3 4; do head -c 3000 /dev/urandom > private/f$i; done \
+        && for i in 1 2 3; do head -c 70000 /dev/urandom > private/sub/g$i; done \
+        && (umask 022; echo 'readable by all' > README.tmp) && mv README.tmp README; fi; \
+        exec sleep 3600";
     apply(&client, &ns, json!({
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "app", "labels": {"app": "app"}},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "app"}},
                  "template": {"metadata": {"labels": {"app": "app"}},
-                              "spec": {"securityContext": {"runAsUser": 999, "runAsGroup": 999, "fsGroup": 999},
-                                       "containers": [{"name": "app", "image": "busybox", "command": ["sleep", "3600"],
+                              "spec": {"securityContext": {"runAsUser": 999, "runAsGroup": 999},
+                                       "containers": [{"name": "app", "image": "busybox", "command": ["sh", "-c", make_data],
                                                        "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}],
-                                       "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "app-data"}}]}}}
+                                       "volumes": [{"name": "data", "emptyDir": {}}]}}}
     }))
     .await;
     sidecar_backup(&client, &ns, "app", "repo", json!({})).await;
+    let data = app_volume(env.cp, &client, &ns, "app=app", "stash").await;
+    let before = inventory(&data);
+    assert!(before.len() >= 10, "{before:?}");
+    assert_eq!(before["README"].2, 0o644, "{before:?}");
+    assert_eq!(before["private"].2, 0o700, "{before:?}");
+    assert_eq!(before["private/f1"].2, 0o600, "{before:?}");
+    assert!(
+        before
+            .values()
+            .all(|(uid, gid, ..)| (*uid, *gid) == (999, 999))
+    );
     // The sidecar as the API server has it: root, DAC_OVERRIDE only, no escalation.
     let pod = live_pods(&client, &ns, "app=app")
         .await
@@ -304,11 +301,12 @@ async fn private_files_of_an_application_running_as_uid_999_are_backed_up_and_re
         assert!(listed.contains(&path), "{path} in the snapshot: {listed:?}");
     }
 
-    // Lose everything, then restore through the init-container.
-    wipe(&data);
-    assert!(inventory(&data).is_empty());
+    // Lose everything (the restore replaces the pod: a new, empty volume), then restore
+    // through the init-container.
     restore_deployment(&client, &ns, "private-restore", "app").await;
-    let after = inventory(&data);
+    let restored = app_volume(env.cp, &client, &ns, "app=app", "stash-init").await;
+    assert_ne!(restored, data, "a new pod, a new volume");
+    let after = inventory(&restored);
     assert_eq!(
         after, before,
         "every file restored with its bytes, owner and mode"

@@ -22,35 +22,35 @@ const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 struct Postgres {
     port: u16,
-    _dir: PathBuf,
+    /// The server's process group (started by `spawn_in_cluster`).
+    pid: u32,
+    dir: PathBuf,
 }
 
 fn pg_bin(name: &str) -> PathBuf {
     Path::new(PG_BIN).join(name)
 }
 
+/// The PostgreSQL user's home, made by the Debian package: where its data directories go.
+const PG_HOME: &str = "/var/lib/postgresql";
+
 /// initdb (as `postgres`: initdb refuses root) and start a server on the node address, inside
 /// the cluster's network namespace (the job pods connect to it there), with password
-/// authentication over TCP. Stopped by process group when the test binary exits.
+/// authentication over TCP. Its directory is made by the `postgres` user in its own home, as a
+/// PostgreSQL admin makes one; stopped and removed when the returned value drops (and a run
+/// that was killed leaves one that the next run removes).
 fn start_postgres(cp: &ControlPlane) -> Postgres {
-    let dir = cp.dir().join(format!("pg-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("pg dir");
+    remove_stale_dirs();
+    let dir = Path::new(PG_HOME).join(format!("stash-rs-e2e-{}", std::process::id()));
+    let mkdir = Command::new("runuser")
+        .args(["-u", "postgres", "--", "mkdir", "-p"])
+        .arg(&dir)
+        .status()
+        .expect("mkdir as postgres");
+    assert!(mkdir.success(), "mkdir {} as postgres", dir.display());
     let pwfile = dir.join("pwfile");
     std::fs::write(&pwfile, format!("{PG_PASSWORD}\n")).expect("pwfile");
     let data = dir.join("data");
-    let chown = Command::new("chown")
-        .args(["-R", "postgres:postgres"])
-        .arg(&dir)
-        .status()
-        .expect("chown");
-    assert!(chown.success());
-    // Every ancestor must be traversable by `postgres`.
-    let mut p = dir.parent();
-    while let Some(d) = p {
-        let _ = Command::new("chmod").arg("o+x").arg(d).status();
-        p = d.parent();
-    }
     let out = Command::new("runuser")
         .args(["-u", "postgres", "--"])
         .arg(pg_bin("initdb"))
@@ -95,13 +95,14 @@ fn start_postgres(cp: &ControlPlane) -> Postgres {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    cp.spawn_in_cluster(
-        &format!("postgres-{port}"),
-        Path::new("/usr/sbin/runuser"),
-        &args,
-        &[],
-    )
-    .expect("postgres");
+    let pid = cp
+        .spawn_in_cluster(
+            &format!("postgres-{port}"),
+            Path::new("/usr/sbin/runuser"),
+            &args,
+            &[],
+        )
+        .expect("postgres");
     let log = cp.dir().join(format!("postgres-{port}.log"));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -118,7 +119,39 @@ fn start_postgres(cp: &ControlPlane) -> Postgres {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    Postgres { port, _dir: dir }
+    Postgres { port, pid, dir }
+}
+
+/// Directories of earlier runs whose process is gone (a run killed before its drop).
+fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(PG_HOME) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("stash-rs-e2e-") else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+impl Drop for Postgres {
+    /// Stop the server (its process group), then remove its directory.
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &format!("-{}", self.pid)])
+            .status();
+        // A server that shut down removed its pid file.
+        let pid_file = self.dir.join("data/postmaster.pid");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while pid_file.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn psql(port: u16, db: &str, sql: &str) -> String {

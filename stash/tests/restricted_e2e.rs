@@ -2,21 +2,17 @@
 //! the namespace label `pod-security.kubernetes.io/enforce`:
 //!
 //! * a compliant application (non-root uid 1000, no capabilities, no privilege escalation,
-//!   RuntimeDefault seccomp, its data on a PersistentVolumeClaim owned by its user) with an S3
+//!   RuntimeDefault seccomp, its data written by itself on its own volume) with an S3
 //!   repository (MinIO over HTTPS with a private CA): the injected sidecar runs as the
 //!   application's user without capabilities, the backup succeeds and restic's own view of the
-//!   repository holds the files with their owner; the restore init-container brings the wiped
-//!   data back byte for byte, owned by the application's user, and no pod is ever refused;
+//!   repository holds the files with their owner; the restore init-container brings the data
+//!   back into the replaced pod's empty volume byte for byte, owned by the application's user, and no pod is ever refused;
 //! * the same namespace kind with a hostPath Repository: the BackupConfiguration and the
 //!   RestoreSession are refused at admission with the reason (the level, the hostPath), and
 //!   the workload is left exactly as it was written.
 use stash_e2e as support;
 
-use std::{
-    os::unix::fs::{MetadataExt, PermissionsExt},
-    path::Path,
-    time::Duration,
-};
+use std::{os::unix::fs::MetadataExt, path::Path, time::Duration};
 
 use k8s_openapi::api::{
     apps::v1::{Deployment, ReplicaSet},
@@ -78,9 +74,9 @@ async fn restricted_namespace(prefix: &str) -> stash_testenv::TestNamespace {
 }
 
 /// A one-replica Deployment `name` that PodSecurity `restricted` admits: uid/gid 1000, fsGroup
-/// 1000, RuntimeDefault seccomp, no privilege escalation, every capability dropped; PVC `claim`
-/// mounted at `/source/data`.
-fn compliant_deployment(name: &str, claim: &str) -> serde_json::Value {
+/// 1000, RuntimeDefault seccomp, no privilege escalation, every capability dropped; an emptyDir
+/// at `/source/data` that the application fills with `files` files ([`app_command`]).
+fn compliant_deployment(name: &str, files: usize) -> serde_json::Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": {"app": name}},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
@@ -88,71 +84,42 @@ fn compliant_deployment(name: &str, claim: &str) -> serde_json::Value {
                               "spec": {"securityContext": {"runAsNonRoot": true, "runAsUser": APP_UID, "runAsGroup": APP_UID,
                                                            "fsGroup": APP_UID, "seccompProfile": {"type": "RuntimeDefault"}},
                                        "containers": [{"name": "app", "image": "busybox", "imagePullPolicy": "IfNotPresent",
-                                                       "command": ["sleep", "3600"],
+                                                       "command": ["sh", "-c", app_command(files)],
                                                        "securityContext": {"allowPrivilegeEscalation": false,
                                                                            "capabilities": {"drop": ["ALL"]}},
                                                        "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}],
-                                       "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}}}
+                                       "volumes": [{"name": "data", "emptyDir": {}}]}}}
     })
 }
 
-/// The application's data as its own user wrote it: the volume's directory (provisioned for the
-/// uid-1000 application) and everything in it owned by uid/gid 1000, with one private file
-/// (0600) and one private directory (0700).
-fn app_data(dir: &Path, seed: u64, count: usize) {
-    generate_files(dir, seed, count, 4096);
-    std::fs::create_dir(dir.join("private")).expect("mkdir private");
-    std::fs::write(
-        dir.join("private").join("secret.txt"),
-        b"only uid 1000 reads this\n",
+/// What the application (uid 1000) runs: on an empty volume it writes its data — `count` files
+/// of 4 KiB, one private file (0600: umask 077) in a private directory (0700), a README
+/// (umask 022) last — and leaves data it finds (restored) alone.
+fn app_command(count: usize) -> String {
+    format!(
+        "cd /source/data && if [ ! -e README ]; then \
+           for i in $(seq 1 {count}); do head -c 4096 /dev/urandom > file-$i; done \
+           && (umask 077; mkdir private && echo 'only uid 1000 reads this' > private/secret.txt) \
+           && echo 'the application' > README.tmp && mv README.tmp README; fi; exec sleep 3600"
     )
-    .expect("write private file");
-    std::fs::set_permissions(
-        dir.join("private").join("secret.txt"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .expect("chmod 0600");
-    std::fs::set_permissions(dir.join("private"), std::fs::Permissions::from_mode(0o700))
-        .expect("chmod 0700");
-    chown_tree(dir);
 }
 
-/// `chown -R 1000:1000 dir` (the directory itself included).
-fn chown_tree(dir: &Path) {
-    std::os::unix::fs::chown(dir, Some(APP_UID), Some(APP_UID)).expect("chown");
-    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            chown_tree(&p);
-        } else {
-            std::os::unix::fs::chown(&p, Some(APP_UID), Some(APP_UID)).expect("chown");
-        }
-    }
-}
-
-/// Every entry under `dir` (and `dir`) with its owner and group; the number of entries.
+/// Every entry under `dir` (the volume's root is the kubelet's) has the application's owner
+/// and group; the number of entries.
 fn assert_owned_by_app(dir: &Path) -> usize {
-    let m = std::fs::metadata(dir).expect("stat");
-    assert_eq!(
-        (m.uid(), m.gid()),
-        (APP_UID, APP_UID),
-        "owner of {}",
-        dir.display()
-    );
-    let mut n = 1;
+    let mut n = 0;
     for e in std::fs::read_dir(dir).expect("read dir").flatten() {
         let p = e.path();
-        if p.is_dir() {
+        let m = std::fs::symlink_metadata(&p).expect("stat");
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (APP_UID, APP_UID),
+            "owner of {}",
+            p.display()
+        );
+        n += 1;
+        if m.is_dir() {
             n += assert_owned_by_app(&p);
-        } else {
-            let m = std::fs::symlink_metadata(&p).expect("stat");
-            assert_eq!(
-                (m.uid(), m.gid()),
-                (APP_UID, APP_UID),
-                "owner of {}",
-                p.display()
-            );
-            n += 1;
         }
     }
     n
@@ -237,12 +204,6 @@ async fn a_compliant_application_is_backed_up_and_restored_under_restricted() {
     let guard = restricted_namespace("restricted-s3").await;
     let ns = guard.name.clone();
 
-    // The application's volume, provisioned for its user, and its data.
-    let data = pv_dir(&ns, "app-data").await;
-    app_data(&data, 26, 24);
-    let original = checksums(&data);
-    assert_eq!(original.len(), 25);
-
     // MinIO over HTTPS with a private CA; Secret and Repository `repo` at bucket/app.
     let certs = tempfile::tempdir().expect("certs");
     let ca = private_ca(certs.path(), &[stash_testenv::NODE_IP]);
@@ -256,8 +217,12 @@ async fn a_compliant_application_is_backed_up_and_restored_under_restricted() {
     let host = || minio_restic(&url, PASSWORD, &cacert);
 
     // The application, then its BackupConfiguration: admitted, the sidecar injected and Ready.
-    apply(&client, &ns, compliant_deployment("app", "app-data")).await;
+    apply(&client, &ns, compliant_deployment("app", 24)).await;
     sidecar_backup(&client, &ns, "app", "repo", json!({})).await;
+    // The data the application wrote in the pod that runs the sidecar.
+    let data = app_volume(env.cp, &client, &ns, "app=app", "stash").await;
+    let original = checksums(&data);
+    assert_eq!(original.len(), 26, "24 files, the private one, the README");
     let pods = live_pods(&client, &ns, "app=app").await;
     let sidecar_pod = pods
         .iter()
@@ -306,10 +271,11 @@ async fn a_compliant_application_is_backed_up_and_restored_under_restricted() {
         original.keys().cloned().collect(),
         "restic lists every file of the application"
     );
+    // Every entry the application wrote (the volume's root is the kubelet's).
     for n in nodes.iter().filter(|n| {
         n["path"]
             .as_str()
-            .is_some_and(|p| p.starts_with("/source/data"))
+            .is_some_and(|p| p.starts_with("/source/data/"))
     }) {
         assert_eq!(
             (n["uid"].as_u64(), n["gid"].as_u64()),
@@ -323,13 +289,13 @@ async fn a_compliant_application_is_backed_up_and_restored_under_restricted() {
         .expect("the private file in the snapshot");
     assert_eq!(secret["mode"].as_u64().map(|m| m & 0o777), Some(0o600));
 
-    // Destroy the data; restore it through the init-container.
-    wipe(&data);
-    // (Succeeded: the pods' logs are printed otherwise.)
+    // Lose the data (the restore replaces the pod: a new, empty volume); restore it through
+    // the init-container. (Succeeded: the pods' logs are printed otherwise.)
     restore_deployment(&client, &ns, "restore", "app").await;
+    let data = app_volume(env.cp, &client, &ns, "app=app", "stash-init").await;
     assert_eq!(checksums(&data), original, "restored bytes differ");
     let entries = assert_owned_by_app(&data);
-    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").mode() & 0o777;
     assert_eq!(mode(&data.join("private")), 0o700);
     assert_eq!(mode(&data.join("private").join("secret.txt")), 0o600);
 
@@ -390,10 +356,7 @@ async fn a_hostpath_repository_is_refused_under_restricted() {
     let repo_dir = env.cp.dir().join("repos").join(&ns);
     std::fs::create_dir_all(&repo_dir).expect("repo dir");
     hostpath_repository(&client, &ns, &repo_dir, PASSWORD).await;
-    let data = pv_dir(&ns, "app-data").await;
-    app_data(&data, 27, 6);
-    let original = checksums(&data);
-    apply(&client, &ns, compliant_deployment("app", "app-data")).await;
+    apply(&client, &ns, compliant_deployment("app", 6)).await;
     wait_rolled_out(
         &client,
         &ns,
@@ -402,6 +365,8 @@ async fn a_hostpath_repository_is_refused_under_restricted() {
         Duration::from_secs(90),
     )
     .await;
+    let data = app_volume(env.cp, &client, &ns, "app=app", "app").await;
+    let original = checksums(&data);
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
     let before = deployments.get("app").await.expect("deployment");
 
