@@ -405,19 +405,32 @@ pub async fn run(
 /// and the snapshot count (from `forget`'s groups when it ran, else `snapshots`). Nothing here
 /// can lose the snapshots: a failed step is a warning and its figure `None`.
 pub async fn follow_up(s: Snapshotted, bc: &BackupConfiguration, check: bool) -> BackupOutcome {
+    let policy = retention(&bc.spec.retention_policy.clone().unwrap_or_default());
+    BackupOutcome {
+        snapshots: s.snapshots,
+        ..after_snapshots(&s.repo, &policy, check).await
+    }
+}
+
+/// The follow-up steps of [`follow_up`] on `r` with `policy`, for the sidecar and the job
+/// model alike (`snapshots` left empty): a failed step is a warning, a condition and a figure
+/// `None`, never a failed host.
+pub async fn after_snapshots(
+    r: &restic::Repo,
+    policy: &restic::RetentionPolicy,
+    check: bool,
+) -> BackupOutcome {
     use stash_machines::backup_host::{self as plan, AfterSnapshot, FollowUpStep};
-    let r = &s.repo;
     let outcome = |e: Option<String>| e.map_or(AfterSnapshot::Done, AfterSnapshot::Failed);
     let integrity = if check {
         Some(r.check(false).await)
     } else {
         None
     };
-    let policy = retention(&bc.spec.retention_policy.clone().unwrap_or_default());
     let forgot = if policy.is_empty() {
         None
     } else {
-        Some(r.forget(&policy).await)
+        Some(r.forget(policy).await)
     };
     let stats = r.stats().await;
     // forget lists every snapshot it keeps (no host filter: every group); its output is empty
@@ -459,7 +472,7 @@ pub async fn follow_up(s: Snapshotted, bc: &BackupConfiguration, check: bool) ->
     ));
     let follow_ups = plan::after_snapshot(&steps);
     BackupOutcome {
-        snapshots: s.snapshots,
+        snapshots: vec![],
         integrity: integrity.and_then(Result::ok),
         snapshot_count: count.ok(),
         snapshots_removed: match forgot {

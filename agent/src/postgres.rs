@@ -241,8 +241,8 @@ pub async fn backup(opts: BackupOptions) -> anyhow::Result<()> {
         let s = s?;
         tracing::info!(database = %conn.database, seconds = t.elapsed().as_secs_f64(), "database dumped into the repository");
         let snaps = vec![pvc::snapshot_stats(&format!("/{DUMP_FILE}"), &s)];
-        let repo = pvc::after_backup(&r, &opts.retention.policy()).await?;
-        Ok((snaps, repo))
+        let followed = pvc::after_backup(&r, &opts.retention.policy()).await;
+        Ok((snaps, followed))
     }
     .await;
     if let Err(e) = &result {

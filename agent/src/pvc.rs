@@ -129,11 +129,14 @@ impl RepoArgs {
         }
     }
 
-    /// Write `out`, or fail the command when even that is impossible.
+    /// Write `out` with the stale locks restic removed on the way, or fail the command when
+    /// even that is impossible.
     pub fn write(&self, out: &Output) -> anyhow::Result<()> {
         if self.output_dir.as_os_str().is_empty() {
             anyhow::bail!("--output-dir is required");
         }
+        let mut out = out.clone();
+        out.removed_locks.extend(restic::take_removed_locks());
         out.write(&self.output_dir)?;
         Ok(())
     }
@@ -230,52 +233,58 @@ pub fn snapshot_stats(directory: &str, s: &restic::BackupSummary) -> SnapshotSta
     }
 }
 
-/// After the snapshots: check, forget, stats → the Repository's numbers.
-pub async fn after_backup(
-    r: &restic::Repo,
-    policy: &restic::RetentionPolicy,
-) -> Result<RepositoryStats, String> {
-    let integrity = r.check(false).await.map_err(|e| format!("check: {e}"))?;
-    let removed = if policy.is_empty() {
-        0
-    } else {
-        r.forget(policy)
-            .await
-            .map_err(|e| format!("forget: {e}"))?
-            .removed
-    };
-    let stats = r.stats().await.map_err(|e| format!("stats: {e}"))?;
-    let count = r
-        .snapshots(&restic::SnapshotFilter::default())
-        .await
-        .map_err(|e| format!("snapshots: {e}"))?
-        .len();
-    Ok(RepositoryStats {
-        integrity: Some(integrity),
-        size: Some(restic::format_size(stats.total_size)),
-        snapshot_count: Some(i32::try_from(count).unwrap_or(i32::MAX)),
-        snapshots_removed_on_last_cleanup: Some(i32::try_from(removed).unwrap_or(i32::MAX)),
-    })
+/// After the snapshots: check, forget, stats, as the sidecar runs them
+/// ([`crate::backup::after_snapshots`]): a failed step is the host entry's condition and a
+/// warning, its figure absent; the host keeps its snapshot and succeeds (docs/sessions.md).
+pub async fn after_backup(r: &restic::Repo, policy: &restic::RetentionPolicy) -> FollowedUp {
+    let o = crate::backup::after_snapshots(r, policy, true).await;
+    let count = |v: Option<u64>| v.map(|v| i32::try_from(v).unwrap_or(i32::MAX));
+    FollowedUp {
+        repository: RepositoryStats {
+            integrity: o.integrity,
+            size: o.repository_size.map(restic::format_size),
+            snapshot_count: count(o.snapshot_count),
+            snapshots_removed_on_last_cleanup: count(o.snapshots_removed),
+        },
+        conditions: o
+            .conditions
+            .iter()
+            .map(crate::run_backup::condition)
+            .collect(),
+        warnings: o.warnings,
+    }
+}
+
+/// What the follow-up steps of a job-model backup came to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FollowedUp {
+    /// The Repository's figures (a failed step's absent).
+    pub repository: RepositoryStats,
+    /// One condition per step, for the host's entry.
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    /// The failed steps, each a Warning event.
+    pub warnings: Vec<String>,
 }
 
 /// The output of a backup that produced `result`.
 pub fn backup_output(
     host: &str,
     started: Instant,
-    result: Result<(Vec<SnapshotStats>, RepositoryStats), String>,
+    result: Result<(Vec<SnapshotStats>, FollowedUp), String>,
 ) -> Output {
     let duration = Some(GoDuration(started.elapsed()));
     match result {
-        Ok((snapshots, repo)) => Output {
+        Ok((snapshots, followed)) => Output {
             host_backup_stats: vec![HostBackupStats {
                 hostname: Some(host.into()),
                 phase: Some(HostPhase::Succeeded),
                 duration,
                 error: None,
                 snapshots,
-                ..Default::default()
+                conditions: followed.conditions,
             }],
-            repository: Some(repo),
+            repository: Some(followed.repository),
+            warnings: followed.warnings,
             ..Default::default()
         },
         Err(e) => Output {
@@ -355,8 +364,8 @@ pub async fn backup(opts: BackupOptions) -> anyhow::Result<()> {
             kept = snaps;
             return Err(failures.join("; "));
         }
-        let repo = after_backup(&r, &opts.retention.policy()).await?;
-        Ok((snaps, repo))
+        let followed = after_backup(&r, &opts.retention.policy()).await;
+        Ok((snaps, followed))
     }
     .await;
     if let Err(e) = &result {

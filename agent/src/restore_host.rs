@@ -130,6 +130,24 @@ pub async fn run_with(client: Client, opts: Options) -> anyhow::Result<()> {
         Some(l) => Some(l.acquire(client.clone()).await?),
         None => None,
     };
+    // Decided again under the Lease, from the session as it is now: every pod of a
+    // Deployment, ReplicaSet or ReplicationController is the same host, and the pods started
+    // together (`Recreate`, a surge, the pods the operator replaced) wait here for the first
+    // one; once it has reported, the others find its entry and restore nothing over data its
+    // application may already be using.
+    let rs = if leadership.is_some() {
+        sessions.get(&opts.restore_session).await?
+    } else {
+        rs
+    };
+    let decision = restore_host::decide(&restore::host_observation(&rs, &host));
+    if decision.step != RestoreStep::Restore {
+        if let Some(l) = leadership {
+            l.release().await;
+        }
+        tracing::info!(%host, phase = ?decision.phase, "restored by another pod of this host, or ended; nothing to do");
+        return Ok(());
+    }
     let started = std::time::Instant::now();
     let result = async {
         let plan = restore::plan(&rs, &host, &[])?;

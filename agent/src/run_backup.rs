@@ -353,7 +353,7 @@ async fn backup_one(
 }
 
 /// A follow-up step's condition as the API spells it.
-fn condition(c: &stash_machines::backup_host::FollowUpCondition) -> Condition {
+pub(crate) fn condition(c: &stash_machines::backup_host::FollowUpCondition) -> Condition {
     Condition {
         type_: c.type_.into(),
         status: if c.ok { "True" } else { "False" }.into(),

@@ -1507,3 +1507,86 @@ pub fn judge_refusal(expect: &str, ok: bool, stdout: &str, stderr: &str) -> Resu
         Ok(())
     }
 }
+
+/// Sets the immutable attribute on every file of a directory while alive (a file restic cannot
+/// delete, whoever it runs as) and always clears it again, on success or panic.
+pub struct Immutable(Vec<std::path::PathBuf>);
+
+impl Immutable {
+    pub fn files_of(dir: &std::path::Path) -> Self {
+        let files: Vec<_> = std::fs::read_dir(dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        assert!(!files.is_empty(), "no files in {}", dir.display());
+        let set = Immutable(files);
+        let status = std::process::Command::new("chattr")
+            .arg("+i")
+            .args(&set.0)
+            .status()
+            .expect("chattr");
+        assert!(status.success(), "chattr +i");
+        set
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .args(&self.0)
+            .status();
+    }
+}
+
+/// The `RetentionPolicyApplied` condition of session `s`'s host (its agent writes it once the
+/// follow-up steps ran).
+pub fn retention_condition_of(
+    s: &stash_crds::BackupSession,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    s.status
+        .iter()
+        .flat_map(|st| st.stats.iter())
+        .flat_map(|h| h.conditions.iter())
+        .find(|c| c.type_ == "RetentionPolicyApplied")
+        .cloned()
+}
+
+/// `c` says that retention worked.
+pub fn assert_retention_applied(c: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition) {
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "RetentionPolicyApplied"),
+        "{c:?}"
+    );
+}
+
+/// `c`, session `session`'s retention condition, says that `forget` failed after the snapshot,
+/// and the host published it as a `HostBackupFollowUpFailed` Warning (≤ 60 s).
+pub async fn assert_retention_failed(
+    client: &Client,
+    ns: &str,
+    session: &str,
+    c: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+) {
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "RetentionPolicyFailed"),
+        "{c:?}"
+    );
+    assert!(
+        c.message.starts_with("forget failed after the snapshot"),
+        "{}",
+        c.message
+    );
+    let event = wait_event(
+        client,
+        ns,
+        session,
+        "HostBackupFollowUpFailed",
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(event.type_, "Warning");
+    assert!(event.note.starts_with("forget failed"), "{}", event.note);
+}

@@ -115,13 +115,17 @@ impl Workload for ReplicationController {
     }
 }
 
-fn hash_of(t: Option<&PodTemplateSpec>) -> Option<String> {
-    t.and_then(|t| t.metadata.as_ref())
-        .and_then(|m| m.annotations.as_ref())
-        .and_then(|a| {
-            a.get(consts::LAST_APPLIED_BACKUP_CONFIGURATION_HASH_ANNOTATION)
-                .cloned()
-        })
+/// The agents' hashes a pod template (or a pod) carries: the backup sidecar's and the restore
+/// init-container's. A pod whose pair differs from its workload's template runs stale agents.
+fn hashes_of(meta: Option<&kube::api::ObjectMeta>) -> [Option<String>; 2] {
+    let get = |key: &str| {
+        meta.and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(key).cloned())
+    };
+    [
+        get(consts::LAST_APPLIED_BACKUP_CONFIGURATION_HASH_ANNOTATION),
+        get(consts::LAST_APPLIED_RESTORE_SESSION_HASH_ANNOTATION),
+    ]
 }
 
 /// Does the pod template `current` (as the API server stores it) already say everything
@@ -510,24 +514,25 @@ async fn applicable_restore<W: Workload>(
 
 impl<W: Workload> Workloads<W> {
     /// Delete the pods of a ReplicaSet or ReplicationController that do not run the desired
-    /// template. A LIST of the namespace's Pods, on purpose: the operator keeps no Pod store
+    /// template's agents: a backup sidecar or a restore init-container added, changed or
+    /// removed (a restore into a standalone ReplicaSet never ran when only the backup's hash
+    /// counted). A LIST of the namespace's Pods, on purpose: the operator keeps no Pod store
     /// (every Pod of the cluster would be cached for the few standalone ReplicaSets and
     /// ReplicationControllers, which are the only kinds that get here).
     async fn replace_stale_pods(&self, w: &W, desired: &PodTemplateSpec) -> Result<(), Error> {
         let ns = w.namespace().unwrap_or_default();
         let pods = Api::<Pod>::namespaced(self.0.client.clone(), &ns);
-        let want = hash_of(Some(desired));
+        let want = hashes_of(desired.metadata.as_ref());
         let uid = w.uid();
         for pod in pods.list(&ListParams::default()).await? {
             let owned = pod
                 .owner_references()
                 .iter()
                 .any(|o| Some(&o.uid) == uid.as_ref());
-            let has = pod
-                .annotations()
-                .get(consts::LAST_APPLIED_BACKUP_CONFIGURATION_HASH_ANNOTATION)
-                .cloned();
-            if owned && pod.meta().deletion_timestamp.is_none() && has != want {
+            if owned
+                && pod.meta().deletion_timestamp.is_none()
+                && hashes_of(Some(pod.meta())) != want
+            {
                 pods.delete(&pod.name_any(), &Default::default()).await?;
             }
         }

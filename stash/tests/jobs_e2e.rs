@@ -159,6 +159,53 @@ async fn a_pvc_is_backed_up_and_restored_into_a_new_pvc_through_jobs() {
     assert_no_illegal_transitions().await;
 }
 
+/// A backup Job whose `forget` fails after its snapshot (the older snapshot's file made
+/// immutable) keeps the snapshot and Succeeds: the failure is the host's condition and a
+/// Warning, as for the sidecar (issue 25: it used to fail the host).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_job_whose_retention_fails_keeps_its_snapshot_and_succeeds() {
+    let env = env().await;
+    let client = env.cp.client();
+    let f = fixture("jobs-follow-up").await;
+    let ns = f.ns.name.clone();
+    let source = pv_dir(&ns, "source-data").await;
+    generate_files(&source, 3, 10, 4000);
+    pvc(&ns, "source-data").await;
+    let mut bc = pvc_backup_configuration("keep-one", "source-data", json!({}));
+    bc["spec"]["retentionPolicy"] = json!({"name": "last-one", "keepLast": 1, "prune": true});
+    apply(&client, &ns, bc).await;
+    create_backup_session(&client, &ns, "keep-one", "keep-one-1").await;
+    let first = ends(&ns, "keep-one-1", Phase::Succeeded).await;
+    let applied = retention_condition_of(&first).expect("the first session's retention condition");
+    assert_retention_applied(&applied);
+    // The first snapshot cannot be deleted now: the second Job's `forget` fails for real.
+    let pinned = Immutable::files_of(&f.repo_dir.join("snapshots"));
+    generate_files(&source, 4, 10, 4000);
+    create_backup_session(&client, &ns, "keep-one", "keep-one-2").await;
+    let second = ends(&ns, "keep-one-2", Phase::Succeeded).await;
+    let failed = retention_condition_of(&second).expect("the second session's retention condition");
+    assert_retention_failed(&client, &ns, "keep-one-2", &failed).await;
+    drop(pinned);
+    // restic's own view: both snapshots kept, the second one the status names.
+    let repo = f.repo_dir.to_string_lossy().to_string();
+    let snaps = restic_snapshots(&repo, PASSWORD);
+    assert_eq!(snaps.len(), 2, "{snaps:?}");
+    let named = second.status.as_ref().expect("status").stats[0].snapshots[0]
+        .name
+        .clone()
+        .expect("snapshot name");
+    assert!(
+        snaps
+            .iter()
+            .any(|s| s["short_id"].as_str() == Some(named.as_str())),
+        "{named} not in {snaps:?}"
+    );
+    println!(
+        "job-model follow-up failure: session Succeeded, condition {} {} ({}), both snapshots kept",
+        failed.type_, failed.status, failed.reason
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_jobs_create_new_pvcs_from_volume_claim_templates() {
     let env = env().await;

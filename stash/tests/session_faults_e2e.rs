@@ -520,37 +520,6 @@ async fn a_daemonset_restore_waits_only_for_the_nodes_the_daemonset_runs_on() {
     );
 }
 
-/// Sets the immutable attribute on every file of a directory while alive (a file restic cannot
-/// delete, whoever it runs as) and always clears it again, on success or panic.
-struct Immutable(Vec<std::path::PathBuf>);
-
-impl Immutable {
-    fn files_of(dir: &Path) -> Self {
-        let files: Vec<_> = std::fs::read_dir(dir)
-            .expect("read dir")
-            .map(|e| e.expect("entry").path())
-            .collect();
-        assert!(!files.is_empty(), "no files in {}", dir.display());
-        let set = Immutable(files);
-        let status = std::process::Command::new("chattr")
-            .arg("+i")
-            .args(&set.0)
-            .status()
-            .expect("chattr");
-        assert!(status.success(), "chattr +i");
-        set
-    }
-}
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("chattr")
-            .arg("-i")
-            .args(&self.0)
-            .status();
-    }
-}
-
 /// Run session `name` of `app-backup` to `Succeeded` (a follow-up step never fails it) and wait
 /// for its host's `RetentionPolicyApplied` condition (written after the follow-up steps).
 async fn retention_condition(
@@ -568,13 +537,7 @@ async fn retention_condition(
         Duration::from_secs(120),
         || async {
             let s = sessions.get(name).await.ok()?;
-            let c = s
-                .status
-                .iter()
-                .flat_map(|st| st.stats.iter())
-                .flat_map(|h| h.conditions.iter())
-                .find(|c| c.type_ == "RetentionPolicyApplied")
-                .cloned()?;
+            let c = retention_condition_of(&s)?;
             Some((s, c))
         },
     )
@@ -596,37 +559,12 @@ async fn a_failed_retention_step_keeps_the_snapshot_and_is_a_condition_and_an_ev
     .await;
     generate_files(&source, 3, 2, 1 << 20);
     let (_, first) = retention_condition(&client, &ns, "first").await;
-    assert_eq!(
-        (first.status.as_str(), first.reason.as_str()),
-        ("True", "RetentionPolicyApplied"),
-        "{first:?}"
-    );
+    assert_retention_applied(&first);
     // The first snapshot cannot be deleted now: the second session's `forget` fails.
     let pinned = Immutable::files_of(&f.repo_dir.join("snapshots"));
     generate_files(&source, 4, 2, 1 << 20);
     let (second, retention) = retention_condition(&client, &ns, "second").await;
-    assert_eq!(
-        (retention.status.as_str(), retention.reason.as_str()),
-        ("False", "RetentionPolicyFailed"),
-        "{retention:?}"
-    );
-    assert!(
-        retention
-            .message
-            .starts_with("forget failed after the snapshot"),
-        "{}",
-        retention.message
-    );
-    let event = wait_event(
-        &client,
-        &ns,
-        "second",
-        "HostBackupFollowUpFailed",
-        Duration::from_secs(60),
-    )
-    .await;
-    assert_eq!(event.type_, "Warning");
-    assert!(event.note.starts_with("forget failed"), "{}", event.note);
+    assert_retention_failed(&client, &ns, "second", &retention).await;
     drop(pinned);
     // Nothing was lost: both sessions' snapshots are in restic, and the status names them.
     assert_eq!(tagged(&f.repo_dir, "first").len(), 1);

@@ -247,6 +247,8 @@ async fn the_init_container_restores_under_the_workloads_lease_and_gives_it_back
             assert_eq!(b["spec"]["leaseDurationSeconds"], 15);
         })
         .echo(201),
+        // Decided again under the Lease, from the session as it is now.
+        get_session(session(json!({"phase": "Running"}))),
         get_not_found(format!("{REPOSITORIES}/repo")),
         failed_entry("Repository repo: "),
         expect(Method::GET, LEASE).reply(200, held),
@@ -276,4 +278,34 @@ async fn a_refused_entry_write_fails_the_host_without_an_event() {
     ];
     let e = restore(options("job"), script).await.expect_err("refused");
     assert!(e.contains("status.stats: Invalid value"), "{e}");
+}
+
+#[tokio::test]
+async fn a_pod_that_finds_its_host_restored_under_the_lease_gives_it_back_and_restores_nothing() {
+    // Another pod of the same host (a Recreate Deployment's) restored while this one waited for
+    // the Lease: the session read under the Lease has the host's entry, so nothing is restored
+    // (no Repository read, no entry written, no event) and the Lease is given back.
+    let running = session(json!({"phase": "Running"}));
+    let restored = session(json!({"phase": "Running",
+                                  "stats": [{"hostname": "host-0", "phase": "Succeeded"}]}));
+    let held = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                      "metadata": {"name": "lock-deployment-app-restore", "namespace": "n", "resourceVersion": "7"},
+                      "spec": {"holderIdentity": POD, "leaseDurationSeconds": 15}});
+    let script = vec![
+        get_session(running),
+        get_not_found(LEASE),
+        expect(
+            Method::POST,
+            "/apis/coordination.k8s.io/v1/namespaces/n/leases?",
+        )
+        .echo(201),
+        get_session(restored),
+        expect(Method::GET, LEASE).reply(200, held),
+        expect(Method::PUT, format!("{LEASE}?"))
+            .body(|b| assert_eq!(b["spec"].get("holderIdentity"), None, "released: {b}"))
+            .echo(200),
+    ];
+    restore(options("init-container"), script)
+        .await
+        .expect("nothing to do is a success");
 }

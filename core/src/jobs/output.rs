@@ -39,9 +39,16 @@ pub struct Output {
     /// Restore entries (one per host).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_restore_stats: Vec<HostRestoreStats>,
-    /// Repository statistics (backups only, on success).
+    /// Repository statistics (backups only, on success; a figure whose step failed is absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<RepositoryStats>,
+    /// Follow-up steps (check, forget, stats) that failed after the snapshots were taken: the
+    /// host still succeeded, and `update-status` publishes each as a Warning.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// The stale restic locks removed on the way (host, pid, age), each a Warning event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_locks: Vec<String>,
 }
 
 impl Output {
