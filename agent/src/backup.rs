@@ -256,7 +256,7 @@ pub fn session_state(phase: Option<stash_crds::backup_session::Phase>) -> HostSe
 /// started the session and the host has not reported). Errors are user-facing text (restic's
 /// reason, secrets scrubbed) with the phase they happened in. The host's steps are decided by
 /// [`stash_machines::backup_host`], every one a transition of its lifecycle:
-/// snapshots carry the session's tag, a directory that already has one for this session is
+/// snapshots carry the session's tags (its name, its uid), a directory that already has one for this session (by uid) is
 /// reported, not backed up again. One restic invocation opens the repository and looks the
 /// tag up (`snapshots --tag … --host …`; a repository that does not exist is initialised
 /// instead, and then holds no snapshot of the session), then one `backup` per directory.
@@ -266,6 +266,7 @@ pub async fn run(
     bc: &BackupConfiguration,
     host: &str,
     session: &str,
+    session_uid: &str,
     phase: HostPhase,
     settings: &Settings,
 ) -> Result<Snapshotted, HostFailure> {
@@ -284,11 +285,14 @@ pub async fn run(
             "BackupConfiguration has no spec.target.directories".into(),
         ));
     }
-    let tag = plan::session_tag(session);
+    let tags = [
+        plan::session_tag(session),
+        plan::session_uid_tag(session_uid),
+    ];
     let (_created, found) = r
         .snapshots_or_init(&restic::SnapshotFilter {
             hosts: vec![host.to_string()],
-            tags: vec![tag.clone()],
+            tags: vec![tags[1].clone()],
             ..Default::default()
         })
         .await
@@ -349,10 +353,7 @@ pub async fn run(
         })
         .collect();
     for dir in &back_up {
-        let s = match r
-            .backup(std::path::Path::new(dir), host, std::slice::from_ref(&tag))
-            .await
-        {
+        let s = match r.backup(std::path::Path::new(dir), host, &tags).await {
             Ok(s) => {
                 outcomes.push(plan::SnapshotOutcome::Complete);
                 s

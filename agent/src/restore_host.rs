@@ -122,10 +122,13 @@ pub async fn run_with(client: Client, opts: Options) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    let lock = (opts.restore_model != "job").then(|| {
-        let name = stash_core::names::restore_lease(kind, &workload);
-        LeaderElection::new(&ns, &name, &opts.pod_name, Duration::from_secs(15))
-    });
+    // The pods of one host take turns (a StatefulSet's or DaemonSet's pods are hosts of their
+    // own and restore side by side; a restore Job's pod is its ordinal's only pod).
+    let lock =
+        (opts.restore_model != "job" && stash_core::target::host_is_shared(kind)).then(|| {
+            let name = stash_core::names::restore_lease(kind, &workload);
+            LeaderElection::new(&ns, &name, &opts.pod_name, Duration::from_secs(15))
+        });
     let leadership = match &lock {
         Some(l) => Some(l.acquire(client.clone()).await?),
         None => None,

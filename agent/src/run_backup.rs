@@ -80,7 +80,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let host = backup_host(kind, &opts.pod_name, &opts.node_name);
     let workload = target.target_ref.name.clone().unwrap_or_default();
     let lease = stash_core::names::backup_lease(kind, &workload);
-    let lock = LeaderElection::new(&ns, &lease, &opts.pod_name, Duration::from_secs(15));
+    // Pods that are one host elect one of them per session; a StatefulSet's or DaemonSet's
+    // pods are hosts of their own and back up side by side.
+    let lock = stash_core::target::host_is_shared(kind)
+        .then(|| LeaderElection::new(&ns, &lease, &opts.pod_name, Duration::from_secs(15)));
     tracing::info!(bc = %opts.backup_configuration, %host, "backup sidecar started");
 
     let sessions = Api::<BackupSession>::namespaced(client.clone(), &ns);
@@ -110,8 +113,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         if done.contains(&session.name_any()) || needs_backup(&session, &host).is_none() {
             continue;
         }
-        // Serialise with the other pods of the workload; re-read after locking.
-        let leadership = lock.acquire(client.clone()).await?;
+        // Serialise with the other pods of this host; re-read after locking.
+        let leadership = match &lock {
+            Some(l) => Some(l.acquire(client.clone()).await?),
+            None => None,
+        };
         // Pausing is the operator's decision, for sessions not yet started: a session it marked
         // Running completes normally (stash_machines::backup_session).
         let fresh = sessions.get(&session.name_any()).await?;
@@ -125,7 +131,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
         }
         done.insert(session.name_any());
-        leadership.release().await;
+        if let Some(l) = leadership {
+            l.release().await;
+        }
     }
     Ok(())
 }
@@ -185,7 +193,16 @@ async fn backup_one(
                 enable_cache: opts.enable_cache,
                 max_connections: opts.max_connections,
             };
-            backup::run(&repo, bc, host, &session.name_any(), phase, &settings).await
+            backup::run(
+                &repo,
+                bc,
+                host,
+                &session.name_any(),
+                &session.uid().unwrap_or_default(),
+                phase,
+                &settings,
+            )
+            .await
         }
         Err(e) => Err(backup::HostFailure {
             phase,

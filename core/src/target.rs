@@ -113,6 +113,18 @@ pub fn hosts(kind: Option<WorkloadKind>, scale: WorkloadScale, replicas: Option<
     }
 }
 
+/// Whether every pod of a workload of `kind` is the same host (`host-0`: a Deployment,
+/// ReplicaSet or ReplicationController), so that its agents elect one pod per session with the
+/// workload's Lease. A StatefulSet's pods (one ordinal each) and a DaemonSet's (one node each)
+/// are hosts of their own and back up and restore side by side, as in Stash: under one Lease
+/// they went host after host, and a large DaemonSet always ran out of the session's deadline.
+pub fn host_is_shared(kind: Option<WorkloadKind>) -> bool {
+    !matches!(
+        kind,
+        Some(WorkloadKind::StatefulSet | WorkloadKind::DaemonSet)
+    )
+}
+
 /// The `--host` of a backup made by a sidecar (§9.3).
 pub fn backup_host(kind: Option<WorkloadKind>, pod_name: &str, node_name: &str) -> String {
     match kind {
@@ -128,6 +140,29 @@ pub fn backup_host(kind: Option<WorkloadKind>, pod_name: &str, node_name: &str) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_kinds_whose_pods_are_all_host_0_share_a_host() {
+        for kind in [WorkloadKind::StatefulSet, WorkloadKind::DaemonSet] {
+            assert!(!host_is_shared(Some(kind)));
+        }
+        assert_eq!(
+            backup_host(Some(WorkloadKind::StatefulSet), "db-2", "n1"),
+            "host-2"
+        );
+        assert_eq!(
+            backup_host(Some(WorkloadKind::DaemonSet), "ds-x1", "n1"),
+            "n1"
+        );
+        for kind in [
+            WorkloadKind::Deployment,
+            WorkloadKind::ReplicaSet,
+            WorkloadKind::ReplicationController,
+        ] {
+            assert!(host_is_shared(Some(kind)));
+            assert_eq!(backup_host(Some(kind), "w-abc12", "n1"), "host-0");
+        }
+    }
 
     #[test]
     fn one_host_set_rule_from_the_workloads_own_object() {

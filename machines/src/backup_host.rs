@@ -60,9 +60,19 @@ pub fn fire(phase: Phase, event: Event) -> Result<Phase, Rejection<Phase>> {
     phase.transition(event, |g| match g {})
 }
 
-/// The restic tag that ties a snapshot to the session that took it.
+/// The restic tag that names the session that took a snapshot (for people: `restic snapshots
+/// --tag stash-session=<name>`).
 pub fn session_tag(session: &str) -> String {
     format!("stash-session={session}")
+}
+
+/// The restic tag that ties a snapshot to the one session that took it, by the session's uid:
+/// the host looks its session's snapshots up by this tag, never by the name — a session of the
+/// same name in another namespace sharing the repository, or one deleted and created again,
+/// is another session and backs up (found by `two_repository_objects_on_one_prefix_initialise_it_once`:
+/// the second namespace's `first` reported the first namespace's snapshot as its own).
+pub fn session_uid_tag(uid: &str) -> String {
+    format!("stash-session-uid={uid}")
 }
 
 /// The session, as far as one host is concerned.
@@ -660,5 +670,6 @@ mod tests {
     #[test]
     fn the_tag_names_the_session() {
         assert_eq!(session_tag("daily-1"), "stash-session=daily-1");
+        assert_eq!(session_uid_tag("0f1e"), "stash-session-uid=0f1e");
     }
 }

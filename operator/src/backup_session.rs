@@ -145,10 +145,12 @@ fn host_reports(status: Option<&BackupSessionStatus>) -> Vec<HostReport> {
 
 struct BackupSessions(Arc<Ctx>, Claims);
 
-/// Who holds the first backup of each Repository that has none yet, by (namespace, name):
-/// the session's (uid, name). The leader is the only decider, so an in-process claim makes
-/// "one first backup at a time" hold even where the stores lag behind each other.
-type Claims = Arc<Mutex<HashMap<(String, String), (String, String)>>>;
+/// Who holds the first backup of each storage location that has none yet, by the location
+/// ([`stash_core::location::backend_key`]: two Repository objects on one bucket and prefix
+/// are one key): the session's (namespace, uid, name). The leader is the only decider, so an
+/// in-process claim makes "one first backup at a time" hold even where the stores lag behind
+/// each other.
+type Claims = Arc<Mutex<HashMap<String, (String, String, String)>>>;
 
 impl Reconcile<BackupSession> for BackupSessions {
     type Error = Error;
@@ -304,8 +306,9 @@ impl Perform<Phase, machine::Action> for BackupEffects<'_> {
 }
 
 impl BackupEffects<'_> {
-    /// Claim the first backup of this session's Repository; refused, naming the holder, while
-    /// another session that is still live (in the store and not finished) holds it.
+    /// Claim the first backup of this session's storage location; refused, naming the holder,
+    /// while another session that is still live (in the store and not finished) holds it —
+    /// of any Repository object on the same location, in any namespace.
     fn claim_repository(&self) -> Performed {
         let ns = self.bs.namespace().unwrap_or_default();
         let repo = self
@@ -313,25 +316,39 @@ impl BackupEffects<'_> {
             .and_then(|b| b.spec.repository.as_ref())
             .map(|r| r.name.clone())
             .unwrap_or_default();
-        let me = (self.bs.uid().unwrap_or_default(), self.bs.name_any());
+        let key = stores::get(&self.ctx.stores.repositories, &ns, &repo)
+            .and_then(|r| stash_core::location::backend_key(&r, &ns))
+            .unwrap_or_else(|| format!("repository:{ns}/{repo}"));
+        let me = (
+            ns.clone(),
+            self.bs.uid().unwrap_or_default(),
+            self.bs.name_any(),
+        );
         let my_key = (created_at(self.bs), self.bs.name_any());
         // The store holds only sessions not finished yet. A holder that has not started yet
         // and is newer than this session yields: it is waiting for this one (oldest first),
         // and this one must not wait for it in turn.
-        let live = |uid: &str, name: &str| {
-            stores::get(&self.ctx.stores.sessions, &ns, name).is_some_and(|s| {
+        let live = |ns: &str, uid: &str, name: &str| {
+            stores::get(&self.ctx.stores.sessions, ns, name).is_some_and(|s| {
                 let started = s.status.as_ref().and_then(|st| st.phase) == Some(Phase::Running);
                 s.uid().as_deref() == Some(uid)
                     && (started || (created_at(&*s), s.name_any()) < my_key)
             })
         };
         let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
-        match claims.get(&(ns.clone(), repo.clone())) {
-            Some((uid, name)) if *uid != me.0 && live(uid, name) => {
-                Performed::Refused(format!("BackupSession {name} holds the first backup"))
+        match claims.get(&key) {
+            Some((holder_ns, uid, name)) if *uid != me.1 && live(holder_ns, uid, name) => {
+                let whose = if *holder_ns == ns {
+                    String::new()
+                } else {
+                    format!(" of namespace {holder_ns}")
+                };
+                Performed::Refused(format!(
+                    "BackupSession {name}{whose} holds the first backup of this storage location"
+                ))
             }
             _ => {
-                claims.insert((ns, repo), me);
+                claims.insert(key, me);
                 Performed::Done
             }
         }

@@ -408,6 +408,119 @@ async fn minio_over_tls_with_a_private_ca() {
     assert_wiped(host());
 }
 
+/// When session `name` in `ns` took event `reason` (events.k8s.io `eventTime`).
+async fn event_time(client: &Client, ns: &str, name: &str, reason: &str) -> jiff::Timestamp {
+    let events = kube::Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .expect("events");
+    events
+        .into_iter()
+        .find(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+        })
+        .and_then(|e| e.event_time)
+        .unwrap_or_else(|| panic!("no {reason} event about {name} in {ns}"))
+        .0
+}
+
+/// Two Repository objects in two namespaces on one bucket and prefix (what a template prefix
+/// without `${TARGET_NAMESPACE}` makes), their first sessions created together: the
+/// first-backup claim is the storage location's, so one session initialises the repository
+/// and the other starts once it has finished (issue 25). restic's own view: one key, one
+/// config, both snapshots, `check` clean.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_repository_objects_on_one_prefix_initialise_it_once() {
+    let (_a_guard, a, a_source, client) = workload("shared-prefix-a").await;
+    let (_b_guard, b, _, _) = workload("shared-prefix-b").await;
+    let certs = tempfile::tempdir().expect("certs");
+    let ca = private_ca(certs.path(), &[stash_testenv::NODE_IP]);
+    let data = tempfile::tempdir().expect("minio data");
+    let bucket = "stash-shared";
+    let port = minio(certs.path(), data.path(), bucket, &[]).await;
+    let endpoint = format!("https://{}:{port}", stash_testenv::NODE_IP);
+    for ns in [&a, &b] {
+        minio_repository(&client, ns, &endpoint, bucket, "shared", &ca, PASSWORD).await;
+        sidecar_backup(&client, ns, "app", "repo", json!({})).await;
+    }
+    let (sa, sb) = tokio::join!(
+        run_backup_session(&client, &a, "app-backup", "first", Duration::from_secs(240)),
+        run_backup_session(&client, &b, "app-backup", "first", Duration::from_secs(240)),
+    );
+    // One after the other: the later one started after the earlier one ended.
+    let mut runs = Vec::new();
+    for ns in [&a, &b] {
+        let started = event_time(&client, ns, "first", "BackupSessionJobCreated").await;
+        let ended = event_time(&client, ns, "first", "SuccessfulBackup").await;
+        runs.push((started, ended, ns.clone()));
+    }
+    runs.sort();
+    assert!(
+        runs[1].0 >= runs[0].1,
+        "the first sessions overlapped: {runs:?}"
+    );
+    let url = format!("s3:{endpoint}/{bucket}/shared");
+    let renv = [
+        ("AWS_ACCESS_KEY_ID", MINIO_USER.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", MINIO_SECRET.to_string()),
+    ];
+    let cacert = certs.path().join("ca.crt");
+    let host = || host_restic(&url, &renv, &cacert, None);
+    // Restic on the host waits for the agents' follow-up locks.
+    for ns in [&a, &b] {
+        wait_repository_status(&client, ns).await;
+    }
+    let keys = host()
+        .args(["key", "list", "--json"])
+        .output()
+        .expect("restic key list");
+    assert!(
+        keys.status.success(),
+        "{}",
+        String::from_utf8_lossy(&keys.stderr)
+    );
+    let keys: Vec<serde_json::Value> = serde_json::from_slice(&keys.stdout).expect("keys json");
+    assert_eq!(keys.len(), 1, "one restic init: {keys:?}");
+    let snaps = restic_snapshots_of(host());
+    let named: std::collections::BTreeSet<String> = [&sa, &sb]
+        .iter()
+        .map(|s| {
+            s.status.as_ref().expect("status").stats[0].snapshots[0]
+                .name
+                .clone()
+                .expect("name")
+        })
+        .collect();
+    let found: std::collections::BTreeSet<String> = snaps
+        .iter()
+        .filter_map(|s| s["short_id"].as_str().map(String::from))
+        .collect();
+    assert_eq!(
+        found, named,
+        "both first sessions' snapshots, and nothing else"
+    );
+    let check = host().arg("check").output().expect("restic check");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert_restores_equal(
+        host(),
+        &sa.status.as_ref().expect("status").stats[0].snapshots[0]
+            .name
+            .clone()
+            .expect("name"),
+        &a_source,
+    );
+    stash_testenv::report(&format!(
+        "two Repository objects on one prefix: one key, {} snapshots, the second first session started {} ms after the first ended",
+        snaps.len(),
+        runs[1].0.duration_since(runs[0].1).as_millis()
+    ));
+}
+
 /// Google Cloud Storage against fake-gcs-server over HTTPS with the private CA: restic (and
 /// the operator's wipe-out) reach it through `STORAGE_EMULATOR_HOST`, with a bearer token
 /// (`GOOGLE_ACCESS_TOKEN`) instead of a service account.
