@@ -81,9 +81,18 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let workload = target.target_ref.name.clone().unwrap_or_default();
     let lease = stash_core::names::backup_lease(kind, &workload);
     // Pods that are one host elect one of them per session; a StatefulSet's or DaemonSet's
-    // pods are hosts of their own and back up side by side.
-    let lock = stash_core::target::host_is_shared(kind)
-        .then(|| LeaderElection::new(&ns, &lease, &opts.pod_name, Duration::from_secs(15)));
+    // pods are hosts of their own and back up side by side, except into a Repository that has
+    // never received a backup: restic init by several hosts at once corrupts it ("config or
+    // key … is damaged"), so the hosts of a first session take turns.
+    let shared = stash_core::target::host_is_shared(kind);
+    let lock = LeaderElection::new(&ns, &lease, &opts.pod_name, Duration::from_secs(15));
+    let repos = Api::<Repository>::namespaced(client.clone(), &ns);
+    let repo_name = bc
+        .spec
+        .repository
+        .as_ref()
+        .map(|r| r.name.clone())
+        .unwrap_or_default();
     tracing::info!(bc = %opts.backup_configuration, %host, "backup sidecar started");
 
     let sessions = Api::<BackupSession>::namespaced(client.clone(), &ns);
@@ -114,9 +123,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             continue;
         }
         // Serialise with the other pods of this host; re-read after locking.
-        let leadership = match &lock {
-            Some(l) => Some(l.acquire(client.clone()).await?),
-            None => None,
+        let take_turns = shared
+            || repos
+                .get(&repo_name)
+                .await
+                .map_or(true, |r| !r.has_received_backup());
+        let leadership = match take_turns {
+            true => Some(lock.acquire(client.clone()).await?),
+            false => None,
         };
         // Pausing is the operator's decision, for sessions not yet started: a session it marked
         // Running completes normally (stash_machines::backup_session).

@@ -125,6 +125,18 @@ pub struct RepositoryStatus {
 pub const WIPE_OUT_CONDITION: &str = "WipeOut";
 
 impl Repository {
+    /// Whether the Repository's status records a backup (first, last or last successful): one
+    /// that does not may still have to be created (`restic init`), which two restic processes
+    /// must never do at once — the operator starts its first sessions one at a time, and the
+    /// hosts of such a session take turns.
+    pub fn has_received_backup(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| {
+            s.first_backup_time.is_some()
+                || s.last_backup_time.is_some()
+                || s.last_successful_backup_time.is_some()
+        })
+    }
+
     /// True for legacy Repositories created by the v1alpha1 sidecar (label `restic`).
     pub fn is_legacy(&self) -> bool {
         self.metadata

@@ -1590,3 +1590,28 @@ pub async fn assert_retention_failed(
     assert_eq!(event.type_, "Warning");
     assert!(event.note.starts_with("forget failed"), "{}", event.note);
 }
+
+/// The events `reason` about object `name` in `ns` (events.k8s.io), oldest first: each one's
+/// `eventTime` and note. Panics when there is none.
+pub async fn event_times(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    reason: &str,
+) -> Vec<(jiff::Timestamp, String)> {
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .expect("events");
+    let mut out: Vec<(jiff::Timestamp, String)> = events
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+        })
+        .filter_map(|e| Some((e.event_time?.0, e.note.unwrap_or_default())))
+        .collect();
+    out.sort();
+    assert!(!out.is_empty(), "no {reason} event about {name} in {ns}");
+    out
+}

@@ -58,14 +58,7 @@ async fn observe_repository(
         return Ok(RepositoryUse::initialized());
     };
     let repo = stores::get_or_fetch(&stores.repositories, &ctx.client, ns, repo_name).await?;
-    let initialized = repo
-        .as_ref()
-        .and_then(|r| r.status.as_ref())
-        .is_some_and(|s| {
-            s.first_backup_time.is_some()
-                || s.last_backup_time.is_some()
-                || s.last_successful_backup_time.is_some()
-        });
+    let initialized = repo.as_ref().is_some_and(|r| r.has_received_backup());
     if initialized {
         return Ok(RepositoryUse::initialized());
     }

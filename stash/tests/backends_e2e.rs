@@ -408,23 +408,6 @@ async fn minio_over_tls_with_a_private_ca() {
     assert_wiped(host());
 }
 
-/// When session `name` in `ns` took event `reason` (events.k8s.io `eventTime`).
-async fn event_time(client: &Client, ns: &str, name: &str, reason: &str) -> jiff::Timestamp {
-    let events = kube::Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns)
-        .list(&Default::default())
-        .await
-        .expect("events");
-    events
-        .into_iter()
-        .find(|e| {
-            e.reason.as_deref() == Some(reason)
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-        })
-        .and_then(|e| e.event_time)
-        .unwrap_or_else(|| panic!("no {reason} event about {name} in {ns}"))
-        .0
-}
-
 /// Two Repository objects in two namespaces on one bucket and prefix (what a template prefix
 /// without `${TARGET_NAMESPACE}` makes), their first sessions created together: the
 /// first-backup claim is the storage location's, so one session initialises the repository
@@ -451,8 +434,8 @@ async fn two_repository_objects_on_one_prefix_initialise_it_once() {
     // One after the other: the later one started after the earlier one ended.
     let mut runs = Vec::new();
     for ns in [&a, &b] {
-        let started = event_time(&client, ns, "first", "BackupSessionJobCreated").await;
-        let ended = event_time(&client, ns, "first", "SuccessfulBackup").await;
+        let started = event_times(&client, ns, "first", "BackupSessionJobCreated").await[0].0;
+        let ended = event_times(&client, ns, "first", "SuccessfulBackup").await[0].0;
         runs.push((started, ended, ns.clone()));
     }
     runs.sort();

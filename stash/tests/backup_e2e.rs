@@ -173,6 +173,44 @@ async fn every_replica_of_a_statefulset_is_backed_up_as_its_own_host() {
         assert_restores_identically(&repo, &format!("host-{i}"), pv);
     }
     repository_agrees_with_restic(&ns, &repo).await;
+    // Each replica is a host of its own and backs up beside the others, not host after host
+    // under one Lease (the first session's hosts take turns: the repository is created by the
+    // first of them): in the second session some two hosts' backups overlapped (each host's
+    // interval ends at its SuccessfulHostBackup event and lasted its entry's duration).
+    let s = run_backup_session(
+        &client,
+        &ns,
+        "db-backup",
+        "manual-2",
+        Duration::from_secs(150),
+    )
+    .await;
+    assert_succeeded(&s, 3);
+    let ends = event_times(&client, &ns, "manual-2", "SuccessfulHostBackup").await;
+    let stats = s.status.as_ref().expect("status").stats.clone();
+    let intervals: Vec<(jiff::Timestamp, jiff::Timestamp, String)> = stats
+        .iter()
+        .map(|h| {
+            let host = h.hostname.clone().expect("hostname");
+            let end = ends
+                .iter()
+                .find(|(_, note)| *note == format!("backup of host {host} succeeded"))
+                .unwrap_or_else(|| panic!("no SuccessfulHostBackup of {host}: {ends:?}"))
+                .0;
+            let took = jiff::SignedDuration::try_from(h.duration.clone().expect("duration").0)
+                .expect("duration");
+            (end - took, end, host)
+        })
+        .collect();
+    let overlapped = intervals.iter().any(|a| {
+        intervals
+            .iter()
+            .any(|b| a.2 != b.2 && a.0 < b.1 && b.0 < a.1)
+    });
+    assert!(
+        overlapped,
+        "the hosts backed up one after another: {intervals:?}"
+    );
     assert_no_illegal_transitions().await;
 }
 
