@@ -87,12 +87,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let shared = stash_core::target::host_is_shared(kind);
     let lock = LeaderElection::new(&ns, &lease, &opts.pod_name, Duration::from_secs(15));
     let repos = Api::<Repository>::namespaced(client.clone(), &ns);
-    let repo_name = bc
-        .spec
-        .repository
-        .as_ref()
-        .map(|r| r.name.clone())
-        .unwrap_or_default();
+    let repo_name = bc.spec.repository_name();
     tracing::info!(bc = %opts.backup_configuration, %host, "backup sidecar started");
 
     let sessions = Api::<BackupSession>::namespaced(client.clone(), &ns);
@@ -190,12 +185,7 @@ async fn backup_one(
 ) -> bool {
     let ns = opts.namespace.clone();
     let started = std::time::Instant::now();
-    let repo_name = bc
-        .spec
-        .repository
-        .as_ref()
-        .map(|r| r.name.clone())
-        .unwrap_or_default();
+    let repo_name = bc.spec.repository_name();
     let repos = Api::<Repository>::namespaced(client.clone(), &ns);
     let mut reported_integrity = None;
     let snapshotted = match repos.get(&repo_name).await {

@@ -94,6 +94,14 @@ pub struct BackupConfigurationStatus {
 }
 
 impl BackupConfigurationSpec {
+    /// The name of the Repository it backs up into (empty when none is named).
+    pub fn repository_name(&self) -> String {
+        self.repository
+            .as_ref()
+            .map(|r| r.name.clone())
+            .unwrap_or_default()
+    }
+
     /// The driver, `Restic` when absent.
     pub fn driver(&self) -> Driver {
         self.driver.unwrap_or_default()

@@ -231,12 +231,7 @@ impl<W: Workload> Reconcile<W> for Workloads<W> {
         let target = match matching.into_iter().next() {
             None => None,
             Some(bc) => {
-                let repo_name = bc
-                    .spec
-                    .repository
-                    .as_ref()
-                    .map(|r| r.name.clone())
-                    .unwrap_or_default();
+                let repo_name = bc.spec.repository_name();
                 match stores::get_or_fetch(&stores.repositories, &ctx.client, &ns, &repo_name)
                     .await?
                 {

@@ -197,8 +197,8 @@ async fn every_replica_of_a_statefulset_is_backed_up_as_its_own_host() {
                 .find(|(_, note)| *note == format!("backup of host {host} succeeded"))
                 .unwrap_or_else(|| panic!("no SuccessfulHostBackup of {host}: {ends:?}"))
                 .0;
-            let took = jiff::SignedDuration::try_from(h.duration.clone().expect("duration").0)
-                .expect("duration");
+            let took =
+                jiff::SignedDuration::try_from(h.duration.expect("duration").0).expect("duration");
             (end - took, end, host)
         })
         .collect();

@@ -174,12 +174,7 @@ pub async fn ensure_job(
         .get_opt(&bc_name)
         .await?
         .ok_or_else(|| config(format!("BackupConfiguration {bc_name} not found")))?;
-    let repo_name = bc
-        .spec
-        .repository
-        .as_ref()
-        .map(|r| r.name.clone())
-        .unwrap_or_default();
+    let repo_name = bc.spec.repository_name();
     let repo = Api::<Repository>::namespaced(client.clone(), &ns)
         .get_opt(&repo_name)
         .await?
