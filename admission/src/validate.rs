@@ -827,6 +827,16 @@ impl Validate for BackupConfiguration {
         }
         check_task_ref(&mut errs, "spec.task", &spec.task);
         let task_missing = spec.task.as_ref().is_none_or(|t| t.name.trim().is_empty());
+        if let Some(t) = &spec.target
+            && !t.directories.is_empty()
+            && !t.paths.is_empty()
+            && t.directories != t.paths
+        {
+            errs.push(
+                "spec.target.paths",
+                "spec.target.paths and spec.target.directories are two spellings of one list and say different things: write one of them",
+            );
+        }
         match &spec.target {
             None => {
                 if restic && task_missing {
@@ -838,19 +848,25 @@ impl Validate for BackupConfiguration {
             }
             Some(target) => match check_target_ref(&mut errs, &target.target_ref) {
                 Some(TargetClass::Workload(kind)) if restic => {
-                    if target.directories.is_empty() {
+                    // Both spellings are one list: `directories` (mid-2019), `paths` (later).
+                    let field = if target.directories.is_empty() && !target.paths.is_empty() {
+                        "spec.target.paths"
+                    } else {
+                        "spec.target.directories"
+                    };
+                    if target.backup_paths().is_empty() {
                         errs.push(
-                            "spec.target.directories",
+                            field,
                             format!(
                                 "at least one directory is required to back up a {}",
                                 kind.kind()
                             ),
                         );
                     }
-                    for (i, d) in target.directories.iter().enumerate() {
+                    for (i, d) in target.backup_paths().iter().enumerate() {
                         if !d.starts_with('/') {
                             errs.push(
-                                format!("spec.target.directories[{i}]"),
+                                format!("{field}[{i}]"),
                                 format!("must be an absolute path, got {d:?}"),
                             );
                         }
@@ -863,8 +879,8 @@ impl Validate for BackupConfiguration {
                     }
                     check_under_mounts(
                         &mut errs,
-                        "spec.target.directories",
-                        &target.directories,
+                        field,
+                        target.backup_paths(),
                         "spec.target.volumeMounts",
                         &target.volume_mounts,
                     );
@@ -1041,13 +1057,24 @@ impl Validate for RestoreSession {
         }
         let mut catch_all: Option<usize> = None;
         let mut hosts: BTreeMap<&str, usize> = BTreeMap::new();
-        for (i, rule) in spec.rules.iter().enumerate() {
-            let path = format!("spec.rules[{i}]");
+        let rules_field = spec.rules_field();
+        if let Some(t) = &spec.target
+            && !spec.rules.is_empty()
+            && !t.rules.is_empty()
+            && spec.rules != t.rules
+        {
+            errs.push(
+                "spec.target.rules",
+                "spec.target.rules and spec.rules are two places of one list and say different things: write one of them",
+            );
+        }
+        for (i, rule) in spec.restore_rules().iter().enumerate() {
+            let path = format!("{rules_field}[{i}]");
             if rule.target_hosts.is_empty() {
                 match catch_all {
                     Some(first) => errs.push(
                         format!("{path}.targetHosts"),
-                        format!("at most one rule may leave targetHosts empty, spec.rules[{first}] already does"),
+                        format!("at most one rule may leave targetHosts empty, {rules_field}[{first}] already does"),
                     ),
                     None => catch_all = Some(i),
                 }
@@ -1056,7 +1083,7 @@ impl Validate for RestoreSession {
                 match hosts.get(host.as_str()) {
                     Some(first) if *first != i => errs.push(
                         format!("{path}.targetHosts"),
-                        format!("host {host:?} is already targeted by spec.rules[{first}]"),
+                        format!("host {host:?} is already targeted by {rules_field}[{first}]"),
                     ),
                     Some(_) => errs.push(
                         format!("{path}.targetHosts"),

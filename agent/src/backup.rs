@@ -277,12 +277,12 @@ pub async fn run(
         .spec
         .target
         .as_ref()
-        .map(|t| t.directories.iter().map(|d| normalize(d)).collect())
+        .map(|t| t.backup_paths().iter().map(|d| normalize(d)).collect())
         .unwrap_or_default();
     if directories.is_empty() {
         return Err(failed(
             phase,
-            "BackupConfiguration has no spec.target.directories".into(),
+            "BackupConfiguration has no spec.target.paths (or directories)".into(),
         ));
     }
     let tags = [
@@ -352,8 +352,17 @@ pub async fn run(
             }
         })
         .collect();
+    let exclude: Vec<String> = bc
+        .spec
+        .target
+        .as_ref()
+        .map(|t| t.exclude.clone())
+        .unwrap_or_default();
     for dir in &back_up {
-        let s = match r.backup(std::path::Path::new(dir), host, &tags).await {
+        let s = match r
+            .backup_excluding(std::path::Path::new(dir), host, &tags, &exclude)
+            .await
+        {
             Ok(s) => {
                 outcomes.push(plan::SnapshotOutcome::Complete);
                 s

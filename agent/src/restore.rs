@@ -50,23 +50,15 @@ pub fn host_observation(rs: &RestoreSession, host: &str) -> RestoreHostObservati
 
 /// The plan for `host`, or why there is none (decision 2: a host no rule matches is an error).
 pub fn plan(rs: &RestoreSession, host: &str, default_paths: &[String]) -> Result<Plan, String> {
-    let rules: Vec<machine::Rule> = rs
-        .spec
-        .rules
-        .iter()
-        .map(|r| machine::Rule {
-            target_hosts: r.target_hosts.clone(),
-        })
-        .collect();
-    let rule: &Rule = match machine::resolve_rule(host, &rules) {
-        RuleMatch::Rule(i) => &rs.spec.rules[i],
-        RuleMatch::NoRuleMatched if rs.spec.rules.is_empty() && !default_paths.is_empty() => {
+    let rule: &Rule = match matched_rule(rs, host) {
+        Some(rule) => rule,
+        None if rs.spec.restore_rules().is_empty() && !default_paths.is_empty() => {
             return Ok(Plan::Paths {
                 source_host: host.into(),
                 paths: default_paths.to_vec(),
             });
         }
-        RuleMatch::NoRuleMatched => return Err(format!("no restore rule matches host {host}")),
+        None => return Err(format!("no restore rule matches host {host}")),
     };
     let source_host = rule
         .source_host
@@ -90,6 +82,42 @@ pub fn plan(rs: &RestoreSession, host: &str, default_paths: &[String]) -> Result
         ));
     }
     Ok(Plan::Paths { source_host, paths })
+}
+
+/// The rule of `spec.rules` or `spec.target.rules` (whichever the manifest wrote) that
+/// `host` restores by ([`machine::resolve_rule`]), if any.
+fn matched_rule<'a>(rs: &'a RestoreSession, host: &str) -> Option<&'a Rule> {
+    let rules = rs.spec.restore_rules();
+    let resolvable: Vec<machine::Rule> = rules
+        .iter()
+        .map(|r| machine::Rule {
+            target_hosts: r.target_hosts.clone(),
+        })
+        .collect();
+    match machine::resolve_rule(host, &resolvable) {
+        RuleMatch::Rule(i) => rules.get(i),
+        RuleMatch::NoRuleMatched => None,
+    }
+}
+
+/// Which files of the snapshots `host` restores: its rule's `include` and `exclude` patterns
+/// (restic `--include`/`--exclude`; none: every file).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filters {
+    /// Only these.
+    pub include: Vec<String>,
+    /// All but these.
+    pub exclude: Vec<String>,
+}
+
+/// The [`Filters`] of `host`'s rule.
+pub fn filters(rs: &RestoreSession, host: &str) -> Filters {
+    matched_rule(rs, host)
+        .map(|r| Filters {
+            include: r.include.clone(),
+            exclude: r.exclude.clone(),
+        })
+        .unwrap_or_default()
 }
 
 /// The full ids of the snapshots `names` restores for `source_host` into a target mounting
@@ -141,15 +169,21 @@ pub async fn resolve_id(r: &restic::Repo, name: &str) -> Result<String, String> 
 pub async fn run(
     repo: &Repository,
     plan: &Plan,
+    filters: &Filters,
     settings: &Settings,
     target: &Path,
     mounts: &[String],
 ) -> Result<(), String> {
     let r = crate::backup::open(repo, settings)?;
+    let filtered = |mut opts: restic::RestoreOptions| {
+        opts.includes = filters.include.clone();
+        opts.excludes = filters.exclude.clone();
+        opts
+    };
     match plan {
         Plan::Snapshots { source_host, names } => {
             for id in resolve_snapshots(&r, names, source_host, mounts).await? {
-                let opts = restic::RestoreOptions::new(id.as_str(), target);
+                let opts = filtered(restic::RestoreOptions::new(id.as_str(), target));
                 r.restore(&opts)
                     .await
                     .map_err(|e| format!("restore of snapshot {id}: {e}"))?;
@@ -157,7 +191,7 @@ pub async fn run(
         }
         Plan::Paths { source_host, paths } => {
             for p in paths {
-                let mut opts = restic::RestoreOptions::new("latest", target);
+                let mut opts = filtered(restic::RestoreOptions::new("latest", target));
                 opts.host = Some(source_host.clone());
                 opts.paths = vec![p.clone()];
                 r.restore(&opts)
@@ -208,6 +242,32 @@ mod tests {
                 source_host: "host-5".into(),
                 paths: vec!["/source/data".into()]
             })
+        );
+    }
+
+    #[test]
+    fn the_later_place_of_the_rules_and_their_filters_are_read() {
+        let r: RestoreSession = serde_json::from_value(serde_json::json!({
+            "apiVersion": "stash.appscode.com/v1beta1", "kind": "RestoreSession",
+            "metadata": {"name": "r"},
+            "spec": {"repository": {"name": "repo"},
+                     "target": {"rules": [{"paths": ["/source/data"], "include": ["/source/data/keep*"],
+                                           "exclude": ["*.tmp"]}]}}
+        }))
+        .expect("rs");
+        assert_eq!(
+            plan(&r, "host-0", &[]),
+            Ok(Plan::Paths {
+                source_host: "host-0".into(),
+                paths: vec!["/source/data".into()]
+            })
+        );
+        assert_eq!(
+            filters(&r, "host-0"),
+            Filters {
+                include: vec!["/source/data/keep*".into()],
+                exclude: vec!["*.tmp".into()],
+            }
         );
     }
 

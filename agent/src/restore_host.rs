@@ -175,7 +175,8 @@ pub async fn run_with(client: Client, opts: Options) -> anyhow::Result<()> {
             .iter()
             .map(|m| m.mount_path.clone())
             .collect();
-        restore::run(&repo, &plan, &settings, &opts.target_dir, &mounts).await
+        let filters = restore::filters(&rs, &host);
+        restore::run(&repo, &plan, &filters, &settings, &opts.target_dir, &mounts).await
     }
     .await;
     let took = started.elapsed();

@@ -44,9 +44,17 @@ pub struct BackupTarget {
     /// The target object.
     #[serde(rename = "ref", default, skip_serializing_if = "TargetRef::is_empty")]
     pub target_ref: TargetRef,
-    /// Directories to back up (renamed `paths` in v0.9.0).
+    /// Directories to back up (the mid-2019 spelling; see `paths`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub directories: Vec<String>,
+    /// Paths to back up: the later spelling of `directories` (Stash v0.9.0 on). Both are one
+    /// list to stash-rs (`BackupTarget::backup_paths`); writing both with different values is
+    /// refused at admission.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Patterns of files not to back up (restic `--exclude`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
     /// Volumes of the target to mount into the backup container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volume_mounts: Vec<core::VolumeMount>,
@@ -57,6 +65,18 @@ pub struct BackupTarget {
     /// VolumeSnapshotClass name (VolumeSnapshotter driver only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_class_name: Option<String>,
+}
+
+impl BackupTarget {
+    /// The paths to back up, in whichever spelling the manifest used: `directories` (mid-2019)
+    /// or `paths` (later). Admission refuses a manifest whose two lists differ.
+    pub fn backup_paths(&self) -> &[String] {
+        if self.directories.is_empty() {
+            &self.paths
+        } else {
+            &self.directories
+        }
+    }
 }
 
 /// Where a RestoreSession restores to (`spec.target`).
@@ -78,6 +98,11 @@ pub struct RestoreTarget {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::schema::claim_templates")]
     pub volume_claim_templates: Vec<core::PersistentVolumeClaim>,
+    /// What each host restores: the later place of `spec.rules` (Stash v0.9.0 on). Both are one
+    /// list to stash-rs (`RestoreSessionSpec::restore_rules`); writing both with different
+    /// values is refused at admission.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<crate::restore_session::Rule>,
 }
 
 /// A named parameter (`params[]`).

@@ -72,13 +72,31 @@ impl RestoreSessionSpec {
         self.driver.unwrap_or_default()
     }
 
+    /// The restore rules, wherever the manifest put them: `spec.rules` (mid-2019) or
+    /// `spec.target.rules` (later). Admission refuses a manifest whose two lists differ.
+    pub fn restore_rules(&self) -> &[Rule] {
+        match &self.target {
+            Some(t) if self.rules.is_empty() => &t.rules,
+            _ => &self.rules,
+        }
+    }
+
+    /// Where the rules are, for messages: `spec.rules` or `spec.target.rules`.
+    pub fn rules_field(&self) -> &'static str {
+        match &self.target {
+            Some(t) if self.rules.is_empty() && !t.rules.is_empty() => "spec.target.rules",
+            _ => "spec.rules",
+        }
+    }
+
     /// The rule for `host` (stash-api.md §3.4): the first rule whose `targetHosts` contains it,
     /// otherwise the rule with empty `targetHosts`, otherwise none.
     pub fn rule_for_host(&self, host: &str) -> Option<&Rule> {
-        self.rules
+        let rules = self.restore_rules();
+        rules
             .iter()
             .find(|r| r.target_hosts.iter().any(|h| h == host))
-            .or_else(|| self.rules.iter().find(|r| r.target_hosts.is_empty()))
+            .or_else(|| rules.iter().find(|r| r.target_hosts.is_empty()))
     }
 }
 
@@ -98,6 +116,12 @@ pub struct Rule {
     /// Paths to restore from the latest snapshot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<String>,
+    /// Patterns of the files to restore (restic `--include`; later Stash).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// Patterns of the files not to restore (restic `--exclude`; later Stash).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
 }
 
 /// Status of a RestoreSession.

@@ -105,7 +105,7 @@ impl RestoreSessions {
             node_hosts,
             rules: rs
                 .spec
-                .rules
+                .restore_rules()
                 .iter()
                 .map(|r| machine::Rule {
                     target_hosts: r.target_hosts.clone(),

@@ -234,6 +234,8 @@ pub struct RestoreOptions {
     pub paths: Vec<String>,
     /// `--include`, repeated (restore only these paths of the snapshot).
     pub includes: Vec<String>,
+    /// `--exclude`, repeated (restore all but these patterns).
+    pub excludes: Vec<String>,
     /// `--target` (Stash restores to `/`).
     pub target: PathBuf,
 }
@@ -246,6 +248,7 @@ impl RestoreOptions {
             host: None,
             paths: Vec::new(),
             includes: Vec::new(),
+            excludes: Vec::new(),
             target: target.into(),
         }
     }
@@ -664,7 +667,22 @@ impl Repo {
     /// `backup <path> --host <host> [--tag t]…`: one snapshot of `path`. Files restic cannot
     /// read make it [`Error::Incomplete`] (the snapshot exists without them).
     pub async fn backup(&self, path: &Path, host: &str, tags: &[String]) -> Result<BackupSummary> {
+        self.backup_excluding(path, host, tags, &[]).await
+    }
+
+    /// [`Repo::backup`] leaving out the files that match `exclude` (`--exclude`, repeated).
+    pub async fn backup_excluding(
+        &self,
+        path: &Path,
+        host: &str,
+        tags: &[String],
+        exclude: &[String],
+    ) -> Result<BackupSummary> {
         let mut a = Self::backup_args(host, tags);
+        for e in exclude {
+            a.push("--exclude".into());
+            a.push(e.into());
+        }
         a.push("--".into());
         a.push(path.as_os_str().to_owned());
         let f = self.exec("backup", a, None, None, true).await?;
@@ -834,6 +852,10 @@ impl Repo {
         for i in &opts.includes {
             a.push("--include".into());
             a.push(i.into());
+        }
+        for e in &opts.excludes {
+            a.push("--exclude".into());
+            a.push(e.into());
         }
         a.push("--".into());
         a.push((&opts.snapshot).into());

@@ -277,3 +277,109 @@ async fn a_statefulset_host_restores_another_hosts_data_via_source_host() {
     }
     assert_no_illegal_transitions().await;
 }
+
+/// A 2020–2025 Stash user's manifests (issue 27): the BackupConfiguration names what it backs
+/// up with `target.paths` and leaves out `target.exclude` patterns; the RestoreSession puts its
+/// rules under `spec.target.rules` and restores only what a rule's `include` names. Checked in
+/// restic's own view (the snapshot lists no excluded file) and in the restored bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_later_spelling_backs_up_paths_without_excluded_files_and_restores_included_ones() {
+    let env = env().await;
+    let f = fixture("later-spelling").await;
+    let ns = f.ns.name.clone();
+    let client = env.cp.client();
+    let data = pv_dir(&ns, "source-data").await;
+    for (file, body) in [
+        ("keep/a.txt", "kept and restored"),
+        ("keep/scratch.tmp", "excluded from the backup"),
+        ("other/c.txt", "backed up, not included in the restore"),
+    ] {
+        let path = data.join(file);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+        std::fs::write(&path, body).expect("write");
+    }
+    deployment_with_pvc(&client, &ns, "app", "source-data").await;
+    let mut bc = backup_configuration("Deployment", "app");
+    let target = &mut bc["spec"]["target"];
+    target["paths"] = target["directories"].take();
+    target
+        .as_object_mut()
+        .expect("target")
+        .remove("directories");
+    target["exclude"] = json!(["*.tmp"]);
+    apply(&client, &ns, bc).await;
+    // The API server kept the later fields (no pruning) and the webhook admitted them.
+    let stored = Api::<stash_crds::BackupConfiguration>::namespaced(client.clone(), &ns)
+        .get("app-backup")
+        .await
+        .expect("stored configuration");
+    let t = stored.spec.target.expect("target");
+    assert_eq!(
+        (t.paths.as_slice(), t.exclude.as_slice()),
+        (
+            &["/source/data".to_string()][..],
+            &["*.tmp".to_string()][..]
+        )
+    );
+    wait_sidecar_rolled_out(&ns, Workload::Deployment("app", 1)).await;
+    let snaps = backup(&ns, "app-backup", "later-1").await;
+    let repo = f.repo_dir.to_string_lossy().to_string();
+    let listed = restic(&repo, PASSWORD)
+        .args(["ls", "--json", &snaps["host-0"]])
+        .output()
+        .expect("restic ls");
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let paths: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["path"].as_str().map(String::from))
+        .collect();
+    assert!(
+        paths.contains(&"/source/data/keep/a.txt".to_string()),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"/source/data/other/c.txt".to_string()),
+        "{paths:?}"
+    );
+    assert!(
+        !paths.iter().any(|p| p.ends_with(".tmp")),
+        "an excluded file is in the snapshot: {paths:?}"
+    );
+
+    wipe(&data);
+    apply(
+        &client,
+        &ns,
+        json!({
+            "apiVersion": "stash.appscode.com/v1beta1", "kind": "RestoreSession",
+            "metadata": {"name": "restore-included"},
+            "spec": {"repository": {"name": "repo"},
+                     "target": {"ref": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "app"},
+                                "volumeMounts": [{"name": "data", "mountPath": "/source/data"}],
+                                "rules": [{"paths": ["/source/data"], "include": ["/source/data/keep"]}]}}
+        }),
+    )
+    .await;
+    let rs =
+        wait_restore_terminal(&client, &ns, "restore-included", Duration::from_secs(150)).await;
+    let status = rs.status.clone().expect("status");
+    assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
+    assert_eq!(
+        std::fs::read_to_string(data.join("keep/a.txt")).expect("restored file"),
+        "kept and restored"
+    );
+    assert!(
+        !data.join("other/c.txt").exists(),
+        "a file no rule includes was restored"
+    );
+    assert!(
+        !data.join("keep/scratch.tmp").exists(),
+        "an excluded file came back"
+    );
+    assert_no_illegal_transitions().await;
+}

@@ -830,3 +830,47 @@ proptest::proptest! {
         proptest::prop_assert!(!cj.spec.schedule.contains("TZ="));
     }
 }
+
+#[test]
+fn the_later_spelling_of_paths_and_rules_is_one_list_with_the_earlier() {
+    // `target.paths` (Stash v0.9.0 on) is `target.directories`.
+    let later = with(
+        with(workload_bc(), "/target/directories", Value::Null),
+        "/target/paths",
+        json!(["/source/data"]),
+    );
+    assert_eq!(bc(later.clone()).validate_create(&()), Ok(()));
+    rejected(
+        bc(with(later.clone(), "/target/paths", json!(["data"]))).validate_create(&()),
+        "spec.target.paths[0]: must be an absolute path",
+    );
+    // Both spellings: the same list is accepted, different lists are refused, field named.
+    let both = with(workload_bc(), "/target/paths", json!(["/source/data"]));
+    assert_eq!(bc(both.clone()).validate_create(&()), Ok(()));
+    rejected(
+        bc(with(both, "/target/paths", json!(["/source/other"]))).validate_create(&()),
+        "spec.target.paths: spec.target.paths and spec.target.directories are two spellings of one list and say different things",
+    );
+    // `spec.target.rules` is `spec.rules`; errors name the place the manifest used.
+    let base = json!({"repository": {"name": "r"},
+                      "target": {"ref": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "s"}}});
+    let in_target = |rules: Value| rs(with(base.clone(), "/target/rules", rules));
+    assert_eq!(
+        in_target(json!([{"paths": ["/d"], "include": ["/d/a*"], "exclude": ["*.tmp"]}]))
+            .validate_create(&()),
+        Ok(())
+    );
+    rejected(
+        in_target(json!([{"paths": ["/a"]}, {"paths": ["/b"]}])).validate_create(&()),
+        "spec.target.rules[1].targetHosts: at most one rule may leave targetHosts empty, spec.target.rules[0] already does",
+    );
+    let both = with(
+        with(base.clone(), "/target/rules", json!([{"paths": ["/a"]}])),
+        "/rules",
+        json!([{"paths": ["/b"]}]),
+    );
+    rejected(
+        rs(both).validate_create(&()),
+        "spec.target.rules: spec.target.rules and spec.rules are two places of one list and say different things",
+    );
+}

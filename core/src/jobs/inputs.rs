@@ -80,8 +80,8 @@ pub fn backup(
         if let Some(n) = t.target_ref.name.as_ref().filter(|n| !n.is_empty()) {
             set(&mut i, "TARGET_NAME", n.clone());
         }
-        if !t.directories.is_empty() {
-            set(&mut i, "TARGET_DIRECTORIES", t.directories.join(","));
+        if !t.backup_paths().is_empty() {
+            set(&mut i, "TARGET_DIRECTORIES", t.backup_paths().join(","));
         }
         if let Some(m) = t.volume_mounts.first() {
             set(&mut i, "TARGET_MOUNT_PATH", m.mount_path.clone());
