@@ -250,6 +250,16 @@ fn check_under_mounts(
     }
 }
 
+/// `spec.timeOut`, when set, is a deadline: greater than zero.
+fn check_time_out(errs: &mut FieldErrors, time_out: Option<stash_crds::duration::GoDuration>) {
+    if time_out.is_some_and(|t| t.0.is_zero()) {
+        errs.push(
+            "spec.timeOut",
+            "must be greater than 0 (leave it out for the operator's deadline)",
+        );
+    }
+}
+
 /// A quantity that must parse and, with `positive`, be greater than zero.
 fn check_quantity(errs: &mut FieldErrors, field: &str, q: &str, positive: bool) -> Option<f64> {
     match format::quantity(q.trim()) {
@@ -816,6 +826,7 @@ impl Validate for BackupConfiguration {
         let spec = &self.spec;
         let mut errs = FieldErrors::default();
         check_schedule(&mut errs, &spec.schedule);
+        check_time_out(&mut errs, spec.time_out);
         let restic = spec.driver() == Driver::Restic;
         // VolumeSnapshotter needs no Repository.
         match &spec.repository {
@@ -1022,6 +1033,7 @@ impl Validate for RestoreSession {
     fn validate_create(&self, _: &()) -> Result<(), FieldErrors> {
         let spec = &self.spec;
         let mut errs = FieldErrors::default();
+        check_time_out(&mut errs, spec.time_out);
         let repo = match &spec.repository {
             Some(r) if !r.name.trim().is_empty() => {
                 check_reference(&mut errs, "spec.repository.name", &r.name);

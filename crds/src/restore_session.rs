@@ -64,6 +64,10 @@ pub struct RestoreSessionSpec {
     /// The `tmp-dir` volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temp_dir: Option<EmptyDirSettings>,
+    /// How long the restore may take from its creation (later Stash, e.g. `30m`): it replaces
+    /// the operator's `--session-deadline` for this session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_out: Option<GoDuration>,
 }
 
 impl RestoreSessionSpec {

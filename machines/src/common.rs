@@ -164,6 +164,18 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// This policy for a session whose configuration (or RestoreSession) says `timeOut`: the
+    /// deadline is `time_out` instead of the operator's; absent or zero, the operator's.
+    pub fn with_time_out(self, time_out: Option<Duration>) -> Self {
+        match time_out {
+            Some(t) if !t.is_zero() => Policy {
+                deadline: t,
+                ..self
+            },
+            _ => self,
+        }
+    }
+
     /// The requeue for a session that is still waiting: the next poll or the deadline, whichever
     /// comes first (never zero).
     pub(crate) fn requeue(&self, created_at: u64, now: u64) -> Duration {
@@ -181,6 +193,21 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::entry_failed;
+
+    #[test]
+    fn a_time_out_replaces_the_operators_deadline() {
+        use super::Policy;
+        use std::time::Duration;
+        let operator = Policy::default();
+        let short = operator.with_time_out(Some(Duration::from_secs(90)));
+        assert_eq!(short.deadline, Duration::from_secs(90));
+        assert_eq!(short.poll, operator.poll);
+        assert!(!short.expired(1000, 1089));
+        assert!(short.expired(1000, 1090));
+        assert_eq!(short.requeue(1000, 1080), Duration::from_secs(10));
+        assert_eq!(operator.with_time_out(None), operator);
+        assert_eq!(operator.with_time_out(Some(Duration::ZERO)), operator);
+    }
 
     #[test]
     fn an_entry_with_an_error_is_failed_whatever_its_phase_says() {

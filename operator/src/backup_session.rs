@@ -208,7 +208,10 @@ impl Reconcile<BackupSession> for BackupSessions {
             repository,
             job,
             now: u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0),
-            policy: ctx.policy,
+            // The configuration's `timeOut` is its sessions' deadline.
+            policy: ctx
+                .policy
+                .with_time_out(bc.and_then(|b| b.spec.time_out).map(|t| t.0)),
         };
         let decision = machine::decide(&obs);
         let mut perform = BackupEffects {

@@ -113,7 +113,8 @@ impl RestoreSessions {
                 .collect(),
             job,
             now: u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0),
-            policy: ctx.policy,
+            // The RestoreSession's `timeOut` is its deadline.
+            policy: ctx.policy.with_time_out(rs.spec.time_out.map(|t| t.0)),
         };
         let decision = machine::decide(&obs);
         let mut perform = RestoreEffects {

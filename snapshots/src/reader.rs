@@ -126,7 +126,24 @@ pub async fn snapshots(
     image: &str,
     timeout: Duration,
 ) -> Result<Option<Vec<restic::Snapshot>>, String> {
-    let Some((phase, log)) = run(client, repo, image, LIST, false, timeout).await? else {
+    // Once more with the Repository read again when the reader Pod vanished before it was
+    // read: the garbage collector deletes a Pod whose owner is gone, and the Repository given
+    // may be one deleted and created again under its name (seen in CI:
+    // `a_recreated_repository_answers_with_its_new_backends_snapshots`).
+    let listed = match run(client, repo, image, LIST, false, timeout).await {
+        Err(e) if e.contains(VANISHED) => {
+            let fresh = Api::<Repository>::namespaced(
+                client.clone(),
+                &repo.namespace().unwrap_or_default(),
+            )
+            .get(&repo.name_any())
+            .await
+            .map_err(|e2| format!("{e}; reading the Repository again: {e2}"))?;
+            run(client, &fresh, image, LIST, false, timeout).await
+        }
+        other => other,
+    };
+    let Some((phase, log)) = listed? else {
         return Ok(None);
     };
     parse(&phase, &log).map(Some)
@@ -156,6 +173,7 @@ pub async fn forget(
         FORGET_RETRY_LOCK,
         id,
     ];
+    // Not run once more when its Pod vanished: the forget may have happened.
     let Some((phase, log)) = run(client, repo, image, &args, true, timeout).await? else {
         return Ok(None);
     };
@@ -192,7 +210,7 @@ async fn run(
         return Ok(None);
     };
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    collect_finished(&pods, &repo.name_any()).await;
+    collect_finished(&pods, &repo.name_any(), timeout).await;
     pods.create(&PostParams::default(), &pod)
         .await
         .map_err(|e| format!("creating the reader Pod {name}: {e}"))?;
@@ -204,6 +222,9 @@ async fn run(
     };
     wait_and_read(&pods, &name, timeout).await.map(Some)
 }
+
+/// What [`wait_and_read`] says of a reader Pod that is gone before it was read.
+const VANISHED: &str = "vanished before it was read";
 
 /// Deletes its reader Pod when dropped (from a task of its own: a drop cannot wait).
 struct DeleteOnDrop {
@@ -231,16 +252,22 @@ impl Drop for DeleteOnDrop {
 }
 
 /// Delete the finished reader Pods of `repository` that an earlier call left behind (its
-/// replica stopped before it could delete them).
-async fn collect_finished(pods: &Api<Pod>, repository: &str) {
+/// replica stopped before it could delete them): only those older than a call can last
+/// (`timeout` and a minute), never a Pod another call is about to read (a concurrent read
+/// lost its Pod so).
+async fn collect_finished(pods: &Api<Pod>, repository: &str, timeout: Duration) {
     let lp =
         kube::api::ListParams::default().labels(&format!("{LABEL}={}", label_value(repository)));
     let Ok(list) = pods.list(&lp).await else {
         return;
     };
+    let old_enough = jiff::Timestamp::now()
+        - jiff::SignedDuration::try_from(timeout + Duration::from_secs(60)).unwrap_or_default();
     for p in list.items {
         let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-        if matches!(phase, Some("Succeeded" | "Failed")) {
+        let created = p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        if matches!(phase, Some("Succeeded" | "Failed")) && created.is_some_and(|c| c < old_enough)
+        {
             let _ = pods.delete(&p.name_any(), &DeleteParams::default()).await;
         }
     }
@@ -254,10 +281,12 @@ async fn wait_and_read(
     let deadline = Instant::now() + timeout;
     let mut delay = Duration::from_millis(100);
     let phase = loop {
-        let p = pods
-            .get(name)
-            .await
-            .map_err(|e| format!("reading the reader Pod {name}: {e}"))?;
+        let p = pods.get(name).await.map_err(|e| match e {
+            kube::Error::Api(s) if s.code == 404 => {
+                format!("the reader Pod {name} {VANISHED}")
+            }
+            e => format!("reading the reader Pod {name}: {e}"),
+        })?;
         let phase = p
             .status
             .as_ref()

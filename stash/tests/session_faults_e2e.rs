@@ -576,3 +576,44 @@ async fn a_failed_retention_step_keeps_the_snapshot_and_is_a_condition_and_an_ev
         retention.type_, retention.status, retention.reason
     );
 }
+
+/// A configuration's `timeOut` (later Stash) is its sessions' deadline instead of the
+/// operator's six hours (issue 27): a Deployment scaled to zero never reports, and its session
+/// ends `Failed` once 20 s have passed, naming the deadline; the BackupSession event says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_configurations_time_out_is_its_sessions_deadline() {
+    let env = env().await;
+    let f = fixture_with_password("time-out", PASSWORD).await;
+    let ns = f.ns.name.clone();
+    let client = env.cp.client();
+    sidecar_workload(&client, &ns, "app-data", json!({"timeOut": "20s"})).await;
+    kube::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns)
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 0}})),
+        )
+        .await
+        .expect("scale to zero");
+    let started = Instant::now();
+    create_backup_session(&client, &ns, "app-backup", "nobody-reports").await;
+    let s = wait_session_ends(
+        &client,
+        &ns,
+        "nobody-reports",
+        Phase::Failed,
+        Duration::from_secs(120),
+    )
+    .await;
+    let took = started.elapsed();
+    let reason = s.status.and_then(|st| st.reason).unwrap_or_default();
+    assert!(reason.starts_with("deadline of 20s exceeded: "), "{reason}");
+    assert!(
+        took >= Duration::from_secs(19),
+        "ended after {took:?}, before its timeOut"
+    );
+    println!(
+        "timeOut 20s: the session failed after {:.1}s: {reason}",
+        took.as_secs_f64()
+    );
+}

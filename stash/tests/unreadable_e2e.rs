@@ -134,7 +134,15 @@ async fn a_file_the_agent_cannot_read_fails_the_session_names_it_and_the_snapsho
         .iter()
         .filter_map(|t| t.as_str())
         .collect();
-    assert_eq!(tags, ["stash-session=incomplete", "partial"], "{snaps:?}");
+    let uid_tag = format!(
+        "stash-session-uid={}",
+        s.metadata.uid.as_deref().expect("session uid")
+    );
+    assert_eq!(
+        tags,
+        ["stash-session=incomplete", uid_tag.as_str(), "partial"],
+        "{snaps:?}"
+    );
     let files: std::collections::BTreeSet<String> = restic_ls_of(restic(&repo, PASSWORD), &short)
         .iter()
         .filter(|v| v["type"] == "file")

@@ -874,3 +874,20 @@ fn the_later_spelling_of_paths_and_rules_is_one_list_with_the_earlier() {
         "spec.target.rules: spec.target.rules and spec.rules are two places of one list and say different things",
     );
 }
+
+#[test]
+fn a_time_out_is_a_positive_deadline() {
+    let base = with(workload_bc(), "/timeOut", json!("2h"));
+    assert_eq!(bc(base.clone()).validate_create(&()), Ok(()));
+    rejected(
+        bc(with(base, "/timeOut", json!("0s"))).validate_create(&()),
+        "spec.timeOut: must be greater than 0",
+    );
+    let restore = json!({"repository": {"name": "r"}, "timeOut": "0s",
+                         "target": {"ref": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "s"}},
+                         "rules": [{"paths": ["/d"]}]});
+    rejected(
+        rs(restore).validate_create(&()),
+        "spec.timeOut: must be greater than 0",
+    );
+}
