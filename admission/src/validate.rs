@@ -250,13 +250,15 @@ fn check_under_mounts(
     }
 }
 
-/// `spec.timeOut`, when set, is a deadline: greater than zero.
-fn check_time_out(errs: &mut FieldErrors, time_out: Option<stash_crds::duration::GoDuration>) {
-    if time_out.is_some_and(|t| t.0.is_zero()) {
-        errs.push(
+/// `spec.timeOut`, when set, is a deadline: a Go duration greater than zero.
+fn check_time_out(errs: &mut FieldErrors, time_out: Option<&str>) {
+    match stash_crds::duration::time_out(time_out) {
+        Err(e) => errs.push("spec.timeOut", e.to_string()),
+        Ok(Some(t)) if t.is_zero() => errs.push(
             "spec.timeOut",
             "must be greater than 0 (leave it out for the operator's deadline)",
-        );
+        ),
+        Ok(_) => {}
     }
 }
 
@@ -826,7 +828,7 @@ impl Validate for BackupConfiguration {
         let spec = &self.spec;
         let mut errs = FieldErrors::default();
         check_schedule(&mut errs, &spec.schedule);
-        check_time_out(&mut errs, spec.time_out);
+        check_time_out(&mut errs, spec.time_out.as_deref());
         let restic = spec.driver() == Driver::Restic;
         // VolumeSnapshotter needs no Repository.
         match &spec.repository {
@@ -1033,7 +1035,7 @@ impl Validate for RestoreSession {
     fn validate_create(&self, _: &()) -> Result<(), FieldErrors> {
         let spec = &self.spec;
         let mut errs = FieldErrors::default();
-        check_time_out(&mut errs, spec.time_out);
+        check_time_out(&mut errs, spec.time_out.as_deref());
         let repo = match &spec.repository {
             Some(r) if !r.name.trim().is_empty() => {
                 check_reference(&mut errs, "spec.repository.name", &r.name);
@@ -1278,6 +1280,7 @@ impl Validate for BackupConfigurationTemplate {
         check_backend(&mut errs, "spec.backend", &spec.repository.backend);
         check_wipe_out(&mut errs, &spec.repository);
         check_schedule(&mut errs, &spec.schedule);
+        check_time_out(&mut errs, spec.time_out.as_deref());
         check_task_ref(&mut errs, "spec.task", &spec.task);
         check_retention(&mut errs, &spec.retention_policy);
         check_runtime_settings(&mut errs, "spec.runtimeSettings", &spec.runtime_settings);

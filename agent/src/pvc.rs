@@ -159,6 +159,9 @@ pub struct BackupOptions {
     /// The directories to back up, comma-separated (one snapshot each).
     #[arg(long, required = true)]
     pub backup_dirs: String,
+    /// Patterns of files not to back up, comma-separated (restic `--exclude`).
+    #[arg(long, default_value = "")]
+    pub exclude: String,
     /// Retention policy.
     #[command(flatten)]
     pub retention: RetentionArgs,
@@ -340,7 +343,10 @@ pub async fn backup(opts: BackupOptions) -> anyhow::Result<()> {
             if !std::path::Path::new(d).is_dir() {
                 return Err(format!("backup of {d}: no such directory"));
             }
-            match r.backup(std::path::Path::new(d), &host, &[]).await {
+            match r
+                .backup_excluding(std::path::Path::new(d), &host, &[], &split(&opts.exclude))
+                .await
+            {
                 Ok(s) => {
                     snaps.push(snapshot_stats(d, &s));
                     outcomes.push(SnapshotOutcome::Complete);
@@ -399,11 +405,22 @@ pub struct RestoreOptions {
     /// only when every path it holds lies under one of them.
     #[arg(long, default_value = "")]
     pub target_mounts: String,
+    /// Patterns of the files to restore, comma-separated (restic `--include`).
+    #[arg(long, default_value = "")]
+    pub include: String,
+    /// Patterns of the files not to restore, comma-separated (restic `--exclude`).
+    #[arg(long, default_value = "")]
+    pub exclude: String,
 }
 
 /// `restore-pvc`.
 pub async fn restore(opts: RestoreOptions) -> anyhow::Result<()> {
     let started = Instant::now();
+    let filtered = |mut o: restic::RestoreOptions| {
+        o.includes = split(&opts.include);
+        o.excludes = split(&opts.exclude);
+        o
+    };
     let result = async {
         let r = opts.repo.open()?;
         let snapshots = split(&opts.snapshots);
@@ -413,7 +430,7 @@ pub async fn restore(opts: RestoreOptions) -> anyhow::Result<()> {
                 crate::restore::resolve_snapshots(&r, &snapshots, &opts.repo.hostname, &mounts)
                     .await?;
             for id in ids {
-                let o = restic::RestoreOptions::new(id.as_str(), &opts.target_dir);
+                let o = filtered(restic::RestoreOptions::new(id.as_str(), &opts.target_dir));
                 r.restore(&o)
                     .await
                     .map_err(|e| format!("restore of snapshot {id}: {e}"))?;
@@ -427,7 +444,7 @@ pub async fn restore(opts: RestoreOptions) -> anyhow::Result<()> {
             );
         }
         for d in &dirs {
-            let mut o = restic::RestoreOptions::new("latest", &opts.target_dir);
+            let mut o = filtered(restic::RestoreOptions::new("latest", &opts.target_dir));
             o.host = Some(opts.repo.hostname.clone());
             o.paths = vec![d.clone()];
             r.restore(&o)
@@ -494,6 +511,7 @@ mod tests {
         let p = o.retention.policy();
         assert_eq!((p.keep_last, p.prune), (5, true));
         assert_eq!(split(&o.backup_dirs), ["/a", "/b"]);
+        assert_eq!(split(&o.exclude), Vec::<String>::new());
         let f = &stash_core::jobs::builtin::functions("img")[2];
         let mut inputs = inputs;
         inputs.insert("RESTORE_DIRECTORIES".into(), "/a".into());

@@ -1,7 +1,6 @@
 //! BackupConfiguration (stash.appscode.com/v1beta1; stash-api.md §3.2).
 
 use crate::common::{BackupTarget, Driver, EmptyDirSettings, RetentionPolicy, TaskRef};
-use crate::duration::GoDuration;
 use crate::runtime::RuntimeSettings;
 use k8s_openapi::api::core::v1::LocalObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -78,7 +77,7 @@ pub struct BackupConfigurationSpec {
     /// How long each of its sessions may take from its creation (later Stash, e.g. `2h`): it
     /// replaces the operator's `--session-deadline` for this configuration's sessions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time_out: Option<GoDuration>,
+    pub time_out: Option<String>,
 }
 
 /// Written by the operator alone (field manager `stash-operator`, server-side apply).

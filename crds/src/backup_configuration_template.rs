@@ -52,4 +52,13 @@ pub struct BackupConfigurationTemplateSpec {
     /// The `tmp-dir` volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temp_dir: Option<EmptyDirSettings>,
+    /// How many finished BackupSessions each generated configuration keeps (later Stash's
+    /// BackupBlueprint field; copied into the BackupConfiguration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub backup_history_limit: Option<i32>,
+    /// The deadline of each generated configuration's sessions (later Stash's BackupBlueprint
+    /// field; copied into the BackupConfiguration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_out: Option<String>,
 }

@@ -38,6 +38,17 @@ impl From<GoDuration> for Duration {
     }
 }
 
+/// A `timeOut` as a manifest writes it (`2h`, `30m`): a string to the CRD and the types, so an
+/// object with a bad one stays readable (a typed field would make every watch of its kind fail
+/// on it); admission refuses one that does not parse, and one that got in anyway counts as
+/// absent. `Ok(None)`: not set.
+pub fn time_out(written: Option<&str>) -> Result<Option<Duration>, ParseDurationError> {
+    match written {
+        None => Ok(None),
+        Some(s) => s.parse::<GoDuration>().map(|d| Some(d.0)),
+    }
+}
+
 impl FromStr for GoDuration {
     type Err = ParseDurationError;
 

@@ -67,7 +67,7 @@ pub struct RestoreSessionSpec {
     /// How long the restore may take from its creation (later Stash, e.g. `30m`): it replaces
     /// the operator's `--session-deadline` for this session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time_out: Option<GoDuration>,
+    pub time_out: Option<String>,
 }
 
 impl RestoreSessionSpec {

@@ -1615,3 +1615,72 @@ pub async fn event_times(
     assert!(!out.is_empty(), "no {reason} event about {name} in {ns}");
     out
 }
+
+/// BackupConfiguration manifest `bc` as a later Stash user writes it: `target.paths` instead
+/// of `target.directories`, and `target.exclude: ["*.tmp"]`.
+pub fn in_later_spelling_excluding_tmp(bc: &mut serde_json::Value) {
+    let target = &mut bc["spec"]["target"];
+    target["paths"] = target["directories"].take();
+    if let Some(t) = target.as_object_mut() {
+        t.remove("directories");
+    }
+    target["exclude"] = serde_json::json!(["*.tmp"]);
+}
+
+/// The files of the include/exclude tests (later Stash's `target.exclude` and
+/// `rules[].include`): one kept and restored, one excluded from the backup, one backed up
+/// but not included in the restore. Written as a user writes them (this process, root).
+pub fn write_filter_files(dir: &Path) {
+    for (file, body) in [
+        ("keep/a.txt", "kept and restored"),
+        ("keep/scratch.tmp", "excluded from the backup"),
+        ("other/c.txt", "backed up, not included in the restore"),
+    ] {
+        let path = dir.join(file);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+        std::fs::write(&path, body).expect("write");
+    }
+}
+
+/// restic's own view of `snapshot` of [`write_filter_files`]' directory `/source/data`
+/// backed up with `exclude: ["*.tmp"]`: both other files, no `.tmp`.
+pub fn assert_snapshot_excludes_tmp(repo: &str, password: &str, snapshot: &str) {
+    let listed = restic(repo, password)
+        .args(["ls", "--json", snapshot])
+        .output()
+        .expect("restic ls");
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let paths: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["path"].as_str().map(String::from))
+        .collect();
+    for want in ["/source/data/keep/a.txt", "/source/data/other/c.txt"] {
+        assert!(paths.iter().any(|p| p == want), "{want} not in {paths:?}");
+    }
+    assert!(
+        !paths.iter().any(|p| p.ends_with(".tmp")),
+        "an excluded file is in the snapshot: {paths:?}"
+    );
+}
+
+/// `dir` after a restore of that snapshot with `include: ["/source/data/keep"]`: the included
+/// file's bytes, nothing else.
+pub fn assert_restored_only_included(dir: &Path) {
+    assert_eq!(
+        std::fs::read_to_string(dir.join("keep/a.txt")).expect("restored file"),
+        "kept and restored"
+    );
+    assert!(
+        !dir.join("other/c.txt").exists(),
+        "a file no rule includes was restored"
+    );
+    assert!(
+        !dir.join("keep/scratch.tmp").exists(),
+        "an excluded file came back"
+    );
+}

@@ -209,9 +209,12 @@ impl Reconcile<BackupSession> for BackupSessions {
             job,
             now: u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0),
             // The configuration's `timeOut` is its sessions' deadline.
-            policy: ctx
-                .policy
-                .with_time_out(bc.and_then(|b| b.spec.time_out).map(|t| t.0)),
+            // (One that does not parse, which admission refuses, counts as absent.)
+            policy: ctx.policy.with_time_out(
+                stash_crds::duration::time_out(bc.and_then(|b| b.spec.time_out.as_deref()))
+                    .ok()
+                    .flatten(),
+            ),
         };
         let decision = machine::decide(&obs);
         let mut perform = BackupEffects {

@@ -190,6 +190,8 @@ pub fn desired(
             retention_policy: spec.retention_policy.clone(),
             runtime_settings: spec.runtime_settings.clone(),
             temp_dir: spec.temp_dir.clone(),
+            backup_history_limit: spec.backup_history_limit,
+            time_out: spec.time_out.clone(),
             ..Default::default()
         },
         status: None,
@@ -429,6 +431,27 @@ mod tests {
             bc.metadata.owner_references.expect("owner")[0].kind,
             "Deployment"
         );
+    }
+
+    #[test]
+    fn a_templates_history_limit_and_time_out_go_into_its_configurations() {
+        let template: BackupConfigurationTemplate = serde_json::from_value(serde_json::json!({
+            "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfigurationTemplate",
+            "metadata": {"name": "t"},
+            "spec": {"backend": {"local": {"mountPath": "/safe/data", "hostPath": {"path": "/data"}},
+                                 "storageSecretName": "s"},
+                     "schedule": "*/5 * * * *", "backupHistoryLimit": 2, "timeOut": "30m"}
+        }))
+        .expect("template");
+        let t = target(&[
+            (consts::BACKUP_TEMPLATE_ANNOTATION, "t"),
+            (consts::TARGET_DIRECTORIES_ANNOTATION, "/source/data"),
+            (consts::VOLUME_MOUNTS_ANNOTATION, "data:/source/data"),
+        ]);
+        let req = request(&t).expect("valid").expect("asked for");
+        let (_, bc) = desired(&template, &t, &req).expect("desired");
+        assert_eq!(bc.spec.backup_history_limit, Some(2));
+        assert_eq!(bc.spec.time_out.as_deref(), Some("30m"));
     }
 
     #[test]

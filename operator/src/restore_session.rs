@@ -114,7 +114,11 @@ impl RestoreSessions {
             job,
             now: u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0),
             // The RestoreSession's `timeOut` is its deadline.
-            policy: ctx.policy.with_time_out(rs.spec.time_out.map(|t| t.0)),
+            policy: ctx.policy.with_time_out(
+                stash_crds::duration::time_out(rs.spec.time_out.as_deref())
+                    .ok()
+                    .flatten(),
+            ),
         };
         let decision = machine::decide(&obs);
         let mut perform = RestoreEffects {

@@ -159,6 +159,44 @@ async fn a_pvc_is_backed_up_and_restored_into_a_new_pvc_through_jobs() {
     assert_no_illegal_transitions().await;
 }
 
+/// The job model reads the later spelling too (issue 27): a PVC backed up through the
+/// `pvc-backup` Task with `target.paths` and `target.exclude`, restored into a new PVC through
+/// `pvc-restore` with its rule under `spec.target.rules` and an `include`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pvc_backed_up_with_exclude_is_restored_with_include_through_jobs() {
+    let env = env().await;
+    let client = env.cp.client();
+    let f = fixture("jobs-later").await;
+    let ns = f.ns.name.clone();
+    let source = pv_dir(&ns, "source-data").await;
+    write_filter_files(&source);
+    pvc(&ns, "source-data").await;
+    let mut bc = pvc_backup_configuration("later", "source-data", json!({}));
+    in_later_spelling_excluding_tmp(&mut bc);
+    apply(&client, &ns, bc).await;
+    create_backup_session(&client, &ns, "later", "later-1").await;
+    let s = ends(&ns, "later-1", Phase::Succeeded).await;
+    let short = s.status.expect("status").stats[0].snapshots[0]
+        .name
+        .clone()
+        .expect("snapshot");
+    assert_snapshot_excludes_tmp(&f.repo_dir.to_string_lossy(), PASSWORD, &short);
+
+    let restored_dir = pv_dir(&ns, "restored-data").await;
+    pvc(&ns, "restored-data").await;
+    apply(&client, &ns, json!({
+        "apiVersion": "stash.appscode.com/v1beta1", "kind": "RestoreSession", "metadata": {"name": "restore-included"},
+        "spec": {"repository": {"name": "repo"}, "task": {"name": "pvc-restore"},
+                 "target": {"ref": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": "restored-data"},
+                            "volumeMounts": [{"name": "target-volume", "mountPath": "/source/data"}],
+                            "rules": [{"paths": ["/source/data"], "include": ["/source/data/keep"]}]}}
+    }))
+    .await;
+    ends(&ns, "restore-included", RestorePhase::Succeeded).await;
+    assert_restored_only_included(&restored_dir);
+    assert_no_illegal_transitions().await;
+}
+
 /// A backup Job whose `forget` fails after its snapshot (the older snapshot's file made
 /// immutable) keeps the snapshot and Succeeds: the failure is the host's condition and a
 /// Warning, as for the sidecar (issue 25: it used to fail the host).

@@ -289,24 +289,10 @@ async fn the_later_spelling_backs_up_paths_without_excluded_files_and_restores_i
     let ns = f.ns.name.clone();
     let client = env.cp.client();
     let data = pv_dir(&ns, "source-data").await;
-    for (file, body) in [
-        ("keep/a.txt", "kept and restored"),
-        ("keep/scratch.tmp", "excluded from the backup"),
-        ("other/c.txt", "backed up, not included in the restore"),
-    ] {
-        let path = data.join(file);
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
-        std::fs::write(&path, body).expect("write");
-    }
+    write_filter_files(&data);
     deployment_with_pvc(&client, &ns, "app", "source-data").await;
     let mut bc = backup_configuration("Deployment", "app");
-    let target = &mut bc["spec"]["target"];
-    target["paths"] = target["directories"].take();
-    target
-        .as_object_mut()
-        .expect("target")
-        .remove("directories");
-    target["exclude"] = json!(["*.tmp"]);
+    in_later_spelling_excluding_tmp(&mut bc);
     apply(&client, &ns, bc).await;
     // The API server kept the later fields (no pruning) and the webhook admitted them.
     let stored = Api::<stash_crds::BackupConfiguration>::namespaced(client.clone(), &ns)
@@ -323,33 +309,7 @@ async fn the_later_spelling_backs_up_paths_without_excluded_files_and_restores_i
     );
     wait_sidecar_rolled_out(&ns, Workload::Deployment("app", 1)).await;
     let snaps = backup(&ns, "app-backup", "later-1").await;
-    let repo = f.repo_dir.to_string_lossy().to_string();
-    let listed = restic(&repo, PASSWORD)
-        .args(["ls", "--json", &snaps["host-0"]])
-        .output()
-        .expect("restic ls");
-    assert!(
-        listed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&listed.stderr)
-    );
-    let paths: Vec<String> = String::from_utf8_lossy(&listed.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["path"].as_str().map(String::from))
-        .collect();
-    assert!(
-        paths.contains(&"/source/data/keep/a.txt".to_string()),
-        "{paths:?}"
-    );
-    assert!(
-        paths.contains(&"/source/data/other/c.txt".to_string()),
-        "{paths:?}"
-    );
-    assert!(
-        !paths.iter().any(|p| p.ends_with(".tmp")),
-        "an excluded file is in the snapshot: {paths:?}"
-    );
+    assert_snapshot_excludes_tmp(&f.repo_dir.to_string_lossy(), PASSWORD, &snaps["host-0"]);
 
     wipe(&data);
     apply(
@@ -369,17 +329,6 @@ async fn the_later_spelling_backs_up_paths_without_excluded_files_and_restores_i
         wait_restore_terminal(&client, &ns, "restore-included", Duration::from_secs(150)).await;
     let status = rs.status.clone().expect("status");
     assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
-    assert_eq!(
-        std::fs::read_to_string(data.join("keep/a.txt")).expect("restored file"),
-        "kept and restored"
-    );
-    assert!(
-        !data.join("other/c.txt").exists(),
-        "a file no rule includes was restored"
-    );
-    assert!(
-        !data.join("keep/scratch.tmp").exists(),
-        "an excluded file came back"
-    );
+    assert_restored_only_included(&data);
     assert_no_illegal_transitions().await;
 }

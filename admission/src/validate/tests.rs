@@ -880,8 +880,12 @@ fn a_time_out_is_a_positive_deadline() {
     let base = with(workload_bc(), "/timeOut", json!("2h"));
     assert_eq!(bc(base.clone()).validate_create(&()), Ok(()));
     rejected(
-        bc(with(base, "/timeOut", json!("0s"))).validate_create(&()),
+        bc(with(base.clone(), "/timeOut", json!("0s"))).validate_create(&()),
         "spec.timeOut: must be greater than 0",
+    );
+    rejected(
+        bc(with(base, "/timeOut", json!("two hours"))).validate_create(&()),
+        "spec.timeOut: invalid Go duration \"two hours\"",
     );
     let restore = json!({"repository": {"name": "r"}, "timeOut": "0s",
                          "target": {"ref": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "s"}},

@@ -156,6 +156,7 @@ pub fn functions(image: &str) -> Vec<Function> {
                 &[
                     "--hostname=${HOSTNAME:=}",
                     "--backup-dirs=${TARGET_DIRECTORIES}",
+                    "--exclude=${EXCLUDE_PATTERNS:=}",
                 ],
                 RETENTION,
                 OUTPUT,
@@ -176,6 +177,8 @@ pub fn functions(image: &str) -> Vec<Function> {
                     "--restore-dirs=${RESTORE_DIRECTORIES}",
                     "--snapshots=${RESTORE_SNAPSHOTS:=}",
                     "--target-mounts=${TARGET_MOUNT_PATH:=}",
+                    "--include=${INCLUDE_PATTERNS:=}",
+                    "--exclude=${EXCLUDE_PATTERNS:=}",
                 ],
                 OUTPUT,
             ]),

@@ -83,6 +83,10 @@ pub fn backup(
         if !t.backup_paths().is_empty() {
             set(&mut i, "TARGET_DIRECTORIES", t.backup_paths().join(","));
         }
+        // Stash's variable for `target.exclude`, comma-separated.
+        if !t.exclude.is_empty() {
+            set(&mut i, "EXCLUDE_PATTERNS", t.exclude.join(","));
+        }
         if let Some(m) = t.volume_mounts.first() {
             set(&mut i, "TARGET_MOUNT_PATH", m.mount_path.clone());
         }
@@ -149,6 +153,9 @@ pub fn restore(
     set(&mut i, "HOSTNAME", source);
     set(&mut i, "RESTORE_DIRECTORIES", rule.paths.join(","));
     set(&mut i, "RESTORE_SNAPSHOTS", rule.snapshots.join(","));
+    // Stash's variables for the rule's `include` and `exclude`, comma-separated.
+    set(&mut i, "INCLUDE_PATTERNS", rule.include.join(","));
+    set(&mut i, "EXCLUDE_PATTERNS", rule.exclude.join(","));
     set(
         &mut i,
         "TARGET_APP_REPLICAS",
