@@ -252,6 +252,44 @@ mod host_write_tests {
     }
 }
 
+/// A Warning (`HostBackupFollowUpFailed`) per follow-up step that failed after the snapshot:
+/// the sidecar's and the backup Job's (`update-status`) alike.
+pub async fn publish_follow_up_failures(
+    events: &stash_runtime::events::Events,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    warnings: &[String],
+) {
+    for w in warnings {
+        events
+            .publish(
+                reference,
+                stash_runtime::events::Severity::Warning,
+                "HostBackupFollowUpFailed",
+                w.clone(),
+            )
+            .await;
+    }
+}
+
+/// A Warning (`StaleLockRemoved`) per stale restic lock removed on the way (its host, pid and
+/// age): the sidecar's and the backup Job's alike.
+pub async fn publish_removed_locks(
+    events: &stash_runtime::events::Events,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    locks: &[String],
+) {
+    for lock in locks {
+        events
+            .publish(
+                reference,
+                stash_runtime::events::Severity::Warning,
+                "StaleLockRemoved",
+                format!("removed a stale restic lock of the repository: {lock}"),
+            )
+            .await;
+    }
+}
+
 #[cfg(test)]
 mod figures_tests {
     use super::*;

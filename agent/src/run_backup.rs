@@ -310,15 +310,8 @@ async fn backup_one(
             let o = backup::follow_up(s, bc, checked).await;
             for w in &o.warnings {
                 tracing::warn!(warning = %w, "backup succeeded with a failed follow-up step");
-                events
-                    .publish(
-                        &reference,
-                        Severity::Warning,
-                        "HostBackupFollowUpFailed",
-                        w.clone(),
-                    )
-                    .await;
             }
+            super::report::publish_follow_up_failures(events, &reference, &o.warnings).await;
             // The host's entry carries what the follow-up steps came to: the same entry
             // again, with its conditions (the host owns it; `Reported` stays `Reported`).
             let mut entry = entry.clone();
@@ -360,16 +353,8 @@ async fn backup_one(
         }
     };
     // The stale locks restic proved and this agent removed on the way (docs/sessions.md).
-    for lock in stash_restic::take_removed_locks() {
-        events
-            .publish(
-                &reference,
-                Severity::Warning,
-                "StaleLockRemoved",
-                format!("removed a stale restic lock of the repository: {lock}"),
-            )
-            .await;
-    }
+    super::report::publish_removed_locks(events, &reference, &stash_restic::take_removed_locks())
+        .await;
     checked
 }
 

@@ -117,7 +117,8 @@ pub async fn run_with(
                 }
             }
         }
-        publish_notes(&events, &reference, output).await;
+        report::publish_follow_up_failures(&events, &reference, &output.warnings).await;
+        report::publish_removed_locks(&events, &reference, &output.removed_locks).await;
         if entries.is_empty() {
             errors.push("output.json has no backup entry".into());
         }
@@ -197,7 +198,8 @@ pub async fn run_with(
                 }
             }
         }
-        publish_notes(&events, &reference, output).await;
+        report::publish_follow_up_failures(&events, &reference, &output.warnings).await;
+        report::publish_removed_locks(&events, &reference, &output.removed_locks).await;
         if entries.is_empty() {
             errors.push("output.json has no restore entry".into());
         }
@@ -208,34 +210,4 @@ pub async fn run_with(
         anyhow::bail!("{}", errors.join("; "));
     }
     Ok(())
-}
-
-/// The Warnings the step left besides the hosts' outcomes, as the sidecar publishes them: a
-/// follow-up step that failed after the snapshot (`HostBackupFollowUpFailed`), a stale lock
-/// removed on the way (`StaleLockRemoved`).
-async fn publish_notes(
-    events: &Events,
-    reference: &k8s_openapi::api::core::v1::ObjectReference,
-    output: &Output,
-) {
-    for w in &output.warnings {
-        events
-            .publish(
-                reference,
-                Severity::Warning,
-                "HostBackupFollowUpFailed",
-                w.clone(),
-            )
-            .await;
-    }
-    for lock in &output.removed_locks {
-        events
-            .publish(
-                reference,
-                Severity::Warning,
-                "StaleLockRemoved",
-                format!("removed a stale restic lock of the repository: {lock}"),
-            )
-            .await;
-    }
 }
