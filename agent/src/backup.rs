@@ -9,7 +9,7 @@ use stash_machines::backup_host::{Phase as HostPhase, Session as HostSession};
 use stash_restic as restic;
 
 /// Where the agent finds its secret and scratch space.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Settings {
     /// The storage Secret, mounted as files.
     pub secret_dir: PathBuf,
@@ -19,6 +19,21 @@ pub struct Settings {
     pub enable_cache: bool,
     /// Backend connections (gcs, azure, b2).
     pub max_connections: i32,
+    /// Where the locks of other hosts in a command's way are reported (the session's
+    /// `status.blockingLocks`, [`crate::report::lock_reporter`]); `None`: not reported.
+    pub lock_reporter: Option<restic::LockReporter>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("secret_dir", &self.secret_dir)
+            .field("scratch_dir", &self.scratch_dir)
+            .field("enable_cache", &self.enable_cache)
+            .field("max_connections", &self.max_connections)
+            .field("lock_reporter", &self.lock_reporter.is_some())
+            .finish()
+    }
 }
 
 /// What one directory's backup produced.
@@ -71,13 +86,17 @@ pub fn open(repo: &Repository, settings: &Settings) -> Result<restic::Repo, Stri
     let location = location(repo)?;
     let credentials =
         restic::Credentials::from_secret_dir(&settings.secret_dir).map_err(|e| e.to_string())?;
-    restic::Repo::builder(location, credentials)
+    let mut r = restic::Repo::builder(location, credentials)
         .scratch_dir(settings.scratch_dir.clone())
         .cache(settings.enable_cache)
         .niceness_from_env()
         .backend_retry_budget(Some(retry_budget_from_env()))
         .build()
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    if let Some(reporter) = &settings.lock_reporter {
+        r.set_lock_reporter(reporter.clone());
+    }
+    Ok(r)
 }
 
 /// The environment variable that bounds how long restic may keep retrying an unreachable or

@@ -20,4 +20,5 @@ pub mod restore_host;
 pub mod run_backup;
 #[cfg(test)]
 mod scripted_tests;
+pub mod unlock;
 pub mod update_status;

@@ -32,12 +32,25 @@ enum Command {
     BackupPg(agent::postgres::BackupOptions),
     /// Restore a PostgreSQL database: restic dump streamed into psql.
     RestorePg(agent::postgres::RestoreOptions),
+    /// Remove a dead agent's restic locks, under its hostname (the operator's unlock Pod).
+    UnlockDead(agent::unlock::Options),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Command::UnlockDead(o) = &cli.command {
+        // Before any thread: the runtime's threads take pids too.
+        agent::unlock::advance_pids(o.above_pid);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     stash_runtime::init_process();
-    let agent = match Cli::parse().command {
+    let agent = match cli.command {
         Command::CreateBackupsession(opts) => agent::create_backupsession::run(opts).boxed(),
         Command::RunBackup(opts) => agent::run_backup::run(opts).boxed(),
         Command::Restore(opts) => agent::restore_host::run(opts).boxed(),
@@ -46,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
         Command::UpdateStatus(opts) => agent::update_status::run(opts).boxed(),
         Command::BackupPg(opts) => agent::postgres::backup(opts).boxed(),
         Command::RestorePg(opts) => agent::postgres::restore(opts).boxed(),
+        Command::UnlockDead(opts) => agent::unlock::run(opts).boxed(),
     };
     until_stopped(agent).await
 }

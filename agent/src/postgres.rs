@@ -225,7 +225,10 @@ pub async fn backup(opts: BackupOptions) -> anyhow::Result<()> {
         let conn = connection(&client, &opts.namespace, &opts.app_binding).await?;
         let scratch = opts.repo.scratch_dir.join("pg");
         let passfile = pgpass(&scratch, &conn.password).map_err(|e| format!("write .pgpass: {e}"))?;
-        let r = opts.repo.open()?;
+        let mut r = opts.repo.open()?;
+        if let Some(reporter) = crate::report::job_lock_reporter(&host).await {
+            r.set_lock_reporter(reporter);
+        }
         r.ensure_initialized().await.map_err(|e| e.to_string())?;
         let mut cmd: Vec<String> = vec![
             "pg_dump".into(),

@@ -334,7 +334,10 @@ pub async fn backup(opts: BackupOptions) -> anyhow::Result<()> {
         if dirs.is_empty() {
             return Err("--backup-dirs names no directory".to_string());
         }
-        let r = opts.repo.open()?;
+        let mut r = opts.repo.open()?;
+        if let Some(reporter) = crate::report::job_lock_reporter(&host).await {
+            r.set_lock_reporter(reporter);
+        }
         r.ensure_initialized().await.map_err(|e| e.to_string())?;
         let mut snaps = Vec::new();
         let mut outcomes = Vec::new();

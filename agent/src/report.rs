@@ -131,6 +131,77 @@ where
         .map(|_| ())
 }
 
+/// The field manager of host `hostname`'s lock reports (`status.blockingLocks`): not the
+/// entry's own, so that neither apply drops the other's fields.
+pub fn lock_manager(hostname: &str) -> String {
+    format!("stash-host-{hostname}-locks")
+}
+
+/// A reporter ([`stash_restic::LockReporter`]) of the locks that stand in host `host`'s way, on
+/// session `name` of `api` (`status.blockingLocks`, a list-map keyed by `id`): every lock it was
+/// told of since it was made, by server-side apply as [`lock_manager`], once (a failed write is
+/// logged: the command still waits for the lock, and restic's refusal names its holder).
+pub fn lock_reporter<K>(api: Api<K>, name: String, host: String) -> stash_restic::LockReporter
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<std::collections::BTreeMap<String, stash_crds::common::BlockingLock>>> =
+        Arc::default();
+    Arc::new(move |locks: Vec<stash_restic::LockInfo>| {
+        let entries = {
+            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            for l in locks {
+                seen.insert(
+                    l.id.clone(),
+                    stash_crds::common::BlockingLock {
+                        id: l.id,
+                        hostname: Some(l.hostname),
+                        pid: Some(l.pid),
+                        exclusive: Some(l.exclusive),
+                        time: Some(l.time.to_string()),
+                    },
+                );
+            }
+            seen.values().cloned().collect::<Vec<_>>()
+        };
+        let (api, name, host) = (api.clone(), name.clone(), host.clone());
+        Box::pin(async move {
+            let patch = serde_json::json!({
+                "apiVersion": K::api_version(&()),
+                "kind": K::kind(&()),
+                "metadata": { "name": name },
+                "status": { "blockingLocks": entries },
+            });
+            let params = PatchParams::apply(&lock_manager(&host)).force();
+            if let Err(e) = api
+                .patch_status(&name, &params, &Patch::Apply(&patch))
+                .await
+            {
+                tracing::warn!(session = %name, error = %e, "could not report the locks in this host's way");
+            }
+        })
+    })
+}
+
+/// The lock reporter of a backup Job's step (host `host`): on the BackupSession its Job names
+/// ([`stash_crds::consts::BACKUP_SESSION_ENV`], in `POD_NAMESPACE`); `None` outside a Job or
+/// without API access (the step then waits for the lock as restic does).
+pub async fn job_lock_reporter(host: &str) -> Option<stash_restic::LockReporter> {
+    let session = std::env::var(stash_crds::consts::BACKUP_SESSION_ENV)
+        .ok()
+        .filter(|s| !s.is_empty())?;
+    let ns = std::env::var("POD_NAMESPACE")
+        .ok()
+        .filter(|s| !s.is_empty())?;
+    let client = kube::Client::try_default().await.ok()?;
+    Some(lock_reporter(
+        Api::<BackupSession>::namespaced(client, &ns),
+        session,
+        host.to_string(),
+    ))
+}
+
 /// What a successful backup tells the Repository (§7.4).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RepositoryReport {

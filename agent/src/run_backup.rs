@@ -196,6 +196,11 @@ async fn backup_one(
                 scratch_dir: opts.scratch_dir.clone(),
                 enable_cache: opts.enable_cache,
                 max_connections: opts.max_connections,
+                lock_reporter: Some(crate::report::lock_reporter(
+                    Api::<BackupSession>::namespaced(client.clone(), &ns),
+                    session.name_any(),
+                    host.to_string(),
+                )),
             };
             backup::run(
                 &repo,

@@ -263,6 +263,11 @@ pub(crate) fn join_path(parts: &[&str]) -> String {
 }
 
 impl Backend {
+    /// The storage Secret's name, when set and not empty.
+    pub fn storage_secret(&self) -> Option<String> {
+        self.storage_secret_name.clone().filter(|s| !s.is_empty())
+    }
+
     /// True when nothing is set (not even `storageSecretName`).
     pub fn is_empty(&self) -> bool {
         self == &Backend::default()

@@ -47,6 +47,16 @@ pub struct BackupSessionSpec {
     pub backup_configuration: Option<LocalObjectReference>,
 }
 
+impl BackupSessionSpec {
+    /// The BackupConfiguration's name (empty when absent).
+    pub fn configuration_name(&self) -> String {
+        self.backup_configuration
+            .as_ref()
+            .map(|r| r.name.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// Status of a BackupSession.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -72,6 +82,25 @@ pub struct BackupSessionStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["hostname"]))]
     pub stats: Vec<HostBackupStats>,
+    /// Locks of other hosts that stood in an agent's way, reported by the agents (a stash-rs
+    /// addition; each agent owns the entries it applied).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
+    pub blocking_locks: Vec<crate::common::BlockingLock>,
+    /// The operator's decision on each reported lock (a stash-rs addition; the operator's lock
+    /// field manager owns it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
+    pub lock_decisions: Vec<crate::common::LockDecision>,
+}
+
+impl BackupSessionStatus {
+    /// The reported locks the operator has not decided on yet.
+    pub fn undecided_locks(&self) -> impl Iterator<Item = &crate::common::BlockingLock> {
+        self.blocking_locks
+            .iter()
+            .filter(|l| !l.id.is_empty() && !self.lock_decisions.iter().any(|d| d.id == l.id))
+    }
 }
 
 /// Backup result of one host.

@@ -309,3 +309,40 @@ mod tests {
         assert_eq!(t.to_empty_dir().medium.as_deref(), Some("Memory"));
     }
 }
+
+/// A lock of another host that stood in an agent's way (a stash-rs addition): reported by the
+/// agent on its session (`status.blockingLocks`, its own field), judged by the operator
+/// (`status.lockDecisions`). See docs/sessions.md "Locks".
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockingLock {
+    /// restic's id of the lock file.
+    pub id: String,
+    /// The hostname restic wrote into the lock (an agent's pod name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The holder's pid on that host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i64>,
+    /// Whether the lock is exclusive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclusive: Option<bool>,
+    /// When the lock was created or last refreshed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+}
+
+/// The operator's decision on a reported lock (a stash-rs addition).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LockDecision {
+    /// The lock's id (as reported).
+    pub id: String,
+    /// `Removed` (its holder was dead) or `Kept`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    /// Why it was kept (`HolderRunning`, `UnknownHolder`, `HostnameTruncated`,
+    /// `NotProvenStale`), or what was removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}

@@ -76,3 +76,7 @@ pub const MOUNT_PATH_ANNOTATION: &str = "stash.appscode.com/mountpath";
 pub const STASH_FINALIZER: &str = "stash.appscode.com";
 /// Finalizer on Repositories.
 pub const REPOSITORY_FINALIZER: &str = "stash";
+
+/// The environment variable that names, in every container of a backup Job, the BackupSession
+/// its steps work for (a stash-rs addition: a step reports the locks in its way there).
+pub const BACKUP_SESSION_ENV: &str = "STASH_BACKUP_SESSION";

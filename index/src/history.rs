@@ -43,12 +43,13 @@ impl SessionFacts {
     }
 }
 
-/// Whether `bs` is in a terminal phase: only the history keeps it ([`super::stores`]).
+/// Whether `bs` is in a terminal phase and has no reported lock left to judge (an agent's
+/// follow-up may report one after the session ended: the lock janitor, which the BackupSession
+/// controller runs, must see it): only the history keeps it ([`super::stores`]).
 pub fn finished(bs: &BackupSession) -> bool {
-    bs.status
-        .as_ref()
-        .and_then(|s| s.phase)
-        .is_some_and(Phase::is_terminal)
+    bs.status.as_ref().is_some_and(|s| {
+        s.phase.is_some_and(Phase::is_terminal) && s.undecided_locks().next().is_none()
+    })
 }
 
 /// Finished sessions per configuration, ordered by creation, and each configuration's limit.

@@ -15,8 +15,15 @@
 //! * any other lock (another pod's, younger) may belong to a live agent: it is never removed,
 //!   and the command fails as restic said (the session's failure names the holder).
 //!
-//! Locks of agents that died in *another* pod stay until restic calls them stale (30 minutes
-//! after their last refresh); issue 25 tracks proving them dead through the API server.
+//! A lock of **another pod** that stands in a command's way ([`blocks`]) is reported to the
+//! operator on the agent's session (`status.blockingLocks`), and the command waits for it
+//! (`--retry-lock`). The operator judges each reported lock ([`judge`]): when no pod of the
+//! lock's hostname exists any more and the hostname is one of the repository's agents', the
+//! holder is dead, and the operator runs `restic unlock` in a Pod that carries the dead pod's
+//! hostname — restic itself then proves the lock stale (its hostname, a pid that does not run
+//! there) and removes it, and the waiting command goes on. A live holder's lock, or one of a
+//! process stash-rs does not know, is kept: it goes only when restic calls it stale (30 minutes
+//! after its last refresh).
 use std::time::Duration;
 
 /// restic's stale age: a lock older than this is stale whoever holds it.
@@ -153,6 +160,94 @@ pub fn on_refusal(holder: Option<&Holder>, me: &str, attempt: u32) -> OnRefusal 
     }
 }
 
+/// Whether a lock stands in the way of a command of host `me`: another host's lock that restic
+/// does not call stale yet, and that refuses the command — any lock refuses an exclusive
+/// command, an exclusive lock refuses every command. (A lock of `me` or an old one is
+/// restic's own to prove stale: [`clear_stale_first`], [`on_refusal`].)
+pub fn blocks(
+    command_exclusive: bool,
+    lock_exclusive: bool,
+    lock_host: &str,
+    age: Duration,
+    me: &str,
+) -> bool {
+    lock_host != me && age < STALE_AGE && (command_exclusive || lock_exclusive)
+}
+
+/// The longest hostname a pod has: the kubelet cuts a longer pod name to 63 characters, so a
+/// hostname of this length may belong to a pod with a longer name.
+pub const HOSTNAME_MAX: usize = 63;
+
+/// What the operator knows of a reported lock's holder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HolderFacts {
+    /// A pod of that name exists (in any namespace), read from the API server itself.
+    pub pod_exists: bool,
+    /// The hostname is one of this repository's agents' (see [`is_agent_host`]).
+    pub agent_host: bool,
+}
+
+/// Why a reported lock is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kept {
+    /// A pod of the lock's hostname exists: its agent may be alive.
+    HolderRunning,
+    /// The hostname is no agent's of this repository (a user's own restic, a laptop).
+    UnknownHolder,
+    /// The hostname is 63 characters long: the pod's name may be longer, its existence unknown.
+    HostnameTruncated,
+    /// `restic unlock`, run under the holder's hostname, left it (its pid runs there).
+    NotProvenStale,
+}
+
+impl Kept {
+    /// The reason's name (a `LockDecision`'s `reason`, an Event's text).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kept::HolderRunning => "HolderRunning",
+            Kept::UnknownHolder => "UnknownHolder",
+            Kept::HostnameTruncated => "HostnameTruncated",
+            Kept::NotProvenStale => "NotProvenStale",
+        }
+    }
+}
+
+/// The operator's judgement of a reported lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The holder is dead: run `restic unlock` under its hostname.
+    Remove,
+    /// Leave it.
+    Keep(Kept),
+}
+
+/// Judge a lock of `host` that stands in an agent's way.
+pub fn judge(host: &str, facts: HolderFacts) -> Verdict {
+    if host.len() >= HOSTNAME_MAX {
+        Verdict::Keep(Kept::HostnameTruncated)
+    } else if facts.pod_exists {
+        Verdict::Keep(Kept::HolderRunning)
+    } else if !facts.agent_host {
+        Verdict::Keep(Kept::UnknownHolder)
+    } else {
+        Verdict::Remove
+    }
+}
+
+/// Whether `host` is the hostname of one of a repository's agents: a pod of one of its
+/// `workloads` (`<workload>-…`: a Deployment's, ReplicaSet's, DaemonSet's or StatefulSet's
+/// pods) or one of the Pods stash-rs runs for it (`stash-…`: backup and restore Jobs, reader
+/// and unlock Pods).
+pub fn is_agent_host(host: &str, workloads: &[String]) -> bool {
+    host.starts_with("stash-")
+        || workloads.iter().any(|w| {
+            !w.is_empty()
+                && host.len() > w.len() + 1
+                && host.starts_with(w.as_str())
+                && host.as_bytes()[w.len()] == b'-'
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,5 +315,55 @@ mod tests {
         // One retry, never a loop.
         assert_eq!(on_refusal(Some(&young_mine), me, 1), OnRefusal::Fail);
         assert_eq!(on_refusal(None, me, 0), OnRefusal::Fail);
+    }
+
+    #[test]
+    fn another_pod_s_lock_blocks_as_restic_would_refuse() {
+        let young = Duration::from_secs(60);
+        // Any lock refuses an exclusive command; only an exclusive lock refuses a shared one.
+        assert!(blocks(true, false, "app-x", young, "app-y"));
+        assert!(blocks(false, true, "app-x", young, "app-y"));
+        assert!(!blocks(false, false, "app-x", young, "app-y"));
+        // Our own or an old lock is restic's to prove stale.
+        assert!(!blocks(true, true, "app-y", young, "app-y"));
+        assert!(!blocks(true, true, "app-x", STALE_AGE, "app-y"));
+    }
+
+    #[test]
+    fn only_a_dead_agent_s_lock_is_removed() {
+        let dead = HolderFacts {
+            pod_exists: false,
+            agent_host: true,
+        };
+        assert_eq!(judge("app-6d4cf56db6-x2lqn", dead), Verdict::Remove);
+        assert_eq!(
+            judge(
+                "app-6d4cf56db6-x2lqn",
+                HolderFacts {
+                    pod_exists: true,
+                    ..dead
+                }
+            ),
+            Verdict::Keep(Kept::HolderRunning)
+        );
+        assert_eq!(
+            judge(
+                "laptop",
+                HolderFacts {
+                    agent_host: false,
+                    ..dead
+                }
+            ),
+            Verdict::Keep(Kept::UnknownHolder)
+        );
+        let long = "a".repeat(HOSTNAME_MAX);
+        assert_eq!(judge(&long, dead), Verdict::Keep(Kept::HostnameTruncated));
+        let w = vec!["app".to_string(), String::new()];
+        assert!(is_agent_host("app-6d4cf56db6-x2lqn", &w));
+        assert!(is_agent_host("app-0", &w));
+        assert!(is_agent_host("stash-backup-nightly-x", &w));
+        assert!(!is_agent_host("application-0", &w));
+        assert!(!is_agent_host("app", &w));
+        assert!(!is_agent_host("laptop", &w));
     }
 }

@@ -155,12 +155,11 @@ impl Reconcile<BackupSession> for BackupSessions {
         // they listed (an older session not listed yet would let a newer one start first).
         ctx.stores.ready().await?;
         let ns = bs.namespace().unwrap_or_default();
-        let bc_name = bs
-            .spec
-            .backup_configuration
-            .as_ref()
-            .map(|r| r.name.clone())
-            .unwrap_or_default();
+        let bc_name = bs.spec.configuration_name();
+        // Locks an agent of this session reported in its way: judged first, also once the
+        // session ended (its follow-up `forget` runs after the report) — a dead agent's are
+        // removed while the agent's command waits for them.
+        crate::locks::judge_reported(ctx, &bs).await?;
         let status = bs.status.as_ref();
         if status
             .and_then(|s| s.phase)

@@ -24,6 +24,7 @@ pub mod default_backup;
 #[cfg(test)]
 mod fixtures;
 pub mod jobs;
+pub mod locks;
 pub mod rbac;
 pub mod repository;
 pub mod restore_session;
@@ -146,7 +147,11 @@ where
     }
     let unchanged = before.as_ref() == Some(&desired);
     if let Some(o) = desired.as_object_mut() {
-        o.remove("stats");
+        // The agents' (stats, blockingLocks) and the lock janitor's (lockDecisions): one owner
+        // per field (docs/sessions.md "Status ownership").
+        for other in ["stats", "blockingLocks", "lockDecisions"] {
+            o.remove(other);
+        }
     }
     Ok((desired, unchanged))
 }

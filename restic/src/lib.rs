@@ -49,8 +49,8 @@ pub use error::{Error, Result};
 pub use location::{Location, go_path_clean, object_prefix};
 #[cfg(feature = "process")]
 pub use repo::{
-    DEFAULT_RETRY_BUDGET, DumpOptions, IoNice, RETRY_LOCK, Repo, RepoBuilder, RestoreOptions,
-    SnapshotFilter, take_removed_locks,
+    DEFAULT_RETRY_BUDGET, DumpOptions, IoNice, LockReporter, RETRY_LOCK, Repo, RepoBuilder,
+    RestoreOptions, SnapshotFilter, take_removed_locks,
 };
 #[cfg(feature = "process")]
 pub use run::stopped;

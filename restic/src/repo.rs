@@ -41,7 +41,17 @@ pub struct Repo {
     retry_budget: Option<Duration>,
     retry_lock: Duration,
     secrets: Vec<String>,
+    lock_reporter: Option<LockReporter>,
 }
+
+/// Told, before a command, which locks of other hosts stand in its way
+/// ([`stash_machines::locks::blocks`]): an agent reports them on its session for the operator
+/// to judge, while the command waits for them (`--retry-lock`). See [`Repo::set_lock_reporter`].
+pub type LockReporter = std::sync::Arc<
+    dyn Fn(Vec<LockInfo>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
 
 impl fmt::Debug for Repo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -204,6 +214,7 @@ impl RepoBuilder {
             retry_budget: self.retry_budget,
             retry_lock: self.retry_lock,
             secrets,
+            lock_reporter: None,
         })
     }
 }
@@ -282,6 +293,12 @@ impl Repo {
             retry_budget: Some(DEFAULT_RETRY_BUDGET),
             retry_lock: RETRY_LOCK,
         }
+    }
+
+    /// Report the locks of other hosts that stand in a locking command's way to `reporter`
+    /// before the command runs (and once more, with one more run, when it is refused anyway).
+    pub fn set_lock_reporter(&mut self, reporter: LockReporter) {
+        self.lock_reporter = Some(reporter);
     }
 
     /// Where the repository is.
@@ -409,10 +426,11 @@ impl Repo {
         stdout: Option<crate::run::DynWrite<'a>>,
         cleanup_cache: bool,
     ) -> Result<Finished> {
-        use stash_machines::locks::{Holder, OnRefusal, clear_stale_first, on_refusal};
+        use stash_machines::locks::{Holder, OnRefusal, on_refusal};
         let locking = takes_lock(sub, &args);
-        if locking && clear_stale_first(matches!(sub, "forget" | "prune" | "check")) {
-            self.clear_stale_locks(sub).await?;
+        let exclusive = matches!(sub, "forget" | "prune" | "check");
+        if locking {
+            self.before_locking(sub, exclusive).await?;
         }
         let retryable = stdin.is_none() && stdout.is_none() && locking;
         let f = self
@@ -428,6 +446,12 @@ impl Repo {
             .unwrap_or_else(|| f.tail.join("\n"));
         let holder = Holder::parse(&message);
         if on_refusal(holder.as_ref(), &hostname(), 0) == OnRefusal::Fail {
+            // A lock taken after the first look (or not yet judged): reported, and waited for
+            // once more.
+            let locks = self.locks().await.unwrap_or_default();
+            if self.report_blocking(sub, exclusive, locks).await {
+                return self.exec_once(sub, &args, None, None, cleanup_cache).await;
+            }
             return Ok(f);
         }
         let unlocked = self.exec_once("unlock", &[], None, None, false).await?;
@@ -454,59 +478,77 @@ impl Repo {
         self.exec_once(sub, &args, None, None, cleanup_cache).await
     }
 
-    /// `restic unlock` (stale locks only) when there are locks, recording each one it removed
-    /// (its host, pid and age) for [`take_removed_locks`]. One `list locks` when there are none.
-    async fn clear_stale_locks(&self, sub: &'static str) -> Result<()> {
-        let ids = |f: &Finished| -> Vec<String> {
-            f.stdout
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect()
-        };
-        let listed = self
-            .exec_once("list", &args(["locks", "--no-lock"]), None, None, false)
-            .await?;
-        let before = ids(&listed);
-        if !listed.status.success() || before.is_empty() {
+    /// Before locking command `sub`: clear the locks restic proves stale when the command is
+    /// exclusive ([`clear_stale_first`]), recording each one removed (its host, pid and age) for
+    /// [`take_removed_locks`]; then report the other hosts' locks in its way
+    /// ([`Repo::report_blocking`]). One `list locks` when there are none; a repository whose
+    /// locks cannot be listed is restic's to refuse.
+    async fn before_locking(&self, sub: &'static str, exclusive: bool) -> Result<()> {
+        use stash_machines::locks::clear_stale_first;
+        let clear = clear_stale_first(exclusive);
+        if !clear && self.lock_reporter.is_none() {
             return Ok(());
         }
-        let mut details = Vec::new();
-        for id in &before {
-            let c = self
-                .exec_once(
-                    "cat",
-                    &args(["lock", id, "--json", "--no-lock"]),
-                    None,
-                    None,
-                    false,
-                )
+        let Ok(mut locks) = self.locks().await else {
+            return Ok(());
+        };
+        if locks.is_empty() {
+            return Ok(());
+        }
+        if clear {
+            self.exec_once("unlock", &[], None, None, false).await?;
+            let after = self
+                .exec_once("list", &args(["locks", "--no-lock"]), None, None, false)
                 .await?;
-            if let Ok(mut lock) = serde_json::from_str::<LockInfo>(c.stdout.trim()) {
-                lock.id = id.clone();
-                details.push(lock);
+            let now = jiff::Timestamp::now();
+            let (removed, left): (Vec<LockInfo>, Vec<LockInfo>) = locks
+                .into_iter()
+                .partition(|l| !after.stdout.lines().any(|id| id.trim() == l.id));
+            for l in removed {
+                let holder = stash_machines::locks::Holder {
+                    exclusive: l.exclusive,
+                    pid: u32::try_from(l.pid).unwrap_or_default(),
+                    host: l.hostname.clone(),
+                    age: now.duration_since(l.time).try_into().unwrap_or_default(),
+                    id: l.id.chars().take(8).collect(),
+                };
+                let what = holder.describe();
+                tracing::warn!(sub, lock = %what, "removed a stale lock (restic unlock) before an exclusive command");
+                record_removed(what);
             }
+            locks = left;
         }
-        self.exec_once("unlock", &[], None, None, false).await?;
-        let after = self
-            .exec_once("list", &args(["locks", "--no-lock"]), None, None, false)
-            .await?;
-        let after = ids(&after);
-        let now = jiff::Timestamp::now();
-        for l in details.into_iter().filter(|l| !after.contains(&l.id)) {
-            let holder = stash_machines::locks::Holder {
-                exclusive: l.exclusive,
-                pid: u32::try_from(l.pid).unwrap_or_default(),
-                host: l.hostname.clone(),
-                age: now.duration_since(l.time).try_into().unwrap_or_default(),
-                id: l.id.chars().take(8).collect(),
-            };
-            let what = holder.describe();
-            tracing::warn!(sub, lock = %what, "removed a stale lock (restic unlock) before an exclusive command");
-            record_removed(what);
-        }
+        self.report_blocking(sub, exclusive, locks).await;
         Ok(())
+    }
+
+    /// Report those of `locks` that stand in the way of `sub` ([`stash_machines::locks::blocks`])
+    /// to the [`LockReporter`]; whether any did.
+    async fn report_blocking(
+        &self,
+        sub: &'static str,
+        exclusive: bool,
+        locks: Vec<LockInfo>,
+    ) -> bool {
+        let Some(reporter) = self.lock_reporter.clone() else {
+            return false;
+        };
+        let (now, me) = (jiff::Timestamp::now(), hostname());
+        let blocking: Vec<LockInfo> = locks
+            .into_iter()
+            .filter(|l| {
+                let age = now.duration_since(l.time).try_into().unwrap_or_default();
+                stash_machines::locks::blocks(exclusive, l.exclusive, &l.hostname, age, &me)
+            })
+            .collect();
+        if blocking.is_empty() {
+            return false;
+        }
+        for l in &blocking {
+            tracing::info!(sub, id = %l.id, host = %l.hostname, pid = l.pid, exclusive = l.exclusive, "another host's lock stands in the way: reported, waited for");
+        }
+        reporter(blocking).await;
+        true
     }
 
     async fn exec_once<'a>(
@@ -902,15 +944,26 @@ impl Repo {
     /// The repository's locks (`list locks`, then `cat lock <id>` each; locks that vanish
     /// in between are skipped).
     pub async fn locks(&self) -> Result<Vec<LockInfo>> {
-        let f = self.exec_ok("list", args(["locks", "--no-lock"])).await?;
+        let f = self
+            .exec_once("list", &args(["locks", "--no-lock"]), None, None, false)
+            .await?;
+        if !f.status.success() {
+            return Err(f.error());
+        }
         let mut out = Vec::new();
         for id in f.stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let Ok(c) = self
-                .exec_ok("cat", args(["lock", id, "--json", "--no-lock"]))
-                .await
-            else {
+            let c = self
+                .exec_once(
+                    "cat",
+                    &args(["lock", id, "--json", "--no-lock"]),
+                    None,
+                    None,
+                    false,
+                )
+                .await?;
+            if !c.status.success() {
                 continue;
-            };
+            }
             let mut lock: LockInfo = serde_json::from_str(c.stdout.trim())
                 .map_err(|e| Error::parse("cat lock", e.to_string()))?;
             lock.id = id.to_string();

@@ -702,6 +702,26 @@ async fn a_dead_restic_s_lock_of_this_host_is_unlocked_and_another_host_s_is_lef
         1,
         "the live lock is left"
     );
+    // With a lock reporter (an agent's session): the lock in a command's way is reported
+    // before the command and once more when it is refused; a shared lock is in no backup's way.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut reporting = repo.clone();
+    let sink = seen.clone();
+    reporting.set_lock_reporter(std::sync::Arc::new(move |locks| {
+        let sink = sink.clone();
+        Box::pin(async move {
+            sink.lock()
+                .unwrap()
+                .extend(locks.into_iter().map(|l| l.hostname));
+        })
+    }));
+    reporting
+        .backup_command(&["printf", "b"], "b", "host-0", &[])
+        .await
+        .expect("a backup beside another host's shared lock");
+    assert!(seen.lock().unwrap().is_empty(), "{seen:?}");
+    reporting.forget(&policy).await.unwrap_err();
+    assert_eq!(*seen.lock().unwrap(), ["another-pod", "another-pod"]);
     live.kill().unwrap();
     live.wait().unwrap();
 }

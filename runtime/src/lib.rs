@@ -22,6 +22,7 @@ pub mod effects;
 pub mod events;
 pub mod leader;
 pub mod metrics;
+pub mod pods;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod status;

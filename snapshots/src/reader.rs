@@ -7,15 +7,16 @@
 //! The password reaches restic through `secretKeyRef` (never the Pod's arguments or the
 //! operator's logs); the Pod has no service-account token, a read-only root filesystem and
 //! mounts the volume read-only.
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, LogParams, PostParams},
+    api::{DeleteParams, PostParams},
 };
 use stash_crds::{BackendKind, Repository};
 use stash_restic as restic;
+use stash_runtime::pods;
 
 /// The label every reader Pod carries (`stash.appscode.com/snapshot-reader=<repository>`).
 pub const LABEL: &str = "stash.appscode.com/snapshot-reader";
@@ -131,7 +132,7 @@ pub async fn snapshots(
     // may be one deleted and created again under its name (seen in CI:
     // `a_recreated_repository_answers_with_its_new_backends_snapshots`).
     let listed = match run(client, repo, image, LIST, false, timeout).await {
-        Err(e) if e.contains(VANISHED) => {
+        Err(e) if e.contains(pods::VANISHED) => {
             let fresh = Api::<Repository>::namespaced(
                 client.clone(),
                 &repo.namespace().unwrap_or_default(),
@@ -216,39 +217,10 @@ async fn run(
         .map_err(|e| format!("creating the reader Pod {name}: {e}"))?;
     // Deleted when this call ends, also when it is cancelled (the API server gave up on the
     // request, a replica stops).
-    let _guard = DeleteOnDrop {
-        pods: pods.clone(),
-        name: name.clone(),
-    };
-    wait_and_read(&pods, &name, timeout).await.map(Some)
-}
-
-/// What [`wait_and_read`] says of a reader Pod that is gone before it was read.
-const VANISHED: &str = "vanished before it was read";
-
-/// Deletes its reader Pod when dropped (from a task of its own: a drop cannot wait).
-struct DeleteOnDrop {
-    pods: Api<Pod>,
-    name: String,
-}
-
-impl Drop for DeleteOnDrop {
-    fn drop(&mut self) {
-        let (pods, name) = (self.pods.clone(), std::mem::take(&mut self.name));
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let dp = DeleteParams {
-                    grace_period_seconds: Some(0),
-                    ..Default::default()
-                };
-                if let Err(e) = pods.delete(&name, &dp).await
-                    && !matches!(&e, kube::Error::Api(s) if s.code == 404)
-                {
-                    tracing::warn!(pod = %name, error = %e, "could not delete a reader Pod");
-                }
-            });
-        }
-    }
+    let _guard = pods::DeleteOnDrop::new(pods.clone(), name.clone());
+    pods::wait_and_read(&pods, &name, "restic", timeout)
+        .await
+        .map(Some)
 }
 
 /// Delete the finished reader Pods of `repository` that an earlier call left behind (its
@@ -271,89 +243,6 @@ async fn collect_finished(pods: &Api<Pod>, repository: &str, timeout: Duration) 
             let _ = pods.delete(&p.name_any(), &DeleteParams::default()).await;
         }
     }
-}
-
-async fn wait_and_read(
-    pods: &Api<Pod>,
-    name: &str,
-    timeout: Duration,
-) -> Result<(String, String), String> {
-    let deadline = Instant::now() + timeout;
-    let mut delay = Duration::from_millis(100);
-    let phase = loop {
-        let p = pods.get(name).await.map_err(|e| match e {
-            kube::Error::Api(s) if s.code == 404 => {
-                format!("the reader Pod {name} {VANISHED}")
-            }
-            e => format!("reading the reader Pod {name}: {e}"),
-        })?;
-        let phase = p
-            .status
-            .as_ref()
-            .and_then(|s| s.phase.clone())
-            .unwrap_or_default();
-        if phase == "Succeeded" || phase == "Failed" {
-            break phase;
-        }
-        // What will not get better by waiting: a missing Secret or key, a bad image.
-        if let Some(w) = p
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .and_then(|c| c.first())
-            .and_then(|c| c.state.as_ref())
-            .and_then(|s| s.waiting.as_ref())
-            .filter(|w| {
-                matches!(
-                    w.reason.as_deref(),
-                    Some(
-                        "CreateContainerConfigError"
-                            | "ErrImagePull"
-                            | "ImagePullBackOff"
-                            | "InvalidImageName"
-                    )
-                )
-            })
-        {
-            return Err(format!(
-                "the reader Pod {name} cannot start: {}: {}",
-                w.reason.clone().unwrap_or_default(),
-                w.message.clone().unwrap_or_default()
-            ));
-        }
-        if Instant::now() > deadline {
-            let waiting = p
-                .status
-                .and_then(|s| s.container_statuses)
-                .and_then(|c| c.into_iter().next())
-                .and_then(|c| c.state)
-                .and_then(|s| s.waiting)
-                .map(|w| {
-                    format!(
-                        "{}: {}",
-                        w.reason.unwrap_or_default(),
-                        w.message.unwrap_or_default()
-                    )
-                })
-                .unwrap_or_else(|| format!("phase {phase:?}"));
-            return Err(format!(
-                "the reader Pod {name} did not finish in {timeout:?} ({waiting})"
-            ));
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(1));
-    };
-    let log = pods
-        .logs(
-            name,
-            &LogParams {
-                container: Some("restic".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| format!("reading the reader Pod's log: {e}"))?;
-    Ok((phase, log))
 }
 
 /// The reader's verdict from its phase and log.

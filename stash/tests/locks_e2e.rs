@@ -1,14 +1,23 @@
-//! A sidecar killed outright (its container SIGKILLed through containerd, as an OOM kill does)
-//! while restic holds a lock: the kubelet restarts it in the same pod, and the following
-//! sessions succeed without any manual step — the dead restic's lock is one restic proves stale
-//! (this pod's hostname, a dead pid), removed before the exclusive `forget --prune`
-//! (docs/sessions.md "Locks"); retention catches up; no lock is left.
+//! Agents that die holding a restic lock block no later session (docs/sessions.md "Locks"):
+//! * a sidecar killed outright (its container SIGKILLed through containerd, as an OOM kill
+//!   does): the kubelet restarts it in the same pod, whose restic proves the dead lock stale
+//!   (this pod's hostname, a dead pid) and removes it before the exclusive `forget --prune`;
+//! * a sidecar lost with its pod (killed outright and the pod force-deleted, as when a node is
+//!   lost): the next agent reports the lock in its way, the operator finds no pod of that name
+//!   and removes it under the dead pod's hostname;
+//! * a live agent's lock (another configuration's backup, frozen for a while) is reported,
+//!   kept, and waited for.
+//!
+//! Retention catches up; no lock and no unlock Pod is left.
 use stash_e2e as support;
 
 use std::{path::Path, time::Duration};
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
+use kube::{
+    Api,
+    api::{DeleteParams, ListParams},
+};
 use serde_json::json;
 use support::*;
 
@@ -24,6 +33,26 @@ fn locks(repo: &Path) -> usize {
             })
             .count()
     })
+}
+
+/// The hostnames of the local repository's locks at `repo`, in restic's own view.
+fn lock_hosts(repo: &Path) -> Vec<String> {
+    let repo = repo.to_string_lossy().to_string();
+    let out = restic(&repo, PASSWORD)
+        .args(["list", "locks", "--no-lock"])
+        .output()
+        .expect("restic list locks");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|id| {
+            let out = restic(&repo, PASSWORD)
+                .args(["cat", "lock", id.trim(), "--no-lock"])
+                .output()
+                .ok()?;
+            let lock: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            Some(lock["hostname"].as_str()?.to_string())
+        })
+        .collect()
 }
 
 fn sidecar_status(pod: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
@@ -51,15 +80,7 @@ async fn a_sidecar_killed_holding_a_lock_blocks_no_later_session() {
     .await;
     generate_files(&source, 25, 40, 4 << 20);
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    let pod = live_pods(&client, &ns, "app=app")
-        .await
-        .into_iter()
-        .next()
-        .expect("the app's pod");
-    let pod_name = pod.metadata.name.clone().expect("name");
-    let container = sidecar_status(&pod)
-        .and_then(|c| c.container_id)
-        .expect("the sidecar's container");
+    let (pod_name, container) = pod_and_sidecar(&client, &ns, "app").await;
 
     // The first session's restic takes its lock; the sidecar dies with it, at once.
     create_backup_session(&client, &ns, "app-backup", "killed").await;
@@ -108,31 +129,341 @@ async fn a_sidecar_killed_holding_a_lock_blocks_no_later_session() {
     }
     // Retention runs after the report: restic's own view catches up to keepLast 1, and no
     // lock is left.
-    let repo = f.repo_dir.to_string_lossy().to_string();
+    one_snapshot_and_no_lock(&f.repo_dir).await;
+    // The removed lock is named in an Event: this pod's hostname, a pid, its age.
+    assert_removed_lock_named(&client, &ns, &pod_name, None).await;
+    println!(
+        "sidecar SIGKILLed holding a lock: its restart removed the stale lock, 2 later sessions Succeeded"
+    );
+}
+
+/// restic's own view of the local repository at `dir` keeps one snapshot and no lock (≤ 120 s:
+/// retention runs after the report).
+async fn one_snapshot_and_no_lock(dir: &Path) {
+    let repo = dir.to_string_lossy().to_string();
     eventually(
         "retention applied (one snapshot) and no lock left",
         Duration::from_secs(120),
         || {
-            let (repo, dir) = (repo.clone(), f.repo_dir.clone());
+            let (repo, dir) = (repo.clone(), dir.to_path_buf());
             async move {
                 (restic_snapshots(&repo, PASSWORD).len() == 1 && locks(&dir) == 0).then_some(())
             }
         },
     )
     .await;
-    // The removed lock is named in an Event: this pod's hostname, a pid, its age.
-    let removed: Vec<EventView> = events_in(&client, &ns)
+}
+
+/// A `StaleLockRemoved` Warning (about a `kind`, when given) names a lock of pod `pod`: its
+/// hostname, a pid, its age.
+async fn assert_removed_lock_named(client: &kube::Client, ns: &str, pod: &str, kind: Option<&str>) {
+    let removed: Vec<EventView> = events_in(client, ns)
         .await
         .into_iter()
-        .filter(|e| e.reason == "StaleLockRemoved")
+        .filter(|e| e.reason == "StaleLockRemoved" && kind.is_none_or(|k| e.kind == k))
         .collect();
     assert!(
         removed
             .iter()
-            .any(|e| e.type_ == "Warning" && e.note.contains(&format!(" on {pod_name} ("))),
-        "a StaleLockRemoved event names the dead restic's lock of {pod_name}: {removed:?}"
+            .any(|e| e.type_ == "Warning" && e.note.contains(&format!(" on {pod} ("))),
+        "a StaleLockRemoved event names the dead restic's lock of {pod}: {removed:?}"
     );
+}
+
+/// Session `name`'s retention condition (≤ 240 s: written after the follow-up ran).
+async fn retention_of(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    eventually("the retention condition", Duration::from_secs(240), || {
+        let (client, ns, name) = (client.clone(), ns.to_string(), name.to_string());
+        async move {
+            let s = Api::<stash_crds::BackupSession>::namespaced(client, &ns)
+                .get(&name)
+                .await
+                .ok()?;
+            retention_condition_of(&s)
+        }
+    })
+    .await
+}
+
+/// The only pod of Deployment `app` in `ns` and its sidecar's container id.
+async fn pod_and_sidecar(client: &kube::Client, ns: &str, app: &str) -> (String, String) {
+    let pod = live_pods(client, ns, &format!("app={app}"))
+        .await
+        .into_iter()
+        .next()
+        .expect("the app's pod");
+    let container = sidecar_status(&pod)
+        .and_then(|c| c.container_id)
+        .expect("the sidecar's container");
+    (pod.metadata.name.expect("name"), container)
+}
+
+/// The operator's decisions on the locks reported on the sessions of `ns`: (id, decision, reason).
+async fn lock_decisions(client: &kube::Client, ns: &str) -> Vec<(String, String, String)> {
+    Api::<stash_crds::BackupSession>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list sessions")
+        .items
+        .into_iter()
+        .flat_map(|s| s.status.map(|st| st.lock_decisions).unwrap_or_default())
+        .map(|d| {
+            (
+                d.id,
+                d.decision.unwrap_or_default(),
+                d.reason.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// No unlock Pod is left in `ns` (≤ 60 s: each is deleted once read).
+async fn no_unlock_pod_left(client: &kube::Client, ns: &str) {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    eventually("no unlock Pod left", Duration::from_secs(60), || {
+        let pods = pods.clone();
+        async move {
+            pods.list(&ListParams::default().labels("stash.appscode.com/unlock"))
+                .await
+                .ok()?
+                .items
+                .is_empty()
+                .then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_lost_with_its_pod_blocks_no_later_session() {
+    let env = env().await;
+    let client = env.cp.client();
+    let f = fixture_with_password("lost", PASSWORD).await;
+    let ns = f.ns.name.clone();
+    let source = sidecar_workload(
+        &client,
+        &ns,
+        "source-data",
+        json!({"retentionPolicy": {"name": "keep-last-1", "keepLast": 1, "prune": true}}),
+    )
+    .await;
+    generate_files(&source, 31, 8, 1 << 20);
+    run_backup_session(
+        &client,
+        &ns,
+        "app-backup",
+        "first",
+        Duration::from_secs(300),
+    )
+    .await;
+    retention_of(&client, &ns, "first").await;
+    let (pod_name, container) = pod_and_sidecar(&client, &ns, "app").await;
+
+    // The next backup takes its lock; the sidecar is killed outright and its pod force-deleted
+    // at once (a node lost: no restart in the same pod, whose restic could prove the lock
+    // stale).
+    generate_files(&source, 32, 40, 4 << 20);
+    create_backup_session(&client, &ns, "app-backup", "lost").await;
+    eventually(
+        "the backup's lock in the repository",
+        Duration::from_secs(120),
+        || {
+            let (dir, pod_name) = (f.repo_dir.clone(), pod_name.clone());
+            async move { lock_hosts(&dir).contains(&pod_name).then_some(()) }
+        },
+    )
+    .await;
+    env.cp
+        .kill_container(&container)
+        .expect("SIGKILL the sidecar's container");
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    pods.delete(
+        &pod_name,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("force-delete the pod");
+    eventually("the pod gone", Duration::from_secs(120), || {
+        let pods = pods.clone();
+        let pod_name = pod_name.clone();
+        async move { matches!(pods.get_opt(&pod_name).await, Ok(None)).then_some(()) }
+    })
+    .await;
+    assert!(
+        locks(&f.repo_dir) > 0,
+        "the lost agent's restic left its lock behind"
+    );
+
+    // The Deployment's new pod takes over; every session from now on succeeds, and retention
+    // (an exclusive `forget --prune`, which the dead lock refuses) catches up.
+    let lost = wait_session_terminal(&client, &ns, "lost", Duration::from_secs(400)).await;
+    eprintln!(
+        "the lost pod's session ended {:?}",
+        lost.status.as_ref().and_then(|s| s.phase)
+    );
+    generate_files(&source, 33, 4, 4096);
+    run_backup_session(
+        &client,
+        &ns,
+        "app-backup",
+        "after",
+        Duration::from_secs(300),
+    )
+    .await;
+    let condition = retention_of(&client, &ns, "after").await;
+    assert_retention_applied(&condition);
+    one_snapshot_and_no_lock(&f.repo_dir).await;
+    // The operator removed it, and said so: an Event on a session naming the dead pod, and
+    // the decision in the session's status.
+    assert_removed_lock_named(&client, &ns, &pod_name, Some("BackupSession")).await;
+    let decisions = lock_decisions(&client, &ns).await;
+    assert!(
+        decisions.iter().any(|(_, d, _)| d == "Removed"),
+        "{decisions:?}"
+    );
+    assert!(
+        decisions.iter().all(|(_, d, _)| d == "Removed"),
+        "no other lock was in the way: {decisions:?}"
+    );
+    assert_eq!(
+        decisions.len(),
+        1,
+        "one dead restic, one lock: {decisions:?}"
+    );
+    no_unlock_pod_left(&client, &ns).await;
     println!(
-        "sidecar SIGKILLed holding a lock: its restart removed the stale lock, 2 later sessions Succeeded"
+        "a sidecar lost with its pod: its lock removed by the operator ({} decision(s)), later sessions Succeeded, retention caught up",
+        decisions.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_agent_s_lock_is_waited_for_and_never_removed() {
+    let env = env().await;
+    let client = env.cp.client();
+    let f = fixture_with_password("live", PASSWORD).await;
+    let ns = f.ns.name.clone();
+    // Both hosts are `host-0` of `/source/data`, one retention group: `app` keeps 2, `other` 3,
+    // so other's snapshot of session `slow` outlives both prunes.
+    let source = sidecar_workload(
+        &client,
+        &ns,
+        "source-data",
+        json!({"retentionPolicy": {"name": "keep-last-2", "keepLast": 2, "prune": true}}),
+    )
+    .await;
+    generate_files(&source, 41, 8, 1 << 20);
+    // A second configuration on the same repository: Deployment `other`.
+    let other_source = pv_dir(&ns, "other-data").await;
+    deployment_with_pvc(&client, &ns, "other", "other-data").await;
+    sidecar_backup(
+        &client,
+        &ns,
+        "other",
+        "repo",
+        json!({"retentionPolicy": {"name": "keep-last-3", "keepLast": 3, "prune": true}}),
+    )
+    .await;
+    generate_files(&other_source, 42, 8, 1 << 20);
+    run_backup_session(
+        &client,
+        &ns,
+        "app-backup",
+        "first",
+        Duration::from_secs(300),
+    )
+    .await;
+    retention_of(&client, &ns, "first").await;
+
+    // `other` backs up much, and its node stops answering for a while: its pod lives on.
+    generate_files(&other_source, 43, 40, 4 << 20);
+    let (other_pod, other_container) = pod_and_sidecar(&client, &ns, "other").await;
+    create_backup_session(&client, &ns, "other-backup", "slow").await;
+    eventually(
+        "other's lock in the repository",
+        Duration::from_secs(120),
+        || {
+            let (dir, other_pod) = (f.repo_dir.clone(), other_pod.clone());
+            async move { lock_hosts(&dir).contains(&other_pod).then_some(()) }
+        },
+    )
+    .await;
+    env.cp
+        .pause_container(&other_container)
+        .expect("freeze other's sidecar");
+    // `app`'s session: its backup shares the repository; its prune must wait for `other`.
+    generate_files(&source, 44, 4, 4096);
+    create_backup_session(&client, &ns, "app-backup", "waits").await;
+    let kept = eventually("the lock judged", Duration::from_secs(240), || {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move {
+            let d = lock_decisions(&client, &ns).await;
+            (!d.is_empty()).then_some(d)
+        }
+    })
+    .await;
+    env.cp
+        .resume_container(&other_container)
+        .expect("thaw other's sidecar");
+    assert!(
+        kept.iter()
+            .all(|(_, d, r)| d == "Kept" && r == "HolderRunning"),
+        "a live agent's lock is kept: {kept:?}"
+    );
+    let slow = wait_session_terminal(&client, &ns, "slow", Duration::from_secs(300)).await;
+    let waits = wait_session_terminal(&client, &ns, "waits", Duration::from_secs(300)).await;
+    for s in [&slow, &waits] {
+        assert_eq!(
+            s.status.as_ref().and_then(|st| st.phase),
+            Some(stash_crds::backup_session::Phase::Succeeded),
+            "{:?}",
+            s.status
+        );
+    }
+    let condition = retention_of(&client, &ns, "waits").await;
+    assert_retention_applied(&condition);
+    // Never removed: no such event, and other's snapshot is in restic's own view.
+    let events = events_in(&client, &ns).await;
+    assert!(
+        !events.iter().any(|e| e.reason == "StaleLockRemoved"),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason == "LockKept" && e.note.contains(&format!(" on {other_pod} ("))),
+        "a LockKept event names other's live lock: {events:?}"
+    );
+    // Both prunes ran (first's snapshot is gone), other's snapshot is there, no lock is left.
+    let repo = f.repo_dir.to_string_lossy().to_string();
+    let sessions = eventually(
+        "both prunes done and no lock left",
+        Duration::from_secs(180),
+        || {
+            let (repo, dir) = (repo.clone(), f.repo_dir.clone());
+            async move {
+                let tags: Vec<String> = restic_snapshots(&repo, PASSWORD)
+                    .iter()
+                    .flat_map(|s| s["tags"].as_array().cloned().unwrap_or_default())
+                    .filter_map(|t| Some(t.as_str()?.strip_prefix("stash-session=")?.to_string()))
+                    .collect();
+                (tags.len() == 2 && locks(&dir) == 0).then_some(tags)
+            }
+        },
+    )
+    .await;
+    assert_eq!(sessions, ["slow", "waits"], "restic's own view");
+    assert_eq!(kept.len(), 1, "one live restic, one lock: {kept:?}");
+    no_unlock_pod_left(&client, &ns).await;
+    println!(
+        "a live agent's lock: reported, kept ({} decision(s)), waited for; both sessions Succeeded",
+        kept.len()
     );
 }

@@ -347,6 +347,43 @@ impl ControlPlane {
         true
     }
 
+    /// Freeze a container of a pod (`ctr tasks pause`: its cgroup's freezer): its processes
+    /// stop where they are and handle no signal until [`ControlPlane::resume_container`] — an
+    /// agent whose node stopped answering. A SIGKILL still ends them.
+    pub fn pause_container(&self, container_id: &str) -> Result<()> {
+        self.ctr_task(container_id, &["pause"], None)
+    }
+
+    /// Thaw a container frozen by [`ControlPlane::pause_container`].
+    pub fn resume_container(&self, container_id: &str) -> Result<()> {
+        self.ctr_task(container_id, &["resume"], None)
+    }
+
+    /// `ctr tasks <args> <id>`; a failure whose message contains `done` counts as done.
+    fn ctr_task(&self, container_id: &str, args: &[&str], done: Option<&str>) -> Result<()> {
+        let id = container_id
+            .strip_prefix("containerd://")
+            .unwrap_or(container_id);
+        let out = std::process::Command::new(self.layout.bin_dir.join("ctr"))
+            .arg("--address")
+            .arg(self.layout.containerd_sock())
+            .args(["-n", "k8s.io", "tasks"])
+            .args(args)
+            .arg(id)
+            .output()
+            .map_err(|e| Error::Io(format!("ctr tasks {}", args.join(" ")), e))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || done.is_some_and(|d| stderr.contains(d)) {
+            Ok(())
+        } else {
+            Err(Error::Command(format!(
+                "ctr tasks {} {id}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    }
+
     /// SIGKILL a running container's processes through containerd, now: a crash, an OOM
     /// kill. (Deleting a pod with grace period 0 is not one: the kubelet still sends SIGTERM
     /// and waits at least 2 s before SIGKILL, and the process works on until the kubelet
@@ -354,25 +391,12 @@ impl ControlPlane {
     /// without its `containerd://` prefix; a container whose process has already exited counts
     /// as killed.
     pub fn kill_container(&self, container_id: &str) -> Result<()> {
-        let id = container_id
-            .strip_prefix("containerd://")
-            .unwrap_or(container_id);
-        let out = std::process::Command::new(self.layout.bin_dir.join("ctr"))
-            .arg("--address")
-            .arg(self.layout.containerd_sock())
-            .args(["-n", "k8s.io", "tasks", "kill", "--signal", "SIGKILL", id])
-            .output()
-            .map_err(|e| Error::Io("ctr tasks kill".into(), e))?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
         // Already gone (the kubelet stopped it first): what was asked for is true.
-        if out.status.success() || stderr.contains("process already finished") {
-            Ok(())
-        } else {
-            Err(Error::Command(format!(
-                "ctr tasks kill {id}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )))
-        }
+        self.ctr_task(
+            container_id,
+            &["kill", "--signal", "SIGKILL"],
+            Some("process already finished"),
+        )
     }
 
     /// Stop every process this handle started (newest first) and remove the scratch

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::{
     batch::v1::{Job, JobSpec},
-    core::v1::{PodSpec, PodTemplateSpec, Volume, VolumeMount},
+    core::v1::{EnvVar, PodSpec, PodTemplateSpec, Volume, VolumeMount},
 };
 use kube::{Api, Client, Resource, ResourceExt, api::ObjectMeta, runtime::reflector::Store};
 use stash_crds::{BackupConfiguration, BackupSession, Function, Repository, Task, consts};
@@ -96,7 +96,19 @@ pub fn build(
     let mut init = r.init_containers;
     let mut main = r.container;
     for c in init.iter_mut().chain(std::iter::once(&mut main)) {
-        resolve::decorate(c, &std_mounts, &[], settings.container.as_ref());
+        // The session the steps work for: a step that finds another host's lock in its way
+        // reports it there (docs/sessions.md "Locks").
+        let session_env = EnvVar {
+            name: consts::BACKUP_SESSION_ENV.into(),
+            value: Some(session.to_string()),
+            ..Default::default()
+        };
+        resolve::decorate(
+            c,
+            &std_mounts,
+            std::slice::from_ref(&session_env),
+            settings.container.as_ref(),
+        );
     }
     let mut volumes = r.volumes;
     for v in std_vols {
@@ -164,12 +176,7 @@ pub async fn ensure_job(
     if jobs.get_opt(&job_name(&session)).await?.is_some() {
         return Ok(());
     }
-    let bc_name = bs
-        .spec
-        .backup_configuration
-        .as_ref()
-        .map(|r| r.name.clone())
-        .unwrap_or_default();
+    let bc_name = bs.spec.configuration_name();
     let bc = Api::<BackupConfiguration>::namespaced(client.clone(), &ns)
         .get_opt(&bc_name)
         .await?

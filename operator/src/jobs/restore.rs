@@ -141,15 +141,9 @@ pub fn pod_spec(
             (r.init_containers, r.container, r.volumes)
         }
         None => {
-            let secret = repo
-                .spec
-                .backend
-                .storage_secret_name
-                .clone()
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| {
-                    format!("Repository {} has no storageSecretName", repo.name_any())
-                })?;
+            let secret = repo.spec.backend.storage_secret().ok_or_else(|| {
+                format!("Repository {} has no storageSecretName", repo.name_any())
+            })?;
             let cache = rs.spec.temp_dir.as_ref().is_none_or(|t| t.enable_cache());
             let args = vec![
                 "restore".to_string(),
