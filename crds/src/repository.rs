@@ -114,10 +114,13 @@ pub struct RepositoryStatus {
     /// Deprecated (v1alpha1 sidecar): number of backups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_count: Option<i64>,
-    /// Conditions written by the operator (a stash-rs addition). `WipeOut`: status `False`,
+    /// Conditions written by the operator (a stash-rs addition; a list-map keyed by `type`, one
+    /// field manager per condition). `SnapshotDeletion`: a Snapshot delete's progress (`True`
+    /// while one runs; `False`, reason `Deleted` or `DeleteFailed`). `WipeOut`: status `False`,
     /// reason `WipeOutFailed` and the error while a wipe-out of a deleted Repository keeps
     /// failing (the finalizer stays; see the `stash.appscode.com/abandon-wipe-out` annotation).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 

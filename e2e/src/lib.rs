@@ -1378,6 +1378,28 @@ pub async fn wait_sidecar_ready(client: &Client, ns: &str, name: &str, timeout: 
     .await;
 }
 
+/// No Pod of `ns` carries label `selector` any more (≤ 60 s): the short-lived Pods stash-rs runs
+/// (reader, unlock) are deleted once read.
+pub async fn no_pods_left(client: &Client, ns: &str, selector: &str) {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    eventually(
+        &format!("no Pod {selector} left in {ns}"),
+        Duration::from_secs(60),
+        || {
+            let pods = pods.clone();
+            async move {
+                pods.list(&ListParams::default().labels(selector))
+                    .await
+                    .ok()?
+                    .items
+                    .is_empty()
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+}
+
 /// The live pods (not being deleted) in `ns` whose labels match `selector`.
 pub async fn live_pods(client: &Client, ns: &str, selector: &str) -> Vec<Pod> {
     Api::<Pod>::namespaced(client.clone(), ns)

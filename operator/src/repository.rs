@@ -255,9 +255,11 @@ async fn write_wipe_out_condition(
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
     let condition = wipe_out_failed_condition(&current, message, repo.metadata.generation);
-    let desired = super::conditions::replace(&current, condition);
+    let desired = super::conditions::replace(&current, condition.clone());
     let writer = StatusWriter::new(ctx.metrics.clone(), "repository");
-    let owned = serde_json::json!({ "conditions": desired });
+    // Only its own entry: `conditions` is a list-map keyed by `type`, and `SnapshotDeletion`
+    // is the Snapshot API's.
+    let owned = serde_json::json!({ "conditions": [condition] });
     let written = writer
         .apply(api, repo, FIELD_MANAGER, current == desired, owned)
         .await;

@@ -32,6 +32,10 @@ use super::{
     selector::{FieldSelector, Selector},
 };
 
+/// How long a Snapshot delete's request waits for its `restic forget --prune` (background work
+/// of the Repository) before it is answered `202 Accepted`: well inside the API server's 60 s.
+const DELETE_WAIT: std::time::Duration = std::time::Duration::from_secs(40);
+
 /// The API version served.
 pub const VERSION: &str = "v1alpha1";
 const GROUP_VERSION: &str = SNAPSHOT_API_VERSION;
@@ -866,15 +870,33 @@ async fn route(
                     ));
                 }
                 if !dry_run {
-                    catalog.forget(&repo, &snap.id).await.map_err(|e| match e {
-                        super::catalog::FetchError::Failed(m)
-                            if m.contains("no matching ID") || m.contains("not found") =>
-                        {
-                            Failure::not_found_snapshot(name)
+                    // Background work of the Repository, which this request waits for only
+                    // well inside the API server's 60 s: done by then, it is answered as
+                    // before (200, or restic's error); else 202 Accepted, and the snapshot
+                    // leaves the list once forgotten (the Repository's `SnapshotDeletion`
+                    // condition says how it went). A request the API server gives up on never
+                    // stops a restic that holds the lock.
+                    tracing::info!(namespace = %ns, repository = %repo_name, snapshot = %name, user = %user.name, "snapshots: delete (restic forget --prune in the background)");
+                    let mut work = catalog.delete_in_background((*repo).clone(), snap.id.clone());
+                    match tokio::time::timeout(DELETE_WAIT, &mut work).await {
+                        Ok(Ok(result)) => result.map_err(|e| match e {
+                            super::catalog::FetchError::Failed(m)
+                                if m.contains("no matching ID") || m.contains("not found") =>
+                            {
+                                Failure::not_found_snapshot(name)
+                            }
+                            e => Failure::internal(format!("restic forget: {e}")),
+                        })?,
+                        Ok(Err(e)) => {
+                            return Err(Failure::internal(format!("the delete stopped: {e}")));
                         }
-                        e => Failure::internal(format!("restic forget: {e}")),
-                    })?;
-                    tracing::info!(namespace = %ns, repository = %repo_name, snapshot = %name, user = %user.name, "snapshots: forgot snapshot (restic forget --prune)");
+                        Err(_) => {
+                            return Ok(json_response(
+                                StatusCode::ACCEPTED,
+                                &render_one(&obj, rep, include),
+                            ));
+                        }
+                    }
                 }
             }
             Ok(json_response(

@@ -121,6 +121,15 @@ impl Default for CatalogOptions {
     }
 }
 
+/// The Repository condition a Snapshot delete keeps ([`Catalog::delete_in_background`]).
+pub const DELETION_CONDITION: &str = "SnapshotDeletion";
+
+/// How long a delete's prune may run in a reader Pod (background work, not a request).
+const FORGET_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// The field manager of [`DELETION_CONDITION`].
+const DELETION_MANAGER: &str = "stash-rs-snapshots";
+
 /// The snapshot catalog (cheap to clone).
 #[derive(Clone)]
 pub struct Catalog {
@@ -151,6 +160,8 @@ struct Inner {
     dirty: Mutex<HashSet<String>>,
     restic_runs: Semaphore,
     unsupported_logged: Mutex<HashSet<Key>>,
+    /// One Snapshot delete at a time per Repository, by UID ([`Catalog::delete_in_background`]).
+    deletes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     wake: Notify,
     refreshes: std::sync::atomic::AtomicU64,
 }
@@ -201,6 +212,7 @@ impl Catalog {
                 dirty: Mutex::default(),
                 restic_runs: Semaphore::new(permits),
                 unsupported_logged: Mutex::default(),
+                deletes: Mutex::default(),
                 wake: Notify::new(),
                 refreshes: Default::default(),
             }),
@@ -504,11 +516,15 @@ impl Catalog {
     /// `restic forget --prune <id>` on `repo`, then read it again.
     pub async fn forget(&self, repo: &Repository, id: &str) -> Result<(), FetchError> {
         let result = match &self.inner.opts.reader_image {
-            Some(image) => {
-                super::reader::forget(&self.inner.client, repo, image, id, self.inner.opts.timeout)
-                    .await
-                    .map_err(FetchError::Failed)
-            }
+            Some(image) => super::reader::forget(
+                &self.inner.client,
+                repo,
+                image,
+                id,
+                self.inner.opts.timeout.max(FORGET_TIMEOUT),
+            )
+            .await
+            .map_err(FetchError::Failed),
             None => Ok(None),
         };
         let result = match result {
@@ -534,6 +550,89 @@ impl Catalog {
             .refresh(touched.as_ref().unwrap_or(repo), Instant::now())
             .await;
         result
+    }
+
+    /// Forget snapshot `id` of `repo` (`restic forget --prune`) as background work of the
+    /// Repository: the request is answered at once, a prune may take longer than the API
+    /// server waits for one (60 s), and a cancelled request never stops a restic that holds
+    /// the repository's lock; the handle says how it ended. One delete at a time per Repository, in order; its progress and
+    /// outcome are the Repository's condition [`DELETION_CONDITION`] (`True` while one runs,
+    /// then `False` with reason `Deleted` or `DeleteFailed` and restic's words). The snapshot
+    /// leaves the list when it is forgotten (what `kubectl delete` waits for).
+    pub fn delete_in_background(
+        &self,
+        repo: Repository,
+        id: String,
+    ) -> tokio::task::JoinHandle<Result<(), FetchError>> {
+        let this = self.clone();
+        let short: String = id.chars().take(8).collect();
+        let turn = {
+            let mut deletes = self.inner.deletes.lock().unwrap_or_else(|e| e.into_inner());
+            deletes
+                .entry(repo.uid().unwrap_or_default())
+                .or_default()
+                .clone()
+        };
+        tokio::spawn(async move {
+            let (ns, name) = key_of(&repo);
+            let _turn = turn.lock().await;
+            this.deletion_condition(
+                &repo,
+                "True",
+                "Deleting",
+                format!("forgetting snapshot {short} (restic forget --prune)"),
+            )
+            .await;
+            let result = this.forget(&repo, &id).await;
+            let (status, reason, message) = match &result {
+                Ok(()) => {
+                    tracing::info!(namespace = %ns, repository = %name, snapshot = %short, "snapshots: forgot snapshot (restic forget --prune)");
+                    ("False", "Deleted", format!("forgot snapshot {short}"))
+                }
+                Err(e) => {
+                    tracing::warn!(namespace = %ns, repository = %name, snapshot = %short, error = %e, "snapshots: a delete failed");
+                    (
+                        "False",
+                        "DeleteFailed",
+                        format!("forgetting snapshot {short} failed: {e}"),
+                    )
+                }
+            };
+            this.deletion_condition(&repo, status, reason, message)
+                .await;
+            result
+        })
+    }
+
+    /// Apply the Repository's [`DELETION_CONDITION`] (its own field manager; a failure is
+    /// logged: the condition is information, the snapshot list is the truth).
+    async fn deletion_condition(
+        &self,
+        repo: &Repository,
+        status: &str,
+        reason: &str,
+        message: String,
+    ) {
+        let (ns, name) = key_of(repo);
+        let patch = serde_json::json!({
+            "apiVersion": <Repository as kube::Resource>::api_version(&()),
+            "kind": "Repository",
+            "metadata": {"name": name},
+            "status": {"conditions": [{
+                "type": DELETION_CONDITION, "status": status, "reason": reason,
+                "message": message, "lastTransitionTime": jiff::Timestamp::now().to_string(),
+            }]},
+        });
+        if let Err(e) = Api::<Repository>::namespaced(self.inner.client.clone(), &ns)
+            .patch_status(
+                &name,
+                &kube::api::PatchParams::apply(DELETION_MANAGER).force(),
+                &kube::api::Patch::Apply(&patch),
+            )
+            .await
+        {
+            tracing::warn!(namespace = %ns, repository = %name, error = %e, "snapshots: could not write the delete's condition");
+        }
     }
 
     /// Annotate `repo` with the time its snapshots changed.

@@ -43,6 +43,7 @@ pub fn pod(
     name: &str,
     args: &[&str],
     write: bool,
+    deadline: Duration,
 ) -> Result<Option<Pod>, String> {
     let BackendKind::Local(local) = repo.spec.backend.validate().map_err(|e| e.to_string())? else {
         return Ok(None);
@@ -87,7 +88,9 @@ pub fn pod(
                          "name": repo.name_any(), "uid": uid})])},
         "spec": {
             "restartPolicy": "Never",
-            "activeDeadlineSeconds": 120,
+            // Ended by the kubelet if the call that waits for it is gone: at most the call's
+            // own bound.
+            "activeDeadlineSeconds": deadline.as_secs().max(1),
             "automountServiceAccountToken": false,
             "enableServiceLinks": false,
             "containers": [{
@@ -150,9 +153,9 @@ pub async fn snapshots(
     parse(&phase, &log).map(Some)
 }
 
-/// How long a delete's `restic forget` in a reader Pod waits for another process's lock: well
-/// inside the API server's 60 s for the request.
-const FORGET_RETRY_LOCK: &str = "30s";
+/// How long a delete's `restic forget` in a reader Pod waits for another process's lock (an
+/// agent's backup or prune): it runs in the background, not in the request.
+const FORGET_RETRY_LOCK: &str = "120s";
 
 /// `restic forget --prune <id>` in a Pod that mounts `repo`'s volume read-write (`Ok(None)`:
 /// not a `local` backend).
@@ -164,7 +167,7 @@ pub async fn forget(
     timeout: Duration,
 ) -> Result<Option<()>, String> {
     // An agent's backup or follow-up may hold a lock (a schedule every minute often does):
-    // wait for it, within the API server's request timeout, instead of failing at once.
+    // wait for it instead of failing at once.
     let args = [
         "forget",
         "--prune",
@@ -207,7 +210,7 @@ async fn run(
             .map_or(0, |d| d.subsec_nanos())
             & 0xfffff
     );
-    let Some(pod) = pod(repo, image, &name, args, write)? else {
+    let Some(pod) = pod(repo, image, &name, args, write, timeout)? else {
         return Ok(None);
     };
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
@@ -289,12 +292,12 @@ mod tests {
     fn the_pod_belongs_to_its_repository_and_runs_as_every_agent_does() {
         let mut r = repo(serde_json::json!({"storageSecretName": "s",
             "local": {"mountPath": "/safe/data", "hostPath": {"path": "/data/repo"}}}));
-        let p = pod(&r, "img:1", "reader", LIST, false)
+        let p = pod(&r, "img:1", "reader", LIST, false, Duration::from_secs(120))
             .expect("valid")
             .expect("local");
         assert_eq!(p.metadata.owner_references, None, "no uid, no owner");
         r.metadata.uid = Some("0b5e-uid".into());
-        let p = pod(&r, "img:1", "reader", LIST, false)
+        let p = pod(&r, "img:1", "reader", LIST, false, Duration::from_secs(120))
             .expect("valid")
             .expect("local");
         let owners = p.metadata.owner_references.expect("owned");
@@ -322,7 +325,7 @@ mod tests {
     fn the_pod_mounts_the_backend_volume_and_takes_the_password_from_the_secret() {
         let r = repo(serde_json::json!({"storageSecretName": "s",
             "local": {"mountPath": "/safe/data", "subPath": "a", "persistentVolumeClaim": {"claimName": "c"}}}));
-        let p = pod(&r, "img:1", "reader", LIST, false)
+        let p = pod(&r, "img:1", "reader", LIST, false, Duration::from_secs(120))
             .expect("valid")
             .expect("local");
         let spec = p.spec.expect("spec");
@@ -376,7 +379,11 @@ mod tests {
     fn remote_backends_need_no_pod() {
         let r =
             repo(serde_json::json!({"storageSecretName": "s", "rest": {"url": "http://h:8000/"}}));
-        assert!(pod(&r, "img", "x", LIST, false).expect("valid").is_none());
+        assert!(
+            pod(&r, "img", "x", LIST, false, Duration::from_secs(120))
+                .expect("valid")
+                .is_none()
+        );
     }
 
     #[test]

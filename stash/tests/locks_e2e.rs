@@ -221,23 +221,6 @@ async fn lock_decisions(client: &kube::Client, ns: &str) -> Vec<(String, String,
         .collect()
 }
 
-/// No unlock Pod is left in `ns` (≤ 60 s: each is deleted once read).
-async fn no_unlock_pod_left(client: &kube::Client, ns: &str) {
-    let pods = Api::<Pod>::namespaced(client.clone(), ns);
-    eventually("no unlock Pod left", Duration::from_secs(60), || {
-        let pods = pods.clone();
-        async move {
-            pods.list(&ListParams::default().labels("stash.appscode.com/unlock"))
-                .await
-                .ok()?
-                .items
-                .is_empty()
-                .then_some(())
-        }
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_lost_with_its_pod_blocks_no_later_session() {
     let env = env().await;
@@ -337,7 +320,7 @@ async fn an_agent_lost_with_its_pod_blocks_no_later_session() {
         1,
         "one dead restic, one lock: {decisions:?}"
     );
-    no_unlock_pod_left(&client, &ns).await;
+    no_pods_left(&client, &ns, "stash.appscode.com/unlock").await;
     println!(
         "a sidecar lost with its pod: its lock removed by the operator ({} decision(s)), later sessions Succeeded, retention caught up",
         decisions.len()
@@ -461,7 +444,7 @@ async fn a_live_agent_s_lock_is_waited_for_and_never_removed() {
     .await;
     assert_eq!(sessions, ["slow", "waits"], "restic's own view");
     assert_eq!(kept.len(), 1, "one live restic, one lock: {kept:?}");
-    no_unlock_pod_left(&client, &ns).await;
+    no_pods_left(&client, &ns, "stash.appscode.com/unlock").await;
     println!(
         "a live agent's lock: reported, kept ({} decision(s)), waited for; both sessions Succeeded",
         kept.len()

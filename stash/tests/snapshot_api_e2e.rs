@@ -704,6 +704,110 @@ async fn delete_forgets_the_snapshot_and_prunes_with_a_repack() {
     assert!(err.contains("NotFound"), "{err}");
 }
 
+/// A delete whose prune outlasts the API server's 60 s for a request (another process holds
+/// the repository's lock: a backup reading its input): answered `202 Accepted` after the
+/// request's own bound, done in the background once the lock is gone — restic no longer lists
+/// the snapshot, the Repository's `SnapshotDeletion` condition says `Deleted`, no lock and no
+/// reader Pod is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delete_that_outlasts_the_request_completes_in_the_background() {
+    use std::io::Write as _;
+    let own = own_repository("snap-slow-delete", 3).await;
+    let ns = own.ns.name.as_str();
+    let before = restic_snapshots(&own.dir);
+    let victim = before[0]["short_id"].as_str().expect("id").to_owned();
+    let victim_name = format!("repo-{victim}");
+    let lock_files = |dir: &Path| std::fs::read_dir(dir.join("locks")).map_or(0, |d| d.count());
+    // Another process's backup holds a lock for 70 s (it reads its input until then).
+    let mut holder = restic(&own.dir)
+        .args([
+            "backup",
+            "--stdin",
+            "--stdin-filename",
+            "held",
+            "--host",
+            "host-9",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("restic backup --stdin");
+    let dir = own.dir.clone();
+    eventually("the holder's lock", Duration::from_secs(60), || {
+        let n = lock_files(&dir);
+        async move { (n > 0).then_some(()) }
+    })
+    .await;
+    let started = Instant::now();
+    let out = own
+        .kubectl
+        .ok(&["delete", "snapshot", &victim_name, "-n", ns, "--wait=false"])
+        .await;
+    let answered = started.elapsed();
+    assert!(out.contains("deleted"), "{out}");
+    assert!(
+        answered >= Duration::from_secs(40) && answered < Duration::from_secs(60),
+        "answered after the request's own bound, inside the API server's: {answered:?}"
+    );
+    // The lock outlasts the API server's timeout; then the holder ends and removes it.
+    tokio::time::sleep_until((started + Duration::from_secs(70)).into()).await;
+    holder
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"held")
+        .expect("write");
+    let held = tokio::task::spawn_blocking(move || holder.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(held.success(), "the holder's backup: {held:?}");
+    let dir = own.dir.clone();
+    let after = eventually(
+        "the snapshot forgotten in the background",
+        Duration::from_secs(180),
+        || {
+            let dir = dir.clone();
+            let victim = victim.clone();
+            async move {
+                let snaps = restic_snapshots(&dir);
+                (!snaps.iter().any(|s| s["short_id"] == victim.as_str())).then_some(snaps)
+            }
+        },
+    )
+    .await;
+    let done = started.elapsed();
+    assert!(done > Duration::from_secs(60), "{done:?}");
+    // The other snapshots and the holder's are all there.
+    assert_eq!(after.len(), before.len(), "{after:?}");
+    let client = own.cp.client();
+    let condition = eventually("the delete's condition", Duration::from_secs(60), || {
+        let repos = Api::<Repository>::namespaced(client.clone(), ns);
+        async move {
+            let r = repos.get("repo").await.ok()?;
+            r.status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "SnapshotDeletion" && c.status == "False")
+        }
+    })
+    .await;
+    assert_eq!(condition.reason, "Deleted", "{condition:?}");
+    assert!(condition.message.contains(&victim), "{condition:?}");
+    assert_eq!(lock_files(&own.dir), 0, "no lock left");
+    support::no_pods_left(&client, ns, "stash.appscode.com/snapshot-reader").await;
+    let err = own
+        .kubectl
+        .err(None, &["get", "snapshot", &victim_name, "-n", ns])
+        .await;
+    assert!(err.contains("NotFound"), "{err}");
+    println!(
+        "a delete that outlasts the request: answered in {:.0?}, done in the background after {:.0?}",
+        answered, done
+    );
+}
+
 /// Authorization through the API server: alice may get/list in A only; bob has no grants.
 #[tokio::test(flavor = "multi_thread")]
 async fn only_granted_users_may_list_and_nobody_else_may_delete() {
