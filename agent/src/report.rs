@@ -138,33 +138,25 @@ pub fn lock_manager(hostname: &str) -> String {
 }
 
 /// A reporter ([`stash_restic::LockReporter`]) of the locks that stand in host `host`'s way, on
-/// session `name` of `api` (`status.blockingLocks`, a list-map keyed by `id`): every lock it was
-/// told of since it was made, by server-side apply as [`lock_manager`], once (a failed write is
-/// logged: the command still waits for the lock, and restic's refusal names its holder).
+/// session `name` of `api` (`status.blockingLocks`, a list-map keyed by `id`): the locks it is
+/// told of replace those it reported before (none: the report is withdrawn, the command has its
+/// lock or gave up), by server-side apply as [`lock_manager`], once (a failed write is logged:
+/// the command still waits for the lock, and restic's refusal names its holder).
 pub fn lock_reporter<K>(api: Api<K>, name: String, host: String) -> stash_restic::LockReporter
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    use std::sync::{Arc, Mutex};
-    let seen: Arc<Mutex<std::collections::BTreeMap<String, stash_crds::common::BlockingLock>>> =
-        Arc::default();
-    Arc::new(move |locks: Vec<stash_restic::LockInfo>| {
-        let entries = {
-            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-            for l in locks {
-                seen.insert(
-                    l.id.clone(),
-                    stash_crds::common::BlockingLock {
-                        id: l.id,
-                        hostname: Some(l.hostname),
-                        pid: Some(l.pid),
-                        exclusive: Some(l.exclusive),
-                        time: Some(l.time.to_string()),
-                    },
-                );
-            }
-            seen.values().cloned().collect::<Vec<_>>()
-        };
+    std::sync::Arc::new(move |locks: Vec<stash_restic::LockInfo>| {
+        let entries: Vec<stash_crds::common::BlockingLock> = locks
+            .into_iter()
+            .map(|l| stash_crds::common::BlockingLock {
+                id: l.id,
+                hostname: Some(l.hostname),
+                pid: Some(l.pid),
+                exclusive: Some(l.exclusive),
+                time: Some(l.time.to_string()),
+            })
+            .collect();
         let (api, name, host) = (api.clone(), name.clone(), host.clone());
         Box::pin(async move {
             let patch = serde_json::json!({

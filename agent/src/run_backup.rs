@@ -89,6 +89,23 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let repos = Api::<Repository>::namespaced(client.clone(), &ns);
     let repo_name = bc.spec.repository_name();
     tracing::info!(bc = %opts.backup_configuration, %host, "backup sidecar started");
+    // A restic of this pod's previous container (killed: an OOM kill, a crash) may have left
+    // its lock: this pod's restic proves it stale and removes it now, not at this host's next
+    // exclusive command — another configuration's prune would wait for it until then.
+    {
+        let (repos, repo_name, settings) =
+            (repos.clone(), repo_name.clone(), settings(&opts, None));
+        tokio::spawn(async move {
+            let Ok(repo) = repos.get(&repo_name).await else {
+                return;
+            };
+            if let Ok(r) = backup::open(&repo, &settings)
+                && let Err(e) = r.clear_stale_locks().await
+            {
+                tracing::debug!(error = %e, "could not clear this pod's stale locks at start-up");
+            }
+        });
+    }
 
     let sessions = Api::<BackupSession>::namespaced(client.clone(), &ns);
     let selector = format!(
@@ -191,17 +208,14 @@ async fn backup_one(
     let snapshotted = match repos.get(&repo_name).await {
         Ok(repo) => {
             reported_integrity = repo.status.as_ref().and_then(|s| s.integrity);
-            let settings = backup::Settings {
-                secret_dir: opts.secret_dir.clone(),
-                scratch_dir: opts.scratch_dir.clone(),
-                enable_cache: opts.enable_cache,
-                max_connections: opts.max_connections,
-                lock_reporter: Some(crate::report::lock_reporter(
+            let settings = settings(
+                opts,
+                Some(crate::report::lock_reporter(
                     Api::<BackupSession>::namespaced(client.clone(), &ns),
                     session.name_any(),
                     host.to_string(),
                 )),
-            };
+            );
             backup::run(
                 &repo,
                 bc,
@@ -389,6 +403,17 @@ fn snapshot_stats(s: &backup::SnapshotResult) -> SnapshotStats {
             modified_files: count(s.files_changed),
             unmodified_files: count(s.files_unmodified),
         }),
+    }
+}
+
+/// The agent's restic settings from its options.
+fn settings(opts: &Options, lock_reporter: Option<stash_restic::LockReporter>) -> backup::Settings {
+    backup::Settings {
+        secret_dir: opts.secret_dir.clone(),
+        scratch_dir: opts.scratch_dir.clone(),
+        enable_cache: opts.enable_cache,
+        max_connections: opts.max_connections,
+        lock_reporter,
     }
 }
 

@@ -4,9 +4,10 @@
 //! its locks stale: a lock of *this* hostname whose pid does not run here. So that no process
 //! of the Pod holds such a pid, the agent first spends pids (short-lived children) until the
 //! next one is above every pid of the dead host's locks ([`advance_pids`], before any thread
-//! starts); only pid 1 (the agent itself) stays below, and a lock of pid 1 is left. Then
-//! `restic unlock` (never `--remove-all`), and the last line of the log says which locks of
-//! that hostname were removed and which are left, as JSON ([`Outcome`]).
+//! starts); only pid 1 (the agent itself) stays below, and a lock of pid 1 is left. Then, if
+//! that hostname holds no lock but those judged dead (`--only`: a pod of the same name started
+//! since would hold others), `restic unlock` (never `--remove-all`); the last line of the log
+//! says which locks of that hostname were removed and which are left, as JSON ([`Outcome`]).
 use std::path::PathBuf;
 
 use stash_crds::Repository;
@@ -21,6 +22,10 @@ pub struct Options {
     /// The highest pid of that host's reported locks.
     #[arg(long, default_value_t = 0)]
     pub above_pid: u32,
+    /// The ids of the locks judged dead (comma-separated): when that hostname holds any other
+    /// lock (a pod of the same name started since, whose restic is alive), nothing is removed.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
     /// The Repository (JSON), from this environment variable.
     #[arg(long, default_value = "STASH_REPOSITORY")]
     pub repository_env: String,
@@ -87,6 +92,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             .collect()
     };
     let before = of_host(r.locks().await?);
+    if let Some(other) = before.iter().find(|id| !opts.only.contains(id)) {
+        eprintln!(
+            "lock {other} of {} was not judged dead: nothing removed",
+            opts.hostname
+        );
+        println!(
+            "{}",
+            serde_json::to_string(&Outcome {
+                removed: Vec::new(),
+                left: before,
+            })?
+        );
+        return Ok(());
+    }
     r.unlock(false).await?;
     let left = of_host(r.locks().await?);
     let outcome = Outcome {

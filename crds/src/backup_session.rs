@@ -95,11 +95,15 @@ pub struct BackupSessionStatus {
 }
 
 impl BackupSessionStatus {
-    /// The reported locks the operator has not decided on yet.
+    /// The reported locks the operator is still to judge: those it has not decided on, and
+    /// those it kept because their holder's pod lived (it may die while the agent waits).
     pub fn undecided_locks(&self) -> impl Iterator<Item = &crate::common::BlockingLock> {
-        self.blocking_locks
-            .iter()
-            .filter(|l| !l.id.is_empty() && !self.lock_decisions.iter().any(|d| d.id == l.id))
+        self.blocking_locks.iter().filter(|l| {
+            !l.id.is_empty()
+                && !self.lock_decisions.iter().any(|d| {
+                    d.id == l.id && d.reason.as_deref() != Some(crate::common::HOLDER_RUNNING)
+                })
+        })
     }
 }
 

@@ -332,6 +332,10 @@ pub struct BlockingLock {
     pub time: Option<String>,
 }
 
+/// The reason of a lock kept because a pod of its hostname exists (judged again while it is
+/// reported: the pod may go).
+pub const HOLDER_RUNNING: &str = "HolderRunning";
+
 /// The operator's decision on a reported lock (a stash-rs addition).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

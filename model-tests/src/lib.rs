@@ -14,6 +14,7 @@
 pub mod backup;
 pub mod composed;
 pub mod explore;
+pub mod locks;
 pub mod restore;
 
 use proptest::strategy::Strategy;

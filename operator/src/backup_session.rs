@@ -159,13 +159,17 @@ impl Reconcile<BackupSession> for BackupSessions {
         // Locks an agent of this session reported in its way: judged first, also once the
         // session ended (its follow-up `forget` runs after the report) — a dead agent's are
         // removed while the agent's command waits for them.
-        crate::locks::judge_reported(ctx, &bs).await?;
+        let judge_again = crate::locks::judge_reported(ctx, &bs).await?;
         let status = bs.status.as_ref();
         if status
             .and_then(|s| s.phase)
             .is_some_and(|p| p.is_terminal())
         {
-            return Ok(Action::await_change());
+            return Ok(if judge_again {
+                Action::requeue(crate::locks::JUDGE_AGAIN)
+            } else {
+                Action::await_change()
+            });
         }
         let bc =
             stores::get_or_fetch(&ctx.stores.configurations, &ctx.client, &ns, &bc_name).await?;

@@ -1,9 +1,11 @@
 //! The lock janitor: the operator's side of a lock that stands in an agent's way.
 //!
 //! An agent reports the locks of other hosts that refuse its command on its session
-//! (`status.blockingLocks`) and waits for them (`--retry-lock`). Each reported lock is judged
-//! once ([`stash_machines::locks::judge`]), from the API server's own answer (not a cache: the
-//! verdict removes a lock) to "does a pod of the lock's hostname exist, in any namespace?" and
+//! (`status.blockingLocks`, withdrawn once the command has its lock or gave up) and waits for
+//! them (`--retry-lock`). Each reported lock is judged ([`stash_machines::locks::judge`]; one
+//! kept because its holder's pod exists is judged again every [`JUDGE_AGAIN`] while it is
+//! reported: the pod may go), from the API server's own answer (not a cache: the verdict
+//! removes a lock) to "does a pod of the lock's hostname exist, in any namespace?" and
 //! from whether the hostname is one of the repository's agents'. A dead agent's locks are
 //! removed by `restic unlock` run in an unlock Pod that carries the dead agent's hostname
 //! ([`unlock_pod`], `stash-agent unlock-dead`): restic itself proves them stale there. Every
@@ -42,12 +44,16 @@ pub fn undecided(bs: &BackupSession) -> Vec<BlockingLock> {
         .unwrap_or_default()
 }
 
-/// Judge the undecided reported locks of `bs` (see the module's text); the agent's command
-/// goes on by itself once a removed lock is gone.
-pub async fn judge_reported(ctx: &Ctx, bs: &BackupSession) -> Result<(), Error> {
+/// How soon a lock kept for its running holder is judged again while it is reported.
+pub const JUDGE_AGAIN: Duration = Duration::from_secs(10);
+
+/// Judge the reported locks of `bs` still to judge (see the module's text); the agent's command
+/// goes on by itself once a removed lock is gone. Whether to look again ([`JUDGE_AGAIN`]): a
+/// lock kept for its running holder is still reported.
+pub async fn judge_reported(ctx: &Ctx, bs: &BackupSession) -> Result<bool, Error> {
     let pending = undecided(bs);
     if pending.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let ns = bs.namespace().unwrap_or_default();
     let bc_name = bs.spec.configuration_name();
@@ -86,11 +92,12 @@ pub async fn judge_reported(ctx: &Ctx, bs: &BackupSession) -> Result<(), Error> 
             .or_default()
             .push(l);
     }
-    let mut decisions: Vec<LockDecision> = bs
+    let before: Vec<LockDecision> = bs
         .status
         .as_ref()
         .map(|s| s.lock_decisions.clone())
         .unwrap_or_default();
+    let mut decisions = before.clone();
     let object = bs.object_ref(&());
     for (host, held) in by_host {
         let pod_exists = !host.is_empty()
@@ -107,8 +114,7 @@ pub async fn judge_reported(ctx: &Ctx, bs: &BackupSession) -> Result<(), Error> 
         let left = match locks::judge(&host, facts) {
             Verdict::Keep(why) => held.iter().map(|l| (l, why)).collect::<Vec<_>>(),
             Verdict::Remove => {
-                let above = held.iter().filter_map(|l| l.pid).max().unwrap_or(0);
-                let outcome = unlock(ctx, bs, &repo, &host, above).await?;
+                let outcome = unlock(ctx, bs, &repo, &host, &held).await?;
                 held.iter()
                     .filter(|l| outcome.left.contains(&l.id))
                     .map(|l| (l, Kept::NotProvenStale))
@@ -118,6 +124,13 @@ pub async fn judge_reported(ctx: &Ctx, bs: &BackupSession) -> Result<(), Error> 
         for l in &held {
             let what = describe(l);
             let kept = left.iter().find(|(k, _)| k.id == l.id).map(|(_, why)| *why);
+            let same = |d: &LockDecision| {
+                d.id == l.id && kept.is_some_and(|k| d.reason.as_deref() == Some(k.name()))
+            };
+            if before.iter().any(same) {
+                // Kept again for the same reason: nothing new to say.
+                continue;
+            }
             let (decision, reason) = match kept {
                 None => {
                     tracing::warn!(session = %bs.name_any(), lock = %what, "removed a dead agent's lock (its pod is gone)");
@@ -152,6 +165,12 @@ pub async fn judge_reported(ctx: &Ctx, bs: &BackupSession) -> Result<(), Error> 
             });
         }
     }
+    let again = decisions
+        .iter()
+        .any(|d| d.reason.as_deref() == Some(stash_crds::common::HOLDER_RUNNING));
+    if decisions == before {
+        return Ok(again);
+    }
     let patch = serde_json::json!({
         "apiVersion": BackupSession::api_version(&()),
         "kind": BackupSession::kind(&()),
@@ -165,7 +184,7 @@ pub async fn judge_reported(ctx: &Ctx, bs: &BackupSession) -> Result<(), Error> 
             &Patch::Apply(&patch),
         )
         .await?;
-    Ok(())
+    Ok(again)
 }
 
 /// `exclusive lock 1a2b3c4d of PID 80 on app-x (95s old)`.
@@ -208,9 +227,9 @@ async fn unlock(
     bs: &BackupSession,
     repo: &Repository,
     host: &str,
-    above_pid: i64,
+    held: &[BlockingLock],
 ) -> Result<stash_agent_outcome::Outcome, Error> {
-    let pod = unlock_pod(repo, &ctx.inject.image, host, above_pid, bs).map_err(Error::Config)?;
+    let pod = unlock_pod(repo, &ctx.inject.image, host, held, bs).map_err(Error::Config)?;
     let name = pod.name_any();
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &repo.namespace().unwrap_or_default());
     pods.create(&PostParams::default(), &pod).await?;
@@ -246,16 +265,18 @@ mod stash_agent_outcome {
     }
 }
 
-/// The unlock Pod for the locks of `host` on `repo` (pure): `stash-agent unlock-dead` with
-/// `spec.hostname: host`, the storage Secret and a `local` backend's volume mounted, no
+/// The unlock Pod for the locks `held` by `host` on `repo` (pure): `stash-agent unlock-dead`
+/// with `spec.hostname: host` (and those locks' ids: no other lock of that hostname goes), the storage Secret and a `local` backend's volume mounted, no
 /// service-account token, owned by the session `bs` (collected with it).
 pub fn unlock_pod(
     repo: &Repository,
     image: &str,
     host: &str,
-    above_pid: i64,
+    held: &[BlockingLock],
     bs: &BackupSession,
 ) -> Result<Pod, String> {
+    let above_pid = held.iter().filter_map(|l| l.pid).max().unwrap_or(0);
+    let only: Vec<&str> = held.iter().map(|l| l.id.as_str()).collect();
     let secret = repo
         .spec
         .backend
@@ -309,7 +330,7 @@ pub fn unlock_pod(
                 "imagePullPolicy": "IfNotPresent",
                 "command": ["/usr/local/bin/stash-agent"],
                 "args": ["unlock-dead", "--hostname", host, "--above-pid", above_pid.max(0).to_string(),
-                         "--secret-dir", SECRET_DIR, "--scratch-dir", "/tmp"],
+                         "--only", only.join(","), "--secret-dir", SECRET_DIR, "--scratch-dir", "/tmp"],
                 "env": [{"name": "STASH_REPOSITORY", "value": repository.to_string()},
                         {"name": "HOME", "value": "/tmp"}, {"name": "TMPDIR", "value": "/tmp"}],
                 "volumeMounts": mounts,
@@ -342,21 +363,33 @@ mod tests {
             "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupSession",
             "metadata": {"name": "nightly", "namespace": "demo", "uid": "u-1"},
             "spec": {"backupConfiguration": {"name": "bc"}},
-            "status": {"blockingLocks": [{"id": "a1", "hostname": "app-x", "pid": 80}, {"id": "b2", "hostname": "app-y"}],
-                       "lockDecisions": [{"id": "b2", "decision": "Kept", "reason": "HolderRunning"}]}
+            "status": {"blockingLocks": [{"id": "a1", "hostname": "app-x", "pid": 80}, {"id": "b2", "hostname": "app-y"},
+                                        {"id": "c3", "hostname": "app-z"}],
+                       "lockDecisions": [{"id": "b2", "decision": "Kept", "reason": "UnknownHolder"},
+                                         {"id": "c3", "decision": "Kept", "reason": "HolderRunning"}]}
         }))
         .expect("session")
     }
 
     #[test]
-    fn only_undecided_locks_are_judged() {
+    fn undecided_locks_and_those_of_a_running_holder_are_judged() {
+        // b2 is decided for good; c3's holder ran when it was judged, and may have died since.
         let u = undecided(&session());
-        assert_eq!(u.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(), ["a1"]);
+        assert_eq!(
+            u.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
+            ["a1", "c3"]
+        );
     }
 
     #[test]
     fn the_unlock_pod_carries_the_dead_host_s_name_and_no_token() {
-        let pod = unlock_pod(&repo(), "img", "app-x", 80, &session()).expect("pod");
+        let held = [BlockingLock {
+            id: "a1".into(),
+            hostname: Some("app-x".into()),
+            pid: Some(80),
+            ..Default::default()
+        }];
+        let pod = unlock_pod(&repo(), "img", "app-x", &held, &session()).expect("pod");
         let spec = pod.spec.expect("spec");
         assert_eq!(spec.hostname.as_deref(), Some("app-x"));
         assert_eq!(spec.automount_service_account_token, Some(false));

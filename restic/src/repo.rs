@@ -429,16 +429,21 @@ impl Repo {
         use stash_machines::locks::{Holder, OnRefusal, on_refusal};
         let locking = takes_lock(sub, &args);
         let exclusive = matches!(sub, "forget" | "prune" | "check");
+        let mut reported = false;
         if locking {
-            self.before_locking(sub, exclusive).await?;
+            reported = self.before_locking(sub, exclusive).await?;
         }
         let retryable = stdin.is_none() && stdout.is_none() && locking;
         let f = self
             .exec_once(sub, &args, stdin, stdout, cleanup_cache)
-            .await?;
-        if !retryable || f.status.code() != Some(11) {
-            return Ok(f);
-        }
+            .await;
+        let f = match f {
+            Ok(f) if retryable && f.status.code() == Some(11) => f,
+            other => {
+                self.withdraw_report(reported).await;
+                return other;
+            }
+        };
         let message = f
             .exit_error
             .as_ref()
@@ -450,10 +455,14 @@ impl Repo {
             // once more.
             let locks = self.locks().await.unwrap_or_default();
             if self.report_blocking(sub, exclusive, locks).await {
-                return self.exec_once(sub, &args, None, None, cleanup_cache).await;
+                let again = self.exec_once(sub, &args, None, None, cleanup_cache).await;
+                self.withdraw_report(true).await;
+                return again;
             }
+            self.withdraw_report(reported).await;
             return Ok(f);
         }
+        self.withdraw_report(reported).await;
         let unlocked = self.exec_once("unlock", &[], None, None, false).await?;
         let what = holder.as_ref().map(Holder::describe).unwrap_or_default();
         if !unlocked.status.success() {
@@ -478,22 +487,31 @@ impl Repo {
         self.exec_once(sub, &args, None, None, cleanup_cache).await
     }
 
+    /// `restic unlock` (never `--remove-all`) when the repository has locks: those restic
+    /// proves stale — this host's of a pid that no longer runs (an agent restarted in its pod
+    /// after its restic was killed), or any not refreshed for 30 minutes — are removed and
+    /// recorded for [`take_removed_locks`]. What a restarted agent runs first, so that a lock
+    /// of its dead restic stands in no other host's way until its own next exclusive command.
+    pub async fn clear_stale_locks(&self) -> Result<()> {
+        self.before_locking("unlock", true).await.map(|_| ())
+    }
+
     /// Before locking command `sub`: clear the locks restic proves stale when the command is
     /// exclusive ([`clear_stale_first`]), recording each one removed (its host, pid and age) for
     /// [`take_removed_locks`]; then report the other hosts' locks in its way
-    /// ([`Repo::report_blocking`]). One `list locks` when there are none; a repository whose
-    /// locks cannot be listed is restic's to refuse.
-    async fn before_locking(&self, sub: &'static str, exclusive: bool) -> Result<()> {
+    /// ([`Repo::report_blocking`]): whether any was reported. One `list locks` when there are
+    /// none; a repository whose locks cannot be listed is restic's to refuse.
+    async fn before_locking(&self, sub: &'static str, exclusive: bool) -> Result<bool> {
         use stash_machines::locks::clear_stale_first;
         let clear = clear_stale_first(exclusive);
         if !clear && self.lock_reporter.is_none() {
-            return Ok(());
+            return Ok(false);
         }
         let Ok(mut locks) = self.locks().await else {
-            return Ok(());
+            return Ok(false);
         };
         if locks.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         if clear {
             self.exec_once("unlock", &[], None, None, false).await?;
@@ -518,8 +536,14 @@ impl Repo {
             }
             locks = left;
         }
-        self.report_blocking(sub, exclusive, locks).await;
-        Ok(())
+        Ok(self.report_blocking(sub, exclusive, locks).await)
+    }
+
+    /// Withdraw this command's report of the locks in its way (it has run, or given up).
+    async fn withdraw_report(&self, reported: bool) {
+        if let (true, Some(reporter)) = (reported, self.lock_reporter.clone()) {
+            reporter(Vec::new()).await;
+        }
     }
 
     /// Report those of `locks` that stand in the way of `sub` ([`stash_machines::locks::blocks`])
