@@ -3,8 +3,9 @@
 //!   does): the kubelet restarts it in the same pod, whose restic proves the dead lock stale
 //!   (this pod's hostname, a dead pid) and removes it before the exclusive `forget --prune`;
 //! * a sidecar lost with its pod (killed outright and the pod force-deleted, as when a node is
-//!   lost): the next agent reports the lock in its way, the operator finds no pod of that name
-//!   and removes it under the dead pod's hostname;
+//!   lost) during a backup, or during its `forget --prune` (whose exclusive lock refuses every
+//!   later backup): the next agent reports the lock in its way, the operator finds no pod of
+//!   that name and removes it under the dead pod's hostname;
 //! * a live agent's lock (another configuration's backup, frozen for a while) is reported,
 //!   kept, and waited for.
 //!
@@ -37,6 +38,11 @@ fn locks(repo: &Path) -> usize {
 
 /// The hostnames of the local repository's locks at `repo`, in restic's own view.
 fn lock_hosts(repo: &Path) -> Vec<String> {
+    locks_of(repo).into_iter().map(|(h, _)| h).collect()
+}
+
+/// The local repository's locks at `repo` in restic's own view: (hostname, exclusive).
+fn locks_of(repo: &Path) -> Vec<(String, bool)> {
     let repo = repo.to_string_lossy().to_string();
     let out = restic(&repo, PASSWORD)
         .args(["list", "locks", "--no-lock"])
@@ -50,7 +56,10 @@ fn lock_hosts(repo: &Path) -> Vec<String> {
                 .output()
                 .ok()?;
             let lock: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-            Some(lock["hostname"].as_str()?.to_string())
+            Some((
+                lock["hostname"].as_str()?.to_string(),
+                lock["exclusive"].as_bool().unwrap_or(false),
+            ))
         })
         .collect()
 }
@@ -448,5 +457,121 @@ async fn a_live_agent_s_lock_is_waited_for_and_never_removed() {
     println!(
         "a live agent's lock: reported, kept ({} decision(s)), waited for; both sessions Succeeded",
         kept.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_lost_in_its_prune_blocks_no_later_backup() {
+    let env = env().await;
+    let client = env.cp.client();
+    let f = fixture_with_password("prune-lost", PASSWORD).await;
+    let ns = f.ns.name.clone();
+    let source = sidecar_workload(
+        &client,
+        &ns,
+        "source-data",
+        json!({"retentionPolicy": {"name": "keep-last-1", "keepLast": 1, "prune": true}}),
+    )
+    .await;
+    generate_files(&source, 51, 40, 1 << 20);
+    run_backup_session(
+        &client,
+        &ns,
+        "app-backup",
+        "first",
+        Duration::from_secs(300),
+    )
+    .await;
+    retention_of(&client, &ns, "first").await;
+
+    // Each round rewrites the data, so that the prune after the report has packs to remove.
+    // Every new lock file freezes the sidecar while restic's own view says whose it is; the
+    // prune's exclusive lock keeps it frozen (at most 4 rounds of 30 s).
+    let mut caught = None;
+    for round in 0..4 {
+        generate_files(&source, 60 + round, 80, 1 << 20);
+        let (pod, container) = pod_and_sidecar(&client, &ns, "app").await;
+        let (dir, cp) = (f.repo_dir.clone(), env.cp);
+        let (p, c) = (pod.clone(), container.clone());
+        let watcher = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let mut seen = std::collections::BTreeSet::new();
+            while std::time::Instant::now() < deadline {
+                let names: Vec<String> = std::fs::read_dir(dir.join("locks"))
+                    .map(|d| {
+                        d.flatten()
+                            .map(|e| e.file_name().to_string_lossy().to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for n in names {
+                    if !seen.insert(n) {
+                        continue;
+                    }
+                    if cp.pause_container(&c).is_err() {
+                        continue;
+                    }
+                    if locks_of(&dir).contains(&(p.clone(), true)) {
+                        return true;
+                    }
+                    cp.resume_container(&c).expect("thaw the sidecar");
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            false
+        });
+        create_backup_session(&client, &ns, "app-backup", &format!("round-{round}")).await;
+        if watcher.await.expect("lock watcher") {
+            caught = Some((pod, container));
+            break;
+        }
+    }
+    let (pod_name, container) = caught.expect("a prune's exclusive lock seen in 4 rounds");
+    // Killed in its prune, the pod force-deleted at once: its exclusive lock stays.
+    env.cp
+        .kill_container(&container)
+        .expect("SIGKILL the frozen sidecar");
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    pods.delete(
+        &pod_name,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("force-delete the pod");
+    eventually("the pod gone", Duration::from_secs(120), || {
+        let pods = pods.clone();
+        let pod_name = pod_name.clone();
+        async move { matches!(pods.get_opt(&pod_name).await, Ok(None)).then_some(()) }
+    })
+    .await;
+    assert!(
+        locks_of(&f.repo_dir).contains(&(pod_name.clone(), true)),
+        "the lost prune's exclusive lock is left"
+    );
+    // Every backup would be refused by it: the next one succeeds, and retention catches up.
+    generate_files(&source, 70, 4, 4096);
+    run_backup_session(
+        &client,
+        &ns,
+        "app-backup",
+        "after",
+        Duration::from_secs(300),
+    )
+    .await;
+    assert_retention_applied(&retention_of(&client, &ns, "after").await);
+    one_snapshot_and_no_lock(&f.repo_dir).await;
+    assert_removed_lock_named(&client, &ns, &pod_name, Some("BackupSession")).await;
+    let decisions = lock_decisions(&client, &ns).await;
+    assert_eq!(
+        decisions.iter().filter(|(_, d, _)| d == "Removed").count(),
+        1,
+        "the lost prune's lock, removed: {decisions:?}"
+    );
+    no_pods_left(&client, &ns, "stash.appscode.com/unlock").await;
+    println!(
+        "a sidecar lost in its prune: its exclusive lock removed by the operator, the next backup Succeeded, retention caught up"
     );
 }
