@@ -380,6 +380,17 @@ impl Repo {
         args: &[OsString],
         cleanup_cache: bool,
     ) -> (OsString, Vec<OsString>) {
+        self.command_line_waiting(sub, args, cleanup_cache, self.retry_lock)
+    }
+
+    /// [`Repo::command_line`] waiting `wait` for another process's lock.
+    fn command_line_waiting(
+        &self,
+        sub: &str,
+        args: &[OsString],
+        cleanup_cache: bool,
+        wait: Duration,
+    ) -> (OsString, Vec<OsString>) {
         let mut argv: Vec<OsString> = Vec::new();
         if let Some(io) = self.ionice {
             argv.push("ionice".into());
@@ -406,7 +417,7 @@ impl Repo {
             // pid on the same hostname). So restic is never SIGKILLed while it holds a lock
             // (see `run::GroupGuard`).
             argv.push("--retry-lock".into());
-            argv.push(format!("{}s", self.retry_lock.as_secs().max(1)).into());
+            argv.push(format!("{}s", wait.as_secs().max(1)).into());
         }
         argv.extend(args.iter().cloned());
         let program = argv.remove(0);
@@ -429,13 +440,21 @@ impl Repo {
         use stash_machines::locks::{Holder, OnRefusal, on_refusal};
         let locking = takes_lock(sub, &args);
         let exclusive = matches!(sub, "forget" | "prune" | "check");
+        let retryable = stdin.is_none() && stdout.is_none() && locking;
         let mut reported = false;
-        if locking {
+        if locking && (exclusive || !retryable || self.lock_reporter.is_none()) {
             reported = self.before_locking(sub, exclusive).await?;
         }
-        let retryable = stdin.is_none() && stdout.is_none() && locking;
+        // A shared command (a backup, on the critical path) is not preceded by a look at the
+        // locks, which costs a restic start: it waits a shorter first while, and refused,
+        // reports the locks in its way and waits the full time once more.
+        let wait = if retryable && !exclusive && self.lock_reporter.is_some() {
+            self.retry_lock.min(SHARED_FIRST_WAIT)
+        } else {
+            self.retry_lock
+        };
         let f = self
-            .exec_once(sub, &args, stdin, stdout, cleanup_cache)
+            .exec_once_waiting(sub, &args, stdin, stdout, cleanup_cache, wait)
             .await;
         let f = match f {
             Ok(f) if retryable && f.status.code() == Some(11) => f,
@@ -583,7 +602,21 @@ impl Repo {
         stdout: Option<crate::run::DynWrite<'a>>,
         cleanup_cache: bool,
     ) -> Result<Finished> {
-        let (program, argv) = self.command_line(sub, args, cleanup_cache);
+        self.exec_once_waiting(sub, args, stdin, stdout, cleanup_cache, self.retry_lock)
+            .await
+    }
+
+    /// [`Repo::exec_once`] waiting `wait` for another process's lock.
+    async fn exec_once_waiting<'a>(
+        &'a self,
+        sub: &'static str,
+        args: &[OsString],
+        stdin: Option<crate::run::DynRead<'a>>,
+        stdout: Option<crate::run::DynWrite<'a>>,
+        cleanup_cache: bool,
+        wait: Duration,
+    ) -> Result<Finished> {
+        let (program, argv) = self.command_line_waiting(sub, args, cleanup_cache, wait);
         let env = self.env();
         run(Invocation {
             sub,
@@ -1036,6 +1069,10 @@ fn hostname() -> String {
 fn args<const N: usize>(a: [&str; N]) -> Vec<OsString> {
     a.iter().map(OsString::from).collect()
 }
+
+/// How long a shared command of an agent that reports the locks in its way first waits for
+/// another process's lock before it reports them ([`Repo::set_lock_reporter`]).
+pub const SHARED_FIRST_WAIT: Duration = Duration::from_secs(30);
 
 /// How long a command waits for another process's lock on the repository (`--retry-lock`).
 pub const RETRY_LOCK: Duration = Duration::from_secs(120);
