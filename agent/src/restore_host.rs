@@ -169,9 +169,13 @@ pub async fn run_with(client: Client, opts: Options) -> anyhow::Result<()> {
             scratch_dir: opts.scratch_dir.clone(),
             enable_cache: opts.enable_cache,
             max_connections: opts.max_connections,
-            // A restore's shared lock is refused only by an exclusive one; RestoreSessions
-            // carry no lock reports yet (docs/sessions.md "Locks").
-            lock_reporter: None,
+            // A restore's shared lock is refused only by an exclusive one: a dead agent's
+            // prune is reported on the session (docs/sessions.md "Locks").
+            lock_reporter: Some(crate::report::lock_reporter(
+                Api::<RestoreSession>::namespaced(client.clone(), &ns),
+                opts.restore_session.clone(),
+                host.clone(),
+            )),
         };
         let mounts: Vec<String> = target
             .volume_mounts

@@ -94,16 +94,12 @@ pub struct BackupSessionStatus {
     pub lock_decisions: Vec<crate::common::LockDecision>,
 }
 
-impl BackupSessionStatus {
-    /// The reported locks the operator is still to judge: those it has not decided on, and
-    /// those it kept because their holder's pod lived (it may die while the agent waits).
-    pub fn undecided_locks(&self) -> impl Iterator<Item = &crate::common::BlockingLock> {
-        self.blocking_locks.iter().filter(|l| {
-            !l.id.is_empty()
-                && !self.lock_decisions.iter().any(|d| {
-                    d.id == l.id && d.reason.as_deref() != Some(crate::common::HOLDER_RUNNING)
-                })
-        })
+impl crate::common::ReportsLocks for BackupSessionStatus {
+    fn blocking_locks(&self) -> &[crate::common::BlockingLock] {
+        &self.blocking_locks
+    }
+    fn lock_decisions(&self) -> &[crate::common::LockDecision] {
+        &self.lock_decisions
     }
 }
 

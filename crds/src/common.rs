@@ -350,3 +350,27 @@ pub struct LockDecision {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
+
+/// A session status whose agents report the locks in their way (`blockingLocks`) and whose
+/// operator decides on them (`lockDecisions`).
+pub trait ReportsLocks {
+    /// The locks the agents report.
+    fn blocking_locks(&self) -> &[BlockingLock];
+    /// The operator's decisions.
+    fn lock_decisions(&self) -> &[LockDecision];
+
+    /// The reported locks the operator is still to judge: those it has not decided on, and
+    /// those it kept because their holder's pod lived (it may die while the agent waits).
+    fn undecided_locks(&self) -> Vec<&BlockingLock> {
+        self.blocking_locks()
+            .iter()
+            .filter(|l| {
+                !l.id.is_empty()
+                    && !self
+                        .lock_decisions()
+                        .iter()
+                        .any(|d| d.id == l.id && d.reason.as_deref() != Some(HOLDER_RUNNING))
+            })
+            .collect()
+    }
+}

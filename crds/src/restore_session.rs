@@ -153,6 +153,25 @@ pub struct RestoreSessionStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["hostname"]))]
     pub stats: Vec<HostRestoreStats>,
+    /// Locks of other hosts that stood in an agent's way, reported by the agents (a stash-rs
+    /// addition; each agent owns the entries it applied; as for BackupSession).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
+    pub blocking_locks: Vec<crate::common::BlockingLock>,
+    /// The operator's decision on each reported lock (a stash-rs addition; the operator's lock
+    /// field manager owns it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
+    pub lock_decisions: Vec<crate::common::LockDecision>,
+}
+
+impl crate::common::ReportsLocks for RestoreSessionStatus {
+    fn blocking_locks(&self) -> &[crate::common::BlockingLock] {
+        &self.blocking_locks
+    }
+    fn lock_decisions(&self) -> &[crate::common::LockDecision] {
+        &self.lock_decisions
+    }
 }
 
 /// Restore result of one host.

@@ -47,9 +47,10 @@ impl SessionFacts {
 /// follow-up may report one after the session ended: the lock janitor, which the BackupSession
 /// controller runs, must see it): only the history keeps it ([`super::stores`]).
 pub fn finished(bs: &BackupSession) -> bool {
-    bs.status.as_ref().is_some_and(|s| {
-        s.phase.is_some_and(Phase::is_terminal) && s.undecided_locks().next().is_none()
-    })
+    use stash_crds::common::ReportsLocks as _;
+    bs.status
+        .as_ref()
+        .is_some_and(|s| s.phase.is_some_and(Phase::is_terminal) && s.undecided_locks().is_empty())
 }
 
 /// Finished sessions per configuration, ordered by creation, and each configuration's limit.

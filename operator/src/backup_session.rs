@@ -159,7 +159,15 @@ impl Reconcile<BackupSession> for BackupSessions {
         // Locks an agent of this session reported in its way: judged first, also once the
         // session ended (its follow-up `forget` runs after the report) — a dead agent's are
         // removed while the agent's command waits for them.
-        let judge_again = crate::locks::judge_reported(ctx, &bs).await?;
+        let judge_again = if crate::locks::has_undecided(bs.as_ref()) {
+            let bc_name = bs.spec.configuration_name();
+            let bc = stores::get_or_fetch(&ctx.stores.configurations, &ctx.client, &ns, &bc_name)
+                .await?
+                .ok_or_else(|| Error::Waiting(format!("BackupConfiguration {bc_name}")))?;
+            crate::locks::judge_reported(ctx, bs.as_ref(), &bc.spec.repository_name()).await?
+        } else {
+            false
+        };
         let status = bs.status.as_ref();
         if status
             .and_then(|s| s.phase)

@@ -18,9 +18,10 @@ use kube::{
     Api, Resource, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
+use serde::de::DeserializeOwned;
 use stash_crds::{
     BackupSession, Repository,
-    common::{BlockingLock, LockDecision},
+    common::{BlockingLock, LockDecision, ReportsLocks},
 };
 use stash_machines::locks::{self, HolderFacts, Kept, Verdict};
 use stash_runtime::events::Severity;
@@ -36,32 +37,64 @@ const SECRET_DIR: &str = "/etc/stash/repository-secret";
 /// How long an unlock Pod may take (its image is the operator's, already on the node).
 const UNLOCK_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The reported locks of `bs` not decided on yet.
-pub fn undecided(bs: &BackupSession) -> Vec<BlockingLock> {
-    bs.status
-        .as_ref()
-        .map(|s| s.undecided_locks().cloned().collect())
+/// The reported locks of `session` still to judge.
+pub fn undecided<S: ReportsLocks>(status: Option<&S>) -> Vec<BlockingLock> {
+    status
+        .map(|s| s.undecided_locks().into_iter().cloned().collect())
         .unwrap_or_default()
 }
 
 /// How soon a lock kept for its running holder is judged again while it is reported.
 pub const JUDGE_AGAIN: Duration = Duration::from_secs(10);
 
-/// Judge the reported locks of `bs` still to judge (see the module's text); the agent's command
-/// goes on by itself once a removed lock is gone. Whether to look again ([`JUDGE_AGAIN`]): a
-/// lock kept for its running holder is still reported.
-pub async fn judge_reported(ctx: &Ctx, bs: &BackupSession) -> Result<bool, Error> {
-    let pending = undecided(bs);
+/// A BackupSession's or RestoreSession's status, as the janitor reads and writes it.
+pub trait Session:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+{
+    /// Its status.
+    type Status: ReportsLocks;
+    /// Its status, if any.
+    fn locks_status(&self) -> Option<&Self::Status>;
+}
+
+impl Session for BackupSession {
+    type Status = stash_crds::backup_session::BackupSessionStatus;
+    fn locks_status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+}
+
+impl Session for stash_crds::RestoreSession {
+    type Status = stash_crds::restore_session::RestoreSessionStatus;
+    fn locks_status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+}
+
+/// Whether `session` has reported locks still to judge.
+pub fn has_undecided<K: Session>(session: &K) -> bool {
+    !undecided(session.locks_status()).is_empty()
+}
+
+/// Judge the reported locks of `session` (on Repository `repo_name`) still to judge (see the
+/// module's text); the agent's command goes on by itself once a removed lock is gone. Whether
+/// to look again ([`JUDGE_AGAIN`]): a lock kept for its running holder is still reported.
+pub async fn judge_reported<K: Session>(
+    ctx: &Ctx,
+    session: &K,
+    repo_name: &str,
+) -> Result<bool, Error> {
+    let pending = undecided(session.locks_status());
     if pending.is_empty() {
         return Ok(false);
     }
-    let ns = bs.namespace().unwrap_or_default();
-    let bc_name = bs.spec.configuration_name();
-    let bc = stores::get_or_fetch(&ctx.stores.configurations, &ctx.client, &ns, &bc_name)
-        .await?
-        .ok_or_else(|| Error::Waiting(format!("BackupConfiguration {bc_name}")))?;
-    let repo_name = bc.spec.repository_name();
-    let repo = stores::get_or_fetch(&ctx.stores.repositories, &ctx.client, &ns, &repo_name)
+    let ns = session.namespace().unwrap_or_default();
+    let repo = stores::get_or_fetch(&ctx.stores.repositories, &ctx.client, &ns, repo_name)
         .await?
         .ok_or_else(|| Error::Waiting(format!("Repository {repo_name}")))?;
     // The workloads whose pods are this repository's agents: every configuration's and
@@ -81,7 +114,7 @@ pub async fn judge_reported(ctx: &Ctx, bs: &BackupSession) -> Result<bool, Error
             .iter()
             .filter(|r| {
                 r.namespace().as_deref() == Some(&ns)
-                    && r.spec.repository.as_ref().map(|x| x.name.as_str()) == Some(&repo_name)
+                    && r.spec.repository.as_ref().map(|x| x.name.as_str()) == Some(repo_name)
             })
             .filter_map(|r| r.spec.target.as_ref()?.target_ref.name.clone()),
     );
@@ -92,13 +125,12 @@ pub async fn judge_reported(ctx: &Ctx, bs: &BackupSession) -> Result<bool, Error
             .or_default()
             .push(l);
     }
-    let before: Vec<LockDecision> = bs
-        .status
-        .as_ref()
-        .map(|s| s.lock_decisions.clone())
+    let before: Vec<LockDecision> = session
+        .locks_status()
+        .map(|s| s.lock_decisions().to_vec())
         .unwrap_or_default();
     let mut decisions = before.clone();
-    let object = bs.object_ref(&());
+    let object = session.object_ref(&());
     for (host, held) in by_host {
         let pod_exists = !host.is_empty()
             && host.len() < locks::HOSTNAME_MAX
@@ -114,7 +146,7 @@ pub async fn judge_reported(ctx: &Ctx, bs: &BackupSession) -> Result<bool, Error
         let left = match locks::judge(&host, facts) {
             Verdict::Keep(why) => held.iter().map(|l| (l, why)).collect::<Vec<_>>(),
             Verdict::Remove => {
-                let outcome = unlock(ctx, bs, &repo, &host, &held).await?;
+                let outcome = unlock(ctx, session, &repo, &host, &held).await?;
                 held.iter()
                     .filter(|l| outcome.left.contains(&l.id))
                     .map(|l| (l, Kept::NotProvenStale))
@@ -133,7 +165,7 @@ pub async fn judge_reported(ctx: &Ctx, bs: &BackupSession) -> Result<bool, Error
             }
             let (decision, reason) = match kept {
                 None => {
-                    tracing::warn!(session = %bs.name_any(), lock = %what, "removed a dead agent's lock (its pod is gone)");
+                    tracing::warn!(session = %session.name_any(), lock = %what, "removed a dead agent's lock (its pod is gone)");
                     ctx.events
                         .publish(
                             &object,
@@ -145,7 +177,7 @@ pub async fn judge_reported(ctx: &Ctx, bs: &BackupSession) -> Result<bool, Error
                     ("Removed", format!("no pod {host} exists any more"))
                 }
                 Some(why) => {
-                    tracing::info!(session = %bs.name_any(), lock = %what, reason = why.name(), "kept a lock in an agent's way");
+                    tracing::info!(session = %session.name_any(), lock = %what, reason = why.name(), "kept a lock in an agent's way");
                     ctx.events
                         .publish(
                             &object,
@@ -172,14 +204,14 @@ pub async fn judge_reported(ctx: &Ctx, bs: &BackupSession) -> Result<bool, Error
         return Ok(again);
     }
     let patch = serde_json::json!({
-        "apiVersion": BackupSession::api_version(&()),
-        "kind": BackupSession::kind(&()),
-        "metadata": { "name": bs.name_any() },
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": { "name": session.name_any() },
         "status": { "lockDecisions": decisions },
     });
-    Api::<BackupSession>::namespaced(ctx.client.clone(), &ns)
+    Api::<K>::namespaced(ctx.client.clone(), &ns)
         .patch_status(
-            &bs.name_any(),
+            &session.name_any(),
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&patch),
         )
@@ -222,14 +254,14 @@ fn kept_text(why: Kept) -> &'static str {
 }
 
 /// Run the unlock Pod for `host`'s locks and read what it did.
-async fn unlock(
+async fn unlock<K: Session>(
     ctx: &Ctx,
-    bs: &BackupSession,
+    session: &K,
     repo: &Repository,
     host: &str,
     held: &[BlockingLock],
 ) -> Result<stash_agent_outcome::Outcome, Error> {
-    let pod = unlock_pod(repo, &ctx.inject.image, host, held, bs).map_err(Error::Config)?;
+    let pod = unlock_pod(repo, &ctx.inject.image, host, held, session).map_err(Error::Config)?;
     let name = pod.name_any();
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &repo.namespace().unwrap_or_default());
     pods.create(&PostParams::default(), &pod).await?;
@@ -267,13 +299,13 @@ mod stash_agent_outcome {
 
 /// The unlock Pod for the locks `held` by `host` on `repo` (pure): `stash-agent unlock-dead`
 /// with `spec.hostname: host` (and those locks' ids: no other lock of that hostname goes), the storage Secret and a `local` backend's volume mounted, no
-/// service-account token, owned by the session `bs` (collected with it).
-pub fn unlock_pod(
+/// service-account token, owned by `session` (collected with it).
+pub fn unlock_pod<K: Session>(
     repo: &Repository,
     image: &str,
     host: &str,
     held: &[BlockingLock],
-    bs: &BackupSession,
+    session: &K,
 ) -> Result<Pod, String> {
     let above_pid = held.iter().filter_map(|l| l.pid).max().unwrap_or(0);
     let only: Vec<&str> = held.iter().map(|l| l.id.as_str()).collect();
@@ -284,7 +316,7 @@ pub fn unlock_pod(
         .ok_or("spec.backend.storageSecretName is not set")?;
     let name = stash_machines::names::fit(
         "stash-unlock-",
-        &format!("{}-{host}", bs.name_any()),
+        &format!("{}-{host}", session.name_any()),
         stash_machines::names::DNS_LABEL,
     );
     let repository = serde_json::json!({
@@ -313,9 +345,9 @@ pub fn unlock_pod(
             "name": name,
             "namespace": repo.namespace(),
             "labels": {"app.kubernetes.io/managed-by": "stash-rs", "stash.appscode.com/unlock": "true"},
-            "ownerReferences": bs.metadata.uid.as_ref().map(|uid| vec![serde_json::json!({
-                "apiVersion": BackupSession::api_version(&()), "kind": "BackupSession",
-                "name": bs.name_any(), "uid": uid})]),
+            "ownerReferences": session.meta().uid.as_ref().map(|uid| vec![serde_json::json!({
+                "apiVersion": K::api_version(&()), "kind": K::kind(&()),
+                "name": session.name_any(), "uid": uid})]),
         },
         "spec": {
             // The dead agent's hostname: restic proves its locks stale here.
@@ -374,7 +406,7 @@ mod tests {
     #[test]
     fn undecided_locks_and_those_of_a_running_holder_are_judged() {
         // b2 is decided for good; c3's holder ran when it was judged, and may have died since.
-        let u = undecided(&session());
+        let u = undecided(session().status.as_ref());
         assert_eq!(
             u.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
             ["a1", "c3"]

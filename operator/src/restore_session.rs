@@ -54,13 +54,24 @@ impl RestoreSessions {
         let ctx = &self.0;
         let ns = rs.namespace().unwrap_or_default();
         let status = rs.status.as_ref();
+        // Locks its agents reported in their way: judged first (docs/sessions.md "Locks").
+        let judge_again = match rs.spec.repository.as_ref() {
+            Some(r) if crate::locks::has_undecided(rs.as_ref()) => {
+                crate::locks::judge_reported(ctx, rs.as_ref(), &r.name).await?
+            }
+            _ => false,
+        };
         // A finished session never changes again: no observation, no requeue (issue 12). Only
         // an edit of the object (a watch event) brings it back here.
         if status
             .and_then(|s| s.phase)
             .is_some_and(machine::Phase::is_terminal)
         {
-            return Ok(Action::await_change());
+            return Ok(if judge_again {
+                Action::requeue(crate::locks::JUDGE_AGAIN)
+            } else {
+                Action::await_change()
+            });
         }
         let (model, hosts, node_hosts) = target_hosts(ctx, &rs, &ns).await?;
         let (hosts, hosts_refused) = match hosts {

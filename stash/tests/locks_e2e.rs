@@ -460,37 +460,24 @@ async fn a_live_agent_s_lock_is_waited_for_and_never_removed() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_agent_lost_in_its_prune_blocks_no_later_backup() {
-    let env = env().await;
-    let client = env.cp.client();
-    let f = fixture_with_password("prune-lost", PASSWORD).await;
-    let ns = f.ns.name.clone();
-    let source = sidecar_workload(
-        &client,
-        &ns,
-        "source-data",
-        json!({"retentionPolicy": {"name": "keep-last-1", "keepLast": 1, "prune": true}}),
-    )
-    .await;
-    generate_files(&source, 51, 40, 1 << 20);
-    run_backup_session(
-        &client,
-        &ns,
-        "app-backup",
-        "first",
-        Duration::from_secs(300),
-    )
-    .await;
-    retention_of(&client, &ns, "first").await;
-
+/// Deployment `app`'s sidecar (of `f`'s repository, its data in `source`) lost in its
+/// `forget --prune`: frozen the moment its prune's exclusive lock is in restic's own view,
+/// SIGKILLed and its pod force-deleted at once. Returns the lost pod's name; its exclusive
+/// lock is left.
+async fn lose_the_sidecar_in_its_prune(
+    env: &'static Env,
+    client: &kube::Client,
+    ns: &str,
+    f: &Fixture,
+    source: &Path,
+) -> String {
     // Each round rewrites the data, so that the prune after the report has packs to remove.
     // Every new lock file freezes the sidecar while restic's own view says whose it is; the
     // prune's exclusive lock keeps it frozen (at most 4 rounds of 30 s).
     let mut caught = None;
     for round in 0..4 {
-        generate_files(&source, 60 + round, 80, 1 << 20);
-        let (pod, container) = pod_and_sidecar(&client, &ns, "app").await;
+        generate_files(source, 60 + round, 80, 1 << 20);
+        let (pod, container) = pod_and_sidecar(client, ns, "app").await;
         let (dir, cp) = (f.repo_dir.clone(), env.cp);
         let (p, c) = (pod.clone(), container.clone());
         let watcher = tokio::task::spawn_blocking(move || {
@@ -520,7 +507,7 @@ async fn an_agent_lost_in_its_prune_blocks_no_later_backup() {
             }
             false
         });
-        create_backup_session(&client, &ns, "app-backup", &format!("round-{round}")).await;
+        create_backup_session(client, ns, "app-backup", &format!("round-{round}")).await;
         if watcher.await.expect("lock watcher") {
             caught = Some((pod, container));
             break;
@@ -531,7 +518,7 @@ async fn an_agent_lost_in_its_prune_blocks_no_later_backup() {
     env.cp
         .kill_container(&container)
         .expect("SIGKILL the frozen sidecar");
-    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
     pods.delete(
         &pod_name,
         &DeleteParams {
@@ -551,6 +538,34 @@ async fn an_agent_lost_in_its_prune_blocks_no_later_backup() {
         locks_of(&f.repo_dir).contains(&(pod_name.clone(), true)),
         "the lost prune's exclusive lock is left"
     );
+    pod_name
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_lost_in_its_prune_blocks_no_later_backup() {
+    let env = env().await;
+    let client = env.cp.client();
+    let f = fixture_with_password("prune-lost", PASSWORD).await;
+    let ns = f.ns.name.clone();
+    let source = sidecar_workload(
+        &client,
+        &ns,
+        "source-data",
+        json!({"retentionPolicy": {"name": "keep-last-1", "keepLast": 1, "prune": true}}),
+    )
+    .await;
+    generate_files(&source, 51, 40, 1 << 20);
+    run_backup_session(
+        &client,
+        &ns,
+        "app-backup",
+        "first",
+        Duration::from_secs(300),
+    )
+    .await;
+    retention_of(&client, &ns, "first").await;
+
+    let pod_name = lose_the_sidecar_in_its_prune(env, &client, &ns, &f, &source).await;
     // Every backup would be refused by it: the next one succeeds, and retention catches up.
     generate_files(&source, 70, 4, 4096);
     run_backup_session(
@@ -573,5 +588,73 @@ async fn an_agent_lost_in_its_prune_blocks_no_later_backup() {
     no_pods_left(&client, &ns, "stash.appscode.com/unlock").await;
     println!(
         "a sidecar lost in its prune: its exclusive lock removed by the operator, the next backup Succeeded, retention caught up"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_after_an_agent_lost_in_its_prune_runs() {
+    let env = env().await;
+    let client = env.cp.client();
+    let f = fixture_with_password("restore-lost", PASSWORD).await;
+    let ns = f.ns.name.clone();
+    let source = sidecar_workload(
+        &client,
+        &ns,
+        "source-data",
+        json!({"retentionPolicy": {"name": "keep-last-1", "keepLast": 1, "prune": true}}),
+    )
+    .await;
+    generate_files(&source, 81, 40, 1 << 20);
+    run_backup_session(
+        &client,
+        &ns,
+        "app-backup",
+        "first",
+        Duration::from_secs(300),
+    )
+    .await;
+    retention_of(&client, &ns, "first").await;
+    let pod_name = lose_the_sidecar_in_its_prune(env, &client, &ns, &f, &source).await;
+    // The data is lost too; the restore (a shared lock, which the dead prune's exclusive lock
+    // refuses) brings it back.
+    let repo = f.repo_dir.to_string_lossy().to_string();
+    // Read without a lock: the dead prune's exclusive lock refuses any other.
+    let mut list = restic(&repo, PASSWORD);
+    list.arg("--no-lock");
+    let latest = restic_snapshots_of(list)
+        .last()
+        .and_then(|s| s["id"].as_str().map(str::to_string))
+        .expect("a snapshot");
+    std::fs::remove_dir_all(source.join("d0")).expect("lose d0");
+    let rs = restore_deployment(&client, &ns, "after-loss", "app").await;
+    assert_eq!(
+        rs.status.as_ref().and_then(|s| s.phase),
+        Some(stash_crds::restore_session::Phase::Succeeded),
+        "{:?}",
+        rs.status
+    );
+    assert_restores_equal(restic(&repo, PASSWORD), &latest, &source);
+    assert_removed_lock_named(&client, &ns, &pod_name, Some("RestoreSession")).await;
+    let decisions: Vec<_> = Api::<stash_crds::RestoreSession>::namespaced(client.clone(), &ns)
+        .get("after-loss")
+        .await
+        .expect("restore session")
+        .status
+        .map(|s| s.lock_decisions)
+        .unwrap_or_default();
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert_eq!(
+        decisions[0].decision.as_deref(),
+        Some("Removed"),
+        "{decisions:?}"
+    );
+    eventually("no lock left", Duration::from_secs(120), || {
+        let dir = f.repo_dir.clone();
+        async move { (locks(&dir) == 0).then_some(()) }
+    })
+    .await;
+    no_pods_left(&client, &ns, "stash.appscode.com/unlock").await;
+    println!(
+        "a restore after a sidecar lost in its prune: the lock removed by the operator, the data restored byte for byte"
     );
 }
