@@ -78,15 +78,8 @@ fn sidecar_status(pod: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStat
 async fn a_sidecar_killed_holding_a_lock_blocks_no_later_session() {
     let env = env().await;
     let client = env.cp.client();
-    let f = fixture_with_password("locks", PASSWORD).await;
+    let (f, source) = keep_last_1_app("locks").await;
     let ns = f.ns.name.clone();
-    let source = sidecar_workload(
-        &client,
-        &ns,
-        "source-data",
-        json!({"retentionPolicy": {"name": "keep-last-1", "keepLast": 1, "prune": true}}),
-    )
-    .await;
     generate_files(&source, 25, 40, 4 << 20);
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
     let (pod_name, container) = pod_and_sidecar(&client, &ns, "app").await;
@@ -234,25 +227,8 @@ async fn lock_decisions(client: &kube::Client, ns: &str) -> Vec<(String, String,
 async fn an_agent_lost_with_its_pod_blocks_no_later_session() {
     let env = env().await;
     let client = env.cp.client();
-    let f = fixture_with_password("lost", PASSWORD).await;
+    let (f, source) = backed_up_app("lost", 31).await;
     let ns = f.ns.name.clone();
-    let source = sidecar_workload(
-        &client,
-        &ns,
-        "source-data",
-        json!({"retentionPolicy": {"name": "keep-last-1", "keepLast": 1, "prune": true}}),
-    )
-    .await;
-    generate_files(&source, 31, 8, 1 << 20);
-    run_backup_session(
-        &client,
-        &ns,
-        "app-backup",
-        "first",
-        Duration::from_secs(300),
-    )
-    .await;
-    retention_of(&client, &ns, "first").await;
     let (pod_name, container) = pod_and_sidecar(&client, &ns, "app").await;
 
     // The next backup takes its lock; the sidecar is killed outright and its pod force-deleted
@@ -364,15 +340,7 @@ async fn a_live_agent_s_lock_is_waited_for_and_never_removed() {
     )
     .await;
     generate_files(&other_source, 42, 8, 1 << 20);
-    run_backup_session(
-        &client,
-        &ns,
-        "app-backup",
-        "first",
-        Duration::from_secs(300),
-    )
-    .await;
-    retention_of(&client, &ns, "first").await;
+    first_backup(&client, &ns).await;
 
     // `other` backs up much, and its node stops answering for a while: its pod lives on.
     generate_files(&other_source, 43, 40, 4 << 20);
@@ -460,6 +428,38 @@ async fn a_live_agent_s_lock_is_waited_for_and_never_removed() {
     );
 }
 
+/// `app-backup`'s session `first` Succeeded and its retention done (the prune after the
+/// report has ended: no lock of it is left to mistake for another's).
+async fn first_backup(client: &kube::Client, ns: &str) {
+    run_backup_session(client, ns, "app-backup", "first", Duration::from_secs(300)).await;
+    retention_of(client, ns, "first").await;
+}
+
+/// Namespace `prefix-…` with Repository `repo` (a local backend, [`PASSWORD`]) and Deployment
+/// `app` backed up by `app-backup` (keep-last-1, prune), its sidecar ready. The fixture and the
+/// app's data directory.
+async fn keep_last_1_app(prefix: &str) -> (Fixture, std::path::PathBuf) {
+    let client = env().await.cp.client();
+    let f = fixture_with_password(prefix, PASSWORD).await;
+    let source = sidecar_workload(
+        &client,
+        &f.ns.name,
+        "source-data",
+        json!({"retentionPolicy": {"name": "keep-last-1", "keepLast": 1, "prune": true}}),
+    )
+    .await;
+    (f, source)
+}
+
+/// [`keep_last_1_app`] with 40 files of 1 MiB from `seed` in its first snapshot, whose
+/// retention has run.
+async fn backed_up_app(prefix: &str, seed: u64) -> (Fixture, std::path::PathBuf) {
+    let (f, source) = keep_last_1_app(prefix).await;
+    generate_files(&source, seed, 40, 1 << 20);
+    first_backup(&env().await.cp.client(), &f.ns.name).await;
+    (f, source)
+}
+
 /// Deployment `app`'s sidecar (of `f`'s repository, its data in `source`) lost in its
 /// `forget --prune`: frozen the moment its prune's exclusive lock is in restic's own view,
 /// SIGKILLed and its pod force-deleted at once. Returns the lost pod's name; its exclusive
@@ -545,25 +545,8 @@ async fn lose_the_sidecar_in_its_prune(
 async fn an_agent_lost_in_its_prune_blocks_no_later_backup() {
     let env = env().await;
     let client = env.cp.client();
-    let f = fixture_with_password("prune-lost", PASSWORD).await;
+    let (f, source) = backed_up_app("prune-lost", 51).await;
     let ns = f.ns.name.clone();
-    let source = sidecar_workload(
-        &client,
-        &ns,
-        "source-data",
-        json!({"retentionPolicy": {"name": "keep-last-1", "keepLast": 1, "prune": true}}),
-    )
-    .await;
-    generate_files(&source, 51, 40, 1 << 20);
-    run_backup_session(
-        &client,
-        &ns,
-        "app-backup",
-        "first",
-        Duration::from_secs(300),
-    )
-    .await;
-    retention_of(&client, &ns, "first").await;
 
     let pod_name = lose_the_sidecar_in_its_prune(env, &client, &ns, &f, &source).await;
     // Every backup would be refused by it: the next one succeeds, and retention catches up.
@@ -595,25 +578,8 @@ async fn an_agent_lost_in_its_prune_blocks_no_later_backup() {
 async fn a_restore_after_an_agent_lost_in_its_prune_runs() {
     let env = env().await;
     let client = env.cp.client();
-    let f = fixture_with_password("restore-lost", PASSWORD).await;
+    let (f, source) = backed_up_app("restore-lost", 81).await;
     let ns = f.ns.name.clone();
-    let source = sidecar_workload(
-        &client,
-        &ns,
-        "source-data",
-        json!({"retentionPolicy": {"name": "keep-last-1", "keepLast": 1, "prune": true}}),
-    )
-    .await;
-    generate_files(&source, 81, 40, 1 << 20);
-    run_backup_session(
-        &client,
-        &ns,
-        "app-backup",
-        "first",
-        Duration::from_secs(300),
-    )
-    .await;
-    retention_of(&client, &ns, "first").await;
     let pod_name = lose_the_sidecar_in_its_prune(env, &client, &ns, &f, &source).await;
     // The data is lost too; the restore (a shared lock, which the dead prune's exclusive lock
     // refuses) brings it back.

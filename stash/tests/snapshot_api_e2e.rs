@@ -975,7 +975,8 @@ async fn the_operators_server_authenticates_and_authorizes_on_its_own() {
     assert_eq!(code, 200, "{body}");
 }
 
-/// The catalog answers lists in milliseconds: 50 lists through the API server vs one restic run.
+/// The catalog answers lists in milliseconds: lists through the API server and restic runs,
+/// alternating (so that both see the same load on a busy machine), the medians of 9 pairs.
 #[tokio::test(flavor = "multi_thread")]
 async fn catalog_lists_are_well_under_a_restic_run() {
     let c = catalog().await;
@@ -984,28 +985,34 @@ async fn catalog_lists_are_well_under_a_restic_run() {
     let lp = ListParams::default().labels("repository=repo");
     let warm = snaps.list(&lp).await.expect("list");
     assert_eq!(warm.items.len(), want.len());
-    let t = Instant::now();
-    for _ in 0..50 {
-        let l = snaps.list(&lp).await.expect("list");
-        assert_eq!(l.items.len(), want.len());
-    }
-    let api_avg = t.elapsed() / 50;
-    let d = c.dir_a.clone();
-    let restic_time = tokio::task::spawn_blocking(move || {
+    let (mut lists, mut runs) = (Vec::new(), Vec::new());
+    for _ in 0..9 {
         let t = Instant::now();
-        restic_snapshots(&d);
-        t.elapsed()
-    })
-    .await
-    .expect("restic");
+        let l = snaps.list(&lp).await.expect("list");
+        lists.push(t.elapsed());
+        assert_eq!(l.items.len(), want.len());
+        let d = c.dir_a.clone();
+        runs.push(
+            tokio::task::spawn_blocking(move || {
+                let t = Instant::now();
+                restic_snapshots(&d);
+                t.elapsed()
+            })
+            .await
+            .expect("restic"),
+        );
+    }
+    lists.sort();
+    runs.sort();
+    let (api, restic_time) = (lists[4], runs[4]);
     println!(
-        "list 3 snapshots: Snapshot API through kube-apiserver {:.2} ms on average (50 lists), restic snapshots --json {:.2} ms",
-        api_avg.as_secs_f64() * 1e3,
+        "list 3 snapshots: Snapshot API through kube-apiserver {:.2} ms, restic snapshots --json {:.2} ms (medians of 9 alternating pairs)",
+        api.as_secs_f64() * 1e3,
         restic_time.as_secs_f64() * 1e3
     );
     assert!(
-        api_avg * 2 < restic_time,
-        "catalog lists ({api_avg:?}) are well under a restic run ({restic_time:?})"
+        api * 2 < restic_time,
+        "catalog lists ({api:?}) are well under a restic run ({restic_time:?})"
     );
 }
 

@@ -202,6 +202,7 @@ impl ControlPlane {
     /// [`ControlPlane::spawn_in_cluster`]).
     pub fn cluster_port(&self) -> u16 {
         static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        let _ = std::fs::create_dir_all(self.layout.ports_dir());
         loop {
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let port = 20_000
@@ -213,7 +214,17 @@ impl ControlPlane {
                 NODE_IP.parse::<std::net::Ipv4Addr>().expect("ip"),
                 port,
             ));
-            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            // Claimed across the test processes (one file each, created only if absent): a
+            // port another process chose but whose server does not listen yet would pass the
+            // connect check below in both, and one test would talk to the other's server.
+            let claimed = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(self.layout.ports_dir().join(port.to_string()))
+                .is_ok();
+            if claimed
+                && std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err()
+            {
                 return port;
             }
         }

@@ -90,6 +90,10 @@ impl Layout {
     pub fn pki_dir(&self) -> PathBuf {
         self.state.join("pki")
     }
+    /// The ports claimed on the node address, one empty file each (across test processes).
+    pub fn ports_dir(&self) -> PathBuf {
+        self.state.join("ports")
+    }
     /// Server logs.
     pub fn log_dir(&self) -> PathBuf {
         self.state.join("logs")
@@ -242,7 +246,11 @@ impl Cluster {
 
     async fn start(&mut self, images: &[PathBuf]) -> Result<()> {
         let l = self.layout.clone();
+        // The ports the test processes claimed on the node address (`cluster_port`): a new
+        // cluster starts with none.
+        let _ = fs::remove_dir_all(l.ports_dir());
         for d in [
+            l.ports_dir(),
             l.log_dir(),
             l.containerd_dir(),
             l.cni_conf_dir(),
