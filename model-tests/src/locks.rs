@@ -231,7 +231,7 @@ fn actions(w: &World, janitor: Janitor) -> Vec<Action> {
     out
 }
 
-fn step(w: &World, action: &Action, _janitor: Janitor) -> Result<World, String> {
+fn step(w: &World, action: &Action) -> Result<World, String> {
     let mut n = w.clone();
     match *action {
         Action::Start(i, exclusive) => {
@@ -378,10 +378,5 @@ pub fn initial() -> World {
 
 /// Explore every reachable world with `janitor`; the first violation with its path.
 pub fn explore(janitor: Janitor) -> Result<Coverage, String> {
-    walk(
-        vec![initial()],
-        |w| actions(w, janitor),
-        |w, a| step(w, a, janitor),
-        check,
-    )
+    walk(vec![initial()], |w| actions(w, janitor), step, check)
 }
