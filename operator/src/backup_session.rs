@@ -7,6 +7,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use kube::{
@@ -23,7 +24,7 @@ use stash_machines::{
     EventRecord, JobState, Performed, StatusPatch,
     backup_session::{
         self as machine, Config, HostReport, Observation, OtherSession, Phase, RepositoryUse,
-        TargetModel,
+        TargetModel, claim,
     },
 };
 use stash_runtime::{Action, Perform, Reconcile, StatusWriter, status::StatusError};
@@ -138,12 +139,12 @@ fn host_reports(status: Option<&BackupSessionStatus>) -> Vec<HostReport> {
 
 struct BackupSessions(Arc<Ctx>, Claims);
 
-/// Who holds the first backup of each storage location that has none yet, by the location
+/// Who claimed the first backup of each storage location that has none yet, by the location
 /// ([`stash_core::location::backend_key`]: two Repository objects on one bucket and prefix
-/// are one key): the session's (namespace, uid, name). The leader is the only decider, so an
-/// in-process claim makes "one first backup at a time" hold even where the stores lag behind
-/// each other.
-type Claims = Arc<Mutex<HashMap<String, (String, String, String)>>>;
+/// are one key): the session's (namespace, uid, name) and when. The leader is the only
+/// decider, so an in-process record makes "one first backup at a time" hold even where the
+/// stores lag behind each other; a new leader finds the running sessions instead.
+type Claims = Arc<Mutex<HashMap<String, (String, String, String, Instant)>>>;
 
 impl Reconcile<BackupSession> for BackupSessions {
     type Error = Error;
@@ -271,7 +272,7 @@ impl Perform<Phase, machine::Action> for BackupEffects<'_> {
                     _ => Ok(Performed::Done),
                 }
             }
-            machine::Action::ClaimRepository => Ok(self.claim_repository()),
+            machine::Action::ClaimRepository => self.claim_repository().await,
             machine::Action::CreateBackupJob => {
                 let op = stash_core::jobs::inputs::OperatorInputs {
                     pushgateway_url: self.ctx.inject.pushgateway_url.clone(),
@@ -317,38 +318,60 @@ impl Perform<Phase, machine::Action> for BackupEffects<'_> {
 
 impl BackupEffects<'_> {
     /// Claim the first backup of this session's storage location; refused, naming the holder,
-    /// while another session that is still live (in the store and not finished) holds it —
-    /// of any Repository object on the same location, in any namespace.
-    fn claim_repository(&self) -> Performed {
+    /// while another session's claim stands ([`claim::stands`]) — the one recorded here, or
+    /// that of a session running on the same location, of any Repository object in any
+    /// namespace (what a new leader, with no record, still sees).
+    async fn claim_repository(&self) -> Result<Performed, Error> {
         let ns = self.bs.namespace().unwrap_or_default();
         let repo = self
             .bc
-            .and_then(|b| b.spec.repository.as_ref())
-            .map(|r| r.name.clone())
+            .map(|b| b.spec.repository_name())
             .unwrap_or_default();
-        let key = stores::get(&self.ctx.stores.repositories, &ns, &repo)
+        let stores = &self.ctx.stores;
+        let key = stores::get_or_fetch(&stores.repositories, &self.ctx.client, &ns, &repo)
+            .await?
             .and_then(|r| stash_core::location::backend_key(&r, &ns))
             .unwrap_or_else(|| format!("repository:{ns}/{repo}"));
-        let me = (
-            ns.clone(),
-            self.bs.uid().unwrap_or_default(),
-            self.bs.name_any(),
-        );
-        let my_key = (created_at(self.bs), self.bs.name_any());
-        // The store holds only sessions not finished yet. A holder that has not started yet
-        // and is newer than this session yields: it is waiting for this one (oldest first),
-        // and this one must not wait for it in turn.
-        let live = |ns: &str, uid: &str, name: &str| {
-            stores::get(&self.ctx.stores.sessions, ns, name).is_some_and(|s| {
-                let started = s.status.as_ref().and_then(|st| st.phase) == Some(Phase::Running);
-                s.uid().as_deref() == Some(uid)
-                    && (started || (created_at(&*s), s.name_any()) < my_key)
-            })
+        let uid = self.bs.uid().unwrap_or_default();
+        let me = queue_key(self.bs);
+        let holder_of = |s: &BackupSession, claimed_for| claim::Holder {
+            live: true,
+            started: s.status.as_ref().and_then(|st| st.phase) == Some(Phase::Running),
+            key: queue_key(s),
+            claimed_for,
         };
         let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
-        match claims.get(&key) {
-            Some((holder_ns, uid, name)) if *uid != me.1 && live(holder_ns, uid, name) => {
-                let whose = if *holder_ns == ns {
+        let recorded = claims
+            .get(&key)
+            .and_then(|(holder_ns, holder_uid, name, at)| {
+                if *holder_uid == uid {
+                    return None;
+                }
+                let holder = match stores::get(&stores.sessions, holder_ns, name) {
+                    Some(s) if s.uid().as_deref() == Some(holder_uid.as_str()) => {
+                        holder_of(&s, at.elapsed())
+                    }
+                    _ => return None,
+                };
+                claim::stands(&holder, &me).then(|| (holder_ns.clone(), name.clone()))
+            });
+        let running = || {
+            stores.sessions.state().into_iter().find_map(|s| {
+                let holder = holder_of(&s, Duration::ZERO);
+                if s.uid().as_deref() == Some(uid.as_str()) || !holder.started {
+                    return None;
+                }
+                let s_ns = s.namespace().unwrap_or_default();
+                let bc = stores::get(&stores.configurations, &s_ns, &s.spec.configuration_name())?;
+                let r = stores::get(&stores.repositories, &s_ns, &bc.spec.repository_name())?;
+                let same = !r.has_received_backup()
+                    && stash_core::location::backend_key(&r, &s_ns).as_deref() == Some(&key);
+                (same && claim::stands(&holder, &me)).then(|| (s_ns, s.name_any()))
+            })
+        };
+        Ok(match recorded.or_else(running) {
+            Some((holder_ns, name)) => {
+                let whose = if holder_ns == ns {
                     String::new()
                 } else {
                     format!(" of namespace {holder_ns}")
@@ -357,11 +380,20 @@ impl BackupEffects<'_> {
                     "BackupSession {name}{whose} holds the first backup of this storage location"
                 ))
             }
-            _ => {
-                claims.insert(key, me);
+            None => {
+                claims.insert(key, (ns, uid, self.bs.name_any(), Instant::now()));
                 Performed::Done
             }
-        }
+        })
+    }
+}
+
+/// A session's place in the first-backup queue.
+fn queue_key(s: &BackupSession) -> claim::QueueKey {
+    claim::QueueKey {
+        created_at: created_at(s),
+        namespace: s.namespace().unwrap_or_default(),
+        name: s.name_any(),
     }
 }
 

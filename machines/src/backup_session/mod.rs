@@ -23,6 +23,7 @@ use stash_macros::{lifecycle, phase_enum};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+pub mod claim;
 pub mod twin;
 
 /// The phase of a BackupSession (`status.phase`).
