@@ -58,11 +58,17 @@ pub fn default_driver(obj: &Value) -> Mutation {
 }
 
 /// BackupSession: label `stash.appscode.com/backup-configuration` from
-/// `spec.backupConfiguration.name` when it is missing (manual sessions need it, §3.3).
+/// `spec.backupConfiguration.name` (or the later `spec.invoker.name` of kind
+/// BackupConfiguration) when it is missing (manual sessions need it, §3.3).
 pub fn default_backup_session(obj: &Value) -> Mutation {
+    let invoker = obj
+        .pointer("/spec/invoker")
+        .filter(|i| i["kind"] == "BackupConfiguration")
+        .and_then(|i| i["name"].as_str());
     let Some(name) = obj
         .pointer("/spec/backupConfiguration/name")
         .and_then(Value::as_str)
+        .or(invoker)
         .filter(|n| !n.is_empty())
     else {
         return Mutation::default();

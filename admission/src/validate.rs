@@ -262,6 +262,22 @@ fn check_time_out(errs: &mut FieldErrors, time_out: Option<&str>) {
     }
 }
 
+/// `spec.retryConfig`: at most [`RetryConfig::MAX_RETRY`](stash_crds::common::RetryConfig)
+/// retries, and a delay that parses.
+fn check_retry(errs: &mut FieldErrors, retry: Option<&stash_crds::common::RetryConfig>) {
+    let Some(retry) = retry else { return };
+    let max = stash_crds::common::RetryConfig::MAX_RETRY;
+    if !(0..=max).contains(&retry.max_retry()) {
+        errs.push(
+            "spec.retryConfig.maxRetry",
+            format!("must lie in 0..={max}, got {}", retry.max_retry()),
+        );
+    }
+    if let Err(e) = stash_crds::duration::time_out(retry.delay.as_deref()) {
+        errs.push("spec.retryConfig.delay", e.to_string());
+    }
+}
+
 /// A quantity that must parse and, with `positive`, be greater than zero.
 fn check_quantity(errs: &mut FieldErrors, field: &str, q: &str, positive: bool) -> Option<f64> {
     match format::quantity(q.trim()) {
@@ -829,6 +845,7 @@ impl Validate for BackupConfiguration {
         let mut errs = FieldErrors::default();
         check_schedule(&mut errs, &spec.schedule);
         check_time_out(&mut errs, spec.time_out.as_deref());
+        check_retry(&mut errs, spec.retry_config.as_ref());
         let restic = spec.driver() == Driver::Restic;
         // VolumeSnapshotter needs no Repository.
         match &spec.repository {
@@ -989,28 +1006,58 @@ impl Validate for BackupSession {
 
     fn validate_create(&self, _: &()) -> Result<(), FieldErrors> {
         let mut errs = FieldErrors::default();
-        let name = self
-            .spec
-            .backup_configuration
-            .as_ref()
-            .map(|r| r.name.trim())
-            .filter(|n| !n.is_empty());
-        let Some(name) = name else {
-            errs.push("spec.backupConfiguration.name", "required");
-            return errs.into_result();
-        };
-        check_reference(&mut errs, "spec.backupConfiguration.name", name);
-        let field = format!("metadata.labels[{}]", consts::BACKUP_CONFIGURATION_LABEL);
-        match self.labels().get(consts::BACKUP_CONFIGURATION_LABEL) {
-            None => errs.push(
-                field,
-                format!("required, must be {name:?} (spec.backupConfiguration.name)"),
-            ),
-            Some(v) if v != name => {
+        let spec = &self.spec;
+        // Two spellings of one reference: `backupConfiguration` (mid-2019) and `invoker`
+        // (later Stash), whose kind must be one stash-rs serves.
+        if let Some(i) = &spec.invoker {
+            if i.kind != "BackupConfiguration" {
                 errs.push(
-                    field,
-                    format!("must equal spec.backupConfiguration.name {name:?}, got {v:?}"),
+                    "spec.invoker.kind",
+                    format!(
+                        "{:?} is not served by stash-rs (only BackupConfiguration; see docs/differences.md)",
+                        i.kind
+                    ),
                 );
+            }
+            if let Some(r) = &spec.backup_configuration
+                && r.name != i.name
+            {
+                errs.push(
+                    "spec.invoker.name",
+                    format!(
+                        "{:?} differs from spec.backupConfiguration.name {:?}: write one of them",
+                        i.name, r.name
+                    ),
+                );
+            }
+        }
+        let (field, name) = if spec.backup_configuration.is_some() || spec.invoker.is_none() {
+            ("spec.backupConfiguration.name", spec.configuration_name())
+        } else {
+            ("spec.invoker.name", spec.configuration_name())
+        };
+        let name = name.trim();
+        if name.is_empty() {
+            if spec.invoker.is_none() {
+                errs.push(field, "required");
+            }
+            return errs.into_result();
+        }
+        check_reference(&mut errs, field, name);
+        if spec
+            .retry_left
+            .is_some_and(|r| r > stash_crds::common::RetryConfig::MAX_RETRY)
+        {
+            errs.push(
+                "spec.retryLeft",
+                format!("at most {}", stash_crds::common::RetryConfig::MAX_RETRY),
+            );
+        }
+        let label = format!("metadata.labels[{}]", consts::BACKUP_CONFIGURATION_LABEL);
+        match self.labels().get(consts::BACKUP_CONFIGURATION_LABEL) {
+            None => errs.push(label, format!("required, must be {name:?} ({field})")),
+            Some(v) if v != name => {
+                errs.push(label, format!("must equal {field} {name:?}, got {v:?}"));
             }
             Some(_) => {}
         }

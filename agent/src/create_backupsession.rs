@@ -92,6 +92,13 @@ pub fn session_for(bc: &BackupConfiguration, unix: i64) -> BackupSession {
             backup_configuration: Some(k8s_openapi::api::core::v1::LocalObjectReference {
                 name: bc.name_any(),
             }),
+            invoker: None,
+            // As later Stash: the configuration's retries, counted down by the operator.
+            retry_left: bc
+                .spec
+                .retry_config
+                .as_ref()
+                .map(stash_crds::common::RetryConfig::max_retry),
         },
         status: None,
     }

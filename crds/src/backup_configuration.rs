@@ -78,6 +78,10 @@ pub struct BackupConfigurationSpec {
     /// replaces the operator's `--session-deadline` for this configuration's sessions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_out: Option<String>,
+    /// Retry a failed session (later Stash): a failed session is followed by a new one, at
+    /// most `maxRetry` times, each `delay` after the one before failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_config: Option<crate::common::RetryConfig>,
 }
 
 /// Written by the operator alone (field manager `stash-operator`, server-side apply).

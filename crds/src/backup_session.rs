@@ -42,18 +42,57 @@ pub use stash_machines::backup_session::{HostPhase, Phase};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BackupSessionSpec {
-    /// The BackupConfiguration this session runs.
+    /// The BackupConfiguration this session runs (the mid-2019 spelling; see `invoker`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_configuration: Option<LocalObjectReference>,
+    /// What invoked this session: the later spelling of `backupConfiguration` (kind
+    /// `BackupConfiguration`). Both are one reference to stash-rs
+    /// ([`BackupSessionSpec::configuration_name`]); writing both with different names, or
+    /// another kind, is refused at admission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoker: Option<Invoker>,
+    /// How many more sessions follow this one if it fails (later Stash): set from the
+    /// configuration's `retryConfig.maxRetry` when the session is created, one less on each
+    /// retry. Absent or 0: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub retry_left: Option<i32>,
+}
+
+/// The object that invoked a session (`spec.invoker`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Invoker {
+    /// API group (`stash.appscode.com`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_group: Option<String>,
+    /// Kind (`BackupConfiguration`; later Stash also `BackupBatch`, which stash-rs does not serve).
+    pub kind: String,
+    /// Name.
+    pub name: String,
 }
 
 impl BackupSessionSpec {
-    /// The BackupConfiguration's name (empty when absent).
+    /// The BackupConfiguration's name, in whichever spelling the manifest used (empty when
+    /// absent).
     pub fn configuration_name(&self) -> String {
         self.backup_configuration
             .as_ref()
             .map(|r| r.name.clone())
+            .or_else(|| {
+                self.invoker
+                    .as_ref()
+                    .filter(|i| i.kind == "BackupConfiguration")
+                    .map(|i| i.name.clone())
+            })
             .unwrap_or_default()
+    }
+
+    /// `retryLeft`, 0 when absent or negative.
+    pub fn retry_left(&self) -> u32 {
+        self.retry_left
+            .and_then(|r| u32::try_from(r).ok())
+            .unwrap_or(0)
     }
 }
 
@@ -92,6 +131,15 @@ pub struct BackupSessionStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
     pub lock_decisions: Vec<crate::common::LockDecision>,
+    /// When the session that follows this failed one is created (later Stash; field manager
+    /// `stash-rs-retry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Whether a session followed this failed one (`true`, set once it exists) or none will
+    /// (`false`: its configuration was paused or deleted meanwhile); absent while undecided
+    /// (later Stash; field manager `stash-rs-retry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried: Option<bool>,
 }
 
 impl crate::common::ReportsLocks for BackupSessionStatus {

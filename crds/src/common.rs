@@ -105,6 +105,32 @@ pub struct RestoreTarget {
     pub rules: Vec<crate::restore_session::Rule>,
 }
 
+/// How failed sessions are retried (`spec.retryConfig`, later Stash).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryConfig {
+    /// How many times a failed session is followed by a new one; absent means 1. At most
+    /// [`RetryConfig::MAX_RETRY`] (refused at admission above that).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_retry: Option<i32>,
+    /// How long after a failure the next session is created (`30s`, `2m`, `1h`); absent:
+    /// at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<String>,
+}
+
+impl RetryConfig {
+    /// The most retries a configuration may ask for: each retry is a session of its own, and a
+    /// failing target is not helped by a hundred more.
+    pub const MAX_RETRY: i32 = 100;
+
+    /// `maxRetry`, 1 when absent.
+    pub fn max_retry(&self) -> i32 {
+        self.max_retry.unwrap_or(1)
+    }
+}
+
 /// A named parameter (`params[]`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct Param {

@@ -43,14 +43,22 @@ impl SessionFacts {
     }
 }
 
-/// Whether `bs` is in a terminal phase and has no reported lock left to judge (an agent's
+/// Whether `bs` is in a terminal phase, has no reported lock left to judge (an agent's
 /// follow-up may report one after the session ended: the lock janitor, which the BackupSession
-/// controller runs, must see it): only the history keeps it ([`super::stores`]).
+/// controller runs, must see it) and no retry left to decide
+/// ([`stash_machines::backup_session::retry::pending`]): only the history keeps it
+/// ([`super::stores`]).
 pub fn finished(bs: &BackupSession) -> bool {
     use stash_crds::common::ReportsLocks as _;
-    bs.status
-        .as_ref()
-        .is_some_and(|s| s.phase.is_some_and(Phase::is_terminal) && s.undecided_locks().is_empty())
+    bs.status.as_ref().is_some_and(|s| {
+        s.phase.is_some_and(Phase::is_terminal)
+            && s.undecided_locks().is_empty()
+            && !stash_machines::backup_session::retry::pending(
+                s.phase == Some(Phase::Failed),
+                bs.spec.retry_left(),
+                s.retried,
+            )
+    })
 }
 
 /// Finished sessions per configuration, ordered by creation, and each configuration's limit.

@@ -20,3 +20,9 @@ pub const RESTORE_SESSION_UNKNOWN: &str = "RestoreSessionUnknown";
 pub const NAME_CLASH: &str = "NameClash";
 /// The API server refused for good what a BackupConfiguration asks for.
 pub const INVALID_BACKUP_CONFIGURATION: &str = "InvalidBackupConfiguration";
+/// A failed session will be followed by a new one (`retryConfig`).
+pub const BACKUP_SESSION_RETRY_SCHEDULED: &str = "BackupSessionRetryScheduled";
+/// The session that follows a failed one was created.
+pub const BACKUP_SESSION_RETRIED: &str = "BackupSessionRetried";
+/// A failed session with retries left is not followed (its configuration paused or gone).
+pub const BACKUP_SESSION_NOT_RETRIED: &str = "BackupSessionNotRetried";

@@ -174,10 +174,24 @@ impl Reconcile<BackupSession> for BackupSessions {
             .and_then(|s| s.phase)
             .is_some_and(|p| p.is_terminal())
         {
-            return Ok(if judge_again {
-                Action::requeue(crate::locks::JUDGE_AGAIN)
+            // A failed session with retries left is followed by a new one (`retryConfig`).
+            let retry = if machine::retry::pending(
+                status.and_then(|s| s.phase) == Some(Phase::Failed),
+                bs.spec.retry_left(),
+                status.and_then(|s| s.retried),
+            ) {
+                let bc =
+                    stores::get_or_fetch(&ctx.stores.configurations, &ctx.client, &ns, &bc_name)
+                        .await?;
+                crate::retry::follow(ctx, &bs, bc.as_deref()).await?
             } else {
-                Action::await_change()
+                None
+            };
+            let judge = judge_again.then_some(crate::locks::JUDGE_AGAIN);
+            return Ok(match (retry, judge) {
+                (Some(a), Some(b)) => Action::requeue(a.min(b)),
+                (Some(a), None) | (None, Some(a)) => Action::requeue(a),
+                (None, None) => Action::await_change(),
             });
         }
         let bc =

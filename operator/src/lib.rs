@@ -28,6 +28,7 @@ pub mod locks;
 pub mod rbac;
 pub mod repository;
 pub mod restore_session;
+pub mod retry;
 pub mod wipe;
 pub mod workload;
 

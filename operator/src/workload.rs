@@ -569,11 +569,7 @@ fn run<W: Workload>(
         // names: this controller is the Role's only writer.
         .watches_shared_stream(sessions, move |bs| {
             let ns = bs.namespace()?;
-            let bc = stores::get(
-                &configurations_store,
-                &ns,
-                &bs.spec.backup_configuration.as_ref()?.name,
-            )?;
+            let bc = stores::get(&configurations_store, &ns, &bs.spec.configuration_name())?;
             let t = bc.spec.target.as_ref()?;
             if WorkloadKind::of(&t.target_ref) != Some(W::KIND) {
                 return None;

@@ -310,12 +310,7 @@ async fn run(configs: usize, sessions: usize, timeout: Duration) {
                 let mut seen = seen.lock().expect("seen");
                 match ev {
                     watcher::Event::Apply(bs) | watcher::Event::InitApply(bs) => {
-                        let config = bs
-                            .spec
-                            .backup_configuration
-                            .as_ref()
-                            .map(|r| r.name.clone())
-                            .unwrap_or_default();
+                        let config = bs.spec.configuration_name();
                         if bs.status.as_ref().and_then(|s| s.phase).is_some_and(|p| {
                             matches!(p, Phase::Succeeded | Phase::Failed | Phase::Skipped)
                         }) {

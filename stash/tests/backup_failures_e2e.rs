@@ -33,6 +33,23 @@ async fn secret(client: &Client, ns: &str, name: &str, data: serde_json::Value) 
     apply(client, ns, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data})).await;
 }
 
+/// Repository `repo` on the local repository at `path`, with a Secret holding the wrong password.
+async fn wrong_password_repository(client: &Client, ns: &str, path: &str) {
+    secret(
+        client,
+        ns,
+        "wrong-secret",
+        json!({"RESTIC_PASSWORD": WRONG_PASSWORD}),
+    )
+    .await;
+    apply(client, ns, json!({
+        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
+        "spec": {"backend": {"storageSecretName": "wrong-secret",
+                             "local": {"mountPath": "/safe/data", "hostPath": {"path": path}}}}
+    }))
+    .await;
+}
+
 /// Everything the API server says about the session and the namespace's events, as text.
 async fn visible_text(client: &Client, ns: &str, session: &BackupSession) -> String {
     let mut text = serde_json::to_string(&session.status).expect("status json");
@@ -76,19 +93,7 @@ async fn a_wrong_password_fails_the_session_and_leaves_the_repository_alone() {
     let config_before = std::fs::read(repo_dir.join("config")).expect("config");
     let tree_before = tree_digest(&repo_dir);
 
-    secret(
-        &client,
-        &ns,
-        "wrong-secret",
-        json!({"RESTIC_PASSWORD": WRONG_PASSWORD}),
-    )
-    .await;
-    apply(&client, &ns, json!({
-        "apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository", "metadata": {"name": "repo"},
-        "spec": {"backend": {"storageSecretName": "wrong-secret",
-                             "local": {"mountPath": "/safe/data", "hostPath": {"path": repo}}}}
-    }))
-    .await;
+    wrong_password_repository(&client, &ns, &repo).await;
     sidecar_backup(
         &client,
         &ns,
@@ -257,4 +262,147 @@ async fn an_unreachable_backend_fails_the_session_promptly() {
         "the password leaked:\n{visible}"
     );
     assert_no_illegal_transitions().await;
+}
+
+/// `retryConfig: {maxRetry: 2, delay: 10s}` (later Stash): a scheduled session that fails is
+/// followed by exactly two more, each a BackupSession of its own created at least 10 s after
+/// the one before failed, each Failed with its own reason; the last has no retry left and
+/// nothing follows it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_session_is_retried_as_its_retry_config_says() {
+    let env = env().await;
+    let client = env.cp.client();
+    let (guard, repo_dir) = workload("retry").await;
+    let ns = guard.name.clone();
+    let repo = repo_dir.to_string_lossy().to_string();
+    let out = restic(&repo, PASSWORD)
+        .arg("init")
+        .output()
+        .expect("restic init");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wrong_password_repository(&client, &ns, &repo).await;
+    sidecar_backup(
+        &client,
+        &ns,
+        "app",
+        "repo",
+        json!({
+            "retryConfig": {"maxRetry": 2, "delay": "10s"}
+        }),
+    )
+    .await;
+    // The session the schedule would create: its trigger Job, run now.
+    run_trigger_job(&client, &ns, "app-backup", "trigger-now").await;
+    let api = Api::<BackupSession>::namespaced(client.clone(), &ns);
+    let first = eventually("the scheduled session", Duration::from_secs(30), || {
+        let api = api.clone();
+        async move {
+            api.list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .next()
+        }
+    })
+    .await;
+    let first_name = kube::ResourceExt::name_any(&first);
+    assert_eq!(first.spec.retry_left, Some(2), "set from maxRetry");
+    let names = [
+        first_name.clone(),
+        format!("{first_name}-retry-1"),
+        format!("{first_name}-retry-2"),
+    ];
+    let mut sessions = Vec::new();
+    for name in &names {
+        sessions.push(
+            wait_session_ends(&client, &ns, name, Phase::Failed, Duration::from_secs(180)).await,
+        );
+    }
+    // Each failed for its own reason, written on it.
+    for s in &sessions {
+        let reason = s
+            .status
+            .as_ref()
+            .and_then(|st| st.reason.clone())
+            .unwrap_or_default();
+        assert!(
+            reason.contains("wrong password"),
+            "{}: {reason}",
+            kube::ResourceExt::name_any(s)
+        );
+    }
+    // Each of the first two was followed, at least its delay after it failed.
+    let events = events_in(&client, &ns).await;
+    let mut gaps = Vec::new();
+    for (i, name) in names.iter().enumerate().take(2) {
+        let failed = api.get(name).await.expect("session");
+        let st = failed.status.clone().expect("status");
+        assert_eq!(st.retried, Some(true), "{name}: {st:?}");
+        let next_retry = st.next_retry.expect("nextRetry").0;
+        let next = api.get(&names[i + 1]).await.expect("the retry");
+        let created = next.metadata.creation_timestamp.clone().expect("created").0;
+        assert!(
+            created >= next_retry,
+            "{}: created {created} before nextRetry {next_retry}",
+            names[i + 1]
+        );
+        assert_eq!(next.spec.retry_left, Some(1 - i as i32), "{}", names[i + 1]);
+        assert_eq!(
+            next.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("stash.appscode.com/retry-of")),
+            Some(name)
+        );
+        // The failure (its phase written) came at least 10 s before the retry existed.
+        let failed_at = failed
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter(|f| f.manager.as_deref() == Some("stash-operator"))
+            .filter_map(|f| f.time.clone())
+            .map(|t| t.0)
+            .max()
+            .expect("the operator's status write");
+        let gap = created.duration_since(failed_at).as_secs_f64();
+        gaps.push(format!("{gap:.1} s"));
+        assert!(
+            gap >= 9.0,
+            "{}: created {gap:.1}s after {name} failed",
+            names[i + 1]
+        );
+        assert!(
+            events.iter().any(|e| e.name == *name
+                && e.reason == "BackupSessionRetried"
+                && e.note.contains(&names[i + 1])),
+            "{name}: no BackupSessionRetried event naming the retry"
+        );
+    }
+    let last = &sessions[2];
+    assert_eq!(last.spec.retry_left, Some(0));
+    // Nothing follows the last: watched for longer than the delay.
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < deadline {
+        let all = api.list(&Default::default()).await.expect("list").items;
+        assert_eq!(
+            all.len(),
+            3,
+            "exactly two retries: {:?}",
+            all.iter()
+                .map(kube::ResourceExt::name_any)
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(last.status.as_ref().and_then(|s| s.retried), None);
+    stash_testenv::report(&format!(
+        "retryConfig maxRetry 2, delay 10s: 3 sessions, all Failed; the retries created {} after the failures",
+        gaps.join(" and ")
+    ));
 }

@@ -395,8 +395,10 @@ fn yaml_files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// BackupConfiguration that says `target.paths` (and `exclude`) and every RestoreSession that
 /// puts its rules under `spec.target.rules` (with `include`/`exclude`) keeps those fields
 /// through the API server (a dry-run create: the CRD schema prunes nothing of them), so the
-/// agents read what the user wrote (issue 27). Other later fields (hooks, retryConfig, …) are
-/// not part of this check.
+/// agents read what the user wrote (issue 27); so does every BackupConfiguration's
+/// `retryConfig` and every BackupSession's `invoker` and `retryLeft` (one of them names a
+/// BackupBatch, which stash-rs does not serve: refused for that reason). Other later fields
+/// (hooks, …) are not part of this check.
 #[tokio::test(flavor = "multi_thread")]
 async fn later_manifests_keep_their_paths_and_rules() {
     let cp = control_plane().await;
@@ -410,7 +412,7 @@ async fn later_manifests_keep_their_paths_and_rules() {
         dir.display()
     );
     let (mut paths, mut rules, mut failures) = (0, 0, Vec::new());
-    let mut refused_on_purpose = 0;
+    let (mut refused_on_purpose, mut retries, mut sessions, mut batch_refused) = (0, 0, 0, 0);
     for file in yaml_files_under(&dir) {
         let Ok(text) = std::fs::read_to_string(&file) else {
             continue;
@@ -418,12 +420,20 @@ async fn later_manifests_keep_their_paths_and_rules() {
         for doc in serde_saphyr::from_multiple::<serde_json::Value>(&text).unwrap_or_default() {
             let kind = doc["kind"].as_str().unwrap_or_default();
             if doc["apiVersion"] != "stash.appscode.com/v1beta1"
-                || !matches!(kind, "BackupConfiguration" | "RestoreSession")
+                || !matches!(
+                    kind,
+                    "BackupConfiguration" | "RestoreSession" | "BackupSession"
+                )
             {
                 continue;
             }
             let watched: Vec<&str> = match kind {
-                "BackupConfiguration" => vec!["/spec/target/paths", "/spec/target/exclude"],
+                "BackupConfiguration" => vec![
+                    "/spec/target/paths",
+                    "/spec/target/exclude",
+                    "/spec/retryConfig",
+                ],
+                "BackupSession" => vec!["/spec/invoker", "/spec/retryLeft"],
                 _ => vec!["/spec/target/rules"],
             };
             if watched.iter().all(|p| doc.pointer(p).is_none()) {
@@ -453,10 +463,13 @@ async fn later_manifests_keep_their_paths_and_rules() {
                             ));
                         }
                     }
-                    if kind == "BackupConfiguration" {
-                        paths += 1;
-                    } else {
-                        rules += 1;
+                    match kind {
+                        "BackupConfiguration" if doc.pointer("/spec/retryConfig").is_some() => {
+                            retries += 1;
+                        }
+                        "BackupConfiguration" => paths += 1,
+                        "BackupSession" => sessions += 1,
+                        _ => rules += 1,
                     }
                 }
                 // Stash's hooks example backs up a path on no mounted volume on purpose (to
@@ -468,15 +481,28 @@ async fn later_manifests_keep_their_paths_and_rules() {
                 {
                     refused_on_purpose += 1;
                 }
+                // A session of a BackupBatch: a kind stash-rs does not serve.
+                Err(e)
+                    if kind == "BackupSession"
+                        && doc["spec"]["invoker"]["kind"] == "BackupBatch"
+                        && e.to_string().contains("spec.invoker.kind: \"BackupBatch\" is not served by stash-rs") =>
+                {
+                    batch_refused += 1;
+                }
                 Err(e) => failures.push(format!("{name}: refused: {e}")),
             }
         }
     }
     stash_testenv::report(&format!(
-        "later manifests: {paths} BackupConfigurations with target.paths, {rules} RestoreSessions with target.rules kept their fields; {refused_on_purpose} refused (a path on no volume)"
+        "later manifests: {paths} BackupConfigurations with target.paths, {retries} with retryConfig, {rules} RestoreSessions with target.rules, {sessions} BackupSessions with invoker kept their fields; {refused_on_purpose} refused (a path on no volume), {batch_refused} (a BackupBatch's session)"
     ));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // The corpus as committed: 21 BackupConfigurations with `target.paths` (one of them the
-    // refused example) and 21 RestoreSessions with `target.rules`.
-    assert_eq!((paths, refused_on_purpose, rules), (20, 1, 21));
+    // refused example), one of them also with `retryConfig`, 21 RestoreSessions with
+    // `target.rules`, and 3 BackupSessions with `invoker` (one of a BackupBatch).
+    assert_eq!(
+        (paths + retries, refused_on_purpose, rules, retries),
+        (20, 1, 21, 1)
+    );
+    assert_eq!((sessions, batch_refused), (2, 1));
 }

@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub mod claim;
+pub mod retry;
 pub mod twin;
 
 /// The phase of a BackupSession (`status.phase`).
