@@ -152,6 +152,12 @@ fn check_reference(errs: &mut FieldErrors, field: &str, name: &str) {
     }
 }
 
+/// `spec.target.alias`: a host name of its own, or the prefix of `<alias>-<ordinal>` and
+/// `<alias>-<node>`: a DNS label, as every host name a session lists.
+fn check_alias(errs: &mut FieldErrors, alias: Option<&str>) {
+    format_of(errs, "spec.target.alias", alias, format::dns_label);
+}
+
 /// `params[]`: variable names, each once, with a value.
 fn check_params(errs: &mut FieldErrors, path: &str, params: &[Param]) {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
@@ -867,6 +873,10 @@ impl Validate for BackupConfiguration {
                 "spec.target.paths and spec.target.directories are two spellings of one list and say different things: write one of them",
             );
         }
+        check_alias(
+            &mut errs,
+            spec.target.as_ref().and_then(|t| t.alias.as_deref()),
+        );
         match &spec.target {
             None => {
                 if restic && task_missing {
@@ -1106,6 +1116,7 @@ impl Validate for RestoreSession {
             if !t.target_ref.is_empty() {
                 check_target_ref(&mut errs, &t.target_ref);
             }
+            check_alias(&mut errs, t.alias.as_deref());
             check_volume_mounts(&mut errs, "spec.target.volumeMounts", &t.volume_mounts);
             for (i, pvc) in t.volume_claim_templates.iter().enumerate() {
                 let field = format!("spec.target.volumeClaimTemplates[{i}].metadata.name");

@@ -21,7 +21,7 @@ use stash_runtime::{
     events::{Events, Severity},
 };
 
-use stash_core::target::{WorkloadKind, backup_host};
+use stash_core::target::{Host, WorkloadKind, backup_host, host_name};
 
 use crate::{backup::Settings, restore};
 
@@ -81,9 +81,10 @@ pub async fn run_with(client: Client, opts: Options) -> anyhow::Result<()> {
     let rs = sessions.get(&opts.restore_session).await?;
     let target = rs.spec.target.clone().unwrap_or_default();
     let kind = WorkloadKind::of(&target.target_ref);
+    let alias = target.alias.as_deref();
     let host = match opts.pod_ordinal {
-        Some(o) => format!("host-{o}"),
-        None => backup_host(kind, &opts.pod_name, &opts.node_name),
+        Some(o) => host_name(alias, Host::Ordinal(u64::from(o))),
+        None => backup_host(kind, alias, &opts.pod_name, &opts.node_name),
     };
     let workload = target.target_ref.name.clone().unwrap_or_default();
 

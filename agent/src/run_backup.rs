@@ -77,7 +77,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let bc = bcs.get(&opts.backup_configuration).await?;
     let target = bc.spec.target.clone().unwrap_or_default();
     let kind = WorkloadKind::of(&target.target_ref);
-    let host = backup_host(kind, &opts.pod_name, &opts.node_name);
+    let host_of = |bc: &BackupConfiguration| {
+        let alias = bc.spec.target.as_ref().and_then(|t| t.alias.as_deref());
+        backup_host(kind, alias, &opts.pod_name, &opts.node_name)
+    };
+    let mut host = host_of(&bc);
     let workload = target.target_ref.name.clone().unwrap_or_default();
     let lease = stash_core::names::backup_lease(kind, &workload);
     // Pods that are one host elect one of them per session; a StatefulSet's or DaemonSet's
@@ -147,8 +151,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         // Pausing is the operator's decision, for sessions not yet started: a session it marked
         // Running completes normally (stash_machines::backup_session).
         let fresh = sessions.get(&session.name_any()).await?;
+        // The configuration as it is now: an alias written since this sidecar started names
+        // this host from now on.
+        let bc = bcs.get(&opts.backup_configuration).await?;
+        host = host_of(&bc);
         if let Some(phase) = needs_backup(&fresh, &host) {
-            let bc = bcs.get(&opts.backup_configuration).await?;
             let check = |integrity: Option<bool>| {
                 host_machine::check_due(integrity, last_check.map(|t| t.elapsed()), check_interval)
             };

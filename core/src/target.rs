@@ -1,6 +1,7 @@
 //! Targets: which kinds are workloads (sidecar model), how a target reference matches an
 //! object, and the host names of §9.3.
 use stash_crds::common::TargetRef;
+pub use stash_machines::names::{Host, host_name};
 
 /// A workload kind backed up by an injected sidecar.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -125,16 +126,25 @@ pub fn host_is_shared(kind: Option<WorkloadKind>) -> bool {
     )
 }
 
-/// The `--host` of a backup made by a sidecar (§9.3).
-pub fn backup_host(kind: Option<WorkloadKind>, pod_name: &str, node_name: &str) -> String {
-    match kind {
-        Some(WorkloadKind::StatefulSet) => {
-            let ordinal = pod_name.rsplit_once('-').map_or("0", |(_, o)| o);
-            format!("host-{ordinal}")
-        }
-        Some(WorkloadKind::DaemonSet) => node_name.to_string(),
-        _ => "host-0".to_string(),
-    }
+/// The `--host` of a backup made by a sidecar (§9.3), or of the restore of the pod
+/// `pod_name` on node `node_name`: [`host_name`] with the target's `alias`.
+pub fn backup_host(
+    kind: Option<WorkloadKind>,
+    alias: Option<&str>,
+    pod_name: &str,
+    node_name: &str,
+) -> String {
+    let host = match kind {
+        Some(WorkloadKind::StatefulSet) => Host::Ordinal(
+            pod_name
+                .rsplit_once('-')
+                .and_then(|(_, o)| o.parse().ok())
+                .unwrap_or(0),
+        ),
+        Some(WorkloadKind::DaemonSet) => Host::Node(node_name),
+        _ => Host::Only,
+    };
+    host_name(alias, host)
 }
 
 #[cfg(test)]
@@ -147,11 +157,11 @@ mod tests {
             assert!(!host_is_shared(Some(kind)));
         }
         assert_eq!(
-            backup_host(Some(WorkloadKind::StatefulSet), "db-2", "n1"),
+            backup_host(Some(WorkloadKind::StatefulSet), None, "db-2", "n1"),
             "host-2"
         );
         assert_eq!(
-            backup_host(Some(WorkloadKind::DaemonSet), "ds-x1", "n1"),
+            backup_host(Some(WorkloadKind::DaemonSet), None, "ds-x1", "n1"),
             "n1"
         );
         for kind in [
@@ -160,7 +170,7 @@ mod tests {
             WorkloadKind::ReplicationController,
         ] {
             assert!(host_is_shared(Some(kind)));
-            assert_eq!(backup_host(Some(kind), "w-abc12", "n1"), "host-0");
+            assert_eq!(backup_host(Some(kind), None, "w-abc12", "n1"), "host-0");
         }
     }
 
@@ -219,17 +229,17 @@ mod tests {
     #[test]
     fn hosts_follow_the_workload_kind() {
         assert_eq!(
-            backup_host(Some(WorkloadKind::StatefulSet), "db-2", "node"),
+            backup_host(Some(WorkloadKind::StatefulSet), None, "db-2", "node"),
             "host-2"
         );
         assert_eq!(
-            backup_host(Some(WorkloadKind::DaemonSet), "ds-xyz", "node-a"),
+            backup_host(Some(WorkloadKind::DaemonSet), None, "ds-xyz", "node-a"),
             "node-a"
         );
         assert_eq!(
-            backup_host(Some(WorkloadKind::Deployment), "app-5f7-abc", "node"),
+            backup_host(Some(WorkloadKind::Deployment), None, "app-5f7-abc", "node"),
             "host-0"
         );
-        assert_eq!(backup_host(None, "x", "node"), "host-0");
+        assert_eq!(backup_host(None, None, "x", "node"), "host-0");
     }
 }

@@ -55,6 +55,12 @@ pub struct BackupTarget {
     /// Patterns of files not to back up (restic `--exclude`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
+    /// The name the target's data is stored under in the repository (later Stash): the host
+    /// name itself, or the prefix of a StatefulSet's `<alias>-<ordinal>` and a DaemonSet's
+    /// `<alias>-<node>` ([`stash_machines::names::host_name`]). Lets several targets share
+    /// one repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
     /// Volumes of the target to mount into the backup container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volume_mounts: Vec<core::VolumeMount>,
@@ -86,6 +92,10 @@ pub struct RestoreTarget {
     /// The target object.
     #[serde(rename = "ref", default, skip_serializing_if = "TargetRef::is_empty")]
     pub target_ref: TargetRef,
+    /// The name the target's hosts restore as (later Stash; as on a BackupTarget): the
+    /// default `sourceHost` and the names `targetHosts` match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
     /// Volumes of the target to mount into the restore container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volume_mounts: Vec<core::VolumeMount>,

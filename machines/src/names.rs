@@ -23,9 +23,46 @@ pub fn fit(prefix: &str, name: &str, max: usize) -> String {
     format!("{head}-{hash:010x}")
 }
 
+/// Which host of a target a name is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Host<'a> {
+    /// One of numbered hosts: a StatefulSet's pod, or an ordinal of a per-ordinal restore.
+    Ordinal(u64),
+    /// A DaemonSet's pod on this node.
+    Node(&'a str),
+    /// The one host of any other target (a Deployment's pods, the job model's one Job).
+    Only,
+}
+
+/// The host name a target's data is stored under (restic's `--host`; §9.3 with later Stash's
+/// `target.alias`): `host-<i>` (`<alias>-<i>`) for numbered hosts, the node's name
+/// (`<alias>-<node>`) for a DaemonSet's, and `host-0` (`<alias>`) for the only host of any
+/// other target. An empty alias is none.
+pub fn host_name(alias: Option<&str>, host: Host<'_>) -> String {
+    let alias = alias.filter(|a| !a.is_empty());
+    match (host, alias) {
+        (Host::Ordinal(i), a) => format!("{}-{i}", a.unwrap_or("host")),
+        (Host::Node(node), None) => node.to_string(),
+        (Host::Node(node), Some(a)) => format!("{a}-{node}"),
+        (Host::Only, None) => "host-0".to_string(),
+        (Host::Only, Some(a)) => a.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_alias_names_the_host_or_prefixes_its_number_or_node() {
+        assert_eq!(host_name(None, Host::Only), "host-0");
+        assert_eq!(host_name(Some(""), Host::Only), "host-0");
+        assert_eq!(host_name(Some("db"), Host::Only), "db");
+        assert_eq!(host_name(None, Host::Ordinal(2)), "host-2");
+        assert_eq!(host_name(Some("db"), Host::Ordinal(2)), "db-2");
+        assert_eq!(host_name(None, Host::Node("n1")), "n1");
+        assert_eq!(host_name(Some("logs"), Host::Node("n1")), "logs-n1");
+    }
 
     #[test]
     fn short_names_are_kept_and_long_ones_fit_without_colliding() {

@@ -83,15 +83,28 @@ pub enum TargetModel {
 /// `replicas: 2147483647` must not make the operator allocate two billion names.
 pub const MAX_HOSTS: u32 = 5000;
 
-/// `host-0` … `host-<n-1>` for `replicas` (at least one host), or, past [`MAX_HOSTS`], why not.
-pub fn numbered_hosts(replicas: i64) -> Result<Vec<String>, String> {
+/// The names of the hosts of a target with `replicas` hosts (at least one), or, past
+/// [`MAX_HOSTS`], why not: `host-0` … `host-<n-1>` (`<alias>-<i>`) when they are `numbered`
+/// (a StatefulSet's pods, a per-ordinal restore), else the one host `host-0` (`<alias>`)
+/// ([`crate::names::host_name`]).
+pub fn numbered_hosts(
+    replicas: i64,
+    alias: Option<&str>,
+    numbered: bool,
+) -> Result<Vec<String>, String> {
+    use crate::names::{Host, host_name};
     let n = replicas.max(1);
     if n > i64::from(MAX_HOSTS) {
         return Err(format!(
             "{replicas} replicas to restore: at most {MAX_HOSTS} hosts restore in one session"
         ));
     }
-    Ok((0..n).map(|i| format!("host-{i}")).collect())
+    if !numbered && n == 1 {
+        return Ok(vec![host_name(alias, Host::Only)]);
+    }
+    Ok((0..n)
+        .map(|i| host_name(alias, Host::Ordinal(u64::try_from(i).unwrap_or(0))))
+        .collect())
 }
 
 /// One `spec.rules[]` entry, as far as resolution needs it.

@@ -335,17 +335,20 @@ fn a_restore_job_the_api_refuses_for_good_fails_the_restore() {
 #[test]
 fn too_many_hosts_fail_the_restore_before_any_name_is_built() {
     assert_eq!(
-        rs::numbered_hosts(3).expect("three"),
+        rs::numbered_hosts(3, None, true).expect("three"),
         ["host-0", "host-1", "host-2"]
     );
-    assert_eq!(rs::numbered_hosts(0).expect("one at least"), ["host-0"]);
     assert_eq!(
-        rs::numbered_hosts(i64::from(rs::MAX_HOSTS))
+        rs::numbered_hosts(0, None, true).expect("one at least"),
+        ["host-0"]
+    );
+    assert_eq!(
+        rs::numbered_hosts(i64::from(rs::MAX_HOSTS), None, true)
             .expect("the limit")
             .len(),
         rs::MAX_HOSTS as usize
     );
-    let why = rs::numbered_hosts(i64::from(i32::MAX)).expect_err("past the limit");
+    let why = rs::numbered_hosts(i64::from(i32::MAX), None, true).expect_err("past the limit");
     assert!(why.contains("2147483647 replicas"), "{why}");
     let mut obs = restore(&[], vec![rs::Rule::default()]);
     obs.hosts_refused = Some(why.clone());

@@ -43,7 +43,16 @@ async fn target_hosts(
     let scale = super::workload::scale_of(ctx, kind, ns, &name).await?;
     Ok(
         match stash_core::target::hosts(kind, scale, target.replicas) {
-            Hosts::Numbered(n) => (model, machine::numbered_hosts(n), None),
+            Hosts::Numbered(n) => {
+                // A StatefulSet's pods and a per-ordinal restore's Jobs are numbered hosts;
+                // any other target is one host.
+                let numbered = match kind {
+                    Some(k) => k == WorkloadKind::StatefulSet,
+                    None => crate::jobs::restore::ordinals(rs).is_some(),
+                };
+                let alias = target.alias.as_deref();
+                (model, machine::numbered_hosts(n, alias, numbered), None)
+            }
             Hosts::Nodes(n) => (model, Ok(vec![]), Some(n)),
         },
     )

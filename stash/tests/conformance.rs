@@ -431,10 +431,11 @@ async fn later_manifests_keep_their_paths_and_rules() {
                 "BackupConfiguration" => vec![
                     "/spec/target/paths",
                     "/spec/target/exclude",
+                    "/spec/target/alias",
                     "/spec/retryConfig",
                 ],
                 "BackupSession" => vec!["/spec/invoker", "/spec/retryLeft"],
-                _ => vec!["/spec/target/rules"],
+                _ => vec!["/spec/target/rules", "/spec/target/alias"],
             };
             if watched.iter().all(|p| doc.pointer(p).is_none()) {
                 continue;

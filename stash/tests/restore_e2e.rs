@@ -293,6 +293,8 @@ async fn the_later_spelling_backs_up_paths_without_excluded_files_and_restores_i
     deployment_with_pvc(&client, &ns, "app", "source-data").await;
     let mut bc = backup_configuration("Deployment", "app");
     in_later_spelling_excluding_tmp(&mut bc);
+    // `alias` (later Stash) names the host the data is stored under.
+    bc["spec"]["target"]["alias"] = json!("web");
     apply(&client, &ns, bc).await;
     // The API server kept the later fields (no pruning) and the webhook admitted them.
     let stored = Api::<stash_crds::BackupConfiguration>::namespaced(client.clone(), &ns)
@@ -309,7 +311,11 @@ async fn the_later_spelling_backs_up_paths_without_excluded_files_and_restores_i
     );
     wait_sidecar_rolled_out(&ns, Workload::Deployment("app", 1)).await;
     let snaps = backup(&ns, "app-backup", "later-1").await;
-    assert_snapshot_excludes_tmp(&f.repo_dir.to_string_lossy(), PASSWORD, &snaps["host-0"]);
+    let repo = f.repo_dir.to_string_lossy().to_string();
+    assert_snapshot_excludes_tmp(&repo, PASSWORD, &snaps["web"]);
+    // restic's own view: the one snapshot is the alias's.
+    let listed = restic_snapshots(&repo, PASSWORD);
+    assert_only_snapshot(&listed, "web", &snaps["web"]);
 
     wipe(&data);
     apply(
@@ -320,6 +326,7 @@ async fn the_later_spelling_backs_up_paths_without_excluded_files_and_restores_i
             "metadata": {"name": "restore-included"},
             "spec": {"repository": {"name": "repo"},
                      "target": {"ref": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "app"},
+                                "alias": "web",
                                 "volumeMounts": [{"name": "data", "mountPath": "/source/data"}],
                                 "rules": [{"paths": ["/source/data"], "include": ["/source/data/keep"]}]}}
         }),
@@ -329,6 +336,13 @@ async fn the_later_spelling_backs_up_paths_without_excluded_files_and_restores_i
         wait_restore_terminal(&client, &ns, "restore-included", Duration::from_secs(150)).await;
     let status = rs.status.clone().expect("status");
     assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
+    // The restoring host is the alias too, and restored the alias's snapshot by default.
+    let hosts: Vec<_> = status
+        .stats
+        .iter()
+        .filter_map(|h| h.hostname.as_deref())
+        .collect();
+    assert_eq!(hosts, ["web"], "{status:?}");
     assert_restored_only_included(&data);
     assert_no_illegal_transitions().await;
 }

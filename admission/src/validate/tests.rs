@@ -808,7 +808,7 @@ proptest::proptest! {
         proptest::prop_assert!(ordinals.len() <= max);
         proptest::prop_assert!(stash_operator::jobs::restore::job_names(&r).len() <= max.max(1));
         let _ = stash_operator::jobs::restore::claims(&r, ordinals.first().copied().unwrap_or(0));
-        match stash_machines::restore_session::numbered_hosts(i64::from(replicas.unwrap_or(1))) {
+        match stash_machines::restore_session::numbered_hosts(i64::from(replicas.unwrap_or(1)), None, true) {
             Ok(h) => proptest::prop_assert!(h.len() <= max),
             Err(why) => proptest::prop_assert!(why.contains("at most 5000")),
         }

@@ -113,7 +113,12 @@ pub fn backup(
     if p.dry_run {
         set(&mut i, "RETENTION_DRY_RUN", "true");
     }
-    set(&mut i, "HOSTNAME", "host-0");
+    let alias = bc.spec.target.as_ref().and_then(|t| t.alias.as_deref());
+    set(
+        &mut i,
+        "HOSTNAME",
+        crate::target::host_name(alias, crate::target::Host::Only),
+    );
     let cache = bc.spec.temp_dir.as_ref().is_none_or(|t| t.enable_cache());
     set(&mut i, "ENABLE_CACHE", cache.to_string());
     Ok(i)
@@ -221,6 +226,12 @@ mod tests {
             Some("/repo/x")
         );
         assert_eq!(i.get("REPOSITORY_BUCKET").map(String::as_str), Some(""));
+        assert_eq!(i.get("HOSTNAME").map(String::as_str), Some("host-0"));
+        // `target.alias` names the one host of the job model.
+        let mut aliased = bc.clone();
+        aliased.spec.target.as_mut().expect("target").alias = Some("db".into());
+        let i = backup(&aliased, "bc-1", &local, &OperatorInputs::default()).expect("inputs");
+        assert_eq!(i.get("HOSTNAME").map(String::as_str), Some("db"));
     }
 
     #[test]

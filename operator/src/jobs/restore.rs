@@ -111,8 +111,13 @@ pub fn pod_spec(
     op: &OperatorInputs,
     service_account: &str,
 ) -> Result<PodSpec, String> {
-    let host = format!("host-{}", ordinal.unwrap_or(0));
     let target = rs.spec.target.clone().unwrap_or_default();
+    let host = stash_core::target::host_name(
+        target.alias.as_deref(),
+        ordinal.map_or(stash_core::target::Host::Only, |o| {
+            stash_core::target::Host::Ordinal(u64::from(o))
+        }),
+    );
     let settings = rs.spec.runtime_settings.clone().unwrap_or_default();
     let (std_vols, mut std_mounts) =
         super::backup::standard_volumes(repo, rs.spec.temp_dir.as_ref());
