@@ -158,6 +158,15 @@ fn check_alias(errs: &mut FieldErrors, alias: Option<&str>) {
     format_of(errs, "spec.target.alias", alias, format::dns_label);
 }
 
+/// `spec.target.args`: each argument from the allow-list of `command` (`stash_core::args`).
+fn check_args(errs: &mut FieldErrors, command: stash_core::args::Command, args: &[String]) {
+    if let Err(refused) = stash_core::args::check(command, args) {
+        for (i, why) in refused {
+            errs.push(format!("spec.target.args[{i}]"), why);
+        }
+    }
+}
+
 /// `params[]`: variable names, each once, with a value.
 fn check_params(errs: &mut FieldErrors, path: &str, params: &[Param]) {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
@@ -873,10 +882,10 @@ impl Validate for BackupConfiguration {
                 "spec.target.paths and spec.target.directories are two spellings of one list and say different things: write one of them",
             );
         }
-        check_alias(
-            &mut errs,
-            spec.target.as_ref().and_then(|t| t.alias.as_deref()),
-        );
+        if let Some(t) = &spec.target {
+            check_alias(&mut errs, t.alias.as_deref());
+            check_args(&mut errs, stash_core::args::Command::Backup, &t.args);
+        }
         match &spec.target {
             None => {
                 if restic && task_missing {
@@ -1117,6 +1126,7 @@ impl Validate for RestoreSession {
                 check_target_ref(&mut errs, &t.target_ref);
             }
             check_alias(&mut errs, t.alias.as_deref());
+            check_args(&mut errs, stash_core::args::Command::Restore, &t.args);
             check_volume_mounts(&mut errs, "spec.target.volumeMounts", &t.volume_mounts);
             for (i, pvc) in t.volume_claim_templates.iter().enumerate() {
                 let field = format!("spec.target.volumeClaimTemplates[{i}].metadata.name");

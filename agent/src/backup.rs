@@ -371,15 +371,19 @@ pub async fn run(
             }
         })
         .collect();
-    let exclude: Vec<String> = bc
-        .spec
-        .target
-        .as_ref()
-        .map(|t| t.exclude.clone())
-        .unwrap_or_default();
+    let target = bc.spec.target.clone().unwrap_or_default();
+    // Admission refused arguments off the allow-list; one that got in fails the host, named.
+    let extra = stash_core::args::check(stash_core::args::Command::Backup, &target.args)
+        .map_err(|errs| failed(phase, refused_args("spec.target.args", &errs)))?;
     for dir in &back_up {
         let s = match r
-            .backup_excluding(std::path::Path::new(dir), host, &tags, &exclude)
+            .backup_excluding(
+                std::path::Path::new(dir),
+                host,
+                &tags,
+                &target.exclude,
+                &extra,
+            )
             .await
         {
             Ok(s) => {
@@ -518,6 +522,14 @@ pub async fn after_snapshots(
 fn normalize(dir: &str) -> String {
     let t = dir.trim_end_matches('/');
     if t.is_empty() { "/".into() } else { t.into() }
+}
+
+/// `field[i]: why; …` for refused `target.args`.
+pub(crate) fn refused_args(field: &str, errs: &[(usize, String)]) -> String {
+    errs.iter()
+        .map(|(i, why)| format!("{field}[{i}]: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]

@@ -162,6 +162,9 @@ pub struct BackupOptions {
     /// Patterns of files not to back up, comma-separated (restic `--exclude`).
     #[arg(long, default_value = "")]
     pub exclude: String,
+    /// The target's extra `restic backup` arguments, a JSON list (`target.args`).
+    #[arg(long, default_value = "")]
+    pub restic_args: String,
     /// Retention policy.
     #[command(flatten)]
     pub retention: RetentionArgs,
@@ -334,6 +337,7 @@ pub async fn backup(opts: BackupOptions) -> anyhow::Result<()> {
         if dirs.is_empty() {
             return Err("--backup-dirs names no directory".to_string());
         }
+        let extra = restic_args(stash_core::args::Command::Backup, &opts.restic_args)?;
         let mut r = opts.repo.open()?;
         if let Some(reporter) = crate::report::job_lock_reporter(&host).await {
             r.set_lock_reporter(reporter);
@@ -347,7 +351,13 @@ pub async fn backup(opts: BackupOptions) -> anyhow::Result<()> {
                 return Err(format!("backup of {d}: no such directory"));
             }
             match r
-                .backup_excluding(std::path::Path::new(d), &host, &[], &split(&opts.exclude))
+                .backup_excluding(
+                    std::path::Path::new(d),
+                    &host,
+                    &[],
+                    &split(&opts.exclude),
+                    &extra,
+                )
                 .await
             {
                 Ok(s) => {
@@ -414,17 +424,22 @@ pub struct RestoreOptions {
     /// Patterns of the files not to restore, comma-separated (restic `--exclude`).
     #[arg(long, default_value = "")]
     pub exclude: String,
+    /// The target's extra `restic restore` arguments, a JSON list (`target.args`).
+    #[arg(long, default_value = "")]
+    pub restic_args: String,
 }
 
 /// `restore-pvc`.
 pub async fn restore(opts: RestoreOptions) -> anyhow::Result<()> {
     let started = Instant::now();
-    let filtered = |mut o: restic::RestoreOptions| {
+    let filtered = |mut o: restic::RestoreOptions, extra: &[String]| {
         o.includes = split(&opts.include);
         o.excludes = split(&opts.exclude);
+        o.extra = extra.to_vec();
         o
     };
     let result = async {
+        let extra = restic_args(stash_core::args::Command::Restore, &opts.restic_args)?;
         let r = opts.repo.open()?;
         let snapshots = split(&opts.snapshots);
         if !snapshots.is_empty() {
@@ -433,7 +448,10 @@ pub async fn restore(opts: RestoreOptions) -> anyhow::Result<()> {
                 crate::restore::resolve_snapshots(&r, &snapshots, &opts.repo.hostname, &mounts)
                     .await?;
             for id in ids {
-                let o = filtered(restic::RestoreOptions::new(id.as_str(), &opts.target_dir));
+                let o = filtered(
+                    restic::RestoreOptions::new(id.as_str(), &opts.target_dir),
+                    &extra,
+                );
                 r.restore(&o)
                     .await
                     .map_err(|e| format!("restore of snapshot {id}: {e}"))?;
@@ -447,7 +465,10 @@ pub async fn restore(opts: RestoreOptions) -> anyhow::Result<()> {
             );
         }
         for d in &dirs {
-            let mut o = filtered(restic::RestoreOptions::new("latest", &opts.target_dir));
+            let mut o = filtered(
+                restic::RestoreOptions::new("latest", &opts.target_dir),
+                &extra,
+            );
             o.host = Some(opts.repo.hostname.clone());
             o.paths = vec![d.clone()];
             r.restore(&o)
@@ -465,6 +486,18 @@ pub async fn restore(opts: RestoreOptions) -> anyhow::Result<()> {
         started,
         result,
     ))
+}
+
+/// `--restic-args` (a JSON list; empty: none), checked against the allow-list: one that got
+/// past admission fails the host, named.
+fn restic_args(command: stash_core::args::Command, json: &str) -> Result<Vec<String>, String> {
+    if json.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let args: Vec<String> = serde_json::from_str(json)
+        .map_err(|e| format!("--restic-args is not a JSON list of strings: {e}"))?;
+    stash_core::args::check(command, &args)
+        .map_err(|errs| crate::backup::refused_args("spec.target.args", &errs))
 }
 
 #[cfg(test)]

@@ -108,16 +108,27 @@ pub struct Filters {
     pub include: Vec<String>,
     /// All but these.
     pub exclude: Vec<String>,
+    /// The target's extra `restic restore` arguments (`spec.target.args`), as written.
+    pub args: Vec<String>,
 }
 
-/// The [`Filters`] of `host`'s rule.
+/// The [`Filters`] of `host`'s rule, with the target's arguments.
 pub fn filters(rs: &RestoreSession, host: &str) -> Filters {
-    matched_rule(rs, host)
+    let args = rs
+        .spec
+        .target
+        .as_ref()
+        .map(|t| t.args.clone())
+        .unwrap_or_default();
+    let mut f = matched_rule(rs, host)
         .map(|r| Filters {
             include: r.include.clone(),
             exclude: r.exclude.clone(),
+            args: Vec::new(),
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    f.args = args;
+    f
 }
 
 /// The full ids of the snapshots `names` restores for `source_host` into a target mounting
@@ -174,10 +185,14 @@ pub async fn run(
     target: &Path,
     mounts: &[String],
 ) -> Result<(), String> {
+    // Admission refused arguments off the allow-list; one that got in fails the host, named.
+    let extra = stash_core::args::check(stash_core::args::Command::Restore, &filters.args)
+        .map_err(|errs| crate::backup::refused_args("spec.target.args", &errs))?;
     let r = crate::backup::open(repo, settings)?;
     let filtered = |mut opts: restic::RestoreOptions| {
         opts.includes = filters.include.clone();
         opts.excludes = filters.exclude.clone();
+        opts.extra = extra.clone();
         opts
     };
     match plan {
@@ -267,6 +282,7 @@ mod tests {
             Filters {
                 include: vec!["/source/data/keep*".into()],
                 exclude: vec!["*.tmp".into()],
+                args: vec![],
             }
         );
     }

@@ -14,6 +14,7 @@
 //! - [`cron`]: schedules (`CRON_TZ=`, validation);
 //! - [`location`]: where a Repository's restic repository is;
 //! - [`names`]: names and labels of derived objects.
+pub mod args;
 pub mod cron;
 pub mod identity;
 pub mod inject;

@@ -61,6 +61,10 @@ pub struct BackupTarget {
     /// one repository.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alias: Option<String>,
+    /// Extra arguments to `restic backup` (later Stash), from an allow-list
+    /// (`stash_core::args`): e.g. `--one-file-system`, `--exclude-larger-than=1G`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
     /// Volumes of the target to mount into the backup container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volume_mounts: Vec<core::VolumeMount>,
@@ -96,6 +100,10 @@ pub struct RestoreTarget {
     /// default `sourceHost` and the names `targetHosts` match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alias: Option<String>,
+    /// Extra arguments to `restic restore` (later Stash), from an allow-list
+    /// (`stash_core::args`): e.g. `--verify`, `--overwrite=if-changed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
     /// Volumes of the target to mount into the restore container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volume_mounts: Vec<core::VolumeMount>,

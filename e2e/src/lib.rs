@@ -1706,3 +1706,41 @@ pub fn assert_restored_only_included(dir: &Path) {
         "an excluded file came back"
     );
 }
+
+/// `target.args` of a backup in the args tests: restic leaves out files over 4 KiB.
+pub const BACKUP_ARGS: [&str; 1] = ["--exclude-larger-than=4K"];
+/// `target.args` of a restore in the args tests: restic restores one more file,
+/// case-insensitively (a flag of restic's own, not a rule's field).
+pub const RESTORE_ARGS: [&str; 1] = ["--iinclude=OTHER/B.LOG"];
+
+/// Beside [`write_filter_files`]: a 16 KiB file that [`BACKUP_ARGS`] leave out and a small one
+/// that [`RESTORE_ARGS`] bring back.
+pub fn write_args_files(dir: &Path) {
+    std::fs::write(dir.join("keep/big.bin"), vec![7u8; 16 * 1024]).expect("big file");
+    std::fs::write(
+        dir.join("other/b.log"),
+        "backed up, restored by the restore's args",
+    )
+    .expect("log file");
+}
+
+/// restic's own view of `snapshot`: [`BACKUP_ARGS`] left out the big file only.
+pub fn assert_snapshot_honours_backup_args(repo: &str, password: &str, snapshot: &str) {
+    let files: Vec<String> = restic_ls_of(restic(repo, password), snapshot)
+        .iter()
+        .filter_map(|n| n["path"].as_str().map(String::from))
+        .collect();
+    assert!(
+        files.iter().any(|f| f.ends_with("/other/b.log"))
+            && !files.iter().any(|f| f.ends_with("/keep/big.bin")),
+        "--exclude-larger-than=4K left out only the 16 KiB file: {files:?}"
+    );
+}
+
+/// `dir` after a restore with [`RESTORE_ARGS`]: the file they include is back.
+pub fn assert_restore_honoured_args(dir: &Path) {
+    assert_eq!(
+        std::fs::read_to_string(dir.join("other/b.log")).expect("--iinclude=OTHER/B.LOG restored"),
+        "backed up, restored by the restore's args"
+    );
+}

@@ -249,6 +249,8 @@ pub struct RestoreOptions {
     pub excludes: Vec<String>,
     /// `--target` (Stash restores to `/`).
     pub target: PathBuf,
+    /// Extra arguments (checked by the caller: `stash_core::args`).
+    pub extra: Vec<String>,
 }
 
 impl RestoreOptions {
@@ -261,6 +263,7 @@ impl RestoreOptions {
             includes: Vec::new(),
             excludes: Vec::new(),
             target: target.into(),
+            extra: Vec::new(),
         }
     }
 }
@@ -766,22 +769,25 @@ impl Repo {
     /// `backup <path> --host <host> [--tag t]…`: one snapshot of `path`. Files restic cannot
     /// read make it [`Error::Incomplete`] (the snapshot exists without them).
     pub async fn backup(&self, path: &Path, host: &str, tags: &[String]) -> Result<BackupSummary> {
-        self.backup_excluding(path, host, tags, &[]).await
+        self.backup_excluding(path, host, tags, &[], &[]).await
     }
 
-    /// [`Repo::backup`] leaving out the files that match `exclude` (`--exclude`, repeated).
+    /// [`Repo::backup`] leaving out the files that match `exclude` (`--exclude`, repeated),
+    /// with `extra` arguments (checked by the caller: `stash_core::args`) before the path.
     pub async fn backup_excluding(
         &self,
         path: &Path,
         host: &str,
         tags: &[String],
         exclude: &[String],
+        extra: &[String],
     ) -> Result<BackupSummary> {
         let mut a = Self::backup_args(host, tags);
         for e in exclude {
             a.push("--exclude".into());
             a.push(e.into());
         }
+        a.extend(extra.iter().map(Into::into));
         a.push("--".into());
         a.push(path.as_os_str().to_owned());
         let f = self.exec("backup", a, None, None, true).await?;
@@ -956,6 +962,7 @@ impl Repo {
             a.push("--exclude".into());
             a.push(e.into());
         }
+        a.extend(opts.extra.iter().map(Into::into));
         a.push("--".into());
         a.push((&opts.snapshot).into());
         let f = self.exec_ok("restore", a).await?;

@@ -432,10 +432,15 @@ async fn later_manifests_keep_their_paths_and_rules() {
                     "/spec/target/paths",
                     "/spec/target/exclude",
                     "/spec/target/alias",
+                    "/spec/target/args",
                     "/spec/retryConfig",
                 ],
                 "BackupSession" => vec!["/spec/invoker", "/spec/retryLeft"],
-                _ => vec!["/spec/target/rules", "/spec/target/alias"],
+                _ => vec![
+                    "/spec/target/rules",
+                    "/spec/target/alias",
+                    "/spec/target/args",
+                ],
             };
             if watched.iter().all(|p| doc.pointer(p).is_none()) {
                 continue;

@@ -170,9 +170,11 @@ async fn a_pvc_backed_up_with_exclude_is_restored_with_include_through_jobs() {
     let ns = f.ns.name.clone();
     let source = pv_dir(&ns, "source-data").await;
     write_filter_files(&source);
+    write_args_files(&source);
     pvc(&ns, "source-data").await;
     let mut bc = pvc_backup_configuration("later", "source-data", json!({}));
     in_later_spelling_excluding_tmp(&mut bc);
+    bc["spec"]["target"]["args"] = json!(BACKUP_ARGS);
     apply(&client, &ns, bc).await;
     create_backup_session(&client, &ns, "later", "later-1").await;
     let s = ends(&ns, "later-1", Phase::Succeeded).await;
@@ -181,6 +183,7 @@ async fn a_pvc_backed_up_with_exclude_is_restored_with_include_through_jobs() {
         .clone()
         .expect("snapshot");
     assert_snapshot_excludes_tmp(&f.repo_dir.to_string_lossy(), PASSWORD, &short);
+    assert_snapshot_honours_backup_args(&f.repo_dir.to_string_lossy(), PASSWORD, &short);
 
     let restored_dir = pv_dir(&ns, "restored-data").await;
     pvc(&ns, "restored-data").await;
@@ -189,11 +192,13 @@ async fn a_pvc_backed_up_with_exclude_is_restored_with_include_through_jobs() {
         "spec": {"repository": {"name": "repo"}, "task": {"name": "pvc-restore"},
                  "target": {"ref": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": "restored-data"},
                             "volumeMounts": [{"name": "target-volume", "mountPath": "/source/data"}],
+                            "args": RESTORE_ARGS,
                             "rules": [{"paths": ["/source/data"], "include": ["/source/data/keep"]}]}}
     }))
     .await;
     ends(&ns, "restore-included", RestorePhase::Succeeded).await;
     assert_restored_only_included(&restored_dir);
+    assert_restore_honoured_args(&restored_dir);
     assert_no_illegal_transitions().await;
 }
 

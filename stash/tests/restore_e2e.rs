@@ -290,11 +290,13 @@ async fn the_later_spelling_backs_up_paths_without_excluded_files_and_restores_i
     let client = env.cp.client();
     let data = pv_dir(&ns, "source-data").await;
     write_filter_files(&data);
+    write_args_files(&data);
     deployment_with_pvc(&client, &ns, "app", "source-data").await;
     let mut bc = backup_configuration("Deployment", "app");
     in_later_spelling_excluding_tmp(&mut bc);
-    // `alias` (later Stash) names the host the data is stored under.
+    // `alias` (later Stash) names the host the data is stored under; `args` go to restic.
     bc["spec"]["target"]["alias"] = json!("web");
+    bc["spec"]["target"]["args"] = json!(BACKUP_ARGS);
     apply(&client, &ns, bc).await;
     // The API server kept the later fields (no pruning) and the webhook admitted them.
     let stored = Api::<stash_crds::BackupConfiguration>::namespaced(client.clone(), &ns)
@@ -316,6 +318,7 @@ async fn the_later_spelling_backs_up_paths_without_excluded_files_and_restores_i
     // restic's own view: the one snapshot is the alias's.
     let listed = restic_snapshots(&repo, PASSWORD);
     assert_only_snapshot(&listed, "web", &snaps["web"]);
+    assert_snapshot_honours_backup_args(&repo, PASSWORD, &snaps["web"]);
 
     wipe(&data);
     apply(
@@ -327,6 +330,7 @@ async fn the_later_spelling_backs_up_paths_without_excluded_files_and_restores_i
             "spec": {"repository": {"name": "repo"},
                      "target": {"ref": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "app"},
                                 "alias": "web",
+                                "args": RESTORE_ARGS,
                                 "volumeMounts": [{"name": "data", "mountPath": "/source/data"}],
                                 "rules": [{"paths": ["/source/data"], "include": ["/source/data/keep"]}]}}
         }),
@@ -344,5 +348,6 @@ async fn the_later_spelling_backs_up_paths_without_excluded_files_and_restores_i
         .collect();
     assert_eq!(hosts, ["web"], "{status:?}");
     assert_restored_only_included(&data);
+    assert_restore_honoured_args(&data);
     assert_no_illegal_transitions().await;
 }

@@ -83,6 +83,10 @@ pub fn backup(
         if !t.backup_paths().is_empty() {
             set(&mut i, "TARGET_DIRECTORIES", t.backup_paths().join(","));
         }
+        // `target.args`, a JSON list (an argument may hold a comma).
+        if !t.args.is_empty() {
+            set(&mut i, "RESTIC_ARGS", serde_json::json!(t.args).to_string());
+        }
         // Stash's variable for `target.exclude`, comma-separated.
         if !t.exclude.is_empty() {
             set(&mut i, "EXCLUDE_PATTERNS", t.exclude.join(","));
@@ -145,6 +149,13 @@ pub fn restore(
     }
     if let Some(m) = target.volume_mounts.first() {
         set(&mut i, "TARGET_MOUNT_PATH", m.mount_path.clone());
+    }
+    if !target.args.is_empty() {
+        set(
+            &mut i,
+            "RESTIC_ARGS",
+            serde_json::json!(target.args).to_string(),
+        );
     }
     let rule = rs
         .spec
