@@ -648,6 +648,9 @@ fn router(ctx: Ctx) -> Router {
                 "backupconfigurationtemplate" => {
                     review(|req| async move { decide::<BackupConfigurationTemplate>(&req, &()) })
                 }
+                "backupblueprint" => {
+                    review(|req| async move { decide::<stash_crds::BackupBlueprint>(&req, &()) })
+                }
                 "task" => review(move |req| validate_task(ctx.clone(), req)),
                 other => unreachable!("no validator for {other}"),
             },

@@ -97,6 +97,7 @@ pub fn validating_hooks() -> Vec<Hook> {
             "backupconfigurationtemplates",
             "v1beta1",
         ),
+        v("backupblueprint", "backupblueprints", "v1beta1"),
     ]
 }
 
@@ -323,7 +324,7 @@ mod tests {
         let ep = Endpoint::Url("https://127.0.0.1:8443/".into());
         let v = validating_configuration(CONFIGURATION_NAME, &ep, "CA");
         let hooks = v.webhooks.expect("webhooks");
-        assert_eq!(hooks.len(), 7);
+        assert_eq!(hooks.len(), 8, "seven kinds of 2019 and BackupBlueprint");
         assert!(
             hooks
                 .iter()

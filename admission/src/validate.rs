@@ -1343,16 +1343,8 @@ impl Validate for BackupConfigurationTemplate {
     type Context = ();
 
     fn validate_create(&self, _: &()) -> Result<(), FieldErrors> {
-        let spec = &self.spec;
         let mut errs = FieldErrors::default();
-        check_backend(&mut errs, "spec.backend", &spec.repository.backend);
-        check_wipe_out(&mut errs, &spec.repository);
-        check_schedule(&mut errs, &spec.schedule);
-        check_time_out(&mut errs, spec.time_out.as_deref());
-        check_task_ref(&mut errs, "spec.task", &spec.task);
-        check_retention(&mut errs, &spec.retention_policy);
-        check_runtime_settings(&mut errs, "spec.runtimeSettings", &spec.runtime_settings);
-        check_temp_dir(&mut errs, &spec.temp_dir);
+        check_template(&mut errs, &self.spec);
         errs.into_result()
     }
 
@@ -1365,9 +1357,52 @@ impl Validate for BackupConfigurationTemplate {
     }
 
     fn warnings(&self) -> Vec<String> {
-        let mut out = schedule_warning(&self.spec.schedule);
-        out.extend(retention_warning(&self.spec.retention_policy));
-        out
+        template_warnings(&self.spec)
+    }
+}
+
+/// What a template of default backups says (a BackupConfigurationTemplate, and the same
+/// fields of a BackupBlueprint).
+fn check_template(errs: &mut FieldErrors, spec: &stash_crds::BackupConfigurationTemplateSpec) {
+    check_backend(errs, "spec.backend", &spec.repository.backend);
+    check_wipe_out(errs, &spec.repository);
+    check_schedule(errs, &spec.schedule);
+    check_time_out(errs, spec.time_out.as_deref());
+    check_task_ref(errs, "spec.task", &spec.task);
+    check_retention(errs, &spec.retention_policy);
+    check_runtime_settings(errs, "spec.runtimeSettings", &spec.runtime_settings);
+    check_temp_dir(errs, &spec.temp_dir);
+}
+
+fn template_warnings(spec: &stash_crds::BackupConfigurationTemplateSpec) -> Vec<String> {
+    let mut out = schedule_warning(&spec.schedule);
+    out.extend(retention_warning(&spec.retention_policy));
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// BackupBlueprint (later Stash)
+
+impl Validate for stash_crds::BackupBlueprint {
+    type Context = ();
+
+    fn validate_create(&self, _: &()) -> Result<(), FieldErrors> {
+        let mut errs = FieldErrors::default();
+        check_template(&mut errs, &self.spec.template);
+        check_retry(&mut errs, self.spec.retry_config.as_ref());
+        errs.into_result()
+    }
+
+    fn validate_update(&self, old: &Self, ctx: &()) -> Result<(), FieldErrors> {
+        if self.spec == old.spec {
+            Ok(())
+        } else {
+            self.validate_create(ctx)
+        }
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        template_warnings(&self.spec.template)
     }
 }
 

@@ -65,6 +65,14 @@ pub const LEGACY_TAG_ANNOTATION: &str = "stash.appscode.com/tag";
 
 /// Default-backup annotation: name of the BackupConfigurationTemplate.
 pub const BACKUP_TEMPLATE_ANNOTATION: &str = "stash.appscode.com/backup-template";
+/// Later Stash: the BackupBlueprint of a default backup (instead of a template).
+pub const BACKUP_BLUEPRINT_ANNOTATION: &str = "stash.appscode.com/backup-blueprint";
+/// Later Stash: the directories to back up (the later name of `target-directories`).
+pub const TARGET_PATHS_ANNOTATION: &str = "stash.appscode.com/target-paths";
+/// Later Stash: this target's schedule, over the blueprint's.
+pub const SCHEDULE_ANNOTATION: &str = "stash.appscode.com/schedule";
+/// Later Stash: `params.stash.appscode.com/<name>: <value>` sets a parameter of the Task.
+pub const PARAMS_ANNOTATION_PREFIX: &str = "params.stash.appscode.com/";
 /// Default-backup annotation: comma-separated directories to back up.
 pub const TARGET_DIRECTORIES_ANNOTATION: &str = "stash.appscode.com/target-directories";
 /// Default-backup annotation (workloads): `vol1:/a,vol2:/b`.

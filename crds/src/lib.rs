@@ -25,6 +25,7 @@
 
 pub mod app_binding;
 pub mod backend;
+pub mod backup_blueprint;
 pub mod backup_configuration;
 pub mod backup_configuration_template;
 pub mod backup_session;
@@ -43,6 +44,7 @@ pub mod volume;
 
 pub use app_binding::{AppBinding, AppBindingSpec};
 pub use backend::{Backend, BackendError, BackendKind, LocalSpec, Provider};
+pub use backup_blueprint::{BackupBlueprint, BackupBlueprintSpec};
 pub use backup_configuration::{BackupConfiguration, BackupConfigurationSpec};
 pub use backup_configuration_template::{
     BackupConfigurationTemplate, BackupConfigurationTemplateSpec,
@@ -106,7 +108,8 @@ fn sorted(v: Value) -> Value {
 }
 
 /// Every CRD the operator registers, in a fixed order: BackupConfiguration, BackupSession,
-/// RestoreSession, Function, Task, BackupConfigurationTemplate, Repository, AppBinding.
+/// RestoreSession, Function, Task, BackupConfigurationTemplate, Repository, AppBinding,
+/// BackupBlueprint.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     [
         BackupConfiguration::crd(),
@@ -117,6 +120,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         BackupConfigurationTemplate::crd(),
         repository_crd(),
         AppBinding::crd(),
+        BackupBlueprint::crd(),
     ]
     .into_iter()
     .map(normalized)

@@ -170,6 +170,7 @@ pub fn cluster_role() -> Value {
         "functions",
         "tasks",
         "backupconfigurationtemplates",
+        "backupblueprints",
     ];
     let rules = vec![
         rule(&["stash.appscode.com"], &stash_kinds, ALL_OWN),

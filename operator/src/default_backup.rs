@@ -1,9 +1,11 @@
-//! Default backups (stash-api.md §5.5): a BackupConfigurationTemplate named by annotations on
-//! a workload, PVC or AppBinding gives it a Repository and a BackupConfiguration.
+//! Default backups (stash-api.md §5.5): a BackupConfigurationTemplate — or, in later Stash's
+//! spelling, a BackupBlueprint — named by annotations on a workload, PVC or AppBinding gives it
+//! a Repository and a BackupConfiguration.
 //!
-//! Annotations: `stash.appscode.com/backup-template` (all), `target-directories` (workloads
-//! and PVCs), `volume-mounts` (`name:mountPath,…`, workloads), `mountpath` (PVCs, mounted as
-//! volume `stash-volume`). Removing the annotations deletes the BackupConfiguration (only one
+//! Annotations: `stash.appscode.com/backup-template` or `backup-blueprint` (all),
+//! `target-directories` or `target-paths` (workloads and PVCs), `volume-mounts`
+//! (`name:mountPath,…`, workloads), `mountpath` (PVCs, mounted as volume `stash-volume`),
+//! `schedule` (over the source's) and `params.stash.appscode.com/<name>` (Task parameters). Removing the annotations deletes the BackupConfiguration (only one
 //! this object owns) and keeps the Repository, with its data.
 use std::sync::Arc;
 
@@ -16,7 +18,8 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams, PropagationPolicy},
 };
 use stash_crds::{
-    BackupConfiguration, BackupConfigurationTemplate, Repository,
+    BackupBlueprint, BackupConfiguration, BackupConfigurationTemplate,
+    BackupConfigurationTemplateSpec, Repository,
     backup_configuration::BackupConfigurationSpec,
     common::{BackupTarget, TargetRef},
     consts,
@@ -49,11 +52,24 @@ pub struct Target {
     pub owner: OwnerReference,
 }
 
+/// Where a default backup's Repository and BackupConfiguration come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A BackupConfigurationTemplate (mid-2019, `stash.appscode.com/backup-template`).
+    Template(String),
+    /// A BackupBlueprint (later Stash, `stash.appscode.com/backup-blueprint`).
+    Blueprint(String),
+}
+
 /// What the annotations ask for.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Request {
-    /// The template's name.
-    pub template: String,
+    /// The template or blueprint.
+    pub source: Source,
+    /// `stash.appscode.com/schedule`: this target's schedule, over the source's.
+    pub schedule: Option<String>,
+    /// `params.stash.appscode.com/<name>`: Task parameters, over the source's.
+    pub params: Vec<stash_crds::Param>,
     /// Directories to back up.
     pub directories: Vec<String>,
     /// Mounts of the target's volumes.
@@ -69,11 +85,21 @@ pub fn object_name(target: &Target) -> String {
 /// are malformed or incomplete.
 pub fn request(target: &Target) -> Result<Option<Request>, String> {
     let a = &target.annotations;
-    let Some(template) = a
-        .get(consts::BACKUP_TEMPLATE_ANNOTATION)
-        .filter(|t| !t.is_empty())
-    else {
-        return Ok(None);
+    let named = |k: &str| a.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let source = match (
+        named(consts::BACKUP_TEMPLATE_ANNOTATION),
+        named(consts::BACKUP_BLUEPRINT_ANNOTATION),
+    ) {
+        (None, None) => return Ok(None),
+        (Some(t), None) => Source::Template(t.to_string()),
+        (None, Some(b)) => Source::Blueprint(b.to_string()),
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "annotations {} and {} both name a default backup: write one of them",
+                consts::BACKUP_TEMPLATE_ANNOTATION,
+                consts::BACKUP_BLUEPRINT_ANNOTATION
+            ));
+        }
     };
     let list = |k: &str| -> Vec<String> {
         a.get(k)
@@ -86,7 +112,31 @@ pub fn request(target: &Target) -> Result<Option<Request>, String> {
             })
             .unwrap_or_default()
     };
-    let directories = list(consts::TARGET_DIRECTORIES_ANNOTATION);
+    // Two spellings of one list: `target-directories` (mid-2019), `target-paths` (later).
+    let directories = match (
+        list(consts::TARGET_DIRECTORIES_ANNOTATION),
+        list(consts::TARGET_PATHS_ANNOTATION),
+    ) {
+        (d, p) if d.is_empty() => p,
+        (d, p) if p.is_empty() || p == d => d,
+        _ => {
+            return Err(format!(
+                "annotations {} and {} say different things: write one of them",
+                consts::TARGET_DIRECTORIES_ANNOTATION,
+                consts::TARGET_PATHS_ANNOTATION
+            ));
+        }
+    };
+    let params = a
+        .iter()
+        .filter_map(|(k, v)| {
+            let name = k.strip_prefix(consts::PARAMS_ANNOTATION_PREFIX)?;
+            Some(stash_crds::Param {
+                name: name.to_string(),
+                value: v.clone(),
+            })
+        })
+        .collect();
     let volume_mounts = match target.kind.as_str() {
         "AppBinding" => vec![],
         "PersistentVolumeClaim" => {
@@ -122,20 +172,55 @@ pub fn request(target: &Target) -> Result<Option<Request>, String> {
     };
     if target.kind != "AppBinding" && directories.is_empty() {
         return Err(format!(
-            "annotation {} is required",
-            consts::TARGET_DIRECTORIES_ANNOTATION
+            "annotation {} (or {}) is required",
+            consts::TARGET_DIRECTORIES_ANNOTATION,
+            consts::TARGET_PATHS_ANNOTATION
         ));
     }
     Ok(Some(Request {
-        template: template.clone(),
+        source,
+        schedule: named(consts::SCHEDULE_ANNOTATION).map(String::from),
+        params,
         directories,
         volume_mounts,
     }))
 }
 
-/// The Repository and BackupConfiguration the template gives `target`. Pure.
+/// What a template or blueprint says, as [`desired`] needs it.
+#[derive(Clone, Debug)]
+pub struct Blueprint {
+    /// `BackupConfigurationTemplate tpl` or `BackupBlueprint bp` (for messages).
+    pub what: String,
+    /// The template's fields (a blueprint has them all).
+    pub spec: BackupConfigurationTemplateSpec,
+    /// A blueprint's `retryConfig`.
+    pub retry_config: Option<stash_crds::common::RetryConfig>,
+}
+
+impl From<&BackupConfigurationTemplate> for Blueprint {
+    fn from(t: &BackupConfigurationTemplate) -> Self {
+        Self {
+            what: format!("BackupConfigurationTemplate {}", t.name_any()),
+            spec: t.spec.clone(),
+            retry_config: None,
+        }
+    }
+}
+
+impl From<&BackupBlueprint> for Blueprint {
+    fn from(b: &BackupBlueprint) -> Self {
+        Self {
+            what: format!("BackupBlueprint {}", b.name_any()),
+            spec: b.spec.template.clone(),
+            retry_config: b.spec.retry_config.clone(),
+        }
+    }
+}
+
+/// The Repository and BackupConfiguration the template or blueprint gives `target`, with the
+/// target's own schedule and parameters over its. Pure.
 pub fn desired(
-    template: &BackupConfigurationTemplate,
+    template: &Blueprint,
     target: &Target,
     req: &Request,
 ) -> Result<(Repository, BackupConfiguration), String> {
@@ -150,8 +235,18 @@ pub fn desired(
     if let Some(v) = &target.app_version {
         inputs.insert("TARGET_APP_VERSION".into(), v.clone());
     }
-    let spec = subst_object(&template.spec, &inputs)
-        .map_err(|e| format!("BackupConfigurationTemplate {}: {e}", template.name_any()))?;
+    let spec =
+        subst_object(&template.spec, &inputs).map_err(|e| format!("{}: {e}", template.what))?;
+    let mut task = spec.task.clone();
+    if !req.params.is_empty() {
+        let task = task.get_or_insert_with(Default::default);
+        for p in &req.params {
+            match task.params.iter_mut().find(|q| q.name == p.name) {
+                Some(q) => q.value.clone_from(&p.value),
+                None => task.params.push(p.clone()),
+            }
+        }
+    }
     let name = object_name(target);
     let repository = Repository {
         metadata: ObjectMeta {
@@ -174,9 +269,9 @@ pub fn desired(
             ..Default::default()
         },
         spec: BackupConfigurationSpec {
-            schedule: spec.schedule.clone(),
+            schedule: req.schedule.clone().or_else(|| spec.schedule.clone()),
             repository: Some(LocalObjectReference { name }),
-            task: spec.task.clone(),
+            task,
             target: Some(BackupTarget {
                 target_ref: TargetRef {
                     api_version: Some(target.api_version.clone()),
@@ -192,6 +287,7 @@ pub fn desired(
             temp_dir: spec.temp_dir.clone(),
             backup_history_limit: spec.backup_history_limit,
             time_out: spec.time_out.clone(),
+            retry_config: template.retry_config.clone(),
             ..Default::default()
         },
         status: None,
@@ -228,15 +324,18 @@ pub async fn reconcile(ctx: &Arc<Ctx>, target: &Target) -> Result<(), Error> {
         }
         return Ok(());
     };
-    let template = Api::<BackupConfigurationTemplate>::all(ctx.client.clone())
-        .get_opt(&req.template)
-        .await?
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "BackupConfigurationTemplate {:?} not found",
-                req.template
-            ))
-        })?;
+    let template: Blueprint = match &req.source {
+        Source::Template(t) => Api::<BackupConfigurationTemplate>::all(ctx.client.clone())
+            .get_opt(t)
+            .await?
+            .map(|t| Blueprint::from(&t))
+            .ok_or_else(|| Error::Config(format!("BackupConfigurationTemplate {t:?} not found")))?,
+        Source::Blueprint(b) => Api::<BackupBlueprint>::all(ctx.client.clone())
+            .get_opt(b)
+            .await?
+            .map(|b| Blueprint::from(&b))
+            .ok_or_else(|| Error::Config(format!("BackupBlueprint {b:?} not found")))?,
+    };
     let (repo, bc) = desired(&template, target, &req).map_err(Error::Config)?;
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     Api::<Repository>::namespaced(ctx.client.clone(), &target.namespace)
@@ -387,6 +486,92 @@ mod tests {
     }
 
     #[test]
+    fn a_blueprint_with_the_later_annotations_gives_its_schedule_params_and_retries() {
+        let bp: BackupBlueprint = serde_json::from_value(serde_json::json!({
+            "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupBlueprint",
+            "metadata": {"name": "workload-backup-blueprint"},
+            "spec": {"backend": {"gcs": {"bucket": "appscode-qa", "prefix": "stash-backup/${TARGET_NAMESPACE}/${TARGET_KIND}/${TARGET_NAME}"},
+                                 "storageSecretName": "gcs-secret"},
+                     "schedule": "*/5 * * * *",
+                     "task": {"name": "pvc-backup", "params": [{"name": "a", "value": "1"}]},
+                     "retryConfig": {"maxRetry": 2, "delay": "1m"},
+                     "retentionPolicy": {"name": "keep-last-5", "keepLast": 5, "prune": true}}
+        }))
+        .expect("blueprint");
+        let t = target(&[
+            (
+                consts::BACKUP_BLUEPRINT_ANNOTATION,
+                "workload-backup-blueprint",
+            ),
+            (
+                consts::TARGET_PATHS_ANNOTATION,
+                "/source/data-1,/source/data-2",
+            ),
+            (
+                consts::VOLUME_MOUNTS_ANNOTATION,
+                "source-data-1:/source/data-1,source-data-2:/source/data-2",
+            ),
+            (consts::SCHEDULE_ANNOTATION, "*/15 * * * *"),
+            ("params.stash.appscode.com/a", "2"),
+            ("params.stash.appscode.com/b", "3"),
+        ]);
+        let req = request(&t).expect("valid").expect("asked for");
+        assert_eq!(
+            req.source,
+            Source::Blueprint("workload-backup-blueprint".into())
+        );
+        let (repo, bc) = desired(&Blueprint::from(&bp), &t, &req).expect("desired");
+        assert_eq!(
+            repo.spec
+                .backend
+                .gcs
+                .as_ref()
+                .and_then(|g| g.prefix.clone())
+                .as_deref(),
+            Some("stash-backup/demo/deployment/stash-demo")
+        );
+        assert_eq!(bc.spec.schedule.as_deref(), Some("*/15 * * * *"));
+        assert_eq!(
+            bc.spec.target.as_ref().map(|t| t.directories.clone()),
+            Some(vec![
+                "/source/data-1".to_string(),
+                "/source/data-2".to_string()
+            ])
+        );
+        let params: Vec<(String, String)> = bc
+            .spec
+            .task
+            .expect("task")
+            .params
+            .into_iter()
+            .map(|p| (p.name, p.value))
+            .collect();
+        assert_eq!(params, [("a".into(), "2".into()), ("b".into(), "3".into())]);
+        assert_eq!(bc.spec.retry_config.and_then(|r| r.max_retry), Some(2));
+        // Both sources, or both spellings of the paths saying different things: refused.
+        let both = target(&[
+            (consts::BACKUP_BLUEPRINT_ANNOTATION, "b"),
+            (consts::BACKUP_TEMPLATE_ANNOTATION, "t"),
+            (consts::TARGET_PATHS_ANNOTATION, "/a"),
+        ]);
+        assert!(
+            request(&both)
+                .expect_err("two sources")
+                .contains("write one of them")
+        );
+        let differ = target(&[
+            (consts::BACKUP_BLUEPRINT_ANNOTATION, "b"),
+            (consts::TARGET_PATHS_ANNOTATION, "/a"),
+            (consts::TARGET_DIRECTORIES_ANNOTATION, "/b"),
+        ]);
+        assert!(
+            request(&differ)
+                .expect_err("two lists")
+                .contains("say different things")
+        );
+    }
+
+    #[test]
     fn the_upstream_template_gives_a_repository_and_a_backup_configuration() {
         let template: BackupConfigurationTemplate = serde_json::from_value(serde_json::json!({
             "apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfigurationTemplate",
@@ -412,7 +597,7 @@ mod tests {
             ),
         ]);
         let req = request(&t).expect("valid").expect("asked for");
-        let (repo, bc) = desired(&template, &t, &req).expect("desired");
+        let (repo, bc) = desired(&Blueprint::from(&template), &t, &req).expect("desired");
         assert_eq!(repo.name_any(), "deployment-stash-demo");
         assert_eq!(
             repo.spec
@@ -449,7 +634,7 @@ mod tests {
             (consts::VOLUME_MOUNTS_ANNOTATION, "data:/source/data"),
         ]);
         let req = request(&t).expect("valid").expect("asked for");
-        let (_, bc) = desired(&template, &t, &req).expect("desired");
+        let (_, bc) = desired(&Blueprint::from(&template), &t, &req).expect("desired");
         assert_eq!(bc.spec.backup_history_limit, Some(2));
         assert_eq!(bc.spec.time_out.as_deref(), Some("30m"));
     }

@@ -413,6 +413,7 @@ async fn later_manifests_keep_their_paths_and_rules() {
     );
     let (mut paths, mut rules, mut failures) = (0, 0, Vec::new());
     let (mut refused_on_purpose, mut retries, mut sessions, mut batch_refused) = (0, 0, 0, 0);
+    let mut blueprints = 0;
     for file in yaml_files_under(&dir) {
         let Ok(text) = std::fs::read_to_string(&file) else {
             continue;
@@ -422,7 +423,7 @@ async fn later_manifests_keep_their_paths_and_rules() {
             if doc["apiVersion"] != "stash.appscode.com/v1beta1"
                 || !matches!(
                     kind,
-                    "BackupConfiguration" | "RestoreSession" | "BackupSession"
+                    "BackupConfiguration" | "RestoreSession" | "BackupSession" | "BackupBlueprint"
                 )
             {
                 continue;
@@ -436,6 +437,16 @@ async fn later_manifests_keep_their_paths_and_rules() {
                     "/spec/retryConfig",
                 ],
                 "BackupSession" => vec!["/spec/invoker", "/spec/retryLeft"],
+                "BackupBlueprint" => vec![
+                    "/spec/backend",
+                    "/spec/schedule",
+                    "/spec/task",
+                    "/spec/retentionPolicy",
+                    "/spec/retryConfig",
+                    "/spec/timeOut",
+                    "/spec/backupHistoryLimit",
+                    "/spec/runtimeSettings",
+                ],
                 _ => vec![
                     "/spec/target/rules",
                     "/spec/target/alias",
@@ -450,8 +461,13 @@ async fn later_manifests_keep_their_paths_and_rules() {
                 .await
                 .expect("discovery");
             let mut obj: DynamicObject = serde_json::from_value(doc.clone()).expect("object");
-            obj.metadata.namespace = Some(ns.name.clone());
-            let api = Api::<DynamicObject>::namespaced_with(client.clone(), &ns.name, &ar);
+            // A BackupBlueprint is cluster-scoped.
+            let api = if kind == "BackupBlueprint" {
+                Api::<DynamicObject>::all_with(client.clone(), &ar)
+            } else {
+                obj.metadata.namespace = Some(ns.name.clone());
+                Api::<DynamicObject>::namespaced_with(client.clone(), &ns.name, &ar)
+            };
             let pp = PostParams {
                 dry_run: true,
                 ..Default::default()
@@ -475,6 +491,7 @@ async fn later_manifests_keep_their_paths_and_rules() {
                         }
                         "BackupConfiguration" => paths += 1,
                         "BackupSession" => sessions += 1,
+                        "BackupBlueprint" => blueprints += 1,
                         _ => rules += 1,
                     }
                 }
@@ -500,7 +517,7 @@ async fn later_manifests_keep_their_paths_and_rules() {
         }
     }
     stash_testenv::report(&format!(
-        "later manifests: {paths} BackupConfigurations with target.paths, {retries} with retryConfig, {rules} RestoreSessions with target.rules, {sessions} BackupSessions with invoker kept their fields; {refused_on_purpose} refused (a path on no volume), {batch_refused} (a BackupBatch's session)"
+        "later manifests: {paths} BackupConfigurations with target.paths, {retries} with retryConfig, {rules} RestoreSessions with target.rules, {sessions} BackupSessions with invoker, {blueprints} BackupBlueprints kept their fields; {refused_on_purpose} refused (a path on no volume), {batch_refused} (a BackupBatch's session)"
     ));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // The corpus as committed: 21 BackupConfigurations with `target.paths` (one of them the
@@ -511,4 +528,6 @@ async fn later_manifests_keep_their_paths_and_rules() {
         (20, 1, 21, 1)
     );
     assert_eq!((sessions, batch_refused), (2, 1));
+    // Every BackupBlueprint of the corpus (8) is admitted with those fields.
+    assert_eq!(blueprints, 8);
 }

@@ -1,7 +1,7 @@
 //! Default backups end to end (§5.5): a BackupConfigurationTemplate plus annotations create the
 //! Repository and BackupConfiguration; removing the annotations deletes the configuration and
 //! keeps the Repository. First with the upstream auto-backup examples, then a real backup
-//! through a template with a local backend.
+//! through a template with a local backend, and through later Stash's BackupBlueprint.
 use stash_e2e as support;
 
 use std::time::Duration;
@@ -186,26 +186,74 @@ async fn the_upstream_auto_backup_examples_create_and_remove_the_configuration()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_default_backup_with_a_local_template_really_backs_up() {
+    let bc = default_backup_backs_up("auto-local", |name, backend| {
+        let source = json!({"apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfigurationTemplate",
+                            "metadata": {"name": name}, "spec": {"backend": backend, "schedule": "0 0 1 1 *"}});
+        let annotations = json!({"stash.appscode.com/backup-template": name,
+                                 "stash.appscode.com/target-directories": "/source/data",
+                                 "stash.appscode.com/volume-mounts": "data:/source/data"});
+        (source, annotations)
+    })
+    .await;
+    assert_eq!(bc.spec.schedule.as_deref(), Some("0 0 1 1 *"));
+}
+
+/// Later Stash's auto-backup: a BackupBlueprint named by `stash.appscode.com/backup-blueprint`
+/// on a new Deployment, with the later annotations (`target-paths`, and `schedule` over the
+/// blueprint's), yields a Repository and a BackupConfiguration (with the blueprint's
+/// `retryConfig`) and a Succeeded session whose snapshot restores byte for byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_blueprint_annotation_gives_a_new_deployment_its_backup() {
+    let bc = default_backup_backs_up("blueprint", |name, backend| {
+        let source = json!({"apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupBlueprint",
+                            "metadata": {"name": name},
+                            "spec": {"backend": backend, "schedule": "*/5 * * * *",
+                                     "retryConfig": {"maxRetry": 1, "delay": "1m"},
+                                     "retentionPolicy": {"name": "keep-last-5", "keepLast": 5, "prune": true}}});
+        let annotations = json!({"stash.appscode.com/backup-blueprint": name,
+                                 "stash.appscode.com/target-paths": "/source/data",
+                                 "stash.appscode.com/volume-mounts": "data:/source/data",
+                                 "stash.appscode.com/schedule": "0 0 1 1 *"});
+        (source, annotations)
+    })
+    .await;
+    assert_eq!(
+        bc.spec.schedule.as_deref(),
+        Some("0 0 1 1 *"),
+        "the Deployment's schedule annotation over the blueprint's"
+    );
+    assert_eq!(
+        bc.spec.retry_config.and_then(|r| r.max_retry),
+        Some(1),
+        "the blueprint's retryConfig"
+    );
+}
+
+/// A Deployment named `app` on PVC `data`, annotated for a default backup from a cluster-scoped
+/// source (`make(name, backend)` gives the source object and the annotations) whose local
+/// backend's sub-path is templated: its sidecar backs up into that path (restic's own view),
+/// the snapshot restores byte for byte; the BackupConfiguration made for it.
+async fn default_backup_backs_up(
+    prefix: &str,
+    make: impl Fn(&str, serde_json::Value) -> (serde_json::Value, serde_json::Value),
+) -> BackupConfiguration {
     let env = env().await;
-    let ns = env.cp.namespace("auto-local").await.expect("namespace");
+    let ns = env.cp.namespace(prefix).await.expect("namespace");
     let client = env.cp.client();
     let repo_root = env.cp.dir().join("repos").join(&ns.name);
     std::fs::create_dir_all(&repo_root).expect("repo dir");
     let data = pv_dir(&ns.name, "data").await;
     generate_files(&data, 77, 10, 2048);
-    let template = format!("local-{}", ns.name);
+    let name = format!("local-{}", ns.name);
+    let backend = json!({"storageSecretName": "local-secret",
+                         "local": {"mountPath": "/safe/data", "subPath": "${TARGET_NAMESPACE}/${TARGET_KIND}/${TARGET_NAME}",
+                                   "hostPath": {"path": repo_root.to_string_lossy()}}});
+    let (source, annotations) = make(&name, backend);
     for doc in [
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "local-secret"}, "stringData": {"RESTIC_PASSWORD": "pw"}}),
-        json!({"apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfigurationTemplate", "metadata": {"name": template},
-               "spec": {"backend": {"storageSecretName": "local-secret",
-                                    "local": {"mountPath": "/safe/data", "subPath": "${TARGET_NAMESPACE}/${TARGET_KIND}/${TARGET_NAME}",
-                                              "hostPath": {"path": repo_root.to_string_lossy()}}},
-                        "schedule": "0 0 1 1 *"}}),
+        source,
         json!({"apiVersion": "apps/v1", "kind": "Deployment",
-               "metadata": {"name": "app", "annotations": {
-                   "stash.appscode.com/backup-template": template,
-                   "stash.appscode.com/target-directories": "/source/data",
-                   "stash.appscode.com/volume-mounts": "data:/source/data"}},
+               "metadata": {"name": "app", "annotations": annotations},
                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "app"}},
                         "template": {"metadata": {"labels": {"app": "app"}},
                                      "spec": {"containers": [{"name": "app", "image": "busybox", "command": ["sleep", "3600"],
@@ -215,7 +263,7 @@ async fn a_default_backup_with_a_local_template_really_backs_up() {
         apply(&client, &ns.name, doc).await;
     }
     wait_sidecar_ready(&client, &ns.name, "app", Duration::from_secs(120)).await;
-    run_backup_session(
+    let session = run_backup_session(
         &client,
         &ns.name,
         "deployment-app",
@@ -223,6 +271,10 @@ async fn a_default_backup_with_a_local_template_really_backs_up() {
         Duration::from_secs(150),
     )
     .await;
+    assert_eq!(
+        session.status.and_then(|s| s.phase),
+        Some(stash_crds::backup_session::Phase::Succeeded)
+    );
     let repo = repo_root.join(&ns.name).join("deployment").join("app");
     let snaps = restic_snapshots(&repo.to_string_lossy(), "pw");
     assert_eq!(
@@ -233,4 +285,13 @@ async fn a_default_backup_with_a_local_template_really_backs_up() {
     let id = snaps[0]["id"].as_str().expect("id");
     assert_restores_equal(restic(&repo.to_string_lossy(), "pw"), id, &data);
     assert_no_illegal_transitions().await;
+    // The Repository and the BackupConfiguration, as the API server has them.
+    Api::<Repository>::namespaced(client.clone(), &ns.name)
+        .get("deployment-app")
+        .await
+        .expect("the Repository made for it");
+    Api::<BackupConfiguration>::namespaced(client.clone(), &ns.name)
+        .get("deployment-app")
+        .await
+        .expect("the BackupConfiguration made for it")
 }

@@ -590,6 +590,7 @@ fn every_upstream_example_is_valid() {
             "Function" => check::<Function>(&doc, &()),
             "Task" => check::<Task>(&doc, &functions),
             "BackupConfigurationTemplate" => check::<BackupConfigurationTemplate>(&doc, &()),
+            "BackupBlueprint" => check::<stash_crds::BackupBlueprint>(&doc, &()),
             _ => continue,
         };
         checked += 1;
