@@ -167,6 +167,84 @@ fn check_args(errs: &mut FieldErrors, command: stash_core::args::Command, args: 
     }
 }
 
+/// `spec.usagePolicy.allowedNamespaces`: `Selector` needs its selector.
+fn check_usage_policy(errs: &mut FieldErrors, spec: &stash_crds::RepositorySpec) {
+    use stash_crds::repository::NamespacesFrom;
+    let Some(a) = spec
+        .usage_policy
+        .as_ref()
+        .and_then(|p| p.allowed_namespaces.as_ref())
+    else {
+        return;
+    };
+    if a.from == Some(NamespacesFrom::Selector) && a.selector.is_none() {
+        errs.push(
+            "spec.usagePolicy.allowedNamespaces.selector",
+            "required when from is Selector",
+        );
+    }
+}
+
+/// Later Stash fields stash-rs keeps but does not act on yet: set, each is refused with the
+/// reason, never dropped (a hook a user wrote must not silently not run).
+fn check_not_yet(
+    errs: &mut FieldErrors,
+    own_namespace: Option<&str>,
+    not_yet: &stash_crds::common::NotYet,
+    namespaces: &[(&str, Option<&str>)],
+) {
+    if not_yet.hooks.is_some() {
+        errs.push(
+            "spec.hooks",
+            "hooks are not run by stash-rs yet (refused rather than dropped; docs/differences.md §46)",
+        );
+    }
+    if not_yet.interim_volume_template.is_some() {
+        errs.push(
+            "spec.interimVolumeTemplate",
+            "an interim volume is not used by stash-rs yet (refused rather than dropped; docs/differences.md §46)",
+        );
+    }
+    for (field, ns) in namespaces {
+        if let Some(ns) = ns.filter(|n| !n.is_empty())
+            && Some(ns) != own_namespace
+        {
+            errs.push(
+                *field,
+                format!(
+                    "{ns:?} is another namespace: stash-rs uses objects of the session's own namespace only (docs/differences.md §46)"
+                ),
+            );
+        }
+    }
+}
+
+/// [`check_not_yet`] of a BackupConfiguration or RestoreSession: its later fields, and the
+/// namespaces of its Repository and target.
+fn check_session_not_yet(
+    errs: &mut FieldErrors,
+    own_namespace: Option<&str>,
+    not_yet: &stash_crds::common::NotYet,
+    repository: &Option<stash_crds::common::RepositoryRef>,
+    target: Option<&TargetRef>,
+) {
+    check_not_yet(
+        errs,
+        own_namespace,
+        not_yet,
+        &[
+            (
+                "spec.repository.namespace",
+                repository.as_ref().and_then(|r| r.namespace.as_deref()),
+            ),
+            (
+                "spec.target.ref.namespace",
+                target.and_then(|t| t.namespace.as_deref()),
+            ),
+        ],
+    );
+}
+
 /// `params[]`: variable names, each once, with a value.
 fn check_params(errs: &mut FieldErrors, path: &str, params: &[Param]) {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
@@ -495,6 +573,16 @@ fn check_temp_dir(errs: &mut FieldErrors, temp: &Option<EmptyDirSettings>) {
 
 /// The backend rules: exactly one provider, the storage Secret, and what each provider needs.
 fn check_backend(errs: &mut FieldErrors, path: &str, backend: &Backend) {
+    if backend
+        .s3
+        .as_ref()
+        .is_some_and(|s| s.insecure_tls == Some(true))
+    {
+        errs.push(
+            format!("{path}.s3.insecureTLS"),
+            "TLS verification is never skipped: give the endpoint's CA certificate in the storage Secret's CA_CERT_DATA (docs/differences.md §46)",
+        );
+    }
     required(
         errs,
         &format!("{path}.storageSecretName"),
@@ -837,6 +925,7 @@ impl Validate for Repository {
         let mut errs = FieldErrors::default();
         check_backend(&mut errs, "spec.backend", &self.spec.backend);
         check_wipe_out(&mut errs, &self.spec);
+        check_usage_policy(&mut errs, &self.spec);
         errs.into_result()
     }
 
@@ -861,6 +950,13 @@ impl Validate for BackupConfiguration {
         check_schedule(&mut errs, &spec.schedule);
         check_time_out(&mut errs, spec.time_out.as_deref());
         check_retry(&mut errs, spec.retry_config.as_ref());
+        check_session_not_yet(
+            &mut errs,
+            self.metadata.namespace.as_deref(),
+            &spec.not_yet,
+            &spec.repository,
+            spec.target.as_ref().map(|t| &t.target_ref),
+        );
         let restic = spec.driver() == Driver::Restic;
         // VolumeSnapshotter needs no Repository.
         match &spec.repository {
@@ -1102,6 +1198,13 @@ impl Validate for RestoreSession {
         let spec = &self.spec;
         let mut errs = FieldErrors::default();
         check_time_out(&mut errs, spec.time_out.as_deref());
+        check_session_not_yet(
+            &mut errs,
+            self.metadata.namespace.as_deref(),
+            &spec.not_yet,
+            &spec.repository,
+            spec.target.as_ref().map(|t| &t.target_ref),
+        );
         let repo = match &spec.repository {
             Some(r) if !r.name.trim().is_empty() => {
                 check_reference(&mut errs, "spec.repository.name", &r.name);
@@ -1388,8 +1491,19 @@ impl Validate for stash_crds::BackupBlueprint {
 
     fn validate_create(&self, _: &()) -> Result<(), FieldErrors> {
         let mut errs = FieldErrors::default();
-        check_template(&mut errs, &self.spec.template);
-        check_retry(&mut errs, self.spec.retry_config.as_ref());
+        let spec = &self.spec;
+        check_template(&mut errs, &spec.template);
+        check_retry(&mut errs, spec.retry_config.as_ref());
+        // Cluster-scoped: any namespace named is another one.
+        check_not_yet(
+            &mut errs,
+            None,
+            &spec.not_yet,
+            &[
+                ("spec.backupNamespace", spec.backup_namespace.as_deref()),
+                ("spec.repoNamespace", spec.repo_namespace.as_deref()),
+            ],
+        );
         errs.into_result()
     }
 

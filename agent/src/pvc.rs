@@ -33,6 +33,9 @@ pub struct RepoArgs {
     /// S3 endpoint.
     #[arg(long, default_value = "")]
     pub endpoint: String,
+    /// S3 region (empty: restic asks the endpoint).
+    #[arg(long, default_value = "")]
+    pub region: String,
     /// REST server URL.
     #[arg(long, default_value = "")]
     pub rest_server_url: String,
@@ -82,6 +85,7 @@ impl RepoArgs {
                 endpoint: self.endpoint.clone(),
                 bucket: b,
                 prefix: p,
+                region: Some(self.region.clone()).filter(|r| !r.is_empty()),
             },
             "gcs" => restic::Location::Gcs {
                 bucket: b,

@@ -14,6 +14,7 @@ pub fn location(repo: &Repository) -> Result<restic::Location, String> {
             endpoint: s(&b.endpoint),
             bucket: s(&b.bucket),
             prefix: s(&b.prefix),
+            region: b.region.clone().filter(|r| !r.is_empty()),
         },
         BackendKind::Gcs(b) => restic::Location::Gcs {
             bucket: s(&b.bucket),

@@ -206,6 +206,7 @@ mod tests {
             api_version: Some(api.into()),
             kind: Some(kind.into()),
             name: Some(name.into()),
+            namespace: None,
         }
     }
 

@@ -65,6 +65,18 @@ pub struct S3Spec {
     /// Path prefix inside the bucket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+    /// The bucket's region (later Stash), e.g. `us-west-1`; absent: restic and the operator
+    /// ask the endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Skip TLS verification (later Stash): refused at admission — give the endpoint's CA in
+    /// the storage Secret's `CA_CERT_DATA` instead (docs/differences.md §46).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "insecureTLS"
+    )]
+    pub insecure_tls: Option<bool>,
 }
 
 /// GCS backend.
@@ -474,6 +486,7 @@ mod tests {
                 endpoint: s("s3.amazonaws.com"),
                 bucket: s("stash-demo"),
                 prefix: s("/demo/dep"),
+                ..Default::default()
             }),
             ..Default::default()
         };
@@ -486,6 +499,7 @@ mod tests {
                 endpoint: s("https://minio.demo:9000"),
                 bucket: s("b"),
                 prefix: None,
+                ..Default::default()
             }),
             ..Default::default()
         };

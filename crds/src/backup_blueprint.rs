@@ -44,4 +44,14 @@ pub struct BackupBlueprintSpec {
     /// Retry a failed session (copied into each BackupConfiguration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_config: Option<crate::common::RetryConfig>,
+    /// Where the BackupConfigurations are made (later Stash): kept, and refused at admission
+    /// while stash-rs makes them in the target's namespace (docs/differences.md §46).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_namespace: Option<String>,
+    /// Where the Repositories are made (later Stash): as `backupNamespace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo_namespace: Option<String>,
+    /// Later fields stash-rs keeps but does not act on yet (`hooks`, `interimVolumeTemplate`).
+    #[serde(flatten)]
+    pub not_yet: crate::common::NotYet,
 }

@@ -2,7 +2,6 @@
 
 use crate::common::{BackupTarget, Driver, EmptyDirSettings, RetentionPolicy, TaskRef};
 use crate::runtime::RuntimeSettings;
-use k8s_openapi::api::core::v1::LocalObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -47,9 +46,9 @@ pub struct BackupConfigurationSpec {
     /// Backup driver; absent means `Restic`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver: Option<Driver>,
-    /// The Repository (same namespace).
+    /// The Repository (its namespace: this one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub repository: Option<LocalObjectReference>,
+    pub repository: Option<crate::common::RepositoryRef>,
     /// The Task; required for non-workload targets, ignored for workload (sidecar) targets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<TaskRef>,
@@ -82,6 +81,9 @@ pub struct BackupConfigurationSpec {
     /// most `maxRetry` times, each `delay` after the one before failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_config: Option<crate::common::RetryConfig>,
+    /// Later fields stash-rs keeps but does not act on yet (`hooks`, `interimVolumeTemplate`).
+    #[serde(flatten)]
+    pub not_yet: crate::common::NotYet,
 }
 
 /// Written by the operator alone (field manager `stash-operator`, server-side apply).

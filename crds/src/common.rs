@@ -28,13 +28,61 @@ pub struct TargetRef {
     /// Name of the target (same namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Namespace of the target (later Stash): the object's own namespace, or absent. A target
+    /// in another namespace is refused at admission (docs/differences.md §46).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 impl TargetRef {
     /// True when no field is set.
     pub fn is_empty(&self) -> bool {
-        self.api_version.is_none() && self.kind.is_none() && self.name.is_none()
+        self.api_version.is_none()
+            && self.kind.is_none()
+            && self.name.is_none()
+            && self.namespace.is_none()
     }
+}
+
+/// Reference to a Repository (`spec.repository`): its name and, in later Stash's spelling,
+/// its namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub struct RepositoryRef {
+    /// Name of the Repository.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Namespace of the Repository (later Stash): the object's own namespace, or absent. A
+    /// Repository in another namespace is refused at admission (docs/differences.md §46).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// Later Stash fields stash-rs keeps but does not act on yet (hooks, an interim volume): an
+/// object in the schema, so nothing is pruned; admission refuses one that is set, with the
+/// reason (docs/differences.md §46).
+pub type Unsupported = Option<serde_json::Value>;
+
+/// The later fields of a BackupConfiguration, RestoreSession and BackupBlueprint that stash-rs
+/// keeps but does not act on yet.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotYet {
+    /// Hooks (actions before and after a backup or restore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::common::any_object")]
+    pub hooks: Unsupported,
+    /// A volume template for the data on its way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::common::any_object")]
+    pub interim_volume_template: Unsupported,
+}
+
+/// `x-kubernetes-preserve-unknown-fields` object schema for [`Unsupported`] fields.
+pub fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
 }
 
 /// What a BackupConfiguration backs up (`spec.target`).

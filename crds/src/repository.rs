@@ -53,6 +53,42 @@ pub struct RepositorySpec {
     /// On deletion, delete the restic data under the bucket/prefix (not for local or b2).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub wipe_out: bool,
+    /// Which namespaces may use this Repository (later Stash). stash-rs uses a Repository
+    /// only from its own namespace, which every policy allows (docs/differences.md §46).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_policy: Option<UsagePolicy>,
+}
+
+/// `spec.usagePolicy` of a Repository.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsagePolicy {
+    /// The namespaces allowed to use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_namespaces: Option<AllowedNamespaces>,
+}
+
+/// `spec.usagePolicy.allowedNamespaces`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedNamespaces {
+    /// `Same` (its own namespace; the default), `All`, or `Selector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<NamespacesFrom>,
+    /// With `Selector`: the namespaces' labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+}
+
+/// How the allowed namespaces are chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum NamespacesFrom {
+    /// Every namespace.
+    All,
+    /// The namespaces the selector matches.
+    Selector,
+    /// Only its own.
+    Same,
 }
 
 /// Why a Repository is rejected by the validating webhook.

@@ -4,7 +4,6 @@ use crate::common::{Driver, EmptyDirSettings, RestoreTarget, TaskRef};
 use crate::duration::GoDuration;
 use crate::int_hash::IntHash;
 use crate::runtime::RuntimeSettings;
-use k8s_openapi::api::core::v1::LocalObjectReference;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -46,9 +45,9 @@ pub struct RestoreSessionSpec {
     /// Restore driver; absent means `Restic`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver: Option<Driver>,
-    /// The Repository (same namespace).
+    /// The Repository (its namespace: this one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub repository: Option<LocalObjectReference>,
+    pub repository: Option<crate::common::RepositoryRef>,
     /// The Task (job model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<TaskRef>,
@@ -68,6 +67,9 @@ pub struct RestoreSessionSpec {
     /// the operator's `--session-deadline` for this session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_out: Option<String>,
+    /// Later fields stash-rs keeps but does not act on yet (`hooks`, `interimVolumeTemplate`).
+    #[serde(flatten)]
+    pub not_yet: crate::common::NotYet,
 }
 
 impl RestoreSessionSpec {

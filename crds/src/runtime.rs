@@ -20,6 +20,10 @@ pub struct RuntimeSettings {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodRuntimeSettings {
+    /// Annotations of the backup or restore Job's pods (later Stash; e.g. an IAM role for
+    /// kube2iam). Not used by sidecars and init-containers, which run in the workload's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_annotations: Option<BTreeMap<String, String>>,
     /// Node selector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<BTreeMap<String, String>>,

@@ -174,6 +174,20 @@ fn names_scope_categories_labels_versions() {
             app: "catalog",
             versions: &[("v1alpha1", true)],
         },
+        // Later Stash (issue 27).
+        Expect {
+            name: "backupblueprints.stash.appscode.com",
+            group: "stash.appscode.com",
+            kind: "BackupBlueprint",
+            plural: "backupblueprints",
+            singular: "backupblueprint",
+            short: &["bb"],
+            scope: "Cluster",
+            categories: &["stash", "appscode", "backup"],
+            status: false,
+            app: "stash",
+            versions: &[("v1beta1", true)],
+        },
     ];
     let all = crds();
     assert_eq!(

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::{
-    api::core::v1::{LocalObjectReference, VolumeMount},
+    api::core::v1::VolumeMount,
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
 use kube::{
@@ -258,6 +258,7 @@ pub fn desired(
         spec: RepositorySpec {
             backend: spec.repository.backend.clone(),
             wipe_out: false,
+            usage_policy: spec.repository.usage_policy.clone(),
         },
         status: None,
     };
@@ -270,13 +271,17 @@ pub fn desired(
         },
         spec: BackupConfigurationSpec {
             schedule: req.schedule.clone().or_else(|| spec.schedule.clone()),
-            repository: Some(LocalObjectReference { name }),
+            repository: Some(stash_crds::common::RepositoryRef {
+                name,
+                namespace: None,
+            }),
             task,
             target: Some(BackupTarget {
                 target_ref: TargetRef {
                     api_version: Some(target.api_version.clone()),
                     kind: Some(target.kind.clone()),
                     name: Some(target.name.clone()),
+                    namespace: None,
                 },
                 directories: req.directories.clone(),
                 volume_mounts: req.volume_mounts.clone(),

@@ -396,6 +396,7 @@ mod tests {
                 endpoint: s(),
                 bucket: s(),
                 prefix: s(),
+                region: None,
             },
         );
         assert_eq!(s3["AWS_ACCESS_KEY_ID"], "AKIAEXAMPLE");

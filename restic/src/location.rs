@@ -19,6 +19,8 @@ pub enum Location {
         bucket: String,
         /// Path prefix inside the bucket (may be empty).
         prefix: String,
+        /// The bucket's region (`--option s3.region=…`); `None`: restic asks the endpoint.
+        region: Option<String>,
     },
     /// Google Cloud Storage.
     Gcs {
@@ -94,6 +96,7 @@ impl Location {
                 endpoint,
                 bucket,
                 prefix,
+                ..
             } => {
                 format!(
                     "s3:{}/{}",
@@ -139,6 +142,9 @@ impl Location {
     /// The `--option` values this location needs (`gs.connections=N`, …).
     pub fn extended_options(&self) -> Vec<String> {
         let (key, n) = match self {
+            Location::S3 {
+                region: Some(r), ..
+            } if !r.is_empty() => return vec![format!("s3.region={r}")],
             Location::Gcs {
                 max_connections, ..
             } => ("gs", max_connections),
@@ -266,7 +272,8 @@ mod tests {
             Location::S3 {
                 endpoint: s("s3.amazonaws.com"),
                 bucket: s("stash-qa"),
-                prefix: s("demo")
+                prefix: s("demo"),
+                region: None
             }
             .repository_url(),
             "s3:s3.amazonaws.com/stash-qa/demo"
@@ -275,7 +282,8 @@ mod tests {
             Location::S3 {
                 endpoint: s("http://127.0.0.1:9000/"),
                 bucket: s("b"),
-                prefix: s("/a//b/")
+                prefix: s("/a//b/"),
+                region: None
             }
             .repository_url(),
             "s3:http://127.0.0.1:9000/b/a/b"
@@ -284,7 +292,8 @@ mod tests {
             Location::S3 {
                 endpoint: s("minio:9000"),
                 bucket: s("b"),
-                prefix: s("")
+                prefix: s(""),
+                region: None
             }
             .repository_url(),
             "s3:minio:9000/b"
@@ -393,6 +402,17 @@ mod tests {
             }
             .extended_options(),
             ["b2.connections=9"]
+        );
+        // An S3 bucket's region (later Stash's `s3.region`).
+        assert_eq!(
+            Location::S3 {
+                endpoint: s(),
+                bucket: s(),
+                prefix: s(),
+                region: Some("us-west-1".into())
+            }
+            .extended_options(),
+            ["s3.region=us-west-1"]
         );
         assert!(
             Location::B2 {

@@ -15,6 +15,7 @@ async fn s3_moto_backup_check_read_data_restore() {
             endpoint: format!("http://127.0.0.1:{port}"),
             bucket: "stash-backup".into(),
             prefix: "demo/deployment".into(),
+            region: None,
         },
         creds(&[
             ("RESTIC_PASSWORD", "pw"),

@@ -721,6 +721,7 @@ fn doubtful_objects_get_warnings_naming_the_field() {
         api_version: Some("apps/v1".into()),
         kind: Some("Deployment".into()),
         name: Some("app".into()),
+        namespace: None,
     };
     let refs = References {
         repository_exists: Some(false),

@@ -96,6 +96,7 @@ const SETUP: &[&str] = &[
     "--provider=${REPOSITORY_PROVIDER:=}",
     "--bucket=${REPOSITORY_BUCKET:=}",
     "--endpoint=${REPOSITORY_ENDPOINT:=}",
+    "--region=${REPOSITORY_REGION:=}",
     "--rest-server-url=${REPOSITORY_URL:=}",
     "--path=${REPOSITORY_PREFIX:=}",
     "--secret-dir=/etc/repository/secret",

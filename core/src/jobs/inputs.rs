@@ -50,6 +50,9 @@ fn common(i: &mut Inputs, ns: &str, repo: &Repository, op: &OperatorInputs) -> R
             if let Some(e) = s.endpoint.as_ref().filter(|e| !e.is_empty()) {
                 set(i, "REPOSITORY_ENDPOINT", e.clone());
             }
+            if let Some(r) = s.region.as_ref().filter(|r| !r.is_empty()) {
+                set(i, "REPOSITORY_REGION", r.clone());
+            }
         }
         BackendKind::Rest(r) => {
             if let Some(u) = r.url.as_ref().filter(|u| !u.is_empty()) {

@@ -150,6 +150,7 @@ pub fn build(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
+                    annotations: pod_annotations(bc.spec.runtime_settings.as_ref()),
                     ..Default::default()
                 }),
                 spec: Some(spec),
@@ -235,6 +236,16 @@ pub async fn observe(client: &Client, jobs: &Store<Job>, bs: &BackupSession) -> 
     let ns = bs.namespace().unwrap_or_default();
     let job = stash_index::stores::get(jobs, &ns, &job_name(&bs.name_any()))?;
     super::combined_state(client, &ns, &[(*job).clone()]).await
+}
+
+/// `runtimeSettings.pod.podAnnotations`: the annotations of a Job's pods.
+pub(crate) fn pod_annotations(
+    settings: Option<&stash_crds::RuntimeSettings>,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    settings
+        .and_then(|r| r.pod.as_ref())
+        .and_then(|p| p.pod_annotations.clone())
+        .filter(|a| !a.is_empty())
 }
 
 #[cfg(test)]

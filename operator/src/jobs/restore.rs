@@ -308,6 +308,9 @@ pub async fn ensure_jobs(
                 template: PodTemplateSpec {
                     metadata: Some(ObjectMeta {
                         labels: Some(job_labels.clone()),
+                        annotations: super::backup::pod_annotations(
+                            rs.spec.runtime_settings.as_ref(),
+                        ),
                         ..Default::default()
                     }),
                     spec: Some(spec),
