@@ -191,6 +191,7 @@ fn check_not_yet(
     errs: &mut FieldErrors,
     own_namespace: Option<&str>,
     not_yet: &stash_crds::common::NotYet,
+    interim_for_job: bool,
     namespaces: &[(&str, Option<&str>)],
 ) {
     if not_yet.hooks.is_some() {
@@ -199,11 +200,21 @@ fn check_not_yet(
             "hooks are not run by stash-rs yet (refused rather than dropped; docs/differences.md §46)",
         );
     }
-    if not_yet.interim_volume_template.is_some() {
-        errs.push(
+    match (&not_yet.interim_volume_template, not_yet.interim_volume()) {
+        (None, _) => {}
+        (Some(_), None) => errs.push(
             "spec.interimVolumeTemplate",
-            "an interim volume is not used by stash-rs yet (refused rather than dropped; docs/differences.md §46)",
-        );
+            "must be a PersistentVolumeClaim (metadata and spec)",
+        ),
+        (Some(_), Some(claim)) if interim_for_job => {
+            if claim.spec.is_none() {
+                errs.push("spec.interimVolumeTemplate.spec", "required");
+            }
+        }
+        (Some(_), Some(_)) => errs.push(
+            "spec.interimVolumeTemplate",
+            "an interim volume is the scratch space of a backup or restore Job: a target backed up by a sidecar or restored by an init-container has none (docs/differences.md §46)",
+        ),
     }
     for (field, ns) in namespaces {
         if let Some(ns) = ns.filter(|n| !n.is_empty())
@@ -228,10 +239,13 @@ fn check_session_not_yet(
     repository: &Option<stash_crds::common::RepositoryRef>,
     target: Option<&TargetRef>,
 ) {
+    // The job model: a target that is no workload (a PVC, an AppBinding, none).
+    let job_model = target.is_none_or(|t| stash_core::target::WorkloadKind::of(t).is_none());
     check_not_yet(
         errs,
         own_namespace,
         not_yet,
+        job_model,
         &[
             (
                 "spec.repository.namespace",
@@ -1499,6 +1513,8 @@ impl Validate for stash_crds::BackupBlueprint {
             &mut errs,
             None,
             &spec.not_yet,
+            // Copied into the configurations of PVCs and AppBindings (the job model) only.
+            true,
             &[
                 ("spec.backupNamespace", spec.backup_namespace.as_deref()),
                 ("spec.repoNamespace", spec.repo_namespace.as_deref()),

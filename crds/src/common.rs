@@ -63,7 +63,8 @@ pub struct RepositoryRef {
 pub type Unsupported = Option<serde_json::Value>;
 
 /// The later fields of a BackupConfiguration, RestoreSession and BackupBlueprint that stash-rs
-/// keeps but does not act on yet.
+/// keeps but does not act on everywhere yet: hooks never (refused), an interim volume for the
+/// job model only (the Job's `/tmp`; refused elsewhere).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NotYet {
@@ -75,6 +76,16 @@ pub struct NotYet {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::common::any_object")]
     pub interim_volume_template: Unsupported,
+}
+
+impl NotYet {
+    /// `interimVolumeTemplate` as the claim it describes (`None`: not set, or not a claim —
+    /// admission refuses that).
+    pub fn interim_volume(&self) -> Option<k8s_openapi::api::core::v1::PersistentVolumeClaim> {
+        self.interim_volume_template
+            .clone()
+            .and_then(|v| serde_json::from_value(v).ok())
+    }
 }
 
 /// `x-kubernetes-preserve-unknown-fields` object schema for [`Unsupported`] fields.

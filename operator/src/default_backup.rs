@@ -195,6 +195,8 @@ pub struct Blueprint {
     pub spec: BackupConfigurationTemplateSpec,
     /// A blueprint's `retryConfig`.
     pub retry_config: Option<stash_crds::common::RetryConfig>,
+    /// A blueprint's `interimVolumeTemplate` (for the job model's targets).
+    pub interim_volume_template: stash_crds::common::Unsupported,
 }
 
 impl From<&BackupConfigurationTemplate> for Blueprint {
@@ -203,6 +205,7 @@ impl From<&BackupConfigurationTemplate> for Blueprint {
             what: format!("BackupConfigurationTemplate {}", t.name_any()),
             spec: t.spec.clone(),
             retry_config: None,
+            interim_volume_template: None,
         }
     }
 }
@@ -213,6 +216,7 @@ impl From<&BackupBlueprint> for Blueprint {
             what: format!("BackupBlueprint {}", b.name_any()),
             spec: b.spec.template.clone(),
             retry_config: b.spec.retry_config.clone(),
+            interim_volume_template: b.spec.not_yet.interim_volume_template.clone(),
         }
     }
 }
@@ -293,6 +297,13 @@ pub fn desired(
             backup_history_limit: spec.backup_history_limit,
             time_out: spec.time_out.clone(),
             retry_config: template.retry_config.clone(),
+            // The scratch space of a backup Job: for the targets of the job model only.
+            not_yet: stash_crds::common::NotYet {
+                hooks: None,
+                interim_volume_template: template.interim_volume_template.clone().filter(|_| {
+                    matches!(target.kind.as_str(), "PersistentVolumeClaim" | "AppBinding")
+                }),
+            },
             ..Default::default()
         },
         status: None,

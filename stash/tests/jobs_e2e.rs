@@ -535,3 +535,93 @@ async fn the_operator_keeps_the_built_in_functions_and_tasks() {
         );
     }
 }
+
+/// `interimVolumeTemplate` (later Stash) on a job-model configuration: the backup Job's
+/// scratch space (`/tmp`: restic's cache and temporary files) is a volume claimed from the
+/// template for its pod — a PersistentVolumeClaim of the template's class, bound here to a
+/// hostPath volume of that class — and restic's cache lands on it; the snapshot restores byte
+/// for byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interim_volume_template_is_the_backup_jobs_scratch_space() {
+    let env = env().await;
+    let client = env.cp.client();
+    let f = fixture("jobs-interim").await;
+    let ns = f.ns.name.clone();
+    let source = pv_dir(&ns, "source-data").await;
+    generate_files(&source, 11, 8, 3000);
+    pvc(&ns, "source-data").await;
+    // A volume of a class of its own: only the claim made from the template binds it.
+    let class = format!("interim-{ns}");
+    let interim_dir = env.cp.dir().join("pv").join(&ns).join("interim");
+    std::fs::create_dir_all(&interim_dir).expect("interim dir");
+    apply(
+        &client,
+        &ns,
+        json!({
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": class, "labels": {"stash-testenv/namespace": ns}},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                     "persistentVolumeReclaimPolicy": "Retain", "storageClassName": class,
+                     "hostPath": {"path": interim_dir.to_string_lossy(), "type": "Directory"}}
+        }),
+    )
+    .await;
+    let bc = pvc_backup_configuration(
+        "interim",
+        "source-data",
+        json!({
+            "interimVolumeTemplate": {"metadata": {"name": "stash-tmp-storage"},
+                                      "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": class,
+                                               "resources": {"requests": {"storage": "100Mi"}}}}
+        }),
+    );
+    apply(&client, &ns, bc).await;
+    create_backup_session(&client, &ns, "interim", "interim-1").await;
+    let s = ends(&ns, "interim-1", Phase::Succeeded).await;
+    let short = s.status.expect("status").stats[0].snapshots[0]
+        .name
+        .clone()
+        .expect("snapshot");
+    // The Job's pod claimed its /tmp from the template, and that claim is bound to our volume.
+    let claims =
+        Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .expect("claims")
+            .items;
+    let interim: Vec<_> = claims
+        .iter()
+        .filter(|c| {
+            c.spec
+                .as_ref()
+                .and_then(|s| s.storage_class_name.as_deref())
+                == Some(class.as_str())
+        })
+        .collect();
+    assert_eq!(interim.len(), 1, "one claim from the template: {claims:?}");
+    assert!(
+        interim[0].name_any().ends_with("-tmp-dir"),
+        "the pod's ephemeral claim: {}",
+        interim[0].name_any()
+    );
+    assert_eq!(
+        interim[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_name.as_deref()),
+        Some(class.as_str())
+    );
+    // restic's cache was written there.
+    assert!(
+        interim_dir.join("restic-cache").is_dir(),
+        "no restic cache on the interim volume: {:?}",
+        std::fs::read_dir(&interim_dir)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
+    assert_restores_equal(
+        restic(&f.repo_dir.to_string_lossy(), PASSWORD),
+        &short,
+        &source,
+    );
+    assert_no_illegal_transitions().await;
+}

@@ -25,13 +25,32 @@ pub fn job_name(session: &str) -> String {
 }
 
 /// The `/tmp` volume and mount, and the local backend's (mounted at `mountPath`, no subPath).
+/// `/tmp` (restic's cache and temporary files) is an emptyDir, or, with an
+/// `interimVolumeTemplate`, a volume claimed from that template for the pod and deleted with it
+/// (a generic ephemeral volume).
 pub(crate) fn standard_volumes(
     repo: &Repository,
     temp_dir: Option<&stash_crds::common::EmptyDirSettings>,
+    not_yet: &stash_crds::common::NotYet,
 ) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let interim = not_yet.interim_volume();
     let mut vols = vec![Volume {
         name: TMP_VOLUME.into(),
-        empty_dir: Some(temp_dir.map(|t| t.to_empty_dir()).unwrap_or_default()),
+        empty_dir: interim
+            .is_none()
+            .then(|| temp_dir.map(|t| t.to_empty_dir()).unwrap_or_default()),
+        ephemeral: interim.map(|claim| k8s_openapi::api::core::v1::EphemeralVolumeSource {
+            volume_claim_template: Some(
+                k8s_openapi::api::core::v1::PersistentVolumeClaimTemplate {
+                    metadata: Some(ObjectMeta {
+                        labels: claim.metadata.labels.clone(),
+                        annotations: claim.metadata.annotations.clone(),
+                        ..Default::default()
+                    }),
+                    spec: claim.spec.clone().unwrap_or_default(),
+                },
+            ),
+        }),
         ..Default::default()
     }];
     let mut mounts = vec![VolumeMount {
@@ -91,7 +110,8 @@ pub fn build(
         .map(|t| t.params.clone())
         .unwrap_or_default();
     let r = resolve::resolve(task, functions, &user_params, &implicit)?;
-    let (std_vols, std_mounts) = standard_volumes(repo, bc.spec.temp_dir.as_ref());
+    let (std_vols, std_mounts) =
+        standard_volumes(repo, bc.spec.temp_dir.as_ref(), &bc.spec.not_yet);
     let settings = bc.spec.runtime_settings.clone().unwrap_or_default();
     let mut init = r.init_containers;
     let mut main = r.container;

@@ -120,7 +120,7 @@ pub fn pod_spec(
     );
     let settings = rs.spec.runtime_settings.clone().unwrap_or_default();
     let (std_vols, mut std_mounts) =
-        super::backup::standard_volumes(repo, rs.spec.temp_dir.as_ref());
+        super::backup::standard_volumes(repo, rs.spec.temp_dir.as_ref(), &rs.spec.not_yet);
     let claim_vols: Vec<Volume> = match ordinal {
         Some(o) => claims(rs, o)?.into_iter().map(|(_, v)| v).collect(),
         None => vec![],
