@@ -131,7 +131,7 @@ async fn a_sidecar_killed_holding_a_lock_blocks_no_later_session() {
     }
     // Retention runs after the report: restic's own view catches up to keepLast 1, and no
     // lock is left.
-    one_snapshot_and_no_lock(&f.repo_dir).await;
+    one_snapshot_and_no_lock(&f.repo_dir, &ns).await;
     // The removed lock is named in an Event: this pod's hostname, a pid, its age.
     assert_removed_lock_named(&client, &ns, &pod_name, None).await;
     println!(
@@ -140,20 +140,41 @@ async fn a_sidecar_killed_holding_a_lock_blocks_no_later_session() {
 }
 
 /// restic's own view of the local repository at `dir` keeps one snapshot and no lock (≤ 120 s:
-/// retention runs after the report).
-async fn one_snapshot_and_no_lock(dir: &Path) {
+/// retention runs after the report). On a timeout the failure says what was there: the
+/// snapshots, the locks (host, exclusive), the sessions' retention conditions and the sidecar's
+/// log, so that a recurrence in CI names its cause.
+async fn one_snapshot_and_no_lock(dir: &Path, ns: &str) {
     let repo = dir.to_string_lossy().to_string();
-    eventually(
-        "retention applied (one snapshot) and no lock left",
-        Duration::from_secs(120),
-        || {
-            let (repo, dir) = (repo.clone(), dir.to_path_buf());
-            async move {
-                (restic_snapshots(&repo, PASSWORD).len() == 1 && locks(&dir) == 0).then_some(())
-            }
-        },
-    )
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if restic_snapshots(&repo, PASSWORD).len() == 1 && locks(dir) == 0 {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let snapshots: Vec<String> = restic_snapshots(&repo, PASSWORD)
+        .iter()
+        .map(|s| format!("{} {} {}", s["short_id"], s["hostname"], s["time"]))
+        .collect();
+    let client = env().await.cp.client();
+    let sessions: Vec<String> = Api::<stash_crds::BackupSession>::namespaced(client, ns)
+        .list(&Default::default())
+        .await
+        .map(|l| {
+            l.items
+                .iter()
+                .map(|b| format!("{}: {:?}", kube::ResourceExt::name_any(b), b.status))
+                .collect()
+        })
+        .unwrap_or_default();
+    panic!(
+        "timed out after 120s waiting for retention applied (one snapshot) and no lock left\nsnapshots: {snapshots:#?}\nlocks (host, exclusive): {:?}\nsessions: {sessions:#?}\nsidecar log:\n{}",
+        locks_of(dir),
+        pod_logs(ns, "app")
+    );
 }
 
 /// A `StaleLockRemoved` Warning (about a `kind`, when given) names a lock of pod `pod`: its
@@ -287,7 +308,7 @@ async fn an_agent_lost_with_its_pod_blocks_no_later_session() {
     .await;
     let condition = retention_of(&client, &ns, "after").await;
     assert_retention_applied(&condition);
-    one_snapshot_and_no_lock(&f.repo_dir).await;
+    one_snapshot_and_no_lock(&f.repo_dir, &ns).await;
     // The operator removed it, and said so: an Event on a session naming the dead pod, and
     // the decision in the session's status.
     assert_removed_lock_named(&client, &ns, &pod_name, Some("BackupSession")).await;
@@ -560,7 +581,7 @@ async fn an_agent_lost_in_its_prune_blocks_no_later_backup() {
     )
     .await;
     assert_retention_applied(&retention_of(&client, &ns, "after").await);
-    one_snapshot_and_no_lock(&f.repo_dir).await;
+    one_snapshot_and_no_lock(&f.repo_dir, &ns).await;
     assert_removed_lock_named(&client, &ns, &pod_name, Some("BackupSession")).await;
     let decisions = lock_decisions(&client, &ns).await;
     assert_eq!(
