@@ -53,6 +53,15 @@ impl FromStr for GoDuration {
     type Err = ParseDurationError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // A duration is never negative here, and kube's parser panics on some negative
+        // components ("cannot convert float seconds to Duration", found by `fuzz`): any '-'
+        // is refused before it is asked.
+        if s.contains('-') {
+            return Err(ParseDurationError {
+                input: s.to_owned(),
+                reason: "negative duration".into(),
+            });
+        }
         let d: kube::core::Duration =
             s.parse()
                 .map_err(|e: kube::core::duration::ParseError| ParseDurationError {
